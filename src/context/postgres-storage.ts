@@ -169,7 +169,9 @@ export class PostgresStorage implements LogStorage {
   static async connect(options: PostgresStorageOptions): Promise<PostgresStorage> {
     const storage = new PostgresStorage(options);
     try {
-      await storage.transaction(async (client) => {
+      // Only create tables when missing, so a read-only role can still open an existing log.
+      const existing = await storage.query<{ table: string | null }>("SELECT to_regclass($1)::text AS table", [`${storage.schema}.context_blobs`]);
+      if (existing.rows[0].table === null) await storage.transaction(async (client) => {
         // Concurrent first starts would race on CREATE IF NOT EXISTS; serialize them.
         await client.query("SELECT pg_advisory_xact_lock(hashtext('torpor_context_schema'))");
         await client.query(schemaSql(storage.schema));
