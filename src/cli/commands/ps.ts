@@ -1,0 +1,36 @@
+import type { Command } from 'commander';
+import { listMachines } from '../../runtime/machines.ts';
+import { printTable, printJson, formatDuration } from '../output.ts';
+
+const live = ['starting', 'running', 'stopping'];
+
+export function registerPsCommand(program: Command): void {
+  program
+    .command('ps')
+    .description('list machines (running ones; -a for all)')
+    .option('-a, --all', 'include stopped machines')
+    .option('-q, --quiet', 'only ids')
+    .option('--json', 'machine-readable output')
+    .action(async (flags: { all?: boolean; quiet?: boolean; json?: boolean }) => {
+      const machines = (await listMachines()).filter((machine) => flags.all || live.includes(machine.state.status));
+      if (flags.json) {
+        printJson(machines.map(({ config, state }) => ({ ...config, state })));
+        return;
+      }
+      if (flags.quiet) {
+        process.stdout.write(machines.map(({ config }) => config.id + '\n').join(''));
+        return;
+      }
+      printTable(
+        ['NAME', 'ID', 'IMAGE', 'STATE', 'CPUS', 'MEM', 'UPTIME', 'ACCEL'],
+        machines.map(({ config, state }) => {
+          const status = state.status === 'exited' || state.status === 'failed' ? `${state.status} (${state.exitCode ?? '?'})${state.error ? ' ' + state.error.slice(0, 60) : ''}` : state.status;
+          const uptime = live.includes(state.status) && state.startedAt ? formatDuration(Date.now() - Date.parse(state.startedAt)) : '-';
+          return [config.name, config.id, config.image.reference, status, String(config.cpus), `${config.memoryMiB}M`, uptime, config.accelerator];
+        }),
+      );
+      if (machines.some(({ config }) => config.accelerator === 'tcg')) {
+        process.stderr.write('note: tcg = software emulation; this host has no usable KVM (see `torpor doctor`)\n');
+      }
+    });
+}

@@ -1,0 +1,133 @@
+import type { Command } from 'commander';
+import { createMachine, startMachine, connectToMachine, effectiveState, removeMachine, type CreateMachineOptions } from '../../runtime/machines.ts';
+import { attachToMainProcess } from '../../runtime/attach.ts';
+import { parseCpus, parseMemory, parsePort, parseEnvironment } from '../../runtime/run-options.ts';
+import { connectTerminal, terminalSize } from '../terminal.ts';
+import { collect } from '../output.ts';
+import { stderrProgress } from '../../util/progress.ts';
+import { TorporError } from '../../util/errors.ts';
+import { readMachineConfig } from '../../runtime/machine-record.ts';
+
+interface RunFlags {
+  name?: string;
+  detach?: boolean;
+  rm?: boolean;
+  env?: string[];
+  workdir?: string;
+  cpus?: string;
+  memory?: string;
+  publish?: string[];
+  entrypoint?: string;
+  interactive?: boolean;
+  tty?: boolean;
+  hostname?: string;
+  user?: string;
+  network?: string;
+}
+
+function addMachineOptions(command: Command): Command {
+  return command
+    .option('--name <name>', 'name the machine')
+    .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect)
+    .option('-w, --workdir <dir>', 'working directory of the process')
+    .option('--cpus <n>', 'virtual CPUs', '1')
+    .option('-m, --memory <size>', 'guest memory, e.g. 512m, 2g', '512m')
+    .option('-p, --publish <[ip:]host:guest[/proto]>', 'publish a guest port on the host (repeatable)', collect)
+    .option('--entrypoint <program>', "override the image's entrypoint")
+    .option('-i, --interactive', 'keep stdin open and send it to the process')
+    .option('-t, --tty', 'give the process a terminal')
+    .option('--hostname <name>', 'guest hostname (default: the machine name)')
+    .option('-u, --user <user[:group]>', 'run the process as this user')
+    .option('--network <mode>', 'user (default: outbound access and published ports) or none', 'user');
+}
+
+export function machineOptionsFrom(image: string, command: string[], flags: RunFlags): CreateMachineOptions {
+  if (flags.network !== 'user' && flags.network !== 'none') {
+    throw new TorporError('invalid-network', `unknown --network ${flags.network}`, { hint: 'use --network user or --network none' });
+  }
+  return {
+    image,
+    command,
+    name: flags.name,
+    env: parseEnvironment(flags.env ?? []),
+    workingDir: flags.workdir,
+    cpus: parseCpus(flags.cpus ?? '1'),
+    memoryMiB: parseMemory(flags.memory ?? '512m'),
+    ports: (flags.publish ?? []).map(parsePort),
+    entrypoint: flags.entrypoint,
+    interactive: flags.interactive ?? false,
+    tty: flags.tty ?? false,
+    hostname: flags.hostname,
+    user: flags.user,
+    network: flags.network === 'user',
+    autoRemove: flags.rm ?? false,
+  };
+}
+
+export function registerRunCommands(program: Command): void {
+  addMachineOptions(
+    program
+      .command('run')
+      .description('create and start a machine from an image, like docker run')
+      .argument('<image>', 'image name (base, node, or one from `torpor images`)')
+      .argument('[command...]', 'command to run (default: the image command)')
+      .option('-d, --detach', 'run in the background and print the machine id')
+      .option('--rm', 'remove the machine when its process exits'),
+  )
+    .passThroughOptions()
+    .action(async (image: string, command: string[], flags: RunFlags) => {
+      const options = machineOptionsFrom(image, command, flags);
+      const config = await createMachine(options, stderrProgress());
+      if (flags.detach) {
+        await startMachine(config.id);
+        process.stdout.write(config.id + '\n');
+        return;
+      }
+      const state = await startMachine(config.id, { waitForAttach: true });
+      if (state.status !== 'running') {
+        process.exitCode = state.exitCode ?? 125;
+        return;
+      }
+      const client = await connectToMachine(config);
+      const attached = await attachToMainProcess(client, {
+        stdout: (data) => process.stdout.write(data),
+        stderr: (data) => process.stderr.write(data),
+      });
+      if (options.tty) attached.resize(terminalSize().rows, terminalSize().columns);
+      const disconnect = connectTerminal(attached, { tty: options.tty ?? false, interactive: options.interactive ?? false });
+      let code = await attached.exited;
+      disconnect();
+      client.close();
+      if (code < 0) code = (await effectiveState(config)).exitCode ?? 125;
+      if (flags.rm) {
+        // The supervisor removes it once the VM is down; wait for that so `run --rm` leaves nothing.
+        for (let attempt = 0; attempt < 400; attempt++) {
+          try {
+            await readMachineConfig(config.id);
+          } catch {
+            break;
+          }
+          const state = await effectiveState(config);
+          if (state.status === 'exited' || state.status === 'failed') {
+            await removeMachine(config, { force: true });
+            break;
+          }
+          await new Promise((resolve) => setTimeout(resolve, 25));
+        }
+      }
+      process.exitCode = code;
+    });
+
+  addMachineOptions(
+    program
+      .command('create')
+      .description('create a machine without starting it')
+      .argument('<image>')
+      .argument('[command...]'),
+  )
+    .passThroughOptions()
+    .action(async (image: string, command: string[], flags: RunFlags) => {
+      const config = await createMachine(machineOptionsFrom(image, command, flags), stderrProgress());
+      process.stdout.write(config.id + '\n');
+    });
+}

@@ -1,0 +1,66 @@
+import { access, constants, statfs, mkdir } from 'node:fs/promises';
+import { runCommand, commandExists } from '../util/command.ts';
+import { findGuestKernel } from './kernel.ts';
+import { memoryDirectory, stateHome } from '../state/paths.ts';
+import { qemuBinary } from '../vm/qemu-command.ts';
+
+export interface DoctorCheck {
+  name: string;
+  ok: boolean;
+  detail: string;
+  fix?: string;
+}
+
+const mebibytes = (info: { bavail: number; bsize: number }) => Math.floor((info.bavail * info.bsize) / 1024 ** 2);
+
+/** What the host has and lacks for torpor, each with the command that fixes it. */
+export async function runDoctorChecks(options: { accelerator?: () => Promise<{ accelerator: string; reason: string }> } = {}): Promise<DoctorCheck[]> {
+  const checks: DoctorCheck[] = [];
+  const qemu = await runCommand(qemuBinary, ['--version'], { allowFailure: true }).catch(() => undefined);
+  checks.push(
+    qemu && qemu.code === 0
+      ? { name: 'qemu', ok: true, detail: qemu.stdout.split('\n')[0]! }
+      : { name: 'qemu', ok: false, detail: `${qemuBinary} not found`, fix: 'apt-get install -y qemu-system-x86' },
+  );
+  try {
+    const kernel = await findGuestKernel();
+    checks.push({ name: 'guest kernel', ok: true, detail: `${kernel.imagePath} (modules in ${kernel.modulesDirectory})` });
+  } catch (error) {
+    checks.push({ name: 'guest kernel', ok: false, detail: (error as Error).message, fix: 'apt-get install -y linux-image-cloud-amd64' });
+  }
+  for (const [program, pkg] of [['musl-gcc', 'musl-tools'], ['mkfs.ext4', 'e2fsprogs'], ['busybox', 'busybox-static'], ['zstd', 'zstd']] as const) {
+    const present = await commandExists(program);
+    checks.push({ name: program, ok: present, detail: present ? 'found' : 'missing', ...(present ? {} : { fix: `apt-get install -y ${pkg}` }) });
+  }
+  try {
+    await access('/dev/kvm', constants.R_OK | constants.W_OK);
+    checks.push({ name: '/dev/kvm', ok: true, detail: 'present and accessible' });
+  } catch {
+    checks.push({ name: '/dev/kvm', ok: false, detail: 'missing or not accessible: machines run under TCG (software emulation)', fix: 'on bare metal or a VM with nested virtualization: modprobe kvm_intel/kvm_amd and add yourself to group kvm' });
+  }
+  if (options.accelerator) {
+    try {
+      const choice = await options.accelerator();
+      checks.push({ name: 'accelerator', ok: true, detail: `${choice.accelerator}: ${choice.reason}` });
+    } catch (error) {
+      checks.push({ name: 'accelerator', ok: false, detail: (error as Error).message });
+    }
+  }
+  const vsock = await access('/dev/vhost-vsock').then(() => true, () => false);
+  checks.push({ name: 'vhost-vsock', ok: true, detail: vsock ? 'available (not needed: the agent channel is virtio-serial)' : 'not available; the agent channel uses virtio-serial, which needs nothing' });
+  try {
+    await mkdir(memoryDirectory(), { recursive: true });
+    const free = mebibytes(await statfs(memoryDirectory()));
+    checks.push({ name: 'tmpfs for guest RAM', ok: free >= 1024, detail: `${memoryDirectory()}: ${free} MiB free`, ...(free >= 1024 ? {} : { fix: 'mount -o remount,size=8G /dev/shm, or set TORPOR_MEMORY_DIR to a larger tmpfs' }) });
+  } catch (error) {
+    checks.push({ name: 'tmpfs for guest RAM', ok: false, detail: (error as Error).message, fix: 'set TORPOR_MEMORY_DIR to a writable tmpfs directory' });
+  }
+  try {
+    await mkdir(stateHome(), { recursive: true });
+    const free = mebibytes(await statfs(stateHome()));
+    checks.push({ name: 'state directory', ok: free >= 2048, detail: `${stateHome()}: ${free} MiB free`, ...(free >= 2048 ? {} : { fix: 'free disk space or set TORPOR_HOME elsewhere' }) });
+  } catch (error) {
+    checks.push({ name: 'state directory', ok: false, detail: (error as Error).message, fix: 'set TORPOR_HOME to a writable directory' });
+  }
+  return checks;
+}

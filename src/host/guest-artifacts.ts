@@ -1,0 +1,92 @@
+import { createHash } from 'node:crypto';
+import { readFile, mkdir, access, rename, rm } from 'node:fs/promises';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { findGuestKernel, type GuestKernel } from './kernel.ts';
+import { writeCpio, type CpioEntry } from './cpio.ts';
+import { runCommand, commandExists } from '../util/command.ts';
+import { TorporError } from '../util/errors.ts';
+import { writeFileAtomic } from '../util/atomic-file.ts';
+import { paths } from '../state/paths.ts';
+import { type Progress, silentProgress } from '../util/progress.ts';
+
+export interface GuestArtifacts {
+  kernel: GuestKernel;
+  initramfsPath: string;
+  /** Changes whenever the agent or the kernel changes: boot templates are keyed on it. */
+  key: string;
+}
+
+const agentSource = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'guest', 'agent.c');
+
+// The drivers a microvm guest needs that Debian's cloud kernel builds as modules.
+const wantedModules = ['virtio_mmio', 'virtio_blk', 'virtio_net', 'virtio_console', 'overlay'];
+
+async function moduleLoadOrder(kernel: GuestKernel): Promise<string[]> {
+  const dependencies = new Map<string, string[]>();
+  for (const line of (await readFile(join(kernel.modulesDirectory, 'modules.dep'), 'utf8')).split('\n')) {
+    const [module, rest] = line.split(':');
+    if (module && rest !== undefined) dependencies.set(module, rest.trim().split(/\s+/).filter(Boolean));
+  }
+  const byName = new Map([...dependencies.keys()].map((path) => [path.split('/').pop()!.replace(/\.ko(\..*)?$/, ''), path]));
+  const ordered: string[] = [];
+  const visit = (path: string) => {
+    if (ordered.includes(path)) return;
+    // modules.dep lists the full closure, deepest last; loading in reverse satisfies each before its user.
+    for (const dependency of [...(dependencies.get(path) ?? [])].reverse()) visit(dependency);
+    ordered.push(path);
+  };
+  for (const name of wantedModules) {
+    const path = byName.get(name);
+    if (path) visit(path); // absent means built in
+  }
+  return ordered;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Builds (once, cached by content) the static guest agent and the initramfs that carries it. */
+export async function ensureGuestArtifacts(progress: Progress = silentProgress): Promise<GuestArtifacts> {
+  const kernel = await findGuestKernel();
+  const source = await readFile(agentSource);
+  const modules = await moduleLoadOrder(kernel);
+  const key = createHash('sha256')
+    .update(source)
+    .update(kernel.version)
+    .update(modules.join('\n'))
+    .update('initramfs-v1')
+    .digest('hex')
+    .slice(0, 16);
+  const directory = paths.artifacts();
+  const initramfsPath = join(directory, `initramfs-${key}.cpio`);
+  if (await exists(initramfsPath)) return { kernel, initramfsPath, key };
+
+  if (!(await commandExists('musl-gcc'))) {
+    throw new TorporError('musl-missing', 'musl-gcc is needed to build the guest agent', { hint: 'apt-get install -y musl-tools' });
+  }
+  progress(`building the guest agent and initramfs for kernel ${kernel.version}`);
+  await mkdir(directory, { recursive: true });
+  const agentPath = join(directory, `agent-${key}`);
+  await runCommand('musl-gcc', ['-static', '-O2', '-s', '-o', `${agentPath}.tmp`, agentSource]);
+  await rename(`${agentPath}.tmp`, agentPath);
+
+  const entries: CpioEntry[] = [
+    { path: 'init', mode: 0o100755, data: await readFile(agentPath) },
+    { path: 'modules.order', mode: 0o100644, data: Buffer.from(modules.map((path) => `/modules/${path.split('/').pop()}`).join('\n') + '\n') },
+    ...['dev', 'proc', 'sys', 'modules', 'lower', 'upper', 'newroot'].map((path) => ({ path, mode: 0o40755 })),
+  ];
+  for (const module of modules) {
+    entries.push({ path: `modules/${module.split('/').pop()}`, mode: 0o100644, data: await readFile(join(kernel.modulesDirectory, module)) });
+  }
+  await writeFileAtomic(initramfsPath, writeCpio(entries));
+  await rm(agentPath, { force: true });
+  progress(`initramfs ready (${modules.length} modules)`);
+  return { kernel, initramfsPath, key };
+}

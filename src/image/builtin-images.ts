@@ -1,0 +1,37 @@
+import { mkdtemp, rm, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { paths } from '../state/paths.ts';
+import { addImageFromDirectory, resolveImage } from './image-store.ts';
+import { buildBaseRoot } from './builders/base-image.ts';
+import { buildNodeRoot } from './builders/node-image.ts';
+import type { ImageConfig, ImageRecord } from './image-config.ts';
+import { type Progress, silentProgress } from '../util/progress.ts';
+
+/** Images torpor builds itself, on first use, from what the host has: no registry needed. */
+export const builtinImages: Record<string, { description: string; build: (root: string) => Promise<ImageConfig> }> = {
+  base: { description: 'busybox userland (a few MiB)', build: buildBaseRoot },
+  node: { description: 'busybox plus the host Node.js', build: buildNodeRoot },
+};
+
+export async function ensureBuiltinImage(name: string, progress: Progress = silentProgress): Promise<ImageRecord> {
+  const builder = builtinImages[name]!;
+  progress(`building image ${name}: ${builder.description}`);
+  await mkdir(paths.images(), { recursive: true });
+  const root = await mkdtemp(join(paths.images(), '.build-'));
+  try {
+    const config = await builder.build(root);
+    const record = await addImageFromDirectory(root, { name, config, source: `builtin:${name}`, progress });
+    progress(`image ${name} ready (${(record.sizeBytes / 1048576).toFixed(0)} MiB ext4, ${record.digest.slice(0, 19)})`);
+    return record;
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+}
+
+/** Resolves a name to an image, building a built-in one the first time it is asked for. */
+export async function resolveOrBuildImage(reference: string, progress: Progress = silentProgress): Promise<ImageRecord | undefined> {
+  const existing = await resolveImage(reference);
+  if (existing) return existing;
+  if (reference in builtinImages) return ensureBuiltinImage(reference, progress);
+  return undefined;
+}

@@ -1,0 +1,330 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import { createWriteStream, type WriteStream } from 'node:fs';
+import { rm, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { AgentClient, GuestError, type GuestProcess } from '../guest/agent-client.ts';
+import { FrameDecoder, FrameType, encodeFrame, encodeError, type Frame } from '../guest/protocol.ts';
+import { qemuDriver } from '../vm/qemu-driver.ts';
+import type { RunningVm, VmExit } from '../vm/driver.ts';
+import { memoryDirectory } from '../state/paths.ts';
+import {
+  machineFiles,
+  readMachineConfig,
+  readMachineState,
+  writeMachineState,
+  type MachineConfig,
+  type MachineState,
+} from './machine-record.ts';
+import { releaseMachine } from './machine-removal.ts';
+import type { ControlRequest, ControlReply } from './control-protocol.ts';
+
+// Streams the supervisor opens for its clients start here, apart from its own (16 and up).
+const firstRoutedStream = 0x10000000;
+
+interface Client {
+  socket: Socket;
+  /** client's stream id -> guest stream id */
+  outbound: Map<number, number>;
+  attachedStream?: number;
+}
+
+/**
+ * One per machine, detached from the CLI that started it. Owns QEMU (by pid), its QMP socket and
+ * the single guest channel, and lets any number of CLI clients share that channel through its
+ * control socket. Records the main process's output and the machine's state on disk.
+ */
+export class Supervisor {
+  private vm?: RunningVm;
+  private agent?: AgentClient;
+  private server?: Server;
+  private readonly clients = new Set<Client>();
+  /** guest stream id -> (client, client's stream id) */
+  private readonly inbound = new Map<number, { client: Client; stream: number }>();
+  private nextRoutedStream = firstRoutedStream;
+  private main?: GuestProcess;
+  private readonly pendingMainInput: Frame[] = [];
+  private processLog?: WriteStream;
+  private state: MachineState = { status: 'starting' };
+  private stopping = false;
+  private firstAttach?: () => void;
+  private readonly files;
+
+  constructor(private readonly config: MachineConfig) {
+    this.files = machineFiles(config.id);
+  }
+
+  static async fromDirectory(id: string): Promise<Supervisor> {
+    return new Supervisor(await readMachineConfig(id));
+  }
+
+  private async setState(patch: Partial<MachineState>): Promise<void> {
+    this.state = { ...this.state, ...patch };
+    await writeMachineState(this.config.id, this.state);
+  }
+
+  private memoryFile(): string {
+    return join(memoryDirectory(), `${this.config.id}.ram`);
+  }
+
+  async run(): Promise<void> {
+    const previous = await readMachineState(this.config.id);
+    this.state = {
+      status: 'starting',
+      supervisorPid: process.pid,
+      startedAt: new Date().toISOString(),
+      waitForAttach: previous.waitForAttach,
+    };
+    await this.setState({});
+    const started = performance.now();
+    try {
+      await mkdir(memoryDirectory(), { recursive: true });
+      await rm(this.memoryFile(), { force: true });
+      this.vm = await qemuDriver.launch(
+        {
+          id: this.config.id,
+          cpus: this.config.cpus,
+          memoryMiB: this.config.memoryMiB,
+          accelerator: this.config.accelerator,
+          kernelPath: this.config.kernelPath,
+          initramfsPath: this.config.initramfsPath,
+          kernelArguments: this.config.kernelArguments,
+          imageDisk: this.config.image.diskPath,
+          layerDisk: this.files.layerDisk,
+          memoryFile: this.memoryFile(),
+          agentSocket: this.files.agentSocket,
+          qmpSocket: this.files.qmpSocket,
+          consoleLog: this.files.consoleLog,
+          network: this.config.network,
+          ports: this.config.ports,
+        },
+        { logPath: this.files.supervisorLog },
+      );
+      await this.setState({ qemuPid: this.vm.pid });
+      this.vm.exited.then((exit) => this.onVmExit(exit));
+      this.agent = await AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 });
+      this.agent.onClose(() => {});
+      const vmGone = this.vm.exited.then((exit) => {
+        throw new Error(`QEMU exited during boot (${exit.signal ?? `code ${exit.code}`}): ${exit.message}`);
+      });
+      await Promise.race([this.agent.hello(this.config.bootTimeoutMs), vmGone]);
+      await this.agent.configure({ hostname: this.config.hostname, time: String(BigInt(Date.now()) * 1_000_000n), entropy: randomBytes(64).toString('hex') });
+      await this.openControlSocket();
+      await this.setState({ status: 'running', readyAt: new Date().toISOString(), bootMs: Math.round(performance.now() - started) });
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      await this.fail(`${message}; console log: ${this.files.consoleLog}`);
+      return;
+    }
+    if (this.state.waitForAttach) {
+      // Foreground run: the CLI attaches before the process starts, so it sees every byte.
+      await new Promise<void>((resolve) => {
+        this.firstAttach = resolve;
+        setTimeout(resolve, 30_000);
+      });
+    }
+    this.startMain();
+  }
+
+  private startMain(): void {
+    this.processLog = createWriteStream(this.files.processLog, { flags: 'a' });
+    const record = (stream: 'stdout' | 'stderr') => (data: Buffer) => {
+      this.processLog!.write(JSON.stringify({ time: new Date().toISOString(), stream, log: data.toString() }) + '\n');
+      this.forwardToAttached(stream === 'stdout' ? FrameType.stdout : FrameType.stderr, data);
+    };
+    this.main = this.agent!.exec(
+      {
+        argv: this.config.command,
+        env: this.config.env,
+        workingDirectory: this.config.workingDir,
+        user: this.config.user,
+        tty: this.config.tty,
+        stdin: this.config.interactive,
+      },
+      { stdout: record('stdout'), stderr: record('stderr') },
+    );
+    for (const frame of this.pendingMainInput.splice(0)) this.agent!.send(frame.type, this.main.stream, frame.payload);
+    // Like docker: 127 when the command does not exist, 126 when it cannot be run.
+    this.main.exited.then(
+      (status) => this.onMainExit(status.code, undefined),
+      (error: Error) => this.onMainExit(error instanceof GuestError && error.errno === 2 ? 127 : 126, error.message),
+    );
+  }
+
+  private forwardToAttached(type: number, payload: Buffer): void {
+    for (const client of this.clients) {
+      if (client.attachedStream !== undefined) client.socket.write(encodeFrame(type, client.attachedStream, payload));
+    }
+  }
+
+  private async onMainExit(code: number, error: string | undefined): Promise<void> {
+    if (error) {
+      this.processLog?.write(JSON.stringify({ time: new Date().toISOString(), stream: 'stderr', log: `torpor: ${error}\n` }) + '\n');
+      this.forwardToAttached(FrameType.stderr, Buffer.from(`torpor: ${error}\n`));
+    }
+    const exit = Buffer.alloc(8);
+    exit.writeInt32LE(code, 0);
+    this.forwardToAttached(FrameType.exit, exit);
+    await this.shutdown(code, error);
+  }
+
+  private async onVmExit(exit: VmExit): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    const reason = exit.signal ? `killed by ${exit.signal}` : `exited with code ${exit.code}`;
+    const code = exit.signal === 'SIGKILL' ? 137 : 128 + 15;
+    this.forwardToAttached(FrameType.stderr, Buffer.from(`torpor: the machine's QEMU process ${reason}\n`));
+    const payload = Buffer.alloc(8);
+    payload.writeInt32LE(code, 0);
+    this.forwardToAttached(FrameType.exit, payload);
+    await this.finish({ status: 'exited', exitCode: code, error: `QEMU ${reason}${exit.message ? `: ${exit.message.split('\n').pop()}` : ''}` });
+  }
+
+  private async fail(message: string): Promise<void> {
+    this.stopping = true;
+    this.vm?.kill('SIGKILL');
+    await this.vm?.exited;
+    await this.finish({ status: 'failed', error: message, exitCode: 125 });
+  }
+
+  /** Syncs the guest's disks, then ends QEMU: politely, then by pid. */
+  async shutdown(exitCode: number, error?: string): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    await this.setState({ status: 'stopping' });
+    const vm = this.vm!;
+    try {
+      await Promise.race([
+        this.agent!.request(FrameType.shutdown, undefined, (frame) => ({ done: frame.type === FrameType.ok })),
+        new Promise((resolve) => setTimeout(resolve, 3000)),
+      ]);
+    } catch {
+      // the agent is gone: the VM is going down anyway
+    }
+    const exited = await Promise.race([vm.exited.then(() => true), new Promise<false>((resolve) => setTimeout(() => resolve(false), 3000))]);
+    if (!exited) {
+      await vm.qmp.execute('quit').catch(() => {});
+      const quit = await Promise.race([vm.exited.then(() => true), new Promise<false>((resolve) => setTimeout(() => resolve(false), 2000))]);
+      if (!quit) vm.kill('SIGKILL');
+      await vm.exited;
+    }
+    await this.finish({ status: 'exited', exitCode, ...(error ? { error } : {}) });
+  }
+
+  private async finish(patch: Partial<MachineState>): Promise<void> {
+    await new Promise<void>((resolve) => (this.processLog ? this.processLog.end(resolve) : resolve()));
+    this.server?.close();
+    for (const client of this.clients) client.socket.end();
+    this.agent?.close();
+    this.vm?.qmp.close();
+    await rm(this.memoryFile(), { force: true });
+    await rm(this.files.controlSocket, { force: true });
+    await rm(this.files.agentSocket, { force: true });
+    await rm(this.files.qmpSocket, { force: true });
+    await this.setState({ ...patch, finishedAt: new Date().toISOString(), waitForAttach: undefined });
+    if (this.config.autoRemove && this.state.status === 'exited') await releaseMachine(this.config);
+    setTimeout(() => process.exit(0), 50).unref();
+  }
+
+  // ---------- control socket ----------
+
+  private async openControlSocket(): Promise<void> {
+    await rm(this.files.controlSocket, { force: true });
+    this.server = createServer((socket) => this.accept(socket));
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(this.files.controlSocket, resolve);
+    });
+  }
+
+  private accept(socket: Socket): void {
+    const client: Client = { socket, outbound: new Map() };
+    this.clients.add(client);
+    const decoder = new FrameDecoder();
+    socket.on('data', (chunk: Buffer) => {
+      for (const frame of decoder.push(chunk)) this.fromClient(client, frame);
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      this.clients.delete(client);
+      for (const [guestStream, route] of this.inbound) {
+        if (route.client !== client) continue;
+        this.inbound.delete(guestStream);
+        // A hung-up terminal ends what runs on it, as it would on a real one.
+        if (!this.agent?.closed) {
+          const hangup = Buffer.alloc(4);
+          hangup.writeInt32LE(1, 0);
+          this.agent?.send(FrameType.signal, guestStream, hangup);
+        }
+      }
+    });
+  }
+
+  private fromClient(client: Client, frame: Frame): void {
+    if (frame.type === FrameType.control) {
+      this.control(client, frame.stream, JSON.parse(frame.payload.toString()) as ControlRequest).then(
+        (reply) => client.socket.write(encodeFrame(FrameType.controlReply, frame.stream, Buffer.from(JSON.stringify(reply)))),
+        (error: Error) => client.socket.write(encodeFrame(FrameType.error, frame.stream, encodeError(0, error.message))),
+      );
+      return;
+    }
+    if (!this.agent || this.agent.closed || this.stopping) {
+      client.socket.write(encodeFrame(FrameType.error, frame.stream, encodeError(0, 'the machine is stopping')));
+      return;
+    }
+    if (client.attachedStream === frame.stream) {
+      // Input for the main process: stdin, signals, terminal size (held until it has started).
+      if (this.main) this.agent.send(frame.type, this.main.stream, frame.payload);
+      else this.pendingMainInput.push(frame);
+      return;
+    }
+    let guestStream = client.outbound.get(frame.stream);
+    if (guestStream === undefined) {
+      guestStream = this.nextRoutedStream++;
+      client.outbound.set(frame.stream, guestStream);
+      this.inbound.set(guestStream, { client, stream: frame.stream });
+      this.routeReplies(guestStream);
+    }
+    this.agent.send(frame.type, guestStream, frame.payload);
+  }
+
+  private routeReplies(guestStream: number): void {
+    this.agent!.route(guestStream, (frame) => {
+      const route = this.inbound.get(guestStream);
+      if (!route) return true;
+      route.client.socket.write(encodeFrame(frame.type, route.stream, frame.payload));
+      return false;
+    });
+  }
+
+  private async control(client: Client, stream: number, request: ControlRequest): Promise<ControlReply> {
+    switch (request.op) {
+      case 'status':
+        return { ok: true, state: this.state };
+      case 'attach':
+        client.attachedStream = stream;
+        this.firstAttach?.();
+        this.firstAttach = undefined;
+        return { ok: true, state: this.state };
+      case 'stop': {
+        if (this.main && !this.stopping) {
+          this.main.signal(request.signal ?? 15);
+          const timeout = (request.timeoutSeconds ?? 10) * 1000;
+          const exited = await Promise.race([
+            this.main.exited.then(() => true, () => true),
+            new Promise<false>((resolve) => setTimeout(() => resolve(false), timeout)),
+          ]);
+          if (!exited) this.main.signal(9);
+          await Promise.race([this.main.exited.catch(() => {}), new Promise((resolve) => setTimeout(resolve, 2000))]);
+          if (!this.stopping) await this.shutdown(137);
+        } else if (!this.stopping) {
+          await this.shutdown(0);
+        }
+        return { ok: true, state: this.state };
+      }
+      case 'kill':
+        this.main?.signal(request.signal ?? 9);
+        return { ok: true, state: this.state };
+    }
+  }
+}

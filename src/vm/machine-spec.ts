@@ -1,0 +1,29 @@
+export type Accelerator = 'kvm' | 'tcg';
+
+export interface PortMapping {
+  hostAddress: string; // '' means every address, as docker does
+  hostPort: number;
+  guestPort: number;
+  protocol: 'tcp' | 'udp';
+}
+
+/** Everything a VM driver needs to start one machine; drivers (QEMU now, Firecracker later) map it to their own terms. */
+export interface MachineSpec {
+  id: string;
+  cpus: number;
+  memoryMiB: number;
+  accelerator: Accelerator;
+  kernelPath: string;
+  initramfsPath: string;
+  kernelArguments: string[];
+  imageDisk: string; // read-only ext4 image shared by every machine of the image
+  layerDisk?: string; // this machine's writable layer (raw ext4)
+  memoryFile: string; // guest RAM, in tmpfs
+  agentSocket: string;
+  qmpSocket: string;
+  consoleLog: string;
+  network: boolean;
+  ports: PortMapping[];
+  /** Restore: take RAM from `memoryFile` privately (copy-on-write) and wait for an incoming migration. */
+  incoming?: boolean;
+}
