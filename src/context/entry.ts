@@ -149,8 +149,40 @@ const kindSchemas: Record<EntryKind, z.ZodType> = {
   metadata: metadataEntry,
 };
 
-function issuesFrom(index: number, error: z.ZodError): EntryIssue[] {
-  return error.issues.map((issue) => ({ index, path: issue.path.map(String).join("."), message: issue.message }));
+function valueAt(value: unknown, path: readonly PropertyKey[]): unknown {
+  let current = value;
+  for (const key of path) current = current && typeof current === "object" ? (current as Record<PropertyKey, unknown>)[key] : undefined;
+  return current;
+}
+
+type Issue = z.core.$ZodIssue;
+
+/**
+ * Zod's union errors say only "Invalid input". Report the branch that got furthest instead (the
+ * deepest nested issue), which is almost always what the writer meant, and say plainly when a
+ * field is missing.
+ */
+function explain(value: unknown, issue: Issue, prefix: readonly PropertyKey[] = []): { path: PropertyKey[]; message: string } {
+  const path = [...prefix, ...issue.path];
+  if (issue.code === "invalid_union" && issue.errors.length > 0) {
+    const deepest = issue.errors
+      .flatMap((branch) => branch.slice(0, 1))
+      .sort((left, right) => right.path.length - left.path.length)[0];
+    if (deepest && deepest.path.length > 0) return explain(value, deepest, path);
+    const expected = [...new Set(issue.errors.map((branch) => (branch[0] as { expected?: string } | undefined)?.expected).filter(Boolean))];
+    const actual = valueAt(value, path);
+    if (actual === undefined) return { path, message: "required field is missing" };
+    if (expected.length > 0) return { path, message: `expected ${expected.join(" or ")}, got ${Array.isArray(actual) ? "array" : actual === null ? "null" : typeof actual}` };
+  }
+  if (path.length > 0 && valueAt(value, path) === undefined) return { path, message: "required field is missing" };
+  return { path, message: issue.message };
+}
+
+function issuesFrom(index: number, value: unknown, error: z.ZodError): EntryIssue[] {
+  return error.issues.map((issue) => {
+    const { path, message } = explain(value, issue);
+    return { index, path: path.map(String).join("."), message };
+  });
 }
 
 /**
@@ -168,7 +200,7 @@ export function parseEntry(value: unknown, index = 0): Entry {
     ]);
   }
   const result = kindSchemas[kind as EntryKind].safeParse(value);
-  if (!result.success) throw new InvalidEntryError(issuesFrom(index, result.error));
+  if (!result.success) throw new InvalidEntryError(issuesFrom(index, value, result.error));
   return result.data as Entry;
 }
 

@@ -1,0 +1,46 @@
+import { rmSync, writeFileSync, renameSync } from "node:fs";
+import type { Command } from "commander";
+import { startApiServer } from "../../api/server.ts";
+import { contextLogPaths, ensureDirectory, stateDirectory } from "../../context/state-directory.ts";
+import { processInputOutput, type CommandInputOutput, type ServerInfo } from "./log.ts";
+
+/** Registers `torpor serve`: the HTTP API over the context log, until interrupted. */
+export function registerServeCommand(program: Command, io: CommandInputOutput = processInputOutput): Command {
+  return program
+    .command("serve")
+    .description("serve the HTTP API (context log under /v1/logs) until interrupted")
+    .option("--port <port>", "port to listen on", "7070")
+    .option("--host <host>", "address to listen on (no authentication: keep it on loopback unless behind a proxy)", "127.0.0.1")
+    .option("--postgres <url>", "store the log in PostgreSQL instead of the SQLite file in the state directory")
+    .action(async (options: { port: string; host: string; postgres?: string }) => {
+      if (!/^\d+$/.test(options.port) || Number(options.port) > 65535) {
+        io.stderr.write(`torpor: --port must be a number from 0 to 65535, got ${JSON.stringify(options.port)}\n`);
+        io.setExitCode(1);
+        return;
+      }
+      const directory = stateDirectory(io.environment);
+      const paths = contextLogPaths(directory);
+      let server;
+      try {
+        server = await startApiServer({ port: Number(options.port), host: options.host, stateDirectory: directory, postgresUrl: options.postgres });
+      } catch (error) {
+        io.stderr.write(`torpor: ${(error as Error).message}\n`);
+        io.setExitCode(1);
+        return;
+      }
+      // Tell CLI invocations where the server is, so they read and write through it.
+      ensureDirectory(directory);
+      const info: ServerInfo = { url: server.url, pid: process.pid, storage: options.postgres ? "postgres" : paths.database };
+      const temporary = `${paths.serverInfo}.${process.pid}.tmp`;
+      writeFileSync(temporary, `${JSON.stringify(info)}\n`, { mode: 0o600 });
+      renameSync(temporary, paths.serverInfo);
+      const storage = options.postgres ? "PostgreSQL" : `SQLite ${paths.database}`;
+      io.stdout.write(`torpor API listening on ${server.url} (context log in ${storage})\n`);
+      const stop = async () => {
+        rmSync(paths.serverInfo, { force: true });
+        await server.close();
+      };
+      await Promise.race([io.interrupted(), new Promise<void>((resolve) => process.once("SIGTERM", () => resolve()))]);
+      await stop();
+    });
+}
