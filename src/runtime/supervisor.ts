@@ -147,7 +147,14 @@ export class Supervisor {
     // Like docker: 127 when the command does not exist, 126 when it cannot be run.
     this.main.exited.then(
       (status) => this.onMainExit(status.code, undefined),
-      (error: Error) => this.onMainExit(error instanceof GuestError && error.errno === 2 ? 127 : 126, error.message),
+      async (error: Error) => {
+        // A lost channel usually means QEMU died: let its exit handler tell the real reason.
+        if (this.agent!.closed) {
+          const vmExited = await Promise.race([this.vm!.exited.then(() => true), new Promise<false>((resolve) => setTimeout(() => resolve(false), 2000))]);
+          if (vmExited) return;
+        }
+        await this.onMainExit(error instanceof GuestError && error.errno === 2 ? 127 : 126, error.message);
+      },
     );
   }
 

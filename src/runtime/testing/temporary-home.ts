@@ -1,0 +1,21 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { listMachines, killMachine } from '../machines.ts';
+
+/**
+ * A private TORPOR_HOME for a test file, so tests never see a user's machines or each other's.
+ * Host-level artifacts (initramfs, KVM verdict) stay shared through TORPOR_CACHE's default.
+ * Short paths: unix socket paths are limited to 108 bytes.
+ */
+export async function useTemporaryHome(): Promise<{ home: string; cleanup: () => Promise<void> }> {
+  const home = await mkdtemp(join(tmpdir(), 'tp-'));
+  process.env.TORPOR_HOME = home;
+  return {
+    home,
+    cleanup: async () => {
+      for (const machine of await listMachines()) await killMachine(machine.config);
+      await rm(home, { recursive: true, force: true });
+    },
+  };
+}
