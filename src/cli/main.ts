@@ -7,6 +7,8 @@ import { registerLifecycleCommands } from './commands/lifecycle.ts';
 import { registerLogsCommand } from './commands/logs.ts';
 import { registerCopyCommand } from './commands/cp.ts';
 import { registerDoctorCommand } from './commands/doctor.ts';
+import { registerLogCommands } from './commands/log.ts';
+import { registerServeCommand } from './commands/serve.ts';
 
 export function buildProgram(): Command {
   const program = new Command('torpor')
@@ -21,6 +23,8 @@ export function buildProgram(): Command {
   registerLogsCommand(program);
   registerCopyCommand(program);
   registerDoctorCommand(program);
+  registerLogCommands(program);
+  registerServeCommand(program);
   return program;
 }
 
