@@ -1,0 +1,406 @@
+/**
+ * Context log benchmark, run by hand (not a test):
+ *
+ *   node --import tsx bench/context-log.ts [--scale 0.1] [--no-postgres] [--output bench/results/x.txt]
+ *
+ * Prints one table comparing, on the same work and the same machine:
+ *   - torpor embedded: the ContextLog library in this process (SQLite, WAL, synchronous=FULL)
+ *   - torpor HTTP: `torpor serve` in a child process, over loopback (SQLite, and PostgreSQL if present)
+ *   - Durable Streams: the reference server (@durable-streams/server, file-backed, fdatasync per
+ *     append) in a child process, over loopback, JSON mode, compression off
+ * Every append is durable when acknowledged in all columns.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { cpus, totalmem, release } from "node:os";
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { ContextLog, SqliteStorage, PostgresStorage } from "../src/context/index.ts";
+import { startPostgresServer, type PostgresServer } from "../src/context/testing/postgres-server.ts";
+
+const argv = process.argv.slice(2);
+const flag = (name: string) => argv.includes(name);
+const option = (name: string) => {
+  const index = argv.indexOf(name);
+  return index >= 0 ? argv[index + 1] : undefined;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Targets
+// ---------------------------------------------------------------------------------------------
+type Payload = Record<string, unknown>;
+interface Target {
+  name: string;
+  prepare(session: string): Promise<void>;
+  append(session: string, entries: Payload[]): Promise<void>;
+  /** Reads the whole session from the start; returns how many entries came back. */
+  readAll(session: string): Promise<number>;
+  /** Follows new entries from now on; calls back with each entry's payload. */
+  follow(session: string, onEntry: (payload: Payload) => void): Promise<() => void>;
+  close(): Promise<void>;
+}
+
+function embeddedTarget(name: string, log: ContextLog): Target {
+  return {
+    name,
+    async prepare() {},
+    async append(session, entries) {
+      await log.append(session, entries);
+    },
+    async readAll(session) {
+      let count = 0;
+      let from = 0;
+      for (;;) {
+        const page = await log.read(session, { from, limit: 10_000 });
+        count += page.entries.length;
+        from = page.nextOffset;
+        if (from >= page.endOffset) return count;
+      }
+    },
+    async follow(session, onEntry) {
+      const controller = new AbortController();
+      const from = (await log.describe(session)).nextOffset;
+      void (async () => {
+        for await (const stored of log.tail(session, { from, signal: controller.signal })) onEntry(stored.entry as unknown as Payload);
+      })();
+      return () => controller.abort();
+    },
+    close: () => log.close(),
+  };
+}
+
+async function startChild(kind: string, directory: string, extra: string[] = []): Promise<{ url: string; child: ChildProcess }> {
+  const self = fileURLToPath(import.meta.url);
+  const child = spawn(process.execPath, ["--import", "tsx", self, "--serve", kind, "--dir", directory, ...extra], { stdio: ["ignore", "pipe", "inherit"] });
+  const url = await new Promise<string>((resolve, reject) => {
+    let buffer = "";
+    child.stdout!.on("data", (chunk: Buffer) => {
+      buffer += chunk.toString();
+      const line = buffer.split("\n").find((candidate) => candidate.startsWith("URL="));
+      if (line) resolve(line.slice(4).trim());
+    });
+    child.once("exit", (code) => reject(new Error(`${kind} server exited with ${code}`)));
+  });
+  return { url, child };
+}
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** Reads server-sent events from a fetch response and hands each (event, data) to the callback. */
+function readEvents(response: Response, onEvent: (event: string, data: string) => void): void {
+  void (async () => {
+    const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        buffer += value;
+        let boundary: number;
+        while ((boundary = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, boundary);
+          buffer = buffer.slice(boundary + 2);
+          let event = "message";
+          const data: string[] = [];
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event:")) event = line.slice(6).trim();
+            else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+          }
+          if (data.length > 0) onEvent(event, data.join("\n"));
+        }
+      }
+    } catch {
+      // aborted
+    }
+  })();
+}
+
+async function ok(response: Response): Promise<Response> {
+  if (!response.ok) throw new Error(`HTTP ${response.status}: ${await response.text()}`);
+  return response;
+}
+
+function torporHttpTarget(name: string, url: string, child: ChildProcess): Target {
+  return {
+    name,
+    async prepare() {},
+    async append(session, entries) {
+      const response = await ok(await fetch(`${url}/v1/logs/${session}/entries`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(entries) }));
+      await response.arrayBuffer();
+    },
+    async readAll(session) {
+      let count = 0;
+      let from = 0;
+      for (;;) {
+        const response = await ok(await fetch(`${url}/v1/logs/${session}/entries?from=${from}&limit=10000`));
+        const page = (await response.json()) as { entries: unknown[]; nextOffset: number; endOffset: number };
+        count += page.entries.length;
+        from = page.nextOffset;
+        if (from >= page.endOffset) return count;
+      }
+    },
+    async follow(session, onEntry) {
+      const controller = new AbortController();
+      const from = ((await (await fetch(`${url}/v1/logs/${session}`)).json()) as { nextOffset: number }).nextOffset;
+      const response = await ok(await fetch(`${url}/v1/logs/${session}/entries?live=sse&from=${from}`, { signal: controller.signal }));
+      readEvents(response, (event, data) => {
+        if (event === "entry") onEntry((JSON.parse(data) as { entry: Payload }).entry);
+      });
+      return () => controller.abort();
+    },
+    close: () => stopChild(child),
+  };
+}
+
+function durableStreamsTarget(url: string, child: ChildProcess): Target {
+  const streamUrl = (session: string) => `${url}/v1/stream/${session}`;
+  return {
+    name: "Durable Streams HTTP",
+    async prepare(session) {
+      await ok(await fetch(streamUrl(session), { method: "PUT", headers: { "content-type": "application/json" } }));
+    },
+    async append(session, entries) {
+      const response = await ok(await fetch(streamUrl(session), { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(entries) }));
+      await response.arrayBuffer();
+    },
+    async readAll(session) {
+      let count = 0;
+      let offset = "-1";
+      for (;;) {
+        const response = await ok(await fetch(`${streamUrl(session)}?offset=${encodeURIComponent(offset)}`));
+        const page = (await response.json()) as unknown[];
+        count += page.length;
+        offset = response.headers.get("Stream-Next-Offset") ?? offset;
+        if (response.headers.get("Stream-Up-To-Date") === "true") return count;
+      }
+    },
+    async follow(session, onEntry) {
+      const controller = new AbortController();
+      const response = await ok(await fetch(`${streamUrl(session)}?offset=now&live=sse`, { signal: controller.signal }));
+      readEvents(response, (event, data) => {
+        if (event === "data") for (const payload of JSON.parse(data) as Payload[]) onEntry(payload);
+      });
+      return () => controller.abort();
+    },
+    close: () => stopChild(child),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+// ---------------------------------------------------------------------------------------------
+function percentile(samples: number[], fraction: number): number {
+  const sorted = [...samples].sort((left, right) => left - right);
+  return sorted[Math.min(sorted.length - 1, Math.floor(fraction * sorted.length))];
+}
+
+const text = (bytes: number, seed: number) => `${seed}:`.padEnd(bytes, "abcdefghijklmnopqrstuvwxyz ");
+const message = (bytes: number, seed: number): Payload => ({ kind: "message", role: "user", content: text(bytes, seed) });
+
+interface Results {
+  [metric: string]: string;
+}
+
+async function sequentialAppends(target: Target, session: string, count: number): Promise<{ perSecond: number; p50: number; p99: number }> {
+  await target.prepare(session);
+  const latencies: number[] = [];
+  const started = performance.now();
+  for (let index = 0; index < count; index++) {
+    const before = performance.now();
+    await target.append(session, [message(200, index)]);
+    latencies.push(performance.now() - before);
+  }
+  const seconds = (performance.now() - started) / 1000;
+  return { perSecond: count / seconds, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99) };
+}
+
+async function fill(target: Target, session: string, total: number, batch: number, bytes: number): Promise<number> {
+  const started = performance.now();
+  for (let written = 0; written < total; written += batch) {
+    const size = Math.min(batch, total - written);
+    await target.append(session, Array.from({ length: size }, (_, index) => message(bytes, written + index)));
+  }
+  return (performance.now() - started) / 1000;
+}
+
+async function tailLatency(target: Target, session: string, count: number): Promise<{ p50: number; p99: number }> {
+  await target.prepare(session);
+  await target.append(session, [message(100, -1)]);
+  const waiting = new Map<number, () => void>();
+  const stop = await target.follow(session, (payload) => {
+    const seed = Number(String(payload.content).split(":")[0]);
+    waiting.get(seed)?.();
+  });
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const latencies: number[] = [];
+  for (let index = 0; index < count; index++) {
+    const delivered = new Promise<void>((resolve) => waiting.set(index, resolve));
+    const before = performance.now();
+    await target.append(session, [message(200, index)]);
+    await delivered;
+    latencies.push(performance.now() - before);
+    waiting.delete(index);
+  }
+  stop();
+  return { p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99) };
+}
+
+async function latencyAt(target: Target, session: string, count: number): Promise<{ p50: number; p99: number }> {
+  const latencies: number[] = [];
+  for (let index = 0; index < count; index++) {
+    const before = performance.now();
+    await target.append(session, [message(200, index)]);
+    latencies.push(performance.now() - before);
+  }
+  return { p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99) };
+}
+
+const milliseconds = (value: number) => `${value.toFixed(2)} ms`;
+const rate = (value: number) => `${Math.round(value).toLocaleString("en-US")}/s`;
+
+async function measure(target: Target, scale: number, log: (line: string) => void): Promise<Results> {
+  const results: Results = {};
+  const run = Math.random().toString(36).slice(2, 8);
+  const sequentialCount = Math.round(2000 * scale);
+  log(`  ${target.name}: ${sequentialCount} sequential single-entry appends`);
+  const sequential = await sequentialAppends(target, `seq-${run}`, sequentialCount);
+  results["sequential appends (1 entry, 200 B)"] = rate(sequential.perSecond);
+  results["  append latency p50 / p99"] = `${milliseconds(sequential.p50)} / ${milliseconds(sequential.p99)}`;
+
+  const batches = Math.round(300 * scale);
+  log(`  ${target.name}: ${batches} batches of 100 x 1 KiB`);
+  await target.prepare(`batch-${run}`);
+  const batchSeconds = await fill(target, `batch-${run}`, batches * 100, 100, 1024);
+  results["batched appends (100 x 1 KiB)"] = `${rate(batches / batchSeconds)} (${rate((batches * 100) / batchSeconds)} entries)`;
+
+  const readSize = Math.round(100_000 * scale);
+  log(`  ${target.name}: read ${readSize} entries from offset 0`);
+  await target.prepare(`read-${run}`);
+  await fill(target, `read-${run}`, readSize, 2000, 256);
+  const readStarted = performance.now();
+  const count = await target.readAll(`read-${run}`);
+  const readSeconds = (performance.now() - readStarted) / 1000;
+  if (count !== readSize) throw new Error(`${target.name} read ${count} of ${readSize} entries`);
+  results[`read ${readSize.toLocaleString("en-US")} entries from 0`] = `${readSeconds.toFixed(2)} s (${rate(readSize / readSeconds)})`;
+
+  const tailCount = Math.round(500 * scale);
+  log(`  ${target.name}: tail latency over ${tailCount} appends`);
+  const tail = await tailLatency(target, `tail-${run}`, tailCount);
+  results["tail latency p50 / p99 (append -> delivery)"] = `${milliseconds(tail.p50)} / ${milliseconds(tail.p99)}`;
+
+  const small = 1000;
+  const large = Math.round(1_000_000 * scale);
+  const probes = Math.round(300 * Math.max(scale, 0.34));
+  await target.prepare(`small-${run}`);
+  await fill(target, `small-${run}`, small, 1000, 200);
+  const atSmall = await latencyAt(target, `small-${run}`, probes);
+  log(`  ${target.name}: filling a ${large.toLocaleString("en-US")}-entry session`);
+  await target.prepare(`large-${run}`);
+  const fillSeconds = await fill(target, `large-${run}`, large, 5000, 200);
+  log(`    (filled in ${fillSeconds.toFixed(1)} s)`);
+  const atLarge = await latencyAt(target, `large-${run}`, probes);
+  results[`append p50 / p99 at entry ${small.toLocaleString("en-US")}`] = `${milliseconds(atSmall.p50)} / ${milliseconds(atSmall.p99)}`;
+  results[`append p50 / p99 at entry ${large.toLocaleString("en-US")}`] = `${milliseconds(atLarge.p50)} / ${milliseconds(atLarge.p99)}`;
+  return results;
+}
+
+function table(columns: Array<{ name: string; results: Results }>): string {
+  const metrics = [...new Set(columns.flatMap((column) => Object.keys(column.results)))];
+  const rows = [["", ...columns.map((column) => column.name)], ...metrics.map((metric) => [metric, ...columns.map((column) => column.results[metric] ?? "-")])];
+  const widths = rows[0].map((_, index) => Math.max(...rows.map((row) => row[index].length)));
+  const line = (row: string[]) => `| ${row.map((cell, index) => cell.padEnd(widths[index])).join(" | ")} |`;
+  return [line(rows[0]), `|${widths.map((width) => "-".repeat(width + 2)).join("|")}|`, ...rows.slice(1).map(line)].join("\n");
+}
+
+async function main(): Promise<void> {
+  const scale = Number(option("--scale") ?? "1");
+  const output = option("--output");
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const directory = mkdtempSync(join(tmpdir(), "torpor-bench-"));
+  const columns: Array<{ name: string; results: Results }> = [];
+  let postgres: PostgresServer | undefined;
+  const started = Date.now();
+  try {
+    const targets: Array<() => Promise<Target>> = [
+      async () => embeddedTarget("torpor embedded (SQLite)", new ContextLog(new SqliteStorage({ path: join(directory, "embedded", "log.sqlite") }))),
+      async () => {
+        const { url, child } = await startChild("torpor", join(directory, "http-sqlite"));
+        return torporHttpTarget("torpor HTTP (SQLite)", url, child);
+      },
+    ];
+    if (!flag("--no-postgres")) {
+      targets.push(async () => {
+        postgres ??= await startPostgresServer({ durable: true });
+        return embeddedTarget("torpor embedded (PostgreSQL)", new ContextLog(await PostgresStorage.connect({ connectionString: postgres.url, schema: "bench_embedded" })));
+      });
+      targets.push(async () => {
+        postgres ??= await startPostgresServer({ durable: true });
+        const { url, child } = await startChild("torpor", join(directory, "http-postgres"), ["--postgres", postgres.url]);
+        return torporHttpTarget("torpor HTTP (PostgreSQL)", url, child);
+      });
+    }
+    targets.push(async () => {
+      const { url, child } = await startChild("durable-streams", join(directory, "durable-streams"));
+      return durableStreamsTarget(url, child);
+    });
+    for (const create of targets) {
+      const target = await create();
+      log(`measuring ${target.name}`);
+      try {
+        columns.push({ name: target.name, results: await measure(target, scale, log) });
+      } finally {
+        await target.close();
+      }
+    }
+  } finally {
+    await postgres?.stop();
+    rmSync(directory, { recursive: true, force: true });
+  }
+
+  const packageVersion = (name: string) => (JSON.parse(readFileSync(new URL(`../node_modules/${name}/package.json`, import.meta.url), "utf8")) as { version: string }).version;
+  const facts = [
+    `torpor context log benchmark, ${new Date().toISOString().slice(0, 10)}${scale !== 1 ? ` (scale ${scale})` : ""}`,
+    `machine: ${cpus().length} x ${cpus()[0]?.model ?? "?"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, Linux ${release()}, ext4 on a virtual disk`,
+    `software: Node ${process.version}, better-sqlite3 ${packageVersion("better-sqlite3")}, pg ${packageVersion("pg")}, PostgreSQL 15 (fsync on), @durable-streams/server ${packageVersion("@durable-streams/server")} (file-backed, compression off)`,
+    "durability: every append is on disk when acknowledged (SQLite WAL + synchronous=FULL; PostgreSQL commit with fsync; Durable Streams fdatasync per append)",
+    "HTTP columns: server in a child process, client in this process, loopback, keep-alive fetch; embedded: library calls in this process",
+    `entries: 200 B messages unless noted; read test entries 256 B; wall time ${((Date.now() - started) / 1000).toFixed(0)} s`,
+    "",
+  ];
+  const report = `${facts.join("\n")}${table(columns)}\n`;
+  process.stdout.write(report);
+  if (output) writeFileSync(output, report);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child-process servers: this same file, started with --serve.
+// ---------------------------------------------------------------------------------------------
+if (flag("--serve")) {
+  const kind = option("--serve")!;
+  const directory = option("--dir")!;
+  // Servers print informational logs to stdout; silence them so they cost both sides the same (nothing).
+  const write = process.stdout.write.bind(process.stdout);
+  console.log = console.info = console.debug = () => {};
+  if (kind === "durable-streams") {
+    const { DurableStreamTestServer } = await import("@durable-streams/server");
+    const server = new DurableStreamTestServer({ port: 0, host: "127.0.0.1", dataDir: directory, compression: false });
+    const url = await server.start();
+    write(`URL=${url}\n`);
+    process.on("SIGTERM", () => void server.stop().then(() => process.exit(0)));
+  } else {
+    const { startApiServer } = await import("../src/api/server.ts");
+    const server = await startApiServer({ port: 0, stateDirectory: directory, postgresUrl: option("--postgres") });
+    write(`URL=${server.url}\n`);
+    process.on("SIGTERM", () => void server.close().then(() => process.exit(0)));
+  }
+} else {
+  await main();
+}
