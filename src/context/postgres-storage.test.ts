@@ -6,6 +6,7 @@ import { ContextLog } from "./context-log.ts";
 import { DatabaseLockedError, StorageReadOnlyError, StorageUnavailableError } from "./errors.ts";
 import { PostgresStorage } from "./postgres-storage.ts";
 import { describeContextLogContract, user } from "./testing/contract.ts";
+import { runCrashScenario } from "./testing/crash-scenario.ts";
 import { startPostgresServer, type PostgresServer } from "./testing/postgres-server.ts";
 
 let server: PostgresServer;
@@ -44,6 +45,11 @@ describeContextLogContract({
 });
 
 describe("postgres storage specifics", () => {
+  it("keeps every acknowledged append, exactly once, when the writer is killed with SIGKILL", async () => {
+    const schema = schemaName();
+    await runCrashScenario(["postgres", server.url, schema, "crash"], async () => new ContextLog(await PostgresStorage.connect({ connectionString: server.url, schema })), "crash");
+  });
+
   it("fails with DatabaseLockedError when another transaction holds the session past the lock timeout", async () => {
     const schema = schemaName();
     const log = new ContextLog(await PostgresStorage.connect({ connectionString: server.url, schema, lockTimeoutMs: 200 }));

@@ -39,6 +39,13 @@ interface SessionRow {
   created_at: number;
 }
 
+/**
+ * better-sqlite3 is synchronous: its busy handler would freeze the whole process (an API server
+ * included) while another process holds the write lock. So SQLite itself waits only briefly and
+ * the wait up to busyTimeoutMs happens here, asynchronously, between attempts.
+ */
+const lockSliceMs = 10;
+
 const schema = `
 CREATE TABLE IF NOT EXISTS sessions (
   key INTEGER PRIMARY KEY,
@@ -105,11 +112,13 @@ export class SqliteStorage implements LogStorage {
   private readonly chains = new Map<string, Array<{ key: number; forkOffset: number | null }>>();
   private readonly statements;
   private closed = false;
+  private readonly busyTimeoutMs: number;
   private identity: { device: number; inode: number } | undefined;
 
   constructor(options: SqliteStorageOptions) {
     this.path = options.path;
     this.pollIntervalMs = options.pollIntervalMs ?? 50;
+    this.busyTimeoutMs = options.busyTimeoutMs ?? 5000;
     this.events.setMaxListeners(0);
     try {
       if (!options.readOnly) ensureDirectory(dirname(options.path));
@@ -119,6 +128,8 @@ export class SqliteStorage implements LogStorage {
         this.database.exec(schema);
       }
       this.database.pragma("synchronous = FULL");
+      // Opening may wait the full timeout (nothing else runs yet); appends wait asynchronously.
+      this.database.pragma(`busy_timeout = ${lockSliceMs}`);
       const stats = statSync(options.path);
       this.identity = { device: stats.dev, inode: stats.ino };
     } catch (error) {
@@ -196,8 +207,10 @@ export class SqliteStorage implements LogStorage {
   }
 
   async append(command: AppendCommand): Promise<AppendOutcome> {
-    this.assertFileInPlace();
-    const outcome = this.run(() => this.appendTransaction.immediate(command));
+    const outcome = await this.withLockRetry(() => {
+      this.assertFileInPlace();
+      return this.run(() => this.appendTransaction.immediate(command));
+    });
     if (!outcome.duplicate) this.events.emit(command.sessionId);
     return outcome;
   }
@@ -237,6 +250,20 @@ export class SqliteStorage implements LogStorage {
     }
     return { firstOffset, count: command.rows.length, nextOffset: position, duplicate: false };
   });
+
+  private async withLockRetry<T>(operation: () => T): Promise<T> {
+    const deadline = Date.now() + this.busyTimeoutMs;
+    let pause = 1;
+    for (;;) {
+      try {
+        return operation();
+      } catch (error) {
+        if (!(error instanceof DatabaseLockedError) || Date.now() + pause > deadline) throw error;
+      }
+      await new Promise((resolve) => setTimeout(resolve, pause));
+      pause = Math.min(pause * 2, 50);
+    }
+  }
 
   private lazyTransaction<A, R>(body: (argument: A) => R): { immediate(argument: A): R } {
     let transaction: Database.Transaction<(argument: A) => R> | undefined;
@@ -290,7 +317,7 @@ export class SqliteStorage implements LogStorage {
   }
 
   async fork(parentId: string, atOffset: number, newId: string): Promise<SessionRecord> {
-    return this.run(() =>
+    return this.withLockRetry(() => this.run(() =>
       this.database
         .transaction(() => {
           const parent = this.statements.sessionById.get(parentId);
@@ -302,7 +329,7 @@ export class SqliteStorage implements LogStorage {
           return this.record({ key, id: newId, parent_key: parent.key, fork_offset: atOffset, next_offset: atOffset, created_at: now }, parentId);
         })
         .immediate(),
-    );
+    ));
   }
 
   waitForAppend(sessionId: string, knownNextOffset: number, signal?: AbortSignal): Promise<void> {
