@@ -1,4 +1,4 @@
-import { assertSummariesCoverThePast } from "./compaction.ts";
+import { activeSummaries, assertSummariesCoverThePast } from "./compaction.ts";
 import { parseEntries, type Entry, type StoredEntry } from "./entry.ts";
 import { EntryTooLargeError, InvalidArgumentError, OffsetBeyondEndError, UnknownSessionError } from "./errors.ts";
 import { entriesToModelMessages, type ModelMessage, type ToModelMessagesOptions } from "./model-messages.ts";
@@ -204,10 +204,30 @@ export class ContextLog implements ContextLogClient {
     return this.storage.listSessions();
   }
 
-  /** The session as AI SDK `ModelMessage`s, with summarized ranges replaced by their summaries. */
+  /**
+   * The session as AI SDK `ModelMessage`s, with summarized ranges replaced by their summaries.
+   * Only the summaries and the entries outside summarized ranges are read, so a compacted
+   * 10,000-turn session costs what its context costs, not what its history costs.
+   */
   async toModelMessages(sessionId: string, options: ToModelMessagesOptions = {}): Promise<ModelMessage[]> {
-    const { entries } = await this.read(sessionId);
-    return entriesToModelMessages(entries, options);
+    if (options.ignoreSummaries) return entriesToModelMessages((await this.read(sessionId)).entries, options);
+    const session = await this.describe(sessionId);
+    const summaries: StoredEntry[] = [];
+    for (const row of await this.storage.readSummaryRows(sessionId)) summaries.push(await this.decode(sessionId, row));
+    const covered = activeSummaries(summaries);
+    if (covered.length === 0) return entriesToModelMessages((await this.read(sessionId)).entries, options);
+    const wanted: StoredEntry[] = [];
+    let from = 0;
+    for (const range of [...covered, { from: session.nextOffset, to: session.nextOffset }]) {
+      if (from < range.from) wanted.push(...(await this.read(sessionId, { from, to: range.from })).entries);
+      from = Math.max(from, range.to);
+    }
+    const stored = [...wanted, ...summaries].sort((left, right) => left.offset - right.offset);
+    // A result whose call was summarized away still needs the call's tool name: fall back to everything.
+    const calls = new Set(stored.flatMap((item) => (item.entry.kind === "tool-call" ? [item.entry.toolCallId] : [])));
+    const orphaned = stored.some((item) => item.entry.kind === "tool-result" && item.entry.toolName === undefined && !calls.has(item.entry.toolCallId));
+    if (orphaned) return entriesToModelMessages((await this.read(sessionId)).entries, options);
+    return entriesToModelMessages(stored, options);
   }
 
   async close(): Promise<void> {

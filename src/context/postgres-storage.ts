@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS ${schema}.context_entries (
   appended_at BIGINT NOT NULL,
   PRIMARY KEY (session_key, position)
 );
+CREATE INDEX IF NOT EXISTS context_entries_summaries ON ${schema}.context_entries (session_key, position) WHERE kind = 'summary';
 CREATE TABLE IF NOT EXISTS ${schema}.context_producers (
   session_key BIGINT NOT NULL,
   producer_id TEXT NOT NULL,
@@ -170,7 +171,7 @@ export class PostgresStorage implements LogStorage {
     const storage = new PostgresStorage(options);
     try {
       // Only create tables when missing, so a read-only role can still open an existing log.
-      const existing = await storage.query<{ table: string | null }>("SELECT to_regclass($1)::text AS table", [`${storage.schema}.context_blobs`]);
+      const existing = await storage.query<{ table: string | null }>("SELECT to_regclass($1)::text AS table", [`${storage.schema}.context_entries_summaries`]);
       if (existing.rows[0].table === null) await storage.transaction(async (client) => {
         // Concurrent first starts would race on CREATE IF NOT EXISTS; serialize them.
         await client.query("SELECT pg_advisory_xact_lock(hashtext('torpor_context_schema'))");
@@ -326,6 +327,20 @@ export class PostgresStorage implements LogStorage {
       const result = await this.query<{ position: string; body: string; appended_at: string }>(
         `SELECT position, body, appended_at FROM ${this.tables.entries} WHERE session_key = $1 AND position >= $2 AND position < $3 ORDER BY position LIMIT $4`,
         [segment.key, segment.from, Number.isFinite(segment.to) ? segment.to : Number.MAX_SAFE_INTEGER, Math.min(limit - rows.length, Number.MAX_SAFE_INTEGER)],
+      );
+      for (const row of result.rows) rows.push({ offset: Number(row.position), body: row.body, appendedAt: new Date(Number(row.appended_at)).toISOString() });
+    }
+    return rows;
+  }
+
+  async readSummaryRows(sessionId: string): Promise<StoredRow[]> {
+    const chain = await this.chain(sessionId);
+    if (!chain) throw new UnknownSessionError(sessionId);
+    const rows: StoredRow[] = [];
+    for (const segment of chainSegments(chain, 0, Number.MAX_SAFE_INTEGER)) {
+      const result = await this.query<{ position: string; body: string; appended_at: string }>(
+        `SELECT position, body, appended_at FROM ${this.tables.entries} WHERE session_key = $1 AND kind = 'summary' AND position >= $2 AND position < $3 ORDER BY position`,
+        [segment.key, segment.from, segment.to],
       );
       for (const row of result.rows) rows.push({ offset: Number(row.position), body: row.body, appendedAt: new Date(Number(row.appended_at)).toISOString() });
     }

@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS entries (
   appended_at INTEGER NOT NULL,
   PRIMARY KEY (session_key, position)
 );
+CREATE INDEX IF NOT EXISTS entries_summaries ON entries (session_key, position) WHERE kind = 'summary';
 CREATE TABLE IF NOT EXISTS producers (
   session_key INTEGER NOT NULL,
   producer_id TEXT NOT NULL,
@@ -152,6 +153,9 @@ export class SqliteStorage implements LogStorage {
       ),
       readEntries: database.prepare<[number, number, number, number], { position: number; body: string; appended_at: number }>(
         "SELECT position, body, appended_at FROM entries WHERE session_key = ? AND position >= ? AND position < ? ORDER BY position LIMIT ?",
+      ),
+      readSummaries: database.prepare<[number, number, number], { position: number; body: string; appended_at: number }>(
+        "SELECT position, body, appended_at FROM entries WHERE session_key = ? AND kind = 'summary' AND position >= ? AND position < ? ORDER BY position",
       ),
       producerState: database.prepare<[number, string], { epoch: number; last_sequence: number }>(
         "SELECT epoch, last_sequence FROM producers WHERE session_key = ? AND producer_id = ?",
@@ -305,6 +309,20 @@ export class SqliteStorage implements LogStorage {
       for (const segment of chainSegments(chain, from, to)) {
         if (rows.length >= limit) break;
         for (const row of this.statements.readEntries.iterate(segment.key, segment.from, segment.to, limit - rows.length)) {
+          rows.push({ offset: row.position, body: row.body, appendedAt: new Date(row.appended_at).toISOString() });
+        }
+      }
+      return rows;
+    });
+  }
+
+  async readSummaryRows(sessionId: string): Promise<StoredRow[]> {
+    return this.run(() => {
+      const chain = this.chain(sessionId);
+      if (!chain) throw new UnknownSessionError(sessionId);
+      const rows: StoredRow[] = [];
+      for (const segment of chainSegments(chain, 0, Number.MAX_SAFE_INTEGER)) {
+        for (const row of this.statements.readSummaries.iterate(segment.key, segment.from, segment.to)) {
           rows.push({ offset: row.position, body: row.body, appendedAt: new Date(row.appended_at).toISOString() });
         }
       }

@@ -55,6 +55,8 @@ export interface LogStorage {
   describe(sessionId: string): Promise<SessionRecord | undefined>;
   /** Rows in [from, to) in offset order, following fork parents; the session must exist. */
   readRows(sessionId: string, from: number, to: number, limit: number): Promise<StoredRow[]>;
+  /** Only the summary rows in offset order, following fork parents: compaction needs them without reading everything. */
+  readSummaryRows(sessionId: string): Promise<StoredRow[]>;
   listSessions(): Promise<SessionRecord[]>;
   fork(parentId: string, atOffset: number, newId: string): Promise<SessionRecord>;
   /**

@@ -15,6 +15,7 @@ import {
   UnknownSessionError,
 } from "../errors.ts";
 import type { Entry, StoredEntry } from "../entry.ts";
+import { entriesToModelMessages } from "../model-messages.ts";
 
 /**
  * The behaviour every backend must have, run against each real backend (never a mock): the
@@ -315,6 +316,31 @@ export function describeContextLogContract(backend: ContractBackend): void {
       // Compacting again over the first summary's range supersedes it.
       await log.append("compact", [assistant("a2"), { kind: "summary", covers: { from: 0, to: 8 }, text: "All so far.", role: "system" }]);
       assert.deepEqual(await log.toModelMessages("compact"), [{ role: "system", content: "All so far." }]);
+    });
+
+    it("builds compacted context from summaries and uncovered entries only, across forks", async () => {
+      const { log } = await fresh();
+      const turns: Entry[] = [];
+      for (let turn = 0; turn < 30; turn++) {
+        turns.push(user(`q${turn}`), { kind: "tool-call", toolCallId: `c${turn}`, toolName: `tool${turn}`, input: {} });
+        turns.push({ kind: "tool-result", toolCallId: `c${turn}`, output: { type: "text", value: `r${turn}` } }, assistant(`a${turn}`));
+      }
+      await log.append("long", turns);
+      await log.append("long", [{ kind: "summary", covers: { from: 0, to: 40 }, text: "first ten turns" }]);
+      await log.append("long", [user("more"), { kind: "summary", covers: { from: 40, to: 80 }, text: "next ten turns" }]);
+      await log.fork("long", 121, { name: "long-fork" });
+      await log.append("long-fork", [{ kind: "summary", covers: { from: 0, to: 100 }, text: "all but the last turns" }]);
+      for (const session of ["long", "long-fork"]) {
+        const naive = entriesToModelMessages((await log.read(session)).entries);
+        assert.deepEqual(await log.toModelMessages(session), naive);
+      }
+      const forkMessages = await log.toModelMessages("long-fork");
+      assert.deepEqual(forkMessages[0], { role: "user", content: "all but the last turns" });
+      // A summary that swallows a call but not its result still names the tool.
+      await log.append("long", [{ kind: "summary", covers: { from: 81, to: 82 }, text: "q20 asked" }]);
+      const afterSplit = await log.toModelMessages("long");
+      assert.deepEqual(afterSplit, entriesToModelMessages((await log.read("long")).entries));
+      assert.ok(JSON.stringify(afterSplit).includes('"toolName":"tool20"'));
     });
 
     it("moves oversized entries to the blob store and reads them back intact", async () => {
