@@ -38,6 +38,8 @@ interface Target {
   readAll(session: string): Promise<number>;
   /** Follows new entries from now on; calls back with each entry's payload. */
   follow(session: string, onEntry: (payload: Payload) => void): Promise<() => void>;
+  /** Builds model context (summaries applied); returns the number of messages. Absent where there is no such operation. */
+  context?(session: string): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -65,6 +67,9 @@ function embeddedTarget(name: string, log: ContextLog): Target {
         for await (const stored of log.tail(session, { from, signal: controller.signal })) onEntry(stored.entry as unknown as Payload);
       })();
       return () => controller.abort();
+    },
+    async context(session) {
+      return (await log.toModelMessages(session)).length;
     },
     close: () => log.close(),
   };
@@ -155,6 +160,10 @@ function torporHttpTarget(name: string, url: string, child: ChildProcess): Targe
         if (event === "entry") onEntry((JSON.parse(data) as { entry: Payload }).entry);
       });
       return () => controller.abort();
+    },
+    async context(session) {
+      const response = await ok(await fetch(`${url}/v1/logs/${session}/messages`));
+      return ((await response.json()) as { messages: unknown[] }).messages.length;
     },
     close: () => stopChild(child),
   };
@@ -309,6 +318,14 @@ async function measure(target: Target, scale: number, log: (line: string) => voi
   const atLarge = await latencyAt(target, `large-${run}`, probes);
   results[`append p50 / p99 at entry ${small.toLocaleString("en-US")}`] = `${milliseconds(atSmall.p50)} / ${milliseconds(atSmall.p99)}`;
   results[`append p50 / p99 at entry ${large.toLocaleString("en-US")}`] = `${milliseconds(atLarge.p50)} / ${milliseconds(atLarge.p99)}`;
+  if (target.context) {
+    // A compacted long session: one summary stands for everything but the last 1,000 entries.
+    const end = large + probes;
+    await target.append(`large-${run}`, [{ kind: "summary", covers: { from: 0, to: end - 1000 }, text: "summary of the earlier conversation" }]);
+    const contextStarted = performance.now();
+    const messages = await target.context(`large-${run}`);
+    results[`model context of the compacted ${large.toLocaleString("en-US")}-entry session`] = `${milliseconds(performance.now() - contextStarted)} (${messages} messages)`;
+  }
   return results;
 }
 

@@ -220,7 +220,7 @@ export function createApiApp(options: ApiOptions): Hono {
   app.get("/v1/logs/:sessionId/messages", async (context) => {
     const sessionId = context.req.param("sessionId");
     const format = context.req.query("format") ?? "ai";
-    const { entries } = await log.read(sessionId);
+    const entries = await log.contextEntries(sessionId);
     if (format === "ai") return context.json({ messages: entriesToModelMessages(entries) });
     if (format === "openai") return context.json({ messages: entriesToOpenAIChat(entries) });
     if (format === "anthropic") return context.json(entriesToAnthropic(entries));

@@ -205,17 +205,16 @@ export class ContextLog implements ContextLogClient {
   }
 
   /**
-   * The session as AI SDK `ModelMessage`s, with summarized ranges replaced by their summaries.
-   * Only the summaries and the entries outside summarized ranges are read, so a compacted
-   * 10,000-turn session costs what its context costs, not what its history costs.
+   * The entries that model context is built from: every summary plus the entries outside
+   * summarized ranges. A compacted 10,000-turn session costs what its context costs, not what its
+   * history costs. Feed the result to entriesToModelMessages, entriesToOpenAIChat or entriesToAnthropic.
    */
-  async toModelMessages(sessionId: string, options: ToModelMessagesOptions = {}): Promise<ModelMessage[]> {
-    if (options.ignoreSummaries) return entriesToModelMessages((await this.read(sessionId)).entries, options);
+  async contextEntries(sessionId: string): Promise<StoredEntry[]> {
     const session = await this.describe(sessionId);
     const summaries: StoredEntry[] = [];
     for (const row of await this.storage.readSummaryRows(sessionId)) summaries.push(await this.decode(sessionId, row));
     const covered = activeSummaries(summaries);
-    if (covered.length === 0) return entriesToModelMessages((await this.read(sessionId)).entries, options);
+    if (covered.length === 0) return (await this.read(sessionId)).entries;
     const wanted: StoredEntry[] = [];
     let from = 0;
     for (const range of [...covered, { from: session.nextOffset, to: session.nextOffset }]) {
@@ -226,8 +225,13 @@ export class ContextLog implements ContextLogClient {
     // A result whose call was summarized away still needs the call's tool name: fall back to everything.
     const calls = new Set(stored.flatMap((item) => (item.entry.kind === "tool-call" ? [item.entry.toolCallId] : [])));
     const orphaned = stored.some((item) => item.entry.kind === "tool-result" && item.entry.toolName === undefined && !calls.has(item.entry.toolCallId));
-    if (orphaned) return entriesToModelMessages((await this.read(sessionId)).entries, options);
-    return entriesToModelMessages(stored, options);
+    return orphaned ? (await this.read(sessionId)).entries : stored;
+  }
+
+  /** The session as AI SDK `ModelMessage`s, with summarized ranges replaced by their summaries. */
+  async toModelMessages(sessionId: string, options: ToModelMessagesOptions = {}): Promise<ModelMessage[]> {
+    const entries = options.ignoreSummaries ? (await this.read(sessionId)).entries : await this.contextEntries(sessionId);
+    return entriesToModelMessages(entries, options);
   }
 
   async close(): Promise<void> {
