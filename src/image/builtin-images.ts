@@ -33,5 +33,9 @@ export async function resolveOrBuildImage(reference: string, progress: Progress 
   const existing = await resolveImage(reference);
   if (existing) return existing;
   if (reference in builtinImages) return ensureBuiltinImage(reference, progress);
+  // A name with a registry host (docker.io/library/alpine, localhost:5000/app) is pulled on first
+  // use, like `docker run`. Loaded lazily: image/ must not depend on the registry client otherwise.
+  const registry = await import('../registry/reference.ts');
+  if (registry.namesRegistry(reference)) return (await import('../registry/pull.ts')).resolveOrPull(reference, progress);
   return undefined;
 }
