@@ -12,12 +12,13 @@ import { resolveOrBuildImage } from '../image/builtin-images.ts';
 import {
   writeFixtureLayerTrees, tarDirectory, writeOciLayout, handWrittenTar, type FixtureImage,
 } from '../image/import/testing/image-fixtures.ts';
-import { snapshotDirectory, snapshotExt4, type TreeSnapshot } from '../image/import/testing/tree-snapshot.ts';
+import { snapshotDirectory, snapshotExt4, ext4Xattr, type TreeSnapshot } from '../image/import/testing/tree-snapshot.ts';
 import { ensureDebianPackages } from './testing/ensure-debian-packages.ts';
 import { startLocalRegistry, pushLayout, freePort, type LocalRegistry } from './testing/local-registry.ts';
 import { startFaultProxy, type Fault } from './testing/fault-proxy.ts';
 import { pullImage, type PullOptions } from './pull.ts';
 import { login } from './login.ts';
+import { pushImage } from './push.ts';
 import { torporAuthPath } from './credentials.ts';
 import { createPullReporter } from './pull-progress.ts';
 
@@ -303,5 +304,28 @@ describe('failures leave nothing half-written', () => {
     assert.ok(!contents.layers.includes(bigLayerDigest.slice(7)), 'a corrupt blob never enters the cache');
     assert.deepEqual(contents.staging, []);
     assert.deepEqual(contents.downloads.filter((name) => name.endsWith('.partial')), []);
+  });
+});
+
+describe('push', () => {
+  test('an image pushed as one layer pulls back to the same tree, xattrs and all', async () => {
+    await freshHome();
+    const original = await pullImage(`${registry.address}/fixture/layered:1`, fast);
+    const originalSnapshot = await snapshotExt4(original.diskPath);
+    const pushed = await pushImage(original.name!, `${registry.address}/pushed/layered:2`, fast);
+    assert.match(pushed.digest, /^sha256:[0-9a-f]{64}$/);
+    const inspected = JSON.parse((await runCommand('skopeo', ['inspect', '--tls-verify=false', `docker://${registry.address}/pushed/layered:2`])).stdout);
+    assert.equal(inspected.Layers.length, 1);
+    assert.equal(inspected.Digest, pushed.digest);
+    await freshHome();
+    const back = await pullImage(`${registry.address}/pushed/layered:2`, fast);
+    assert.deepEqual(withoutRoot(await snapshotExt4(back.diskPath)), withoutRoot(originalSnapshot));
+    assert.equal(back.digest, original.digest);
+    assert.deepEqual(back.config, original.config);
+    assert.equal(await ext4Xattr(back.diskPath, '/data/with-xattr', 'user.test'), 'hello-xattr');
+    assert.equal(withoutRoot(await snapshotExt4(back.diskPath))['usr/bin/tool']!.mode, '104755');
+    // Reproducible: pushing the same image again uploads nothing new and gives the same manifest.
+    const again = await pushImage(back.name!, `${registry.address}/pushed/layered:3`, fast);
+    assert.equal(again.digest, pushed.digest);
   });
 });

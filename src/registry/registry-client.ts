@@ -19,6 +19,14 @@ export interface RegistryClientOptions {
   retry?: RetryPolicy;
 }
 
+export interface SendOptions {
+  scope: string;
+  headers?: Record<string, string>;
+  method?: string;
+  /** Makes the request body; called again for each retry, since a body stream is read once. */
+  body?: () => Buffer | AsyncIterable<Uint8Array>;
+}
+
 interface Challenge {
   scheme: string;
   parameters: Record<string, string>;
@@ -161,8 +169,17 @@ export class RegistryClient {
    * Sends one request, authenticating on a 401 and retrying connection errors, 5xx and 429.
    * Returns any other response as is (404s are for the caller to explain); the caller reads the body.
    */
-  async send(path: string, options: { scope: string; headers?: Record<string, string>; method?: string }): Promise<Response> {
-    const url = `${await this.base()}${path}`;
+  async send(path: string, options: SendOptions): Promise<Response> {
+    return this.sendTo(`${await this.base()}${path}`, options);
+  }
+
+  /** The API root (https://host/v2 or http://host/v2), for resolving upload locations. */
+  async apiRoot(): Promise<string> {
+    return this.base();
+  }
+
+  /** Like send(), to an absolute URL the registry handed out (an upload location). */
+  async sendTo(url: string, options: SendOptions): Promise<Response> {
     let authenticated = false;
     for (let attempt = 1; ; attempt++) {
       const headers: Record<string, string> = { ...options.headers };
@@ -170,7 +187,8 @@ export class RegistryClient {
       if (authorization) headers.authorization = authorization;
       let response: Response;
       try {
-        response = await fetch(url, { method: options.method ?? 'GET', headers, redirect: 'follow' });
+        const body = options.body?.();
+        response = await fetch(url, { method: options.method ?? 'GET', headers, redirect: 'follow', body, ...(body ? { duplex: 'half' } : {}) } as RequestInit);
       } catch (error) {
         if (attempt >= this.retry.attempts || !isTransientNetworkError(error)) throw this.unreachable(error, attempt);
         await backoff(this.retry, attempt);

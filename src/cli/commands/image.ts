@@ -3,6 +3,7 @@ import { listImages, removeImage } from '../../image/image-store.ts';
 import { importImage } from '../../image/import/import-image.ts';
 import { pullImage } from '../../registry/pull.ts';
 import { login } from '../../registry/login.ts';
+import { pushImage } from '../../registry/push.ts';
 import { createPullReporter, silentReporter } from '../../registry/pull-progress.ts';
 import { TorporError } from '../../util/errors.ts';
 import { stderrProgress } from '../../util/progress.ts';
@@ -85,6 +86,18 @@ export function registerImageCommands(program: Command): void {
       const record = await pullImage(reference, { insecure: flags.insecure, reporter: flags.quiet ? silentReporter : createPullReporter(process.stderr) });
       if (flags.json) printJson({ name: record.name, digest: record.digest, reference: record.reference, sizeBytes: record.sizeBytes, source: record.source, config: record.config });
       else process.stdout.write(`${record.digest}\n`);
+    });
+
+  program
+    .command('push')
+    .description('publish a stored image to a registry as a single-layer OCI image')
+    .argument('<name>', 'image in the store (see `torpor images`)')
+    .argument('[destination]', 'registry/repository:tag (default: the name itself, e.g. localhost:5000/app:1)')
+    .option('--insecure', 'allow plain HTTP to a registry that is not on this machine')
+    .option('-q, --quiet', 'no progress on stderr')
+    .action(async (name: string, destination: string | undefined, flags: { insecure?: boolean; quiet?: boolean }) => {
+      const result = await pushImage(name, destination ?? name, { insecure: flags.insecure, reporter: flags.quiet ? silentReporter : createPullReporter(process.stderr) });
+      process.stdout.write(`${result.reference}@${result.digest}\n`);
     });
 
   program
