@@ -119,6 +119,8 @@ describe('layered images', () => {
     assert.equal(ext4['usr/bin/tool-relative']!.content, '-> tool');
     assert.deepEqual([ext4['home/user/notes.txt']!.uid, ext4['home/user/notes.txt']!.gid, ext4['home/user/notes.txt']!.mode], [1000, 1000, '100640']);
     assert.equal(ext4['tmp']!.mode, '41777');
+    assert.equal(ext4['dev/null']!.mode, '20666');
+    assert.equal(ext4['dev/fifo']!.mode, '10600');
     assert.equal(await ext4Xattr(record.diskPath, '/data/with-xattr', 'user.test'), 'hello-xattr');
     assert.deepEqual(record.config, {
       entrypoint: ['/usr/bin/tool'], cmd: ['--serve'], env: ['PATH=/usr/bin:/bin', 'MODE=test'],

@@ -22,7 +22,7 @@ async function put(root: string, path: string, content: string, mode = 0o644, ow
 /**
  * Three layers that exercise what an importer must get right: whiteouts, an opaque directory, a
  * directory replaced by a file, hard links, absolute and relative symlinks, setuid, owner
- * 1000:1000 and an xattr.
+ * 1000:1000, an xattr, a device node and a fifo.
  */
 export async function writeFixtureLayerTrees(workDirectory: string): Promise<string[]> {
   const first = join(workDirectory, 'tree-1');
@@ -43,6 +43,9 @@ export async function writeFixtureLayerTrees(workDirectory: string): Promise<str
   await put(first, 'replaced/inner', 'directory replaced by a file in layer 2\n');
   await mkdir(join(first, 'tmp'), { recursive: true });
   await chmod(join(first, 'tmp'), 0o1777);
+  await mkdir(join(first, 'dev'));
+  await runCommand('mknod', ['-m', '666', join(first, 'dev/null'), 'c', '1', '3']);
+  await runCommand('mkfifo', ['-m', '600', join(first, 'dev/fifo')]);
 
   await put(second, 'etc/hostname', 'second\n');
   await put(second, 'etc/.wh.removed', '');
