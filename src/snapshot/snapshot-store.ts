@@ -1,0 +1,680 @@
+import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { dirname, join } from 'node:path';
+import { paths } from '../state/paths.ts';
+import { TorporError, isNodeError } from '../util/errors.ts';
+import { syncDirectory } from '../util/atomic-file.ts';
+import { chunksWithData, dataExtents } from './extents.ts';
+import {
+  ChunkCorruptError,
+  chunkIdOf,
+  chunkPath,
+  loadChunk,
+  storeChunkFile,
+  type CaptureChunkResult,
+  type MaterializeChunkResult,
+} from './chunk-operations.ts';
+import { sharedPool } from './worker-pool.ts';
+import { beginActivity, withExclusiveStore } from './store-activity.ts';
+import { SeekableDecoder, SeekableEncoder, SeekableFormatError, framesCovering, parseSeekTable, type SeekTable } from './seekable-zstd.ts';
+
+export { startSnapshotWorkers, stopSnapshotWorkers } from './worker-pool.ts';
+
+// Measured in bench/snapshot-store.ts (see architecture/snapshots.md): 256 KiB chunks keep the bytes
+// a re-snapshot must store small, 64 KiB frames make a range read cost one 64 KiB decompression,
+// and zstd level 1 compresses within a few percent of level 3 at close to twice the speed, which
+// matters because the guest is paused while its memory is captured.
+export const defaultChunkSize = 256 * 1024;
+export const defaultFrameSize = 64 * 1024;
+export const defaultCompressionLevel = 1;
+
+export interface CaptureInput {
+  /** user-visible, unique; e.g. "web@1" */
+  name: string;
+  /** sparse RAM file (tmpfs); read with pread, never mmap (mmap allocates every page of tmpfs) */
+  memoryFile: string;
+  /** sparse writable disk layer */
+  diskFile?: string;
+  /** QEMU migration stream (device state only) */
+  deviceState: Buffer;
+  /** machine config etc.; stored verbatim in the manifest */
+  metadata: Record<string, unknown>;
+  /** the snapshot this one derives from: lineage only, dedup works across the whole store anyway */
+  parent?: string;
+  /** overwrite an existing name atomically (hibernating the same session again) */
+  replace?: boolean;
+  /** tuning for benchmarks; the defaults are measured */
+  chunkSize?: number;
+  compressionLevel?: number;
+}
+
+export interface ChunkedFile {
+  size: number;
+  chunkSize: number;
+  /** chunk ids in file order; null = all-zero chunk (a hole when materialized) */
+  chunks: (string | null)[];
+}
+
+// A type, not an interface: callers read it as a Record<string, unknown> of numbers.
+export type CaptureStats = {
+  /** bytes read (data extents rounded out to chunks; holes are never read) */
+  scannedBytes: number;
+  /** bytes in non-zero 4 KiB pages */
+  nonZeroBytes: number;
+  newChunks: number;
+  newCompressedBytes: number;
+  reusedChunks: number;
+  zeroChunks: number;
+  milliseconds: { extents: number; chunks: number; sync: number; manifest: number; total: number };
+  /** summed over worker threads: where the CPU time went */
+  threadMilliseconds: { hash: number; compress: number; write: number };
+};
+
+export interface SnapshotManifest {
+  version: 1;
+  name: string;
+  id: string;
+  createdAt: string;
+  parent?: string;
+  metadata: Record<string, unknown>;
+  memory: ChunkedFile;
+  disk?: ChunkedFile;
+  /** chunk id of the device state blob */
+  deviceState: string;
+  stats: CaptureStats;
+}
+
+export interface MaterializeTarget {
+  memoryFile: string;
+  diskFile?: string;
+  deviceStateFile?: string;
+  /** an already materialized snapshot (e.g. the boot template's RAM): chunks it shares are copied, not decompressed */
+  base?: { manifest: SnapshotManifest; memoryFile: string };
+}
+
+export interface MaterializeStats {
+  chunksFromStore: number;
+  chunksFromBase: number;
+  writtenBytes: number;
+  milliseconds: { memory: number; disk: number; deviceState: number; total: number };
+}
+
+const storeRoot = () => paths.snapshots();
+const chunksDirectory = (root: string) => join(root, 'chunks');
+const manifestsDirectory = (root: string) => join(root, 'manifests');
+
+const namePattern = /^[A-Za-z0-9][A-Za-z0-9._@+=:,-]{0,199}$/;
+
+function validateName(name: string): void {
+  if (!namePattern.test(name)) {
+    throw new TorporError('snapshot-name-invalid', `invalid snapshot name ${JSON.stringify(name)}`, {
+      hint: 'use letters, digits and . _ @ + = : , - (up to 200 characters, starting with a letter or digit)',
+    });
+  }
+}
+
+function manifestPath(root: string, name: string): string {
+  return join(manifestsDirectory(root), `${name}.json`);
+}
+
+function isNoSpace(error: unknown): boolean {
+  return isNodeError(error) && (error.code === 'ENOSPC' || error.code === 'EDQUOT');
+}
+
+function noSpaceError(name: string, root: string, cause: unknown): TorporError {
+  return new TorporError('snapshot-no-space', `no space left to store snapshot ${name} in ${root}`, {
+    hint: 'free disk space: remove snapshots you no longer need (`torpor snapshots rm NAME`), then `torpor snapshots gc`; earlier snapshots are intact',
+    cause,
+  });
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch (error) {
+    if (isNodeError(error, 'ENOENT')) return false;
+    throw error;
+  }
+}
+
+interface ChunkCaptureOutcome {
+  chunks: (string | null)[];
+  results: CaptureChunkResult[];
+  scannedBytes: number;
+  extentsMs: number;
+}
+
+async function captureFile(file: string, size: number, chunkSize: number, compressionLevel: number, chunks: string): Promise<ChunkCaptureOutcome> {
+  const started = performance.now();
+  const extents = await dataExtents(file);
+  const extentsMs = performance.now() - started;
+  const indices = chunksWithData(extents, chunkSize).filter((index) => index * chunkSize < size);
+  const pool = sharedPool();
+  const ids: (string | null)[] = new Array(Math.ceil(size / chunkSize)).fill(null);
+  let scannedBytes = 0;
+  const results = await Promise.all(
+    indices.map(async (index) => {
+      const offset = index * chunkSize;
+      const length = Math.min(chunkSize, size - offset);
+      scannedBytes += length;
+      const result = await pool.capture({
+        file,
+        offset,
+        length,
+        chunksDirectory: chunks,
+        compressionLevel,
+        frameSize: defaultFrameSize,
+      });
+      ids[index] = result.id;
+      return result;
+    }),
+  );
+  return { chunks: ids, results, scannedBytes, extentsMs };
+}
+
+/** Stores a snapshot: only chunks the store lacks are compressed and written. Durable when it resolves. */
+export async function captureSnapshot(input: CaptureInput): Promise<SnapshotManifest> {
+  const started = performance.now();
+  validateName(input.name);
+  if (input.parent !== undefined) validateName(input.parent);
+  const root = storeRoot();
+  const chunks = chunksDirectory(root);
+  const finalPath = manifestPath(root, input.name);
+  const chunkSize = input.chunkSize ?? defaultChunkSize;
+  const compressionLevel = input.compressionLevel ?? defaultCompressionLevel;
+  if (chunkSize % 4096 !== 0 || chunkSize <= 0) throw new TorporError('snapshot-invalid', `chunk size ${chunkSize} is not a multiple of 4096`);
+  if (!input.replace && (await exists(finalPath))) throw existsError(input.name);
+
+  try {
+    await mkdir(chunks, { recursive: true });
+    await mkdir(manifestsDirectory(root), { recursive: true });
+  } catch (error) {
+    if (isNoSpace(error)) throw noSpaceError(input.name, root, error);
+    throw error;
+  }
+  const endActivity = await beginActivity(root, 'capture');
+  try {
+    const memorySize = (await stat(input.memoryFile)).size;
+    const diskSize = input.diskFile ? (await stat(input.diskFile)).size : 0;
+    const chunksStarted = performance.now();
+    const [memory, disk] = await Promise.all([
+      captureFile(input.memoryFile, memorySize, chunkSize, compressionLevel, chunks),
+      input.diskFile ? captureFile(input.diskFile, diskSize, chunkSize, compressionLevel, chunks) : undefined,
+    ]);
+    // The device state is ~50 KB: not worth a thread round trip.
+    const deviceStateId = chunkIdOf(input.deviceState);
+    let deviceStateStored = 0;
+    if (!(await exists(chunkPath(chunks, deviceStateId)))) {
+      const encoded = new SeekableEncoder(defaultFrameSize, compressionLevel).encode(input.deviceState);
+      storeChunkFile(chunks, deviceStateId, encoded);
+      deviceStateStored = encoded.length;
+    }
+    const chunksDone = performance.now();
+
+    const stats: CaptureStats = {
+      scannedBytes: 0,
+      nonZeroBytes: 0,
+      newChunks: deviceStateStored ? 1 : 0,
+      newCompressedBytes: deviceStateStored,
+      reusedChunks: deviceStateStored ? 0 : 1,
+      zeroChunks: 0,
+      milliseconds: { extents: Math.max(memory.extentsMs, disk?.extentsMs ?? 0), chunks: chunksDone - chunksStarted, sync: 0, manifest: 0, total: 0 },
+      threadMilliseconds: { hash: 0, compress: 0, write: 0 },
+    };
+    // The same content twice in one capture can be written by two threads at once (same bytes,
+    // same name): count it once.
+    const counted = new Set<string>([deviceStateId]);
+    const touchedDirectories = new Set<string>();
+    for (const outcome of [memory, disk]) {
+      if (!outcome) continue;
+      stats.scannedBytes += outcome.scannedBytes;
+      stats.zeroChunks += outcome.chunks.filter((id) => id === null).length;
+      for (const result of outcome.results) {
+        stats.nonZeroBytes += result.nonZeroBytes;
+        stats.threadMilliseconds.hash += result.hashMs;
+        stats.threadMilliseconds.compress += result.compressMs;
+        stats.threadMilliseconds.write += result.writeMs;
+        if (result.id === null) continue;
+        if (result.stored) touchedDirectories.add(dirname(chunkPath(chunks, result.id)));
+        if (result.stored && !counted.has(result.id)) {
+          stats.newChunks++;
+          stats.newCompressedBytes += result.compressedBytes;
+        } else {
+          stats.reusedChunks++;
+        }
+        counted.add(result.id);
+      }
+    }
+    if (deviceStateStored) touchedDirectories.add(dirname(chunkPath(chunks, deviceStateId)));
+
+    // Chunk files were fsynced before their rename; the renames themselves live in the directories.
+    await Promise.all([...touchedDirectories].map((directory) => syncDirectory(directory)));
+    await syncDirectory(chunks);
+    const synced = performance.now();
+    stats.milliseconds.sync = synced - chunksDone;
+
+    const manifest: SnapshotManifest = {
+      version: 1,
+      name: input.name,
+      id: randomBytes(8).toString('hex'),
+      createdAt: new Date().toISOString(),
+      ...(input.parent !== undefined ? { parent: input.parent } : {}),
+      metadata: input.metadata,
+      memory: { size: memorySize, chunkSize, chunks: memory.chunks },
+      ...(disk ? { disk: { size: diskSize, chunkSize, chunks: disk.chunks } } : {}),
+      deviceState: deviceStateId,
+      stats,
+    };
+    // The stored manifest's total stops here; the returned one also counts publishing it.
+    stats.milliseconds.total = performance.now() - started;
+    await publishManifest(root, finalPath, manifest, input.replace === true);
+    const published = performance.now();
+    stats.milliseconds.manifest = published - synced;
+    stats.milliseconds.total = published - started;
+    return manifest;
+  } catch (error) {
+    if (error instanceof TorporError) throw error;
+    if (isNoSpace(error)) throw noSpaceError(input.name, root, error);
+    throw error;
+  } finally {
+    await endActivity();
+  }
+}
+
+function existsError(name: string): TorporError {
+  return new TorporError('snapshot-exists', `a snapshot named ${name} already exists`, {
+    hint: `choose another name, replace it (--replace), or remove it first: torpor snapshots rm ${name}`,
+  });
+}
+
+/**
+ * The manifest goes last: before it is in place the snapshot does not exist. link() publishes the
+ * name only if nobody else took it meanwhile (two racing captures: exactly one wins); with
+ * `replace` a rename swaps the old manifest for the new one atomically.
+ */
+async function publishManifest(root: string, finalPath: string, manifest: SnapshotManifest, replace: boolean): Promise<void> {
+  const directory = manifestsDirectory(root);
+  const temporary = join(directory, `.${manifest.name}.${manifest.id}.tmp`);
+  const handle = await open(temporary, 'wx', 0o644);
+  try {
+    await handle.writeFile(JSON.stringify(manifest) + '\n');
+    await handle.sync();
+  } catch (error) {
+    await handle.close();
+    await rm(temporary, { force: true });
+    throw error;
+  }
+  await handle.close();
+  try {
+    if (replace) {
+      await rename(temporary, finalPath);
+    } else {
+      await link(temporary, finalPath);
+      await unlink(temporary);
+    }
+  } catch (error) {
+    await rm(temporary, { force: true });
+    if (isNodeError(error, 'EEXIST')) throw existsError(manifest.name);
+    throw error;
+  }
+  await syncDirectory(directory);
+}
+
+function parseManifest(text: string, name: string): SnapshotManifest {
+  const manifest = JSON.parse(text) as SnapshotManifest;
+  if (manifest.version !== 1 || !manifest.memory || typeof manifest.deviceState !== 'string') {
+    throw new TorporError('snapshot-corrupt', `snapshot ${name} has an unreadable manifest`, { hint: `remove it: torpor snapshots rm ${name}` });
+  }
+  return manifest;
+}
+
+export async function readSnapshot(name: string): Promise<SnapshotManifest> {
+  validateName(name);
+  let text: string;
+  try {
+    text = await readFile(manifestPath(storeRoot(), name), 'utf8');
+  } catch (error) {
+    if (isNodeError(error, 'ENOENT')) {
+      throw new TorporError('snapshot-unknown', `no snapshot named ${name}`, { hint: 'see `torpor snapshots ls` for the snapshots there are' });
+    }
+    throw error;
+  }
+  return parseManifest(text, name);
+}
+
+async function manifestNames(root: string): Promise<string[]> {
+  try {
+    return (await readdir(manifestsDirectory(root))).filter((file) => file.endsWith('.json') && !file.startsWith('.')).map((file) => file.slice(0, -5));
+  } catch (error) {
+    if (isNodeError(error, 'ENOENT')) return [];
+    throw error;
+  }
+}
+
+/** All snapshots, oldest first. */
+export async function listSnapshots(): Promise<SnapshotManifest[]> {
+  const root = storeRoot();
+  const manifests: SnapshotManifest[] = [];
+  for (const name of await manifestNames(root)) {
+    try {
+      manifests.push(await readSnapshot(name));
+    } catch (error) {
+      // Removed between readdir and read.
+      if (error instanceof TorporError && error.code === 'snapshot-unknown') continue;
+      throw error;
+    }
+  }
+  return manifests.sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.name.localeCompare(b.name));
+}
+
+/**
+ * Forgets a snapshot; its chunks go at the next gc unless another snapshot uses them. Parents can
+ * be removed too: chunks are shared by content, so a child never depends on its parent's manifest.
+ */
+export async function removeSnapshot(name: string): Promise<void> {
+  validateName(name);
+  const root = storeRoot();
+  try {
+    await unlink(manifestPath(root, name));
+  } catch (error) {
+    if (isNodeError(error, 'ENOENT')) {
+      throw new TorporError('snapshot-unknown', `no snapshot named ${name}`, { hint: 'see `torpor snapshots ls` for the snapshots there are' });
+    }
+    throw error;
+  }
+  await syncDirectory(manifestsDirectory(root));
+}
+
+function corruptError(manifest: SnapshotManifest, error: ChunkCorruptError): TorporError {
+  return new TorporError('snapshot-corrupt', `snapshot ${manifest.name} is damaged: ${error.message}`, {
+    hint: `the store's files were changed or lost (disk error?); the snapshot cannot be restored: remove it (torpor snapshots rm ${manifest.name}) and snapshot the machine again`,
+    cause: error,
+  });
+}
+
+async function createSparse(file: string, size: number): Promise<void> {
+  await mkdir(dirname(file), { recursive: true });
+  const handle = await open(file, 'w', 0o600);
+  try {
+    await handle.truncate(size);
+  } finally {
+    await handle.close();
+  }
+}
+
+async function materializeFile(
+  layout: ChunkedFile,
+  target: string,
+  chunks: string,
+  base?: { layout: ChunkedFile; file: string },
+): Promise<MaterializeChunkResult[]> {
+  await createSparse(target, layout.size);
+  const pool = sharedPool();
+  const sameLayout = base && base.layout.chunkSize === layout.chunkSize;
+  const jobs: Promise<MaterializeChunkResult>[] = [];
+  layout.chunks.forEach((id, index) => {
+    if (id === null) return;
+    const offset = index * layout.chunkSize;
+    jobs.push(
+      pool.materialize({
+        id,
+        chunksDirectory: chunks,
+        target,
+        offset,
+        length: Math.min(layout.chunkSize, layout.size - offset),
+        base: sameLayout && base.layout.chunks[index] === id ? { file: base.file, offset } : undefined,
+      }),
+    );
+  });
+  // allSettled: every thread must be done with the target before a failure removes it.
+  const settled = await Promise.allSettled(jobs);
+  const failure = settled.find((outcome) => outcome.status === 'rejected');
+  if (failure) throw (failure as PromiseRejectedResult).reason;
+  return settled.map((outcome) => (outcome as PromiseFulfilledResult<MaterializeChunkResult>).value);
+}
+
+/**
+ * Writes a snapshot back out: the RAM file sparse (zero pages stay holes), the disk layer sparse,
+ * the device state whole. Every chunk is verified against its hash; on any failure the targets are
+ * removed, so a half-written or wrong RAM file is never left behind.
+ */
+export async function materializeSnapshot(nameOrManifest: string | SnapshotManifest, target: MaterializeTarget): Promise<{ stats: MaterializeStats }> {
+  const started = performance.now();
+  const manifest = typeof nameOrManifest === 'string' ? await readSnapshot(nameOrManifest) : nameOrManifest;
+  const root = storeRoot();
+  const chunks = chunksDirectory(root);
+  const created: string[] = [];
+  const endActivity = await beginActivity(root, 'materialize');
+  const stats: MaterializeStats = { chunksFromStore: 0, chunksFromBase: 0, writtenBytes: 0, milliseconds: { memory: 0, disk: 0, deviceState: 0, total: 0 } };
+  const add = (results: MaterializeChunkResult[]) => {
+    for (const result of results) {
+      if (result.source === 'base') stats.chunksFromBase++;
+      else stats.chunksFromStore++;
+      stats.writtenBytes += result.writtenBytes;
+    }
+  };
+  try {
+    created.push(target.memoryFile);
+    const memoryStarted = performance.now();
+    const base = target.base ? { layout: target.base.manifest.memory, file: target.base.memoryFile } : undefined;
+    // Memory and disk one after the other: each already keeps every thread busy.
+    add(await materializeFile(manifest.memory, target.memoryFile, chunks, base));
+    stats.milliseconds.memory = performance.now() - memoryStarted;
+    if (manifest.disk && target.diskFile) {
+      created.push(target.diskFile);
+      const diskStarted = performance.now();
+      add(await materializeFile(manifest.disk, target.diskFile, chunks));
+      stats.milliseconds.disk = performance.now() - diskStarted;
+    }
+    if (target.deviceStateFile) {
+      const deviceStarted = performance.now();
+      const deviceState = loadChunk(chunks, manifest.deviceState);
+      created.push(target.deviceStateFile);
+      await mkdir(dirname(target.deviceStateFile), { recursive: true });
+      await writeFile(target.deviceStateFile, deviceState);
+      stats.milliseconds.deviceState = performance.now() - deviceStarted;
+    }
+  } catch (error) {
+    await Promise.all(created.map((file) => rm(file, { force: true })));
+    if (error instanceof ChunkCorruptError) throw corruptError(manifest, error);
+    if (isNoSpace(error)) {
+      throw new TorporError('materialize-no-space', `no space left to restore snapshot ${manifest.name}`, {
+        hint: 'free memory in /dev/shm (stop machines you do not need) or disk space for the disk layer',
+        cause: error,
+      });
+    }
+    throw error;
+  } finally {
+    await endActivity();
+  }
+  stats.milliseconds.total = performance.now() - started;
+  return { stats };
+}
+
+// Seek tables of recently read chunks: a lazy restore reads many ranges of the same chunk.
+const seekTables = new Map<string, SeekTable>();
+const seekTableCacheLimit = 4096;
+const rangeDecoder = new SeekableDecoder();
+
+async function seekTableOf(path: string, id: string, handle: FileHandle): Promise<SeekTable> {
+  const cached = seekTables.get(id);
+  if (cached) return cached;
+  const { size } = await handle.stat();
+  let tailSize = Math.min(size, 4096);
+  for (;;) {
+    const tail = Buffer.alloc(tailSize);
+    await handle.read(tail, 0, tailSize, size - tailSize);
+    try {
+      const table = parseSeekTable(tail, size);
+      if (seekTables.size >= seekTableCacheLimit) seekTables.delete(seekTables.keys().next().value!);
+      seekTables.set(id, table);
+      return table;
+    } catch (error) {
+      // A long table (many frames) needs a longer tail; the footer says how long.
+      if (error instanceof SeekableFormatError && /needs (\d+) bytes/.test(error.message) && tailSize < size) {
+        tailSize = Math.min(size, Number(/needs (\d+) bytes/.exec(error.message)![1]));
+        continue;
+      }
+      throw new ChunkCorruptError(id, `chunk ${id} (${path}): ${(error as Error).message}`);
+    }
+  }
+}
+
+/**
+ * Bytes [offset, offset + length) of a snapshot's guest RAM, decompressing only the 64 KiB frames
+ * that hold them (what a lazy, userfaultfd-driven restore needs). Frames are verified by their
+ * checksums; a damaged one fails with 'snapshot-corrupt'.
+ */
+export async function readMemoryRange(manifest: SnapshotManifest, offset: number, length: number): Promise<Buffer> {
+  const layout = manifest.memory;
+  if (offset < 0 || length < 0 || offset + length > layout.size) {
+    throw new TorporError('range-invalid', `range ${offset}+${length} is outside the ${layout.size}-byte memory of ${manifest.name}`);
+  }
+  const output = Buffer.alloc(length);
+  const chunks = chunksDirectory(storeRoot());
+  try {
+    for (let position = offset; position < offset + length; ) {
+      const index = Math.floor(position / layout.chunkSize);
+      const chunkStart = index * layout.chunkSize;
+      const chunkEnd = Math.min(chunkStart + layout.chunkSize, layout.size, offset + length);
+      const id = layout.chunks[index];
+      if (id) {
+        const path = chunkPath(chunks, id);
+        let handle: FileHandle;
+        try {
+          handle = await open(path, 'r');
+        } catch (error) {
+          if (isNodeError(error, 'ENOENT')) throw new ChunkCorruptError(id, `chunk ${id} is missing from the store (${path})`);
+          throw error;
+        }
+        try {
+          const table = await seekTableOf(path, id, handle);
+          for (const entry of framesCovering(table, position - chunkStart, chunkEnd - position)) {
+            const compressed = Buffer.alloc(entry.compressedSize);
+            await handle.read(compressed, 0, entry.compressedSize, entry.compressedOffset);
+            let frame: Buffer;
+            try {
+              frame = rangeDecoder.decodeFrame(entry, compressed);
+            } catch (error) {
+              throw new ChunkCorruptError(id, `chunk ${id}: ${(error as Error).message}`);
+            }
+            const frameStart = chunkStart + entry.decompressedOffset;
+            const from = Math.max(position, frameStart);
+            const to = Math.min(chunkEnd, frameStart + entry.decompressedSize);
+            frame.copy(output, from - offset, from - frameStart, to - frameStart);
+          }
+        } finally {
+          await handle.close();
+        }
+      }
+      position = chunkEnd;
+    }
+  } catch (error) {
+    if (error instanceof ChunkCorruptError) throw corruptError(manifest, error);
+    throw error;
+  }
+  return output;
+}
+
+function referencedChunks(manifest: SnapshotManifest): string[] {
+  const ids: string[] = [manifest.deviceState];
+  for (const id of manifest.memory.chunks) if (id) ids.push(id);
+  for (const id of manifest.disk?.chunks ?? []) if (id) ids.push(id);
+  return ids;
+}
+
+interface StoredChunk {
+  id: string;
+  path: string;
+  bytes: number;
+}
+
+async function storedChunks(chunks: string): Promise<{ files: StoredChunk[]; temporaries: string[] }> {
+  const files: StoredChunk[] = [];
+  const temporaries: string[] = [];
+  let directories: string[];
+  try {
+    directories = await readdir(chunks);
+  } catch (error) {
+    if (isNodeError(error, 'ENOENT')) return { files, temporaries };
+    throw error;
+  }
+  for (const directory of directories) {
+    let names: string[];
+    try {
+      names = await readdir(join(chunks, directory));
+    } catch (error) {
+      if (isNodeError(error, 'ENOTDIR')) continue;
+      throw error;
+    }
+    for (const name of names) {
+      const path = join(chunks, directory, name);
+      if (name.startsWith('.')) temporaries.push(path);
+      else if (name.endsWith('.zst')) files.push({ id: name.slice(0, -4), path, bytes: (await stat(path)).size });
+    }
+  }
+  return { files, temporaries };
+}
+
+/**
+ * Deletes the chunks no manifest references (and temporary files of captures that died). Holds the
+ * store exclusively, so a capture that just decided to reuse a chunk cannot lose it.
+ */
+export async function collectGarbage(): Promise<{ removedChunks: number; freedBytes: number }> {
+  const root = storeRoot();
+  return withExclusiveStore(root, async () => {
+    // An unreadable manifest throws here: better no gc than deleting chunks a snapshot needs.
+    const referenced = new Set<string>();
+    for (const manifest of await listSnapshots()) for (const id of referencedChunks(manifest)) referenced.add(id);
+    const chunks = chunksDirectory(root);
+    const { files, temporaries } = await storedChunks(chunks);
+    let removedChunks = 0;
+    let freedBytes = 0;
+    const touched = new Set<string>();
+    for (const file of files) {
+      if (referenced.has(file.id)) continue;
+      await rm(file.path, { force: true });
+      removedChunks++;
+      freedBytes += file.bytes;
+      touched.add(dirname(file.path));
+    }
+    for (const temporary of temporaries) {
+      freedBytes += await stat(temporary).then((status) => status.size, () => 0);
+      await rm(temporary, { force: true });
+      touched.add(dirname(temporary));
+    }
+    await Promise.all([...touched].map((directory) => syncDirectory(directory)));
+    return { removedChunks, freedBytes };
+  });
+}
+
+export interface SnapshotUsage {
+  name: string;
+  /** compressed bytes of all chunks it references */
+  referencedBytes: number;
+  /** compressed bytes only it references: what removing it (and a gc) would free */
+  exclusiveBytes: number;
+}
+
+/** Chunks and bytes in the store, and per snapshot what it references and what it alone holds. */
+export async function storeUsage(): Promise<{ chunks: number; bytes: number; snapshots: SnapshotUsage[] }> {
+  const root = storeRoot();
+  const { files } = await storedChunks(chunksDirectory(root));
+  const sizes = new Map(files.map((file) => [file.id, file.bytes]));
+  const manifests = await listSnapshots();
+  const users = new Map<string, number>();
+  const perSnapshot = manifests.map((manifest) => new Set(referencedChunks(manifest)));
+  for (const ids of perSnapshot) for (const id of ids) users.set(id, (users.get(id) ?? 0) + 1);
+  const snapshots = manifests.map((manifest, index) => {
+    let referencedBytes = 0;
+    let exclusiveBytes = 0;
+    for (const id of perSnapshot[index]) {
+      const bytes = sizes.get(id) ?? 0;
+      referencedBytes += bytes;
+      if (users.get(id) === 1) exclusiveBytes += bytes;
+    }
+    return { name: manifest.name, referencedBytes, exclusiveBytes };
+  });
+  return { chunks: files.length, bytes: files.reduce((sum, file) => sum + file.bytes, 0), snapshots };
+}
