@@ -139,6 +139,16 @@ describe('pulling from a registry', () => {
     }
   });
 
+  test('Docker media types (schema 2 manifest and manifest list) pull like OCI ones', async () => {
+    for (const name of ['layered', 'multi']) {
+      await runCommand('skopeo', ['copy', '--quiet', '--all', '--format', 'v2s2', '--src-tls-verify=false', '--dest-tls-verify=false',
+        `docker://${registry.address}/fixture/${name}:1`, `docker://${registry.address}/docker-format/${name}:1`]);
+      const manifest = JSON.parse((await runCommand('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${registry.address}/docker-format/${name}:1`])).stdout);
+      assert.equal(manifest.mediaType, `application/vnd.docker.distribution.manifest.${name === 'multi' ? 'list.v2' : 'v2'}+json`);
+      assert.equal((await pullImage(`${registry.address}/docker-format/${name}:1`, fast)).digest, layeredDigest);
+    }
+  });
+
   test('a zstd layer gives the same tree as its gzip twin', async () => {
     const record = await pullImage(`${registry.address}/fixture/zstd:1`, fast);
     assert.equal(record.digest, layeredDigest);
@@ -210,6 +220,19 @@ describe('authentication', () => {
       assert.ok(tokenRequests.length >= 1);
       assert.match(tokenRequests[0]!.path, /service=test-registry&scope=repository%3Afixture%2Flayered%3Apull/);
       assert.ok(proxy.requests.filter((request) => request.path.includes('/blobs/')).every((request) => request.authorization === 'Bearer granted-token'));
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  test('a token service that wants credentials gets those stored by login', async () => {
+    await freshHome();
+    const proxy = await startFaultProxy(registry.address, () => ({ kind: 'pass' }), { bearer: true, tokenCredentials: { user: 'bob', password: 'token-pass' } });
+    try {
+      await expectPullError(`${proxy.address}/fixture/layered:1`, 'registry-unauthorized', /requires authentication/);
+      await assert.rejects(login(proxy.address, { username: 'bob', password: 'nope' }, fast), /refused the credentials/);
+      await login(proxy.address, { username: 'bob', password: 'token-pass' }, fast);
+      assert.equal((await pullImage(`${proxy.address}/fixture/layered:1`, fast)).digest, layeredDigest);
     } finally {
       await proxy.stop();
     }

@@ -46,11 +46,18 @@ const networkErrorCode = (error: unknown): string | undefined => {
   return cause?.code ?? (error as NodeJS.ErrnoException)?.code;
 };
 
-/** Whether a failure might go away by asking again (connection trouble, timeouts), unlike a DNS miss. */
+const transientCodes = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENETDOWN', 'EAI_AGAIN',
+  'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CLOSED',
+]);
+
+/** Whether a failure might go away by asking again (connection trouble, timeouts), unlike a bad name or port. */
 export function isTransientNetworkError(error: unknown): boolean {
   if (error instanceof TorporError) return false;
   const code = networkErrorCode(error);
-  return code !== 'ENOTFOUND' && code !== 'EAI_AGAIN' && (error instanceof TypeError || error instanceof Error);
+  if (code) return transientCodes.has(code);
+  // A body cut off mid-stream surfaces as undici's "terminated", sometimes without a code.
+  return error instanceof Error && /terminated|other side closed|socket/i.test(`${error.message} ${(error as { cause?: Error }).cause?.message ?? ''}`);
 }
 
 export function backoff(policy: RetryPolicy, failure: number): Promise<void> {

@@ -17,15 +17,25 @@ export interface FaultProxy {
 /**
  * A loopback HTTP proxy in front of a registry that injects failures: errors, connections cut
  * mid-body, flipped bytes. With `bearer`, it also plays a token server, answering 401 with a
- * Bearer challenge until a request carries the token it hands out at /token.
+ * Bearer challenge until a request carries the token it hands out at /token (to anyone, or only
+ * to requests with the given basic credentials, like Docker Hub's token service).
  */
-export async function startFaultProxy(upstream: string, decide: (request: IncomingMessage, count: number) => Fault, options: { bearer?: boolean } = {}): Promise<FaultProxy> {
+export async function startFaultProxy(
+  upstream: string,
+  decide: (request: IncomingMessage, count: number) => Fault,
+  options: { bearer?: boolean; tokenCredentials?: { user: string; password: string } } = {},
+): Promise<FaultProxy> {
   const requests: FaultProxy['requests'] = [];
   let address = '';
   const server = createServer((incoming: IncomingMessage, outgoing: ServerResponse) => {
     requests.push({ method: incoming.method!, path: incoming.url!, range: incoming.headers.range, authorization: incoming.headers.authorization });
     if (options.bearer) {
       if (incoming.url!.startsWith('/token')) {
+        const wanted = options.tokenCredentials && `Basic ${Buffer.from(`${options.tokenCredentials.user}:${options.tokenCredentials.password}`).toString('base64')}`;
+        if (wanted && incoming.headers.authorization !== wanted) {
+          outgoing.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify({ details: 'incorrect username or password' }));
+          return;
+        }
         outgoing.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token: 'granted-token' }));
         return;
       }
