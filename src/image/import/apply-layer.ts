@@ -130,7 +130,7 @@ function removeUnder(root: string, path: string): void {
 function prepareTree(root: string, layer: LayerSource, plan: LayerPlan): void {
   let diskType = diskTypeReader(root);
   const requireRealDirectory = (path: string, why: string) => {
-    for (const ancestor of [...ancestorsOf(path)]) {
+    for (const ancestor of ancestorsOf(path)) {
       const type = plan.writes.get(ancestor) ?? diskType(ancestor);
       if (type === 'symlink') throw unsafe(layer.description, `${why} ${JSON.stringify(path)} would go through the symbolic link ${JSON.stringify(ancestor)}`);
       if (type !== 'directory' && type !== 'absent') throw unsafe(layer.description, `${why} ${JSON.stringify(path)} is below ${JSON.stringify(ancestor)}, which is not a directory`);
