@@ -8,6 +8,8 @@ import { registerLogsCommand } from './commands/logs.ts';
 import { registerCopyCommand } from './commands/cp.ts';
 import { registerDoctorCommand } from './commands/doctor.ts';
 import { registerLogCommands } from './commands/log.ts';
+import { registerImageCommands } from './commands/image.ts';
+import { registerSnapshotCommands } from './commands/snapshot.ts';
 import { registerServeCommand } from './commands/serve.ts';
 
 export function buildProgram(): Command {
@@ -23,6 +25,8 @@ export function buildProgram(): Command {
   registerLogsCommand(program);
   registerCopyCommand(program);
   registerDoctorCommand(program);
+  registerSnapshotCommands(program);
+  registerImageCommands(program);
   registerLogCommands(program);
   registerServeCommand(program);
   return program;

@@ -127,7 +127,8 @@ export class AgentClient {
   private readonly closeListeners: Array<(error: Error) => void> = [];
 
   constructor(readonly socket: Duplex, options: { firstStream?: number } = {}) {
-    this.nextStream = options.firstStream ?? 16;
+    // Random start: a restored guest still runs processes on the streams an earlier host opened.
+    this.nextStream = options.firstStream ?? 16 + Math.floor(Math.random() * 0x3fffffff);
     socket.on('data', (chunk: Buffer) => {
       for (const frame of this.decoder.push(chunk)) this.dispatch(frame);
     });
@@ -278,6 +279,13 @@ export class AgentClient {
     }
     this.streams.set(stream, (frame) => process.receive(frame));
     this.send(FrameType.exec, stream, encodeExecRequest(request));
+    return process;
+  }
+
+  /** Follows a process that is already running on `stream` (a restored guest's main process). */
+  adopt(stream: number, handlers: ExecHandlers = {}): GuestProcess {
+    const process = new GuestProcess(this, stream, handlers);
+    this.streams.set(stream, (frame) => process.receive(frame));
     return process;
   }
 

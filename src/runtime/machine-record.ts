@@ -35,6 +35,18 @@ export const machineConfigSchema = z.object({
   initramfsPath: z.string(),
   kernelArguments: z.array(z.string()),
   bootTimeoutMs: z.number().int().positive(),
+  /** Boot, then save the ready guest as this snapshot and stop: how boot templates are made. */
+  captureTemplate: z.string().optional(),
+  /** Start from a snapshot instead of a cold boot (restore, fork, boot template). */
+  restore: z
+    .object({
+      snapshot: z.string(),
+      /** The guest stream of the main process that was running when the snapshot was taken. */
+      mainStream: z.number().int().optional(),
+      /** A boot template has no main process yet: start it after the restore. */
+      startMain: z.boolean(),
+    })
+    .optional(),
 });
 export type MachineConfig = z.infer<typeof machineConfigSchema>;
 
@@ -54,6 +66,10 @@ export const machineStateSchema = z.object({
   error: z.string().optional(),
   /** Set when the start should wait for a client to attach to the main process first (foreground run). */
   waitForAttach: z.boolean().optional(),
+  /** Restore only once: a later `start` boots cold on the machine's own disk. */
+  restored: z.boolean().optional(),
+  /** The snapshot this machine was saved into when it stopped (snapshot --stop, hibernation). */
+  snapshot: z.string().optional(),
 });
 export type MachineState = z.infer<typeof machineStateSchema>;
 
@@ -70,6 +86,8 @@ export const machineFiles = (id: string) => {
     consoleLog: join(directory, 'console.log'),
     processLog: join(directory, 'process.log'),
     supervisorLog: join(directory, 'supervisor.log'),
+    deviceState: join(directory, 'device-state.bin'),
+    migrationSocket: join(directory, 'migration.sock'),
   };
 };
 

@@ -165,6 +165,7 @@ test('a killed QEMU shows as exited with the reason, and rm -f cleans up', async
 
 test('a guest that never becomes ready is killed by pid, cleaned up, and points at its console log', async () => {
   process.env.TORPOR_BOOT_TIMEOUT_MS = '200';
+  process.env.TORPOR_BOOT_TEMPLATES = '0';
   try {
     const config = await createMachine({ image: 'base', name: 'slow', command: ['true'] });
     await assert.rejects(startMachine(config.id), /failed to start: .*console log: .*console\.log/);
@@ -174,5 +175,6 @@ test('a guest that never becomes ready is killed by pid, cleaned up, and points 
     await removeMachine(config);
   } finally {
     delete process.env.TORPOR_BOOT_TIMEOUT_MS;
+    delete process.env.TORPOR_BOOT_TEMPLATES;
   }
 });

@@ -26,6 +26,8 @@ import {
   type MachineState,
 } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
+import { ensureBootTemplate } from './boot-template.ts';
+import { createMachineFromSnapshot } from './snapshots.ts';
 import { validateMachineName, randomMachineName } from './run-options.ts';
 import type { ControlRequest, ControlReply } from './control-protocol.ts';
 
@@ -69,7 +71,7 @@ export function prepareHost(progress: Progress = silentProgress) {
   return hostPreparation;
 }
 
-async function claimName(name: string, id: string): Promise<void> {
+export async function claimName(name: string, id: string): Promise<void> {
   await mkdir(paths.names(), { recursive: true });
   try {
     // O_EXCL makes the claim atomic across concurrent CLIs without a global lock.
@@ -82,6 +84,20 @@ async function claimName(name: string, id: string): Promise<void> {
     });
   }
 }
+
+/** Writes a new machine's directory: its config, a fresh sparse writable layer, state "created". */
+async function writeNewMachine(config: MachineConfig, diskGiB: number): Promise<void> {
+  const files = machineFiles(config.id);
+  await mkdir(files.directory, { recursive: true });
+  // The writable layer: a sparse ext4 the guest lays over the read-only image with overlayfs.
+  await writeFile(files.layerDisk, '');
+  await truncate(files.layerDisk, diskGiB * 1024 ** 3);
+  await runCommand('mkfs.ext4', ['-q', '-F', '-m', '0', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', '-L', 'torpor-layer', files.layerDisk]);
+  await writeJsonAtomic(files.config, config);
+  await writeMachineState(config.id, { status: 'created' });
+}
+
+const bootTemplatesEnabled = () => process.env.TORPOR_BOOT_TEMPLATES !== '0';
 
 export async function createMachine(options: CreateMachineOptions, progress: Progress = silentProgress): Promise<MachineConfig> {
   const name = options.name ?? randomMachineName();
@@ -105,39 +121,52 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
     environment.set(entry.slice(0, separator), entry.slice(separator + 1));
   }
   const id = randomBytes(6).toString('hex');
-  await claimName(name, id);
-  const files = machineFiles(id);
-  try {
-    await mkdir(files.directory, { recursive: true });
-    const config: MachineConfig = {
-      id,
+  const config: MachineConfig = {
+    id,
+    name,
+    createdAt: new Date().toISOString(),
+    image: { reference: options.image, digest: image.digest, diskPath: image.diskPath },
+    command,
+    env: [...environment].map(([key, value]) => `${key}=${value}`),
+    workingDir: options.workingDir ?? image.config.workingDir ?? '/',
+    user: options.user ?? image.config.user ?? '',
+    hostname: options.hostname ?? name.replace(/[^a-zA-Z0-9-]/g, '-').slice(0, 63),
+    tty: options.tty ?? false,
+    interactive: options.interactive ?? false,
+    cpus: options.cpus ?? 1,
+    memoryMiB: options.memoryMiB ?? 512,
+    ports: options.ports ?? [],
+    network: options.network ?? true,
+    autoRemove: options.autoRemove ?? false,
+    accelerator: host.accelerator.accelerator,
+    kernelPath: host.kernelPath,
+    initramfsPath: host.initramfsPath,
+    kernelArguments: host.accelerator.accelerator === 'tcg' ? bootTimingArguments() : [],
+    bootTimeoutMs: Number(process.env.TORPOR_BOOT_TIMEOUT_MS ?? 60_000),
+  };
+  const diskGiB = options.diskGiB ?? 4;
+  if (bootTemplatesEnabled() && diskGiB === 4) {
+    const templateId = randomBytes(6).toString('hex');
+    const template = await ensureBootTemplate(
+      { ...config, id: templateId, name: `template-${templateId}`, hostname: 'torpor', command: ['true'], ports: [], autoRemove: false },
+      async (templateConfig) => {
+        await writeNewMachine(templateConfig, diskGiB);
+        await startMachine(templateConfig.id);
+      },
+      progress,
+    );
+    // The user's machine is the template's guest, with the user's process, names and ports.
+    return createMachineFromSnapshot(template, {
       name,
-      createdAt: new Date().toISOString(),
-      image: { reference: options.image, digest: image.digest, diskPath: image.diskPath },
-      command,
-      env: [...environment].map(([key, value]) => `${key}=${value}`),
-      workingDir: options.workingDir ?? image.config.workingDir ?? '/',
-      user: options.user ?? image.config.user ?? '',
-      hostname: options.hostname ?? name.replace(/[^a-zA-Z0-9-]/g, '-').slice(0, 63),
-      tty: options.tty ?? false,
-      interactive: options.interactive ?? false,
-      cpus: options.cpus ?? 1,
-      memoryMiB: options.memoryMiB ?? 512,
-      ports: options.ports ?? [],
-      network: options.network ?? true,
-      autoRemove: options.autoRemove ?? false,
-      accelerator: host.accelerator.accelerator,
-      kernelPath: host.kernelPath,
-      initramfsPath: host.initramfsPath,
-      kernelArguments: host.accelerator.accelerator === 'tcg' ? bootTimingArguments() : [],
-      bootTimeoutMs: Number(process.env.TORPOR_BOOT_TIMEOUT_MS ?? 60_000),
-    };
-    // The writable layer: a sparse ext4 the guest lays over the read-only image with overlayfs.
-    await writeFile(files.layerDisk, '');
-    await truncate(files.layerDisk, (options.diskGiB ?? 4) * 1024 ** 3);
-    await runCommand('mkfs.ext4', ['-q', '-F', '-m', '0', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', '-L', 'torpor-layer', files.layerDisk]);
-    await writeJsonAtomic(files.config, config);
-    await writeMachineState(id, { status: 'created' });
+      ports: config.ports,
+      autoRemove: config.autoRemove,
+      startMain: true,
+      configure: (restored) => ({ ...config, id: restored.id, name: restored.name, restore: restored.restore }),
+    });
+  }
+  await claimName(name, id);
+  try {
+    await writeNewMachine(config, diskGiB);
     return config;
   } catch (error) {
     await releaseMachine({ id, name });
@@ -196,7 +225,8 @@ export async function startMachine(id: string, options: { waitForAttach?: boolea
   await ensureMemoryRoom(config.memoryMiB);
   if (config.network) await ensurePortsFree(config.ports);
   const files = machineFiles(id);
-  await writeMachineState(id, { status: 'starting', waitForAttach: options.waitForAttach });
+  // `restored` survives: a machine made from a snapshot restores once, then boots cold on its own disk.
+  await writeMachineState(id, { status: 'starting', waitForAttach: options.waitForAttach, restored: current.restored });
   const log = await open(files.supervisorLog, 'a');
   const child = spawn(process.execPath, ['--import', typescriptLoader, supervisorEntry, id], {
     detached: true,

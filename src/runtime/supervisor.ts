@@ -1,11 +1,13 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { rm, mkdir } from 'node:fs/promises';
+import { rm, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { AgentClient, GuestError, type GuestProcess } from '../guest/agent-client.ts';
 import { FrameDecoder, FrameType, encodeFrame, encodeError, type Frame } from '../guest/protocol.ts';
 import { qemuDriver } from '../vm/qemu-driver.ts';
+import { loadDeviceState, saveDeviceState } from '../vm/migration.ts';
+import { captureSnapshot } from '../snapshot/snapshot-store.ts';
 import type { RunningVm, VmExit } from '../vm/driver.ts';
 import { memoryDirectory } from '../state/paths.ts';
 import {
@@ -17,10 +19,11 @@ import {
   type MachineState,
 } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
-import type { ControlRequest, ControlReply } from './control-protocol.ts';
+import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
 
-// Streams the supervisor opens for its clients start here, apart from its own (16 and up).
-const firstRoutedStream = 0x10000000;
+// Streams the supervisor opens for its clients live above its own (below 0x40000000), at a random
+// start so that they do not meet streams a previous supervisor left running in a restored guest.
+const firstRoutedStream = () => 0x40000000 + Math.floor(Math.random() * 0x3fffffff);
 
 interface Client {
   socket: Socket;
@@ -41,7 +44,7 @@ export class Supervisor {
   private readonly clients = new Set<Client>();
   /** guest stream id -> (client, client's stream id) */
   private readonly inbound = new Map<number, { client: Client; stream: number }>();
-  private nextRoutedStream = firstRoutedStream;
+  private nextRoutedStream = firstRoutedStream();
   private main?: GuestProcess;
   private readonly pendingMainInput: Frame[] = [];
   private processLog?: WriteStream;
@@ -67,53 +70,79 @@ export class Supervisor {
     return join(memoryDirectory(), `${this.config.id}.ram`);
   }
 
+  private vmSpec(incoming: boolean) {
+    return {
+      id: this.config.id,
+      cpus: this.config.cpus,
+      memoryMiB: this.config.memoryMiB,
+      accelerator: this.config.accelerator,
+      kernelPath: this.config.kernelPath,
+      initramfsPath: this.config.initramfsPath,
+      kernelArguments: this.config.kernelArguments,
+      imageDisk: this.config.image.diskPath,
+      layerDisk: this.files.layerDisk,
+      memoryFile: this.memoryFile(),
+      agentSocket: this.files.agentSocket,
+      qmpSocket: this.files.qmpSocket,
+      consoleLog: this.files.consoleLog,
+      network: this.config.network,
+      ports: this.config.ports,
+      incoming,
+    };
+  }
+
+  /** Settings the guest needs on every start and after every restore: a fork must not share a clock, RNG state or name. */
+  private guestSettings(): Record<string, string> {
+    return { hostname: this.config.hostname, time: String(BigInt(Date.now()) * 1_000_000n), entropy: randomBytes(64).toString('hex') };
+  }
+
   async run(): Promise<void> {
     const previous = await readMachineState(this.config.id);
+    // Restore only on the first start; the runtime materialized RAM, disk and device state for it.
+    const restore = this.config.restore && !previous.restored ? this.config.restore : undefined;
     this.state = {
       status: 'starting',
       supervisorPid: process.pid,
       startedAt: new Date().toISOString(),
       waitForAttach: previous.waitForAttach,
+      restored: previous.restored || Boolean(restore),
     };
     await this.setState({});
     const started = performance.now();
     try {
       await mkdir(memoryDirectory(), { recursive: true });
-      await rm(this.memoryFile(), { force: true });
-      this.vm = await qemuDriver.launch(
-        {
-          id: this.config.id,
-          cpus: this.config.cpus,
-          memoryMiB: this.config.memoryMiB,
-          accelerator: this.config.accelerator,
-          kernelPath: this.config.kernelPath,
-          initramfsPath: this.config.initramfsPath,
-          kernelArguments: this.config.kernelArguments,
-          imageDisk: this.config.image.diskPath,
-          layerDisk: this.files.layerDisk,
-          memoryFile: this.memoryFile(),
-          agentSocket: this.files.agentSocket,
-          qmpSocket: this.files.qmpSocket,
-          consoleLog: this.files.consoleLog,
-          network: this.config.network,
-          ports: this.config.ports,
-        },
-        { logPath: this.files.supervisorLog },
-      );
+      if (!restore) await rm(this.memoryFile(), { force: true });
+      this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore)), { logPath: this.files.supervisorLog });
       await this.setState({ qemuPid: this.vm.pid });
       this.vm.exited.then((exit) => this.onVmExit(exit));
-      this.agent = await AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 });
-      this.agent.onClose(() => {});
       const vmGone = this.vm.exited.then((exit) => {
-        throw new Error(`QEMU exited during boot (${exit.signal ?? `code ${exit.code}`}): ${exit.message}`);
+        throw new Error(`QEMU exited during ${restore ? 'restore' : 'boot'} (${exit.signal ?? `code ${exit.code}`}): ${exit.message}`);
       });
-      await Promise.race([this.agent.hello(this.config.bootTimeoutMs), vmGone]);
-      await this.agent.configure({ hostname: this.config.hostname, time: String(BigInt(Date.now()) * 1_000_000n), entropy: randomBytes(64).toString('hex') });
+      if (restore) {
+        await Promise.race([loadDeviceState(this.vm.qmp, this.files.migrationSocket, await readFile(this.files.deviceState)), vmGone]);
+        await this.vm.qmp.execute('cont');
+      }
+      this.agent = await AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 });
+      await Promise.race([this.agent.hello(restore ? 15_000 : this.config.bootTimeoutMs), vmGone]);
+      if (restore) await this.agent.configure({ ...this.guestSettings(), network: 'renew' }, FrameType.resumed);
+      else await this.agent.configure(this.guestSettings());
       await this.openControlSocket();
       await this.setState({ status: 'running', readyAt: new Date().toISOString(), bootMs: Math.round(performance.now() - started) });
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       await this.fail(`${message}; console log: ${this.files.consoleLog}`);
+      return;
+    }
+    if (this.config.captureTemplate) {
+      try {
+        await this.snapshot({ name: this.config.captureTemplate, stop: true });
+      } catch (error) {
+        await this.fail(`could not save the boot template: ${(error as Error).message}`);
+      }
+      return;
+    }
+    if (restore?.mainStream !== undefined && !restore.startMain) {
+      this.adoptMain(restore.mainStream);
       return;
     }
     if (this.state.waitForAttach) {
@@ -126,12 +155,22 @@ export class Supervisor {
     this.startMain();
   }
 
-  private startMain(): void {
-    this.processLog = createWriteStream(this.files.processLog, { flags: 'a' });
+  private mainOutputHandlers() {
+    this.processLog ??= createWriteStream(this.files.processLog, { flags: 'a' });
     const record = (stream: 'stdout' | 'stderr') => (data: Buffer) => {
       this.processLog!.write(JSON.stringify({ time: new Date().toISOString(), stream, log: data.toString() }) + '\n');
       this.forwardToAttached(stream === 'stdout' ? FrameType.stdout : FrameType.stderr, data);
     };
+    return { stdout: record('stdout'), stderr: record('stderr') };
+  }
+
+  /** After a restore the main process is still running in the guest: follow it on its old stream. */
+  private adoptMain(stream: number): void {
+    this.main = this.agent!.adopt(stream, this.mainOutputHandlers());
+    this.watchMain();
+  }
+
+  private startMain(): void {
     this.main = this.agent!.exec(
       {
         argv: this.config.command,
@@ -141,17 +180,21 @@ export class Supervisor {
         tty: this.config.tty,
         stdin: this.config.interactive,
       },
-      { stdout: record('stdout'), stderr: record('stderr') },
+      this.mainOutputHandlers(),
     );
     for (const frame of this.pendingMainInput.splice(0)) this.agent!.send(frame.type, this.main.stream, frame.payload);
+    this.watchMain();
+  }
+
+  private watchMain(): void {
     // Like docker: 127 when the command does not exist, 126 when it cannot be run.
-    this.main.exited.then(
+    this.main!.exited.then(
       (status) => this.onMainExit(status.code, undefined),
       async (error: Error) => {
-        // A lost channel usually means QEMU died: let its exit handler tell the real reason.
-        if (this.agent!.closed) {
+        // A lost channel usually means QEMU died or was stopped for a snapshot: let that path report.
+        if (this.agent!.closed || this.stopping) {
           const vmExited = await Promise.race([this.vm!.exited.then(() => true), new Promise<false>((resolve) => setTimeout(() => resolve(false), 2000))]);
-          if (vmExited) return;
+          if (vmExited || this.stopping) return;
         }
         await this.onMainExit(error instanceof GuestError && error.errno === 2 ? 127 : 126, error.message);
       },
@@ -332,6 +375,61 @@ export class Supervisor {
       case 'kill':
         this.main?.signal(request.signal ?? 9);
         return { ok: true, state: this.state };
+      case 'snapshot':
+        return { ok: true, snapshot: await this.snapshot(request), state: this.state };
+    }
+  }
+
+  private snapshotInProgress = false;
+
+  /**
+   * Pause, save the device state (RAM stays out of it: it is the tmpfs file), capture RAM file and
+   * disk layer into the store, then resume or stop. The guest sees a pause, nothing else.
+   */
+  async snapshot(request: { name: string; stop?: boolean; replace?: boolean; parent?: string }): Promise<SnapshotSummary> {
+    if (this.stopping || this.state.status !== 'running') throw new Error(`the machine is ${this.state.status}, not running`);
+    if (this.snapshotInProgress) throw new Error('a snapshot of this machine is already in progress');
+    this.snapshotInProgress = true;
+    const vm = this.vm!;
+    const started = performance.now();
+    try {
+      await vm.qmp.execute('stop');
+      const paused = performance.now();
+      const deviceState = await saveDeviceState(vm.qmp, this.files.migrationSocket);
+      const saved = performance.now();
+      const manifest = await captureSnapshot({
+        name: request.name,
+        memoryFile: this.memoryFile(),
+        diskFile: this.files.layerDisk,
+        deviceState,
+        parent: request.parent ?? this.config.restore?.snapshot,
+        replace: request.replace,
+        metadata: { machine: this.config, mainStream: this.main?.stream, snapshotAt: new Date().toISOString() },
+      }).catch(async (error: unknown) => {
+        // Nothing was stored: keep the machine running and say why.
+        await vm.qmp.execute('cont').catch(() => {});
+        throw error;
+      });
+      const captured = performance.now();
+      if (request.stop) {
+        this.stopping = true;
+        await this.setState({ status: 'stopping', snapshot: request.name });
+        vm.kill('SIGKILL');
+        await vm.exited;
+        await this.finish({ status: 'exited', exitCode: 0, snapshot: request.name, error: undefined });
+      } else {
+        await vm.qmp.execute('cont');
+      }
+      return {
+        name: manifest.name,
+        pauseMs: paused - started,
+        deviceStateMs: saved - paused,
+        captureMs: captured - saved,
+        totalMs: performance.now() - started,
+        stats: manifest.stats as Record<string, unknown>,
+      };
+    } finally {
+      this.snapshotInProgress = false;
     }
   }
 }

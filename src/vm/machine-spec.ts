@@ -24,6 +24,6 @@ export interface MachineSpec {
   consoleLog: string;
   network: boolean;
   ports: PortMapping[];
-  /** Restore: take RAM from `memoryFile` privately (copy-on-write) and wait for an incoming migration. */
+  /** Restore: `memoryFile` already holds the guest's RAM; wait for its device state (-incoming defer). */
   incoming?: boolean;
 }

@@ -14,9 +14,9 @@ export function qemuArguments(spec: MachineSpec): string[] {
     ...(spec.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host,-arch-capabilities'] : ['-accel', 'tcg,tb-size=64', '-cpu', 'max']),
     '-smp', String(spec.cpus),
     '-m', memory,
-    // share=on: the RAM file in tmpfs *is* guest memory, so a snapshot reads it without QEMU copying it.
-    // share=off on restore: map the snapshot's file privately, copy-on-write, so it serves many restores.
-    '-object', `memory-backend-file,id=mem,size=${memory},mem-path=${spec.memoryFile},share=${spec.incoming ? 'off' : 'on'},prealloc=off`,
+    // share=on: the RAM file in tmpfs *is* guest memory, so a snapshot reads it without QEMU copying
+    // it, and a restored machine (its own materialized file) can be snapshotted again the same way.
+    '-object', `memory-backend-file,id=mem,size=${memory},mem-path=${spec.memoryFile},share=on,prealloc=off`,
     '-kernel', spec.kernelPath,
     '-initrd', spec.initramfsPath,
     '-append', ['console=ttyS0', 'quiet', 'panic=-1', 'reboot=t', ...spec.kernelArguments].join(' '),

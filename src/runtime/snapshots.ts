@@ -1,0 +1,131 @@
+import { access, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { memoryDirectory } from '../state/paths.ts';
+import { TorporError } from '../util/errors.ts';
+import { writeJsonAtomic } from '../util/atomic-file.ts';
+import { AgentClient } from '../guest/agent-client.ts';
+import { materializeSnapshot, readSnapshot, type SnapshotManifest } from '../snapshot/snapshot-store.ts';
+import type { PortMapping } from '../vm/machine-spec.ts';
+import { machineConfigSchema, machineFiles, writeMachineState, type MachineConfig } from './machine-record.ts';
+import { releaseMachine } from './machine-removal.ts';
+import { claimName, effectiveState, sendControl, startMachine } from './machines.ts';
+import { validateMachineName, randomMachineName } from './run-options.ts';
+import type { SnapshotSummary } from './control-protocol.ts';
+
+/** Saves a running machine whole (memory, processes, files) into the snapshot store. */
+export async function snapshotMachine(
+  config: MachineConfig,
+  options: { name: string; stop?: boolean; replace?: boolean },
+): Promise<SnapshotSummary> {
+  const state = await effectiveState(config);
+  if (state.status !== 'running') {
+    throw new TorporError('not-running', `machine ${config.name} is ${state.status}: only a running machine can be snapshotted`, {
+      hint: `torpor start ${config.name}`,
+    });
+  }
+  const client = await AgentClient.connect(machineFiles(config.id).controlSocket, { timeoutMs: 2000 });
+  try {
+    const reply = await sendControl(client, { op: 'snapshot', name: options.name, stop: options.stop, replace: options.replace });
+    return reply.snapshot!;
+  } catch (error) {
+    throw new TorporError('snapshot-failed', `snapshot of ${config.name} failed: ${(error as Error).message}`, {
+      hint: 'the machine keeps running; see `torpor doctor` for disk space',
+    });
+  } finally {
+    client.close();
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+export interface RestoreOptions {
+  name?: string;
+  ports?: PortMapping[];
+  autoRemove?: boolean;
+  /** Boot templates carry no main process; the restored machine starts this one. */
+  startMain?: boolean;
+  /** Overrides for a boot-template start: the new machine's own command, env, name... */
+  configure?: (config: MachineConfig) => MachineConfig;
+}
+
+/**
+ * Creates a machine from a snapshot: materializes its RAM into tmpfs and its disk layer, then lets
+ * a supervisor load the device state and continue the guest where it was.
+ */
+export async function createMachineFromSnapshot(manifest: SnapshotManifest, options: RestoreOptions = {}): Promise<MachineConfig> {
+  const parsed = machineConfigSchema.safeParse((manifest.metadata as { machine?: unknown }).machine);
+  if (!parsed.success) throw new TorporError('snapshot-invalid', `snapshot ${manifest.name} has no machine description`, { hint: 'it was not made by `torpor snapshot`' });
+  const original = parsed.data;
+  for (const [what, path, hint] of [
+    ['image', original.image.diskPath, `import or pull image ${original.image.reference} again (digest ${original.image.digest})`],
+    ['guest kernel', original.kernelPath, 'apt-get install -y linux-image-cloud-amd64 (the snapshot needs the same kernel)'],
+    ['initramfs', original.initramfsPath, 'the guest agent changed since the snapshot; snapshots restore only with the agent they were taken with'],
+  ] as const) {
+    if (!(await exists(path))) {
+      throw new TorporError('snapshot-dependency-missing', `cannot restore ${manifest.name}: its ${what} is gone (${path})`, { hint });
+    }
+  }
+  const name = options.name ?? randomMachineName();
+  validateMachineName(name);
+  const id = randomBytes(6).toString('hex');
+  await claimName(name, id);
+  const files = machineFiles(id);
+  try {
+    const mainStream = (manifest.metadata as { mainStream?: number }).mainStream;
+    let config: MachineConfig = {
+      ...original,
+      id,
+      name,
+      hostname: options.name ? name : original.hostname,
+      createdAt: new Date().toISOString(),
+      ports: options.ports ?? original.ports,
+      autoRemove: options.autoRemove ?? false,
+      restore: { snapshot: manifest.name, mainStream, startMain: options.startMain ?? mainStream === undefined },
+    };
+    if (options.configure) config = options.configure(config);
+    await mkdir(files.directory, { recursive: true });
+    await materializeSnapshot(manifest, {
+      memoryFile: join(memoryDirectory(), `${id}.ram`),
+      diskFile: files.layerDisk,
+      deviceStateFile: files.deviceState,
+    });
+    await writeJsonAtomic(files.config, config);
+    await writeMachineState(id, { status: 'created' });
+    return config;
+  } catch (error) {
+    await releaseMachine({ id, name });
+    throw error;
+  }
+}
+
+export async function restoreMachine(snapshotName: string, options: RestoreOptions & { detach?: boolean } = {}): Promise<MachineConfig> {
+  const manifest = await readSnapshot(snapshotName);
+  const config = await createMachineFromSnapshot(manifest, options);
+  await startMachine(config.id);
+  return config;
+}
+
+/** N live copies of a running machine, each independent from then on (own RAM file, disk, clock, RNG, name). */
+export async function forkMachine(config: MachineConfig, options: { count: number; namePrefix?: string }): Promise<{ forks: MachineConfig[]; snapshot: SnapshotSummary }> {
+  const snapshotName = `${config.name}@fork-${Date.now().toString(36)}`;
+  const snapshot = await snapshotMachine(config, { name: snapshotName });
+  const manifest = await readSnapshot(snapshotName);
+  const forks: MachineConfig[] = [];
+  const prefix = options.namePrefix ?? `${config.name}-fork`;
+  // Materialize one at a time (it is memory-bandwidth bound) but start them overlapping.
+  const starts: Array<Promise<unknown>> = [];
+  for (let index = 1; index <= options.count; index++) {
+    // Published ports stay with the original: two machines cannot bind one host port.
+    const fork = await createMachineFromSnapshot(manifest, { name: `${prefix}-${index}`, ports: [] });
+    forks.push(fork);
+    starts.push(startMachine(fork.id));
+  }
+  await Promise.all(starts);
+  return { forks, snapshot };
+}

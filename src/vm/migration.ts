@@ -1,0 +1,67 @@
+import { createServer, createConnection } from 'node:net';
+import { rm } from 'node:fs/promises';
+import type { QmpClient } from './qmp.ts';
+
+interface MigrationInfo {
+  status?: string;
+  'error-desc'?: string;
+}
+
+async function waitForMigration(qmp: QmpClient, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const info = await qmp.execute<MigrationInfo>('query-migrate');
+    if (info.status === 'completed') return;
+    if (info.status === 'failed' || info.status === 'cancelled') throw new Error(`migration ${info.status}: ${info['error-desc'] ?? 'no reason given'}`);
+    if (Date.now() > deadline) throw new Error(`migration did not complete within ${timeoutMs} ms (status ${info.status})`);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+}
+
+/**
+ * With x-ignore-shared, QEMU leaves guest RAM out of the migration stream because it lives in a
+ * shared file (our tmpfs RAM file): what remains is the device state, tens of KB, in milliseconds.
+ */
+async function ignoreSharedMemory(qmp: QmpClient): Promise<void> {
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+}
+
+/** Saves the device state of a paused VM. QEMU 7.2 has no file: URI and we cannot pass fds from Node, so it streams to our unix socket. */
+export async function saveDeviceState(qmp: QmpClient, socketPath: string): Promise<Buffer> {
+  await rm(socketPath, { force: true });
+  const chunks: Buffer[] = [];
+  let resolveReceived!: () => void;
+  const received = new Promise<void>((resolve) => (resolveReceived = resolve));
+  const server = createServer((socket) => {
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.on('end', resolveReceived);
+    socket.on('error', resolveReceived);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, resolve);
+  });
+  try {
+    await ignoreSharedMemory(qmp);
+    await qmp.execute('migrate', { uri: `unix:${socketPath}` });
+    await waitForMigration(qmp, 30_000);
+    await Promise.race([received, new Promise((resolve) => setTimeout(resolve, 5000))]);
+    return Buffer.concat(chunks);
+  } finally {
+    server.close();
+    await rm(socketPath, { force: true });
+  }
+}
+
+/** Loads device state into a VM started with `-incoming defer`; the VM stays paused until `cont`. */
+export async function loadDeviceState(qmp: QmpClient, socketPath: string, deviceState: Buffer): Promise<void> {
+  await rm(socketPath, { force: true });
+  await ignoreSharedMemory(qmp);
+  await qmp.execute('migrate-incoming', { uri: `unix:${socketPath}` });
+  await new Promise<void>((resolve, reject) => {
+    const socket = createConnection(socketPath, () => socket.end(deviceState, () => resolve()));
+    socket.once('error', reject);
+  });
+  await waitForMigration(qmp, 30_000);
+  await rm(socketPath, { force: true });
+}
