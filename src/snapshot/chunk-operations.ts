@@ -1,4 +1,4 @@
-import { closeSync, existsSync, fstatSync, fsyncSync, mkdirSync, openSync, readSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { xxh3 } from '@node-rs/xxhash';
@@ -22,8 +22,8 @@ export interface CaptureChunkResult {
   /** null: every byte is zero, nothing stored */
   id: string | null;
   nonZeroBytes: number;
-  /** true when this call wrote the chunk file (it was not in the store yet) */
-  stored: boolean;
+  /** set when the chunk was not in the store: written here, to be synced and renamed by the caller */
+  temporaryPath?: string;
   compressedBytes: number;
   hashMs: number;
   compressMs: number;
@@ -134,11 +134,12 @@ function scratch(length: number): Buffer {
 }
 
 /**
- * Writes a chunk file so that it is either absent or complete under its final name: a later capture
- * trusts any chunk it finds, so a torn file must never get the real name.
+ * Writes an encoded chunk beside its final name, not yet synced: the caller syncs a whole capture's
+ * new chunks at once (parallel fdatasync batches into few journal commits, where one fsync per
+ * chunk in each thread serialized on them) and only then renames them to their final names, so a
+ * torn file never carries a chunk's name: a later capture trusts any chunk it finds.
  */
-export function storeChunkFile(chunksDirectory: string, id: string, encoded: Uint8Array): void {
-  const final = chunkPath(chunksDirectory, id);
+export function writeTemporaryChunk(chunksDirectory: string, id: string, encoded: Uint8Array): string {
   const directory = join(chunksDirectory, id.slice(0, 2));
   mkdirSync(directory, { recursive: true });
   const temporary = join(directory, `.${id}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
@@ -147,10 +148,8 @@ export function storeChunkFile(chunksDirectory: string, id: string, encoded: Uin
     fd = openSync(temporary, 'wx', 0o444);
     let position = 0;
     while (position < encoded.length) position += writeSync(fd, encoded, position, encoded.length - position, position);
-    fsyncSync(fd);
     closeSync(fd);
     fd = -1;
-    renameSync(temporary, final);
   } catch (error) {
     if (fd >= 0) closeSync(fd);
     try {
@@ -158,6 +157,7 @@ export function storeChunkFile(chunksDirectory: string, id: string, encoded: Uin
     } catch {}
     throw error;
   }
+  return temporary;
 }
 
 export function captureChunk(task: CaptureChunkTask): CaptureChunkResult {
@@ -171,7 +171,7 @@ export function captureChunk(task: CaptureChunkTask): CaptureChunkResult {
   }
   // A file shorter than its recorded size reads as zeros past the end, like a hole.
   if (read < data.length) data.fill(0, read);
-  const result: CaptureChunkResult = { id: null, nonZeroBytes: 0, stored: false, compressedBytes: 0, hashMs: 0, compressMs: 0, writeMs: 0 };
+  const result: CaptureChunkResult = { id: null, nonZeroBytes: 0, compressedBytes: 0, hashMs: 0, compressMs: 0, writeMs: 0 };
   if (data.equals(zeroesOf(data.length))) return result;
   const started = performance.now();
   result.nonZeroBytes = countNonZeroBytes(data);
@@ -182,9 +182,8 @@ export function captureChunk(task: CaptureChunkTask): CaptureChunkResult {
   const encoded = encoderFor(task.frameSize, task.compressionLevel).encode(data);
   const compressed = performance.now();
   result.compressMs = compressed - started - result.hashMs;
-  storeChunkFile(task.chunksDirectory, id, encoded);
+  result.temporaryPath = writeTemporaryChunk(task.chunksDirectory, id, encoded);
   result.writeMs = performance.now() - compressed;
-  result.stored = true;
   result.compressedBytes = encoded.length;
   return result;
 }

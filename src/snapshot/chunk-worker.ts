@@ -18,3 +18,6 @@ parentPort!.on('message', (request: WorkerRequest) => {
   }
   parentPort!.postMessage(reply);
 });
+
+// Jobs go to a thread only once it has loaded; until then the main thread works through the queue.
+parentPort!.postMessage({ ready: true } satisfies WorkerReply);

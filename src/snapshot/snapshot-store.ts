@@ -10,11 +10,12 @@ import {
   chunkIdOf,
   chunkPath,
   loadChunk,
-  storeChunkFile,
+  writeTemporaryChunk,
   type CaptureChunkResult,
   type MaterializeChunkResult,
 } from './chunk-operations.ts';
 import { sharedPool } from './worker-pool.ts';
+import { discardChunks, publishChunks, type WrittenChunk } from './chunk-publication.ts';
 import { beginActivity, withExclusiveStore } from './store-activity.ts';
 import { SeekableDecoder, SeekableEncoder, SeekableFormatError, framesCovering, parseSeekTable, type SeekTable } from './seekable-zstd.ts';
 
@@ -145,7 +146,14 @@ interface ChunkCaptureOutcome {
   extentsMs: number;
 }
 
-async function captureFile(file: string, size: number, chunkSize: number, compressionLevel: number, chunks: string): Promise<ChunkCaptureOutcome> {
+async function captureFile(
+  file: string,
+  size: number,
+  chunkSize: number,
+  compressionLevel: number,
+  chunks: string,
+  written: WrittenChunk[],
+): Promise<ChunkCaptureOutcome> {
   const started = performance.now();
   const extents = await dataExtents(file);
   const extentsMs = performance.now() - started;
@@ -153,23 +161,21 @@ async function captureFile(file: string, size: number, chunkSize: number, compre
   const pool = sharedPool();
   const ids: (string | null)[] = new Array(Math.ceil(size / chunkSize)).fill(null);
   let scannedBytes = 0;
-  const results = await Promise.all(
+  const settled = await Promise.allSettled(
     indices.map(async (index) => {
       const offset = index * chunkSize;
       const length = Math.min(chunkSize, size - offset);
       scannedBytes += length;
-      const result = await pool.capture({
-        file,
-        offset,
-        length,
-        chunksDirectory: chunks,
-        compressionLevel,
-        frameSize: defaultFrameSize,
-      });
+      const result = await pool.capture({ file, offset, length, chunksDirectory: chunks, compressionLevel, frameSize: defaultFrameSize });
       ids[index] = result.id;
+      // Recorded as each arrives, so that a failed capture can remove everything it wrote.
+      if (result.id && result.temporaryPath) written.push({ id: result.id, temporaryPath: result.temporaryPath });
       return result;
     }),
   );
+  const failure = settled.find((outcome) => outcome.status === 'rejected');
+  if (failure) throw (failure as PromiseRejectedResult).reason;
+  const results = settled.map((outcome) => (outcome as PromiseFulfilledResult<CaptureChunkResult>).value);
   return { chunks: ids, results, scannedBytes, extentsMs };
 }
 
@@ -194,38 +200,40 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
     throw error;
   }
   const endActivity = await beginActivity(root, 'capture');
+  const written: WrittenChunk[] = [];
   try {
     const memorySize = (await stat(input.memoryFile)).size;
     const diskSize = input.diskFile ? (await stat(input.diskFile)).size : 0;
     const chunksStarted = performance.now();
-    const [memory, disk] = await Promise.all([
-      captureFile(input.memoryFile, memorySize, chunkSize, compressionLevel, chunks),
-      input.diskFile ? captureFile(input.diskFile, diskSize, chunkSize, compressionLevel, chunks) : undefined,
+    const settled = await Promise.allSettled([
+      captureFile(input.memoryFile, memorySize, chunkSize, compressionLevel, chunks, written),
+      input.diskFile ? captureFile(input.diskFile, diskSize, chunkSize, compressionLevel, chunks, written) : Promise.resolve(undefined),
     ]);
+    for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason;
+    const memory = (settled[0] as PromiseFulfilledResult<ChunkCaptureOutcome>).value;
+    const disk = (settled[1] as PromiseFulfilledResult<ChunkCaptureOutcome | undefined>).value;
     // The device state is ~50 KB: not worth a thread round trip.
     const deviceStateId = chunkIdOf(input.deviceState);
-    let deviceStateStored = 0;
+    let deviceStateBytes = 0;
     if (!(await exists(chunkPath(chunks, deviceStateId)))) {
       const encoded = new SeekableEncoder(defaultFrameSize, compressionLevel).encode(input.deviceState);
-      storeChunkFile(chunks, deviceStateId, encoded);
-      deviceStateStored = encoded.length;
+      written.push({ id: deviceStateId, temporaryPath: writeTemporaryChunk(chunks, deviceStateId, encoded) });
+      deviceStateBytes = encoded.length;
     }
     const chunksDone = performance.now();
 
     const stats: CaptureStats = {
       scannedBytes: 0,
       nonZeroBytes: 0,
-      newChunks: deviceStateStored ? 1 : 0,
-      newCompressedBytes: deviceStateStored,
-      reusedChunks: deviceStateStored ? 0 : 1,
+      newChunks: deviceStateBytes ? 1 : 0,
+      newCompressedBytes: deviceStateBytes,
+      reusedChunks: deviceStateBytes ? 0 : 1,
       zeroChunks: 0,
       milliseconds: { extents: Math.max(memory.extentsMs, disk?.extentsMs ?? 0), chunks: chunksDone - chunksStarted, sync: 0, manifest: 0, total: 0 },
       threadMilliseconds: { hash: 0, compress: 0, write: 0 },
     };
-    // The same content twice in one capture can be written by two threads at once (same bytes,
-    // same name): count it once.
+    // The same content twice in one capture can be written by two threads at once: count it once.
     const counted = new Set<string>([deviceStateId]);
-    const touchedDirectories = new Set<string>();
     for (const outcome of [memory, disk]) {
       if (!outcome) continue;
       stats.scannedBytes += outcome.scannedBytes;
@@ -236,8 +244,7 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
         stats.threadMilliseconds.compress += result.compressMs;
         stats.threadMilliseconds.write += result.writeMs;
         if (result.id === null) continue;
-        if (result.stored) touchedDirectories.add(dirname(chunkPath(chunks, result.id)));
-        if (result.stored && !counted.has(result.id)) {
+        if (result.temporaryPath && !counted.has(result.id)) {
           stats.newChunks++;
           stats.newCompressedBytes += result.compressedBytes;
         } else {
@@ -246,11 +253,8 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
         counted.add(result.id);
       }
     }
-    if (deviceStateStored) touchedDirectories.add(dirname(chunkPath(chunks, deviceStateId)));
 
-    // Chunk files were fsynced before their rename; the renames themselves live in the directories.
-    await Promise.all([...touchedDirectories].map((directory) => syncDirectory(directory)));
-    await syncDirectory(chunks);
+    await publishChunks(chunks, written);
     const synced = performance.now();
     stats.milliseconds.sync = synced - chunksDone;
 
@@ -274,6 +278,8 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
     stats.milliseconds.total = published - started;
     return manifest;
   } catch (error) {
+    // Chunks already renamed stay (another capture may use them meanwhile); gc removes them if not.
+    await discardChunks(written);
     if (error instanceof TorporError) throw error;
     if (isNoSpace(error)) throw noSpaceError(input.name, root, error);
     throw error;

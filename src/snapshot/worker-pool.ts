@@ -15,8 +15,9 @@ export type WorkerRequest =
   | { jobId: number; kind: 'materialize'; task: MaterializeChunkTask };
 
 export type WorkerReply =
-  | { jobId: number; result: CaptureChunkResult | MaterializeChunkResult; error?: undefined }
-  | { jobId: number; error: { message: string; code?: string; chunkId?: string }; result?: undefined };
+  | { ready: true; jobId?: undefined }
+  | { jobId: number; result: CaptureChunkResult | MaterializeChunkResult; error?: undefined; ready?: undefined }
+  | { jobId: number; error: { message: string; code?: string; chunkId?: string }; result?: undefined; ready?: undefined };
 
 interface Job {
   request: WorkerRequest;
@@ -26,28 +27,39 @@ interface Job {
 
 interface PoolWorker {
   worker: Worker;
+  ready: boolean;
   inFlight: Map<number, Job>;
 }
 
 // Two requests queued per thread: the next chunk is already waiting when one finishes, so a thread
 // never idles for a message round trip.
 const depthPerWorker = 2;
+// A thread that keeps dying (e.g. it cannot load its code) is not restarted forever.
+const restartLimit = 3;
 
-function errorFromReply(reply: Extract<WorkerReply, { error: object }>['error']): Error {
+function errorFromReply(reply: { message: string; code?: string; chunkId?: string }): Error {
   if (reply.chunkId) return new ChunkCorruptError(reply.chunkId, reply.message);
   const error = new Error(reply.message) as NodeJS.ErrnoException;
   if (reply.code) error.code = reply.code;
   return error;
 }
 
+function runInline(request: WorkerRequest): CaptureChunkResult | MaterializeChunkResult {
+  return request.kind === 'capture' ? captureChunk(request.task) : materializeChunk(request.task);
+}
+
 /**
- * Runs chunk tasks on worker threads (hashing and zstd are CPU-bound and synchronous), or inline
- * when the size is 0. Threads are unreferenced while idle so they never keep a CLI process alive.
+ * Runs chunk tasks (hashing, zstd and file I/O: CPU-bound and synchronous) on worker threads.
+ * A thread takes ~180 ms to load its TypeScript; until one is ready the main thread runs the queue
+ * itself, so a small restore in a short-lived CLI never waits for threads it does not need.
+ * Threads are unreferenced while idle so they never keep a process alive.
  */
 export class ChunkWorkerPool {
   private readonly workers: PoolWorker[] = [];
   private readonly queue: Job[] = [];
   private nextJobId = 1;
+  private restarts = 0;
+  private inlineScheduled = false;
 
   constructor(readonly size: number) {
     for (let index = 0; index < size; index++) this.workers.push(this.startWorker());
@@ -55,9 +67,14 @@ export class ChunkWorkerPool {
 
   private startWorker(): PoolWorker {
     const worker = new Worker(new URL('./chunk-worker-entry.mjs', import.meta.url), { execArgv: [] });
-    const entry: PoolWorker = { worker, inFlight: new Map() };
+    const entry: PoolWorker = { worker, ready: false, inFlight: new Map() };
     worker.unref();
     worker.on('message', (reply: WorkerReply) => {
+      if (reply.ready) {
+        entry.ready = true;
+        this.dispatch();
+        return;
+      }
       const job = entry.inFlight.get(reply.jobId);
       if (!job) return;
       entry.inFlight.delete(reply.jobId);
@@ -65,23 +82,31 @@ export class ChunkWorkerPool {
       else job.resolve(reply.result as never);
       this.dispatch();
     });
+    let failed = false;
     const fail = (error: Error) => {
-      // A dead thread fails its own jobs; a replacement takes its place for the rest.
-      for (const job of entry.inFlight.values()) job.reject(error);
+      if (failed) return;
+      failed = true;
+      // Its jobs go back to the queue: they are idempotent (a chunk is written under a fresh name).
+      for (const job of entry.inFlight.values()) this.queue.unshift(job);
       entry.inFlight.clear();
       const index = this.workers.indexOf(entry);
-      if (index >= 0) this.workers.splice(index, 1, this.startWorker());
+      if (index >= 0) {
+        if (this.restarts++ < restartLimit) this.workers.splice(index, 1, this.startWorker());
+        else this.workers.splice(index, 1);
+      }
+      void error;
       this.dispatch();
     };
     worker.on('error', fail);
-    worker.on('exit', (code) => {
-      if (entry.inFlight.size > 0) fail(new Error(`snapshot worker exited with code ${code}`));
-    });
+    worker.on('exit', (code) => fail(new Error(`snapshot worker exited with code ${code}`)));
     return entry;
   }
 
   private dispatch(): void {
+    let readyWorkers = 0;
     for (const entry of this.workers) {
+      if (!entry.ready) continue;
+      readyWorkers++;
       while (entry.inFlight.size < depthPerWorker && this.queue.length > 0) {
         const job = this.queue.shift()!;
         entry.inFlight.set(job.request.jobId, job);
@@ -90,22 +115,27 @@ export class ChunkWorkerPool {
       if (entry.inFlight.size > 0) entry.worker.ref();
       else entry.worker.unref();
     }
+    // The main thread helps only while threads are missing: with all of them running it would just
+    // compete with them for the cores and delay their messages.
+    if (this.queue.length > 0 && (this.size === 0 || readyWorkers < this.size) && !this.inlineScheduled) {
+      this.inlineScheduled = true;
+      setImmediate(() => {
+        this.inlineScheduled = false;
+        const job = this.queue.shift();
+        if (job) {
+          try {
+            job.resolve(runInline(job.request) as never);
+          } catch (error) {
+            job.reject(error as Error);
+          }
+        }
+        this.dispatch();
+      });
+    }
   }
 
   private run<T>(request: Omit<WorkerRequest, 'jobId'>): Promise<T> {
     const full = { ...request, jobId: this.nextJobId++ } as WorkerRequest;
-    if (this.size === 0) {
-      // Inline: still asynchronous, so callers' bookkeeping between chunks keeps its order.
-      return new Promise<T>((resolve, reject) =>
-        setImmediate(() => {
-          try {
-            resolve((full.kind === 'capture' ? captureChunk(full.task) : materializeChunk(full.task)) as T);
-          } catch (error) {
-            reject(error as Error);
-          }
-        }),
-      );
-    }
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ request: full, resolve: resolve as (value: never) => void, reject });
       this.dispatch();
@@ -120,15 +150,21 @@ export class ChunkWorkerPool {
     return this.run({ kind: 'materialize', task });
   }
 
+  /** Resolves once every thread has loaded (for benchmarks that measure steady state). */
+  async ready(): Promise<void> {
+    while (this.workers.some((entry) => !entry.ready)) await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+
   async close(): Promise<void> {
-    await Promise.all(this.workers.map((entry) => entry.worker.terminate()));
-    this.workers.length = 0;
+    const workers = this.workers.splice(0);
+    this.restarts = restartLimit;
+    await Promise.all(workers.map((entry) => entry.worker.terminate()));
   }
 }
 
 let shared: ChunkWorkerPool | undefined;
 
-/** Threads default to the number of cores: the work is CPU-bound; TORPOR_SNAPSHOT_WORKERS overrides (0 = inline). */
+/** Threads default to the number of cores (the work is CPU-bound); TORPOR_SNAPSHOT_WORKERS overrides, 0 = main thread only. */
 export function defaultPoolSize(): number {
   const configured = process.env.TORPOR_SNAPSHOT_WORKERS;
   if (configured !== undefined && configured !== '' && Number.isInteger(Number(configured))) return Math.max(0, Number(configured));
@@ -140,9 +176,9 @@ export function sharedPool(): ChunkWorkerPool {
   return shared;
 }
 
-/** Starts the threads ahead of time, so the first capture (with the VM paused) does not pay for it. */
-export function startSnapshotWorkers(): void {
-  sharedPool();
+/** Starts the threads ahead of time (e.g. when a supervisor starts), so a capture finds them loaded. */
+export function startSnapshotWorkers(): Promise<void> {
+  return sharedPool().ready();
 }
 
 export async function stopSnapshotWorkers(): Promise<void> {

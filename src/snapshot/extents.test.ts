@@ -1,0 +1,42 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { chunksWithData, dataExtents } from './extents.ts';
+
+test('reports the data extents of a sparse file without reading its holes', async () => {
+  const directory = mkdtempSync('/dev/shm/torpor-extents-test-');
+  try {
+    const file = join(directory, 'sparse');
+    const fd = openSync(file, 'w');
+    ftruncateSync(fd, 4 * 1024 * 1024 * 1024);
+    writeSync(fd, Buffer.alloc(8192, 1), 0, 8192, 1024 * 1024);
+    writeSync(fd, Buffer.alloc(4096, 2), 0, 4096, 3 * 1024 * 1024 * 1024);
+    closeSync(fd);
+    const started = performance.now();
+    const extents = await dataExtents(file);
+    assert.deepEqual(extents, [
+      { start: 1024 * 1024, end: 1024 * 1024 + 8192 },
+      { start: 3 * 1024 * 1024 * 1024, end: 3 * 1024 * 1024 * 1024 + 4096 },
+    ]);
+    assert.ok(performance.now() - started < 2000, 'a 4 GiB hole is skipped, not read');
+  } finally {
+    rmSync(directory, { recursive: true, force: true });
+  }
+});
+
+test('maps extents to the chunks they touch, each once', () => {
+  const chunk = 256 * 1024;
+  assert.deepEqual(
+    chunksWithData(
+      [
+        { start: 0, end: 10 },
+        { start: 100, end: chunk + 1 },
+        { start: 5 * chunk - 1, end: 5 * chunk },
+        { start: 7 * chunk, end: 7 * chunk },
+      ],
+      chunk,
+    ),
+    [0, 1, 4],
+  );
+});
