@@ -2,7 +2,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
   captureSnapshot,
@@ -246,6 +246,38 @@ test('gc removes only chunks no snapshot uses, and not while a capture runs', as
   await materializeSnapshot('web@3', { memoryFile: join(shm, 'web@3.ram') });
   assert.ok(sameFile(ram.path, join(shm, 'web@3.ram')));
   rmSync(join(shm, 'web@3.ram'));
+});
+
+test('a capture killed midway leaves the previous snapshot intact and its leftovers to gc', async () => {
+  const small = join(shm, 'crash-small.ram');
+  const big = join(shm, 'crash-big.ram');
+  writeSyntheticFile(small, { size: 16 * MiB, liveBytes: 2 * MiB, randomShare: 0.5, seed: 51 });
+  writeSyntheticFile(big, { size: 256 * MiB, liveBytes: 64 * MiB, randomShare: 0.5, seed: 52 });
+  const previous = await captureSnapshot({ name: 'crash@1', memoryFile: small, deviceState, metadata: {} });
+  const usage = await storeUsage();
+  const child = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'testing', 'capture-until-killed.ts'), 'crash@1', big], {
+    env: { ...process.env, TORPOR_HOME: home },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  // Kill it once it has written some chunks (temporary files appear), well before it finishes.
+  let output = '';
+  child.stdout.on('data', (data: Buffer) => (output += data.toString()));
+  const deadline = Date.now() + 30_000;
+  const temporaries = () => readdirSync(chunksRoot(), { recursive: true }).filter((name) => String(name).endsWith('.tmp')).length;
+  while (temporaries() < 5 && Date.now() < deadline && child.exitCode === null) await new Promise((resolve) => setTimeout(resolve, 2));
+  child.kill('SIGKILL');
+  await new Promise((resolve) => child.once('close', resolve));
+  assert.ok(!output.includes('finished'), 'killed before it finished');
+  assert.ok(temporaries() > 0, 'it left temporary chunk files');
+  assert.equal((await readSnapshot('crash@1')).id, previous.id, 'the old snapshot is still the one listed');
+  await materializeSnapshot('crash@1', { memoryFile: join(shm, 'crash.ram') });
+  assert.ok(sameFile(small, join(shm, 'crash.ram')));
+  // The dead capture's marker does not block gc, and gc clears what it left.
+  await collectGarbage();
+  assert.equal(temporaries(), 0);
+  assert.deepEqual((await storeUsage()).bytes, usage.bytes);
+  await removeSnapshot('crash@1');
+  for (const file of [small, big, join(shm, 'crash.ram')]) rmSync(file);
 });
 
 test('running out of space fails clearly and leaves earlier snapshots intact', async (context) => {
