@@ -16,6 +16,12 @@ async function chat(body: unknown): Promise<Response> {
   return fetch(`${server.url}/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
 }
 
+/** Response bodies are checked field by field below; `any` keeps those checks short. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+async function body(response: Response | Promise<Response>): Promise<any> {
+  return (await response).json();
+}
+
 function model() {
   return createOpenAICompatible({ name: "dev", baseURL: server.url, includeUsage: true })("torpor-dev");
 }
@@ -30,13 +36,13 @@ describe("dev-llm over raw HTTP", () => {
   it("lists its model", async () => {
     const response = await fetch(`${server.url}/models`);
     assert.equal(response.status, 200);
-    assert.deepEqual((await response.json()).data.map((entry: { id: string }) => entry.id), ["torpor-dev"]);
+    assert.deepEqual((await body(response)).data.map((entry: { id: string }) => entry.id), ["torpor-dev"]);
   });
 
   it("answers a plain completion with usage, deterministically", async () => {
     const request = { model: "torpor-dev", messages: [{ role: "user", content: "hello there" }] };
-    const first = await (await chat(request)).json();
-    const second = await (await chat(request)).json();
+    const first = await body(chat(request));
+    const second = await body(chat(request));
     assert.equal(first.object, "chat.completion");
     assert.equal(first.choices[0].message.content, "You said: hello there");
     assert.equal(first.choices[0].finish_reason, "stop");
@@ -68,7 +74,7 @@ describe("dev-llm over raw HTTP", () => {
     const limited = await chat(request);
     assert.equal(limited.status, 429);
     assert.equal(limited.headers.get("retry-after"), "3");
-    assert.equal((await limited.json()).error.code, "rate_limit_exceeded");
+    assert.equal((await body(limited)).error.code, "rate_limit_exceeded");
     const retried = await chat(request);
     assert.equal(retried.status, 200);
     const dated = await chat({ messages: [{ role: "user", content: "rate-limit 5 date" }] });
@@ -80,7 +86,7 @@ describe("dev-llm over raw HTTP", () => {
   it("rejects bad requests in OpenAI's error format", async () => {
     const notJson = await fetch(`${server.url}/chat/completions`, { method: "POST", body: "{" });
     assert.equal(notJson.status, 400);
-    assert.match((await notJson.json()).error.message, /not JSON/);
+    assert.match((await body(notJson)).error.message, /not JSON/);
     assert.equal((await chat({ messages: [] })).status, 400);
     assert.equal((await fetch(`${server.url}/embeddings`, { method: "POST", body: "{}" })).status, 404);
   });
@@ -148,7 +154,7 @@ describe("torpor dev-llm command", () => {
         });
         child.once("exit", (code) => reject(new Error(`exited ${code}`)));
       });
-      const models = await (await fetch(`${url}/models`)).json();
+      const models = await body(fetch(`${url}/models`));
       assert.equal(models.data[0].id, "torpor-dev");
       const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
       child.kill("SIGTERM");
