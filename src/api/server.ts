@@ -14,7 +14,7 @@ export interface StartApiServerOptions extends Omit<ApiOptions, "log">, ContextL
   stateDirectory?: string;
   postgresUrl?: string;
   /** Mount more routes (e.g. agent sessions) on the same app before it starts serving. */
-  configure?: (app: Hono) => void;
+  configure?: (app: Hono, log: ContextLog) => void;
 }
 
 export interface ApiServer {
@@ -30,7 +30,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   const ownsLog = options.log === undefined;
   const log = options.log ?? (await openContextLog(options));
   const app = createApiApp({ ...options, log });
-  options.configure?.(app);
+  options.configure?.(app, log);
   const host = options.host ?? "127.0.0.1";
   let server: ServerType;
   let address: AddressInfo;

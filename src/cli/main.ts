@@ -9,6 +9,7 @@ import { registerCopyCommand } from './commands/cp.ts';
 import { registerDoctorCommand } from './commands/doctor.ts';
 import { registerLogCommands } from './commands/log.ts';
 import { registerImageCommands } from './commands/image.ts';
+import { registerSessionCommands } from './commands/session.ts';
 import { registerSnapshotCommands } from './commands/snapshot.ts';
 import { registerServeCommand } from './commands/serve.ts';
 
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
   registerImageCommands(program);
   registerLogCommands(program);
   registerServeCommand(program);
+  registerSessionCommands(program);
   return program;
 }
 

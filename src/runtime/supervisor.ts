@@ -136,6 +136,7 @@ export class Supervisor {
     if (this.config.captureTemplate) {
       try {
         await this.snapshot({ name: this.config.captureTemplate, stop: true });
+        await this.finishAfterSnapshot(this.config.captureTemplate);
       } catch (error) {
         await this.fail(`could not save the boot template: ${(error as Error).message}`);
       }
@@ -312,8 +313,12 @@ export class Supervisor {
 
   private fromClient(client: Client, frame: Frame): void {
     if (frame.type === FrameType.control) {
-      this.control(client, frame.stream, JSON.parse(frame.payload.toString()) as ControlRequest).then(
-        (reply) => client.socket.write(encodeFrame(FrameType.controlReply, frame.stream, Buffer.from(JSON.stringify(reply)))),
+      const request = JSON.parse(frame.payload.toString()) as ControlRequest;
+      this.control(client, frame.stream, request).then(
+        (reply) =>
+          client.socket.write(encodeFrame(FrameType.controlReply, frame.stream, Buffer.from(JSON.stringify(reply))), () => {
+            if (request.op === 'snapshot' && request.stop) void this.finishAfterSnapshot(request.name);
+          }),
         (error: Error) => client.socket.write(encodeFrame(FrameType.error, frame.stream, encodeError(0, error.message))),
       );
       return;
@@ -382,6 +387,10 @@ export class Supervisor {
 
   private snapshotInProgress = false;
 
+  private async finishAfterSnapshot(name: string): Promise<void> {
+    await this.finish({ status: 'exited', exitCode: 0, snapshot: name, error: undefined });
+  }
+
   /**
    * Pause, save the device state (RAM stays out of it: it is the tmpfs file), capture RAM file and
    * disk layer into the store, then resume or stop. The guest sees a pause, nothing else.
@@ -412,11 +421,12 @@ export class Supervisor {
       });
       const captured = performance.now();
       if (request.stop) {
+        // The guest lives on in the snapshot: end QEMU now; `finishAfterSnapshot` records it once
+        // the caller has its reply (finishing closes every client socket).
         this.stopping = true;
         await this.setState({ status: 'stopping', snapshot: request.name });
         vm.kill('SIGKILL');
         await vm.exited;
-        await this.finish({ status: 'exited', exitCode: 0, snapshot: request.name, error: undefined });
       } else {
         await vm.qmp.execute('cont');
       }

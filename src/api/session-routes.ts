@@ -1,0 +1,145 @@
+import { Hono, type Context } from 'hono';
+import { streamSSE } from 'hono/streaming';
+import { z } from 'zod';
+import { TorporError } from '../util/errors.ts';
+import { parseMemory } from '../runtime/run-options.ts';
+import { storeUsage } from '../snapshot/snapshot-store.ts';
+import type { SessionManager, SessionEvent } from '../session/session-manager.ts';
+import type { SessionRecord } from '../session/session-store.ts';
+
+const createSessionBody = z.strictObject({
+  image: z.string().min(1),
+  command: z.array(z.string()).min(1),
+  env: z.array(z.string().regex(/^[^=]+=/, 'KEY=VALUE')).default([]),
+  name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).optional(),
+  resources: z.strictObject({ cpus: z.number().int().min(1).max(64).default(1), memory: z.string().default('512m') }).default({ cpus: 1, memory: '512m' }),
+  idle: z.union([z.number().nonnegative(), z.string().regex(/^\d+(\.\d+)?(ms|s|m|h)?$/)]).default(30),
+});
+
+const sendMessageBody = z.strictObject({ content: z.string().min(1) });
+
+/** "30s", "5m", 45 -> seconds. */
+export function parseIdle(value: number | string): number {
+  if (typeof value === 'number') return value;
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(value)!;
+  const amount = Number(match[1]);
+  return { ms: amount / 1000, s: amount, m: amount * 60, h: amount * 3600 }[match[2] ?? 's']!;
+}
+
+const statusByCode: Record<string, number> = {
+  'session-unknown': 404,
+  'session-exists': 409,
+  'image-unknown': 404,
+  'invalid-memory': 400,
+  'fork-impossible': 409,
+  'agent-hung': 504,
+  'agent-exited': 502,
+};
+
+function errorResponse(context: Context, error: unknown) {
+  if (error instanceof TorporError) {
+    const status = statusByCode[error.code] ?? 500;
+    return context.json({ error: { code: error.code, message: error.message, hint: error.hint } }, status as 400);
+  }
+  return context.json({ error: { code: 'internal', message: (error as Error).message } }, 500);
+}
+
+/** A session as the API shows it: its record plus what its snapshot costs in the store. */
+async function describe(record: SessionRecord) {
+  const usage = record.snapshot ? (await storeUsage()).snapshots.find((snapshot) => snapshot.name === record.snapshot) : undefined;
+  return {
+    ...record,
+    lastSnapshot: record.snapshot,
+    storedBytes: usage ? { referenced: usage.referencedBytes, exclusive: usage.exclusiveBytes } : undefined,
+  };
+}
+
+/** The session API: create, message (SSE), inspect, fork, delete. The log itself is under /v1/logs. */
+export function createSessionRoutes(manager: SessionManager): Hono {
+  const app = new Hono();
+
+  app.post('/', async (context) => {
+    const parsed = createSessionBody.safeParse(await context.req.json().catch(() => undefined));
+    if (!parsed.success) {
+      return context.json({ error: { code: 'invalid-request', message: parsed.error.issues.map((issue) => `${issue.path.join('.') || 'body'}: ${issue.message}`).join('; ') } }, 400);
+    }
+    const body = parsed.data;
+    try {
+      const record = await manager.create(
+        { image: body.image, command: body.command, env: body.env, cpus: body.resources.cpus, memoryMiB: parseMemory(body.resources.memory), idleSeconds: parseIdle(body.idle) },
+        { name: body.name },
+      );
+      return context.json(await describe(record), 201);
+    } catch (error) {
+      return errorResponse(context, error);
+    }
+  });
+
+  app.get('/', async (context) => context.json({ sessions: await Promise.all(manager.list().map(describe)) }));
+
+  app.get('/:id', async (context) => {
+    try {
+      return context.json(await describe(manager.get(context.req.param('id'))));
+    } catch (error) {
+      return errorResponse(context, error);
+    }
+  });
+
+  app.get('/:id/log', (context) => {
+    try {
+      const record = manager.get(context.req.param('id'));
+      const query = new URL(context.req.url).search;
+      return context.redirect(`/v1/logs/${encodeURIComponent(record.id)}${query}`, 307);
+    } catch (error) {
+      return errorResponse(context, error);
+    }
+  });
+
+  app.post('/:id/messages', async (context) => {
+    const parsed = sendMessageBody.safeParse(await context.req.json().catch(() => undefined));
+    if (!parsed.success) return context.json({ error: { code: 'invalid-request', message: 'body must be {"content": "..."}' } }, 400);
+    let record: SessionRecord;
+    try {
+      record = manager.get(context.req.param('id'));
+    } catch (error) {
+      return errorResponse(context, error);
+    }
+    if (!(context.req.header('accept') ?? '').includes('text/event-stream')) {
+      try {
+        const result = await manager.send(record.id, parsed.data.content);
+        return context.json(result);
+      } catch (error) {
+        return errorResponse(context, error);
+      }
+    }
+    return streamSSE(context, async (stream) => {
+      let sequence = 0;
+      const write = (event: SessionEvent) => void stream.writeSSE({ event: event.type, data: JSON.stringify(event), id: String(sequence++) });
+      try {
+        await manager.send(record.id, parsed.data.content, write);
+      } catch (error) {
+        write({ type: 'error', error: (error as Error).message, ...(error instanceof TorporError ? { code: error.code } : {}) });
+      }
+    });
+  });
+
+  app.post('/:id/fork', async (context) => {
+    const body = (await context.req.json().catch(() => ({}))) as { name?: string };
+    try {
+      return context.json(await describe(await manager.fork(context.req.param('id'), { name: body.name })), 201);
+    } catch (error) {
+      return errorResponse(context, error);
+    }
+  });
+
+  app.delete('/:id', async (context) => {
+    try {
+      await manager.delete(context.req.param('id'));
+      return context.body(null, 204);
+    } catch (error) {
+      return errorResponse(context, error);
+    }
+  });
+
+  return app;
+}

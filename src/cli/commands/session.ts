@@ -1,0 +1,197 @@
+import type { Command } from 'commander';
+import { readFile } from 'node:fs/promises';
+import { contextLogPaths, stateDirectory } from '../../context/state-directory.ts';
+import { TorporError } from '../../util/errors.ts';
+import { printJson, printTable, formatBytes, formatDuration, collect } from '../output.ts';
+
+/** The CLI is a client of `torpor serve` for sessions: it starts nothing behind the user's back. */
+async function serverUrl(explicit?: string): Promise<string> {
+  const url = explicit ?? process.env.TORPOR_URL;
+  if (url) return url.replace(/\/$/, '');
+  try {
+    const info = JSON.parse(await readFile(contextLogPaths(stateDirectory()).serverInfo, 'utf8')) as { url: string; pid: number };
+    process.kill(info.pid, 0);
+    return info.url;
+  } catch {
+    throw new TorporError('no-server', 'no torpor server is running', { hint: 'start one with `torpor serve` (it keeps sessions alive), or pass --url / TORPOR_URL' });
+  }
+}
+
+async function call(url: string, method: string, path: string, body?: unknown): Promise<unknown> {
+  let response: Response;
+  try {
+    response = await fetch(`${url}${path}`, { method, headers: { 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (error) {
+    throw new TorporError('no-server', `cannot reach the torpor server at ${url}: ${(error as Error).message}`, { hint: 'is `torpor serve` running?' });
+  }
+  if (response.status === 204) return undefined;
+  const payload = (await response.json()) as { error?: { code: string; message: string; hint?: string } };
+  if (!response.ok) throw new TorporError(payload.error?.code ?? 'server-error', payload.error?.message ?? `HTTP ${response.status}`, { hint: payload.error?.hint, exitCode: 1 });
+  return payload;
+}
+
+interface SessionView {
+  id: string;
+  name: string;
+  state: string;
+  turns: number;
+  note?: string;
+  lastSnapshot?: string;
+  lastActivityAt: string;
+  wakeAt?: string;
+  storedBytes?: { referenced: number; exclusive: number };
+  spec: { image: string; idleSeconds: number };
+}
+
+/** Reads a text/event-stream body and hands each event's JSON data to `onEvent`. */
+async function readEvents(response: Response, onEvent: (event: Record<string, unknown>) => void): Promise<void> {
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+    buffer += decoder.decode(chunk, { stream: true });
+    let boundary: number;
+    while ((boundary = buffer.indexOf('\n\n')) >= 0) {
+      const block = buffer.slice(0, boundary);
+      buffer = buffer.slice(boundary + 2);
+      const data = block
+        .split('\n')
+        .filter((line) => line.startsWith('data:'))
+        .map((line) => line.slice(5).trimStart())
+        .join('\n');
+      if (data) onEvent(JSON.parse(data) as Record<string, unknown>);
+    }
+  }
+}
+
+export function registerSessionCommands(program: Command): void {
+  const session = program.command('session').description('durable agent sessions (a client of `torpor serve`)').option('--url <url>', 'server URL (default: TORPOR_URL or the running `torpor serve`)');
+  const url = () => serverUrl((session.opts() as { url?: string }).url);
+
+  session
+    .command('create')
+    .description('create a session: a context log plus a machine running your agent program')
+    .requiredOption('--image <image>', 'image with the agent program (e.g. node, or one you imported)')
+    .option('--name <name>', 'session name')
+    .option('--idle <duration>', 'hibernate after this long idle (e.g. 30s, 5m)', '30s')
+    .option('--cpus <n>', 'virtual CPUs', '1')
+    .option('-m, --memory <size>', 'guest memory', '512m')
+    .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect)
+    .option('--json', 'machine-readable output')
+    .argument('<command...>', 'the agent program, after --')
+    .action(async (command: string[], flags: { image: string; name?: string; idle: string; cpus: string; memory: string; env?: string[]; json?: boolean }) => {
+      const created = (await call(await url(), 'POST', '/v1/sessions', {
+        image: flags.image,
+        command,
+        env: flags.env ?? [],
+        name: flags.name,
+        idle: flags.idle,
+        resources: { cpus: Number(flags.cpus), memory: flags.memory },
+      })) as SessionView;
+      if (flags.json) printJson(created);
+      else process.stdout.write(created.id + '\n');
+    });
+
+  session
+    .command('send')
+    .description("send a user message; streams the agent's reply and exits when the turn ends")
+    .argument('<session>')
+    .argument('<text>')
+    .option('--json', 'print every event as a JSON line')
+    .action(async (id: string, text: string, flags: { json?: boolean }) => {
+      const base = await url();
+      const response = await fetch(`${base}/v1/sessions/${encodeURIComponent(id)}/messages`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+        body: JSON.stringify({ content: text }),
+      }).catch((error: Error) => {
+        throw new TorporError('no-server', `cannot reach the torpor server at ${base}: ${error.message}`);
+      });
+      if (!response.ok) {
+        const payload = (await response.json()) as { error?: { code: string; message: string; hint?: string } };
+        throw new TorporError(payload.error?.code ?? 'server-error', payload.error?.message ?? `HTTP ${response.status}`, { hint: payload.error?.hint, exitCode: 1 });
+      }
+      let failed = false;
+      let endedLine = true;
+      await readEvents(response, (event) => {
+        if (flags.json) return void process.stdout.write(JSON.stringify(event) + '\n');
+        switch (event.type) {
+          case 'text-delta':
+            process.stdout.write(String(event.delta));
+            endedLine = String(event.delta).endsWith('\n');
+            break;
+          case 'tool-call':
+            process.stderr.write(`${endedLine ? '' : '\n'}[tool ${event.toolName}] ${JSON.stringify(event.input)}\n`);
+            endedLine = true;
+            break;
+          case 'tool-result':
+            process.stderr.write(`[tool ${event.toolName} result] ${JSON.stringify(event.output).slice(0, 200)}\n`);
+            break;
+          case 'session-state':
+            process.stderr.write(`[session ${event.state}]\n`);
+            break;
+          case 'turn-suspend':
+            process.stderr.write(`${endedLine ? '' : '\n'}[session sleeps until ${event.until}; the turn continues then]\n`);
+            endedLine = true;
+            break;
+          case 'error':
+            failed = true;
+            process.stderr.write(`${endedLine ? '' : '\n'}torpor: ${String(event.error ?? event.message ?? JSON.stringify(event))}\n`);
+            endedLine = true;
+            break;
+        }
+      });
+      if (!flags.json && !endedLine) process.stdout.write('\n');
+      if (failed) process.exitCode = 1;
+    });
+
+  session
+    .command('ls')
+    .description('list sessions')
+    .option('--json', 'machine-readable output')
+    .action(async (flags: { json?: boolean }) => {
+      const { sessions } = (await call(await url(), 'GET', '/v1/sessions')) as { sessions: SessionView[] };
+      if (flags.json) return printJson(sessions);
+      printTable(
+        ['ID', 'NAME', 'STATE', 'TURNS', 'IDLE FOR', 'STORED', 'IMAGE'],
+        sessions.map((view) => [
+          view.id,
+          view.name,
+          view.state + (view.wakeAt ? ` (wakes ${view.wakeAt})` : ''),
+          String(view.turns),
+          formatDuration(Date.now() - Date.parse(view.lastActivityAt)),
+          view.storedBytes ? formatBytes(view.storedBytes.exclusive) : '-',
+          view.spec.image,
+        ]),
+      );
+    });
+
+  session
+    .command('inspect')
+    .description('state, last snapshot and stored bytes of a session')
+    .argument('<session>')
+    .action(async (id: string) => printJson(await call(await url(), 'GET', `/v1/sessions/${encodeURIComponent(id)}`)));
+
+  session
+    .command('fork')
+    .description('a new session from this one: same machine state, log forked at the same offset')
+    .argument('<session>')
+    .option('--name <name>')
+    .option('--json', 'machine-readable output')
+    .action(async (id: string, flags: { name?: string; json?: boolean }) => {
+      const forked = (await call(await url(), 'POST', `/v1/sessions/${encodeURIComponent(id)}/fork`, { name: flags.name })) as SessionView;
+      if (flags.json) printJson(forked);
+      else process.stdout.write(forked.id + '\n');
+    });
+
+  session
+    .command('rm')
+    .description('delete sessions (their machines and snapshots; the context log stays readable)')
+    .argument('<sessions...>')
+    .action(async (ids: string[]) => {
+      const base = await url();
+      for (const id of ids) {
+        await call(base, 'DELETE', `/v1/sessions/${encodeURIComponent(id)}`);
+        process.stdout.write(id + '\n');
+      }
+    });
+}
