@@ -1,5 +1,5 @@
 import { Console } from "node:console";
-import { createInterface } from "node:readline";
+import { createInterface, type Interface } from "node:readline";
 import { format } from "node:util";
 import type { Entry } from "../context/entry.ts";
 import { entriesToModelMessages, type ModelMessage } from "../context/model-messages.ts";
@@ -99,9 +99,12 @@ export class Agent {
   private readonly historyWaiters: Array<Waiter<Entry[]>> = [];
   private readonly finishedTurns = new Set<string>();
   private currentTurnId?: string;
+  private readonly lines: Interface;
+  private readonly input: NodeJS.ReadableStream;
 
   constructor(options: AgentOptions = {}) {
     const input = options.input ?? process.stdin;
+    this.input = input;
     this.output = options.output ?? process.stdout;
     this.logOutput = options.logOutput ?? process.stderr;
     this.hello = new Promise((resolve, reject) => {
@@ -118,9 +121,9 @@ export class Agent {
       console.dir = toStderr.dir.bind(toStderr);
       console.table = toStderr.table.bind(toStderr);
     }
-    const lines = createInterface({ input, crlfDelay: Infinity });
-    lines.on("line", (line) => this.receive(line));
-    lines.on("close", () => this.close());
+    this.lines = createInterface({ input, crlfDelay: Infinity });
+    this.lines.on("line", (line) => this.receive(line));
+    this.lines.on("close", () => this.close());
     this.done = options.onMessage ? this.runHandler(options.onMessage) : this.closed;
     currentAgent = this;
   }
@@ -184,6 +187,9 @@ export class Agent {
     for (const waiter of this.sleepers.splice(0)) waiter.reject(new Closed("the wake-up"));
     for (const waiter of this.checkpointWaiters.splice(0)) waiter.reject(new Closed("the checkpoint was taken"));
     for (const waiter of this.historyWaiters.splice(0)) waiter.reject(new Closed("sending the history"));
+    // Stop reading, so that an open stdin does not keep the process alive once the program is done.
+    this.lines.close();
+    (this.input as { unref?: () => void }).unref?.();
     this.resolveClosed();
   }
 

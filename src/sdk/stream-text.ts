@@ -24,7 +24,7 @@ export interface ForwardStreamOptions {
    * The conversation: each completed step's messages are appended to it, also when a later step
    * fails (a 429 in step 3 keeps steps 1 and 2), so a retry continues instead of re-running tools.
    */
-  messages?: ModelMessage[];
+  messages?: unknown[];
   tools?: ToolsLike;
 }
 
