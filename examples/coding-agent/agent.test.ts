@@ -58,7 +58,7 @@ function finalText(turnEvents: AgentEvent[]): string {
 function agentState(turnEvents: AgentEvent[]): { turns: number; facts: string[] } {
   const append = turnEvents.find((event) => event.type === "entries-append");
   assert.ok(append?.type === "entries-append" && append.entries[0].kind === "metadata");
-  const { turns, facts } = (append.entries[0] as { data: { agentState: { turns: number; facts: string[] } } }).data.agentState;
+  const { turns, facts } = (append.entries[0] as unknown as { data: { agentState: { turns: number; facts: string[] } } }).data.agentState;
   return { turns, facts };
 }
 
