@@ -79,22 +79,22 @@ function systemPrompt(): string {
 const agent = createAgent();
 
 // torpor: a session rebuilt from its log after a crash starts a fresh process; take the state back.
-void agent.hello.then((hello) => {
-  agent.log(`coding agent: session ${hello.sessionId}, model ${modelId} at ${baseURL}`);
-  if (!hello.history) return;
-  messages.push(...(historyToModelMessages(hello.history) as ModelMessage[]));
+const hello = await agent.hello;
+agent.log(`coding agent: session ${hello.sessionId}, model ${modelId} at ${baseURL}`);
+if (hello.history) {
+  messages.push(...historyToModelMessages(hello.history));
   const saved = [...hello.history].reverse().find((entry: Entry) => entry.kind === "metadata" && entry.data.agentState !== undefined);
   const state = saved?.kind === "metadata" ? (saved.data.agentState as { turns?: number; facts?: string[] }) : undefined;
   turns = state?.turns ?? 0;
   facts.push(...(state?.facts ?? []));
   agent.log(`coding agent: rebuilt from ${hello.history.length} log entries (${turns} turns)`);
-});
+}
 
 for await (const turn of agent.messages()) {
   turns += 1;
   const remember = /^\s*remember\s+(.+)$/is.exec(turn.text);
   if (remember) facts.push(remember[1].trim());
-  messages.push(turn.message as ModelMessage);
+  messages.push(turn.message);
   await appendFile(notesPath, `- turn ${turns}: ${turn.text.split("\n")[0]}\n`);
   try {
     // torpor: on a 429, hibernate until Retry-After instead of waiting awake, then try again.
