@@ -180,7 +180,18 @@ describe("agent.streamText with the AI SDK", () => {
     const conversation: Parameters<typeof streamText>[0]["messages"] & object = [{ role: "user", content: "run: uname" }];
     const result = streamText({ model: model(), messages: conversation, tools: { shell }, stopWhen: stepCountIs(4) });
     const checked: StreamTextResultLike = result; // the structural interface accepts a real result
-    const forwarded = await agent.streamText(checked, { turnId: "t", messages: conversation as never });
+    const requestSizes: number[] = [];
+    const watched: StreamTextResultLike = {
+      fullStream: (async function* () {
+        for await (const part of checked.fullStream) {
+          const body = (part as { request?: { body?: unknown } }).request?.body;
+          if (part.type === "start-step") requestSizes.push(JSON.parse(typeof body === "string" ? body : JSON.stringify(body)).messages.length);
+          yield part;
+        }
+      })(),
+    };
+    const forwarded = await agent.streamText(watched, { turnId: "t", messages: conversation as never });
+    assert.deepEqual(requestSizes, [1, 3], "the second step sends user, assistant (tool call) and tool messages once each");
     const response = await result.response;
     const json = (value: unknown) => JSON.parse(JSON.stringify(value));
     assert.deepEqual(forwarded.messages, json(response.messages));
@@ -238,6 +249,36 @@ describe("agent.streamText with the AI SDK", () => {
     const result = await done;
     assert.equal(attempts, 2);
     assert.equal(result.text, "Done waiting: the rate limit of 2 s is over.");
+  });
+
+  it("keeps the completed steps when a later step fails, and rethrows that step's error", async () => {
+    const host = new Host();
+    const agent = host.agent();
+    const limited = Object.assign(new Error("Too Many Requests"), { statusCode: 429, responseHeaders: { "retry-after": "1" } });
+    // Recorded AI SDK v5 part shapes: step 1 calls a tool, step 2 fails with a 429.
+    const parts = [
+      { type: "start" },
+      { type: "start-step", request: {}, warnings: [] },
+      { type: "tool-call", toolCallId: "c1", toolName: "shell", input: { command: "ls" } },
+      { type: "tool-result", toolCallId: "c1", toolName: "shell", input: { command: "ls" }, output: "a.txt", preliminary: true },
+      { type: "tool-result", toolCallId: "c1", toolName: "shell", input: { command: "ls" }, output: "a.txt b.txt" },
+      { type: "finish-step", finishReason: "tool-calls", usage: { inputTokens: 3, outputTokens: 4, totalTokens: 7 }, response: { modelId: "m" }, providerMetadata: undefined },
+      { type: "start-step", request: {}, warnings: [] },
+      { type: "text-start", id: "0" },
+      { type: "text-delta", id: "0", text: "partial" },
+      { type: "error", error: limited },
+      { type: "finish", finishReason: "error", totalUsage: {} },
+    ];
+    const conversation: unknown[] = [{ role: "user", content: "run: ls" }];
+    await assert.rejects(
+      agent.streamText({ fullStream: (async function* () { yield* parts; })() }, { turnId: "t", messages: conversation }),
+      (error) => error === limited,
+    );
+    assert.deepEqual(conversation.slice(1), [
+      { role: "assistant", content: [{ type: "tool-call", toolCallId: "c1", toolName: "shell", input: { command: "ls" } }] },
+      { role: "tool", content: [{ type: "tool-result", toolCallId: "c1", toolName: "shell", output: { type: "text", value: "a.txt b.txt" } }] },
+    ]);
+    assert.deepEqual(host.events.map((event) => event.type), ["tool-call", "message-finish", "tool-result", "usage", "text-delta"]);
   });
 
   it("parses Retry-After as seconds, milliseconds or an HTTP date", () => {

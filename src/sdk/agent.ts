@@ -99,6 +99,7 @@ export class Agent {
   private readonly historyWaiters: Array<Waiter<Entry[]>> = [];
   private readonly finishedTurns = new Set<string>();
   private currentTurnId?: string;
+  private outputBroken = false;
   private readonly lines: Interface;
   private readonly input: NodeJS.ReadableStream;
 
@@ -121,6 +122,12 @@ export class Agent {
       console.dir = toStderr.dir.bind(toStderr);
       console.table = toStderr.table.bind(toStderr);
     }
+    // The host went away (EPIPE): there is no one left to talk to, which is a shutdown, not a crash.
+    this.output.on("error", (error: Error) => {
+      if (!this.outputBroken) this.log(`torpor agent: cannot write to the host (${error.message}); stopping`);
+      this.outputBroken = true;
+      this.close();
+    });
     this.lines = createInterface({ input, crlfDelay: Infinity });
     this.lines.on("line", (line) => this.receive(line));
     this.lines.on("close", () => this.close());
@@ -200,7 +207,7 @@ export class Agent {
       this.finishedTurns.add(valid.turnId);
       if (this.currentTurnId === valid.turnId) this.currentTurnId = undefined;
     }
-    this.output.write(encodeLine(valid));
+    if (!this.outputBroken) this.output.write(encodeLine(valid));
   }
 
   /** Writes to stderr (the program's own log; stdout is the protocol). */

@@ -21,8 +21,9 @@ export type ToolsLike = Record<string, { toModelOutput?: (output: never) => unkn
 export interface ForwardStreamOptions {
   turnId: string;
   /**
-   * The conversation: each completed step's messages are appended to it, also when a later step
-   * fails (a 429 in step 3 keeps steps 1 and 2), so a retry continues instead of re-running tools.
+   * The conversation: the completed steps' messages are appended to it when the stream ends, also
+   * when a later step failed (a 429 in step 3 keeps steps 1 and 2), so a retry continues instead of
+   * re-running tools. It may be the very array passed to `streamText`.
    */
   messages?: unknown[];
   tools?: ToolsLike;
@@ -196,7 +197,6 @@ export async function forwardStream(result: StreamTextResultLike, options: Forwa
         send(usageEvent);
         lastText = step.parts.flatMap((content) => (content.type === "text" ? [content.text] : [])).join("");
         collected.push(...stepMessages);
-        options.messages?.push(...stepMessages);
         step = new StepBuilder();
         break;
       }
@@ -214,6 +214,9 @@ export async function forwardStream(result: StreamTextResultLike, options: Forwa
         break;
     }
   }
+  // Only now: the AI SDK re-reads the caller's messages array at every step, so appending while the
+  // stream runs would send the completed steps twice.
+  options.messages?.push(...collected);
   if (failure) throw failure.error instanceof Error ? failure.error : new StreamTextError(failure.error);
   return { messages: collected, text: lastText, finishReason, steps };
 }
