@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { readFile, mkdir, access, rename, rm } from 'node:fs/promises';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { projectRoot } from '../util/project-root.ts';
 import { findGuestKernel, type GuestKernel } from './kernel.ts';
 import { writeCpio, type CpioEntry } from './cpio.ts';
 import { runCommand, commandExists } from '../util/command.ts';
@@ -17,7 +17,7 @@ export interface GuestArtifacts {
   key: string;
 }
 
-const agentSource = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'guest', 'agent.c');
+const agentSource = join(projectRoot(), 'guest', 'agent.c');
 
 // The drivers a microvm guest needs that Debian's cloud kernel builds as modules.
 const wantedModules = ['virtio_mmio', 'virtio_blk', 'virtio_net', 'virtio_console', 'overlay'];

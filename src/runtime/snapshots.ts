@@ -9,6 +9,8 @@ import { materializeSnapshot, readSnapshot, type SnapshotManifest } from '../sna
 import type { PortMapping } from '../vm/machine-spec.ts';
 import { machineConfigSchema, machineFiles, writeMachineState, type MachineConfig } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
+import { bootTemplateName, findBootTemplate } from './boot-template.ts';
+import { templateMemoryFile } from './template-memory.ts';
 import { claimName, effectiveState, sendControl, startMachine } from './machines.ts';
 import { validateMachineName, randomMachineName } from './run-options.ts';
 import type { SnapshotSummary } from './control-protocol.ts';
@@ -90,11 +92,7 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
     };
     if (options.configure) config = options.configure(config);
     await mkdir(files.directory, { recursive: true });
-    await materializeSnapshot(manifest, {
-      memoryFile: join(memoryDirectory(), `${id}.ram`),
-      diskFile: files.layerDisk,
-      deviceStateFile: files.deviceState,
-    });
+    // Memory and disk are materialized when the machine starts (`materializeForRestore`).
     await writeJsonAtomic(files.config, config);
     await writeMachineState(id, { status: 'created' });
     return config;
@@ -102,6 +100,24 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
     await releaseMachine({ id, name });
     throw error;
   }
+}
+
+/**
+ * Writes the snapshot's RAM (into tmpfs), disk layer and device state into a machine's own files.
+ * Chunks the machine's boot template shares are copied from the template's RAM kept in tmpfs,
+ * which is faster than decompressing them.
+ */
+export async function materializeForRestore(config: MachineConfig): Promise<void> {
+  const manifest = await readSnapshot(config.restore!.snapshot);
+  const templateName = bootTemplateName(config);
+  const templateFile = templateMemoryFile(templateName);
+  let base: { manifest: SnapshotManifest; memoryFile: string } | undefined;
+  if (await exists(templateFile)) {
+    const templateManifest = await findBootTemplate(templateName);
+    if (templateManifest) base = { manifest: templateManifest, memoryFile: templateFile };
+  }
+  const files = machineFiles(config.id);
+  await materializeSnapshot(manifest, { memoryFile: join(memoryDirectory(), `${config.id}.ram`), diskFile: files.layerDisk, deviceStateFile: files.deviceState, base });
 }
 
 export async function restoreMachine(snapshotName: string, options: RestoreOptions & { detach?: boolean } = {}): Promise<MachineConfig> {

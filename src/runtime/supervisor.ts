@@ -1,13 +1,14 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { rm, mkdir, readFile } from 'node:fs/promises';
+import { rm, mkdir, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { AgentClient, GuestError, type GuestProcess } from '../guest/agent-client.ts';
 import { FrameDecoder, FrameType, encodeFrame, encodeError, type Frame } from '../guest/protocol.ts';
 import { qemuDriver } from '../vm/qemu-driver.ts';
 import { loadDeviceState, saveDeviceState } from '../vm/migration.ts';
-import { captureSnapshot } from '../snapshot/snapshot-store.ts';
+import { captureSnapshot, startSnapshotWorkers } from '../snapshot/snapshot-store.ts';
+import { templateMemoryFile } from './template-memory.ts';
 import type { RunningVm, VmExit } from '../vm/driver.ts';
 import { memoryDirectory } from '../state/paths.ts';
 import {
@@ -128,6 +129,8 @@ export class Supervisor {
       else await this.agent.configure(this.guestSettings());
       await this.openControlSocket();
       await this.setState({ status: 'running', readyAt: new Date().toISOString(), bootMs: Math.round(performance.now() - started) });
+      // Load the compression threads now, off the critical path, so the first snapshot does not wait for them.
+      if (!this.config.captureTemplate) void startSnapshotWorkers().catch(() => {});
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       await this.fail(`${message}; console log: ${this.files.consoleLog}`);
@@ -268,7 +271,12 @@ export class Supervisor {
     for (const client of this.clients) client.socket.end();
     this.agent?.close();
     this.vm?.qmp.close();
-    await rm(this.memoryFile(), { force: true });
+    if (this.config.captureTemplate && patch.status === 'exited') {
+      // The template's RAM stays in tmpfs as the base every restore of its descendants copies from.
+      await rename(this.memoryFile(), templateMemoryFile(this.config.captureTemplate)).catch(() => rm(this.memoryFile(), { force: true }));
+    } else {
+      await rm(this.memoryFile(), { force: true });
+    }
     await rm(this.files.controlSocket, { force: true });
     await rm(this.files.agentSocket, { force: true });
     await rm(this.files.qmpSocket, { force: true });

@@ -1,11 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { access, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { paths } from '../state/paths.ts';
+import { projectRoot } from '../util/project-root.ts';
 import { runCommand, commandExists } from '../util/command.ts';
 
-const helperSource = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'native', 'extents.c');
+const helperSource = join(projectRoot(), 'native', 'extents.c');
 
 /** A byte range [start, end) that holds data (anything not reported as a hole). */
 export interface Extent {

@@ -1,3 +1,5 @@
+import { join } from 'node:path';
+import { projectRoot } from '../util/project-root.ts';
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import {
@@ -66,7 +68,7 @@ export class ChunkWorkerPool {
   }
 
   private startWorker(): PoolWorker {
-    const worker = new Worker(new URL('./chunk-worker-entry.mjs', import.meta.url), { execArgv: [] });
+    const worker = new Worker(join(projectRoot(), 'src', 'snapshot', 'chunk-worker-entry.mjs'), { execArgv: [] });
     const entry: PoolWorker = { worker, ready: false, inFlight: new Map() };
     worker.unref();
     worker.on('message', (reply: WorkerReply) => {
