@@ -4,5 +4,5 @@
 set -e
 cd "$(dirname "$0")/.."
 sh scripts/setup.sh --quiet
-files=$(find src test -name '*.test.ts' 2>/dev/null | sort)
+files=$(find src test examples -name '*.test.ts' -not -path '*/node_modules/*' 2>/dev/null | sort)
 exec node --import tsx --test --test-concurrency=1 "$@" $files

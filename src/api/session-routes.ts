@@ -118,7 +118,7 @@ export function createSessionRoutes(manager: SessionManager): Hono {
       try {
         await manager.send(record.id, parsed.data.content, write);
       } catch (error) {
-        write({ type: 'error', error: (error as Error).message, ...(error instanceof TorporError ? { code: error.code } : {}) });
+        write({ type: 'error', message: (error as Error).message, ...(error instanceof TorporError ? { code: error.code } : {}) });
       }
     });
   });

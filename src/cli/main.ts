@@ -10,6 +10,7 @@ import { registerDoctorCommand } from './commands/doctor.ts';
 import { registerLogCommands } from './commands/log.ts';
 import { registerImageCommands } from './commands/image.ts';
 import { registerSessionCommands } from './commands/session.ts';
+import { registerDevLlmCommand } from './commands/dev-llm.ts';
 import { registerSnapshotCommands } from './commands/snapshot.ts';
 import { registerServeCommand } from './commands/serve.ts';
 
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   registerLogCommands(program);
   registerServeCommand(program);
   registerSessionCommands(program);
+  registerDevLlmCommand(program);
   return program;
 }
 

@@ -166,6 +166,9 @@ export class Agent {
         break;
       }
       case "wake": {
+        // The machine was restored: TCP connections kept alive from before the snapshot are dead
+        // (the host side of them is gone), and reusing them fails with ECONNRESET.
+        resetHttpConnections();
         // Every pending sleep ends: the machine is running again, whoever asked for the wake-up.
         for (const sleeper of this.sleepers.splice(0)) sleeper.resolve(message);
         break;
@@ -331,4 +334,17 @@ export function withRateLimitSleep<T>(fn: () => Promise<T>, options: RateLimitSl
   const agent = options.agent ?? currentAgent;
   if (!agent) return Promise.reject(new Error("withRateLimitSleep: create the agent first (createAgent())"));
   return agent.withRateLimitSleep(fn, options);
+}
+
+/**
+ * Swaps Node's global fetch dispatcher (undici's, found under its well-known symbol) for a fresh one,
+ * so the next request opens a new connection instead of reusing one that died with the snapshot.
+ */
+export function resetHttpConnections(): void {
+  const key = Symbol.for("undici.globalDispatcher.1");
+  const holder = globalThis as unknown as Record<symbol, { constructor: new () => unknown; close?: () => Promise<void> } | undefined>;
+  const current = holder[key];
+  if (!current) return;
+  holder[key] = new current.constructor() as typeof current;
+  current.close?.().catch(() => {});
 }

@@ -19,6 +19,8 @@ while read -r line; do
   *'"type":"hello"'*)
     turns=$(echo "$line" | grep -o '"role":"user"' | wc -l) ;;
   *'"type":"wake"'*)
+    [ -n "$sleeping" ] || continue
+    sleeping=
     echo "{\"type\":\"text-delta\",\"turnId\":\"$turn\",\"delta\":\"woke up\"}"
     echo "{\"type\":\"turn-finish\",\"turnId\":\"$turn\"}" ;;
   *'"type":"message"'*)
@@ -29,6 +31,7 @@ while read -r line; do
     echo "{\"type\":\"turn-start\",\"turnId\":\"$turn\"}"
     if [ "$text" = "sleep" ]; then
       until=$(date -u -d @$(( $(date +%s) + 2 )) +%Y-%m-%dT%H:%M:%SZ)
+      sleeping=1
       echo "{\"type\":\"sleep-until\",\"turnId\":\"$turn\",\"until\":\"$until\",\"reason\":\"rate limited\"}"
       continue
     fi

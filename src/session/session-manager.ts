@@ -244,7 +244,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
         if (entries.length > 0) {
           appended = appended.then(() => this.log.append(id, entries as never)).then(
             () => undefined,
-            (error: Error) => onEvent({ type: 'error', error: `log append failed: ${error.message}` }),
+            (error: Error) => onEvent({ type: 'error', message: `log append failed: ${error.message}` }),
           );
         }
         const ofThisTurn = event.turnId === undefined || event.turnId === turnId;
@@ -280,6 +280,11 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     } catch (error) {
       if (live) this.live.set(id, live);
       this.update(id, { state: 'idle', note: `could not hibernate, kept running: ${(error as Error).message}`, lastActivityAt: new Date().toISOString() });
+      if (options.wakeAt && live) {
+        // The agent awaits its wake either way: deliver it at the time asked, from the running machine.
+        const delay = Math.max(0, Date.parse(options.wakeAt) - Date.now());
+        setTimeout(() => live.connection.send({ type: 'wake', reason: 'timer' }), delay).unref();
+      }
       return;
     }
     live?.connection.close();
@@ -297,9 +302,10 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
       this.update(id, { machineId: machine.id, state: 'running' });
       const connection = await this.attach(id, machine.id);
       // The agent was asleep (sleep-until) or idle (waiting for a message): either way this continues it.
+      // Always say wake: the agent learns it was restored (and drops connections that died with the snapshot).
+      connection.send({ type: 'wake', reason });
       if (record.wakeAt) {
         // A turn was suspended (sleep-until): it goes on now, and its turn-finish makes the session idle.
-        connection.send({ type: 'wake', reason });
         return this.update(id, { wakeAt: undefined, state: 'running', lastActivityAt: new Date().toISOString() });
       }
       return this.update(id, { state: 'idle' });
@@ -328,7 +334,8 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
         await readSnapshot(record.snapshot);
         const machine = await restoreMachine(record.snapshot, { name: `${id}-${Date.now().toString(36)}` });
         this.update(id, { machineId: machine.id, state: 'idle', note: `${why}; recovered from snapshot ${record.snapshot}` });
-        await this.attach(id, machine.id);
+        const connection = await this.attach(id, machine.id);
+        connection.send({ type: 'wake', reason: 'message' });
         return;
       } catch (error) {
         why = `${why}; snapshot ${record.snapshot} unusable (${(error as Error).message})`;

@@ -135,7 +135,7 @@ export function registerSessionCommands(program: Command): void {
             break;
           case 'error':
             failed = true;
-            process.stderr.write(`${endedLine ? '' : '\n'}torpor: ${String(event.error ?? event.message ?? JSON.stringify(event))}\n`);
+            process.stderr.write(`${endedLine ? '' : '\n'}torpor: ${String(event.message ?? event.error ?? JSON.stringify(event))}\n`);
             endedLine = true;
             break;
         }
