@@ -1,3 +1,4 @@
+import { processExists } from '../util/process-identity.ts';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readFile, rename, rm, stat, truncate } from 'node:fs/promises';
@@ -29,14 +30,6 @@ export async function cachedBlob(digest: string): Promise<string | undefined> {
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return isNodeError(error, 'EPERM');
-  }
-}
 
 /** One downloader per blob across processes: a lock file holding the owner's PID, taken over when that process is gone. */
 async function lockBlob(digest: string): Promise<() => Promise<void>> {
@@ -51,7 +44,7 @@ async function lockBlob(digest: string): Promise<() => Promise<void>> {
       if (!isNodeError(error, 'EEXIST')) throw error;
     }
     const owner = Number((await readFile(lock, 'utf8').catch(() => '')).trim());
-    if (owner && !processAlive(owner)) await rm(lock, { force: true });
+    if (owner && !processExists(owner)) await rm(lock, { force: true });
     else await sleep(200);
   }
 }

@@ -1,5 +1,15 @@
 import { readFileSync } from 'node:fs';
 
+/** True when a process with this pid exists (EPERM: it exists but belongs to someone else). */
+export function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 /** True when `pid` is alive and its command line contains `marker` (guards against PID reuse). */
 export function processMatches(pid: number | undefined, marker: string): boolean {
   if (!pid) return false;

@@ -1,3 +1,4 @@
+import { processExists } from "../../util/process-identity.ts";
 import { existsSync, readFileSync } from "node:fs";
 import type { Command } from "commander";
 import {
@@ -39,14 +40,6 @@ export interface ServerInfo {
   storage: string;
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 /**
  * The log to use: an explicit --url or TORPOR_URL; else a running `torpor serve` recorded in the
@@ -61,7 +54,7 @@ export async function openLogClient(options: { url?: string }, environment: Node
   if (existsSync(infoPath)) {
     try {
       const info = JSON.parse(readFileSync(infoPath, "utf8")) as ServerInfo;
-      if (typeof info.url === "string" && Number.isInteger(info.pid) && processAlive(info.pid)) return new RemoteContextLog(info.url);
+      if (typeof info.url === "string" && Number.isInteger(info.pid) && processExists(info.pid)) return new RemoteContextLog(info.url);
     } catch {
       // A torn or stale file only means no server: fall back to the embedded store.
     }

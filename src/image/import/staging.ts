@@ -1,3 +1,4 @@
+import { processExists } from '../../util/process-identity.ts';
 import { mkdir, readdir, rm, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -6,14 +7,6 @@ import { isNodeError } from '../../util/errors.ts';
 
 const PREFIX = '.import-';
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return isNodeError(error, 'EPERM');
-  }
-}
 
 /** Removes staging directories left by imports that were killed (their PID is in the name). */
 async function sweepAbandoned(): Promise<void> {
@@ -26,7 +19,7 @@ async function sweepAbandoned(): Promise<void> {
   }
   for (const name of names) {
     const match = name.startsWith(PREFIX) ? /^(\d+)-/.exec(name.slice(PREFIX.length)) : null;
-    if (match && !processAlive(Number(match[1]))) await rm(join(paths.images(), name), { recursive: true, force: true });
+    if (match && !processExists(Number(match[1]))) await rm(join(paths.images(), name), { recursive: true, force: true });
   }
 }
 
