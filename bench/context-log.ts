@@ -9,6 +9,9 @@
  *   - Durable Streams: the reference server (@durable-streams/server, file-backed, fdatasync per
  *     append) in a child process, over loopback, JSON mode, compression off
  * Every append is durable when acknowledged in all columns.
+ *
+ * The reference server is not a dependency of torpor (its native deps break `npm ci` lock files):
+ * install it for the run with `npm install --no-save @durable-streams/server`.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { cpus, totalmem, release } from "node:os";
