@@ -410,7 +410,11 @@ if (flag("--serve")) {
   const write = process.stdout.write.bind(process.stdout);
   console.log = console.info = console.debug = () => {};
   if (kind === "durable-streams") {
-    const { DurableStreamTestServer } = await import("@durable-streams/server");
+    // Installed only for the run (see the header), so it is loaded by name, untyped.
+    const referenceServer = "@durable-streams/server";
+    const { DurableStreamTestServer } = (await import(referenceServer)) as {
+      DurableStreamTestServer: new (options: Record<string, unknown>) => { start(): Promise<string>; stop(): Promise<void> };
+    };
     const server = new DurableStreamTestServer({ port: 0, host: "127.0.0.1", dataDir: directory, compression: false });
     const url = await server.start();
     write(`URL=${url}\n`);
