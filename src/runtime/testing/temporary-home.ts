@@ -2,6 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { listMachines, killMachine } from '../machines.ts';
+import { dropTemplateMemory } from '../template-memory.ts';
 
 /**
  * A private TORPOR_HOME for a test file, so tests never see a user's machines or each other's.
@@ -15,6 +16,7 @@ export async function useTemporaryHome(): Promise<{ home: string; cleanup: () =>
     home,
     cleanup: async () => {
       for (const machine of await listMachines()) await killMachine(machine.config);
+      await dropTemplateMemory();
       await rm(home, { recursive: true, force: true });
     },
   };
