@@ -15,8 +15,8 @@ let machine: MachineConfig;
 // closed before the snapshot: everything must come back, which process checkpointing cannot do.
 const workload = String.raw`
 echo written-before-snapshot > /root/closed.txt
-( while true; do sleep 1; done ) &
-( while true; do sleep 1; done ) &
+( while true; do sleep 1001; done ) &
+( while true; do sleep 1002; done ) &
 i=0
 while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done
 `;
@@ -31,7 +31,7 @@ async function shell(client: AgentClient, script: string): Promise<string> {
 async function inspect(config: MachineConfig): Promise<{ counter: number; children: number; file: string; hostname: string }> {
   const client = await connectToMachine(config);
   try {
-    const [counter, children, file, hostname] = (await shell(client, 'cat /tmp/counter; ps -o comm | grep -c "^sleep"; cat /root/closed.txt; hostname')).split('\n');
+    const [counter, children, file, hostname] = (await shell(client, 'cat /tmp/counter; ps -o args | grep -c "^sleep 100[12]$"; cat /root/closed.txt; hostname')).split('\n');
     return { counter: Number(counter), children: Number(children), file: file!, hostname: hostname! };
   } finally {
     client.close();
@@ -54,13 +54,16 @@ test('restore continues every process where the snapshot left it, with files tha
   assert.ok(summary.deviceStateMs < 1000);
   const atSnapshot = await inspect(machine);
   const restored = await restoreMachine('origin@1', { name: 'copy' });
-  const after = await inspect(restored);
-  assert.equal(after.children, 2, 'both background children are alive');
-  assert.equal(after.file, 'written-before-snapshot');
-  assert.equal(after.hostname, 'copy');
-  // The counter went on from the snapshot's value (not from zero, as a fresh start would).
-  assert.ok(after.counter >= 5 && after.counter <= atSnapshot.counter + 50, `counter ${after.counter} vs ${atSnapshot.counter} at snapshot`);
-  await removeMachine(restored, { force: true });
+  try {
+    const after = await inspect(restored);
+    assert.equal(after.children, 2, 'both background children are alive');
+    assert.equal(after.file, 'written-before-snapshot');
+    assert.equal(after.hostname, 'copy');
+    // The counter went on from the snapshot's value (not from zero, as a fresh start would).
+    assert.ok(after.counter >= 5 && after.counter <= atSnapshot.counter + 50, `counter ${after.counter} vs ${atSnapshot.counter} at snapshot`);
+  } finally {
+    await removeMachine(restored, { force: true });
+  }
 });
 
 test('a second snapshot stores only what changed (layering)', async () => {
