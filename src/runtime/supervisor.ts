@@ -7,7 +7,7 @@ import { AgentClient, GuestError, type GuestProcess } from '../guest/agent-clien
 import { FrameDecoder, FrameType, encodeFrame, encodeError, type Frame } from '../guest/protocol.ts';
 import { qemuDriver } from '../vm/qemu-driver.ts';
 import { loadDeviceState, saveDeviceState } from '../vm/migration.ts';
-import { captureSnapshot, startSnapshotWorkers } from '../snapshot/snapshot-store.ts';
+import { captureSnapshot } from '../snapshot/snapshot-store.ts';
 import { templateMemoryFile } from './template-memory.ts';
 import type { RunningVm, VmExit } from '../vm/driver.ts';
 import { memoryDirectory } from '../state/paths.ts';
@@ -129,8 +129,8 @@ export class Supervisor {
       else await this.agent.configure(this.guestSettings());
       await this.openControlSocket();
       await this.setState({ status: 'running', readyAt: new Date().toISOString(), bootMs: Math.round(performance.now() - started) });
-      // Load the compression threads now, off the critical path, so the first snapshot does not wait for them.
-      if (!this.config.captureTemplate) void startSnapshotWorkers().catch(() => {});
+      // Compression threads are loaded by the first snapshot, not here: idle, they would cost every
+      // running machine ~70 MiB, and the first snapshot works on the main thread while they load.
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       await this.fail(`${message}; console log: ${this.files.consoleLog}`);
