@@ -27,6 +27,7 @@ import {
   type MachineState,
 } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
+import { SupervisorPool } from './supervisor-pool.ts';
 import { ensureBootTemplate } from './boot-template.ts';
 import { createMachineFromSnapshot, materializeForRestore } from './snapshots.ts';
 import { validateMachineName, randomMachineName } from './run-options.ts';
@@ -214,8 +215,19 @@ async function ensurePortsFree(ports: PortMapping[]): Promise<void> {
   }
 }
 
-function supervisorAlive(config: MachineConfig, state: MachineState): boolean {
-  return processMatches(state.supervisorPid, config.id);
+// Supervisors are recognised by pid plus this word in their command line (spares learn their
+// machine's id only later, so the id is not in it).
+const supervisorMarker = 'supervisor';
+
+function supervisorAlive(_config: MachineConfig, state: MachineState): boolean {
+  return processMatches(state.supervisorPid, supervisorMarker);
+}
+
+/** Warm spare supervisors for a long-running host, started with the same command as any other. */
+export function createSupervisorPool(size = 1): SupervisorPool {
+  const pool = new SupervisorPool(supervisorCommand, size);
+  pool.fill();
+  return pool;
 }
 
 /** The state on disk, corrected for processes that died without saying so (kill -9, reboot). */
@@ -229,7 +241,7 @@ export async function effectiveState(config: MachineConfig): Promise<MachineStat
   return { ...state, status: 'exited', exitCode: state.exitCode ?? 137, error: state.error ?? 'the machine stopped without a trace (its processes were killed)' };
 }
 
-export async function startMachine(id: string, options: { waitForAttach?: boolean } = {}): Promise<MachineState> {
+export async function startMachine(id: string, options: { waitForAttach?: boolean; pool?: SupervisorPool } = {}): Promise<MachineState> {
   const config = await readMachineConfig(id);
   const current = await effectiveState(config);
   if (['starting', 'running', 'stopping'].includes(current.status)) {
@@ -241,27 +253,28 @@ export async function startMachine(id: string, options: { waitForAttach?: boolea
   // `restored` survives: a machine made from a snapshot restores once, then boots cold on its own disk.
   await writeMachineState(id, { status: 'starting', waitForAttach: options.waitForAttach, restored: current.restored });
   const restoring = config.restore !== undefined && !current.restored;
-  const log = await open(files.supervisorLog, 'a');
-  const child = spawn(process.execPath, [...(await supervisorCommand()), id], {
-    detached: true,
-    stdio: [restoring ? 'pipe' : 'ignore', log.fd, log.fd],
-    env: { ...process.env, TORPOR_HOME: stateHome(), TORPOR_SUPERVISOR_WAIT: restoring ? '1' : '0' },
-  });
-  await log.close();
-  child.unref();
+  let child = options.pool?.take();
+  if (!child) {
+    const log = await open(files.supervisorLog, 'a');
+    child = spawn(process.execPath, [...(await supervisorCommand()), '--standby'], {
+      detached: true,
+      stdio: ['pipe', log.fd, log.fd],
+      env: { ...process.env, TORPOR_HOME: stateHome() },
+    });
+    await log.close();
+    child.unref();
+  }
   const supervisorPid = child.pid;
-  if (restoring) {
-    // The supervisor starts up while the snapshot is materialized; then it is told to go on.
-    try {
-      await materializeForRestore(config);
-    } catch (error) {
-      child.kill('SIGKILL');
-      await writeMachineState(id, { status: 'failed', error: (error as Error).message, restored: true });
-      throw error;
-    } finally {
-      child.stdin?.end('go\n');
-      (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
-    }
+  // The supervisor starts up while the snapshot is materialized; then it is told which machine is its.
+  try {
+    if (restoring) await materializeForRestore(config);
+  } catch (error) {
+    child.kill('SIGKILL');
+    await writeMachineState(id, { status: 'failed', error: (error as Error).message, restored: true });
+    throw error;
+  } finally {
+    child.stdin?.end(`${id}\n`);
+    (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
   }
   // Wait for the supervisor to report the guest ready (or failed).
   for (;;) {
@@ -272,7 +285,7 @@ export async function startMachine(id: string, options: { waitForAttach?: boolea
       }
       return state;
     }
-    if (!processMatches(supervisorPid, id)) {
+    if (!processMatches(supervisorPid, supervisorMarker)) {
       const after = await readMachineState(id);
       if (after.status === 'running' || after.status === 'exited') return after;
       const log = await readFile(files.supervisorLog, 'utf8').catch(() => '');
@@ -378,7 +391,7 @@ export async function stopMachine(config: MachineConfig, options: { timeoutSecon
 /** Ends a machine by its recorded pids (never by name) and records it as exited. */
 export async function killMachine(config: MachineConfig): Promise<MachineState> {
   const state = await readMachineState(config.id);
-  signalIfMatches(state.supervisorPid, config.id, 'SIGKILL');
+  signalIfMatches(state.supervisorPid, supervisorMarker, 'SIGKILL');
   signalIfMatches(state.qemuPid, `torpor-${config.id}`, 'SIGKILL');
   for (let attempt = 0; attempt < 100 && processMatches(state.qemuPid, `torpor-${config.id}`); attempt++) {
     await new Promise((resolve) => setTimeout(resolve, 20));

@@ -9,6 +9,7 @@ import { materializeSnapshot, readSnapshot, type SnapshotManifest } from '../sna
 import type { PortMapping } from '../vm/machine-spec.ts';
 import { machineConfigSchema, machineFiles, writeMachineState, type MachineConfig } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
+import type { SupervisorPool } from './supervisor-pool.ts';
 import { bootTemplateName, findBootTemplate } from './boot-template.ts';
 import { templateMemoryFile } from './template-memory.ts';
 import { claimName, effectiveState, sendControl, startMachine } from './machines.ts';
@@ -120,10 +121,10 @@ export async function materializeForRestore(config: MachineConfig): Promise<void
   await materializeSnapshot(manifest, { memoryFile: join(memoryDirectory(), `${config.id}.ram`), diskFile: files.layerDisk, deviceStateFile: files.deviceState, base });
 }
 
-export async function restoreMachine(snapshotName: string, options: RestoreOptions & { detach?: boolean } = {}): Promise<MachineConfig> {
+export async function restoreMachine(snapshotName: string, options: RestoreOptions & { pool?: SupervisorPool } = {}): Promise<MachineConfig> {
   const manifest = await readSnapshot(snapshotName);
   const config = await createMachineFromSnapshot(manifest, options);
-  await startMachine(config.id);
+  await startMachine(config.id, { pool: options.pool });
   return config;
 }
 

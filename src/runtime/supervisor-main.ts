@@ -1,22 +1,36 @@
-// Entry point of a machine's supervisor process: `node --import tsx supervisor-main.ts <machine id>`.
+// Entry point of a machine's supervisor process:
+//   supervisor-main <machine id>   supervise that machine
+//   supervisor-main --standby      start up now, read the machine id from stdin later (a warm spare)
 import { Supervisor } from './supervisor.ts';
 
-const id = process.argv[2];
-if (!id) {
-  process.stderr.write('usage: supervisor-main.ts <machine id>\n');
-  process.exit(2);
-}
 process.on('SIGINT', () => {});
 process.on('SIGHUP', () => {});
-// Started early (while its machine's memory is still being materialized), it waits for a line on
-// stdin before it reads the machine's files: process start-up then costs a restore nothing.
-if (process.env.TORPOR_SUPERVISOR_WAIT === '1') {
-  await new Promise<void>((resolve) => {
-    process.stdin.once('data', () => resolve());
-    process.stdin.once('end', () => resolve());
+
+/** One line from stdin, or undefined when stdin ends first (the parent went away). */
+function readLine(): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    let text = '';
+    process.stdin.on('data', (chunk: Buffer) => {
+      text += chunk.toString();
+      if (text.includes('\n')) resolve(text.slice(0, text.indexOf('\n')).trim());
+    });
+    process.stdin.once('end', () => resolve(text.trim() || undefined));
   });
-  process.stdin.destroy();
 }
+
+let id = process.argv[2];
+if (id === '--standby') {
+  id = (await readLine()) ?? '';
+  if (!id) process.exit(0);
+} else if (process.env.TORPOR_SUPERVISOR_WAIT === '1') {
+  // Started while its machine's memory is still being materialized: go on at the parent's word.
+  await readLine();
+}
+if (!id) {
+  process.stderr.write('usage: supervisor-main <machine id> | --standby\n');
+  process.exit(2);
+}
+process.stdin.destroy();
 const supervisor = await Supervisor.fromDirectory(id);
 process.on('SIGTERM', () => void supervisor.shutdown(143));
 await supervisor.run();

@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { ContextLog } from '../context/index.ts';
 import { TorporError } from '../util/errors.ts';
-import { createMachine, startMachine, findMachine, effectiveState, removeMachine } from '../runtime/machines.ts';
+import { createMachine, startMachine, findMachine, effectiveState, removeMachine, createSupervisorPool } from '../runtime/machines.ts';
+import type { SupervisorPool } from '../runtime/supervisor-pool.ts';
 import { snapshotMachine, restoreMachine } from '../runtime/snapshots.ts';
 import { readMachineConfig } from '../runtime/machine-record.ts';
 import { removeSnapshot, readSnapshot } from '../snapshot/snapshot-store.ts';
@@ -46,6 +47,8 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
   private timer?: NodeJS.Timeout;
   private closed = false;
   private readonly turnTimeoutMs: number;
+  /** A warm spare supervisor, so a wake does not wait for a process to start. */
+  private readonly supervisors: SupervisorPool = createSupervisorPool(1);
 
   constructor(options: SessionManagerOptions) {
     super();
@@ -112,7 +115,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
       interactive: true,
       name: `${id}-${Date.now().toString(36)}`,
     });
-    await startMachine(machine.id);
+    await startMachine(machine.id, { pool: this.supervisors });
     this.update(id, { machineId: machine.id, state: 'running' });
     const connection = await this.attach(id, machine.id);
     connection.send({ type: 'hello', protocol: 1, sessionId: id, ...(history.length > 0 ? { history } : {}) });
@@ -298,7 +301,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     this.update(id, { state: 'waking' });
     onEvent({ type: 'session-state', state: 'waking' });
     try {
-      const machine = await restoreMachine(record.snapshot!, { name: `${id}-${Date.now().toString(36)}` });
+      const machine = await restoreMachine(record.snapshot!, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
       this.update(id, { machineId: machine.id, state: 'running' });
       const connection = await this.attach(id, machine.id);
       // The agent was asleep (sleep-until) or idle (waiting for a message): either way this continues it.
@@ -332,7 +335,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     if (record.snapshot && record.snapshotLogOffset === (options.historyBefore ?? logEnd)) {
       try {
         await readSnapshot(record.snapshot);
-        const machine = await restoreMachine(record.snapshot, { name: `${id}-${Date.now().toString(36)}` });
+        const machine = await restoreMachine(record.snapshot, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
         this.update(id, { machineId: machine.id, state: 'idle', note: `${why}; recovered from snapshot ${record.snapshot}` });
         const connection = await this.attach(id, machine.id);
         connection.send({ type: 'wake', reason: 'message' });
@@ -424,6 +427,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
+    this.supervisors.close();
     await Promise.allSettled([...this.queues.values()]);
     for (const live of this.live.values()) live.connection.close();
     this.live.clear();

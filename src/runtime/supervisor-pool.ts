@@ -1,0 +1,48 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { stateHome } from '../state/paths.ts';
+
+/**
+ * Warm spare supervisors for a long-running host (`torpor serve`): a supervisor process takes
+ * ~0.2 s to start, which a wake would otherwise pay before QEMU even starts. A spare waits on
+ * stdin for the id of the machine it is to supervise; when the host goes away it exits.
+ */
+export class SupervisorPool {
+  private readonly spares: ChildProcess[] = [];
+  private closed = false;
+
+  constructor(
+    private readonly command: () => Promise<string[]>,
+    private readonly size = 1,
+  ) {}
+
+  private async spawnSpare(): Promise<void> {
+    const child = spawn(process.execPath, [...(await this.command()), '--standby'], {
+      detached: true,
+      stdio: ['pipe', 'ignore', 'ignore'],
+      env: { ...process.env, TORPOR_HOME: stateHome() },
+    });
+    child.unref();
+    child.on('exit', () => {
+      const index = this.spares.indexOf(child);
+      if (index >= 0) this.spares.splice(index, 1);
+    });
+    if (this.closed) child.stdin?.end();
+    else this.spares.push(child);
+  }
+
+  fill(): void {
+    for (let missing = this.size - this.spares.length; missing > 0 && !this.closed; missing--) void this.spawnSpare().catch(() => {});
+  }
+
+  /** A started spare (its stdin still open), or undefined; the pool refills in the background. */
+  take(): ChildProcess | undefined {
+    const child = this.spares.shift();
+    this.fill();
+    return child && child.exitCode === null ? child : undefined;
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const child of this.spares.splice(0)) child.stdin?.end();
+  }
+}
