@@ -241,7 +241,10 @@ export async function effectiveState(config: MachineConfig): Promise<MachineStat
   return { ...state, status: 'exited', exitCode: state.exitCode ?? 137, error: state.error ?? 'the machine stopped without a trace (its processes were killed)' };
 }
 
-export async function startMachine(id: string, options: { waitForAttach?: boolean; pool?: SupervisorPool } = {}): Promise<MachineState> {
+export async function startMachine(
+  id: string,
+  options: { waitForAttach?: boolean; pool?: SupervisorPool; /** the snapshot's files are already in place (fork) */ materialized?: boolean } = {},
+): Promise<MachineState> {
   const config = await readMachineConfig(id);
   const current = await effectiveState(config);
   if (['starting', 'running', 'stopping'].includes(current.status)) {
@@ -267,7 +270,7 @@ export async function startMachine(id: string, options: { waitForAttach?: boolea
   const supervisorPid = child.pid;
   // The supervisor starts up while the snapshot is materialized; then it is told which machine is its.
   try {
-    if (restoring) await materializeForRestore(config);
+    if (restoring && !options.materialized) await materializeForRestore(config);
   } catch (error) {
     child.kill('SIGKILL');
     await writeMachineState(id, { status: 'failed', error: (error as Error).message, restored: true });

@@ -1,4 +1,5 @@
-import { access, mkdir } from 'node:fs/promises';
+import { access, mkdir, copyFile } from 'node:fs/promises';
+import { runCommand } from '../util/command.ts';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { memoryDirectory } from '../state/paths.ts';
@@ -133,16 +134,43 @@ export async function forkMachine(config: MachineConfig, options: { count: numbe
   const snapshotName = `${config.name}@fork-${Date.now().toString(36)}`;
   const snapshot = await snapshotMachine(config, { name: snapshotName });
   const manifest = await readSnapshot(snapshotName);
-  const forks: MachineConfig[] = [];
   const prefix = options.namePrefix ?? `${config.name}-fork`;
-  // Materialize one at a time (it is memory-bandwidth bound) but start them overlapping.
-  const starts: Array<Promise<unknown>> = [];
+  const forks: MachineConfig[] = [];
   for (let index = 1; index <= options.count; index++) {
     // Published ports stay with the original: two machines cannot bind one host port.
-    const fork = await createMachineFromSnapshot(manifest, { name: `${prefix}-${index}`, ports: [] });
-    forks.push(fork);
-    starts.push(startMachine(fork.id));
+    forks.push(await createMachineFromSnapshot(manifest, { name: `${prefix}-${index}`, ports: [] }));
   }
-  await Promise.all(starts);
+  // Decompress once, into the first fork's files; the others get sparse copies of them (a copy of
+  // the non-zero pages is several times cheaper than decompressing them again), made before any
+  // fork runs and writes its RAM.
+  try {
+    await materializeForks(forks);
+  } catch (error) {
+    for (const fork of forks) await releaseMachine(fork);
+    throw error;
+  }
+  // Two at a time: each restore is one QEMU starting up, and this host has few cores.
+  const queue = [...forks];
+  const startNext = async (): Promise<void> => {
+    const fork = queue.shift();
+    if (!fork) return;
+    await startMachine(fork.id, { materialized: true });
+    await startNext();
+  };
+  await Promise.all([startNext(), startNext()]);
   return { forks, snapshot };
+}
+
+async function materializeForks(forks: MachineConfig[]): Promise<void> {
+  await materializeForRestore(forks[0]!);
+  const first = machineFiles(forks[0]!.id);
+  const firstMemory = join(memoryDirectory(), `${forks[0]!.id}.ram`);
+  await Promise.all(
+    forks.slice(1).map(async (fork) => {
+      const files = machineFiles(fork.id);
+      await runCommand('cp', ['--sparse=always', firstMemory, join(memoryDirectory(), `${fork.id}.ram`)]);
+      await runCommand('cp', ['--sparse=always', first.layerDisk, files.layerDisk]);
+      await copyFile(first.deviceState, files.deviceState);
+    }),
+  );
 }
