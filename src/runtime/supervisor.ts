@@ -127,6 +127,9 @@ export class Supervisor {
       await Promise.race([this.agent.hello(restore ? 15_000 : this.config.bootTimeoutMs), vmGone]);
       if (restore) await this.agent.configure({ ...this.guestSettings(), network: 'renew' }, FrameType.resumed);
       else await this.agent.configure(this.guestSettings());
+      // A restored main process is followed before anyone can connect: input sent right after the
+      // machine shows as running must reach it (it is not started again, so nothing else would flush it).
+      if (restore?.mainStream !== undefined && !restore.startMain) this.adoptMain(restore.mainStream);
       await this.openControlSocket();
       await this.setState({ status: 'running', readyAt: new Date().toISOString(), bootMs: Math.round(performance.now() - started) });
       // Compression threads are loaded by the first snapshot, not here: idle, they would cost every
@@ -145,10 +148,7 @@ export class Supervisor {
       }
       return;
     }
-    if (restore?.mainStream !== undefined && !restore.startMain) {
-      this.adoptMain(restore.mainStream);
-      return;
-    }
+    if (this.main) return;
     if (this.state.waitForAttach) {
       // Foreground run: the CLI attaches before the process starts, so it sees every byte.
       await new Promise<void>((resolve) => {
@@ -171,6 +171,7 @@ export class Supervisor {
   /** After a restore the main process is still running in the guest: follow it on its old stream. */
   private adoptMain(stream: number): void {
     this.main = this.agent!.adopt(stream, this.mainOutputHandlers());
+    for (const frame of this.pendingMainInput.splice(0)) this.agent!.send(frame.type, this.main.stream, frame.payload);
     this.watchMain();
   }
 
