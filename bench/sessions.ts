@@ -5,10 +5,11 @@
 // then the example coding agent (node + AI SDK + dev-llm) for the wake and density rows if the
 // time budget allows. Prints one table; commit the output under bench/results/.
 //   node --import tsx bench/sessions.ts [sessions] [turns]
+import { MiB, percentile, ms, sleep, startHostSampler } from './support.ts';
+import { shellAgent } from '../src/session/testing/shell-agent.ts';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
-import { tmpdir, cpus, totalmem, loadavg } from 'node:os';
+import { tmpdir, cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { readdirSync, readFileSync } from 'node:fs';
 
 const sessionCount = Number(process.argv[2] ?? 50);
 const turnsPerSession = Number(process.argv[3] ?? 5);
@@ -37,75 +38,10 @@ type ContextLog = import('../src/context/index.ts').ContextLog;
 // Issue 5 targets handed to this bench.
 const targets = { wakeMs: 300, hibernateMs: 500 };
 
-const MiB = 1024 ** 2;
 const KiB = 1024;
-const sorted = (values: number[]) => [...values].sort((a, b) => a - b);
-/** Nearest-rank percentile. */
-const percentile = (values: number[], p: number) => (values.length === 0 ? NaN : sorted(values)[Math.min(values.length - 1, Math.ceil((values.length * p) / 100) - 1)]!);
-const ms = (value: number) => `${value.toFixed(0)} ms`;
 const size = (bytes: number) => (bytes >= MiB ? `${(bytes / MiB).toFixed(2)} MiB` : `${(bytes / KiB).toFixed(0)} KiB`);
-const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(resolve, milliseconds));
 
-/** Other work on the host during the run (other test suites start VMs too): load and foreign QEMUs. */
-function startHostSampler(ownMarker: string): () => { loadStart: number; loadMax: number; foreignQemuMax: number; foreignQemuMean: number } {
-  const loadStart = loadavg()[0]!;
-  let loadMax = loadStart;
-  let samples = 0;
-  let foreignSum = 0;
-  let foreignQemuMax = 0;
-  const sample = () => {
-    loadMax = Math.max(loadMax, loadavg()[0]!);
-    let foreign = 0;
-    for (const pid of readdirSync('/proc')) {
-      if (!/^\d+$/.test(pid)) continue;
-      try {
-        const commandLine = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-        if (commandLine.startsWith('qemu-system') && !commandLine.includes(ownMarker)) foreign++;
-      } catch {
-        // gone
-      }
-    }
-    samples++;
-    foreignSum += foreign;
-    foreignQemuMax = Math.max(foreignQemuMax, foreign);
-  };
-  sample();
-  const timer = setInterval(sample, 2000);
-  timer.unref();
-  return () => {
-    clearInterval(timer);
-    return { loadStart, loadMax, foreignQemuMax, foreignQemuMean: foreignSum / samples };
-  };
-}
 
-// The shell agent of src/session/session-manager.test.ts (turn counter in memory, notes on disk, a child process).
-const shellAgent = String.raw`
-sleeper() { while true; do sleep 1; done; }
-sleeper & child=$!
-turns=0
-while read -r line; do
-  case "$line" in
-  *'"type":"hello"'*)
-    turns=$(echo "$line" | grep -o '"role":"user"' | wc -l) ;;
-  *'"type":"wake"'*)
-    [ -n "$sleeping" ] || continue
-    sleeping=
-    echo "{\"type\":\"text-delta\",\"turnId\":\"$turn\",\"delta\":\"woke up\"}"
-    echo "{\"type\":\"turn-finish\",\"turnId\":\"$turn\"}" ;;
-  *'"type":"message"'*)
-    turn=$(echo "$line" | sed 's/.*"turnId":"\([^"]*\)".*/\1/')
-    text=$(echo "$line" | sed 's/.*"content":"\([^"]*\)".*/\1/')
-    turns=$((turns + 1))
-    echo "$text" >> /root/notes.txt
-    echo "{\"type\":\"turn-start\",\"turnId\":\"$turn\"}"
-    alive=no; kill -0 $child 2>/dev/null && alive=yes
-    reply="turn $turns: $text; notes $(wc -l < /root/notes.txt); child $alive"
-    echo "{\"type\":\"text-delta\",\"turnId\":\"$turn\",\"delta\":\"$reply\"}"
-    echo "{\"type\":\"message-finish\",\"turnId\":\"$turn\",\"message\":{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"$reply\"}]}}"
-    echo "{\"type\":\"turn-finish\",\"turnId\":\"$turn\"}" ;;
-  esac
-done
-`;
 
 // A user message of a realistic size (~300 bytes), without quotes (the shell agent's sed parsing).
 const message = (session: number, turn: number) =>

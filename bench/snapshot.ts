@@ -3,10 +3,10 @@
 // stream + zstd -3 as the naive baseline, all in one run. Prints one table; commit the output
 // under bench/results/.
 //   node --import tsx bench/snapshot.ts [runs]
+import { MiB, percentile, ms, sleep, startHostSampler } from './support.ts';
 import { mkdtemp, mkdir, rm, readFile, stat, open } from 'node:fs/promises';
-import { tmpdir, cpus, totalmem, loadavg } from 'node:os';
+import { tmpdir, cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { readdirSync, readFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 
 const runs = Math.max(5, Number(process.argv[2] ?? 5));
@@ -36,46 +36,10 @@ const targets: Record<string, { limit: number; unit: 'ms' | 'MiB' | '/min'; bett
   resnapshotBytes: { limit: 14, unit: 'MiB', better: 'lower' },
 };
 
-const MiB = 1024 ** 2;
-const sorted = (values: number[]) => [...values].sort((a, b) => a - b);
-const percentile = (values: number[], p: number) => sorted(values)[Math.min(values.length - 1, Math.floor((values.length * p) / 100))]!;
 const median = (values: number[]) => percentile(values, 50);
 const max = (values: number[]) => Math.max(...values);
-const ms = (value: number) => `${value.toFixed(0)} ms`;
 const mib = (bytes: number) => `${(bytes / MiB).toFixed(1)} MiB`;
-const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(resolve, milliseconds));
 
-/** Other work on the host during the run (other test suites start VMs too): load and foreign QEMUs. */
-function startHostSampler(ownMarker: string): () => { loadStart: number; loadMax: number; foreignQemuMax: number; foreignQemuMean: number } {
-  const loadStart = loadavg()[0]!;
-  let loadMax = loadStart;
-  let samples = 0;
-  let foreignSum = 0;
-  let foreignQemuMax = 0;
-  const sample = () => {
-    loadMax = Math.max(loadMax, loadavg()[0]!);
-    let foreign = 0;
-    for (const pid of readdirSync('/proc')) {
-      if (!/^\d+$/.test(pid)) continue;
-      try {
-        const commandLine = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-        if (commandLine.startsWith('qemu-system') && !commandLine.includes(ownMarker)) foreign++;
-      } catch {
-        // gone
-      }
-    }
-    samples++;
-    foreignSum += foreign;
-    foreignQemuMax = Math.max(foreignQemuMax, foreign);
-  };
-  sample();
-  const timer = setInterval(sample, 2000);
-  timer.unref();
-  return () => {
-    clearInterval(timer);
-    return { loadStart, loadMax, foreignQemuMax, foreignQemuMean: foreignSum / samples };
-  };
-}
 
 // The guest program: ~100 MiB of live data (~60% heap objects and strings, ~40% random Buffers),
 // ~20 MiB of files in /root, then 'ready <pid>'. SIGUSR1 is one "agent turn": ~1 MiB of heap

@@ -1,0 +1,42 @@
+// Helpers shared by the benchmarks (run by hand; see bench/*.ts).
+import { loadavg } from 'node:os';
+import { readdirSync, readFileSync } from 'node:fs';
+
+export const MiB = 1024 ** 2;
+export const sorted = (values: number[]) => [...values].sort((a, b) => a - b);
+/** Nearest-rank percentile. */
+export const percentile = (values: number[], p: number) => (values.length === 0 ? NaN : sorted(values)[Math.min(values.length - 1, Math.ceil((values.length * p) / 100) - 1)]!);
+export const ms = (value: number) => `${value.toFixed(0)} ms`;
+export const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(resolve, milliseconds));
+
+/** Other work on the host during the run (other test suites start VMs too): load and foreign QEMUs. */
+export function startHostSampler(ownMarker: string): () => { loadStart: number; loadMax: number; foreignQemuMax: number; foreignQemuMean: number } {
+  const loadStart = loadavg()[0]!;
+  let loadMax = loadStart;
+  let samples = 0;
+  let foreignSum = 0;
+  let foreignQemuMax = 0;
+  const sample = () => {
+    loadMax = Math.max(loadMax, loadavg()[0]!);
+    let foreign = 0;
+    for (const pid of readdirSync('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      try {
+        const commandLine = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        if (commandLine.startsWith('qemu-system') && !commandLine.includes(ownMarker)) foreign++;
+      } catch {
+        // gone
+      }
+    }
+    samples++;
+    foreignSum += foreign;
+    foreignQemuMax = Math.max(foreignQemuMax, foreign);
+  };
+  sample();
+  const timer = setInterval(sample, 2000);
+  timer.unref();
+  return () => {
+    clearInterval(timer);
+    return { loadStart, loadMax, foreignQemuMax, foreignQemuMean: foreignSum / samples };
+  };
+}

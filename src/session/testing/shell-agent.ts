@@ -1,0 +1,35 @@
+// A whole agent in busybox sh: it keeps a turn counter in memory, notes on disk, and a child
+// process, so a wake can show all three came back. It speaks the agent protocol as JSON lines.
+export const shellAgent = String.raw`
+sleeper() { while true; do sleep 1; done; }
+sleeper & child=$!
+turns=0
+while read -r line; do
+  case "$line" in
+  *'"type":"hello"'*)
+    turns=$(echo "$line" | grep -o '"role":"user"' | wc -l) ;;
+  *'"type":"wake"'*)
+    [ -n "$sleeping" ] || continue
+    sleeping=
+    echo "{\"type\":\"text-delta\",\"turnId\":\"$turn\",\"delta\":\"woke up\"}"
+    echo "{\"type\":\"turn-finish\",\"turnId\":\"$turn\"}" ;;
+  *'"type":"message"'*)
+    turn=$(echo "$line" | sed 's/.*"turnId":"\([^"]*\)".*/\1/')
+    text=$(echo "$line" | sed 's/.*"content":"\([^"]*\)".*/\1/')
+    turns=$((turns + 1))
+    echo "$text" >> /root/notes.txt
+    echo "{\"type\":\"turn-start\",\"turnId\":\"$turn\"}"
+    if [ "$text" = "sleep" ]; then
+      until=$(date -u -d @$(( $(date +%s) + 2 )) +%Y-%m-%dT%H:%M:%SZ)
+      sleeping=1
+      echo "{\"type\":\"sleep-until\",\"turnId\":\"$turn\",\"until\":\"$until\",\"reason\":\"rate limited\"}"
+      continue
+    fi
+    alive=no; kill -0 $child 2>/dev/null && alive=yes
+    reply="turn $turns: $text; notes $(wc -l < /root/notes.txt); child $alive"
+    echo "{\"type\":\"text-delta\",\"turnId\":\"$turn\",\"delta\":\"$reply\"}"
+    echo "{\"type\":\"message-finish\",\"turnId\":\"$turn\",\"message\":{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"$reply\"}]}}"
+    echo "{\"type\":\"turn-finish\",\"turnId\":\"$turn\"}" ;;
+  esac
+done
+`;
