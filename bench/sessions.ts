@@ -101,12 +101,9 @@ async function waitForState(id: string, state: string, timeoutMs = 60_000): Prom
   });
 }
 
-// Library bug worked around here (src/runtime/supervisor.ts): after a restore the supervisor
-// publishes status 'running' (line 131; writeJsonAtomic renames before it fsyncs the directory, so
-// readers see it early) before it adopts the main process (line 149). stdin frames that arrive in
-// between are queued in pendingMainInput (line 341), which only startMain() flushes (line 189), never
-// adoptMain() (line 172): the session's 'wake' and the user's message are dropped and the turn
-// hangs. The bench gives a turn `turnTimeoutMs`, counts the loss, and sends the message again.
+// A guard kept from a bug found by this bench (fixed in the supervisor since): input sent right
+// after a restore could be dropped and the turn hang. A turn gets `turnTimeoutMs`; a lost input is
+// counted, reported, and the message sent again.
 let lostInputs = 0;
 const wakeReadyMs: number[] = [];
 const progress = (text: string) => process.stderr.write(`[${(elapsed() / 1000).toFixed(0)} s] ${text}\n`);
@@ -398,7 +395,7 @@ try {
   if (coding) output.push(`coding agent wakes (ms): ${coding.wakes.map((value) => value.toFixed(0)).join(', ')}; awake turn p50 ${ms(percentile(coding.turnMs, 50))}`);
   output.push(`shell agent awake turn (no wake) p50 ${ms(percentile(shellDensity.turnMs, 50))}, p99 ${ms(percentile(shellDensity.turnMs, 99))}`);
   if (codingSkipped) output.push(`note: ${codingSkipped}`);
-  output.push(`note: ${lostInputs} turn(s) lost their input right after a restore (supervisor adopts the main process after publishing 'running'; see the comment in bench/sessions.ts) and were sent again after the turn timeout; those wakes are left out of the percentiles`);
+  output.push(`note: ${lostInputs} turn(s) lost their input right after a restore (the guard in bench/sessions.ts) and were sent again after the turn timeout; those wakes are left out of the percentiles`);
   for (const failure of failures.slice(0, 5)) output.push(`failure: ${failure}`);
   for (const note of notes) output.push(`note: ${note}`);
   output.push(`total run ${(elapsed() / 60_000).toFixed(1)} min`);
