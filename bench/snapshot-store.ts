@@ -2,6 +2,7 @@
 // A 512 MiB RAM file (tmpfs) with ~100 MiB live (30% random, 70% JSON text) and a 4 GiB disk layer
 // with ~24 MiB written, against the naive baseline of `zstd -3` over the whole RAM file.
 import { mkdtempSync, rmSync, statSync, readFileSync, openSync, readSync, closeSync } from 'node:fs';
+import { sameFileContent } from '../src/snapshot/testing/synthetic-machine.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -27,25 +28,6 @@ const lines: string[] = [];
 function report(line = ''): void {
   lines.push(line);
   console.log(line);
-}
-function sameContent(a: string, b: string): boolean {
-  const size = statSync(a).size;
-  if (size !== statSync(b).size) return false;
-  const fa = openSync(a, 'r');
-  const fb = openSync(b, 'r');
-  const ba = Buffer.allocUnsafe(8 * MiB);
-  const bb = Buffer.allocUnsafe(8 * MiB);
-  try {
-    for (let offset = 0; offset < size; offset += ba.length) {
-      const na = readSync(fa, ba, 0, ba.length, offset);
-      const nb = readSync(fb, bb, 0, bb.length, offset);
-      if (na !== nb || !ba.subarray(0, na).equals(bb.subarray(0, nb))) return false;
-    }
-  } finally {
-    closeSync(fa);
-    closeSync(fb);
-  }
-  return true;
 }
 function storeBytes(): number {
   const result = spawnSync('du', ['-sb', join(home, 'snapshots', 'chunks')], { encoding: 'utf8' });
@@ -116,7 +98,7 @@ try {
     materializeTimes.push(performance.now() - started);
   }
   const materialize = summary(materializeTimes);
-  const identical = sameContent(ram, restored) && sameContent(disk, join(home, 'restored.img'));
+  const identical = sameFileContent(ram, restored) && sameFileContent(disk, join(home, 'restored.img'));
   report(`materialize (RAM + disk + device state, no base): ${ms(materialize.p50)} p50, ${ms(materialize.max)} max; identical: ${identical}; RAM allocated ${mib(statSync(restored).blocks * 512)} of ${mib(statSync(ram).blocks * 512)} in the input`);
   report(`  vs baseline zstd -d: ${(baselineRestore / materialize.p50).toFixed(2)}x the speed`);
   const parentRam = join(shm, 'parent.ram');
@@ -161,7 +143,7 @@ try {
   }
   report(
     `  materialize the latest RAM alone: ${ms(summary(noBase).p50)} p50 from the store; ${ms(summary(withBase).p50)} p50 with its parent's RAM as base ` +
-      `(${baseStats!.chunksFromBase} chunks copied from the base, ${baseStats!.chunksFromStore} decompressed); identical: ${sameContent(ram, childRam)}`,
+      `(${baseStats!.chunksFromBase} chunks copied from the base, ${baseStats!.chunksFromStore} decompressed); identical: ${sameFileContent(ram, childRam)}`,
   );
   started = performance.now();
   spawnSync('cp', ['--sparse=always', parentRam, join(shm, 'copy.ram')]);

@@ -18,7 +18,7 @@ import {
 } from './snapshot-store.ts';
 import { chunkPath } from './chunk-operations.ts';
 import { parseSeekTable } from './seekable-zstd.ts';
-import { changePages, chunksTouched, writeSyntheticFile, type SyntheticFile } from './testing/synthetic-machine.ts';
+import { sameFileContent, changePages, chunksTouched, writeSyntheticFile, type SyntheticFile } from './testing/synthetic-machine.ts';
 import { TorporError } from '../util/errors.ts';
 
 const MiB = 1024 * 1024;
@@ -29,23 +29,6 @@ let disk: SyntheticFile;
 let first: SnapshotManifest;
 const deviceState = randomBytes(53_000);
 
-function sameFile(a: string, b: string): boolean {
-  const size = statSync(a).size;
-  if (size !== statSync(b).size) return false;
-  const [fa, fb] = [openSync(a, 'r'), openSync(b, 'r')];
-  const [ba, bb] = [Buffer.allocUnsafe(8 * MiB), Buffer.allocUnsafe(8 * MiB)];
-  try {
-    for (let offset = 0; offset < size; offset += ba.length) {
-      const na = readSync(fa, ba, 0, ba.length, offset);
-      const nb = readSync(fb, bb, 0, bb.length, offset);
-      if (na !== nb || !ba.subarray(0, na).equals(bb.subarray(0, nb))) return false;
-    }
-  } finally {
-    closeSync(fa);
-    closeSync(fb);
-  }
-  return true;
-}
 const allocated = (file: string) => statSync(file).blocks * 512;
 const chunksRoot = () => join(home, 'snapshots', 'chunks');
 
@@ -86,8 +69,8 @@ test('captures RAM, disk and device state, and materializes them byte for byte w
   const target = { memoryFile: join(shm, 'out.ram'), diskFile: join(home, 'out.img'), deviceStateFile: join(home, 'out.state') };
   const { stats } = await materializeSnapshot('web@1', target);
   assert.ok(stats.chunksFromStore > 0);
-  assert.ok(sameFile(ram.path, target.memoryFile), 'RAM identical');
-  assert.ok(sameFile(disk.path, target.diskFile), 'disk identical');
+  assert.ok(sameFileContent(ram.path, target.memoryFile), 'RAM identical');
+  assert.ok(sameFileContent(disk.path, target.diskFile), 'disk identical');
   assert.deepEqual(readFileSync(target.deviceStateFile), deviceState);
   assert.ok(allocated(target.memoryFile) <= allocated(ram.path), `RAM holes stay holes (${allocated(target.memoryFile)} > ${allocated(ram.path)})`);
   assert.ok(allocated(target.diskFile) <= allocated(disk.path) + MiB, 'disk holes stay holes');
@@ -108,9 +91,9 @@ test('a derived snapshot stores only the chunks that changed', async () => {
   // Both snapshots come back exactly: the first as it was before the changes.
   rmSync(join(shm, 'out.ram'));
   await materializeSnapshot('web@1', { memoryFile: join(shm, 'out.ram') });
-  assert.ok(sameFile(join(shm, 'original.ram'), join(shm, 'out.ram')));
+  assert.ok(sameFileContent(join(shm, 'original.ram'), join(shm, 'out.ram')));
   const withBase = await materializeSnapshot(second, { memoryFile: join(shm, 'second.ram'), base: { manifest: first, memoryFile: join(shm, 'out.ram') } });
-  assert.ok(sameFile(ram.path, join(shm, 'second.ram')));
+  assert.ok(sameFileContent(ram.path, join(shm, 'second.ram')));
   assert.equal(withBase.stats.chunksFromStore, memoryNew, 'only changed chunks are decompressed');
   assert.ok(withBase.stats.chunksFromBase > 0);
 
@@ -121,7 +104,7 @@ test('a derived snapshot stores only the chunks that changed', async () => {
   closeSync(fd);
   rmSync(join(shm, 'second.ram'));
   await materializeSnapshot(second, { memoryFile: join(shm, 'second.ram'), base: { manifest: first, memoryFile: join(shm, 'out.ram') } });
-  assert.ok(sameFile(ram.path, join(shm, 'second.ram')), 'a changed base chunk is taken from the store instead');
+  assert.ok(sameFileContent(ram.path, join(shm, 'second.ram')), 'a changed base chunk is taken from the store instead');
   rmSync(join(shm, 'second.ram'));
 });
 
@@ -237,14 +220,14 @@ test('gc removes only chunks no snapshot uses, and not while a capture runs', as
   for (const name of ['web@1', 'web@3']) {
     const target = join(shm, `${name}.ram`);
     await materializeSnapshot(name, { memoryFile: target });
-    assert.ok(sameFile(name === 'web@1' ? join(shm, 'original.ram') : ram.path, target), `${name} intact after gc`);
+    assert.ok(sameFileContent(name === 'web@1' ? join(shm, 'original.ram') : ram.path, target), `${name} intact after gc`);
     rmSync(target);
   }
   // Parents can go: children share chunks by content, not through the parent's manifest.
   await removeSnapshot('web@1');
   await collectGarbage();
   await materializeSnapshot('web@3', { memoryFile: join(shm, 'web@3.ram') });
-  assert.ok(sameFile(ram.path, join(shm, 'web@3.ram')));
+  assert.ok(sameFileContent(ram.path, join(shm, 'web@3.ram')));
   rmSync(join(shm, 'web@3.ram'));
 });
 
@@ -271,7 +254,7 @@ test('a capture killed midway leaves the previous snapshot intact and its leftov
   assert.ok(temporaries() > 0, 'it left temporary chunk files');
   assert.equal((await readSnapshot('crash@1')).id, previous.id, 'the old snapshot is still the one listed');
   await materializeSnapshot('crash@1', { memoryFile: join(shm, 'crash.ram') });
-  assert.ok(sameFile(small, join(shm, 'crash.ram')));
+  assert.ok(sameFileContent(small, join(shm, 'crash.ram')));
   // The dead capture's marker does not block gc, and gc clears what it left.
   await collectGarbage();
   assert.equal(temporaries(), 0);
@@ -303,12 +286,12 @@ test('running out of space fails clearly and leaves earlier snapshots intact', a
     assert.deepEqual(leftovers, [], 'no temporary files left');
     assert.deepEqual(await storeUsage(), usage, 'a failed capture leaves nothing behind');
     await materializeSnapshot('fits@1', { memoryFile: join(shm, 'fits.ram') });
-    assert.ok(sameFile(small, join(shm, 'fits.ram')));
+    assert.ok(sameFileContent(small, join(shm, 'fits.ram')));
     // Replacing a snapshot that does not fit keeps the old one.
     await assert.rejects(captureSnapshot({ name: 'fits@1', memoryFile: big, deviceState, metadata: {}, replace: true }), isTorporError('snapshot-no-space'));
     rmSync(join(shm, 'fits.ram'));
     await materializeSnapshot('fits@1', { memoryFile: join(shm, 'fits.ram') });
-    assert.ok(sameFile(small, join(shm, 'fits.ram')));
+    assert.ok(sameFileContent(small, join(shm, 'fits.ram')));
     assert.deepEqual(await collectGarbage(), { removedChunks: 0, freedBytes: 0 });
     for (const file of [small, big, join(shm, 'fits.ram')]) rmSync(file);
   } finally {

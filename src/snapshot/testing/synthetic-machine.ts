@@ -1,4 +1,4 @@
-import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readSync, statSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 
 // Stand-ins for a guest's RAM file and disk layer, for tests and benchmarks without a VM: sparse
@@ -130,4 +130,23 @@ export function chunksTouched(runs: PageRun[], chunkSize: number): Set<number> {
     for (let index = first; index <= last; index++) chunks.add(index);
   }
   return chunks;
+}
+
+/** Byte-for-byte equality of two files, read in 8 MiB pieces (RAM files are too large to load whole). */
+export function sameFileContent(a: string, b: string): boolean {
+  const size = statSync(a).size;
+  if (size !== statSync(b).size) return false;
+  const [fa, fb] = [openSync(a, 'r'), openSync(b, 'r')];
+  const [ba, bb] = [Buffer.allocUnsafe(8 * 1024 * 1024), Buffer.allocUnsafe(8 * 1024 * 1024)];
+  try {
+    for (let offset = 0; offset < size; offset += ba.length) {
+      const na = readSync(fa, ba, 0, ba.length, offset);
+      const nb = readSync(fb, bb, 0, bb.length, offset);
+      if (na !== nb || !ba.subarray(0, na).equals(bb.subarray(0, nb))) return false;
+    }
+  } finally {
+    closeSync(fa);
+    closeSync(fb);
+  }
+  return true;
 }
