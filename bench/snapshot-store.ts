@@ -1,7 +1,7 @@
 // Snapshot store benchmark: run by hand with `node --import tsx bench/snapshot-store.ts [--quick]`.
 // A 512 MiB RAM file (tmpfs) with ~100 MiB live (30% random, 70% JSON text) and a 4 GiB disk layer
 // with ~24 MiB written, against the naive baseline of `zstd -3` over the whole RAM file.
-import { mkdtempSync, rmSync, statSync, readFileSync, openSync, readSync, closeSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, readFileSync } from 'node:fs';
 import { sameFileContent } from '../src/snapshot/testing/synthetic-machine.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
