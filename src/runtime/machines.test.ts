@@ -1,7 +1,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import { mkdtemp, writeFile, readFile, mkdir } from 'node:fs/promises';
+import { mkdtemp, writeFile, readFile, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { useTemporaryHome } from './testing/temporary-home.ts';
@@ -104,6 +104,7 @@ test('files and directories copy in and out', async () => {
   await copyFromMachine(client, '/root/tree', join(local, 'back'));
   assert.deepEqual(await readFile(join(local, 'back', 'sub', 'file.bin')), Buffer.alloc(200_000, 7));
   await assert.rejects(copyFromMachine(client, '/no/such/file', join(local, 'x')), /no such file/);
+  await rm(local, { recursive: true, force: true });
 });
 
 test('published ports reach the guest, and the guest reaches the host', async () => {
