@@ -790,6 +790,9 @@ static void apply_settings(uint8_t type, uint32_t stream, const unsigned char *p
     if (!value) continue;
     *value++ = 0;
     if (!strcmp(item, "hostname")) {
+      // A wake restores the same name: skip the file writes, each costly the first time under TCG.
+      char current[256] = {0};
+      if (gethostname(current, sizeof current - 1) == 0 && !strcmp(current, value) && access("/etc/hostname", F_OK) == 0) continue;
       sethostname(value, strlen(value));
       char hosts[512];
       snprintf(hosts, sizeof hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n", value);

@@ -83,14 +83,17 @@ test('a second snapshot stores only what changed (layering)', async () => {
 test('forks are independent copies', async () => {
   const { forks } = await forkMachine(machine, { count: 2 });
   const [first, second] = forks as [MachineConfig, MachineConfig];
-  const a = await connectToMachine(first);
-  const b = await connectToMachine(second);
-  await shell(a, 'echo mine > /root/own.txt');
-  assert.equal(await shell(b, 'cat /root/own.txt 2>/dev/null || echo absent'), 'absent');
-  assert.notEqual(await shell(a, 'head -c 16 /dev/urandom | od -An -tx1'), await shell(b, 'head -c 16 /dev/urandom | od -An -tx1'));
-  a.close();
-  b.close();
-  for (const fork of forks) await removeMachine(fork, { force: true });
+  try {
+    const a = await connectToMachine(first);
+    const b = await connectToMachine(second);
+    await shell(a, 'echo mine > /root/own.txt');
+    assert.equal(await shell(b, 'cat /root/own.txt 2>/dev/null || echo absent'), 'absent');
+    assert.notEqual(await shell(a, 'head -c 16 /dev/urandom | od -An -tx1'), await shell(b, 'head -c 16 /dev/urandom | od -An -tx1'));
+    a.close();
+    b.close();
+  } finally {
+    for (const fork of forks) await removeMachine(fork, { force: true });
+  }
 });
 
 test('bad input: a stopped machine, a taken name, a missing image', async () => {

@@ -124,9 +124,17 @@ export class Supervisor {
         await this.vm.qmp.execute('cont');
       }
       this.agent = await AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 });
-      await Promise.race([this.agent.hello(restore ? 15_000 : this.config.bootTimeoutMs), vmGone]);
-      if (restore) await this.agent.configure({ ...this.guestSettings(), network: 'renew' }, FrameType.resumed);
-      else await this.agent.configure(this.guestSettings());
+      if (restore) {
+        // The restored agent is running already: ask hello and hand over the new clock, RNG seed
+        // and name in one go (each round trip is slow while TCG re-translates the guest's code).
+        // User networking gives every machine its own private 10.0.2.0/24, so there is no network
+        // identity to renew.
+        const agent = this.agent;
+        await Promise.race([Promise.all([agent.hello(15_000), agent.configure(this.guestSettings(), FrameType.resumed)]), vmGone]);
+      } else {
+        await Promise.race([this.agent.hello(this.config.bootTimeoutMs), vmGone]);
+        await this.agent.configure(this.guestSettings());
+      }
       // A restored main process is followed before anyone can connect: input sent right after the
       // machine shows as running must reach it (it is not started again, so nothing else would flush it).
       if (restore?.mainStream !== undefined && !restore.startMain) this.adoptMain(restore.mainStream);
