@@ -1,0 +1,89 @@
+// The session commands as a user types them, against a real `torpor serve` process.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
+import { shellAgent } from '../session/testing/shell-agent.ts';
+
+const cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
+let home: Awaited<ReturnType<typeof useTemporaryHome>>;
+let server: ChildProcess;
+let url = '';
+
+function torpor(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [cli, ...args], { env: { ...process.env, TORPOR_HOME: home.home, TORPOR_URL: url } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+    child.stdin.end();
+  });
+}
+
+before(async () => {
+  home = await useTemporaryHome();
+  const port = 19000 + Math.floor(Math.random() * 1000);
+  url = `http://127.0.0.1:${port}`;
+  server = spawn(process.execPath, [cli, 'serve', '--port', String(port)], { env: { ...process.env, TORPOR_HOME: home.home }, stdio: 'ignore' });
+  for (let attempt = 0; attempt < 200; attempt++) {
+    if (await fetch(`${url}/v1/sessions`).then((response) => response.ok, () => false)) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+});
+
+after(async () => {
+  server.kill('SIGTERM');
+  await new Promise((resolve) => server.once('exit', resolve));
+  await home.cleanup();
+});
+
+test('session create, send, ls, inspect, rm', async () => {
+  const created = await torpor(['session', 'create', '--image', 'base', '--memory', '256m', '--idle', '1s', '--name', 'cli-chat', '--', 'sh', '-c', shellAgent]);
+  assert.equal(created.code, 0, created.stderr);
+  const id = created.stdout.trim();
+  assert.match(id, /^s-[0-9a-f]{12}$/);
+  const reply = await torpor(['session', 'send', 'cli-chat', 'hello']);
+  assert.equal(reply.code, 0, reply.stderr);
+  assert.equal(reply.stdout, 'turn 1: hello; notes 1; child yes\n');
+  const listed = JSON.parse((await torpor(['session', 'ls', '--json'])).stdout) as Array<{ id: string; name: string; turns: number }>;
+  assert.deepEqual(listed.map((session) => [session.id, session.name, session.turns]), [[id, 'cli-chat', 1]]);
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const inspected = JSON.parse((await torpor(['session', 'inspect', id])).stdout) as { state: string; lastSnapshot?: string; storedBytes?: { exclusive: number } };
+    if (inspected.state === 'hibernated') {
+      assert.ok(inspected.lastSnapshot);
+      assert.ok((inspected.storedBytes?.exclusive ?? 0) > 0);
+      break;
+    }
+    assert.ok(attempt < 99, `session stayed ${inspected.state}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  const woken = await torpor(['session', 'send', id, 'again', '--json']);
+  const events = woken.stdout.trim().split('\n').map((line) => JSON.parse(line) as { type: string; delta?: string });
+  assert.ok(events.some((event) => event.type === 'session-state'));
+  assert.equal(events.filter((event) => event.type === 'text-delta').map((event) => event.delta).join(''), 'turn 2: again; notes 2; child yes');
+  assert.equal((await torpor(['session', 'rm', id])).code, 0);
+  const gone = await torpor(['session', 'send', id, 'hello?']);
+  assert.equal(gone.code, 1);
+  assert.match(gone.stderr, /no such session/);
+});
+
+test('without a server the session commands say how to start one', async () => {
+  const empty = await mkdtemp(join(tmpdir(), 'tp-'));
+  const environment: NodeJS.ProcessEnv = { ...process.env, TORPOR_HOME: empty };
+  delete environment.TORPOR_URL;
+  const result = await new Promise<{ code: number; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, [cli, 'session', 'ls'], { env: environment });
+    let stderr = '';
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    child.on('close', (code) => resolve({ code: code ?? -1, stderr }));
+  });
+  await rm(empty, { recursive: true, force: true });
+  assert.notEqual(result.code, 0);
+  assert.match(result.stderr, /no torpor server is running\n\s+hint: start one with `torpor serve`/);
+});
