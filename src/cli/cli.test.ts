@@ -67,3 +67,25 @@ test('bad input gets a clear error with what to do', async () => {
   const notRunning = await torpor(['exec', 'ghost', 'true']);
   assert.match(notRunning.stderr, /no such machine: ghost/);
 });
+
+test('snapshot, restore, fork and snapshots ls/rm from the command line', async () => {
+  assert.equal((await torpor(['run', '-d', '--name', 'saved', '--memory', '256m', 'base', 'sh', '-c', 'echo state > /root/state; sleep 1000'])).code, 0);
+  const snapshot = await torpor(['snapshot', 'saved', '--name', 'saved@1', '--json']);
+  assert.equal(snapshot.code, 0, snapshot.stderr);
+  const summary = JSON.parse(snapshot.stdout) as { name: string; totalMs: number; stats: { newCompressedBytes: number } };
+  assert.equal(summary.name, 'saved@1');
+  assert.ok(summary.stats.newCompressedBytes > 0);
+  const restored = await torpor(['restore', 'saved@1', '--name', 'again']);
+  assert.equal(restored.code, 0, restored.stderr);
+  assert.equal((await torpor(['exec', 'again', 'cat', '/root/state'])).stdout, 'state\n');
+  const forked = await torpor(['fork', 'saved', '-n', '2', '--json']);
+  assert.equal(forked.code, 0, forked.stderr);
+  assert.deepEqual((JSON.parse(forked.stdout) as { forks: Array<{ name: string }> }).forks.map((fork) => fork.name), ['saved-fork-1', 'saved-fork-2']);
+  const listed = JSON.parse((await torpor(['snapshots', 'ls', '--json'])).stdout) as Array<{ name: string }>;
+  assert.ok(listed.some((manifest) => manifest.name === 'saved@1'));
+  assert.equal((await torpor(['snapshots', 'rm', 'saved@1'])).code, 0);
+  const missing = await torpor(['restore', 'saved@1']);
+  assert.equal(missing.code, 125);
+  assert.match(missing.stderr, /no snapshot named saved@1/);
+  assert.equal((await torpor(['rm', '-f', 'saved', 'again', 'saved-fork-1', 'saved-fork-2'])).code, 0);
+});

@@ -1,4 +1,4 @@
-import { access, mkdir, copyFile } from 'node:fs/promises';
+import { access, mkdir, copyFile, rm } from 'node:fs/promises';
 import { runCommand } from '../util/command.ts';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -6,7 +6,7 @@ import { memoryDirectory } from '../state/paths.ts';
 import { TorporError } from '../util/errors.ts';
 import { writeJsonAtomic } from '../util/atomic-file.ts';
 import { AgentClient } from '../guest/agent-client.ts';
-import { materializeSnapshot, readSnapshot, type SnapshotManifest } from '../snapshot/snapshot-store.ts';
+import { materializeSnapshot, readSnapshot, removeSnapshot, type SnapshotManifest } from '../snapshot/snapshot-store.ts';
 import type { PortMapping } from '../vm/machine-spec.ts';
 import { machineConfigSchema, machineFiles, writeMachineState, type MachineConfig } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
@@ -120,6 +120,12 @@ export async function materializeForRestore(config: MachineConfig): Promise<void
   }
   const files = machineFiles(config.id);
   await materializeSnapshot(manifest, { memoryFile: join(memoryDirectory(), `${config.id}.ram`), diskFile: files.layerDisk, deviceStateFile: files.deviceState, base });
+}
+
+/** Removes a snapshot; for a boot template also the RAM it keeps in tmpfs (its chunks go at the next gc). */
+export async function deleteSnapshot(name: string): Promise<void> {
+  await removeSnapshot(name);
+  await rm(templateMemoryFile(name), { force: true });
 }
 
 export async function restoreMachine(snapshotName: string, options: RestoreOptions & { pool?: SupervisorPool } = {}): Promise<MachineConfig> {

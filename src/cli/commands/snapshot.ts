@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { findMachine } from '../../runtime/machines.ts';
-import { snapshotMachine, restoreMachine, forkMachine } from '../../runtime/snapshots.ts';
-import { listSnapshots, readSnapshot, removeSnapshot, collectGarbage, storeUsage } from '../../snapshot/snapshot-store.ts';
+import { snapshotMachine, restoreMachine, forkMachine, deleteSnapshot } from '../../runtime/snapshots.ts';
+import { listSnapshots, readSnapshot, collectGarbage, storeUsage } from '../../snapshot/snapshot-store.ts';
 import { parsePort } from '../../runtime/run-options.ts';
 import { printJson, printTable, formatBytes, collect } from '../output.ts';
 import { TorporError } from '../../util/errors.ts';
@@ -96,7 +96,7 @@ export function registerSnapshotCommands(program: Command): void {
     .argument('<snapshots...>')
     .action(async (names: string[]) => {
       for (const name of names) {
-        await removeSnapshot(name);
+        await deleteSnapshot(name);
         process.stdout.write(name + '\n');
       }
     });
