@@ -10,7 +10,7 @@ import { processInputOutput, type CommandInputOutput, type ServerInfo } from "./
 export function registerServeCommand(program: Command, io: CommandInputOutput = processInputOutput): Command {
   return program
     .command("serve")
-    .description("serve the HTTP API (context log under /v1/logs) until interrupted")
+    .description("serve the HTTP API until interrupted: agent sessions under /v1/sessions, the context log under /v1/logs")
     .option("--port <port>", "port to listen on", "7070")
     .option("--host <host>", "address to listen on (no authentication: keep it on loopback unless behind a proxy)", "127.0.0.1")
     .option("--postgres <url>", "store the log in PostgreSQL instead of the SQLite file in the state directory")
