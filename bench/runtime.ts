@@ -6,6 +6,7 @@ import { tmpdir, cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { createMachine, startMachine, connectToMachine, removeMachine, prepareHost } from '../src/runtime/machines.ts';
 import { readMachineState } from '../src/runtime/machine-record.ts';
+import { dropTemplateMemory } from '../src/runtime/template-memory.ts';
 
 const runs = Number(process.argv[2] ?? 5);
 process.env.TORPOR_HOME = await mkdtemp(join(tmpdir(), 'tp-bench-'));
@@ -76,5 +77,6 @@ try {
   console.log(`host: ${cpus().length} cores (${cpus()[0]?.model}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB; accel: ${host.accelerator.accelerator} (${host.accelerator.reason}); runs: ${runs}`);
   for (const row of rows) console.log(row);
 } finally {
+  await dropTemplateMemory();
   await rm(process.env.TORPOR_HOME!, { recursive: true, force: true });
 }
