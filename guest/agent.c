@@ -38,8 +38,10 @@
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
-// musl-gcc has no kernel headers: the ioctl number of RNDADDENTROPY, _IOW('R', 0x03, int[2]).
+// musl-gcc has no kernel headers: the ioctl numbers of RNDADDENTROPY, _IOW('R', 0x03, int[2]),
+// and RNDRESEEDCRNG, _IO('R', 0x07).
 #define RNDADDENTROPY 0x40085203
+#define RNDRESEEDCRNG 0x5207
 
 #define PROTOCOL_VERSION 1
 #define FRAME_MAGIC 0x31525054u
@@ -814,7 +816,13 @@ static void apply_settings(uint8_t type, uint32_t stream, const unsigned char *p
       seed.entropy_count = (int)bytes * 8;
       seed.buffer_size = (int)bytes;
       int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
-      if (fd >= 0) { ioctl(fd, RNDADDENTROPY, &seed); close(fd); }
+      if (fd >= 0) {
+        ioctl(fd, RNDADDENTROPY, &seed);
+        // Added entropy reaches /dev/urandom only at the CRNG's next reseed (up to a minute away):
+        // forks of one snapshot would read the same bytes until then. Reseed now.
+        ioctl(fd, RNDRESEEDCRNG);
+        close(fd);
+      }
     } else if (!strcmp(item, "network") && !strcmp(value, "renew")) {
       configure_network();
     }
