@@ -25,9 +25,14 @@ async function call(url: string, method: string, path: string, body?: unknown): 
     throw new TorporError('no-server', `cannot reach the torpor server at ${url}: ${(error as Error).message}`, { hint: 'is `torpor serve` running?' });
   }
   if (response.status === 204) return undefined;
-  const payload = (await response.json()) as { error?: { code: string; message: string; hint?: string } };
-  if (!response.ok) throw new TorporError(payload.error?.code ?? 'server-error', payload.error?.message ?? `HTTP ${response.status}`, { hint: payload.error?.hint, exitCode: 1 });
-  return payload;
+  if (!response.ok) throw await serverError(response);
+  return response.json();
+}
+
+/** The server's JSON error as the CLI's own: message, hint, exit code 1. */
+async function serverError(response: Response): Promise<TorporError> {
+  const payload = (await response.json().catch(() => ({}))) as { error?: { code: string; message: string; hint?: string } };
+  return new TorporError(payload.error?.code ?? 'server-error', payload.error?.message ?? `HTTP ${response.status}`, { hint: payload.error?.hint, exitCode: 1 });
 }
 
 interface SessionView {
@@ -106,10 +111,7 @@ export function registerSessionCommands(program: Command): void {
       }).catch((error: Error) => {
         throw new TorporError('no-server', `cannot reach the torpor server at ${base}: ${error.message}`);
       });
-      if (!response.ok) {
-        const payload = (await response.json()) as { error?: { code: string; message: string; hint?: string } };
-        throw new TorporError(payload.error?.code ?? 'server-error', payload.error?.message ?? `HTTP ${response.status}`, { hint: payload.error?.hint, exitCode: 1 });
-      }
+      if (!response.ok) throw await serverError(response);
       let failed = false;
       let endedLine = true;
       await readEvents(response, (event) => {
