@@ -1,6 +1,6 @@
 import { FrameType, decodeExit, decodeError } from '../guest/protocol.ts';
 import type { AgentClient, ExecHandlers } from '../guest/agent-client.ts';
-import { sendControl } from './machines.ts';
+import { sendControl } from './supervisor-client.ts';
 
 export interface AttachedProcess {
   write(data: Buffer): void;

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { paths } from '../state/paths.ts';
+import { paths, memoryDirectory } from '../state/paths.ts';
 import { writeJsonAtomic } from '../util/atomic-file.ts';
 import { isNodeError } from '../util/errors.ts';
 
@@ -53,6 +53,14 @@ export type MachineConfig = z.infer<typeof machineConfigSchema>;
 export const machineStatuses = ['created', 'starting', 'running', 'stopping', 'exited', 'failed'] as const;
 export type MachineStatus = (typeof machineStatuses)[number];
 
+/** The statuses in which a machine has (or should have) a supervisor and a QEMU process. */
+export const liveStatuses: readonly MachineStatus[] = ['starting', 'running', 'stopping'];
+
+/** Whether a machine in this status holds processes (and so cannot be started or removed as is). */
+export function isLive(status: MachineStatus): boolean {
+  return liveStatuses.includes(status);
+}
+
 /** What is happening to it: written by its supervisor, read by everyone else. */
 export const machineStateSchema = z.object({
   status: z.enum(machineStatuses),
@@ -73,10 +81,15 @@ export const machineStateSchema = z.object({
 });
 export type MachineState = z.infer<typeof machineStateSchema>;
 
+/**
+ * Every file a machine owns, in one place: its directory in the state directory, and its RAM file
+ * in tmpfs (guest RAM lives there so a snapshot can take it without copying it through QEMU).
+ */
 export const machineFiles = (id: string) => {
   const directory = paths.machine(id);
   return {
     directory,
+    memoryFile: join(memoryDirectory(), `${id}.ram`),
     config: join(directory, 'config.json'),
     state: join(directory, 'state.json'),
     layerDisk: join(directory, 'layer.ext4'),
@@ -91,10 +104,12 @@ export const machineFiles = (id: string) => {
   };
 };
 
+/** Reads and validates a machine's config.json (throws if it is missing or malformed). */
 export async function readMachineConfig(id: string): Promise<MachineConfig> {
   return machineConfigSchema.parse(JSON.parse(await readFile(machineFiles(id).config, 'utf8')));
 }
 
+/** Reads a machine's state.json; a machine without one is "created". */
 export async function readMachineState(id: string): Promise<MachineState> {
   try {
     return machineStateSchema.parse(JSON.parse(await readFile(machineFiles(id).state, 'utf8')));
@@ -104,6 +119,7 @@ export async function readMachineState(id: string): Promise<MachineState> {
   }
 }
 
+/** Replaces a machine's state.json atomically (readers never see half a file). */
 export async function writeMachineState(id: string, state: MachineState): Promise<void> {
   await writeJsonAtomic(machineFiles(id).state, state);
 }

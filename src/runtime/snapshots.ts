@@ -1,21 +1,19 @@
-import { access, mkdir, copyFile, rm } from 'node:fs/promises';
+import { copyFile, rm } from 'node:fs/promises';
 import { runCommand } from '../util/command.ts';
-import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { memoryDirectory } from '../state/paths.ts';
 import { TorporError } from '../util/errors.ts';
-import { writeJsonAtomic } from '../util/atomic-file.ts';
-import { AgentClient } from '../guest/agent-client.ts';
-import { materializeSnapshot, readSnapshot, removeSnapshot, type SnapshotManifest } from '../snapshot/snapshot-store.ts';
-import type { PortMapping } from '../vm/machine-spec.ts';
-import { machineConfigSchema, machineFiles, writeMachineState, type MachineConfig } from './machine-record.ts';
+import { readSnapshot, removeSnapshot } from '../snapshot/snapshot-store.ts';
+import { machineFiles, type MachineConfig } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
 import type { SupervisorPool } from './supervisor-pool.ts';
-import { bootTemplateName, findBootTemplate } from './boot-template.ts';
 import { templateMemoryFile } from './template-memory.ts';
-import { claimName, effectiveState, sendControl, startMachine } from './machines.ts';
-import { validateMachineName, randomMachineName } from './run-options.ts';
+import { effectiveState } from './machine-status.ts';
+import { connectToSupervisor, sendControl } from './supervisor-client.ts';
+import { createMachineFromSnapshot, type RestoreOptions } from './machine-creation.ts';
+import { startMachine } from './machine-start.ts';
+import { materializeForRestore } from './restore-materialization.ts';
 import type { SnapshotSummary } from './control-protocol.ts';
+
+export type { RestoreOptions } from './machine-creation.ts';
 
 /** Saves a running machine whole (memory, processes, files) into the snapshot store. */
 export async function snapshotMachine(
@@ -28,7 +26,7 @@ export async function snapshotMachine(
       hint: `torpor start ${config.name}`,
     });
   }
-  const client = await AgentClient.connect(machineFiles(config.id).controlSocket, { timeoutMs: 2000 });
+  const client = await connectToSupervisor(config.id);
   try {
     const reply = await sendControl(client, { op: 'snapshot', name: options.name, stop: options.stop, replace: options.replace });
     return reply.snapshot!;
@@ -41,93 +39,13 @@ export async function snapshotMachine(
   }
 }
 
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
-
-export interface RestoreOptions {
-  name?: string;
-  ports?: PortMapping[];
-  autoRemove?: boolean;
-  /** Boot templates carry no main process; the restored machine starts this one. */
-  startMain?: boolean;
-  /** Overrides for a boot-template start: the new machine's own command, env, name... */
-  configure?: (config: MachineConfig) => MachineConfig;
-}
-
-/**
- * Creates a machine from a snapshot: materializes its RAM into tmpfs and its disk layer, then lets
- * a supervisor load the device state and continue the guest where it was.
- */
-export async function createMachineFromSnapshot(manifest: SnapshotManifest, options: RestoreOptions = {}): Promise<MachineConfig> {
-  const parsed = machineConfigSchema.safeParse((manifest.metadata as { machine?: unknown }).machine);
-  if (!parsed.success) throw new TorporError('snapshot-invalid', `snapshot ${manifest.name} has no machine description`, { hint: 'it was not made by `torpor snapshot`' });
-  const original = parsed.data;
-  for (const [what, path, hint] of [
-    ['image', original.image.diskPath, `import or pull image ${original.image.reference} again (digest ${original.image.digest})`],
-    ['guest kernel', original.kernelPath, 'apt-get install -y linux-image-cloud-amd64 (the snapshot needs the same kernel)'],
-    ['initramfs', original.initramfsPath, 'the guest agent changed since the snapshot; snapshots restore only with the agent they were taken with'],
-  ] as const) {
-    if (!(await exists(path))) {
-      throw new TorporError('snapshot-dependency-missing', `cannot restore ${manifest.name}: its ${what} is gone (${path})`, { hint });
-    }
-  }
-  const name = options.name ?? randomMachineName();
-  validateMachineName(name);
-  const id = randomBytes(6).toString('hex');
-  await claimName(name, id);
-  const files = machineFiles(id);
-  try {
-    const mainStream = (manifest.metadata as { mainStream?: number }).mainStream;
-    let config: MachineConfig = {
-      ...original,
-      id,
-      name,
-      hostname: options.name ? name : original.hostname,
-      createdAt: new Date().toISOString(),
-      ports: options.ports ?? original.ports,
-      autoRemove: options.autoRemove ?? false,
-      restore: { snapshot: manifest.name, mainStream, startMain: options.startMain ?? mainStream === undefined },
-    };
-    if (options.configure) config = options.configure(config);
-    await mkdir(files.directory, { recursive: true });
-    // Memory and disk are materialized when the machine starts (`materializeForRestore`).
-    await writeJsonAtomic(files.config, config);
-    await writeMachineState(id, { status: 'created' });
-    return config;
-  } catch (error) {
-    await releaseMachine({ id, name });
-    throw error;
-  }
-}
-
-/**
- * Writes the snapshot's RAM (into tmpfs), disk layer and device state into a machine's own files.
- * Chunks the machine's boot template shares are copied from the template's RAM kept in tmpfs,
- * which is faster than decompressing them.
- */
-export async function materializeForRestore(config: MachineConfig): Promise<void> {
-  const manifest = await readSnapshot(config.restore!.snapshot);
-  const templateName = bootTemplateName(config);
-  const templateFile = templateMemoryFile(templateName);
-  let base: { manifest: SnapshotManifest; memoryFile: string } | undefined;
-  if (await exists(templateFile)) {
-    const templateManifest = await findBootTemplate(templateName);
-    if (templateManifest) base = { manifest: templateManifest, memoryFile: templateFile };
-  }
-  const files = machineFiles(config.id);
-  await materializeSnapshot(manifest, { memoryFile: join(memoryDirectory(), `${config.id}.ram`), diskFile: files.layerDisk, deviceStateFile: files.deviceState, base });
-}
-
 /** Removes a snapshot; for a boot template also the RAM it keeps in tmpfs (its chunks go at the next gc). */
 export async function deleteSnapshot(name: string): Promise<void> {
   await removeSnapshot(name);
   await rm(templateMemoryFile(name), { force: true });
 }
 
+/** Creates a machine from a snapshot and starts it (the guest continues where the snapshot left it). */
 export async function restoreMachine(snapshotName: string, options: RestoreOptions & { pool?: SupervisorPool } = {}): Promise<MachineConfig> {
   const manifest = await readSnapshot(snapshotName);
   const config = await createMachineFromSnapshot(manifest, options);
@@ -170,11 +88,10 @@ export async function forkMachine(config: MachineConfig, options: { count: numbe
 async function materializeForks(forks: MachineConfig[]): Promise<void> {
   await materializeForRestore(forks[0]!);
   const first = machineFiles(forks[0]!.id);
-  const firstMemory = join(memoryDirectory(), `${forks[0]!.id}.ram`);
   await Promise.all(
     forks.slice(1).map(async (fork) => {
       const files = machineFiles(fork.id);
-      await runCommand('cp', ['--sparse=always', firstMemory, join(memoryDirectory(), `${fork.id}.ram`)]);
+      await runCommand('cp', ['--sparse=always', first.memoryFile, files.memoryFile]);
       await runCommand('cp', ['--sparse=always', first.layerDisk, files.layerDisk]);
       await copyFile(first.deviceState, files.deviceState);
     }),

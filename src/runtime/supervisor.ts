@@ -68,7 +68,7 @@ export class Supervisor {
   }
 
   private memoryFile(): string {
-    return join(memoryDirectory(), `${this.config.id}.ram`);
+    return this.files.memoryFile;
   }
 
   private vmSpec(incoming: boolean) {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { open } from 'node:fs/promises';
 import { findMachine, effectiveState } from '../../runtime/machines.ts';
-import { machineFiles } from '../../runtime/machine-record.ts';
+import { isLive, machineFiles } from '../../runtime/machine-record.ts';
 
 interface LogLine {
   time: string;
@@ -50,7 +50,7 @@ export function registerLogsCommand(program: Command): void {
         if (!flags.follow || finalPass) break;
         const state = await effectiveState(config);
         // The supervisor closes the log before it records the exit, so one more read gets the rest.
-        if (!['starting', 'running', 'stopping', 'created'].includes(state.status)) finalPass = true;
+        if (!isLive(state.status) && state.status !== 'created') finalPass = true;
         else await new Promise((resolve) => setTimeout(resolve, 100));
       }
     });

@@ -1,8 +1,7 @@
 import type { Command } from 'commander';
 import { listMachines } from '../../runtime/machines.ts';
+import { isLive } from '../../runtime/machine-record.ts';
 import { printTable, printJson, formatDuration } from '../output.ts';
-
-const live = ['starting', 'running', 'stopping'];
 
 export function registerPsCommand(program: Command): void {
   program
@@ -12,7 +11,7 @@ export function registerPsCommand(program: Command): void {
     .option('-q, --quiet', 'only ids')
     .option('--json', 'machine-readable output')
     .action(async (flags: { all?: boolean; quiet?: boolean; json?: boolean }) => {
-      const machines = (await listMachines()).filter((machine) => flags.all || live.includes(machine.state.status));
+      const machines = (await listMachines()).filter((machine) => flags.all || isLive(machine.state.status));
       if (flags.json) {
         printJson(machines.map(({ config, state }) => ({ ...config, state })));
         return;
@@ -25,7 +24,7 @@ export function registerPsCommand(program: Command): void {
         ['NAME', 'ID', 'IMAGE', 'STATE', 'CPUS', 'MEM', 'UPTIME', 'ACCEL'],
         machines.map(({ config, state }) => {
           const status = state.status === 'exited' || state.status === 'failed' ? `${state.status} (${state.exitCode ?? '?'})${state.error ? ' ' + state.error.slice(0, 60) : ''}` : state.status;
-          const uptime = live.includes(state.status) && state.startedAt ? formatDuration(Date.now() - Date.parse(state.startedAt)) : '-';
+          const uptime = isLive(state.status) && state.startedAt ? formatDuration(Date.now() - Date.parse(state.startedAt)) : '-';
           return [config.name, config.id, config.image.reference, status, String(config.cpus), `${config.memoryMiB}M`, uptime, config.accelerator];
         }),
       );

@@ -1,0 +1,193 @@
+import { access, mkdir, writeFile, truncate } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { TorporError } from '../util/errors.ts';
+import { runCommand } from '../util/command.ts';
+import { type Progress, silentProgress } from '../util/progress.ts';
+import { writeJsonAtomic } from '../util/atomic-file.ts';
+import { bootTimingArguments } from '../host/boot-timing.ts';
+import { resolveOrBuildImage } from '../image/builtin-images.ts';
+import type { PortMapping } from '../vm/machine-spec.ts';
+import type { SnapshotManifest } from '../snapshot/snapshot-store.ts';
+import { machineConfigSchema, machineFiles, writeMachineState, type MachineConfig } from './machine-record.ts';
+import { releaseMachine } from './machine-removal.ts';
+import { ensureBootTemplate } from './boot-template.ts';
+import { claimName } from './machine-names.ts';
+import { prepareHost } from './host-preparation.ts';
+import { startMachine } from './machine-start.ts';
+import { validateMachineName, randomMachineName } from './run-options.ts';
+
+export interface CreateMachineOptions {
+  image: string;
+  name?: string;
+  command?: string[];
+  entrypoint?: string;
+  env?: string[];
+  workingDir?: string;
+  user?: string;
+  hostname?: string;
+  tty?: boolean;
+  interactive?: boolean;
+  cpus?: number;
+  memoryMiB?: number;
+  ports?: PortMapping[];
+  network?: boolean;
+  autoRemove?: boolean;
+  diskGiB?: number;
+}
+
+export interface RestoreOptions {
+  name?: string;
+  ports?: PortMapping[];
+  autoRemove?: boolean;
+  /** Boot templates carry no main process; the restored machine starts this one. */
+  startMain?: boolean;
+  /** Overrides for a boot-template start: the new machine's own command, env, name... */
+  configure?: (config: MachineConfig) => MachineConfig;
+}
+
+/** Writes a new machine's directory: its config, a fresh sparse writable layer, state "created". */
+async function writeNewMachine(config: MachineConfig, diskGiB: number): Promise<void> {
+  const files = machineFiles(config.id);
+  await mkdir(files.directory, { recursive: true });
+  // The writable layer: a sparse ext4 the guest lays over the read-only image with overlayfs.
+  await writeFile(files.layerDisk, '');
+  await truncate(files.layerDisk, diskGiB * 1024 ** 3);
+  await runCommand('mkfs.ext4', ['-q', '-F', '-m', '0', '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', '-L', 'torpor-layer', files.layerDisk]);
+  await writeJsonAtomic(files.config, config);
+  await writeMachineState(config.id, { status: 'created' });
+}
+
+const bootTemplatesEnabled = () => process.env.TORPOR_BOOT_TEMPLATES !== '0';
+
+/**
+ * Creates a machine (state "created", not started) from an image: resolves or pulls the image,
+ * claims the name, and, with boot templates on, makes the machine a restore of the image's boot
+ * template (cold-booting that template once if it does not exist yet).
+ */
+export async function createMachine(options: CreateMachineOptions, progress: Progress = silentProgress): Promise<MachineConfig> {
+  const name = options.name ?? randomMachineName();
+  validateMachineName(name);
+  const host = await prepareHost(progress);
+  const image = await resolveOrBuildImage(options.image, progress);
+  if (!image) {
+    throw new TorporError('image-unknown', `no such image: ${options.image}`, {
+      hint: 'see `torpor images`; built-in images are base and node; import one with `torpor image import PATH --name NAME`',
+    });
+  }
+  const entrypoint = options.entrypoint !== undefined ? (options.entrypoint ? [options.entrypoint] : []) : (image.config.entrypoint ?? []);
+  const cmd = options.command && options.command.length > 0 ? options.command : options.entrypoint !== undefined ? [] : (image.config.cmd ?? []);
+  const command = [...entrypoint, ...cmd];
+  if (command.length === 0) {
+    throw new TorporError('no-command', `image ${options.image} has no default command and none was given`, { hint: `torpor run ${options.image} COMMAND...` });
+  }
+  const environment = new Map<string, string>();
+  for (const entry of [...image.config.env, ...(options.env ?? [])]) {
+    const separator = entry.indexOf('=');
+    environment.set(entry.slice(0, separator), entry.slice(separator + 1));
+  }
+  const id = randomBytes(6).toString('hex');
+  const config: MachineConfig = {
+    id,
+    name,
+    createdAt: new Date().toISOString(),
+    image: { reference: options.image, digest: image.digest, diskPath: image.diskPath },
+    command,
+    env: [...environment].map(([key, value]) => `${key}=${value}`),
+    workingDir: options.workingDir ?? image.config.workingDir ?? '/',
+    user: options.user ?? image.config.user ?? '',
+    hostname: options.hostname ?? name.replace(/[^a-zA-Z0-9-]/g, '-').slice(0, 63),
+    tty: options.tty ?? false,
+    interactive: options.interactive ?? false,
+    cpus: options.cpus ?? 1,
+    memoryMiB: options.memoryMiB ?? 512,
+    ports: options.ports ?? [],
+    network: options.network ?? true,
+    autoRemove: options.autoRemove ?? false,
+    accelerator: host.accelerator.accelerator,
+    kernelPath: host.kernelPath,
+    initramfsPath: host.initramfsPath,
+    kernelArguments: host.accelerator.accelerator === 'tcg' ? bootTimingArguments() : [],
+    bootTimeoutMs: Number(process.env.TORPOR_BOOT_TIMEOUT_MS ?? 60_000),
+  };
+  const diskGiB = options.diskGiB ?? 4;
+  if (bootTemplatesEnabled() && diskGiB === 4) {
+    const templateId = randomBytes(6).toString('hex');
+    const template = await ensureBootTemplate(
+      { ...config, id: templateId, name: `template-${templateId}`, hostname: 'torpor', command: ['true'], ports: [], autoRemove: false },
+      async (templateConfig) => {
+        await writeNewMachine(templateConfig, diskGiB);
+        await startMachine(templateConfig.id);
+      },
+      progress,
+    );
+    // The user's machine is the template's guest, with the user's process, names and ports.
+    return createMachineFromSnapshot(template, {
+      name,
+      ports: config.ports,
+      autoRemove: config.autoRemove,
+      startMain: true,
+      configure: (restored) => ({ ...config, id: restored.id, name: restored.name, restore: restored.restore }),
+    });
+  }
+  await claimName(name, id);
+  try {
+    await writeNewMachine(config, diskGiB);
+    return config;
+  } catch (error) {
+    await releaseMachine({ id, name });
+    throw error;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * Creates a machine from a snapshot: materializes its RAM into tmpfs and its disk layer, then lets
+ * a supervisor load the device state and continue the guest where it was.
+ */
+export async function createMachineFromSnapshot(manifest: SnapshotManifest, options: RestoreOptions = {}): Promise<MachineConfig> {
+  const parsed = machineConfigSchema.safeParse((manifest.metadata as { machine?: unknown }).machine);
+  if (!parsed.success) throw new TorporError('snapshot-invalid', `snapshot ${manifest.name} has no machine description`, { hint: 'it was not made by `torpor snapshot`' });
+  const original = parsed.data;
+  for (const [what, path, hint] of [
+    ['image', original.image.diskPath, `import or pull image ${original.image.reference} again (digest ${original.image.digest})`],
+    ['guest kernel', original.kernelPath, 'apt-get install -y linux-image-cloud-amd64 (the snapshot needs the same kernel)'],
+    ['initramfs', original.initramfsPath, 'the guest agent changed since the snapshot; snapshots restore only with the agent they were taken with'],
+  ] as const) {
+    if (!(await exists(path))) {
+      throw new TorporError('snapshot-dependency-missing', `cannot restore ${manifest.name}: its ${what} is gone (${path})`, { hint });
+    }
+  }
+  const name = options.name ?? randomMachineName();
+  validateMachineName(name);
+  const id = randomBytes(6).toString('hex');
+  await claimName(name, id);
+  const files = machineFiles(id);
+  try {
+    const mainStream = (manifest.metadata as { mainStream?: number }).mainStream;
+    let config: MachineConfig = {
+      ...original,
+      id,
+      name,
+      hostname: options.name ? name : original.hostname,
+      createdAt: new Date().toISOString(),
+      ports: options.ports ?? original.ports,
+      autoRemove: options.autoRemove ?? false,
+      restore: { snapshot: manifest.name, mainStream, startMain: options.startMain ?? mainStream === undefined },
+    };
+    if (options.configure) config = options.configure(config);
+    await mkdir(files.directory, { recursive: true });
+    // Memory and disk are materialized when the machine starts (`materializeForRestore`).
+    await writeJsonAtomic(files.config, config);
+    await writeMachineState(id, { status: 'created' });
+    return config;
+  } catch (error) {
+    await releaseMachine({ id, name });
+    throw error;
+  }
+}

@@ -1,0 +1,75 @@
+import { spawn } from 'node:child_process';
+import { readFile, open } from 'node:fs/promises';
+import { stateHome } from '../state/paths.ts';
+import { TorporError } from '../util/errors.ts';
+import { processMatches } from '../util/process-identity.ts';
+import { isLive, machineFiles, readMachineConfig, readMachineState, writeMachineState, type MachineState } from './machine-record.ts';
+import type { SupervisorPool } from './supervisor-pool.ts';
+import { supervisorCommand, supervisorMarker } from './supervisor-process.ts';
+import { effectiveState } from './machine-status.ts';
+import { ensureMemoryRoom, ensurePortsFree } from './host-preparation.ts';
+import { materializeForRestore } from './restore-materialization.ts';
+
+/**
+ * Starts a created or exited machine: hands it to a supervisor (a pool's spare or a new detached
+ * one), which boots QEMU (or restores the machine's snapshot), and waits until the guest answers.
+ */
+export async function startMachine(
+  id: string,
+  options: { waitForAttach?: boolean; pool?: SupervisorPool; /** the snapshot's files are already in place (fork) */ materialized?: boolean } = {},
+): Promise<MachineState> {
+  const config = await readMachineConfig(id);
+  const current = await effectiveState(config);
+  if (isLive(current.status)) {
+    throw new TorporError('already-running', `machine ${config.name} is already ${current.status}`, { hint: `torpor stop ${config.name}` });
+  }
+  await ensureMemoryRoom(config.memoryMiB);
+  if (config.network) await ensurePortsFree(config.ports);
+  const files = machineFiles(id);
+  // `restored` survives: a machine made from a snapshot restores once, then boots cold on its own disk.
+  await writeMachineState(id, { status: 'starting', waitForAttach: options.waitForAttach, restored: current.restored });
+  const restoring = config.restore !== undefined && !current.restored;
+  let child = options.pool?.take();
+  if (!child) {
+    const log = await open(files.supervisorLog, 'a');
+    child = spawn(process.execPath, [...(await supervisorCommand()), '--standby'], {
+      detached: true,
+      stdio: ['pipe', log.fd, log.fd],
+      env: { ...process.env, TORPOR_HOME: stateHome() },
+    });
+    await log.close();
+    child.unref();
+  }
+  const supervisorPid = child.pid;
+  // The supervisor starts up while the snapshot is materialized; then it is told which machine is its.
+  try {
+    if (restoring && !options.materialized) await materializeForRestore(config);
+  } catch (error) {
+    child.kill('SIGKILL');
+    await writeMachineState(id, { status: 'failed', error: (error as Error).message, restored: true });
+    throw error;
+  } finally {
+    child.stdin?.end(`${id}\n`);
+    (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+  }
+  // Wait for the supervisor to report the guest ready (or failed).
+  for (;;) {
+    const state = await readMachineState(id);
+    if (state.status === 'running' || state.status === 'exited' || state.status === 'failed') {
+      if (state.status === 'failed') {
+        throw new TorporError('start-failed', `machine ${config.name} failed to start: ${state.error}`, { hint: `supervisor log: ${files.supervisorLog}` });
+      }
+      return state;
+    }
+    if (!processMatches(supervisorPid, supervisorMarker)) {
+      const after = await readMachineState(id);
+      if (after.status === 'running' || after.status === 'exited') return after;
+      const log = await readFile(files.supervisorLog, 'utf8').catch(() => '');
+      await writeMachineState(id, { ...after, status: 'failed', error: 'supervisor died during start' });
+      throw new TorporError('start-failed', `machine ${config.name} failed to start: its supervisor exited\n${log.trim().split('\n').slice(-8).join('\n')}`, {
+        hint: `supervisor log: ${files.supervisorLog}`,
+      });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 15));
+  }
+}
