@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { RemoteContextLog } from "../context/index.ts";
 import { temporaryLog } from "../context/testing/temporary-log.ts";
+import { useTemporaryHome } from "../runtime/testing/temporary-home.ts";
 import { startApiServer, type ApiServer } from "./server.ts";
 
 let server: ApiServer;
@@ -74,22 +75,23 @@ describe("HTTP API", () => {
   it("answers bad input with 4xx and a JSON error that says what to do", async () => {
     const notJson = await post("/v1/logs/api-bad/entries", "{oops");
     assert.equal(notJson.status, 400);
-    assert.equal((await errorOf(notJson)).code, "invalid_json");
+    assert.equal((await errorOf(notJson)).code, "invalid-json");
     const invalid = await post("/v1/logs/api-bad/entries", [user("ok"), { kind: "message", role: "user" }]);
     assert.equal(invalid.status, 400);
     const invalidError = await errorOf(invalid);
-    assert.equal(invalidError.code, "invalid_entry");
+    assert.equal(invalidError.code, "invalid-entry");
     assert.deepEqual((invalidError.issues as Array<{ index: number }>).map((issue) => issue.index), [1]);
     assert.equal((await post("/v1/logs/api-bad/entries", "")).status, 400);
     assert.equal((await fetch(`${server.url}/v1/logs/api-bad`)).status, 404);
     const badId = await post("/v1/logs/bad%2Fid/entries", [user("x")]);
     assert.equal(badId.status, 400);
-    assert.equal((await errorOf(badId)).code, "invalid_session_id");
+    assert.equal((await errorOf(badId)).code, "invalid-session-id");
     const tooBig = await post("/v1/logs/api-bad/entries", [user("x".repeat(20_000))]);
     assert.equal(tooBig.status, 413);
-    assert.equal((await errorOf(tooBig)).code, "entry_too_large");
+    assert.equal((await errorOf(tooBig)).code, "entry-too-large");
     const bodyTooBig = await post("/v1/logs/api-bad/entries", [user("x".repeat(70_000))]);
     assert.equal(bodyTooBig.status, 413);
+    assert.equal((await errorOf(bodyTooBig)).code, "body-too-large");
     await post("/v1/logs/api-short/entries", [user("x")]);
     const beyond = await fetch(`${server.url}/v1/logs/api-short/entries?from=9`);
     assert.equal(beyond.status, 416);
@@ -98,7 +100,7 @@ describe("HTTP API", () => {
     assert.equal((await fetch(`${server.url}/v1/logs/api-short/entries?live=carrier-pigeon`)).status, 400);
     const missing = await fetch(`${server.url}/v1/nothing-here`);
     assert.equal(missing.status, 404);
-    assert.equal((await errorOf(missing)).code, "not_found");
+    assert.equal((await errorOf(missing)).code, "not-found");
   });
 
   it("supports producers and expected offsets through headers", async () => {
@@ -174,7 +176,7 @@ describe("HTTP API", () => {
     assert.deepEqual(appended.offsets, [0, 1]);
     assert.equal((await remote.append("api-remote", [user("a"), user("b")], { producer: { id: "r", epoch: 0, sequence: 0 } })).duplicate, true);
     assert.deepEqual((await remote.read("api-remote", { from: 1 })).entries.map((stored) => stored.offset), [1]);
-    await assert.rejects(remote.read("api-nobody"), (error: unknown) => (error as { code?: string }).code === "unknown_session");
+    await assert.rejects(remote.read("api-nobody"), (error: unknown) => (error as { code?: string }).code === "session-unknown");
     await assert.rejects(remote.append("api-remote", [user("x")], { expectedOffset: 0 }), (error: unknown) => (error as { status?: number }).status === 412);
     const controller = new AbortController();
     const seen: number[] = [];
@@ -190,6 +192,48 @@ describe("HTTP API", () => {
     assert.equal((await remote.fork("api-remote", 1, { name: "api-remote-2" })).forkOffset, 1);
     assert.ok((await remote.sessions()).some((session) => session.id === "api-remote-2"));
     assert.equal((await remote.describe("api-remote")).nextOffset, 3);
-    await assert.rejects(new RemoteContextLog("http://127.0.0.1:1").sessions(), (error: unknown) => (error as { code?: string }).code === "storage_unavailable");
+    await assert.rejects(new RemoteContextLog("http://127.0.0.1:1").sessions(), (error: unknown) => (error as { code?: string }).code === "storage-unavailable");
+  });
+});
+
+describe("HTTP API with sessions", () => {
+  let sessionServer: ApiServer;
+  let removeHome: () => Promise<void>;
+  let removeLog: () => Promise<void>;
+  before(async () => {
+    removeHome = (await useTemporaryHome()).cleanup;
+    const temporary = temporaryLog();
+    removeLog = temporary.cleanup;
+    sessionServer = await startApiServer({ port: 0, log: temporary.log, sessions: true });
+  });
+  after(async () => {
+    await sessionServer.close();
+    await removeLog();
+    await removeHome();
+  });
+
+  it("answers session errors through the one error handler, with code, hint and status", async () => {
+    const unknown = await fetch(`${sessionServer.url}/v1/sessions/nobody`);
+    assert.equal(unknown.status, 404);
+    const unknownError = await errorOf(unknown);
+    assert.equal(unknownError.code, "session-unknown");
+    assert.match(String(unknownError.hint), /torpor session ls/);
+    assert.equal((await fetch(`${sessionServer.url}/v1/sessions/nobody/log`)).status, 404);
+    assert.equal((await fetch(`${sessionServer.url}/v1/sessions/nobody`, { method: "DELETE" })).status, 404);
+    const invalid = await fetch(`${sessionServer.url}/v1/sessions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ image: "base", command: [], surprise: 1 }) });
+    assert.equal(invalid.status, 400);
+    assert.equal((await errorOf(invalid)).code, "invalid-request");
+    const badMemory = await fetch(`${sessionServer.url}/v1/sessions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ image: "base", command: ["true"], resources: { memory: "lots" } }),
+    });
+    assert.equal(badMemory.status, 400);
+    assert.equal((await errorOf(badMemory)).code, "invalid-memory");
+    const notJson = await fetch(`${sessionServer.url}/v1/sessions/nobody/messages`, { method: "POST", body: "{oops" });
+    assert.equal(notJson.status, 400);
+    // Only /v1/sessions: the old unversioned alias is gone.
+    assert.equal((await fetch(`${sessionServer.url}/sessions`)).status, 404);
+    assert.equal((await fetch(`${sessionServer.url}/v1/logs`)).status, 200);
   });
 });

@@ -4,15 +4,19 @@ import { streamSSE } from "hono/streaming";
 import {
   ContextLogError,
   InvalidArgumentError,
-  ProducerFencedError,
-  ProducerSequenceGapError,
-  OffsetConflictError,
   entriesToAnthropic,
   entriesToModelMessages,
   entriesToOpenAIChat,
   type ContextLog,
   type ProducerStamp,
 } from "../context/index.ts";
+import { TorporError } from "../util/errors.ts";
+import type { SessionManager } from "../session/session-manager.ts";
+import { answerError, answerNotFound } from "./errors.ts";
+import { headers } from "./headers.ts";
+import { createSessionRoutes } from "./session-routes.ts";
+
+export { headers } from "./headers.ts";
 
 export interface ApiOptions {
   log: ContextLog;
@@ -22,24 +26,8 @@ export interface ApiOptions {
   heartbeatMs?: number;
   /** Largest request body accepted. Default 128 MiB (the blob limit plus JSON overhead). */
   maxBodyBytes?: number;
-}
-
-/** Headers of the log protocol; the producer ones follow the Durable Streams protocol's names. */
-export const headers = {
-  producerId: "Producer-Id",
-  producerEpoch: "Producer-Epoch",
-  producerSequence: "Producer-Seq",
-  producerExpectedSequence: "Producer-Expected-Seq",
-  producerReceivedSequence: "Producer-Received-Seq",
-  expectedOffset: "Expected-Offset",
-  nextOffset: "Log-Next-Offset",
-  endOffset: "Log-End-Offset",
-  upToDate: "Log-Up-To-Date",
-  duplicate: "Log-Duplicate",
-} as const;
-
-function errorBody(code: string, message: string, details: Record<string, unknown> = {}) {
-  return { error: { code, message, ...details } };
+  /** Agent sessions to serve under /v1/sessions (none: the API serves the context log only). */
+  sessions?: SessionManager;
 }
 
 function parseCount(name: string, value: string | undefined): number | undefined {
@@ -76,7 +64,7 @@ async function entriesFrom(context: Context): Promise<unknown[]> {
         try {
           return JSON.parse(line);
         } catch {
-          throw new ContextLogError("invalid_json", 400, `line ${index + 1} of the body is not JSON; send one JSON entry per line`);
+          throw new ContextLogError("invalid-json", 400, `line ${index + 1} of the body is not JSON; send one JSON entry per line`);
         }
       });
   }
@@ -84,7 +72,7 @@ async function entriesFrom(context: Context): Promise<unknown[]> {
   try {
     body = JSON.parse(text);
   } catch (error) {
-    throw new ContextLogError("invalid_json", 400, `the body is not JSON (${(error as Error).message}); send a JSON array of entries`);
+    throw new ContextLogError("invalid-json", 400, `the body is not JSON (${(error as Error).message}); send a JSON array of entries`);
   }
   if (Array.isArray(body)) return body;
   if (body && typeof body === "object" && Array.isArray((body as { entries?: unknown }).entries)) return (body as { entries: unknown[] }).entries;
@@ -92,28 +80,17 @@ async function entriesFrom(context: Context): Promise<unknown[]> {
 }
 
 /**
- * The context log over HTTP. Routes live under /v1/logs so that other parts (agent sessions) can
- * be mounted on the same app without colliding.
+ * The whole HTTP API: the context log under /v1/logs and, when given a session manager, agent
+ * sessions under /v1/sessions. Errors are answered in one place (`answerError`).
  */
-export function createApiApp(options: ApiOptions): Hono {
+export function createApp(options: ApiOptions): Hono {
   const { log } = options;
   const maxLongPollMs = options.maxLongPollMs ?? 60_000;
   const heartbeatMs = options.heartbeatMs ?? 15_000;
   const app = new Hono();
 
-  app.onError((error, context) => {
-    if (error instanceof ContextLogError) {
-      if (error instanceof ProducerFencedError) context.header(headers.producerEpoch, String(error.details.currentEpoch));
-      if (error instanceof ProducerSequenceGapError) {
-        context.header(headers.producerExpectedSequence, String(error.details.expectedSequence));
-        context.header(headers.producerReceivedSequence, String(error.details.receivedSequence));
-      }
-      if (error instanceof OffsetConflictError) context.header(headers.nextOffset, String(error.details.endOffset));
-      return context.json(error.toJSON(), error.status as 400);
-    }
-    return context.json(errorBody("internal_error", `internal error: ${(error as Error).message}`), 500);
-  });
-  app.notFound((context) => context.json(errorBody("not_found", `no route for ${context.req.method} ${context.req.path}`), 404));
+  app.onError(answerError);
+  app.notFound(answerNotFound);
 
   app.get("/health", (context) => context.json({ ok: true, storage: log.storage.kind }));
 
@@ -125,7 +102,9 @@ export function createApiApp(options: ApiOptions): Hono {
     "/v1/logs/:sessionId/entries",
     bodyLimit({
       maxSize: options.maxBodyBytes ?? 128 * 1024 * 1024,
-      onError: (context) => context.json(errorBody("body_too_large", "the request body is too large; split the batch or store large data by reference"), 413),
+      onError: () => {
+        throw new TorporError("body-too-large", "the request body is too large; split the batch or store large data by reference", { status: 413 });
+      },
     }),
     async (context) => {
       const sessionId = context.req.param("sessionId");
@@ -209,7 +188,7 @@ export function createApiApp(options: ApiOptions): Hono {
     try {
       body = (await context.req.json()) as typeof body;
     } catch {
-      throw new ContextLogError("invalid_json", 400, 'the body is not JSON; send {"offset": N, "name": "optional-new-id"}');
+      throw new ContextLogError("invalid-json", 400, 'the body is not JSON; send {"offset": N, "name": "optional-new-id"}');
     }
     if (typeof body?.offset !== "number") throw new InvalidArgumentError('send {"offset": N} with the offset to fork at');
     if (body.name !== undefined && typeof body.name !== "string") throw new InvalidArgumentError("name must be a string");
@@ -227,5 +206,6 @@ export function createApiApp(options: ApiOptions): Hono {
     throw new InvalidArgumentError(`format must be ai, openai or anthropic, got ${JSON.stringify(format)}`);
   });
 
+  if (options.sessions) app.route("/v1/sessions", createSessionRoutes(options.sessions));
   return app;
 }

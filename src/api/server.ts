@@ -2,9 +2,10 @@ import type { AddressInfo } from "node:net";
 import { serve, type ServerType } from "@hono/node-server";
 import type { Hono } from "hono";
 import { openContextLog, type ContextLog, type ContextLogOptions } from "../context/index.ts";
-import { createApiApp, type ApiOptions } from "./app.ts";
+import { SessionManager, type SessionManagerOptions } from "../session/session-manager.ts";
+import { createApp, type ApiOptions } from "./app.ts";
 
-export interface StartApiServerOptions extends Omit<ApiOptions, "log">, ContextLogOptions {
+export interface StartApiServerOptions extends Omit<ApiOptions, "log" | "sessions">, ContextLogOptions {
   /** Port to listen on; 0 picks a free one. Default 7070. */
   port?: number;
   /** Default 127.0.0.1: the API has no authentication, so it listens on loopback unless told otherwise. */
@@ -13,8 +14,8 @@ export interface StartApiServerOptions extends Omit<ApiOptions, "log">, ContextL
   log?: ContextLog;
   stateDirectory?: string;
   postgresUrl?: string;
-  /** Mount more routes (e.g. agent sessions) on the same app before it starts serving. */
-  configure?: (app: Hono, log: ContextLog) => void;
+  /** Serve agent sessions too (`torpor serve` does): a session manager over the same log, closed with the server. */
+  sessions?: boolean | Omit<SessionManagerOptions, "log">;
 }
 
 export interface ApiServer {
@@ -23,14 +24,16 @@ export interface ApiServer {
   host: string;
   app: Hono;
   log: ContextLog;
+  /** The session manager, when the server serves sessions. */
+  sessions?: SessionManager;
   close(): Promise<void>;
 }
 
 export async function startApiServer(options: StartApiServerOptions = {}): Promise<ApiServer> {
   const ownsLog = options.log === undefined;
   const log = options.log ?? (await openContextLog(options));
-  const app = createApiApp({ ...options, log });
-  options.configure?.(app, log);
+  const sessions = options.sessions ? new SessionManager({ ...(options.sessions === true ? {} : options.sessions), log }) : undefined;
+  const app = createApp({ ...options, log, sessions });
   const host = options.host ?? "127.0.0.1";
   let server: ServerType;
   let address: AddressInfo;
@@ -40,6 +43,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
       created.once("error", reject);
     }));
   } catch (error) {
+    await sessions?.close();
     if (ownsLog) await log.close();
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "EADDRINUSE") throw new Error(`port ${options.port} on ${host} is already in use; stop the other server or pass another --port`);
@@ -54,8 +58,10 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
     host,
     app,
     log,
+    sessions,
     close() {
       closing ??= (async () => {
+        await sessions?.close();
         await new Promise<void>((resolve) => {
           server.close(() => resolve());
           // Live tails hold connections open; cut them so close does not wait for clients.

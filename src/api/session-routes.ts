@@ -1,4 +1,4 @@
-import { Hono, type Context } from 'hono';
+import { Hono } from 'hono';
 import { streamSSE } from 'hono/streaming';
 import { z } from 'zod';
 import { TorporError } from '../util/errors.ts';
@@ -26,22 +26,9 @@ export function parseIdle(value: number | string): number {
   return { ms: amount / 1000, s: amount, m: amount * 60, h: amount * 3600 }[match[2] ?? 's']!;
 }
 
-const statusByCode: Record<string, number> = {
-  'session-unknown': 404,
-  'session-exists': 409,
-  'image-unknown': 404,
-  'invalid-memory': 400,
-  'fork-impossible': 409,
-  'agent-hung': 504,
-  'agent-exited': 502,
-};
-
-function errorResponse(context: Context, error: unknown) {
-  if (error instanceof TorporError) {
-    const status = statusByCode[error.code] ?? 500;
-    return context.json({ error: { code: error.code, message: error.message, hint: error.hint } }, status as 400);
-  }
-  return context.json({ error: { code: 'internal', message: (error as Error).message } }, 500);
+/** A request body that does not match its schema: 400, with every issue in the message. */
+function invalidRequest(message: string): TorporError {
+  return new TorporError('invalid-request', message, { status: 400 });
 }
 
 /** A session as the API shows it: its record plus what its snapshot costs in the store. */
@@ -54,64 +41,39 @@ async function describe(record: SessionRecord) {
   };
 }
 
-/** The session API: create, message (SSE), inspect, fork, delete. The log itself is under /v1/logs. */
+/**
+ * The session API: create, message (SSE), inspect, fork, delete. The log itself is under /v1/logs.
+ * Errors are thrown, and answered by the app's one error handler (`answerError`).
+ */
 export function createSessionRoutes(manager: SessionManager): Hono {
   const app = new Hono();
 
   app.post('/', async (context) => {
     const parsed = createSessionBody.safeParse(await context.req.json().catch(() => undefined));
-    if (!parsed.success) {
-      return context.json({ error: { code: 'invalid-request', message: parsed.error.issues.map((issue) => `${issue.path.join('.') || 'body'}: ${issue.message}`).join('; ') } }, 400);
-    }
+    if (!parsed.success) throw invalidRequest(parsed.error.issues.map((issue) => `${issue.path.join('.') || 'body'}: ${issue.message}`).join('; '));
     const body = parsed.data;
-    try {
-      const record = await manager.create(
-        { image: body.image, command: body.command, env: body.env, cpus: body.resources.cpus, memoryMiB: parseMemory(body.resources.memory), idleSeconds: parseIdle(body.idle) },
-        { name: body.name },
-      );
-      return context.json(await describe(record), 201);
-    } catch (error) {
-      return errorResponse(context, error);
-    }
+    const record = await manager.create(
+      { image: body.image, command: body.command, env: body.env, cpus: body.resources.cpus, memoryMiB: parseMemory(body.resources.memory), idleSeconds: parseIdle(body.idle) },
+      { name: body.name },
+    );
+    return context.json(await describe(record), 201);
   });
 
   app.get('/', async (context) => context.json({ sessions: await Promise.all(manager.list().map(describe)) }));
 
-  app.get('/:id', async (context) => {
-    try {
-      return context.json(await describe(manager.get(context.req.param('id'))));
-    } catch (error) {
-      return errorResponse(context, error);
-    }
-  });
+  app.get('/:id', async (context) => context.json(await describe(manager.get(context.req.param('id')))));
 
   app.get('/:id/log', (context) => {
-    try {
-      const record = manager.get(context.req.param('id'));
-      const query = new URL(context.req.url).search;
-      return context.redirect(`/v1/logs/${encodeURIComponent(record.id)}${query}`, 307);
-    } catch (error) {
-      return errorResponse(context, error);
-    }
+    const record = manager.get(context.req.param('id'));
+    const query = new URL(context.req.url).search;
+    return context.redirect(`/v1/logs/${encodeURIComponent(record.id)}${query}`, 307);
   });
 
   app.post('/:id/messages', async (context) => {
     const parsed = sendMessageBody.safeParse(await context.req.json().catch(() => undefined));
-    if (!parsed.success) return context.json({ error: { code: 'invalid-request', message: 'body must be {"content": "..."}' } }, 400);
-    let record: SessionRecord;
-    try {
-      record = manager.get(context.req.param('id'));
-    } catch (error) {
-      return errorResponse(context, error);
-    }
-    if (!(context.req.header('accept') ?? '').includes('text/event-stream')) {
-      try {
-        const result = await manager.send(record.id, parsed.data.content);
-        return context.json(result);
-      } catch (error) {
-        return errorResponse(context, error);
-      }
-    }
+    if (!parsed.success) throw invalidRequest('body must be {"content": "..."}');
+    const record = manager.get(context.req.param('id'));
+    if (!(context.req.header('accept') ?? '').includes('text/event-stream')) return context.json(await manager.send(record.id, parsed.data.content));
     return streamSSE(context, async (stream) => {
       let sequence = 0;
       const write = (event: SessionEvent) => void stream.writeSSE({ event: event.type, data: JSON.stringify(event), id: String(sequence++) });
@@ -125,20 +87,12 @@ export function createSessionRoutes(manager: SessionManager): Hono {
 
   app.post('/:id/fork', async (context) => {
     const body = (await context.req.json().catch(() => ({}))) as { name?: string };
-    try {
-      return context.json(await describe(await manager.fork(context.req.param('id'), { name: body.name })), 201);
-    } catch (error) {
-      return errorResponse(context, error);
-    }
+    return context.json(await describe(await manager.fork(context.req.param('id'), { name: body.name })), 201);
   });
 
   app.delete('/:id', async (context) => {
-    try {
-      await manager.delete(context.req.param('id'));
-      return context.body(null, 204);
-    } catch (error) {
-      return errorResponse(context, error);
-    }
+    await manager.delete(context.req.param('id'));
+    return context.body(null, 204);
   });
 
   return app;

@@ -18,7 +18,7 @@ export interface BlobStore {
 
 export class MissingBlobError extends ContextLogError {
   constructor(digest: string) {
-    super("missing_blob", 500, `Blob ${digest} referenced by the log is missing from the blob store; restore the blob directory from backup.`, { digest });
+    super("missing-blob", 500, `Blob ${digest} referenced by the log is missing from the blob store; restore the blob directory from backup.`, { digest });
   }
 }
 

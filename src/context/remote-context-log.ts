@@ -27,8 +27,10 @@ export class RemoteContextLog implements ContextLogClient {
     try {
       body = (await response.json()) as typeof body;
     } catch {}
-    const { code, message, ...details } = body.error ?? {};
-    throw new ContextLogError(code ?? "http_error", response.status, message ?? `HTTP ${response.status} from ${this.baseUrl}${path}`, details);
+    const { code, message, hint, ...details } = body.error ?? {};
+    throw new ContextLogError(code ?? "http-error", response.status, message ?? `HTTP ${response.status} from ${this.baseUrl}${path}`, details, {
+      hint: typeof hint === "string" ? hint : undefined,
+    });
   }
 
   private static session(sessionId: string): string {

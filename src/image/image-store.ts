@@ -140,7 +140,7 @@ export async function listImages(): Promise<Array<ImageRecord & { name: string }
 /** Removes a name; the content goes too when no other name points at it. */
 export async function removeImage(name: string): Promise<{ digest: string; contentRemoved: boolean }> {
   const record = await resolveImage(name);
-  if (!record) throw new TorporError('image-unknown', `no such image: ${name}`, { hint: 'see `torpor images`' });
+  if (!record) throw new TorporError('image-unknown', `no such image: ${name}`, { hint: 'see `torpor images`', status: 404 });
   await rm(refPath(name), { force: true });
   const stillNamed = (await listImages()).some((image) => image.digest === record.digest);
   if (!stillNamed) await rm(blobDirectory(record.digest), { recursive: true, force: true });

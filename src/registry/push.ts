@@ -87,7 +87,7 @@ async function uploadBlob(client: RegistryClient, reference: ImageReference, blo
  */
 export async function pushImage(localName: string, destination: string = localName, options: PushOptions = {}): Promise<{ reference: string; digest: string }> {
   const record = await resolveImage(localName);
-  if (!record) throw new TorporError('image-unknown', `no such image: ${localName}`, { hint: 'see `torpor images`' });
+  if (!record) throw new TorporError('image-unknown', `no such image: ${localName}`, { hint: 'see `torpor images`', status: 404 });
   const reference = parseReference(destination);
   if (reference.digest) throw new TorporError('invalid-reference', 'push needs a tag, not a digest', { hint: 'torpor push NAME registry/repository:tag' });
   const reporter = options.reporter ?? silentReporter;

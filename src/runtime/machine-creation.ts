@@ -72,6 +72,7 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
   if (!image) {
     throw new TorporError('image-unknown', `no such image: ${options.image}`, {
       hint: 'see `torpor images`; built-in images are base and node; import one with `torpor image import PATH --name NAME`',
+      status: 404,
     });
   }
   const entrypoint = options.entrypoint !== undefined ? (options.entrypoint ? [options.entrypoint] : []) : (image.config.entrypoint ?? []);

@@ -5,16 +5,16 @@ import type { PortMapping } from '../vm/machine-spec.ts';
 export function parseMemory(text: string): number {
   const match = /^(\d+(?:\.\d+)?)\s*([bkmg]?)i?b?$/i.exec(text.trim());
   if (!match) {
-    throw new TorporError('invalid-memory', `invalid --memory value ${JSON.stringify(text)}`, { hint: 'use a size like 512m or 2g' });
+    throw new TorporError('invalid-memory', `invalid --memory value ${JSON.stringify(text)}`, { hint: 'use a size like 512m or 2g', status: 400 });
   }
   const value = Number(match[1]);
   const unit = (match[2] || 'b').toLowerCase();
   const bytes = value * { b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[unit]!;
   const mebibytes = Math.floor(bytes / 1024 ** 2);
   if (mebibytes < 128) {
-    throw new TorporError('invalid-memory', `--memory ${text} is too small: a machine needs at least 128m`, { hint: 'use --memory 512m (the default) or more' });
+    throw new TorporError('invalid-memory', `--memory ${text} is too small: a machine needs at least 128m`, { hint: 'use --memory 512m (the default) or more', status: 400 });
   }
-  if (mebibytes > 256 * 1024) throw new TorporError('invalid-memory', `--memory ${text} is larger than torpor supports (256g)`);
+  if (mebibytes > 256 * 1024) throw new TorporError('invalid-memory', `--memory ${text} is larger than torpor supports (256g)`, { status: 400 });
   return mebibytes;
 }
 

@@ -76,7 +76,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
   get(idOrName: string): SessionRecord {
     const record = this.store.get(idOrName);
     if (!record || record.state === 'deleted') {
-      throw new TorporError('session-unknown', `no such session: ${idOrName}`, { hint: 'list sessions with `torpor session ls`', exitCode: 1 });
+      throw new TorporError('session-unknown', `no such session: ${idOrName}`, { hint: 'list sessions with `torpor session ls`', exitCode: 1, status: 404 });
     }
     return record;
   }
@@ -89,7 +89,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     const id = `s-${randomBytes(6).toString('hex')}`;
     const now = new Date().toISOString();
     const name = options.name ?? id;
-    if (this.store.get(name)) throw new TorporError('session-exists', `a session named ${name} exists`, { hint: 'choose another --name' });
+    if (this.store.get(name)) throw new TorporError('session-exists', `a session named ${name} exists`, { hint: 'choose another --name', status: 409 });
     this.store.insert({ id, name, spec, state: 'creating', turns: 0, createdAt: now, updatedAt: now, lastActivityAt: now });
     await this.log.append(id, [{ kind: 'metadata', data: { event: 'session-create', image: spec.image, command: spec.command } }]);
     return this.serialize(id, async () => {
@@ -237,7 +237,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     this.turnsInFlight.add(id);
     let appended: Promise<void> = Promise.resolve();
     const result = await new Promise<{ suspendedUntil?: string }>((resolve, reject) => {
-      const timer = setTimeout(() => finish(new TorporError('agent-hung', `the agent did not finish the turn within ${this.turnTimeoutMs} ms`)), this.turnTimeoutMs);
+      const timer = setTimeout(() => finish(new TorporError('agent-hung', `the agent did not finish the turn within ${this.turnTimeoutMs} ms`, { status: 504 })), this.turnTimeoutMs);
       const onAgentEvent = (raw: Record<string, unknown>) => {
         const event = raw as AgentEvent;
         events.push(event);
@@ -254,7 +254,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
         if (event.type === 'turn-finish' && ofThisTurn) finish();
         else if (event.type === 'sleep-until' && ofThisTurn) finish(undefined, String(event.until));
       };
-      const onExit = (code: number) => finish(new TorporError('agent-exited', `the agent program exited during the turn (code ${code})`, { hint: 'the session recovers on the next message' }));
+      const onExit = (code: number) => finish(new TorporError('agent-exited', `the agent program exited during the turn (code ${code})`, { hint: 'the session recovers on the next message', status: 502 }));
       const finish = (error?: Error, suspendedUntil?: string) => {
         this.turnsInFlight.delete(id);
         clearTimeout(timer);
@@ -355,7 +355,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
       const current = this.get(source.id);
       let snapshot = current.snapshot;
       if (current.machineId && current.state !== 'hibernated') snapshot = await this.takeSnapshot(source.id, false);
-      if (!snapshot) throw new TorporError('fork-impossible', `session ${current.name} has no machine state to fork yet`);
+      if (!snapshot) throw new TorporError('fork-impossible', `session ${current.name} has no machine state to fork yet`, { status: 409 });
       const id = `s-${randomBytes(6).toString('hex')}`;
       const logEnd = (await this.log.read(source.id, { from: 0, limit: 1 })).endOffset;
       await this.log.fork(source.id, logEnd, { name: id });

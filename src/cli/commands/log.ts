@@ -149,7 +149,7 @@ export function registerLogCommands(program: Command, io: CommandInputOutput = p
           try {
             entries.push(JSON.parse(line));
           } catch (error) {
-            throw new ContextLogError("invalid_json", 400, `line ${index + 1} of stdin is not JSON (${(error as Error).message}); give one JSON entry per line. Nothing was written.`);
+            throw new ContextLogError("invalid-json", 400, `line ${index + 1} of stdin is not JSON (${(error as Error).message}); give one JSON entry per line. Nothing was written.`);
           }
         });
         if (entries.length === 0) throw new InvalidArgumentError('no entries on stdin; pipe one JSON entry per line, e.g. {"kind":"message","role":"user","content":"hi"}');

@@ -1,8 +1,6 @@
 import { rmSync, writeFileSync, renameSync } from "node:fs";
 import type { Command } from "commander";
 import { startApiServer } from "../../api/server.ts";
-import { createSessionRoutes } from "../../api/session-routes.ts";
-import { SessionManager } from "../../session/session-manager.ts";
 import { contextLogPaths, ensureDirectory, stateDirectory } from "../../context/state-directory.ts";
 import { processInputOutput, type CommandInputOutput, type ServerInfo } from "./log.ts";
 
@@ -23,20 +21,8 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
       const directory = stateDirectory(io.environment);
       const paths = contextLogPaths(directory);
       let server;
-      let sessions: SessionManager | undefined;
       try {
-        server = await startApiServer({
-          port: Number(options.port),
-          host: options.host,
-          stateDirectory: directory,
-          postgresUrl: options.postgres,
-          configure: (app, log) => {
-            sessions = new SessionManager({ log });
-            const routes = createSessionRoutes(sessions);
-            app.route("/v1/sessions", routes);
-            app.route("/sessions", routes);
-          },
-        });
+        server = await startApiServer({ port: Number(options.port), host: options.host, stateDirectory: directory, postgresUrl: options.postgres, sessions: true });
       } catch (error) {
         io.stderr.write(`torpor: ${(error as Error).message}\n`);
         io.setExitCode(1);
@@ -51,10 +37,9 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
       const storage = options.postgres ? "PostgreSQL" : `SQLite ${paths.database}`;
       io.stdout.write(`torpor API listening on ${server.url} (context log in ${storage})\n`);
       // Sessions whose machines survived keep running; the others come back from snapshot or log.
-      void sessions?.recoverAll().catch((error: Error) => io.stderr.write(`torpor: session recovery: ${error.message}\n`));
+      void server.sessions?.recoverAll().catch((error: Error) => io.stderr.write(`torpor: session recovery: ${error.message}\n`));
       const stop = async () => {
         rmSync(paths.serverInfo, { force: true });
-        await sessions?.close();
         await server.close();
       };
       await Promise.race([io.interrupted(), new Promise<void>((resolve) => process.once("SIGTERM", () => resolve()))]);
