@@ -3,6 +3,7 @@ import { streamSSE } from 'hono/streaming';
 import { z } from 'zod';
 import { TorporError } from '../util/errors.ts';
 import { parseMemory } from '../runtime/run-options.ts';
+import { machineDefaults } from '../config/machine-defaults.ts';
 import { storeUsage } from '../snapshot/snapshot-store.ts';
 import type { SessionManager, SessionEvent } from '../session/session-manager.ts';
 import type { SessionRecord } from '../session/session-store.ts';
@@ -12,8 +13,10 @@ const createSessionBody = z.strictObject({
   command: z.array(z.string()).min(1),
   env: z.array(z.string().regex(/^[^=]+=/, 'KEY=VALUE')).default([]),
   name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).optional(),
-  resources: z.strictObject({ cpus: z.number().int().min(1).max(64).default(1), memory: z.string().default('512m') }).default({ cpus: 1, memory: '512m' }),
-  idle: z.union([z.number().nonnegative(), z.string().regex(/^\d+(\.\d+)?(ms|s|m|h)?$/)]).default(30),
+  resources: z
+    .strictObject({ cpus: z.number().int().min(1).max(64).default(machineDefaults.cpus), memory: z.string().default(machineDefaults.memory) })
+    .default({ cpus: machineDefaults.cpus, memory: machineDefaults.memory }),
+  idle: z.union([z.number().nonnegative(), z.string().regex(/^\d+(\.\d+)?(ms|s|m|h)?$/)]).default(machineDefaults.sessionIdleSeconds),
 });
 
 const sendMessageBody = z.strictObject({ content: z.string().min(1) });

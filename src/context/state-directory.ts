@@ -1,15 +1,13 @@
 import { mkdirSync } from "node:fs";
-import { homedir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
+import { stateHome } from "../state/paths.ts";
 
 /**
  * The state directory: `$TORPOR_HOME`, else `~/.local/share/torpor` (XDG data home when set).
- * Everything torpor keeps on disk lives under it, so one variable moves or isolates an install.
+ * The same resolver as the runtime's (`stateHome`), with the environment passed in for the CLI's tests.
  */
 export function stateDirectory(environment: NodeJS.ProcessEnv = process.env): string {
-  if (environment.TORPOR_HOME) return resolve(environment.TORPOR_HOME);
-  const dataHome = environment.XDG_DATA_HOME ? resolve(environment.XDG_DATA_HOME) : join(homedir(), ".local", "share");
-  return join(dataHome, "torpor");
+  return stateHome(environment);
 }
 
 export interface ContextLogPaths {

@@ -1,6 +1,7 @@
 import { readdir, access } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TorporError } from '../util/errors.ts';
+import { environment } from '../config/environment.ts';
 
 export interface GuestKernel {
   version: string;
@@ -12,9 +13,9 @@ const kernelHint = 'install it with: apt-get install -y linux-image-cloud-amd64 
 
 /** Debian's cloud kernel: small, virtio drivers as modules, boots in ~2.5 s under TCG. */
 export async function findGuestKernel(): Promise<GuestKernel> {
-  if (process.env.TORPOR_KERNEL) {
-    const modulesDirectory = process.env.TORPOR_KERNEL_MODULES ?? '';
-    return { version: modulesDirectory.split('/').pop() ?? 'custom', imagePath: process.env.TORPOR_KERNEL, modulesDirectory };
+  const { TORPOR_KERNEL: kernel, TORPOR_KERNEL_MODULES: kernelModules } = environment();
+  if (kernel) {
+    return { version: kernelModules.split('/').pop() ?? 'custom', imagePath: kernel, modulesDirectory: kernelModules };
   }
   let entries: string[] = [];
   try {

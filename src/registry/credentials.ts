@@ -4,6 +4,7 @@ import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { stateHome } from '../state/paths.ts';
 import { isNodeError } from '../util/errors.ts';
+import { environment } from '../config/environment.ts';
 import { syncDirectory } from '../util/atomic-file.ts';
 import { DEFAULT_REGISTRY } from './reference.ts';
 
@@ -18,7 +19,7 @@ interface AuthFile {
 }
 
 export const torporAuthPath = () => join(stateHome(), 'auth.json');
-const dockerConfigPath = () => join(process.env.DOCKER_CONFIG ?? join(homedir(), '.docker'), 'config.json');
+const dockerConfigPath = () => join(environment().DOCKER_CONFIG ?? join(homedir(), '.docker'), 'config.json');
 
 /** `https://index.docker.io/v1/`, `ghcr.io`, `https://ghcr.io` all name a registry host. */
 function registryKey(key: string): string {

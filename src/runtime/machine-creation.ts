@@ -1,6 +1,8 @@
 import { access, mkdir, writeFile, truncate } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { TorporError } from '../util/errors.ts';
+import { environment } from '../config/environment.ts';
+import { machineDefaults } from '../config/machine-defaults.ts';
 import { runCommand } from '../util/command.ts';
 import { type Progress, silentProgress } from '../util/progress.ts';
 import { writeJsonAtomic } from '../util/atomic-file.ts';
@@ -57,8 +59,6 @@ async function writeNewMachine(config: MachineConfig, diskGiB: number): Promise<
   await writeMachineState(config.id, { status: 'created' });
 }
 
-const bootTemplatesEnabled = () => process.env.TORPOR_BOOT_TEMPLATES !== '0';
-
 /**
  * Creates a machine (state "created", not started) from an image: resolves or pulls the image,
  * claims the name, and, with boot templates on, makes the machine a restore of the image's boot
@@ -81,10 +81,10 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
   if (command.length === 0) {
     throw new TorporError('no-command', `image ${options.image} has no default command and none was given`, { hint: `torpor run ${options.image} COMMAND...` });
   }
-  const environment = new Map<string, string>();
+  const guestEnvironment = new Map<string, string>();
   for (const entry of [...image.config.env, ...(options.env ?? [])]) {
     const separator = entry.indexOf('=');
-    environment.set(entry.slice(0, separator), entry.slice(separator + 1));
+    guestEnvironment.set(entry.slice(0, separator), entry.slice(separator + 1));
   }
   const id = randomBytes(6).toString('hex');
   const config: MachineConfig = {
@@ -93,14 +93,14 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
     createdAt: new Date().toISOString(),
     image: { reference: options.image, digest: image.digest, diskPath: image.diskPath },
     command,
-    env: [...environment].map(([key, value]) => `${key}=${value}`),
+    env: [...guestEnvironment].map(([key, value]) => `${key}=${value}`),
     workingDir: options.workingDir ?? image.config.workingDir ?? '/',
     user: options.user ?? image.config.user ?? '',
     hostname: options.hostname ?? name.replace(/[^a-zA-Z0-9-]/g, '-').slice(0, 63),
     tty: options.tty ?? false,
     interactive: options.interactive ?? false,
-    cpus: options.cpus ?? 1,
-    memoryMiB: options.memoryMiB ?? 512,
+    cpus: options.cpus ?? machineDefaults.cpus,
+    memoryMiB: options.memoryMiB ?? machineDefaults.memoryMiB,
     ports: options.ports ?? [],
     network: options.network ?? true,
     autoRemove: options.autoRemove ?? false,
@@ -108,10 +108,10 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
     kernelPath: host.kernelPath,
     initramfsPath: host.initramfsPath,
     kernelArguments: host.accelerator.accelerator === 'tcg' ? bootTimingArguments() : [],
-    bootTimeoutMs: Number(process.env.TORPOR_BOOT_TIMEOUT_MS ?? 60_000),
+    bootTimeoutMs: environment().TORPOR_BOOT_TIMEOUT_MS,
   };
-  const diskGiB = options.diskGiB ?? 4;
-  if (bootTemplatesEnabled() && diskGiB === 4) {
+  const diskGiB = options.diskGiB ?? machineDefaults.diskGiB;
+  if (environment().TORPOR_BOOT_TEMPLATES && diskGiB === machineDefaults.diskGiB) {
     const templateId = randomBytes(6).toString('hex');
     const template = await ensureBootTemplate(
       { ...config, id: templateId, name: `template-${templateId}`, hostname: 'torpor', command: ['true'], ports: [], autoRemove: false },

@@ -2,6 +2,7 @@
 //   supervisor-main <machine id>   supervise that machine
 //   supervisor-main --standby      start up now, read the machine id from stdin later (a warm spare)
 import { Supervisor } from './supervisor.ts';
+import { environment } from '../config/environment.ts';
 
 process.on('SIGINT', () => {});
 process.on('SIGHUP', () => {});
@@ -22,7 +23,7 @@ let id = process.argv[2];
 if (id === '--standby') {
   id = (await readLine()) ?? '';
   if (!id) process.exit(0);
-} else if (process.env.TORPOR_SUPERVISOR_WAIT === '1') {
+} else if (environment().TORPOR_SUPERVISOR_WAIT) {
   // Started while its machine's memory is still being materialized: go on at the parent's word.
   await readLine();
 }

@@ -1,6 +1,7 @@
 import { join, dirname } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { projectRoot } from '../util/project-root.ts';
+import { environment } from '../config/environment.ts';
 import { processMatches } from '../util/process-identity.ts';
 import type { MachineState } from './machine-record.ts';
 import { SupervisorPool } from './supervisor-pool.ts';
@@ -12,7 +13,7 @@ const supervisorEntry = join(dirname(fileURLToPath(import.meta.url)), 'superviso
  * through tsx take ~0.6 s (kept as a fallback).
  */
 export async function supervisorCommand(): Promise<string[]> {
-  if (process.env.TORPOR_NO_BUNDLE !== '1') {
+  if (!environment().TORPOR_NO_BUNDLE) {
     try {
       const { ensureBundles } = (await import(pathToFileURL(join(projectRoot(), 'bin', 'bundles.mjs')).href)) as { ensureBundles: () => Promise<{ supervisor: string }> };
       return [(await ensureBundles()).supervisor];

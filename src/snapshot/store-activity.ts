@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { TorporError, isNodeError } from '../util/errors.ts';
+import { environment } from '../config/environment.ts';
 
 // Captures and materializations (activities) must never run while garbage collection deletes
 // chunks: a capture that finds a chunk already stored reuses it, and gc must not delete it between
@@ -42,7 +43,7 @@ async function readHolder(path: string): Promise<Holder | undefined> {
 }
 
 const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(resolve, milliseconds));
-const waitLimitMs = () => Number(process.env.TORPOR_SNAPSHOT_LOCK_WAIT_MS ?? 60_000);
+const waitLimitMs = () => environment().TORPOR_SNAPSHOT_LOCK_WAIT_MS;
 
 function activityDirectory(root: string): string {
   return join(root, 'activity');

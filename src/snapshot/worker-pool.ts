@@ -1,7 +1,6 @@
 import { join } from 'node:path';
 import { projectRoot } from '../util/project-root.ts';
 import { Worker } from 'node:worker_threads';
-import { availableParallelism } from 'node:os';
 import {
   captureChunk,
   materializeChunk,
@@ -11,6 +10,7 @@ import {
   type MaterializeChunkTask,
   type MaterializeChunkResult,
 } from './chunk-operations.ts';
+import { snapshotWorkerCount } from '../config/environment.ts';
 
 export type WorkerRequest =
   | { jobId: number; kind: 'capture'; task: CaptureChunkTask }
@@ -168,9 +168,7 @@ let shared: ChunkWorkerPool | undefined;
 
 /** Threads default to the number of cores (the work is CPU-bound); TORPOR_SNAPSHOT_WORKERS overrides, 0 = main thread only. */
 export function defaultPoolSize(): number {
-  const configured = process.env.TORPOR_SNAPSHOT_WORKERS;
-  if (configured !== undefined && configured !== '' && Number.isInteger(Number(configured))) return Math.max(0, Number(configured));
-  return Math.min(availableParallelism(), 8);
+  return snapshotWorkerCount();
 }
 
 export function sharedPool(): ChunkWorkerPool {

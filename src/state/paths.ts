@@ -1,28 +1,16 @@
-import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { environment, stateHome, cacheHome } from '../config/environment.ts';
 
 /**
- * Where torpor keeps everything. One directory, so that several independent installations
- * (tests, users) never see each other's machines; override with TORPOR_HOME.
+ * Where torpor keeps everything: one state directory (`stateHome`, TORPOR_HOME), so that several
+ * independent installations (tests, users) never see each other's machines. The one resolver is
+ * in config/environment.ts; it is re-exported here beside the layout it anchors.
  */
-export function stateHome(): string {
-  if (process.env.TORPOR_HOME) return process.env.TORPOR_HOME;
-  const dataHome = process.env.XDG_DATA_HOME || join(homedir(), '.local', 'share');
-  return join(dataHome, 'torpor');
-}
+export { stateHome, cacheHome };
 
 /** Guest RAM lives in tmpfs so a snapshot can take it without copying through QEMU. */
 export function memoryDirectory(): string {
-  return process.env.TORPOR_MEMORY_DIR || '/dev/shm/torpor';
-}
-
-/**
- * Host-level build products (guest agent, initramfs, the KVM probe's verdict): they depend only on
- * this host, so every state directory shares them. Override with TORPOR_CACHE.
- */
-export function cacheHome(): string {
-  if (process.env.TORPOR_CACHE) return process.env.TORPOR_CACHE;
-  return join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'torpor');
+  return environment().TORPOR_MEMORY_DIR;
 }
 
 export const paths = {

@@ -5,6 +5,7 @@ import { qemuDriver } from './qemu-driver.ts';
 import { AgentClient } from '../guest/agent-client.ts';
 import { runCommand } from '../util/command.ts';
 import type { Accelerator } from './machine-spec.ts';
+import { environment } from '../config/environment.ts';
 
 export interface AcceleratorChoice {
   accelerator: Accelerator;
@@ -71,8 +72,8 @@ async function probeKvm(kernelPath: string, initramfsPath: string, workDirectory
 
 /** KVM when it really works, else TCG; the probe result is cached per host kernel, QEMU and guest kernel. */
 export async function chooseAccelerator(options: { kernelPath: string; initramfsPath: string; cacheDirectory: string }): Promise<AcceleratorChoice> {
-  const forced = process.env.TORPOR_ACCEL;
-  if (forced === 'kvm' || forced === 'tcg') return { accelerator: forced, reason: `TORPOR_ACCEL=${forced}` };
+  const forced = environment().TORPOR_ACCEL;
+  if (forced !== 'auto') return { accelerator: forced, reason: `TORPOR_ACCEL=${forced}` };
   const deviceProblem = await kvmDeviceUsable();
   if (deviceProblem) return { accelerator: 'tcg', reason: `${deviceProblem}; using TCG software emulation (slower)` };
   const key = `${release()}|${options.kernelPath}|${options.initramfsPath}`;

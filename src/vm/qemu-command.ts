@@ -1,6 +1,7 @@
 import type { MachineSpec } from './machine-spec.ts';
+import { environment } from '../config/environment.ts';
 
-export const qemuBinary = process.env.TORPOR_QEMU ?? 'qemu-system-x86_64';
+export const qemuBinary = environment().TORPOR_QEMU;
 
 /**
  * The QEMU command line for a microvm. Device order and ids are part of the snapshot format:

@@ -11,6 +11,7 @@ import {
   type ContextLogClient,
   type StoredEntry,
 } from "../../context/index.ts";
+import { environment as parseEnvironment } from "../../config/environment.ts";
 
 /** Where commands read and write; tests pass their own. */
 export interface CommandInputOutput {
@@ -47,7 +48,7 @@ export interface ServerInfo {
  * SQLite file, which needs no server at all.
  */
 export async function openLogClient(options: { url?: string }, environment: NodeJS.ProcessEnv): Promise<ContextLogClient> {
-  const url = options.url ?? environment.TORPOR_URL;
+  const url = options.url ?? parseEnvironment(environment).TORPOR_URL;
   if (url) return new RemoteContextLog(url);
   const directory = stateDirectory(environment);
   const infoPath = contextLogPaths(directory).serverInfo;

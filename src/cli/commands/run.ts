@@ -7,6 +7,7 @@ import { collect } from '../output.ts';
 import { stderrProgress } from '../../util/progress.ts';
 import { TorporError } from '../../util/errors.ts';
 import { readMachineConfig } from '../../runtime/machine-record.ts';
+import { machineDefaults } from '../../config/machine-defaults.ts';
 
 interface RunFlags {
   name?: string;
@@ -30,8 +31,8 @@ function addMachineOptions(command: Command): Command {
     .option('--name <name>', 'name the machine')
     .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect)
     .option('-w, --workdir <dir>', 'working directory of the process')
-    .option('--cpus <n>', 'virtual CPUs', '1')
-    .option('-m, --memory <size>', 'guest memory, e.g. 512m, 2g', '512m')
+    .option('--cpus <n>', 'virtual CPUs', String(machineDefaults.cpus))
+    .option('-m, --memory <size>', 'guest memory, e.g. 512m, 2g', machineDefaults.memory)
     .option('-p, --publish <[ip:]host:guest[/proto]>', 'publish a guest port on the host (repeatable)', collect)
     .option('--entrypoint <program>', "override the image's entrypoint")
     .option('-i, --interactive', 'keep stdin open and send it to the process')
@@ -51,8 +52,8 @@ export function machineOptionsFrom(image: string, command: string[], flags: RunF
     name: flags.name,
     env: parseEnvironment(flags.env ?? []),
     workingDir: flags.workdir,
-    cpus: parseCpus(flags.cpus ?? '1'),
-    memoryMiB: parseMemory(flags.memory ?? '512m'),
+    cpus: parseCpus(flags.cpus ?? String(machineDefaults.cpus)),
+    memoryMiB: parseMemory(flags.memory ?? machineDefaults.memory),
     ports: (flags.publish ?? []).map(parsePort),
     entrypoint: flags.entrypoint,
     interactive: flags.interactive ?? false,

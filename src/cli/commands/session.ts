@@ -2,11 +2,13 @@ import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { contextLogPaths, stateDirectory } from '../../context/state-directory.ts';
 import { TorporError } from '../../util/errors.ts';
+import { environment } from '../../config/environment.ts';
+import { machineDefaults } from '../../config/machine-defaults.ts';
 import { printJson, printTable, formatBytes, formatDuration, collect } from '../output.ts';
 
 /** The CLI is a client of `torpor serve` for sessions: it starts nothing behind the user's back. */
 async function serverUrl(explicit?: string): Promise<string> {
-  const url = explicit ?? process.env.TORPOR_URL;
+  const url = explicit ?? environment().TORPOR_URL;
   if (url) return url.replace(/\/$/, '');
   try {
     const info = JSON.parse(await readFile(contextLogPaths(stateDirectory()).serverInfo, 'utf8')) as { url: string; pid: number };
@@ -77,9 +79,9 @@ export function registerSessionCommands(program: Command): void {
     .description('create a session: a context log plus a machine running your agent program')
     .requiredOption('--image <image>', 'image with the agent program (e.g. node, or one you imported)')
     .option('--name <name>', 'session name')
-    .option('--idle <duration>', 'hibernate after this long idle (e.g. 30s, 5m)', '30s')
-    .option('--cpus <n>', 'virtual CPUs', '1')
-    .option('-m, --memory <size>', 'guest memory', '512m')
+    .option('--idle <duration>', 'hibernate after this long idle (e.g. 30s, 5m)', `${machineDefaults.sessionIdleSeconds}s`)
+    .option('--cpus <n>', 'virtual CPUs', String(machineDefaults.cpus))
+    .option('-m, --memory <size>', 'guest memory', machineDefaults.memory)
     .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect)
     .option('--json', 'machine-readable output')
     .argument('<command...>', 'the agent program, after --')

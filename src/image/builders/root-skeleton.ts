@@ -2,10 +2,11 @@ import { mkdir, writeFile, copyFile, symlink, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runCommand } from '../../util/command.ts';
 import { TorporError } from '../../util/errors.ts';
+import { environment } from '../../config/environment.ts';
 
 /** The files every built-in image has: a busybox userland, users, and the directories programs expect. */
 export async function writeBusyboxRoot(root: string): Promise<void> {
-  const busybox = process.env.TORPOR_BUSYBOX ?? '/bin/busybox';
+  const busybox = environment().TORPOR_BUSYBOX;
   const check = await runCommand(busybox, ['--list'], { allowFailure: true }).catch(() => undefined);
   if (!check || check.code !== 0) {
     throw new TorporError('busybox-missing', `${busybox} is not a usable static busybox`, { hint: 'apt-get install -y busybox-static' });
