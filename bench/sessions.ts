@@ -31,7 +31,7 @@ const { SessionStore } = await import('../src/session/session-store.ts');
 const { readMachineState } = await import('../src/runtime/machine-record.ts');
 const { storeUsage, readSnapshot, collectGarbage } = await import('../src/snapshot/snapshot-store.ts');
 type SessionEvent = import('../src/session/session-manager.ts').SessionEvent;
-type SessionRecord = import('../src/session/session-store.ts').SessionRecord;
+type SessionRecord = import('../src/session/session-store.ts').AgentSessionRecord;
 type SessionSpec = import('../src/session/session-store.ts').SessionSpec;
 type ContextLog = import('../src/context/index.ts').ContextLog;
 

@@ -6,7 +6,7 @@ import { parseMemory } from '../runtime/run-options.ts';
 import { machineDefaults } from '../config/machine-defaults.ts';
 import { storeUsage } from '../snapshot/snapshot-store.ts';
 import type { SessionManager, SessionEvent } from '../session/session-manager.ts';
-import type { SessionRecord } from '../session/session-store.ts';
+import type { AgentSessionRecord } from '../session/session-store.ts';
 
 const createSessionBody = z.strictObject({
   image: z.string().min(1),
@@ -35,7 +35,7 @@ function invalidRequest(message: string): TorporError {
 }
 
 /** A session as the API shows it: its record plus what its snapshot costs in the store. */
-async function describe(record: SessionRecord) {
+async function describe(record: AgentSessionRecord) {
   const usage = record.snapshot ? (await storeUsage()).snapshots.find((snapshot) => snapshot.name === record.snapshot) : undefined;
   return {
     ...record,

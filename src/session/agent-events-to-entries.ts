@@ -67,7 +67,8 @@ export function eventToEntries(event: AgentEvent | unknown, options: EventToEntr
   }
 }
 
-function invalidEventEntry(event: unknown, message: string): Entry {
+/** The `error` entry (code `invalid_agent_event`) that records an event the agent got wrong, with the event. */
+export function invalidEventEntry(event: unknown, message: string): Entry {
   let details: JsonValue;
   try {
     details = typeof event === "string" ? event : (JSON.parse(JSON.stringify(event ?? null)) as JsonValue);

@@ -118,6 +118,23 @@ test('a fork continues from the same state on its own machine; delete cleans up'
   assert.deepEqual(await runningMachines(), []);
 });
 
+test('events that break the protocol are refused at the host boundary, logged, and neither end nor derail the turn', async () => {
+  const hostile = await manager.create(spec, { name: 'hostile' });
+  const { events } = await manager.send(hostile.id, 'hostile');
+  assert.deepEqual(events.map((event) => event.type), ['turn-start', 'error', 'error', 'error', 'turn-finish']);
+  for (const event of events.filter((event) => event.type === 'error')) {
+    assert.equal((event as { code?: string }).code, 'invalid-agent-event');
+  }
+  // The bad sleep-until did not set a timer or hibernate the session.
+  assert.equal(manager.get(hostile.id).wakeAt, undefined);
+  assert.equal(manager.get(hostile.id).state, 'idle');
+  const { entries } = await log.read(hostile.id, { from: 0 });
+  const recorded = entries.map((row) => row.entry).filter((entry) => entry.kind === 'error');
+  assert.equal(recorded.length, 3);
+  assert.ok(recorded.every((entry) => entry.kind === 'error' && entry.code === 'invalid_agent_event'));
+  await manager.delete(hostile.id);
+});
+
 test('unknown sessions are refused with a hint', async () => {
   await assert.rejects(manager.send('nope', 'hi'), (error: Error & { hint?: string }) => /no such session: nope/.test(error.message) && /session ls/.test(error.hint ?? ''));
 });

@@ -1,20 +1,25 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { ContextLog } from '../context/index.ts';
+import type { ContextLog, Entry } from '../context/index.ts';
 import { TorporError } from '../util/errors.ts';
 import { createMachine, startMachine, findMachine, effectiveState, removeMachine, createSupervisorPool } from '../runtime/machines.ts';
 import type { SupervisorPool } from '../runtime/supervisor-pool.ts';
 import { snapshotMachine, restoreMachine } from '../runtime/snapshots.ts';
 import { readMachineConfig } from '../runtime/machine-record.ts';
 import { removeSnapshot, readSnapshot } from '../snapshot/snapshot-store.ts';
-import { AgentConnection } from './agent-connection.ts';
-import { SessionStore, type SessionRecord, type SessionSpec, type SessionState } from './session-store.ts';
-import { eventToEntries } from './agent-events-to-entries.ts';
+import { AgentConnection, type InvalidAgentEvent } from './agent-connection.ts';
+import { SessionStore, type AgentSessionRecord, type SessionSpec, type SessionState } from './session-store.ts';
+import { eventToEntries, invalidEventEntry } from './agent-events-to-entries.ts';
+import { protocolVersion, type AgentEvent, type ErrorEvent } from './agent-protocol.ts';
 
-export type AgentEvent = Record<string, unknown> & { type: string };
-
-/** Events the manager itself adds to a turn's stream, beside the agent's own. */
+/** Events the manager itself adds to a turn's stream, beside the agent's own (validated) events. */
 export type SessionEvent = AgentEvent | { type: 'session-state'; state: SessionState; note?: string } | { type: 'turn-suspend'; until: string };
+
+/** The turn an event belongs to, for the events that name one. */
+const turnOf = (event: AgentEvent): string | undefined => ('turnId' in event ? event.turnId : undefined);
+
+/** What the stream shows for a line the agent got wrong (the log keeps the line itself). */
+const invalidEventError = (invalid: InvalidAgentEvent): ErrorEvent => ({ type: 'error', code: 'invalid-agent-event', message: `the agent sent an invalid event: ${invalid.problem}` });
 
 export interface SessionManagerOptions {
   log: ContextLog;
@@ -37,7 +42,7 @@ const activeStates: SessionState[] = ['running', 'idle', 'waking', 'creating'];
  * is snapshotted and stopped; a message or a timer brings it back. Everything the manager decides
  * is recorded in the session store first, so a restarted server picks up where it was.
  */
-export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
+export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] }> {
   readonly store: SessionStore;
   private readonly log: ContextLog;
   private readonly live = new Map<string, LiveSession>();
@@ -67,13 +72,13 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     return next;
   }
 
-  private update(id: string, patch: Partial<SessionRecord>): SessionRecord {
+  private update(id: string, patch: Partial<AgentSessionRecord>): AgentSessionRecord {
     const record = this.store.update(id, patch);
     this.emit('change', record);
     return record;
   }
 
-  get(idOrName: string): SessionRecord {
+  get(idOrName: string): AgentSessionRecord {
     const record = this.store.get(idOrName);
     if (!record || record.state === 'deleted') {
       throw new TorporError('session-unknown', `no such session: ${idOrName}`, { hint: 'list sessions with `torpor session ls`', exitCode: 1, status: 404 });
@@ -81,11 +86,11 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     return record;
   }
 
-  list(): SessionRecord[] {
+  list(): AgentSessionRecord[] {
     return this.store.list();
   }
 
-  async create(spec: SessionSpec, options: { name?: string } = {}): Promise<SessionRecord> {
+  async create(spec: SessionSpec, options: { name?: string } = {}): Promise<AgentSessionRecord> {
     const id = `s-${randomBytes(6).toString('hex')}`;
     const now = new Date().toISOString();
     const name = options.name ?? id;
@@ -104,7 +109,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
   }
 
   /** A new machine on the session's image, its agent told the history (empty for a new session). */
-  private async startFresh(id: string, history: unknown[]): Promise<void> {
+  private async startFresh(id: string, history: Entry[]): Promise<void> {
     const record = this.get(id);
     const machine = await createMachine({
       image: record.spec.image,
@@ -118,16 +123,23 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     await startMachine(machine.id, { pool: this.supervisors });
     this.update(id, { machineId: machine.id, state: 'running' });
     const connection = await this.attach(id, machine.id);
-    connection.send({ type: 'hello', protocol: 1, sessionId: id, ...(history.length > 0 ? { history } : {}) });
+    connection.send({ type: 'hello', protocol: protocolVersion, sessionId: id, ...(history.length > 0 ? { history } : {}) });
   }
 
   private async attach(id: string, machineId: string): Promise<AgentConnection> {
     const machine = await readMachineConfig(machineId);
     const connection = await AgentConnection.open(machine);
     this.live.set(id, { connection, machineId });
-    connection.on('event', (event) => void this.onBackgroundEvent(id, event as AgentEvent));
+    connection.on('event', (event) => void this.onBackgroundEvent(id, event));
+    connection.on('invalid', (invalid) => void this.onBackgroundInvalid(id, invalid));
     connection.on('exit', (code) => void this.onMachineExit(id, machineId, code));
     return connection;
+  }
+
+  /** An invalid line outside a `send`: the log records it (a buggy agent's output is never dropped silently). */
+  private async onBackgroundInvalid(id: string, invalid: InvalidAgentEvent): Promise<void> {
+    if (!this.live.get(id) || this.turnsInFlight.has(id)) return;
+    await this.log.append(id, [invalidEventEntry(invalid.value, invalid.problem)]).catch(() => {});
   }
 
   /** Events outside a `send` (e.g. a turn that continues after a sleep-until): log them, and act on requests. */
@@ -135,15 +147,15 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     const live = this.live.get(id);
     if (!live) return;
     if (!this.turnsInFlight.has(id)) {
-      const entries = eventToEntries(event as never);
-      if (entries.length > 0) await this.log.append(id, entries as never).catch(() => {});
+      const entries = eventToEntries(event);
+      if (entries.length > 0) await this.log.append(id, entries).catch(() => {});
       if (event.type === 'turn-finish') {
         void this.serialize(id, async () => {
           const record = this.get(id);
           this.update(id, { state: 'idle', turns: record.turns + 1, lastActivityAt: new Date().toISOString() });
         });
       } else if (event.type === 'sleep-until') {
-        void this.serialize(id, () => this.hibernate(id, { wakeAt: String(event.until) }));
+        void this.serialize(id, () => this.hibernate(id, { wakeAt: event.until }));
       }
     }
     if (event.type === 'checkpoint') {
@@ -238,32 +250,40 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     let appended: Promise<void> = Promise.resolve();
     const result = await new Promise<{ suspendedUntil?: string }>((resolve, reject) => {
       const timer = setTimeout(() => finish(new TorporError('agent-hung', `the agent did not finish the turn within ${this.turnTimeoutMs} ms`, { status: 504 })), this.turnTimeoutMs);
-      const onAgentEvent = (raw: Record<string, unknown>) => {
-        const event = raw as AgentEvent;
+      const logEntries = (entries: Entry[]) => {
+        // One chain per turn keeps the log in the order the agent spoke.
+        if (entries.length === 0) return;
+        appended = appended.then(() => this.log.append(id, entries)).then(
+          () => undefined,
+          (error: Error) => onEvent({ type: 'error', message: `log append failed: ${error.message}` }),
+        );
+      };
+      const onAgentEvent = (event: AgentEvent) => {
         events.push(event);
         onEvent(event);
-        const entries = eventToEntries(event as never);
-        // One chain per turn keeps the log in the order the agent spoke.
-        if (entries.length > 0) {
-          appended = appended.then(() => this.log.append(id, entries as never)).then(
-            () => undefined,
-            (error: Error) => onEvent({ type: 'error', message: `log append failed: ${error.message}` }),
-          );
-        }
-        const ofThisTurn = event.turnId === undefined || event.turnId === turnId;
+        logEntries(eventToEntries(event));
+        const ofThisTurn = turnOf(event) === undefined || turnOf(event) === turnId;
         if (event.type === 'turn-finish' && ofThisTurn) finish();
-        else if (event.type === 'sleep-until' && ofThisTurn) finish(undefined, String(event.until));
+        else if (event.type === 'sleep-until' && ofThisTurn) finish(undefined, event.until);
+      };
+      const onInvalidEvent = (invalid: InvalidAgentEvent) => {
+        const error = invalidEventError(invalid);
+        events.push(error);
+        onEvent(error);
+        logEntries([invalidEventEntry(invalid.value, invalid.problem)]);
       };
       const onExit = (code: number) => finish(new TorporError('agent-exited', `the agent program exited during the turn (code ${code})`, { hint: 'the session recovers on the next message', status: 502 }));
       const finish = (error?: Error, suspendedUntil?: string) => {
         this.turnsInFlight.delete(id);
         clearTimeout(timer);
         connection.off('event', onAgentEvent);
+        connection.off('invalid', onInvalidEvent);
         connection.off('exit', onExit);
         if (error) reject(error);
         else resolve({ suspendedUntil });
       };
       connection.on('event', onAgentEvent);
+      connection.on('invalid', onInvalidEvent);
       connection.on('exit', onExit);
       connection.send({ type: 'message', turnId, message: { role: 'user', content } });
     });
@@ -296,7 +316,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     this.update(id, { state: 'hibernated', machineId: undefined, wakeAt: options.wakeAt });
   }
 
-  private async wake(id: string, reason: 'message' | 'timer', onEvent: (event: SessionEvent) => void = () => {}): Promise<SessionRecord> {
+  private async wake(id: string, reason: 'message' | 'timer', onEvent: (event: SessionEvent) => void = () => {}): Promise<AgentSessionRecord> {
     const record = this.get(id);
     this.update(id, { state: 'waking' });
     onEvent({ type: 'session-state', state: 'waking' });
@@ -349,7 +369,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     this.update(id, { state: 'idle', note: `${why}; rebuilt on a fresh machine from the context log (${entries.length} entries)` });
   }
 
-  async fork(idOrName: string, options: { name?: string } = {}): Promise<SessionRecord> {
+  async fork(idOrName: string, options: { name?: string } = {}): Promise<AgentSessionRecord> {
     const source = this.get(idOrName);
     return this.serialize(source.id, async () => {
       const current = this.get(source.id);

@@ -16,7 +16,11 @@ export interface SessionSpec {
   idleSeconds: number;
 }
 
-export interface SessionRecord {
+/**
+ * An agent session as the session store keeps it (machine, snapshot, timers, state). Not the
+ * context log's `SessionRecord`, which describes a log (offsets, fork parent).
+ */
+export interface AgentSessionRecord {
   id: string;
   name: string;
   spec: SessionSpec;
@@ -54,7 +58,7 @@ interface Row {
   parent_id: string | null;
 }
 
-function fromRow(row: Row): SessionRecord {
+function fromRow(row: Row): AgentSessionRecord {
   return {
     id: row.id,
     name: row.name,
@@ -104,7 +108,7 @@ export class SessionStore {
     )`);
   }
 
-  insert(record: SessionRecord): void {
+  insert(record: AgentSessionRecord): void {
     this.database
       .prepare(
         `INSERT INTO sessions (id, name, spec, state, machine_id, snapshot, snapshot_log_offset, wake_at, note, turns, created_at, updated_at, last_activity_at, parent_id)
@@ -113,7 +117,7 @@ export class SessionStore {
       .run(this.toRow(record));
   }
 
-  private toRow(record: SessionRecord): Row {
+  private toRow(record: AgentSessionRecord): Row {
     return {
       id: record.id,
       name: record.name,
@@ -132,11 +136,11 @@ export class SessionStore {
     };
   }
 
-  update(id: string, patch: Partial<Omit<SessionRecord, 'id' | 'createdAt'>>): SessionRecord {
+  update(id: string, patch: Partial<Omit<AgentSessionRecord, 'id' | 'createdAt'>>): AgentSessionRecord {
     const current = this.get(id);
     if (!current) throw new Error(`no session ${id}`);
-    const next: SessionRecord = { ...current, ...patch, updatedAt: new Date().toISOString() };
-    for (const key of Object.keys(patch) as Array<keyof SessionRecord>) {
+    const next: AgentSessionRecord = { ...current, ...patch, updatedAt: new Date().toISOString() };
+    for (const key of Object.keys(patch) as Array<keyof AgentSessionRecord>) {
       if (patch[key as keyof typeof patch] === undefined) delete next[key];
     }
     this.database
@@ -148,12 +152,12 @@ export class SessionStore {
     return next;
   }
 
-  get(idOrName: string): SessionRecord | undefined {
+  get(idOrName: string): AgentSessionRecord | undefined {
     const row = this.database.prepare('SELECT * FROM sessions WHERE id = ? OR name = ?').get(idOrName, idOrName) as Row | undefined;
     return row ? fromRow(row) : undefined;
   }
 
-  list(options: { includeDeleted?: boolean } = {}): SessionRecord[] {
+  list(options: { includeDeleted?: boolean } = {}): AgentSessionRecord[] {
     const rows = this.database.prepare(`SELECT * FROM sessions ${options.includeDeleted ? '' : "WHERE state != 'deleted'"} ORDER BY created_at`).all() as Row[];
     return rows.map(fromRow);
   }

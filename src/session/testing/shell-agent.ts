@@ -19,6 +19,15 @@ while read -r line; do
     turns=$((turns + 1))
     echo "$text" >> /root/notes.txt
     echo "{\"type\":\"turn-start\",\"turnId\":\"$turn\"}"
+    if [ "$text" = "hostile" ]; then
+      # Lines that break the protocol: a delta without text, a message that is not one, a timer
+      # that is not a time. The host must refuse each at its boundary and still finish the turn.
+      echo "{\"type\":\"text-delta\",\"turnId\":\"$turn\"}"
+      echo "{\"type\":\"message-finish\",\"turnId\":\"$turn\",\"message\":\"not a message\"}"
+      echo "{\"type\":\"sleep-until\",\"turnId\":\"$turn\",\"until\":\"tomorrow\"}"
+      echo "{\"type\":\"turn-finish\",\"turnId\":\"$turn\"}"
+      continue
+    fi
     if [ "$text" = "sleep" ]; then
       until=$(date -u -d @$(( $(date +%s) + 2 )) +%Y-%m-%dT%H:%M:%SZ)
       sleeping=1
