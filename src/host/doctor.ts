@@ -2,7 +2,7 @@ import { access, constants, statfs, mkdir } from 'node:fs/promises';
 import { runCommand, commandExists } from '../util/command.ts';
 import { findGuestKernel } from './kernel.ts';
 import { memoryDirectory, stateHome } from '../state/paths.ts';
-import { qemuBinary } from '../vm/qemu-command.ts';
+import { environment } from '../config/environment.ts';
 
 export interface DoctorCheck {
   name: string;
@@ -16,6 +16,8 @@ const mebibytes = (info: { bavail: number; bsize: number }) => Math.floor((info.
 /** What the host has and lacks for torpor, each with the command that fixes it. */
 export async function runDoctorChecks(options: { accelerator?: () => Promise<{ accelerator: string; reason: string }> } = {}): Promise<DoctorCheck[]> {
   const checks: DoctorCheck[] = [];
+  // The same variable vm/ starts QEMU from (host/ sits below vm/ and does not import it).
+  const qemuBinary = environment().TORPOR_QEMU;
   const qemu = await runCommand(qemuBinary, ['--version'], { allowFailure: true }).catch(() => undefined);
   checks.push(
     qemu && qemu.code === 0

@@ -1,7 +1,7 @@
 import { mkdtemp, rm, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { paths } from '../state/paths.ts';
-import { addImageFromDirectory, resolveImage } from './image-store.ts';
+import { addImageFromDirectory } from './image-store.ts';
 import { buildBaseRoot } from './builders/base-image.ts';
 import { buildNodeRoot } from './builders/node-image.ts';
 import type { ImageConfig, ImageRecord } from './image-config.ts';
@@ -26,16 +26,4 @@ export async function ensureBuiltinImage(name: string, progress: Progress = sile
   } finally {
     await rm(root, { recursive: true, force: true });
   }
-}
-
-/** Resolves a name to an image, building a built-in one the first time it is asked for. */
-export async function resolveOrBuildImage(reference: string, progress: Progress = silentProgress): Promise<ImageRecord | undefined> {
-  const existing = await resolveImage(reference);
-  if (existing) return existing;
-  if (reference in builtinImages) return ensureBuiltinImage(reference, progress);
-  // A name with a registry host (docker.io/library/alpine, localhost:5000/app) is pulled on first
-  // use, like `docker run`. Loaded lazily: image/ must not depend on the registry client otherwise.
-  const registry = await import('../registry/reference.ts');
-  if (registry.namesRegistry(reference)) return (await import('../registry/pull.ts')).resolveOrPull(reference, progress);
-  return undefined;
 }

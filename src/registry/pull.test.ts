@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { runCommand } from '../util/command.ts';
 import { TorporError } from '../util/errors.ts';
 import { listImages } from '../image/image-store.ts';
-import { resolveOrBuildImage } from '../image/builtin-images.ts';
+import { resolveOrBuildImage } from '../runtime/image-resolution.ts';
 import {
   writeFixtureLayerTrees, tarDirectory, writeOciLayout, handWrittenTar, type FixtureImage,
 } from '../image/import/testing/image-fixtures.ts';

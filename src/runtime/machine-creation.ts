@@ -7,7 +7,7 @@ import { runCommand } from '../util/command.ts';
 import { type Progress, silentProgress } from '../util/progress.ts';
 import { writeJsonAtomic } from '../util/atomic-file.ts';
 import { bootTimingArguments } from '../host/boot-timing.ts';
-import { resolveOrBuildImage } from '../image/builtin-images.ts';
+import { resolveOrBuildImage } from './image-resolution.ts';
 import type { PortMapping } from '../vm/machine-spec.ts';
 import type { SnapshotManifest } from '../snapshot/snapshot-store.ts';
 import { machineConfigSchema, machineFiles, writeMachineState, type MachineConfig } from './machine-record.ts';
