@@ -26,6 +26,7 @@ export function bootTemplateName(config: MachineConfig): string {
   return `template-${key}`;
 }
 
+/** The boot template snapshot of this name, or undefined if it was never made (or was removed). */
 export async function findBootTemplate(name: string): Promise<SnapshotManifest | undefined> {
   try {
     return await readSnapshot(name);

@@ -44,6 +44,7 @@ export async function copyIntoMachine(client: AgentClient, hostPath: string, gue
   return bytes;
 }
 
+/** `torpor cp MACHINE:PATH HOST_PATH`: copies a guest file or directory tree to the host; returns the bytes copied. */
 export async function copyFromMachine(client: AgentClient, guestPath: string, hostPath: string): Promise<number> {
   const kind = await guestKind(client, guestPath);
   if (kind === 'missing') throw new TorporError('no-such-file', `${guestPath}: no such file or directory in the machine`);

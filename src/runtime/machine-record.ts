@@ -12,7 +12,17 @@ const portSchema = z.object({
   protocol: z.enum(['tcp', 'udp']),
 });
 
-/** What the user asked for: fixed when the machine is created. */
+/**
+ * What the user asked for: fixed when the machine is created.
+ *
+ * Persisted twice: as each machine's `config.json`, and inside every snapshot's manifest
+ * (`metadata.machine`), which may be restored long after it was taken. Versioning: a new field must
+ * be optional (or defaulted here) so that older configs and snapshots still parse; renaming or
+ * removing a field, or changing a field's meaning, breaks every stored snapshot and needs a
+ * conversion of the old shape in `createMachineFromSnapshot` (which refuses what it cannot parse
+ * with `snapshot-invalid`). The devices a config implies (vm/qemu-command.ts) are part of the
+ * snapshot format too: a restore must build the same devices.
+ */
 export const machineConfigSchema = z.object({
   id: z.string(),
   name: z.string(),
@@ -61,7 +71,11 @@ export function isLive(status: MachineStatus): boolean {
   return liveStatuses.includes(status);
 }
 
-/** What is happening to it: written by its supervisor, read by everyone else. */
+/**
+ * What is happening to it: written by its supervisor, read by everyone else (`state.json`). Only
+ * live machines read it, so a change needs no migration, but a new field must stay optional: a
+ * running supervisor of the previous version may still write the old shape.
+ */
 export const machineStateSchema = z.object({
   status: z.enum(machineStatuses),
   supervisorPid: z.number().int().optional(),

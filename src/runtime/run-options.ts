@@ -18,6 +18,7 @@ export function parseMemory(text: string): number {
   return mebibytes;
 }
 
+/** `--cpus N`: a whole number from 1 to 64, else `invalid-cpus` with the range. */
 export function parseCpus(text: string): number {
   const cpus = Number(text);
   if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) {
@@ -39,6 +40,7 @@ export function parsePort(text: string): PortMapping {
   return { hostAddress: address.replace(/^\[|\]$/g, ''), hostPort, guestPort, protocol: (match[4]?.toLowerCase() as 'tcp' | 'udp') ?? 'tcp' };
 }
 
+/** `-e NAME=value` entries as given, and `-e NAME` filled in from the host environment. */
 export function parseEnvironment(entries: string[]): string[] {
   return entries.map((entry) => {
     if (entry.includes('=')) return entry;
@@ -49,6 +51,7 @@ export function parseEnvironment(entries: string[]): string[] {
   });
 }
 
+/** Throws `invalid-name` unless the name is safe as a file name and a hostname (1-63 of [a-zA-Z0-9_.-]). */
 export function validateMachineName(name: string): void {
   if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/.test(name)) {
     throw new TorporError('invalid-name', `invalid machine name ${JSON.stringify(name)}`, { hint: 'use letters, digits, _ . - (up to 63), starting with a letter or digit' });
@@ -58,6 +61,7 @@ export function validateMachineName(name: string): void {
 const adjectives = ['brave', 'calm', 'eager', 'fond', 'gentle', 'happy', 'jolly', 'keen', 'lucid', 'merry', 'nimble', 'quiet', 'sleepy', 'snug', 'still', 'wise'];
 const nouns = ['badger', 'bat', 'bear', 'dormouse', 'hedgehog', 'lemur', 'marmot', 'possum', 'squirrel', 'tortoise', 'chipmunk', 'hamster', 'koala', 'sloth'];
 
+/** A name like docker's (`sleepy_dormouse_42`) for machines the user did not name. */
 export function randomMachineName(): string {
   const pick = (words: string[]) => words[Math.floor(Math.random() * words.length)]!;
   return `${pick(adjectives)}_${pick(nouns)}_${Math.floor(Math.random() * 1000)}`;

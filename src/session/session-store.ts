@@ -81,6 +81,12 @@ function fromRow(row: Row): AgentSessionRecord {
  * The server's own durable state about sessions (their machines, snapshots and timers), beside the
  * context log. SQLite with synchronous=FULL: a state change is on disk before the server acts on it,
  * so a restarted server knows which sessions to recover and which timers to re-arm.
+ *
+ * Versioning: the table below is schema 1, created if missing and never migrated so far. A new
+ * column must be nullable or defaulted and needs its own `ALTER TABLE ... ADD COLUMN`, run when
+ * `PRAGMA user_version` says it is missing (then bump user_version): `CREATE TABLE IF NOT EXISTS`
+ * does not change an existing table. The `spec` column is JSON (`SessionSpec`): new fields there
+ * must be optional, because every stored session keeps the spec it was created with.
  */
 export class SessionStore {
   private readonly database: Database.Database;

@@ -57,6 +57,7 @@ export class ChunkCorruptError extends Error {
   }
 }
 
+/** A chunk's id: the xxh3-128 of its uncompressed bytes, as 32 hex digits (part of the store format). */
 export function chunkIdOf(data: Uint8Array): string {
   return xxh3.xxh128(data).toString(16).padStart(32, '0');
 }
@@ -78,6 +79,7 @@ function isZeroPage(data: Buffer, offset: number): boolean {
   return data.compare(zeroPage, 0, end - offset, offset, end) === 0;
 }
 
+/** Bytes in the non-zero 4 KiB pages of `data` (the pages a snapshot has to keep). */
 export function countNonZeroBytes(data: Buffer): number {
   let count = 0;
   for (let offset = 0; offset < data.length; offset += pageSize) {
@@ -160,6 +162,10 @@ export function writeTemporaryChunk(chunksDirectory: string, id: string, encoded
   return temporary;
 }
 
+/**
+ * Reads one chunk of a file and hashes it; unless it is all zeroes or the store already has its id,
+ * compresses it into a temporary file that the capture publishes later. Runs in a worker thread.
+ */
 export function captureChunk(task: CaptureChunkTask): CaptureChunkResult {
   const data = scratch(task.length);
   const fd = openSync(task.file, 'r');
@@ -218,6 +224,10 @@ export function loadChunk(chunksDirectory: string, id: string, expectedLength?: 
   return data;
 }
 
+/**
+ * Writes one chunk's non-zero pages into the target file, taking the bytes from the base file when
+ * they hash to the chunk's id there, else from the store (checked against the id). Runs in a worker thread.
+ */
 export function materializeChunk(task: MaterializeChunkTask): MaterializeChunkResult {
   const result: MaterializeChunkResult = { source: 'store', writtenBytes: 0, readMs: 0, decompressMs: 0, writeMs: 0 };
   let started = performance.now();

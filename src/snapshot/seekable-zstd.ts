@@ -30,6 +30,7 @@ export interface SeekTable {
   tableFrameSize: number;
 }
 
+/** A file that is not a valid zstd seekable-format file (bad frame, seek table or sizes). */
 export class SeekableFormatError extends Error {}
 
 function frameChecksum(data: Uint8Array): number {
@@ -115,6 +116,7 @@ export function parseSeekTable(tail: Uint8Array, fileSize: number): SeekTable {
   return { entries, framesSize: compressedOffset, decompressedSize: decompressedOffset, tableFrameSize };
 }
 
+/** Random access into a seekable zstd file: decompresses only the frames a read touches. */
 export class SeekableDecoder {
   private readonly decompressor = new Decompressor();
 

@@ -71,6 +71,17 @@ export type CaptureStats = {
   threadMilliseconds: { hash: number; compress: number; write: number };
 };
 
+/**
+ * A snapshot as stored: `snapshots/<name>.json` in the state directory, pointing at shared chunks.
+ *
+ * Versioning (the `version` field): a new optional field needs no new version, as long as a
+ * manifest without it still means what it meant before (readers ignore fields they do not know).
+ * Anything an existing reader would misread needs `version: 2` and a reader that still handles 1
+ * (or refuses it with a hint): renaming or removing a field, or changing what a chunk id means
+ * (hash, chunk size, compression, the null = zero-chunk rule). Chunks are shared by every
+ * manifest, so a chunk format change is a store-wide change: new chunk ids, never rewritten old ones.
+ * `metadata.machine` is the runtime's machine config (see `machineConfigSchema`, versioned there).
+ */
 export interface SnapshotManifest {
   version: 1;
   name: string;
@@ -335,6 +346,7 @@ function parseManifest(text: string, name: string): SnapshotManifest {
   return manifest;
 }
 
+/** The manifest of a stored snapshot; `snapshot-unknown` (with a hint) when there is none of that name. */
 export async function readSnapshot(name: string): Promise<SnapshotManifest> {
   validateName(name);
   let text: string;

@@ -171,6 +171,7 @@ export function defaultPoolSize(): number {
   return snapshotWorkerCount();
 }
 
+/** The process's one chunk worker pool, started on first use. */
 export function sharedPool(): ChunkWorkerPool {
   shared ??= new ChunkWorkerPool(defaultPoolSize());
   return shared;
@@ -181,6 +182,7 @@ export function startSnapshotWorkers(): Promise<void> {
   return sharedPool().ready();
 }
 
+/** Ends the shared pool's threads (so a process can exit); the next use starts a new pool. */
 export async function stopSnapshotWorkers(): Promise<void> {
   const pool = shared;
   shared = undefined;
