@@ -1,7 +1,8 @@
 import type { MachineSpec } from './machine-spec.ts';
 import { environment } from '../config/environment.ts';
 
-export const qemuBinary = environment().TORPOR_QEMU;
+/** Read when QEMU starts, not at import: a bad environment is then an error the CLI reports. */
+export const qemuBinary = (): string => environment().TORPOR_QEMU;
 
 /**
  * The QEMU command line for a microvm. Device order and ids are part of the snapshot format:

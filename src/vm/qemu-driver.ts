@@ -21,11 +21,11 @@ export const qemuDriver: VmDriver = {
     await rm(spec.qmpSocket, { force: true });
     await rm(spec.agentSocket, { force: true });
     const log = openSync(logPath, 'a');
-    const child = spawn(qemuBinary, qemuArguments(spec), { stdio: ['ignore', log, log] });
+    const child = spawn(qemuBinary(), qemuArguments(spec), { stdio: ['ignore', log, log] });
     closeSync(log);
     const exited = new Promise<VmExit>((resolve) => {
       child.on('error', (error: NodeJS.ErrnoException) =>
-        resolve({ code: null, signal: null, message: error.code === 'ENOENT' ? `${qemuBinary} is not installed (apt-get install -y qemu-system-x86)` : error.message }),
+        resolve({ code: null, signal: null, message: error.code === 'ENOENT' ? `${qemuBinary()} is not installed (apt-get install -y qemu-system-x86)` : error.message }),
       );
       child.on('exit', (code, signal) => resolve({ code, signal, message: lastLines(logPath, 5) }));
     });
