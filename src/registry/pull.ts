@@ -5,7 +5,7 @@ import type { ImageRecord } from '../image/image-config.ts';
 import { importLayers } from '../image/import/import-image.ts';
 import { fileLayer } from '../image/import/image-layout.ts';
 import {
-  imageConfigFromOci, isIndex, layerCompressionOf, manifestMediaTypes, indexMediaTypes, parseManifest, selectPlatform,
+  assertDigest, imageConfigFromOci, isIndex, layerCompressionOf, manifestMediaTypes, indexMediaTypes, parseManifest, selectPlatform,
   type Descriptor, type ImageManifest, type OciImageConfig,
 } from '../image/import/oci-image.ts';
 import { TorporError } from '../util/errors.ts';
@@ -117,6 +117,7 @@ export async function pullImage(text: string, options: PullOptions = {}): Promis
   const config = JSON.parse(await readFile(configPath, 'utf8')) as OciImageConfig;
   const runtimeConfig = imageConfigFromOci(config);
   const diffIds = config.rootfs?.diff_ids ?? [];
+  for (const diffId of diffIds) assertDigest(diffId, `${canonicalName(reference)}: the image config's diff_ids`);
   if (diffIds.length !== image.layers.length) {
     throw new TorporError('image-invalid', `the image has ${image.layers.length} layers but its config lists ${diffIds.length} diff_ids`, { hint: 'the image is malformed' });
   }

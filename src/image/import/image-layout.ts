@@ -96,6 +96,7 @@ async function readOciManifest(layout: string, body: unknown, descriptor: Descri
   const manifest = parseManifest(body, `manifest ${descriptor.digest}`);
   const config = await readJsonFile<OciImageConfig>(await blob(layout, manifest.config, 'image config'), 'the image config');
   const diffIds = config.rootfs?.diff_ids ?? [];
+  for (const diffId of diffIds) assertDigest(diffId, 'the image config\'s diff_ids');
   const layers: LayerSource[] = [];
   for (const [index, layer] of manifest.layers.entries()) {
     const path = await blob(layout, layer, `layer ${index + 1}`);
@@ -124,6 +125,7 @@ export async function readDockerArchive(directory: string, sourceName: string): 
   const entry = entries[0]!;
   const config = await readJsonFile<OciImageConfig>(await archiveFile(directory, entry.Config), 'the image config');
   const diffIds = config.rootfs?.diff_ids ?? [];
+  for (const diffId of diffIds) assertDigest(diffId, 'the image config\'s diff_ids');
   if (diffIds.length !== entry.Layers.length) {
     throw new TorporError('image-invalid', `the docker archive lists ${entry.Layers.length} layers but its config has ${diffIds.length} diff_ids`, { hint: 'the archive is malformed' });
   }
