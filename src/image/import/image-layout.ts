@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { lstat, readFile, realpath } from 'node:fs/promises';
+import { readFile, realpath, stat } from 'node:fs/promises';
 import { join, relative, isAbsolute } from 'node:path';
 import { TorporError, isNodeError } from '../../util/errors.ts';
 import type { ImageConfig } from '../image-config.ts';
@@ -28,18 +28,21 @@ export async function archiveFile(directory: string, name: string): Promise<stri
     throw new TorporError('image-invalid', `the archive refers to ${JSON.stringify(name)}, outside itself`, { hint: 'the archive is malformed or malicious' });
   }
   const path = join(directory, name);
+  let real: string;
   try {
-    const info = await lstat(path);
-    const real = await realpath(path);
+    // `docker save` links a layer that appears twice to its first copy; a link is followed only
+    // when it resolves to a regular file inside the archive.
+    real = await realpath(path);
     const inside = relative(await realpath(directory), real);
-    if (!info.isFile() || inside.startsWith('..') || isAbsolute(inside)) throw new Error('not a regular file inside the archive');
+    const info = await stat(real);
+    if (!info.isFile() || inside === '' || inside.startsWith('..') || isAbsolute(inside)) throw new Error('not a regular file inside the archive');
   } catch (error) {
     const missing = isNodeError(error, 'ENOENT');
     throw new TorporError('image-invalid', `the archive's ${name} is ${missing ? 'missing' : 'not a regular file inside the archive'}`, {
       hint: missing ? 'the archive is incomplete; export it again' : 'the archive is malformed or malicious',
     });
   }
-  return path;
+  return real;
 }
 
 export async function readJsonFile<T>(path: string, what: string): Promise<T> {

@@ -2,10 +2,11 @@ import { mkdir } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { addImageFromDirectory } from '../image-store.ts';
 import type { ImageConfig, ImageRecord } from '../image-config.ts';
-import { runCommand } from '../../util/command.ts';
-import { TorporError } from '../../util/errors.ts';
+import { createHash } from 'node:crypto';
 import { type Progress, silentProgress } from '../../util/progress.ts';
-import { applyLayer, type LayerSource } from './apply-layer.ts';
+import { applyLayer, asLayerError, extractTar, type LayerSource } from './apply-layer.ts';
+import { openDecompressed } from './compression.ts';
+import { ImageBudget, importLimits, type ImportLimits } from './import-limits.ts';
 import { detectImportFormat, type DetectedFormat } from './detect-format.ts';
 import { fileLayer, readDockerArchive, readOciLayout, type LayeredImage } from './image-layout.ts';
 import { makeRootDirectory, withStagingDirectory } from './staging.ts';
@@ -22,6 +23,8 @@ export interface ImportOptions {
   progress?: Progress;
   /** Overrides what the archive says (a rootfs tar says nothing). */
   config?: ImageConfig;
+  /** Size limits (defaults and TORPOR_MAX_* environment variables otherwise). */
+  limits?: Partial<ImportLimits>;
 }
 
 /**
@@ -30,27 +33,41 @@ export interface ImportOptions {
  */
 export async function importLayers(
   layers: LayerSource[],
-  options: { name?: string; config: ImageConfig; source: string; progress?: Progress },
+  options: { name?: string; config: ImageConfig; source: string; progress?: Progress; limits?: Partial<ImportLimits> },
 ): Promise<ImageRecord> {
   const progress = options.progress ?? silentProgress;
+  const limits = importLimits(options.limits);
+  const budget = new ImageBudget(limits);
   return withStagingDirectory(async (staging) => {
     const root = await makeRootDirectory(staging);
     for (const layer of layers) {
       progress(`applying ${layer.description}`);
-      await applyLayer(root, layer);
+      await applyLayer(root, layer, { limits, budget });
     }
     return addImageFromDirectory(root, { name: options.name, config: options.config, source: options.source, progress });
   });
 }
 
-async function unpackArchive(archive: string, staging: string): Promise<string> {
-  // Only image metadata and blobs live here; they are read through archiveFile(), which refuses
-  // symlinks and anything outside, so GNU tar's own checks ('..' members) are enough.
+/**
+ * Unpacks an image archive (docker save, OCI layout tar) with the same reader and writer as
+ * layers, minus owners, modes, devices and xattrs: only metadata and blobs live here, read
+ * through archiveFile(), which refuses anything that resolves outside.
+ */
+async function unpackArchive(archive: string, staging: string, limits: ImportLimits): Promise<string> {
   const directory = join(staging, 'archive');
-  await mkdir(directory);
-  const result = await runCommand('tar', ['--extract', `--file=${archive}`, `--directory=${directory}`, '--no-same-owner', '--no-same-permissions'], { allowFailure: true });
-  if (result.code !== 0) {
-    throw new TorporError('import-unreadable', `cannot unpack ${archive}: ${result.stderr.trim().split('\n')[0]}`, { hint: 'check that the archive is complete' });
+  await mkdir(directory, { mode: 0o700 });
+  const description = basename(archive);
+  const archiveLimits = { ...limits, maxLayerBytes: limits.maxImageBytes };
+  const stream = await openDecompressed(archive);
+  try {
+    await extractTar(stream, directory, {
+      policy: { description, owners: false, modes: false, devices: false, xattrs: false },
+      layerSemantics: false, limits: archiveLimits, budget: new ImageBudget(archiveLimits), hash: createHash('sha256'),
+    });
+  } catch (error) {
+    throw asLayerError(description, error);
+  } finally {
+    stream.destroy();
   }
   return directory;
 }
@@ -65,6 +82,7 @@ async function readLayered(format: DetectedFormat['format'], directory: string, 
  */
 export async function importImage(path: string, options: ImportOptions = {}): Promise<ImageRecord> {
   const progress = options.progress ?? silentProgress;
+  const limits = options.limits;
   const absolute = resolve(path);
   const detected = await detectImportFormat(absolute);
   progress(`importing ${basename(absolute)} as ${detected.format.replace('-', ' ')}${detected.archived ? ' (archived)' : ''}`);
@@ -74,18 +92,18 @@ export async function importImage(path: string, options: ImportOptions = {}): Pr
       return addImageFromDirectory(absolute, { name: options.name, config: options.config ?? defaultRootfsConfig, source: `directory:${absolute}`, progress });
     case 'rootfs-tar':
       return importLayers([fileLayer(absolute, sourceName, undefined)], {
-        name: options.name, config: options.config ?? defaultRootfsConfig, source: `tar:${sourceName}`, progress,
+        name: options.name, config: options.config ?? defaultRootfsConfig, source: `tar:${sourceName}`, progress, limits,
       });
     case 'docker-archive':
     case 'oci-layout': {
       if (!detected.archived) {
         const image = await readLayered(detected.format, absolute, sourceName);
-        return importLayers(image.layers, { name: options.name, config: options.config ?? image.config, source: image.source, progress });
+        return importLayers(image.layers, { name: options.name, config: options.config ?? image.config, source: image.source, progress, limits });
       }
       return withStagingDirectory(async (staging) => {
         progress(`unpacking ${sourceName}`);
-        const image = await readLayered(detected.format, await unpackArchive(absolute, staging), sourceName);
-        return importLayers(image.layers, { name: options.name, config: options.config ?? image.config, source: image.source, progress });
+        const image = await readLayered(detected.format, await unpackArchive(absolute, staging, importLimits(limits)), sourceName);
+        return importLayers(image.layers, { name: options.name, config: options.config ?? image.config, source: image.source, progress, limits });
       });
     }
   }
