@@ -84,7 +84,7 @@ export async function importImage(path: string, options: ImportOptions = {}): Pr
   const progress = options.progress ?? silentProgress;
   const limits = options.limits;
   const absolute = resolve(path);
-  const detected = await detectImportFormat(absolute);
+  const detected = await detectImportFormat(absolute, importLimits(limits));
   progress(`importing ${basename(absolute)} as ${detected.format.replace('-', ' ')}${detected.archived ? ' (archived)' : ''}`);
   const sourceName = basename(absolute);
   switch (detected.format) {
