@@ -4,7 +4,8 @@ import { addImageFromDirectory } from '../image-store.ts';
 import type { ImageConfig, ImageRecord } from '../image-config.ts';
 import { createHash } from 'node:crypto';
 import { type Progress, silentProgress } from '../../util/progress.ts';
-import { applyLayer, asLayerError, extractTar, type LayerSource } from './apply-layer.ts';
+import { applyLayer, asLayerError, extractStream, type LayerSource } from './apply-layer.ts';
+import { ExtractThread } from './extract-thread.ts';
 import { openDecompressed } from './compression.ts';
 import { ImageBudget, importLimits, type ImportLimits } from './import-limits.ts';
 import { detectImportFormat, type DetectedFormat } from './detect-format.ts';
@@ -27,6 +28,14 @@ export interface ImportOptions {
   limits?: Partial<ImportLimits>;
 }
 
+/** A thread takes ~0.2 s to start: worth it only when there is enough to extract (or when asked). */
+const THREAD_THRESHOLD_BYTES = 8 * 1024 * 1024;
+function useThread(compressedBytes: number): boolean {
+  const setting = process.env.TORPOR_IMPORT_THREAD;
+  if (setting === '0' || setting === '1') return setting === '1';
+  return compressedBytes >= THREAD_THRESHOLD_BYTES;
+}
+
 /**
  * Builds an image from layers: applies them in order onto an empty root in a staging directory
  * under the store, then stores the result. The staging directory goes whatever happens.
@@ -38,11 +47,16 @@ export async function importLayers(
   const progress = options.progress ?? silentProgress;
   const limits = importLimits(options.limits);
   const budget = new ImageBudget(limits);
+  const thread = useThread(layers.reduce((sum, layer) => sum + (layer.size ?? 0), 0)) ? new ExtractThread() : undefined;
   return withStagingDirectory(async (staging) => {
     const root = await makeRootDirectory(staging);
-    for (const layer of layers) {
-      progress(`applying ${layer.description}`);
-      await applyLayer(root, layer, { limits, budget });
+    try {
+      for (const layer of layers) {
+        progress(`applying ${layer.description}`);
+        await applyLayer(root, layer, { limits, budget, thread });
+      }
+    } finally {
+      await thread?.close();
     }
     return addImageFromDirectory(root, { name: options.name, config: options.config, source: options.source, progress });
   });
@@ -60,10 +74,12 @@ async function unpackArchive(archive: string, staging: string, limits: ImportLim
   const archiveLimits = { ...limits, maxLayerBytes: limits.maxImageBytes };
   const stream = await openDecompressed(archive);
   try {
-    await extractTar(stream, directory, {
+    await extractStream(stream, {
+      root: directory,
       policy: { description, owners: false, modes: false, devices: false, xattrs: false },
-      layerSemantics: false, limits: archiveLimits, budget: new ImageBudget(archiveLimits), hash: createHash('sha256'),
-    });
+      layerSemantics: false,
+      maxMembers: archiveLimits.maxLayerMembers,
+    }, { limits: archiveLimits, budget: new ImageBudget(archiveLimits), hash: createHash('sha256') });
   } catch (error) {
     throw asLayerError(description, error);
   } finally {

@@ -165,8 +165,20 @@ export class TreeWriter {
   /** A regular file, its bytes streamed from `data`. */
   async file(path: string, entry: TarEntry, data: AsyncIterable<Buffer>): Promise<void> {
     this.checkXattrs(path, entry.xattrs);
-    const full = this.prepare(path);
-    const descriptor = openSync(full, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    if (path === '') throw this.unsafe('the root must be a directory');
+    this.ancestorsAreDirectories(path, 'member', true);
+    this.touch(path);
+    const full = this.full(path);
+    const create = () => openSync(full, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    let descriptor: number;
+    try {
+      descriptor = create();
+    } catch (error) {
+      // Something is there (O_EXCL fails even on a symlink, never following it): remove it, then create.
+      if (!isNodeError(error, 'EEXIST')) throw error;
+      this.clear(path);
+      descriptor = create();
+    }
     try {
       for await (const chunk of data) {
         for (let written = 0; written < chunk.length;) written += writeSync(descriptor, chunk, written);
