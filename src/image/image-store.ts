@@ -6,13 +6,15 @@ import { runCommand } from '../util/command.ts';
 import { TorporError, isNodeError } from '../util/errors.ts';
 import { writeFileAtomic, writeJsonAtomic, syncDirectory } from '../util/atomic-file.ts';
 import { digestTree } from './tree-digest.ts';
+import { assertDigest, digestHex } from './digest.ts';
 import { imageRecordSchema, type ImageConfig, type ImageRecord } from './image-config.ts';
 import { type Progress, silentProgress } from '../util/progress.ts';
 
 // Layout:  images/blobs/<hex>/rootfs.ext4 + image.json   (content-addressed, immutable)
 //          images/refs/<encoded name>                      (a name pointing at a digest)
 
-const blobDirectory = (digest: string) => join(paths.images(), 'blobs', digest.replace(/^sha256:/, ''));
+// Every digest is checked before it becomes a path (a ref file or a command line could hold anything).
+const blobDirectory = (digest: string) => join(paths.images(), 'blobs', digestHex(digest, 'image digest'));
 const refPath = (name: string) => join(paths.images(), 'refs', encodeURIComponent(name));
 
 export function validateImageName(name: string): void {
@@ -60,7 +62,12 @@ export async function readImageRecord(digest: string): Promise<ImageRecord | und
 }
 
 export async function resolveImage(reference: string): Promise<ImageRecord | undefined> {
-  if (reference.startsWith('sha256:')) return readImageRecord(reference);
+  if (reference.startsWith('sha256:')) {
+    assertDigest(reference, 'image reference', { hint: 'give an image name (see `torpor images`) or its full sha256:<64 hex digits> digest' });
+    return readImageRecord(reference);
+  }
+  // '.' and '..' encode to themselves and would name the refs directory or its parent.
+  if (reference === '.' || reference === '..' || reference === '') return undefined;
   let digest: string;
   try {
     digest = (await readFile(refPath(reference), 'utf8')).trim();
@@ -74,6 +81,7 @@ export async function resolveImage(reference: string): Promise<ImageRecord | und
 
 export async function tagImage(name: string, digest: string): Promise<void> {
   validateImageName(name);
+  assertDigest(digest, `digest for ${name}`);
   await writeFileAtomic(refPath(name), digest + '\n');
 }
 

@@ -8,6 +8,7 @@ import { paths } from '../state/paths.ts';
 import { TorporError, isNodeError } from '../util/errors.ts';
 import { syncDirectory } from '../util/atomic-file.ts';
 import type { Descriptor } from '../image/import/oci-image.ts';
+import { digestHex } from '../image/digest.ts';
 import { backoff, isTransientNetworkError, registryErrorText, type RegistryClient } from './registry-client.ts';
 
 // Layout:  images/layers/sha256/<hex>          verified blobs, shared by every image that has them
@@ -17,7 +18,8 @@ import { backoff, isTransientNetworkError, registryErrorText, type RegistryClien
 export const layerCacheDirectory = () => join(paths.images(), 'layers', 'sha256');
 export const downloadsDirectory = () => join(paths.images(), 'downloads');
 
-const hexOf = (digest: string) => digest.slice('sha256:'.length);
+// Registries and manifests are untrusted: a digest is checked before it names a file here.
+const hexOf = (digest: string) => digestHex(digest, 'blob digest');
 
 export async function cachedBlob(digest: string): Promise<string | undefined> {
   const path = join(layerCacheDirectory(), hexOf(digest));

@@ -2,7 +2,7 @@ import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runCommand } from '../util/command.ts';
@@ -12,6 +12,7 @@ import { resolveOrBuildImage } from '../runtime/image-resolution.ts';
 import {
   writeFixtureLayerTrees, tarDirectory, writeOciLayout, handWrittenTar, type FixtureImage,
 } from '../image/import/testing/image-fixtures.ts';
+import { hostileCorpus } from '../image/import/testing/hostile/corpus.ts';
 import { snapshotDirectory, snapshotExt4, ext4Xattr, type TreeSnapshot } from '../image/import/testing/tree-snapshot.ts';
 import { ensureDebianPackages } from './testing/ensure-debian-packages.ts';
 import { startLocalRegistry, pushLayout, freePort, type LocalRegistry } from './testing/local-registry.ts';
@@ -28,6 +29,7 @@ let privateRegistry: LocalRegistry;
 let layeredDigest: string;
 let bigLayerDigest: string;
 let bigLayerSize: number;
+let canary: string;
 const fast: PullOptions = { retry: { attempts: 3, delayMs: 10 } };
 
 function withoutRoot(snapshot: TreeSnapshot): TreeSnapshot {
@@ -90,9 +92,27 @@ before(async () => {
   await writeFile(join(work, 'hostile.tar'), hostileTar);
   const hostile: FixtureImage = { layers: [{ path: join(work, 'hostile.tar'), diffId: `sha256:${createHash('sha256').update(hostileTar).digest('hex')}`, compression: 'none' }] };
 
+  // Three archives of the hostile corpus, aimed at a canary directory next to the stores.
+  canary = join(work, 'canary');
+  await mkdir(canary);
+  await writeFile(join(canary, 'precious'), 'keep\n');
+  const corpus = new Map(hostileCorpus(canary).map((entry) => [entry.name, entry]));
+  const corpusImage = async (name: string): Promise<FixtureImage> => {
+    const image: FixtureImage = { layers: [] };
+    for (const [index, layer] of corpus.get(name)!.layers.entries()) {
+      const path = join(work, `${name}-${index}.tar${layer.compression === 'gzip' ? '.gz' : layer.compression === 'zstd' ? '.zst' : ''}`);
+      await writeFile(path, layer.bytes);
+      image.layers.push({ path, compression: layer.compression, diffId: layer.diffId ?? `sha256:${createHash('sha256').update(layer.bytes).digest('hex')}` });
+    }
+    return image;
+  };
+
   const layouts: Array<[string, FixtureImage[]]> = [
     ['layered', [gzipLayers]], ['multi', [arm, gzipLayers]], ['zstd', [zstdLayers]], ['arm', [arm, { ...arm, architecture: 'ppc64le' }]],
     ['big', [big]], ['hostile', [hostile]],
+    ['planted', [await corpusImage('symlink-then-file-lower-layer')]],
+    ['garbage-size', [await corpusImage('size-trailing-garbage')]],
+    ['gzip-bomb', [await corpusImage('gzip-bomb')]],
   ];
   await Promise.all(layouts.map(async ([name, images]) => {
     await writeOciLayout(join(work, `layout-${name}`), images);
@@ -250,6 +270,21 @@ describe('failures leave nothing half-written', () => {
     assert.equal(contents.images, 0);
     assert.deepEqual(contents.staging, []);
     assert.deepEqual(contents.downloads, []);
+  });
+
+  test('hostile images: a planted symlink, a size field with garbage, a gzip bomb, a manifest over the limit', async () => {
+    const home = await freshHome();
+    await expectPullError(`${registry.address}/fixture/planted:1`, 'layer-unsafe-path', /layer 2\/2 .*"escape\/pwned" would go through the symbolic link "escape"/);
+    await expectPullError(`${registry.address}/fixture/garbage-size:1`, 'tar-invalid', /layer 2\/2 .*size field "00000000001x"/);
+    await expectPullError(`${registry.address}/fixture/gzip-bomb:1`, 'layer-too-large', /uncompressed layer exceeds the limit of 8 MiB/, { ...fast, limits: { maxLayerBytes: 8 * 1024 * 1024 } });
+    await expectPullError(`${registry.address}/fixture/big:1`, 'layer-too-large', /compressed layers \(\d+ bytes\) exceeds the limit of 1 KiB/, { ...fast, limits: { maxImageBytes: 1024 } });
+    const contents = await storeContents(home);
+    assert.equal(contents.images, 0);
+    assert.deepEqual(contents.staging, []);
+    assert.deepEqual(contents.downloads, []);
+    assert.ok(!contents.layers.includes(bigLayerDigest.slice(7)), 'a layer over the limit is not even downloaded');
+    assert.deepEqual(await readdir(canary), ['precious']);
+    assert.equal(await readFile(join(canary, 'precious'), 'utf8'), 'keep\n');
   });
 
   test('a registry that is down gives a clear error after the retries', async () => {

@@ -4,8 +4,9 @@ import { resolveImage } from '../image/image-store.ts';
 import type { ImageRecord } from '../image/image-config.ts';
 import { importLayers } from '../image/import/import-image.ts';
 import { fileLayer } from '../image/import/image-layout.ts';
+import { importLimits, limitExceeded, type ImportLimits } from '../image/import/import-limits.ts';
 import {
-  imageConfigFromOci, isIndex, layerCompressionOf, manifestMediaTypes, indexMediaTypes, parseManifest, selectPlatform,
+  assertDigest, imageConfigFromOci, isIndex, layerCompressionOf, manifestMediaTypes, indexMediaTypes, parseManifest, selectPlatform,
   type Descriptor, type ImageManifest, type OciImageConfig,
 } from '../image/import/oci-image.ts';
 import { TorporError } from '../util/errors.ts';
@@ -22,6 +23,8 @@ export interface PullOptions {
   name?: string;
   reporter?: PullReporter;
   retry?: RetryPolicy;
+  /** Size limits for the layers (defaults and TORPOR_MAX_* environment variables otherwise). */
+  limits?: Partial<ImportLimits>;
 }
 
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -117,10 +120,17 @@ export async function pullImage(text: string, options: PullOptions = {}): Promis
   const config = JSON.parse(await readFile(configPath, 'utf8')) as OciImageConfig;
   const runtimeConfig = imageConfigFromOci(config);
   const diffIds = config.rootfs?.diff_ids ?? [];
+  for (const diffId of diffIds) assertDigest(diffId, `${canonicalName(reference)}: the image config's diff_ids`);
   if (diffIds.length !== image.layers.length) {
     throw new TorporError('image-invalid', `the image has ${image.layers.length} layers but its config lists ${diffIds.length} diff_ids`, { hint: 'the image is malformed' });
   }
   const total = image.layers.reduce((sum, layer) => sum + layer.size, 0);
+  // Compressed bytes never exceed what they expand to: a manifest over the image limit is refused before any download.
+  const limits = importLimits(options.limits);
+  if (!Number.isSafeInteger(total) || image.layers.some((layer) => !Number.isSafeInteger(layer.size) || layer.size < 0)) {
+    throw new TorporError('image-invalid', `${canonicalName(reference)}: the manifest gives impossible layer sizes`, { hint: 'the image metadata is malformed or malicious' });
+  }
+  if (total > limits.maxImageBytes) throw limitExceeded(`${canonicalName(reference)}: the compressed layers (${total} bytes)`, 'maxImageBytes', limits.maxImageBytes);
   reporter.step(`${image.layers.length} layer${image.layers.length === 1 ? '' : 's'}, ${(total / 1048576).toFixed(1)} MiB`);
   const paths = await mapLimited(image.layers, PARALLEL_DOWNLOADS, (layer) => {
     const id = layer.digest.slice(0, 19);
@@ -129,7 +139,7 @@ export async function pullImage(text: string, options: PullOptions = {}): Promis
   const pinned = { ...reference, tag: undefined, digest: manifest.digest };
   const record = await importLayers(
     image.layers.map((layer, index) => fileLayer(paths[index]!, `layer ${index + 1}/${image.layers.length} (${layer.digest.slice(0, 19)})`, diffIds[index])),
-    { name: options.name ?? familiarName(reference), config: runtimeConfig, source: `registry:${canonicalName(pinned)}`, progress: (message) => reporter.step(message) },
+    { name: options.name ?? familiarName(reference), config: runtimeConfig, source: `registry:${canonicalName(pinned)}`, progress: (message) => reporter.step(message), limits: options.limits },
   );
   reporter.step(`pulled ${record.name} (${record.digest})`);
   return { ...record, reference: canonicalName(pinned) };

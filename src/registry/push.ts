@@ -10,6 +10,7 @@ import { resolveImage } from '../image/image-store.ts';
 import type { ImageConfig } from '../image/image-config.ts';
 import { withStagingDirectory } from '../image/import/staging.ts';
 import { mediaTypes } from '../image/import/oci-image.ts';
+import { assertDigest } from '../image/digest.ts';
 import { TorporError } from '../util/errors.ts';
 import { findCredentials } from './credentials.ts';
 import { exportExt4Tree } from './ext4-export.ts';
@@ -58,6 +59,7 @@ function ociConfig(config: ImageConfig, diffId: string): Buffer {
 }
 
 async function uploadBlob(client: RegistryClient, reference: ImageReference, blob: { digest: string; size: number; body: () => Buffer | AsyncIterable<Uint8Array> }): Promise<'exists' | 'uploaded'> {
+  assertDigest(blob.digest, 'blob to upload');
   const scope = `repository:${reference.repository}:pull,push`;
   const head = await client.send(`/${reference.repository}/blobs/${blob.digest}`, { scope, method: 'HEAD' });
   await head.body?.cancel();

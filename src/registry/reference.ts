@@ -1,4 +1,5 @@
 import { TorporError } from '../util/errors.ts';
+import { isDigest } from '../image/digest.ts';
 
 /** An image in a registry, normalized the way docker does (docker.io, library/, latest). */
 export interface ImageReference {
@@ -12,7 +13,6 @@ export interface ImageReference {
 export const DEFAULT_REGISTRY = 'docker.io';
 const componentPattern = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
 const tagPattern = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
-const digestPattern = /^sha256:[a-f0-9]{64}$/;
 
 function invalid(text: string, why: string): TorporError {
   return new TorporError('invalid-reference', `invalid image reference ${JSON.stringify(text)}: ${why}`, {
@@ -32,7 +32,7 @@ export function parseReference(text: string): ImageReference {
   if (at !== -1) {
     digest = rest.slice(at + 1);
     rest = rest.slice(0, at);
-    if (!digestPattern.test(digest)) throw invalid(text, 'the digest must be sha256: followed by 64 hex digits');
+    if (!isDigest(digest)) throw invalid(text, 'the digest must be sha256: followed by 64 hex digits');
   }
   let tag: string | undefined;
   const colon = rest.lastIndexOf(':');

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { listImages, removeImage } from '../../image/image-store.ts';
 import { importImage } from '../../image/import/import-image.ts';
+import { parseSize, type ImportLimits } from '../../image/import/import-limits.ts';
 import { pullImage } from '../../registry/pull.ts';
 import { login } from '../../registry/login.ts';
 import { pushImage } from '../../registry/push.ts';
@@ -8,6 +9,33 @@ import { createPullReporter, silentReporter } from '../../registry/pull-progress
 import { TorporError } from '../../util/errors.ts';
 import { stderrProgress } from '../../util/progress.ts';
 import { printTable, printJson, formatBytes, formatDuration } from '../output.ts';
+
+interface LimitFlags {
+  maxLayerBytes?: string;
+  maxLayerMembers?: string;
+  maxImageBytes?: string;
+}
+
+/** The import limits a command line sets (the rest come from TORPOR_MAX_* or the defaults). */
+function limitsFrom(flags: LimitFlags): Partial<ImportLimits> {
+  const limits: Partial<ImportLimits> = {};
+  if (flags.maxLayerBytes) limits.maxLayerBytes = parseSize(flags.maxLayerBytes, '--max-layer-bytes');
+  if (flags.maxImageBytes) limits.maxImageBytes = parseSize(flags.maxImageBytes, '--max-image-bytes');
+  if (flags.maxLayerMembers) {
+    if (!/^\d+$/.test(flags.maxLayerMembers) || Number(flags.maxLayerMembers) <= 0) {
+      throw new TorporError('invalid-limit', `--max-layer-members: ${JSON.stringify(flags.maxLayerMembers)} is not a positive number`, { hint: 'e.g. --max-layer-members 2000000' });
+    }
+    limits.maxLayerMembers = Number(flags.maxLayerMembers);
+  }
+  return limits;
+}
+
+function limitOptions(command: Command): Command {
+  return command
+    .option('--max-layer-bytes <size>', 'largest uncompressed layer accepted, e.g. 16g (default 16g, or TORPOR_MAX_LAYER_BYTES)')
+    .option('--max-layer-members <count>', 'most tar members in one layer (default 1000000, or TORPOR_MAX_LAYER_MEMBERS)')
+    .option('--max-image-bytes <size>', 'largest uncompressed image, all layers together (default 32g, or TORPOR_MAX_IMAGE_BYTES)');
+}
 
 const shortDigest = (digest: string) => digest.replace(/^sha256:/, '').slice(0, 12);
 
@@ -58,14 +86,14 @@ export function registerImageCommands(program: Command): void {
     .option('-q, --quiet', 'only names')
     .option('--json', 'machine-readable output')
     .action(listCommand);
-  image
+  limitOptions(image
     .command('import')
     .description('import a root filesystem: a tar (plain, gzip, zstd), a directory, a `docker save` archive or an OCI layout')
     .argument('<path>', 'file or directory; the format is recognized from its content')
     .requiredOption('--name <name>', 'name to store it under, e.g. myimage or team/tool:1.0')
-    .option('--json', 'print the stored image as JSON instead of its digest')
-    .action(async (path: string, flags: { name: string; json?: boolean }) => {
-      const record = await importImage(path, { name: flags.name, progress: stderrProgress() });
+    .option('--json', 'print the stored image as JSON instead of its digest'))
+    .action(async (path: string, flags: { name: string; json?: boolean } & LimitFlags) => {
+      const record = await importImage(path, { name: flags.name, progress: stderrProgress(), limits: limitsFrom(flags) });
       if (flags.json) printJson({ name: record.name, digest: record.digest, sizeBytes: record.sizeBytes, source: record.source, config: record.config });
       else process.stdout.write(`${record.digest}\n`);
     });
@@ -75,15 +103,17 @@ export function registerImageCommands(program: Command): void {
     .argument('<name...>')
     .action(removeCommand);
 
-  program
+  limitOptions(program
     .command('pull')
     .description('pull an image from an OCI registry, like docker pull (linux/amd64)')
     .argument('<reference>', 'alpine, alpine:3.20, ghcr.io/owner/image:tag, localhost:5000/app@sha256:…')
     .option('--insecure', 'allow plain HTTP to a registry that is not on this machine')
     .option('-q, --quiet', 'no progress on stderr')
-    .option('--json', 'print the stored image as JSON instead of its digest')
-    .action(async (reference: string, flags: { insecure?: boolean; quiet?: boolean; json?: boolean }) => {
-      const record = await pullImage(reference, { insecure: flags.insecure, reporter: flags.quiet ? silentReporter : createPullReporter(process.stderr) });
+    .option('--json', 'print the stored image as JSON instead of its digest'))
+    .action(async (reference: string, flags: { insecure?: boolean; quiet?: boolean; json?: boolean } & LimitFlags) => {
+      const record = await pullImage(reference, {
+        insecure: flags.insecure, reporter: flags.quiet ? silentReporter : createPullReporter(process.stderr), limits: limitsFrom(flags),
+      });
       if (flags.json) printJson({ name: record.name, digest: record.digest, reference: record.reference, sizeBytes: record.sizeBytes, source: record.source, config: record.config });
       else process.stdout.write(`${record.digest}\n`);
     });

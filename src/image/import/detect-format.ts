@@ -1,8 +1,9 @@
 import { lstat, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { TorporError, isNodeError } from '../../util/errors.ts';
 import { openDecompressed } from './compression.ts';
 import { readTarEntries } from './tar-reader.ts';
+import { importLimits, limitExceeded, type ImportLimits } from './import-limits.ts';
 
 export type ImportFormat = 'rootfs-directory' | 'rootfs-tar' | 'docker-archive' | 'oci-layout';
 
@@ -38,7 +39,7 @@ async function isDockerManifest(path: string): Promise<boolean> {
  * archive (unpacked or as a tar), or else a plain root filesystem. `docker save` from Docker 25
  * writes both layouts into one archive; the OCI one is preferred since its blobs carry digests.
  */
-export async function detectImportFormat(path: string): Promise<DetectedFormat> {
+export async function detectImportFormat(path: string, limits: ImportLimits = importLimits()): Promise<DetectedFormat> {
   let info;
   try {
     info = await lstat(path);
@@ -55,8 +56,17 @@ export async function detectImportFormat(path: string): Promise<DetectedFormat> 
 
   const seen = new Set<string>();
   const stream = await openDecompressed(path);
+  // This pass decompresses the whole file too: a bomb must stop here, not only when layers are applied.
+  async function* bounded(): AsyncGenerator<Buffer> {
+    let bytes = 0;
+    for await (const chunk of stream) {
+      bytes += (chunk as Buffer).length;
+      if (bytes > limits.maxImageBytes) throw limitExceeded(`${path}: the uncompressed archive`, 'maxImageBytes', limits.maxImageBytes);
+      yield chunk as Buffer;
+    }
+  }
   try {
-    for await (const entry of readTarEntries(stream)) {
+    for await (const entry of readTarEntries(bounded(), { maxMembers: limits.maxLayerMembers })) {
       const top = entry.name.replace(/^(\.\/|\/)+/, '');
       if (top === 'oci-layout') return { format: 'oci-layout', archived: true };
       if (!top.includes('/') || (top.endsWith('/') && top.indexOf('/') === top.length - 1)) seen.add(top.replace(/\/$/, ''));
@@ -66,7 +76,9 @@ export async function detectImportFormat(path: string): Promise<DetectedFormat> 
     }
   } catch (error) {
     // Unreadable past some point: import it as a plain tar, whose extraction reports the damage.
-    if (error instanceof TorporError && error.code === 'tar-invalid' && seen.size === 0) throw error;
+    if (error instanceof TorporError && ((error.code === 'tar-invalid' && seen.size === 0) || error.code === 'layer-too-large')) {
+      throw new TorporError(error.code, `${basename(path)}: ${error.message}`, { hint: error.hint, cause: error });
+    }
     return { format: 'rootfs-tar', archived: false };
   } finally {
     stream.destroy();

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { lstat, readFile, realpath } from 'node:fs/promises';
+import { createReadStream, statSync } from 'node:fs';
+import { readFile, realpath, stat } from 'node:fs/promises';
 import { join, relative, isAbsolute } from 'node:path';
 import { TorporError, isNodeError } from '../../util/errors.ts';
 import type { ImageConfig } from '../image-config.ts';
@@ -28,18 +28,21 @@ export async function archiveFile(directory: string, name: string): Promise<stri
     throw new TorporError('image-invalid', `the archive refers to ${JSON.stringify(name)}, outside itself`, { hint: 'the archive is malformed or malicious' });
   }
   const path = join(directory, name);
+  let real: string;
   try {
-    const info = await lstat(path);
-    const real = await realpath(path);
+    // `docker save` links a layer that appears twice to its first copy; a link is followed only
+    // when it resolves to a regular file inside the archive.
+    real = await realpath(path);
     const inside = relative(await realpath(directory), real);
-    if (!info.isFile() || inside.startsWith('..') || isAbsolute(inside)) throw new Error('not a regular file inside the archive');
+    const info = await stat(real);
+    if (!info.isFile() || inside === '' || inside.startsWith('..') || isAbsolute(inside)) throw new Error('not a regular file inside the archive');
   } catch (error) {
     const missing = isNodeError(error, 'ENOENT');
     throw new TorporError('image-invalid', `the archive's ${name} is ${missing ? 'missing' : 'not a regular file inside the archive'}`, {
       hint: missing ? 'the archive is incomplete; export it again' : 'the archive is malformed or malicious',
     });
   }
-  return path;
+  return real;
 }
 
 export async function readJsonFile<T>(path: string, what: string): Promise<T> {
@@ -67,7 +70,7 @@ async function blob(layout: string, descriptor: Descriptor, what: string): Promi
 }
 
 export function fileLayer(path: string, description: string, diffId: string | undefined): LayerSource {
-  return { description, diffId, open: () => openDecompressed(path) };
+  return { description, diffId, size: statSync(path, { throwIfNoEntry: false })?.size, open: () => openDecompressed(path) };
 }
 
 const shortDigest = (digest: string) => digest.slice(0, 19);
@@ -96,6 +99,7 @@ async function readOciManifest(layout: string, body: unknown, descriptor: Descri
   const manifest = parseManifest(body, `manifest ${descriptor.digest}`);
   const config = await readJsonFile<OciImageConfig>(await blob(layout, manifest.config, 'image config'), 'the image config');
   const diffIds = config.rootfs?.diff_ids ?? [];
+  for (const diffId of diffIds) assertDigest(diffId, 'the image config\'s diff_ids');
   const layers: LayerSource[] = [];
   for (const [index, layer] of manifest.layers.entries()) {
     const path = await blob(layout, layer, `layer ${index + 1}`);
@@ -124,6 +128,7 @@ export async function readDockerArchive(directory: string, sourceName: string): 
   const entry = entries[0]!;
   const config = await readJsonFile<OciImageConfig>(await archiveFile(directory, entry.Config), 'the image config');
   const diffIds = config.rootfs?.diff_ids ?? [];
+  for (const diffId of diffIds) assertDigest(diffId, 'the image config\'s diff_ids');
   if (diffIds.length !== entry.Layers.length) {
     throw new TorporError('image-invalid', `the docker archive lists ${entry.Layers.length} layers but its config has ${diffIds.length} diff_ids`, { hint: 'the archive is malformed' });
   }

@@ -2,10 +2,12 @@ import { mkdir } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { addImageFromDirectory } from '../image-store.ts';
 import type { ImageConfig, ImageRecord } from '../image-config.ts';
-import { runCommand } from '../../util/command.ts';
-import { TorporError } from '../../util/errors.ts';
+import { createHash } from 'node:crypto';
 import { type Progress, silentProgress } from '../../util/progress.ts';
-import { applyLayer, type LayerSource } from './apply-layer.ts';
+import { applyLayer, asLayerError, extractStream, type LayerSource } from './apply-layer.ts';
+import { ExtractThread } from './extract-thread.ts';
+import { openDecompressed } from './compression.ts';
+import { ImageBudget, importLimits, type ImportLimits } from './import-limits.ts';
 import { detectImportFormat, type DetectedFormat } from './detect-format.ts';
 import { fileLayer, readDockerArchive, readOciLayout, type LayeredImage } from './image-layout.ts';
 import { makeRootDirectory, withStagingDirectory } from './staging.ts';
@@ -22,6 +24,16 @@ export interface ImportOptions {
   progress?: Progress;
   /** Overrides what the archive says (a rootfs tar says nothing). */
   config?: ImageConfig;
+  /** Size limits (defaults and TORPOR_MAX_* environment variables otherwise). */
+  limits?: Partial<ImportLimits>;
+}
+
+/** A thread takes ~0.2 s to start: worth it only when there is enough to extract (or when asked). */
+const THREAD_THRESHOLD_BYTES = 8 * 1024 * 1024;
+function useThread(compressedBytes: number): boolean {
+  const setting = process.env.TORPOR_IMPORT_THREAD;
+  if (setting === '0' || setting === '1') return setting === '1';
+  return compressedBytes >= THREAD_THRESHOLD_BYTES;
 }
 
 /**
@@ -30,27 +42,48 @@ export interface ImportOptions {
  */
 export async function importLayers(
   layers: LayerSource[],
-  options: { name?: string; config: ImageConfig; source: string; progress?: Progress },
+  options: { name?: string; config: ImageConfig; source: string; progress?: Progress; limits?: Partial<ImportLimits> },
 ): Promise<ImageRecord> {
   const progress = options.progress ?? silentProgress;
+  const limits = importLimits(options.limits);
+  const budget = new ImageBudget(limits);
+  const thread = useThread(layers.reduce((sum, layer) => sum + (layer.size ?? 0), 0)) ? new ExtractThread() : undefined;
   return withStagingDirectory(async (staging) => {
     const root = await makeRootDirectory(staging);
-    for (const layer of layers) {
-      progress(`applying ${layer.description}`);
-      await applyLayer(root, layer);
+    try {
+      for (const layer of layers) {
+        progress(`applying ${layer.description}`);
+        await applyLayer(root, layer, { limits, budget, thread });
+      }
+    } finally {
+      await thread?.close();
     }
     return addImageFromDirectory(root, { name: options.name, config: options.config, source: options.source, progress });
   });
 }
 
-async function unpackArchive(archive: string, staging: string): Promise<string> {
-  // Only image metadata and blobs live here; they are read through archiveFile(), which refuses
-  // symlinks and anything outside, so GNU tar's own checks ('..' members) are enough.
+/**
+ * Unpacks an image archive (docker save, OCI layout tar) with the same reader and writer as
+ * layers, minus owners, modes, devices and xattrs: only metadata and blobs live here, read
+ * through archiveFile(), which refuses anything that resolves outside.
+ */
+async function unpackArchive(archive: string, staging: string, limits: ImportLimits): Promise<string> {
   const directory = join(staging, 'archive');
-  await mkdir(directory);
-  const result = await runCommand('tar', ['--extract', `--file=${archive}`, `--directory=${directory}`, '--no-same-owner', '--no-same-permissions'], { allowFailure: true });
-  if (result.code !== 0) {
-    throw new TorporError('import-unreadable', `cannot unpack ${archive}: ${result.stderr.trim().split('\n')[0]}`, { hint: 'check that the archive is complete' });
+  await mkdir(directory, { mode: 0o700 });
+  const description = basename(archive);
+  const archiveLimits = { ...limits, maxLayerBytes: limits.maxImageBytes };
+  const stream = await openDecompressed(archive);
+  try {
+    await extractStream(stream, {
+      root: directory,
+      policy: { description, owners: false, modes: false, devices: false, xattrs: false },
+      layerSemantics: false,
+      maxMembers: archiveLimits.maxLayerMembers,
+    }, { limits: archiveLimits, budget: new ImageBudget(archiveLimits), hash: createHash('sha256') });
+  } catch (error) {
+    throw asLayerError(description, error);
+  } finally {
+    stream.destroy();
   }
   return directory;
 }
@@ -65,8 +98,9 @@ async function readLayered(format: DetectedFormat['format'], directory: string, 
  */
 export async function importImage(path: string, options: ImportOptions = {}): Promise<ImageRecord> {
   const progress = options.progress ?? silentProgress;
+  const limits = options.limits;
   const absolute = resolve(path);
-  const detected = await detectImportFormat(absolute);
+  const detected = await detectImportFormat(absolute, importLimits(limits));
   progress(`importing ${basename(absolute)} as ${detected.format.replace('-', ' ')}${detected.archived ? ' (archived)' : ''}`);
   const sourceName = basename(absolute);
   switch (detected.format) {
@@ -74,18 +108,18 @@ export async function importImage(path: string, options: ImportOptions = {}): Pr
       return addImageFromDirectory(absolute, { name: options.name, config: options.config ?? defaultRootfsConfig, source: `directory:${absolute}`, progress });
     case 'rootfs-tar':
       return importLayers([fileLayer(absolute, sourceName, undefined)], {
-        name: options.name, config: options.config ?? defaultRootfsConfig, source: `tar:${sourceName}`, progress,
+        name: options.name, config: options.config ?? defaultRootfsConfig, source: `tar:${sourceName}`, progress, limits,
       });
     case 'docker-archive':
     case 'oci-layout': {
       if (!detected.archived) {
         const image = await readLayered(detected.format, absolute, sourceName);
-        return importLayers(image.layers, { name: options.name, config: options.config ?? image.config, source: image.source, progress });
+        return importLayers(image.layers, { name: options.name, config: options.config ?? image.config, source: image.source, progress, limits });
       }
       return withStagingDirectory(async (staging) => {
         progress(`unpacking ${sourceName}`);
-        const image = await readLayered(detected.format, await unpackArchive(absolute, staging), sourceName);
-        return importLayers(image.layers, { name: options.name, config: options.config ?? image.config, source: image.source, progress });
+        const image = await readLayered(detected.format, await unpackArchive(absolute, staging, importLimits(limits)), sourceName);
+        return importLayers(image.layers, { name: options.name, config: options.config ?? image.config, source: image.source, progress, limits });
       });
     }
   }

@@ -1,4 +1,5 @@
 import { TorporError } from '../../util/errors.ts';
+import { assertDigest as checkDigest } from '../digest.ts';
 import type { ImageConfig } from '../image-config.ts';
 
 // The parts of the OCI image spec (and Docker's schema 2, which it grew from) that an importer
@@ -53,12 +54,9 @@ export interface OciImageConfig {
 
 export const wantedPlatform = { os: 'linux', architecture: 'amd64' } as const;
 
-const digestPattern = /^sha256:[a-f0-9]{64}$/;
-
+/** A digest from image metadata (manifest, index, config, docker-save manifest): checked by the one digest check. */
 export function assertDigest(digest: unknown, context: string): asserts digest is string {
-  if (typeof digest !== 'string' || !digestPattern.test(digest)) {
-    throw new TorporError('image-invalid', `${context}: ${JSON.stringify(digest)} is not a sha256 digest`, { hint: 'the image metadata is malformed' });
-  }
+  checkDigest(digest, context, { code: 'image-invalid', hint: 'the image metadata is malformed or malicious' });
 }
 
 /** Whether a JSON document is an index (a list of per-platform manifests) rather than one image. */

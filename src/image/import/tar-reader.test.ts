@@ -1,6 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, rm, symlink, writeFile, readFile, link } from 'node:fs/promises';
+import { chown, mkdtemp, mkdir, rm, symlink, writeFile, readFile, link } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -44,6 +44,43 @@ test('GNU, PAX and ustar archives list the same names, types and link targets as
     assert.equal(byName.get('./hard')?.type, 'hardlink');
     if (format !== 'ustar') assert.equal(byName.get('./long-link')?.linkTarget, longTarget);
   }
+});
+
+test('archives written by GNU tar (oldgnu, gnu, posix), Python tarfile (GNU, PAX) and busybox read the same; v7 is refused', async () => {
+  const tree = join(work, 'interop');
+  await mkdir(join(tree, longDirectory), { recursive: true });
+  await writeFile(join(tree, longDirectory, 'big-owner'), 'owned by a uid too large for octal\n');
+  await chown(join(tree, longDirectory, 'big-owner'), 3_000_000, 3_000_001);
+  await symlink(longTarget, join(tree, 'long-link'));
+  await writeFile(join(tree, 'empty'), '');
+  const archives: Record<string, string> = {};
+  for (const format of ['oldgnu', 'gnu', 'posix']) {
+    archives[`gnu-tar-${format}`] = join(work, `interop-${format}.tar`);
+    await runCommand('tar', ['--create', `--format=${format}`, '--numeric-owner', `--file=${archives[`gnu-tar-${format}`]}`, '-C', tree, '.']);
+  }
+  for (const format of ['GNU_FORMAT', 'PAX_FORMAT']) {
+    archives[`python-${format}`] = join(work, `interop-${format}.tar`);
+    await runCommand('python3', ['-c', `import tarfile; t = tarfile.open(${JSON.stringify(archives[`python-${format}`])}, 'w', format=tarfile.${format}); t.add(${JSON.stringify(tree)}, arcname='.'); t.close()`]);
+  }
+  if ((await runCommand('sh', ['-c', 'command -v busybox'], { allowFailure: true })).code === 0) {
+    archives.busybox = join(work, 'interop-busybox.tar');
+    await runCommand('sh', ['-c', `cd ${tree} && busybox tar -cf ${archives.busybox} empty long-link`]);
+  }
+  for (const [writer, archive] of Object.entries(archives)) {
+    const entries = await list(await readFile(archive));
+    const expected = (await runCommand('tar', ['--list', `--file=${archive}`])).stdout.trim().split('\n');
+    assert.deepEqual(entries.map((entry) => entry.name.replace(/\/$/, '')), expected.map((name) => name.replace(/\/$/, '')), writer);
+    const byName = new Map(entries.map((entry) => [entry.name.replace(/^\.\//, '').replace(/\/$/, ''), entry]));
+    assert.equal(byName.get('long-link')?.linkTarget, longTarget, writer);
+    assert.equal(byName.get('empty')?.size, 0, writer);
+    if (writer !== 'busybox') {
+      const owner = byName.get(`${longDirectory}/big-owner`);
+      assert.deepEqual([owner?.uid, owner?.gid, owner?.size], [3_000_000, 3_000_001, 35], writer);
+    }
+  }
+  const v7 = join(work, 'interop-v7.tar');
+  await runCommand('tar', ['--create', '--format=v7', `--file=${v7}`, '-C', tree, 'empty']);
+  await assert.rejects(list(await readFile(v7)), (error: unknown) => error instanceof TorporError && error.code === 'tar-invalid' && /v7/.test(error.message));
 });
 
 test('a truncated archive and a file that is not a tar are errors', async () => {

@@ -1,187 +1,297 @@
 import type { Readable } from 'node:stream';
 import { TorporError } from '../../util/errors.ts';
+import { BLOCK_SIZE, decodeName, isZeroBlock, notATar, parseHeader, tarFormatError, type TarHeader } from './tar-header.ts';
+import { parsePaxData, type PaxOverrides } from './pax-records.ts';
+import { limitExceeded } from './import-limits.ts';
 
-// A header-only tar reader: the listing pass needs every member's name, type, link target and
-// owner, never the file bytes, so data is skipped without copying. GNU tar does the extracting.
+// The one tar reader: a strict, streaming parser whose members are what the layer applier
+// checks AND writes (the data of a member comes from the same parse as its header), so no second
+// program ever gets to interpret the archive differently.
 
-export type TarEntryType = 'file' | 'directory' | 'symlink' | 'hardlink' | 'character-device' | 'block-device' | 'fifo' | 'other';
+export type TarEntryType = 'file' | 'directory' | 'symlink' | 'hardlink' | 'character-device' | 'block-device' | 'fifo';
 
 export interface TarEntry {
-  /** The member name as stored (PAX and GNU long names applied), not normalized. */
+  /** The member name with its one PAX or GNU long-name override applied, not normalized. */
   name: string;
   type: TarEntryType;
   linkTarget: string;
   mode: number;
   uid: number;
   gid: number;
+  /** Bytes of data (regular files only; every other type must say 0). */
   size: number;
-  xattrs: Record<string, string>;
+  mtime: number;
+  deviceMajor: number;
+  deviceMinor: number;
+  xattrs: Map<string, Buffer>;
+  /** Where its header starts in the uncompressed archive, for error messages. */
+  offset: number;
 }
 
-const BLOCK = 512;
+export interface TarReaderOptions {
+  /** Headers (members and PAX/long-name headers) before the reader refuses the archive. */
+  maxMembers?: number;
+}
 
-function typeOf(flag: string): TarEntryType {
-  switch (flag) {
-    case '0': case '\0': case '7': return 'file';
-    case '1': return 'hardlink';
-    case '2': return 'symlink';
-    case '3': return 'character-device';
-    case '4': return 'block-device';
-    case '5': return 'directory';
-    case '6': return 'fifo';
-    default: return 'other';
+/** PAX and GNU long-name data larger than this is not a name anyone needs. */
+const MAX_METADATA_BYTES = 1024 * 1024;
+/** Zero padding after the end-of-archive marker (blocking factors up to 2048 blocks). */
+const MAX_TRAILING_BYTES = 1024 * 1024;
+
+const memberTypes: Record<string, TarEntryType> = {
+  '0': 'file', '\0': 'file', '7': 'file',
+  '1': 'hardlink', '2': 'symlink', '3': 'character-device', '4': 'block-device', '5': 'directory', '6': 'fifo',
+};
+const unsupportedTypes: Record<string, string> = {
+  S: 'a GNU sparse file', M: 'a multi-volume continuation', V: 'a volume label', N: 'an old GNU long-name record', D: 'a GNU dump directory',
+};
+
+function truncated(offset: number, what: string): TorporError {
+  return new TorporError('tar-truncated', `tar archive ends at byte ${offset} ${what} (truncated?)`, { hint: 'check that the file is complete' });
+}
+
+/** A queue of chunks from an async source, read in exact lengths without copying when it can. */
+class ByteQueue {
+  private chunks: Buffer[] = [];
+  private length = 0;
+  private ended = false;
+  /** Bytes handed out so far: the position in the archive. */
+  position = 0;
+
+  constructor(private readonly source: AsyncIterator<Buffer>) {}
+
+  private async pull(): Promise<boolean> {
+    if (this.ended) return false;
+    const next = await this.source.next();
+    if (next.done) {
+      this.ended = true;
+      return false;
+    }
+    const chunk = Buffer.isBuffer(next.value) ? next.value : Buffer.from(next.value as Uint8Array);
+    if (chunk.length > 0) {
+      this.chunks.push(chunk);
+      this.length += chunk.length;
+    }
+    return true;
+  }
+
+  /** Exactly `count` bytes, or fewer only at the end of the source. */
+  async read(count: number): Promise<Buffer> {
+    while (this.length < count && (await this.pull()));
+    const wanted = Math.min(count, this.length);
+    let result: Buffer;
+    const first = this.chunks[0];
+    if (first && first.length >= wanted) {
+      result = first.subarray(0, wanted);
+      if (first.length === wanted) this.chunks.shift();
+      else this.chunks[0] = first.subarray(wanted);
+    } else {
+      result = Buffer.allocUnsafe(wanted);
+      let filled = 0;
+      while (filled < wanted) {
+        const chunk = this.chunks[0]!;
+        const part = Math.min(chunk.length, wanted - filled);
+        chunk.copy(result, filled, 0, part);
+        filled += part;
+        if (part === chunk.length) this.chunks.shift();
+        else this.chunks[0] = chunk.subarray(part);
+      }
+    }
+    this.length -= wanted;
+    this.position += wanted;
+    return result;
+  }
+
+  /** Up to `count` bytes as they arrive (at most one source chunk at a time); empty at the end. */
+  async readSome(count: number): Promise<Buffer> {
+    if (this.length === 0) await this.pull();
+    while (this.length === 0 && !this.ended) await this.pull();
+    const first = this.chunks[0];
+    if (!first) return Buffer.alloc(0);
+    return this.read(Math.min(count, first.length));
   }
 }
-
-function readString(block: Buffer, offset: number, length: number): string {
-  const field = block.subarray(offset, offset + length);
-  const end = field.indexOf(0);
-  return field.subarray(0, end === -1 ? length : end).toString('utf8');
-}
-
-function readNumber(block: Buffer, offset: number, length: number): number {
-  const field = block.subarray(offset, offset + length);
-  if (field[0]! & 0x80) {
-    // GNU base-256 for values that do not fit in octal (big files, large ids).
-    let value = field[0]! & 0x7f;
-    for (let index = 1; index < length; index++) value = value * 256 + field[index]!;
-    return value;
-  }
-  const text = readString(block, offset, length).trim();
-  return text === '' ? 0 : parseInt(text, 8);
-}
-
-function checksumMatches(block: Buffer): boolean {
-  const stored = readNumber(block, 148, 8);
-  let sum = 0;
-  for (let index = 0; index < BLOCK; index++) sum += index >= 148 && index < 156 ? 32 : block[index]!;
-  return sum === stored;
-}
-
-function parsePax(data: Buffer): Map<string, string> {
-  const records = new Map<string, string>();
-  let position = 0;
-  while (position < data.length) {
-    const space = data.indexOf(0x20, position);
-    if (space === -1) break;
-    const length = parseInt(data.subarray(position, space).toString('ascii'), 10);
-    if (!Number.isFinite(length) || length <= 0) break;
-    const record = data.subarray(space + 1, position + length - 1); // drop the trailing newline
-    const equals = record.indexOf(0x3d);
-    if (equals !== -1) records.set(record.subarray(0, equals).toString('utf8'), record.subarray(equals + 1).toString('utf8'));
-    position += length;
-  }
-  return records;
-}
-
-const padded = (size: number) => Math.ceil(size / BLOCK) * BLOCK;
 
 /**
- * Lists the members of an uncompressed tar stream. Consumes the stream to its end (so a hash
- * computed on the same bytes covers trailing padding too).
+ * Reads a tar stream member by member: `next()` gives the next member (skipping the unread data
+ * of the previous one), `data()` streams the current member's bytes. Throws a TorporError for
+ * anything malformed: bad checksums, numbers with trailing garbage, overrides that are doubled,
+ * conflicting, unknown or not followed by a member, sparse and other unsupported members, data on
+ * members that carry none, zero blocks in the middle, bytes after the end, truncation.
  */
-export async function* readTarEntries(stream: Readable | AsyncIterable<Buffer>): AsyncGenerator<TarEntry> {
-  let buffered: Buffer[] = [];
-  let bufferedLength = 0;
-  let skip = 0;
-  let finished = false;
-  let sawHeader = false;
-  let pendingPax = new Map<string, string>();
-  let globalPax = new Map<string, string>();
-  let longName: string | undefined;
-  let longLink: string | undefined;
-  // Set while the data of a metadata member (PAX or GNU long name) is being collected.
-  let collecting: { flag: string; size: number } | undefined;
+export class TarReader {
+  private readonly bytes: ByteQueue;
+  private readonly maxMembers: number;
+  private headers = 0;
+  private remainingData = 0;
+  private remainingPadding = 0;
+  private finished = false;
+  private sawHeader = false;
 
-  const take = (length: number): Buffer => {
-    const all = buffered.length === 1 ? buffered[0]! : Buffer.concat(buffered, bufferedLength);
-    const taken = all.subarray(0, length);
-    const rest = all.subarray(length);
-    buffered = rest.length ? [rest] : [];
-    bufferedLength = rest.length;
-    return taken;
-  };
+  constructor(source: AsyncIterable<Buffer> | Readable, options: TarReaderOptions = {}) {
+    this.bytes = new ByteQueue((source as AsyncIterable<Buffer>)[Symbol.asyncIterator]());
+    this.maxMembers = options.maxMembers ?? Number.MAX_SAFE_INTEGER;
+  }
 
-  for await (const raw of stream) {
-    let chunk = raw as Buffer;
-    if (finished) continue;
-    if (skip > 0) {
-      const skipped = Math.min(skip, chunk.length);
-      skip -= skipped;
-      chunk = chunk.subarray(skipped);
-      if (chunk.length === 0) continue;
+  get position(): number {
+    return this.bytes.position;
+  }
+
+  private async readBlock(): Promise<Buffer | undefined> {
+    const block = await this.bytes.read(BLOCK_SIZE);
+    if (block.length === 0) return undefined;
+    if (block.length < BLOCK_SIZE) throw truncated(this.bytes.position, 'in the middle of a header');
+    return block;
+  }
+
+  private async skip(count: number, what: string): Promise<void> {
+    while (count > 0) {
+      const chunk = await this.bytes.readSome(Math.min(count, 1024 * 1024));
+      if (chunk.length === 0) throw truncated(this.bytes.position, what);
+      count -= chunk.length;
     }
-    buffered.push(chunk);
-    bufferedLength += chunk.length;
-    while (!finished) {
-      if (collecting) {
-        const need = padded(collecting.size);
-        if (bufferedLength < need) break;
-        const data = Buffer.from(take(need).subarray(0, collecting.size));
-        if (collecting.flag === 'x') for (const [key, value] of parsePax(data)) pendingPax.set(key, value);
-        else if (collecting.flag === 'g') for (const [key, value] of parsePax(data)) globalPax.set(key, value);
-        else if (collecting.flag === 'L') longName = data.toString('utf8').replace(/\0+$/, '');
-        else if (collecting.flag === 'K') longLink = data.toString('utf8').replace(/\0+$/, '');
-        collecting = undefined;
-        continue;
+  }
+
+  /** The current member's data, in chunks as they arrive; then its padding is skipped. */
+  async *data(): AsyncGenerator<Buffer> {
+    while (this.remainingData > 0) {
+      const chunk = await this.bytes.readSome(this.remainingData);
+      if (chunk.length === 0) throw truncated(this.bytes.position, 'in the middle of a member\'s data');
+      this.remainingData -= chunk.length;
+      yield chunk;
+    }
+  }
+
+  private async readMetadata(header: TarHeader, offset: number): Promise<Buffer> {
+    if (header.size > MAX_METADATA_BYTES) throw tarFormatError(offset, `a ${header.typeFlag} header carries ${header.size} bytes of metadata (at most ${MAX_METADATA_BYTES})`);
+    const data = await this.bytes.read(header.size);
+    if (data.length < header.size) throw truncated(this.bytes.position, 'in the middle of an extended header');
+    await this.skip((BLOCK_SIZE - (header.size % BLOCK_SIZE)) % BLOCK_SIZE, 'in the padding of an extended header');
+    return Buffer.from(data);
+  }
+
+  /** A GNU long name or link: the name, then only NULs. */
+  private longName(data: Buffer, offset: number, what: string): string {
+    const end = data.indexOf(0);
+    if (end !== -1 && data.subarray(end).some((byte) => byte !== 0)) throw tarFormatError(offset, `${what} has bytes after its terminating NUL`);
+    const name = decodeName(end === -1 ? data : data.subarray(0, end), what, offset);
+    if (name === '') throw tarFormatError(offset, `${what} is empty`);
+    return name;
+  }
+
+  private async finish(): Promise<void> {
+    // Whatever follows the end-of-archive marker must be padding: a second archive appended
+    // there would be invisible to us and visible to a tool that reads on (tar -i).
+    let trailing = 0;
+    for (;;) {
+      const chunk = await this.bytes.readSome(64 * 1024);
+      if (chunk.length === 0) break;
+      trailing += chunk.length;
+      if (trailing > MAX_TRAILING_BYTES) throw tarFormatError(this.bytes.position, `more than ${MAX_TRAILING_BYTES} bytes follow the end of the archive`);
+      if (chunk.some((byte) => byte !== 0)) throw tarFormatError(this.bytes.position - chunk.length, 'data follows the end-of-archive marker');
+    }
+    this.finished = true;
+  }
+
+  /** The next member, or undefined after the end-of-archive marker (two zero blocks). */
+  async next(): Promise<TarEntry | undefined> {
+    if (this.finished) return undefined;
+    await this.skip(this.remainingData + this.remainingPadding, 'in the middle of a member\'s data');
+    this.remainingData = 0;
+    this.remainingPadding = 0;
+    let pax: PaxOverrides | undefined;
+    let paxOffset = 0;
+    let longName: string | undefined;
+    let longLink: string | undefined;
+    for (;;) {
+      const offset = this.bytes.position;
+      const block = await this.readBlock();
+      if (!block) {
+        if (!this.sawHeader) throw new TorporError('tar-truncated', 'not a tar archive (empty)', { hint: 'check that the file is complete' });
+        throw truncated(offset, pax || longName || longLink ? 'after an extended header, before its member' : 'without the end-of-archive marker');
       }
-      if (bufferedLength < BLOCK) break;
-      const block = take(BLOCK);
-      if (block.every((byte) => byte === 0)) {
-        // End of archive (two zero blocks; one is enough for us). The rest is padding.
-        finished = true;
-        break;
+      if (isZeroBlock(block)) {
+        if (pax || longName !== undefined || longLink !== undefined) throw tarFormatError(offset, 'an extended header is followed by the end of the archive, not by a member');
+        const second = await this.readBlock();
+        if (!second) throw truncated(this.bytes.position, 'after a single zero block (the end-of-archive marker is two)');
+        if (!isZeroBlock(second)) throw tarFormatError(offset, 'a zero block in the middle of the archive (the end-of-archive marker is two zero blocks)');
+        this.sawHeader = true;
+        await this.finish();
+        return undefined;
       }
-      if (!checksumMatches(block)) {
-        throw new TorporError('tar-invalid', sawHeader ? 'corrupt tar archive: a header checksum does not match' : 'not a tar archive', {
-          hint: 'check that the file is a complete tar archive (plain, gzip or zstd)',
+      const header = parseHeader(block, offset, !this.sawHeader);
+      this.sawHeader = true;
+      if (++this.headers > this.maxMembers) {
+        throw limitExceeded('the archive\'s member count', 'maxLayerMembers', this.maxMembers);
+      }
+      switch (header.typeFlag) {
+        case 'x':
+          if (pax) throw tarFormatError(offset, 'two PAX extended headers for one member');
+          pax = parsePaxData(await this.readMetadata(header, offset), offset, 'x');
+          paxOffset = offset;
+          continue;
+        case 'g':
+          parsePaxData(await this.readMetadata(header, offset), offset, 'g');
+          continue;
+        case 'L':
+          if (longName !== undefined) throw tarFormatError(offset, 'two GNU long names for one member');
+          longName = this.longName(await this.readMetadata(header, offset), offset, 'the GNU long name');
+          continue;
+        case 'K':
+          if (longLink !== undefined) throw tarFormatError(offset, 'two GNU long link names for one member');
+          longLink = this.longName(await this.readMetadata(header, offset), offset, 'the GNU long link name');
+          continue;
+      }
+      const type = memberTypes[header.typeFlag];
+      if (!type) {
+        const what = unsupportedTypes[header.typeFlag] ?? `a member of unknown type ${JSON.stringify(header.typeFlag)}`;
+        throw new TorporError('layer-unsupported-member', `member ${JSON.stringify(header.name)} at byte ${offset} is ${what}`, {
+          hint: 'image layers hold files, directories, links, devices and fifos only; recreate the archive without it',
         });
       }
-      sawHeader = true;
-      const flag = String.fromCharCode(block[156]!);
-      const headerSize = readNumber(block, 124, 12);
-      if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
-        collecting = { flag, size: headerSize };
-        continue;
+      if (pax?.path !== undefined && longName !== undefined) throw tarFormatError(offset, 'both a PAX path and a GNU long name for one member');
+      if (pax?.linkPath !== undefined && longLink !== undefined) throw tarFormatError(offset, 'both a PAX linkpath and a GNU long link name for one member');
+      if (pax?.size !== undefined && header.size !== 0 && header.size !== pax.size && header.size !== 0o77777777777) {
+        // A writer puts the real size in PAX only when the header cannot hold it.
+        throw tarFormatError(paxOffset, `the PAX size ${pax.size} contradicts the header's size ${header.size}`);
       }
-      const pax = new Map([...globalPax, ...pendingPax]);
-      pendingPax = new Map();
-      const prefix = block.subarray(257, 263).toString('latin1') === 'ustar\0' ? readString(block, 345, 155) : '';
-      const headerName = readString(block, 0, 100);
-      const name = pax.get('path') ?? longName ?? (prefix ? `${prefix}/${headerName}` : headerName);
-      const linkTarget = pax.get('linkpath') ?? longLink ?? readString(block, 157, 100);
-      longName = undefined;
-      longLink = undefined;
-      const size = pax.has('size') ? Number(pax.get('size')) : headerSize;
-      const xattrs: Record<string, string> = {};
-      for (const [key, value] of pax) if (key.startsWith('SCHILY.xattr.')) xattrs[key.slice('SCHILY.xattr.'.length)] = value;
-      const type = typeOf(flag);
-      yield {
+      const size = pax?.size ?? header.size;
+      const name = pax?.path ?? longName ?? header.name;
+      const linkTarget = pax?.linkPath ?? longLink ?? header.linkName;
+      if (name === '') throw tarFormatError(offset, 'a member has an empty name');
+      if (type !== 'file' && size !== 0) {
+        // Whether such data is skipped or read as the next header differs between tools.
+        throw tarFormatError(offset, `the ${type} ${JSON.stringify(name)} says it carries ${size} bytes of data`);
+      }
+      if ((type === 'symlink' || type === 'hardlink') && linkTarget === '') throw tarFormatError(offset, `the ${type} ${JSON.stringify(name)} has no target`);
+      if (type !== 'symlink' && type !== 'hardlink' && linkTarget !== '') {
+        // Harmless in itself, but an honest writer leaves it empty: refuse rather than ignore.
+        throw tarFormatError(offset, `the ${type} ${JSON.stringify(name)} has a link target`);
+      }
+      this.remainingData = size;
+      this.remainingPadding = (BLOCK_SIZE - (size % BLOCK_SIZE)) % BLOCK_SIZE;
+      return {
         name,
         type,
         linkTarget,
-        mode: readNumber(block, 100, 8) & 0o7777,
-        uid: pax.has('uid') ? Number(pax.get('uid')) : readNumber(block, 108, 8),
-        gid: pax.has('gid') ? Number(pax.get('gid')) : readNumber(block, 116, 8),
+        mode: header.mode & 0o7777,
+        uid: pax?.uid ?? header.uid,
+        gid: pax?.gid ?? header.gid,
         size,
-        xattrs,
+        mtime: pax?.mtime ?? header.mtime,
+        deviceMajor: header.deviceMajor,
+        deviceMinor: header.deviceMinor,
+        xattrs: pax?.xattrs ?? new Map(),
+        offset,
       };
-      // Only regular files carry data (hard links and devices have none, whatever their size says).
-      const dataSize = type === 'file' || type === 'other' ? padded(size) : 0;
-      if (dataSize > 0) {
-        if (bufferedLength >= dataSize) {
-          take(dataSize);
-        } else {
-          skip = dataSize - bufferedLength;
-          buffered = [];
-          bufferedLength = 0;
-        }
-      }
     }
   }
-  if (!finished && (!sawHeader || skip > 0 || collecting || bufferedLength > 0)) {
-    throw new TorporError('tar-truncated', sawHeader ? 'tar archive ends in the middle of a member (truncated?)' : 'not a tar archive (empty or unreadable)', {
-      hint: 'check that the file is complete',
-    });
-  }
 }
+
+/** Lists the members of an uncompressed tar stream, skipping their data, to its end. */
+export async function* readTarEntries(stream: Readable | AsyncIterable<Buffer>, options: TarReaderOptions = {}): AsyncGenerator<TarEntry> {
+  const reader = new TarReader(stream, options);
+  for (let entry = await reader.next(); entry; entry = await reader.next()) yield entry;
+}
+
+export { notATar };

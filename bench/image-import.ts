@@ -1,0 +1,153 @@
+// Layer application and `torpor image import` of a docker-save archive: the one-pass strict
+// extractor against the old path (listing pass + GNU tar) and against skopeo + umoci, on the same
+// image in the same run. Run by hand, as root:
+//   node --import tsx bench/image-import.ts [runs]     (installs skopeo and umoci if missing)
+import { mkdir, mkdtemp, readFile, rm, symlink, link, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { runCommand } from '../src/util/command.ts';
+import { ensureDebianPackages } from '../src/registry/testing/ensure-debian-packages.ts';
+import { tarDirectory, tarOf, writeDockerArchive, writeOciLayout, type FixtureImage } from '../src/image/import/testing/image-fixtures.ts';
+import { applyLayer } from '../src/image/import/apply-layer.ts';
+import { ExtractThread } from '../src/image/import/extract-thread.ts';
+import { fileLayer } from '../src/image/import/image-layout.ts';
+import { importImage } from '../src/image/import/import-image.ts';
+import { applyLayer as legacyApplyLayer } from './legacy/gnu-tar-apply-layer.ts';
+import { MiB, sorted } from './support.ts';
+
+const runs = Number(process.argv[2] ?? 5);
+
+/** Text that compresses like source code and docs do (about 4:1 with gzip). */
+function textLike(bytes: number): Buffer {
+  const words = ['const', 'return', 'function', 'import', 'export', 'value', 'layer', 'image', 'torpor', 'agent', '{', '}', '(', ')', ';', '\n'];
+  const seed = randomBytes(Math.max(bytes, 64));
+  const parts: string[] = [];
+  let length = 0;
+  for (let index = 0; length < bytes; index++) {
+    const word = words[seed[index % seed.length]! % words.length]! + ' ';
+    parts.push(word);
+    length += word.length;
+  }
+  return Buffer.from(parts.join('').slice(0, bytes));
+}
+
+async function writeTree(root: string, files: number, bytesPerFile: number, kind: 'random' | 'text', extras = false): Promise<void> {
+  for (let index = 0; index < files; index++) {
+    const directory = join(root, `usr/lib/bench/d${index % 50}`);
+    await mkdir(directory, { recursive: true });
+    const path = join(directory, `f${index}`);
+    await writeFile(path, kind === 'random' ? randomBytes(bytesPerFile) : textLike(bytesPerFile));
+    // Like a distribution's base layer: symlinks and hard links among many small files.
+    if (extras && index % 10 === 0) await symlink(`f${index}`, join(directory, `l${index}`));
+    if (extras && index % 50 === 0) await link(path, join(directory, `h${index}`));
+  }
+}
+
+async function timed(work: () => Promise<unknown>): Promise<number> {
+  const started = performance.now();
+  await work();
+  return (performance.now() - started) / 1000;
+}
+
+const median = (values: number[]) => sorted(values)[Math.floor(values.length / 2)]!;
+
+async function main(): Promise<void> {
+  ensureDebianPackages(['tar', 'mkfs.ext4', 'skopeo', 'umoci']);
+  const work = await mkdtemp(join(tmpdir(), 'torpor-bench-import-'));
+  const lines: string[] = [];
+  const say = (line: string) => { lines.push(line); process.stdout.write(line + '\n'); };
+  try {
+    // The bench/pull.ts image, plus a base-like layer of 10,000 small files with links.
+    const layerSpecs: Array<[number, number, 'random' | 'text', boolean]> = [
+      [40, MiB, 'random', false], [1000, 30 * 1024, 'text', false], [2000, 10 * 1024, 'random', false], [200, 50 * 1024, 'text', false], [10_000, 2 * 1024, 'text', true],
+    ];
+    const image: FixtureImage = { layers: [] };
+    for (const [index, [files, size, kind, extras]] of layerSpecs.entries()) {
+      const tree = join(work, `tree-${index}`);
+      await writeTree(tree, files, size, kind, extras);
+      image.layers.push({ ...(await tarDirectory(tree, join(work, `layer-${index}.tar.gz`), 'gzip')), compression: 'gzip' });
+      await rm(tree, { recursive: true, force: true });
+    }
+    await writeOciLayout(join(work, 'layout'), [image]);
+    // docker save stores layers uncompressed.
+    const plain: FixtureImage = { layers: [] };
+    for (const [index, layer] of image.layers.entries()) {
+      const path = join(work, `layer-${index}.tar`);
+      await runCommand('sh', ['-c', `gzip -dc ${layer.path} > ${path}`]);
+      plain.layers.push({ path, diffId: layer.diffId, compression: 'none' });
+    }
+    await writeDockerArchive(join(work, 'docker'), plain, 'bench:1');
+    const dockerSave = await tarOf(join(work, 'docker'), join(work, 'docker-save.tar'));
+    let compressed = 0;
+    for (const layer of image.layers) compressed += (await readFile(layer.path)).length;
+    const uncompressed = layerSpecs.reduce((sum, [files, size]) => sum + files * size, 0);
+
+    say(`# torpor image import benchmark, ${new Date().toISOString().slice(0, 10)}`);
+    say(`machine: ${cpus().length} cores (${cpus()[0]?.model.trim()}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB RAM, Linux ${release()}, Node ${process.version}; no VM involved (TCG/KVM irrelevant)`);
+    say(`tools: ${(await runCommand('skopeo', ['--version'])).stdout.trim()}, ${(await runCommand('umoci', ['--version'])).stdout.trim()}, ${(await runCommand('tar', ['--version'])).stdout.split('\n')[0]}`);
+    say(`image: ${image.layers.length} layers, ${(compressed / MiB).toFixed(1)} MiB gzip, ${(uncompressed / MiB).toFixed(1)} MiB of file data in ${layerSpecs.reduce((sum, [files]) => sum + files, 0)} files (+1000 symlinks, +200 hard links in the last layer)`);
+    say('');
+    say('layers only (gzip layers of the OCI layout -> a rootfs directory, as root):');
+    say('  strict   = this branch: one pass, our strict reader + openat-style writer on a worker thread, as imports over 8 MiB run');
+    say('  inline   = the same code on the main thread (imports under 8 MiB)');
+    say('  legacy   = until today: listing pass with a header reader, then GNU tar --extract (bench/legacy/)');
+    say('  umoci    = umoci unpack of the same OCI layout (peer)');
+    say('whole import of a docker-save tar (uncompressed layers):');
+    say('  torpor   = torpor image import: unpack the archive, apply layers, tree digest, mkfs.ext4 -d');
+    say('  skopeo+umoci = skopeo copy docker-archive: -> oci: then umoci unpack (no disk image)');
+    say('');
+    say('run  strict   inline   legacy   umoci    | torpor-import  skopeo-copy  umoci-unpack  skopeo+umoci');
+    const columns: number[][] = [[], [], [], [], [], [], [], []];
+    for (let run = 1; run <= runs; run++) {
+      const strictRoot = join(work, `strict-${run}`);
+      const legacyRoot = join(work, `legacy-${run}`);
+      await mkdir(strictRoot);
+      await mkdir(legacyRoot);
+      const layers = (index: number) => fileLayer(image.layers[index]!.path, `layer ${index + 1}`, image.layers[index]!.diffId);
+      const strict = await timed(async () => {
+        const thread = new ExtractThread();
+        for (let index = 0; index < image.layers.length; index++) await applyLayer(strictRoot, layers(index), { thread });
+        await thread.close();
+      });
+      const inlineRoot = join(work, `inline-${run}`);
+      await mkdir(inlineRoot);
+      const inline = await timed(async () => { for (let index = 0; index < image.layers.length; index++) await applyLayer(inlineRoot, layers(index)); });
+      await rm(inlineRoot, { recursive: true, force: true });
+      const legacy = await timed(async () => { for (let index = 0; index < image.layers.length; index++) await legacyApplyLayer(legacyRoot, layers(index)); });
+      // Same tree either way (names, types, sizes): the comparison is of equal work.
+      const listing = async (root: string) => (await runCommand('sh', ['-c', `cd ${root} && find . -printf '%p %y %s %m %n\\n' | sort | sha256sum`])).stdout;
+      if ((await listing(strictRoot)) !== (await listing(legacyRoot))) throw new Error('the strict and legacy extractors produced different trees');
+      await rm(strictRoot, { recursive: true, force: true });
+      await rm(legacyRoot, { recursive: true, force: true });
+      const umoci = await timed(() => runCommand('umoci', ['unpack', '--image', `${join(work, 'layout')}:latest`, join(work, `bundle-${run}`)]));
+      await rm(join(work, `bundle-${run}`), { recursive: true, force: true });
+
+      process.env.TORPOR_HOME = join(work, `home-${run}`);
+      const torporImport = await timed(() => importImage(dockerSave, { name: 'bench:1' }));
+      await rm(join(work, `home-${run}`), { recursive: true, force: true });
+      const layout = join(work, `skopeo-${run}`);
+      const skopeo = await timed(() => runCommand('skopeo', ['copy', '--quiet', `docker-archive:${dockerSave}`, `oci:${layout}:1`]));
+      const unpack = await timed(() => runCommand('umoci', ['unpack', '--image', `${layout}:1`, join(work, `bundle-s-${run}`)]));
+      await rm(layout, { recursive: true, force: true });
+      await rm(join(work, `bundle-s-${run}`), { recursive: true, force: true });
+      const row = [strict, legacy, umoci, torporImport, skopeo, unpack, skopeo + unpack, inline];
+      row.forEach((value, index) => columns[index]!.push(value));
+      const f = (seconds: number) => `${seconds.toFixed(2)}s`;
+      say(`${String(run).padEnd(4)} ${f(strict).padEnd(8)} ${f(inline).padEnd(8)} ${f(legacy).padEnd(8)} ${f(umoci).padEnd(8)} | ${f(torporImport).padEnd(14)} ${f(skopeo).padEnd(12)} ${f(unpack).padEnd(13)} ${f(skopeo + unpack)}`);
+    }
+    const m = columns.map(median);
+    say('');
+    say(`medians: strict ${m[0]!.toFixed(2)}s, inline ${m[7]!.toFixed(2)}s, legacy ${m[1]!.toFixed(2)}s (strict/legacy = ${(m[0]! / m[1]!).toFixed(2)}), umoci ${m[2]!.toFixed(2)}s; torpor image import ${m[3]!.toFixed(2)}s vs skopeo+umoci ${m[6]!.toFixed(2)}s`);
+    say(`load average at the end (2 cores shared with other engineers): ${loadavg().map((value) => value.toFixed(2)).join(' ')}`);
+    const resultFile = join(new URL('.', import.meta.url).pathname, 'results', `image-import-${new Date().toISOString().slice(0, 10)}-tcg.txt`);
+    await writeFile(resultFile, lines.join('\n') + '\n');
+    process.stdout.write(`written to ${resultFile}\n`);
+  } finally {
+    await rm(work, { recursive: true, force: true });
+    delete process.env.TORPOR_HOME;
+  }
+}
+
+await main();
