@@ -6,13 +6,14 @@ import { parseMemory } from '../runtime/run-options.ts';
 import { storeUsage } from '../snapshot/snapshot-store.ts';
 import type { SessionManager, SessionEvent } from '../session/session-manager.ts';
 import type { SessionRecord } from '../session/session-store.ts';
+import { limitStatusByCode, parseDiskSize } from '../runtime/limits.ts';
 
 const createSessionBody = z.strictObject({
   image: z.string().min(1),
   command: z.array(z.string()).min(1),
   env: z.array(z.string().regex(/^[^=]+=/, 'KEY=VALUE')).default([]),
   name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).optional(),
-  resources: z.strictObject({ cpus: z.number().int().min(1).max(64).default(1), memory: z.string().default('512m') }).default({ cpus: 1, memory: '512m' }),
+  resources: z.strictObject({ cpus: z.number().int().min(1).max(64).default(1), memory: z.string().default('512m'), disk: z.string().max(32).optional() }).default({ cpus: 1, memory: '512m' }),
   idle: z.union([z.number().nonnegative(), z.string().regex(/^\d+(\.\d+)?(ms|s|m|h)?$/)]).default(30),
 });
 
@@ -34,6 +35,8 @@ const statusByCode: Record<string, number> = {
   'fork-impossible': 409,
   'agent-hung': 504,
   'agent-exited': 502,
+  'invalid-cpus': 400,
+  ...limitStatusByCode,
 };
 
 function errorResponse(context: Context, error: unknown) {
@@ -66,7 +69,15 @@ export function createSessionRoutes(manager: SessionManager): Hono {
     const body = parsed.data;
     try {
       const record = await manager.create(
-        { image: body.image, command: body.command, env: body.env, cpus: body.resources.cpus, memoryMiB: parseMemory(body.resources.memory), idleSeconds: parseIdle(body.idle) },
+        {
+          image: body.image,
+          command: body.command,
+          env: body.env,
+          cpus: body.resources.cpus,
+          memoryMiB: parseMemory(body.resources.memory),
+          ...(body.resources.disk !== undefined ? { diskGiB: parseDiskSize(body.resources.disk, 'resources.disk') } : {}),
+          idleSeconds: parseIdle(body.idle),
+        },
         { name: body.name },
       );
       return context.json(await describe(record), 201);

@@ -3,13 +3,14 @@ import type { AgentClient } from '../guest/agent-client.ts';
 import { connectToMachine } from '../runtime/machines.ts';
 import { attachToMainProcess, type AttachedProcess } from '../runtime/attach.ts';
 import type { MachineConfig } from '../runtime/machine-record.ts';
+import { BoundedLineSplitter, agentMaxLineBytes } from './bounded-lines.ts';
 
 /**
  * The host end of a session's agent program: JSON lines to its stdin, JSON lines from its stdout,
  * carried over the machine's guest channel (which, unlike TCP, survives snapshot and restore).
  */
 export class AgentConnection extends EventEmitter<{ event: [Record<string, unknown>]; exit: [number]; stderr: [string] }> {
-  private pending = '';
+  private readonly lines = new BoundedLineSplitter(agentMaxLineBytes());
 
   private constructor(
     readonly machine: MachineConfig,
@@ -34,8 +35,11 @@ export class AgentConnection extends EventEmitter<{ event: [Record<string, unkno
   }
 
   private receive(data: Buffer): void {
-    const lines = (this.pending + data.toString()).split('\n');
-    this.pending = lines.pop()!;
+    const { lines, dropped } = this.lines.push(data);
+    for (const bytes of dropped) {
+      // The program's event is lost; say so in the turn (and the log) instead of buffering it.
+      this.emit('event', { type: 'error', code: 'agent-line-too-long', message: `the agent printed a line of ${bytes} bytes to stdout; lines over ${this.lines.maxLineBytes} bytes are dropped (TORPOR_AGENT_MAX_LINE)` });
+    }
     for (const line of lines) {
       const text = line.trim();
       if (!text) continue;

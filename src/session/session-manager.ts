@@ -10,6 +10,8 @@ import { removeSnapshot, readSnapshot } from '../snapshot/snapshot-store.ts';
 import { AgentConnection } from './agent-connection.ts';
 import { SessionStore, type SessionRecord, type SessionSpec, type SessionState } from './session-store.ts';
 import { eventToEntries } from './agent-events-to-entries.ts';
+import { agentMaxHistoryBytes, readBoundedHistory } from './bounded-history.ts';
+import { checkMachineCount, checkMachineSize, checkSessionCount, type ResourceLimits } from '../runtime/limits.ts';
 
 export type AgentEvent = Record<string, unknown> & { type: string };
 
@@ -23,6 +25,8 @@ export interface SessionManagerOptions {
   tickMs?: number;
   /** Longest a turn may take before the agent is considered hung. */
   turnTimeoutMs?: number;
+  /** Server-wide maximums (runtime/limits.ts); none when not given. */
+  limits?: ResourceLimits;
 }
 
 interface LiveSession {
@@ -49,12 +53,19 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
   private readonly turnTimeoutMs: number;
   /** A warm spare supervisor, so a wake does not wait for a process to start. */
   private readonly supervisors: SupervisorPool = createSupervisorPool(1);
+  private readonly limits?: ResourceLimits;
+  /** Machines being started and not yet attached: they count against the machine limit too. */
+  private startingMachines = 0;
+  /** Sessions whose history-request is being answered: more requests meanwhile are dropped. */
+  private readonly historyInFlight = new Set<string>();
+  private readonly maxHistoryBytes = agentMaxHistoryBytes();
 
   constructor(options: SessionManagerOptions) {
     super();
     this.log = options.log;
     this.store = options.store ?? new SessionStore();
     this.turnTimeoutMs = options.turnTimeoutMs ?? 10 * 60_000;
+    this.limits = options.limits;
     this.timer = setInterval(() => void this.tick(), options.tickMs ?? 250);
     this.timer.unref();
   }
@@ -90,6 +101,10 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     const now = new Date().toISOString();
     const name = options.name ?? id;
     if (this.store.get(name)) throw new TorporError('session-exists', `a session named ${name} exists`, { hint: 'choose another --name' });
+    if (this.limits) {
+      checkMachineSize(this.limits, spec);
+      checkSessionCount(this.limits, this.store.list().length);
+    }
     this.store.insert({ id, name, spec, state: 'creating', turns: 0, createdAt: now, updatedAt: now, lastActivityAt: now });
     await this.log.append(id, [{ kind: 'metadata', data: { event: 'session-create', image: spec.image, command: spec.command } }]);
     return this.serialize(id, async () => {
@@ -103,8 +118,23 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     });
   }
 
+  /** Runs `work`, which starts a machine, if the machine limit has room for one more. */
+  private async withMachineSlot<T>(work: () => Promise<T>): Promise<T> {
+    if (this.limits) checkMachineCount(this.limits, this.live.size + this.startingMachines);
+    this.startingMachines++;
+    try {
+      return await work();
+    } finally {
+      this.startingMachines--;
+    }
+  }
+
   /** A new machine on the session's image, its agent told the history (empty for a new session). */
   private async startFresh(id: string, history: unknown[]): Promise<void> {
+    return this.withMachineSlot(() => this.startFreshMachine(id, history));
+  }
+
+  private async startFreshMachine(id: string, history: unknown[]): Promise<void> {
     const record = this.get(id);
     const machine = await createMachine({
       image: record.spec.image,
@@ -112,6 +142,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
       env: [...record.spec.env, `TORPOR_SESSION_ID=${id}`],
       cpus: record.spec.cpus,
       memoryMiB: record.spec.memoryMiB,
+      ...(record.spec.diskGiB !== undefined ? { diskGiB: record.spec.diskGiB } : {}),
       interactive: true,
       name: `${id}-${Date.now().toString(36)}`,
     });
@@ -125,8 +156,9 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     const machine = await readMachineConfig(machineId);
     const connection = await AgentConnection.open(machine);
     this.live.set(id, { connection, machineId });
-    connection.on('event', (event) => void this.onBackgroundEvent(id, event as AgentEvent));
-    connection.on('exit', (code) => void this.onMachineExit(id, machineId, code));
+    // A failure while handling one agent's events fails that session, never the server.
+    connection.on('event', (event) => void this.onBackgroundEvent(id, event as AgentEvent).catch((error: unknown) => this.failSession(id, error)));
+    connection.on('exit', (code) => void this.onMachineExit(id, machineId, code).catch((error: unknown) => this.failSession(id, error)));
     return connection;
   }
 
@@ -156,8 +188,24 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
         }
       });
     } else if (event.type === 'history-request') {
-      const { entries } = await this.log.read(id, { from: 0 });
-      live.connection.send({ type: 'history', entries: entries.map((entry) => entry.entry) });
+      // One answer at a time per session, each bounded: a flood of requests costs one bounded read.
+      if (this.historyInFlight.has(id)) return;
+      this.historyInFlight.add(id);
+      try {
+        const history = await readBoundedHistory(this.log, id, { maxBytes: this.maxHistoryBytes });
+        live.connection.send({ type: 'history', entries: history.entries, from: history.from, truncated: history.truncated });
+      } finally {
+        this.historyInFlight.delete(id);
+      }
+    }
+  }
+
+  private failSession(id: string, error: unknown): void {
+    try {
+      if (this.store.get(id)?.state === 'deleted' || this.closed) return;
+      this.update(id, { state: 'failed', note: `the server failed handling this session's agent: ${error instanceof Error ? error.message : String(error)}` });
+    } catch {
+      // The store itself failed: the process-level guard logs what escapes here.
     }
   }
 
@@ -301,9 +349,11 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     this.update(id, { state: 'waking' });
     onEvent({ type: 'session-state', state: 'waking' });
     try {
-      const machine = await restoreMachine(record.snapshot!, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
-      this.update(id, { machineId: machine.id, state: 'running' });
-      const connection = await this.attach(id, machine.id);
+      const { connection } = await this.withMachineSlot(async () => {
+        const machine = await restoreMachine(record.snapshot!, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
+        this.update(id, { machineId: machine.id, state: 'running' });
+        return { connection: await this.attach(id, machine.id) };
+      });
       // The agent was asleep (sleep-until) or idle (waiting for a message): either way this continues it.
       // Always say wake: the agent learns it was restored (and drops connections that died with the snapshot).
       connection.send({ type: 'wake', reason });
@@ -335,18 +385,22 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     if (record.snapshot && record.snapshotLogOffset === (options.historyBefore ?? logEnd)) {
       try {
         await readSnapshot(record.snapshot);
-        const machine = await restoreMachine(record.snapshot, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
-        this.update(id, { machineId: machine.id, state: 'idle', note: `${why}; recovered from snapshot ${record.snapshot}` });
-        const connection = await this.attach(id, machine.id);
+        const snapshot = record.snapshot;
+        const connection = await this.withMachineSlot(async () => {
+          const machine = await restoreMachine(snapshot, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
+          this.update(id, { machineId: machine.id, state: 'idle', note: `${why}; recovered from snapshot ${snapshot}` });
+          return this.attach(id, machine.id);
+        });
         connection.send({ type: 'wake', reason: 'message' });
         return;
       } catch (error) {
         why = `${why}; snapshot ${record.snapshot} unusable (${(error as Error).message})`;
       }
     }
-    const { entries } = await this.log.read(id, { from: 0, ...(options.historyBefore !== undefined ? { to: options.historyBefore } : {}) });
-    await this.startFresh(id, entries.map((entry) => entry.entry));
-    this.update(id, { state: 'idle', note: `${why}; rebuilt on a fresh machine from the context log (${entries.length} entries)` });
+    const history = await readBoundedHistory(this.log, id, { to: options.historyBefore, maxBytes: this.maxHistoryBytes });
+    await this.startFresh(id, history.entries);
+    const kept = history.truncated ? `the newest ${history.entries.length} entries, from offset ${history.from}` : `${history.entries.length} entries`;
+    this.update(id, { state: 'idle', note: `${why}; rebuilt on a fresh machine from the context log (${kept})` });
   }
 
   async fork(idOrName: string, options: { name?: string } = {}): Promise<SessionRecord> {
