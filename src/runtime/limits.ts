@@ -52,6 +52,14 @@ function parseCount(source: string, value: string): number {
   return Number(value);
 }
 
+/** A size like 64k, 1m, 1048576 -> bytes (at least 1 KiB). */
+export function parseByteSize(text: string, source: string): number {
+  const match = /^(\d+(?:\.\d+)?)\s*([bkmg]?)i?b?$/i.exec(text.trim());
+  const bytes = match ? Math.floor(Number(match[1]) * { b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, '': 1 }[match[2]!.toLowerCase() as 'b' | 'k' | 'm' | 'g' | '']!) : NaN;
+  if (!(bytes >= 1024)) throw invalid(source, text, 'a size of at least 1k, like 1m');
+  return bytes;
+}
+
 /** A size like 8g or 512m -> GiB, at least 1 (the writable layer's ext4 needs room for its journal). */
 export function parseDiskSize(text: string, source = '--disk'): number {
   const match = /^(\d+(?:\.\d+)?)\s*([mgt]?)i?b?$/i.exec(text.trim());

@@ -104,6 +104,8 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     if (this.limits) {
       checkMachineSize(this.limits, spec);
       checkSessionCount(this.limits, this.store.list().length);
+      // Also checked when the machine starts; checked here first so a refused create leaves no record.
+      checkMachineCount(this.limits, this.live.size + this.startingMachines);
     }
     this.store.insert({ id, name, spec, state: 'creating', turns: 0, createdAt: now, updatedAt: now, lastActivityAt: now });
     await this.log.append(id, [{ kind: 'metadata', data: { event: 'session-create', image: spec.image, command: spec.command } }]);

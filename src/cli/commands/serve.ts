@@ -9,8 +9,7 @@ import { TorporError } from "../../util/errors.ts";
 import { apiTokenPaths, ensureAdminToken, readAdminToken } from "../../state/api-tokens.ts";
 import { isLoopbackAddress } from "../../api/request-guards.ts";
 import { installProcessGuards } from "../../api/process-guards.ts";
-import { resolveLimits, type ResourceLimits } from "../../runtime/limits.ts";
-import { parseMemory } from "../../runtime/run-options.ts";
+import { parseByteSize, resolveLimits, type ResourceLimits } from "../../runtime/limits.ts";
 import { collect } from "../output.ts";
 
 interface ServeFlags {
@@ -51,11 +50,7 @@ function checkListenAddress(flags: ServeFlags, directory: string): string | unde
 function maxBodyBytes(flags: ServeFlags, environment: NodeJS.ProcessEnv): number | undefined {
   const text = flags.maxBody ?? environment.TORPOR_MAX_BODY;
   if (text === undefined || text === "") return undefined;
-  try {
-    return parseMemory(text.trim()) * 1024 * 1024;
-  } catch {
-    throw new TorporError("invalid-limit", `${flags.maxBody !== undefined ? "--max-body" : "TORPOR_MAX_BODY"} must be a size of at least 128m, like 128m or 1g, got ${JSON.stringify(text)}`);
-  }
+  return parseByteSize(text, flags.maxBody !== undefined ? "--max-body" : "TORPOR_MAX_BODY");
 }
 
 /** Registers `torpor serve`: the HTTP API over the context log, until interrupted. */
