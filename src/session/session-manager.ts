@@ -348,6 +348,8 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
 
   private async wake(id: string, reason: 'message' | 'timer', onEvent: (event: SessionEvent) => void = () => {}): Promise<SessionRecord> {
     const record = this.get(id);
+    // Refuse before touching the record: a session refused for lack of room stays hibernated.
+    if (this.limits) checkMachineCount(this.limits, this.live.size + this.startingMachines);
     this.update(id, { state: 'waking' });
     onEvent({ type: 'session-state', state: 'waking' });
     try {
@@ -484,7 +486,9 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
     this.closed = true;
     clearInterval(this.timer);
     this.supervisors.close();
-    await Promise.allSettled([...this.queues.values()]);
+    // A turn an agent never finishes must not keep the server from stopping: wait a little, then
+    // let go (the machines keep running and a restarted server reattaches or recovers them).
+    await Promise.race([Promise.allSettled([...this.queues.values()]), new Promise((resolve) => setTimeout(resolve, 5000).unref())]);
     for (const live of this.live.values()) live.connection.close();
     this.live.clear();
     this.store.close();
