@@ -30,7 +30,7 @@ while read -r line; do
     text=$(echo "$line" | sed 's/.*"content":"\([^"]*\)".*/\1/')
     case "$text" in
     flood)
-      yes 'noise on stdout, not an agent event' | head -c 8000000
+      yes 'noise on stdout, not an agent event' | head -c 8000000; echo
       timeout 8 sh -c 'yes console-flood-console-flood-console-flood > /dev/ttyS0'
       reply="flooded" ;;
     longline)
@@ -140,6 +140,7 @@ test('an agent flooding stdout and the serial console: the turn ends, both logs 
   const consoleLog = sizeOf(join(directory, 'console.log')) + sizeOf(join(directory, 'console.log.1'));
   assert.match(readFileSync(join(directory, 'console.log.1'), 'utf8'), /console-flood/, 'the flood reached the console and was rotated');
   assert.ok(consoleLog <= logMax + 1024 * 1024, `console log keeps ${consoleLog} bytes`);
+  process.stderr.write(`# flood: process log keeps ${processLog} bytes of 8000000, console log ${consoleLog} bytes (cap ${logMax})\n`);
   assert.equal((await api('GET', '/health')).status, 200);
 });
 
