@@ -504,6 +504,9 @@ static void start_exec(uint32_t stream, const unsigned char *payload, uint32_t l
     sigset_t all;
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, NULL);
+    // The agent ignores SIGPIPE for itself; an ignored signal stays ignored across exec, and then
+    // `yes | head` never ends (yes gets EPIPE forever instead of dying). Programs start with defaults.
+    signal(SIGPIPE, SIG_DFL);
     setsid();
     if (session->tty) {
       ioctl(slave, TIOCSCTTY, 0);

@@ -17,6 +17,9 @@ after(async () => {
   await cleanup();
 });
 
+// Every request carries the server's token; the attacks on authentication live in security.test.ts.
+const fetch = (url: string, init: RequestInit = {}) => globalThis.fetch(url, { ...init, headers: { authorization: `Bearer ${server.token}`, ...(init.headers as Record<string, string>) } });
+
 const user = (text: string) => ({ kind: "message", role: "user", content: text });
 
 async function post(path: string, body: unknown, headers: Record<string, string> = {}): Promise<Response> {
@@ -171,7 +174,7 @@ describe("HTTP API", () => {
   });
 
   it("serves the remote client with the same behaviour as the embedded log", async () => {
-    const remote = new RemoteContextLog(server.url);
+    const remote = new RemoteContextLog(server.url, { token: server.token });
     const appended = await remote.append("api-remote", [user("a"), user("b")], { producer: { id: "r", epoch: 0, sequence: 0 } });
     assert.deepEqual(appended.offsets, [0, 1]);
     assert.equal((await remote.append("api-remote", [user("a"), user("b")], { producer: { id: "r", epoch: 0, sequence: 0 } })).duplicate, true);

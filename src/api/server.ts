@@ -2,14 +2,28 @@ import type { AddressInfo } from "node:net";
 import { serve, type ServerType } from "@hono/node-server";
 import type { Hono } from "hono";
 import { openContextLog, type ContextLog, type ContextLogOptions } from "../context/index.ts";
+import { randomBytes } from "node:crypto";
 import { SessionManager, type SessionManagerOptions } from "../session/session-manager.ts";
+import { TokenVerifier, ensureAdminToken } from "../state/api-tokens.ts";
 import { createApp, type ApiOptions } from "./app.ts";
+import { allowedHostsFor, defaultMaxBodyBytes, guardRequests } from "./request-guards.ts";
 
 export interface StartApiServerOptions extends Omit<ApiOptions, "log" | "sessions">, ContextLogOptions {
   /** Port to listen on; 0 picks a free one. Default 7070. */
   port?: number;
-  /** Default 127.0.0.1: the API has no authentication, so it listens on loopback unless told otherwise. */
+  /** Default 127.0.0.1; serve.ts refuses other addresses unless told explicitly. */
   host?: string;
+  /**
+   * The full-access bearer token. Default: the state directory's (created on first start), or,
+   * for a server given only an open log, a random one for this process (see ApiServer.token).
+   */
+  token?: string;
+  /** Extra names the Host header may carry (a reverse proxy's public name). */
+  serverNames?: string[];
+  /** Largest body of requests other than log appends. Default 1 MiB. */
+  maxRequestBodyBytes?: number;
+  /** Session name or id -> id, so a token limited to one session accepts either in paths. */
+  resolveSession?: (idOrName: string) => string | undefined;
   /** An already open log; otherwise one is opened from stateDirectory / postgresUrl and closed with the server. */
   log?: ContextLog;
   stateDirectory?: string;
@@ -22,6 +36,8 @@ export interface ApiServer {
   url: string;
   port: number;
   host: string;
+  /** The full-access token requests must carry. */
+  token: string;
   app: Hono;
   log: ContextLog;
   /** The session manager, when the server serves sessions. */
@@ -35,11 +51,21 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   const sessions = options.sessions ? new SessionManager({ ...(options.sessions === true ? {} : options.sessions), log }) : undefined;
   const app = createApp({ ...options, log, sessions });
   const host = options.host ?? "127.0.0.1";
+  const token = options.token ?? (options.stateDirectory ? ensureAdminToken(options.stateDirectory).token : `torpor_${randomBytes(32).toString("base64url")}`);
+  // Filled in once the port is known (port 0 picks one): until then no request can arrive anyway.
+  const policy = {
+    verifier: new TokenVerifier(token, options.stateDirectory),
+    resolveSession: options.resolveSession ?? (sessions ? (idOrName: string) => sessions.store.get(idOrName)?.id : undefined),
+    allowedHosts: new Set<string>(),
+    allowedOrigins: new Set<string>(),
+    maxLogAppendBytes: options.maxBodyBytes ?? 128 * 1024 * 1024,
+    maxBodyBytes: options.maxRequestBodyBytes ?? defaultMaxBodyBytes,
+  };
   let server: ServerType;
   let address: AddressInfo;
   try {
     ({ server, address } = await new Promise<{ server: ServerType; address: AddressInfo }>((resolve, reject) => {
-      const created = serve({ fetch: app.fetch, port: options.port ?? 7070, hostname: host }, (info) => resolve({ server: created, address: info }));
+      const created = serve({ fetch: guardRequests(app.fetch, policy), port: options.port ?? 7070, hostname: host }, (info) => resolve({ server: created, address: info }));
       created.once("error", reject);
     }));
   } catch (error) {
@@ -49,6 +75,9 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
     if (code === "EADDRINUSE") throw new Error(`port ${options.port} on ${host} is already in use; stop the other server or pass another --port`);
     throw error;
   }
+  const allowed = allowedHostsFor(host, address.port, options.serverNames);
+  for (const each of allowed.hosts) policy.allowedHosts.add(each);
+  for (const each of allowed.origins) policy.allowedOrigins.add(each);
   const urlHost = host.includes(":") ? `[${host}]` : host;
   const url = `http://${urlHost}:${address.port}`;
   let closing: Promise<void> | undefined;
@@ -56,6 +85,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
     url,
     port: address.port,
     host,
+    token,
     app,
     log,
     sessions,

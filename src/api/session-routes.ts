@@ -7,6 +7,7 @@ import { machineDefaults } from '../config/machine-defaults.ts';
 import { storeUsage } from '../snapshot/snapshot-store.ts';
 import type { SessionManager, SessionEvent } from '../session/session-manager.ts';
 import type { AgentSessionRecord } from '../session/session-store.ts';
+import { parseDiskSize } from '../runtime/limits.ts';
 
 const createSessionBody = z.strictObject({
   image: z.string().min(1),
@@ -14,7 +15,11 @@ const createSessionBody = z.strictObject({
   env: z.array(z.string().regex(/^[^=]+=/, 'KEY=VALUE')).default([]),
   name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).optional(),
   resources: z
-    .strictObject({ cpus: z.number().int().min(1).max(64).default(machineDefaults.cpus), memory: z.string().default(machineDefaults.memory) })
+    .strictObject({
+      cpus: z.number().int().min(1).max(64).default(machineDefaults.cpus),
+      memory: z.string().default(machineDefaults.memory),
+      disk: z.string().max(32).optional(),
+    })
     .default({ cpus: machineDefaults.cpus, memory: machineDefaults.memory }),
   idle: z.union([z.number().nonnegative(), z.string().regex(/^\d+(\.\d+)?(ms|s|m|h)?$/)]).default(machineDefaults.sessionIdleSeconds),
 });
@@ -56,7 +61,15 @@ export function createSessionRoutes(manager: SessionManager): Hono {
     if (!parsed.success) throw invalidRequest(parsed.error.issues.map((issue) => `${issue.path.join('.') || 'body'}: ${issue.message}`).join('; '));
     const body = parsed.data;
     const record = await manager.create(
-      { image: body.image, command: body.command, env: body.env, cpus: body.resources.cpus, memoryMiB: parseMemory(body.resources.memory), idleSeconds: parseIdle(body.idle) },
+      {
+        image: body.image,
+        command: body.command,
+        env: body.env,
+        cpus: body.resources.cpus,
+        memoryMiB: parseMemory(body.resources.memory),
+        ...(body.resources.disk !== undefined ? { diskGiB: parseDiskSize(body.resources.disk, 'resources.disk') } : {}),
+        idleSeconds: parseIdle(body.idle),
+      },
       { name: body.name },
     );
     return context.json(await describe(record), 201);

@@ -13,6 +13,7 @@ import { registerSessionCommands } from './commands/session.ts';
 import { registerDevLlmCommand } from './commands/dev-llm.ts';
 import { registerSnapshotCommands } from './commands/snapshot.ts';
 import { registerServeCommand } from './commands/serve.ts';
+import { registerTokenCommands } from './commands/token.ts';
 
 export function buildProgram(): Command {
   const program = new Command('torpor')
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   registerImageCommands(program);
   registerLogCommands(program);
   registerServeCommand(program);
+  registerTokenCommands(program);
   registerSessionCommands(program);
   registerDevLlmCommand(program);
   return program;
@@ -39,6 +41,8 @@ export function buildProgram(): Command {
 export async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
   program.exitOverride();
+  // Machine configs hold env (API keys), RAM files hold guest memory: private to this user (0600/0700).
+  process.umask(0o077);
   try {
     await program.parseAsync(argv);
   } catch (error) {

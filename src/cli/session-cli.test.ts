@@ -32,7 +32,8 @@ before(async () => {
   url = `http://127.0.0.1:${port}`;
   server = spawn(process.execPath, [cli, 'serve', '--port', String(port)], { env: { ...process.env, TORPOR_HOME: home.home }, stdio: 'ignore' });
   for (let attempt = 0; attempt < 200; attempt++) {
-    if (await fetch(`${url}/v1/sessions`).then((response) => response.ok, () => false)) break;
+    // Up means answering, even if only to say a token is needed (the CLI finds the token itself).
+    if (await fetch(`${url}/health`).then((response) => response.status === 401, () => false)) break;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 });

@@ -27,5 +27,5 @@ export {
 } from "./model-messages.ts";
 export { openAIChatToEntries, entriesToOpenAIChat, type OpenAIChatMessage } from "./openai-chat.ts";
 export { anthropicToEntries, entriesToAnthropic, type AnthropicConversation, type AnthropicMessage } from "./anthropic-messages.ts";
-export { RemoteContextLog } from "./remote-context-log.ts";
+export { RemoteContextLog, type RemoteContextLogOptions } from "./remote-context-log.ts";
 export { stateDirectory, contextLogPaths } from "./state-directory.ts";

@@ -2,6 +2,14 @@ import type { AppendOptions, AppendResult, ContextLogClient, ReadOptions, ReadRe
 import type { StoredEntry } from "./entry.ts";
 import { ContextLogError, StorageUnavailableError } from "./errors.ts";
 import type { ModelMessage, ToModelMessagesOptions } from "./model-messages.ts";
+import { clientToken } from "../state/api-tokens.ts";
+import { stateDirectory } from "./state-directory.ts";
+
+export interface RemoteContextLogOptions {
+  /** Bearer token; default TORPOR_TOKEN, else (for a loopback URL) the local state directory's server token. */
+  token?: string;
+  environment?: NodeJS.ProcessEnv;
+}
 
 /**
  * The context log of a running `torpor serve`, over its HTTP API. Same operations as the embedded
@@ -9,15 +17,20 @@ import type { ModelMessage, ToModelMessagesOptions } from "./model-messages.ts";
  */
 export class RemoteContextLog implements ContextLogClient {
   readonly baseUrl: string;
+  private readonly token: string | undefined;
 
-  constructor(baseUrl: string) {
+  constructor(baseUrl: string, options: RemoteContextLogOptions = {}) {
     this.baseUrl = baseUrl.replace(/\/+$/, "");
+    const environment = options.environment ?? process.env;
+    this.token = clientToken({ explicit: options.token, environment, url: this.baseUrl, stateDirectory: stateDirectory(environment) });
   }
 
   private async request(path: string, init: RequestInit = {}): Promise<Response> {
     let response: Response;
     try {
-      response = await fetch(`${this.baseUrl}${path}`, init);
+      const headers = new Headers(init.headers);
+      if (this.token) headers.set("authorization", `Bearer ${this.token}`);
+      response = await fetch(`${this.baseUrl}${path}`, { ...init, headers });
     } catch (error) {
       if ((error as Error).name === "AbortError") throw error;
       throw new StorageUnavailableError(`cannot reach the torpor server at ${this.baseUrl}: ${(error as Error).message}`, { cause: error });

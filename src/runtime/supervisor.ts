@@ -1,5 +1,5 @@
 import { createServer, type Server, type Socket } from 'node:net';
-import { createWriteStream, type WriteStream } from 'node:fs';
+import { CappedLogWriter, capForeignLog } from '../util/capped-log.ts';
 import { rm, mkdir, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -48,7 +48,9 @@ export class Supervisor {
   private nextRoutedStream = firstRoutedStream();
   private main?: GuestProcess;
   private readonly pendingMainInput: Frame[] = [];
-  private processLog?: WriteStream;
+  private processLog?: CappedLogWriter;
+  /** Stops capping the console log (QEMU writes it; a guest can flood it). */
+  private stopCappingConsole?: () => void;
   private state: MachineState = { status: 'starting' };
   private stopping = false;
   private firstAttach?: () => void;
@@ -113,6 +115,7 @@ export class Supervisor {
     try {
       await mkdir(memoryDirectory(), { recursive: true });
       if (!restore) await rm(this.memoryFile(), { force: true });
+      this.stopCappingConsole ??= capForeignLog(this.files.consoleLog);
       this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore)), { logPath: this.files.supervisorLog });
       await this.setState({ qemuPid: this.vm.pid });
       this.vm.exited.then((exit) => this.onVmExit(exit));
@@ -168,7 +171,7 @@ export class Supervisor {
   }
 
   private mainOutputHandlers() {
-    this.processLog ??= createWriteStream(this.files.processLog, { flags: 'a' });
+    this.processLog ??= new CappedLogWriter(this.files.processLog);
     const record = (stream: 'stdout' | 'stderr') => (data: Buffer) => {
       this.processLog!.write(JSON.stringify({ time: new Date().toISOString(), stream, log: data.toString() }) + '\n');
       this.forwardToAttached(stream === 'stdout' ? FrameType.stdout : FrameType.stderr, data);
@@ -276,6 +279,7 @@ export class Supervisor {
 
   private async finish(patch: Partial<MachineState>): Promise<void> {
     await new Promise<void>((resolve) => (this.processLog ? this.processLog.end(resolve) : resolve()));
+    this.stopCappingConsole?.();
     this.server?.close();
     for (const client of this.clients) client.socket.end();
     this.agent?.close();

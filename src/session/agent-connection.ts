@@ -4,6 +4,7 @@ import { connectToMachine } from '../runtime/machines.ts';
 import { attachToMainProcess, type AttachedProcess } from '../runtime/attach.ts';
 import type { MachineConfig } from '../runtime/machine-record.ts';
 import { AgentProtocolError, encodeLine, parseAgentEvent, type AgentEvent, type HostMessage } from './agent-protocol.ts';
+import { BoundedLineSplitter, agentMaxLineBytes } from './bounded-lines.ts';
 
 /** A line that looked like an agent event (a JSON object with a `type`) but broke the protocol. */
 export interface InvalidAgentEvent {
@@ -19,7 +20,7 @@ export interface InvalidAgentEvent {
  * schema here, at the boundary, so the rest of the host handles typed events only.
  */
 export class AgentConnection extends EventEmitter<{ event: [AgentEvent]; invalid: [InvalidAgentEvent]; exit: [number]; stderr: [string] }> {
-  private pending = '';
+  private readonly lines = new BoundedLineSplitter(agentMaxLineBytes());
 
   private constructor(
     readonly machine: MachineConfig,
@@ -44,8 +45,11 @@ export class AgentConnection extends EventEmitter<{ event: [AgentEvent]; invalid
   }
 
   private receive(data: Buffer): void {
-    const lines = (this.pending + data.toString()).split('\n');
-    this.pending = lines.pop()!;
+    const { lines, dropped } = this.lines.push(data);
+    for (const bytes of dropped) {
+      // The program's event is lost; say so in the turn (and the log) instead of buffering it.
+      this.emit('event', { type: 'error', code: 'agent-line-too-long', message: `the agent printed a line of ${bytes} bytes to stdout; lines over ${this.lines.maxLineBytes} bytes are dropped (TORPOR_AGENT_MAX_LINE)` });
+    }
     for (const line of lines) {
       const text = line.trim();
       if (!text) continue;

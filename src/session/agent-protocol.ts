@@ -135,8 +135,12 @@ export const wakeSchema = z.object({ type: z.literal("wake"), reason: z.enum(["t
 export const checkpointDoneSchema = z.object({ type: z.literal("checkpoint-done"), snapshot: z.string().min(1) });
 export const checkpointFailedSchema = z.object({ type: z.literal("checkpoint-failed"), error: z.string() });
 
-/** Answer to `history-request`: every entry of the session's log, oldest first. */
-export const historySchema = z.object({ type: z.literal("history"), entries });
+/**
+ * Answer to `history-request`: the session's log, oldest first. The host bounds the answer's size
+ * (TORPOR_AGENT_MAX_HISTORY): when older entries were left out, `truncated` is true and `from` is
+ * the log offset of the first entry sent.
+ */
+export const historySchema = z.object({ type: z.literal("history"), entries, from: z.number().int().nonnegative().optional(), truncated: z.boolean().optional() });
 
 /** The session is being deleted: finish up (nothing more will be logged) and exit. */
 export const shutdownSchema = z.object({ type: z.literal("shutdown") });

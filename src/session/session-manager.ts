@@ -11,6 +11,8 @@ import { AgentConnection, type InvalidAgentEvent } from './agent-connection.ts';
 import { SessionStore, type AgentSessionRecord, type SessionSpec, type SessionState } from './session-store.ts';
 import { eventToEntries, invalidEventEntry } from './agent-events-to-entries.ts';
 import { protocolVersion, type AgentEvent, type ErrorEvent } from './agent-protocol.ts';
+import { agentMaxHistoryBytes, readBoundedHistory } from './bounded-history.ts';
+import { checkMachineCount, checkMachineSize, checkSessionCount, type ResourceLimits } from '../runtime/limits.ts';
 
 /** Events the manager itself adds to a turn's stream, beside the agent's own (validated) events. */
 export type SessionEvent = AgentEvent | { type: 'session-state'; state: SessionState; note?: string } | { type: 'turn-suspend'; until: string };
@@ -28,6 +30,8 @@ export interface SessionManagerOptions {
   tickMs?: number;
   /** Longest a turn may take before the agent is considered hung. */
   turnTimeoutMs?: number;
+  /** Server-wide maximums (runtime/limits.ts); none when not given. */
+  limits?: ResourceLimits;
 }
 
 interface LiveSession {
@@ -54,12 +58,19 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
   private readonly turnTimeoutMs: number;
   /** A warm spare supervisor, so a wake does not wait for a process to start. */
   private readonly supervisors: SupervisorPool = createSupervisorPool(1);
+  private readonly limits?: ResourceLimits;
+  /** Machines being started and not yet attached: they count against the machine limit too. */
+  private startingMachines = 0;
+  /** Sessions whose history-request is being answered: more requests meanwhile are dropped. */
+  private readonly historyInFlight = new Set<string>();
+  private readonly maxHistoryBytes = agentMaxHistoryBytes();
 
   constructor(options: SessionManagerOptions) {
     super();
     this.log = options.log;
     this.store = options.store ?? new SessionStore();
     this.turnTimeoutMs = options.turnTimeoutMs ?? 10 * 60_000;
+    this.limits = options.limits;
     this.timer = setInterval(() => void this.tick(), options.tickMs ?? 250);
     this.timer.unref();
   }
@@ -95,6 +106,12 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
     const now = new Date().toISOString();
     const name = options.name ?? id;
     if (this.store.get(name)) throw new TorporError('session-exists', `a session named ${name} exists`, { hint: 'choose another --name', status: 409 });
+    if (this.limits) {
+      checkMachineSize(this.limits, spec);
+      checkSessionCount(this.limits, this.store.list().length);
+      // Also checked when the machine starts; checked here first so a refused create leaves no record.
+      checkMachineCount(this.limits, this.live.size + this.startingMachines);
+    }
     this.store.insert({ id, name, spec, state: 'creating', turns: 0, createdAt: now, updatedAt: now, lastActivityAt: now });
     await this.log.append(id, [{ kind: 'metadata', data: { event: 'session-create', image: spec.image, command: spec.command } }]);
     return this.serialize(id, async () => {
@@ -108,8 +125,23 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
     });
   }
 
+  /** Runs `work`, which starts a machine, if the machine limit has room for one more. */
+  private async withMachineSlot<T>(work: () => Promise<T>): Promise<T> {
+    if (this.limits) checkMachineCount(this.limits, this.live.size + this.startingMachines);
+    this.startingMachines++;
+    try {
+      return await work();
+    } finally {
+      this.startingMachines--;
+    }
+  }
+
   /** A new machine on the session's image, its agent told the history (empty for a new session). */
   private async startFresh(id: string, history: Entry[]): Promise<void> {
+    return this.withMachineSlot(() => this.startFreshMachine(id, history));
+  }
+
+  private async startFreshMachine(id: string, history: Entry[]): Promise<void> {
     const record = this.get(id);
     const machine = await createMachine({
       image: record.spec.image,
@@ -117,6 +149,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
       env: [...record.spec.env, `TORPOR_SESSION_ID=${id}`],
       cpus: record.spec.cpus,
       memoryMiB: record.spec.memoryMiB,
+      ...(record.spec.diskGiB !== undefined ? { diskGiB: record.spec.diskGiB } : {}),
       interactive: true,
       name: `${id}-${Date.now().toString(36)}`,
     });
@@ -130,9 +163,10 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
     const machine = await readMachineConfig(machineId);
     const connection = await AgentConnection.open(machine);
     this.live.set(id, { connection, machineId });
-    connection.on('event', (event) => void this.onBackgroundEvent(id, event));
-    connection.on('invalid', (invalid) => void this.onBackgroundInvalid(id, invalid));
-    connection.on('exit', (code) => void this.onMachineExit(id, machineId, code));
+    // A failure while handling one agent's events fails that session, never the server.
+    connection.on('event', (event) => void this.onBackgroundEvent(id, event).catch((error: unknown) => this.failSession(id, error)));
+    connection.on('invalid', (invalid) => void this.onBackgroundInvalid(id, invalid).catch((error: unknown) => this.failSession(id, error)));
+    connection.on('exit', (code) => void this.onMachineExit(id, machineId, code).catch((error: unknown) => this.failSession(id, error)));
     return connection;
   }
 
@@ -168,8 +202,24 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
         }
       });
     } else if (event.type === 'history-request') {
-      const { entries } = await this.log.read(id, { from: 0 });
-      live.connection.send({ type: 'history', entries: entries.map((entry) => entry.entry) });
+      // One answer at a time per session, each bounded: a flood of requests costs one bounded read.
+      if (this.historyInFlight.has(id)) return;
+      this.historyInFlight.add(id);
+      try {
+        const history = await readBoundedHistory(this.log, id, { maxBytes: this.maxHistoryBytes });
+        live.connection.send({ type: 'history', entries: history.entries, from: history.from, truncated: history.truncated });
+      } finally {
+        this.historyInFlight.delete(id);
+      }
+    }
+  }
+
+  private failSession(id: string, error: unknown): void {
+    try {
+      if (this.store.get(id)?.state === 'deleted' || this.closed) return;
+      this.update(id, { state: 'failed', note: `the server failed handling this session's agent: ${error instanceof Error ? error.message : String(error)}` });
+    } catch {
+      // The store itself failed: the process-level guard logs what escapes here.
     }
   }
 
@@ -318,12 +368,16 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
 
   private async wake(id: string, reason: 'message' | 'timer', onEvent: (event: SessionEvent) => void = () => {}): Promise<AgentSessionRecord> {
     const record = this.get(id);
+    // Refuse before touching the record: a session refused for lack of room stays hibernated.
+    if (this.limits) checkMachineCount(this.limits, this.live.size + this.startingMachines);
     this.update(id, { state: 'waking' });
     onEvent({ type: 'session-state', state: 'waking' });
     try {
-      const machine = await restoreMachine(record.snapshot!, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
-      this.update(id, { machineId: machine.id, state: 'running' });
-      const connection = await this.attach(id, machine.id);
+      const { connection } = await this.withMachineSlot(async () => {
+        const machine = await restoreMachine(record.snapshot!, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
+        this.update(id, { machineId: machine.id, state: 'running' });
+        return { connection: await this.attach(id, machine.id) };
+      });
       // The agent was asleep (sleep-until) or idle (waiting for a message): either way this continues it.
       // Always say wake: the agent learns it was restored (and drops connections that died with the snapshot).
       connection.send({ type: 'wake', reason });
@@ -355,18 +409,22 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
     if (record.snapshot && record.snapshotLogOffset === (options.historyBefore ?? logEnd)) {
       try {
         await readSnapshot(record.snapshot);
-        const machine = await restoreMachine(record.snapshot, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
-        this.update(id, { machineId: machine.id, state: 'idle', note: `${why}; recovered from snapshot ${record.snapshot}` });
-        const connection = await this.attach(id, machine.id);
+        const snapshot = record.snapshot;
+        const connection = await this.withMachineSlot(async () => {
+          const machine = await restoreMachine(snapshot, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
+          this.update(id, { machineId: machine.id, state: 'idle', note: `${why}; recovered from snapshot ${snapshot}` });
+          return this.attach(id, machine.id);
+        });
         connection.send({ type: 'wake', reason: 'message' });
         return;
       } catch (error) {
         why = `${why}; snapshot ${record.snapshot} unusable (${(error as Error).message})`;
       }
     }
-    const { entries } = await this.log.read(id, { from: 0, ...(options.historyBefore !== undefined ? { to: options.historyBefore } : {}) });
-    await this.startFresh(id, entries.map((entry) => entry.entry));
-    this.update(id, { state: 'idle', note: `${why}; rebuilt on a fresh machine from the context log (${entries.length} entries)` });
+    const history = await readBoundedHistory(this.log, id, { to: options.historyBefore, maxBytes: this.maxHistoryBytes });
+    await this.startFresh(id, history.entries);
+    const kept = history.truncated ? `the newest ${history.entries.length} entries, from offset ${history.from}` : `${history.entries.length} entries`;
+    this.update(id, { state: 'idle', note: `${why}; rebuilt on a fresh machine from the context log (${kept})` });
   }
 
   async fork(idOrName: string, options: { name?: string } = {}): Promise<AgentSessionRecord> {
@@ -448,7 +506,9 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
     this.closed = true;
     clearInterval(this.timer);
     this.supervisors.close();
-    await Promise.allSettled([...this.queues.values()]);
+    // A turn an agent never finishes must not keep the server from stopping: wait a little, then
+    // let go (the machines keep running and a restarted server reattaches or recovers them).
+    await Promise.race([Promise.allSettled([...this.queues.values()]), new Promise((resolve) => setTimeout(resolve, 5000).unref())]);
     for (const live of this.live.values()) live.connection.close();
     this.live.clear();
     this.store.close();

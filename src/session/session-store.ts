@@ -12,6 +12,8 @@ export interface SessionSpec {
   env: string[];
   cpus: number;
   memoryMiB: number;
+  /** Size of the machine's writable layer; the runtime's default (4 GiB) when absent. */
+  diskGiB?: number;
   /** Seconds of idleness after a turn before the machine is snapshotted and stopped. */
   idleSeconds: number;
 }

@@ -23,7 +23,10 @@ export function qemuArguments(spec: MachineSpec): string[] {
     '-initrd', spec.initramfsPath,
     '-append', ['console=ttyS0', 'quiet', 'panic=-1', 'reboot=t', ...spec.kernelArguments].join(' '),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
-    '-serial', `file:${spec.consoleLog}`,
+    // append=on: the supervisor caps the console log by truncating it (util/capped-log.ts); with
+    // O_APPEND, QEMU's next write lands at the new end instead of leaving a hole of the old size.
+    '-chardev', `file,id=console,path=${spec.consoleLog},append=on`,
+    '-serial', 'chardev:console',
     '-drive', `id=image,file=${spec.imageDisk},format=raw,if=none,readonly=on`,
     '-device', 'virtio-blk-device,drive=image,serial=torpor-image',
   ];

@@ -69,7 +69,8 @@ describe("torpor log (through a running server)", () => {
     try {
       // The CLI's own state directory points at the server; its local store stays untouched.
       writeFileSync(join(serverHome, "server.json"), JSON.stringify({ url: server.url, pid: process.pid, storage: "test" }));
-      const environment = { TORPOR_HOME: serverHome };
+      // The server's token lives in its own state directory: hand it over as a user would.
+      const environment = { TORPOR_HOME: serverHome, TORPOR_TOKEN: server.token };
       assert.equal((await torpor(["log", "append", "remote-1"], lines({ kind: "message", role: "user", content: "via server" }), environment)).stdout, "0\n");
       assert.equal((await server.log.read("remote-1")).entries.length, 1);
       let stop!: () => void;
@@ -81,7 +82,7 @@ describe("torpor log (through a running server)", () => {
       stop();
       const followed = await following;
       assert.match(followed.stdout, /user: via server\n.*assistant: live\n$/s);
-      const explicit = await torpor(["log", "--url", server.url, "ls", "--json"], "", { TORPOR_HOME: home });
+      const explicit = await torpor(["log", "--url", server.url, "--token", server.token, "ls", "--json"], "", { TORPOR_HOME: home });
       assert.equal(JSON.parse(explicit.stdout.trim()).id, "remote-1");
     } finally {
       await server.close();

@@ -47,15 +47,15 @@ export interface ServerInfo {
  * state directory (so the CLI sees what the server sees, PostgreSQL included); else the embedded
  * SQLite file, which needs no server at all.
  */
-export async function openLogClient(options: { url?: string }, environment: NodeJS.ProcessEnv): Promise<ContextLogClient> {
+export async function openLogClient(options: { url?: string; token?: string }, environment: NodeJS.ProcessEnv): Promise<ContextLogClient> {
   const url = options.url ?? parseEnvironment(environment).TORPOR_URL;
-  if (url) return new RemoteContextLog(url);
+  if (url) return new RemoteContextLog(url, { token: options.token, environment });
   const directory = stateDirectory(environment);
   const infoPath = contextLogPaths(directory).serverInfo;
   if (existsSync(infoPath)) {
     try {
       const info = JSON.parse(readFileSync(infoPath, "utf8")) as ServerInfo;
-      if (typeof info.url === "string" && Number.isInteger(info.pid) && processExists(info.pid)) return new RemoteContextLog(info.url);
+      if (typeof info.url === "string" && Number.isInteger(info.pid) && processExists(info.pid)) return new RemoteContextLog(info.url, { token: options.token, environment });
     } catch {
       // A torn or stale file only means no server: fall back to the embedded store.
     }
@@ -117,11 +117,12 @@ function parseTarget(target: string): { sessionId: string; offset?: number } {
 export function registerLogCommands(program: Command, io: CommandInputOutput = processInputOutput): Command {
   const log = program.command("log").description("the context log: everything that went into and came out of the LLM, per session");
   log.option("--url <url>", "talk to a torpor server at this URL (default: TORPOR_URL, a running `torpor serve`, or the local store)");
+  log.option("--token <token>", "API token (default: TORPOR_TOKEN, or the local server's token in the state directory)");
 
   const run = (body: (client: ContextLogClient) => Promise<void>) => async () => {
     let client: ContextLogClient | undefined;
     try {
-      client = await openLogClient(log.opts<{ url?: string }>(), io.environment);
+      client = await openLogClient(log.opts<{ url?: string; token?: string }>(), io.environment);
       await body(client);
     } catch (error) {
       const message = error instanceof ContextLogError ? error.message : `${(error as Error).message ?? error}`;

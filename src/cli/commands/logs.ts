@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { open } from 'node:fs/promises';
 import { findMachine, effectiveState } from '../../runtime/machines.ts';
 import { isLive, machineFiles } from '../../runtime/machine-record.ts';
+import { rotatedPath } from '../../util/capped-log.ts';
 
 interface LogLine {
   time: string;
@@ -35,10 +36,20 @@ export function registerLogsCommand(program: Command): void {
         }
       };
       let finalPass = false;
+      // The log is capped (util/capped-log.ts): older output is in the rotated file, read it first.
+      const rotated = await open(rotatedPath(path), 'r').catch(() => undefined);
+      if (rotated) {
+        const text = (await rotated.readFile()).toString();
+        await rotated.close();
+        // Handed to the first print with the current file, so --tail counts across both.
+        pending = text.startsWith('{') ? text : text.slice(text.indexOf('\n') + 1);
+      }
       for (;;) {
         const handle = await open(path, 'r').catch(() => undefined);
         if (handle) {
           const { size } = await handle.stat();
+          // Rotated while we followed: the new file starts from zero.
+          if (size < offset) offset = 0;
           if (size > offset) {
             const buffer = Buffer.alloc(size - offset);
             await handle.read(buffer, 0, buffer.length, offset);

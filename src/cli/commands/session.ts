@@ -4,7 +4,16 @@ import { contextLogPaths, stateDirectory } from '../../context/state-directory.t
 import { TorporError } from '../../util/errors.ts';
 import { environment } from '../../config/environment.ts';
 import { machineDefaults } from '../../config/machine-defaults.ts';
+import { clientToken } from '../../state/api-tokens.ts';
 import { printJson, printTable, formatBytes, formatDuration, collect } from '../output.ts';
+
+/** Headers of every request to `url`: JSON, and the bearer token the CLI found for that server. */
+function requestHeaders(url: string, extra: Record<string, string> = {}): Record<string, string> {
+  const token = clientToken({ explicit: explicitToken, environment: process.env, url, stateDirectory: stateDirectory() });
+  return { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}), ...extra };
+}
+
+let explicitToken: string | undefined;
 
 /** The CLI is a client of `torpor serve` for sessions: it starts nothing behind the user's back. */
 async function serverUrl(explicit?: string): Promise<string> {
@@ -22,7 +31,7 @@ async function serverUrl(explicit?: string): Promise<string> {
 async function call(url: string, method: string, path: string, body?: unknown): Promise<unknown> {
   let response: Response;
   try {
-    response = await fetch(`${url}${path}`, { method, headers: { 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+    response = await fetch(`${url}${path}`, { method, headers: requestHeaders(url), body: body === undefined ? undefined : JSON.stringify(body) });
   } catch (error) {
     throw new TorporError('no-server', `cannot reach the torpor server at ${url}: ${(error as Error).message}`, { hint: 'is `torpor serve` running?' });
   }
@@ -71,8 +80,15 @@ async function readEvents(response: Response, onEvent: (event: Record<string, un
 }
 
 export function registerSessionCommands(program: Command): void {
-  const session = program.command('session').description('durable agent sessions (a client of `torpor serve`)').option('--url <url>', 'server URL (default: TORPOR_URL or the running `torpor serve`)');
-  const url = () => serverUrl((session.opts() as { url?: string }).url);
+  const session = program
+    .command('session')
+    .description('durable agent sessions (a client of `torpor serve`)')
+    .option('--url <url>', 'server URL (default: TORPOR_URL or the running `torpor serve`)')
+    .option('--token <token>', 'API token (default: TORPOR_TOKEN, or the local server\'s token in the state directory)');
+  const url = () => {
+    explicitToken = (session.opts() as { token?: string }).token;
+    return serverUrl((session.opts() as { url?: string }).url);
+  };
 
   session
     .command('create')
@@ -108,7 +124,7 @@ export function registerSessionCommands(program: Command): void {
       const base = await url();
       const response = await fetch(`${base}/v1/sessions/${encodeURIComponent(id)}/messages`, {
         method: 'POST',
-        headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+        headers: requestHeaders(base, { accept: 'text/event-stream' }),
         body: JSON.stringify({ content: text }),
       }).catch((error: Error) => {
         throw new TorporError('no-server', `cannot reach the torpor server at ${base}: ${error.message}`);
