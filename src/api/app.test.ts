@@ -11,6 +11,7 @@ before(async () => {
   const temporary = temporaryLog({ maxEntryBytes: 2048, maxBlobBytes: 16 * 1024 });
   cleanup = temporary.cleanup;
   server = await startApiServer({ port: 0, log: temporary.log, maxBodyBytes: 64 * 1024, heartbeatMs: 200 });
+  servers.push(server);
 });
 after(async () => {
   await server.close();
@@ -18,7 +19,9 @@ after(async () => {
 });
 
 // Every request carries the server's token; the attacks on authentication live in security.test.ts.
-const fetch = (url: string, init: RequestInit = {}) => globalThis.fetch(url, { ...init, headers: { authorization: `Bearer ${server.token}`, ...(init.headers as Record<string, string>) } });
+const servers: ApiServer[] = [];
+const tokenFor = (url: string) => servers.find((each) => url.startsWith(each.url))?.token ?? '';
+const fetch = (url: string, init: RequestInit = {}) => globalThis.fetch(url, { ...init, headers: { authorization: `Bearer ${tokenFor(url)}`, ...(init.headers as Record<string, string>) } });
 
 const user = (text: string) => ({ kind: "message", role: "user", content: text });
 
@@ -208,6 +211,7 @@ describe("HTTP API with sessions", () => {
     const temporary = temporaryLog();
     removeLog = temporary.cleanup;
     sessionServer = await startApiServer({ port: 0, log: temporary.log, sessions: true });
+    servers.push(sessionServer);
   });
   after(async () => {
     await sessionServer.close();
