@@ -237,8 +237,10 @@ describe("HTTP API with sessions", () => {
     });
     assert.equal(badMemory.status, 400);
     assert.equal((await errorOf(badMemory)).code, "invalid-memory");
-    const notJson = await fetch(`${sessionServer.url}/v1/sessions/nobody/messages`, { method: "POST", body: "{oops" });
+    const notJson = await fetch(`${sessionServer.url}/v1/sessions/nobody/messages`, { method: "POST", headers: { "content-type": "application/json" }, body: "{oops" });
     assert.equal(notJson.status, 400);
+    // A body that does not say it is JSON is refused before any route reads it (no cross-site text/plain posts).
+    assert.equal((await fetch(`${sessionServer.url}/v1/sessions/nobody/messages`, { method: "POST", body: "{}" })).status, 415);
     // Only /v1/sessions: the old unversioned alias is gone.
     assert.equal((await fetch(`${sessionServer.url}/sessions`)).status, 404);
     assert.equal((await fetch(`${sessionServer.url}/v1/logs`)).status, 200);
