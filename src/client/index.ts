@@ -1,0 +1,20 @@
+/** The torpor client, the package's main export: `import { Torpor } from "torpor"`. */
+export { Torpor } from "./torpor.ts";
+export type { TorporOptions } from "./transport.ts";
+export { Transport } from "./transport.ts";
+export { Sessions, Session, type SessionInfo, type CreateSessionOptions } from "./sessions.ts";
+export { SessionLog, type StoredEntry, type LogEntry, type ReadResult, type AppendResult } from "./session-log.ts";
+export { Turn } from "./turn.ts";
+export type * from "./events.ts";
+export {
+  TorporClientError,
+  TorporConnectionError,
+  TorporApiError,
+  InvalidRequestError,
+  AuthenticationError,
+  NotFoundError,
+  ConflictError,
+  ServerError,
+} from "./errors.ts";
+export { readServerSentEvents, type ServerSentEvent } from "./server-sent-events.ts";
+export { sessionEventsToUIMessageStream, createChatHandler, type ChatHandlerOptions } from "./ai-sdk.ts";
