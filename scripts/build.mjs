@@ -17,4 +17,4 @@ execFileSync(process.execPath, [typescript, '-p', join(root, 'tsconfig.build.jso
 
 const { ensureBundles } = await import('../bin/bundles.mjs');
 const bundles = await ensureBundles({ force: true });
-process.stdout.write(`built dist/ and ${Object.values(bundles).map((path) => path.slice(root.length + 1)).join(', ')}\n`);
+process.stderr.write(`built dist/ and ${Object.values(bundles).map((path) => path.slice(root.length + 1)).join(', ')}\n`);
