@@ -37,7 +37,7 @@ const activeStates: SessionState[] = ['running', 'idle', 'waking', 'creating'];
  * is snapshotted and stopped; a message or a timer brings it back. Everything the manager decides
  * is recorded in the session store first, so a restarted server picks up where it was.
  */
-export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
+export class SessionManager extends EventEmitter<{ change: [SessionRecord]; event: [string, SessionEvent] }> {
   readonly store: SessionStore;
   private readonly log: ContextLog;
   private readonly live = new Map<string, LiveSession>();
@@ -195,8 +195,13 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
   }
 
   /** Delivers a user message; streams the turn's events to `onEvent`; resolves when the turn ends or suspends. */
-  async send(idOrName: string, content: string, onEvent: (event: SessionEvent) => void = () => {}): Promise<{ turnId: string; events: SessionEvent[] }> {
+  async send(idOrName: string, content: string, onTurnEvent: (event: SessionEvent) => void = () => {}): Promise<{ turnId: string; events: SessionEvent[] }> {
     const id = this.get(idOrName).id;
+    // Every event of a turn also goes to 'event' listeners (the durable event stream records them).
+    const onEvent = (event: SessionEvent) => {
+      this.emit('event', id, event);
+      onTurnEvent(event);
+    };
     return this.serialize(id, async () => {
       let record = this.get(id);
       if (record.state === 'hibernated') record = await this.wake(id, 'message', onEvent);

@@ -2,6 +2,7 @@ import { rmSync, writeFileSync, renameSync } from "node:fs";
 import type { Command } from "commander";
 import { startApiServer } from "../../api/server.ts";
 import { createSessionRoutes } from "../../api/session-routes.ts";
+import { mountDurableStreams } from "../../api/durable-streams-routes.ts";
 import { SessionManager } from "../../session/session-manager.ts";
 import { contextLogPaths, ensureDirectory, stateDirectory } from "../../context/state-directory.ts";
 import { processInputOutput, type CommandInputOutput, type ServerInfo } from "./log.ts";
@@ -35,6 +36,7 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
             const routes = createSessionRoutes(sessions);
             app.route("/v1/sessions", routes);
             app.route("/sessions", routes);
+            mountDurableStreams(app, { log, sessions, stateDirectory: directory });
           },
         });
       } catch (error) {
