@@ -178,6 +178,16 @@ describe('sessions through the client (a real VM)', { timeout: 600_000 }, () => 
     const messages = seen.filter((stored) => stored.entry.kind === 'message');
     assert.deepEqual(messages.map((stored) => stored.entry.role), ['user', 'assistant', 'user', 'assistant', 'user', 'assistant']);
 
+    // The recorded events (Durable Streams), read to the end, then resumed after one more turn.
+    const recorded: SessionEvent[] = [];
+    let resumeAt = '';
+    for await (const batch of session.events({ live: false })) {
+      recorded.push(...batch.events);
+      resumeAt = batch.offset;
+    }
+    assert.equal(recorded.filter((event) => event.type === 'turn-finish').length, 3);
+    assert.equal(recorded.filter((event) => event.type === 'text-delta').map((event) => (event as { delta: string }).delta).join('|'), 'turn 1: hello; notes 1; child yes|turn 2: again; notes 2; child yes|turn 3: third; notes 3; child yes');
+
     const fork = await session.fork({ name: 'client-fork' });
     assert.equal(fork.info.parentId, session.id);
     assert.equal(await fork.send('branch').text(), 'turn 4: branch; notes 4; child yes');
@@ -185,6 +195,14 @@ describe('sessions through the client (a real VM)', { timeout: 600_000 }, () => 
     // The AI SDK adapter against the real session: useChat's request in, a UI message out.
     const message = await chatThrough(createChatHandler({ session: session.id, client: torpor }), 'from ui');
     assert.equal(message.parts.filter((part) => part.type === 'text').map((part) => (part as { text: string }).text).join(''), 'turn 4: from ui; notes 4; child yes');
+
+    const later: SessionEvent[] = [];
+    const following = new AbortController();
+    for await (const batch of session.events({ offset: resumeAt, signal: following.signal })) {
+      later.push(...batch.events);
+      if (later.some((event) => event.type === 'turn-finish')) break;
+    }
+    assert.deepEqual(later.map((event) => event.type), ['turn-start', 'text-delta', 'message-finish', 'turn-finish'], 'only the turn after the saved offset');
 
     const listed = await torpor.sessions.list();
     assert.deepEqual(listed.map((info) => info.name).sort(), ['client-chat', 'client-fork']);

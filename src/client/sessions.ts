@@ -1,5 +1,6 @@
 import type { SessionEvent, SessionState } from "./events.ts";
 import { SessionLog } from "./session-log.ts";
+import { readSessionEvents, type SessionEventBatch } from "./session-events.ts";
 import { readServerSentEvents } from "./server-sent-events.ts";
 import { encode, type Transport } from "./transport.ts";
 import { Turn } from "./turn.ts";
@@ -67,6 +68,10 @@ export class Session {
   delete(): Promise<void> {
     return this.sessions.delete(this.id);
   }
+  /** The session's recorded turn events, resumable from a saved offset (see Sessions.events). */
+  events(options: { offset?: string; live?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<SessionEventBatch> {
+    return this.sessions.events(this.id, options);
+  }
   /** Fetches the current description (state, turns, snapshot). */
   async refresh(): Promise<SessionInfo> {
     this.info = (await this.sessions.get(this.id)).info;
@@ -125,6 +130,15 @@ export class Sessions {
 
   async delete(idOrName: string): Promise<void> {
     await this.transport.json<void>("DELETE", `/v1/sessions/${encode(idOrName)}`, undefined, `deleting session ${idOrName}`);
+  }
+
+  /**
+   * Every event the session's turns produced, in order, from `offset` (default the start); with
+   * `live` (default) it keeps following. Each batch carries the offset to resume after it, so a
+   * page reload or a crashed worker continues exactly where it stopped.
+   */
+  events(sessionId: string, options: { offset?: string; live?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<SessionEventBatch> {
+    return readSessionEvents(this.transport, sessionId, options);
   }
 
   /** The context log of a session (its id, not its name). */
