@@ -6,12 +6,16 @@
  * Prints one table comparing, on the same work and the same machine:
  *   - torpor embedded: the ContextLog library in this process (SQLite, WAL, synchronous=FULL)
  *   - torpor HTTP: `torpor serve` in a child process, over loopback (SQLite, and PostgreSQL if present)
+ *   - torpor Durable Streams: the same `torpor serve` through the Durable Streams protocol
+ *     (/v1/stream/logs/<session>), so that it compares with the reference over one protocol
  *   - Durable Streams: the reference server (@durable-streams/server, file-backed, fdatasync per
  *     append) in a child process, over loopback, JSON mode, compression off
- * Every append is durable when acknowledged in all columns.
+ * Every append is durable when acknowledged in all columns. Besides one writer at a time, 50
+ * sessions append at once (what a server full of agents does): aggregate appends/s and p99.
  *
  * The reference server is not a dependency of torpor (its native deps break `npm ci` lock files):
  * install it for the run with `npm install --no-save @durable-streams/server`.
+ * Result files: bench/results/context-log-<date>.txt.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { cpus, totalmem, release } from "node:os";
@@ -172,11 +176,18 @@ function torporHttpTarget(name: string, url: string, child: ChildProcess): Targe
   };
 }
 
-function durableStreamsTarget(url: string, child: ChildProcess): Target {
-  const streamUrl = (session: string) => `${url}/v1/stream/${session}`;
+/**
+ * A Durable Streams server: the reference (one stream per session, created with PUT), or torpor's
+ * context log through the same protocol (`logs/<session>`, created by the first append; its
+ * messages are stored entries, so the payload is their `entry`).
+ */
+function durableStreamsTarget(url: string, child: ChildProcess, options: { name?: string; torporLog?: boolean } = {}): Target {
+  const streamUrl = (session: string) => `${url}/v1/stream/${options.torporLog ? `logs/${session}` : session}`;
+  const payloadOf = (item: Payload) => (options.torporLog ? (item.entry as Payload) : item);
   return {
-    name: "Durable Streams HTTP",
+    name: options.name ?? "Durable Streams HTTP",
     async prepare(session) {
+      if (options.torporLog) return;
       await ok(await fetch(streamUrl(session), { method: "PUT", headers: { "content-type": "application/json" } }));
     },
     async append(session, entries) {
@@ -198,7 +209,7 @@ function durableStreamsTarget(url: string, child: ChildProcess): Target {
       const controller = new AbortController();
       const response = await ok(await fetch(`${streamUrl(session)}?offset=now&live=sse`, { signal: controller.signal }));
       readEvents(response, (event, data) => {
-        if (event === "data") for (const payload of JSON.parse(data) as Payload[]) onEntry(payload);
+        if (event === "data") for (const item of JSON.parse(data) as Payload[]) onEntry(payloadOf(item));
       });
       return () => controller.abort();
     },
@@ -232,6 +243,24 @@ async function sequentialAppends(target: Target, session: string, count: number)
   }
   const seconds = (performance.now() - started) / 1000;
   return { perSecond: count / seconds, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99) };
+}
+
+/** `sessions` writers at once, each appending single entries one after another. */
+async function concurrentAppends(target: Target, prefix: string, sessions: number, perSession: number): Promise<{ perSecond: number; p99: number }> {
+  for (let index = 0; index < sessions; index++) await target.prepare(`${prefix}-${index}`);
+  const latencies: number[] = [];
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: sessions }, async (_, session) => {
+      for (let index = 0; index < perSession; index++) {
+        const before = performance.now();
+        await target.append(`${prefix}-${session}`, [message(200, index)]);
+        latencies.push(performance.now() - before);
+      }
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  return { perSecond: (sessions * perSession) / seconds, p99: percentile(latencies, 0.99) };
 }
 
 async function fill(target: Target, session: string, total: number, batch: number, bytes: number): Promise<number> {
@@ -286,6 +315,11 @@ async function measure(target: Target, scale: number, log: (line: string) => voi
   const sequential = await sequentialAppends(target, `seq-${run}`, sequentialCount);
   results["sequential appends (1 entry, 200 B)"] = rate(sequential.perSecond);
   results["  append latency p50 / p99"] = `${milliseconds(sequential.p50)} / ${milliseconds(sequential.p99)}`;
+
+  const perSession = Math.max(2, Math.round(40 * scale));
+  log(`  ${target.name}: 50 sessions x ${perSession} appends at once`);
+  const concurrent = await concurrentAppends(target, `many-${run}`, 50, perSession);
+  results["50 sessions appending at once: appends/s, p99"] = `${rate(concurrent.perSecond)}, ${milliseconds(concurrent.p99)}`;
 
   const batches = Math.round(300 * scale);
   log(`  ${target.name}: ${batches} batches of 100 x 1 KiB`);
@@ -368,6 +402,10 @@ async function main(): Promise<void> {
       });
     }
     targets.push(async () => {
+      const { url, child } = await startChild("torpor", join(directory, "http-streams"));
+      return durableStreamsTarget(url, child, { name: "torpor Durable Streams HTTP (SQLite)", torporLog: true });
+    });
+    targets.push(async () => {
       const { url, child } = await startChild("durable-streams", join(directory, "durable-streams"));
       return durableStreamsTarget(url, child);
     });
@@ -421,7 +459,13 @@ if (flag("--serve")) {
     process.on("SIGTERM", () => void server.stop().then(() => process.exit(0)));
   } else {
     const { startApiServer } = await import("../src/api/server.ts");
-    const server = await startApiServer({ port: 0, stateDirectory: directory, postgresUrl: option("--postgres") });
+    const { mountDurableStreams } = await import("../src/api/durable-streams-routes.ts");
+    const server = await startApiServer({
+      port: 0,
+      stateDirectory: directory,
+      postgresUrl: option("--postgres"),
+      configure: (app, log) => void mountDurableStreams(app, { log, stateDirectory: directory }),
+    });
     write(`URL=${server.url}\n`);
     process.on("SIGTERM", () => void server.close().then(() => process.exit(0)));
   }

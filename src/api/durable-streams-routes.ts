@@ -258,9 +258,19 @@ export function createDurableStreamsRoutes(options: DurableStreamsOptions): Hono
       contentType: "application/json",
       etagId: `l-${sessionId}`,
       async read(position) {
-        const result = await log!.read(sessionId, { from: position, limit: 1000 });
-        const records = result.entries.map((stored) => Buffer.from(JSON.stringify(stored)));
-        return { records, start: position, end: result.nextOffset, tail: result.endOffset, closed: false };
+        // Up to 10,000 entries, cut at maxChunkBytes (a single larger entry still goes whole).
+        const result = await log!.read(sessionId, { from: position, limit: 10_000 });
+        const records: Buffer[] = [];
+        let bytes = 0;
+        let end = position;
+        for (const stored of result.entries) {
+          const record = Buffer.from(JSON.stringify(stored));
+          if (records.length > 0 && bytes + record.length > maxChunkBytes) break;
+          records.push(record);
+          bytes += record.length;
+          end = stored.offset + 1;
+        }
+        return { records, start: position, end, tail: result.endOffset, closed: false };
       },
       async head() {
         return { tail: (await log!.describe(sessionId)).nextOffset, closed: false };
