@@ -5,6 +5,7 @@ export { Transport } from "./transport.ts";
 export { Sessions, Session, type SessionInfo, type CreateSessionOptions } from "./sessions.ts";
 export { SessionLog, type StoredEntry, type LogEntry, type ReadResult, type AppendResult } from "./session-log.ts";
 export { Turn } from "./turn.ts";
+export { Machines, Machine, Execution, type MachineInfo, type MachineStatus, type CreateMachineOptions, type ExecOptions, type ExecEvent, type SnapshotInfo } from "./machines.ts";
 export { readSessionEvents, type SessionEventBatch } from "./session-events.ts";
 export type * from "./events.ts";
 export {

@@ -1,3 +1,4 @@
+import { Machines } from "./machines.ts";
 import { Sessions } from "./sessions.ts";
 import { Transport, type TorporOptions } from "./transport.ts";
 
@@ -7,12 +8,14 @@ import { Transport, type TorporOptions } from "./transport.ts";
  */
 export class Torpor {
   readonly sessions: Sessions;
+  readonly machines: Machines;
   /** The transport, for calls this client has no method for yet. */
   readonly transport: Transport;
 
   constructor(options: TorporOptions = {}) {
     this.transport = new Transport(options);
     this.sessions = new Sessions(this.transport);
+    this.machines = new Machines(this.transport);
   }
 
   get baseUrl(): string {
