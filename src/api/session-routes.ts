@@ -32,6 +32,7 @@ const statusByCode: Record<string, number> = {
   'image-unknown': 404,
   'invalid-memory': 400,
   'fork-impossible': 409,
+  'turn-unknown': 404,
   'agent-hung': 504,
   'agent-exited': 502,
 };
@@ -124,9 +125,12 @@ export function createSessionRoutes(manager: SessionManager): Hono {
   });
 
   app.post('/:id/fork', async (context) => {
-    const body = (await context.req.json().catch(() => ({}))) as { name?: string };
+    const body = (await context.req.json().catch(() => ({}))) as { name?: string; atTurn?: unknown };
+    if (body.atTurn !== undefined && !(Number.isSafeInteger(body.atTurn) && (body.atTurn as number) >= 0)) {
+      return context.json({ error: { code: 'invalid-request', message: 'atTurn must be a turn number (0 or more)' } }, 400);
+    }
     try {
-      return context.json(await describe(await manager.fork(context.req.param('id'), { name: body.name })), 201);
+      return context.json(await describe(await manager.fork(context.req.param('id'), { name: body.name, atTurn: body.atTurn as number | undefined })), 201);
     } catch (error) {
       return errorResponse(context, error);
     }

@@ -17,7 +17,7 @@ let torpor: Torpor;
 
 before(async () => {
   home = await useTemporaryHome();
-  server = await startTorporServer({ env: { ...process.env, TORPOR_HOME: home.home } });
+  server = await startTorporServer({ env: { ...process.env, TORPOR_HOME: home.home, TORPOR_TURN_SNAPSHOTS: '3' } });
   torpor = new Torpor({ baseUrl: server.url });
 });
 
@@ -203,6 +203,20 @@ describe('sessions through the client (a real VM)', { timeout: 600_000 }, () => 
       if (later.some((event) => event.type === 'turn-finish')) break;
     }
     assert.deepEqual(later.map((event) => event.type), ['turn-start', 'text-delta', 'message-finish', 'turn-finish'], 'only the turn after the saved offset');
+
+    // Rewind: the machine and the log as they were right after turn 2 (of 4; 3 are kept).
+    // The snapshot of a turn is taken right after it, behind the reply: wait for turn 4's.
+    for (let attempt = 0; attempt < 150 && !(await session.turns()).some((past) => past.turn === 4); attempt++) await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.deepEqual((await session.turns()).map((past) => past.turn), [2, 3, 4]);
+    const rewound = await session.fork({ name: 'client-rewind', atTurn: 2 });
+    assert.equal(rewound.info.turns, 2);
+    assert.equal(await rewound.send('other way').text(), 'turn 3: other way; notes 3; child yes');
+    const rewoundMessages = (await rewound.log.read()).entries.filter((stored) => stored.entry.kind === 'message').map((stored) => JSON.stringify(stored.entry.content));
+    assert.equal(rewoundMessages.length, 6);
+    assert.match(rewoundMessages[4], /other way/);
+    await assert.rejects(session.fork({ atTurn: 1 }), (error: unknown) => error instanceof NotFoundError && error.code === 'turn-unknown' && /2, 3, 4/.test(error.hint ?? ''));
+    await assert.rejects(torpor.transport.json('POST', `/v1/sessions/${session.id}/fork`, { atTurn: -1 }), InvalidRequestError);
+    await rewound.delete();
 
     const listed = await torpor.sessions.list();
     assert.deepEqual(listed.map((info) => info.name).sort(), ['client-chat', 'client-fork']);

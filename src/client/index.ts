@@ -2,7 +2,7 @@
 export { Torpor } from "./torpor.ts";
 export type { TorporOptions } from "./transport.ts";
 export { Transport } from "./transport.ts";
-export { Sessions, Session, type SessionInfo, type CreateSessionOptions } from "./sessions.ts";
+export { Sessions, Session, type SessionInfo, type CreateSessionOptions, type TurnSnapshotInfo } from "./sessions.ts";
 export { SessionLog, type StoredEntry, type LogEntry, type ReadResult, type AppendResult } from "./session-log.ts";
 export { Turn } from "./turn.ts";
 export { Machines, Machine, Execution, type MachineInfo, type MachineStatus, type CreateMachineOptions, type ExecOptions, type ExecEvent, type SnapshotInfo } from "./machines.ts";

@@ -5,6 +5,15 @@ import { readServerSentEvents } from "./server-sent-events.ts";
 import { encode, type Transport } from "./transport.ts";
 import { Turn } from "./turn.ts";
 
+/** A past turn a session can be forked at. */
+export interface TurnSnapshotInfo {
+  turn: number;
+  /** The log's end offset when the turn ended: the fork's log is cut there. */
+  logOffset: number;
+  takenAt: string;
+  snapshot: string;
+}
+
 /** A session as the server describes it. */
 export interface SessionInfo {
   id: string;
@@ -62,8 +71,13 @@ export class Session {
   send(text: string, options: { signal?: AbortSignal } = {}): Turn {
     return this.sessions.send(this.id, text, options);
   }
-  fork(options: { name?: string } = {}): Promise<Session> {
+  /** A new session from this one: as it is now, or as it was right after turn `atTurn` (rewind). */
+  fork(options: { name?: string; atTurn?: number } = {}): Promise<Session> {
     return this.sessions.fork(this.id, options);
+  }
+  /** The past turns this session can be forked at. */
+  turns(): Promise<TurnSnapshotInfo[]> {
+    return this.sessions.turns(this.id);
   }
   delete(): Promise<void> {
     return this.sessions.delete(this.id);
@@ -124,7 +138,17 @@ export class Sessions {
     });
   }
 
-  async fork(idOrName: string, options: { name?: string } = {}): Promise<Session> {
+  /** The past turns a session can be forked at (`fork(id, { atTurn })`), oldest first. */
+  async turns(idOrName: string): Promise<TurnSnapshotInfo[]> {
+    return (await this.transport.json<{ turns: TurnSnapshotInfo[] }>("GET", `/v1/sessions/${encode(idOrName)}/turns`, undefined, `listing the turns of session ${idOrName}`)).turns;
+  }
+
+  /**
+   * A new session from this one. With `atTurn`, as it was right after that turn: its machine from
+   * the turn's snapshot, its log forked where the turn ended (the server keeps the last
+   * TORPOR_TURN_SNAPSHOTS turns).
+   */
+  async fork(idOrName: string, options: { name?: string; atTurn?: number } = {}): Promise<Session> {
     return new Session(this, await this.transport.json<SessionInfo>("POST", `/v1/sessions/${encode(idOrName)}/fork`, options, `forking session ${idOrName}`));
   }
 

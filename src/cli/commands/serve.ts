@@ -4,6 +4,7 @@ import { startApiServer } from "../../api/server.ts";
 import { createSessionRoutes } from "../../api/session-routes.ts";
 import { mountDurableStreams } from "../../api/durable-streams-routes.ts";
 import { createMachineRoutes } from "../../api/machine-routes.ts";
+import { createSessionTurnRoutes } from "../../api/session-turn-routes.ts";
 import { SessionManager } from "../../session/session-manager.ts";
 import { contextLogPaths, ensureDirectory, stateDirectory } from "../../context/state-directory.ts";
 import { processInputOutput, type CommandInputOutput, type ServerInfo } from "./log.ts";
@@ -39,6 +40,7 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
             app.route("/sessions", routes);
             mountDurableStreams(app, { log, sessions, stateDirectory: directory });
             app.route("/v1/machines", createMachineRoutes());
+            app.route("/v1/sessions", createSessionTurnRoutes(sessions));
           },
         });
       } catch (error) {
