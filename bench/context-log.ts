@@ -1,7 +1,8 @@
 /**
  * Context log benchmark, run by hand (not a test):
  *
- *   node --import tsx bench/context-log.ts [--scale 0.1] [--no-postgres] [--output bench/results/x.txt]
+ *   node --import tsx bench/context-log.ts [--scale 0.1] [--no-postgres] [--only HTTP] [--output bench/results/x.txt]
+ *   (--only: measure just the columns whose name contains the text)
  *
  * Prints one table comparing, on the same work and the same machine:
  *   - torpor embedded: the ContextLog library in this process (SQLite, WAL, synchronous=FULL)
@@ -18,7 +19,7 @@
  * Result files: bench/results/context-log-<date>.txt.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { cpus, totalmem, release } from "node:os";
+import { cpus, totalmem, release, loadavg } from "node:os";
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -409,8 +410,13 @@ async function main(): Promise<void> {
       const { url, child } = await startChild("durable-streams", join(directory, "durable-streams"));
       return durableStreamsTarget(url, child);
     });
+    const only = option("--only");
     for (const create of targets) {
       const target = await create();
+      if (only && !target.name.includes(only)) {
+        await target.close();
+        continue;
+      }
       log(`measuring ${target.name}`);
       try {
         columns.push({ name: target.name, results: await measure(target, scale, log) });
@@ -430,6 +436,7 @@ async function main(): Promise<void> {
     `software: Node ${process.version}, better-sqlite3 ${packageVersion("better-sqlite3")}, pg ${packageVersion("pg")}, PostgreSQL 15 (fsync on), @durable-streams/server ${packageVersion("@durable-streams/server")} (file-backed, compression off)`,
     "durability: every append is on disk when acknowledged (SQLite WAL + synchronous=FULL; PostgreSQL commit with fsync; Durable Streams fdatasync per append)",
     "HTTP columns: server in a child process, client in this process, loopback, keep-alive fetch; embedded: library calls in this process",
+    `host load average (1 min) at the end: ${loadavg()[0]!.toFixed(2)} on ${cpus().length} cores (other work shares this machine: compare columns of one run, not runs)`,
     `entries: 200 B messages unless noted; read test entries 256 B; wall time ${((Date.now() - started) / 1000).toFixed(0)} s`,
     "",
   ];

@@ -37,7 +37,7 @@ after(async () => {
   if (scratch) await rm(scratch, { recursive: true, force: true });
 });
 
-it('passes the Durable Streams server conformance suite', { timeout: 900_000 }, async () => {
+it('passes the Durable Streams server conformance suite', { timeout: 900_000 }, async (t) => {
   const report = join(scratch, 'report.json');
   const vitest = join(root, 'node_modules', 'vitest', 'vitest.mjs');
   await new Promise<void>((resolve) => {
@@ -49,8 +49,8 @@ it('passes the Durable Streams server conformance suite', { timeout: 900_000 }, 
     testResults: Array<{ assertionResults: Array<{ status: string; fullName: string; failureMessages: string[] }> }>;
   };
   const failures = result.testResults.flatMap((file) => file.assertionResults).filter((test) => test.status === 'failed');
-  process.stdout.write(`# Durable Streams conformance: ${result.numPassedTests} of ${result.numTotalTests} passed\n`);
-  for (const failure of failures) process.stdout.write(`#   failed: ${failure.fullName}: ${(failure.failureMessages[0] ?? '').split('\n')[0]}\n`);
+  t.diagnostic(`Durable Streams conformance: ${result.numPassedTests} of ${result.numTotalTests} passed`);
+  for (const failure of failures) t.diagnostic(`failed: ${failure.fullName}: ${(failure.failureMessages[0] ?? '').split('\n')[0]}`);
   assert.ok(result.numTotalTests > 300, `the suite ran only ${result.numTotalTests} tests`);
   assert.ok(result.numPassedTests >= reached, `${result.numPassedTests} of ${result.numTotalTests} passed; this server reached ${reached}`);
 });

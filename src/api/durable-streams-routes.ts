@@ -258,19 +258,26 @@ export function createDurableStreamsRoutes(options: DurableStreamsOptions): Hono
       contentType: "application/json",
       etagId: `l-${sessionId}`,
       async read(position) {
-        // Up to 10,000 entries, cut at maxChunkBytes (a single larger entry still goes whole).
-        const result = await log!.read(sessionId, { from: position, limit: 10_000 });
+        // Rows as stored are already JSON: wrap them into stored entries without parsing them
+        // (entries kept in the blob store go through the log's own decoding). Up to 10,000 rows,
+        // cut at 4 x maxChunkBytes (a single larger entry still goes whole).
+        const { nextOffset: tail } = await log!.describe(sessionId);
+        if (position >= tail) return { records: [], start: position, end: position, tail, closed: false };
+        const rows = await log!.storage.readRows(sessionId, position, tail, 10_000);
         const records: Buffer[] = [];
         let bytes = 0;
         let end = position;
-        for (const stored of result.entries) {
-          const record = Buffer.from(JSON.stringify(stored));
-          if (records.length > 0 && bytes + record.length > maxChunkBytes) break;
+        const prefix = `{"sessionId":${JSON.stringify(sessionId)},"offset":`;
+        for (const row of rows) {
+          const record = row.body.startsWith('{"$blob"')
+            ? Buffer.from(JSON.stringify((await log!.read(sessionId, { from: row.offset, limit: 1 })).entries[0]))
+            : Buffer.from(`${prefix}${row.offset},"appendedAt":${JSON.stringify(row.appendedAt)},"entry":${row.body}}`);
+          if (records.length > 0 && bytes + record.length > 4 * maxChunkBytes) break;
           records.push(record);
           bytes += record.length;
-          end = stored.offset + 1;
+          end = row.offset + 1;
         }
-        return { records, start: position, end, tail: result.endOffset, closed: false };
+        return { records, start: position, end, tail, closed: false };
       },
       async head() {
         return { tail: (await log!.describe(sessionId)).nextOffset, closed: false };
