@@ -137,6 +137,22 @@ describe("a session's events as a Durable Stream", () => {
   });
 });
 
+describe('general streams', () => {
+  it('orders pipelined producer batches that arrive out of order, and still reports a real gap', async () => {
+    await fetch(url('pipelined'), { method: 'PUT', headers: { 'content-type': 'application/json' } });
+    const post = (sequence: number) =>
+      fetch(url('pipelined'), { method: 'POST', headers: { 'content-type': 'application/json', 'Producer-Id': 'p1', 'Producer-Epoch': '0', 'Producer-Seq': String(sequence) }, body: JSON.stringify([{ sequence }]) });
+    const second = post(1);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const first = post(0);
+    assert.deepEqual([(await first).status, (await second).status], [200, 200]);
+    assert.deepEqual(await (await fetch(url('pipelined?offset=-1'))).json(), [{ sequence: 0 }, { sequence: 1 }]);
+    const gap = await post(5);
+    assert.equal(gap.status, 409);
+    assert.equal(gap.headers.get('Producer-Expected-Seq'), '2');
+  });
+});
+
 describe('hostile requests', () => {
   it('turns away bad paths, offsets and bodies with clear errors', async () => {
     await fetch(url('attack-1'), { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '[{"a":1},{"b":2}]' });

@@ -521,7 +521,13 @@ export function createDurableStreamsRoutes(options: DurableStreamsOptions): Hono
         throw new ProtocolError(400, "empty-body", "an append needs a body (or Stream-Closed: true to close the stream)");
       }
       const streamSequence = context.req.header(header.sequence);
-      const decision = store.append(path, records, { producer, streamSequence, close });
+      let decision = store.append(path, records, { producer, streamSequence, close });
+      // Pipelined producer batches can arrive out of order: give the missing ones a moment to land
+      // before calling it a gap (the protocol asks servers to order appends per producer).
+      for (const deadline = Date.now() + 1000; decision.kind === "sequence-gap" && decision.received > decision.expected && Date.now() < deadline; ) {
+        await store.waitForChange(path, deadline - Date.now(), context.req.raw.signal);
+        decision = store.append(path, records, { producer, streamSequence, close });
+      }
       return appendAnswer(context, decision, producer, close, records.length === 0);
     } catch (error) {
       return fail(context, error);
