@@ -1,20 +1,25 @@
 /**
  * Context log benchmark, run by hand (not a test):
  *
- *   node --import tsx bench/context-log.ts [--scale 0.1] [--no-postgres] [--output bench/results/x.txt]
+ *   node --import tsx bench/context-log.ts [--scale 0.1] [--no-postgres] [--only HTTP] [--output bench/results/x.txt]
+ *   (--only: measure just the columns whose name contains the text)
  *
  * Prints one table comparing, on the same work and the same machine:
  *   - torpor embedded: the ContextLog library in this process (SQLite, WAL, synchronous=FULL)
  *   - torpor HTTP: `torpor serve` in a child process, over loopback (SQLite, and PostgreSQL if present)
+ *   - torpor Durable Streams: the same `torpor serve` through the Durable Streams protocol
+ *     (/v1/stream/logs/<session>), so that it compares with the reference over one protocol
  *   - Durable Streams: the reference server (@durable-streams/server, file-backed, fdatasync per
  *     append) in a child process, over loopback, JSON mode, compression off
- * Every append is durable when acknowledged in all columns.
+ * Every append is durable when acknowledged in all columns. Besides one writer at a time, 50
+ * sessions append at once (what a server full of agents does): aggregate appends/s and p99.
  *
  * The reference server is not a dependency of torpor (its native deps break `npm ci` lock files):
  * install it for the run with `npm install --no-save @durable-streams/server`.
+ * Result files: bench/results/context-log-<date>.txt.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { cpus, totalmem, release } from "node:os";
+import { cpus, totalmem, release, loadavg } from "node:os";
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -172,11 +177,18 @@ function torporHttpTarget(name: string, url: string, child: ChildProcess): Targe
   };
 }
 
-function durableStreamsTarget(url: string, child: ChildProcess): Target {
-  const streamUrl = (session: string) => `${url}/v1/stream/${session}`;
+/**
+ * A Durable Streams server: the reference (one stream per session, created with PUT), or torpor's
+ * context log through the same protocol (`logs/<session>`, created by the first append; its
+ * messages are stored entries, so the payload is their `entry`).
+ */
+function durableStreamsTarget(url: string, child: ChildProcess, options: { name?: string; torporLog?: boolean } = {}): Target {
+  const streamUrl = (session: string) => `${url}/v1/stream/${options.torporLog ? `logs/${session}` : session}`;
+  const payloadOf = (item: Payload) => (options.torporLog ? (item.entry as Payload) : item);
   return {
-    name: "Durable Streams HTTP",
+    name: options.name ?? "Durable Streams HTTP",
     async prepare(session) {
+      if (options.torporLog) return;
       await ok(await fetch(streamUrl(session), { method: "PUT", headers: { "content-type": "application/json" } }));
     },
     async append(session, entries) {
@@ -198,7 +210,7 @@ function durableStreamsTarget(url: string, child: ChildProcess): Target {
       const controller = new AbortController();
       const response = await ok(await fetch(`${streamUrl(session)}?offset=now&live=sse`, { signal: controller.signal }));
       readEvents(response, (event, data) => {
-        if (event === "data") for (const payload of JSON.parse(data) as Payload[]) onEntry(payload);
+        if (event === "data") for (const item of JSON.parse(data) as Payload[]) onEntry(payloadOf(item));
       });
       return () => controller.abort();
     },
@@ -232,6 +244,24 @@ async function sequentialAppends(target: Target, session: string, count: number)
   }
   const seconds = (performance.now() - started) / 1000;
   return { perSecond: count / seconds, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99) };
+}
+
+/** `sessions` writers at once, each appending single entries one after another. */
+async function concurrentAppends(target: Target, prefix: string, sessions: number, perSession: number): Promise<{ perSecond: number; p99: number }> {
+  for (let index = 0; index < sessions; index++) await target.prepare(`${prefix}-${index}`);
+  const latencies: number[] = [];
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: sessions }, async (_, session) => {
+      for (let index = 0; index < perSession; index++) {
+        const before = performance.now();
+        await target.append(`${prefix}-${session}`, [message(200, index)]);
+        latencies.push(performance.now() - before);
+      }
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  return { perSecond: (sessions * perSession) / seconds, p99: percentile(latencies, 0.99) };
 }
 
 async function fill(target: Target, session: string, total: number, batch: number, bytes: number): Promise<number> {
@@ -286,6 +316,11 @@ async function measure(target: Target, scale: number, log: (line: string) => voi
   const sequential = await sequentialAppends(target, `seq-${run}`, sequentialCount);
   results["sequential appends (1 entry, 200 B)"] = rate(sequential.perSecond);
   results["  append latency p50 / p99"] = `${milliseconds(sequential.p50)} / ${milliseconds(sequential.p99)}`;
+
+  const perSession = Math.max(2, Math.round(40 * scale));
+  log(`  ${target.name}: 50 sessions x ${perSession} appends at once`);
+  const concurrent = await concurrentAppends(target, `many-${run}`, 50, perSession);
+  results["50 sessions appending at once: appends/s, p99"] = `${rate(concurrent.perSecond)}, ${milliseconds(concurrent.p99)}`;
 
   const batches = Math.round(300 * scale);
   log(`  ${target.name}: ${batches} batches of 100 x 1 KiB`);
@@ -368,11 +403,20 @@ async function main(): Promise<void> {
       });
     }
     targets.push(async () => {
+      const { url, child } = await startChild("torpor", join(directory, "http-streams"));
+      return durableStreamsTarget(url, child, { name: "torpor Durable Streams HTTP (SQLite)", torporLog: true });
+    });
+    targets.push(async () => {
       const { url, child } = await startChild("durable-streams", join(directory, "durable-streams"));
       return durableStreamsTarget(url, child);
     });
+    const only = option("--only");
     for (const create of targets) {
       const target = await create();
+      if (only && !target.name.includes(only)) {
+        await target.close();
+        continue;
+      }
       log(`measuring ${target.name}`);
       try {
         columns.push({ name: target.name, results: await measure(target, scale, log) });
@@ -392,6 +436,7 @@ async function main(): Promise<void> {
     `software: Node ${process.version}, better-sqlite3 ${packageVersion("better-sqlite3")}, pg ${packageVersion("pg")}, PostgreSQL 15 (fsync on), @durable-streams/server ${packageVersion("@durable-streams/server")} (file-backed, compression off)`,
     "durability: every append is on disk when acknowledged (SQLite WAL + synchronous=FULL; PostgreSQL commit with fsync; Durable Streams fdatasync per append)",
     "HTTP columns: server in a child process, client in this process, loopback, keep-alive fetch; embedded: library calls in this process",
+    `host load average (1 min) at the end: ${loadavg()[0]!.toFixed(2)} on ${cpus().length} cores (other work shares this machine: compare columns of one run, not runs)`,
     `entries: 200 B messages unless noted; read test entries 256 B; wall time ${((Date.now() - started) / 1000).toFixed(0)} s`,
     "",
   ];
@@ -421,7 +466,13 @@ if (flag("--serve")) {
     process.on("SIGTERM", () => void server.stop().then(() => process.exit(0)));
   } else {
     const { startApiServer } = await import("../src/api/server.ts");
-    const server = await startApiServer({ port: 0, stateDirectory: directory, postgresUrl: option("--postgres") });
+    const { mountDurableStreams } = await import("../src/api/durable-streams-routes.ts");
+    const server = await startApiServer({
+      port: 0,
+      stateDirectory: directory,
+      postgresUrl: option("--postgres"),
+      configure: (app, log) => void mountDurableStreams(app, { log, stateDirectory: directory }),
+    });
     write(`URL=${server.url}\n`);
     process.on("SIGTERM", () => void server.close().then(() => process.exit(0)));
   }

@@ -1,7 +1,8 @@
 // Bundles the TypeScript sources into build/ with esbuild, so that the CLI and each machine's
 // supervisor start in ~0.1 s instead of ~0.6 s through tsx. Rebuilt whenever a source file
-// changes (a stamp of every file's size and mtime); npm packages stay external.
-import { readdirSync, statSync, readFileSync, writeFileSync, renameSync, mkdirSync } from 'node:fs';
+// changes (a stamp of every file's size and mtime); npm packages stay external. An installed package
+// has no src/: it ships the bundles that `npm pack` built (scripts/build.mjs) and uses them as they are.
+import { existsSync, readdirSync, statSync, readFileSync, writeFileSync, renameSync, mkdirSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -10,6 +11,7 @@ const buildDirectory = join(root, 'build');
 export const entries = {
   cli: join(root, 'src', 'cli', 'main.ts'),
   supervisor: join(root, 'src', 'runtime', 'supervisor-main.ts'),
+  'chunk-worker': join(root, 'src', 'snapshot', 'chunk-worker.ts'),
 };
 export const bundlePath = (name) => join(buildDirectory, `${name}.mjs`);
 
@@ -36,9 +38,11 @@ function isFresh(stamp) {
 }
 
 /** Returns the bundle paths, building them first when a source changed. */
-export async function ensureBundles() {
+export async function ensureBundles({ force = false } = {}) {
+  const built = { cli: bundlePath('cli'), supervisor: bundlePath('supervisor'), chunkWorker: bundlePath('chunk-worker') };
+  if (!existsSync(join(root, 'src'))) return built; // an installed package: no sources, no esbuild
   const stamp = sourceStamp();
-  if (isFresh(stamp)) return { cli: bundlePath('cli'), supervisor: bundlePath('supervisor') };
+  if (!force && isFresh(stamp)) return built;
   const { build } = await import('esbuild');
   mkdirSync(buildDirectory, { recursive: true });
   const suffix = `${process.pid}.tmp.mjs`;
@@ -59,5 +63,5 @@ export async function ensureBundles() {
   for (const name of Object.keys(entries)) renameSync(`${bundlePath(name)}.${suffix}`, bundlePath(name));
   writeFileSync(join(buildDirectory, `stamp.${suffix}`), stamp);
   renameSync(join(buildDirectory, `stamp.${suffix}`), join(buildDirectory, 'stamp.txt'));
-  return { cli: bundlePath('cli'), supervisor: bundlePath('supervisor') };
+  return built;
 }

@@ -19,6 +19,8 @@ export async function buildCodingAgent(outfile = `${here}dist/agent.mjs`): Promi
     sourcemap: false,
     legalComments: "none",
     logLevel: "warning",
+    // `torpor/agent` from the sources of this checkout (package.json exports), not from dist/.
+    conditions: ["torpor-source"],
     // CommonJS dependencies inside an ES module bundle still call require() for Node built-ins.
     banner: { js: 'import { createRequire as torporCreateRequire } from "node:module"; const require = torporCreateRequire(import.meta.url);' },
   });

@@ -14,6 +14,8 @@ import { TorporError } from "../util/errors.ts";
 import type { SessionManager } from "../session/session-manager.ts";
 import { answerError, answerNotFound } from "./errors.ts";
 import { headers } from "./headers.ts";
+import { createMachineRoutes } from "./machine-routes.ts";
+import { createSessionTurnRoutes } from "./session-turn-routes.ts";
 import { createSessionRoutes } from "./session-routes.ts";
 
 export { headers } from "./headers.ts";
@@ -206,6 +208,10 @@ export function createApp(options: ApiOptions): Hono {
     throw new InvalidArgumentError(`format must be ai, openai or anthropic, got ${JSON.stringify(format)}`);
   });
 
-  if (options.sessions) app.route("/v1/sessions", createSessionRoutes(options.sessions));
+  if (options.sessions) {
+    app.route("/v1/sessions", createSessionRoutes(options.sessions));
+    app.route("/v1/sessions", createSessionTurnRoutes(options.sessions));
+    app.route("/v1/machines", createMachineRoutes());
+  }
   return app;
 }

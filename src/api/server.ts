@@ -6,9 +6,12 @@ import { randomBytes } from "node:crypto";
 import { SessionManager, type SessionManagerOptions } from "../session/session-manager.ts";
 import { TokenVerifier, ensureAdminToken } from "../state/api-tokens.ts";
 import { createApp, type ApiOptions } from "./app.ts";
+import { mountDurableStreams } from "./durable-streams-routes.ts";
 import { allowedHostsFor, defaultMaxBodyBytes, guardRequests } from "./request-guards.ts";
 
 export interface StartApiServerOptions extends Omit<ApiOptions, "log" | "sessions">, ContextLogOptions {
+  /** Adds routes after the API's own (for embedding and tests); errors still go through the one handler. */
+  configure?: (app: Hono, log: ContextLog) => void;
   /** Port to listen on; 0 picks a free one. Default 7070. */
   port?: number;
   /** Default 127.0.0.1; serve.ts refuses other addresses unless told explicitly. */
@@ -50,6 +53,9 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   const log = options.log ?? (await openContextLog(options));
   const sessions = options.sessions ? new SessionManager({ ...(options.sessions === true ? {} : options.sessions), log }) : undefined;
   const app = createApp({ ...options, log, sessions });
+  // Durable Streams keep their own SQLite file in the state directory: only a server that has one serves them.
+  const streams = options.stateDirectory ? mountDurableStreams(app, { log, sessions, stateDirectory: options.stateDirectory }) : undefined;
+  options.configure?.(app, log);
   const host = options.host ?? "127.0.0.1";
   const token = options.token ?? (options.stateDirectory ? ensureAdminToken(options.stateDirectory).token : `torpor_${randomBytes(32).toString("base64url")}`);
   // Filled in once the port is known (port 0 picks one): until then no request can arrive anyway.
@@ -70,6 +76,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
     }));
   } catch (error) {
     await sessions?.close();
+    streams?.close();
     if (ownsLog) await log.close();
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "EADDRINUSE") throw new Error(`port ${options.port} on ${host} is already in use; stop the other server or pass another --port`);
@@ -92,6 +99,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
     close() {
       closing ??= (async () => {
         await sessions?.close();
+        streams?.close();
         await new Promise<void>((resolve) => {
           server.close(() => resolve());
           // Live tails hold connections open; cut them so close does not wait for clients.

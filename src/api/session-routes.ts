@@ -102,8 +102,11 @@ export function createSessionRoutes(manager: SessionManager): Hono {
   });
 
   app.post('/:id/fork', async (context) => {
-    const body = (await context.req.json().catch(() => ({}))) as { name?: string };
-    return context.json(await describe(await manager.fork(context.req.param('id'), { name: body.name })), 201);
+    const body = (await context.req.json().catch(() => ({}))) as { name?: string; atTurn?: unknown };
+    if (body.atTurn !== undefined && !(Number.isSafeInteger(body.atTurn) && (body.atTurn as number) >= 0)) {
+      throw invalidRequest('atTurn must be a turn number (0 or more)');
+    }
+    return context.json(await describe(await manager.fork(context.req.param('id'), { name: body.name, atTurn: body.atTurn as number | undefined })), 201);
   });
 
   app.delete('/:id', async (context) => {

@@ -13,6 +13,7 @@ import { eventToEntries, invalidEventEntry } from './agent-events-to-entries.ts'
 import { protocolVersion, type AgentEvent, type ErrorEvent } from './agent-protocol.ts';
 import { agentMaxHistoryBytes, readBoundedHistory } from './bounded-history.ts';
 import { checkMachineCount, checkMachineSize, checkSessionCount, type ResourceLimits } from '../runtime/limits.ts';
+import { TurnHistory, type TurnSnapshot } from './turn-history.ts';
 
 /** Events the manager itself adds to a turn's stream, beside the agent's own (validated) events. */
 export type SessionEvent = AgentEvent | { type: 'session-state'; state: SessionState; note?: string } | { type: 'turn-suspend'; until: string };
@@ -32,6 +33,12 @@ export interface SessionManagerOptions {
   turnTimeoutMs?: number;
   /** Server-wide maximums (runtime/limits.ts); none when not given. */
   limits?: ResourceLimits;
+  /**
+   * How many past turns to keep a machine snapshot of, so a session can be forked as it was after
+   * any of them (rewind). 0 turns it off. Default: TORPOR_TURN_SNAPSHOTS, else 0.
+   */
+  turnSnapshots?: number;
+  turnHistory?: TurnHistory;
 }
 
 interface LiveSession {
@@ -46,7 +53,7 @@ const activeStates: SessionState[] = ['running', 'idle', 'waking', 'creating'];
  * is snapshotted and stopped; a message or a timer brings it back. Everything the manager decides
  * is recorded in the session store first, so a restarted server picks up where it was.
  */
-export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] }> {
+export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord]; event: [string, SessionEvent] }> {
   readonly store: SessionStore;
   private readonly log: ContextLog;
   private readonly live = new Map<string, LiveSession>();
@@ -56,6 +63,8 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
   private timer?: NodeJS.Timeout;
   private closed = false;
   private readonly turnTimeoutMs: number;
+  private readonly turnSnapshots: number;
+  readonly turnHistory: TurnHistory;
   /** A warm spare supervisor, so a wake does not wait for a process to start. */
   private readonly supervisors: SupervisorPool = createSupervisorPool(1);
   private readonly limits?: ResourceLimits;
@@ -71,6 +80,9 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
     this.store = options.store ?? new SessionStore();
     this.turnTimeoutMs = options.turnTimeoutMs ?? 10 * 60_000;
     this.limits = options.limits;
+    const fromEnvironment = Number(process.env.TORPOR_TURN_SNAPSHOTS ?? '0');
+    this.turnSnapshots = options.turnSnapshots ?? (Number.isInteger(fromEnvironment) && fromEnvironment > 0 ? fromEnvironment : 0);
+    this.turnHistory = options.turnHistory ?? new TurnHistory();
     this.timer = setInterval(() => void this.tick(), options.tickMs ?? 250);
     this.timer.unref();
   }
@@ -253,12 +265,39 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
 
   private async dropSnapshotIfUnused(name: string): Promise<void> {
     if (this.store.list({ includeDeleted: false }).some((record) => record.snapshot === name)) return;
+    if (this.turnHistory.uses(name)) return;
     await removeSnapshot(name).catch(() => {});
   }
 
+  /** Keeps a snapshot of the machine after turn `turn`; drops those beyond the retention. */
+  private async snapshotTurn(id: string, turn: number): Promise<void> {
+    const record = this.store.get(id);
+    if (!record || record.state !== 'idle' || !record.machineId || record.turns !== turn) return;
+    const machine = await readMachineConfig(record.machineId);
+    const name = `session-${id}-turn-${turn}-${Date.now().toString(36)}`;
+    const logOffset = (await this.log.read(id, { from: 0, limit: 1 })).endOffset;
+    await snapshotMachine(machine, { name, stop: false });
+    this.turnHistory.record({ sessionId: id, turn, snapshot: name, logOffset });
+    const kept = this.turnHistory.list(id);
+    for (const old of kept.slice(0, Math.max(0, kept.length - this.turnSnapshots))) {
+      this.turnHistory.remove(id, old.turn);
+      await this.dropSnapshotIfUnused(old.snapshot);
+    }
+  }
+
+  /** The turns a session can be forked at (oldest first). */
+  turnsOf(idOrName: string): TurnSnapshot[] {
+    return this.turnHistory.list(this.get(idOrName).id);
+  }
+
   /** Delivers a user message; streams the turn's events to `onEvent`; resolves when the turn ends or suspends. */
-  async send(idOrName: string, content: string, onEvent: (event: SessionEvent) => void = () => {}): Promise<{ turnId: string; events: SessionEvent[] }> {
+  async send(idOrName: string, content: string, onTurnEvent: (event: SessionEvent) => void = () => {}): Promise<{ turnId: string; events: SessionEvent[] }> {
     const id = this.get(idOrName).id;
+    // Every event of a turn also goes to 'event' listeners (the durable event stream records them).
+    const onEvent = (event: SessionEvent) => {
+      this.emit('event', id, event);
+      onTurnEvent(event);
+    };
     return this.serialize(id, async () => {
       let record = this.get(id);
       if (record.state === 'hibernated') record = await this.wake(id, 'message', onEvent);
@@ -287,7 +326,11 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
         await this.hibernate(id, { wakeAt: result.suspendedUntil });
         return { turnId, events };
       }
-      this.update(id, { state: 'idle', turns: this.get(id).turns + 1, lastActivityAt: new Date().toISOString() });
+      const turns = this.get(id).turns + 1;
+      this.update(id, { state: 'idle', turns, lastActivityAt: new Date().toISOString() });
+      // Rewind: snapshot the machine as this turn left it, right after the turn (queued behind it,
+      // ahead of the next message), so that the reply is not held up by it.
+      if (this.turnSnapshots > 0) void this.serialize(id, () => this.snapshotTurn(id, turns)).catch(() => {});
       return { turnId, events };
     });
   }
@@ -427,19 +470,39 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
     this.update(id, { state: 'idle', note: `${why}; rebuilt on a fresh machine from the context log (${kept})` });
   }
 
-  async fork(idOrName: string, options: { name?: string } = {}): Promise<AgentSessionRecord> {
+  /**
+   * A new session from this one: as it is now, or, with `atTurn`, as it was right after that turn
+   * (machine from the turn's snapshot, log forked at the offset the turn ended at).
+   */
+  async fork(idOrName: string, options: { name?: string; atTurn?: number } = {}): Promise<AgentSessionRecord> {
     const source = this.get(idOrName);
     return this.serialize(source.id, async () => {
       const current = this.get(source.id);
       let snapshot = current.snapshot;
-      if (current.machineId && current.state !== 'hibernated') snapshot = await this.takeSnapshot(source.id, false);
+      let logEnd: number;
+      let turns = current.turns;
+      if (options.atTurn !== undefined) {
+        const past = this.turnHistory.find(source.id, options.atTurn);
+        if (!past) {
+          const kept = this.turnHistory.list(source.id).map((entry) => entry.turn);
+          throw new TorporError('turn-unknown', `session ${current.name} has no snapshot of turn ${options.atTurn}`, {
+            hint: kept.length > 0 ? `turns kept: ${kept.join(', ')}` : 'start the server with TORPOR_TURN_SNAPSHOTS=N to keep the last N turns',
+              status: 404,
+          });
+        }
+        snapshot = past.snapshot;
+        logEnd = past.logOffset;
+        turns = past.turn;
+      } else {
+        if (current.machineId && current.state !== 'hibernated') snapshot = await this.takeSnapshot(source.id, false);
+        logEnd = (await this.log.read(source.id, { from: 0, limit: 1 })).endOffset;
+      }
       if (!snapshot) throw new TorporError('fork-impossible', `session ${current.name} has no machine state to fork yet`, { status: 409 });
       const id = `s-${randomBytes(6).toString('hex')}`;
-      const logEnd = (await this.log.read(source.id, { from: 0, limit: 1 })).endOffset;
       await this.log.fork(source.id, logEnd, { name: id });
       const now = new Date().toISOString();
       // The fork starts hibernated on the shared snapshot; its first message restores its own machine.
-      this.store.insert({ id, name: options.name ?? id, spec: current.spec, state: 'hibernated', snapshot, snapshotLogOffset: logEnd, turns: current.turns, createdAt: now, updatedAt: now, lastActivityAt: now, parentId: source.id });
+      this.store.insert({ id, name: options.name ?? id, spec: current.spec, state: 'hibernated', snapshot, snapshotLogOffset: logEnd, turns, createdAt: now, updatedAt: now, lastActivityAt: now, parentId: source.id });
       return this.get(id);
     });
   }
@@ -456,6 +519,10 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
       }
       this.update(record.id, { state: 'deleted', machineId: undefined });
       if (record.snapshot) await this.dropSnapshotIfUnused(record.snapshot);
+      for (const past of this.turnHistory.list(record.id)) {
+        this.turnHistory.remove(record.id, past.turn);
+        await this.dropSnapshotIfUnused(past.snapshot);
+      }
     });
   }
 
@@ -512,5 +579,6 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord] 
     for (const live of this.live.values()) live.connection.close();
     this.live.clear();
     this.store.close();
+    this.turnHistory.close();
   }
 }

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectRoot } from '../util/project-root.ts';
 import { Worker } from 'node:worker_threads';
@@ -35,6 +36,15 @@ interface PoolWorker {
 
 // Two requests queued per thread: the next chunk is already waiting when one finishes, so a thread
 // never idles for a message round trip.
+/**
+ * The checkout runs the TypeScript worker through tsx; an installed package has no sources and no
+ * tsx, and runs the worker bundle that `npm pack` built (bin/bundles.mjs).
+ */
+function workerScript(): string {
+  const source = join(projectRoot(), 'src', 'snapshot', 'chunk-worker-entry.mjs');
+  return existsSync(source) ? source : join(projectRoot(), 'build', 'chunk-worker.mjs');
+}
+
 const depthPerWorker = 2;
 // A thread that keeps dying (e.g. it cannot load its code) is not restarted forever.
 const restartLimit = 3;
@@ -68,7 +78,7 @@ export class ChunkWorkerPool {
   }
 
   private startWorker(): PoolWorker {
-    const worker = new Worker(join(projectRoot(), 'src', 'snapshot', 'chunk-worker-entry.mjs'), { execArgv: [] });
+    const worker = new Worker(workerScript(), { execArgv: [] });
     const entry: PoolWorker = { worker, ready: false, inFlight: new Map() };
     worker.unref();
     worker.on('message', (reply: WorkerReply) => {

@@ -193,12 +193,15 @@ export function registerSessionCommands(program: Command): void {
 
   session
     .command('fork')
-    .description('a new session from this one: same machine state, log forked at the same offset')
+    .description('a new session from this one: same machine state, log forked at the same offset (--at-turn: as it was after that turn)')
     .argument('<session>')
     .option('--name <name>')
+    .option('--at-turn <n>', 'rewind: fork the session as it was right after turn n (the server must keep turn snapshots: TORPOR_TURN_SNAPSHOTS)')
     .option('--json', 'machine-readable output')
-    .action(async (id: string, flags: { name?: string; json?: boolean }) => {
-      const forked = (await call(await url(), 'POST', `/v1/sessions/${encodeURIComponent(id)}/fork`, { name: flags.name })) as SessionView;
+    .action(async (id: string, flags: { name?: string; atTurn?: string; json?: boolean }) => {
+      if (flags.atTurn !== undefined && !/^\d+$/.test(flags.atTurn)) throw new TorporError('invalid-turn', `--at-turn must be a turn number, got ${JSON.stringify(flags.atTurn)}`, { hint: 'see the turns kept with GET /v1/sessions/ID/turns', exitCode: 1 });
+      const atTurn = flags.atTurn === undefined ? undefined : Number(flags.atTurn);
+      const forked = (await call(await url(), 'POST', `/v1/sessions/${encodeURIComponent(id)}/fork`, { name: flags.name, atTurn })) as SessionView;
       if (flags.json) printJson(forked);
       else process.stdout.write(forked.id + '\n');
     });
