@@ -123,7 +123,7 @@ describe('the packed package', { timeout: 900_000 }, () => {
 
   it('runs a plain .mjs consumer (client, torpor/context, torpor/agent, a real session) against `torpor serve` from its bin', async () => {
     await writeFile(join(project, 'consumer.mjs'), consumerMjs);
-    const { stdout } = await run(process.execPath, ['consumer.mjs'], { cwd: project, env: { ...process.env, TORPOR_URL: server!.url, TORPOR_HOME: home.home }, timeout: 600_000 });
+    const { stdout } = await run(process.execPath, ['consumer.mjs'], { cwd: project, env: { ...process.env, TORPOR_URL: server!.url, TORPOR_TOKEN: server!.token, TORPOR_HOME: home.home }, timeout: 600_000 });
     const report = JSON.parse(stdout) as Record<string, unknown>;
     assert.deepEqual(report.health, { ok: true, storage: 'sqlite' });
     assert.equal(report.agent, 'function');
@@ -139,7 +139,7 @@ describe('the packed package', { timeout: 900_000 }, () => {
     await writeFile(join(project, 'consumer.ts'), consumerTs);
     await writeFile(join(project, 'tsconfig.json'), JSON.stringify({ ...tsconfig, files: ['consumer.ts'] }));
     await run(process.execPath, [typescript, '-p', '.'], { cwd: project }).catch((error: { stdout: string }) => assert.fail(`tsc failed:\n${error.stdout}`));
-    const { stdout } = await run(process.execPath, ['out/consumer.js'], { cwd: project, env: { ...process.env, TORPOR_URL: server!.url } });
+    const { stdout } = await run(process.execPath, ['out/consumer.js'], { cwd: project, env: { ...process.env, TORPOR_URL: server!.url, TORPOR_TOKEN: server!.token } });
     assert.deepEqual(JSON.parse(stdout), { sessions: 0, described: 'turn-finish', next: 1, content: 'typed', code: 'session-unknown:404', options: 0 });
 
     // The declarations are real types, not `any`: a wrong call must not compile.

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { after, before, it } from 'node:test';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
 import { startTorporServer, type TorporServerProcess } from '../client/testing/torpor-server.ts';
+import { startAuthorizingProxy, type AuthorizingProxy } from './testing/authorizing-proxy.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 /**
@@ -21,17 +22,21 @@ const reached = 330;
 
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
 let server: TorporServerProcess;
+/** The suite cannot send a token: it talks to the server through a proxy that adds it. */
+let proxy: AuthorizingProxy;
 let scratch: string;
 
 before(async () => {
   home = await useTemporaryHome();
   server = await startTorporServer({ env: { ...process.env, TORPOR_HOME: home.home, TORPOR_STREAM_LONG_POLL_MS: '500' } });
+  proxy = await startAuthorizingProxy(server.url, server.token);
   await mkdir(join(root, '.torpor-test'), { recursive: true });
   scratch = await mkdtemp(join(root, '.torpor-test', 'conformance-'));
   await writeFile(join(scratch, 'conformance.test.mjs'), 'import { runConformanceTests } from "@durable-streams/server-conformance-tests";\nrunConformanceTests({ baseUrl: process.env.CONFORMANCE_URL });\n');
 });
 
 after(async () => {
+  await proxy?.close();
   await server?.stop();
   await home?.cleanup();
   if (scratch) await rm(scratch, { recursive: true, force: true });
@@ -41,7 +46,7 @@ it('passes the Durable Streams server conformance suite', { timeout: 900_000 }, 
   const report = join(scratch, 'report.json');
   const vitest = join(root, 'node_modules', 'vitest', 'vitest.mjs');
   await new Promise<void>((resolve) => {
-    execFile(process.execPath, [vitest, 'run', '--root', scratch, '--reporter=json', `--outputFile=${report}`], { cwd: scratch, env: { ...process.env, CONFORMANCE_URL: server.url }, maxBuffer: 64 * 1024 * 1024 }, () => resolve());
+    execFile(process.execPath, [vitest, 'run', '--root', scratch, '--reporter=json', `--outputFile=${report}`], { cwd: scratch, env: { ...process.env, CONFORMANCE_URL: proxy.url }, maxBuffer: 64 * 1024 * 1024 }, () => resolve());
   });
   const result = JSON.parse(await readFile(report, 'utf8')) as {
     numPassedTests: number;

@@ -43,17 +43,20 @@ after(async () => {
 const user = (text: string) => ({ kind: 'message', role: 'user', content: text });
 const content = (stored: StoredEntry) => (stored.entry as { content?: unknown }).content;
 const url = (path: string) => `${server.url}/v1/stream/${path}`;
+/** Every request carries the server's token; the attacks on authentication live in security.test.ts. */
+const auth = () => ({ authorization: `Bearer ${server.token}` });
+const fetch = (input: string, init: RequestInit = {}) => globalThis.fetch(input, { ...init, headers: { ...auth(), ...(init.headers as Record<string, string>) } });
 
 describe('a context log as a Durable Stream', () => {
   it('reads, resumes from a saved offset, and takes idempotent producer appends exactly once', async () => {
     await server.log.append('ds-log-1', [user('one'), user('two')]);
-    const first = await stream<StoredEntry>({ url: url('logs/ds-log-1'), live: false });
+    const first = await stream<StoredEntry>({ url: url('logs/ds-log-1'), headers: auth(), live: false });
     const items = await first.json();
     assert.deepEqual(items.map(content), ['one', 'two']);
     const saved = first.offset;
 
     // A producer that retries (same epoch and sequence) must not log twice.
-    const handle = await DurableStream.connect({ url: url('logs/ds-log-1'), contentType: 'application/json' });
+    const handle = await DurableStream.connect({ url: url('logs/ds-log-1'), headers: auth(), contentType: 'application/json' });
     const producer = new IdempotentProducer(handle, 'writer-1', { lingerMs: 0 });
     producer.append(JSON.stringify(user('three')));
     await producer.flush(); // not close(): that would close the stream (a context log cannot be closed)
@@ -65,7 +68,7 @@ describe('a context log as a Durable Stream', () => {
     assert.equal(retry.status, 204, 'a retried batch is acknowledged as a duplicate');
     assert.equal((await server.log.describe('ds-log-1')).nextOffset, 3);
 
-    const resumed = await stream<StoredEntry>({ url: url('logs/ds-log-1'), offset: saved, live: false });
+    const resumed = await stream<StoredEntry>({ url: url('logs/ds-log-1'), headers: auth(), offset: saved, live: false });
     assert.deepEqual((await resumed.json()).map((stored) => [stored.offset, content(stored)]), [[2, 'three']]);
   });
 
@@ -73,10 +76,10 @@ describe('a context log as a Durable Stream', () => {
     it(`follows new entries live (${live}) from where a reader stopped`, async () => {
       const session = `ds-live-${live}`;
       await server.log.append(session, [user('before')]);
-      const caughtUp = await stream({ url: url(`logs/${session}`), live: false });
+      const caughtUp = await stream({ url: url(`logs/${session}`), headers: auth(), live: false });
       await caughtUp.json();
       const controller = new AbortController();
-      const response = await stream<StoredEntry>({ url: url(`logs/${session}`), offset: caughtUp.offset, live, signal: controller.signal });
+      const response = await stream<StoredEntry>({ url: url(`logs/${session}`), headers: auth(), offset: caughtUp.offset, live, signal: controller.signal });
       const seen: string[] = [];
       const done = new Promise<void>((resolve) => {
         response.subscribeJson((batch) => {
@@ -107,7 +110,7 @@ describe("a session's events as a Durable Stream", () => {
     sessions.emit('event', 's-00000000abcd', { type: 'turn-start', turnId: 't1' });
     sessions.emit('event', 's-00000000abcd', { type: 'text-delta', turnId: 't1', delta: 'hel' });
     const controller = new AbortController();
-    const first = await stream<{ type: string; delta?: string }>({ url: url('sessions/s-00000000abcd/events'), live: 'sse', signal: controller.signal });
+    const first = await stream<{ type: string; delta?: string }>({ url: url('sessions/s-00000000abcd/events'), headers: auth(), live: 'sse', signal: controller.signal });
     const seen: string[] = [];
     let saved = '';
     await new Promise<void>((resolve) => {
@@ -120,7 +123,7 @@ describe("a session's events as a Durable Stream", () => {
     controller.abort(); // the browser tab goes away
     sessions.emit('event', 's-00000000abcd', { type: 'text-delta', turnId: 't1', delta: 'lo' });
     sessions.emit('event', 's-00000000abcd', { type: 'turn-finish', turnId: 't1' });
-    const resumed = await stream<{ type: string; delta?: string }>({ url: url('sessions/s-00000000abcd/events'), offset: saved, live: false });
+    const resumed = await stream<{ type: string; delta?: string }>({ url: url('sessions/s-00000000abcd/events'), headers: auth(), offset: saved, live: false });
     const rest = await resumed.json();
     assert.deepEqual(seen, ['turn-start', 'text-delta']);
     assert.deepEqual(rest.map((event) => event.delta ?? event.type), ['lo', 'turn-finish']);

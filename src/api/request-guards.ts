@@ -14,7 +14,11 @@ import { authenticate, type AuthenticationPolicy } from './authentication.ts';
  *     on anything but GET/HEAD/OPTIONS.
  *  4. A valid bearer token, and a scope that allows the request (authentication.ts).
  *  5. Bodies are JSON (415 otherwise: a browser's cross-site "simple" request can only send
- *     text/plain, form or multipart bodies, so requiring JSON closes that door too).
+ *     text/plain, form or multipart bodies, so requiring JSON closes that door too). Two kinds of
+ *     routes carry bytes by design: Durable Streams (`/v1/stream/`, any content type, by the
+ *     protocol) and machine file writes (`PUT /v1/machines/:machine/files`). They are safe from
+ *     cross-site posts all the same: guard 4 needs an Authorization header, which a cross-site
+ *     simple request cannot carry.
  *  6. Bodies are at most a route's limit (413), counted while reading, whatever Content-Length says.
  */
 export interface RequestGuardPolicy extends AuthenticationPolicy {
@@ -51,6 +55,11 @@ export function guardResponse(error: TorporError): Response {
 
 const safeMethods = new Set(['GET', 'HEAD', 'OPTIONS']);
 const credentialParameters = ['token', 'access_token', 'api_key', 'apikey', 'auth', 'authorization', 'bearer'];
+
+/** Routes whose bodies are bytes of any type (see guard 5). */
+function carriesBytes(method: string, path: string): boolean {
+  return path.startsWith('/v1/stream/') || (method === 'PUT' && /^\/v1\/machines\/[^/]+\/files\/?$/.test(path));
+}
 
 function isLogAppend(method: string, path: string): boolean {
   return method === 'POST' && /^\/v1\/logs\/[^/]+\/entries\/?$/.test(path);
@@ -143,8 +152,9 @@ export function guardRequests<F extends Fetch>(fetch: F, policy: RequestGuardPol
       authenticate(request, url.pathname, policy);
       if (safeMethods.has(request.method) && request.method !== 'OPTIONS') return await fetch(request, ...rest);
       const logAppend = isLogAppend(request.method, url.pathname);
-      const body = await readBody(request, logAppend ? policy.maxLogAppendBytes : policy.maxBodyBytes);
-      checkContentType(request, logAppend, body.byteLength);
+      const bytes = carriesBytes(request.method, url.pathname);
+      const body = await readBody(request, logAppend || bytes ? policy.maxLogAppendBytes : policy.maxBodyBytes);
+      if (!bytes) checkContentType(request, logAppend, body.byteLength);
       const buffered = new Request(request.url, { method: request.method, headers: request.headers, body: body.byteLength > 0 ? body : undefined, signal: request.signal });
       return await fetch(buffered, ...rest);
     } catch (error) {

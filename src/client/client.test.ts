@@ -18,7 +18,7 @@ let torpor: Torpor;
 before(async () => {
   home = await useTemporaryHome();
   server = await startTorporServer({ env: { ...process.env, TORPOR_HOME: home.home, TORPOR_TURN_SNAPSHOTS: '3' } });
-  torpor = new Torpor({ baseUrl: server.url });
+  torpor = new Torpor({ baseUrl: server.url, token: server.token });
 });
 
 after(async () => {

@@ -13,7 +13,7 @@ let torpor: Torpor;
 before(async () => {
   home = await useTemporaryHome();
   server = await startTorporServer({ env: { ...process.env, TORPOR_HOME: home.home } });
-  torpor = new Torpor({ baseUrl: server.url });
+  torpor = new Torpor({ baseUrl: server.url, token: server.token });
 });
 
 after(async () => {

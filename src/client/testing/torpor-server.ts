@@ -1,8 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export interface TorporServerProcess {
   url: string;
+  /** The full-access token the server created in its state directory. */
+  token: string;
   child: ChildProcess;
   stop(): Promise<void>;
 }
@@ -33,8 +37,11 @@ export async function startTorporServer(options: { env: NodeJS.ProcessEnv; cli?:
       reject(new Error(`torpor serve exited with ${code}: ${output}`));
     });
   });
+  // serve writes its token (api/token in the state directory) before it listens.
+  const token = readFileSync(join(options.env.TORPOR_HOME ?? '', 'api', 'token'), 'utf8').trim();
   return {
     url,
+    token,
     child,
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;
