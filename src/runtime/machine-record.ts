@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { paths } from '../state/paths.ts';
 import { writeJsonAtomic } from '../util/atomic-file.ts';
 import { isNodeError } from '../util/errors.ts';
+import { networkPolicySchema } from '../network/policy.ts';
 
 const portSchema = z.object({
   hostAddress: z.string(),
@@ -29,6 +30,8 @@ export const machineConfigSchema = z.object({
   memoryMiB: z.number().int().positive(),
   ports: z.array(portSchema),
   network: z.boolean(),
+  /** What the guest may reach when `network` is on; absent (machines and snapshots made before it existed) means the default filter. */
+  networkPolicy: networkPolicySchema.optional(),
   autoRemove: z.boolean(),
   accelerator: z.enum(['kvm', 'tcg']),
   kernelPath: z.string(),
@@ -68,6 +71,8 @@ export const machineStateSchema = z.object({
   waitForAttach: z.boolean().optional(),
   /** Restore only once: a later `start` boots cold on the machine's own disk. */
   restored: z.boolean().optional(),
+  /** The uid its QEMU runs as, which its network rules match (released when it stops). */
+  networkUid: z.number().int().optional(),
   /** The snapshot this machine was saved into when it stopped (snapshot --stop, hibernation). */
   snapshot: z.string().optional(),
 });
@@ -87,7 +92,9 @@ export const machineFiles = (id: string) => {
     processLog: join(directory, 'process.log'),
     supervisorLog: join(directory, 'supervisor.log'),
     deviceState: join(directory, 'device-state.bin'),
-    migrationSocket: join(directory, 'migration.sock'),
+    /** Owned by the machine's QEMU uid: QEMU creates its incoming migration socket here after dropping root. */
+    qemuDirectory: join(directory, 'qemu'),
+    migrationSocket: join(directory, 'qemu', 'migration.sock'),
   };
 };
 

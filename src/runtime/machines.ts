@@ -16,6 +16,9 @@ import { bootTimingArguments } from '../host/boot-timing.ts';
 import { chooseAccelerator, type AcceleratorChoice } from '../vm/accelerator-probe.ts';
 import { resolveOrBuildImage } from '../image/builtin-images.ts';
 import type { PortMapping } from '../vm/machine-spec.ts';
+import { requireNetworkFilter } from '../network/firewall.ts';
+import { releaseConfinement } from '../network/machine-confinement.ts';
+import type { NetworkPolicy } from '../network/policy.ts';
 import { AgentClient } from '../guest/agent-client.ts';
 import { FrameType, decodeError } from '../guest/protocol.ts';
 import {
@@ -48,6 +51,8 @@ export interface CreateMachineOptions {
   memoryMiB?: number;
   ports?: PortMapping[];
   network?: boolean;
+  /** Default: the filter (public internet only); see src/network/policy.ts. */
+  networkPolicy?: NetworkPolicy;
   autoRemove?: boolean;
   diskGiB?: number;
 }
@@ -151,6 +156,7 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
     memoryMiB: options.memoryMiB ?? 512,
     ports: options.ports ?? [],
     network: options.network ?? true,
+    ...(options.networkPolicy ? { networkPolicy: options.networkPolicy } : {}),
     autoRemove: options.autoRemove ?? false,
     accelerator: host.accelerator.accelerator,
     kernelPath: host.kernelPath,
@@ -251,6 +257,8 @@ export async function startMachine(
     throw new TorporError('already-running', `machine ${config.name} is already ${current.status}`, { hint: `torpor stop ${config.name}` });
   }
   await ensureMemoryRoom(config.memoryMiB);
+  // Said here, before a supervisor starts, so the user sees the reason and the way out.
+  if (config.network && (config.networkPolicy?.mode ?? 'filtered') === 'filtered') requireNetworkFilter();
   if (config.network) await ensurePortsFree(config.ports);
   const files = machineFiles(id);
   // `restored` survives: a machine made from a snapshot restores once, then boots cold on its own disk.
@@ -401,6 +409,8 @@ export async function killMachine(config: MachineConfig): Promise<MachineState> 
   }
   const files = machineFiles(config.id);
   await rm(join(memoryDirectory(), `${config.id}.ram`), { force: true });
+  // A supervisor killed with -9 left its QEMU uid claimed and its rules in place.
+  if (state.networkUid !== undefined) await releaseConfinement(state.networkUid, config.id);
   for (const socket of [files.controlSocket, files.agentSocket, files.qmpSocket]) await rm(socket, { force: true });
   const final: MachineState = {
     ...state,
@@ -408,6 +418,7 @@ export async function killMachine(config: MachineConfig): Promise<MachineState> 
     exitCode: state.status === 'exited' ? state.exitCode : 137,
     finishedAt: state.finishedAt ?? new Date().toISOString(),
     error: state.status === 'exited' ? state.error : 'killed',
+    networkUid: undefined,
   };
   await writeMachineState(config.id, final);
   return final;

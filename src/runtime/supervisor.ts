@@ -11,6 +11,8 @@ import { captureSnapshot } from '../snapshot/snapshot-store.ts';
 import { templateMemoryFile } from './template-memory.ts';
 import type { RunningVm, VmExit } from '../vm/driver.ts';
 import { memoryDirectory } from '../state/paths.ts';
+import { confineMachine, type Confinement } from '../network/machine-confinement.ts';
+import { defaultNetworkPolicy } from '../network/policy.ts';
 import {
   machineFiles,
   readMachineConfig,
@@ -50,6 +52,7 @@ export class Supervisor {
   private readonly pendingMainInput: Frame[] = [];
   private processLog?: WriteStream;
   private state: MachineState = { status: 'starting' };
+  private confinement?: Confinement;
   private stopping = false;
   private firstAttach?: () => void;
   private readonly files;
@@ -88,6 +91,7 @@ export class Supervisor {
       consoleLog: this.files.consoleLog,
       network: this.config.network,
       ports: this.config.ports,
+      runAs: this.confinement?.runAs,
       incoming,
     };
   }
@@ -113,6 +117,13 @@ export class Supervisor {
     try {
       await mkdir(memoryDirectory(), { recursive: true });
       if (!restore) await rm(this.memoryFile(), { force: true });
+      this.confinement = await confineMachine(this.config.id, {
+        network: this.config.network,
+        policy: this.config.networkPolicy ?? defaultNetworkPolicy(),
+        qemuDirectory: this.files.qemuDirectory,
+        reopenedFiles: [this.files.layerDisk],
+      });
+      if (this.confinement.runAs) await this.setState({ networkUid: this.confinement.runAs.uid });
       this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore)), { logPath: this.files.supervisorLog });
       await this.setState({ qemuPid: this.vm.pid });
       this.vm.exited.then((exit) => this.onVmExit(exit));
@@ -280,6 +291,8 @@ export class Supervisor {
     for (const client of this.clients) client.socket.end();
     this.agent?.close();
     this.vm?.qmp.close();
+    // QEMU is gone (every path here waited for it): its uid and rules can go.
+    await this.confinement?.release();
     if (this.config.captureTemplate && patch.status === 'exited') {
       // The template's RAM stays in tmpfs as the base every restore of its descendants copies from.
       await rename(this.memoryFile(), templateMemoryFile(this.config.captureTemplate)).catch(() => rm(this.memoryFile(), { force: true }));
@@ -289,7 +302,7 @@ export class Supervisor {
     await rm(this.files.controlSocket, { force: true });
     await rm(this.files.agentSocket, { force: true });
     await rm(this.files.qmpSocket, { force: true });
-    await this.setState({ ...patch, finishedAt: new Date().toISOString(), waitForAttach: undefined });
+    await this.setState({ ...patch, finishedAt: new Date().toISOString(), waitForAttach: undefined, networkUid: undefined });
     if (this.config.autoRemove && this.state.status === 'exited') await releaseMachine(this.config);
     setTimeout(() => process.exit(0), 50).unref();
   }
@@ -421,7 +434,7 @@ export class Supervisor {
     try {
       await vm.qmp.execute('stop');
       const paused = performance.now();
-      const deviceState = await saveDeviceState(vm.qmp, this.files.migrationSocket);
+      const deviceState = await saveDeviceState(vm.qmp, this.files.migrationSocket, { socketOwner: this.confinement?.runAs });
       const saved = performance.now();
       const manifest = await captureSnapshot({
         name: request.name,
