@@ -3,6 +3,7 @@ import { streamSSE } from 'hono/streaming';
 import { z } from 'zod';
 import { TorporError } from '../util/errors.ts';
 import { parseMemory } from '../runtime/run-options.ts';
+import { sessionNetworkOptions } from '../session/session-network.ts';
 import { storeUsage } from '../snapshot/snapshot-store.ts';
 import type { SessionManager, SessionEvent } from '../session/session-manager.ts';
 import type { SessionRecord } from '../session/session-store.ts';
@@ -14,6 +15,15 @@ const createSessionBody = z.strictObject({
   name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).optional(),
   resources: z.strictObject({ cpus: z.number().int().min(1).max(64).default(1), memory: z.string().default('512m') }).default({ cpus: 1, memory: '512m' }),
   idle: z.union([z.number().nonnegative(), z.string().regex(/^\d+(\.\d+)?(ms|s|m|h)?$/)]).default(30),
+  /** Default: the public internet only. `{ allowHost: [11434] }` lets the agent reach a host service at 10.0.2.2. */
+  network: z
+    .strictObject({
+      mode: z.enum(['user', 'none', 'unrestricted']).optional(),
+      allowHost: z.array(z.union([z.number().int(), z.string()])).optional(),
+      egressAllow: z.array(z.string()).optional(),
+      egressDeny: z.array(z.string()).optional(),
+    })
+    .optional(),
 });
 
 const sendMessageBody = z.strictObject({ content: z.string().min(1) });
@@ -31,6 +41,10 @@ const statusByCode: Record<string, number> = {
   'session-exists': 409,
   'image-unknown': 404,
   'invalid-memory': 400,
+  'invalid-network': 400,
+  'invalid-cidr': 400,
+  'invalid-allow-host': 400,
+  'network-filter-unavailable': 503,
   'fork-impossible': 409,
   'agent-hung': 504,
   'agent-exited': 502,
@@ -65,8 +79,17 @@ export function createSessionRoutes(manager: SessionManager): Hono {
     }
     const body = parsed.data;
     try {
+      sessionNetworkOptions(body.network); // bad ranges or ports: a 400 now, not a failed machine later
       const record = await manager.create(
-        { image: body.image, command: body.command, env: body.env, cpus: body.resources.cpus, memoryMiB: parseMemory(body.resources.memory), idleSeconds: parseIdle(body.idle) },
+        {
+          image: body.image,
+          command: body.command,
+          env: body.env,
+          cpus: body.resources.cpus,
+          memoryMiB: parseMemory(body.resources.memory),
+          idleSeconds: parseIdle(body.idle),
+          ...(body.network ? { network: body.network } : {}),
+        },
         { name: body.name },
       );
       return context.json(await describe(record), 201);

@@ -87,5 +87,5 @@ export async function installMachineRules(uid: number, policy: NetworkPolicy): P
 }
 
 export async function removeMachineRules(uid: number): Promise<void> {
-  await applyBatch([...baseRules(uidRange), ...removalRules(uid)]);
+  await applyBatch(removalRules(uid));
 }

@@ -1,11 +1,14 @@
-import { chown, mkdir } from 'node:fs/promises';
+import { chmod, chown, mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { findNft, installMachineRules, networkFilterAvailability, removeMachineRules, requireNetworkFilter } from './firewall.ts';
 import type { NetworkPolicy } from './policy.ts';
-import { claimUid, releaseUid, uidHolder } from './uid-claims.ts';
+import { claimUid, releaseUid, uidHolder, runtimeRoot } from './uid-claims.ts';
 
 export interface Confinement {
   /** The uid and gid QEMU switches to after opening its files (`-runas`); absent when torpor is not root. */
   runAs?: { uid: number; gid: number };
+  /** Where QEMU can create and connect to unix sockets (migration) after dropping root. */
+  socketDirectory: string;
   /** Removes the rules and gives the uid back. Safe to call twice. */
   release(): Promise<void>;
 }
@@ -20,29 +23,34 @@ export async function confineMachine(
   options: {
     network: boolean;
     policy: NetworkPolicy;
-    /** A directory QEMU must be able to create sockets in (its incoming migration socket). */
-    qemuDirectory: string;
-    /**
-     * Files QEMU opens again after it dropped root: a restored machine's writable disk is reopened
-     * read-write when the incoming migration completes (`cont`), so it must belong to QEMU's uid.
-     */
-    reopenedFiles: string[];
+    /** Used for QEMU's sockets when QEMU keeps our uid (torpor not running as root). */
+    ownSocketDirectory: string;
   },
 ): Promise<Confinement> {
   const filtered = options.network && options.policy.mode === 'filtered';
   if (filtered) requireNetworkFilter();
-  await mkdir(options.qemuDirectory, { recursive: true, mode: 0o700 });
-  if (process.getuid?.() !== 0) return { release: async () => {} };
+  if (process.getuid?.() !== 0) {
+    await mkdir(options.ownSocketDirectory, { recursive: true, mode: 0o700 });
+    return { socketDirectory: options.ownSocketDirectory, release: async () => {} };
+  }
   const uid = claimUid(machineId);
+  // The state directory may be private to root (0700): QEMU's sockets live under /run instead,
+  // in a directory of QEMU's own uid that nobody else can enter.
+  const socketDirectory = machineSocketDirectory(machineId);
   let released = false;
   const release = async () => {
     if (released) return;
     released = true;
     if (findNft()) await removeMachineRules(uid).catch(() => {});
+    await rm(socketDirectory, { recursive: true, force: true });
     releaseUid(uid, machineId);
   };
   try {
-    for (const path of [options.qemuDirectory, ...options.reopenedFiles]) await chown(path, uid, uid);
+    // QEMU's uid may pass through these two directories (0711) but list neither.
+    await mkdir(join(runtimeRoot(), 'qemu'), { recursive: true, mode: 0o711 });
+    for (const directory of [runtimeRoot(), join(runtimeRoot(), 'qemu')]) await chmod(directory, 0o711);
+    await mkdir(socketDirectory, { recursive: true, mode: 0o700 });
+    await chown(socketDirectory, uid, uid);
     // Without a network there is nothing to allow: a socket of this uid meets the shared `refuse` rule.
     // An unrestricted machine gets an explicit accept, so that the table (if other machines made it) lets it out.
     if (filtered || (options.network && networkFilterAvailability().available)) await installMachineRules(uid, options.policy);
@@ -50,7 +58,7 @@ export async function confineMachine(
     await release();
     throw error;
   }
-  return { runAs: { uid, gid: uid }, release };
+  return { runAs: { uid, gid: uid }, socketDirectory, release };
 }
 
 /** For `torpor rm -f`/kill paths: the supervisor is gone, so its rules and uid claim go here. */
@@ -59,5 +67,8 @@ export async function releaseConfinement(uid: number, machineId: string): Promis
   // The uid may belong to another machine by now: its rules are not ours to remove.
   if (holder !== undefined && holder !== machineId) return;
   if (findNft() && process.getuid?.() === 0) await removeMachineRules(uid).catch(() => {});
+  await rm(machineSocketDirectory(machineId), { recursive: true, force: true });
   releaseUid(uid, machineId);
 }
+
+const machineSocketDirectory = (machineId: string) => join(runtimeRoot(), 'qemu', machineId);

@@ -116,6 +116,9 @@ export function machineRules({ uid, policy, resolvers }: MachineRulesInput): str
 export function removalRules(uid: number): string[] {
   const chain = chainName(uid);
   return [
+    // Creates nothing that filters: a namespace without the table gets only an empty table and map.
+    `add table inet ${tableName}`,
+    `add map inet ${tableName} machines { type uid : verdict ; }`,
     `add chain inet ${tableName} ${chain}`,
     `add element inet ${tableName} machines { ${uid} : jump ${chain} }`,
     `delete element inet ${tableName} machines { ${uid} }`,

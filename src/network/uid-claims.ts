@@ -14,7 +14,10 @@ export const uidRange = { first: 1_900_000_000, last: 1_900_000_000 + 65_535 };
  * Claims are host-wide, not per state directory: two installations (or two test runs) on one host
  * must never give two QEMUs the same uid. /run is a tmpfs, emptied at boot like the rules are.
  */
-export const claimDirectory = () => process.env.TORPOR_NETWORK_CLAIMS ?? '/run/torpor/network-uids';
+export const claimDirectory = () => join(runtimeRoot(), 'network-uids');
+
+/** Host-wide runtime state of root-run torpor (uid claims, QEMU socket directories); TORPOR_RUNTIME_DIR overrides it. */
+export const runtimeRoot = () => process.env.TORPOR_RUNTIME_DIR || '/run/torpor';
 
 interface Claim {
   machineId: string;

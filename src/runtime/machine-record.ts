@@ -92,9 +92,8 @@ export const machineFiles = (id: string) => {
     processLog: join(directory, 'process.log'),
     supervisorLog: join(directory, 'supervisor.log'),
     deviceState: join(directory, 'device-state.bin'),
-    /** Owned by the machine's QEMU uid: QEMU creates its incoming migration socket here after dropping root. */
+    /** QEMU's migration socket, when torpor is not root (as root it is under /run: see network/machine-confinement.ts). */
     qemuDirectory: join(directory, 'qemu'),
-    migrationSocket: join(directory, 'qemu', 'migration.sock'),
   };
 };
 

@@ -70,6 +70,11 @@ export class Supervisor {
     await writeMachineState(this.config.id, this.state);
   }
 
+  /** QEMU creates (restore) or connects to (snapshot) this socket, possibly after it dropped root. */
+  private migrationSocket(): string {
+    return join(this.confinement!.socketDirectory, 'migration.sock');
+  }
+
   private memoryFile(): string {
     return join(memoryDirectory(), `${this.config.id}.ram`);
   }
@@ -120,8 +125,7 @@ export class Supervisor {
       this.confinement = await confineMachine(this.config.id, {
         network: this.config.network,
         policy: this.config.networkPolicy ?? defaultNetworkPolicy(),
-        qemuDirectory: this.files.qemuDirectory,
-        reopenedFiles: [this.files.layerDisk],
+        ownSocketDirectory: this.files.qemuDirectory,
       });
       if (this.confinement.runAs) await this.setState({ networkUid: this.confinement.runAs.uid });
       this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore)), { logPath: this.files.supervisorLog });
@@ -131,7 +135,7 @@ export class Supervisor {
         throw new Error(`QEMU exited during ${restore ? 'restore' : 'boot'} (${exit.signal ?? `code ${exit.code}`}): ${exit.message}`);
       });
       if (restore) {
-        await Promise.race([loadDeviceState(this.vm.qmp, this.files.migrationSocket, await readFile(this.files.deviceState)), vmGone]);
+        await Promise.race([loadDeviceState(this.vm.qmp, this.migrationSocket(), await readFile(this.files.deviceState)), vmGone]);
         await this.vm.qmp.execute('cont');
       }
       this.agent = await AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 });
@@ -434,7 +438,7 @@ export class Supervisor {
     try {
       await vm.qmp.execute('stop');
       const paused = performance.now();
-      const deviceState = await saveDeviceState(vm.qmp, this.files.migrationSocket, { socketOwner: this.confinement?.runAs });
+      const deviceState = await saveDeviceState(vm.qmp, this.migrationSocket(), { socketOwner: this.confinement?.runAs });
       const saved = performance.now();
       const manifest = await captureSnapshot({
         name: request.name,

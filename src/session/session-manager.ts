@@ -6,6 +6,7 @@ import { createMachine, startMachine, findMachine, effectiveState, removeMachine
 import type { SupervisorPool } from '../runtime/supervisor-pool.ts';
 import { snapshotMachine, restoreMachine } from '../runtime/snapshots.ts';
 import { readMachineConfig } from '../runtime/machine-record.ts';
+import { sessionNetworkOptions } from './session-network.ts';
 import { removeSnapshot, readSnapshot } from '../snapshot/snapshot-store.ts';
 import { AgentConnection } from './agent-connection.ts';
 import { SessionStore, type SessionRecord, type SessionSpec, type SessionState } from './session-store.ts';
@@ -112,6 +113,7 @@ export class SessionManager extends EventEmitter<{ change: [SessionRecord] }> {
       env: [...record.spec.env, `TORPOR_SESSION_ID=${id}`],
       cpus: record.spec.cpus,
       memoryMiB: record.spec.memoryMiB,
+      ...sessionNetworkOptions(record.spec.network),
       interactive: true,
       name: `${id}-${Date.now().toString(36)}`,
     });

@@ -1,5 +1,9 @@
 import type { MachineSpec } from './machine-spec.ts';
 
+/** Descriptor numbers of the layer disk in QEMU's process (read-write, then read-only: QEMU dups whichever access mode it opens with). */
+export const layerDescriptors = [3, 4] as const;
+const layerFdSet = 1;
+
 export const qemuBinary = process.env.TORPOR_QEMU ?? 'qemu-system-x86_64';
 
 /**
@@ -26,7 +30,14 @@ export function qemuArguments(spec: MachineSpec): string[] {
     '-device', 'virtio-blk-device,drive=image,serial=torpor-image',
   ];
   if (spec.layerDisk) {
-    args.push('-drive', `id=layer,file=${spec.layerDisk},format=raw,if=none,discard=unmap,cache=writeback`);
+    // A QEMU that dropped root reopens the layer read-write when an incoming migration completes,
+    // and may no longer reach its path: it gets open descriptors instead (see `layerDescriptors`).
+    // Image locking is off for it: the fd set's own descriptors keep the open file descriptions alive, so
+    // the OFD locks a stop/cont cycle (snapshot) drops would stay held by them and conflict. The layer
+    // belongs to one machine; its supervisor, not a lock, keeps a second QEMU away from it.
+    const layerFile = spec.runAs ? `/dev/fdset/${layerFdSet},file.locking=off` : spec.layerDisk;
+    if (spec.runAs) for (const fd of layerDescriptors) args.push('-add-fd', `fd=${fd},set=${layerFdSet}`);
+    args.push('-drive', `id=layer,file=${layerFile},format=raw,if=none,discard=unmap,cache=writeback`);
     args.push('-device', 'virtio-blk-device,drive=layer,serial=torpor-layer');
   }
   args.push(
