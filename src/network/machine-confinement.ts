@@ -10,6 +10,12 @@ export interface Confinement {
   runAs?: { uid: number; gid: number };
   /** Where QEMU can create and connect to unix sockets (migration) after dropping root. */
   socketDirectory: string;
+  /**
+   * Settles when the rules are in place. Installing them (one `nft` process, 15-200 ms on a busy
+   * host) overlaps QEMU's start-up: the guest must not run before this resolves (restore: before
+   * the device state is loaded; cold boot: before QEMU starts).
+   */
+  rulesReady: Promise<void>;
   /** Removes the rules and gives the uid back. Safe to call twice. */
   release(): Promise<void>;
 }
@@ -39,16 +45,19 @@ export async function confineMachine(
   }
   if (process.getuid?.() !== 0 || legacy) {
     await mkdir(options.ownSocketDirectory, { recursive: true, mode: 0o700 });
-    return { socketDirectory: options.ownSocketDirectory, release: async () => {} };
+    return { socketDirectory: options.ownSocketDirectory, rulesReady: Promise.resolve(), release: async () => {} };
   }
   const uid = claimUid(machineId);
   // The state directory may be private to root (0700): QEMU's sockets live under /run instead,
   // in a directory of QEMU's own uid that nobody else can enter.
   const socketDirectory = machineSocketDirectory(machineId);
+  let rulesReady: Promise<void> = Promise.resolve();
   let released = false;
   const release = async () => {
     if (released) return;
     released = true;
+    // A removal must not overtake the installation it undoes.
+    await rulesReady.catch(() => {});
     if (findNft()) await removeMachineRules(uid).catch(() => {});
     await rm(socketDirectory, { recursive: true, force: true });
     releaseUid(uid, machineId);
@@ -59,14 +68,15 @@ export async function confineMachine(
     for (const directory of [runtimeRoot(), join(runtimeRoot(), 'qemu')]) await chmod(directory, 0o711);
     await mkdir(socketDirectory, { recursive: true, mode: 0o700 });
     await chown(socketDirectory, uid, uid);
-    // Without a network there is nothing to allow: a socket of this uid meets the shared `refuse` rule.
-    // An unrestricted machine gets an explicit accept, so that the table (if other machines made it) lets it out.
-    if (filtered || (options.network && networkFilterAvailability().available)) await installMachineRules(uid, options.policy);
   } catch (error) {
     await release();
     throw error;
   }
-  return { runAs: { uid, gid: uid }, socketDirectory, release };
+  // Without a network there is nothing to allow: a socket of this uid meets the shared `refuse` rule.
+  // An unrestricted machine gets an explicit accept, so that the table (if other machines made it) lets it out.
+  if (filtered || (options.network && networkFilterAvailability().available)) rulesReady = installMachineRules(uid, options.policy);
+  rulesReady.catch(() => {}); // awaited by the supervisor; this keeps an early failure from being "unhandled"
+  return { runAs: { uid, gid: uid }, socketDirectory, rulesReady, release };
 }
 
 /** For `torpor rm -f`/kill paths: the supervisor is gone, so its rules and uid claim go here. */

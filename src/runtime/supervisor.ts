@@ -127,14 +127,18 @@ export class Supervisor {
         policy: this.config.networkPolicy ?? defaultNetworkPolicy(),
         ownSocketDirectory: this.files.qemuDirectory,
       });
-      if (this.confinement.runAs) await this.setState({ networkUid: this.confinement.runAs.uid });
+      // A restored guest stays paused until its device state is loaded, so its rules may still be on
+      // their way while QEMU starts; a cold-booting guest runs at once, so they must be in place.
+      if (!restore) await this.confinement.rulesReady;
       this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore)), { logPath: this.files.supervisorLog });
-      await this.setState({ qemuPid: this.vm.pid });
+      // Recorded with the pid: a claim whose supervisor died before this is stale, and is taken over.
+      await this.setState({ qemuPid: this.vm.pid, networkUid: this.confinement.runAs?.uid });
       this.vm.exited.then((exit) => this.onVmExit(exit));
       const vmGone = this.vm.exited.then((exit) => {
         throw new Error(`QEMU exited during ${restore ? 'restore' : 'boot'} (${exit.signal ?? `code ${exit.code}`}): ${exit.message}`);
       });
       if (restore) {
+        await Promise.race([this.confinement.rulesReady, vmGone]);
         await Promise.race([loadDeviceState(this.vm.qmp, this.migrationSocket(), await readFile(this.files.deviceState)), vmGone]);
         await this.vm.qmp.execute('cont');
       }

@@ -5,7 +5,6 @@ import { parseCpus, parseMemory, parsePort, parseEnvironment, networkOptionsFrom
 import { connectTerminal, terminalSize } from '../terminal.ts';
 import { collect } from '../output.ts';
 import { stderrProgress } from '../../util/progress.ts';
-import { TorporError } from '../../util/errors.ts';
 import { readMachineConfig } from '../../runtime/machine-record.ts';
 
 interface RunFlags {
