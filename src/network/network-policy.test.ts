@@ -46,6 +46,12 @@ function expectations(): Record<string, string> {
     [`http://198.51.100.1:${network.hostAddressPort}/`]: 'refused', // the host's own public address
     [`http://10.255.0.1:${network.hostAddressPort}/`]: 'refused', // the host's own private address
     'http://203.0.113.10:8080/': 'remote', // the "public internet"
+    // The same over IPv6: slirp maps fec0::2 to the host's ::1.
+    [`http://[fec0::2]:${network.secretPort}/`]: 'refused',
+    [`http://[fec0::2]:${network.allowedPort}/`]: 'host-allowed',
+    'http://[fd00:255::2]:8080/': 'refused', // unique local (fc00::/7)
+    [`http://[fd00:255::1]:${network.hostAddressPort}/`]: 'refused', // the host's own IPv6 address
+    'http://[2001:db8:113::10]:8080/': 'remote',
   };
 }
 
@@ -129,6 +135,14 @@ test('--egress-allow opens a private range, --egress-deny closes a public one, t
   assert.equal(await probe('ranges', 'http://203.0.113.10:8080/'), 'refused');
   assert.equal(await probe('ranges', `http://10.0.2.2:${network.secretPort}/`), 'refused');
   await torporOk(['rm', '-f', 'ranges']);
+});
+
+test('with --network unrestricted the same probes reach every server, so the refusals above are the filter\'s doing', async () => {
+  await torporOk(['run', '-d', '--name', 'open', '--network', 'unrestricted', 'base', 'sleep', '100000']);
+  const seen: Record<string, string> = {};
+  for (const url of Object.keys(expectations())) seen[url] = await probe('open', url);
+  assert.deepEqual(Object.values(seen).filter((answer) => answer === 'refused'), [], JSON.stringify(seen));
+  await torporOk(['rm', '-f', 'open']);
 });
 
 test('--network none has no network at all; bad network flags get clear errors', async () => {

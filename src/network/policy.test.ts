@@ -103,3 +103,13 @@ test('nft accepts the generated rules and their removal (checked in a namespace 
     spawnSync('ip', ['netns', 'del', namespace]);
   }
 });
+
+test('without root the filter is unavailable, and a filtered machine is refused with a way out (never started unfiltered)', () => {
+  const source = `import('${new URL('./firewall.ts', import.meta.url).pathname}').then((firewall) => {
+    try { firewall.requireNetworkFilter(); console.log('started'); } catch (error) { console.log(JSON.stringify({ code: error.code, hint: error.hint })); }
+  })`;
+  const result = spawnSync('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', process.execPath, '--import', 'tsx', '-e', source], { encoding: 'utf8' });
+  const outcome = JSON.parse(result.stdout.trim().split('\n').pop() ?? '{}') as { code?: string; hint?: string };
+  assert.equal(outcome.code, 'network-filter-unavailable', result.stdout + result.stderr);
+  assert.match(outcome.hint ?? '', /--network none.*--network unrestricted/);
+});

@@ -6,9 +6,10 @@ import { randomBytes } from 'node:crypto';
  * that no probe of a test can reach a real address even if the policy under test fails:
  *
  *   "host" namespace (torpor and QEMU run here)        "hosts" namespace (other machines)
- *     lo 127.0.0.1, and 198.51.100.1/32 (a public-        veth 10.255.0.2/24      (a private machine)
- *        looking address of the host itself)             lo   203.0.113.10/32    (a "public" server)
- *     veth 10.255.0.1/24, default route -> 10.255.0.2     lo   169.254.7.7/32     (link-local, like cloud metadata)
+ *     lo 127.0.0.1, ::1, and 198.51.100.1/32 (a public-  veth 10.255.0.2/24, fd00:255::2/64  (a private machine)
+ *        looking address of the host itself)             lo   203.0.113.10/32, 2001:db8:113::10/128 (a "public" server)
+ *     veth 10.255.0.1/24, fd00:255::1/64,                lo   169.254.7.7/32     (link-local, like cloud metadata)
+ *        default routes -> the other side
  *
  * Servers answer HTTP with a word saying who they are: on the host's loopback (one port the guest
  * is allowed, one it is not), on the host's own addresses, and on every address of the other side.
@@ -81,15 +82,23 @@ export async function createTestNetwork(): Promise<TestNetwork> {
     ip(['-n', otherNamespace, 'addr', 'add', '169.254.7.7/32', 'dev', 'lo']);
     ip(['-n', otherNamespace, 'link', 'set', `tpo${suffix}`, 'up']);
     ip(['-n', otherNamespace, 'route', 'add', 'default', 'via', '10.255.0.1']);
+    // IPv6 too: nodad makes the addresses usable at once.
+    ip(['-n', hostNamespace, 'addr', 'add', 'fd00:255::1/64', 'dev', `tph${suffix}`, 'nodad']);
+    ip(['-n', otherNamespace, 'addr', 'add', 'fd00:255::2/64', 'dev', `tpo${suffix}`, 'nodad']);
+    ip(['-n', otherNamespace, 'addr', 'add', '2001:db8:113::10/128', 'dev', 'lo']);
+    ip(['-n', hostNamespace, '-6', 'route', 'add', 'default', 'via', 'fd00:255::2']);
+    ip(['-n', otherNamespace, '-6', 'route', 'add', 'default', 'via', 'fd00:255::1']);
     const ports = { secretPort: 7070, allowedPort: 11434, hostAddressPort: 8081, remotePort: 8080 };
     servers.push(
       await startServers(hostNamespace, [
         { name: 'host-secret', host: '127.0.0.1', port: ports.secretPort },
+        { name: 'host-secret', host: '::1', port: ports.secretPort },
         { name: 'host-allowed', host: '127.0.0.1', port: ports.allowedPort },
-        { name: 'host-address', host: '0.0.0.0', port: ports.hostAddressPort },
+        { name: 'host-allowed', host: '::1', port: ports.allowedPort },
+        { name: 'host-address', host: '::', port: ports.hostAddressPort },
       ]),
     );
-    servers.push(await startServers(otherNamespace, [{ name: 'remote', host: '0.0.0.0', port: ports.remotePort }]));
+    servers.push(await startServers(otherNamespace, [{ name: 'remote', host: '::', port: ports.remotePort }]));
     return {
       hostNamespace,
       ...ports,
