@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { TorporError } from '../util/errors.ts';
 import { findNft, installMachineRules, networkFilterAvailability, removeMachineRules, requireNetworkFilter } from './firewall.ts';
 import type { NetworkPolicy } from './policy.ts';
-import { claimUid, releaseUid, uidHolder, runtimeRoot } from './uid-claims.ts';
+import { claimUid, releaseUid, uidsHeldBy, runtimeRoot } from './uid-claims.ts';
 
 export interface Confinement {
   /** The uid and gid QEMU switches to after opening its files (`-runas`); absent when torpor is not root. */
@@ -79,14 +79,17 @@ export async function confineMachine(
   return { runAs: { uid, gid: uid }, socketDirectory, rulesReady, release };
 }
 
-/** For `torpor rm -f`/kill paths: the supervisor is gone, so its rules and uid claim go here. */
-export async function releaseConfinement(uid: number, machineId: string): Promise<void> {
-  const holder = uidHolder(uid);
-  // The uid may belong to another machine by now: its rules are not ours to remove.
-  if (holder !== undefined && holder !== machineId) return;
-  if (findNft() && process.getuid?.() === 0) await removeMachineRules(uid).catch(() => {});
+/**
+ * For `torpor rm -f`/kill paths, once QEMU is dead: a supervisor killed with -9 left its uid claimed
+ * and its rules in place. Found by the claims (not the machine's state), so a supervisor killed
+ * before it recorded its uid leaves nothing behind either.
+ */
+export async function releaseConfinement(machineId: string): Promise<void> {
+  for (const uid of uidsHeldBy(machineId)) {
+    if (findNft() && process.getuid?.() === 0) await removeMachineRules(uid).catch(() => {});
+    releaseUid(uid, machineId);
+  }
   await rm(machineSocketDirectory(machineId), { recursive: true, force: true });
-  releaseUid(uid, machineId);
 }
 
 const machineSocketDirectory = (machineId: string) => join(runtimeRoot(), 'qemu', machineId);

@@ -1,6 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,9 +18,17 @@ const cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
 let network: TestNetwork;
 let home: string;
 let memoryDirectory: string;
+/**
+ * Uid claims and QEMU socket directories of this test's machines (TORPOR_RUNTIME_DIR), to check what
+ * is left behind. Its own directory is safe here only because its machines run in a network namespace
+ * of their own: rules are per namespace, so a uid that another torpor also uses cannot collide.
+ */
+let runtimeDirectory: string;
 
 async function torpor(args: string[]) {
-  return network.exec(process.execPath, [cli, ...args], { env: { ...process.env, TORPOR_HOME: home, TORPOR_MEMORY_DIR: memoryDirectory } });
+  return network.exec(process.execPath, [cli, ...args], {
+    env: { ...process.env, TORPOR_HOME: home, TORPOR_MEMORY_DIR: memoryDirectory, TORPOR_RUNTIME_DIR: runtimeDirectory },
+  });
 }
 
 async function torporOk(args: string[]): Promise<string> {
@@ -70,6 +78,7 @@ before(async () => {
   network = await createTestNetwork();
   home = await mkdtemp(join(tmpdir(), 'tp-'));
   memoryDirectory = await mkdtemp('/dev/shm/torpor-network-test-');
+  runtimeDirectory = await mkdtemp(join(tmpdir(), 'tp-run-'));
 });
 
 after(async () => {
@@ -79,6 +88,11 @@ after(async () => {
   await network?.cleanup();
   await rm(home, { recursive: true, force: true });
   await rm(memoryDirectory, { recursive: true, force: true });
+  // Every machine is gone: no uid may still be claimed, no QEMU socket directory left.
+  const claims = await readdir(join(runtimeDirectory, 'network-uids')).catch(() => []);
+  const socketDirectories = await readdir(join(runtimeDirectory, 'qemu')).catch(() => []);
+  await rm(runtimeDirectory, { recursive: true, force: true });
+  assert.deepEqual([claims, socketDirectories], [[], []]);
 });
 
 test('a guest reaches the public internet and the allowed host port, nothing else of the host or its networks; -p still publishes', async () => {
@@ -120,6 +134,7 @@ test('rules go with their machine, and a supervisor killed with -9 leaves nothin
   process.kill(forked.supervisorPid!, 'SIGKILL');
   await torporOk(['rm', '-f', 'forked-1']);
   assert.doesNotMatch(nftRuleset(), new RegExp(`chain machine-${forked.networkUid}\\b`));
+  assert.ok(!(await readdir(join(runtimeDirectory, 'network-uids'))).includes(String(forked.networkUid)), 'the killed machine\'s uid claim is released');
   await torporOk(['run', '-d', '--name', 'after-kill', '--allow-host', String(network.allowedPort), 'base', 'sleep', '100000']);
   await assertPolicyHolds('after-kill');
   await torporOk(['rm', '-f', 'after-kill']);

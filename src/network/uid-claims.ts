@@ -16,7 +16,10 @@ export const uidRange = { first: 1_900_000_000, last: 1_900_000_000 + 65_535 };
  */
 export const claimDirectory = () => join(runtimeRoot(), 'network-uids');
 
-/** Host-wide runtime state of root-run torpor (uid claims, QEMU socket directories); TORPOR_RUNTIME_DIR overrides it. */
+/**
+ * Host-wide runtime state of root-run torpor (uid claims, QEMU socket directories). TORPOR_RUNTIME_DIR
+ * overrides it; every torpor whose machines share a network namespace must use the same one.
+ */
 export const runtimeRoot = () => process.env.TORPOR_RUNTIME_DIR || '/run/torpor';
 
 interface Claim {
@@ -87,9 +90,15 @@ export function claimUid(machineId: string, supervisorPid = process.pid): number
   });
 }
 
-/** The machine that holds this uid now, if any. */
-export function uidHolder(uid: number): string | undefined {
-  return readClaim(join(claimDirectory(), String(uid)))?.machineId;
+/** The uids this machine holds (one while it runs; more only if a supervisor was killed mid-start and another started it again). */
+export function uidsHeldBy(machineId: string): number[] {
+  let entries: string[] = [];
+  try {
+    entries = readdirSync(claimDirectory());
+  } catch {
+    return [];
+  }
+  return entries.filter((entry) => /^\d+$/.test(entry) && readClaim(join(claimDirectory(), entry))?.machineId === machineId).map(Number);
 }
 
 /** Gives the uid back, only if this machine still holds it. */

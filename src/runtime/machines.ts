@@ -410,7 +410,7 @@ export async function killMachine(config: MachineConfig): Promise<MachineState> 
   const files = machineFiles(config.id);
   await rm(join(memoryDirectory(), `${config.id}.ram`), { force: true });
   // A supervisor killed with -9 left its QEMU uid claimed and its rules in place.
-  if (state.networkUid !== undefined) await releaseConfinement(state.networkUid, config.id);
+  await releaseConfinement(config.id);
   for (const socket of [files.controlSocket, files.agentSocket, files.qmpSocket]) await rm(socket, { force: true });
   const final: MachineState = {
     ...state,
