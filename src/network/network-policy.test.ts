@@ -120,6 +120,13 @@ test('the policy survives snapshot, restore and fork', async () => {
   for (const machine of ['guarded', 'restored', 'forked-1']) await assertPolicyHolds(machine);
   const fetched = await network.exec(process.execPath, ['-e', 'fetch("http://127.0.0.1:18081/").then((r) => r.text()).then((t) => process.stdout.write(t))']);
   assert.equal(fetched.stdout, 'published\n', fetched.stderr);
+  // Network flags on restore replace the saved policy: here, the allowed host port is taken away.
+  await torporOk(['restore', 'guarded@1', '--name', 'tightened', '--network', 'user', '-p', '127.0.0.1:18082:80']);
+  assert.equal(await probe('tightened', `http://10.0.2.2:${network.allowedPort}/`), 'refused');
+  assert.equal(await probe('tightened', 'http://203.0.113.10:8080/'), 'remote');
+  await torporOk(['rm', '-f', 'tightened']);
+  const removeDevice = await torpor(['restore', 'guarded@1', '--network', 'none']);
+  assert.match(removeDevice.stderr, /--network none cannot be chosen on restore/);
 });
 
 test('rules go with their machine, and a supervisor killed with -9 leaves nothing that harms the next machine', async () => {

@@ -8,6 +8,7 @@ import { writeJsonAtomic } from '../util/atomic-file.ts';
 import { AgentClient } from '../guest/agent-client.ts';
 import { materializeSnapshot, readSnapshot, removeSnapshot, type SnapshotManifest } from '../snapshot/snapshot-store.ts';
 import type { PortMapping } from '../vm/machine-spec.ts';
+import type { NetworkPolicy } from '../network/policy.ts';
 import { machineConfigSchema, machineFiles, writeMachineState, type MachineConfig } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
 import type { SupervisorPool } from './supervisor-pool.ts';
@@ -52,6 +53,8 @@ export interface RestoreOptions {
   name?: string;
   ports?: PortMapping[];
   autoRemove?: boolean;
+  /** Replaces the snapshot machine's network policy (the network device itself is part of the snapshot). */
+  networkPolicy?: NetworkPolicy;
   /** Boot templates carry no main process; the restored machine starts this one. */
   startMain?: boolean;
   /** Overrides for a boot-template start: the new machine's own command, env, name... */
@@ -75,6 +78,11 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
       throw new TorporError('snapshot-dependency-missing', `cannot restore ${manifest.name}: its ${what} is gone (${path})`, { hint });
     }
   }
+  if (options.networkPolicy && !original.network) {
+    throw new TorporError('invalid-network', `snapshot ${manifest.name} was taken with --network none: it has no network device to give a policy to`, {
+      hint: 'restore it without network flags; a machine gets its network device when it is created',
+    });
+  }
   const name = options.name ?? randomMachineName();
   validateMachineName(name);
   const id = randomBytes(6).toString('hex');
@@ -90,6 +98,7 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
       createdAt: new Date().toISOString(),
       ports: options.ports ?? original.ports,
       autoRemove: options.autoRemove ?? false,
+      ...(options.networkPolicy ? { networkPolicy: options.networkPolicy } : {}),
       restore: { snapshot: manifest.name, mainStream, startMain: options.startMain ?? mainStream === undefined },
     };
     if (options.configure) config = options.configure(config);
