@@ -302,7 +302,8 @@ try {
       await manager.close();
       manager = new SessionManager({ log, store: new SessionStore(), tickMs: 50, turnTimeoutMs: 60_000 });
       manager.on('change', onChange);
-      const codingSpec: SessionSpec = { image: 'coding-agent', command: ['node', '/app/agent.mjs'], env: [`OPENAI_BASE_URL=http://10.0.2.2:${llm.port}/v1`], cpus: 1, memoryMiB: 512, idleSeconds: 1 };
+      // The dev LLM is a host loopback service: the network policy lets the agent reach only its port.
+      const codingSpec: SessionSpec = { image: 'coding-agent', command: ['node', '/app/agent.mjs'], env: [`OPENAI_BASE_URL=http://10.0.2.2:${llm.port}/v1`], cpus: 1, memoryMiB: 512, idleSeconds: 1, network: { allowHost: [llm.port] } };
       // Warm-up: image, boot template and the agent's first start.
       const warm = await manager.create(codingSpec, { name: 'coding-warm' });
       const firstTurn = await timedSend(warm.id, 'remember the warm-up happened');

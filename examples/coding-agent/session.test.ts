@@ -58,8 +58,10 @@ before(async () => {
     body: JSON.stringify({
       image: "coding-agent",
       command: ["node", "/app/agent.mjs"],
-      // 10.0.2.2 is the host as the guest sees it through QEMU user networking.
+      // 10.0.2.2 is the host's loopback as the guest sees it through QEMU user networking; the
+      // network policy keeps the guest from it except for the ports a session allows.
       env: [`OPENAI_BASE_URL=http://10.0.2.2:${llm.port}/v1`],
+      network: { allowHost: [llm.port] },
       idle: "2s",
       name: "coder",
     }),

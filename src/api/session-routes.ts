@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { TorporError } from '../util/errors.ts';
 import { parseMemory } from '../runtime/run-options.ts';
 import { machineDefaults } from '../config/machine-defaults.ts';
+import { sessionNetworkOptions } from '../session/session-network.ts';
 import { storeUsage } from '../snapshot/snapshot-store.ts';
 import type { SessionManager, SessionEvent } from '../session/session-manager.ts';
 import type { AgentSessionRecord } from '../session/session-store.ts';
@@ -22,6 +23,15 @@ const createSessionBody = z.strictObject({
     })
     .default({ cpus: machineDefaults.cpus, memory: machineDefaults.memory }),
   idle: z.union([z.number().nonnegative(), z.string().regex(/^\d+(\.\d+)?(ms|s|m|h)?$/)]).default(machineDefaults.sessionIdleSeconds),
+  /** Default: the public internet only. `{ allowHost: [11434] }` lets the agent reach a host service at 10.0.2.2. */
+  network: z
+    .strictObject({
+      mode: z.enum(['user', 'none', 'unrestricted']).optional(),
+      allowHost: z.array(z.union([z.number().int(), z.string()])).optional(),
+      egressAllow: z.array(z.string()).optional(),
+      egressDeny: z.array(z.string()).optional(),
+    })
+    .optional(),
 });
 
 const sendMessageBody = z.strictObject({ content: z.string().min(1) });
@@ -60,6 +70,7 @@ export function createSessionRoutes(manager: SessionManager): Hono {
     const parsed = createSessionBody.safeParse(await context.req.json().catch(() => undefined));
     if (!parsed.success) throw invalidRequest(parsed.error.issues.map((issue) => `${issue.path.join('.') || 'body'}: ${issue.message}`).join('; '));
     const body = parsed.data;
+    sessionNetworkOptions(body.network); // bad ranges or ports: a 400 now, not a failed machine later
     const record = await manager.create(
       {
         image: body.image,
@@ -69,6 +80,7 @@ export function createSessionRoutes(manager: SessionManager): Hono {
         memoryMiB: parseMemory(body.resources.memory),
         ...(body.resources.disk !== undefined ? { diskGiB: parseDiskSize(body.resources.disk, 'resources.disk') } : {}),
         idleSeconds: parseIdle(body.idle),
+        ...(body.network ? { network: body.network } : {}),
       },
       { name: body.name },
     );

@@ -9,6 +9,7 @@ import { writeJsonAtomic } from '../util/atomic-file.ts';
 import { bootTimingArguments } from '../host/boot-timing.ts';
 import { resolveOrBuildImage } from './image-resolution.ts';
 import type { PortMapping } from '../vm/machine-spec.ts';
+import type { NetworkPolicy } from '../network/policy.ts';
 import type { SnapshotManifest } from '../snapshot/snapshot-store.ts';
 import { machineConfigSchema, machineFiles, writeMachineState, type MachineConfig } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
@@ -33,6 +34,8 @@ export interface CreateMachineOptions {
   memoryMiB?: number;
   ports?: PortMapping[];
   network?: boolean;
+  /** Default: the filter (public internet only); see src/network/policy.ts. */
+  networkPolicy?: NetworkPolicy;
   autoRemove?: boolean;
   diskGiB?: number;
 }
@@ -41,6 +44,8 @@ export interface RestoreOptions {
   name?: string;
   ports?: PortMapping[];
   autoRemove?: boolean;
+  /** Replaces the snapshot machine's network policy (the network device itself is part of the snapshot). */
+  networkPolicy?: NetworkPolicy;
   /** Boot templates carry no main process; the restored machine starts this one. */
   startMain?: boolean;
   /** Overrides for a boot-template start: the new machine's own command, env, name... */
@@ -103,6 +108,7 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
     memoryMiB: options.memoryMiB ?? machineDefaults.memoryMiB,
     ports: options.ports ?? [],
     network: options.network ?? true,
+    ...(options.networkPolicy ? { networkPolicy: options.networkPolicy } : {}),
     autoRemove: options.autoRemove ?? false,
     accelerator: host.accelerator.accelerator,
     kernelPath: host.kernelPath,
@@ -164,6 +170,11 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
       throw new TorporError('snapshot-dependency-missing', `cannot restore ${manifest.name}: its ${what} is gone (${path})`, { hint });
     }
   }
+  if (options.networkPolicy && !original.network) {
+    throw new TorporError('invalid-network', `snapshot ${manifest.name} was taken with --network none: it has no network device to give a policy to`, {
+      status: 400, hint: 'restore it without network flags; a machine gets its network device when it is created',
+    });
+  }
   const name = options.name ?? randomMachineName();
   validateMachineName(name);
   const id = randomBytes(6).toString('hex');
@@ -178,6 +189,7 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
       hostname: options.name ? name : original.hostname,
       createdAt: new Date().toISOString(),
       ports: options.ports ?? original.ports,
+      ...(options.networkPolicy ? { networkPolicy: options.networkPolicy } : {}),
       autoRemove: options.autoRemove ?? false,
       restore: { snapshot: manifest.name, mainStream, startMain: options.startMain ?? mainStream === undefined },
     };

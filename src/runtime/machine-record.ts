@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { paths, memoryDirectory } from '../state/paths.ts';
 import { writeJsonAtomic } from '../util/atomic-file.ts';
 import { isNodeError } from '../util/errors.ts';
+import { networkPolicySchema } from '../network/policy.ts';
 
 const portSchema = z.object({
   hostAddress: z.string(),
@@ -39,6 +40,8 @@ export const machineConfigSchema = z.object({
   memoryMiB: z.number().int().positive(),
   ports: z.array(portSchema),
   network: z.boolean(),
+  /** What the guest may reach when `network` is on; absent (machines and snapshots made before it existed) means the default filter. */
+  networkPolicy: networkPolicySchema.optional(),
   autoRemove: z.boolean(),
   accelerator: z.enum(['kvm', 'tcg']),
   kernelPath: z.string(),
@@ -90,6 +93,8 @@ export const machineStateSchema = z.object({
   waitForAttach: z.boolean().optional(),
   /** Restore only once: a later `start` boots cold on the machine's own disk. */
   restored: z.boolean().optional(),
+  /** The uid its QEMU runs as, which its network rules match (released when it stops). */
+  networkUid: z.number().int().optional(),
   /** The snapshot this machine was saved into when it stopped (snapshot --stop, hibernation). */
   snapshot: z.string().optional(),
 });
@@ -114,7 +119,8 @@ export const machineFiles = (id: string) => {
     processLog: join(directory, 'process.log'),
     supervisorLog: join(directory, 'supervisor.log'),
     deviceState: join(directory, 'device-state.bin'),
-    migrationSocket: join(directory, 'migration.sock'),
+    /** QEMU's migration socket, when torpor is not root (as root it is under /run: see network/machine-confinement.ts). */
+    qemuDirectory: join(directory, 'qemu'),
   };
 };
 

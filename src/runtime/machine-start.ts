@@ -9,6 +9,7 @@ import { supervisorCommand, supervisorMarker } from './supervisor-process.ts';
 import { effectiveState } from './machine-status.ts';
 import { ensureMemoryRoom, ensurePortsFree } from './host-preparation.ts';
 import { materializeForRestore } from './restore-materialization.ts';
+import { requireNetworkFilter } from '../network/firewall.ts';
 
 /**
  * Starts a created or exited machine: hands it to a supervisor (a pool's spare or a new detached
@@ -24,6 +25,8 @@ export async function startMachine(
     throw new TorporError('already-running', `machine ${config.name} is already ${current.status}`, { hint: `torpor stop ${config.name}` });
   }
   await ensureMemoryRoom(config.memoryMiB);
+  // Said here, before a supervisor starts, so the user sees the reason and the way out.
+  if (config.network && (config.networkPolicy?.mode ?? 'filtered') === 'filtered') requireNetworkFilter();
   if (config.network) await ensurePortsFree(config.ports);
   const files = machineFiles(id);
   // `restored` survives: a machine made from a snapshot restores once, then boots cold on its own disk.

@@ -3,6 +3,7 @@ import { TorporError } from '../util/errors.ts';
 import { signalIfMatches } from '../util/process-identity.ts';
 import { isLive, machineFiles, readMachineState, writeMachineState, type MachineConfig, type MachineState } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
+import { releaseConfinement } from '../network/machine-confinement.ts';
 import { qemuAlive, supervisorAlive, supervisorMarker } from './supervisor-process.ts';
 import { effectiveState, waitForStatus } from './machine-status.ts';
 import { connectToSupervisor, sendControl } from './supervisor-client.ts';
@@ -39,6 +40,8 @@ export async function killMachine(config: MachineConfig): Promise<MachineState> 
   }
   const files = machineFiles(config.id);
   await rm(files.memoryFile, { force: true });
+  // A supervisor killed with -9 left its QEMU uid claimed and its rules in place.
+  await releaseConfinement(config.id);
   for (const socket of [files.controlSocket, files.agentSocket, files.qmpSocket]) await rm(socket, { force: true });
   const final: MachineState = {
     ...state,
@@ -46,6 +49,7 @@ export async function killMachine(config: MachineConfig): Promise<MachineState> 
     exitCode: state.status === 'exited' ? state.exitCode : 137,
     finishedAt: state.finishedAt ?? new Date().toISOString(),
     error: state.status === 'exited' ? state.error : 'killed',
+    networkUid: undefined,
   };
   await writeMachineState(config.id, final);
   return final;

@@ -19,11 +19,14 @@ import { copyIntoMachine, copyFromMachine } from './copy.ts';
 import type { AgentClient } from '../guest/agent-client.ts';
 import type { MachineConfig } from './machine-record.ts';
 import { readMachineState } from './machine-record.ts';
+import { buildNetworkPolicy } from '../network/policy.ts';
 
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
 let machine: MachineConfig;
 let client: AgentClient;
 let hostPort: number;
+/** A host loopback port the machine is allowed to reach (the network policy refuses every other). */
+let hostServicePort: number;
 
 async function run(argv: string[], options: { env?: string[]; stdin?: string; workingDirectory?: string; user?: string } = {}) {
   const stdout: Buffer[] = [];
@@ -52,12 +55,14 @@ function freePort(): Promise<number> {
 before(async () => {
   home = await useTemporaryHome();
   hostPort = await freePort();
+  hostServicePort = await freePort();
   machine = await createMachine({
     image: 'base',
     name: 'web',
     command: ['sh', '-c', 'mkdir -p /www && echo served-by-guest > /www/index.html && httpd -p 80 -h /www && echo main-started && sleep 100000'],
     ports: [{ hostAddress: '127.0.0.1', hostPort, guestPort: 80, protocol: 'tcp' }],
     env: ['GREETING=hello from env'],
+    networkPolicy: buildNetworkPolicy({ allowHost: [hostServicePort] }),
   });
   const state = await startMachine(machine.id);
   assert.equal(state.status, 'running');
@@ -114,11 +119,11 @@ test('published ports reach the guest, and the guest reaches the host', async ()
     if (!body) await new Promise((resolve) => setTimeout(resolve, 100));
   }
   assert.equal(body, 'served-by-guest\n');
-  const server = createServer((_request, response) => response.end('host says hi')).listen(0, '127.0.0.1');
+  const server = createServer((_request, response) => response.end('host says hi')).listen(hostServicePort, '127.0.0.1');
   await new Promise((resolve) => server.once('listening', resolve));
-  const port = (server.address() as { port: number }).port;
-  // 10.0.2.2 is the host as seen through QEMU user networking.
-  const result = await run(['wget', '-q', '-O', '-', `http://10.0.2.2:${port}/`]);
+  // 10.0.2.2 is the host's loopback as seen through QEMU user networking, open for the allowed port only
+  // (src/network/network-policy.test.ts probes the refusals, inside a network namespace of its own).
+  const result = await run(['wget', '-q', '-O', '-', `http://10.0.2.2:${hostServicePort}/`]);
   server.close();
   assert.equal(result.stdout, 'host says hi');
 });

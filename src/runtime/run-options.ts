@@ -1,5 +1,6 @@
 import { TorporError } from '../util/errors.ts';
 import type { PortMapping } from '../vm/machine-spec.ts';
+import { buildNetworkPolicy, type NetworkPolicy } from '../network/policy.ts';
 
 /** Parses docker-style sizes: 512m, 1g, 1.5G, 1048576 (bytes). Returns MiB. */
 export function parseMemory(text: string): number {
@@ -65,4 +66,27 @@ const nouns = ['badger', 'bat', 'bear', 'dormouse', 'hedgehog', 'lemur', 'marmot
 export function randomMachineName(): string {
   const pick = (words: string[]) => words[Math.floor(Math.random() * words.length)]!;
   return `${pick(adjectives)}_${pick(nouns)}_${Math.floor(Math.random() * 1000)}`;
+}
+
+/**
+ * `--network user|none|unrestricted` with `--allow-host`, `--egress-allow`, `--egress-deny`.
+ * Rules that could not take effect are refused rather than ignored.
+ */
+export function networkOptionsFrom(flags: { network: string; allowHost: string[]; egressAllow: string[]; egressDeny: string[] }): {
+  network: boolean;
+  networkPolicy?: NetworkPolicy;
+} {
+  const rules = [...flags.allowHost.map(() => '--allow-host'), ...flags.egressAllow.map(() => '--egress-allow'), ...flags.egressDeny.map(() => '--egress-deny')];
+  if (flags.network === 'none' || flags.network === 'unrestricted') {
+    if (rules.length > 0) {
+      throw new TorporError('invalid-network', `${rules[0]} has no effect with --network ${flags.network}`, {
+        status: 400, hint: 'use the default --network user with --allow-host / --egress-allow / --egress-deny',
+      });
+    }
+    return flags.network === 'none' ? { network: false } : { network: true, networkPolicy: buildNetworkPolicy({ mode: 'unrestricted' }) };
+  }
+  if (flags.network !== 'user') {
+    throw new TorporError('invalid-network', `unknown --network ${flags.network}`, { status: 400, hint: 'use --network user (the default), none or unrestricted' });
+  }
+  return { network: true, networkPolicy: buildNetworkPolicy({ allowHost: flags.allowHost, egressAllow: flags.egressAllow, egressDeny: flags.egressDeny }) };
 }

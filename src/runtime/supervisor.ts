@@ -11,6 +11,8 @@ import { captureSnapshot } from '../snapshot/snapshot-store.ts';
 import { templateMemoryFile } from './template-memory.ts';
 import type { RunningVm, VmExit } from '../vm/driver.ts';
 import { memoryDirectory } from '../state/paths.ts';
+import { confineMachine, type Confinement } from '../network/machine-confinement.ts';
+import { defaultNetworkPolicy } from '../network/policy.ts';
 import {
   machineFiles,
   readMachineConfig,
@@ -52,6 +54,7 @@ export class Supervisor {
   /** Stops capping the console log (QEMU writes it; a guest can flood it). */
   private stopCappingConsole?: () => void;
   private state: MachineState = { status: 'starting' };
+  private confinement?: Confinement;
   private stopping = false;
   private firstAttach?: () => void;
   private readonly files;
@@ -67,6 +70,11 @@ export class Supervisor {
   private async setState(patch: Partial<MachineState>): Promise<void> {
     this.state = { ...this.state, ...patch };
     await writeMachineState(this.config.id, this.state);
+  }
+
+  /** QEMU creates (restore) or connects to (snapshot) this socket, possibly after it dropped root. */
+  private migrationSocket(): string {
+    return join(this.confinement!.socketDirectory, 'migration.sock');
   }
 
   private memoryFile(): string {
@@ -90,6 +98,7 @@ export class Supervisor {
       consoleLog: this.files.consoleLog,
       network: this.config.network,
       ports: this.config.ports,
+      runAs: this.confinement?.runAs,
       incoming,
     };
   }
@@ -116,14 +125,24 @@ export class Supervisor {
       await mkdir(memoryDirectory(), { recursive: true });
       if (!restore) await rm(this.memoryFile(), { force: true });
       this.stopCappingConsole ??= capForeignLog(this.files.consoleLog);
+      this.confinement = await confineMachine(this.config.id, {
+        network: this.config.network,
+        policy: this.config.networkPolicy ?? defaultNetworkPolicy(),
+        ownSocketDirectory: this.files.qemuDirectory,
+      });
+      // A restored guest stays paused until its device state is loaded, so its rules may still be on
+      // their way while QEMU starts; a cold-booting guest runs at once, so they must be in place.
+      if (!restore) await this.confinement.rulesReady;
       this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore)), { logPath: this.files.supervisorLog });
-      await this.setState({ qemuPid: this.vm.pid });
+      // Recorded with the pid: a claim whose supervisor died before this is stale, and is taken over.
+      await this.setState({ qemuPid: this.vm.pid, networkUid: this.confinement.runAs?.uid });
       this.vm.exited.then((exit) => this.onVmExit(exit));
       const vmGone = this.vm.exited.then((exit) => {
         throw new Error(`QEMU exited during ${restore ? 'restore' : 'boot'} (${exit.signal ?? `code ${exit.code}`}): ${exit.message}`);
       });
       if (restore) {
-        await Promise.race([loadDeviceState(this.vm.qmp, this.files.migrationSocket, await readFile(this.files.deviceState)), vmGone]);
+        await Promise.race([this.confinement.rulesReady, vmGone]);
+        await Promise.race([loadDeviceState(this.vm.qmp, this.migrationSocket(), await readFile(this.files.deviceState)), vmGone]);
         await this.vm.qmp.execute('cont');
       }
       this.agent = await AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 });
@@ -284,6 +303,8 @@ export class Supervisor {
     for (const client of this.clients) client.socket.end();
     this.agent?.close();
     this.vm?.qmp.close();
+    // QEMU is gone (every path here waited for it): its uid and rules can go.
+    await this.confinement?.release();
     if (this.config.captureTemplate && patch.status === 'exited') {
       // The template's RAM stays in tmpfs as the base every restore of its descendants copies from.
       await rename(this.memoryFile(), templateMemoryFile(this.config.captureTemplate)).catch(() => rm(this.memoryFile(), { force: true }));
@@ -293,7 +314,7 @@ export class Supervisor {
     await rm(this.files.controlSocket, { force: true });
     await rm(this.files.agentSocket, { force: true });
     await rm(this.files.qmpSocket, { force: true });
-    await this.setState({ ...patch, finishedAt: new Date().toISOString(), waitForAttach: undefined });
+    await this.setState({ ...patch, finishedAt: new Date().toISOString(), waitForAttach: undefined, networkUid: undefined });
     if (this.config.autoRemove && this.state.status === 'exited') await releaseMachine(this.config);
     setTimeout(() => process.exit(0), 50).unref();
   }
@@ -425,7 +446,7 @@ export class Supervisor {
     try {
       await vm.qmp.execute('stop');
       const paused = performance.now();
-      const deviceState = await saveDeviceState(vm.qmp, this.files.migrationSocket);
+      const deviceState = await saveDeviceState(vm.qmp, this.migrationSocket(), { socketOwner: this.confinement?.runAs });
       const saved = performance.now();
       const manifest = await captureSnapshot({
         name: request.name,

@@ -6,6 +6,7 @@ import { createMachine, startMachine, findMachine, effectiveState, removeMachine
 import type { SupervisorPool } from '../runtime/supervisor-pool.ts';
 import { snapshotMachine, restoreMachine } from '../runtime/snapshots.ts';
 import { readMachineConfig } from '../runtime/machine-record.ts';
+import { sessionNetworkOptions } from './session-network.ts';
 import { removeSnapshot, readSnapshot } from '../snapshot/snapshot-store.ts';
 import { AgentConnection, type InvalidAgentEvent } from './agent-connection.ts';
 import { SessionStore, type AgentSessionRecord, type SessionSpec, type SessionState } from './session-store.ts';
@@ -162,6 +163,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
       cpus: record.spec.cpus,
       memoryMiB: record.spec.memoryMiB,
       ...(record.spec.diskGiB !== undefined ? { diskGiB: record.spec.diskGiB } : {}),
+      ...sessionNetworkOptions(record.spec.network),
       interactive: true,
       name: `${id}-${Date.now().toString(36)}`,
     });

@@ -16,6 +16,16 @@ export interface SessionSpec {
   diskGiB?: number;
   /** Seconds of idleness after a turn before the machine is snapshotted and stopped. */
   idleSeconds: number;
+  /** What the session's machine may reach (default: the public internet only); as `torpor run`'s network flags. */
+  network?: SessionNetwork;
+}
+
+export interface SessionNetwork {
+  mode?: 'user' | 'none' | 'unrestricted';
+  /** Host loopback ports the agent reaches at 10.0.2.2, e.g. [11434] for `torpor dev-llm`. */
+  allowHost?: (number | string)[];
+  egressAllow?: string[];
+  egressDeny?: string[];
 }
 
 /**

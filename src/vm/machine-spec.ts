@@ -24,6 +24,8 @@ export interface MachineSpec {
   consoleLog: string;
   network: boolean;
   ports: PortMapping[];
+  /** Drop root after opening every file: QEMU then runs as this machine's own uid, which the network filter matches. */
+  runAs?: { uid: number; gid: number };
   /** Restore: `memoryFile` already holds the guest's RAM; wait for its device state (-incoming defer). */
   incoming?: boolean;
 }

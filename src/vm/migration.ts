@@ -1,5 +1,5 @@
 import { createServer, createConnection } from 'node:net';
-import { rm } from 'node:fs/promises';
+import { rm, chown } from 'node:fs/promises';
 import type { QmpClient } from './qmp.ts';
 
 interface MigrationInfo {
@@ -27,7 +27,7 @@ async function ignoreSharedMemory(qmp: QmpClient): Promise<void> {
 }
 
 /** Saves the device state of a paused VM. QEMU 7.2 has no file: URI and we cannot pass fds from Node, so it streams to our unix socket. */
-export async function saveDeviceState(qmp: QmpClient, socketPath: string): Promise<Buffer> {
+export async function saveDeviceState(qmp: QmpClient, socketPath: string, options: { socketOwner?: { uid: number; gid: number } } = {}): Promise<Buffer> {
   await rm(socketPath, { force: true });
   const chunks: Buffer[] = [];
   let resolveReceived!: () => void;
@@ -42,6 +42,8 @@ export async function saveDeviceState(qmp: QmpClient, socketPath: string): Promi
     server.listen(socketPath, resolve);
   });
   try {
+    // A QEMU that dropped root (-runas) needs write access to the socket to connect to it.
+    if (options.socketOwner) await chown(socketPath, options.socketOwner.uid, options.socketOwner.gid);
     await ignoreSharedMemory(qmp);
     await qmp.execute('migrate', { uri: `unix:${socketPath}` });
     await waitForMigration(qmp, 30_000);

@@ -21,8 +21,11 @@ export const qemuDriver: VmDriver = {
     await rm(spec.qmpSocket, { force: true });
     await rm(spec.agentSocket, { force: true });
     const log = openSync(logPath, 'a');
-    const child = spawn(qemuBinary(), qemuArguments(spec), { stdio: ['ignore', log, log] });
+    // With -runas the layer disk goes in as descriptors 3 (read-write) and 4 (read-only): `layerDescriptors`.
+    const layer = spec.runAs && spec.layerDisk ? [openSync(spec.layerDisk, 'r+'), openSync(spec.layerDisk, 'r')] : [];
+    const child = spawn(qemuBinary(), qemuArguments(spec), { stdio: ['ignore', log, log, ...layer] });
     closeSync(log);
+    for (const fd of layer) closeSync(fd);
     const exited = new Promise<VmExit>((resolve) => {
       child.on('error', (error: NodeJS.ErrnoException) =>
         resolve({ code: null, signal: null, message: error.code === 'ENOENT' ? `${qemuBinary()} is not installed (apt-get install -y qemu-system-x86)` : error.message }),

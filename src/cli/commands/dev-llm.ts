@@ -11,7 +11,7 @@ export function registerDevLlmCommand(program: Command): Command {
     .command("dev-llm")
     .description("serve a deterministic fake OpenAI-compatible LLM (for tests and offline demos) until interrupted")
     .option("--port <port>", "port to listen on", "11434")
-    .option("--host <host>", "address to listen on (0.0.0.0 to reach it from torpor machines through 10.0.2.2)", "127.0.0.1")
+    .option("--host <host>", "address to listen on (machines reach 127.0.0.1 at 10.0.2.2 when run with --allow-host PORT)", "127.0.0.1")
     .option("--quiet", "do not log requests")
     .option("--chunk-delay <ms>", "delay between streamed chunks, to watch streaming", "0")
     .action(async (options: { port: string; host: string; quiet?: boolean; chunkDelay: string }) => {

@@ -1,11 +1,10 @@
 import type { Command } from 'commander';
 import { createMachine, startMachine, connectToMachine, effectiveState, removeMachine, type CreateMachineOptions } from '../../runtime/machines.ts';
 import { attachToMainProcess } from '../../runtime/attach.ts';
-import { parseCpus, parseMemory, parsePort, parseEnvironment } from '../../runtime/run-options.ts';
+import { parseCpus, parseMemory, parsePort, parseEnvironment, networkOptionsFrom } from '../../runtime/run-options.ts';
 import { connectTerminal, terminalSize } from '../terminal.ts';
 import { collect } from '../output.ts';
 import { stderrProgress } from '../../util/progress.ts';
-import { TorporError } from '../../util/errors.ts';
 import { readMachineConfig } from '../../runtime/machine-record.ts';
 import { machineDefaults } from '../../config/machine-defaults.ts';
 
@@ -24,6 +23,9 @@ interface RunFlags {
   hostname?: string;
   user?: string;
   network?: string;
+  allowHost?: string[];
+  egressAllow?: string[];
+  egressDeny?: string[];
 }
 
 function addMachineOptions(command: Command): Command {
@@ -39,13 +41,19 @@ function addMachineOptions(command: Command): Command {
     .option('-t, --tty', 'give the process a terminal')
     .option('--hostname <name>', 'guest hostname (default: the machine name)')
     .option('-u, --user <user[:group]>', 'run the process as this user')
-    .option('--network <mode>', 'user (default: outbound access and published ports) or none', 'user');
+    .option('--network <mode>', 'user (default: the public internet and published ports, not the host or private networks), none, or unrestricted (also the host\'s loopback and private networks)', 'user')
+    .option('--allow-host <port[/proto]>', 'let the guest reach this port of the host\'s loopback at 10.0.2.2 (repeatable)', collect)
+    .option('--egress-allow <cidr>', 'let the guest reach this address range even if private (repeatable; the most specific rule wins)', collect)
+    .option('--egress-deny <cidr>', 'keep the guest from this address range (repeatable)', collect);
 }
 
 export function machineOptionsFrom(image: string, command: string[], flags: RunFlags): CreateMachineOptions {
-  if (flags.network !== 'user' && flags.network !== 'none') {
-    throw new TorporError('invalid-network', `unknown --network ${flags.network}`, { hint: 'use --network user or --network none' });
-  }
+  const network = networkOptionsFrom({
+    network: flags.network ?? 'user',
+    allowHost: flags.allowHost ?? [],
+    egressAllow: flags.egressAllow ?? [],
+    egressDeny: flags.egressDeny ?? [],
+  });
   return {
     image,
     command,
@@ -60,7 +68,7 @@ export function machineOptionsFrom(image: string, command: string[], flags: RunF
     tty: flags.tty ?? false,
     hostname: flags.hostname,
     user: flags.user,
-    network: flags.network === 'user',
+    ...network,
     autoRemove: flags.rm ?? false,
   };
 }

@@ -79,6 +79,20 @@ async function readEvents(response: Response, onEvent: (event: Record<string, un
   }
 }
 
+interface SessionCreateFlags {
+  image: string;
+  name?: string;
+  idle: string;
+  cpus: string;
+  memory: string;
+  env?: string[];
+  network: string;
+  allowHost?: string[];
+  egressAllow?: string[];
+  egressDeny?: string[];
+  json?: boolean;
+}
+
 export function registerSessionCommands(program: Command): void {
   const session = program
     .command('session')
@@ -99,9 +113,13 @@ export function registerSessionCommands(program: Command): void {
     .option('--cpus <n>', 'virtual CPUs', String(machineDefaults.cpus))
     .option('-m, --memory <size>', 'guest memory', machineDefaults.memory)
     .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect)
+    .option('--network <mode>', 'user (default: the public internet only), none, or unrestricted', 'user')
+    .option('--allow-host <port[/proto]>', "let the agent reach this port of the server host's loopback at 10.0.2.2 (repeatable)", collect)
+    .option('--egress-allow <cidr>', 'let the agent reach this address range even if private (repeatable)', collect)
+    .option('--egress-deny <cidr>', 'keep the agent from this address range (repeatable)', collect)
     .option('--json', 'machine-readable output')
     .argument('<command...>', 'the agent program, after --')
-    .action(async (command: string[], flags: { image: string; name?: string; idle: string; cpus: string; memory: string; env?: string[]; json?: boolean }) => {
+    .action(async (command: string[], flags: SessionCreateFlags) => {
       const created = (await call(await url(), 'POST', '/v1/sessions', {
         image: flags.image,
         command,
@@ -109,6 +127,7 @@ export function registerSessionCommands(program: Command): void {
         name: flags.name,
         idle: flags.idle,
         resources: { cpus: Number(flags.cpus), memory: flags.memory },
+        network: { mode: flags.network, allowHost: flags.allowHost ?? [], egressAllow: flags.egressAllow ?? [], egressDeny: flags.egressDeny ?? [] },
       })) as SessionView;
       if (flags.json) printJson(created);
       else process.stdout.write(created.id + '\n');

@@ -2,13 +2,36 @@ import type { Command } from 'commander';
 import { findMachine } from '../../runtime/machines.ts';
 import { snapshotMachine, restoreMachine, forkMachine, deleteSnapshot } from '../../runtime/snapshots.ts';
 import { listSnapshots, readSnapshot, collectGarbage, storeUsage } from '../../snapshot/snapshot-store.ts';
-import { parsePort } from '../../runtime/run-options.ts';
+import { parsePort, networkOptionsFrom } from '../../runtime/run-options.ts';
+import type { NetworkPolicy } from '../../network/policy.ts';
 import { printJson, printTable, formatBytes, collect } from '../output.ts';
 import { TorporError } from '../../util/errors.ts';
 
 function numberOf(stats: Record<string, unknown>, key: string): number {
   const value = stats[key];
   return typeof value === 'number' ? value : 0;
+}
+
+interface RestoreFlags {
+  name?: string;
+  publish?: string[];
+  network?: string;
+  allowHost?: string[];
+  egressAllow?: string[];
+  egressDeny?: string[];
+  json?: boolean;
+}
+
+/** Network flags on restore replace the policy saved with the snapshot; without any, it is kept. */
+function restoredNetworkPolicy(flags: RestoreFlags): NetworkPolicy | undefined {
+  if (flags.network === undefined && !flags.allowHost && !flags.egressAllow && !flags.egressDeny) return undefined;
+  const options = networkOptionsFrom({ network: flags.network ?? 'user', allowHost: flags.allowHost ?? [], egressAllow: flags.egressAllow ?? [], egressDeny: flags.egressDeny ?? [] });
+  if (!options.network) {
+    throw new TorporError('invalid-network', '--network none cannot be chosen on restore: the network device is part of the snapshot', {
+      status: 400, hint: 'use --network user with no --allow-host/--egress-allow to keep the guest off the host and private networks',
+    });
+  }
+  return options.networkPolicy;
 }
 
 export function registerSnapshotCommands(program: Command): void {
@@ -38,10 +61,14 @@ export function registerSnapshotCommands(program: Command): void {
     .argument('<snapshot>')
     .option('--name <name>', 'name of the new machine')
     .option('-p, --publish <[ip:]host:guest>', 'publish a guest port (repeatable; default: the snapshot machine ports)', collect)
+    .option('--network <mode>', "user or unrestricted: replaces the snapshot machine's network policy (default: keep it)")
+    .option('--allow-host <port[/proto]>', "with --network user: a host loopback port the guest may reach (repeatable)", collect)
+    .option('--egress-allow <cidr>', 'with --network user: an address range the guest may reach (repeatable)', collect)
+    .option('--egress-deny <cidr>', 'with --network user: an address range kept from the guest (repeatable)', collect)
     .option('--json', 'machine-readable output')
-    .action(async (snapshot: string, flags: { name?: string; publish?: string[]; json?: boolean }) => {
+    .action(async (snapshot: string, flags: RestoreFlags) => {
       const started = performance.now();
-      const config = await restoreMachine(snapshot, { name: flags.name, ports: flags.publish?.map(parsePort) });
+      const config = await restoreMachine(snapshot, { name: flags.name, ports: flags.publish?.map(parsePort), networkPolicy: restoredNetworkPolicy(flags) });
       const milliseconds = performance.now() - started;
       if (flags.json) return printJson({ id: config.id, name: config.name, milliseconds });
       process.stdout.write(`${config.id}\n`);

@@ -11,6 +11,7 @@ const programs: Record<string, string> = {
   skopeo: 'skopeo',
   umoci: 'umoci',
   htpasswd: 'apache2-utils',
+  nft: 'nftables',
 };
 
 const has = (program: string) => spawnSync('sh', ['-c', `command -v ${program}`], { stdio: 'ignore' }).status === 0;
