@@ -30,6 +30,7 @@ import { releaseMachine } from './machine-removal.ts';
 import { SupervisorPool } from './supervisor-pool.ts';
 import { ensureBootTemplate } from './boot-template.ts';
 import { createMachineFromSnapshot, materializeForRestore } from './snapshots.ts';
+import { releaseLazyMemory } from './lazy-restore.ts';
 import { validateMachineName, randomMachineName } from './run-options.ts';
 import type { ControlRequest, ControlReply } from './control-protocol.ts';
 
@@ -401,6 +402,7 @@ export async function killMachine(config: MachineConfig): Promise<MachineState> 
   }
   const files = machineFiles(config.id);
   await rm(join(memoryDirectory(), `${config.id}.ram`), { force: true });
+  await releaseLazyMemory(config.id, join(memoryDirectory(), `${config.id}.ram`));
   for (const socket of [files.controlSocket, files.agentSocket, files.qmpSocket]) await rm(socket, { force: true });
   const final: MachineState = {
     ...state,

@@ -16,6 +16,7 @@ import { templateMemoryFile } from './template-memory.ts';
 import { claimName, effectiveState, sendControl, startMachine } from './machines.ts';
 import { validateMachineName, randomMachineName } from './run-options.ts';
 import type { SnapshotSummary } from './control-protocol.ts';
+import { prepareLazyRestore, releaseLazyMemory } from './lazy-restore.ts';
 
 /** Saves a running machine whole (memory, processes, files) into the snapshot store. */
 export async function snapshotMachine(
@@ -104,12 +105,7 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
   }
 }
 
-/**
- * Writes the snapshot's RAM (into tmpfs), disk layer and device state into a machine's own files.
- * Chunks the machine's boot template shares are copied from the template's RAM kept in tmpfs,
- * which is faster than decompressing them.
- */
-export async function materializeForRestore(config: MachineConfig): Promise<void> {
+async function restoreSources(config: MachineConfig): Promise<{ manifest: SnapshotManifest; base?: { manifest: SnapshotManifest; memoryFile: string } }> {
   const manifest = await readSnapshot(config.restore!.snapshot);
   const templateName = bootTemplateName(config);
   const templateFile = templateMemoryFile(templateName);
@@ -118,8 +114,26 @@ export async function materializeForRestore(config: MachineConfig): Promise<void
     const templateManifest = await findBootTemplate(templateName);
     if (templateManifest) base = { manifest: templateManifest, memoryFile: templateFile };
   }
+  return { manifest, base };
+}
+
+/**
+ * Writes the snapshot's disk layer and device state into a machine's own files, and its RAM: lazily
+ * where the host can (an empty RAM file and a page map; QEMU's preloaded pager fills it as the guest
+ * touches it), else materialized into tmpfs. Chunks the machine's boot template shares are copied
+ * from the template's RAM kept in tmpfs, which is faster than decompressing them.
+ */
+export async function materializeForRestore(config: MachineConfig): Promise<void> {
+  const { manifest, base } = await restoreSources(config);
   const files = machineFiles(config.id);
-  await materializeSnapshot(manifest, { memoryFile: join(memoryDirectory(), `${config.id}.ram`), diskFile: files.layerDisk, deviceStateFile: files.deviceState, base });
+  const memoryFile = join(memoryDirectory(), `${config.id}.ram`);
+  const lazy = await prepareLazyRestore(manifest, config.id, memoryFile, base);
+  try {
+    await materializeSnapshot(manifest, { memoryFile: lazy ? undefined : memoryFile, diskFile: files.layerDisk, deviceStateFile: files.deviceState, base });
+  } catch (error) {
+    if (lazy) await releaseLazyMemory(config.id, memoryFile);
+    throw error;
+  }
 }
 
 /** Removes a snapshot; for a boot template also the RAM it keeps in tmpfs (its chunks go at the next gc). */
@@ -171,10 +185,14 @@ async function materializeForks(forks: MachineConfig[]): Promise<void> {
   await materializeForRestore(forks[0]!);
   const first = machineFiles(forks[0]!.id);
   const firstMemory = join(memoryDirectory(), `${forks[0]!.id}.ram`);
+  // A lazy first fork has an empty RAM file: each other fork gets its own page map instead of a copy.
+  const { manifest, base } = await restoreSources(forks[0]!);
+  const lazy = await exists(`${firstMemory}.map`);
   await Promise.all(
     forks.slice(1).map(async (fork) => {
       const files = machineFiles(fork.id);
-      await runCommand('cp', ['--sparse=always', firstMemory, join(memoryDirectory(), `${fork.id}.ram`)]);
+      const memoryFile = join(memoryDirectory(), `${fork.id}.ram`);
+      if (!lazy || !(await prepareLazyRestore(manifest, fork.id, memoryFile, base))) await runCommand('cp', ['--sparse=always', firstMemory, memoryFile]);
       await runCommand('cp', ['--sparse=always', first.layerDisk, files.layerDisk]);
       await copyFile(first.deviceState, files.deviceState);
     }),

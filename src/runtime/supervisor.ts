@@ -21,6 +21,7 @@ import {
 } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
+import { confirmPagerServing, earlyWorkingSet, releaseLazyMemory, restoreEnvironment, unloadedMemoryOf } from './lazy-restore.ts';
 
 // Streams the supervisor opens for its clients live above its own (below 0x40000000), at a random
 // start so that they do not meet streams a previous supervisor left running in a restored guest.
@@ -71,8 +72,9 @@ export class Supervisor {
     return join(memoryDirectory(), `${this.config.id}.ram`);
   }
 
-  private vmSpec(incoming: boolean) {
+  private vmSpec(incoming: boolean, environment?: Record<string, string>) {
     return {
+      environment,
       id: this.config.id,
       cpus: this.config.cpus,
       memoryMiB: this.config.memoryMiB,
@@ -112,8 +114,12 @@ export class Supervisor {
     const started = performance.now();
     try {
       await mkdir(memoryDirectory(), { recursive: true });
-      if (!restore) await rm(this.memoryFile(), { force: true });
-      this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore)), { logPath: this.files.supervisorLog });
+      if (!restore) {
+        await rm(this.memoryFile(), { force: true });
+        await releaseLazyMemory(this.config.id, this.memoryFile());
+      }
+      const environment = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
+      this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), environment), { logPath: this.files.supervisorLog });
       await this.setState({ qemuPid: this.vm.pid });
       this.vm.exited.then((exit) => this.onVmExit(exit));
       const vmGone = this.vm.exited.then((exit) => {
@@ -121,7 +127,9 @@ export class Supervisor {
       });
       if (restore) {
         await Promise.race([loadDeviceState(this.vm.qmp, this.files.migrationSocket, await readFile(this.files.deviceState)), vmGone]);
+        if (environment) await confirmPagerServing(this.memoryFile());
         await this.vm.qmp.execute('cont');
+        if (environment) this.recordWorkingSet();
       }
       this.agent = await AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 });
       if (restore) {
@@ -286,6 +294,7 @@ export class Supervisor {
     } else {
       await rm(this.memoryFile(), { force: true });
     }
+    await releaseLazyMemory(this.config.id, this.memoryFile());
     await rm(this.files.controlSocket, { force: true });
     await rm(this.files.agentSocket, { force: true });
     await rm(this.files.qmpSocket, { force: true });
@@ -403,6 +412,17 @@ export class Supervisor {
   }
 
   private snapshotInProgress = false;
+  /** chunks a lazy restore served in its first second: snapshots of this machine carry them for the next restore to prefetch */
+  private workingSet?: number[];
+
+  private recordWorkingSet(): void {
+    setTimeout(() => {
+      earlyWorkingSet(this.memoryFile()).then(
+        (chunks) => (this.workingSet = chunks),
+        () => {},
+      );
+    }, 1000).unref();
+  }
 
   private async finishAfterSnapshot(name: string): Promise<void> {
     await this.finish({ status: 'exited', exitCode: 0, snapshot: name, error: undefined });
@@ -423,15 +443,21 @@ export class Supervisor {
       const paused = performance.now();
       const deviceState = await saveDeviceState(vm.qmp, this.files.migrationSocket);
       const saved = performance.now();
-      const manifest = await captureSnapshot({
+      const manifest = await unloadedMemoryOf(this.memoryFile()).then((unloaded) => captureSnapshot({
+        unloadedMemory: unloaded.input,
         name: request.name,
         memoryFile: this.memoryFile(),
         diskFile: this.files.layerDisk,
         deviceState,
         parent: request.parent ?? this.config.restore?.snapshot,
         replace: request.replace,
-        metadata: { machine: this.config, mainStream: this.main?.stream, snapshotAt: new Date().toISOString() },
-      }).catch(async (error: unknown) => {
+        metadata: {
+          machine: this.config,
+          mainStream: this.main?.stream,
+          snapshotAt: new Date().toISOString(),
+          ...(this.workingSet?.length ? { workingSet: this.workingSet } : {}),
+        },
+      })).catch(async (error: unknown) => {
         // Nothing was stored: keep the machine running and say why.
         await vm.qmp.execute('cont').catch(() => {});
         throw error;

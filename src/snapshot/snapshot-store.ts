@@ -17,6 +17,7 @@ import {
 import { sharedPool } from './worker-pool.ts';
 import { discardChunks, publishChunks, type WrittenChunk } from './chunk-publication.ts';
 import { beginActivity, withExclusiveStore } from './store-activity.ts';
+import { pinnedChunks } from './chunk-pins.ts';
 import { SeekableDecoder, SeekableEncoder, SeekableFormatError, framesCovering, parseSeekTable, type SeekTable } from './seekable-zstd.ts';
 
 export { startSnapshotWorkers, stopSnapshotWorkers } from './worker-pool.ts';
@@ -44,6 +45,12 @@ export interface CaptureInput {
   parent?: string;
   /** overwrite an existing name atomically (hibernating the same session again) */
   replace?: boolean;
+  /**
+   * A lazily restored machine's RAM file holds only the chunks it faulted in; the others are holes
+   * that must not be read as zeros. For each chunk index with `loaded[index] === 0` the capture
+   * takes `chunks[index]` (the id in the snapshot it was restored from) without reading the file.
+   */
+  unloadedMemory?: { chunkSize: number; chunks: (string | null)[]; loaded: Uint8Array };
   /** tuning for benchmarks; the defaults are measured */
   chunkSize?: number;
   compressionLevel?: number;
@@ -86,7 +93,8 @@ export interface SnapshotManifest {
 }
 
 export interface MaterializeTarget {
-  memoryFile: string;
+  /** absent: the RAM is not written (a lazy restore serves it on demand) */
+  memoryFile?: string;
   diskFile?: string;
   deviceStateFile?: string;
   /** an already materialized snapshot (e.g. the boot template's RAM): chunks it shares are copied, not decompressed */
@@ -153,13 +161,21 @@ async function captureFile(
   compressionLevel: number,
   chunks: string,
   written: WrittenChunk[],
+  unloaded?: CaptureInput['unloadedMemory'],
 ): Promise<ChunkCaptureOutcome> {
   const started = performance.now();
   const extents = await dataExtents(file);
   const extentsMs = performance.now() - started;
-  const indices = chunksWithData(extents, chunkSize).filter((index) => index * chunkSize < size);
-  const pool = sharedPool();
   const ids: (string | null)[] = new Array(Math.ceil(size / chunkSize)).fill(null);
+  const isUnloaded = (index: number) => unloaded !== undefined && unloaded.loaded[index] === 0;
+  if (unloaded) {
+    if (unloaded.chunkSize !== chunkSize || unloaded.chunks.length !== ids.length) {
+      throw new TorporError('snapshot-invalid', 'a lazily restored machine can only be captured with the chunk size of the snapshot it came from');
+    }
+    for (let index = 0; index < ids.length; index++) if (isUnloaded(index)) ids[index] = unloaded.chunks[index] ?? null;
+  }
+  const indices = chunksWithData(extents, chunkSize).filter((index) => index * chunkSize < size && !isUnloaded(index));
+  const pool = sharedPool();
   let scannedBytes = 0;
   const settled = await Promise.allSettled(
     indices.map(async (index) => {
@@ -176,6 +192,12 @@ async function captureFile(
   const failure = settled.find((outcome) => outcome.status === 'rejected');
   if (failure) throw (failure as PromiseRejectedResult).reason;
   const results = settled.map((outcome) => (outcome as PromiseFulfilledResult<CaptureChunkResult>).value);
+  // Chunks taken from the parent count as reused (they are in the store already, pinned meanwhile).
+  if (unloaded) {
+    for (let index = 0; index < ids.length; index++) {
+      if (isUnloaded(index) && ids[index]) results.push({ id: ids[index], nonZeroBytes: 0, compressedBytes: 0, hashMs: 0, compressMs: 0, writeMs: 0 });
+    }
+  }
   return { chunks: ids, results, scannedBytes, extentsMs };
 }
 
@@ -206,7 +228,7 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
     const diskSize = input.diskFile ? (await stat(input.diskFile)).size : 0;
     const chunksStarted = performance.now();
     const settled = await Promise.allSettled([
-      captureFile(input.memoryFile, memorySize, chunkSize, compressionLevel, chunks, written),
+      captureFile(input.memoryFile, memorySize, chunkSize, compressionLevel, chunks, written, input.unloadedMemory),
       input.diskFile ? captureFile(input.diskFile, diskSize, chunkSize, compressionLevel, chunks, written) : Promise.resolve(undefined),
     ]);
     for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason;
@@ -461,12 +483,14 @@ export async function materializeSnapshot(nameOrManifest: string | SnapshotManif
     }
   };
   try {
-    created.push(target.memoryFile);
-    const memoryStarted = performance.now();
-    const base = target.base ? { layout: target.base.manifest.memory, file: target.base.memoryFile } : undefined;
-    // Memory and disk one after the other: each already keeps every thread busy.
-    add(await materializeFile(manifest.memory, target.memoryFile, chunks, base));
-    stats.milliseconds.memory = performance.now() - memoryStarted;
+    if (target.memoryFile) {
+      created.push(target.memoryFile);
+      const memoryStarted = performance.now();
+      const base = target.base ? { layout: target.base.manifest.memory, file: target.base.memoryFile } : undefined;
+      // Memory and disk one after the other: each already keeps every thread busy.
+      add(await materializeFile(manifest.memory, target.memoryFile, chunks, base));
+      stats.milliseconds.memory = performance.now() - memoryStarted;
+    }
     if (manifest.disk && target.diskFile) {
       created.push(target.diskFile);
       const diskStarted = performance.now();
@@ -633,6 +657,8 @@ export async function collectGarbage(): Promise<{ removedChunks: number; freedBy
     // An unreadable manifest throws here: better no gc than deleting chunks a snapshot needs.
     const referenced = new Set<string>();
     for (const manifest of await listSnapshots()) for (const id of referencedChunks(manifest)) referenced.add(id);
+    // Chunks that running, lazily restored machines may still fault in.
+    for (const id of await pinnedChunks(root)) referenced.add(id);
     const chunks = chunksDirectory(root);
     const { files, temporaries } = await storedChunks(chunks);
     let removedChunks = 0;

@@ -21,7 +21,7 @@ export const qemuDriver: VmDriver = {
     await rm(spec.qmpSocket, { force: true });
     await rm(spec.agentSocket, { force: true });
     const log = openSync(logPath, 'a');
-    const child = spawn(qemuBinary, qemuArguments(spec), { stdio: ['ignore', log, log] });
+    const child = spawn(qemuBinary, qemuArguments(spec), { stdio: ['ignore', log, log], env: spec.environment ? { ...process.env, ...spec.environment } : process.env });
     closeSync(log);
     const exited = new Promise<VmExit>((resolve) => {
       child.on('error', (error: NodeJS.ErrnoException) =>

@@ -1,0 +1,104 @@
+import { access } from 'node:fs/promises';
+import { TorporError } from '../util/errors.ts';
+import type { SnapshotManifest, CaptureInput } from '../snapshot/snapshot-store.ts';
+import {
+  holdLazyMemoryPin,
+  lazyMemoryFiles,
+  lazyMemorySupport,
+  pagerEnvironment,
+  prepareLazyMemory,
+  readLazyMemoryStatus,
+  releaseLazyMemoryPin,
+  removeLazyMemoryFiles,
+  workingSet,
+  type LazyMemoryStatus,
+} from '../snapshot/lazy-memory.ts';
+
+// Where the runtime meets lazy guest memory: the restore decides lazy or eager, the supervisor
+// preloads the pager into QEMU, checks it took over before the guest runs, and captures a lazily
+// restored machine without reading its never-faulted chunks as zeros. architecture/lazy-memory.md.
+
+let fallbackNoted = false;
+
+/**
+ * Prepares the snapshot's RAM to be served on demand, if this host can (userfaultfd, a C compiler)
+ * and TORPOR_LAZY_MEMORY is not 0. Returns false when the caller must materialize it instead.
+ */
+export async function prepareLazyRestore(
+  manifest: SnapshotManifest,
+  machineId: string,
+  memoryFile: string,
+  base: { manifest: SnapshotManifest; memoryFile: string } | undefined,
+): Promise<boolean> {
+  const support = await lazyMemorySupport();
+  if (!support.available) {
+    if (!fallbackNoted && process.env.TORPOR_LAZY_MEMORY !== '0') {
+      fallbackNoted = true;
+      process.stderr.write(`torpor: note: restoring guest memory eagerly (lazy restore unavailable: ${support.reason})\n`);
+    }
+    return false;
+  }
+  const prefetch = (manifest.metadata as { workingSet?: unknown }).workingSet;
+  await prepareLazyMemory(manifest, {
+    memoryFile,
+    base,
+    prefetch: Array.isArray(prefetch) ? prefetch.filter((entry): entry is number => typeof entry === 'number') : undefined,
+    pinKey: machineId,
+  });
+  return true;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** QEMU's extra environment for a restore onto this RAM file: the pager, if the restore was prepared lazily. */
+export async function restoreEnvironment(machineId: string, memoryFile: string): Promise<Record<string, string> | undefined> {
+  const files = lazyMemoryFiles(memoryFile);
+  if (!(await exists(files.mapFile))) return undefined;
+  const support = await lazyMemorySupport();
+  if (!support.available || !support.library) {
+    throw new TorporError('lazy-memory-unavailable', `this restore was prepared for lazy memory, which is not available here: ${support.reason}`, {
+      hint: 'restore again with TORPOR_LAZY_MEMORY=0',
+    });
+  }
+  // The supervisor holds the chunks from now on (the CLI that prepared the restore may exit).
+  await holdLazyMemoryPin(machineId, process.pid);
+  return pagerEnvironment(support.library, files);
+}
+
+/**
+ * Before the guest runs: the pager must have taken over the RAM file. If the preload was ignored
+ * (a missing library makes ld.so only warn) the guest would see zeros where its memory is.
+ */
+export async function confirmPagerServing(memoryFile: string): Promise<void> {
+  const status = await readLazyMemoryStatus(memoryFile);
+  if (!status) return;
+  if (status.state !== 'serving') {
+    throw new TorporError('lazy-memory-failed', `the lazy memory pager did not take over the guest's RAM (${status.state}${status.error ? `: ${status.error}` : ''})`, {
+      hint: 'restore again with TORPOR_LAZY_MEMORY=0 and report this',
+    });
+  }
+}
+
+/** For a capture of a lazily restored machine: chunks it never faulted in come from its snapshot. */
+export async function unloadedMemoryOf(memoryFile: string): Promise<{ input: CaptureInput['unloadedMemory']; status?: LazyMemoryStatus }> {
+  const status = await readLazyMemoryStatus(memoryFile);
+  if (!status) return { input: undefined };
+  if (status.state === 'failed') throw new TorporError('lazy-memory-failed', `the lazy memory pager failed: ${status.error}`, { hint: 'the machine cannot be snapshotted' });
+  return { input: { chunkSize: status.chunkSize, chunks: status.chunks, loaded: status.loaded }, status };
+}
+
+/** Chunks this machine touched in its first second: the next restore of what it becomes prefetches them. */
+export async function earlyWorkingSet(memoryFile: string): Promise<number[] | undefined> {
+  const status = await readLazyMemoryStatus(memoryFile);
+  return status ? workingSet(status) : undefined;
+}
+
+export async function releaseLazyMemory(machineId: string, memoryFile: string): Promise<void> {
+  await removeLazyMemoryFiles(memoryFile);
+  await releaseLazyMemoryPin(machineId);
+}
