@@ -467,9 +467,16 @@ static void take_over(void *address, size_t length, off_t offset) {
 
 __attribute__((constructor)) static void initialize(void) {
   const char *map = getenv("TORPOR_LAZY_MEMORY_MAP");
+  if (!map || !*map) return;
+  /* A wrapper around QEMU (TORPOR_QEMU=script) passes the pager on untouched; QEMU takes it. */
+  char executable[4096];
+  ssize_t length = readlink("/proc/self/exe", executable, sizeof executable - 1);
+  if (length <= 0) return;
+  executable[length] = 0;
+  const char *name = strrchr(executable, '/');
+  if (strncmp(name ? name + 1 : executable, "qemu-system-", 12) != 0) return;
   /* Only QEMU itself: anything it might start must not inherit the pager. */
   unsetenv("LD_PRELOAD");
-  if (!map || !*map) return;
   char path[path_size];
   snprintf(path, sizeof path, "%s", map);
   unsetenv("TORPOR_LAZY_MEMORY_MAP");
