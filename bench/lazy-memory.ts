@@ -21,6 +21,7 @@ const { createMachine, startMachine, connectToMachine, removeMachine, prepareHos
 const { snapshotMachine, restoreMachine, forkMachine } = await import('../src/runtime/snapshots.ts');
 const { readMachineState, machineFiles } = await import('../src/runtime/machine-record.ts');
 const { readLazyMemoryStatus, lazyMemorySupport } = await import('../src/snapshot/lazy-memory.ts');
+const { readSnapshot } = await import('../src/snapshot/snapshot-store.ts');
 const { openContextLog } = await import('../src/context/index.ts');
 const { SessionManager } = await import('../src/session/session-manager.ts');
 const { SessionStore } = await import('../src/session/session-store.ts');
@@ -132,6 +133,27 @@ try {
   }
   progress('restores done');
 
+  // ---- working-set prefetch: restores of a snapshot taken from a lazily restored machine (it
+  // carries the chunks that machine touched in its first second), with and without prefetch
+  const prefetchRestores: Record<'with' | 'without', number[]> = { with: [], without: [] };
+  let prefetchCounters: LazyMemoryCounters | undefined;
+  setMode('lazy');
+  for (let run = 0; run < runs; run++) {
+    for (const variant of run % 2 === 0 ? (['with', 'without'] as const) : (['without', 'with'] as const)) {
+      if (variant === 'without') process.env.TORPOR_LAZY_PREFETCH = '0';
+      else delete process.env.TORPOR_LAZY_PREFETCH;
+      const began = performance.now();
+      const restored = await restoreMachine('again-lazy', { name: `p-${variant}-${run}` });
+      await ping(restored);
+      prefetchRestores[variant].push(performance.now() - began);
+      if (run === 0 && variant === 'with') prefetchCounters = (await readLazyMemoryStatus(join(memoryDirectory, `${restored.id}.ram`)))?.counters;
+      await removeMachine(restored, { force: true });
+    }
+  }
+  delete process.env.TORPOR_LAZY_PREFETCH;
+  const workingSetSize = ((await readSnapshot('again-lazy')).metadata as { workingSet?: number[] }).workingSet?.length ?? 0;
+  progress('prefetch restores done');
+
   // ---- fork of 4, until all four answer (twice per mode, interleaved)
   const forks: Record<Mode, number[]> = { lazy: [], eager: [] };
   for (let run = 0; run < 2; run++) {
@@ -210,6 +232,12 @@ try {
   row('metric', 'target', 'lazy vs eager (one run, interleaved)', 'lazy vs eager');
   row(`restore to agent answering, node 512 MiB (n=${runs} each)`, '<= 150 ms cold', pair(restores), ratio(restores));
   row('  of which supervisor ready (QEMU, device state, agent hello)', '-', pair(ready), ratio(ready));
+  row(
+    `  lazy with working-set prefetch (${workingSetSize} chunks) vs without (n=${runs} each)`,
+    '-',
+    `with p50 ${ms(median(prefetchRestores.with))} | without p50 ${ms(median(prefetchRestores.without))}`,
+    `${(median(prefetchRestores.without) / median(prefetchRestores.with)).toFixed(2)}x`,
+  );
   row('fork of 4, all answering (n=2 each)', '<= 600 ms', pair(forks), ratio(forks));
   row(`wake -> first reply byte, shell agent (n=${shellWakes.lazy.length} each)`, '<= 250 ms', pair(shellWakes), ratio(shellWakes));
   if (codingWakes) row(`wake -> first reply byte, coding agent (n=${codingWakes.lazy.length} each)`, '<= 500 ms', pair(codingWakes), ratio(codingWakes));
@@ -224,6 +252,7 @@ try {
       : '-';
   row('faults served per source, lazy, at agent answering', '-', counterText(counters), '-');
   row('  same machine 3 s later', '-', counterText(countersLater), '-');
+  row('  with prefetch, at agent answering', '-', counterText(prefetchCounters), '-');
 
   const cpuModel = cpus()[0]?.model ?? 'unknown';
   console.log(`torpor lazy guest memory benchmark (issue 11), ${new Date().toISOString()}`);

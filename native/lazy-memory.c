@@ -88,16 +88,17 @@ static int place_pages(int uffd, uintptr_t address, const uint8_t *data, size_t 
   return 0;
 }
 
+/* 1: a zero page was placed; 0: the page was there already (its waiters are woken); -1: error. */
 __attribute__((unused)) static int place_zero_page(int uffd, uintptr_t address) {
   struct uffdio_zeropage zero = {.range = {.start = address, .len = PAGE}, .mode = 0};
-  if (ioctl(uffd, UFFDIO_ZEROPAGE, &zero) == 0) return 0;
+  if (ioctl(uffd, UFFDIO_ZEROPAGE, &zero) == 0) return 1;
   if (errno == EEXIST) {
     struct uffdio_range range = {.start = address, .len = PAGE};
     ioctl(uffd, UFFDIO_WAKE, &range);
     return 0;
   }
   static const uint8_t zeros[PAGE];
-  return place_pages(uffd, address, zeros, PAGE);
+  return place_pages(uffd, address, zeros, PAGE) == 0 ? 1 : -1;
 }
 
 #ifdef TORPOR_LAZY_MEMORY_PROBE
@@ -402,7 +403,9 @@ static void serve_fault(uintptr_t address) {
   counters()[counter_faults]++;
   serve_chunk(index);
   /* Still missing after its chunk was served: a zero page of the chunk (or one the guest let go). */
-  if (place_zero_page(lazy.uffd, page) != 0) fail("placing a zero page failed: %s", strerror(errno));
+  int placed = place_zero_page(lazy.uffd, page);
+  if (placed < 0) fail("placing a zero page failed: %s", strerror(errno));
+  if (placed > 0) counters()[counter_zero_pages]++;
   counters()[counter_wait_ns] += now_ns() - started;
 }
 

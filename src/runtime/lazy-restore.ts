@@ -38,7 +38,8 @@ export async function prepareLazyRestore(
     }
     return false;
   }
-  const prefetch = (manifest.metadata as { workingSet?: unknown }).workingSet;
+  // TORPOR_LAZY_PREFETCH=0 turns the working-set prefetch off (for the benchmark's comparison).
+  const prefetch = process.env.TORPOR_LAZY_PREFETCH === '0' ? undefined : (manifest.metadata as { workingSet?: unknown }).workingSet;
   await prepareLazyMemory(manifest, {
     memoryFile,
     base,
