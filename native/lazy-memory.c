@@ -4,7 +4,8 @@
  *
  * QEMU 7.2 cannot hand out a userfaultfd for its RAM, so this library wraps mmap: when QEMU maps
  * the machine's RAM file (memory-backend-file, share=on), it creates a userfaultfd in QEMU's own
- * process, registers the mapping for MISSING faults and starts one handler thread. A fault loads the
+ * process, registers the mapping for MISSING faults and starts a fault thread (and, when the page map
+ * lists a working set, a prefetch thread that places it while the guest runs). A fault loads the
  * whole 256 KiB chunk around it, from (in this order) nothing (all-zero chunks), the boot template's
  * RAM file in tmpfs, or the snapshot store (a zstd seekable chunk file). Every chunk's XXH3-128 is
  * checked against the id the snapshot recorded before a byte of it reaches the guest; on any error
@@ -21,7 +22,7 @@
  *        the store's chunks directory, the template's RAM file ("" = none), the status file
  *   4160 chunk count records of 48 bytes: u8 source (0 zero, 1 template, 2 store), 15 reserved,
  *        32 hex characters of the chunk id
- *   then prefetch count u32 chunk indices, served first while no fault is waiting
+ *   then prefetch count u32 chunk indices, placed by the prefetch thread in this order
  * The status file (created by the caller, size statusSize(chunk count)) is shared with the host:
  *   0 "TORPSTA1"   8 u32 state (0 waiting, 1 serving, 2 failed)   12 u32 chunk count
  *   16 u64 counters[16] (see enum counter)   144 error message (368 bytes)
@@ -187,7 +188,7 @@ enum counter {
 
 static struct {
   uint64_t memory_size;
-  uint32_t chunk_size, chunk_count, prefetch_count, prefetch_next;
+  uint32_t chunk_size, chunk_count, prefetch_count;
   char memory_file[path_size], chunks_directory[path_size], template_file[path_size], status_file[path_size];
   uint8_t *records;
   uint32_t *prefetch;
@@ -197,13 +198,20 @@ static struct {
   uintptr_t base;
   uint64_t base_offset, length;
   struct timespec started;
-  uint8_t *chunk, *compressed;
   size_t compressed_capacity;
-  ZSTD_DCtx *decompressor;
+  /* 1 once a thread took a chunk on; its status byte turns 1 only when all its pages are placed */
+  uint8_t *claimed;
   int active, registered;
+  uint64_t order_next;
 } lazy;
 
-static uint64_t *counters(void) { return (uint64_t *)(lazy.status + 16); }
+/* One per serving thread (faults, prefetch): buffers and a zstd context are not shared. */
+struct workspace {
+  uint8_t *chunk, *compressed;
+  ZSTD_DCtx *decompressor;
+};
+
+static void count(enum counter counter, uint64_t amount) { __atomic_fetch_add((uint64_t *)(lazy.status + 16) + counter, amount, __ATOMIC_RELAXED); }
 
 static uint64_t now_ns(void) {
   struct timespec now;
@@ -293,11 +301,16 @@ static void load_map(const char *path) {
   memcpy(lazy.status, "TORPSTA1", 8);
   memcpy(lazy.status + 12, &lazy.chunk_count, 4);
 
-  lazy.chunk = malloc(lazy.chunk_size);
   lazy.compressed_capacity = ZSTD_compressBound(lazy.chunk_size) + 65536;
-  lazy.compressed = malloc(lazy.compressed_capacity);
-  lazy.decompressor = ZSTD_createDCtx();
-  if (!lazy.chunk || !lazy.compressed || !lazy.decompressor) fail("out of memory");
+  lazy.claimed = calloc(lazy.chunk_count, 1);
+  if (!lazy.claimed) fail("out of memory");
+}
+
+static void create_workspace(struct workspace *workspace) {
+  workspace->chunk = malloc(lazy.chunk_size);
+  workspace->compressed = malloc(lazy.compressed_capacity);
+  workspace->decompressor = ZSTD_createDCtx();
+  if (!workspace->chunk || !workspace->compressed || !workspace->decompressor) fail("out of memory");
 }
 
 /* Chunk ids are XXH3-128 in hex, high 64 bits first (what the TypeScript side writes). */
@@ -308,7 +321,7 @@ static int matches_id(const uint8_t *data, size_t length, const uint8_t *hex) {
   return memcmp(text, hex, 32) == 0;
 }
 
-static void load_from_store(const uint8_t *hex, size_t length) {
+static void load_from_store(struct workspace *workspace, const uint8_t *hex, size_t length) {
   char id[33], path[64];
   memcpy(id, hex, 32);
   id[32] = 0;
@@ -321,13 +334,13 @@ static void load_from_store(const uint8_t *hex, size_t length) {
   struct stat status;
   fstat(fd, &status);
   if (status.st_size <= 0 || (size_t)status.st_size > lazy.compressed_capacity) fail("chunk %s has an impossible size (%lld bytes)", id, (long long)status.st_size);
-  if (read_fully(fd, lazy.compressed, (size_t)status.st_size, 0) != 0) fail("cannot read chunk %s: %s", id, strerror(errno));
+  if (read_fully(fd, workspace->compressed, (size_t)status.st_size, 0) != 0) fail("cannot read chunk %s: %s", id, strerror(errno));
   close(fd);
   /* Frames carry zstd content checksums (checked here); the seek table's skippable frame is skipped. */
-  size_t produced = ZSTD_decompressDCtx(lazy.decompressor, lazy.chunk, length, lazy.compressed, (size_t)status.st_size);
+  size_t produced = ZSTD_decompressDCtx(workspace->decompressor, workspace->chunk, length, workspace->compressed, (size_t)status.st_size);
   if (ZSTD_isError(produced)) fail("chunk %s cannot be decoded: %s", id, ZSTD_getErrorName(produced));
   if (produced != length) fail("chunk %s holds %zu bytes, expected %zu", id, produced, length);
-  if (!matches_id(lazy.chunk, length, hex)) fail("chunk %s does not match its hash", id);
+  if (!matches_id(workspace->chunk, length, hex)) fail("chunk %s does not match its hash", id);
 }
 
 static uint32_t elapsed_ms(void) {
@@ -336,10 +349,22 @@ static uint32_t elapsed_ms(void) {
   return (uint32_t)((now.tv_sec - lazy.started.tv_sec) * 1000 + (now.tv_nsec - lazy.started.tv_nsec) / 1000000);
 }
 
-/* Loads and places one chunk (all its non-zero pages); zero pages stay holes until touched. */
-static void serve_chunk(uint32_t index) {
+/*
+ * Loads and places one chunk (all its non-zero pages); zero pages stay holes until touched. Two
+ * threads serve chunks (faults, prefetch): the first to claim a chunk serves it; the other waits
+ * for its status byte, which turns 1 only when every page is in place (a snapshot reads the flags
+ * first, so it never takes a half-placed chunk from the file). Returns 0 if another thread had it.
+ */
+static int serve_chunk(struct workspace *workspace, uint32_t index) {
   uint8_t *served = lazy.status + status_header_size;
-  if (served[index]) return;
+  if (__atomic_load_n(&served[index], __ATOMIC_ACQUIRE)) return 0;
+  if (__atomic_exchange_n(&lazy.claimed[index], 1, __ATOMIC_ACQ_REL)) {
+    while (!__atomic_load_n(&served[index], __ATOMIC_ACQUIRE)) {
+      struct timespec pause = {.tv_sec = 0, .tv_nsec = 20000};
+      nanosleep(&pause, NULL);
+    }
+    return 0;
+  }
   const uint8_t *record = lazy.records + (size_t)index * record_size;
   uint64_t offset = (uint64_t)index * lazy.chunk_size;
   size_t length = lazy.chunk_size;
@@ -347,98 +372,120 @@ static void serve_chunk(uint32_t index) {
   uint64_t started = now_ns();
   int loaded = 0;
   if (record[0] == source_zero) {
-    counters()[counter_zero_chunks]++;
+    count(counter_zero_chunks, 1);
   } else {
-    if (record[0] == source_template && lazy.template_fd >= 0 && read_fully(lazy.template_fd, lazy.chunk, length, (off_t)offset) == 0) {
+    if (record[0] == source_template && lazy.template_fd >= 0 && read_fully(lazy.template_fd, workspace->chunk, length, (off_t)offset) == 0) {
       /* The template file lives outside the store: trust it only when it still hashes to the id. */
-      if (matches_id(lazy.chunk, length, record + 16)) {
+      if (matches_id(workspace->chunk, length, record + 16)) {
         loaded = 1;
-        counters()[counter_template_chunks]++;
+        count(counter_template_chunks, 1);
       } else {
-        counters()[counter_template_mismatch]++;
+        count(counter_template_mismatch, 1);
       }
     }
     if (!loaded) {
-      load_from_store(record + 16, length);
-      counters()[counter_store_chunks]++;
+      load_from_store(workspace, record + 16, length);
+      count(counter_store_chunks, 1);
     }
-    /* Only the mapped part of the file can be placed (QEMU maps all of it in practice). */
     static const uint8_t zero_page[PAGE];
     for (size_t page = 0; page < length;) {
-      while (page < length && memcmp(lazy.chunk + page, zero_page, PAGE) == 0) page += PAGE;
+      while (page < length && memcmp(workspace->chunk + page, zero_page, PAGE) == 0) page += PAGE;
       size_t run = page;
-      while (run < length && memcmp(lazy.chunk + run, zero_page, PAGE) != 0) run += PAGE;
+      while (run < length && memcmp(workspace->chunk + run, zero_page, PAGE) != 0) run += PAGE;
       if (run > page) {
         uint64_t file = offset + page;
+        /* Only the mapped part of the file can be placed (QEMU maps all of it in practice). */
         if (file >= lazy.base_offset && file + (run - page) <= lazy.base_offset + lazy.length) {
-          if (place_pages(lazy.uffd, lazy.base + (file - lazy.base_offset), lazy.chunk + page, run - page) != 0) {
+          if (place_pages(lazy.uffd, lazy.base + (file - lazy.base_offset), workspace->chunk + page, run - page) != 0) {
             fail("placing chunk %u into guest memory failed: %s", index, strerror(errno));
           }
-          counters()[counter_copied_bytes] += run - page;
+          count(counter_copied_bytes, run - page);
         }
       }
       page = run;
     }
   }
   uint64_t spent = now_ns() - started;
-  if (loaded) counters()[counter_template_ns] += spent;
-  else if (record[0] != source_zero) counters()[counter_store_ns] += spent;
+  if (loaded) count(counter_template_ns, spent);
+  else if (record[0] != source_zero) count(counter_store_ns, spent);
   __atomic_store_n(&served[index], 1, __ATOMIC_RELEASE);
-  uint64_t position = counters()[counter_served_order];
+  uint64_t position = __atomic_fetch_add(&lazy.order_next, 1, __ATOMIC_RELAXED);
   if (position < lazy.chunk_count) {
     uint32_t *order = (uint32_t *)(lazy.status + status_header_size + ((lazy.chunk_count + 7) & ~7u) + position * 8);
     order[0] = index;
     order[1] = elapsed_ms();
-    counters()[counter_served_order] = position + 1;
+    count(counter_served_order, 1);
   }
+  return 1;
 }
 
-static void serve_fault(uintptr_t address) {
+static void serve_fault(struct workspace *workspace, uintptr_t address) {
   uint64_t started = now_ns();
   uintptr_t page = address & ~(PAGE - 1);
   if (page < lazy.base || page >= lazy.base + lazy.length) fail("fault outside guest memory at %#lx", (unsigned long)address);
   uint64_t file = lazy.base_offset + (page - lazy.base);
   uint32_t index = (uint32_t)(file / lazy.chunk_size);
   if (file >= lazy.memory_size || index >= lazy.chunk_count) fail("fault past the end of the page map at file offset %llu", (unsigned long long)file);
-  counters()[counter_faults]++;
-  serve_chunk(index);
+  count(counter_faults, 1);
+  serve_chunk(workspace, index);
   /* Still missing after its chunk was served: a zero page of the chunk (or one the guest let go). */
   int placed = place_zero_page(lazy.uffd, page);
   if (placed < 0) fail("placing a zero page failed: %s", strerror(errno));
-  if (placed > 0) counters()[counter_zero_pages]++;
-  counters()[counter_wait_ns] += now_ns() - started;
+  if (placed > 0) count(counter_zero_pages, 1);
+  count(counter_wait_ns, now_ns() - started);
 }
 
-static void *handler(void *unused) {
+static void *fault_handler(void *unused) {
   (void)unused;
+  struct workspace workspace;
+  create_workspace(&workspace);
   struct uffd_msg messages[32];
   for (;;) {
     struct pollfd wait = {.fd = lazy.uffd, .events = POLLIN};
-    /* Prefetch runs only while no fault waits: a guest that needs a page never queues behind it. */
-    int prefetching = lazy.prefetch_next < lazy.prefetch_count;
-    int ready = poll(&wait, 1, prefetching ? 0 : -1);
+    int ready = poll(&wait, 1, -1);
     if (ready < 0) {
       if (errno == EINTR) continue;
       fail("poll: %s", strerror(errno));
     }
-    if (ready == 0) {
-      uint32_t index = lazy.prefetch[lazy.prefetch_next++];
-      if (!lazy.status[status_header_size + index]) {
-        serve_chunk(index);
-        counters()[counter_prefetched_chunks]++;
-      }
-      continue;
-    }
-    ssize_t count = read(lazy.uffd, messages, sizeof messages);
-    if (count < 0) {
+    ssize_t length = read(lazy.uffd, messages, sizeof messages);
+    if (length < 0) {
       if (errno == EAGAIN || errno == EINTR) continue;
       fail("reading faults: %s", strerror(errno));
     }
-    for (size_t index = 0; index < (size_t)count / sizeof messages[0]; index++) {
-      if (messages[index].event == UFFD_EVENT_PAGEFAULT) serve_fault((uintptr_t)messages[index].arg.pagefault.address);
+    for (size_t index = 0; index < (size_t)length / sizeof messages[0]; index++) {
+      if (messages[index].event == UFFD_EVENT_PAGEFAULT) serve_fault(&workspace, (uintptr_t)messages[index].arg.pagefault.address);
     }
   }
   return NULL;
+}
+
+/* The working set a previous restore touched early, placed while the guest already runs. */
+static void *prefetch_handler(void *unused) {
+  (void)unused;
+  struct workspace workspace;
+  create_workspace(&workspace);
+  for (uint32_t position = 0; position < lazy.prefetch_count; position++) {
+    if (serve_chunk(&workspace, lazy.prefetch[position])) count(counter_prefetched_chunks, 1);
+  }
+  free(workspace.chunk);
+  free(workspace.compressed);
+  ZSTD_freeDCtx(workspace.decompressor);
+  return NULL;
+}
+
+static void start_thread(void *(*function)(void *), const char *name) {
+  /* QEMU handles its process-wide signals in chosen threads; these take none. */
+  sigset_t all, previous;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &previous);
+  pthread_t thread;
+  pthread_attr_t attributes;
+  pthread_attr_init(&attributes);
+  pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+  int error = pthread_create(&thread, &attributes, function, NULL);
+  pthread_sigmask(SIG_SETMASK, &previous, NULL);
+  if (error != 0) fail("cannot start the %s thread: %s", name, strerror(error));
+  pthread_setname_np(thread, name);
 }
 
 static void take_over(void *address, size_t length, off_t offset) {
@@ -452,18 +499,8 @@ static void take_over(void *address, size_t length, off_t offset) {
   struct uffdio_register registration = {.range = {.start = lazy.base, .len = length}, .mode = UFFDIO_REGISTER_MODE_MISSING};
   if (ioctl(lazy.uffd, UFFDIO_REGISTER, &registration) != 0) fail("registering guest memory with userfaultfd failed: %s", strerror(errno));
   clock_gettime(CLOCK_MONOTONIC, &lazy.started);
-  /* QEMU handles its process-wide signals in chosen threads; this one takes none. */
-  sigset_t all, previous;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &previous);
-  pthread_t thread;
-  pthread_attr_t attributes;
-  pthread_attr_init(&attributes);
-  pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
-  int error = pthread_create(&thread, &attributes, handler, NULL);
-  pthread_sigmask(SIG_SETMASK, &previous, NULL);
-  if (error != 0) fail("cannot start the fault handler thread: %s", strerror(error));
-  pthread_setname_np(thread, "torpor-pager");
+  start_thread(fault_handler, "torpor-faults");
+  if (lazy.prefetch_count > 0) start_thread(prefetch_handler, "torpor-prefetch");
   lazy.registered = 1;
   __atomic_store_n((uint32_t *)(lazy.status + 8), state_serving, __ATOMIC_RELEASE);
 }

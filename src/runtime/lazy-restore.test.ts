@@ -126,6 +126,31 @@ test('never-faulted pages come from the parent snapshot: lazy restore, touch lit
   }
 });
 
+test('a restore prefetches the chunks its parent machine touched in its first second', async () => {
+  const restored = await restoreMachine('origin@1', { name: 'early' });
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    await snapshotMachine(restored, { name: 'early@1' });
+  } finally {
+    await removeMachine(restored, { force: true });
+  }
+  const workingSet = ((await readSnapshot('early@1')).metadata as { workingSet?: number[] }).workingSet ?? [];
+  assert.ok(workingSet.length > 0, 'the snapshot carries its working set');
+  const again = await restoreMachine('early@1', { name: 'prefetched' });
+  try {
+    let status = (await readLazyMemoryStatus(memoryOf(again)))!;
+    for (let attempt = 0; attempt < 100 && workingSet.some((chunk) => status.loaded[chunk] === 0); attempt++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      status = (await readLazyMemoryStatus(memoryOf(again)))!;
+    }
+    assert.deepEqual(workingSet.filter((chunk) => status.loaded[chunk] === 0), [], 'every chunk of the working set is in place');
+    assert.ok(status.counters.prefetchedChunks > 0, JSON.stringify(status.counters));
+    assert.equal(await run(again, checksums), expectedChecksums);
+  } finally {
+    await removeMachine(again, { force: true });
+  }
+});
+
 test('a running lazy machine keeps its chunks through removal of its snapshot and gc', async () => {
   await snapshotMachine(origin, { name: 'origin@doomed' });
   const restored = await restoreMachine('origin@doomed', { name: 'orphan' });
