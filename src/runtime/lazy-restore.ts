@@ -29,6 +29,7 @@ export async function prepareLazyRestore(
   machineId: string,
   memoryFile: string,
   base: { manifest: SnapshotManifest; memoryFile: string } | undefined,
+  present?: Uint8Array,
 ): Promise<boolean> {
   const support = await lazyMemorySupport();
   if (!support.available) {
@@ -45,6 +46,7 @@ export async function prepareLazyRestore(
     base,
     prefetch: Array.isArray(prefetch) ? prefetch.filter((entry): entry is number => typeof entry === 'number') : undefined,
     pinKey: machineId,
+    present,
   });
   return true;
 }

@@ -31,6 +31,7 @@ import { SupervisorPool } from './supervisor-pool.ts';
 import { ensureBootTemplate } from './boot-template.ts';
 import { createMachineFromSnapshot, materializeForRestore } from './snapshots.ts';
 import { releaseLazyMemory } from './lazy-restore.ts';
+import { releaseWarmMemory } from './warm-memory.ts';
 import { validateMachineName, randomMachineName } from './run-options.ts';
 import type { ControlRequest, ControlReply } from './control-protocol.ts';
 
@@ -191,8 +192,12 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
 
 async function ensureMemoryRoom(memoryMiB: number): Promise<void> {
   await mkdir(memoryDirectory(), { recursive: true });
-  const info = await statfs(memoryDirectory());
-  const freeMiB = Math.floor((info.bavail * info.bsize) / 1024 ** 2);
+  let info = await statfs(memoryDirectory());
+  let freeMiB = Math.floor((info.bavail * info.bsize) / 1024 ** 2);
+  if (freeMiB < memoryMiB && (await releaseWarmMemory((memoryMiB - freeMiB) * 1024 ** 2)) > 0) {
+    info = await statfs(memoryDirectory());
+    freeMiB = Math.floor((info.bavail * info.bsize) / 1024 ** 2);
+  }
   if (freeMiB < memoryMiB) {
     throw new TorporError('tmpfs-full', `not enough space in ${memoryDirectory()} for the guest's RAM: need ${memoryMiB} MiB, ${freeMiB} MiB free`, {
       hint: 'stop other machines, use a smaller --memory, or enlarge the tmpfs (mount -o remount,size=8G /dev/shm); TORPOR_MEMORY_DIR picks another tmpfs',

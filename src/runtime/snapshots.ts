@@ -17,6 +17,7 @@ import { claimName, effectiveState, sendControl, startMachine } from './machines
 import { validateMachineName, randomMachineName } from './run-options.ts';
 import type { SnapshotSummary } from './control-protocol.ts';
 import { prepareLazyRestore, releaseLazyMemory } from './lazy-restore.ts';
+import { takeWarm } from './warm-memory.ts';
 
 /** Saves a running machine whole (memory, processes, files) into the snapshot store. */
 export async function snapshotMachine(
@@ -127,6 +128,17 @@ export async function materializeForRestore(config: MachineConfig): Promise<void
   const { manifest, base } = await restoreSources(config);
   const files = machineFiles(config.id);
   const memoryFile = join(memoryDirectory(), `${config.id}.ram`);
+  // A hibernation kept warm: its RAM file and disk layer are this snapshot's; only the device state is read.
+  const warm = await takeWarm(manifest.id, memoryFile, files.layerDisk);
+  if (warm && (!warm.loaded || (await prepareLazyRestore(manifest, config.id, memoryFile, base, warm.loaded)))) {
+    try {
+      await materializeSnapshot(manifest, { deviceStateFile: files.deviceState });
+    } catch (error) {
+      await releaseLazyMemory(config.id, memoryFile);
+      throw error;
+    }
+    return;
+  }
   const lazy = await prepareLazyRestore(manifest, config.id, memoryFile, base);
   try {
     await materializeSnapshot(manifest, { memoryFile: lazy ? undefined : memoryFile, diskFile: files.layerDisk, deviceStateFile: files.deviceState, base });

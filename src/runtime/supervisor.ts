@@ -21,6 +21,8 @@ import {
 } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
+import { keepWarm } from './warm-memory.ts';
+import { readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
 import { confirmPagerServing, earlyWorkingSet, releaseLazyMemory, restoreEnvironment, unloadedMemoryOf } from './lazy-restore.ts';
 
 // Streams the supervisor opens for its clients live above its own (below 0x40000000), at a random
@@ -470,6 +472,9 @@ export class Supervisor {
         await this.setState({ status: 'stopping', snapshot: request.name });
         vm.kill('SIGKILL');
         await vm.exited;
+        // Before the reply: whoever asked for the hibernation removes the machine right after it.
+        const lazy = await readLazyMemoryStatus(this.memoryFile()).catch(() => undefined);
+        await keepWarm(manifest.id, this.memoryFile(), this.files.layerDisk, lazy?.loaded).catch(() => false);
       } else {
         await vm.qmp.execute('cont');
       }

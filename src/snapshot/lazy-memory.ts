@@ -76,6 +76,8 @@ export interface PrepareLazyMemoryOptions {
   prefetch?: number[];
   /** unique per machine: names the pin that keeps this restore's chunks through gc */
   pinKey: string;
+  /** the RAM file already holds these chunks (a warm RAM file): keep it, and serve only the others */
+  present?: Uint8Array;
 }
 
 function statusSize(chunkCount: number): number {
@@ -128,11 +130,16 @@ export async function prepareLazyMemory(manifest: SnapshotManifest, options: Pre
   const endActivity = await beginActivity(root, 'lazy-restore');
   try {
     await pinChunks(root, options.pinKey, manifest.memory.chunks.filter((id): id is string => id !== null));
+    const count = manifest.memory.chunks.length;
+    if (options.present && options.present.length !== count) throw new TorporError('lazy-memory-failed', 'the warm RAM file does not match the snapshot layout');
+    const status = Buffer.alloc(statusSize(count));
+    if (options.present) status.set(options.present, statusHeaderSize);
     for (const [path, size, content] of [
       [files.memoryFile, manifest.memory.size, undefined],
-      [files.statusFile, statusSize(manifest.memory.chunks.length), undefined],
+      [files.statusFile, status.length, status],
       [files.mapFile, map.length, map],
     ] as const) {
+      if (path === files.memoryFile && options.present) continue;
       const handle = await open(path, 'w', 0o600);
       try {
         if (content) await handle.writeFile(content);

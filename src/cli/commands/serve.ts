@@ -14,11 +14,21 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
     .option("--port <port>", "port to listen on", "7070")
     .option("--host <host>", "address to listen on (no authentication: keep it on loopback unless behind a proxy)", "127.0.0.1")
     .option("--postgres <url>", "store the log in PostgreSQL instead of the SQLite file in the state directory")
-    .action(async (options: { port: string; host: string; postgres?: string }) => {
+    .option("--warm-memory <MiB>", "keep the RAM of recently hibernated sessions in tmpfs up to this many MiB, so their wake skips the store (default: TORPOR_WARM_MEMORY or 0)")
+    .action(async (options: { port: string; host: string; postgres?: string; warmMemory?: string }) => {
       if (!/^\d+$/.test(options.port) || Number(options.port) > 65535) {
         io.stderr.write(`torpor: --port must be a number from 0 to 65535, got ${JSON.stringify(options.port)}\n`);
         io.setExitCode(1);
         return;
+      }
+      if (options.warmMemory !== undefined) {
+        if (!/^\d+$/.test(options.warmMemory)) {
+          io.stderr.write(`torpor: --warm-memory must be a number of MiB (0 turns it off), got ${JSON.stringify(options.warmMemory)}\n`);
+          io.setExitCode(1);
+          return;
+        }
+        // Machine supervisors inherit it: they keep a hibernated machine's RAM when it stops.
+        process.env.TORPOR_WARM_MEMORY = options.warmMemory;
       }
       const directory = stateDirectory(io.environment);
       const paths = contextLogPaths(directory);
