@@ -46,7 +46,9 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,21 +58,25 @@ static void *real_mmap(void *address, size_t length, int protection, int flags, 
   return (void *)syscall(SYS_mmap, address, length, protection, flags, fd, offset);
 }
 
+/* Write-protect on shared memory must be asked for; a kernel without it refuses the request, then we go without. */
 static int create_userfaultfd(uint64_t *features) {
-  int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return -1;
-  struct uffdio_api api = {.api = UFFD_API, .features = 0};
-  if (ioctl(fd, UFFDIO_API, &api) != 0) {
+  uint64_t wanted[2] = {UFFD_FEATURE_WP_HUGETLBFS_SHMEM, 0};
+  for (int attempt = 0; attempt < 2; attempt++) {
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return -1;
+    struct uffdio_api api = {.api = UFFD_API, .features = wanted[attempt]};
+    if (ioctl(fd, UFFDIO_API, &api) == 0) {
+      *features = api.features;
+      return fd;
+    }
     close(fd);
-    return -1;
   }
-  *features = api.features;
-  return fd;
+  return -1;
 }
 
 /* Fills [address, address + length) of a registered range; EEXIST (already there) only wakes waiters. */
-static int place_pages(int uffd, uintptr_t address, const uint8_t *data, size_t length) {
-  struct uffdio_copy copy = {.dst = address, .src = (uintptr_t)data, .len = length, .mode = 0};
+static int place_pages(int uffd, uintptr_t address, const uint8_t *data, size_t length, uint64_t mode) {
+  struct uffdio_copy copy = {.dst = address, .src = (uintptr_t)data, .len = length, .mode = mode};
   while (ioctl(uffd, UFFDIO_COPY, &copy) != 0) {
     if (errno == EAGAIN && copy.copy > 0) {
       copy.dst += copy.copy, copy.src += copy.copy, copy.len -= copy.copy;
@@ -79,7 +85,7 @@ static int place_pages(int uffd, uintptr_t address, const uint8_t *data, size_t 
     if (errno != EEXIST) return -1;
     /* Some page in the run is present already: go page by page past it. */
     for (size_t done = copy.copy > 0 ? (size_t)copy.copy : 0; done < copy.len; done += PAGE) {
-      struct uffdio_copy one = {.dst = copy.dst + done, .src = copy.src + done, .len = PAGE, .mode = 0};
+      struct uffdio_copy one = {.dst = copy.dst + done, .src = copy.src + done, .len = PAGE, .mode = mode};
       if (ioctl(uffd, UFFDIO_COPY, &one) != 0 && errno != EEXIST) return -1;
     }
     struct uffdio_range range = {.start = copy.dst, .len = copy.len};
@@ -89,17 +95,26 @@ static int place_pages(int uffd, uintptr_t address, const uint8_t *data, size_t 
   return 0;
 }
 
-/* 1: a zero page was placed; 0: the page was there already (its waiters are woken); -1: error. */
-__attribute__((unused)) static int place_zero_page(int uffd, uintptr_t address) {
-  struct uffdio_zeropage zero = {.range = {.start = address, .len = PAGE}, .mode = 0};
-  if (ioctl(uffd, UFFDIO_ZEROPAGE, &zero) == 0) return 1;
+/*
+ * 1: a zero page was placed; 0: the page was there already (its waiters are woken); -1: error.
+ * Write-protected (dirty tracking) it must be a copy: UFFDIO_ZEROPAGE has no write-protect mode.
+ */
+__attribute__((unused)) static int place_zero_page(int uffd, uintptr_t address, uint64_t mode) {
+  static const uint8_t zeros[PAGE];
+  if (mode & UFFDIO_COPY_MODE_WP) {
+    struct uffdio_copy copy = {.dst = address, .src = (uintptr_t)zeros, .len = PAGE, .mode = mode};
+    if (ioctl(uffd, UFFDIO_COPY, &copy) == 0) return 1;
+  } else {
+    struct uffdio_zeropage zero = {.range = {.start = address, .len = PAGE}, .mode = 0};
+    if (ioctl(uffd, UFFDIO_ZEROPAGE, &zero) == 0) return 1;
+  }
   if (errno == EEXIST) {
     struct uffdio_range range = {.start = address, .len = PAGE};
     ioctl(uffd, UFFDIO_WAKE, &range);
     return 0;
   }
-  static const uint8_t zeros[PAGE];
-  return place_pages(uffd, address, zeros, PAGE) == 0 ? 1 : -1;
+  if (mode & UFFDIO_COPY_MODE_WP) return -1;
+  return place_pages(uffd, address, zeros, PAGE, 0) == 0 ? 1 : -1;
 }
 
 #ifdef TORPOR_LAZY_MEMORY_PROBE
@@ -115,7 +130,7 @@ static void *probe_handler(void *unused) {
   if (poll(&wait, 1, 5000) != 1) return NULL;
   struct uffd_msg message;
   if (read(probe_uffd, &message, sizeof message) != sizeof message) return NULL;
-  place_pages(probe_uffd, message.arg.pagefault.address & ~(PAGE - 1), page, PAGE);
+  place_pages(probe_uffd, message.arg.pagefault.address & ~(PAGE - 1), page, PAGE, 0);
   return NULL;
 }
 
@@ -178,6 +193,9 @@ enum counter {
   counter_prefetched_chunks,
   counter_served_order,    /* entries in the served-order list */
   counter_wait_ns,         /* summed time from reading a fault to answering it */
+  counter_protect_generation, /* write-protect rounds done (one after each snapshot) */
+  counter_write_faults,    /* first writes to a protected chunk since the last round */
+  counter_tracking,        /* 1 when writes are tracked (registered write-protect) */
   counter_count = 16,
 };
 
@@ -203,6 +221,10 @@ static struct {
   uint8_t *claimed;
   int active, registered;
   uint64_t order_next;
+  /* dirty tracking: pages are placed write-protected, a first write marks its chunk dirty */
+  uint64_t copy_mode;
+  uint8_t *dirty;
+  int control_fd;
 } lazy;
 
 /* One per serving thread (faults, prefetch): buffers and a zstd context are not shared. */
@@ -288,7 +310,7 @@ static void load_map(const char *path) {
   if (lazy.template_file[0]) lazy.template_fd = open(lazy.template_file, O_RDONLY | O_CLOEXEC);
   int status_fd = open(lazy.status_file, O_RDWR | O_CLOEXEC);
   if (status_fd < 0) fail("cannot open the status file %s: %s", lazy.status_file, strerror(errno));
-  lazy.status_length = status_header_size + ((lazy.chunk_count + 7) & ~7u) + (size_t)lazy.chunk_count * 8;
+  lazy.status_length = status_header_size + ((lazy.chunk_count + 7) & ~7u) * 2 + (size_t)lazy.chunk_count * 8;
   struct stat status_stat;
   fstat(status_fd, &status_stat);
   if ((size_t)status_stat.st_size < lazy.status_length) fail("status file %s is too short", lazy.status_file);
@@ -300,6 +322,16 @@ static void load_map(const char *path) {
   }
   memcpy(lazy.status, "TORPSTA1", 8);
   memcpy(lazy.status + 12, &lazy.chunk_count, 4);
+  lazy.dirty = lazy.status + status_header_size + ((lazy.chunk_count + 7) & ~7u) + (size_t)lazy.chunk_count * 8;
+
+  /* The supervisor asks for a write-protect round through this socket (bound now, before -runas). */
+  lazy.control_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  struct sockaddr_un address = {.sun_family = AF_UNIX};
+  if (snprintf(address.sun_path, sizeof address.sun_path, "%s.sock", lazy.status_file) >= (int)sizeof address.sun_path) fail("control socket path too long");
+  unlink(address.sun_path);
+  if (lazy.control_fd < 0 || bind(lazy.control_fd, (struct sockaddr *)&address, sizeof address) != 0 || listen(lazy.control_fd, 4) != 0) {
+    fail("cannot open the control socket %s: %s", address.sun_path, strerror(errno));
+  }
 
   lazy.compressed_capacity = ZSTD_compressBound(lazy.chunk_size) + 65536;
   lazy.claimed = calloc(lazy.chunk_count, 1);
@@ -396,7 +428,7 @@ static int serve_chunk(struct workspace *workspace, uint32_t index) {
         uint64_t file = offset + page;
         /* Only the mapped part of the file can be placed (QEMU maps all of it in practice). */
         if (file >= lazy.base_offset && file + (run - page) <= lazy.base_offset + lazy.length) {
-          if (place_pages(lazy.uffd, lazy.base + (file - lazy.base_offset), workspace->chunk + page, run - page) != 0) {
+          if (place_pages(lazy.uffd, lazy.base + (file - lazy.base_offset), workspace->chunk + page, run - page, lazy.copy_mode) != 0) {
             fail("placing chunk %u into guest memory failed: %s", index, strerror(errno));
           }
           count(counter_copied_bytes, run - page);
@@ -419,6 +451,49 @@ static int serve_chunk(struct workspace *workspace, uint32_t index) {
   return 1;
 }
 
+/* A first write to a protected page: its chunk is dirty since the last round; let the guest write it all. */
+static void serve_write(uintptr_t address) {
+  uintptr_t page = address & ~(PAGE - 1);
+  if (page < lazy.base || page >= lazy.base + lazy.length) fail("write fault outside guest memory at %#lx", (unsigned long)address);
+  uint64_t file = lazy.base_offset + (page - lazy.base);
+  uint32_t index = (uint32_t)(file / lazy.chunk_size);
+  if (index >= lazy.chunk_count) fail("write fault past the end of the page map");
+  __atomic_store_n(&lazy.dirty[index], 1, __ATOMIC_RELEASE);
+  count(counter_write_faults, 1);
+  uint64_t start = (uint64_t)index * lazy.chunk_size, end = start + lazy.chunk_size;
+  if (start < lazy.base_offset) start = lazy.base_offset;
+  if (end > lazy.base_offset + lazy.length) end = lazy.base_offset + lazy.length;
+  struct uffdio_writeprotect unprotect = {.range = {.start = lazy.base + (start - lazy.base_offset), .len = end - start}, .mode = 0};
+  if (ioctl(lazy.uffd, UFFDIO_WRITEPROTECT, &unprotect) != 0) fail("write-unprotecting chunk %u failed: %s", index, strerror(errno));
+}
+
+/* After a snapshot (guest paused): protect every page again and start a new dirty generation. */
+static void protect_round(void) {
+  struct uffdio_writeprotect protect = {.range = {.start = lazy.base, .len = lazy.length}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
+  if (ioctl(lazy.uffd, UFFDIO_WRITEPROTECT, &protect) != 0) fail("write-protecting guest memory failed: %s", strerror(errno));
+  memset(lazy.dirty, 0, lazy.chunk_count);
+  count(counter_protect_generation, 1);
+}
+
+static void serve_control(void) {
+  int client = accept4(lazy.control_fd, NULL, NULL, SOCK_CLOEXEC);
+  if (client < 0) return;
+  char request[64] = {0};
+  struct pollfd wait = {.fd = client, .events = POLLIN};
+  ssize_t length = poll(&wait, 1, 1000) == 1 ? read(client, request, sizeof request - 1) : -1;
+  char reply[64];
+  if (length > 0 && strncmp(request, "protect", 7) == 0 && lazy.copy_mode) {
+    protect_round();
+    snprintf(reply, sizeof reply, "ok %llu\n", (unsigned long long)__atomic_load_n((uint64_t *)(lazy.status + 16) + counter_protect_generation, __ATOMIC_RELAXED));
+  } else {
+    snprintf(reply, sizeof reply, "error %s\n", lazy.copy_mode ? "unknown request" : "writes are not tracked");
+  }
+  if (write(client, reply, strlen(reply)) < 0) {
+    /* the supervisor went away: it will treat the round as not done */
+  }
+  close(client);
+}
+
 static void serve_fault(struct workspace *workspace, uintptr_t address) {
   uint64_t started = now_ns();
   uintptr_t page = address & ~(PAGE - 1);
@@ -429,7 +504,7 @@ static void serve_fault(struct workspace *workspace, uintptr_t address) {
   count(counter_faults, 1);
   serve_chunk(workspace, index);
   /* Still missing after its chunk was served: a zero page of the chunk (or one the guest let go). */
-  int placed = place_zero_page(lazy.uffd, page);
+  int placed = place_zero_page(lazy.uffd, page, lazy.copy_mode);
   if (placed < 0) fail("placing a zero page failed: %s", strerror(errno));
   if (placed > 0) count(counter_zero_pages, 1);
   count(counter_wait_ns, now_ns() - started);
@@ -441,19 +516,23 @@ static void *fault_handler(void *unused) {
   create_workspace(&workspace);
   struct uffd_msg messages[32];
   for (;;) {
-    struct pollfd wait = {.fd = lazy.uffd, .events = POLLIN};
-    int ready = poll(&wait, 1, -1);
+    struct pollfd wait[2] = {{.fd = lazy.uffd, .events = POLLIN}, {.fd = lazy.control_fd, .events = POLLIN}};
+    int ready = poll(wait, 2, -1);
     if (ready < 0) {
       if (errno == EINTR) continue;
       fail("poll: %s", strerror(errno));
     }
+    if (wait[1].revents & POLLIN) serve_control();
+    if (!(wait[0].revents & POLLIN)) continue;
     ssize_t length = read(lazy.uffd, messages, sizeof messages);
     if (length < 0) {
       if (errno == EAGAIN || errno == EINTR) continue;
       fail("reading faults: %s", strerror(errno));
     }
     for (size_t index = 0; index < (size_t)length / sizeof messages[0]; index++) {
-      if (messages[index].event == UFFD_EVENT_PAGEFAULT) serve_fault(&workspace, (uintptr_t)messages[index].arg.pagefault.address);
+      if (messages[index].event != UFFD_EVENT_PAGEFAULT) continue;
+      if (messages[index].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) serve_write((uintptr_t)messages[index].arg.pagefault.address);
+      else serve_fault(&workspace, (uintptr_t)messages[index].arg.pagefault.address);
     }
   }
   return NULL;
@@ -496,8 +575,22 @@ static void take_over(void *address, size_t length, off_t offset) {
   lazy.base = (uintptr_t)address;
   lazy.length = length;
   lazy.base_offset = (uint64_t)offset;
+  /* Writes are tracked where the kernel can write-protect shared memory; else snapshots hash every loaded chunk. */
   struct uffdio_register registration = {.range = {.start = lazy.base, .len = length}, .mode = UFFDIO_REGISTER_MODE_MISSING};
-  if (ioctl(lazy.uffd, UFFDIO_REGISTER, &registration) != 0) fail("registering guest memory with userfaultfd failed: %s", strerror(errno));
+  if ((features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) && !(getenv("TORPOR_TRACK_WRITES") && strcmp(getenv("TORPOR_TRACK_WRITES"), "0") == 0)) {
+    registration.mode |= UFFDIO_REGISTER_MODE_WP;
+    /* Protect the whole range once: pages already in the file (a warm RAM file) are then tracked
+       too; the kernel marks even not yet mapped pages of shared memory. */
+    struct uffdio_writeprotect protect = {.range = {.start = lazy.base, .len = length}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
+    if (ioctl(lazy.uffd, UFFDIO_REGISTER, &registration) == 0) {
+      if (ioctl(lazy.uffd, UFFDIO_WRITEPROTECT, &protect) != 0) fail("write-protecting guest memory failed: %s", strerror(errno));
+      lazy.copy_mode = UFFDIO_COPY_MODE_WP;
+      count(counter_tracking, 1);
+    } else {
+      registration.mode = UFFDIO_REGISTER_MODE_MISSING;
+    }
+  }
+  if (!lazy.copy_mode && ioctl(lazy.uffd, UFFDIO_REGISTER, &registration) != 0) fail("registering guest memory with userfaultfd failed: %s", strerror(errno));
   clock_gettime(CLOCK_MONOTONIC, &lazy.started);
   start_thread(fault_handler, "torpor-faults");
   if (lazy.prefetch_count > 0) start_thread(prefetch_handler, "torpor-prefetch");

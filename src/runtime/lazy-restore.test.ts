@@ -151,6 +151,45 @@ test('a restore prefetches the chunks its parent machine touched in its first se
   }
 });
 
+test('write tracking: a snapshot reads only the chunks written since the last one, and misses none', async () => {
+  // The supervisor checks every chunk it calls unchanged against the RAM file before capturing.
+  process.env.TORPOR_VERIFY_WRITE_TRACKING = '1';
+  const restored = await restoreMachine('origin@1', { name: 'tracked' });
+  delete process.env.TORPOR_VERIFY_WRITE_TRACKING;
+  try {
+    const first = await snapshotMachine(restored, { name: 'tracked@1' });
+    const status = (await readLazyMemoryStatus(memoryOf(restored)))!;
+    assert.ok(status.tracking, 'writes are tracked (userfaultfd write-protect on shared memory)');
+    assert.equal(status.protectGeneration, 1);
+    const loadedBytes = status.loaded.filter((flag) => flag === 1).length * status.chunkSize;
+    await run(restored, 'head -c 3000000 /dev/urandom > /tmp/data/new; sync');
+    const expectedNew = await run(restored, 'md5sum /tmp/data/new | cut -c1-32');
+    const second = await snapshotMachine(restored, { name: 'tracked@2' });
+    const after = (await readLazyMemoryStatus(memoryOf(restored)))!;
+    assert.ok(after.writeFaults > 0);
+    // Read from the RAM file: the chunks written (at least the 3 MB), not everything loaded.
+    const scanned = Number(second.stats.memoryScannedBytes);
+    const loadedNow = after.loaded.filter((flag) => flag === 1).length * after.chunkSize;
+    assert.ok(scanned >= 3_000_000, `read ${scanned} bytes: at least the 3 MB written`);
+    assert.ok(scanned < loadedNow, `read ${scanned} of ${loadedNow} loaded bytes (${loadedBytes} before the write)`);
+    assert.ok(Number(first.stats.scannedBytes) > 0);
+    process.env.TORPOR_LAZY_MEMORY = '0';
+    try {
+      const eager = await restoreMachine('tracked@2', { name: 'tracked-eager' });
+      try {
+        assert.equal(await run(eager, checksums.replace('$(ls | sort -n)', '$(ls | grep -v new | sort -n)')), expectedChecksums);
+        assert.equal(await run(eager, 'md5sum /tmp/data/new | cut -c1-32'), expectedNew);
+      } finally {
+        await removeMachine(eager, { force: true });
+      }
+    } finally {
+      delete process.env.TORPOR_LAZY_MEMORY;
+    }
+  } finally {
+    await removeMachine(restored, { force: true });
+  }
+});
+
 test('a running lazy machine keeps its chunks through removal of its snapshot and gc', async () => {
   await snapshotMachine(origin, { name: 'origin@doomed' });
   const restored = await restoreMachine('origin@doomed', { name: 'orphan' });

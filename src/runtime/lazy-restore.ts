@@ -1,4 +1,5 @@
-import { access } from 'node:fs/promises';
+import { access, open } from 'node:fs/promises';
+import { chunkIdOf } from '../snapshot/chunk-operations.ts';
 import { TorporError } from '../util/errors.ts';
 import type { SnapshotManifest, CaptureInput } from '../snapshot/snapshot-store.ts';
 import {
@@ -87,12 +88,56 @@ export async function confirmPagerServing(memoryFile: string): Promise<void> {
   }
 }
 
-/** For a capture of a lazily restored machine: chunks it never faulted in come from its snapshot. */
-export async function unloadedMemoryOf(memoryFile: string): Promise<{ input: CaptureInput['unloadedMemory']; status?: LazyMemoryStatus }> {
+/** What a machine's write tracking is relative to: the chunk ids after its last protect round. */
+export interface WriteBaseline {
+  generation: number;
+  chunks: (string | null)[];
+}
+
+/**
+ * For a capture of a lazily restored machine: the chunk ids known without reading the RAM file.
+ * Chunks it never faulted in come from its snapshot; with write tracking, chunks not written since
+ * `baseline` (the last snapshot, or the restore itself for generation 0) keep the baseline's id.
+ * `baseline` null means tracking is not trusted (a protect round failed): loaded chunks are read.
+ */
+export async function knownMemoryOf(
+  memoryFile: string,
+  baseline: WriteBaseline | null | undefined,
+): Promise<{ input: CaptureInput['knownMemory']; status?: LazyMemoryStatus; clean: number[] }> {
   const status = await readLazyMemoryStatus(memoryFile);
-  if (!status) return { input: undefined };
+  if (!status) return { input: undefined, clean: [] };
   if (status.state === 'failed') throw new TorporError('lazy-memory-failed', `the lazy memory pager failed: ${status.error}`, { hint: 'the machine cannot be snapshotted' });
-  return { input: { chunkSize: status.chunkSize, chunks: status.chunks, loaded: status.loaded }, status };
+  const reference = baseline === undefined ? { generation: 0, chunks: status.chunks } : baseline;
+  const tracked = status.tracking && reference !== null && reference.generation === status.protectGeneration && reference.chunks.length === status.chunks.length;
+  const clean: number[] = [];
+  const ids = status.chunks.map((id, index) => {
+    if (status.loaded[index] === 0) return id;
+    if (tracked && status.dirty[index] === 0) {
+      clean.push(index);
+      return reference!.chunks[index];
+    }
+    return undefined;
+  });
+  return { input: { chunkSize: status.chunkSize, ids }, status, clean };
+}
+
+/**
+ * A check for tests and benchmarks (TORPOR_VERIFY_WRITE_TRACKING=1): every chunk write tracking
+ * calls clean must hash to the id it is given. Run with the guest paused, before the capture.
+ */
+export async function verifyCleanChunks(memoryFile: string, known: NonNullable<CaptureInput['knownMemory']>, clean: number[]): Promise<void> {
+  const handle = await open(memoryFile, 'r');
+  try {
+    const buffer = Buffer.alloc(known.chunkSize);
+    for (const index of clean) {
+      const { bytesRead } = await handle.read(buffer, 0, known.chunkSize, index * known.chunkSize);
+      buffer.fill(0, bytesRead);
+      const actual = buffer.every((byte) => byte === 0) ? null : chunkIdOf(buffer);
+      if (actual !== known.ids[index]) throw new TorporError('write-tracking-missed', `write tracking called chunk ${index} unchanged, but it was written`, { hint: 'run with TORPOR_TRACK_WRITES=0 and report this' });
+    }
+  } finally {
+    await handle.close();
+  }
 }
 
 /** Chunks this machine touched in its first second: the next restore of what it becomes prefetches them. */

@@ -22,8 +22,8 @@ import {
 import { releaseMachine } from './machine-removal.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
 import { keepWarm } from './warm-memory.ts';
-import { readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
-import { confirmPagerServing, earlyWorkingSet, releaseLazyMemory, restoreEnvironment, unloadedMemoryOf } from './lazy-restore.ts';
+import { protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
+import { confirmPagerServing, earlyWorkingSet, knownMemoryOf, releaseLazyMemory, restoreEnvironment, verifyCleanChunks, type WriteBaseline } from './lazy-restore.ts';
 
 // Streams the supervisor opens for its clients live above its own (below 0x40000000), at a random
 // start so that they do not meet streams a previous supervisor left running in a restored guest.
@@ -416,6 +416,8 @@ export class Supervisor {
   private snapshotInProgress = false;
   /** chunks a lazy restore served in its first second: snapshots of this machine carry them for the next restore to prefetch */
   private workingSet?: number[];
+  /** what the pager's dirty flags are relative to (undefined: the restored snapshot; null: not trusted) */
+  private writeBaseline?: WriteBaseline | null;
 
   private recordWorkingSet(): void {
     setTimeout(() => {
@@ -445,21 +447,28 @@ export class Supervisor {
       const paused = performance.now();
       const deviceState = await saveDeviceState(vm.qmp, this.files.migrationSocket);
       const saved = performance.now();
-      const manifest = await unloadedMemoryOf(this.memoryFile()).then((unloaded) => captureSnapshot({
-        unloadedMemory: unloaded.input,
-        name: request.name,
-        memoryFile: this.memoryFile(),
-        diskFile: this.files.layerDisk,
-        deviceState,
-        parent: request.parent ?? this.config.restore?.snapshot,
-        replace: request.replace,
-        metadata: {
-          machine: this.config,
-          mainStream: this.main?.stream,
-          snapshotAt: new Date().toISOString(),
-          ...(this.workingSet?.length ? { workingSet: this.workingSet } : {}),
-        },
-      })).catch(async (error: unknown) => {
+      // A lazily restored machine: chunks it never loaded, and (write tracking) chunks not written
+      // since the last snapshot, are not read again.
+      const { known, manifest } = await (async () => {
+        const known = await knownMemoryOf(this.memoryFile(), this.writeBaseline);
+        if (process.env.TORPOR_VERIFY_WRITE_TRACKING === '1' && known.input) await verifyCleanChunks(this.memoryFile(), known.input, known.clean);
+        const manifest = await captureSnapshot({
+          knownMemory: known.input,
+          name: request.name,
+          memoryFile: this.memoryFile(),
+          diskFile: this.files.layerDisk,
+          deviceState,
+          parent: request.parent ?? this.config.restore?.snapshot,
+          replace: request.replace,
+          metadata: {
+            machine: this.config,
+            mainStream: this.main?.stream,
+            snapshotAt: new Date().toISOString(),
+            ...(this.workingSet?.length ? { workingSet: this.workingSet } : {}),
+          },
+        });
+        return { known, manifest };
+      })().catch(async (error: unknown) => {
         // Nothing was stored: keep the machine running and say why.
         await vm.qmp.execute('cont').catch(() => {});
         throw error;
@@ -476,6 +485,13 @@ export class Supervisor {
         const lazy = await readLazyMemoryStatus(this.memoryFile()).catch(() => undefined);
         await keepWarm(manifest.id, this.memoryFile(), this.files.layerDisk, lazy?.loaded).catch(() => false);
       } else {
+        if (known.status?.tracking) {
+          // Still paused: protect again, so the next snapshot reads only chunks written after this one.
+          this.writeBaseline = await protectGuestMemory(this.memoryFile()).then(
+            (generation) => ({ generation, chunks: manifest.memory.chunks }),
+            () => null,
+          );
+        }
         await vm.qmp.execute('cont');
       }
       return {

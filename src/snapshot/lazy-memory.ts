@@ -1,4 +1,5 @@
 import { mkdir, open, readFile, rm } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 import { paths } from '../state/paths.ts';
 import { projectRoot } from '../util/project-root.ts';
@@ -81,7 +82,7 @@ export interface PrepareLazyMemoryOptions {
 }
 
 function statusSize(chunkCount: number): number {
-  return statusHeaderSize + Math.ceil(chunkCount / 8) * 8 + chunkCount * 8;
+  return statusHeaderSize + Math.ceil(chunkCount / 8) * 8 * 2 + chunkCount * 8;
 }
 
 function writePath(header: Buffer, index: number, path: string): void {
@@ -174,7 +175,35 @@ export function releaseLazyMemoryPin(pinKey: string): Promise<void> {
 
 export async function removeLazyMemoryFiles(memoryFile: string): Promise<void> {
   const files = lazyMemoryFiles(memoryFile);
-  await Promise.all([rm(files.mapFile, { force: true }), rm(files.statusFile, { force: true })]);
+  await Promise.all([rm(files.mapFile, { force: true }), rm(files.statusFile, { force: true }), rm(`${files.statusFile}.sock`, { force: true })]);
+}
+
+/**
+ * Asks the pager to write-protect the guest's RAM again (call with the guest paused, right after a
+ * snapshot): from then on its dirty flags say which chunks were written since that snapshot.
+ * Resolves to the new generation.
+ */
+export function protectGuestMemory(memoryFile: string, timeoutMs = 5000): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(`${lazyMemoryFiles(memoryFile).statusFile}.sock`);
+    let reply = '';
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error('the pager did not answer the write-protect request'));
+    }, timeoutMs);
+    socket.on('connect', () => socket.write('protect\n'));
+    socket.on('data', (data) => (reply += data.toString()));
+    socket.on('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    socket.on('close', () => {
+      clearTimeout(timer);
+      const match = /^ok (\d+)/.exec(reply);
+      if (match) resolve(Number(match[1]));
+      else reject(new Error(`the pager refused to write-protect: ${reply.trim() || 'no answer'}`));
+    });
+  });
 }
 
 export interface LazyMemoryCounters {
@@ -204,6 +233,12 @@ export interface LazyMemoryStatus {
   loaded: Uint8Array;
   /** chunks in the order they were served, with milliseconds since the pager started */
   order: { chunk: number; milliseconds: number }[];
+  /** writes are tracked: `dirty` is valid relative to the page map (generation 0) or the last protect round */
+  tracking: boolean;
+  protectGeneration: number;
+  writeFaults: number;
+  /** 1 per chunk written since the last protect round */
+  dirty: Uint8Array;
 }
 
 /** The pager's view of a lazily restored RAM file; undefined when the file was restored eagerly. */
@@ -256,6 +291,10 @@ export async function readLazyMemoryStatus(memoryFile: string): Promise<LazyMemo
     chunks,
     loaded: new Uint8Array(status.buffer, status.byteOffset + statusHeaderSize, count).slice(),
     order,
+    tracking: counter(14) === 1,
+    protectGeneration: counter(12),
+    writeFaults: counter(13),
+    dirty: new Uint8Array(status.buffer, status.byteOffset + orderStart + count * 8, count).slice(),
   };
 }
 

@@ -46,11 +46,12 @@ export interface CaptureInput {
   /** overwrite an existing name atomically (hibernating the same session again) */
   replace?: boolean;
   /**
-   * A lazily restored machine's RAM file holds only the chunks it faulted in; the others are holes
-   * that must not be read as zeros. For each chunk index with `loaded[index] === 0` the capture
-   * takes `chunks[index]` (the id in the snapshot it was restored from) without reading the file.
+   * Chunks of the RAM file whose id is known without reading them: `ids[index]` is taken as is
+   * unless it is undefined. A lazily restored machine's RAM file holds only the chunks it faulted
+   * in, the others are holes that must not be read as zeros (their id is the one in the snapshot
+   * it came from); with write tracking, chunks not written since the last snapshot keep its id.
    */
-  unloadedMemory?: { chunkSize: number; chunks: (string | null)[]; loaded: Uint8Array };
+  knownMemory?: { chunkSize: number; ids: (string | null | undefined)[] };
   /** tuning for benchmarks; the defaults are measured */
   chunkSize?: number;
   compressionLevel?: number;
@@ -67,6 +68,8 @@ export interface ChunkedFile {
 export type CaptureStats = {
   /** bytes read (data extents rounded out to chunks; holes are never read) */
   scannedBytes: number;
+  /** of which in the RAM file (a lazily restored machine with write tracking reads only what changed) */
+  memoryScannedBytes?: number;
   /** bytes in non-zero 4 KiB pages */
   nonZeroBytes: number;
   newChunks: number;
@@ -161,18 +164,18 @@ async function captureFile(
   compressionLevel: number,
   chunks: string,
   written: WrittenChunk[],
-  unloaded?: CaptureInput['unloadedMemory'],
+  known?: CaptureInput['knownMemory'],
 ): Promise<ChunkCaptureOutcome> {
   const started = performance.now();
   const extents = await dataExtents(file);
   const extentsMs = performance.now() - started;
   const ids: (string | null)[] = new Array(Math.ceil(size / chunkSize)).fill(null);
-  const isUnloaded = (index: number) => unloaded !== undefined && unloaded.loaded[index] === 0;
-  if (unloaded) {
-    if (unloaded.chunkSize !== chunkSize || unloaded.chunks.length !== ids.length) {
+  const isUnloaded = (index: number) => known !== undefined && known.ids[index] !== undefined;
+  if (known) {
+    if (known.chunkSize !== chunkSize || known.ids.length !== ids.length) {
       throw new TorporError('snapshot-invalid', 'a lazily restored machine can only be captured with the chunk size of the snapshot it came from');
     }
-    for (let index = 0; index < ids.length; index++) if (isUnloaded(index)) ids[index] = unloaded.chunks[index] ?? null;
+    for (let index = 0; index < ids.length; index++) if (isUnloaded(index)) ids[index] = known.ids[index] ?? null;
   }
   const indices = chunksWithData(extents, chunkSize).filter((index) => index * chunkSize < size && !isUnloaded(index));
   const pool = sharedPool();
@@ -192,8 +195,8 @@ async function captureFile(
   const failure = settled.find((outcome) => outcome.status === 'rejected');
   if (failure) throw (failure as PromiseRejectedResult).reason;
   const results = settled.map((outcome) => (outcome as PromiseFulfilledResult<CaptureChunkResult>).value);
-  // Chunks taken from the parent count as reused (they are in the store already, pinned meanwhile).
-  if (unloaded) {
+  // Chunks taken as known count as reused (they are in the store already, pinned meanwhile).
+  if (known) {
     for (let index = 0; index < ids.length; index++) {
       if (isUnloaded(index) && ids[index]) results.push({ id: ids[index], nonZeroBytes: 0, compressedBytes: 0, hashMs: 0, compressMs: 0, writeMs: 0 });
     }
@@ -228,7 +231,7 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
     const diskSize = input.diskFile ? (await stat(input.diskFile)).size : 0;
     const chunksStarted = performance.now();
     const settled = await Promise.allSettled([
-      captureFile(input.memoryFile, memorySize, chunkSize, compressionLevel, chunks, written, input.unloadedMemory),
+      captureFile(input.memoryFile, memorySize, chunkSize, compressionLevel, chunks, written, input.knownMemory),
       input.diskFile ? captureFile(input.diskFile, diskSize, chunkSize, compressionLevel, chunks, written) : Promise.resolve(undefined),
     ]);
     for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason;
@@ -246,6 +249,7 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
 
     const stats: CaptureStats = {
       scannedBytes: 0,
+      memoryScannedBytes: memory.scannedBytes,
       nonZeroBytes: 0,
       newChunks: deviceStateBytes ? 1 : 0,
       newCompressedBytes: deviceStateBytes,
