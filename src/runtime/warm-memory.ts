@@ -51,9 +51,22 @@ async function drop(manifestId: string): Promise<void> {
   await Promise.all([rm(warmRam(manifestId), { force: true }), rm(warmLoaded(manifestId), { force: true }), rm(warmLayer(manifestId), { force: true })]);
 }
 
+/** Disk layers left without their RAM file (a keep or take killed halfway) and older than a minute. */
+async function dropOrphanLayers(kept: WarmEntry[]): Promise<void> {
+  const directory = join(stateHome(), 'warm');
+  const names = await readdir(directory).catch(() => [] as string[]);
+  const live = new Set(kept.map((entry) => `${entry.manifestId}.layer`));
+  for (const name of names) {
+    if (live.has(name)) continue;
+    const status = await stat(join(directory, name)).catch(() => undefined);
+    if (status && Date.now() - status.mtimeMs > 60_000) await rm(join(directory, name), { force: true });
+  }
+}
+
 /** Drops the oldest entries until the tier holds at most `limitBytes`. */
 export async function trimWarmMemory(limitBytes = warmBudgetBytes()): Promise<void> {
   const all = await entries();
+  await dropOrphanLayers(all);
   let total = all.reduce((sum, entry) => sum + entry.bytes, 0);
   for (const entry of all) {
     if (total <= limitBytes) break;
