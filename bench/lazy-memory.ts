@@ -166,8 +166,31 @@ try {
       for (const fork of made) await removeMachine(fork, { force: true });
     }
   }
-  await removeMachine(origin, { force: true });
   progress('forks done');
+
+  // ---- checkpoints that continue (the guest keeps running): after a small change (1 MiB written
+  // in the guest), how long the guest is paused and how much of its RAM is read: lazy restore with
+  // write tracking, lazy without it (TORPOR_TRACK_WRITES=0), and the eager restore of today
+  type Checkpoint = { pausedMs: number; memoryRead: number; newBytes: number };
+  const checkpoints: Record<'tracked' | 'untracked' | 'eager', Checkpoint[]> = { tracked: [], untracked: [], eager: [] };
+  for (const variant of ['tracked', 'untracked', 'eager'] as const) {
+    setMode(variant === 'eager' ? 'eager' : 'lazy');
+    if (variant === 'untracked') process.env.TORPOR_TRACK_WRITES = '0';
+    const machine = await restoreMachine('origin@1', { name: `c-${variant}` });
+    delete process.env.TORPOR_TRACK_WRITES;
+    await ping(machine);
+    await snapshotMachine(machine, { name: `c-${variant}-0` });
+    for (let turn = 1; turn <= 3; turn++) {
+      const client = await connectToMachine(machine);
+      await client.exec({ argv: ['sh', '-c', `head -c 1048576 /dev/urandom > /root/turn-${turn}`], env: [], workingDirectory: '/', user: '', tty: false, stdin: false }).exited;
+      client.close();
+      const summary = await snapshotMachine(machine, { name: `c-${variant}-${turn}` });
+      checkpoints[variant].push({ pausedMs: summary.totalMs, memoryRead: Number(summary.stats.memoryScannedBytes ?? NaN), newBytes: Number(summary.stats.newCompressedBytes) });
+    }
+    await removeMachine(machine, { force: true });
+  }
+  await removeMachine(origin, { force: true });
+  progress('checkpoints done');
 
   // ---- session wakes: message for a hibernated session -> first reply byte
   const log = await openContextLog({ stateDirectory: home });
@@ -206,6 +229,26 @@ try {
   const shellSpec: SessionSpec = { image: 'base', command: ['sh', '-c', shellAgent], env: [], cpus: 1, memoryMiB: 256, idleSeconds: 0.5 };
   const shellWakes = await wakes(shellSpec, Math.max(runs, 8), (run) => `turn ${run}: please look at the retry loop and tell me what changed`);
   progress('shell wakes done');
+  // The warm tier: hibernated RAM kept in tmpfs (supervisors read the budget when they start, so a
+  // new manager with it set from the start)
+  await manager.close();
+  process.env.TORPOR_WARM_MEMORY = '1024';
+  manager = new SessionManager({ log, store: new SessionStore(), tickMs: 50, turnTimeoutMs: 20_000 });
+  const warmWakes: number[] = [];
+  {
+    setMode('lazy');
+    const record = await manager.create(shellSpec, { name: 'wake-warm' });
+    await firstByte(record.id, 'warm up');
+    for (let run = 0; run < Math.max(runs, 8); run++) {
+      await waitHibernated(record.id);
+      await sleep(200);
+      warmWakes.push(await firstByte(record.id, `turn ${run}: please look at the retry loop and tell me what changed`));
+    }
+    await waitHibernated(record.id);
+    await manager.delete(record.id);
+  }
+  delete process.env.TORPOR_WARM_MEMORY;
+  progress('warm wakes done');
   let codingWakes: Record<Mode, number[]> | undefined;
   let codingNote = '';
   let llm: { port: number; close: () => Promise<void> } | undefined;
@@ -240,12 +283,22 @@ try {
   );
   row('fork of 4, all answering (n=2 each)', '<= 600 ms', pair(forks), ratio(forks));
   row(`wake -> first reply byte, shell agent (n=${shellWakes.lazy.length} each)`, '<= 250 ms', pair(shellWakes), ratio(shellWakes));
+  row(`  warm (RAM kept in tmpfs, TORPOR_WARM_MEMORY=1024) (n=${warmWakes.length})`, '<= 100 ms warm', `p50 ${ms(median(warmWakes))} (max ${ms(Math.max(...warmWakes))})`, `${(median(shellWakes.eager) / median(warmWakes)).toFixed(2)}x faster than eager`);
   if (codingWakes) row(`wake -> first reply byte, coding agent (n=${codingWakes.lazy.length} each)`, '<= 500 ms', pair(codingWakes), ratio(codingWakes));
   const residentText = (value?: Awaited<ReturnType<typeof residentOf>>) =>
     value ? `RSS ${mib(value.rss)} (shmem ${mib(value.shmem)}, anon ${mib(value.anon)}), RAM file ${mib(value.ramFile)}` : '-';
   row('restored machine 3 s after answering', '-', `lazy ${residentText(resident.lazy)} | eager ${residentText(resident.eager)}`, resident.lazy && resident.eager ? `${(resident.eager.ramFile / resident.lazy.ramFile).toFixed(1)}x less guest RAM resident` : '-');
   const snapText = (value?: { totalMs: number; captureMs: number; newBytes: number; scanned: number }) => (value ? `${ms(value.totalMs)} (capture ${ms(value.captureMs)}, read ${mib(value.scanned)}), new ${mib(value.newBytes)}` : '-');
   row('snapshot of a restored machine 3 s after answering', '-', `lazy ${snapText(resnapshot.lazy)} | eager ${snapText(resnapshot.eager)}`, '-');
+  for (const variant of ['tracked', 'untracked', 'eager'] as const) {
+    const values = checkpoints[variant];
+    row(
+      `checkpoint that continues, after 1 MiB written: ${variant === 'tracked' ? 'lazy + write tracking' : variant === 'untracked' ? 'lazy, no tracking' : 'eager restore (today)'} (n=3)`,
+      variant === 'tracked' ? '<= 30 ms paused' : '-',
+      `paused p50 ${ms(median(values.map((value) => value.pausedMs)))}, RAM read p50 ${mib(median(values.map((value) => value.memoryRead)))}, new p50 ${mib(median(values.map((value) => value.newBytes)))}`,
+      '-',
+    );
+  }
   const counterText = (value?: LazyMemoryCounters) =>
     value
       ? `${value.faults} faults (mean ${value.meanFaultMicroseconds.toFixed(0)} us); chunks: ${value.templateChunks} template (${value.templateMs.toFixed(1)} ms), ${value.storeChunks} store (${value.storeMs.toFixed(1)} ms), ${value.zeroChunks} zero, ${value.prefetchedChunks} prefetched; ${value.zeroPages} zero pages; ${mib(value.copiedBytes)} copied`
@@ -270,11 +323,13 @@ try {
   console.log('');
   console.log(`restores (ms): lazy ${restores.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${restores.eager.map((value) => value.toFixed(0)).join(', ')}`);
   console.log(`shell wakes (ms): lazy ${shellWakes.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${shellWakes.eager.map((value) => value.toFixed(0)).join(', ')}`);
+  console.log(`warm wakes (ms): ${warmWakes.map((value) => value.toFixed(0)).join(', ')}`);
   if (codingWakes) console.log(`coding wakes (ms): lazy ${codingWakes.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${codingWakes.eager.map((value) => value.toFixed(0)).join(', ')}`);
   if (codingNote) console.log(`note: ${codingNote}`);
   for (const detail of details) console.log(detail);
 } finally {
   delete process.env.TORPOR_LAZY_MEMORY;
+  delete process.env.TORPOR_WARM_MEMORY;
   for (const view of await listMachines().catch(() => [])) {
     const config = await findMachine(view.config.id).catch(() => undefined);
     if (config) await removeMachine(config, { force: true }).catch(() => {});
