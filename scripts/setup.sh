@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what torpor needs on a Debian 12 host, only what is missing, and says what it does:
 # Debian packages (QEMU, the guest kernel, busybox, musl, e2fsprogs, zstd, attr for image xattrs,
-# nftables for the guest network filter) and the npm packages.
+# nftables for the guest network filter, and the C compiler and headers the lazy memory pager is
+# built with) and the npm packages.
 # The guest agent, initramfs and images are built by torpor itself on first use, with progress.
 set -e
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ quiet=false
 [ "$1" = "--quiet" ] && quiet=true
 say() { echo "torpor setup: $*" >&2; }
 
-packages="qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static musl-tools e2fsprogs zstd attr nftables"
+packages="qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static musl-tools e2fsprogs zstd attr nftables gcc libc6-dev libzstd-dev libxxhash-dev"
 missing=""
 for package in $packages; do
   status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)

@@ -5,6 +5,7 @@ import { TorporError } from '../util/errors.ts';
 import { type Progress, silentProgress } from '../util/progress.ts';
 import { ensureGuestArtifacts } from '../host/guest-artifacts.ts';
 import { chooseAccelerator, type AcceleratorChoice } from '../vm/accelerator-probe.ts';
+import { releaseWarmMemory } from './warm-memory.ts';
 import type { PortMapping } from '../vm/machine-spec.ts';
 
 export interface PreparedHost {
@@ -30,8 +31,13 @@ export function prepareHost(progress: Progress = silentProgress): Promise<Prepar
 /** Fails with `tmpfs-full` (and what to do) when the RAM tmpfs cannot hold another guest's memory. */
 export async function ensureMemoryRoom(memoryMiB: number): Promise<void> {
   await mkdir(memoryDirectory(), { recursive: true });
-  const info = await statfs(memoryDirectory());
-  const freeMiB = Math.floor((info.bavail * info.bsize) / 1024 ** 2);
+  let info = await statfs(memoryDirectory());
+  let freeMiB = Math.floor((info.bavail * info.bsize) / 1024 ** 2);
+  // Warm hibernations are a cache: they give way to a machine that needs the room.
+  if (freeMiB < memoryMiB && (await releaseWarmMemory((memoryMiB - freeMiB) * 1024 ** 2)) > 0) {
+    info = await statfs(memoryDirectory());
+    freeMiB = Math.floor((info.bavail * info.bsize) / 1024 ** 2);
+  }
   if (freeMiB < memoryMiB) {
     throw new TorporError('tmpfs-full', `not enough space in ${memoryDirectory()} for the guest's RAM: need ${memoryMiB} MiB, ${freeMiB} MiB free`, {
       hint: 'stop other machines, use a smaller --memory, or enlarge the tmpfs (mount -o remount,size=8G /dev/shm); TORPOR_MEMORY_DIR picks another tmpfs',

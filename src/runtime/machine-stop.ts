@@ -3,6 +3,7 @@ import { TorporError } from '../util/errors.ts';
 import { signalIfMatches } from '../util/process-identity.ts';
 import { isLive, machineFiles, readMachineState, writeMachineState, type MachineConfig, type MachineState } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
+import { releaseLazyMemory } from './lazy-restore.ts';
 import { releaseConfinement } from '../network/machine-confinement.ts';
 import { qemuAlive, supervisorAlive, supervisorMarker } from './supervisor-process.ts';
 import { effectiveState, waitForStatus } from './machine-status.ts';
@@ -40,6 +41,7 @@ export async function killMachine(config: MachineConfig): Promise<MachineState> 
   }
   const files = machineFiles(config.id);
   await rm(files.memoryFile, { force: true });
+  await releaseLazyMemory(config.id, files.memoryFile);
   // A supervisor killed with -9 left its QEMU uid claimed and its rules in place.
   await releaseConfinement(config.id);
   for (const socket of [files.controlSocket, files.agentSocket, files.qmpSocket]) await rm(socket, { force: true });

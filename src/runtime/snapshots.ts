@@ -1,4 +1,4 @@
-import { copyFile, rm } from 'node:fs/promises';
+import { access, copyFile, rm } from 'node:fs/promises';
 import { runCommand } from '../util/command.ts';
 import { TorporError } from '../util/errors.ts';
 import { readSnapshot, removeSnapshot } from '../snapshot/snapshot-store.ts';
@@ -10,8 +10,16 @@ import { effectiveState } from './machine-status.ts';
 import { connectToSupervisor, sendControl } from './supervisor-client.ts';
 import { createMachineFromSnapshot, type RestoreOptions } from './machine-creation.ts';
 import { startMachine } from './machine-start.ts';
-import { materializeForRestore } from './restore-materialization.ts';
+import { materializeForRestore, restoreSources } from './restore-materialization.ts';
 import type { SnapshotSummary } from './control-protocol.ts';
+import { prepareLazyRestore } from './lazy-restore.ts';
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
 
 export type { RestoreOptions } from './machine-creation.ts';
 
@@ -88,10 +96,13 @@ export async function forkMachine(config: MachineConfig, options: { count: numbe
 async function materializeForks(forks: MachineConfig[]): Promise<void> {
   await materializeForRestore(forks[0]!);
   const first = machineFiles(forks[0]!.id);
+  // A lazy first fork has an empty RAM file: each other fork gets its own page map instead of a copy.
+  const { manifest, base } = await restoreSources(forks[0]!);
+  const lazy = await exists(`${first.memoryFile}.map`);
   await Promise.all(
     forks.slice(1).map(async (fork) => {
       const files = machineFiles(fork.id);
-      await runCommand('cp', ['--sparse=always', first.memoryFile, files.memoryFile]);
+      if (!lazy || !(await prepareLazyRestore(manifest, fork.id, files.memoryFile, base))) await runCommand('cp', ['--sparse=always', first.memoryFile, files.memoryFile]);
       await runCommand('cp', ['--sparse=always', first.layerDisk, files.layerDisk]);
       await copyFile(first.deviceState, files.deviceState);
     }),

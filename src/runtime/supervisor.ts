@@ -23,6 +23,9 @@ import {
 } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
+import { keepWarm } from './warm-memory.ts';
+import { protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
+import { confirmPagerServing, earlyWorkingSet, knownMemoryOf, releaseLazyMemory, restoreEnvironment, verifyCleanChunks, type WriteBaseline } from './lazy-restore.ts';
 
 // Streams the supervisor opens for its clients live above its own (below 0x40000000), at a random
 // start so that they do not meet streams a previous supervisor left running in a restored guest.
@@ -81,8 +84,9 @@ export class Supervisor {
     return this.files.memoryFile;
   }
 
-  private vmSpec(incoming: boolean) {
+  private vmSpec(incoming: boolean, environment?: Record<string, string>) {
     return {
+      environment,
       id: this.config.id,
       cpus: this.config.cpus,
       memoryMiB: this.config.memoryMiB,
@@ -123,7 +127,10 @@ export class Supervisor {
     const started = performance.now();
     try {
       await mkdir(memoryDirectory(), { recursive: true });
-      if (!restore) await rm(this.memoryFile(), { force: true });
+      if (!restore) {
+        await rm(this.memoryFile(), { force: true });
+        await releaseLazyMemory(this.config.id, this.memoryFile());
+      }
       this.stopCappingConsole ??= capForeignLog(this.files.consoleLog);
       this.confinement = await confineMachine(this.config.id, {
         network: this.config.network,
@@ -133,7 +140,8 @@ export class Supervisor {
       // A restored guest stays paused until its device state is loaded, so its rules may still be on
       // their way while QEMU starts; a cold-booting guest runs at once, so they must be in place.
       if (!restore) await this.confinement.rulesReady;
-      this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore)), { logPath: this.files.supervisorLog });
+      const environment = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
+      this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), environment), { logPath: this.files.supervisorLog });
       // Recorded with the pid: a claim whose supervisor died before this is stale, and is taken over.
       await this.setState({ qemuPid: this.vm.pid, networkUid: this.confinement.runAs?.uid });
       this.vm.exited.then((exit) => this.onVmExit(exit));
@@ -143,7 +151,9 @@ export class Supervisor {
       if (restore) {
         await Promise.race([this.confinement.rulesReady, vmGone]);
         await Promise.race([loadDeviceState(this.vm.qmp, this.migrationSocket(), await readFile(this.files.deviceState)), vmGone]);
+        if (environment) await confirmPagerServing(this.memoryFile());
         await this.vm.qmp.execute('cont');
+        if (environment) this.recordWorkingSet();
       }
       this.agent = await AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 });
       if (restore) {
@@ -311,6 +321,7 @@ export class Supervisor {
     } else {
       await rm(this.memoryFile(), { force: true });
     }
+    await releaseLazyMemory(this.config.id, this.memoryFile());
     await rm(this.files.controlSocket, { force: true });
     await rm(this.files.agentSocket, { force: true });
     await rm(this.files.qmpSocket, { force: true });
@@ -428,6 +439,19 @@ export class Supervisor {
   }
 
   private snapshotInProgress = false;
+  /** chunks a lazy restore served in its first second: snapshots of this machine carry them for the next restore to prefetch */
+  private workingSet?: number[];
+  /** what the pager's dirty flags are relative to (undefined: the restored snapshot; null: not trusted) */
+  private writeBaseline?: WriteBaseline | null;
+
+  private recordWorkingSet(): void {
+    setTimeout(() => {
+      earlyWorkingSet(this.memoryFile()).then(
+        (chunks) => (this.workingSet = chunks),
+        () => {},
+      );
+    }, 1000).unref();
+  }
 
   private async finishAfterSnapshot(name: string): Promise<void> {
     await this.finish({ status: 'exited', exitCode: 0, snapshot: name, error: undefined });
@@ -448,15 +472,28 @@ export class Supervisor {
       const paused = performance.now();
       const deviceState = await saveDeviceState(vm.qmp, this.migrationSocket(), { socketOwner: this.confinement?.runAs });
       const saved = performance.now();
-      const manifest = await captureSnapshot({
-        name: request.name,
-        memoryFile: this.memoryFile(),
-        diskFile: this.files.layerDisk,
-        deviceState,
-        parent: request.parent ?? this.config.restore?.snapshot,
-        replace: request.replace,
-        metadata: { machine: this.config, mainStream: this.main?.stream, snapshotAt: new Date().toISOString() },
-      }).catch(async (error: unknown) => {
+      // A lazily restored machine: chunks it never loaded, and (write tracking) chunks not written
+      // since the last snapshot, are not read again.
+      const { known, manifest } = await (async () => {
+        const known = await knownMemoryOf(this.memoryFile(), this.writeBaseline);
+        if (process.env.TORPOR_VERIFY_WRITE_TRACKING === '1' && known.input) await verifyCleanChunks(this.memoryFile(), known.input, known.clean);
+        const manifest = await captureSnapshot({
+          knownMemory: known.input,
+          name: request.name,
+          memoryFile: this.memoryFile(),
+          diskFile: this.files.layerDisk,
+          deviceState,
+          parent: request.parent ?? this.config.restore?.snapshot,
+          replace: request.replace,
+          metadata: {
+            machine: this.config,
+            mainStream: this.main?.stream,
+            snapshotAt: new Date().toISOString(),
+            ...(this.workingSet?.length ? { workingSet: this.workingSet } : {}),
+          },
+        });
+        return { known, manifest };
+      })().catch(async (error: unknown) => {
         // Nothing was stored: keep the machine running and say why.
         await vm.qmp.execute('cont').catch(() => {});
         throw error;
@@ -469,7 +506,17 @@ export class Supervisor {
         await this.setState({ status: 'stopping', snapshot: request.name });
         vm.kill('SIGKILL');
         await vm.exited;
+        // Before the reply: whoever asked for the hibernation removes the machine right after it.
+        const lazy = await readLazyMemoryStatus(this.memoryFile()).catch(() => undefined);
+        await keepWarm(manifest.id, this.memoryFile(), this.files.layerDisk, lazy?.loaded).catch(() => false);
       } else {
+        if (known.status?.tracking) {
+          // Still paused: protect again, so the next snapshot reads only chunks written after this one.
+          this.writeBaseline = await protectGuestMemory(this.memoryFile()).then(
+            (generation) => ({ generation, chunks: manifest.memory.chunks }),
+            () => null,
+          );
+        }
         await vm.qmp.execute('cont');
       }
       return {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { memoryDirectory, stateHome } from '../state/paths.ts';
 
 /** Template RAM files of one state directory share this prefix (several installs share one tmpfs). */
-function homePrefix(): string {
+export function homePrefix(): string {
   return `${createHash('sha256').update(stateHome()).digest('hex').slice(0, 8)}-`;
 }
 

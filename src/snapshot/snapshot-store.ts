@@ -17,6 +17,7 @@ import {
 import { sharedPool } from './worker-pool.ts';
 import { discardChunks, publishChunks, type WrittenChunk } from './chunk-publication.ts';
 import { beginActivity, withExclusiveStore } from './store-activity.ts';
+import { pinnedChunks } from './chunk-pins.ts';
 import { SeekableDecoder, SeekableEncoder, SeekableFormatError, framesCovering, parseSeekTable, type SeekTable } from './seekable-zstd.ts';
 
 export { startSnapshotWorkers, stopSnapshotWorkers } from './worker-pool.ts';
@@ -44,6 +45,13 @@ export interface CaptureInput {
   parent?: string;
   /** overwrite an existing name atomically (hibernating the same session again) */
   replace?: boolean;
+  /**
+   * Chunks of the RAM file whose id is known without reading them: `ids[index]` is taken as is
+   * unless it is undefined. A lazily restored machine's RAM file holds only the chunks it faulted
+   * in, the others are holes that must not be read as zeros (their id is the one in the snapshot
+   * it came from); with write tracking, chunks not written since the last snapshot keep its id.
+   */
+  knownMemory?: { chunkSize: number; ids: (string | null | undefined)[] };
   /** tuning for benchmarks; the defaults are measured */
   chunkSize?: number;
   compressionLevel?: number;
@@ -60,6 +68,8 @@ export interface ChunkedFile {
 export type CaptureStats = {
   /** bytes read (data extents rounded out to chunks; holes are never read) */
   scannedBytes: number;
+  /** of which in the RAM file (a lazily restored machine with write tracking reads only what changed) */
+  memoryScannedBytes?: number;
   /** bytes in non-zero 4 KiB pages */
   nonZeroBytes: number;
   newChunks: number;
@@ -97,7 +107,8 @@ export interface SnapshotManifest {
 }
 
 export interface MaterializeTarget {
-  memoryFile: string;
+  /** absent: the RAM is not written (a lazy restore serves it on demand) */
+  memoryFile?: string;
   diskFile?: string;
   deviceStateFile?: string;
   /** an already materialized snapshot (e.g. the boot template's RAM): chunks it shares are copied, not decompressed */
@@ -164,13 +175,21 @@ async function captureFile(
   compressionLevel: number,
   chunks: string,
   written: WrittenChunk[],
+  known?: CaptureInput['knownMemory'],
 ): Promise<ChunkCaptureOutcome> {
   const started = performance.now();
   const extents = await dataExtents(file);
   const extentsMs = performance.now() - started;
-  const indices = chunksWithData(extents, chunkSize).filter((index) => index * chunkSize < size);
-  const pool = sharedPool();
   const ids: (string | null)[] = new Array(Math.ceil(size / chunkSize)).fill(null);
+  const isUnloaded = (index: number) => known !== undefined && known.ids[index] !== undefined;
+  if (known) {
+    if (known.chunkSize !== chunkSize || known.ids.length !== ids.length) {
+      throw new TorporError('snapshot-invalid', 'a lazily restored machine can only be captured with the chunk size of the snapshot it came from');
+    }
+    for (let index = 0; index < ids.length; index++) if (isUnloaded(index)) ids[index] = known.ids[index] ?? null;
+  }
+  const indices = chunksWithData(extents, chunkSize).filter((index) => index * chunkSize < size && !isUnloaded(index));
+  const pool = sharedPool();
   let scannedBytes = 0;
   const settled = await Promise.allSettled(
     indices.map(async (index) => {
@@ -187,6 +206,12 @@ async function captureFile(
   const failure = settled.find((outcome) => outcome.status === 'rejected');
   if (failure) throw (failure as PromiseRejectedResult).reason;
   const results = settled.map((outcome) => (outcome as PromiseFulfilledResult<CaptureChunkResult>).value);
+  // Chunks taken as known count as reused (they are in the store already, pinned meanwhile).
+  if (known) {
+    for (let index = 0; index < ids.length; index++) {
+      if (isUnloaded(index) && ids[index]) results.push({ id: ids[index], nonZeroBytes: 0, compressedBytes: 0, hashMs: 0, compressMs: 0, writeMs: 0 });
+    }
+  }
   return { chunks: ids, results, scannedBytes, extentsMs };
 }
 
@@ -217,7 +242,7 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
     const diskSize = input.diskFile ? (await stat(input.diskFile)).size : 0;
     const chunksStarted = performance.now();
     const settled = await Promise.allSettled([
-      captureFile(input.memoryFile, memorySize, chunkSize, compressionLevel, chunks, written),
+      captureFile(input.memoryFile, memorySize, chunkSize, compressionLevel, chunks, written, input.knownMemory),
       input.diskFile ? captureFile(input.diskFile, diskSize, chunkSize, compressionLevel, chunks, written) : Promise.resolve(undefined),
     ]);
     for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason;
@@ -235,6 +260,7 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
 
     const stats: CaptureStats = {
       scannedBytes: 0,
+      memoryScannedBytes: memory.scannedBytes,
       nonZeroBytes: 0,
       newChunks: deviceStateBytes ? 1 : 0,
       newCompressedBytes: deviceStateBytes,
@@ -473,12 +499,14 @@ export async function materializeSnapshot(nameOrManifest: string | SnapshotManif
     }
   };
   try {
-    created.push(target.memoryFile);
-    const memoryStarted = performance.now();
-    const base = target.base ? { layout: target.base.manifest.memory, file: target.base.memoryFile } : undefined;
-    // Memory and disk one after the other: each already keeps every thread busy.
-    add(await materializeFile(manifest.memory, target.memoryFile, chunks, base));
-    stats.milliseconds.memory = performance.now() - memoryStarted;
+    if (target.memoryFile) {
+      created.push(target.memoryFile);
+      const memoryStarted = performance.now();
+      const base = target.base ? { layout: target.base.manifest.memory, file: target.base.memoryFile } : undefined;
+      // Memory and disk one after the other: each already keeps every thread busy.
+      add(await materializeFile(manifest.memory, target.memoryFile, chunks, base));
+      stats.milliseconds.memory = performance.now() - memoryStarted;
+    }
     if (manifest.disk && target.diskFile) {
       created.push(target.diskFile);
       const diskStarted = performance.now();
@@ -645,6 +673,8 @@ export async function collectGarbage(): Promise<{ removedChunks: number; freedBy
     // An unreadable manifest throws here: better no gc than deleting chunks a snapshot needs.
     const referenced = new Set<string>();
     for (const manifest of await listSnapshots()) for (const id of referencedChunks(manifest)) referenced.add(id);
+    // Chunks that running, lazily restored machines may still fault in.
+    for (const id of await pinnedChunks(root)) referenced.add(id);
     const chunks = chunksDirectory(root);
     const { files, temporaries } = await storedChunks(chunks);
     let removedChunks = 0;

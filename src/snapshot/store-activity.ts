@@ -11,7 +11,7 @@ import { environment } from '../config/environment.ts';
 // other's (the two-flag handshake): at least one of them sees the other and backs off, so gc and
 // an activity never both proceed. Many activities run at once; only gc is exclusive.
 
-interface Holder {
+export interface Holder {
   pid: number;
   /** /proc/PID/stat start time: a reused pid has a different one, so a dead holder is never trusted */
   startTime: string;
@@ -28,7 +28,12 @@ function startTimeOf(pid: number): string | undefined {
 
 const self: Holder = { pid: process.pid, startTime: startTimeOf(process.pid) ?? '' };
 
-function isAlive(holder: Holder): boolean {
+/** A process as a holder of something in the store: pid plus start time, so a reused pid never counts. */
+export function holderOf(pid: number): Holder {
+  return { pid, startTime: startTimeOf(pid) ?? '' };
+}
+
+export function isAlive(holder: Holder): boolean {
   return startTimeOf(holder.pid) === holder.startTime;
 }
 

@@ -28,4 +28,6 @@ export interface MachineSpec {
   runAs?: { uid: number; gid: number };
   /** Restore: `memoryFile` already holds the guest's RAM; wait for its device state (-incoming defer). */
   incoming?: boolean;
+  /** Added to QEMU's environment (the lazy memory pager is preloaded this way). */
+  environment?: Record<string, string>;
 }

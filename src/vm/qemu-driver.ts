@@ -23,7 +23,7 @@ export const qemuDriver: VmDriver = {
     const log = openSync(logPath, 'a');
     // With -runas the layer disk goes in as descriptors 3 (read-write) and 4 (read-only): `layerDescriptors`.
     const layer = spec.runAs && spec.layerDisk ? [openSync(spec.layerDisk, 'r+'), openSync(spec.layerDisk, 'r')] : [];
-    const child = spawn(qemuBinary(), qemuArguments(spec), { stdio: ['ignore', log, log, ...layer] });
+    const child = spawn(qemuBinary(), qemuArguments(spec), { stdio: ['ignore', log, log, ...layer], env: spec.environment ? { ...process.env, ...spec.environment } : process.env });
     closeSync(log);
     for (const fd of layer) closeSync(fd);
     const exited = new Promise<VmExit>((resolve) => {

@@ -22,6 +22,7 @@ interface ServeFlags {
   maxMachines?: string;
   maxSessions?: string;
   maxBody?: string;
+  warmMemory?: string;
   json?: boolean;
 }
 
@@ -67,12 +68,22 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
     .option("--max-machines <n>", "most machines running at once (default: 3/4 of host RAM at 512m each; TORPOR_MAX_MACHINES)")
     .option("--max-sessions <n>", "most sessions that may exist (default 1000; TORPOR_MAX_SESSIONS)")
     .option("--max-body <size>", "largest request body except log appends (default 1m; TORPOR_MAX_BODY)")
+    .option("--warm-memory <MiB>", "keep the RAM of recently hibernated sessions in tmpfs up to this many MiB, so their wake skips the store (default: TORPOR_WARM_MEMORY or 0)")
     .option("--json", "print where the server listens, its token file and limits as one JSON line")
     .action(async (options: ServeFlags) => {
       if (!/^\d+$/.test(options.port) || Number(options.port) > 65535) {
         io.stderr.write(`torpor: --port must be a number from 0 to 65535, got ${JSON.stringify(options.port)}\n`);
         io.setExitCode(1);
         return;
+      }
+      if (options.warmMemory !== undefined) {
+        if (!/^\d+$/.test(options.warmMemory)) {
+          io.stderr.write(`torpor: --warm-memory must be a number of MiB (0 turns it off), got ${JSON.stringify(options.warmMemory)}\n`);
+          io.setExitCode(1);
+          return;
+        }
+        // Machine supervisors inherit it: they keep a hibernated machine's RAM when it stops.
+        process.env.TORPOR_WARM_MEMORY = options.warmMemory;
       }
       const directory = stateDirectory(io.environment);
       const paths = contextLogPaths(directory);

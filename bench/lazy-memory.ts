@@ -1,0 +1,339 @@
+// Lazy guest memory benchmark (run by hand; issue 11 targets): lazy restore (userfaultfd pager in
+// QEMU) side by side with the eager restore (materialize the RAM file first, TORPOR_LAZY_MEMORY=0),
+// interleaved in one run: restore to agent answering, fork of 4, RSS of a restored machine, faults
+// served per source, a re-snapshot of a restored machine, and session wakes (shell agent and the
+// example coding agent). Prints one table; commit the output under bench/results/.
+//   node --import tsx bench/lazy-memory.ts [restores per mode]
+import { MiB, percentile, ms, sleep, startHostSampler } from './support.ts';
+import { shellAgent } from '../src/session/testing/shell-agent.ts';
+import { mkdtemp, rm, readFile, stat } from 'node:fs/promises';
+import { tmpdir, cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+
+const runs = Math.max(3, Number(process.argv[2] ?? 7));
+const home = await mkdtemp(join(tmpdir(), 'tp-blm-'));
+process.env.TORPOR_HOME = home;
+const memoryDirectory = await mkdtemp('/dev/shm/tp-blm-');
+process.env.TORPOR_MEMORY_DIR = memoryDirectory;
+process.env.TORPOR_BOOT_TEMPLATES = '1';
+
+const { createMachine, startMachine, connectToMachine, removeMachine, prepareHost, listMachines, findMachine } = await import('../src/runtime/machines.ts');
+const { snapshotMachine, restoreMachine, forkMachine } = await import('../src/runtime/snapshots.ts');
+const { readMachineState, machineFiles } = await import('../src/runtime/machine-record.ts');
+const { readLazyMemoryStatus, lazyMemorySupport } = await import('../src/snapshot/lazy-memory.ts');
+const { readSnapshot } = await import('../src/snapshot/snapshot-store.ts');
+const { openContextLog } = await import('../src/context/index.ts');
+const { SessionManager } = await import('../src/session/session-manager.ts');
+const { SessionStore } = await import('../src/session/session-store.ts');
+type MachineConfig = import('../src/runtime/machine-record.ts').MachineConfig;
+type SessionSpec = import('../src/session/session-store.ts').SessionSpec;
+type SessionEvent = import('../src/session/session-manager.ts').SessionEvent;
+type LazyMemoryCounters = import('../src/snapshot/lazy-memory.ts').LazyMemoryCounters;
+
+type Mode = 'lazy' | 'eager';
+const modes: Mode[] = ['lazy', 'eager'];
+const setMode = (mode: Mode) => {
+  if (mode === 'eager') process.env.TORPOR_LAZY_MEMORY = '0';
+  else delete process.env.TORPOR_LAZY_MEMORY;
+};
+const median = (values: number[]) => percentile(values, 50);
+const mib = (bytes: number) => `${(bytes / MiB).toFixed(1)} MiB`;
+const progress = (text: string) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${text}\n`);
+
+// The guest: node with ~100 MiB of live data (heap objects and random Buffers), like bench/snapshot.ts.
+const SCRIPT = String.raw`
+const crypto = require('crypto');
+const words = 'alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau'.split(' ');
+const objects = [];
+const startHeap = process.memoryUsage().heapUsed;
+while (process.memoryUsage().heapUsed - startHeap < 60 * 1048576) for (let k = 0; k < 2000; k++) { const i = objects.length; objects.push({ id: i, name: 'item-' + i, tags: [words[i % 19], words[(i >> 3) % 19]], text: Array.from({ length: 10 }, (_, j) => words[(i * 7 + j) % 19]).join(' ') }); }
+const buffers = [];
+for (let k = 0; k < 40; k++) buffers.push(crypto.randomBytes(1048576));
+let ticks = 0;
+setInterval(() => { ticks++; }, 1000);
+console.log('ready ' + objects.length);
+`;
+
+async function waitForOutput(id: string, pattern: RegExp, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const text = await readFile(machineFiles(id).processLog, 'utf8').catch(() => '');
+    if (pattern.test(text)) return;
+    if (Date.now() > deadline) throw new Error(`machine ${id} did not print ${pattern}`);
+    await sleep(200);
+  }
+}
+
+async function ping(config: MachineConfig): Promise<void> {
+  const client = await connectToMachine(config);
+  try {
+    await client.ping(30_000);
+  } finally {
+    client.close();
+  }
+}
+
+async function residentOf(config: MachineConfig): Promise<{ rss: number; shmem: number; anon: number; ramFile: number }> {
+  const state = await readMachineState(config.id);
+  const status = await readFile(`/proc/${state.qemuPid}/status`, 'utf8');
+  const field = (name: string) => Number(new RegExp(`${name}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN) * 1024;
+  const ramFile = (await stat(join(memoryDirectory, `${config.id}.ram`))).blocks * 512;
+  return { rss: field('VmRSS'), shmem: field('RssShmem'), anon: field('RssAnon'), ramFile };
+}
+
+const hostActivity = startHostSampler(memoryDirectory);
+const rows: string[][] = [];
+const row = (...cells: string[]) => rows.push(cells);
+const details: string[] = [];
+
+try {
+  const host = await prepareHost();
+  const support = await lazyMemorySupport();
+  if (!support.available) throw new Error(`lazy memory is not available here: ${support.reason}`);
+  const runStarted = performance.now();
+
+  // ---- the machine under test (node, 512 MiB) and its snapshot
+  setMode('lazy');
+  const warm = await createMachine({ image: 'node', memoryMiB: 512, command: ['sleep', '100000'] });
+  await startMachine(warm.id);
+  await ping(warm);
+  await removeMachine(warm, { force: true });
+  const origin = await createMachine({ image: 'node', memoryMiB: 512, command: ['node', '-e', SCRIPT], name: 'origin' });
+  await startMachine(origin.id);
+  await waitForOutput(origin.id, /ready \d+/, 180_000);
+  await sleep(2000);
+  const snapshot = await snapshotMachine(origin, { name: 'origin@1' });
+  progress(`snapshot taken (${mib(Number(snapshot.stats.nonZeroBytes))} non-zero)`);
+
+  // ---- restore to agent answering, modes interleaved
+  const restores: Record<Mode, number[]> = { lazy: [], eager: [] };
+  const ready: Record<Mode, number[]> = { lazy: [], eager: [] };
+  const resident: Partial<Record<Mode, Awaited<ReturnType<typeof residentOf>>>> = {};
+  let counters: LazyMemoryCounters | undefined;
+  let countersLater: LazyMemoryCounters | undefined;
+  const resnapshot: Partial<Record<Mode, { totalMs: number; captureMs: number; newBytes: number; scanned: number }>> = {};
+  for (let run = 0; run < runs; run++) {
+    for (const mode of run % 2 === 0 ? modes : [...modes].reverse()) {
+      setMode(mode);
+      const began = performance.now();
+      const restored = await restoreMachine('origin@1', { name: `r-${mode}-${run}` });
+      await ping(restored);
+      restores[mode].push(performance.now() - began);
+      ready[mode].push((await readMachineState(restored.id)).bootMs ?? NaN);
+      if (run === 0) {
+        if (mode === 'lazy') counters = (await readLazyMemoryStatus(join(memoryDirectory, `${restored.id}.ram`)))?.counters;
+        await sleep(3000);
+        resident[mode] = await residentOf(restored);
+        if (mode === 'lazy') countersLater = (await readLazyMemoryStatus(join(memoryDirectory, `${restored.id}.ram`)))?.counters;
+        const summary = await snapshotMachine(restored, { name: `again-${mode}` });
+        resnapshot[mode] = { totalMs: summary.totalMs, captureMs: summary.captureMs, newBytes: Number(summary.stats.newCompressedBytes), scanned: Number(summary.stats.scannedBytes) };
+      }
+      await removeMachine(restored, { force: true });
+    }
+  }
+  progress('restores done');
+
+  // ---- working-set prefetch: restores of a snapshot taken from a lazily restored machine (it
+  // carries the chunks that machine touched in its first second), with and without prefetch
+  const prefetchRestores: Record<'with' | 'without', number[]> = { with: [], without: [] };
+  let prefetchCounters: LazyMemoryCounters | undefined;
+  setMode('lazy');
+  for (let run = 0; run < runs; run++) {
+    for (const variant of run % 2 === 0 ? (['with', 'without'] as const) : (['without', 'with'] as const)) {
+      if (variant === 'without') process.env.TORPOR_LAZY_PREFETCH = '0';
+      else delete process.env.TORPOR_LAZY_PREFETCH;
+      const began = performance.now();
+      const restored = await restoreMachine('again-lazy', { name: `p-${variant}-${run}` });
+      await ping(restored);
+      prefetchRestores[variant].push(performance.now() - began);
+      if (run === 0 && variant === 'with') prefetchCounters = (await readLazyMemoryStatus(join(memoryDirectory, `${restored.id}.ram`)))?.counters;
+      await removeMachine(restored, { force: true });
+    }
+  }
+  delete process.env.TORPOR_LAZY_PREFETCH;
+  const workingSetSize = ((await readSnapshot('again-lazy')).metadata as { workingSet?: number[] }).workingSet?.length ?? 0;
+  progress('prefetch restores done');
+
+  // ---- fork of 4, until all four answer (twice per mode, interleaved)
+  const forks: Record<Mode, number[]> = { lazy: [], eager: [] };
+  for (let run = 0; run < 2; run++) {
+    for (const mode of run % 2 === 0 ? modes : [...modes].reverse()) {
+      setMode(mode);
+      const began = performance.now();
+      const { forks: made } = await forkMachine(origin, { count: 4, namePrefix: `f-${mode}-${run}` });
+      await Promise.all(made.map((fork) => ping(fork)));
+      forks[mode].push(performance.now() - began);
+      for (const fork of made) await removeMachine(fork, { force: true });
+    }
+  }
+  progress('forks done');
+
+  // ---- checkpoints that continue (the guest keeps running): after a small change (1 MiB written
+  // in the guest), how long the guest is paused and how much of its RAM is read: lazy restore with
+  // write tracking, lazy without it (TORPOR_TRACK_WRITES=0), and the eager restore of today
+  type Checkpoint = { pausedMs: number; memoryRead: number; newBytes: number };
+  const checkpoints: Record<'tracked' | 'untracked' | 'eager', Checkpoint[]> = { tracked: [], untracked: [], eager: [] };
+  for (const variant of ['tracked', 'untracked', 'eager'] as const) {
+    setMode(variant === 'eager' ? 'eager' : 'lazy');
+    if (variant === 'untracked') process.env.TORPOR_TRACK_WRITES = '0';
+    const machine = await restoreMachine('origin@1', { name: `c-${variant}` });
+    delete process.env.TORPOR_TRACK_WRITES;
+    await ping(machine);
+    await snapshotMachine(machine, { name: `c-${variant}-0` });
+    for (let turn = 1; turn <= 3; turn++) {
+      const client = await connectToMachine(machine);
+      await client.exec({ argv: ['sh', '-c', `head -c 1048576 /dev/urandom > /root/turn-${turn}`], env: [], workingDirectory: '/', user: '', tty: false, stdin: false }).exited;
+      client.close();
+      const summary = await snapshotMachine(machine, { name: `c-${variant}-${turn}` });
+      checkpoints[variant].push({ pausedMs: summary.totalMs, memoryRead: Number(summary.stats.memoryScannedBytes ?? NaN), newBytes: Number(summary.stats.newCompressedBytes) });
+    }
+    await removeMachine(machine, { force: true });
+  }
+  await removeMachine(origin, { force: true });
+  progress('checkpoints done');
+
+  // ---- session wakes: message for a hibernated session -> first reply byte
+  const log = await openContextLog({ stateDirectory: home });
+  let manager = new SessionManager({ log, tickMs: 50, turnTimeoutMs: 20_000 });
+  const waitHibernated = async (id: string) => {
+    for (let attempt = 0; attempt < 1200 && manager.get(id).state !== 'hibernated'; attempt++) await sleep(50);
+    if (manager.get(id).state !== 'hibernated') throw new Error(`session ${id} did not hibernate: ${manager.get(id).state}`);
+  };
+  const firstByte = async (id: string, content: string): Promise<number> => {
+    const started = performance.now();
+    let first = NaN;
+    const { events } = await manager.send(id, content, (event: SessionEvent) => {
+      if (event.type === 'text-delta' && Number.isNaN(first)) first = performance.now() - started;
+    });
+    const failure = events.find((event) => event.type === 'error');
+    if (failure) throw new Error(`turn failed: ${JSON.stringify(failure)}`);
+    return first;
+  };
+  const wakes = async (spec: SessionSpec, count: number, content: (run: number) => string): Promise<Record<Mode, number[]>> => {
+    const result: Record<Mode, number[]> = { lazy: [], eager: [] };
+    setMode('lazy');
+    const record = await manager.create(spec, { name: `wake-${spec.image}` });
+    await firstByte(record.id, content(0));
+    for (let run = 0; run < count; run++) {
+      for (const mode of run % 2 === 0 ? modes : [...modes].reverse()) {
+        await waitHibernated(record.id);
+        await sleep(200);
+        setMode(mode);
+        result[mode].push(await firstByte(record.id, content(run + 1)));
+      }
+    }
+    await waitHibernated(record.id);
+    await manager.delete(record.id);
+    return result;
+  };
+  const shellSpec: SessionSpec = { image: 'base', command: ['sh', '-c', shellAgent], env: [], cpus: 1, memoryMiB: 256, idleSeconds: 0.5 };
+  const shellWakes = await wakes(shellSpec, Math.max(runs, 8), (run) => `turn ${run}: please look at the retry loop and tell me what changed`);
+  progress('shell wakes done');
+  // The warm tier: hibernated RAM kept in tmpfs (supervisors read the budget when they start, so a
+  // new manager with it set from the start)
+  await manager.close();
+  process.env.TORPOR_WARM_MEMORY = '1024';
+  manager = new SessionManager({ log, store: new SessionStore(), tickMs: 50, turnTimeoutMs: 20_000 });
+  const warmWakes: number[] = [];
+  {
+    setMode('lazy');
+    const record = await manager.create(shellSpec, { name: 'wake-warm' });
+    await firstByte(record.id, 'warm up');
+    for (let run = 0; run < Math.max(runs, 8); run++) {
+      await waitHibernated(record.id);
+      await sleep(200);
+      warmWakes.push(await firstByte(record.id, `turn ${run}: please look at the retry loop and tell me what changed`));
+    }
+    await waitHibernated(record.id);
+    await manager.delete(record.id);
+  }
+  delete process.env.TORPOR_WARM_MEMORY;
+  progress('warm wakes done');
+  let codingWakes: Record<Mode, number[]> | undefined;
+  let codingNote = '';
+  let llm: { port: number; close: () => Promise<void> } | undefined;
+  try {
+    const { buildCodingAgentImage } = await import('../examples/coding-agent/image.ts');
+    const { startDevLlm } = await import('../src/dev-llm/index.ts');
+    await buildCodingAgentImage();
+    llm = await startDevLlm({ port: 0, host: '127.0.0.1' });
+    await manager.close();
+    manager = new SessionManager({ log, store: new SessionStore(), tickMs: 50, turnTimeoutMs: 60_000 });
+    const codingSpec: SessionSpec = { image: 'coding-agent', command: ['node', '/app/agent.mjs'], env: [`OPENAI_BASE_URL=http://10.0.2.2:${llm.port}/v1`], cpus: 1, memoryMiB: 512, idleSeconds: 1 };
+    codingWakes = await wakes(codingSpec, 5, (run) => `remember fact number ${run}`);
+  } catch (error) {
+    codingNote = `coding agent rows failed: ${(error as Error).message}`;
+  } finally {
+    await llm?.close();
+    await manager.close();
+  }
+  progress('coding wakes done');
+
+  // ---- report
+  const pair = (values: Record<Mode, number[]>) => `lazy p50 ${ms(median(values.lazy))} (max ${ms(Math.max(...values.lazy))}) | eager p50 ${ms(median(values.eager))} (max ${ms(Math.max(...values.eager))})`;
+  const ratio = (values: Record<Mode, number[]>) => `${(median(values.eager) / median(values.lazy)).toFixed(2)}x faster`;
+  row('metric', 'target', 'lazy vs eager (one run, interleaved)', 'lazy vs eager');
+  row(`restore to agent answering, node 512 MiB (n=${runs} each)`, '<= 150 ms cold', pair(restores), ratio(restores));
+  row('  of which supervisor ready (QEMU, device state, agent hello)', '-', pair(ready), ratio(ready));
+  row(
+    `  lazy with working-set prefetch (${workingSetSize} chunks) vs without (n=${runs} each)`,
+    '-',
+    `with p50 ${ms(median(prefetchRestores.with))} | without p50 ${ms(median(prefetchRestores.without))}`,
+    `${(median(prefetchRestores.without) / median(prefetchRestores.with)).toFixed(2)}x`,
+  );
+  row('fork of 4, all answering (n=2 each)', '<= 600 ms', pair(forks), ratio(forks));
+  row(`wake -> first reply byte, shell agent (n=${shellWakes.lazy.length} each)`, '<= 250 ms', pair(shellWakes), ratio(shellWakes));
+  row(`  warm (RAM kept in tmpfs, TORPOR_WARM_MEMORY=1024) (n=${warmWakes.length})`, '<= 100 ms warm', `p50 ${ms(median(warmWakes))} (max ${ms(Math.max(...warmWakes))})`, `${(median(shellWakes.eager) / median(warmWakes)).toFixed(2)}x faster than eager`);
+  if (codingWakes) row(`wake -> first reply byte, coding agent (n=${codingWakes.lazy.length} each)`, '<= 500 ms', pair(codingWakes), ratio(codingWakes));
+  const residentText = (value?: Awaited<ReturnType<typeof residentOf>>) =>
+    value ? `RSS ${mib(value.rss)} (shmem ${mib(value.shmem)}, anon ${mib(value.anon)}), RAM file ${mib(value.ramFile)}` : '-';
+  row('restored machine 3 s after answering', '-', `lazy ${residentText(resident.lazy)} | eager ${residentText(resident.eager)}`, resident.lazy && resident.eager ? `${(resident.eager.ramFile / resident.lazy.ramFile).toFixed(1)}x less guest RAM resident` : '-');
+  const snapText = (value?: { totalMs: number; captureMs: number; newBytes: number; scanned: number }) => (value ? `${ms(value.totalMs)} (capture ${ms(value.captureMs)}, read ${mib(value.scanned)}), new ${mib(value.newBytes)}` : '-');
+  row('snapshot of a restored machine 3 s after answering', '-', `lazy ${snapText(resnapshot.lazy)} | eager ${snapText(resnapshot.eager)}`, '-');
+  for (const variant of ['tracked', 'untracked', 'eager'] as const) {
+    const values = checkpoints[variant];
+    row(
+      `checkpoint that continues, after 1 MiB written: ${variant === 'tracked' ? 'lazy + write tracking' : variant === 'untracked' ? 'lazy, no tracking' : 'eager restore (today)'} (n=3)`,
+      variant === 'tracked' ? '<= 30 ms paused' : '-',
+      `paused p50 ${ms(median(values.map((value) => value.pausedMs)))}, RAM read p50 ${mib(median(values.map((value) => value.memoryRead)))}, new p50 ${mib(median(values.map((value) => value.newBytes)))}`,
+      '-',
+    );
+  }
+  const counterText = (value?: LazyMemoryCounters) =>
+    value
+      ? `${value.faults} faults (mean ${value.meanFaultMicroseconds.toFixed(0)} us); chunks: ${value.templateChunks} template (${value.templateMs.toFixed(1)} ms), ${value.storeChunks} store (${value.storeMs.toFixed(1)} ms), ${value.zeroChunks} zero, ${value.prefetchedChunks} prefetched; ${value.zeroPages} zero pages; ${mib(value.copiedBytes)} copied`
+      : '-';
+  row('faults served per source, lazy, at agent answering', '-', counterText(counters), '-');
+  row('  same machine 3 s later', '-', counterText(countersLater), '-');
+  row('  with prefetch, at agent answering', '-', counterText(prefetchCounters), '-');
+
+  const cpuModel = cpus()[0]?.model ?? 'unknown';
+  console.log(`torpor lazy guest memory benchmark (issue 11), ${new Date().toISOString()}`);
+  console.log(`accel: ${host.accelerator.accelerator} (${host.accelerator.reason})`);
+  console.log(`host: ${cpus().length} cores (${cpuModel}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB RAM, node ${process.version}; userfaultfd write-protect on shmem: ${support.writeProtect ? 'yes' : 'no'}`);
+  console.log(`snapshot: node guest 512 MiB with ${mib(Number(snapshot.stats.nonZeroBytes))} non-zero; run took ${((performance.now() - runStarted) / 1000).toFixed(0)} s`);
+  const activity = hostActivity();
+  console.log(`other work on the host during the run: load average ${activity.loadStart.toFixed(1)} at start, max ${activity.loadMax.toFixed(1)}; QEMU processes not of this bench: max ${activity.foreignQemuMax}, mean ${activity.foreignQemuMean.toFixed(1)}`);
+  console.log('');
+  const widths = [0, 1, 2].map((column) => Math.max(...rows.map((entry) => entry[column]!.length)));
+  rows.forEach((entry, index) => {
+    console.log(entry.map((cell, column) => (column < 3 ? cell.padEnd(widths[column]!) : cell)).join(' | '));
+    if (index === 0) console.log(widths.map((width) => '-'.repeat(width)).join('-|-') + '-|------');
+  });
+  console.log('');
+  console.log(`restores (ms): lazy ${restores.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${restores.eager.map((value) => value.toFixed(0)).join(', ')}`);
+  console.log(`shell wakes (ms): lazy ${shellWakes.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${shellWakes.eager.map((value) => value.toFixed(0)).join(', ')}`);
+  console.log(`warm wakes (ms): ${warmWakes.map((value) => value.toFixed(0)).join(', ')}`);
+  if (codingWakes) console.log(`coding wakes (ms): lazy ${codingWakes.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${codingWakes.eager.map((value) => value.toFixed(0)).join(', ')}`);
+  if (codingNote) console.log(`note: ${codingNote}`);
+  for (const detail of details) console.log(detail);
+} finally {
+  delete process.env.TORPOR_LAZY_MEMORY;
+  delete process.env.TORPOR_WARM_MEMORY;
+  for (const view of await listMachines().catch(() => [])) {
+    const config = await findMachine(view.config.id).catch(() => undefined);
+    if (config) await removeMachine(config, { force: true }).catch(() => {});
+  }
+  await rm(home, { recursive: true, force: true });
+  await rm(memoryDirectory, { recursive: true, force: true });
+}

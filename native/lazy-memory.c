@@ -1,0 +1,638 @@
+/*
+ * Lazy guest memory for QEMU: a library preloaded into QEMU (LD_PRELOAD) that fills the guest's RAM
+ * file on demand instead of having it materialized before QEMU starts.
+ *
+ * QEMU 7.2 cannot hand out a userfaultfd for its RAM, so this library wraps mmap: when QEMU maps
+ * the machine's RAM file (memory-backend-file, share=on), it creates a userfaultfd in QEMU's own
+ * process, registers the mapping for MISSING faults and starts a fault thread (and, when the page map
+ * lists a working set, a prefetch thread that places it while the guest runs). A fault loads the
+ * whole 256 KiB chunk around it, from (in this order) nothing (all-zero chunks), the boot template's
+ * RAM file in tmpfs, or the snapshot store (a zstd seekable chunk file). Every chunk's XXH3-128 is
+ * checked against the id the snapshot recorded before a byte of it reaches the guest; on any error
+ * QEMU exits with a message (never runs with wrong memory). Served pages become part of the tmpfs
+ * file, so a later snapshot reads them there; chunks never served are flagged in a status file so the
+ * snapshot takes them from the snapshot they came from instead of reading holes as zeros.
+ *
+ * Inputs (written by src/snapshot/lazy-memory.ts; no JSON here): TORPOR_LAZY_MEMORY_MAP names a
+ * binary page map, little-endian:
+ *   0    "TORPMAP1"
+ *   8    u64 memory size          16 u32 chunk size     20 u32 chunk count
+ *   24   u32 prefetch count       28 u32 reserved
+ *   64   four NUL-terminated paths of 1024 bytes each: the RAM file (to recognise its mapping),
+ *        the store's chunks directory, the template's RAM file ("" = none), the status file
+ *   4160 chunk count records of 48 bytes: u8 source (0 zero, 1 template, 2 store), 15 reserved,
+ *        32 hex characters of the chunk id
+ *   then prefetch count u32 chunk indices, placed by the prefetch thread in this order
+ * The status file (created by the caller, size statusSize(chunk count)) is shared with the host:
+ *   0 "TORPSTA1"   8 u32 state (0 waiting, 1 serving, 2 failed)   12 u32 chunk count
+ *   16 u64 counters[16] (see enum counter)   144 error message (368 bytes)
+ *   512 one byte per chunk: 1 once served   then u32 pairs (chunk index, ms since start) in served order
+ *
+ * With -DTORPOR_LAZY_MEMORY_PROBE the file builds a small program instead that checks this kernel
+ * lets the current user register a shared tmpfs mapping and serve a fault (userfaultfd may be off).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096ul
+
+static void *real_mmap(void *address, size_t length, int protection, int flags, int fd, off_t offset) {
+  return (void *)syscall(SYS_mmap, address, length, protection, flags, fd, offset);
+}
+
+/* Write-protect on shared memory must be asked for; a kernel without it refuses the request, then we go without. */
+static int create_userfaultfd(uint64_t *features) {
+  uint64_t wanted[2] = {UFFD_FEATURE_WP_HUGETLBFS_SHMEM, 0};
+  for (int attempt = 0; attempt < 2; attempt++) {
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return -1;
+    struct uffdio_api api = {.api = UFFD_API, .features = wanted[attempt]};
+    if (ioctl(fd, UFFDIO_API, &api) == 0) {
+      *features = api.features;
+      return fd;
+    }
+    close(fd);
+  }
+  return -1;
+}
+
+/* Fills [address, address + length) of a registered range; EEXIST (already there) only wakes waiters. */
+static int place_pages(int uffd, uintptr_t address, const uint8_t *data, size_t length, uint64_t mode) {
+  struct uffdio_copy copy = {.dst = address, .src = (uintptr_t)data, .len = length, .mode = mode};
+  while (ioctl(uffd, UFFDIO_COPY, &copy) != 0) {
+    if (errno == EAGAIN && copy.copy > 0) {
+      copy.dst += copy.copy, copy.src += copy.copy, copy.len -= copy.copy;
+      continue;
+    }
+    if (errno != EEXIST) return -1;
+    /* Some page in the run is present already: go page by page past it. */
+    for (size_t done = copy.copy > 0 ? (size_t)copy.copy : 0; done < copy.len; done += PAGE) {
+      struct uffdio_copy one = {.dst = copy.dst + done, .src = copy.src + done, .len = PAGE, .mode = mode};
+      if (ioctl(uffd, UFFDIO_COPY, &one) != 0 && errno != EEXIST) return -1;
+    }
+    struct uffdio_range range = {.start = copy.dst, .len = copy.len};
+    ioctl(uffd, UFFDIO_WAKE, &range);
+    return 0;
+  }
+  return 0;
+}
+
+/*
+ * 1: a zero page was placed; 0: the page was there already (its waiters are woken); -1: error.
+ * Write-protected (dirty tracking) it must be a copy: UFFDIO_ZEROPAGE has no write-protect mode.
+ */
+__attribute__((unused)) static int place_zero_page(int uffd, uintptr_t address, uint64_t mode) {
+  static const uint8_t zeros[PAGE];
+  if (mode & UFFDIO_COPY_MODE_WP) {
+    struct uffdio_copy copy = {.dst = address, .src = (uintptr_t)zeros, .len = PAGE, .mode = mode};
+    if (ioctl(uffd, UFFDIO_COPY, &copy) == 0) return 1;
+  } else {
+    struct uffdio_zeropage zero = {.range = {.start = address, .len = PAGE}, .mode = 0};
+    if (ioctl(uffd, UFFDIO_ZEROPAGE, &zero) == 0) return 1;
+  }
+  if (errno == EEXIST) {
+    struct uffdio_range range = {.start = address, .len = PAGE};
+    ioctl(uffd, UFFDIO_WAKE, &range);
+    return 0;
+  }
+  if (mode & UFFDIO_COPY_MODE_WP) return -1;
+  return place_pages(uffd, address, zeros, PAGE, 0) == 0 ? 1 : -1;
+}
+
+#ifdef TORPOR_LAZY_MEMORY_PROBE
+
+static int probe_uffd;
+static uint8_t *probe_area;
+
+static void *probe_handler(void *unused) {
+  (void)unused;
+  static uint8_t page[PAGE];
+  memset(page, 0x5a, sizeof page);
+  struct pollfd wait = {.fd = probe_uffd, .events = POLLIN};
+  if (poll(&wait, 1, 5000) != 1) return NULL;
+  struct uffd_msg message;
+  if (read(probe_uffd, &message, sizeof message) != sizeof message) return NULL;
+  place_pages(probe_uffd, message.arg.pagefault.address & ~(PAGE - 1), page, PAGE, 0);
+  return NULL;
+}
+
+int main(void) {
+  uint64_t features = 0;
+  probe_uffd = create_userfaultfd(&features);
+  if (probe_uffd < 0) {
+    printf("unavailable userfaultfd: %s\n", strerror(errno));
+    return 0;
+  }
+  if (!(features & UFFD_FEATURE_MISSING_SHMEM)) {
+    printf("unavailable the kernel cannot handle missing faults on shared memory\n");
+    return 0;
+  }
+  int memory = memfd_create("torpor-probe", MFD_CLOEXEC);
+  if (memory < 0 || ftruncate(memory, 16 * PAGE) != 0) {
+    printf("unavailable memfd: %s\n", strerror(errno));
+    return 0;
+  }
+  probe_area = real_mmap(NULL, 16 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, memory, 0);
+  if (probe_area == MAP_FAILED) {
+    printf("unavailable mmap: %s\n", strerror(errno));
+    return 0;
+  }
+  struct uffdio_register registration = {.range = {.start = (uintptr_t)probe_area, .len = 16 * PAGE}, .mode = UFFDIO_REGISTER_MODE_MISSING};
+  if (ioctl(probe_uffd, UFFDIO_REGISTER, &registration) != 0) {
+    printf("unavailable register: %s\n", strerror(errno));
+    return 0;
+  }
+  pthread_t thread;
+  pthread_create(&thread, NULL, probe_handler, NULL);
+  volatile uint8_t value = probe_area[3 * PAGE + 7];
+  pthread_join(thread, NULL);
+  if (value != 0x5a) {
+    printf("unavailable a served fault read %u\n", value);
+    return 0;
+  }
+  printf("available write-protect=%d\n", (features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) ? 1 : 0);
+  return 0;
+}
+
+#else
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+#include <zstd.h>
+
+enum { source_zero = 0, source_template = 1, source_store = 2 };
+enum { state_waiting = 0, state_serving = 1, state_failed = 2 };
+enum counter {
+  counter_faults,          /* fault messages handled */
+  counter_zero_pages,      /* faults answered with a zero page (zero chunk, or a zero page of a served chunk) */
+  counter_template_chunks, /* chunks copied from the template's RAM */
+  counter_store_chunks,    /* chunks decompressed from the store */
+  counter_zero_chunks,     /* all-zero chunks touched */
+  counter_template_mismatch, /* template chunks whose hash no longer matched (served from the store) */
+  counter_copied_bytes,
+  counter_template_ns,
+  counter_store_ns,
+  counter_prefetched_chunks,
+  counter_served_order,    /* entries in the served-order list */
+  counter_wait_ns,         /* summed time from reading a fault to answering it */
+  counter_protect_generation, /* write-protect rounds done (one after each snapshot) */
+  counter_write_faults,    /* first writes to a protected chunk since the last round */
+  counter_tracking,        /* 1 when writes are tracked (registered write-protect) */
+  counter_count = 16,
+};
+
+#define map_header_size 4160
+#define record_size 48
+#define path_size 1024
+#define status_header_size 512
+
+static struct {
+  uint64_t memory_size;
+  uint32_t chunk_size, chunk_count, prefetch_count;
+  char memory_file[path_size], chunks_directory[path_size], template_file[path_size], status_file[path_size];
+  uint8_t *records;
+  uint32_t *prefetch;
+  int chunks_fd, template_fd, uffd;
+  uint8_t *status;
+  size_t status_length;
+  uintptr_t base;
+  uint64_t base_offset, length;
+  struct timespec started;
+  size_t compressed_capacity;
+  /* 1 once a thread took a chunk on; its status byte turns 1 only when all its pages are placed */
+  uint8_t *claimed;
+  int active, registered;
+  uint64_t order_next;
+  /* dirty tracking: pages are placed write-protected, a first write marks its chunk dirty */
+  uint64_t copy_mode;
+  uint8_t *dirty;
+  int control_fd;
+} lazy;
+
+/* One per serving thread (faults, prefetch): buffers and a zstd context are not shared. */
+struct workspace {
+  uint8_t *chunk, *compressed;
+  ZSTD_DCtx *decompressor;
+};
+
+static void count(enum counter counter, uint64_t amount) { __atomic_fetch_add((uint64_t *)(lazy.status + 16) + counter, amount, __ATOMIC_RELAXED); }
+
+static uint64_t now_ns(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+}
+
+/* The machine must not run with memory we could not give it: say why and end QEMU. */
+static void fail(const char *format, ...) {
+  char message[368];
+  va_list arguments;
+  va_start(arguments, format);
+  vsnprintf(message, sizeof message, format, arguments);
+  va_end(arguments);
+  if (lazy.status) {
+    memcpy(lazy.status + 144, message, sizeof message);
+    __atomic_store_n((uint32_t *)(lazy.status + 8), state_failed, __ATOMIC_RELEASE);
+  }
+  dprintf(2, "torpor lazy memory: %s\n", message);
+  _exit(70);
+}
+
+static int read_fully(int fd, void *buffer, size_t length, off_t offset) {
+  size_t done = 0;
+  while (done < length) {
+    ssize_t count = pread(fd, (uint8_t *)buffer + done, length - done, offset + (off_t)done);
+    if (count < 0 && errno == EINTR) continue;
+    if (count <= 0) return -1;
+    done += (size_t)count;
+  }
+  return 0;
+}
+
+static void load_map(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("cannot open the page map %s: %s", path, strerror(errno));
+  struct stat status;
+  fstat(fd, &status);
+  uint8_t header[map_header_size];
+  if (status.st_size < map_header_size || read_fully(fd, header, map_header_size, 0) != 0 || memcmp(header, "TORPMAP1", 8) != 0) {
+    fail("%s is not a page map", path);
+  }
+  memcpy(&lazy.memory_size, header + 8, 8);
+  memcpy(&lazy.chunk_size, header + 16, 4);
+  memcpy(&lazy.chunk_count, header + 20, 4);
+  memcpy(&lazy.prefetch_count, header + 24, 4);
+  char *paths[4] = {lazy.memory_file, lazy.chunks_directory, lazy.template_file, lazy.status_file};
+  for (int index = 0; index < 4; index++) {
+    memcpy(paths[index], header + 64 + index * path_size, path_size);
+    paths[index][path_size - 1] = 0;
+  }
+  if (lazy.chunk_size == 0 || lazy.chunk_size % PAGE != 0 || lazy.chunk_size > (64u << 20) ||
+      (uint64_t)lazy.chunk_count * lazy.chunk_size < lazy.memory_size || lazy.prefetch_count > lazy.chunk_count) {
+    fail("page map %s has an impossible layout", path);
+  }
+  size_t body = (size_t)lazy.chunk_count * record_size + (size_t)lazy.prefetch_count * 4;
+  if ((size_t)status.st_size != map_header_size + body) fail("page map %s has the wrong size", path);
+  lazy.records = malloc((size_t)lazy.chunk_count * record_size);
+  lazy.prefetch = malloc((size_t)lazy.prefetch_count * 4 + 4);
+  if (!lazy.records || !lazy.prefetch) fail("out of memory");
+  if (read_fully(fd, lazy.records, (size_t)lazy.chunk_count * record_size, map_header_size) != 0 ||
+      read_fully(fd, lazy.prefetch, (size_t)lazy.prefetch_count * 4, map_header_size + (off_t)lazy.chunk_count * record_size) != 0) {
+    fail("cannot read the page map %s", path);
+  }
+  close(fd);
+  for (uint32_t index = 0; index < lazy.prefetch_count; index++) {
+    if (lazy.prefetch[index] >= lazy.chunk_count) fail("page map %s: prefetch entry out of range", path);
+  }
+
+  /* Everything is opened now, while QEMU may still be privileged (-runas drops it later). */
+  lazy.chunks_fd = open(lazy.chunks_directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (lazy.chunks_fd < 0) fail("cannot open the chunk store %s: %s", lazy.chunks_directory, strerror(errno));
+  lazy.template_fd = -1;
+  if (lazy.template_file[0]) lazy.template_fd = open(lazy.template_file, O_RDONLY | O_CLOEXEC);
+  int status_fd = open(lazy.status_file, O_RDWR | O_CLOEXEC);
+  if (status_fd < 0) fail("cannot open the status file %s: %s", lazy.status_file, strerror(errno));
+  lazy.status_length = status_header_size + ((lazy.chunk_count + 7) & ~7u) * 2 + (size_t)lazy.chunk_count * 8;
+  struct stat status_stat;
+  fstat(status_fd, &status_stat);
+  if ((size_t)status_stat.st_size < lazy.status_length) fail("status file %s is too short", lazy.status_file);
+  lazy.status = real_mmap(NULL, lazy.status_length, PROT_READ | PROT_WRITE, MAP_SHARED, status_fd, 0);
+  close(status_fd);
+  if (lazy.status == MAP_FAILED) {
+    lazy.status = NULL;
+    fail("cannot map the status file: %s", strerror(errno));
+  }
+  memcpy(lazy.status, "TORPSTA1", 8);
+  memcpy(lazy.status + 12, &lazy.chunk_count, 4);
+  lazy.dirty = lazy.status + status_header_size + ((lazy.chunk_count + 7) & ~7u) + (size_t)lazy.chunk_count * 8;
+
+  /* The supervisor asks for a write-protect round through this socket (bound now, before -runas). */
+  lazy.control_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  struct sockaddr_un address = {.sun_family = AF_UNIX};
+  if (snprintf(address.sun_path, sizeof address.sun_path, "%s.sock", lazy.status_file) >= (int)sizeof address.sun_path) fail("control socket path too long");
+  unlink(address.sun_path);
+  if (lazy.control_fd < 0 || bind(lazy.control_fd, (struct sockaddr *)&address, sizeof address) != 0 || listen(lazy.control_fd, 4) != 0) {
+    fail("cannot open the control socket %s: %s", address.sun_path, strerror(errno));
+  }
+
+  lazy.compressed_capacity = ZSTD_compressBound(lazy.chunk_size) + 65536;
+  lazy.claimed = calloc(lazy.chunk_count, 1);
+  if (!lazy.claimed) fail("out of memory");
+}
+
+static void create_workspace(struct workspace *workspace) {
+  workspace->chunk = malloc(lazy.chunk_size);
+  workspace->compressed = malloc(lazy.compressed_capacity);
+  workspace->decompressor = ZSTD_createDCtx();
+  if (!workspace->chunk || !workspace->compressed || !workspace->decompressor) fail("out of memory");
+}
+
+/* Chunk ids are XXH3-128 in hex, high 64 bits first (what the TypeScript side writes). */
+static int matches_id(const uint8_t *data, size_t length, const uint8_t *hex) {
+  XXH128_hash_t hash = XXH3_128bits(data, length);
+  char text[33];
+  snprintf(text, sizeof text, "%016llx%016llx", (unsigned long long)hash.high64, (unsigned long long)hash.low64);
+  return memcmp(text, hex, 32) == 0;
+}
+
+static void load_from_store(struct workspace *workspace, const uint8_t *hex, size_t length) {
+  char id[33], path[64];
+  memcpy(id, hex, 32);
+  id[32] = 0;
+  for (int index = 0; index < 32; index++) {
+    if (!((id[index] >= '0' && id[index] <= '9') || (id[index] >= 'a' && id[index] <= 'f'))) fail("page map holds an invalid chunk id");
+  }
+  snprintf(path, sizeof path, "%.2s/%s.zst", id, id);
+  int fd = openat(lazy.chunks_fd, path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("chunk %s is missing from the snapshot store (%s/%s): %s", id, lazy.chunks_directory, path, strerror(errno));
+  struct stat status;
+  fstat(fd, &status);
+  if (status.st_size <= 0 || (size_t)status.st_size > lazy.compressed_capacity) fail("chunk %s has an impossible size (%lld bytes)", id, (long long)status.st_size);
+  if (read_fully(fd, workspace->compressed, (size_t)status.st_size, 0) != 0) fail("cannot read chunk %s: %s", id, strerror(errno));
+  close(fd);
+  /* Frames carry zstd content checksums (checked here); the seek table's skippable frame is skipped. */
+  size_t produced = ZSTD_decompressDCtx(workspace->decompressor, workspace->chunk, length, workspace->compressed, (size_t)status.st_size);
+  if (ZSTD_isError(produced)) fail("chunk %s cannot be decoded: %s", id, ZSTD_getErrorName(produced));
+  if (produced != length) fail("chunk %s holds %zu bytes, expected %zu", id, produced, length);
+  if (!matches_id(workspace->chunk, length, hex)) fail("chunk %s does not match its hash", id);
+}
+
+static uint32_t elapsed_ms(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (uint32_t)((now.tv_sec - lazy.started.tv_sec) * 1000 + (now.tv_nsec - lazy.started.tv_nsec) / 1000000);
+}
+
+/*
+ * Loads and places one chunk (all its non-zero pages); zero pages stay holes until touched. Two
+ * threads serve chunks (faults, prefetch): the first to claim a chunk serves it; the other waits
+ * for its status byte, which turns 1 only when every page is in place (a snapshot reads the flags
+ * first, so it never takes a half-placed chunk from the file). Returns 0 if another thread had it.
+ */
+static int serve_chunk(struct workspace *workspace, uint32_t index) {
+  uint8_t *served = lazy.status + status_header_size;
+  if (__atomic_load_n(&served[index], __ATOMIC_ACQUIRE)) return 0;
+  if (__atomic_exchange_n(&lazy.claimed[index], 1, __ATOMIC_ACQ_REL)) {
+    while (!__atomic_load_n(&served[index], __ATOMIC_ACQUIRE)) {
+      struct timespec pause = {.tv_sec = 0, .tv_nsec = 20000};
+      nanosleep(&pause, NULL);
+    }
+    return 0;
+  }
+  const uint8_t *record = lazy.records + (size_t)index * record_size;
+  uint64_t offset = (uint64_t)index * lazy.chunk_size;
+  size_t length = lazy.chunk_size;
+  if (offset + length > lazy.memory_size) length = (size_t)(lazy.memory_size - offset);
+  uint64_t started = now_ns();
+  int loaded = 0;
+  if (record[0] == source_zero) {
+    count(counter_zero_chunks, 1);
+  } else {
+    if (record[0] == source_template && lazy.template_fd >= 0 && read_fully(lazy.template_fd, workspace->chunk, length, (off_t)offset) == 0) {
+      /* The template file lives outside the store: trust it only when it still hashes to the id. */
+      if (matches_id(workspace->chunk, length, record + 16)) {
+        loaded = 1;
+        count(counter_template_chunks, 1);
+      } else {
+        count(counter_template_mismatch, 1);
+      }
+    }
+    if (!loaded) {
+      load_from_store(workspace, record + 16, length);
+      count(counter_store_chunks, 1);
+    }
+    static const uint8_t zero_page[PAGE];
+    for (size_t page = 0; page < length;) {
+      while (page < length && memcmp(workspace->chunk + page, zero_page, PAGE) == 0) page += PAGE;
+      size_t run = page;
+      while (run < length && memcmp(workspace->chunk + run, zero_page, PAGE) != 0) run += PAGE;
+      if (run > page) {
+        uint64_t file = offset + page;
+        /* Only the mapped part of the file can be placed (QEMU maps all of it in practice). */
+        if (file >= lazy.base_offset && file + (run - page) <= lazy.base_offset + lazy.length) {
+          if (place_pages(lazy.uffd, lazy.base + (file - lazy.base_offset), workspace->chunk + page, run - page, lazy.copy_mode) != 0) {
+            fail("placing chunk %u into guest memory failed: %s", index, strerror(errno));
+          }
+          count(counter_copied_bytes, run - page);
+        }
+      }
+      page = run;
+    }
+  }
+  uint64_t spent = now_ns() - started;
+  if (loaded) count(counter_template_ns, spent);
+  else if (record[0] != source_zero) count(counter_store_ns, spent);
+  __atomic_store_n(&served[index], 1, __ATOMIC_RELEASE);
+  uint64_t position = __atomic_fetch_add(&lazy.order_next, 1, __ATOMIC_RELAXED);
+  if (position < lazy.chunk_count) {
+    uint32_t *order = (uint32_t *)(lazy.status + status_header_size + ((lazy.chunk_count + 7) & ~7u) + position * 8);
+    order[0] = index;
+    order[1] = elapsed_ms();
+    count(counter_served_order, 1);
+  }
+  return 1;
+}
+
+/* A first write to a protected page: its chunk is dirty since the last round; let the guest write it all. */
+static void serve_write(uintptr_t address) {
+  uintptr_t page = address & ~(PAGE - 1);
+  if (page < lazy.base || page >= lazy.base + lazy.length) fail("write fault outside guest memory at %#lx", (unsigned long)address);
+  uint64_t file = lazy.base_offset + (page - lazy.base);
+  uint32_t index = (uint32_t)(file / lazy.chunk_size);
+  if (index >= lazy.chunk_count) fail("write fault past the end of the page map");
+  __atomic_store_n(&lazy.dirty[index], 1, __ATOMIC_RELEASE);
+  count(counter_write_faults, 1);
+  uint64_t start = (uint64_t)index * lazy.chunk_size, end = start + lazy.chunk_size;
+  if (start < lazy.base_offset) start = lazy.base_offset;
+  if (end > lazy.base_offset + lazy.length) end = lazy.base_offset + lazy.length;
+  struct uffdio_writeprotect unprotect = {.range = {.start = lazy.base + (start - lazy.base_offset), .len = end - start}, .mode = 0};
+  if (ioctl(lazy.uffd, UFFDIO_WRITEPROTECT, &unprotect) != 0) fail("write-unprotecting chunk %u failed: %s", index, strerror(errno));
+}
+
+/* After a snapshot (guest paused): protect every page again and start a new dirty generation. */
+static void protect_round(void) {
+  struct uffdio_writeprotect protect = {.range = {.start = lazy.base, .len = lazy.length}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
+  if (ioctl(lazy.uffd, UFFDIO_WRITEPROTECT, &protect) != 0) fail("write-protecting guest memory failed: %s", strerror(errno));
+  memset(lazy.dirty, 0, lazy.chunk_count);
+  count(counter_protect_generation, 1);
+}
+
+static void serve_control(void) {
+  int client = accept4(lazy.control_fd, NULL, NULL, SOCK_CLOEXEC);
+  if (client < 0) return;
+  char request[64] = {0};
+  struct pollfd wait = {.fd = client, .events = POLLIN};
+  ssize_t length = poll(&wait, 1, 1000) == 1 ? read(client, request, sizeof request - 1) : -1;
+  char reply[64];
+  if (length > 0 && strncmp(request, "protect", 7) == 0 && lazy.copy_mode) {
+    protect_round();
+    snprintf(reply, sizeof reply, "ok %llu\n", (unsigned long long)__atomic_load_n((uint64_t *)(lazy.status + 16) + counter_protect_generation, __ATOMIC_RELAXED));
+  } else {
+    snprintf(reply, sizeof reply, "error %s\n", lazy.copy_mode ? "unknown request" : "writes are not tracked");
+  }
+  if (write(client, reply, strlen(reply)) < 0) {
+    /* the supervisor went away: it will treat the round as not done */
+  }
+  close(client);
+}
+
+static void serve_fault(struct workspace *workspace, uintptr_t address) {
+  uint64_t started = now_ns();
+  uintptr_t page = address & ~(PAGE - 1);
+  if (page < lazy.base || page >= lazy.base + lazy.length) fail("fault outside guest memory at %#lx", (unsigned long)address);
+  uint64_t file = lazy.base_offset + (page - lazy.base);
+  uint32_t index = (uint32_t)(file / lazy.chunk_size);
+  if (file >= lazy.memory_size || index >= lazy.chunk_count) fail("fault past the end of the page map at file offset %llu", (unsigned long long)file);
+  count(counter_faults, 1);
+  serve_chunk(workspace, index);
+  /* Still missing after its chunk was served: a zero page of the chunk (or one the guest let go). */
+  int placed = place_zero_page(lazy.uffd, page, lazy.copy_mode);
+  if (placed < 0) fail("placing a zero page failed: %s", strerror(errno));
+  if (placed > 0) count(counter_zero_pages, 1);
+  count(counter_wait_ns, now_ns() - started);
+}
+
+static void *fault_handler(void *unused) {
+  (void)unused;
+  struct workspace workspace;
+  create_workspace(&workspace);
+  struct uffd_msg messages[32];
+  for (;;) {
+    struct pollfd wait[2] = {{.fd = lazy.uffd, .events = POLLIN}, {.fd = lazy.control_fd, .events = POLLIN}};
+    int ready = poll(wait, 2, -1);
+    if (ready < 0) {
+      if (errno == EINTR) continue;
+      fail("poll: %s", strerror(errno));
+    }
+    if (wait[1].revents & POLLIN) serve_control();
+    if (!(wait[0].revents & POLLIN)) continue;
+    ssize_t length = read(lazy.uffd, messages, sizeof messages);
+    if (length < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      fail("reading faults: %s", strerror(errno));
+    }
+    for (size_t index = 0; index < (size_t)length / sizeof messages[0]; index++) {
+      if (messages[index].event != UFFD_EVENT_PAGEFAULT) continue;
+      if (messages[index].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) serve_write((uintptr_t)messages[index].arg.pagefault.address);
+      else serve_fault(&workspace, (uintptr_t)messages[index].arg.pagefault.address);
+    }
+  }
+  return NULL;
+}
+
+/* The working set a previous restore touched early, placed while the guest already runs. */
+static void *prefetch_handler(void *unused) {
+  (void)unused;
+  struct workspace workspace;
+  create_workspace(&workspace);
+  for (uint32_t position = 0; position < lazy.prefetch_count; position++) {
+    if (serve_chunk(&workspace, lazy.prefetch[position])) count(counter_prefetched_chunks, 1);
+  }
+  free(workspace.chunk);
+  free(workspace.compressed);
+  ZSTD_freeDCtx(workspace.decompressor);
+  return NULL;
+}
+
+static void start_thread(void *(*function)(void *), const char *name) {
+  /* QEMU handles its process-wide signals in chosen threads; these take none. */
+  sigset_t all, previous;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &previous);
+  pthread_t thread;
+  pthread_attr_t attributes;
+  pthread_attr_init(&attributes);
+  pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+  int error = pthread_create(&thread, &attributes, function, NULL);
+  pthread_sigmask(SIG_SETMASK, &previous, NULL);
+  if (error != 0) fail("cannot start the %s thread: %s", name, strerror(error));
+  pthread_setname_np(thread, name);
+}
+
+static void take_over(void *address, size_t length, off_t offset) {
+  uint64_t features = 0;
+  lazy.uffd = create_userfaultfd(&features);
+  if (lazy.uffd < 0) fail("userfaultfd is not available: %s", strerror(errno));
+  if (!(features & UFFD_FEATURE_MISSING_SHMEM)) fail("this kernel cannot serve missing faults on shared memory");
+  lazy.base = (uintptr_t)address;
+  lazy.length = length;
+  lazy.base_offset = (uint64_t)offset;
+  /* Writes are tracked where the kernel can write-protect shared memory; else snapshots hash every loaded chunk. */
+  struct uffdio_register registration = {.range = {.start = lazy.base, .len = length}, .mode = UFFDIO_REGISTER_MODE_MISSING};
+  if ((features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM) && !(getenv("TORPOR_TRACK_WRITES") && strcmp(getenv("TORPOR_TRACK_WRITES"), "0") == 0)) {
+    registration.mode |= UFFDIO_REGISTER_MODE_WP;
+    /* Protect the whole range once: pages already in the file (a warm RAM file) are then tracked
+       too; the kernel marks even not yet mapped pages of shared memory. */
+    struct uffdio_writeprotect protect = {.range = {.start = lazy.base, .len = length}, .mode = UFFDIO_WRITEPROTECT_MODE_WP};
+    if (ioctl(lazy.uffd, UFFDIO_REGISTER, &registration) == 0) {
+      if (ioctl(lazy.uffd, UFFDIO_WRITEPROTECT, &protect) != 0) fail("write-protecting guest memory failed: %s", strerror(errno));
+      lazy.copy_mode = UFFDIO_COPY_MODE_WP;
+      count(counter_tracking, 1);
+    } else {
+      registration.mode = UFFDIO_REGISTER_MODE_MISSING;
+    }
+  }
+  if (!lazy.copy_mode && ioctl(lazy.uffd, UFFDIO_REGISTER, &registration) != 0) fail("registering guest memory with userfaultfd failed: %s", strerror(errno));
+  clock_gettime(CLOCK_MONOTONIC, &lazy.started);
+  start_thread(fault_handler, "torpor-faults");
+  if (lazy.prefetch_count > 0) start_thread(prefetch_handler, "torpor-prefetch");
+  lazy.registered = 1;
+  __atomic_store_n((uint32_t *)(lazy.status + 8), state_serving, __ATOMIC_RELEASE);
+}
+
+__attribute__((constructor)) static void initialize(void) {
+  const char *map = getenv("TORPOR_LAZY_MEMORY_MAP");
+  if (!map || !*map) return;
+  /* A wrapper around QEMU (TORPOR_QEMU=script) passes the pager on untouched; QEMU takes it. */
+  char executable[4096];
+  ssize_t length = readlink("/proc/self/exe", executable, sizeof executable - 1);
+  if (length <= 0) return;
+  executable[length] = 0;
+  const char *name = strrchr(executable, '/');
+  if (strncmp(name ? name + 1 : executable, "qemu-system-", 12) != 0) return;
+  /* Only QEMU itself: anything it might start must not inherit the pager. */
+  unsetenv("LD_PRELOAD");
+  char path[path_size];
+  snprintf(path, sizeof path, "%s", map);
+  unsetenv("TORPOR_LAZY_MEMORY_MAP");
+  load_map(path);
+  lazy.active = 1;
+}
+
+static int is_guest_memory(int fd) {
+  struct stat mapped, expected;
+  if (fstat(fd, &mapped) != 0 || stat(lazy.memory_file, &expected) != 0) return 0;
+  return mapped.st_dev == expected.st_dev && mapped.st_ino == expected.st_ino;
+}
+
+void *mmap(void *address, size_t length, int protection, int flags, int fd, off_t offset) {
+  void *result = real_mmap(address, length, protection, flags, fd, offset);
+  if (result != MAP_FAILED && lazy.active && !lazy.registered && fd >= 0 && (flags & MAP_SHARED) && is_guest_memory(fd)) {
+    take_over(result, length, offset);
+  }
+  return result;
+}
+
+void *mmap64(void *address, size_t length, int protection, int flags, int fd, off_t offset) {
+  return mmap(address, length, protection, flags, fd, offset);
+}
+
+#endif

@@ -1,0 +1,272 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFile, readdir, rename, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { useTemporaryHome } from './testing/temporary-home.ts';
+import { createMachine, startMachine, connectToMachine, removeMachine, effectiveState, killMachine } from './machines.ts';
+import { snapshotMachine, restoreMachine, deleteSnapshot } from './snapshots.ts';
+import { readSnapshot, collectGarbage, materializeSnapshot } from '../snapshot/snapshot-store.ts';
+import { readLazyMemoryStatus, lazyMemorySupport } from '../snapshot/lazy-memory.ts';
+import { chunkPath } from '../snapshot/chunk-operations.ts';
+import { memoryDirectory, paths } from '../state/paths.ts';
+import { readMachineState, type MachineConfig } from './machine-record.ts';
+import type { AgentClient } from '../guest/agent-client.ts';
+
+// Lazy restore (userfaultfd pager preloaded into QEMU) against real QEMU machines: the guest's RAM
+// arrives as it touches it, snapshots of such a machine stay complete, and a damaged store or a dead
+// pager makes the machine fail with a clear error instead of running on wrong memory.
+
+let home: Awaited<ReturnType<typeof useTemporaryHome>>;
+let origin: MachineConfig;
+
+// 16 MiB of random data in guest RAM (tmpfs), plus a counter that keeps moving.
+const workload = String.raw`
+mkdir -p /tmp/data
+i=0
+while [ $i -lt 16 ]; do head -c 1048576 /dev/urandom > /tmp/data/$i; i=$((i+1)); done
+echo ready > /tmp/ready
+n=0
+while true; do n=$((n+1)); echo $n > /tmp/counter; sleep 0.1; done
+`;
+
+async function shell(client: AgentClient, script: string): Promise<string> {
+  let output = '';
+  const process = client.exec({ argv: ['sh', '-c', script], env: [], workingDirectory: '/', user: '', tty: false, stdin: false }, { stdout: (data) => (output += data) });
+  await process.exited;
+  return output.trim();
+}
+
+async function run(config: MachineConfig, script: string): Promise<string> {
+  const client = await connectToMachine(config);
+  try {
+    return await shell(client, script);
+  } finally {
+    client.close();
+  }
+}
+
+// Every block's checksum: reads all 16 MiB back, so every page of it must be right.
+const checksums = 'cd /tmp/data && md5sum $(ls | sort -n) | cut -c1-32 | tr "\\n" " "';
+
+const memoryOf = (config: MachineConfig) => join(memoryDirectory(), `${config.id}.ram`);
+
+async function allocatedBytes(file: string): Promise<number> {
+  return (await stat(file)).blocks * 512;
+}
+
+let expectedChecksums = '';
+
+before(async () => {
+  home = await useTemporaryHome();
+  const support = await lazyMemorySupport();
+  assert.ok(support.available, `lazy memory must be available on this host: ${support.reason}`);
+  origin = await createMachine({ image: 'base', name: 'origin', command: ['sh', '-c', workload], memoryMiB: 256 });
+  await startMachine(origin.id);
+  for (let attempt = 0; attempt < 600; attempt++) {
+    if ((await run(origin, 'cat /tmp/ready 2>/dev/null')) === 'ready') break;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  expectedChecksums = await run(origin, checksums);
+  assert.equal(expectedChecksums.split(' ').filter(Boolean).length, 16);
+  await snapshotMachine(origin, { name: 'origin@1' });
+});
+
+after(async () => {
+  await home.cleanup();
+});
+
+test('a lazy restore serves only what the guest touches, and the guest is intact', async () => {
+  const restored = await restoreMachine('origin@1', { name: 'lazy' });
+  try {
+    const status = await readLazyMemoryStatus(memoryOf(restored));
+    assert.ok(status, 'the restore was lazy (a page map exists)');
+    assert.equal(status.state, 'serving');
+    assert.ok(status.counters.faults > 0, 'the guest faulted its memory in');
+    const manifest = await readSnapshot('origin@1');
+    const stored = manifest.memory.chunks.filter((id) => id !== null).length;
+    assert.ok(status.counters.servedChunks < stored, `served ${status.counters.servedChunks} of ${stored} chunks before anything read the data`);
+    const allocatedBefore = await allocatedBytes(memoryOf(restored));
+    assert.ok(allocatedBefore < manifest.stats.nonZeroBytes, `RAM file holds ${allocatedBefore} bytes, the snapshot ${manifest.stats.nonZeroBytes}`);
+    // Reading the data faults it in, from the store or the template, each chunk verified.
+    assert.equal(await run(restored, checksums), expectedChecksums);
+    const after = (await readLazyMemoryStatus(memoryOf(restored)))!;
+    assert.ok(after.counters.servedChunks > status.counters.servedChunks);
+    assert.ok(after.counters.storeChunks > 0 && after.counters.templateChunks > 0, JSON.stringify(after.counters));
+  } finally {
+    await removeMachine(restored, { force: true });
+  }
+  // Nothing left behind in tmpfs.
+  assert.deepEqual((await readdir(memoryDirectory())).filter((name) => name.startsWith(restored.id)), []);
+});
+
+test('never-faulted pages come from the parent snapshot: lazy restore, touch little, snapshot, eager restore', async () => {
+  const restored = await restoreMachine('origin@1', { name: 'little' });
+  try {
+    await run(restored, 'echo touched > /tmp/little');
+    const status = (await readLazyMemoryStatus(memoryOf(restored)))!;
+    assert.ok(status.loaded.some((flag) => flag === 0), 'some chunks were never served');
+    await snapshotMachine(restored, { name: 'little@1' });
+  } finally {
+    await removeMachine(restored, { force: true });
+  }
+  process.env.TORPOR_LAZY_MEMORY = '0';
+  try {
+    const eager = await restoreMachine('little@1', { name: 'eager' });
+    try {
+      assert.equal(await readLazyMemoryStatus(memoryOf(eager)), undefined, 'restored eagerly');
+      assert.equal(await run(eager, 'cat /tmp/little'), 'touched');
+      assert.equal(await run(eager, checksums), expectedChecksums);
+      const counter = Number(await run(eager, 'cat /tmp/counter'));
+      assert.ok(counter > 0);
+    } finally {
+      await removeMachine(eager, { force: true });
+    }
+  } finally {
+    delete process.env.TORPOR_LAZY_MEMORY;
+  }
+});
+
+test('a restore prefetches the chunks its parent machine touched in its first second', async () => {
+  const restored = await restoreMachine('origin@1', { name: 'early' });
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    await snapshotMachine(restored, { name: 'early@1' });
+  } finally {
+    await removeMachine(restored, { force: true });
+  }
+  const workingSet = ((await readSnapshot('early@1')).metadata as { workingSet?: number[] }).workingSet ?? [];
+  assert.ok(workingSet.length > 0, 'the snapshot carries its working set');
+  const again = await restoreMachine('early@1', { name: 'prefetched' });
+  try {
+    let status = (await readLazyMemoryStatus(memoryOf(again)))!;
+    for (let attempt = 0; attempt < 100 && workingSet.some((chunk) => status.loaded[chunk] === 0); attempt++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      status = (await readLazyMemoryStatus(memoryOf(again)))!;
+    }
+    assert.deepEqual(workingSet.filter((chunk) => status.loaded[chunk] === 0), [], 'every chunk of the working set is in place');
+    assert.ok(status.counters.prefetchedChunks > 0, JSON.stringify(status.counters));
+    assert.equal(await run(again, checksums), expectedChecksums);
+  } finally {
+    await removeMachine(again, { force: true });
+  }
+});
+
+test('write tracking: a snapshot reads only the chunks written since the last one, and misses none', async () => {
+  // The supervisor checks every chunk it calls unchanged against the RAM file before capturing.
+  process.env.TORPOR_VERIFY_WRITE_TRACKING = '1';
+  const restored = await restoreMachine('origin@1', { name: 'tracked' });
+  delete process.env.TORPOR_VERIFY_WRITE_TRACKING;
+  try {
+    const first = await snapshotMachine(restored, { name: 'tracked@1' });
+    const status = (await readLazyMemoryStatus(memoryOf(restored)))!;
+    assert.ok(status.tracking, 'writes are tracked (userfaultfd write-protect on shared memory)');
+    assert.equal(status.protectGeneration, 1);
+    const loadedBytes = status.loaded.filter((flag) => flag === 1).length * status.chunkSize;
+    await run(restored, 'head -c 3000000 /dev/urandom > /tmp/data/new; sync');
+    const expectedNew = await run(restored, 'md5sum /tmp/data/new | cut -c1-32');
+    const second = await snapshotMachine(restored, { name: 'tracked@2' });
+    const after = (await readLazyMemoryStatus(memoryOf(restored)))!;
+    assert.ok(after.writeFaults > 0);
+    // Read from the RAM file: the chunks written (at least the 3 MB), not everything loaded.
+    const scanned = Number(second.stats.memoryScannedBytes);
+    const loadedNow = after.loaded.filter((flag) => flag === 1).length * after.chunkSize;
+    assert.ok(scanned >= 3_000_000, `read ${scanned} bytes: at least the 3 MB written`);
+    assert.ok(scanned < loadedNow, `read ${scanned} of ${loadedNow} loaded bytes (${loadedBytes} before the write)`);
+    assert.ok(Number(first.stats.scannedBytes) > 0);
+    process.env.TORPOR_LAZY_MEMORY = '0';
+    try {
+      const eager = await restoreMachine('tracked@2', { name: 'tracked-eager' });
+      try {
+        assert.equal(await run(eager, checksums.replace('$(ls | sort -n)', '$(ls | grep -v new | sort -n)')), expectedChecksums);
+        assert.equal(await run(eager, 'md5sum /tmp/data/new | cut -c1-32'), expectedNew);
+      } finally {
+        await removeMachine(eager, { force: true });
+      }
+    } finally {
+      delete process.env.TORPOR_LAZY_MEMORY;
+    }
+  } finally {
+    await removeMachine(restored, { force: true });
+  }
+});
+
+test('a running lazy machine keeps its chunks through removal of its snapshot and gc', async () => {
+  await snapshotMachine(origin, { name: 'origin@doomed' });
+  const restored = await restoreMachine('origin@doomed', { name: 'orphan' });
+  try {
+    await deleteSnapshot('origin@doomed');
+    await collectGarbage();
+    // The snapshot is gone, yet every chunk the machine still faults in is there.
+    assert.equal(await run(restored, checksums), expectedChecksums);
+  } finally {
+    await removeMachine(restored, { force: true });
+  }
+  // Once the machine is gone its pin is too: gc frees what only that snapshot held.
+  const { removedChunks } = await collectGarbage();
+  assert.ok(removedChunks >= 0);
+  assert.ok(!(await readdir(join(paths.snapshots(), 'pins'))).includes(`${restored.id}.json`), 'its pin went with it');
+});
+
+test('a chunk that does not match its hash stops the machine with a clear error; the store keeps the rest', async () => {
+  const manifest = await readSnapshot('origin@1');
+  const chunks = join(paths.snapshots(), 'chunks');
+  // Every stored chunk the data needs is replaced by another valid chunk file: zstd decodes it
+  // happily, only the hash check can tell.
+  const template = await readSnapshot((await readdir(join(paths.snapshots(), 'manifests'))).map((name) => name.slice(0, -5)).find((name) => name.startsWith('template-'))!);
+  const victims = manifest.memory.chunks.filter((id, index): id is string => id !== null && template.memory.chunks[index] !== id);
+  assert.ok(victims.length > 1);
+  const donor = chunkPath(chunks, victims[0]!);
+  for (const id of victims.slice(1)) {
+    await rename(chunkPath(chunks, id), `${chunkPath(chunks, id)}.saved`);
+    await copyFile(donor, chunkPath(chunks, id));
+  }
+  try {
+    let failure = '';
+    try {
+      const restored = await restoreMachine('origin@1', { name: 'corrupt' });
+      // Up and running on the chunks it needed so far: reading the data must end it.
+      await run(restored, checksums).catch(() => '');
+      for (let attempt = 0; attempt < 100; attempt++) {
+        const state = await effectiveState(restored);
+        if (state.status === 'exited' || state.status === 'failed') {
+          failure = state.error ?? '';
+          break;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      await removeMachine(restored, { force: true });
+    } catch (error) {
+      failure = (error as Error).message;
+    }
+    assert.match(failure, /does not match its hash/);
+  } finally {
+    for (const id of victims.slice(1)) await rename(`${chunkPath(chunks, id)}.saved`, chunkPath(chunks, id));
+  }
+  // The store is unharmed: the snapshot still restores whole.
+  const target = join(memoryDirectory(), `check-${process.pid}.ram`);
+  await materializeSnapshot(manifest, { memoryFile: target });
+  const { rm } = await import('node:fs/promises');
+  await rm(target, { force: true });
+});
+
+test('the pager dies with QEMU: the machine is reported dead, its files go, the snapshot restores again', async () => {
+  const restored = await restoreMachine('origin@1', { name: 'victim' });
+  const state = await readMachineState(restored.id);
+  process.kill(state.qemuPid!, 'SIGKILL');
+  let after = await effectiveState(restored);
+  for (let attempt = 0; attempt < 100 && after.status === 'running'; attempt++) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    after = await effectiveState(restored);
+  }
+  assert.equal(after.status, 'exited');
+  assert.match(after.error ?? '', /QEMU killed by SIGKILL/);
+  assert.deepEqual((await readdir(memoryDirectory())).filter((name) => name.startsWith(restored.id)), []);
+  await killMachine(restored);
+  await removeMachine(restored, { force: true });
+  const again = await restoreMachine('origin@1', { name: 'again' });
+  try {
+    assert.equal(await run(again, checksums), expectedChecksums);
+  } finally {
+    await removeMachine(again, { force: true });
+  }
+});

@@ -1,0 +1,152 @@
+import { access, open } from 'node:fs/promises';
+import { chunkIdOf } from '../snapshot/chunk-operations.ts';
+import { TorporError } from '../util/errors.ts';
+import type { SnapshotManifest, CaptureInput } from '../snapshot/snapshot-store.ts';
+import {
+  holdLazyMemoryPin,
+  lazyMemoryFiles,
+  lazyMemorySupport,
+  pagerEnvironment,
+  prepareLazyMemory,
+  readLazyMemoryStatus,
+  releaseLazyMemoryPin,
+  removeLazyMemoryFiles,
+  workingSet,
+  type LazyMemoryStatus,
+} from '../snapshot/lazy-memory.ts';
+
+// Where the runtime meets lazy guest memory: the restore decides lazy or eager, the supervisor
+// preloads the pager into QEMU, checks it took over before the guest runs, and captures a lazily
+// restored machine without reading its never-faulted chunks as zeros. architecture/lazy-memory.md.
+
+let fallbackNoted = false;
+
+/**
+ * Prepares the snapshot's RAM to be served on demand, if this host can (userfaultfd, a C compiler)
+ * and TORPOR_LAZY_MEMORY is not 0. Returns false when the caller must materialize it instead.
+ */
+export async function prepareLazyRestore(
+  manifest: SnapshotManifest,
+  machineId: string,
+  memoryFile: string,
+  base: { manifest: SnapshotManifest; memoryFile: string } | undefined,
+  present?: Uint8Array,
+): Promise<boolean> {
+  const support = await lazyMemorySupport();
+  if (!support.available) {
+    if (!fallbackNoted && process.env.TORPOR_LAZY_MEMORY !== '0') {
+      fallbackNoted = true;
+      process.stderr.write(`torpor: note: restoring guest memory eagerly (lazy restore unavailable: ${support.reason})\n`);
+    }
+    return false;
+  }
+  // TORPOR_LAZY_PREFETCH=0 turns the working-set prefetch off (for the benchmark's comparison).
+  const prefetch = process.env.TORPOR_LAZY_PREFETCH === '0' ? undefined : (manifest.metadata as { workingSet?: unknown }).workingSet;
+  await prepareLazyMemory(manifest, {
+    memoryFile,
+    base,
+    prefetch: Array.isArray(prefetch) ? prefetch.filter((entry): entry is number => typeof entry === 'number') : undefined,
+    pinKey: machineId,
+    present,
+  });
+  return true;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** QEMU's extra environment for a restore onto this RAM file: the pager, if the restore was prepared lazily. */
+export async function restoreEnvironment(machineId: string, memoryFile: string): Promise<Record<string, string> | undefined> {
+  const files = lazyMemoryFiles(memoryFile);
+  if (!(await exists(files.mapFile))) return undefined;
+  const support = await lazyMemorySupport();
+  if (!support.available || !support.library) {
+    throw new TorporError('lazy-memory-unavailable', `this restore was prepared for lazy memory, which is not available here: ${support.reason}`, {
+      hint: 'restore again with TORPOR_LAZY_MEMORY=0',
+    });
+  }
+  // The supervisor holds the chunks from now on (the CLI that prepared the restore may exit).
+  await holdLazyMemoryPin(machineId, process.pid);
+  return pagerEnvironment(support.library, files);
+}
+
+/**
+ * Before the guest runs: the pager must have taken over the RAM file. If the preload was ignored
+ * (a missing library makes ld.so only warn) the guest would see zeros where its memory is.
+ */
+export async function confirmPagerServing(memoryFile: string): Promise<void> {
+  const status = await readLazyMemoryStatus(memoryFile);
+  if (!status) return;
+  if (status.state !== 'serving') {
+    throw new TorporError('lazy-memory-failed', `the lazy memory pager did not take over the guest's RAM (${status.state}${status.error ? `: ${status.error}` : ''})`, {
+      hint: 'restore again with TORPOR_LAZY_MEMORY=0 and report this',
+    });
+  }
+}
+
+/** What a machine's write tracking is relative to: the chunk ids after its last protect round. */
+export interface WriteBaseline {
+  generation: number;
+  chunks: (string | null)[];
+}
+
+/**
+ * For a capture of a lazily restored machine: the chunk ids known without reading the RAM file.
+ * Chunks it never faulted in come from its snapshot; with write tracking, chunks not written since
+ * `baseline` (the last snapshot, or the restore itself for generation 0) keep the baseline's id.
+ * `baseline` null means tracking is not trusted (a protect round failed): loaded chunks are read.
+ */
+export async function knownMemoryOf(
+  memoryFile: string,
+  baseline: WriteBaseline | null | undefined,
+): Promise<{ input: CaptureInput['knownMemory']; status?: LazyMemoryStatus; clean: number[] }> {
+  const status = await readLazyMemoryStatus(memoryFile);
+  if (!status) return { input: undefined, clean: [] };
+  if (status.state === 'failed') throw new TorporError('lazy-memory-failed', `the lazy memory pager failed: ${status.error}`, { hint: 'the machine cannot be snapshotted' });
+  const reference = baseline === undefined ? { generation: 0, chunks: status.chunks } : baseline;
+  const tracked = status.tracking && reference !== null && reference.generation === status.protectGeneration && reference.chunks.length === status.chunks.length;
+  const clean: number[] = [];
+  const ids = status.chunks.map((id, index) => {
+    if (status.loaded[index] === 0) return id;
+    if (tracked && status.dirty[index] === 0) {
+      clean.push(index);
+      return reference!.chunks[index];
+    }
+    return undefined;
+  });
+  return { input: { chunkSize: status.chunkSize, ids }, status, clean };
+}
+
+/**
+ * A check for tests and benchmarks (TORPOR_VERIFY_WRITE_TRACKING=1): every chunk write tracking
+ * calls clean must hash to the id it is given. Run with the guest paused, before the capture.
+ */
+export async function verifyCleanChunks(memoryFile: string, known: NonNullable<CaptureInput['knownMemory']>, clean: number[]): Promise<void> {
+  const handle = await open(memoryFile, 'r');
+  try {
+    const buffer = Buffer.alloc(known.chunkSize);
+    for (const index of clean) {
+      const { bytesRead } = await handle.read(buffer, 0, known.chunkSize, index * known.chunkSize);
+      buffer.fill(0, bytesRead);
+      const actual = buffer.every((byte) => byte === 0) ? null : chunkIdOf(buffer);
+      if (actual !== known.ids[index]) throw new TorporError('write-tracking-missed', `write tracking called chunk ${index} unchanged, but it was written`, { hint: 'run with TORPOR_TRACK_WRITES=0 and report this' });
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Chunks this machine touched in its first second: the next restore of what it becomes prefetches them. */
+export async function earlyWorkingSet(memoryFile: string): Promise<number[] | undefined> {
+  const status = await readLazyMemoryStatus(memoryFile);
+  return status ? workingSet(status) : undefined;
+}
+
+export async function releaseLazyMemory(machineId: string, memoryFile: string): Promise<void> {
+  await removeLazyMemoryFiles(memoryFile);
+  await releaseLazyMemoryPin(machineId);
+}
