@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
 import { openContextLog } from '../context/index.ts';
 import { SessionManager } from '../session/session-manager.ts';
-import { createSessionRoutes } from './session-routes.ts';
+import { createApp } from './app.ts';
 
 // A session's `network` option is checked before any machine is made: hostile ranges, ports and
 // modes are a 400 with a hint, never text that reaches an nft rule. (The policy itself is enforced
@@ -27,8 +27,9 @@ after(async () => {
 });
 
 async function create(network: unknown) {
-  const routes = createSessionRoutes(manager);
-  const response = await routes.request('/', {
+  // The whole app: errors are answered by its one handler.
+  const app = createApp({ log, sessions: manager });
+  const response = await app.request('/v1/sessions', {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ image: 'base', command: ['true'], network }),
