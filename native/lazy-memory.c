@@ -211,6 +211,8 @@ static struct {
   uint8_t *records;
   uint32_t *prefetch;
   int chunks_fd, template_fd, uffd;
+  /* per record: the store chunk file, opened while QEMU is still privileged (-1: open at fault time) */
+  int *store_fds;
   uint8_t *status;
   size_t status_length;
   uintptr_t base;
@@ -265,6 +267,59 @@ static int read_fully(int fd, void *buffer, size_t length, off_t offset) {
     done += (size_t)count;
   }
   return 0;
+}
+
+static int chunk_path(const uint8_t *hex, char id[33], char path[64]) {
+  memcpy(id, hex, 32);
+  id[32] = 0;
+  for (int index = 0; index < 32; index++) {
+    if (!((id[index] >= '0' && id[index] <= '9') || (id[index] >= 'a' && id[index] <= 'f'))) return -1;
+  }
+  snprintf(path, 64, "%.2s/%s.zst", id, id);
+  return 0;
+}
+
+/*
+ * Opens the store file of every chunk the map takes from the store, now, while QEMU may still run
+ * as root: with -runas it later runs as an unprivileged uid that cannot open the store's files
+ * (mode 0600 under `torpor serve`'s umask), and each machine's uid must not be able to read other
+ * sessions' chunks either. Records sharing a chunk share its descriptor (an open-addressing table
+ * keyed on the id's first 64 bits). A file that cannot be opened now is tried again at fault time,
+ * where its error is reported.
+ */
+static void open_store_chunks(void) {
+  lazy.store_fds = malloc((size_t)lazy.chunk_count * sizeof(int));
+  uint32_t table_size = 16;
+  while (table_size < lazy.chunk_count * 2u) table_size <<= 1;
+  uint32_t *table = malloc((size_t)table_size * sizeof(uint32_t)); /* record index + 1; 0 = empty */
+  if (!lazy.store_fds || !table) fail("out of memory");
+  memset(table, 0, (size_t)table_size * sizeof(uint32_t));
+  for (uint32_t index = 0; index < lazy.chunk_count; index++) {
+    lazy.store_fds[index] = -1;
+    const uint8_t *record = lazy.records + (size_t)index * record_size;
+    if (record[0] != source_store) continue;
+    uint64_t key = 0;
+    for (int digit = 0; digit < 16; digit++) key = key * 31 + record[16 + digit];
+    uint32_t slot = (uint32_t)(key ^ (key >> 29)) & (table_size - 1);
+    int shared = -1;
+    while (table[slot] != 0) {
+      uint32_t other = table[slot] - 1;
+      if (memcmp(lazy.records + (size_t)other * record_size + 16, record + 16, 32) == 0) {
+        shared = lazy.store_fds[other];
+        break;
+      }
+      slot = (slot + 1) & (table_size - 1);
+    }
+    if (table[slot] != 0) {
+      lazy.store_fds[index] = shared;
+      continue;
+    }
+    table[slot] = index + 1;
+    char id[33], path[64];
+    if (chunk_path(record + 16, id, path) != 0) fail("page map holds an invalid chunk id");
+    lazy.store_fds[index] = openat(lazy.chunks_fd, path, O_RDONLY | O_CLOEXEC);
+  }
+  free(table);
 }
 
 static void load_map(const char *path) {
@@ -336,6 +391,7 @@ static void load_map(const char *path) {
   lazy.compressed_capacity = ZSTD_compressBound(lazy.chunk_size) + 65536;
   lazy.claimed = calloc(lazy.chunk_count, 1);
   if (!lazy.claimed) fail("out of memory");
+  open_store_chunks();
 }
 
 static void create_workspace(struct workspace *workspace) {
@@ -353,21 +409,17 @@ static int matches_id(const uint8_t *data, size_t length, const uint8_t *hex) {
   return memcmp(text, hex, 32) == 0;
 }
 
-static void load_from_store(struct workspace *workspace, const uint8_t *hex, size_t length) {
+static void load_from_store(struct workspace *workspace, uint32_t chunk, const uint8_t *hex, size_t length) {
   char id[33], path[64];
-  memcpy(id, hex, 32);
-  id[32] = 0;
-  for (int index = 0; index < 32; index++) {
-    if (!((id[index] >= '0' && id[index] <= '9') || (id[index] >= 'a' && id[index] <= 'f'))) fail("page map holds an invalid chunk id");
-  }
-  snprintf(path, sizeof path, "%.2s/%s.zst", id, id);
-  int fd = openat(lazy.chunks_fd, path, O_RDONLY | O_CLOEXEC);
+  if (chunk_path(hex, id, path) != 0) fail("page map holds an invalid chunk id");
+  int opened = lazy.store_fds ? lazy.store_fds[chunk] : -1;
+  int fd = opened >= 0 ? opened : openat(lazy.chunks_fd, path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail("chunk %s is missing from the snapshot store (%s/%s): %s", id, lazy.chunks_directory, path, strerror(errno));
   struct stat status;
   fstat(fd, &status);
   if (status.st_size <= 0 || (size_t)status.st_size > lazy.compressed_capacity) fail("chunk %s has an impossible size (%lld bytes)", id, (long long)status.st_size);
   if (read_fully(fd, workspace->compressed, (size_t)status.st_size, 0) != 0) fail("cannot read chunk %s: %s", id, strerror(errno));
-  close(fd);
+  if (fd != opened) close(fd);
   /* Frames carry zstd content checksums (checked here); the seek table's skippable frame is skipped. */
   size_t produced = ZSTD_decompressDCtx(workspace->decompressor, workspace->chunk, length, workspace->compressed, (size_t)status.st_size);
   if (ZSTD_isError(produced)) fail("chunk %s cannot be decoded: %s", id, ZSTD_getErrorName(produced));
@@ -416,7 +468,7 @@ static int serve_chunk(struct workspace *workspace, uint32_t index) {
       }
     }
     if (!loaded) {
-      load_from_store(workspace, record + 16, length);
+      load_from_store(workspace, index, record + 16, length);
       count(counter_store_chunks, 1);
     }
     static const uint8_t zero_page[PAGE];

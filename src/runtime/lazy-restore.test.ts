@@ -56,8 +56,13 @@ async function allocatedBytes(file: string): Promise<number> {
 
 let expectedChecksums = '';
 
+let savedUmask = 0;
+
 before(async () => {
   home = await useTemporaryHome();
+  // As under `torpor serve`: store files are 0600, and QEMU drops to its own uid after it starts, so
+  // the pager must have opened the chunks it needs while QEMU was still privileged.
+  savedUmask = process.umask(0o077);
   const support = await lazyMemorySupport();
   assert.ok(support.available, `lazy memory must be available on this host: ${support.reason}`);
   origin = await createMachine({ image: 'base', name: 'origin', command: ['sh', '-c', workload], memoryMiB: 256 });
@@ -72,6 +77,7 @@ before(async () => {
 });
 
 after(async () => {
+  process.umask(savedUmask);
   await home.cleanup();
 });
 
