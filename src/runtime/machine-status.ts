@@ -1,7 +1,8 @@
 import { readdir } from 'node:fs/promises';
 import { paths } from '../state/paths.ts';
 import { isNodeError } from '../util/errors.ts';
-import { isLive, readMachineConfig, readMachineState, type MachineConfig, type MachineState } from './machine-record.ts';
+import { isLive, readMachineConfig, readMachineState } from './machine-files.ts';
+import type { MachineConfig, MachineState } from './machine-record.ts';
 import { qemuAlive, supervisorAlive } from './supervisor-process.ts';
 
 export interface MachineView {
