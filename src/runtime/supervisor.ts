@@ -8,7 +8,7 @@ import { FrameDecoder, FrameType, encodeFrame, encodeError, type Frame } from '.
 import { qemuDriver } from '../vm/qemu-driver.ts';
 import { loadDeviceState, saveDeviceState } from '../vm/migration.ts';
 import { captureSnapshot } from '../snapshot/snapshot-store.ts';
-import { templateMemoryFile } from './template-memory.ts';
+import { recordTemplateMemoryOwner, templateMemoryFile } from './template-memory.ts';
 import type { RunningVm, VmExit } from '../vm/driver.ts';
 import { memoryDirectory } from '../state/paths.ts';
 import {
@@ -282,6 +282,7 @@ export class Supervisor {
     this.vm?.qmp.close();
     if (this.config.captureTemplate && patch.status === 'exited') {
       // The template's RAM stays in tmpfs as the base every restore of its descendants copies from.
+      await recordTemplateMemoryOwner();
       await rename(this.memoryFile(), templateMemoryFile(this.config.captureTemplate)).catch(() => rm(this.memoryFile(), { force: true }));
     } else {
       await rm(this.memoryFile(), { force: true });
