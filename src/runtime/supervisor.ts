@@ -7,18 +7,13 @@ import { AgentClient, GuestError, type GuestProcess } from '../guest/agent-clien
 import { FrameDecoder, FrameType, encodeFrame, encodeError, type Frame } from '../guest/protocol.ts';
 import { qemuDriver } from '../vm/qemu-driver.ts';
 import { loadDeviceState, saveDeviceState } from '../vm/migration.ts';
-import { captureSnapshot } from '../snapshot/snapshot-store.ts';
 import { recordTemplateMemoryOwner, templateMemoryFile } from './template-memory.ts';
 import type { RunningVm, VmExit } from '../vm/driver.ts';
 import { memoryDirectory } from '../state/paths.ts';
-import {
-  machineFiles,
-  readMachineConfig,
-  readMachineState,
-  writeMachineState,
-  type MachineConfig,
-  type MachineState,
-} from './machine-record.ts';
+// machine-files, not machine-record: a supervisor lives as long as its machine, and zod would
+// cost each one memory for nothing (its records are torpor's own files).
+import { machineFiles, readMachineConfig, readMachineState, writeMachineState } from './machine-files.ts';
+import type { MachineConfig, MachineState } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
 
@@ -424,6 +419,9 @@ export class Supervisor {
       const paused = performance.now();
       const deviceState = await saveDeviceState(vm.qmp, this.files.migrationSocket);
       const saved = performance.now();
+      // Loaded on the first snapshot only: the store brings zstd, xxhash and worker threads, memory
+      // that a machine which is never snapshotted should not carry.
+      const { captureSnapshot } = await import('../snapshot/snapshot-store.ts');
       const manifest = await captureSnapshot({
         name: request.name,
         memoryFile: this.memoryFile(),
