@@ -82,5 +82,7 @@ export const machineStateSchema = z.object({
   restored: z.boolean().optional(),
   /** The snapshot this machine was saved into when it stopped (snapshot --stop, hibernation). */
   snapshot: z.string().optional(),
+  /** Milestones of the last start, in ms since the supervisor process started (processStartedAt: its epoch ms); for the start benchmark. */
+  startTimings: z.record(z.string(), z.number()).optional(),
 });
 export type MachineState = z.infer<typeof machineStateSchema>;
