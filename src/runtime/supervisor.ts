@@ -47,6 +47,8 @@ export class Supervisor {
   private state: MachineState = { status: 'starting' };
   private stopping = false;
   private firstAttach?: () => void;
+  /** A client attached already: it can come before run() waits for it (it sees `running` while the state file is still being synced). */
+  private attachedOnce = false;
   private readonly files;
 
   constructor(private readonly config: MachineConfig) {
@@ -160,7 +162,7 @@ export class Supervisor {
       return;
     }
     if (this.main) return;
-    if (this.state.waitForAttach) {
+    if (this.state.waitForAttach && !this.attachedOnce) {
       // Foreground run: the CLI attaches before the process starts, so it sees every byte.
       await new Promise<void>((resolve) => {
         this.firstAttach = resolve;
@@ -387,6 +389,7 @@ export class Supervisor {
         return { ok: true, state: this.state };
       case 'attach':
         client.attachedStream = stream;
+        this.attachedOnce = true;
         this.firstAttach?.();
         this.firstAttach = undefined;
         return { ok: true, state: this.state };
