@@ -185,12 +185,12 @@ const print = (line: string) => {
 
 try {
   // Warm-up: bundles, the base image and its boot template are made once, outside the measurements.
+  // podman's runc cannot raise rlimits in this sandbox: ask for ones it can set (host-facts.md).
+  const runArgs = (system: System) => (system === podman ? ['run', '--rm', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024', podmanImage, 'true'] : ['run', '--rm', 'base', 'true']);
   for (const system of systems) {
-    const args = system === podman ? ['run', '--rm', podmanImage, 'true'] : ['run', '--rm', 'base', 'true'];
-    const warm = await timed(system, args);
+    const warm = await timed(system, runArgs(system));
     if (warm.code !== 0) throw new Error(`${system.name} warm-up failed: ${warm.output}`);
   }
-  const runArgs = (system: System) => (system === podman ? ['run', '--rm', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024', podmanImage, 'true'] : ['run', '--rm', 'base', 'true']);
   const results = new Map<string, Record<string, number>>();
   for (const system of systems) results.set(system.name, {});
   // Interleaved: each round measures every system once, so the host's load falls on all alike.

@@ -33,3 +33,37 @@ test('the fast --version is the package version, and every command answers --hel
     assert.match(result.stdout, new RegExp(`^Usage: torpor ${name} `), name);
   }
 });
+
+test('the fast commands load no heavy package: ps, logs, exec and an idle supervisor import only commander and node built-ins', async () => {
+  const { readFileSync: read } = await import('node:fs');
+  const { dirname, join } = await import('node:path');
+  const { ensureBundles } = (await import(new URL('../../bin/bundles.mjs', import.meta.url).href)) as { ensureBundles: () => Promise<{ cli: string; supervisor: string }> };
+  const bundles = await ensureBundles();
+  // The static import graph of a bundle file: what loads before any code runs.
+  const packagesLoadedBy = (entry: string): Set<string> => {
+    const packages = new Set<string>();
+    const seen = new Set<string>();
+    const visit = (file: string) => {
+      if (seen.has(file)) return;
+      seen.add(file);
+      for (const [, specifier] of read(file, 'utf8').matchAll(/^import\s(?:[^'"]*?\sfrom\s)?"([^"]+)"/gms)) {
+        if (specifier!.startsWith('.')) visit(join(dirname(file), specifier!));
+        else packages.add(specifier!);
+      }
+    };
+    visit(entry);
+    return packages;
+  };
+  const chunkOf = (command: string) => {
+    const main = read(bundles.cli, 'utf8');
+    const match = new RegExp(`import\\("(\\./chunks/${command}-[A-Z0-9]+\\.mjs)"\\)`).exec(main);
+    assert.ok(match, `no chunk for ${command}`);
+    return join(dirname(bundles.cli), match[1]!);
+  };
+  const allowed = (name: string) => name === 'commander' || name.startsWith('node:');
+  for (const command of ['ps', 'logs', 'exec']) {
+    const packages = [...packagesLoadedBy(bundles.cli), ...packagesLoadedBy(chunkOf(command))];
+    assert.deepEqual(packages.filter((name) => !allowed(name)), [], command);
+  }
+  assert.deepEqual([...packagesLoadedBy(bundles.supervisor)].filter((name) => !name.startsWith('node:')), [], 'supervisor');
+});
