@@ -236,14 +236,25 @@ try {
   print('# where one `run --rm base true` of the new tree spends its time (ms from the start of the call; library, not CLI)');
   for (const [name, value] of Object.entries(parts)) print(row([name, f(value)]));
   writeFileSync(join(root, 'bench', 'results', `start-${new Date().toISOString().slice(0, 10)}-tcg.txt`), out.join('\n') + '\n');
+} catch (error) {
+  process.stderr.write(`bench failed: ${(error as Error).stack ?? String(error)}\n`);
+  process.exitCode = 1;
 } finally {
   for (const system of systems) {
     if (system === podman) continue;
-    await timed(system, ['rm', '-f', 'idle0', 'idle1', 'idle2']).catch(() => undefined);
+    // Every machine left (a failed start, idle ones): by pid, through the tree's own CLI.
+    const left = await timed(system, ['ps', '-a', '-q']).catch(() => undefined);
+    const ids = left?.output.split('\n').filter(Boolean) ?? [];
+    if (ids.length > 0) await timed(system, ['rm', '-f', ...ids]).catch(() => undefined);
     await timed(system, ['system', 'prune', '--force']).catch(() => undefined);
     rmSync(system.environment.TORPOR_MEMORY_DIR!, { recursive: true, force: true });
   }
-  rmSync(scratch, { recursive: true, force: true });
+  await sleep(1000); // supervisors of removed machines finish their last writes
+  try {
+    rmSync(scratch, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+  } catch (error) {
+    process.stderr.write(`could not remove ${scratch}: ${(error as Error).message}\n`);
+  }
   if (cgroupAvailable) {
     for (let attempt = 0; attempt < 50 && existsSync(cgroup); attempt++) {
       try {
