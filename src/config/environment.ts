@@ -1,59 +1,48 @@
 import { availableParallelism, homedir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { z } from 'zod';
 import { TorporError } from '../util/errors.ts';
+import { choice, flag, optionalText, optionalUrl, optionalWholeNumber, textOr, wholeNumberOr, type EnvironmentValue } from './environment-values.ts';
 
 /**
- * Every environment variable torpor reads, in one place: its schema, its default and what it is
- * for. Code reads `environment()` instead of `process.env`, so a typo or a bad value is caught here
- * with an error that says what to do, and README.md's table is generated from `variables` (a test
- * fails when the two differ: `node --import tsx scripts/environment-table.ts --write` updates it).
+ * Every environment variable torpor reads, in one place: its value's kind, its default and what it
+ * is for. Code reads `environment()` instead of `process.env`, so a typo or a bad value is caught
+ * here with an error that says what to do, and README.md's table is generated from `variables` (a
+ * test fails when the two differ: `node --import tsx scripts/environment-table.ts --write` updates it).
+ * The kinds are small parsers (environment-values.ts), not zod: every command, even `torpor ps`,
+ * reads the environment and must start fast.
  */
 
-/** A number of milliseconds or a count, given as decimal digits. */
-const wholeNumber = (minimum: number) =>
-  z
-    .string()
-    .regex(/^\d+$/, 'a whole number (decimal digits)')
-    .transform(Number)
-    .pipe(z.number().int().min(minimum));
-
-/** A switch that is on unless set to 0 (or off unless set to 1). */
-const flag = (onValue: '0' | '1') => z.enum(['0', '1']).transform((value) => value === onValue);
-
-interface Variable<T extends z.ZodType> {
-  schema: T;
+interface Variable<T> {
+  schema: EnvironmentValue<T>;
   /** The default, as a person reads it (the README shows it). */
   shownDefault: string;
   description: string;
 }
 
-const variable = <T extends z.ZodType>(schema: T, shownDefault: string, description: string): Variable<T> => ({ schema, shownDefault, description });
+const variable = <T>(schema: EnvironmentValue<T>, shownDefault: string, description: string): Variable<T> => ({ schema, shownDefault, description });
 
 export const variables = {
-  TORPOR_HOME: variable(z.string().min(1).optional(), '`$XDG_DATA_HOME/torpor` or `~/.local/share/torpor`', 'the state directory: machines, images, snapshots, the context log, sessions'),
-  TORPOR_CACHE: variable(z.string().min(1).optional(), '`$XDG_CACHE_HOME/torpor` or `~/.cache/torpor`', 'host artifacts shared by every state directory (guest agent, initramfs, the KVM verdict)'),
-  TORPOR_MEMORY_DIR: variable(z.string().min(1).default('/dev/shm/torpor'), '`/dev/shm/torpor`', 'the tmpfs directory that holds guest RAM files'),
-  TORPOR_URL: variable(z.string().url().optional(), 'the running `torpor serve`', 'the server the `log` and `session` commands talk to'),
-  TORPOR_ACCEL: variable(z.enum(['auto', 'kvm', 'tcg']).default('auto'), '`auto`', '`kvm` or `tcg` skips the accelerator probe'),
-  TORPOR_BOOT_TEMPLATES: variable(flag('1').default(true), '`1`', '`0` boots every machine cold instead of restoring a boot template'),
-  TORPOR_BOOT_TIMEOUT_MS: variable(wholeNumber(1).default(60_000), '`60000`', 'how long a cold boot may take before the machine fails'),
-  TORPOR_KERNEL: variable(z.string().min(1).optional(), 'the newest `/boot/vmlinuz-*-cloud-amd64`', 'the guest kernel (with `TORPOR_KERNEL_MODULES`)'),
-  TORPOR_KERNEL_MODULES: variable(z.string().default(''), 'its `/lib/modules/VERSION`', "the guest kernel's modules directory, when `TORPOR_KERNEL` is set"),
-  TORPOR_QEMU: variable(z.string().min(1).default('qemu-system-x86_64'), '`qemu-system-x86_64`', 'the QEMU binary'),
-  TORPOR_BUSYBOX: variable(z.string().min(1).default('/bin/busybox'), '`/bin/busybox`', 'the static busybox the built-in images are made of'),
-  TORPOR_SNAPSHOT_WORKERS: variable(wholeNumber(0).optional(), 'the number of cores, at most 8', 'threads that compress and hash snapshot chunks; `0` uses the main thread only'),
-  TORPOR_SNAPSHOT_LOCK_WAIT_MS: variable(wholeNumber(0).default(60_000), '`60000`', 'how long a snapshot operation waits for the store lock (garbage collection)'),
-  TORPOR_NO_BUNDLE: variable(flag('1').default(false), '`0`', '`1` runs the CLI and supervisors from the TypeScript sources instead of the esbuild bundles'),
-  TORPOR_SUPERVISOR_WAIT: variable(flag('1').default(false), '`0`', 'internal: a supervisor started with its machine id waits for a line on stdin before it starts'),
-  XDG_DATA_HOME: variable(z.string().min(1).optional(), '`~/.local/share`', 'the base of the default state directory'),
-  XDG_CACHE_HOME: variable(z.string().min(1).optional(), '`~/.cache`', 'the base of the default cache directory'),
-  DOCKER_CONFIG: variable(z.string().min(1).optional(), '`~/.docker`', "registry credentials are also read from its `config.json`, as docker's are"),
+  TORPOR_HOME: variable(optionalText(), '`$XDG_DATA_HOME/torpor` or `~/.local/share/torpor`', 'the state directory: machines, images, snapshots, the context log, sessions'),
+  TORPOR_CACHE: variable(optionalText(), '`$XDG_CACHE_HOME/torpor` or `~/.cache/torpor`', 'host artifacts shared by every state directory (guest agent, initramfs, the KVM verdict)'),
+  TORPOR_MEMORY_DIR: variable(textOr('/dev/shm/torpor'), '`/dev/shm/torpor`', 'the tmpfs directory that holds guest RAM files'),
+  TORPOR_URL: variable(optionalUrl(), 'the running `torpor serve`', 'the server the `log` and `session` commands talk to'),
+  TORPOR_ACCEL: variable(choice(['auto', 'kvm', 'tcg'], 'auto'), '`auto`', '`kvm` or `tcg` skips the accelerator probe'),
+  TORPOR_BOOT_TEMPLATES: variable(flag('1', true), '`1`', '`0` boots every machine cold instead of restoring a boot template'),
+  TORPOR_BOOT_TIMEOUT_MS: variable(wholeNumberOr(1, 60_000), '`60000`', 'how long a cold boot may take before the machine fails'),
+  TORPOR_KERNEL: variable(optionalText(), 'the newest `/boot/vmlinuz-*-cloud-amd64`', 'the guest kernel (with `TORPOR_KERNEL_MODULES`)'),
+  TORPOR_KERNEL_MODULES: variable(textOr(''), 'its `/lib/modules/VERSION`', "the guest kernel's modules directory, when `TORPOR_KERNEL` is set"),
+  TORPOR_QEMU: variable(textOr('qemu-system-x86_64'), '`qemu-system-x86_64`', 'the QEMU binary'),
+  TORPOR_BUSYBOX: variable(textOr('/bin/busybox'), '`/bin/busybox`', 'the static busybox the built-in images are made of'),
+  TORPOR_SNAPSHOT_WORKERS: variable(optionalWholeNumber(0), 'the number of cores, at most 8', 'threads that compress and hash snapshot chunks; `0` uses the main thread only'),
+  TORPOR_SNAPSHOT_LOCK_WAIT_MS: variable(wholeNumberOr(0, 60_000), '`60000`', 'how long a snapshot operation waits for the store lock (garbage collection)'),
+  TORPOR_NO_BUNDLE: variable(flag('1', false), '`0`', '`1` runs the CLI and supervisors from the TypeScript sources instead of the esbuild bundles'),
+  TORPOR_SUPERVISOR_WAIT: variable(flag('1', false), '`0`', 'internal: a supervisor started with its machine id waits for a line on stdin before it starts'),
+  XDG_DATA_HOME: variable(optionalText(), '`~/.local/share`', 'the base of the default state directory'),
+  XDG_CACHE_HOME: variable(optionalText(), '`~/.cache`', 'the base of the default cache directory'),
+  DOCKER_CONFIG: variable(optionalText(), '`~/.docker`', "registry credentials are also read from its `config.json`, as docker's are"),
 } as const;
 
-export const environmentSchema = z.object(Object.fromEntries(Object.entries(variables).map(([name, { schema }]) => [name, schema])) as { [Name in keyof typeof variables]: (typeof variables)[Name]['schema'] });
-
-export type Environment = z.infer<typeof environmentSchema>;
+export type Environment = { [Name in keyof typeof variables]: ReturnType<(typeof variables)[Name]['schema']['read']> };
 
 /** The variables as they were last parsed: parsing happens again only when one of them changed (tests change them). */
 let parsed: { key: string; value: Environment } | undefined;
@@ -61,20 +50,22 @@ let parsed: { key: string; value: Environment } | undefined;
 /** The parsed environment; throws `invalid-environment` naming the variable and the values it takes. */
 export function environment(source: NodeJS.ProcessEnv = process.env): Environment {
   // Empty means unset, as in most shells' habits (`TORPOR_HOME= torpor ...`).
-  const relevant = Object.fromEntries(Object.keys(variables).flatMap((name) => (source[name] ? [[name, source[name]]] : [])));
+  const relevant = Object.fromEntries(Object.keys(variables).flatMap((name) => (source[name] ? [[name, source[name]]] : []))) as Record<string, string>;
   const key = JSON.stringify(relevant);
   if (parsed?.key === key) return parsed.value;
-  const result = environmentSchema.safeParse(relevant);
-  if (!result.success) {
-    const issue = result.error.issues[0]!;
-    const name = String(issue.path[0]) as keyof typeof variables;
-    throw new TorporError('invalid-environment', `${name}=${JSON.stringify(relevant[name])} is not valid: ${issue.message}`, {
-      hint: `${name}: ${variables[name].description} (default ${variables[name].shownDefault}); unset it or fix it`,
-      status: 500,
-    });
+  const result: Record<string, unknown> = {};
+  for (const [name, { schema, shownDefault, description }] of Object.entries(variables)) {
+    try {
+      result[name] = (schema as EnvironmentValue<unknown>).read(relevant[name]);
+    } catch (error) {
+      throw new TorporError('invalid-environment', `${name}=${JSON.stringify(relevant[name])} is not valid: expected ${(error as Error).message}`, {
+        hint: `${name}: ${description} (default ${shownDefault}); unset it or fix it`,
+        status: 500,
+      });
+    }
   }
-  parsed = { key, value: result.data };
-  return result.data;
+  parsed = { key, value: result as Environment };
+  return parsed.value;
 }
 
 /**

@@ -14,6 +14,7 @@ import type { SnapshotManifest } from '../snapshot/snapshot-store.ts';
 import { machineConfigSchema, machineFiles, writeMachineState, type MachineConfig } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
 import { ensureBootTemplate } from './boot-template.ts';
+import { freeOrphanedTemplateMemory } from './template-memory.ts';
 import { claimName } from './machine-names.ts';
 import { prepareHost } from './host-preparation.ts';
 import { startMachine } from './machine-start.ts';
@@ -118,6 +119,8 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
   };
   const diskGiB = options.diskGiB ?? machineDefaults.diskGiB;
   if (environment().TORPOR_BOOT_TEMPLATES && diskGiB === machineDefaults.diskGiB) {
+    // Template RAM of deleted state directories would otherwise hold tmpfs until the next reboot.
+    await freeOrphanedTemplateMemory();
     const templateId = randomBytes(6).toString('hex');
     const template = await ensureBootTemplate(
       { ...config, id: templateId, name: `template-${templateId}`, hostname: 'torpor', command: ['true'], ports: [], autoRemove: false },

@@ -2,7 +2,8 @@ import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { paths } from '../state/paths.ts';
 import { TorporError, isNodeError } from '../util/errors.ts';
-import { readMachineConfig, type MachineConfig } from './machine-record.ts';
+import { readMachineConfig } from './machine-files.ts';
+import type { MachineConfig } from './machine-record.ts';
 
 /** Reserves a machine name for `id`; fails with `name-in-use` if another machine holds it. */
 export async function claimName(name: string, id: string): Promise<void> {

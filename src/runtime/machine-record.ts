@@ -1,10 +1,11 @@
 import { z } from 'zod';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { paths, memoryDirectory } from '../state/paths.ts';
-import { writeJsonAtomic } from '../util/atomic-file.ts';
-import { isNodeError } from '../util/errors.ts';
 import { networkPolicySchema } from '../network/policy.ts';
+import { machineStatuses } from './machine-files.ts';
+
+// The readers of config.json and state.json, the statuses and the file layout live in
+// machine-files.ts (no zod, for the fast commands); they are re-exported here for the callers.
+export { machineStatuses, liveStatuses, isLive, machineFiles, readMachineConfig, readMachineState, writeMachineState } from './machine-files.ts';
+export type { MachineStatus } from './machine-files.ts';
 
 const portSchema = z.object({
   hostAddress: z.string(),
@@ -63,17 +64,6 @@ export const machineConfigSchema = z.object({
 });
 export type MachineConfig = z.infer<typeof machineConfigSchema>;
 
-export const machineStatuses = ['created', 'starting', 'running', 'stopping', 'exited', 'failed'] as const;
-export type MachineStatus = (typeof machineStatuses)[number];
-
-/** The statuses in which a machine has (or should have) a supervisor and a QEMU process. */
-export const liveStatuses: readonly MachineStatus[] = ['starting', 'running', 'stopping'];
-
-/** Whether a machine in this status holds processes (and so cannot be started or removed as is). */
-export function isLive(status: MachineStatus): boolean {
-  return liveStatuses.includes(status);
-}
-
 /**
  * What is happening to it: written by its supervisor, read by everyone else (`state.json`). Only
  * live machines read it, so a change needs no migration, but a new field must stay optional: a
@@ -97,49 +87,7 @@ export const machineStateSchema = z.object({
   networkUid: z.number().int().optional(),
   /** The snapshot this machine was saved into when it stopped (snapshot --stop, hibernation). */
   snapshot: z.string().optional(),
+  /** Milestones of the last start, in ms since the supervisor process started (processStartedAt: its epoch ms); for the start benchmark. */
+  startTimings: z.record(z.string(), z.number()).optional(),
 });
 export type MachineState = z.infer<typeof machineStateSchema>;
-
-/**
- * Every file a machine owns, in one place: its directory in the state directory, and its RAM file
- * in tmpfs (guest RAM lives there so a snapshot can take it without copying it through QEMU).
- */
-export const machineFiles = (id: string) => {
-  const directory = paths.machine(id);
-  return {
-    directory,
-    memoryFile: join(memoryDirectory(), `${id}.ram`),
-    config: join(directory, 'config.json'),
-    state: join(directory, 'state.json'),
-    layerDisk: join(directory, 'layer.ext4'),
-    agentSocket: join(directory, 'agent.sock'),
-    qmpSocket: join(directory, 'qmp.sock'),
-    controlSocket: join(directory, 'control.sock'),
-    consoleLog: join(directory, 'console.log'),
-    processLog: join(directory, 'process.log'),
-    supervisorLog: join(directory, 'supervisor.log'),
-    deviceState: join(directory, 'device-state.bin'),
-    /** QEMU's migration socket, when torpor is not root (as root it is under /run: see network/machine-confinement.ts). */
-    qemuDirectory: join(directory, 'qemu'),
-  };
-};
-
-/** Reads and validates a machine's config.json (throws if it is missing or malformed). */
-export async function readMachineConfig(id: string): Promise<MachineConfig> {
-  return machineConfigSchema.parse(JSON.parse(await readFile(machineFiles(id).config, 'utf8')));
-}
-
-/** Reads a machine's state.json; a machine without one is "created". */
-export async function readMachineState(id: string): Promise<MachineState> {
-  try {
-    return machineStateSchema.parse(JSON.parse(await readFile(machineFiles(id).state, 'utf8')));
-  } catch (error) {
-    if (isNodeError(error, 'ENOENT')) return { status: 'created' };
-    throw error;
-  }
-}
-
-/** Replaces a machine's state.json atomically (readers never see half a file). */
-export async function writeMachineState(id: string, state: MachineState): Promise<void> {
-  await writeJsonAtomic(machineFiles(id).state, state);
-}

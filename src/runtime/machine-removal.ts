@@ -1,7 +1,8 @@
 import { rm, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { paths } from '../state/paths.ts';
-import { machineFiles, type MachineConfig } from './machine-record.ts';
+import { machineFiles } from './machine-files.ts';
+import type { MachineConfig } from './machine-record.ts';
 import { releaseLazyMemory } from './lazy-restore.ts';
 
 /** Deletes everything a machine owns on disk: its directory, its RAM file and its name. */

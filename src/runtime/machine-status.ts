@@ -1,7 +1,8 @@
 import { readdir } from 'node:fs/promises';
 import { paths } from '../state/paths.ts';
 import { isNodeError } from '../util/errors.ts';
-import { isLive, readMachineConfig, readMachineState, type MachineConfig, type MachineState } from './machine-record.ts';
+import { isLive, readMachineConfig, readMachineState } from './machine-files.ts';
+import type { MachineConfig, MachineState } from './machine-record.ts';
 import { qemuAlive, supervisorAlive } from './supervisor-process.ts';
 
 export interface MachineView {
@@ -15,9 +16,12 @@ export async function effectiveState(config: MachineConfig): Promise<MachineStat
   if (!isLive(state.status)) return state;
   if (supervisorAlive(state)) return state;
   if (qemuAlive(config.id, state)) {
-    return { ...state, error: 'its supervisor process died; `torpor stop` or `torpor rm -f` ends the machine' };
+    // QEMU dies with its supervisor (PR_SET_PDEATHSIG, vm/qemu-driver.ts); this is the rare QEMU
+    // whose supervisor died before that was set up, or one started without setpriv.
+    return { ...state, error: 'its supervisor process died and QEMU is left running; `torpor stop` or `torpor rm -f` ends the machine' };
   }
-  return { ...state, status: 'exited', exitCode: state.exitCode ?? 137, error: state.error ?? 'the machine stopped without a trace (its processes were killed)' };
+  const error = state.supervisorPid ? `its supervisor (pid ${state.supervisorPid}) died, and QEMU with it` : 'the machine stopped without a trace (its processes were killed)';
+  return { ...state, status: 'exited', exitCode: state.exitCode ?? 137, error: state.error ?? error };
 }
 
 /** Every machine of this state directory with its effective state, newest first. */

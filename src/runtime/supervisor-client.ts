@@ -1,7 +1,8 @@
 import { TorporError } from '../util/errors.ts';
 import { AgentClient } from '../guest/agent-client.ts';
 import { FrameType, decodeError } from '../guest/protocol.ts';
-import { machineFiles, type MachineConfig } from './machine-record.ts';
+import { machineFiles } from './machine-files.ts';
+import type { MachineConfig } from './machine-record.ts';
 import { effectiveState } from './machine-status.ts';
 import type { ControlRequest, ControlReply } from './control-protocol.ts';
 

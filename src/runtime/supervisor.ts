@@ -7,20 +7,15 @@ import { AgentClient, GuestError, type GuestProcess } from '../guest/agent-clien
 import { FrameDecoder, FrameType, encodeFrame, encodeError, type Frame } from '../guest/protocol.ts';
 import { qemuDriver } from '../vm/qemu-driver.ts';
 import { loadDeviceState, saveDeviceState } from '../vm/migration.ts';
-import { captureSnapshot } from '../snapshot/snapshot-store.ts';
-import { templateMemoryFile } from './template-memory.ts';
+import { recordTemplateMemoryOwner, templateMemoryFile } from './template-memory.ts';
 import type { RunningVm, VmExit } from '../vm/driver.ts';
 import { memoryDirectory } from '../state/paths.ts';
 import { confineMachine, type Confinement } from '../network/machine-confinement.ts';
 import { defaultNetworkPolicy } from '../network/policy.ts';
-import {
-  machineFiles,
-  readMachineConfig,
-  readMachineState,
-  writeMachineState,
-  type MachineConfig,
-  type MachineState,
-} from './machine-record.ts';
+// machine-files, not machine-record: a supervisor lives as long as its machine, and zod would
+// cost each one memory for nothing (its records are torpor's own files).
+import { machineFiles, readMachineConfig, readMachineState, writeMachineState } from './machine-files.ts';
+import type { MachineConfig, MachineState } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
 import { keepWarm } from './warm-memory.ts';
@@ -60,6 +55,8 @@ export class Supervisor {
   private confinement?: Confinement;
   private stopping = false;
   private firstAttach?: () => void;
+  /** A client attached already: it can come before run() waits for it (it sees `running` while the state file is still being synced). */
+  private attachedOnce = false;
   private readonly files;
 
   constructor(private readonly config: MachineConfig) {
@@ -125,6 +122,9 @@ export class Supervisor {
     };
     await this.setState({});
     const started = performance.now();
+    // Where a start's time goes (the start benchmark prints it): ms since this process started.
+    const timings: Record<string, number> = { processStartedAt: Math.round(performance.timeOrigin), run: Math.round(started) };
+    const mark = (name: string) => (timings[name] = Math.round(performance.now()));
     try {
       await mkdir(memoryDirectory(), { recursive: true });
       if (!restore) {
@@ -142,6 +142,7 @@ export class Supervisor {
       if (!restore) await this.confinement.rulesReady;
       const environment = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
       this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), environment), { logPath: this.files.supervisorLog });
+      mark('qmpReady');
       // Recorded with the pid: a claim whose supervisor died before this is stale, and is taken over.
       await this.setState({ qemuPid: this.vm.pid, networkUid: this.confinement.runAs?.uid });
       this.vm.exited.then((exit) => this.onVmExit(exit));
@@ -154,8 +155,10 @@ export class Supervisor {
         if (environment) await confirmPagerServing(this.memoryFile());
         await this.vm.qmp.execute('cont');
         if (environment) this.recordWorkingSet();
+        mark('deviceStateLoaded');
       }
       this.agent = await AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 });
+      mark('agentConnected');
       if (restore) {
         // The restored agent is running already: ask hello and hand over the new clock, RNG seed
         // and name in one go (each round trip is slow while TCG re-translates the guest's code).
@@ -170,8 +173,10 @@ export class Supervisor {
       // A restored main process is followed before anyone can connect: input sent right after the
       // machine shows as running must reach it (it is not started again, so nothing else would flush it).
       if (restore?.mainStream !== undefined && !restore.startMain) this.adoptMain(restore.mainStream);
+      mark('agentAnswered');
       await this.openControlSocket();
-      await this.setState({ status: 'running', readyAt: new Date().toISOString(), bootMs: Math.round(performance.now() - started) });
+      mark('running');
+      await this.setState({ status: 'running', readyAt: new Date().toISOString(), bootMs: Math.round(performance.now() - started), startTimings: timings });
       // Compression threads are loaded by the first snapshot, not here: idle, they would cost every
       // running machine ~70 MiB, and the first snapshot works on the main thread while they load.
     } catch (error) {
@@ -189,7 +194,7 @@ export class Supervisor {
       return;
     }
     if (this.main) return;
-    if (this.state.waitForAttach) {
+    if (this.state.waitForAttach && !this.attachedOnce) {
       // Foreground run: the CLI attaches before the process starts, so it sees every byte.
       await new Promise<void>((resolve) => {
         this.firstAttach = resolve;
@@ -288,6 +293,14 @@ export class Supervisor {
     this.stopping = true;
     await this.setState({ status: 'stopping' });
     const vm = this.vm!;
+    if (this.config.autoRemove) {
+      // A --rm machine's disk and memory are deleted next: nothing to sync, so no guest power-off
+      // to wait for (a round trip and a kernel shutdown under TCG, on every `run --rm`).
+      vm.kill('SIGKILL');
+      await vm.exited;
+      await this.finish({ status: 'exited', exitCode, ...(error ? { error } : {}) });
+      return;
+    }
     try {
       await Promise.race([
         this.agent!.request(FrameType.shutdown, undefined, (frame) => ({ done: frame.type === FrameType.ok })),
@@ -317,6 +330,7 @@ export class Supervisor {
     await this.confinement?.release();
     if (this.config.captureTemplate && patch.status === 'exited') {
       // The template's RAM stays in tmpfs as the base every restore of its descendants copies from.
+      await recordTemplateMemoryOwner();
       await rename(this.memoryFile(), templateMemoryFile(this.config.captureTemplate)).catch(() => rm(this.memoryFile(), { force: true }));
     } else {
       await rm(this.memoryFile(), { force: true });
@@ -411,6 +425,7 @@ export class Supervisor {
         return { ok: true, state: this.state };
       case 'attach':
         client.attachedStream = stream;
+        this.attachedOnce = true;
         this.firstAttach?.();
         this.firstAttach = undefined;
         return { ok: true, state: this.state };
@@ -477,6 +492,9 @@ export class Supervisor {
       const { known, manifest } = await (async () => {
         const known = await knownMemoryOf(this.memoryFile(), this.writeBaseline);
         if (process.env.TORPOR_VERIFY_WRITE_TRACKING === '1' && known.input) await verifyCleanChunks(this.memoryFile(), known.input, known.clean);
+        // Loaded on the first snapshot only: the store brings zstd, xxhash and worker threads, memory
+        // that a machine which is never snapshotted should not carry.
+        const { captureSnapshot } = await import('../snapshot/snapshot-store.ts');
         const manifest = await captureSnapshot({
           knownMemory: known.input,
           name: request.name,

@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectRoot } from '../util/project-root.ts';
 import { Worker } from 'node:worker_threads';
@@ -42,7 +42,10 @@ interface PoolWorker {
  */
 function workerScript(): string {
   const source = join(projectRoot(), 'src', 'snapshot', 'chunk-worker-entry.mjs');
-  return existsSync(source) ? source : join(projectRoot(), 'build', 'chunk-worker.mjs');
+  if (existsSync(source)) return source;
+  // An installed package: the chunk worker of the build it ships (bin/bundles.mjs writes current.json).
+  const current = JSON.parse(readFileSync(join(projectRoot(), 'build', 'current.json'), 'utf8')) as { directory: string };
+  return join(projectRoot(), 'build', current.directory, 'chunk-worker.mjs');
 }
 
 const depthPerWorker = 2;

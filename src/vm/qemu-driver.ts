@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { openSync, closeSync, readFileSync } from 'node:fs';
+import { openSync, closeSync, readFileSync, existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { qemuArguments, qemuBinary } from './qemu-command.ts';
 import { QmpClient } from './qmp.ts';
@@ -15,6 +15,19 @@ function lastLines(path: string, count: number): string {
   }
 }
 
+/**
+ * util-linux's setpriv (essential in Debian, so always there) sets PR_SET_PDEATHSIG and then execs
+ * QEMU: when the process that started QEMU (a machine's supervisor) dies, even by kill -9, the
+ * kernel sends QEMU SIGKILL. A QEMU never outlives its supervisor unseen, still holding its RAM.
+ */
+const parentDeathWrapper = ['/usr/bin/setpriv', '/bin/setpriv'].find((path) => existsSync(path));
+
+/** The command that starts QEMU and ties its life to this process's. */
+export function qemuSpawnCommand(spec: MachineSpec): { file: string; arguments: string[] } {
+  if (!parentDeathWrapper) return { file: qemuBinary(), arguments: qemuArguments(spec) };
+  return { file: parentDeathWrapper, arguments: ['--pdeathsig', 'KILL', '--', qemuBinary(), ...qemuArguments(spec)] };
+}
+
 export const qemuDriver: VmDriver = {
   name: 'qemu',
   async launch(spec: MachineSpec, { logPath }): Promise<RunningVm> {
@@ -23,14 +36,20 @@ export const qemuDriver: VmDriver = {
     const log = openSync(logPath, 'a');
     // With -runas the layer disk goes in as descriptors 3 (read-write) and 4 (read-only): `layerDescriptors`.
     const layer = spec.runAs && spec.layerDisk ? [openSync(spec.layerDisk, 'r+'), openSync(spec.layerDisk, 'r')] : [];
-    const child = spawn(qemuBinary(), qemuArguments(spec), { stdio: ['ignore', log, log, ...layer], env: spec.environment ? { ...process.env, ...spec.environment } : process.env });
+    const command = qemuSpawnCommand(spec);
+    const child = spawn(command.file, command.arguments, { stdio: ['ignore', log, log, ...layer], env: spec.environment ? { ...process.env, ...spec.environment } : process.env });
     closeSync(log);
     for (const fd of layer) closeSync(fd);
     const exited = new Promise<VmExit>((resolve) => {
       child.on('error', (error: NodeJS.ErrnoException) =>
         resolve({ code: null, signal: null, message: error.code === 'ENOENT' ? `${qemuBinary()} is not installed (apt-get install -y qemu-system-x86)` : error.message }),
       );
-      child.on('exit', (code, signal) => resolve({ code, signal, message: lastLines(logPath, 5) }));
+      child.on('exit', (code, signal) => {
+        const message = lastLines(logPath, 5);
+        // setpriv says this when it cannot exec QEMU (the binary is missing).
+        if (code === 127 && message.includes('failed to execute')) resolve({ code, signal, message: `${qemuBinary()} is not installed (apt-get install -y qemu-system-x86)` });
+        else resolve({ code, signal, message });
+      });
     });
     if (!child.pid) {
       const exit = await exited;

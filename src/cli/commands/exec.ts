@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { findMachine, connectToMachine } from '../../runtime/machines.ts';
+import { findMachine } from '../../runtime/machine-names.ts';
+import { connectToMachine } from '../../runtime/supervisor-client.ts';
 import { parseEnvironment } from '../../runtime/run-options.ts';
 import { GuestError } from '../../guest/agent-client.ts';
 import { connectTerminal, terminalSize } from '../terminal.ts';

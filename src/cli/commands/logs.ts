@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import { open } from 'node:fs/promises';
-import { findMachine, effectiveState } from '../../runtime/machines.ts';
-import { isLive, machineFiles } from '../../runtime/machine-record.ts';
+import { findMachine } from '../../runtime/machine-names.ts';
+import { effectiveState } from '../../runtime/machine-status.ts';
+import { isLive, machineFiles } from '../../runtime/machine-files.ts';
 import { rotatedPath } from '../../util/capped-log.ts';
 
 interface LogLine {

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import { listMachines } from '../../runtime/machines.ts';
-import { isLive } from '../../runtime/machine-record.ts';
+import { listMachines } from '../../runtime/machine-status.ts';
+import { isLive } from '../../runtime/machine-files.ts';
 import { printTable, printJson, formatDuration } from '../output.ts';
 
 export function registerPsCommand(program: Command): void {

@@ -1,0 +1,268 @@
+// Start benchmark (run by hand, as root): `torpor run --rm base true`, `torpor ps` / `--version`,
+// starts per minute from a boot template (2 at a time) and host memory per idle machine outside
+// QEMU, side by side in one run for this tree, the tree before the start-path work (OLD_COMMIT, taken
+// with git archive) and podman (runc, a busybox image imported from /bin/busybox). Then a breakdown
+// of one start of this tree: where the time goes. Commit the output under bench/results/.
+//   node --import tsx bench/start.ts [runs]
+// CPU is measured with a cgroup v1 cpuacct group around each command, so it includes what the CLI
+// starts detached (supervisor, QEMU; podman's conmon and runc when they stay in the group).
+import { spawn, execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, rmdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { percentile, sleep, startHostSampler } from './support.ts';
+
+const runs = Number(process.argv[2] ?? 5);
+const OLD_COMMIT = 'fe41baf';
+const root = fileURLToPath(new URL('..', import.meta.url));
+const scratch = mkdtempSync(join(tmpdir(), 'tp-bench-start-'));
+const cgroup = `/sys/fs/cgroup/cpuacct/torpor-bench-start-${process.pid}`;
+const podmanImage = 'localhost/torpor-bench-busybox:latest';
+
+interface System {
+  name: string;
+  command: (args: string[]) => string[];
+  environment: NodeJS.ProcessEnv;
+}
+
+function torporSystem(name: string, tree: string): System {
+  const home = join(scratch, `${name}-home`);
+  const memory = `/dev/shm/torpor-bench-start-${name}-${process.pid}`;
+  return {
+    name,
+    command: (args) => [process.execPath, join(tree, 'bin', 'torpor.js'), ...args],
+    environment: { ...process.env, TORPOR_HOME: home, TORPOR_MEMORY_DIR: memory, TORPOR_NO_BUNDLE: '' },
+  };
+}
+
+const podman: System = {
+  name: 'podman',
+  command: (args) => ['podman', '--runtime', 'runc', ...args],
+  environment: process.env,
+};
+
+/** The tree before this work, from git: the "old path". */
+function oldTree(): string {
+  const tree = join(scratch, 'old-tree');
+  mkdirSync(tree);
+  execFileSync('sh', ['-c', `git -C "${root}" archive ${OLD_COMMIT} | tar -x -C "${tree}"`]);
+  symlinkSync(join(root, 'node_modules'), join(tree, 'node_modules'));
+  return tree;
+}
+
+function preparePodman(): boolean {
+  try {
+    execFileSync('podman', ['--version'], { stdio: 'ignore' });
+  } catch {
+    return false;
+  }
+  try {
+    execFileSync('podman', ['image', 'exists', podmanImage]);
+  } catch {
+    const rootfs = join(scratch, 'busybox-rootfs');
+    mkdirSync(join(rootfs, 'bin'), { recursive: true });
+    execFileSync('cp', ['/bin/busybox', join(rootfs, 'bin', 'busybox')]);
+    for (const name of ['sh', 'true', 'sleep']) symlinkSync('busybox', join(rootfs, 'bin', name));
+    execFileSync('sh', ['-c', `tar -C "${rootfs}" -cf "${scratch}/busybox.tar" . && podman import "${scratch}/busybox.tar" ${podmanImage}`], { stdio: 'ignore' });
+  }
+  return true;
+}
+
+const cgroupAvailable = (() => {
+  try {
+    mkdirSync(cgroup);
+    return true;
+  } catch {
+    return false;
+  }
+})();
+const cpuUsageMs = () => (cgroupAvailable ? Number(readFileSync(join(cgroup, 'cpuacct.usage'), 'utf8')) / 1e6 : NaN);
+
+/** Runs a command (and whatever it starts) inside the bench's cpuacct group; resolves with its wall time. */
+function timed(system: System, args: string[]): Promise<{ wallMs: number; code: number; output: string }> {
+  const [file, ...rest] = system.command(args);
+  const started = performance.now();
+  return new Promise((resolve, reject) => {
+    const child = cgroupAvailable
+      ? spawn('sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec "$@"`, 'sh', file!, ...rest], { env: system.environment })
+      : spawn(file!, rest, { env: system.environment });
+    let output = '';
+    let errors = '';
+    child.stdout.on('data', (chunk) => (output += chunk));
+    child.stderr.on('data', (chunk) => (errors += chunk));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ wallMs: performance.now() - started, code: code ?? -1, output: code === 0 ? output : output + errors }));
+  });
+}
+
+async function measure(system: System, args: string[], count: number): Promise<{ wall: number[]; cpu: number[] }> {
+  const wall: number[] = [];
+  const cpu: number[] = [];
+  for (let index = 0; index < count; index++) {
+    const before = cpuUsageMs();
+    const result = await timed(system, args);
+    if (result.code !== 0) throw new Error(`${system.name} ${args.join(' ')} failed (${result.code}): ${result.output}`);
+    await sleep(150); // a detached supervisor's last steps after the CLI returned
+    wall.push(result.wallMs);
+    cpu.push(cpuUsageMs() - before);
+  }
+  return { wall, cpu };
+}
+
+async function startsPerMinute(system: System, args: string[], total: number, parallel: number): Promise<{ perMinute: number; cpuPerStart: number }> {
+  const before = cpuUsageMs();
+  const started = performance.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: parallel }, async () => {
+      while (next < total) {
+        next++;
+        const result = await timed(system, args);
+        if (result.code !== 0) throw new Error(`${system.name} failed: ${result.output}`);
+      }
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  return { perMinute: (total / seconds) * 60, cpuPerStart: (cpuUsageMs() - before) / total };
+}
+
+const kib = (text: string, field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
+
+/** Idle machines' supervisors (all they own outside QEMU) and QEMU's own memory apart from guest RAM. */
+async function idleMemory(system: System, count: number): Promise<{ supervisorPrivate: number; supervisorPss: number; supervisorRss: number; qemuOwn: number; qemuGuest: number }> {
+  const names: string[] = [];
+  for (let index = 0; index < count; index++) {
+    const result = await timed(system, ['run', '-d', '--name', `idle${index}`, 'base', 'sleep', '100000']);
+    if (result.code !== 0) throw new Error(`run -d failed: ${result.output}`);
+    names.push(`idle${index}`);
+  }
+  await sleep(3000);
+  const machines = JSON.parse((await timed(system, ['ps', '--json'])).output) as Array<{ state: { supervisorPid: number; qemuPid: number } }>;
+  const totals = { supervisorPrivate: 0, supervisorPss: 0, supervisorRss: 0, qemuOwn: 0, qemuGuest: 0 };
+  for (const { state } of machines) {
+    const supervisor = readFileSync(`/proc/${state.supervisorPid}/smaps_rollup`, 'utf8');
+    totals.supervisorPrivate += kib(supervisor, 'Private_Clean') + kib(supervisor, 'Private_Dirty');
+    totals.supervisorPss += kib(supervisor, 'Pss');
+    totals.supervisorRss += kib(supervisor, 'Rss');
+    const qemu = readFileSync(`/proc/${state.qemuPid}/status`, 'utf8');
+    totals.qemuOwn += kib(qemu, 'RssAnon') + kib(qemu, 'RssFile');
+    totals.qemuGuest += kib(qemu, 'RssShmem');
+  }
+  await timed(system, ['rm', '-f', ...names]);
+  const per = (value: number) => value / 1024 / machines.length;
+  return {
+    supervisorPrivate: per(totals.supervisorPrivate),
+    supervisorPss: per(totals.supervisorPss),
+    supervisorRss: per(totals.supervisorRss),
+    qemuOwn: per(totals.qemuOwn),
+    qemuGuest: per(totals.qemuGuest),
+  };
+}
+
+/** One `run --rm base true` of this tree, through the library, with the supervisor's milestones. */
+async function breakdown(system: System): Promise<Record<string, number>> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'bench', 'start-breakdown.ts')], { env: system.environment, stdio: ['ignore', 'pipe', 'inherit'] });
+  let output = '';
+  child.stdout.on('data', (chunk) => (output += chunk));
+  await new Promise((resolve) => child.on('close', resolve));
+  return JSON.parse(output) as Record<string, number>;
+}
+
+const median = (values: number[]) => percentile(values, 50);
+const row = (cells: string[]) => cells.map((cell, index) => (index === 0 ? cell.padEnd(34) : cell.padStart(14))).join('');
+const f = (value: number, unit = 'ms') => (Number.isFinite(value) ? `${value.toFixed(0)} ${unit}` : '-');
+
+const systems: System[] = [torporSystem('old', oldTree()), torporSystem('new', root)];
+const withPodman = preparePodman();
+if (withPodman) systems.push(podman);
+const stopSampler = startHostSampler('torpor-bench-start');
+const out: string[] = [];
+const print = (line: string) => {
+  out.push(line);
+  process.stdout.write(line + '\n');
+};
+
+try {
+  // Warm-up: bundles, the base image and its boot template are made once, outside the measurements.
+  // podman's runc cannot raise rlimits in this sandbox: ask for ones it can set (host-facts.md).
+  const runArgs = (system: System) => (system === podman ? ['run', '--rm', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024', podmanImage, 'true'] : ['run', '--rm', 'base', 'true']);
+  for (const system of systems) {
+    const warm = await timed(system, runArgs(system));
+    if (warm.code !== 0) throw new Error(`${system.name} warm-up failed: ${warm.output}`);
+  }
+  const results = new Map<string, Record<string, number>>();
+  for (const system of systems) results.set(system.name, {});
+  // Interleaved: each round measures every system once, so the host's load falls on all alike.
+  const samples = new Map<string, Record<string, { wall: number[]; cpu: number[] }>>();
+  for (const system of systems) samples.set(system.name, { run: { wall: [], cpu: [] }, ps: { wall: [], cpu: [] }, version: { wall: [], cpu: [] } });
+  for (let round = 0; round < runs; round++) {
+    for (const system of systems) {
+      const mine = samples.get(system.name)!;
+      const add = (key: string, value: { wall: number[]; cpu: number[] }) => {
+        mine[key]!.wall.push(...value.wall);
+        mine[key]!.cpu.push(...value.cpu);
+      };
+      add('run', await measure(system, runArgs(system), 1));
+      add('ps', await measure(system, ['ps'], 2));
+      add('version', await measure(system, ['--version'], 2));
+    }
+  }
+  const perMinute = new Map<string, { perMinute: number; cpuPerStart: number }>();
+  for (const system of systems) perMinute.set(system.name, await startsPerMinute(system, runArgs(system), Math.max(6, runs * 2), 2));
+  const memory = new Map<string, Awaited<ReturnType<typeof idleMemory>>>();
+  for (const system of systems) if (system !== podman) memory.set(system.name, await idleMemory(system, 3));
+  const parts = await breakdown(systems[1]!);
+  const host = stopSampler();
+
+  print(`# start benchmark, ${new Date().toISOString()}, TCG, ${runs} rounds (medians), load average ${host.loadStart.toFixed(1)} at start, max ${host.loadMax.toFixed(1)}, other QEMUs up to ${host.foreignQemuMax}`);
+  print(`# old = ${OLD_COMMIT} (before this work), new = this tree, podman = podman --runtime runc, busybox image; CPU from a cpuacct cgroup${cgroupAvailable ? '' : ' (unavailable: CPU not measured)'}`);
+  print(row(['', ...systems.map((system) => system.name)]));
+  const line = (label: string, value: (name: string) => string) => print(row([label, ...systems.map((system) => value(system.name))]));
+  line('run --rm true, wall', (name) => f(median(samples.get(name)!.run!.wall)));
+  line('run --rm true, CPU (all processes)', (name) => f(median(samples.get(name)!.run!.cpu)));
+  line('ps, wall', (name) => f(median(samples.get(name)!.ps!.wall)));
+  line('ps, CPU', (name) => f(median(samples.get(name)!.ps!.cpu)));
+  line('--version, wall', (name) => f(median(samples.get(name)!.version!.wall)));
+  line('--version, CPU', (name) => f(median(samples.get(name)!.version!.cpu)));
+  line('starts per minute, 2 at a time', (name) => f(perMinute.get(name)!.perMinute, '/min'));
+  line('CPU per start at that rate', (name) => f(perMinute.get(name)!.cpuPerStart));
+  line('idle supervisor, private memory', (name) => (memory.has(name) ? f(memory.get(name)!.supervisorPrivate, 'MiB') : '-'));
+  line('idle supervisor, PSS', (name) => (memory.has(name) ? f(memory.get(name)!.supervisorPss, 'MiB') : '-'));
+  line('idle supervisor, RSS', (name) => (memory.has(name) ? f(memory.get(name)!.supervisorRss, 'MiB') : '-'));
+  line('QEMU own RSS (not guest RAM)', (name) => (memory.has(name) ? f(memory.get(name)!.qemuOwn, 'MiB') : '-'));
+  line('QEMU guest RAM resident (tmpfs)', (name) => (memory.has(name) ? f(memory.get(name)!.qemuGuest, 'MiB') : '-'));
+  print('');
+  print('# where one `run --rm base true` of the new tree spends its time (ms from the start of the call; library, not CLI)');
+  for (const [name, value] of Object.entries(parts)) print(row([name, f(value)]));
+  writeFileSync(join(root, 'bench', 'results', `start-${new Date().toISOString().slice(0, 10)}-tcg.txt`), out.join('\n') + '\n');
+} catch (error) {
+  process.stderr.write(`bench failed: ${(error as Error).stack ?? String(error)}\n`);
+  process.exitCode = 1;
+} finally {
+  for (const system of systems) {
+    if (system === podman) continue;
+    // Every machine left (a failed start, idle ones): by pid, through the tree's own CLI.
+    const left = await timed(system, ['ps', '-a', '-q']).catch(() => undefined);
+    const ids = left?.output.split('\n').filter(Boolean) ?? [];
+    if (ids.length > 0) await timed(system, ['rm', '-f', ...ids]).catch(() => undefined);
+    await timed(system, ['system', 'prune', '--force']).catch(() => undefined);
+    rmSync(system.environment.TORPOR_MEMORY_DIR!, { recursive: true, force: true });
+  }
+  await sleep(1000); // supervisors of removed machines finish their last writes
+  try {
+    rmSync(scratch, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+  } catch (error) {
+    process.stderr.write(`could not remove ${scratch}: ${(error as Error).message}\n`);
+  }
+  if (cgroupAvailable) {
+    for (let attempt = 0; attempt < 50 && existsSync(cgroup); attempt++) {
+      try {
+        rmdirSync(cgroup);
+      } catch {
+        await sleep(100);
+      }
+    }
+  }
+  void loadavg;
+}

@@ -1,0 +1,112 @@
+import { lstat, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { paths, stateHome, memoryDirectory } from '../state/paths.ts';
+import { listImages } from '../image/image-store.ts';
+import { collectGarbage, storeUsage } from '../snapshot/snapshot-store.ts';
+import { isLive } from './machine-files.ts';
+import { listMachines } from './machine-status.ts';
+import { removeMachine } from './machine-stop.ts';
+import { machineFiles } from './machine-files.ts';
+import { allocatedBytes, dropTemplateMemory, freeOrphanedTemplateMemory, templateMemoryFiles, type TemplateMemoryFile } from './template-memory.ts';
+
+/** Bytes a directory tree really takes on disk (blocks, not sizes: disks and RAM files are sparse). */
+export async function allocatedSize(path: string): Promise<number> {
+  let status;
+  try {
+    status = await lstat(path);
+  } catch {
+    return 0;
+  }
+  if (!status.isDirectory()) return status.blocks * 512;
+  let total = status.blocks * 512;
+  for (const name of await readdir(path).catch(() => [] as string[])) total += await allocatedSize(join(path, name));
+  return total;
+}
+
+export interface SystemUsage {
+  stateDirectory: string;
+  memoryDirectory: string;
+  stateDirectoryBytes: number;
+  machines: { count: number; live: number; bytes: number; reclaimableBytes: number };
+  images: { count: number; bytes: number };
+  snapshots: { count: number; chunks: number; chunkBytes: number; bytes: number };
+  /** RAM in tmpfs: live machines' guest memory, stopped machines' leftovers, boot template caches */
+  memory: {
+    machines: { count: number; bytes: number; reclaimableBytes: number };
+    templates: { count: number; bytes: number; files: TemplateMemoryFile[] };
+  };
+}
+
+/** What this state directory and its tmpfs RAM hold (`torpor system df`). */
+export async function systemUsage(): Promise<SystemUsage> {
+  const machines = await listMachines();
+  let machineBytes = 0;
+  let reclaimableMachineBytes = 0;
+  let ramCount = 0;
+  let ramBytes = 0;
+  let reclaimableRam = 0;
+  for (const { config, state } of machines) {
+    const bytes = await allocatedSize(machineFiles(config.id).directory);
+    const ram = await allocatedBytes(machineFiles(config.id).memoryFile);
+    machineBytes += bytes;
+    if (ram > 0) {
+      ramCount++;
+      ramBytes += ram;
+    }
+    if (!isLive(state.status) && state.status !== 'created') {
+      reclaimableMachineBytes += bytes;
+      reclaimableRam += ram;
+    }
+  }
+  const store = await storeUsage();
+  const templates = await templateMemoryFiles();
+  return {
+    stateDirectory: stateHome(),
+    memoryDirectory: memoryDirectory(),
+    stateDirectoryBytes: await allocatedSize(stateHome()),
+    machines: { count: machines.length, live: machines.filter(({ state }) => isLive(state.status)).length, bytes: machineBytes, reclaimableBytes: reclaimableMachineBytes },
+    images: { count: (await listImages()).length, bytes: await allocatedSize(paths.images()) },
+    snapshots: { count: store.snapshots.length, chunks: store.chunks, chunkBytes: store.bytes, bytes: await allocatedSize(paths.snapshots()) },
+    memory: {
+      machines: { count: ramCount, bytes: ramBytes, reclaimableBytes: reclaimableRam },
+      templates: { count: templates.length, bytes: templates.reduce((sum, file) => sum + file.allocatedBytes, 0), files: templates },
+    },
+  };
+}
+
+export interface PruneResult {
+  machines: { removed: string[]; bytes: number };
+  snapshotChunks: { removed: number; bytes: number };
+  templateMemory: { files: number; bytes: number; kept?: string };
+  orphanedTemplateMemory: { files: number; bytes: number };
+}
+
+/**
+ * Frees what nothing needs (`torpor system prune`): stopped machines (their directories and RAM),
+ * snapshot chunks no snapshot references, this state directory's boot template RAM caches (they
+ * are rebuilt from the snapshot store on the next start that misses them), and template RAM of
+ * state directories that no longer exist. Running machines, images and snapshots are kept.
+ */
+export async function pruneSystem(): Promise<PruneResult> {
+  const removed: string[] = [];
+  let machineBytes = 0;
+  const machines = await listMachines();
+  for (const { config, state } of machines) {
+    // `created` is left alone: a `torpor run` may be between creating its machine and starting it.
+    if (state.status !== 'exited' && state.status !== 'failed') continue;
+    const bytes = (await allocatedSize(machineFiles(config.id).directory)) + (await allocatedBytes(machineFiles(config.id).memoryFile));
+    await removeMachine(config);
+    removed.push(config.name);
+    machineBytes += bytes;
+  }
+  const garbage = await collectGarbage();
+  // A machine being started may be copying from the template RAM right now.
+  const starting = machines.some(({ state }) => state.status === 'starting');
+  const templateMemory = starting ? { files: 0, bytes: 0, kept: 'a machine is starting and may be reading it' } : await dropTemplateMemory();
+  return {
+    machines: { removed, bytes: machineBytes },
+    snapshotChunks: { removed: garbage.removedChunks, bytes: garbage.freedBytes },
+    templateMemory,
+    orphanedTemplateMemory: await freeOrphanedTemplateMemory(),
+  };
+}
