@@ -15,6 +15,7 @@ import type { SessionManager } from "../session/session-manager.ts";
 import { answerError, answerNotFound } from "./errors.ts";
 import { headers } from "./headers.ts";
 import { createSessionRoutes } from "./session-routes.ts";
+import { createDashboardRoutes } from "../dashboard/dashboard-routes.ts";
 
 export { headers } from "./headers.ts";
 
@@ -207,5 +208,6 @@ export function createApp(options: ApiOptions): Hono {
   });
 
   if (options.sessions) app.route("/v1/sessions", createSessionRoutes(options.sessions));
+  if (options.sessions) app.route("/", createDashboardRoutes({ sessions: options.sessions, heartbeatMs }));
   return app;
 }

@@ -4,6 +4,7 @@ import type { Hono } from "hono";
 import { openContextLog, type ContextLog, type ContextLogOptions } from "../context/index.ts";
 import { SessionManager, type SessionManagerOptions } from "../session/session-manager.ts";
 import { createApp, type ApiOptions } from "./app.ts";
+import { withDashboardLogin } from "../dashboard/dashboard-login.ts";
 
 export interface StartApiServerOptions extends Omit<ApiOptions, "log" | "sessions">, ContextLogOptions {
   /** Port to listen on; 0 picks a free one. Default 7070. */
@@ -39,7 +40,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   let address: AddressInfo;
   try {
     ({ server, address } = await new Promise<{ server: ServerType; address: AddressInfo }>((resolve, reject) => {
-      const created = serve({ fetch: app.fetch, port: options.port ?? 7070, hostname: host }, (info) => resolve({ server: created, address: info }));
+      const created = serve({ fetch: withDashboardLogin(app.fetch), port: options.port ?? 7070, hostname: host }, (info) => resolve({ server: created, address: info }));
       created.once("error", reject);
     }));
   } catch (error) {
