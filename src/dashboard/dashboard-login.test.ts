@@ -42,7 +42,8 @@ test('wrong, empty, oversized or non-JSON tokens are refused, and no cookie is s
 });
 
 test('sign-in from another site or origin is refused even with the right token (login CSRF)', async () => {
-  for (const headers of [{ origin: 'http://evil.example' }, { 'sec-fetch-site': 'cross-site' }, { 'sec-fetch-site': 'same-site' }, { origin: 'http://127.0.0.1:7071' }]) {
+  const attempts: Array<Record<string, string>> = [{ origin: 'http://evil.example' }, { 'sec-fetch-site': 'cross-site' }, { 'sec-fetch-site': 'same-site' }, { origin: 'http://127.0.0.1:7071' }];
+  for (const headers of attempts) {
     const response = await signIn(token, headers);
     assert.equal(response.status, 403, JSON.stringify(headers));
     assert.equal(response.headers.get('set-cookie'), null);

@@ -143,7 +143,7 @@ test('the sessions table follows a session live as it hibernates, wakes and hibe
     new MutationObserver(note).observe(document.body, { subtree: true, attributes: true, childList: true });
   })()`);
   await row.and(page.locator('[data-state="hibernated"]')).waitFor({ timeout: 60_000 });
-  await page.screenshot({ path: join(screenshotDirectory, 'dashboard-sessions.png') });
+  assert.equal(await page.getByText('Loading the dashboard').count(), 0, 'the shell placeholder is replaced');
   // A message from elsewhere (the API) wakes it; the table shows the wake and the next hibernation without a reload.
   await api(`/v1/sessions/${sessionId}/messages`, { method: 'POST', body: JSON.stringify({ content: 'from the api' }) });
   await row.locator('td[data-label="Turns"]').filter({ hasText: '1' }).waitFor({ timeout: 30_000 });
@@ -227,7 +227,12 @@ test('fork and delete from the table, each behind a confirmation, by keyboard', 
 });
 
 test('machines, snapshots and host pages; the sessions table at phone width', async () => {
+  // A fork starts hibernated on the same snapshot (no machine), so the table shows a family.
+  await api(`/v1/sessions/${sessionId}/fork`, { method: 'POST', body: JSON.stringify({ name: 'browser-chat-fork' }) });
   const { context, page, errors } = await signedInPage();
+  await page.locator(`tr[data-session="${sessionId}"]`).waitFor();
+  await page.locator('tr[data-session]').filter({ hasText: 'browser-chat-fork' }).waitFor();
+  await page.screenshot({ path: join(screenshotDirectory, 'dashboard-sessions.png') });
   await page.getByRole('link', { name: 'Machines' }).click();
   await page.getByRole('heading', { name: 'Snapshots' }).waitFor();
   const snapshotRow = page.locator('tr').filter({ hasText: `session-${sessionId}` }).first();

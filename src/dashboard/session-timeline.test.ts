@@ -46,7 +46,7 @@ test('states become spans; wakes get their latency; each turn gets the wake befo
     timeline.marks.map((mark) => mark.kind),
     ['snapshot', 'recovery'],
   );
-  assert.match(timeline.marks[0]!.label, /\+4096 B in 120 ms/);
+  assert.match(timeline.marks[0]!.label, /\+4\.0 KiB new in 120 ms/);
 });
 
 test('a history that starts mid-life (a fork) does not invent turns it did not see', () => {

@@ -4,6 +4,19 @@ import type { HistoryEvent, SessionTimeline, StateSpan, TimelineMark, TurnPoint 
 const recoveryNote = /recovered from snapshot|rebuilt on a fresh machine/;
 const crashNote = /stopped unexpectedly|exited|could not restore|unusable|had failed|could not hibernate/;
 
+/** Bytes as people read them; the timeline's labels are plain text. */
+function readableBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${value.toFixed(1)} ${units[unit]}`;
+}
+
 const between = (from: string, to: string) => Date.parse(to) - Date.parse(from);
 
 /**
@@ -42,7 +55,7 @@ export function buildTimeline(history: readonly HistoryEvent[]): SessionTimeline
     } else if (event.kind === 'snapshot') {
       snapshots.push({ at: event.at, snapshot: event.snapshot, newBytes: event.newBytes, milliseconds: event.milliseconds });
       if (event.referencedBytes !== undefined) storedBytes = event.referencedBytes;
-      const size = event.newBytes === undefined ? '' : ` +${event.newBytes} B`;
+      const size = event.newBytes === undefined ? '' : ` +${readableBytes(event.newBytes)} new`;
       const took = event.milliseconds === undefined ? '' : ` in ${Math.round(event.milliseconds)} ms`;
       marks.push({ at: event.at, kind: 'snapshot', label: `snapshot${size}${took}` });
     } else if (event.kind === 'note') {

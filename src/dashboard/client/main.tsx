@@ -49,4 +49,7 @@ function App() {
   );
 }
 
-render(<App />, document.getElementById('app')!);
+const container = document.getElementById('app')!;
+// The shell's "Loading…" placeholder is not Preact's: render does not replace it, so clear it first.
+container.textContent = '';
+render(<App />, container);

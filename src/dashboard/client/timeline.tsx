@@ -41,7 +41,7 @@ export function Timeline({ timeline, now }: { timeline: SessionTimeline; now: nu
 function SpanItem({ span, now }: { span: StateSpan; now: number }) {
   const duration = end(span, now) - Date.parse(span.from);
   return (
-    <li class={`span state-${span.state}`} data-state={span.state}>
+    <li class="span" data-state={span.state}>
       <time dateTime={span.from}>{formatTime(span.from)}</time> <span class={`badge state-${span.state}`}>{span.state}</span> {span.to ? formatDuration(duration) : `for ${formatDuration(duration)} (now)`}
       {span.wakeAt && <span class="muted"> · rate-limit sleep until {formatTime(span.wakeAt)}</span>}
     </li>
