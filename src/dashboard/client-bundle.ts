@@ -44,7 +44,11 @@ async function buildClientAssets(): Promise<ClientAssets> {
     // Resolve preact from this checkout, wherever the server process was started from.
     nodePaths: [join(projectRoot(), 'node_modules')],
   });
-  const asset = (body: string, contentType: string): ClientAsset => ({ body, contentType, etag: `"${createHash('sha256').update(body).digest('base64url').slice(0, 22)}"` });
+  const asset = (body: string, contentType: string): ClientAsset => ({
+    body,
+    contentType,
+    etag: `"${createHash('sha256').update(body).digest('base64url').slice(0, 22)}"`,
+  });
   const output = (name: string) => {
     const file = result.outputFiles.find((each) => each.path === `/${name}`);
     if (!file) throw new Error(`the dashboard bundle has no ${name}`);

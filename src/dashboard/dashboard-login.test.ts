@@ -11,9 +11,11 @@ const token = `torpor_${randomBytes(32).toString('base64url')}`;
 const origin = 'http://127.0.0.1:7070';
 
 /** What reaches the server behind the wrapper: the path and the Authorization it carries. */
-const inner = async (request: Request) => Response.json({ path: new URL(request.url).pathname, authorization: request.headers.get('authorization'), body: request.body ? await request.text() : null });
+const inner = async (request: Request) =>
+  Response.json({ path: new URL(request.url).pathname, authorization: request.headers.get('authorization'), body: request.body ? await request.text() : null });
 const front = withDashboardLogin(inner, { token: () => token });
-const call = (path: string, init: RequestInit = {}) => front(new Request(origin + path, { ...init, headers: { host: '127.0.0.1:7070', ...(init.headers ?? {}) } }));
+const call = (path: string, init: RequestInit = {}) =>
+  front(new Request(origin + path, { ...init, headers: { host: '127.0.0.1:7070', ...(init.headers ?? {}) } }));
 
 async function signIn(presented: string, headers: Record<string, string> = {}): Promise<Response> {
   return call('/ui/login', { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ token: presented }) });
@@ -42,7 +44,12 @@ test('wrong, empty, oversized or non-JSON tokens are refused, and no cookie is s
 });
 
 test('sign-in from another site or origin is refused even with the right token (login CSRF)', async () => {
-  const attempts: Array<Record<string, string>> = [{ origin: 'http://evil.example' }, { 'sec-fetch-site': 'cross-site' }, { 'sec-fetch-site': 'same-site' }, { origin: 'http://127.0.0.1:7071' }];
+  const attempts: Array<Record<string, string>> = [
+    { origin: 'http://evil.example' },
+    { 'sec-fetch-site': 'cross-site' },
+    { 'sec-fetch-site': 'same-site' },
+    { origin: 'http://127.0.0.1:7071' },
+  ];
   for (const headers of attempts) {
     const response = await signIn(token, headers);
     assert.equal(response.status, 403, JSON.stringify(headers));
@@ -70,15 +77,25 @@ test('pages redirect to the login page; data routes answer 401; the login page a
 test('a valid cookie reaches the server as a bearer token; requests without one pass through untouched', async () => {
   const withCookie = (await (await call('/v1/sessions', { headers: { cookie: `other=1; torpor_token=${token}` } })).json()) as { authorization: string };
   assert.equal(withCookie.authorization, `Bearer ${token}`);
-  const posted = (await (await call('/v1/sessions/s-1/messages', { method: 'POST', headers: { cookie: `torpor_token=${token}`, 'content-type': 'application/json' }, body: '{"content":"hi"}' })).json()) as {
+  const posted = (await (
+    await call('/v1/sessions/s-1/messages', {
+      method: 'POST',
+      headers: { cookie: `torpor_token=${token}`, 'content-type': 'application/json' },
+      body: '{"content":"hi"}',
+    })
+  ).json()) as {
     authorization: string;
     body: string;
   };
   assert.deepEqual([posted.authorization, posted.body], [`Bearer ${token}`, '{"content":"hi"}']);
   // A client's own bearer header is left as it is, and so is a request with a forged cookie.
-  const own = (await (await call('/v1/logs', { headers: { authorization: 'Bearer torpor_client', cookie: `torpor_token=${token}` } })).json()) as { authorization: string };
+  const own = (await (await call('/v1/logs', { headers: { authorization: 'Bearer torpor_client', cookie: `torpor_token=${token}` } })).json()) as {
+    authorization: string;
+  };
   assert.equal(own.authorization, 'Bearer torpor_client');
-  const forged = (await (await call('/v1/logs', { headers: { cookie: 'torpor_token=torpor_forged_forged_forged_forged' } })).json()) as { authorization: string | null };
+  const forged = (await (await call('/v1/logs', { headers: { cookie: 'torpor_token=torpor_forged_forged_forged_forged' } })).json()) as {
+    authorization: string | null;
+  };
   assert.equal(forged.authorization, null);
   assert.equal((await call('/', { headers: { cookie: `torpor_token=${token}`, accept: 'text/html' } })).status, 200);
 });

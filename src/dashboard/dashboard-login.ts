@@ -25,7 +25,8 @@ const pagePath = /^\/(?:|sessions(?:\/[^/]*)?|machines|host)\/?$/;
 const publicAssets: Record<string, keyof ClientAssets> = { '/ui/app.js': 'app.js', '/ui/login.js': 'login.js', '/ui/app.css': 'app.css' };
 
 export const securityHeaders: Record<string, string> = {
-  'content-security-policy': "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+  'content-security-policy':
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
   'x-content-type-options': 'nosniff',
   'referrer-policy': 'no-referrer',
   'x-frame-options': 'DENY',
@@ -95,7 +96,10 @@ function bearerOf(request: Request): string | undefined {
 }
 
 function json(status: number, code: string, message: string, hint?: string, headers: Record<string, string> = {}): Response {
-  return new Response(JSON.stringify({ error: { code, message, ...(hint ? { hint } : {}) } }), { status, headers: { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers } });
+  return new Response(JSON.stringify({ error: { code, message, ...(hint ? { hint } : {}) } }), {
+    status,
+    headers: { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers },
+  });
 }
 
 /** Over TLS directly, or behind a proxy that says the browser used https. */
@@ -139,7 +143,8 @@ async function readLoginBody(request: Request): Promise<string | undefined> {
  * without a valid credential redirect to /login; the dashboard's data routes answer 401.
  */
 export function withDashboardLogin<F extends Fetch>(next: F, options: DashboardLoginOptions = {}): F {
-  const expected = typeof options.token === 'function' ? options.token : options.token !== undefined ? () => options.token as string : () => stateDirectoryToken();
+  const expected =
+    typeof options.token === 'function' ? options.token : options.token !== undefined ? () => options.token as string : () => stateDirectoryToken();
   const valid = (presented: string | undefined) => presented !== undefined && presented !== '' && sameToken(presented, expected());
 
   const wrapped = async (request: Request, ...rest: never[]): Promise<Response> => {
@@ -151,22 +156,38 @@ export function withDashboardLogin<F extends Fetch>(next: F, options: DashboardL
     if (reading && publicAssets[path]) {
       const asset = (await clientAssets())[publicAssets[path]];
       if (request.headers.get('if-none-match') === asset.etag) return new Response(null, { status: 304, headers: { etag: asset.etag } });
-      return new Response(method === 'HEAD' ? null : asset.body, { headers: { 'content-type': asset.contentType, etag: asset.etag, 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff' } });
+      return new Response(method === 'HEAD' ? null : asset.body, {
+        headers: { 'content-type': asset.contentType, etag: asset.etag, 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff' },
+      });
     }
     const cookie = readCookie(request.headers.get('cookie'), cookieName);
     const cookieValid = valid(cookie);
     if (reading && path === '/login') {
       if (cookieValid) return new Response(null, { status: 303, headers: { location: '/' } });
-      return new Response(method === 'HEAD' ? null : loginPage, { headers: { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', ...securityHeaders } });
+      return new Response(method === 'HEAD' ? null : loginPage, {
+        headers: { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', ...securityHeaders },
+      });
     }
     if (path === '/ui/login' || path === '/ui/logout') {
       if (method !== 'POST') return json(405, 'method-not-allowed', `${path} takes POST`, undefined, { allow: 'POST' });
-      if (!sameOrigin(request, url)) return json(403, 'origin-not-allowed', 'sign-in and sign-out are accepted only from this server’s own pages', 'open the dashboard at this server’s address');
+      if (!sameOrigin(request, url))
+        return json(
+          403,
+          'origin-not-allowed',
+          'sign-in and sign-out are accepted only from this server’s own pages',
+          'open the dashboard at this server’s address',
+        );
       const secure = isSecure(request, url);
-      if (path === '/ui/logout') return new Response(null, { status: 204, headers: { 'set-cookie': cookieHeader('', 0, secure), 'cache-control': 'no-store' } });
+      if (path === '/ui/logout')
+        return new Response(null, { status: 204, headers: { 'set-cookie': cookieHeader('', 0, secure), 'cache-control': 'no-store' } });
       const presented = await readLoginBody(request);
       if (!valid(presented)) {
-        return json(401, 'unauthorized', 'that is not this server’s token', 'paste the full-access token from api/token in the server’s state directory (it starts with torpor_)');
+        return json(
+          401,
+          'unauthorized',
+          'that is not this server’s token',
+          'paste the full-access token from api/token in the server’s state directory (it starts with torpor_)',
+        );
       }
       return new Response(null, { status: 204, headers: { 'set-cookie': cookieHeader(presented!, cookieMaxAgeSeconds, secure), 'cache-control': 'no-store' } });
     }
@@ -179,7 +200,9 @@ export function withDashboardLogin<F extends Fetch>(next: F, options: DashboardL
         return new Response(null, { status: 303, headers: { location: '/login', 'cache-control': 'no-store' } });
       }
       if (!authenticated) {
-        return json(401, 'unauthorized', 'sign in first', 'open /login in a browser, or send `Authorization: Bearer TOKEN`', { 'www-authenticate': 'Bearer realm="torpor"' });
+        return json(401, 'unauthorized', 'sign in first', 'open /login in a browser, or send `Authorization: Bearer TOKEN`', {
+          'www-authenticate': 'Bearer realm="torpor"',
+        });
       }
     }
     if (bearer === undefined && cookieValid) {

@@ -135,7 +135,12 @@ export function createDashboardRoutes(options: DashboardRoutesOptions): Hono {
       cpu: { model: processors[0]?.model ?? 'unknown', count: processors.length, loadAverage: loadavg() },
       memory: { totalBytes: totalmem(), freeBytes: freemem() },
       tmpfs,
-      store: { path: stateHome(), chunks: usage.chunks, bytes: usage.bytes, ...(disk ? { diskTotalBytes: disk.totalBytes, diskFreeBytes: disk.freeBytes } : {}) },
+      store: {
+        path: stateHome(),
+        chunks: usage.chunks,
+        bytes: usage.bytes,
+        ...(disk ? { diskTotalBytes: disk.totalBytes, diskFreeBytes: disk.freeBytes } : {}),
+      },
       accelerator,
       doctor,
     };
@@ -152,7 +157,11 @@ export function createDashboardRoutes(options: DashboardRoutesOptions): Hono {
         stream.writeSSE({ event: 'session', id: String(sequence++), data: JSON.stringify(sessionView(record, usage)) }).catch(() => undefined);
       const onChange = (record: AgentSessionRecord) => {
         // Stored bytes change only with a new snapshot: look them up then, not on every change.
-        if (record.state === 'hibernated' || record.state === 'deleted') void storeUsage().then((usage) => send(record, usage.snapshots), () => send(record));
+        if (record.state === 'hibernated' || record.state === 'deleted')
+          void storeUsage().then(
+            (usage) => send(record, usage.snapshots),
+            () => send(record),
+          );
         else void send(record);
       };
       sessions.on('change', onChange);

@@ -15,7 +15,12 @@ import { shellAgent } from '../session/testing/shell-agent.ts';
 import { collectPageErrors, launchChromium } from './testing/browser.ts';
 
 // Functions handed to page.evaluate run in the browser; this program is typed for Node (no DOM library).
-declare const document: { cookie: string; body: unknown; documentElement: { scrollWidth: number }; querySelector(selector: string): { getAttribute(name: string): string | null } | null };
+declare const document: {
+  cookie: string;
+  body: unknown;
+  documentElement: { scrollWidth: number };
+  querySelector(selector: string): { getAttribute(name: string): string | null } | null;
+};
 declare const window: { innerWidth: number };
 
 const cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
@@ -31,7 +36,10 @@ let token = '';
 let sessionId = '';
 
 const api = async (path: string, init: RequestInit = {}) => {
-  const response = await fetch(url + path, { ...init, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', ...(init.headers ?? {}) } });
+  const response = await fetch(url + path, {
+    ...init,
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', ...(init.headers ?? {}) },
+  });
   if (!response.ok) throw new Error(`${init.method ?? 'GET'} ${path}: ${response.status} ${await response.text()}`);
   return response;
 };
@@ -45,7 +53,9 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 
   }
 }
 
-async function signedInPage(options: { viewport?: { width: number; height: number } } = {}): Promise<{ context: BrowserContext; page: Page; errors: string[] }> {
+async function signedInPage(
+  options: { viewport?: { width: number; height: number } } = {},
+): Promise<{ context: BrowserContext; page: Page; errors: string[] }> {
   const context = await browser.newContext({ viewport: options.viewport ?? { width: 1280, height: 860 } });
   const page = await context.newPage();
   const errors = collectPageErrors(page);
@@ -66,7 +76,10 @@ before(async () => {
   await waitFor('torpor serve to start', async () => {
     try {
       url = (JSON.parse(readFileSync(join(home.home, 'server.json'), 'utf8')) as { url: string }).url;
-      return await fetch(`${url}/health`).then((response) => response.status < 500, () => false);
+      return await fetch(`${url}/health`).then(
+        (response) => response.status < 500,
+        () => false,
+      );
     } catch {
       return false;
     }
@@ -95,7 +108,9 @@ test('without signing in, pages lead to the login page and the data routes refus
     assert.equal(new URL(page.url()).pathname, '/login', `${path} was shown without signing in`);
   }
   // The page's own calls (same origin, no cookie) are refused too.
-  const status = await page.evaluate(async () => Promise.all(['/ui/api/sessions', '/ui/api/host', '/ui/api/events'].map((path) => fetch(path).then((response) => response.status))));
+  const status = await page.evaluate(async () =>
+    Promise.all(['/ui/api/sessions', '/ui/api/host', '/ui/api/events'].map((path) => fetch(path).then((response) => response.status))),
+  );
   assert.deepEqual(status, [401, 401, 401]);
   // A forged cookie is no better than none.
   await context.addCookies([{ name: 'torpor_token', value: `torpor_${randomBytes(32).toString('base64url')}`, url }]);
@@ -153,7 +168,10 @@ test('the sessions table follows a session live as it hibernates, wakes and hibe
   const firstHibernated = seen.indexOf('hibernated');
   assert.ok(firstHibernated >= 0, `states seen: ${seen.join(' ')}`);
   const after = seen.slice(firstHibernated + 1);
-  assert.ok(after.some((state) => state === 'waking' || state === 'running' || state === 'idle'), `no wake seen after hibernation: ${seen.join(' ')}`);
+  assert.ok(
+    after.some((state) => state === 'waking' || state === 'running' || state === 'idle'),
+    `no wake seen after hibernation: ${seen.join(' ')}`,
+  );
   assert.equal(after.at(-1), 'hibernated', `states seen: ${seen.join(' ')}`);
   assert.notEqual(await row.locator('td[data-label="Stored"]').textContent(), '–', 'a hibernated session shows its stored bytes');
   assert.deepEqual(errors, []);
@@ -235,7 +253,10 @@ test('machines, snapshots and host pages; the sessions table at phone width', as
   await page.screenshot({ path: join(screenshotDirectory, 'dashboard-sessions.png') });
   await page.getByRole('link', { name: 'Machines' }).click();
   await page.getByRole('heading', { name: 'Snapshots' }).waitFor();
-  const snapshotRow = page.locator('tr').filter({ hasText: `session-${sessionId}` }).first();
+  const snapshotRow = page
+    .locator('tr')
+    .filter({ hasText: `session-${sessionId}` })
+    .first();
   await snapshotRow.waitFor();
   assert.match((await snapshotRow.locator('td[data-label="Exclusive"]').textContent()) ?? '', /\d/);
   await page.screenshot({ path: join(screenshotDirectory, 'dashboard-machines.png'), fullPage: true });

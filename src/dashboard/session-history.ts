@@ -53,7 +53,14 @@ export class SessionHistory {
     this.last.set(record.id, record);
     const at = record.updatedAt;
     if (!before || before.state !== record.state) {
-      this.append(record.id, { at, kind: 'state', ...(before ? { from: before.state } : {}), state: record.state, turns: record.turns, ...(record.wakeAt ? { wakeAt: record.wakeAt } : {}) });
+      this.append(record.id, {
+        at,
+        kind: 'state',
+        ...(before ? { from: before.state } : {}),
+        state: record.state,
+        turns: record.turns,
+        ...(record.wakeAt ? { wakeAt: record.wakeAt } : {}),
+      });
     } else if (before.turns !== record.turns) {
       this.append(record.id, { at, kind: 'turn', turns: record.turns });
     }

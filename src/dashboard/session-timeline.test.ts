@@ -57,5 +57,8 @@ test('a history that starts mid-life (a fork) does not invent turns it did not s
   ]);
   assert.deepEqual(timeline.turns, []);
   assert.deepEqual(timeline.wakes, []);
-  assert.deepEqual(timeline.marks.map((mark) => mark.kind), ['crash']);
+  assert.deepEqual(
+    timeline.marks.map((mark) => mark.kind),
+    ['crash'],
+  );
 });

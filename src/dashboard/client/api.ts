@@ -29,7 +29,11 @@ export async function getJson<T>(path: string): Promise<T> {
 }
 
 export async function postJson<T>(path: string, body: unknown, method = 'POST'): Promise<T | undefined> {
-  const response = await fetch(path, { method, headers: { 'content-type': 'application/json', accept: 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+  const response = await fetch(path, {
+    method,
+    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
   if (!response.ok) throw await failure(response);
   return response.status === 204 ? undefined : ((await response.json()) as T);
 }
@@ -54,7 +58,12 @@ export interface StreamedEvent {
  * stream is read from fetch and split into events here.
  */
 export async function postEventStream(path: string, body: unknown, onEvent: (event: StreamedEvent) => void, signal?: AbortSignal): Promise<void> {
-  const response = await fetch(path, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'text/event-stream' }, body: JSON.stringify(body), signal });
+  const response = await fetch(path, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+    body: JSON.stringify(body),
+    signal,
+  });
   if (!response.ok || !response.body) throw await failure(response);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';

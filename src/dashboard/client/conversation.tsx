@@ -5,7 +5,20 @@ import type { LiveTurn, ToolCard } from './turn.ts';
 export interface LoggedEntry {
   offset: number;
   appendedAt: string;
-  entry: { kind: string; role?: string; content?: unknown; text?: string; toolCallId?: string; toolName?: string; input?: unknown; output?: unknown; message?: string; code?: string; data?: Record<string, unknown>; metadata?: Record<string, unknown> };
+  entry: {
+    kind: string;
+    role?: string;
+    content?: unknown;
+    text?: string;
+    toolCallId?: string;
+    toolName?: string;
+    input?: unknown;
+    output?: unknown;
+    message?: string;
+    code?: string;
+    data?: Record<string, unknown>;
+    metadata?: Record<string, unknown>;
+  };
 }
 
 /**
@@ -31,7 +44,12 @@ export function useLogEntries(sessionId: string): { entries: LoggedEntry[]; erro
 
 function textOf(content: unknown): string {
   if (typeof content === 'string') return content;
-  if (Array.isArray(content)) return content.map((part: { type?: string; text?: string; filename?: string }) => (part.type === 'text' ? part.text : `[${part.type}${part.filename ? ` ${part.filename}` : ''}]`)).join('');
+  if (Array.isArray(content))
+    return content
+      .map((part: { type?: string; text?: string; filename?: string }) =>
+        part.type === 'text' ? part.text : `[${part.type}${part.filename ? ` ${part.filename}` : ''}]`,
+      )
+      .join('');
   return '';
 }
 
@@ -89,7 +107,13 @@ function EntryView({ logged }: { logged: LoggedEntry }) {
         </div>
       );
     case 'metadata':
-      if (entry.data?.event === 'sleep-until') return <div class="system-line">sleeping until {new Date(String(entry.data.until)).toLocaleTimeString()}{entry.data.reason ? ` (${String(entry.data.reason)})` : ''}</div>;
+      if (entry.data?.event === 'sleep-until')
+        return (
+          <div class="system-line">
+            sleeping until {new Date(String(entry.data.until)).toLocaleTimeString()}
+            {entry.data.reason ? ` (${String(entry.data.reason)})` : ''}
+          </div>
+        );
       if (entry.data?.event === 'session-create') return <div class="system-line">session created on {String(entry.data.image)}</div>;
       return null;
     case 'summary':
@@ -102,7 +126,9 @@ function EntryView({ logged }: { logged: LoggedEntry }) {
 /** The conversation as people read it, with the turn being streamed right now at the end. */
 export function Conversation({ entries, live }: { entries: LoggedEntry[]; live?: LiveTurn }) {
   // Once the log holds the streamed turn's reply, the log's copy is shown instead of the live one.
-  const liveLogged = live?.turnId !== undefined && entries.some((each) => each.entry.kind === 'message' && each.entry.role === 'assistant' && each.entry.metadata?.turnId === live.turnId);
+  const liveLogged =
+    live?.turnId !== undefined &&
+    entries.some((each) => each.entry.kind === 'message' && each.entry.role === 'assistant' && each.entry.metadata?.turnId === live.turnId);
   return (
     <div class="conversation" aria-live="polite" aria-relevant="additions text">
       {entries.length === 0 && !live && <p class="empty">Nothing said yet.</p>}
@@ -111,7 +137,16 @@ export function Conversation({ entries, live }: { entries: LoggedEntry[]; live?:
       ))}
       {live && !liveLogged && (live.status !== 'done' || live.text) && (
         <div class="message assistant streaming" data-role="assistant" data-streaming="true">
-          <div class="who">assistant {live.status === 'waking' ? '· waking the machine…' : live.status === 'streaming' ? '· typing' : live.status === 'suspended' ? `· sleeping until ${new Date(live.suspendedUntil!).toLocaleTimeString()}` : ''}</div>
+          <div class="who">
+            assistant{' '}
+            {live.status === 'waking'
+              ? '· waking the machine…'
+              : live.status === 'streaming'
+                ? '· typing'
+                : live.status === 'suspended'
+                  ? `· sleeping until ${new Date(live.suspendedUntil!).toLocaleTimeString()}`
+                  : ''}
+          </div>
           {live.reasoning && (
             <details class="reasoning">
               <summary>Reasoning</summary>

@@ -82,7 +82,11 @@ export function HostPage() {
                 <td data-label="OK">{check.ok ? 'yes' : 'NO'}</td>
                 <td data-label="Detail">
                   {check.detail}
-                  {check.fix && <div class="fix">fix: <code>{check.fix}</code></div>}
+                  {check.fix && (
+                    <div class="fix">
+                      fix: <code>{check.fix}</code>
+                    </div>
+                  )}
                 </td>
               </tr>
             ))}

@@ -22,7 +22,8 @@ function ensureSource(): void {
   source.addEventListener('error', () => {
     setConnected(false);
     // A 401 closes the stream for good: the sign-in expired.
-    if (source?.readyState === EventSource.CLOSED) void fetch('/ui/api/sessions').then((response) => response.status === 401 && window.location.assign('/login'));
+    if (source?.readyState === EventSource.CLOSED)
+      void fetch('/ui/api/sessions').then((response) => response.status === 401 && window.location.assign('/login'));
   });
 }
 
@@ -47,7 +48,8 @@ export function useLiveConnection(): { connected: boolean; generation: number } 
   const [state, setState] = useState({ connected, generation: 0 });
   useEffect(() => {
     ensureSource();
-    const update = (value: boolean) => setState((previous) => ({ connected: value, generation: value && !previous.connected ? previous.generation + 1 : previous.generation }));
+    const update = (value: boolean) =>
+      setState((previous) => ({ connected: value, generation: value && !previous.connected ? previous.generation + 1 : previous.generation }));
     connectionListeners.add(update);
     return () => void connectionListeners.delete(update);
   }, []);

@@ -29,9 +29,15 @@ export function MachinesPage() {
                 <th scope="col">Name</th>
                 <th scope="col">Image</th>
                 <th scope="col">State</th>
-                <th scope="col" class="number">CPUs</th>
-                <th scope="col" class="number">Memory</th>
-                <th scope="col" class="number">Uptime</th>
+                <th scope="col" class="number">
+                  CPUs
+                </th>
+                <th scope="col" class="number">
+                  Memory
+                </th>
+                <th scope="col" class="number">
+                  Uptime
+                </th>
                 <th scope="col">Accel</th>
               </tr>
             </thead>
@@ -68,7 +74,8 @@ export function MachinesPage() {
       )}
       <h2>Snapshots</h2>
       <p class="muted">
-        Store: {view.store.chunks} chunks, {formatBytes(view.store.bytes)} compressed. Shared bytes are held together with other snapshots (layers, forks); exclusive bytes are what removing the snapshot would free.
+        Store: {view.store.chunks} chunks, {formatBytes(view.store.bytes)} compressed. Shared bytes are held together with other snapshots (layers, forks);
+        exclusive bytes are what removing the snapshot would free.
       </p>
       {view.snapshots.length === 0 ? (
         <p class="empty">No snapshots.</p>
@@ -80,10 +87,18 @@ export function MachinesPage() {
                 <th scope="col">Name</th>
                 <th scope="col">Created</th>
                 <th scope="col">Machine</th>
-                <th scope="col" class="number">Memory</th>
-                <th scope="col" class="number">New</th>
-                <th scope="col" class="number">Shared</th>
-                <th scope="col" class="number">Exclusive</th>
+                <th scope="col" class="number">
+                  Memory
+                </th>
+                <th scope="col" class="number">
+                  New
+                </th>
+                <th scope="col" class="number">
+                  Shared
+                </th>
+                <th scope="col" class="number">
+                  Exclusive
+                </th>
                 <th scope="col">Usage</th>
               </tr>
             </thead>
@@ -109,9 +124,16 @@ export function MachinesPage() {
                     {formatBytes(snapshot.exclusiveBytes)}
                   </td>
                   <td data-label="Usage">
-                    <span class="share-bar" role="img" aria-label={`${formatBytes(snapshot.sharedBytes)} shared, ${formatBytes(snapshot.exclusiveBytes)} exclusive`}>
+                    <span
+                      class="share-bar"
+                      role="img"
+                      aria-label={`${formatBytes(snapshot.sharedBytes)} shared, ${formatBytes(snapshot.exclusiveBytes)} exclusive`}
+                    >
                       <span class="shared" style={{ width: `${snapshot.referencedBytes ? (snapshot.sharedBytes / snapshot.referencedBytes) * 100 : 0}%` }} />
-                      <span class="exclusive" style={{ width: `${snapshot.referencedBytes ? (snapshot.exclusiveBytes / snapshot.referencedBytes) * 100 : 0}%` }} />
+                      <span
+                        class="exclusive"
+                        style={{ width: `${snapshot.referencedBytes ? (snapshot.exclusiveBytes / snapshot.referencedBytes) * 100 : 0}%` }}
+                      />
                     </span>
                   </td>
                 </tr>

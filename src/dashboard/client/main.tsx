@@ -17,7 +17,15 @@ function App() {
   const path = usePath();
   const { connected } = useLiveConnection();
   const sessionMatch = /^\/sessions\/([^/]+)\/?$/.exec(path);
-  const page = sessionMatch ? <SessionPage sessionId={decodeURIComponent(sessionMatch[1]!)} /> : path === '/machines' ? <MachinesPage /> : path === '/host' ? <HostPage /> : <SessionsPage />;
+  const page = sessionMatch ? (
+    <SessionPage sessionId={decodeURIComponent(sessionMatch[1]!)} />
+  ) : path === '/machines' ? (
+    <MachinesPage />
+  ) : path === '/host' ? (
+    <HostPage />
+  ) : (
+    <SessionsPage />
+  );
   const current = sessionMatch ? '/' : path === '/sessions' ? '/' : path;
   return (
     <div onClick={onLinkClick}>

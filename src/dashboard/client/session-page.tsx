@@ -41,8 +41,9 @@ export function SessionPage({ sessionId }: { sessionId: string }) {
         <div>
           <h1 id="session-title">{session.name}</h1>
           <div class="facts">
-            <StateBadge state={session.state} /> <span>{session.turns} turns</span> <span>idle {idleFor(session, now)}</span> <span>stored {formatBytes(session.storedBytes?.referenced)}</span>{' '}
-            <span class="mono">{session.image}</span> {lastWake && <span>last wake {formatDuration(lastWake.milliseconds)}</span>}
+            <StateBadge state={session.state} /> <span>{session.turns} turns</span> <span>idle {idleFor(session, now)}</span>{' '}
+            <span>stored {formatBytes(session.storedBytes?.referenced)}</span> <span class="mono">{session.image}</span>{' '}
+            {lastWake && <span>last wake {formatDuration(lastWake.milliseconds)}</span>}
           </div>
           {session.note && <p class="note">{session.note}</p>}
         </div>
@@ -103,8 +104,12 @@ export function SessionPage({ sessionId }: { sessionId: string }) {
                 <thead>
                   <tr>
                     <th scope="col">Taken</th>
-                    <th scope="col" class="number">New bytes</th>
-                    <th scope="col" class="number">Took</th>
+                    <th scope="col" class="number">
+                      New bytes
+                    </th>
+                    <th scope="col" class="number">
+                      Took
+                    </th>
                   </tr>
                 </thead>
                 <tbody>

@@ -83,9 +83,15 @@ export function SessionsPage() {
               <tr>
                 <th scope="col">Session</th>
                 <th scope="col">State</th>
-                <th scope="col" class="number">Turns</th>
-                <th scope="col" class="number">Idle</th>
-                <th scope="col" class="number">Stored</th>
+                <th scope="col" class="number">
+                  Turns
+                </th>
+                <th scope="col" class="number">
+                  Idle
+                </th>
+                <th scope="col" class="number">
+                  Stored
+                </th>
                 <th scope="col">Image</th>
                 <th scope="col">Actions</th>
               </tr>
@@ -114,16 +120,18 @@ export function SessionsPage() {
                   <td data-label="Image" class="mono">
                     {session.image}
                   </td>
-                  <td data-label="Actions" class="actions">
-                    <button type="button" onClick={() => setAction({ kind: 'send', session })} aria-label={`Send a message to ${session.name}`}>
-                      Send
-                    </button>
-                    <button type="button" onClick={() => setAction({ kind: 'fork', session })} aria-label={`Fork ${session.name}`}>
-                      Fork
-                    </button>
-                    <button type="button" class="danger" onClick={() => setAction({ kind: 'delete', session })} aria-label={`Delete ${session.name}`}>
-                      Delete
-                    </button>
+                  <td data-label="Actions">
+                    <div class="actions">
+                      <button type="button" onClick={() => setAction({ kind: 'send', session })} aria-label={`Send a message to ${session.name}`}>
+                        Send
+                      </button>
+                      <button type="button" onClick={() => setAction({ kind: 'fork', session })} aria-label={`Fork ${session.name}`}>
+                        Fork
+                      </button>
+                      <button type="button" class="danger" onClick={() => setAction({ kind: 'delete', session })} aria-label={`Delete ${session.name}`}>
+                        Delete
+                      </button>
+                    </div>
                   </td>
                 </tr>
               ))}
@@ -138,7 +146,9 @@ export function SessionsPage() {
 
 /** Send, fork and delete, each confirmed in a dialog; shared by the table and a session's page. */
 export function SessionActionDialog({ action, onClose, onChanged }: { action?: Action; onClose: () => void; onChanged?: () => void }) {
-  const title = action ? { send: `Send a message to ${action.session.name}`, fork: `Fork ${action.session.name}?`, delete: `Delete ${action.session.name}?` }[action.kind] : '';
+  const title = action
+    ? { send: `Send a message to ${action.session.name}`, fork: `Fork ${action.session.name}?`, delete: `Delete ${action.session.name}?` }[action.kind]
+    : '';
   return (
     <Dialog open={action !== undefined} title={title} onClose={onClose}>
       {action?.kind === 'send' && <SendForm session={action.session} onClose={onClose} />}
@@ -213,11 +223,17 @@ function ConfirmAction({ action, onClose, onChanged }: { action: Action; onClose
         <>
           <p>The fork starts hibernated on the same snapshot and context log, and continues on its own machine from its first message.</p>
           <label for="fork-name">Name of the fork (optional)</label>
-          <input id="fork-name" value={name} onInput={(event) => setName((event.target as HTMLInputElement).value)} pattern="[a-zA-Z0-9][a-zA-Z0-9_.\-]{0,62}" />
+          <input
+            id="fork-name"
+            value={name}
+            onInput={(event) => setName((event.target as HTMLInputElement).value)}
+            pattern="[a-zA-Z0-9][a-zA-Z0-9_.\-]{0,62}"
+          />
         </>
       ) : (
         <p>
-          This stops its machine and removes the session and its snapshot (unless a fork still uses it). The context log stays under <code>/v1/logs/{session.id}</code>.
+          This stops its machine and removes the session and its snapshot (unless a fork still uses it). The context log stays under{' '}
+          <code>/v1/logs/{session.id}</code>.
         </p>
       )}
       <ErrorNote error={error} />

@@ -28,7 +28,14 @@ export function Timeline({ timeline, now }: { timeline: SessionTimeline; now: nu
     <div class="timeline">
       <div class="timeline-bar" aria-hidden="true">
         {spans.map((span) => (
-          <span class={`segment state-${span.state}`} style={{ left: `${((Date.parse(span.from) - start) / total) * 100}%`, width: `${Math.max(0.4, ((end(span, now) - Date.parse(span.from)) / total) * 100)}%` }} title={`${span.state} ${formatDuration(end(span, now) - Date.parse(span.from))}`} />
+          <span
+            class={`segment state-${span.state}`}
+            style={{
+              left: `${((Date.parse(span.from) - start) / total) * 100}%`,
+              width: `${Math.max(0.4, ((end(span, now) - Date.parse(span.from)) / total) * 100)}%`,
+            }}
+            title={`${span.state} ${formatDuration(end(span, now) - Date.parse(span.from))}`}
+          />
         ))}
       </div>
       <ol class="timeline-list" aria-label="Machine timeline">
@@ -42,7 +49,8 @@ function SpanItem({ span, now }: { span: StateSpan; now: number }) {
   const duration = end(span, now) - Date.parse(span.from);
   return (
     <li class="span" data-state={span.state}>
-      <time dateTime={span.from}>{formatTime(span.from)}</time> <span class={`badge state-${span.state}`}>{span.state}</span> {span.to ? formatDuration(duration) : `for ${formatDuration(duration)} (now)`}
+      <time dateTime={span.from}>{formatTime(span.from)}</time> <span class={`badge state-${span.state}`}>{span.state}</span>{' '}
+      {span.to ? formatDuration(duration) : `for ${formatDuration(duration)} (now)`}
       {span.wakeAt && <span class="muted"> · rate-limit sleep until {formatTime(span.wakeAt)}</span>}
     </li>
   );
@@ -75,7 +83,13 @@ export function TurnChart({ timeline }: { timeline: SessionTimeline }) {
         {turns.map((turn, index) => {
           const barHeight = ((turn.storedBytes ?? 0) / maxBytes) * innerHeight;
           return (
-            <rect class="bar" x={x(index) - Math.min(18, step * 0.35)} width={Math.min(36, step * 0.7)} y={pad.top + innerHeight - barHeight} height={barHeight}>
+            <rect
+              class="bar"
+              x={x(index) - Math.min(18, step * 0.35)}
+              width={Math.min(36, step * 0.7)}
+              y={pad.top + innerHeight - barHeight}
+              height={barHeight}
+            >
               <title>{`turn ${turn.turn}: ${formatBytes(turn.storedBytes)} stored`}</title>
             </rect>
           );
@@ -84,7 +98,9 @@ export function TurnChart({ timeline }: { timeline: SessionTimeline }) {
           class="wake-line"
           fill="none"
           points={turns
-            .map((turn, index) => (turn.wakeMilliseconds === undefined ? undefined : `${x(index)},${pad.top + innerHeight - (turn.wakeMilliseconds / maxWake) * innerHeight}`))
+            .map((turn, index) =>
+              turn.wakeMilliseconds === undefined ? undefined : `${x(index)},${pad.top + innerHeight - (turn.wakeMilliseconds / maxWake) * innerHeight}`,
+            )
             .filter(Boolean)
             .join(' ')}
         />

@@ -41,15 +41,20 @@ export function useTurn(sessionId: string): { turn?: LiveTurn; send: (content: s
           else if (event === 'turn-start') update({ status: 'streaming', turnId: String(value.turnId) });
           else if (event === 'text-delta') update({ status: 'streaming', text: state.text + String(value.delta ?? '') });
           else if (event === 'reasoning-delta') update({ reasoning: state.reasoning + String(value.delta ?? '') });
-          else if (event === 'tool-call') update({ tools: [...state.tools, { toolCallId: String(value.toolCallId), toolName: String(value.toolName), input: value.input }] });
-          else if (event === 'tool-result') update({ tools: state.tools.map((tool) => (tool.toolCallId === value.toolCallId ? { ...tool, output: value.output } : tool)) });
+          else if (event === 'tool-call')
+            update({ tools: [...state.tools, { toolCallId: String(value.toolCallId), toolName: String(value.toolName), input: value.input }] });
+          else if (event === 'tool-result')
+            update({ tools: state.tools.map((tool) => (tool.toolCallId === value.toolCallId ? { ...tool, output: value.output } : tool)) });
           else if (event === 'error') update({ errors: [...state.errors, String(value.message)] });
           else if (event === 'turn-suspend') update({ status: 'suspended', suspendedUntil: String(value.until) });
           else if (event === 'turn-finish' && value.turnId === state.turnId) update({ status: 'done' });
         });
         if (state.status !== 'suspended' && state.status !== 'done') update({ status: state.errors.length > 0 ? 'failed' : 'done' });
       } catch (error) {
-        update({ status: 'failed', errors: [...state.errors, error instanceof RequestError && error.hint ? `${error.message} (${error.hint})` : (error as Error).message] });
+        update({
+          status: 'failed',
+          errors: [...state.errors, error instanceof RequestError && error.hint ? `${error.message} (${error.hint})` : (error as Error).message],
+        });
       } finally {
         busy.current = false;
       }
