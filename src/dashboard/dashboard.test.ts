@@ -218,6 +218,29 @@ test('what an agent says is shown as text, never run as markup', async () => {
   await context.close();
 });
 
+test('a rate-limit sleep shows in the conversation and on the timeline, and the timer wakes the session', async () => {
+  const { context, page, errors } = await signedInPage();
+  await page.goto(`${url}/sessions/${sessionId}`);
+  // The shell agent answers "sleep" with sleep-until two seconds ahead (as an agent hitting a 429 would).
+  await page.getByLabel('Message').fill('sleep');
+  await page.getByRole('button', { name: 'Send', exact: true }).click();
+  await page.locator('.system-line').filter({ hasText: 'rate limited' }).waitFor({ timeout: 60_000 });
+  const timeline = page.getByRole('list', { name: 'Machine timeline' });
+  await timeline.locator('li[data-state="hibernated"]').filter({ hasText: 'rate-limit sleep until' }).waitFor({ timeout: 60_000 });
+  // The durable timer restores the machine; the agent finishes its turn; the session goes idle and hibernates again.
+  await waitFor(
+    'the timer to wake the session and the turn to finish',
+    async () => {
+      const session = (await (await api(`/v1/sessions/${sessionId}`)).json()) as { turns: number; wakeAt?: string };
+      return session.turns >= 4 && session.wakeAt === undefined;
+    },
+    90_000,
+  );
+  await page.locator('.facts').filter({ hasText: '4 turns' }).waitFor({ timeout: 30_000 });
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
 test('fork and delete from the table, each behind a confirmation, by keyboard', async () => {
   const { context, page, errors } = await signedInPage();
   await waitFor('the session to hibernate', async () => (await sessionState(sessionId)) === 'hibernated');

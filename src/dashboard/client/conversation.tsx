@@ -1,4 +1,4 @@
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import type { LiveTurn, ToolCard } from './turn.ts';
 
 /** A context-log entry as the log's SSE sends it (only the fields the page reads). */
@@ -126,11 +126,29 @@ function EntryView({ logged }: { logged: LoggedEntry }) {
 /** The conversation as people read it, with the turn being streamed right now at the end. */
 export function Conversation({ entries, live }: { entries: LoggedEntry[]; live?: LiveTurn }) {
   // Once the log holds the streamed turn's reply, the log's copy is shown instead of the live one.
+  const container = useRef<HTMLDivElement>(null);
+  // Follow the end of the conversation as it grows, unless the reader scrolled up to read.
+  const following = useRef(true);
+  useEffect(() => {
+    const element = container.current;
+    if (element && following.current) element.scrollTop = element.scrollHeight;
+  }, [entries.length, live?.text, live?.status]);
   const liveLogged =
     live?.turnId !== undefined &&
     entries.some((each) => each.entry.kind === 'message' && each.entry.role === 'assistant' && each.entry.metadata?.turnId === live.turnId);
   return (
-    <div class="conversation" aria-live="polite" aria-relevant="additions text">
+    <div
+      class="conversation"
+      ref={container}
+      tabIndex={0}
+      aria-label="Conversation"
+      aria-live="polite"
+      aria-relevant="additions text"
+      onScroll={(event) => {
+        const element = event.currentTarget;
+        following.current = element.scrollHeight - element.scrollTop - element.clientHeight < 40;
+      }}
+    >
       {entries.length === 0 && !live && <p class="empty">Nothing said yet.</p>}
       {entries.map((logged) => (
         <EntryView key={logged.offset} logged={logged} />
