@@ -194,6 +194,7 @@ test('a message sent from the session page streams its answer into the page, and
   await waitFor('the session to hibernate', async () => (await sessionState(sessionId)) === 'hibernated');
   const timeline = page.getByRole('list', { name: 'Machine timeline' });
   await timeline.locator('li[data-state="hibernated"]').first().waitFor({ timeout: 30_000 });
+  await timeline.locator('li[data-state="creating"]').first().waitFor();
   await timeline.locator('li[data-state="waking"]').first().waitFor();
   await timeline.locator('li[data-kind="snapshot"]').first().waitFor();
   // The chart has a point per finished turn, with the wake that preceded it.

@@ -52,6 +52,12 @@ export class SessionHistory {
     const before = this.last.get(record.id);
     this.last.set(record.id, record);
     const at = record.updatedAt;
+    if (!before) {
+      // The manager inserts a session without announcing it: a new one starts creating (booting), a
+      // fork starts hibernated on its parent's snapshot. Record that first span from createdAt.
+      const first = record.parentId ? 'hibernated' : 'creating';
+      if (record.state !== first) this.append(record.id, { at: record.createdAt, kind: 'state', state: first, turns: record.turns });
+    }
     if (!before || before.state !== record.state) {
       this.append(record.id, {
         at,

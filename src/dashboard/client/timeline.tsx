@@ -1,3 +1,4 @@
+import { useEffect, useRef } from 'preact/hooks';
 import { formatBytes, formatDuration, formatTime } from './format.ts';
 import type { SessionTimeline, StateSpan } from './shapes.ts';
 
@@ -10,6 +11,11 @@ const end = (span: StateSpan, now: number) => (span.to ? Date.parse(span.to) : n
  */
 export function Timeline({ timeline, now }: { timeline: SessionTimeline; now: number }) {
   const { spans, marks } = timeline;
+  const list = useRef<HTMLOListElement>(null);
+  // The newest span is the one people look for: keep the list scrolled to its end as it grows.
+  useEffect(() => {
+    if (list.current) list.current.scrollTop = list.current.scrollHeight;
+  }, [spans.length, marks.length]);
   if (spans.length === 0) return <p class="empty">No history recorded for this session yet.</p>;
   const start = Date.parse(spans[0]!.from);
   const total = Math.max(1, now - start);
@@ -38,7 +44,7 @@ export function Timeline({ timeline, now }: { timeline: SessionTimeline; now: nu
           />
         ))}
       </div>
-      <ol class="timeline-list" aria-label="Machine timeline">
+      <ol class="timeline-list" aria-label="Machine timeline" ref={list} tabIndex={0}>
         {items.map((item) => item.node)}
       </ol>
     </div>
