@@ -58,7 +58,7 @@ test('sign-in from another site or origin is refused even with the right token (
 });
 
 test('pages redirect to the login page; data routes answer 401; the login page and bundle are public', async () => {
-  for (const path of ['/', '/sessions/s-1', '/machines', '/host']) {
+  for (const path of ['/', '/session/s-1', '/machines', '/host']) {
     const response = await call(path, { headers: { accept: 'text/html' } });
     assert.equal(response.status, 303, path);
     assert.equal(response.headers.get('location'), '/login');

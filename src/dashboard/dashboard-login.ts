@@ -21,7 +21,7 @@ export const cookieName = 'torpor_token';
 const cookieMaxAgeSeconds = 7 * 24 * 3600;
 
 /** Paths of the single-page app: a signed-out visit is sent to the login page instead of a 401. */
-const pagePath = /^\/(?:|sessions(?:\/[^/]*)?|machines|host)\/?$/;
+const pagePath = /^\/(?:|session\/[^/]+|machines|host)\/?$/;
 const publicAssets: Record<string, keyof ClientAssets> = { '/ui/app.js': 'app.js', '/ui/login.js': 'login.js', '/ui/app.css': 'app.css' };
 
 export const securityHeaders: Record<string, string> = {

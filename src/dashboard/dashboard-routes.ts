@@ -62,7 +62,8 @@ export function createDashboardRoutes(options: DashboardRoutesOptions): Hono {
   const app = new Hono();
 
   const shell = () => new Response(appPage, { headers: { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', ...securityHeaders } });
-  for (const path of ['/', '/sessions', '/sessions/:id', '/machines', '/host']) app.get(path, shell);
+  // Not /sessions: that reads as an unversioned alias of the API's /v1/sessions, which does not exist.
+  for (const path of ['/', '/session/:id', '/machines', '/host']) app.get(path, shell);
 
   app.get('/ui/api/sessions', async (context) => {
     const usage = (await storeUsage()).snapshots;

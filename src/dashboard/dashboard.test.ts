@@ -103,7 +103,7 @@ after(async () => {
 test('without signing in, pages lead to the login page and the data routes refuse', async () => {
   const context = await browser.newContext();
   const page = await context.newPage();
-  for (const path of ['/', `/sessions/${sessionId}`, '/machines', '/host']) {
+  for (const path of ['/', `/session/${sessionId}`, '/machines', '/host']) {
     await page.goto(url + path);
     assert.equal(new URL(page.url()).pathname, '/login', `${path} was shown without signing in`);
   }
@@ -181,7 +181,7 @@ test('the sessions table follows a session live as it hibernates, wakes and hibe
 test('a message sent from the session page streams its answer into the page, and the timeline shows the hibernation', async () => {
   const { context, page, errors } = await signedInPage();
   await page.getByRole('link', { name: 'browser-chat' }).click();
-  await page.waitForURL(`${url}/sessions/${sessionId}`);
+  await page.waitForURL(`${url}/session/${sessionId}`);
   await page.getByRole('heading', { name: 'browser-chat' }).waitFor();
   // The history so far is there, from the log.
   await page.locator('.message.assistant').filter({ hasText: 'turn 1: from the api' }).waitFor();
@@ -207,7 +207,7 @@ test('a message sent from the session page streams its answer into the page, and
 
 test('what an agent says is shown as text, never run as markup', async () => {
   const { context, page, errors } = await signedInPage();
-  await page.goto(`${url}/sessions/${sessionId}`);
+  await page.goto(`${url}/session/${sessionId}`);
   const hostile = '<img src=x onerror=window.injected=1><script>window.injected=2</script>';
   await page.getByLabel('Message').fill(hostile);
   await page.getByRole('button', { name: 'Send', exact: true }).click();
@@ -221,7 +221,7 @@ test('what an agent says is shown as text, never run as markup', async () => {
 
 test('a rate-limit sleep shows in the conversation and on the timeline, and the timer wakes the session', async () => {
   const { context, page, errors } = await signedInPage();
-  await page.goto(`${url}/sessions/${sessionId}`);
+  await page.goto(`${url}/session/${sessionId}`);
   // The shell agent answers "sleep" with sleep-until two seconds ahead (as an agent hitting a 429 would).
   await page.getByLabel('Message').fill('sleep');
   await page.getByRole('button', { name: 'Send', exact: true }).click();

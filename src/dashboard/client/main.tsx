@@ -16,7 +16,7 @@ const links = [
 function App() {
   const path = usePath();
   const { connected } = useLiveConnection();
-  const sessionMatch = /^\/sessions\/([^/]+)\/?$/.exec(path);
+  const sessionMatch = /^\/session\/([^/]+)\/?$/.exec(path);
   const page = sessionMatch ? (
     <SessionPage sessionId={decodeURIComponent(sessionMatch[1]!)} />
   ) : path === '/machines' ? (
@@ -26,7 +26,7 @@ function App() {
   ) : (
     <SessionsPage />
   );
-  const current = sessionMatch ? '/' : path === '/sessions' ? '/' : path;
+  const current = sessionMatch ? '/' : path;
   return (
     <div onClick={onLinkClick}>
       <a class="skip-link" href="#main">

@@ -100,7 +100,7 @@ export function SessionsPage() {
               {visible.map((session) => (
                 <tr key={session.id} data-session={session.id} data-state={session.state}>
                   <th scope="row" data-label="Session">
-                    <a href={`/sessions/${encodeURIComponent(session.id)}`}>{session.name}</a>
+                    <a href={`/session/${encodeURIComponent(session.id)}`}>{session.name}</a>
                     {session.name !== session.id && <div class="muted mono">{session.id}</div>}
                     {session.parentId && <div class="muted">fork of {session.parentId}</div>}
                   </th>
@@ -204,12 +204,12 @@ function ConfirmAction({ action, onClose, onChanged }: { action: Action; onClose
         const fork = await postJson<SessionView>(`/v1/sessions/${encodeURIComponent(session.id)}/fork`, name.trim() ? { name: name.trim() } : {});
         onChanged?.();
         onClose();
-        if (fork) navigate(`/sessions/${encodeURIComponent(fork.id)}`);
+        if (fork) navigate(`/session/${encodeURIComponent(fork.id)}`);
       } else {
         await deleteResource(`/v1/sessions/${encodeURIComponent(session.id)}`);
         onChanged?.();
         onClose();
-        if (window.location.pathname.startsWith('/sessions/')) navigate('/');
+        if (window.location.pathname.startsWith('/session/')) navigate('/');
       }
     } catch (reason) {
       setError(reason as RequestError);
