@@ -2,7 +2,8 @@ import { useEffect, useRef } from 'preact/hooks';
 import { formatBytes, formatDuration, formatTime } from './format.ts';
 import type { SessionTimeline, StateSpan } from './shapes.ts';
 
-const end = (span: StateSpan, now: number) => (span.to ? Date.parse(span.to) : now);
+// The open span ends now; the page's clock ticks once a second, so never end before the span began.
+const end = (span: StateSpan, now: number) => (span.to ? Date.parse(span.to) : Math.max(now, Date.parse(span.from)));
 
 /**
  * The machine's life: a proportional bar of its states (for the eye) and the same spans as a list
