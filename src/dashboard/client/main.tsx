@@ -1,4 +1,5 @@
 import { render } from 'preact';
+import { useEffect, useRef } from 'preact/hooks';
 import { signOut } from './api.ts';
 import { HostPage } from './host-page.tsx';
 import { useLiveConnection } from './live.ts';
@@ -27,6 +28,12 @@ function App() {
     <SessionsPage />
   );
   const current = sessionMatch ? '/' : path;
+  // After an in-app navigation, keyboard and screen-reader users land at the new page's content.
+  const firstRender = useRef(true);
+  useEffect(() => {
+    if (firstRender.current) firstRender.current = false;
+    else document.getElementById('main')?.focus();
+  }, [path]);
   return (
     <div onClick={onLinkClick}>
       <a class="skip-link" href="#main">
