@@ -156,14 +156,19 @@ export function createDashboardRoutes(options: DashboardRoutesOptions): Hono {
       let sequence = 0;
       const send = (record: AgentSessionRecord, usage?: SnapshotUsage[]) =>
         stream.writeSSE({ event: 'session', id: String(sequence++), data: JSON.stringify(sessionView(record, usage)) }).catch(() => undefined);
+      // One chain per connection: a change that waits for its stored bytes must not be overtaken
+      // by the next one, or the page would end on a state the session already left.
+      let queue: Promise<unknown> = Promise.resolve();
       const onChange = (record: AgentSessionRecord) => {
         // Stored bytes change only with a new snapshot: look them up then, not on every change.
-        if (record.state === 'hibernated' || record.state === 'deleted')
-          void storeUsage().then(
-            (usage) => send(record, usage.snapshots),
-            () => send(record),
-          );
-        else void send(record);
+        const usage =
+          record.state === 'hibernated' || record.state === 'deleted'
+            ? storeUsage().then(
+                (found) => found.snapshots,
+                () => undefined,
+              )
+            : Promise.resolve(undefined);
+        queue = queue.then(() => usage).then((found) => send(record, found));
       };
       sessions.on('change', onChange);
       const heartbeat = setInterval(() => void stream.write(': keep-alive\n\n').catch(() => undefined), heartbeatMs);

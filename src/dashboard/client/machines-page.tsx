@@ -1,4 +1,4 @@
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { getJson, RequestError } from './api.ts';
 import { ErrorNote } from './components.tsx';
 import { formatBytes, formatDateTime, formatDuration } from './format.ts';
@@ -10,7 +10,15 @@ export function MachinesPage() {
   const [view, setView] = useState<MachinesView>();
   const [error, setError] = useState<RequestError>();
   const now = useNow();
-  const load = () => getJson<MachinesView>('/ui/api/machines').then(setView, setError);
+  // Each session change asks again; only the newest request's answer is shown.
+  const latest = useRef(0);
+  const load = () => {
+    const request = ++latest.current;
+    return getJson<MachinesView>('/ui/api/machines').then(
+      (body) => request === latest.current && setView(body),
+      (reason: RequestError) => request === latest.current && setError(reason),
+    );
+  };
   useEffect(() => void load(), []);
   // Machines come and go with session states: refresh when one changes.
   useSessionEvents(() => void load());

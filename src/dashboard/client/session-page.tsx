@@ -1,4 +1,4 @@
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { getJson, RequestError } from './api.ts';
 import { ErrorNote, StateBadge } from './components.tsx';
 import { Conversation, useLogEntries } from './conversation.tsx';
@@ -19,11 +19,15 @@ export function SessionPage({ sessionId }: { sessionId: string }) {
   const { generation } = useLiveConnection();
   const now = useNow();
 
-  const load = () =>
-    getJson<SessionDetail>(`/ui/api/sessions/${encodeURIComponent(sessionId)}`).then(
-      (body) => (setDetail(body), setError(undefined)),
-      (reason: RequestError) => setError(reason),
+  // Answers can arrive out of order; only the newest request's answer is shown.
+  const latest = useRef(0);
+  const load = () => {
+    const request = ++latest.current;
+    return getJson<SessionDetail>(`/ui/api/sessions/${encodeURIComponent(sessionId)}`).then(
+      (body) => request === latest.current && (setDetail(body), setError(undefined)),
+      (reason: RequestError) => request === latest.current && setError(reason),
     );
+  };
   useEffect(() => void load(), [sessionId, generation]);
   // Each change of this session brings a new history line: fetch the timeline again.
   useSessionEvents((changed) => {

@@ -1,4 +1,4 @@
-import { useEffect, useMemo, useState } from 'preact/hooks';
+import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { deleteResource, getJson, postJson, RequestError } from './api.ts';
 import { Dialog, ErrorNote, StateBadge } from './components.tsx';
 import { formatBytes, since } from './format.ts';
@@ -14,6 +14,16 @@ export function idleFor(session: SessionView, now: number): string {
   return session.state === 'idle' || session.state === 'hibernated' ? since(session.lastActivityAt, now) : '–';
 }
 
+/** A session's new state laid over the list: updated in place, appended when new, dropped when deleted. */
+function merge(list: SessionView[], changed: SessionView): SessionView[] {
+  if (changed.state === 'deleted') return list.filter((each) => each.id !== changed.id);
+  const index = list.findIndex((each) => each.id === changed.id);
+  if (index < 0) return [...list, changed];
+  // The stream leaves out stored bytes unless a snapshot changed: keep the ones we know.
+  const merged = { ...changed, storedBytes: changed.storedBytes ?? (changed.snapshot === list[index]!.snapshot ? list[index]!.storedBytes : undefined) };
+  return list.map((each, position) => (position === index ? merged : each));
+}
+
 export function SessionsPage() {
   const [sessions, setSessions] = useState<SessionView[]>();
   const [error, setError] = useState<RequestError>();
@@ -23,23 +33,27 @@ export function SessionsPage() {
   const { generation } = useLiveConnection();
   const now = useNow();
 
-  const load = () =>
-    getJson<{ sessions: SessionView[] }>('/ui/api/sessions').then(
-      (body) => (setSessions(body.sessions), setError(undefined)),
+  // Changes that stream in while the list is being fetched are newer than the list: laid over it.
+  const inFlight = useRef<Map<string, SessionView> | undefined>(undefined);
+  const load = () => {
+    const changes = (inFlight.current = new Map());
+    return getJson<{ sessions: SessionView[] }>('/ui/api/sessions').then(
+      (body) => {
+        if (inFlight.current !== changes) return;
+        inFlight.current = undefined;
+        let list = body.sessions;
+        for (const changed of changes.values()) list = merge(list, changed);
+        setSessions(list);
+        setError(undefined);
+      },
       (reason: RequestError) => setError(reason),
     );
+  };
   useEffect(() => void load(), [generation]);
-  useSessionEvents((changed) =>
-    setSessions((list) => {
-      if (!list) return list;
-      if (changed.state === 'deleted') return list.filter((each) => each.id !== changed.id);
-      const index = list.findIndex((each) => each.id === changed.id);
-      if (index < 0) return [...list, changed];
-      // The stream leaves out stored bytes unless a snapshot changed: keep the ones we know.
-      const merged = { ...changed, storedBytes: changed.storedBytes ?? (changed.snapshot === list[index]!.snapshot ? list[index]!.storedBytes : undefined) };
-      return list.map((each, position) => (position === index ? merged : each));
-    }),
-  );
+  useSessionEvents((changed) => {
+    inFlight.current?.set(changed.id, changed);
+    setSessions((list) => (list ? merge(list, changed) : list));
+  });
 
   const visible = useMemo(() => {
     const needle = search.trim().toLowerCase();
