@@ -60,6 +60,12 @@ export function createDashboardRoutes(options: DashboardRoutesOptions): Hono {
   // present, creates the same file first; this only fills in when nothing did).
   if (options.ensureToken !== false) stateDirectoryToken();
   const app = new Hono();
+  // One listener on the manager fans out to every open page: a listener per page would trip
+  // EventEmitter's leak warning at the eleventh tab.
+  const subscribers = new Set<(record: AgentSessionRecord) => void>();
+  sessions.on('change', (record) => {
+    for (const subscriber of subscribers) subscriber(record);
+  });
 
   const shell = () => new Response(appPage, { headers: { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', ...securityHeaders } });
   // Not /sessions: that reads as an unversioned alias of the API's /v1/sessions, which does not exist.
@@ -170,12 +176,12 @@ export function createDashboardRoutes(options: DashboardRoutesOptions): Hono {
             : Promise.resolve(undefined);
         queue = queue.then(() => usage).then((found) => send(record, found));
       };
-      sessions.on('change', onChange);
+      subscribers.add(onChange);
       const heartbeat = setInterval(() => void stream.write(': keep-alive\n\n').catch(() => undefined), heartbeatMs);
       await stream.writeSSE({ event: 'ready', data: '{}' });
       await new Promise<void>((resolve) => stream.onAbort(resolve));
       clearInterval(heartbeat);
-      sessions.off('change', onChange);
+      subscribers.delete(onChange);
     });
   });
 
