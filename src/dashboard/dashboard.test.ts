@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
+import { readMachineState } from '../runtime/machine-record.ts';
 import { shellAgent } from '../session/testing/shell-agent.ts';
 import { collectPageErrors, launchChromium } from './testing/browser.ts';
 
@@ -242,6 +243,25 @@ test('a rate-limit sleep shows in the conversation and on the timeline, and the 
     90_000,
   );
   await page.locator('.facts').filter({ hasText: '4 turns' }).waitFor({ timeout: 30_000 });
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
+test('a machine killed with -9 shows on the timeline as a crash and its recovery', async () => {
+  const { context, page, errors } = await signedInPage();
+  await page.goto(`${url}/session/${sessionId}`);
+  await page.getByRole('heading', { name: 'browser-chat' }).waitFor();
+  await api(`/v1/sessions/${sessionId}/messages`, { method: 'POST', body: JSON.stringify({ content: 'before the crash' }) });
+  // Right after the turn the machine is still up (it hibernates after a second of idleness): kill its QEMU.
+  const { machineId } = (await (await api(`/v1/sessions/${sessionId}`)).json()) as { machineId?: string };
+  assert.ok(machineId, 'the session has a running machine right after a turn');
+  const { qemuPid } = await readMachineState(machineId);
+  assert.ok(qemuPid);
+  process.kill(qemuPid, 'SIGKILL');
+  const timeline = page.getByRole('list', { name: 'Machine timeline' });
+  // Recovered from the snapshot or rebuilt from the log, or (if the kill hit a hibernation) kept running: each is named.
+  await timeline.locator('li[data-kind="recovery"], li[data-kind="crash"]').first().waitFor({ timeout: 90_000 });
+  await waitFor('the session to settle', async () => ['idle', 'hibernated'].includes(await sessionState(sessionId)), 90_000);
   assert.deepEqual(errors, []);
   await context.close();
 });
