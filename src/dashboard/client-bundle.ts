@@ -1,5 +1,9 @@
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { TorporError } from '../util/errors.ts';
 import { projectRoot } from '../util/project-root.ts';
 
 export interface ClientAsset {
@@ -13,51 +17,48 @@ export type ClientAssets = Record<'app.js' | 'login.js' | 'app.css', ClientAsset
 
 let building: Promise<ClientAssets> | undefined;
 
+interface DashboardBundler {
+  dashboardSources: string;
+  dashboardBuild: string;
+  bundleDashboard(): Promise<Record<keyof ClientAssets, string>>;
+}
+
 /**
- * The browser code, bundled from src/dashboard/client by esbuild the first time a page asks for it
- * (about a quarter of a second) and then kept in memory. Nothing generated is committed, so a fresh
- * clone serves the dashboard without a build step, and a changed source is picked up by the next
- * server start. Preact is bundled in: the page loads nothing from anywhere but this server.
+ * The browser code. In a checkout it is bundled from src/dashboard/client by esbuild
+ * (bin/dashboard-bundle.mjs) the first time a page asks for it (~0.4 s), then kept in memory:
+ * nothing generated is committed, a fresh clone needs no build step, and a changed source is
+ * picked up by the next server start. A published package has neither the sources nor esbuild:
+ * its build step wrote the same files to build/dashboard/, read from there. Preact is bundled in:
+ * the page loads nothing from anywhere but this server.
  */
 export function clientAssets(): Promise<ClientAssets> {
-  building ??= buildClientAssets();
+  building ??= loadClientAssets();
   building.catch(() => (building = undefined));
   return building;
 }
 
-async function buildClientAssets(): Promise<ClientAssets> {
-  const { build } = await import('esbuild');
-  const directory = join(projectRoot(), 'src', 'dashboard', 'client');
-  const result = await build({
-    entryPoints: { app: join(directory, 'main.tsx'), login: join(directory, 'login.ts') },
-    bundle: true,
-    write: false,
-    outdir: '/',
-    format: 'esm',
-    platform: 'browser',
-    target: ['chrome110', 'firefox110', 'safari16'],
-    jsx: 'automatic',
-    jsxImportSource: 'preact',
-    minify: true,
-    legalComments: 'none',
-    logLevel: 'silent',
-    // Resolve preact from this checkout, wherever the server process was started from.
-    nodePaths: [join(projectRoot(), 'node_modules')],
-  });
+async function loadClientAssets(): Promise<ClientAssets> {
+  // Loaded by path (like bin/bundles.mjs), so the bundled CLI finds it too.
+  const bundler = (await import(pathToFileURL(join(projectRoot(), 'bin', 'dashboard-bundle.mjs')).href)) as DashboardBundler;
+  const texts = existsSync(join(bundler.dashboardSources, 'main.tsx')) ? await bundler.bundleDashboard() : await readBuilt(bundler.dashboardBuild);
   const asset = (body: string, contentType: string): ClientAsset => ({
     body,
     contentType,
     etag: `"${createHash('sha256').update(body).digest('base64url').slice(0, 22)}"`,
   });
-  const output = (name: string) => {
-    const file = result.outputFiles.find((each) => each.path === `/${name}`);
-    if (!file) throw new Error(`the dashboard bundle has no ${name}`);
-    return file.text;
-  };
-  const { readFile } = await import('node:fs/promises');
   return {
-    'app.js': asset(output('app.js'), 'text/javascript; charset=utf-8'),
-    'login.js': asset(output('login.js'), 'text/javascript; charset=utf-8'),
-    'app.css': asset(await readFile(join(directory, 'style.css'), 'utf8'), 'text/css; charset=utf-8'),
+    'app.js': asset(texts['app.js'], 'text/javascript; charset=utf-8'),
+    'login.js': asset(texts['login.js'], 'text/javascript; charset=utf-8'),
+    'app.css': asset(texts['app.css'], 'text/css; charset=utf-8'),
   };
+}
+
+async function readBuilt(directory: string): Promise<Record<keyof ClientAssets, string>> {
+  const read = (name: string) =>
+    readFile(join(directory, name), 'utf8').catch(() => {
+      throw new TorporError('dashboard-missing', `the dashboard's browser code is not in ${directory}`, {
+        hint: 'in a checkout, run `npm install` (the sources are bundled on demand); a package build writes it with `node bin/dashboard-bundle.mjs`',
+      });
+    });
+  return { 'app.js': await read('app.js'), 'login.js': await read('login.js'), 'app.css': await read('app.css') };
 }
