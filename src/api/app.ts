@@ -17,6 +17,7 @@ import { headers } from "./headers.ts";
 import { createMachineRoutes } from "./machine-routes.ts";
 import { createSessionTurnRoutes } from "./session-turn-routes.ts";
 import { createSessionRoutes } from "./session-routes.ts";
+import { createDashboardRoutes } from "../dashboard/dashboard-routes.ts";
 
 export { headers } from "./headers.ts";
 
@@ -212,6 +213,8 @@ export function createApp(options: ApiOptions): Hono {
     app.route("/v1/sessions", createSessionRoutes(options.sessions));
     app.route("/v1/sessions", createSessionTurnRoutes(options.sessions));
     app.route("/v1/machines", createMachineRoutes());
+    // The server owns the token (api/token in its state directory); the dashboard only checks it.
+    app.route("/", createDashboardRoutes({ sessions: options.sessions, heartbeatMs, ensureToken: false }));
   }
   return app;
 }

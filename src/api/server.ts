@@ -8,6 +8,7 @@ import { TokenVerifier, ensureAdminToken } from "../state/api-tokens.ts";
 import { createApp, type ApiOptions } from "./app.ts";
 import { mountDurableStreams } from "./durable-streams-routes.ts";
 import { allowedHostsFor, defaultMaxBodyBytes, guardRequests } from "./request-guards.ts";
+import { withDashboardLogin } from "../dashboard/dashboard-login.ts";
 
 export interface StartApiServerOptions extends Omit<ApiOptions, "log" | "sessions">, ContextLogOptions {
   /** Adds routes after the API's own (for embedding and tests); errors still go through the one handler. */
@@ -71,7 +72,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   let address: AddressInfo;
   try {
     ({ server, address } = await new Promise<{ server: ServerType; address: AddressInfo }>((resolve, reject) => {
-      const created = serve({ fetch: guardRequests(app.fetch, policy), port: options.port ?? 7070, hostname: host }, (info) => resolve({ server: created, address: info }));
+      const created = serve({ fetch: withDashboardLogin(guardRequests(app.fetch, policy), { token }), port: options.port ?? 7070, hostname: host }, (info) => resolve({ server: created, address: info }));
       created.once("error", reject);
     }));
   } catch (error) {
