@@ -32,6 +32,7 @@
  * lets the current user register a shared tmpfs mapping and serve a fault (userfaultfd may be off).
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -45,6 +46,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -650,18 +652,45 @@ static void take_over(void *address, size_t length, off_t offset) {
   __atomic_store_n((uint32_t *)(lazy.status + 8), state_serving, __ATOMIC_RELEASE);
 }
 
+/*
+ * QEMU dies with its supervisor: the supervisor starts it with a parent-death signal (setpriv
+ * --pdeathsig), but the kernel clears that signal when a process changes its user id (prctl(2)),
+ * which QEMU does with -runas. With TORPOR_PARENT_DEATH=1 this library arms it again right after
+ * QEMU's setuid succeeds, and ends QEMU if the supervisor already died in between.
+ */
+static pid_t supervisor_pid;
+static int keep_parent_death;
+
+int setuid(uid_t uid) {
+  static int (*real_setuid)(uid_t);
+  if (!real_setuid) real_setuid = (int (*)(uid_t))dlsym(RTLD_NEXT, "setuid");
+  int result = real_setuid(uid);
+  if (result == 0 && keep_parent_death) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != supervisor_pid) _exit(70);
+  }
+  return result;
+}
+
 __attribute__((constructor)) static void initialize(void) {
   const char *map = getenv("TORPOR_LAZY_MEMORY_MAP");
-  if (!map || !*map) return;
-  /* A wrapper around QEMU (TORPOR_QEMU=script) passes the pager on untouched; QEMU takes it. */
+  const char *parent_death = getenv("TORPOR_PARENT_DEATH");
+  if ((!map || !*map) && !parent_death) return;
+  /* A wrapper around QEMU (TORPOR_QEMU=script, setpriv) passes the library on untouched; QEMU takes it. */
   char executable[4096];
   ssize_t length = readlink("/proc/self/exe", executable, sizeof executable - 1);
   if (length <= 0) return;
   executable[length] = 0;
   const char *name = strrchr(executable, '/');
   if (strncmp(name ? name + 1 : executable, "qemu-system-", 12) != 0) return;
-  /* Only QEMU itself: anything it might start must not inherit the pager. */
+  /* Only QEMU itself: anything it might start must not inherit the library. */
   unsetenv("LD_PRELOAD");
+  if (parent_death && strcmp(parent_death, "1") == 0) {
+    keep_parent_death = 1;
+    supervisor_pid = getppid();
+  }
+  unsetenv("TORPOR_PARENT_DEATH");
+  if (!map || !*map) return;
   char path[path_size];
   snprintf(path, sizeof path, "%s", map);
   unsetenv("TORPOR_LAZY_MEMORY_MAP");

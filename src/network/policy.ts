@@ -1,9 +1,13 @@
-import { z } from 'zod';
 import { TorporError } from '../util/errors.ts';
 import { parseCidr } from './cidr.ts';
 
-export const hostPortSchema = z.object({ port: z.number().int().min(1).max(65535), protocol: z.enum(['tcp', 'udp']) });
-export type HostPort = z.infer<typeof hostPortSchema>;
+// No zod here: `torpor exec` and every idle supervisor load this file, and must stay light. The
+// schema that validates policies read back from snapshots is in policy-schema.ts.
+
+export interface HostPort {
+  port: number;
+  protocol: 'tcp' | 'udp';
+}
 
 /**
  * What a machine's guest may reach through its user network. `filtered` (the default) lets it reach
@@ -11,15 +15,14 @@ export type HostPort = z.infer<typeof hostPortSchema>;
  * `unrestricted` is today's plain QEMU user network, for hosts where the filter cannot be set up.
  * (`--network none`, no network device at all, is the machine's `network: false`.)
  */
-export const networkPolicySchema = z.object({
-  mode: z.enum(['filtered', 'unrestricted']),
+export interface NetworkPolicy {
+  mode: 'filtered' | 'unrestricted';
   /** Ports of the host's loopback the guest may reach at 10.0.2.2 (and fec0::2). */
-  allowHost: z.array(hostPortSchema),
+  allowHost: HostPort[];
   /** Address ranges the guest may reach even if private; the most specific rule wins, a tie denies. */
-  egressAllow: z.array(z.string()),
-  egressDeny: z.array(z.string()),
-});
-export type NetworkPolicy = z.infer<typeof networkPolicySchema>;
+  egressAllow: string[];
+  egressDeny: string[];
+}
 
 export const defaultNetworkPolicy = (): NetworkPolicy => ({ mode: 'filtered', allowHost: [], egressAllow: [], egressDeny: [] });
 

@@ -1,5 +1,4 @@
 import { access, open } from 'node:fs/promises';
-import { chunkIdOf } from '../snapshot/chunk-operations.ts';
 import { TorporError } from '../util/errors.ts';
 import type { SnapshotManifest, CaptureInput } from '../snapshot/snapshot-store.ts';
 import {
@@ -126,6 +125,9 @@ export async function knownMemoryOf(
  * calls clean must hash to the id it is given. Run with the guest paused, before the capture.
  */
 export async function verifyCleanChunks(memoryFile: string, known: NonNullable<CaptureInput['knownMemory']>, clean: number[]): Promise<void> {
+  // Loaded here only: chunk hashing brings the native xxhash and zstd packages, which an idle
+  // supervisor (it imports this file) should not carry.
+  const { chunkIdOf } = await import('../snapshot/chunk-operations.ts');
   const handle = await open(memoryFile, 'r');
   try {
     const buffer = Buffer.alloc(known.chunkSize);

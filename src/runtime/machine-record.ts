@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { networkPolicySchema } from '../network/policy.ts';
+import { networkPolicySchema } from '../network/policy-schema.ts';
 import { machineStatuses } from './machine-files.ts';
 
 // The readers of config.json and state.json, the statuses and the file layout live in

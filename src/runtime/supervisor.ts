@@ -19,7 +19,7 @@ import type { MachineConfig, MachineState } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
 import { keepWarm } from './warm-memory.ts';
-import { protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
+import { parentDeathEnvironment, protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
 import { confirmPagerServing, earlyWorkingSet, knownMemoryOf, releaseLazyMemory, restoreEnvironment, verifyCleanChunks, type WriteBaseline } from './lazy-restore.ts';
 
 // Streams the supervisor opens for its clients live above its own (below 0x40000000), at a random
@@ -140,8 +140,10 @@ export class Supervisor {
       // A restored guest stays paused until its device state is loaded, so its rules may still be on
       // their way while QEMU starts; a cold-booting guest runs at once, so they must be in place.
       if (!restore) await this.confinement.rulesReady;
-      const environment = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
-      this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), environment), { logPath: this.files.supervisorLog });
+      const pager = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
+      // A QEMU that drops root (-runas) loses its parent-death signal; the preloaded library re-arms it.
+      const parentDeath = this.confinement.runAs ? await parentDeathEnvironment() : {};
+      this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager }), { logPath: this.files.supervisorLog });
       mark('qmpReady');
       // Recorded with the pid: a claim whose supervisor died before this is stale, and is taken over.
       await this.setState({ qemuPid: this.vm.pid, networkUid: this.confinement.runAs?.uid });
@@ -152,9 +154,9 @@ export class Supervisor {
       if (restore) {
         await Promise.race([this.confinement.rulesReady, vmGone]);
         await Promise.race([loadDeviceState(this.vm.qmp, this.migrationSocket(), await readFile(this.files.deviceState)), vmGone]);
-        if (environment) await confirmPagerServing(this.memoryFile());
+        if (pager) await confirmPagerServing(this.memoryFile());
         await this.vm.qmp.execute('cont');
-        if (environment) this.recordWorkingSet();
+        if (pager) this.recordWorkingSet();
         mark('deviceStateLoaded');
       }
       this.agent = await AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 });

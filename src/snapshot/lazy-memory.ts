@@ -160,6 +160,16 @@ export async function prepareLazyMemory(manifest: SnapshotManifest, options: Pre
 }
 
 /** What QEMU's environment needs for the pager to take over the RAM file. */
+/**
+ * Preloads the same library into every QEMU that drops root, only to re-arm its parent-death signal
+ * after QEMU's setuid (the kernel clears it then). Without the library (no C compiler) a QEMU whose
+ * supervisor is killed keeps running, and `torpor ps` says so.
+ */
+export async function parentDeathEnvironment(): Promise<Record<string, string>> {
+  const support = await lazyMemorySupport();
+  return support.library ? { LD_PRELOAD: support.library, TORPOR_PARENT_DEATH: '1' } : {};
+}
+
 export function pagerEnvironment(library: string, files: LazyMemoryFiles): Record<string, string> {
   return { LD_PRELOAD: library, TORPOR_LAZY_MEMORY_MAP: files.mapFile };
 }
