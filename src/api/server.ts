@@ -45,6 +45,10 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
     if (code === "EADDRINUSE") throw new Error(`port ${options.port} on ${host} is already in use; stop the other server or pass another --port`);
     throw error;
   }
+  // Idle keep-alive connections stay open 65 s (Node's default is 5 s): longer than the idle timeouts
+  // of common proxies and load balancers, and than a client that is busy between two requests, so
+  // neither side reuses a socket the other is closing.
+  Object.assign(server, { keepAliveTimeout: 65_000, headersTimeout: 66_000 });
   const urlHost = host.includes(":") ? `[${host}]` : host;
   const url = `http://${urlHost}:${address.port}`;
   let closing: Promise<void> | undefined;
