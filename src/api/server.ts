@@ -86,6 +86,10 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   const allowed = allowedHostsFor(host, address.port, options.serverNames);
   for (const each of allowed.hosts) policy.allowedHosts.add(each);
   for (const each of allowed.origins) policy.allowedOrigins.add(each);
+  // Idle keep-alive connections stay open 65 s (Node's default is 5 s): longer than the idle timeouts
+  // of common proxies and load balancers, and than a client that is busy between two requests, so
+  // neither side reuses a socket the other is closing.
+  Object.assign(server, { keepAliveTimeout: 65_000, headersTimeout: 66_000 });
   const urlHost = host.includes(":") ? `[${host}]` : host;
   const url = `http://${urlHost}:${address.port}`;
   let closing: Promise<void> | undefined;

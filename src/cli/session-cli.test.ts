@@ -88,3 +88,12 @@ test('without a server the session commands say how to start one', async () => {
   assert.notEqual(result.code, 0);
   assert.match(result.stderr, /no torpor server is running\n\s+hint: start one with `torpor serve`/);
 });
+
+test('session fork --at-turn takes only a turn number', async () => {
+  const result = await torpor(['session', 'fork', 'cli-chat', '--at-turn', '1; rm -rf /']);
+  assert.equal(result.code, 1);
+  assert.match(result.stderr, /--at-turn must be a turn number/);
+  const missing = await torpor(['session', 'fork', 'no-such-session', '--at-turn', '2']);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /no such session/);
+});

@@ -1,4 +1,5 @@
 import type { SessionEvent } from "./events.ts";
+import { readSessionEvents } from "./session-events.ts";
 import { Torpor } from "./torpor.ts";
 import type { TorporOptions } from "./transport.ts";
 
@@ -156,5 +157,43 @@ export function createChatHandler(options: ChatHandlerOptions): (request: Reques
     const session = typeof options.session === "function" ? await options.session({ id: body.id, request }) : options.session;
     const turn = client.sessions.send(session, text, { signal: request.signal });
     return new Response(sessionEventsToUIMessageStream(turn), { headers: uiMessageStreamHeaders });
+  };
+}
+
+/** Whether an event ends the turn it belongs to (as far as a live reader is concerned). */
+const endsTurn = (event: SessionEvent) => event.type === "turn-finish" || event.type === "turn-suspend";
+
+/**
+ * The other half of `useChat({ resume: true })`: a GET handler for `<api>/<chatId>/stream`. If
+ * the session's latest turn is still running (a page reload mid-answer), it replays that turn's
+ * events recorded so far (the Durable Stream `sessions/<id>/events`) and follows it live to its
+ * end; if no turn is running it answers 204, which tells the AI SDK there is nothing to resume.
+ */
+export function createChatResumeHandler(options: ChatHandlerOptions): (request: Request) => Promise<Response> {
+  const client = options.client ?? new Torpor(options);
+  return async (request) => {
+    const chatId = /\/([^/]+)\/stream\/?$/.exec(new URL(request.url).pathname)?.[1];
+    const session = typeof options.session === "function" ? await options.session({ id: chatId === undefined ? undefined : decodeURIComponent(chatId), request }) : options.session;
+    const info = await client.sessions.get(session);
+    // What is recorded so far; the latest turn is everything from its last turn-start on.
+    const recorded: SessionEvent[] = [];
+    let offset = "-1";
+    for await (const batch of readSessionEvents(client.transport, info.id, { live: false, signal: request.signal })) {
+      recorded.push(...batch.events);
+      offset = batch.offset;
+    }
+    const start = recorded.findLastIndex((event) => event.type === "turn-start");
+    if (start < 0 || recorded.slice(start).some(endsTurn)) return new Response(null, { status: 204 });
+    const turn = recorded.slice(start);
+    async function* replayThenFollow(): AsyncGenerator<SessionEvent> {
+      yield* turn;
+      for await (const batch of readSessionEvents(client.transport, info.id, { offset, live: true, signal: request.signal })) {
+        for (const event of batch.events) {
+          yield event;
+          if (endsTurn(event)) return;
+        }
+      }
+    }
+    return new Response(sessionEventsToUIMessageStream(replayThenFollow()), { headers: uiMessageStreamHeaders });
   };
 }

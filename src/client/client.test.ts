@@ -9,7 +9,7 @@ import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
 import { shellAgent } from '../session/testing/shell-agent.ts';
 import { startTorporServer, type TorporServerProcess } from './testing/torpor-server.ts';
 import { ConflictError, InvalidRequestError, NotFoundError, Torpor, TorporApiError, TorporConnectionError, type SessionEvent, type StoredEntry } from './index.ts';
-import { createChatHandler, sessionEventsToUIMessageChunks, sessionEventsToUIMessageStream, uiMessageStreamHeaders } from './ai-sdk.ts';
+import { createChatHandler, createChatResumeHandler, sessionEventsToUIMessageChunks, sessionEventsToUIMessageStream, uiMessageStreamHeaders } from './ai-sdk.ts';
 
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
 let server: TorporServerProcess;
@@ -227,3 +227,46 @@ describe('sessions through the client (a real VM)', { timeout: 600_000 }, () => 
     assert.deepEqual(await torpor.sessions.list(), []);
   });
 });
+
+// An agent whose turns take a while: a reader can drop out in the middle of one.
+const slowAgent = String.raw`
+while read -r line; do
+  case "$line" in
+  *'"type":"message"'*)
+    turn=$(echo "$line" | sed 's/.*"turnId":"\([^"]*\)".*/\1/')
+    echo "{\"type\":\"turn-start\",\"turnId\":\"$turn\"}"
+    echo "{\"type\":\"text-delta\",\"turnId\":\"$turn\",\"delta\":\"part one, \"}"
+    sleep 4
+    echo "{\"type\":\"text-delta\",\"turnId\":\"$turn\",\"delta\":\"part two\"}"
+    echo "{\"type\":\"message-finish\",\"turnId\":\"$turn\",\"message\":{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"part one, part two\"}]}}"
+    echo "{\"type\":\"turn-finish\",\"turnId\":\"$turn\"}" ;;
+  esac
+done
+`;
+
+describe('useChat resume (a real VM)', { timeout: 600_000 }, () => {
+  it('replays the running turn to a reloaded page and follows it to its end; 204 when nothing runs', async () => {
+    const session = await torpor.sessions.create({ image: 'base', command: ['sh', '-c', slowAgent], resources: { memory: '256m' }, idle: '60s' });
+    const resume = createChatResumeHandler({ client: torpor, session: () => session.id });
+    const transport = new DefaultChatTransport({ api: 'http://app.invalid/api/chat', fetch: (async (input: string | URL | Request, init?: RequestInit) => resume(new Request(input, init))) as typeof fetch });
+    assert.equal(await transport.reconnectToStream({ chatId: 'chat-1' }), null, 'nothing to resume before any turn');
+
+    const running = session.send('go').text();
+    // The page reloads after the first part was shown.
+    for (let attempt = 0; attempt < 300; attempt++) {
+      const seen: SessionEvent[] = [];
+      for await (const batch of session.events({ live: false })) seen.push(...batch.events);
+      if (seen.some((event) => event.type === 'text-delta')) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const stream = await transport.reconnectToStream({ chatId: 'chat-1' });
+    assert.ok(stream, 'a running turn can be resumed');
+    let last: UIMessage | undefined;
+    for await (const message of readUIMessageStream({ stream })) last = message;
+    assert.equal(last?.parts.filter((part) => part.type === 'text').map((part) => (part as { text: string }).text).join(''), 'part one, part two');
+    assert.equal(await running, 'part one, part two');
+    assert.equal(await transport.reconnectToStream({ chatId: 'chat-1' }), null, 'nothing to resume after the turn');
+    await session.delete();
+  });
+});
+

@@ -19,4 +19,4 @@ export {
   ServerError,
 } from "./errors.ts";
 export { readServerSentEvents, type ServerSentEvent } from "./server-sent-events.ts";
-export { sessionEventsToUIMessageStream, createChatHandler, type ChatHandlerOptions } from "./ai-sdk.ts";
+export { sessionEventsToUIMessageStream, sessionEventsToUIMessageChunks, createChatHandler, createChatResumeHandler, uiMessageStreamHeaders, type ChatHandlerOptions, type UIMessageChunk } from "./ai-sdk.ts";
