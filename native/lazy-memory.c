@@ -26,7 +26,9 @@
  * The status file (created by the caller, size statusSize(chunk count)) is shared with the host:
  *   0 "TORPSTA1"   8 u32 state (0 waiting, 1 serving, 2 failed)   12 u32 chunk count
  *   16 u64 counters[16] (see enum counter)   144 error message (368 bytes)
- *   512 one byte per chunk: 1 once served   then u32 pairs (chunk index, ms since start) in served order
+ *   512 one byte per chunk: 1 once served (padded to 8)   then u32 pairs (chunk index, ms since
+ *   start) in served order   then one byte per chunk: 1 once written since the last protect round
+ * Beside it, the unix socket <status file>.sock takes "protect" requests (a new dirty generation).
  *
  * With -DTORPOR_LAZY_MEMORY_PROBE the file builds a small program instead that checks this kernel
  * lets the current user register a shared tmpfs mapping and serve a fault (userfaultfd may be off).

@@ -6,6 +6,7 @@ import {
   lazyMemoryFiles,
   lazyMemorySupport,
   pagerEnvironment,
+  pagerLibrary,
   prepareLazyMemory,
   readLazyMemoryStatus,
   releaseLazyMemoryPin,
@@ -62,15 +63,16 @@ async function exists(path: string): Promise<boolean> {
 export async function restoreEnvironment(machineId: string, memoryFile: string): Promise<Record<string, string> | undefined> {
   const files = lazyMemoryFiles(memoryFile);
   if (!(await exists(files.mapFile))) return undefined;
-  const support = await lazyMemorySupport();
-  if (!support.available || !support.library) {
-    throw new TorporError('lazy-memory-unavailable', `this restore was prepared for lazy memory, which is not available here: ${support.reason}`, {
+  // The process that prepared the restore probed userfaultfd already: only the library is needed here.
+  const library = await pagerLibrary().catch(() => undefined);
+  if (!library) {
+    throw new TorporError('lazy-memory-unavailable', 'this restore was prepared for lazy memory, but the pager library cannot be built here', {
       hint: 'restore again with TORPOR_LAZY_MEMORY=0',
     });
   }
   // The supervisor holds the chunks from now on (the CLI that prepared the restore may exit).
   await holdLazyMemoryPin(machineId, process.pid);
-  return pagerEnvironment(support.library, files);
+  return pagerEnvironment(library, files);
 }
 
 /**

@@ -46,11 +46,16 @@ export interface LazyMemorySupport {
 
 let support: Promise<LazyMemorySupport> | undefined;
 
+/** The preloadable pager library (built once per source version); for a restore already prepared lazily. */
+export function pagerLibrary(): Promise<string | undefined> {
+  return buildNative(source, 'lazy-memory.so', ['-shared', '-fPIC', '-pthread'], ['-lzstd']);
+}
+
 async function probe(): Promise<LazyMemorySupport> {
   let library: string | undefined;
   let prober: string | undefined;
   try {
-    library = await buildNative(source, 'lazy-memory.so', ['-shared', '-fPIC', '-pthread'], ['-lzstd']);
+    library = await pagerLibrary();
     prober = await buildNative(source, 'lazy-memory-probe', ['-DTORPOR_LAZY_MEMORY_PROBE', '-pthread']);
   } catch (error) {
     return { available: false, reason: `the pager does not build (apt-get install -y libzstd-dev libxxhash-dev): ${(error as Error).message.split('\n')[0]}`, writeProtect: false };
