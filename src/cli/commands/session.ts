@@ -96,17 +96,18 @@ export function registerSessionCommands(program: Command): void {
     .option('--idle <duration>', 'hibernate after this long idle (e.g. 30s, 5m)', '30s')
     .option('--cpus <n>', 'virtual CPUs', '1')
     .option('-m, --memory <size>', 'guest memory', '512m')
+    .option('--disk <size>', 'size of the writable disk (default 4g; the server caps it with --max-disk)')
     .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect)
     .option('--json', 'machine-readable output')
     .argument('<command...>', 'the agent program, after --')
-    .action(async (command: string[], flags: { image: string; name?: string; idle: string; cpus: string; memory: string; env?: string[]; json?: boolean }) => {
+    .action(async (command: string[], flags: { image: string; name?: string; idle: string; cpus: string; memory: string; disk?: string; env?: string[]; json?: boolean }) => {
       const created = (await call(await url(), 'POST', '/v1/sessions', {
         image: flags.image,
         command,
         env: flags.env ?? [],
         name: flags.name,
         idle: flags.idle,
-        resources: { cpus: Number(flags.cpus), memory: flags.memory },
+        resources: { cpus: Number(flags.cpus), memory: flags.memory, ...(flags.disk !== undefined ? { disk: flags.disk } : {}) },
       })) as SessionView;
       if (flags.json) printJson(created);
       else process.stdout.write(created.id + '\n');
