@@ -42,9 +42,13 @@ const statusByCode: Record<string, number> = {
   'body-too-large': 413,
 };
 
-export function guardResponse(error: TorporError): Response {
+/**
+ * `closeConnection`: the request may have a body we did not read. Left on a kept-alive socket, its
+ * unread rest would sit in front of the client's next request, which then never gets an answer.
+ */
+export function guardResponse(error: TorporError, closeConnection = false): Response {
   const status = statusByCode[error.code] ?? 400;
-  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  const headers: Record<string, string> = { 'content-type': 'application/json', ...(closeConnection ? { connection: 'close' } : {}) };
   if (status === 401) headers['www-authenticate'] = 'Bearer realm="torpor"';
   return new Response(JSON.stringify({ error: { code: error.code, message: error.message, hint: error.hint } }), { status, headers });
 }
@@ -148,7 +152,7 @@ export function guardRequests<F extends Fetch>(fetch: F, policy: RequestGuardPol
       const buffered = new Request(request.url, { method: request.method, headers: request.headers, body: body.byteLength > 0 ? body : undefined, signal: request.signal });
       return await fetch(buffered, ...rest);
     } catch (error) {
-      if (error instanceof TorporError && error.code in statusByCode) return guardResponse(error);
+      if (error instanceof TorporError && error.code in statusByCode) return guardResponse(error, !safeMethods.has(request.method) || request.body !== null);
       throw error;
     }
   };
