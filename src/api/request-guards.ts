@@ -15,7 +15,8 @@ import { authenticate, type AuthenticationPolicy } from './authentication.ts';
  *  4. A valid bearer token, and a scope that allows the request (authentication.ts).
  *  5. Bodies are JSON (415 otherwise: a browser's cross-site "simple" request can only send
  *     text/plain, form or multipart bodies, so requiring JSON closes that door too).
- *  6. Bodies are at most a route's limit (413), counted while reading, whatever Content-Length says.
+ *  6. Bodies are at most a route's limit (413): by Content-Length, which Node's parser holds the
+ *     client to, or counted while reading a chunked body.
  */
 export interface RequestGuardPolicy extends AuthenticationPolicy {
   /** Lower-case `host[:port]` values accepted in the Host header. */
@@ -147,7 +148,16 @@ export function guardRequests<F extends Fetch>(fetch: F, policy: RequestGuardPol
       authenticate(request, url.pathname, policy);
       if (safeMethods.has(request.method) && request.method !== 'OPTIONS') return await fetch(request, ...rest);
       const logAppend = isLogAppend(request.method, url.pathname);
-      const body = await readBody(request, logAppend ? policy.maxLogAppendBytes : policy.maxBodyBytes);
+      const limit = logAppend ? policy.maxLogAppendBytes : policy.maxBodyBytes;
+      const declared = request.headers.get('content-length');
+      if (declared !== null && /^\d+$/.test(declared) && request.headers.get('transfer-encoding') === null) {
+        // Node's parser delivers exactly Content-Length bytes, never more: checking the number is
+        // enough, and the route reads the body straight from the socket (no copy, no re-wrapping).
+        if (Number(declared) > limit) await readBody(request, limit);
+        checkContentType(request, logAppend, Number(declared));
+        return await fetch(request, ...rest);
+      }
+      const body = await readBody(request, limit);
       checkContentType(request, logAppend, body.byteLength);
       const buffered = new Request(request.url, { method: request.method, headers: request.headers, body: body.byteLength > 0 ? body : undefined, signal: request.signal });
       return await fetch(buffered, ...rest);

@@ -10,9 +10,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
 
 const cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
 let home = '';
+let temporaryHome: Awaited<ReturnType<typeof useTemporaryHome>>;
 let server: ChildProcess;
 let port = 0;
 let url = '';
@@ -68,7 +70,10 @@ function torpor(args: string[], environment: NodeJS.ProcessEnv = {}): Promise<{ 
 }
 
 before(async () => {
-  home = await mkdtemp(join(tmpdir(), 'tp-sec-'));
+  // A temporary home whose cleanup also kills machines: none should start here, but if a guard
+  // failed open one would, and it must not outlive the test.
+  temporaryHome = await useTemporaryHome();
+  home = temporaryHome.home;
   // Small, fixed limits so the limit tests do not depend on this host's size.
   server = spawn(process.execPath, [cli, 'serve', '--port', '0', '--json', '--max-cpus', '2', '--max-memory', '1g', '--max-disk', '8g', '--max-sessions', '1', '--max-body', '1m'], {
     env: { ...process.env, TORPOR_HOME: home, TORPOR_MAX_BODY: '' },
@@ -92,7 +97,7 @@ before(async () => {
 after(async () => {
   server.kill('SIGTERM');
   await new Promise((resolve) => server.once('exit', resolve));
-  await rm(home, { recursive: true, force: true });
+  await temporaryHome.cleanup();
 });
 
 test('serve creates a random token, private to the user (file 0600, directory 0700)', () => {
