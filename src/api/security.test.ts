@@ -279,3 +279,34 @@ test('serve refuses a non-loopback address unless told, and then only with an ex
     await rm(fresh, { recursive: true, force: true });
   }
 });
+
+test('behind a proxy: --server-name adds the proxy\'s Host and https origin, nothing else', async () => {
+  const { startApiServer } = await import('./server.ts');
+  const { temporaryLog } = await import('../context/testing/temporary-log.ts');
+  const temporary = temporaryLog();
+  const proxied = await startApiServer({ port: 0, log: temporary.log, serverNames: ['torpor.example'] });
+  try {
+    const request = (headers: Record<string, string>, method = 'GET', body?: string) =>
+      new Promise<number>((resolve, reject) => {
+        const outgoing = httpRequest({ host: '127.0.0.1', port: proxied.port, method, path: '/v1/logs/proxied/entries', headers: { authorization: `Bearer ${proxied.token}`, ...headers }, setHost: false }, (response) => {
+          response.resume();
+          response.on('end', () => resolve(response.statusCode ?? 0));
+        });
+        outgoing.on('error', reject);
+        outgoing.end(body);
+      });
+    const entry = '[{"kind":"message","role":"user","content":"via proxy"}]';
+    const post = { 'content-type': 'application/json', 'content-length': String(entry.length) };
+    assert.equal(await request({ host: 'torpor.example', ...post, origin: 'https://torpor.example' }, 'POST', entry), 200);
+    assert.equal(await request({ host: `torpor.example:${proxied.port}`, ...post }, 'POST', entry), 200);
+    assert.equal(await request({ host: 'torpor.example', ...post, origin: 'https://evil.example' }, 'POST', entry), 403);
+    assert.equal(await request({ host: 'other.example' }), 421);
+    assert.equal(await request({ host: `127.0.0.1:${proxied.port}` }), 200);
+    // A server given only a log (no state directory) still has a token: a random one of its own.
+    assert.match(proxied.token, /^torpor_/);
+    assert.equal(await request({ host: `127.0.0.1:${proxied.port}`, authorization: `Bearer ${token}` }), 401);
+  } finally {
+    await proxied.close();
+    await temporary.cleanup();
+  }
+});
