@@ -141,7 +141,10 @@ async function ok(response: Response): Promise<Response> {
   return response;
 }
 
-function torporHttpTarget(name: string, url: string, child: ChildProcess): Target {
+function torporHttpTarget(name: string, url: string, child: ChildProcess, directory: string): Target {
+  // `torpor serve` needs its bearer token (created in its state directory on start) on every request.
+  const token = readFileSync(join(directory, "api", "token"), "utf8").trim();
+  const fetch = (input: string, init: RequestInit = {}) => globalThis.fetch(input, { ...init, headers: { authorization: `Bearer ${token}`, ...(init.headers as Record<string, string>) } });
   return {
     name,
     async prepare() {},
@@ -388,7 +391,7 @@ async function main(): Promise<void> {
       async () => embeddedTarget("torpor embedded (SQLite)", new ContextLog(new SqliteStorage({ path: join(directory, "embedded", "log.sqlite") }))),
       async () => {
         const { url, child } = await startChild("torpor", join(directory, "http-sqlite"));
-        return torporHttpTarget("torpor HTTP (SQLite)", url, child);
+        return torporHttpTarget("torpor HTTP (SQLite)", url, child, join(directory, "http-sqlite"));
       },
     ];
     if (!flag("--no-postgres")) {
@@ -399,7 +402,7 @@ async function main(): Promise<void> {
       targets.push(async () => {
         postgres ??= await startPostgresServer({ durable: true });
         const { url, child } = await startChild("torpor", join(directory, "http-postgres"), ["--postgres", postgres.url]);
-        return torporHttpTarget("torpor HTTP (PostgreSQL)", url, child);
+        return torporHttpTarget("torpor HTTP (PostgreSQL)", url, child, join(directory, "http-postgres"));
       });
     }
     targets.push(async () => {

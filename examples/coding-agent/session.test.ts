@@ -4,6 +4,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { useTemporaryHome } from "../../src/runtime/testing/temporary-home.ts";
 import { startDevLlm, type DevLlmServer } from "../../src/dev-llm/index.ts";
 import { buildCodingAgentImage } from "./image.ts";
@@ -14,6 +16,15 @@ let llm: DevLlmServer;
 let server: ChildProcess | undefined;
 let url = "";
 let sessionId = "";
+
+/** fetch with the server's bearer token, which `torpor serve` creates in the state directory on its first start. */
+function fetch(input: string, init: RequestInit = {}): Promise<Response> {
+  let token = "";
+  try {
+    token = readFileSync(join(home.home, "api", "token"), "utf8").trim();
+  } catch {}
+  return globalThis.fetch(input, { ...init, headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(init.headers as Record<string, string>) } });
+}
 
 async function startServer(): Promise<void> {
   const port = 17000 + Math.floor(Math.random() * 2000);

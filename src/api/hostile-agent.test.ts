@@ -68,6 +68,18 @@ async function send(content: string): Promise<{ reply: string; events: Array<Rec
   return { reply: events.filter((event) => event.type === 'text-delta').map((event) => String(event.delta)).join(''), events };
 }
 
+/** The CLI, asynchronously: a blocked event loop would let kept-alive sockets to the server go stale under fetch. */
+function torpor(args: string[]): Promise<{ status: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [cli, ...args], { env: { ...process.env, TORPOR_HOME: home.home } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    child.on('close', (code) => resolve({ status: code ?? -1, stdout, stderr }));
+  });
+}
+
 function sizeOf(path: string): number {
   try {
     return statSync(path).size;
@@ -140,6 +152,16 @@ test('an agent flooding stdout and the serial console: the turn ends, both logs 
   const consoleLog = sizeOf(join(directory, 'console.log')) + sizeOf(join(directory, 'console.log.1'));
   assert.match(readFileSync(join(directory, 'console.log.1'), 'utf8'), /console-flood/, 'the flood reached the console and was rotated');
   assert.ok(consoleLog <= logMax + 1024 * 1024, `console log keeps ${consoleLog} bytes`);
+  // `torpor logs` reads what the capped log kept, rotated file first, as whole records.
+  const { json: record } = await api('GET', `/v1/sessions/${sessionId}`);
+  const logs = await torpor(['logs', record.machineId as string, '--tail', '3']);
+  assert.equal(logs.status, 0, logs.stderr);
+  assert.match(logs.stdout, /"delta":"flooded"/);
+  const logsAll = await torpor(['logs', record.machineId as string]);
+  assert.equal(logsAll.status, 0, logsAll.stderr);
+  assert.match(logsAll.stdout, /noise on stdout, not an agent event/);
+  const currentOnly = readFileSync(join(directory, 'process.log'), 'utf8').split('\n').filter(Boolean).reduce((total, line) => total + (JSON.parse(line) as { log: string }).log.length, 0);
+  assert.ok(logsAll.stdout.length + logsAll.stderr.length > currentOnly, 'the rotated part is read too');
   process.stderr.write(`# flood: process log keeps ${processLog} bytes of 8000000, console log ${consoleLog} bytes (cap ${logMax})\n`);
   assert.equal((await api('GET', '/health')).status, 200);
 });

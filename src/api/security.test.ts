@@ -10,9 +10,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
 
 const cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
 let home = '';
+let temporaryHome: Awaited<ReturnType<typeof useTemporaryHome>>;
 let server: ChildProcess;
 let port = 0;
 let url = '';
@@ -31,7 +33,7 @@ function raw(method: string, path: string, headers: Record<string, string> = {},
   return new Promise((resolve, reject) => {
     // Node sends a DELETE body without framing unless told its length.
     const length = typeof body === 'string' || Buffer.isBuffer(body) ? { 'content-length': String(Buffer.byteLength(body)) } : {};
-    const outgoing = httpRequest({ host: '127.0.0.1', port, method, path, headers: { host: `127.0.0.1:${port}`, ...length, ...headers }, setHost: false, agent: false }, (response) => {
+    const outgoing = httpRequest({ host: '127.0.0.1', port, method, path, headers: { host: `127.0.0.1:${port}`, ...length, ...headers }, setHost: false }, (response) => {
       const chunks: Buffer[] = [];
       response.on('data', (chunk: Buffer) => chunks.push(chunk));
       response.on('end', () => {
@@ -68,7 +70,10 @@ function torpor(args: string[], environment: NodeJS.ProcessEnv = {}): Promise<{ 
 }
 
 before(async () => {
-  home = await mkdtemp(join(tmpdir(), 'tp-sec-'));
+  // A temporary home whose cleanup also kills machines: none should start here, but if a guard
+  // failed open one would, and it must not outlive the test.
+  temporaryHome = await useTemporaryHome();
+  home = temporaryHome.home;
   // Small, fixed limits so the limit tests do not depend on this host's size.
   server = spawn(process.execPath, [cli, 'serve', '--port', '0', '--json', '--max-cpus', '2', '--max-memory', '1g', '--max-disk', '8g', '--max-sessions', '1', '--max-body', '1m'], {
     env: { ...process.env, TORPOR_HOME: home, TORPOR_MAX_BODY: '' },
@@ -92,7 +97,7 @@ before(async () => {
 after(async () => {
   server.kill('SIGTERM');
   await new Promise((resolve) => server.once('exit', resolve));
-  await rm(home, { recursive: true, force: true });
+  await temporaryHome.cleanup();
 });
 
 test('serve creates a random token, private to the user (file 0600, directory 0700)', () => {
@@ -188,7 +193,8 @@ test('oversized bodies are refused by declared length and by counting a chunked 
     for (let index = 0; index < 64; index++) write(Buffer.alloc(64 * 1024, 0x20));
   });
   assert.equal(chunked.status, 413, chunked.body);
-  // The server is still there and answers.
+  // The server is still there and answers, also on a kept-alive connection (an unread rest of a
+  // refused body must not sit in front of the next request).
   assert.equal((await raw('GET', '/v1/sessions', bearer())).status, 200);
 });
 
@@ -233,6 +239,8 @@ test('scoped tokens: read-only refuses writes; one-session refuses other session
   assert.deepEqual(listed.map((record) => record.id).sort(), [readOnly.id, one.id].sort());
   assert.ok(listed.every((record) => record.digest === undefined), 'ls shows no digests');
   assert.equal((await torpor(['token', 'rm', one.id])).code, 0);
+  // The server notices a revocation within a second.
+  await new Promise((resolve) => setTimeout(resolve, 1100));
   assert.equal((await raw('GET', '/v1/logs/mine', bearer(one.token))).status, 401, 'a revoked token');
   assert.equal((await raw('GET', '/v1/logs', bearer(readOnly.token))).status, 200, 'the other token still works');
 });
@@ -269,5 +277,36 @@ test('serve refuses a non-loopback address unless told, and then only with an ex
     assert.match(badLimit.stderr, /--max-cpus must be a whole number/);
   } finally {
     await rm(fresh, { recursive: true, force: true });
+  }
+});
+
+test('behind a proxy: --server-name adds the proxy\'s Host and https origin, nothing else', async () => {
+  const { startApiServer } = await import('./server.ts');
+  const { temporaryLog } = await import('../context/testing/temporary-log.ts');
+  const temporary = temporaryLog();
+  const proxied = await startApiServer({ port: 0, log: temporary.log, serverNames: ['torpor.example'] });
+  try {
+    const request = (headers: Record<string, string>, method = 'GET', body?: string) =>
+      new Promise<number>((resolve, reject) => {
+        const outgoing = httpRequest({ host: '127.0.0.1', port: proxied.port, method, path: '/v1/logs/proxied/entries', headers: { authorization: `Bearer ${proxied.token}`, ...headers }, setHost: false }, (response) => {
+          response.resume();
+          response.on('end', () => resolve(response.statusCode ?? 0));
+        });
+        outgoing.on('error', reject);
+        outgoing.end(body);
+      });
+    const entry = '[{"kind":"message","role":"user","content":"via proxy"}]';
+    const post = { 'content-type': 'application/json', 'content-length': String(entry.length) };
+    assert.equal(await request({ host: 'torpor.example', ...post, origin: 'https://torpor.example' }, 'POST', entry), 200);
+    assert.equal(await request({ host: `torpor.example:${proxied.port}`, ...post }, 'POST', entry), 200);
+    assert.equal(await request({ host: 'torpor.example', ...post, origin: 'https://evil.example' }, 'POST', entry), 403);
+    assert.equal(await request({ host: 'other.example' }), 421);
+    assert.equal(await request({ host: `127.0.0.1:${proxied.port}` }), 200);
+    // A server given only a log (no state directory) still has a token: a random one of its own.
+    assert.match(proxied.token, /^torpor_/);
+    assert.equal(await request({ host: `127.0.0.1:${proxied.port}`, authorization: `Bearer ${token}` }), 401);
+  } finally {
+    await proxied.close();
+    await temporary.cleanup();
   }
 });

@@ -58,6 +58,9 @@ export async function copyFromMachine(client: AgentClient, guestPath: string, ho
     if (type === S_IFDIR) {
       await mkdir(to, { recursive: true, mode: info.mode & 0o7777 });
       for (const entry of entries) await copy(posix.join(from, entry.name), join(to, entry.name));
+      // mkdir's mode passes through the umask (077 in the CLI, which keeps its state private):
+      // set the guest's mode explicitly, as for files (last, so a read-only directory is filled first).
+      await chmod(to, info.mode & 0o7777);
     } else if (type === S_IFREG) {
       // Into a temporary file, renamed when complete: a failed copy leaves nothing half-written.
       const partial = `${to}.torpor-partial`;

@@ -161,7 +161,8 @@ export function revokeScopedToken(stateDirectory: string, id: string): boolean {
  * Checks presented tokens for the server. Comparisons are between SHA-256 digests with
  * timingSafeEqual, and every stored token is compared (no early exit), so response time says
  * nothing about how much of a guess was right or which token it was close to.
- * Scoped tokens are re-read when their file changes, so `torpor token create/rm` needs no restart.
+ * Scoped tokens are re-read when their file changes (checked at most once a second), so
+ * `torpor token create/rm` needs no restart.
  */
 export class TokenVerifier {
   private readonly adminDigest: Buffer;
@@ -175,15 +176,23 @@ export class TokenVerifier {
     this.adminDigest = digestOf(adminToken);
   }
 
-  private refreshScoped(): void {
-    if (!this.stateDirectory) return;
+  private lastRefresh = 0;
+
+  /** Re-reads the scoped tokens if their file changed; returns whether it looked. */
+  private refreshScoped(force: boolean): boolean {
+    if (!this.stateDirectory) return false;
+    // At most one stat a second on the way in, so a revocation takes effect within a second;
+    // an unknown token looks at once, so a token just created works on its first request.
+    const now = Date.now();
+    if (!force && now - this.lastRefresh < 1000) return false;
+    this.lastRefresh = now;
     const path = apiTokenPaths(this.stateDirectory).scopedTokens;
     let stamp = 'absent';
     try {
       const stats = statSync(path);
       stamp = `${stats.mtimeMs}:${stats.size}:${stats.ino}`;
     } catch {}
-    if (stamp === this.scopedFileStamp) return;
+    if (stamp === this.scopedFileStamp) return true;
     this.scopedFileStamp = stamp;
     try {
       this.scoped = readScopedTokens(path).map((record) => ({ ...record, digestBytes: Buffer.from(record.digest, 'hex') }));
@@ -191,17 +200,24 @@ export class TokenVerifier {
       // A broken file revokes every scoped token rather than guessing; the full token still works.
       this.scoped = [];
     }
+    return true;
   }
 
-  verify(presented: string): TokenGrant | undefined {
-    const digest = digestOf(presented);
-    this.refreshScoped();
+  private match(digest: Buffer): TokenGrant | undefined {
     let grant: TokenGrant | undefined;
     if (timingSafeEqual(digest, this.adminDigest)) grant = { kind: 'admin' };
     for (const record of this.scoped) {
       if (timingSafeEqual(digest, record.digestBytes) && !grant) grant = { kind: 'scoped', id: record.id, readOnly: record.readOnly, session: record.session };
     }
     return grant;
+  }
+
+  verify(presented: string): TokenGrant | undefined {
+    const digest = digestOf(presented);
+    const looked = this.refreshScoped(false);
+    const grant = this.match(digest);
+    if (grant || looked) return grant;
+    return this.refreshScoped(true) ? this.match(digest) : undefined;
   }
 }
 

@@ -85,6 +85,7 @@ interface SessionCreateFlags {
   idle: string;
   cpus: string;
   memory: string;
+  disk?: string;
   env?: string[];
   network: string;
   allowHost?: string[];
@@ -112,6 +113,7 @@ export function registerSessionCommands(program: Command): void {
     .option('--idle <duration>', 'hibernate after this long idle (e.g. 30s, 5m)', `${machineDefaults.sessionIdleSeconds}s`)
     .option('--cpus <n>', 'virtual CPUs', String(machineDefaults.cpus))
     .option('-m, --memory <size>', 'guest memory', machineDefaults.memory)
+    .option('--disk <size>', 'size of the writable disk (default 4g; the server caps it with --max-disk)')
     .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect)
     .option('--network <mode>', 'user (default: the public internet only), none, or unrestricted', 'user')
     .option('--allow-host <port[/proto]>', "let the agent reach this port of the server host's loopback at 10.0.2.2 (repeatable)", collect)
@@ -126,7 +128,7 @@ export function registerSessionCommands(program: Command): void {
         env: flags.env ?? [],
         name: flags.name,
         idle: flags.idle,
-        resources: { cpus: Number(flags.cpus), memory: flags.memory },
+        resources: { cpus: Number(flags.cpus), memory: flags.memory, ...(flags.disk !== undefined ? { disk: flags.disk } : {}) },
         network: { mode: flags.network, allowHost: flags.allowHost ?? [], egressAllow: flags.egressAllow ?? [], egressDeny: flags.egressDeny ?? [] },
       })) as SessionView;
       if (flags.json) printJson(created);
