@@ -44,10 +44,8 @@ async function removeWithPrefix(prefix: string): Promise<{ files: number; bytes:
   let bytes = 0;
   for (const name of names.filter((name) => name.startsWith(prefix))) {
     const path = join(memoryDirectory(), name);
-    if (name.endsWith('.ram')) {
-      bytes += await allocatedBytes(path);
-      files++;
-    }
+    bytes += await allocatedBytes(path);
+    if (name.endsWith('.ram')) files++;
     await rm(path, { force: true });
   }
   return { files, bytes };
@@ -63,6 +61,7 @@ export async function allocatedBytes(path: string): Promise<number> {
 
 export interface TemplateMemoryFile {
   file: string;
+  /** the RAM file's, plus its cached disk layer and device state */
   allocatedBytes: number;
   /** this: this state directory's; other: a live state directory's; orphaned: its state directory is gone; unknown: no owner recorded */
   owner: 'this' | 'other' | 'orphaned' | 'unknown';
@@ -93,7 +92,10 @@ export async function templateMemoryFiles(): Promise<TemplateMemoryFile[]> {
         () => 'other' as const,
         () => 'orphaned' as const,
       );
-    result.push({ file: join(directory, name), allocatedBytes: await allocatedBytes(join(directory, name)), owner, ...(home === undefined ? {} : { home }) });
+    // With the disk layer and device state a start from the template keeps beside its RAM.
+    const path = join(directory, name);
+    const bytes = (await allocatedBytes(path)) + (await allocatedBytes(path.replace(/\.ram$/, '.layer'))) + (await allocatedBytes(path.replace(/\.ram$/, '.device-state')));
+    result.push({ file: path, allocatedBytes: bytes, owner, ...(home === undefined ? {} : { home }) });
   }
   return result;
 }
