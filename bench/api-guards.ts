@@ -13,7 +13,7 @@ import { serve, type ServerType } from '@hono/node-server';
 import { Hono } from 'hono';
 import { bearerAuth } from 'hono/bearer-auth';
 import { bodyLimit } from 'hono/body-limit';
-import { createApiApp } from '../src/api/app.ts';
+import { createApp } from '../src/api/app.ts';
 import { startApiServer } from '../src/api/server.ts';
 import { temporaryLog } from '../src/context/testing/temporary-log.ts';
 import { percentile, startHostSampler } from './support.ts';
@@ -38,11 +38,11 @@ function listen(fetch: (request: Request) => Response | Promise<Response>): Prom
 
 async function targets(): Promise<Target[]> {
   const logs = [temporaryLog(), temporaryLog(), temporaryLog()];
-  const before = await listen(createApiApp({ log: logs[0]!.log }).fetch);
+  const before = await listen(createApp({ log: logs[0]!.log }).fetch);
   const guarded = await startApiServer({ port: 0, log: logs[1]!.log, token });
   const peerApp = new Hono();
   peerApp.use('*', bearerAuth({ token }), bodyLimit({ maxSize: 1024 * 1024 }));
-  peerApp.route('/', createApiApp({ log: logs[2]!.log }));
+  peerApp.route('/', createApp({ log: logs[2]!.log }));
   const peer = await listen(peerApp.fetch);
   const closeServer = (server: ServerType) => new Promise<void>((resolve) => server.close(() => resolve()));
   return [
@@ -103,7 +103,7 @@ async function inProcess(fetch: (request: Request) => Response | Promise<Respons
 }
 {
   const { log, cleanup } = temporaryLog();
-  const app = createApiApp({ log });
+  const app = createApp({ log });
   const { guardRequests, allowedHostsFor } = await import('../src/api/request-guards.ts');
   const { TokenVerifier } = await import('../src/state/api-tokens.ts');
   const allowed = allowedHostsFor('127.0.0.1', 7070);
