@@ -35,8 +35,6 @@ if (process.env.TORPOR_BENCH_INSIDE !== '1') {
 }
 
 async function inside(): Promise<void> {
-  process.env.TORPOR_HOME = await mkdtemp(join(tmpdir(), 'tp-bench-'));
-  process.env.TORPOR_MEMORY_DIR = await mkdtemp('/dev/shm/torpor-bench-network-');
   const { createMachine, startMachine, connectToMachine, removeMachine, prepareHost, findMachine } = await import('../src/runtime/machines.ts');
   const { snapshotMachine, restoreMachine } = await import('../src/runtime/snapshots.ts');
   const { readMachineState } = await import('../src/runtime/machine-record.ts');
@@ -57,7 +55,10 @@ async function inside(): Promise<void> {
     });
     socket.on('error', () => {});
   });
-  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, '127.0.0.1', resolve));
+  // Made once the service listens, so that a failure before the try below leaves nothing behind.
+  process.env.TORPOR_HOME = await mkdtemp(join(tmpdir(), 'tp-bench-'));
+  process.env.TORPOR_MEMORY_DIR = await mkdtemp('/dev/shm/torpor-bench-network-');
 
   type Mode = { label: string; unrestricted: boolean };
   const modes: Mode[] = [
