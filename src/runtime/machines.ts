@@ -17,8 +17,8 @@ import { chooseAccelerator, type AcceleratorChoice } from '../vm/accelerator-pro
 import { resolveOrBuildImage } from '../image/builtin-images.ts';
 import type { PortMapping } from '../vm/machine-spec.ts';
 import { requireNetworkFilter } from '../network/firewall.ts';
-import { releaseConfinement } from '../network/machine-confinement.ts';
-import type { NetworkPolicy } from '../network/policy.ts';
+import { prepareConfinement, releaseConfinement } from '../network/machine-confinement.ts';
+import { defaultNetworkPolicy, type NetworkPolicy } from '../network/policy.ts';
 import { AgentClient } from '../guest/agent-client.ts';
 import { FrameType, decodeError } from '../guest/protocol.ts';
 import {
@@ -276,12 +276,17 @@ export async function startMachine(
     child.unref();
   }
   const supervisorPid = child.pid;
-  // The supervisor starts up while the snapshot is materialized; then it is told which machine is its.
+  // The supervisor starts up while the snapshot is materialized and its network rules are set up
+  // on its behalf; then it is told which machine is its.
   try {
-    if (restoring && !options.materialized) await materializeForRestore(config);
+    await Promise.all([
+      restoring && !options.materialized ? materializeForRestore(config) : undefined,
+      prepareConfinement(id, { network: config.network, policy: config.networkPolicy ?? defaultNetworkPolicy() }, child.pid!),
+    ]);
   } catch (error) {
     child.kill('SIGKILL');
-    await writeMachineState(id, { status: 'failed', error: (error as Error).message, restored: true });
+    await releaseConfinement(id);
+    await writeMachineState(id, { status: 'failed', error: (error as Error).message, restored: restoring || current.restored });
     throw error;
   } finally {
     child.stdin?.end(`${id}\n`);
