@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { TorporError } from '../util/errors.ts';
 import { findNft, installMachineRules, networkFilterAvailability, removeMachineRules, requireNetworkFilter } from './firewall.ts';
 import type { NetworkPolicy } from './policy.ts';
-import { claimUid, releaseUid, uidsHeldBy, runtimeRoot } from './uid-claims.ts';
+import { claimUid, releaseUid, uidsHeldBy, uidPreparedFor, runtimeRoot } from './uid-claims.ts';
 
 export interface Confinement {
   /** The uid and gid QEMU switches to after opening its files (`-runas`); absent when torpor is not root. */
@@ -20,20 +20,13 @@ export interface Confinement {
   release(): Promise<void>;
 }
 
-/**
- * Sets up what confines one machine's QEMU before it starts: its own uid and, with a network, the
- * nftables rules for that uid. A machine the policy says to filter does not start unfiltered: if the
- * filter cannot be set up this throws, with a hint.
- */
-export async function confineMachine(
-  machineId: string,
-  options: {
-    network: boolean;
-    policy: NetworkPolicy;
-    /** Used for QEMU's sockets when QEMU keeps our uid (torpor not running as root). */
-    ownSocketDirectory: string;
-  },
-): Promise<Confinement> {
+interface ConfinementOptions {
+  network: boolean;
+  policy: NetworkPolicy;
+}
+
+/** What a machine's confinement needs here: nothing (not root, or the old design kept for benchmarks), or a uid, and rules too. */
+function plan(options: ConfinementOptions): { ownUid: boolean; rules: boolean } {
   const filtered = options.network && options.policy.mode === 'filtered';
   if (filtered) requireNetworkFilter();
   // The design before the filter, kept to measure against (bench/network.ts): QEMU stays root, no rules.
@@ -43,14 +36,70 @@ export async function confineMachine(
       status: 503, hint: 'unset TORPOR_QEMU_AS_ROOT, or run with --network unrestricted or none',
     });
   }
-  if (process.getuid?.() !== 0 || legacy) {
-    await mkdir(options.ownSocketDirectory, { recursive: true, mode: 0o700 });
-    return { socketDirectory: options.ownSocketDirectory, rulesReady: Promise.resolve(), release: async () => {} };
-  }
-  const uid = claimUid(machineId);
+  if (process.getuid?.() !== 0 || legacy) return { ownUid: false, rules: false };
+  // Without a network there is nothing to allow: a socket of this uid meets the shared `refuse` rule.
+  // An unrestricted machine gets an explicit accept, so that the table (if other machines made it) lets it out.
+  return { ownUid: true, rules: filtered || (options.network && networkFilterAvailability().available) };
+}
+
+/** Claims a uid for the machine and makes its QEMU socket directory; undoes both if that fails. */
+async function claim(machineId: string, supervisorPid: number): Promise<{ uid: number; socketDirectory: string }> {
+  const uid = claimUid(machineId, supervisorPid);
   // The state directory may be private to root (0700): QEMU's sockets live under /run instead,
   // in a directory of QEMU's own uid that nobody else can enter.
   const socketDirectory = machineSocketDirectory(machineId);
+  try {
+    // QEMU's uid may pass through these two directories (0711) but list neither.
+    await mkdir(join(runtimeRoot(), 'qemu'), { recursive: true, mode: 0o711 });
+    for (const directory of [runtimeRoot(), join(runtimeRoot(), 'qemu')]) await chmod(directory, 0o711);
+    await mkdir(socketDirectory, { recursive: true, mode: 0o700 });
+    await chown(socketDirectory, uid, uid);
+  } catch (error) {
+    await rm(socketDirectory, { recursive: true, force: true });
+    releaseUid(uid, machineId);
+    throw error;
+  }
+  return { uid, socketDirectory };
+}
+
+/**
+ * Does a machine's confinement work ahead of its supervisor, on its behalf: `startMachine` calls it
+ * while the snapshot is being materialized, so the nft transaction (15-200 ms) costs a start nothing.
+ * The supervisor finds the claim by its own pid and adopts it (`confineMachine`).
+ */
+export async function prepareConfinement(machineId: string, options: ConfinementOptions, supervisorPid: number): Promise<void> {
+  const { ownUid, rules } = plan(options);
+  if (!ownUid) return;
+  const { uid, socketDirectory } = await claim(machineId, supervisorPid);
+  try {
+    if (rules) await installMachineRules(uid, options.policy);
+  } catch (error) {
+    await rm(socketDirectory, { recursive: true, force: true });
+    releaseUid(uid, machineId);
+    throw error;
+  }
+}
+
+/**
+ * Sets up what confines one machine's QEMU before it starts: its own uid and, with a network, the
+ * nftables rules for that uid (or adopts what `prepareConfinement` set up for this supervisor). A
+ * machine the policy says to filter does not start unfiltered: if the filter cannot be set up this
+ * throws, with a hint.
+ */
+export async function confineMachine(
+  machineId: string,
+  options: ConfinementOptions & {
+    /** Used for QEMU's sockets when QEMU keeps our uid (torpor not running as root). */
+    ownSocketDirectory: string;
+  },
+): Promise<Confinement> {
+  const { ownUid, rules } = plan(options);
+  if (!ownUid) {
+    await mkdir(options.ownSocketDirectory, { recursive: true, mode: 0o700 });
+    return { socketDirectory: options.ownSocketDirectory, rulesReady: Promise.resolve(), release: async () => {} };
+  }
+  const prepared = uidPreparedFor(machineId, process.pid);
+  const { uid, socketDirectory } = prepared !== undefined ? { uid: prepared, socketDirectory: machineSocketDirectory(machineId) } : await claim(machineId, process.pid);
   let rulesReady: Promise<void> = Promise.resolve();
   let released = false;
   const release = async () => {
@@ -62,19 +111,7 @@ export async function confineMachine(
     await rm(socketDirectory, { recursive: true, force: true });
     releaseUid(uid, machineId);
   };
-  try {
-    // QEMU's uid may pass through these two directories (0711) but list neither.
-    await mkdir(join(runtimeRoot(), 'qemu'), { recursive: true, mode: 0o711 });
-    for (const directory of [runtimeRoot(), join(runtimeRoot(), 'qemu')]) await chmod(directory, 0o711);
-    await mkdir(socketDirectory, { recursive: true, mode: 0o700 });
-    await chown(socketDirectory, uid, uid);
-  } catch (error) {
-    await release();
-    throw error;
-  }
-  // Without a network there is nothing to allow: a socket of this uid meets the shared `refuse` rule.
-  // An unrestricted machine gets an explicit accept, so that the table (if other machines made it) lets it out.
-  if (filtered || (options.network && networkFilterAvailability().available)) rulesReady = installMachineRules(uid, options.policy);
+  if (rules && prepared === undefined) rulesReady = installMachineRules(uid, options.policy);
   rulesReady.catch(() => {}); // awaited by the supervisor; this keeps an early failure from being "unhandled"
   return { runAs: { uid, gid: uid }, socketDirectory, rulesReady, release };
 }

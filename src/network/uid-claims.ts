@@ -101,6 +101,11 @@ export function uidsHeldBy(machineId: string): number[] {
   return entries.filter((entry) => /^\d+$/.test(entry) && readClaim(join(claimDirectory(), entry))?.machineId === machineId).map(Number);
 }
 
+/** A uid claimed for this machine on behalf of the supervisor `supervisorPid` before it started (see `prepareConfinement`). */
+export function uidPreparedFor(machineId: string, supervisorPid: number): number | undefined {
+  return uidsHeldBy(machineId).find((uid) => readClaim(join(claimDirectory(), String(uid)))?.supervisorPid === supervisorPid);
+}
+
 /** Gives the uid back, only if this machine still holds it. */
 export function releaseUid(uid: number, machineId: string): void {
   const path = join(claimDirectory(), String(uid));

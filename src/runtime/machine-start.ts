@@ -10,6 +10,8 @@ import { effectiveState } from './machine-status.ts';
 import { ensureMemoryRoom, ensurePortsFree } from './host-preparation.ts';
 import { materializeForRestore } from './restore-materialization.ts';
 import { requireNetworkFilter } from '../network/firewall.ts';
+import { prepareConfinement, releaseConfinement } from '../network/machine-confinement.ts';
+import { defaultNetworkPolicy } from '../network/policy.ts';
 
 /**
  * Starts a created or exited machine: hands it to a supervisor (a pool's spare or a new detached
@@ -44,12 +46,17 @@ export async function startMachine(
     child.unref();
   }
   const supervisorPid = child.pid;
-  // The supervisor starts up while the snapshot is materialized; then it is told which machine is its.
+  // The supervisor starts up while the snapshot is materialized and its network rules are set up
+  // on its behalf; then it is told which machine is its.
   try {
-    if (restoring && !options.materialized) await materializeForRestore(config);
+    await Promise.all([
+      restoring && !options.materialized ? materializeForRestore(config) : undefined,
+      prepareConfinement(id, { network: config.network, policy: config.networkPolicy ?? defaultNetworkPolicy() }, child.pid!),
+    ]);
   } catch (error) {
     child.kill('SIGKILL');
-    await writeMachineState(id, { status: 'failed', error: (error as Error).message, restored: true });
+    await releaseConfinement(id);
+    await writeMachineState(id, { status: 'failed', error: (error as Error).message, restored: restoring || current.restored });
     throw error;
   } finally {
     child.stdin?.end(`${id}\n`);
