@@ -89,7 +89,7 @@ async function main(): Promise<void> {
     say(`tools: ${(await runCommand('skopeo', ['--version'])).stdout.trim()}, ${(await runCommand('umoci', ['--version'])).stdout.trim()}, ${(await runCommand('tar', ['--version'])).stdout.split('\n')[0]}`);
     say(`image: ${image.layers.length} layers, ${(compressed / MiB).toFixed(1)} MiB gzip, ${(uncompressed / MiB).toFixed(1)} MiB of file data in ${layerSpecs.reduce((sum, [files]) => sum + files, 0)} files (+1000 symlinks, +200 hard links in the last layer)`);
     say('');
-    say('layers only (gzip layers of the OCI layout -> a rootfs directory, as root):');
+    say('layers only (gzip layers of the OCI layout -> a rootfs directory, as root; the three take turns going first, sync before each):');
     say('  strict   = this branch: one pass, our strict reader + openat-style writer on a worker thread, as imports over 8 MiB run');
     say('  inline   = the same code on the main thread (imports under 8 MiB)');
     say('  legacy   = until today: listing pass with a header reader, then GNU tar --extract (bench/legacy/)');
@@ -101,33 +101,44 @@ async function main(): Promise<void> {
     say('run  strict   inline   legacy   umoci    | torpor-import  skopeo-copy  umoci-unpack  skopeo+umoci');
     const columns: number[][] = [[], [], [], [], [], [], [], []];
     for (let run = 1; run <= runs; run++) {
-      const strictRoot = join(work, `strict-${run}`);
-      const legacyRoot = join(work, `legacy-${run}`);
-      await mkdir(strictRoot);
-      await mkdir(legacyRoot);
+      // The three extractors take turns going first: under a shared disk, whoever follows a
+      // large deletion pays for its writeback.
       const layers = (index: number) => fileLayer(image.layers[index]!.path, `layer ${index + 1}`, image.layers[index]!.diffId);
-      const strict = await timed(async () => {
-        const thread = new ExtractThread();
-        for (let index = 0; index < image.layers.length; index++) await applyLayer(strictRoot, layers(index), { thread });
-        await thread.close();
-      });
-      const inlineRoot = join(work, `inline-${run}`);
-      await mkdir(inlineRoot);
-      const inline = await timed(async () => { for (let index = 0; index < image.layers.length; index++) await applyLayer(inlineRoot, layers(index)); });
-      await rm(inlineRoot, { recursive: true, force: true });
-      const legacy = await timed(async () => { for (let index = 0; index < image.layers.length; index++) await legacyApplyLayer(legacyRoot, layers(index)); });
-      // Same tree either way (names, types, sizes): the comparison is of equal work.
-      const listing = async (root: string) => (await runCommand('sh', ['-c', `cd ${root} && find . -printf '%p %y %s %m %n\\n' | sort | sha256sum`])).stdout;
-      if ((await listing(strictRoot)) !== (await listing(legacyRoot))) throw new Error('the strict and legacy extractors produced different trees');
-      await rm(strictRoot, { recursive: true, force: true });
-      await rm(legacyRoot, { recursive: true, force: true });
+      const variants: Record<'strict' | 'inline' | 'legacy', (root: string) => Promise<void>> = {
+        strict: async (root) => {
+          const thread = new ExtractThread();
+          for (let index = 0; index < image.layers.length; index++) await applyLayer(root, layers(index), { thread });
+          await thread.close();
+        },
+        inline: async (root) => { for (let index = 0; index < image.layers.length; index++) await applyLayer(root, layers(index)); },
+        legacy: async (root) => { for (let index = 0; index < image.layers.length; index++) await legacyApplyLayer(root, layers(index)); },
+      };
+      const order = (['strict', 'inline', 'legacy'] as const).map((_, index, all) => all[(index + run - 1) % all.length]!);
+      const seconds: Record<string, number> = {};
+      const listings: Record<string, string> = {};
+      // Same tree either way (names, types, sizes, modes, link counts): the comparison is of equal work.
+      const listing = async (root: string) => (await runCommand('sh', ['-c', `cd ${root} && find . -printf '%p %y %s %m %n %U %G\\n' | sort | sha256sum`])).stdout;
+      for (const name of order) {
+        const root = join(work, `${name}-${run}`);
+        await mkdir(root);
+        await runCommand('sync', []);
+        seconds[name] = await timed(() => variants[name](root));
+        listings[name] = await listing(root);
+        await rm(root, { recursive: true, force: true });
+        await runCommand('sync', []);
+      }
+      if (new Set(Object.values(listings)).size !== 1) throw new Error('the strict, inline and legacy extractors produced different trees');
+      const [strict, inline, legacy] = [seconds.strict!, seconds.inline!, seconds.legacy!];
+      await runCommand('sync', []);
       const umoci = await timed(() => runCommand('umoci', ['unpack', '--image', `${join(work, 'layout')}:latest`, join(work, `bundle-${run}`)]));
       await rm(join(work, `bundle-${run}`), { recursive: true, force: true });
 
       process.env.TORPOR_HOME = join(work, `home-${run}`);
+      await runCommand('sync', []);
       const torporImport = await timed(() => importImage(dockerSave, { name: 'bench:1' }));
       await rm(join(work, `home-${run}`), { recursive: true, force: true });
       const layout = join(work, `skopeo-${run}`);
+      await runCommand('sync', []);
       const skopeo = await timed(() => runCommand('skopeo', ['copy', '--quiet', `docker-archive:${dockerSave}`, `oci:${layout}:1`]));
       const unpack = await timed(() => runCommand('umoci', ['unpack', '--image', `${layout}:1`, join(work, `bundle-s-${run}`)]));
       await rm(layout, { recursive: true, force: true });

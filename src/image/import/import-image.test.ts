@@ -129,6 +129,15 @@ describe('layered images', () => {
     assert.match(record.source, /^oci:oci@sha256:/);
   });
 
+  test('extracting on the worker thread gives the same image', async () => {
+    process.env.TORPOR_IMPORT_THREAD = '1';
+    try {
+      assert.equal((await importImage(join(work, 'oci'), { name: 'layered:thread' })).digest, ociDigest);
+    } finally {
+      delete process.env.TORPOR_IMPORT_THREAD;
+    }
+  });
+
   test('the same image as an OCI tar, a docker-save directory and a docker-save tar has the same digest', async () => {
     const ociTar = await tarOf(join(work, 'oci'), join(work, 'oci-image.tar'));
     assert.equal((await importImage(ociTar, { name: 'layered:oci-tar' })).digest, ociDigest);
