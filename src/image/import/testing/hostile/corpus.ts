@@ -49,8 +49,12 @@ export function hostileCorpus(canary: string): HostileCase[] {
   return [
     {
       name: 'size-trailing-garbage',
-      // The original attack: an old checker skipped this member, GNU tar extracted it through the planted link.
-      layers: [plain(archive(plantedLink)), plain(archive(member({ name: 'escape/pwned', content: 'x', rawSize: Buffer.from('00000000001\0', 'latin1'), patch: { 135: 'x' } })))],
+      // The original attack (issue 10): the old listing pass read this size as 1024 and skipped the
+      // "data", which is a whole member; GNU tar found the header invalid, read on at the next
+      // block and extracted escape/pwned through the link planted by the lower layer.
+      layers: [plain(archive(plantedLink)), plain(archive(member({
+        name: 'innocent', content: member({ name: 'escape/pwned', content: 'written outside the store' }), rawSize: Buffer.from('00000002000x', 'latin1'),
+      })))],
       refused: refuse('tar-invalid', /size field .* not an octal digit/),
     },
     {
