@@ -47,9 +47,9 @@ export async function importLayers(
   const progress = options.progress ?? silentProgress;
   const limits = importLimits(options.limits);
   const budget = new ImageBudget(limits);
-  const thread = useThread(layers.reduce((sum, layer) => sum + (layer.size ?? 0), 0)) ? new ExtractThread() : undefined;
   return withStagingDirectory(async (staging) => {
     const root = await makeRootDirectory(staging);
+    const thread = useThread(layers.reduce((sum, layer) => sum + (layer.size ?? 0), 0)) ? new ExtractThread() : undefined;
     try {
       for (const layer of layers) {
         progress(`applying ${layer.description}`);
