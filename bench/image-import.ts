@@ -102,8 +102,8 @@ async function main(): Promise<void> {
     say(`image: ${image.layers.length} layers, ${(compressed / MiB).toFixed(1)} MiB gzip, ${(uncompressed / MiB).toFixed(1)} MiB of file data in ${layerSpecs.reduce((sum, [files]) => sum + files, 0)} files (+1000 symlinks, +200 hard links in the last layer)`);
     say('');
     say('layers only (gzip layers of the OCI layout -> a rootfs directory, as root; the three take turns going first, sync before each):');
-    say('  strict   = this branch: one pass, our strict reader + openat-style writer on a worker thread, as imports over 8 MiB run');
-    say('  inline   = the same code on the main thread (imports under 8 MiB)');
+    say('  thread   = this branch, TORPOR_IMPORT_THREAD=1: one pass, strict reader + openat-style writer on a worker thread');
+    say('  inline   = this branch, default: the same code on the main thread');
     say('  legacy   = until today: listing pass with a header reader, then GNU tar --extract (bench/legacy/)');
     say('  umoci    = umoci unpack of the same OCI layout (peer)');
     say('whole import of a docker-save tar (uncompressed layers):');
@@ -111,7 +111,7 @@ async function main(): Promise<void> {
     say('  skopeo+umoci = skopeo copy docker-archive: -> oci: then umoci unpack (no disk image)');
     say('');
     say('each cell: wall seconds / CPU seconds (user+system, all threads and waited-for children)');
-    say('run  strict        inline        legacy        umoci         | torpor-import  skopeo+umoci');
+    say('run  thread        inline        legacy        umoci         | torpor-import  skopeo+umoci');
     const columns: number[][] = [[], [], [], [], [], [], [], []];
     const cpuColumns: number[][] = [[], [], [], [], [], []];
     for (let run = 1; run <= runs; run++) {
@@ -167,8 +167,8 @@ async function main(): Promise<void> {
     const m = columns.map(median);
     say('');
     const c = cpuColumns.map(median);
-    say(`medians, wall: strict ${m[0]!.toFixed(2)}s, inline ${m[7]!.toFixed(2)}s, legacy ${m[1]!.toFixed(2)}s (strict/legacy = ${(m[0]! / m[1]!).toFixed(2)}), umoci ${m[2]!.toFixed(2)}s; torpor image import ${m[3]!.toFixed(2)}s vs skopeo+umoci ${m[6]!.toFixed(2)}s`);
-    say(`medians, CPU: strict ${c[0]!.toFixed(2)}s, inline ${c[1]!.toFixed(2)}s, legacy ${c[2]!.toFixed(2)}s (strict/legacy = ${(c[0]! / c[2]!).toFixed(2)}), umoci ${c[3]!.toFixed(2)}s; torpor image import ${c[4]!.toFixed(2)}s vs skopeo+umoci ${c[5]!.toFixed(2)}s`);
+    say(`medians, wall: inline (default) ${m[7]!.toFixed(2)}s, thread ${m[0]!.toFixed(2)}s, legacy ${m[1]!.toFixed(2)}s (inline/legacy = ${(m[7]! / m[1]!).toFixed(2)}), umoci ${m[2]!.toFixed(2)}s; torpor image import ${m[3]!.toFixed(2)}s vs skopeo+umoci ${m[6]!.toFixed(2)}s`);
+    say(`medians, CPU: inline (default) ${c[1]!.toFixed(2)}s, thread ${c[0]!.toFixed(2)}s, legacy ${c[2]!.toFixed(2)}s (inline/legacy = ${(c[1]! / c[2]!).toFixed(2)}), umoci ${c[3]!.toFixed(2)}s; torpor image import ${c[4]!.toFixed(2)}s vs skopeo+umoci ${c[5]!.toFixed(2)}s`);
     say(`load average at the end (2 cores shared with other engineers): ${loadavg().map((value) => value.toFixed(2)).join(' ')}`);
     const resultFile = join(new URL('.', import.meta.url).pathname, 'results', `image-import-${new Date().toISOString().slice(0, 10)}-tcg.txt`);
     await writeFile(resultFile, lines.join('\n') + '\n');
