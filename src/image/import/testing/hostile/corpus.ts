@@ -300,6 +300,23 @@ export function hostileCorpus(canary: string): HostileCase[] {
       },
     },
     {
+      name: 'owners-and-modes-exactly',
+      // Not hostile, but easy to get wrong when syscalls are skipped: a setgid directory must not
+      // hand its group to a root-owned file, and a 0666 file keeps 0666 whatever the umask.
+      layers: [plain(archive(
+        member({ name: 'shared/', flag: '5', mode: 0o2775, gid: 1000 }),
+        member({ name: 'shared/root-file', content: 'x', mode: 0o644 }),
+        member({ name: 'shared/world-writable', content: 'x', mode: 0o666 }),
+        member({ name: 'setuid', content: 'x', mode: 0o4755 }),
+      ))],
+      check: (tree) => {
+        expect(tree['shared']?.mode === '42775' && tree['shared']?.gid === 1000, 'the setgid directory');
+        expect(tree['shared/root-file']?.gid === 0, 'a root file in a setgid directory stays root:root');
+        expect(tree['shared/world-writable']?.mode === '100666', 'mode 0666 survives the umask');
+        expect(tree['setuid']?.mode === '104755', 'setuid bit');
+      },
+    },
+    {
       name: 'device-with-data',
       layers: [plain(archive(member({ name: 'dev/x', flag: '3', content: 'hidden header', deviceMajor: 1, deviceMinor: 3 })))],
       refused: refuse('tar-invalid', /character-device "dev\/x" says it carries 13 bytes/),
