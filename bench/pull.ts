@@ -71,7 +71,7 @@ async function main(): Promise<void> {
     say('registry: docker-registry (distribution 2.8) on 127.0.0.1, plain HTTP, filesystem storage');
     say('torpor = manifest + verified blob download + layer application + ext4 image (mkfs.ext4 -d); skopeo+umoci = OCI layout + rootfs directory (no disk image)');
     say('');
-    say('torpor-cold is split into: download (manifest, blobs, sha256) | layers (listing pass + GNU tar) | hash (tree digest) | ext4 (mkfs.ext4 -d)');
+    say('torpor-cold is split into: download (manifest, blobs, sha256) | layers (strict one-pass extractor, see bench/image-import.ts) | hash (tree digest) | ext4 (mkfs.ext4 -d)');
     say('torpor-cached: same image again with its layers in the blob cache but the ext4 removed (no network)');
     say('');
     say('run  torpor-cold  download  layers   hash     ext4     torpor-cached  skopeo-copy  umoci-unpack  skopeo+umoci');

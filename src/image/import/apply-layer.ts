@@ -10,8 +10,6 @@ export interface LayerSource {
   /** How errors name this layer, e.g. "layer 2/3 (sha256:ab12…)". */
   description: string;
   open(): Promise<Readable>;
-  /** Bytes of the file behind it (compressed), when known: decides whether a thread is worth starting. */
-  size?: number;
   /** The sha256 of the uncompressed tar (the config's diff_id), checked as it streams when known. */
   diffId?: string;
 }

@@ -127,6 +127,30 @@ describe('the hostile corpus through torpor image import', () => {
   });
 });
 
+describe('the same corpus on the extraction thread (large imports use it)', () => {
+  test('every archive gets the same answer from the worker thread as inline', async () => {
+    process.env.TORPOR_IMPORT_THREAD = '1';
+    try {
+      const canaryBefore = await fingerprint(canary);
+      for (const hostile of cases) {
+        const oci = (await forms(hostile)).find((form) => form.form === 'OCI layout')!;
+        const outcome = await importImage(oci.path, { name: `thread-${hostile.name}`, limits: hostile.limits }).then(() => undefined, (error: unknown) => error);
+        if (hostile.refused) {
+          assert.ok(outcome instanceof TorporError, `${hostile.name}: expected a refusal, got ${outcome}`);
+          assert.equal(outcome.code, hostile.refused.code, `${hostile.name}: ${outcome.message}`);
+          assert.match(outcome.message, hostile.refused.message, hostile.name);
+        } else {
+          assert.equal(outcome, undefined, `${hostile.name}: ${(outcome as Error | undefined)?.message}`);
+        }
+        await assertStoreClean();
+        assert.equal(await fingerprint(canary), canaryBefore, `${hostile.name}: the canary directory changed`);
+      }
+    } finally {
+      delete process.env.TORPOR_IMPORT_THREAD;
+    }
+  });
+});
+
 describe('hostile image archives (the tar around the layers)', () => {
   test('a docker-save archive cannot unpack through a symlink it planted', async () => {
     const path = join(work, 'cases', 'outer-symlink.tar');

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, statSync } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { readFile, realpath, stat } from 'node:fs/promises';
 import { join, relative, isAbsolute } from 'node:path';
 import { TorporError, isNodeError } from '../../util/errors.ts';
@@ -70,7 +70,7 @@ async function blob(layout: string, descriptor: Descriptor, what: string): Promi
 }
 
 export function fileLayer(path: string, description: string, diffId: string | undefined): LayerSource {
-  return { description, diffId, size: statSync(path, { throwIfNoEntry: false })?.size, open: () => openDecompressed(path) };
+  return { description, diffId, open: () => openDecompressed(path) };
 }
 
 const shortDigest = (digest: string) => digest.slice(0, 19);

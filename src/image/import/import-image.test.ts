@@ -1,6 +1,6 @@
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, readdir, rm, writeFile, readFile, truncate, cp } from 'node:fs/promises';
+import { mkdtemp, mkdir, readdir, rm, writeFile, readFile, truncate, cp, stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,7 +14,7 @@ import { importImage } from './import-image.ts';
 import {
   writeFixtureLayerTrees, tarDirectory, writeOciLayout, writeDockerArchive, tarOf, handWrittenTar, type FixtureImage,
 } from './testing/image-fixtures.ts';
-import { snapshotDirectory, snapshotExt4, ext4Xattr, type TreeSnapshot } from './testing/tree-snapshot.ts';
+import { snapshotDirectory, snapshotExt4, ext4Mtime, ext4Xattr, type TreeSnapshot } from './testing/tree-snapshot.ts';
 
 let work: string;
 let home: string;
@@ -92,6 +92,10 @@ describe('root filesystem tars and directories', () => {
     assert.ok(digests.has(fromDirectory.digest));
     const disk = (await listImages()).find((image) => image.name === 'rootfs-zstd')!.diskPath;
     assert.equal(await ext4Xattr(disk, '/data/with-xattr', 'user.test'), 'hello-xattr');
+    // Modification times survive too, of files and of directories (set after their content).
+    for (const path of ['etc/hostname', 'usr/bin', 'home/user']) {
+      assert.equal(await ext4Mtime(disk, `/${path}`), Math.floor((await stat(join(trees[0]!, path))).mtimeMs / 1000), path);
+    }
     await assertStoreClean();
   });
 });
@@ -127,6 +131,15 @@ describe('layered images', () => {
       workingDir: '/home/user', user: '1000:1000', exposedPorts: ['53/udp', '8080/tcp'],
     });
     assert.match(record.source, /^oci:oci@sha256:/);
+  });
+
+  test('extracting on the worker thread gives the same image', async () => {
+    process.env.TORPOR_IMPORT_THREAD = '1';
+    try {
+      assert.equal((await importImage(join(work, 'oci'), { name: 'layered:thread' })).digest, ociDigest);
+    } finally {
+      delete process.env.TORPOR_IMPORT_THREAD;
+    }
   });
 
   test('the same image as an OCI tar, a docker-save directory and a docker-save tar has the same digest', async () => {

@@ -4,7 +4,7 @@ import {
   mkdirSync, openSync, readdirSync, rmSync, symlinkSync, unlinkSync, writeSync,
 } from 'node:fs';
 import { TorporError, isNodeError } from '../../util/errors.ts';
-import { ancestorsOf, MAX_PATH_BYTES } from './member-path.ts';
+import { ancestorsOf, MAX_PATH_BYTES, parentOf } from './member-path.ts';
 import type { TarEntry } from './tar-reader.ts';
 
 // Writes tar members into a directory tree without ever following a symbolic link inside it.
@@ -40,8 +40,20 @@ export class TreeWriter {
   private readonly touched = new Set<string>();
   /** Directory mtimes, set last, since creating their children changes them. */
   private readonly directoryTimes = new Map<string, number>();
+  /** Directories with the setgid bit: a file created in one takes its group, not ours. */
+  private readonly setgidDirectories = new Set<string>();
 
-  constructor(private readonly root: string, private readonly policy: WriterPolicy) {}
+  private readonly umask: number;
+  private readonly ownUid: number;
+  private readonly ownGid: number;
+
+  constructor(private readonly root: string, private readonly policy: WriterPolicy) {
+    // Reading the umask (no argument) works on worker threads too; only setting it does not.
+    this.umask = process.umask();
+    this.ownUid = process.geteuid?.() ?? -1;
+    this.ownGid = process.getegid?.() ?? -1;
+    if (lstatSync(root).mode & 0o2000) this.setgidDirectories.add('');
+  }
 
   private unsafe(message: string): TorporError {
     return new TorporError('layer-unsafe-path', `${this.policy.description}: ${message}`, { hint: 'the image is malformed or malicious; nothing was imported' });
@@ -59,6 +71,7 @@ export class TreeWriter {
     if (!info) return 'absent';
     if (info.isDirectory()) {
       this.directories.add(path);
+      if (info.mode & 0o2000) this.setgidDirectories.add(path);
       return 'directory';
     }
     return info.isSymbolicLink() ? 'symlink' : 'other';
@@ -84,8 +97,10 @@ export class TreeWriter {
 
   private forgetDirectory(path: string): void {
     this.directories.delete(path);
+    this.setgidDirectories.delete(path);
     const prefix = `${path}/`;
     for (const directory of this.directories) if (directory.startsWith(prefix)) this.directories.delete(directory);
+    for (const directory of this.setgidDirectories) if (directory.startsWith(prefix)) this.setgidDirectories.delete(directory);
   }
 
   /** Removes whatever is at `path` (a directory with its content; a symlink itself, never its target). */
@@ -157,7 +172,10 @@ export class TreeWriter {
     const full = this.full(path);
     if (this.policy.owners) lchownSync(full, entry.uid, entry.gid);
     // chmod follows a final symlink, but `full` was just checked or made to be a directory.
-    chmodSync(full, this.mode(entry, 0o755));
+    const mode = this.mode(entry, 0o755);
+    chmodSync(full, mode);
+    if (mode & 0o2000) this.setgidDirectories.add(path);
+    else this.setgidDirectories.delete(path);
     this.setXattrs(full, path, entry.xattrs, false);
     this.directoryTimes.set(path, entry.mtime);
   }
@@ -169,7 +187,11 @@ export class TreeWriter {
     this.ancestorsAreDirectories(path, 'member', true);
     this.touch(path);
     const full = this.full(path);
-    const create = () => openSync(full, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    const mode = this.mode(entry, 0o644);
+    // Created with its final permission bits when the umask keeps them all and there are no
+    // setuid/setgid/sticky bits; otherwise 0600 now and fchmod after fchown.
+    const exactAtCreation = (mode & 0o7000) === 0 && (mode & this.umask) === 0;
+    const create = () => openSync(full, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, exactAtCreation ? mode : 0o600);
     let descriptor: number;
     try {
       descriptor = create();
@@ -184,8 +206,10 @@ export class TreeWriter {
         for (let written = 0; written < chunk.length;) written += writeSync(descriptor, chunk, written);
       }
       // Owner first: chown clears setuid/setgid bits and file capabilities, which come after it.
-      if (this.policy.owners) fchownSync(descriptor, entry.uid, entry.gid);
-      fchmodSync(descriptor, this.mode(entry, 0o644));
+      // A new file is ours (root:root) already, unless its directory hands down its group (setgid).
+      const ownedAlready = entry.uid === this.ownUid && entry.gid === this.ownGid && !this.setgidDirectories.has(parentOf(path));
+      if (this.policy.owners && !ownedAlready) fchownSync(descriptor, entry.uid, entry.gid);
+      if (!exactAtCreation) fchmodSync(descriptor, mode);
       // /proc/<pid>/fd/<n> is the file just created, whatever happens to its name.
       this.setXattrs(`/proc/${process.pid}/fd/${descriptor}`, path, entry.xattrs, true);
       futimesSync(descriptor, entry.mtime, entry.mtime);

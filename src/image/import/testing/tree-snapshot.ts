@@ -97,3 +97,10 @@ export async function ext4Xattr(disk: string, path: string, name: string): Promi
   const value = /= "(.*)"$/m.exec(result.stdout);
   return result.code === 0 && value ? value[1] : undefined;
 }
+
+/** A path's mtime (whole seconds) in an ext4 image, read with debugfs. */
+export async function ext4Mtime(disk: string, path: string): Promise<number | undefined> {
+  const result = await runCommand('debugfs', ['-R', `stat ${path}`, disk], { allowFailure: true });
+  const value = /mtime: 0x([0-9a-f]+)/.exec(result.stdout);
+  return result.code === 0 && value ? parseInt(value[1]!, 16) : undefined;
+}

@@ -49,8 +49,12 @@ export function hostileCorpus(canary: string): HostileCase[] {
   return [
     {
       name: 'size-trailing-garbage',
-      // The original attack: an old checker skipped this member, GNU tar extracted it through the planted link.
-      layers: [plain(archive(plantedLink)), plain(archive(member({ name: 'escape/pwned', content: 'x', rawSize: Buffer.from('00000000001\0', 'latin1'), patch: { 135: 'x' } })))],
+      // The original attack (issue 10): the old listing pass read this size as 1024 and skipped the
+      // "data", which is a whole member; GNU tar found the header invalid, read on at the next
+      // block and extracted escape/pwned through the link planted by the lower layer.
+      layers: [plain(archive(plantedLink)), plain(archive(member({
+        name: 'innocent', content: member({ name: 'escape/pwned', content: 'written outside the store' }), rawSize: Buffer.from('00000002000x', 'latin1'),
+      })))],
       refused: refuse('tar-invalid', /size field .* not an octal digit/),
     },
     {
@@ -293,6 +297,23 @@ export function hostileCorpus(canary: string): HostileCase[] {
         expect(tree['dev/null']?.mode === '20666', 'character device');
         expect(tree['dev/sda']?.mode === '60660', 'block device');
         expect(tree['dev/fifo']?.mode === '10600', 'fifo');
+      },
+    },
+    {
+      name: 'owners-and-modes-exactly',
+      // Not hostile, but easy to get wrong when syscalls are skipped: a setgid directory must not
+      // hand its group to a root-owned file, and a 0666 file keeps 0666 whatever the umask.
+      layers: [plain(archive(
+        member({ name: 'shared/', flag: '5', mode: 0o2775, gid: 1000 }),
+        member({ name: 'shared/root-file', content: 'x', mode: 0o644 }),
+        member({ name: 'shared/world-writable', content: 'x', mode: 0o666 }),
+        member({ name: 'setuid', content: 'x', mode: 0o4755 }),
+      ))],
+      check: (tree) => {
+        expect(tree['shared']?.mode === '42775' && tree['shared']?.gid === 1000, 'the setgid directory');
+        expect(tree['shared/root-file']?.gid === 0, 'a root file in a setgid directory stays root:root');
+        expect(tree['shared/world-writable']?.mode === '100666', 'mode 0666 survives the umask');
+        expect(tree['setuid']?.mode === '104755', 'setuid bit');
       },
     },
     {
