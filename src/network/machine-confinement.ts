@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { TorporError } from '../util/errors.ts';
 import { findNft, installMachineRules, networkFilterAvailability, removeMachineRules, requireNetworkFilter } from './firewall.ts';
 import type { NetworkPolicy } from './policy.ts';
+import { environment } from '../config/environment.ts';
 import { claimUid, releaseUid, uidsHeldBy, uidPreparedFor, runtimeRoot } from './uid-claims.ts';
 
 export interface Confinement {
@@ -30,7 +31,7 @@ function plan(options: ConfinementOptions): { ownUid: boolean; rules: boolean } 
   const filtered = options.network && options.policy.mode === 'filtered';
   if (filtered) requireNetworkFilter();
   // The design before the filter, kept to measure against (bench/network.ts): QEMU stays root, no rules.
-  const legacy = process.env.TORPOR_QEMU_AS_ROOT === '1';
+  const legacy = environment().TORPOR_QEMU_AS_ROOT;
   if (legacy && filtered) {
     throw new TorporError('network-filter-unavailable', 'TORPOR_QEMU_AS_ROOT=1 cannot be combined with the network filter, which matches QEMU\'s own uid', {
       status: 503, hint: 'unset TORPOR_QEMU_AS_ROOT, or run with --network unrestricted or none',

@@ -1,6 +1,7 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { processMatches } from '../util/process-identity.ts';
+import { environment } from '../config/environment.ts';
 import { TorporError, isNodeError } from '../util/errors.ts';
 
 /**
@@ -20,7 +21,7 @@ export const claimDirectory = () => join(runtimeRoot(), 'network-uids');
  * Host-wide runtime state of root-run torpor (uid claims, QEMU socket directories). TORPOR_RUNTIME_DIR
  * overrides it; every torpor whose machines share a network namespace must use the same one.
  */
-export const runtimeRoot = () => process.env.TORPOR_RUNTIME_DIR || '/run/torpor';
+export const runtimeRoot = () => environment().TORPOR_RUNTIME_DIR;
 
 interface Claim {
   machineId: string;

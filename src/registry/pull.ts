@@ -23,7 +23,7 @@ export interface PullOptions {
   name?: string;
   reporter?: PullReporter;
   retry?: RetryPolicy;
-  /** Size limits for the layers (defaults and TORPOR_MAX_* environment variables otherwise). */
+  /** Size limits for the layers (defaults and TORPOR_MAX_LAYER_BYTES, TORPOR_MAX_LAYER_MEMBERS and TORPOR_MAX_IMAGE_BYTES environment variables otherwise). */
   limits?: Partial<ImportLimits>;
 }
 

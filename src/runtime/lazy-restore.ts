@@ -1,6 +1,7 @@
 import { access, open } from 'node:fs/promises';
 import { TorporError } from '../util/errors.ts';
 import type { SnapshotManifest, CaptureInput } from '../snapshot/snapshot-store.ts';
+import { environment } from '../config/environment.ts';
 import {
   holdLazyMemoryPin,
   lazyMemoryFiles,
@@ -34,14 +35,14 @@ export async function prepareLazyRestore(
 ): Promise<boolean> {
   const support = await lazyMemorySupport();
   if (!support.available) {
-    if (!fallbackNoted && process.env.TORPOR_LAZY_MEMORY !== '0') {
+    if (!fallbackNoted && environment().TORPOR_LAZY_MEMORY) {
       fallbackNoted = true;
       process.stderr.write(`torpor: note: restoring guest memory eagerly (lazy restore unavailable: ${support.reason})\n`);
     }
     return false;
   }
   // TORPOR_LAZY_PREFETCH=0 turns the working-set prefetch off (for the benchmark's comparison).
-  const prefetch = process.env.TORPOR_LAZY_PREFETCH === '0' ? undefined : (manifest.metadata as { workingSet?: unknown }).workingSet;
+  const prefetch = !environment().TORPOR_LAZY_PREFETCH ? undefined : (manifest.metadata as { workingSet?: unknown }).workingSet;
   await prepareLazyMemory(manifest, {
     memoryFile,
     base,

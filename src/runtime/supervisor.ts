@@ -20,6 +20,7 @@ import { releaseMachine } from './machine-removal.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
 import { keepWarm } from './warm-memory.ts';
 import { parentDeathEnvironment, protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
+import { environment } from '../config/environment.ts';
 import { confirmPagerServing, earlyWorkingSet, knownMemoryOf, releaseLazyMemory, restoreEnvironment, verifyCleanChunks, type WriteBaseline } from './lazy-restore.ts';
 
 // Streams the supervisor opens for its clients live above its own (below 0x40000000), at a random
@@ -493,7 +494,7 @@ export class Supervisor {
       // since the last snapshot, are not read again.
       const { known, manifest } = await (async () => {
         const known = await knownMemoryOf(this.memoryFile(), this.writeBaseline);
-        if (process.env.TORPOR_VERIFY_WRITE_TRACKING === '1' && known.input) await verifyCleanChunks(this.memoryFile(), known.input, known.clean);
+        if (environment().TORPOR_VERIFY_WRITE_TRACKING && known.input) await verifyCleanChunks(this.memoryFile(), known.input, known.clean);
         // Loaded on the first snapshot only: the store brings zstd, xxhash and worker threads, memory
         // that a machine which is never snapshotted should not carry.
         const { captureSnapshot } = await import('../snapshot/snapshot-store.ts');

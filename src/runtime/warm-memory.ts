@@ -2,6 +2,7 @@ import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/p
 import { join } from 'node:path';
 import { memoryDirectory, stateHome } from '../state/paths.ts';
 import { isNodeError } from '../util/errors.ts';
+import { environment } from '../config/environment.ts';
 import { homePrefix } from './template-memory.ts';
 
 // The warm tier: a machine stopped right after its snapshot (a hibernation) leaves its RAM file in
@@ -16,7 +17,7 @@ import { homePrefix } from './template-memory.ts';
 
 /** Bytes of tmpfs the warm tier may hold; 0 turns it off (the default). */
 export function warmBudgetBytes(): number {
-  const mebibytes = Number(process.env.TORPOR_WARM_MEMORY ?? 0);
+  const mebibytes = (environment().TORPOR_WARM_MEMORY ?? 0);
   return Number.isFinite(mebibytes) && mebibytes > 0 ? mebibytes * 1024 ** 2 : 0;
 }
 

@@ -14,6 +14,7 @@ import { eventToEntries, invalidEventEntry } from './agent-events-to-entries.ts'
 import { protocolVersion, type AgentEvent, type ErrorEvent } from './agent-protocol.ts';
 import { agentMaxHistoryBytes, readBoundedHistory } from './bounded-history.ts';
 import { checkMachineCount, checkMachineSize, checkSessionCount, type ResourceLimits } from '../runtime/limits.ts';
+import { environment } from '../config/environment.ts';
 import { TurnHistory, type TurnSnapshot } from './turn-history.ts';
 
 /** Events the manager itself adds to a turn's stream, beside the agent's own (validated) events. */
@@ -81,7 +82,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     this.store = options.store ?? new SessionStore();
     this.turnTimeoutMs = options.turnTimeoutMs ?? 10 * 60_000;
     this.limits = options.limits;
-    const fromEnvironment = Number(process.env.TORPOR_TURN_SNAPSHOTS ?? '0');
+    const fromEnvironment = (environment().TORPOR_TURN_SNAPSHOTS ?? 0);
     this.turnSnapshots = options.turnSnapshots ?? (Number.isInteger(fromEnvironment) && fromEnvironment > 0 ? fromEnvironment : 0);
     this.turnHistory = options.turnHistory ?? new TurnHistory();
     this.timer = setInterval(() => void this.tick(), options.tickMs ?? 250);

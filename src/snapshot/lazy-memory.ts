@@ -8,6 +8,7 @@ import { TorporError } from '../util/errors.ts';
 import { buildNative } from './native-build.ts';
 import { beginActivity } from './store-activity.ts';
 import { addPinHolder, pinChunks, unpinChunks } from './chunk-pins.ts';
+import { environment } from '../config/environment.ts';
 import type { SnapshotManifest } from './snapshot-store.ts';
 
 // The TypeScript half of lazy guest memory (native/lazy-memory.c is the other): decides whether
@@ -69,7 +70,7 @@ async function probe(): Promise<LazyMemorySupport> {
 
 /** Whether restores can serve guest RAM on demand here (probed once per process; the build is cached per host). */
 export function lazyMemorySupport(): Promise<LazyMemorySupport> {
-  if (process.env.TORPOR_LAZY_MEMORY === '0') return Promise.resolve({ available: false, reason: 'TORPOR_LAZY_MEMORY=0', writeProtect: false });
+  if (!environment().TORPOR_LAZY_MEMORY) return Promise.resolve({ available: false, reason: 'TORPOR_LAZY_MEMORY=0', writeProtect: false });
   support ??= probe();
   return support;
 }

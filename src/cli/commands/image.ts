@@ -16,7 +16,7 @@ interface LimitFlags {
   maxImageBytes?: string;
 }
 
-/** The import limits a command line sets (the rest come from TORPOR_MAX_* or the defaults). */
+/** The import limits a command line sets (the rest come from TORPOR_MAX_LAYER_BYTES, TORPOR_MAX_LAYER_MEMBERS and TORPOR_MAX_IMAGE_BYTES or the defaults). */
 function limitsFrom(flags: LimitFlags): Partial<ImportLimits> {
   const limits: Partial<ImportLimits> = {};
   if (flags.maxLayerBytes) limits.maxLayerBytes = parseSize(flags.maxLayerBytes, '--max-layer-bytes');

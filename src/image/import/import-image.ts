@@ -10,6 +10,7 @@ import { openDecompressed } from './compression.ts';
 import { ImageBudget, importLimits, type ImportLimits } from './import-limits.ts';
 import { detectImportFormat, type DetectedFormat } from './detect-format.ts';
 import { fileLayer, readDockerArchive, readOciLayout, type LayeredImage } from './image-layout.ts';
+import { environment } from '../../config/environment.ts';
 import { makeRootDirectory, withStagingDirectory } from './staging.ts';
 
 /** What `run` starts in an image that says nothing: a shell, with the usual PATH. */
@@ -24,7 +25,7 @@ export interface ImportOptions {
   progress?: Progress;
   /** Overrides what the archive says (a rootfs tar says nothing). */
   config?: ImageConfig;
-  /** Size limits (defaults and TORPOR_MAX_* environment variables otherwise). */
+  /** Size limits (defaults and TORPOR_MAX_LAYER_BYTES, TORPOR_MAX_LAYER_MEMBERS and TORPOR_MAX_IMAGE_BYTES environment variables otherwise). */
   limits?: Partial<ImportLimits>;
 }
 
@@ -34,7 +35,7 @@ export interface ImportOptions {
  * TypeScript load and a cold JIT) and did not make imports faster; inline is the default.
  */
 function useThread(): boolean {
-  return process.env.TORPOR_IMPORT_THREAD === '1';
+  return environment().TORPOR_IMPORT_THREAD;
 }
 
 /**
