@@ -137,7 +137,7 @@ async function inside(): Promise<void> {
       }
     }
 
-    // The filter's own work on the start path: one nft transaction (it overlaps QEMU's start-up).
+    // The filter's own work on the start path: one nft transaction (done while the snapshot is materialized).
     const { installMachineRules, removeMachineRules } = await import('../src/network/firewall.ts');
     const { uidRange } = await import('../src/network/uid-claims.ts');
     const installs: number[] = [];
@@ -148,7 +148,7 @@ async function inside(): Promise<void> {
       await removeMachineRules(uidRange.last);
     }
     const filterRow = results.get(modes[1]!.label)!;
-    filterRow['nft rules install, overlapped with QEMU start (ms)'] = installs;
+    filterRow['nft rules install, done while the snapshot is materialized (ms)'] = installs;
 
     // Reference: the same download and round trips by a host process, no VM at all.
     const hostRow: Record<string, number[]> = {};

@@ -68,9 +68,10 @@ describe('machines through the client (real VMs)', { timeout: 600_000 }, () => {
     await assert.rejects(torpor.machines.create({ image: 'base', resources: { memory: 'lots' } }), InvalidRequestError);
     const unknownImage = await torpor.machines.create({ image: 'no-such-image-here' }).catch((error: TorporApiError) => error);
     assert.ok(unknownImage instanceof TorporApiError && unknownImage.status === 404, String(unknownImage));
-    const relative = await fetch(`${server.url}/v1/machines/nope/files?path=etc/passwd`);
+    const authorization = { authorization: `Bearer ${server.token}` };
+    const relative = await fetch(`${server.url}/v1/machines/nope/files?path=etc/passwd`, { headers: authorization });
     assert.equal(relative.status, 400);
-    const badExec = await fetch(`${server.url}/v1/machines/nope/exec`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ command: 'rm -rf /' }) });
+    const badExec = await fetch(`${server.url}/v1/machines/nope/exec`, { method: 'POST', headers: { ...authorization, 'content-type': 'application/json' }, body: JSON.stringify({ command: 'rm -rf /' }) });
     assert.ok([400, 404].includes(badExec.status));
   });
 });

@@ -81,7 +81,7 @@ after(async () => {
   await home.cleanup();
 });
 
-test('a lazy restore serves only what the guest touches, and the guest is intact', async () => {
+test('a lazy restore serves only what the guest touches, and the guest is intact', async (t) => {
   const restored = await restoreMachine('origin@1', { name: 'lazy' });
   try {
     const status = await readLazyMemoryStatus(memoryOf(restored));
@@ -91,8 +91,9 @@ test('a lazy restore serves only what the guest touches, and the guest is intact
     const manifest = await readSnapshot('origin@1');
     const stored = manifest.memory.chunks.filter((id) => id !== null).length;
     assert.ok(status.counters.servedChunks < stored, `served ${status.counters.servedChunks} of ${stored} chunks before anything read the data`);
-    const allocatedBefore = await allocatedBytes(memoryOf(restored));
-    assert.ok(allocatedBefore < manifest.stats.nonZeroBytes, `RAM file holds ${allocatedBefore} bytes, the snapshot ${manifest.stats.nonZeroBytes}`);
+    // What the RAM file holds depends on how long the guest has run since (it also writes new
+    // pages), so it is reported, not asserted; the served-chunk count above is the lazy property.
+    t.diagnostic(`RAM file holds ${await allocatedBytes(memoryOf(restored))} bytes after the restore; the snapshot has ${manifest.stats.nonZeroBytes} non-zero`);
     // Reading the data faults it in, from the store or the template, each chunk verified.
     assert.equal(await run(restored, checksums), expectedChecksums);
     const after = (await readLazyMemoryStatus(memoryOf(restored)))!;

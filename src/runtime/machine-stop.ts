@@ -65,6 +65,10 @@ export async function removeMachine(config: MachineConfig, options: { force?: bo
       throw new TorporError('machine-running', `machine ${config.name} is ${state.status}`, { hint: `stop it first, or use torpor rm -f ${config.name}` });
     }
     await killMachine(config);
+  } else {
+    // Its processes are gone, but one killed mid-start (or whose supervisor was killed) may have
+    // left a uid claim and rules behind.
+    await releaseConfinement(config.id);
   }
   await releaseMachine(config);
 }
