@@ -31,7 +31,7 @@ export interface ImportOptions {
 
 /**
  * Extraction on a worker thread is opt-in (TORPOR_IMPORT_THREAD=1): measured on this 2-core
- * shared machine (bench/image-import.ts) it cost ~2.5 s more CPU per 118 MiB image (its own
+ * shared machine (bench/image-import.ts) it cost ~1.5-2 s more CPU per 118 MiB image (its own
  * TypeScript load and a cold JIT) and did not make imports faster; inline is the default.
  */
 function useThread(): boolean {
