@@ -116,7 +116,7 @@ describe('the packed package', { timeout: 900_000 }, () => {
     const files = await readdir(installed, { recursive: true });
     const typescriptSources = files.filter((file) => file.endsWith('.ts') && !file.endsWith('.d.ts'));
     assert.deepEqual(typescriptSources, []);
-    for (const file of ['dist/client/index.js', 'dist/client/index.d.ts', 'dist/context/index.js', 'dist/sdk/index.d.ts', 'build/cli.mjs', 'build/supervisor.mjs', 'build/chunk-worker.mjs']) {
+    for (const file of ['dist/client/index.js', 'dist/client/index.d.ts', 'dist/context/index.js', 'dist/sdk/index.d.ts', 'build/current.json', 'build/package/cli.mjs', 'build/package/supervisor.mjs', 'build/package/chunk-worker.mjs', 'build/dashboard/app.js']) {
       assert.ok((await stat(join(installed, file))).size > 0, file);
     }
   });
