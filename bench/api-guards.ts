@@ -67,7 +67,8 @@ async function timed(count: number, request: () => Promise<Response>): Promise<{
   return { perSecond: count / ((performance.now() - started) / 1000), p50: percentile(latencies, 50), p99: percentile(latencies, 99) };
 }
 
-const format = (result: { perSecond: number; p50: number; p99: number }) => `${Math.round(result.perSecond).toLocaleString('en-US')}/s, p50 ${result.p50.toFixed(2)} ms, p99 ${result.p99.toFixed(2)} ms`;
+const format = (result: { perSecond: number; p50: number; p99: number }) =>
+  `${Math.round(result.perSecond).toLocaleString('en-US')}/s, p50 ${result.p50.toFixed(2)} ms, p99 ${result.p99.toFixed(2)} ms`;
 
 const stopSampler = startHostSampler('no-qemu-of-ours');
 const all = await targets();
@@ -107,7 +108,13 @@ async function inProcess(fetch: (request: Request) => Response | Promise<Respons
   const { guardRequests, allowedHostsFor } = await import('../src/api/request-guards.ts');
   const { TokenVerifier } = await import('../src/state/api-tokens.ts');
   const allowed = allowedHostsFor('127.0.0.1', 7070);
-  const guarded = guardRequests(app.fetch, { verifier: new TokenVerifier(token), allowedHosts: allowed.hosts, allowedOrigins: allowed.origins, maxBodyBytes: 1024 * 1024, maxLogAppendBytes: 1024 * 1024 });
+  const guarded = guardRequests(app.fetch, {
+    verifier: new TokenVerifier(token),
+    allowedHosts: allowed.hosts,
+    allowedOrigins: allowed.origins,
+    maxBodyBytes: 1024 * 1024,
+    maxLogAppendBytes: 1024 * 1024,
+  });
   const peerApp = new Hono();
   peerApp.use('*', bearerAuth({ token }), bodyLimit({ maxSize: 1024 * 1024 }));
   peerApp.route('/', app);

@@ -18,14 +18,14 @@
  * install it for the run with `npm install --no-save @durable-streams/server`.
  * Result files: bench/results/context-log-<date>.txt.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { cpus, totalmem, release, loadavg } from "node:os";
-import { mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { ContextLog, SqliteStorage, PostgresStorage } from "../src/context/index.ts";
-import { startPostgresServer, type PostgresServer } from "../src/context/testing/postgres-server.ts";
+import { spawn, type ChildProcess } from 'node:child_process';
+import { cpus, totalmem, release, loadavg } from 'node:os';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ContextLog, SqliteStorage, PostgresStorage } from '../src/context/index.ts';
+import { startPostgresServer, type PostgresServer } from '../src/context/testing/postgres-server.ts';
 
 const argv = process.argv.slice(2);
 const flag = (name: string) => argv.includes(name);
@@ -85,24 +85,24 @@ function embeddedTarget(name: string, log: ContextLog): Target {
 
 async function startChild(kind: string, directory: string, extra: string[] = []): Promise<{ url: string; child: ChildProcess }> {
   const self = fileURLToPath(import.meta.url);
-  const child = spawn(process.execPath, ["--import", "tsx", self, "--serve", kind, "--dir", directory, ...extra], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(process.execPath, ['--import', 'tsx', self, '--serve', kind, '--dir', directory, ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
   const url = await new Promise<string>((resolve, reject) => {
-    let buffer = "";
-    child.stdout!.on("data", (chunk: Buffer) => {
+    let buffer = '';
+    child.stdout!.on('data', (chunk: Buffer) => {
       buffer += chunk.toString();
-      const line = buffer.split("\n").find((candidate) => candidate.startsWith("URL="));
+      const line = buffer.split('\n').find((candidate) => candidate.startsWith('URL='));
       if (line) resolve(line.slice(4).trim());
     });
-    child.once("exit", (code) => reject(new Error(`${kind} server exited with ${code}`)));
+    child.once('exit', (code) => reject(new Error(`${kind} server exited with ${code}`)));
   });
   return { url, child };
 }
 
 async function stopChild(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null) return;
-  const exited = new Promise((resolve) => child.once("exit", resolve));
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
   await exited;
   clearTimeout(timer);
 }
@@ -111,23 +111,23 @@ async function stopChild(child: ChildProcess): Promise<void> {
 function readEvents(response: Response, onEvent: (event: string, data: string) => void): void {
   void (async () => {
     const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = "";
+    let buffer = '';
     try {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) return;
         buffer += value;
         let boundary: number;
-        while ((boundary = buffer.indexOf("\n\n")) >= 0) {
+        while ((boundary = buffer.indexOf('\n\n')) >= 0) {
           const block = buffer.slice(0, boundary);
           buffer = buffer.slice(boundary + 2);
-          let event = "message";
+          let event = 'message';
           const data: string[] = [];
-          for (const line of block.split("\n")) {
-            if (line.startsWith("event:")) event = line.slice(6).trim();
-            else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+          for (const line of block.split('\n')) {
+            if (line.startsWith('event:')) event = line.slice(6).trim();
+            else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
           }
-          if (data.length > 0) onEvent(event, data.join("\n"));
+          if (data.length > 0) onEvent(event, data.join('\n'));
         }
       }
     } catch {
@@ -143,13 +143,16 @@ async function ok(response: Response): Promise<Response> {
 
 function torporHttpTarget(name: string, url: string, child: ChildProcess, directory: string): Target {
   // `torpor serve` needs its bearer token (created in its state directory on start) on every request.
-  const token = readFileSync(join(directory, "api", "token"), "utf8").trim();
-  const fetch = (input: string, init: RequestInit = {}) => globalThis.fetch(input, { ...init, headers: { authorization: `Bearer ${token}`, ...(init.headers as Record<string, string>) } });
+  const token = readFileSync(join(directory, 'api', 'token'), 'utf8').trim();
+  const fetch = (input: string, init: RequestInit = {}) =>
+    globalThis.fetch(input, { ...init, headers: { authorization: `Bearer ${token}`, ...(init.headers as Record<string, string>) } });
   return {
     name,
     async prepare() {},
     async append(session, entries) {
-      const response = await ok(await fetch(`${url}/v1/logs/${session}/entries`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(entries) }));
+      const response = await ok(
+        await fetch(`${url}/v1/logs/${session}/entries`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(entries) }),
+      );
       await response.arrayBuffer();
     },
     async readAll(session) {
@@ -168,7 +171,7 @@ function torporHttpTarget(name: string, url: string, child: ChildProcess, direct
       const from = ((await (await fetch(`${url}/v1/logs/${session}`)).json()) as { nextOffset: number }).nextOffset;
       const response = await ok(await fetch(`${url}/v1/logs/${session}/entries?live=sse&from=${from}`, { signal: controller.signal }));
       readEvents(response, (event, data) => {
-        if (event === "entry") onEntry((JSON.parse(data) as { entry: Payload }).entry);
+        if (event === 'entry') onEntry((JSON.parse(data) as { entry: Payload }).entry);
       });
       return () => controller.abort();
     },
@@ -189,31 +192,33 @@ function durableStreamsTarget(url: string, child: ChildProcess, options: { name?
   const streamUrl = (session: string) => `${url}/v1/stream/${options.torporLog ? `logs/${session}` : session}`;
   const payloadOf = (item: Payload) => (options.torporLog ? (item.entry as Payload) : item);
   return {
-    name: options.name ?? "Durable Streams HTTP",
+    name: options.name ?? 'Durable Streams HTTP',
     async prepare(session) {
       if (options.torporLog) return;
-      await ok(await fetch(streamUrl(session), { method: "PUT", headers: { "content-type": "application/json" } }));
+      await ok(await fetch(streamUrl(session), { method: 'PUT', headers: { 'content-type': 'application/json' } }));
     },
     async append(session, entries) {
-      const response = await ok(await fetch(streamUrl(session), { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(entries) }));
+      const response = await ok(
+        await fetch(streamUrl(session), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(entries) }),
+      );
       await response.arrayBuffer();
     },
     async readAll(session) {
       let count = 0;
-      let offset = "-1";
+      let offset = '-1';
       for (;;) {
         const response = await ok(await fetch(`${streamUrl(session)}?offset=${encodeURIComponent(offset)}`));
         const page = (await response.json()) as unknown[];
         count += page.length;
-        offset = response.headers.get("Stream-Next-Offset") ?? offset;
-        if (response.headers.get("Stream-Up-To-Date") === "true") return count;
+        offset = response.headers.get('Stream-Next-Offset') ?? offset;
+        if (response.headers.get('Stream-Up-To-Date') === 'true') return count;
       }
     },
     async follow(session, onEntry) {
       const controller = new AbortController();
       const response = await ok(await fetch(`${streamUrl(session)}?offset=now&live=sse`, { signal: controller.signal }));
       readEvents(response, (event, data) => {
-        if (event === "data") for (const item of JSON.parse(data) as Payload[]) onEntry(payloadOf(item));
+        if (event === 'data') for (const item of JSON.parse(data) as Payload[]) onEntry(payloadOf(item));
       });
       return () => controller.abort();
     },
@@ -229,8 +234,8 @@ function percentile(samples: number[], fraction: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(fraction * sorted.length))];
 }
 
-const text = (bytes: number, seed: number) => `${seed}:`.padEnd(bytes, "abcdefghijklmnopqrstuvwxyz ");
-const message = (bytes: number, seed: number): Payload => ({ kind: "message", role: "user", content: text(bytes, seed) });
+const text = (bytes: number, seed: number) => `${seed}:`.padEnd(bytes, 'abcdefghijklmnopqrstuvwxyz ');
+const message = (bytes: number, seed: number): Payload => ({ kind: 'message', role: 'user', content: text(bytes, seed) });
 
 interface Results {
   [metric: string]: string;
@@ -271,7 +276,10 @@ async function fill(target: Target, session: string, total: number, batch: numbe
   const started = performance.now();
   for (let written = 0; written < total; written += batch) {
     const size = Math.min(batch, total - written);
-    await target.append(session, Array.from({ length: size }, (_, index) => message(bytes, written + index)));
+    await target.append(
+      session,
+      Array.from({ length: size }, (_, index) => message(bytes, written + index)),
+    );
   }
   return (performance.now() - started) / 1000;
 }
@@ -281,7 +289,7 @@ async function tailLatency(target: Target, session: string, count: number): Prom
   await target.append(session, [message(100, -1)]);
   const waiting = new Map<number, () => void>();
   const stop = await target.follow(session, (payload) => {
-    const seed = Number(String(payload.content).split(":")[0]);
+    const seed = Number(String(payload.content).split(':')[0]);
     waiting.get(seed)?.();
   });
   await new Promise((resolve) => setTimeout(resolve, 200));
@@ -309,7 +317,7 @@ async function latencyAt(target: Target, session: string, count: number): Promis
 }
 
 const milliseconds = (value: number) => `${value.toFixed(2)} ms`;
-const rate = (value: number) => `${Math.round(value).toLocaleString("en-US")}/s`;
+const rate = (value: number) => `${Math.round(value).toLocaleString('en-US')}/s`;
 
 async function measure(target: Target, scale: number, log: (line: string) => void): Promise<Results> {
   const results: Results = {};
@@ -317,19 +325,19 @@ async function measure(target: Target, scale: number, log: (line: string) => voi
   const sequentialCount = Math.round(2000 * scale);
   log(`  ${target.name}: ${sequentialCount} sequential single-entry appends`);
   const sequential = await sequentialAppends(target, `seq-${run}`, sequentialCount);
-  results["sequential appends (1 entry, 200 B)"] = rate(sequential.perSecond);
-  results["  append latency p50 / p99"] = `${milliseconds(sequential.p50)} / ${milliseconds(sequential.p99)}`;
+  results['sequential appends (1 entry, 200 B)'] = rate(sequential.perSecond);
+  results['  append latency p50 / p99'] = `${milliseconds(sequential.p50)} / ${milliseconds(sequential.p99)}`;
 
   const perSession = Math.max(2, Math.round(40 * scale));
   log(`  ${target.name}: 50 sessions x ${perSession} appends at once`);
   const concurrent = await concurrentAppends(target, `many-${run}`, 50, perSession);
-  results["50 sessions appending at once: appends/s, p99"] = `${rate(concurrent.perSecond)}, ${milliseconds(concurrent.p99)}`;
+  results['50 sessions appending at once: appends/s, p99'] = `${rate(concurrent.perSecond)}, ${milliseconds(concurrent.p99)}`;
 
   const batches = Math.round(300 * scale);
   log(`  ${target.name}: ${batches} batches of 100 x 1 KiB`);
   await target.prepare(`batch-${run}`);
   const batchSeconds = await fill(target, `batch-${run}`, batches * 100, 100, 1024);
-  results["batched appends (100 x 1 KiB)"] = `${rate(batches / batchSeconds)} (${rate((batches * 100) / batchSeconds)} entries)`;
+  results['batched appends (100 x 1 KiB)'] = `${rate(batches / batchSeconds)} (${rate((batches * 100) / batchSeconds)} entries)`;
 
   const readSize = Math.round(100_000 * scale);
   log(`  ${target.name}: read ${readSize} entries from offset 0`);
@@ -339,12 +347,12 @@ async function measure(target: Target, scale: number, log: (line: string) => voi
   const count = await target.readAll(`read-${run}`);
   const readSeconds = (performance.now() - readStarted) / 1000;
   if (count !== readSize) throw new Error(`${target.name} read ${count} of ${readSize} entries`);
-  results[`read ${readSize.toLocaleString("en-US")} entries from 0`] = `${readSeconds.toFixed(2)} s (${rate(readSize / readSeconds)})`;
+  results[`read ${readSize.toLocaleString('en-US')} entries from 0`] = `${readSeconds.toFixed(2)} s (${rate(readSize / readSeconds)})`;
 
   const tailCount = Math.round(500 * scale);
   log(`  ${target.name}: tail latency over ${tailCount} appends`);
   const tail = await tailLatency(target, `tail-${run}`, tailCount);
-  results["tail latency p50 / p99 (append -> delivery)"] = `${milliseconds(tail.p50)} / ${milliseconds(tail.p99)}`;
+  results['tail latency p50 / p99 (append -> delivery)'] = `${milliseconds(tail.p50)} / ${milliseconds(tail.p99)}`;
 
   const small = 1000;
   const large = Math.round(1_000_000 * scale);
@@ -352,68 +360,72 @@ async function measure(target: Target, scale: number, log: (line: string) => voi
   await target.prepare(`small-${run}`);
   await fill(target, `small-${run}`, small, 1000, 200);
   const atSmall = await latencyAt(target, `small-${run}`, probes);
-  log(`  ${target.name}: filling a ${large.toLocaleString("en-US")}-entry session`);
+  log(`  ${target.name}: filling a ${large.toLocaleString('en-US')}-entry session`);
   await target.prepare(`large-${run}`);
   const fillSeconds = await fill(target, `large-${run}`, large, 5000, 200);
   log(`    (filled in ${fillSeconds.toFixed(1)} s)`);
   const atLarge = await latencyAt(target, `large-${run}`, probes);
-  results[`append p50 / p99 at entry ${small.toLocaleString("en-US")}`] = `${milliseconds(atSmall.p50)} / ${milliseconds(atSmall.p99)}`;
-  results[`append p50 / p99 at entry ${large.toLocaleString("en-US")}`] = `${milliseconds(atLarge.p50)} / ${milliseconds(atLarge.p99)}`;
+  results[`append p50 / p99 at entry ${small.toLocaleString('en-US')}`] = `${milliseconds(atSmall.p50)} / ${milliseconds(atSmall.p99)}`;
+  results[`append p50 / p99 at entry ${large.toLocaleString('en-US')}`] = `${milliseconds(atLarge.p50)} / ${milliseconds(atLarge.p99)}`;
   if (target.context) {
     // A compacted long session: one summary stands for everything but the last 1,000 entries.
     const end = large + probes;
-    await target.append(`large-${run}`, [{ kind: "summary", covers: { from: 0, to: end - 1000 }, text: "summary of the earlier conversation" }]);
+    await target.append(`large-${run}`, [{ kind: 'summary', covers: { from: 0, to: end - 1000 }, text: 'summary of the earlier conversation' }]);
     const contextStarted = performance.now();
     const messages = await target.context(`large-${run}`);
-    results[`model context of the compacted ${large.toLocaleString("en-US")}-entry session`] = `${milliseconds(performance.now() - contextStarted)} (${messages} messages)`;
+    results[`model context of the compacted ${large.toLocaleString('en-US')}-entry session`] =
+      `${milliseconds(performance.now() - contextStarted)} (${messages} messages)`;
   }
   return results;
 }
 
 function table(columns: Array<{ name: string; results: Results }>): string {
   const metrics = [...new Set(columns.flatMap((column) => Object.keys(column.results)))];
-  const rows = [["", ...columns.map((column) => column.name)], ...metrics.map((metric) => [metric, ...columns.map((column) => column.results[metric] ?? "-")])];
+  const rows = [['', ...columns.map((column) => column.name)], ...metrics.map((metric) => [metric, ...columns.map((column) => column.results[metric] ?? '-')])];
   const widths = rows[0].map((_, index) => Math.max(...rows.map((row) => row[index].length)));
-  const line = (row: string[]) => `| ${row.map((cell, index) => cell.padEnd(widths[index])).join(" | ")} |`;
-  return [line(rows[0]), `|${widths.map((width) => "-".repeat(width + 2)).join("|")}|`, ...rows.slice(1).map(line)].join("\n");
+  const line = (row: string[]) => `| ${row.map((cell, index) => cell.padEnd(widths[index])).join(' | ')} |`;
+  return [line(rows[0]), `|${widths.map((width) => '-'.repeat(width + 2)).join('|')}|`, ...rows.slice(1).map(line)].join('\n');
 }
 
 async function main(): Promise<void> {
-  const scale = Number(option("--scale") ?? "1");
-  const output = option("--output");
+  const scale = Number(option('--scale') ?? '1');
+  const output = option('--output');
   const log = (line: string) => process.stderr.write(`${line}\n`);
-  const directory = mkdtempSync(join(tmpdir(), "torpor-bench-"));
+  const directory = mkdtempSync(join(tmpdir(), 'torpor-bench-'));
   const columns: Array<{ name: string; results: Results }> = [];
   let postgres: PostgresServer | undefined;
   const started = Date.now();
   try {
     const targets: Array<() => Promise<Target>> = [
-      async () => embeddedTarget("torpor embedded (SQLite)", new ContextLog(new SqliteStorage({ path: join(directory, "embedded", "log.sqlite") }))),
+      async () => embeddedTarget('torpor embedded (SQLite)', new ContextLog(new SqliteStorage({ path: join(directory, 'embedded', 'log.sqlite') }))),
       async () => {
-        const { url, child } = await startChild("torpor", join(directory, "http-sqlite"));
-        return torporHttpTarget("torpor HTTP (SQLite)", url, child, join(directory, "http-sqlite"));
+        const { url, child } = await startChild('torpor', join(directory, 'http-sqlite'));
+        return torporHttpTarget('torpor HTTP (SQLite)', url, child, join(directory, 'http-sqlite'));
       },
     ];
-    if (!flag("--no-postgres")) {
+    if (!flag('--no-postgres')) {
       targets.push(async () => {
         postgres ??= await startPostgresServer({ durable: true });
-        return embeddedTarget("torpor embedded (PostgreSQL)", new ContextLog(await PostgresStorage.connect({ connectionString: postgres.url, schema: "bench_embedded" })));
+        return embeddedTarget(
+          'torpor embedded (PostgreSQL)',
+          new ContextLog(await PostgresStorage.connect({ connectionString: postgres.url, schema: 'bench_embedded' })),
+        );
       });
       targets.push(async () => {
         postgres ??= await startPostgresServer({ durable: true });
-        const { url, child } = await startChild("torpor", join(directory, "http-postgres"), ["--postgres", postgres.url]);
-        return torporHttpTarget("torpor HTTP (PostgreSQL)", url, child, join(directory, "http-postgres"));
+        const { url, child } = await startChild('torpor', join(directory, 'http-postgres'), ['--postgres', postgres.url]);
+        return torporHttpTarget('torpor HTTP (PostgreSQL)', url, child, join(directory, 'http-postgres'));
       });
     }
     targets.push(async () => {
-      const { url, child } = await startChild("torpor", join(directory, "http-streams"));
-      return durableStreamsTarget(url, child, { name: "torpor Durable Streams HTTP (SQLite)", torporLog: true });
+      const { url, child } = await startChild('torpor', join(directory, 'http-streams'));
+      return durableStreamsTarget(url, child, { name: 'torpor Durable Streams HTTP (SQLite)', torporLog: true });
     });
     targets.push(async () => {
-      const { url, child } = await startChild("durable-streams", join(directory, "durable-streams"));
+      const { url, child } = await startChild('durable-streams', join(directory, 'durable-streams'));
       return durableStreamsTarget(url, child);
     });
-    const only = option("--only");
+    const only = option('--only');
     for (const create of targets) {
       const target = await create();
       if (only && !target.name.includes(only)) {
@@ -432,18 +444,19 @@ async function main(): Promise<void> {
     rmSync(directory, { recursive: true, force: true });
   }
 
-  const packageVersion = (name: string) => (JSON.parse(readFileSync(new URL(`../node_modules/${name}/package.json`, import.meta.url), "utf8")) as { version: string }).version;
+  const packageVersion = (name: string) =>
+    (JSON.parse(readFileSync(new URL(`../node_modules/${name}/package.json`, import.meta.url), 'utf8')) as { version: string }).version;
   const facts = [
-    `torpor context log benchmark, ${new Date().toISOString().slice(0, 10)}${scale !== 1 ? ` (scale ${scale})` : ""}`,
-    `machine: ${cpus().length} x ${cpus()[0]?.model ?? "?"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, Linux ${release()}, ext4 on a virtual disk`,
-    `software: Node ${process.version}, better-sqlite3 ${packageVersion("better-sqlite3")}, pg ${packageVersion("pg")}, PostgreSQL 15 (fsync on), @durable-streams/server ${packageVersion("@durable-streams/server")} (file-backed, compression off)`,
-    "durability: every append is on disk when acknowledged (SQLite WAL + synchronous=FULL; PostgreSQL commit with fsync; Durable Streams fdatasync per append)",
-    "HTTP columns: server in a child process, client in this process, loopback, keep-alive fetch; embedded: library calls in this process",
+    `torpor context log benchmark, ${new Date().toISOString().slice(0, 10)}${scale !== 1 ? ` (scale ${scale})` : ''}`,
+    `machine: ${cpus().length} x ${cpus()[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, Linux ${release()}, ext4 on a virtual disk`,
+    `software: Node ${process.version}, better-sqlite3 ${packageVersion('better-sqlite3')}, pg ${packageVersion('pg')}, PostgreSQL 15 (fsync on), @durable-streams/server ${packageVersion('@durable-streams/server')} (file-backed, compression off)`,
+    'durability: every append is on disk when acknowledged (SQLite WAL + synchronous=FULL; PostgreSQL commit with fsync; Durable Streams fdatasync per append)',
+    'HTTP columns: server in a child process, client in this process, loopback, keep-alive fetch; embedded: library calls in this process',
     `host load average (1 min) at the end: ${loadavg()[0]!.toFixed(2)} on ${cpus().length} cores (other work shares this machine: compare columns of one run, not runs)`,
     `entries: 200 B messages unless noted; read test entries 256 B; wall time ${((Date.now() - started) / 1000).toFixed(0)} s`,
-    "",
+    '',
   ];
-  const report = `${facts.join("\n")}${table(columns)}\n`;
+  const report = `${facts.join('\n')}${table(columns)}\n`;
   process.stdout.write(report);
   if (output) writeFileSync(output, report);
 }
@@ -451,33 +464,33 @@ async function main(): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // Child-process servers: this same file, started with --serve.
 // ---------------------------------------------------------------------------------------------
-if (flag("--serve")) {
-  const kind = option("--serve")!;
-  const directory = option("--dir")!;
+if (flag('--serve')) {
+  const kind = option('--serve')!;
+  const directory = option('--dir')!;
   // Servers print informational logs to stdout; silence them so they cost both sides the same (nothing).
   const write = process.stdout.write.bind(process.stdout);
   console.log = console.info = console.debug = () => {};
-  if (kind === "durable-streams") {
+  if (kind === 'durable-streams') {
     // Installed only for the run (see the header), so it is loaded by name, untyped.
-    const referenceServer = "@durable-streams/server";
+    const referenceServer = '@durable-streams/server';
     const { DurableStreamTestServer } = (await import(referenceServer)) as {
       DurableStreamTestServer: new (options: Record<string, unknown>) => { start(): Promise<string>; stop(): Promise<void> };
     };
-    const server = new DurableStreamTestServer({ port: 0, host: "127.0.0.1", dataDir: directory, compression: false });
+    const server = new DurableStreamTestServer({ port: 0, host: '127.0.0.1', dataDir: directory, compression: false });
     const url = await server.start();
     write(`URL=${url}\n`);
-    process.on("SIGTERM", () => void server.stop().then(() => process.exit(0)));
+    process.on('SIGTERM', () => void server.stop().then(() => process.exit(0)));
   } else {
-    const { startApiServer } = await import("../src/api/server.ts");
-    const { mountDurableStreams } = await import("../src/api/durable-streams-routes.ts");
+    const { startApiServer } = await import('../src/api/server.ts');
+    const { mountDurableStreams } = await import('../src/api/durable-streams-routes.ts');
     const server = await startApiServer({
       port: 0,
       stateDirectory: directory,
-      postgresUrl: option("--postgres"),
+      postgresUrl: option('--postgres'),
       configure: (app, log) => void mountDurableStreams(app, { log, stateDirectory: directory }),
     });
     write(`URL=${server.url}\n`);
-    process.on("SIGTERM", () => void server.close().then(() => process.exit(0)));
+    process.on('SIGTERM', () => void server.close().then(() => process.exit(0)));
   }
 } else {
   await main();

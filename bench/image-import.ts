@@ -69,11 +69,18 @@ async function main(): Promise<void> {
   ensureDebianPackages(['tar', 'mkfs.ext4', 'skopeo', 'umoci']);
   const work = await mkdtemp(join(tmpdir(), 'torpor-bench-import-'));
   const lines: string[] = [];
-  const say = (line: string) => { lines.push(line); process.stdout.write(line + '\n'); };
+  const say = (line: string) => {
+    lines.push(line);
+    process.stdout.write(line + '\n');
+  };
   try {
     // The bench/pull.ts image, plus a base-like layer of 10,000 small files with links.
     const layerSpecs: Array<[number, number, 'random' | 'text', boolean]> = [
-      [40, MiB, 'random', false], [1000, 30 * 1024, 'text', false], [2000, 10 * 1024, 'random', false], [200, 50 * 1024, 'text', false], [10_000, 2 * 1024, 'text', true],
+      [40, MiB, 'random', false],
+      [1000, 30 * 1024, 'text', false],
+      [2000, 10 * 1024, 'random', false],
+      [200, 50 * 1024, 'text', false],
+      [10_000, 2 * 1024, 'text', true],
     ];
     const image: FixtureImage = { layers: [] };
     for (const [index, [files, size, kind, extras]] of layerSpecs.entries()) {
@@ -97,9 +104,15 @@ async function main(): Promise<void> {
     const uncompressed = layerSpecs.reduce((sum, [files, size]) => sum + files * size, 0);
 
     say(`# torpor image import benchmark, ${new Date().toISOString().slice(0, 10)}`);
-    say(`machine: ${cpus().length} cores (${cpus()[0]?.model.trim()}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB RAM, Linux ${release()}, Node ${process.version}; no VM involved (TCG/KVM irrelevant)`);
-    say(`tools: ${(await runCommand('skopeo', ['--version'])).stdout.trim()}, ${(await runCommand('umoci', ['--version'])).stdout.trim()}, ${(await runCommand('tar', ['--version'])).stdout.split('\n')[0]}`);
-    say(`image: ${image.layers.length} layers, ${(compressed / MiB).toFixed(1)} MiB gzip, ${(uncompressed / MiB).toFixed(1)} MiB of file data in ${layerSpecs.reduce((sum, [files]) => sum + files, 0)} files (+1000 symlinks, +200 hard links in the last layer)`);
+    say(
+      `machine: ${cpus().length} cores (${cpus()[0]?.model.trim()}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB RAM, Linux ${release()}, Node ${process.version}; no VM involved (TCG/KVM irrelevant)`,
+    );
+    say(
+      `tools: ${(await runCommand('skopeo', ['--version'])).stdout.trim()}, ${(await runCommand('umoci', ['--version'])).stdout.trim()}, ${(await runCommand('tar', ['--version'])).stdout.split('\n')[0]}`,
+    );
+    say(
+      `image: ${image.layers.length} layers, ${(compressed / MiB).toFixed(1)} MiB gzip, ${(uncompressed / MiB).toFixed(1)} MiB of file data in ${layerSpecs.reduce((sum, [files]) => sum + files, 0)} files (+1000 symlinks, +200 hard links in the last layer)`,
+    );
     say('');
     say('layers only (gzip layers of the OCI layout -> a rootfs directory, as root; the three take turns going first, sync before each):');
     say('  thread   = this branch, TORPOR_IMPORT_THREAD=1: one pass, strict reader + openat-style writer on a worker thread');
@@ -124,14 +137,19 @@ async function main(): Promise<void> {
           for (let index = 0; index < image.layers.length; index++) await applyLayer(root, layers(index), { thread });
           await thread.close();
         },
-        inline: async (root) => { for (let index = 0; index < image.layers.length; index++) await applyLayer(root, layers(index)); },
-        legacy: async (root) => { for (let index = 0; index < image.layers.length; index++) await legacyApplyLayer(root, layers(index)); },
+        inline: async (root) => {
+          for (let index = 0; index < image.layers.length; index++) await applyLayer(root, layers(index));
+        },
+        legacy: async (root) => {
+          for (let index = 0; index < image.layers.length; index++) await legacyApplyLayer(root, layers(index));
+        },
       };
       const order = (['strict', 'inline', 'legacy'] as const).map((_, index, all) => all[(index + run - 1) % all.length]!);
       const seconds: Record<string, number> = {};
       const listings: Record<string, string> = {};
       // Same tree either way (names, types, sizes, modes, link counts): the comparison is of equal work.
-      const listing = async (root: string) => (await runCommand('sh', ['-c', `cd ${root} && find . -printf '%p %y %s %m %n %U %G\\n' | sort | sha256sum`])).stdout;
+      const listing = async (root: string) =>
+        (await runCommand('sh', ['-c', `cd ${root} && find . -printf '%p %y %s %m %n %U %G\\n' | sort | sha256sum`])).stdout;
       for (const name of order) {
         const root = join(work, `${name}-${run}`);
         await mkdir(root);
@@ -162,14 +180,24 @@ async function main(): Promise<void> {
       const cpuRow = [cpu.strict!, cpu.inline!, cpu.legacy!, cpu.umoci!, cpu.torporImport!, cpu.skopeo! + cpu.unpack!];
       cpuRow.forEach((value, index) => cpuColumns[index]!.push(value));
       const cell = (wall: number, used: number) => `${wall.toFixed(2)}/${used.toFixed(2)}s`.padEnd(13);
-      say(`${String(run).padEnd(4)} ${cell(strict, cpu.strict!)} ${cell(inline, cpu.inline!)} ${cell(legacy, cpu.legacy!)} ${cell(umoci, cpu.umoci!)} | ${cell(torporImport, cpu.torporImport!)}  ${cell(skopeo + unpack, cpu.skopeo! + cpu.unpack!)}`);
+      say(
+        `${String(run).padEnd(4)} ${cell(strict, cpu.strict!)} ${cell(inline, cpu.inline!)} ${cell(legacy, cpu.legacy!)} ${cell(umoci, cpu.umoci!)} | ${cell(torporImport, cpu.torporImport!)}  ${cell(skopeo + unpack, cpu.skopeo! + cpu.unpack!)}`,
+      );
     }
     const m = columns.map(median);
     say('');
     const c = cpuColumns.map(median);
-    say(`medians, wall: inline (default) ${m[7]!.toFixed(2)}s, thread ${m[0]!.toFixed(2)}s, legacy ${m[1]!.toFixed(2)}s (inline/legacy = ${(m[7]! / m[1]!).toFixed(2)}), umoci ${m[2]!.toFixed(2)}s; torpor image import ${m[3]!.toFixed(2)}s vs skopeo+umoci ${m[6]!.toFixed(2)}s`);
-    say(`medians, CPU: inline (default) ${c[1]!.toFixed(2)}s, thread ${c[0]!.toFixed(2)}s, legacy ${c[2]!.toFixed(2)}s (inline/legacy = ${(c[1]! / c[2]!).toFixed(2)}), umoci ${c[3]!.toFixed(2)}s; torpor image import ${c[4]!.toFixed(2)}s vs skopeo+umoci ${c[5]!.toFixed(2)}s`);
-    say(`load average at the end (2 cores shared with other engineers): ${loadavg().map((value) => value.toFixed(2)).join(' ')}`);
+    say(
+      `medians, wall: inline (default) ${m[7]!.toFixed(2)}s, thread ${m[0]!.toFixed(2)}s, legacy ${m[1]!.toFixed(2)}s (inline/legacy = ${(m[7]! / m[1]!).toFixed(2)}), umoci ${m[2]!.toFixed(2)}s; torpor image import ${m[3]!.toFixed(2)}s vs skopeo+umoci ${m[6]!.toFixed(2)}s`,
+    );
+    say(
+      `medians, CPU: inline (default) ${c[1]!.toFixed(2)}s, thread ${c[0]!.toFixed(2)}s, legacy ${c[2]!.toFixed(2)}s (inline/legacy = ${(c[1]! / c[2]!).toFixed(2)}), umoci ${c[3]!.toFixed(2)}s; torpor image import ${c[4]!.toFixed(2)}s vs skopeo+umoci ${c[5]!.toFixed(2)}s`,
+    );
+    say(
+      `load average at the end (2 cores shared with other engineers): ${loadavg()
+        .map((value) => value.toFixed(2))
+        .join(' ')}`,
+    );
     const resultFile = join(new URL('.', import.meta.url).pathname, 'results', `image-import-${new Date().toISOString().slice(0, 10)}-tcg.txt`);
     await writeFile(resultFile, lines.join('\n') + '\n');
     process.stdout.write(`written to ${resultFile}\n`);

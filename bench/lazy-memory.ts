@@ -133,7 +133,9 @@ try {
       restores[mode].push(performance.now() - began);
       const cpuSelf = process.cpuUsage(cpuBefore);
       const machineState = await readMachineState(restored.id);
-      restoreCpu[mode].push((cpuSelf.user + cpuSelf.system) / 1e6 + (await cpuSecondsOf(machineState.qemuPid)) + (await cpuSecondsOf(machineState.supervisorPid)));
+      restoreCpu[mode].push(
+        (cpuSelf.user + cpuSelf.system) / 1e6 + (await cpuSecondsOf(machineState.qemuPid)) + (await cpuSecondsOf(machineState.supervisorPid)),
+      );
       ready[mode].push((await readMachineState(restored.id)).bootMs ?? NaN);
       if (run === 0) {
         if (mode === 'lazy') counters = (await readLazyMemoryStatus(join(memoryDirectory, `${restored.id}.ram`)))?.counters;
@@ -141,7 +143,12 @@ try {
         resident[mode] = await residentOf(restored);
         if (mode === 'lazy') countersLater = (await readLazyMemoryStatus(join(memoryDirectory, `${restored.id}.ram`)))?.counters;
         const summary = await snapshotMachine(restored, { name: `again-${mode}` });
-        resnapshot[mode] = { totalMs: summary.totalMs, captureMs: summary.captureMs, newBytes: Number(summary.stats.newCompressedBytes), scanned: Number(summary.stats.scannedBytes) };
+        resnapshot[mode] = {
+          totalMs: summary.totalMs,
+          captureMs: summary.captureMs,
+          newBytes: Number(summary.stats.newCompressedBytes),
+          scanned: Number(summary.stats.scannedBytes),
+        };
       }
       await removeMachine(restored, { force: true });
     }
@@ -197,10 +204,21 @@ try {
     await snapshotMachine(machine, { name: `c-${variant}-0` });
     for (let turn = 1; turn <= 3; turn++) {
       const client = await connectToMachine(machine);
-      await client.exec({ argv: ['sh', '-c', `head -c 1048576 /dev/urandom > /root/turn-${turn}`], env: [], workingDirectory: '/', user: '', tty: false, stdin: false }).exited;
+      await client.exec({
+        argv: ['sh', '-c', `head -c 1048576 /dev/urandom > /root/turn-${turn}`],
+        env: [],
+        workingDirectory: '/',
+        user: '',
+        tty: false,
+        stdin: false,
+      }).exited;
       client.close();
       const summary = await snapshotMachine(machine, { name: `c-${variant}-${turn}` });
-      checkpoints[variant].push({ pausedMs: summary.totalMs, memoryRead: Number(summary.stats.memoryScannedBytes ?? NaN), newBytes: Number(summary.stats.newCompressedBytes) });
+      checkpoints[variant].push({
+        pausedMs: summary.totalMs,
+        memoryRead: Number(summary.stats.memoryScannedBytes ?? NaN),
+        newBytes: Number(summary.stats.newCompressedBytes),
+      });
     }
     await removeMachine(machine, { force: true });
   }
@@ -275,7 +293,14 @@ try {
     llm = await startDevLlm({ port: 0, host: '127.0.0.1' });
     await manager.close();
     manager = new SessionManager({ log, store: new SessionStore(), tickMs: 50, turnTimeoutMs: 180_000 });
-    const codingSpec: SessionSpec = { image: 'coding-agent', command: ['node', '/app/agent.mjs'], env: [`OPENAI_BASE_URL=http://10.0.2.2:${llm.port}/v1`], cpus: 1, memoryMiB: 512, idleSeconds: 1 };
+    const codingSpec: SessionSpec = {
+      image: 'coding-agent',
+      command: ['node', '/app/agent.mjs'],
+      env: [`OPENAI_BASE_URL=http://10.0.2.2:${llm.port}/v1`],
+      cpus: 1,
+      memoryMiB: 512,
+      idleSeconds: 1,
+    };
     codingWakes = await wakes(codingSpec, 5, (run) => `remember fact number ${run}`);
   } catch (error) {
     codingNote = `coding agent rows: ${(error as Error).message}`;
@@ -286,7 +311,8 @@ try {
   progress('coding wakes done');
 
   // ---- report
-  const pair = (values: Record<Mode, number[]>) => `lazy p50 ${ms(median(values.lazy))} (max ${ms(Math.max(...values.lazy))}) | eager p50 ${ms(median(values.eager))} (max ${ms(Math.max(...values.eager))})`;
+  const pair = (values: Record<Mode, number[]>) =>
+    `lazy p50 ${ms(median(values.lazy))} (max ${ms(Math.max(...values.lazy))}) | eager p50 ${ms(median(values.eager))} (max ${ms(Math.max(...values.eager))})`;
   const ratio = (values: Record<Mode, number[]>) => `${(median(values.eager) / median(values.lazy)).toFixed(2)}x faster`;
   row('metric', 'target', 'lazy vs eager (one run, interleaved)', 'lazy vs eager');
   row(`restore to agent answering, node 512 MiB (n=${runs} each)`, '<= 150 ms cold', pair(restores), ratio(restores));
@@ -305,12 +331,23 @@ try {
   );
   row('fork of 4, all answering (n=2 each)', '<= 600 ms', pair(forks), ratio(forks));
   row(`wake -> first reply byte, shell agent (n=${shellWakes.lazy.length} each)`, '<= 250 ms', pair(shellWakes), ratio(shellWakes));
-  row(`  warm (RAM kept in tmpfs, TORPOR_WARM_MEMORY=1024) (n=${warmWakes.length})`, '<= 100 ms warm', `p50 ${ms(median(warmWakes))} (max ${ms(Math.max(...warmWakes))})`, `${(median(shellWakes.eager) / median(warmWakes)).toFixed(2)}x faster than eager`);
+  row(
+    `  warm (RAM kept in tmpfs, TORPOR_WARM_MEMORY=1024) (n=${warmWakes.length})`,
+    '<= 100 ms warm',
+    `p50 ${ms(median(warmWakes))} (max ${ms(Math.max(...warmWakes))})`,
+    `${(median(shellWakes.eager) / median(warmWakes)).toFixed(2)}x faster than eager`,
+  );
   if (codingWakes) row(`wake -> first reply byte, coding agent (n=${codingWakes.lazy.length} each)`, '<= 500 ms', pair(codingWakes), ratio(codingWakes));
   const residentText = (value?: Awaited<ReturnType<typeof residentOf>>) =>
     value ? `RSS ${mib(value.rss)} (shmem ${mib(value.shmem)}, anon ${mib(value.anon)}), RAM file ${mib(value.ramFile)}` : '-';
-  row('restored machine 3 s after answering', '-', `lazy ${residentText(resident.lazy)} | eager ${residentText(resident.eager)}`, resident.lazy && resident.eager ? `${(resident.eager.ramFile / resident.lazy.ramFile).toFixed(1)}x less guest RAM resident` : '-');
-  const snapText = (value?: { totalMs: number; captureMs: number; newBytes: number; scanned: number }) => (value ? `${ms(value.totalMs)} (capture ${ms(value.captureMs)}, read ${mib(value.scanned)}), new ${mib(value.newBytes)}` : '-');
+  row(
+    'restored machine 3 s after answering',
+    '-',
+    `lazy ${residentText(resident.lazy)} | eager ${residentText(resident.eager)}`,
+    resident.lazy && resident.eager ? `${(resident.eager.ramFile / resident.lazy.ramFile).toFixed(1)}x less guest RAM resident` : '-',
+  );
+  const snapText = (value?: { totalMs: number; captureMs: number; newBytes: number; scanned: number }) =>
+    value ? `${ms(value.totalMs)} (capture ${ms(value.captureMs)}, read ${mib(value.scanned)}), new ${mib(value.newBytes)}` : '-';
   row('snapshot of a restored machine 3 s after answering', '-', `lazy ${snapText(resnapshot.lazy)} | eager ${snapText(resnapshot.eager)}`, '-');
   for (const variant of ['tracked', 'untracked', 'eager'] as const) {
     const values = checkpoints[variant];
@@ -332,10 +369,16 @@ try {
   const cpuModel = cpus()[0]?.model ?? 'unknown';
   console.log(`torpor lazy guest memory benchmark (issue 11), ${new Date().toISOString()}`);
   console.log(`accel: ${host.accelerator.accelerator} (${host.accelerator.reason})`);
-  console.log(`host: ${cpus().length} cores (${cpuModel}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB RAM, node ${process.version}; userfaultfd write-protect on shmem: ${support.writeProtect ? 'yes' : 'no'}`);
-  console.log(`snapshot: node guest 512 MiB with ${mib(Number(snapshot.stats.nonZeroBytes))} non-zero; run took ${((performance.now() - runStarted) / 1000).toFixed(0)} s`);
+  console.log(
+    `host: ${cpus().length} cores (${cpuModel}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB RAM, node ${process.version}; userfaultfd write-protect on shmem: ${support.writeProtect ? 'yes' : 'no'}`,
+  );
+  console.log(
+    `snapshot: node guest 512 MiB with ${mib(Number(snapshot.stats.nonZeroBytes))} non-zero; run took ${((performance.now() - runStarted) / 1000).toFixed(0)} s`,
+  );
   const activity = hostActivity();
-  console.log(`other work on the host during the run: load average ${activity.loadStart.toFixed(1)} at start, max ${activity.loadMax.toFixed(1)}; QEMU processes not of this bench: max ${activity.foreignQemuMax}, mean ${activity.foreignQemuMean.toFixed(1)}`);
+  console.log(
+    `other work on the host during the run: load average ${activity.loadStart.toFixed(1)} at start, max ${activity.loadMax.toFixed(1)}; QEMU processes not of this bench: max ${activity.foreignQemuMax}, mean ${activity.foreignQemuMean.toFixed(1)}`,
+  );
   console.log('');
   const widths = [0, 1, 2].map((column) => Math.max(...rows.map((entry) => entry[column]!.length)));
   rows.forEach((entry, index) => {
@@ -343,10 +386,17 @@ try {
     if (index === 0) console.log(widths.map((width) => '-'.repeat(width)).join('-|-') + '-|------');
   });
   console.log('');
-  console.log(`restores (ms): lazy ${restores.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${restores.eager.map((value) => value.toFixed(0)).join(', ')}`);
-  console.log(`shell wakes (ms): lazy ${shellWakes.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${shellWakes.eager.map((value) => value.toFixed(0)).join(', ')}`);
+  console.log(
+    `restores (ms): lazy ${restores.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${restores.eager.map((value) => value.toFixed(0)).join(', ')}`,
+  );
+  console.log(
+    `shell wakes (ms): lazy ${shellWakes.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${shellWakes.eager.map((value) => value.toFixed(0)).join(', ')}`,
+  );
   console.log(`warm wakes (ms): ${warmWakes.map((value) => value.toFixed(0)).join(', ')}`);
-  if (codingWakes) console.log(`coding wakes (ms): lazy ${codingWakes.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${codingWakes.eager.map((value) => value.toFixed(0)).join(', ')}`);
+  if (codingWakes)
+    console.log(
+      `coding wakes (ms): lazy ${codingWakes.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${codingWakes.eager.map((value) => value.toFixed(0)).join(', ')}`,
+    );
   if (codingNote) console.log(`note: ${codingNote}`);
   for (const detail of details) console.log(detail);
 } finally {

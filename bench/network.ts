@@ -74,7 +74,10 @@ async function inside(): Promise<void> {
   async function guest(id: string, script: string): Promise<string> {
     const client = await connectToMachine(await findMachine(id));
     const output: Buffer[] = [];
-    const process = client.exec({ argv: ['sh', '-c', script], env: [], workingDirectory: '/', user: '', tty: false, stdin: false }, { stdout: (data) => output.push(data), stderr: (data) => output.push(data) });
+    const process = client.exec(
+      { argv: ['sh', '-c', script], env: [], workingDirectory: '/', user: '', tty: false, stdin: false },
+      { stdout: (data) => output.push(data), stderr: (data) => output.push(data) },
+    );
     const status = await process.exited;
     client.close();
     if (status.code !== 0) throw new Error(`guest script failed (${status.code}): ${Buffer.concat(output).toString()}`);
@@ -163,20 +166,32 @@ async function inside(): Promise<void> {
     results.set('peer: host process, no VM (fetch)', hostRow);
 
     console.log(`torpor network benchmark, ${new Date().toISOString()}`);
-    console.log(`host: ${cpus().length} cores (${cpus()[0]?.model}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB; accel: ${host.accelerator.accelerator}; runs: ${runs} per mode (medians)`);
+    console.log(
+      `host: ${cpus().length} cores (${cpus()[0]?.model}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB; accel: ${host.accelerator.accelerator}; runs: ${runs} per mode (medians)`,
+    );
     console.log('inside a network namespace made by the benchmark; the host service listens on its 127.0.0.1, the guest reaches it at 10.0.2.2');
     const metrics = [...new Set([...results.values()].flatMap((row) => Object.keys(row)))];
     const labels = [...results.keys()];
     console.log(['metric'.padEnd(50), ...labels.map((label) => label.padStart(36))].join(''));
     for (const metric of metrics) {
-      console.log([metric.padEnd(50), ...labels.map((label) => {
-        const values = results.get(label)![metric];
-        return (values ? median(values).toFixed(1) : '-').padStart(36);
-      })].join(''));
+      console.log(
+        [
+          metric.padEnd(50),
+          ...labels.map((label) => {
+            const values = results.get(label)![metric];
+            return (values ? median(values).toFixed(1) : '-').padStart(36);
+          }),
+        ].join(''),
+      );
     }
     const before = results.get(modes[0]!.label)!;
     const now = results.get(modes[1]!.label)!;
-    for (const metric of ['start from boot template, wall (ms)', 'start, supervisor-measured (ms)', 'wake: restore until running (ms)', 'wake, supervisor-measured (ms)']) {
+    for (const metric of [
+      'start from boot template, wall (ms)',
+      'start, supervisor-measured (ms)',
+      'wake: restore until running (ms)',
+      'wake, supervisor-measured (ms)',
+    ]) {
       const change = (median(now[metric]!) / median(before[metric]!) - 1) * 100;
       console.log(`${metric}: ${change >= 0 ? '+' : ''}${change.toFixed(1)}% with the filter (budget: +5%)`);
     }

@@ -22,7 +22,8 @@ function textLike(bytes: number): Buffer {
   let length = 0;
   const seed = randomBytes(bytes);
   for (let index = 0; length < bytes; index++) {
-    const word = words[seed[index % seed.length]! % words.length]! + (seed[(index * 7) % seed.length]! % 3 === 0 ? String(seed[index % seed.length]) : '') + ' ';
+    const word =
+      words[seed[index % seed.length]! % words.length]! + (seed[(index * 7) % seed.length]! % 3 === 0 ? String(seed[index % seed.length]) : '') + ' ';
     parts.push(word);
     length += word.length;
   }
@@ -48,9 +49,17 @@ async function main(): Promise<void> {
   const work = await mkdtemp(join(tmpdir(), 'torpor-bench-pull-'));
   const registry = await startLocalRegistry();
   const lines: string[] = [];
-  const say = (line: string) => { lines.push(line); process.stdout.write(line + '\n'); };
+  const say = (line: string) => {
+    lines.push(line);
+    process.stdout.write(line + '\n');
+  };
   try {
-    const layerSpecs: Array<[number, number, 'random' | 'text']> = [[40, MiB, 'random'], [1000, 30 * 1024, 'text'], [2000, 10 * 1024, 'random'], [200, 50 * 1024, 'text']];
+    const layerSpecs: Array<[number, number, 'random' | 'text']> = [
+      [40, MiB, 'random'],
+      [1000, 30 * 1024, 'text'],
+      [2000, 10 * 1024, 'random'],
+      [200, 50 * 1024, 'text'],
+    ];
     const image: FixtureImage = { layers: [] };
     for (const [index, [files, size, kind]] of layerSpecs.entries()) {
       const tree = join(work, `tree-${index}`);
@@ -65,13 +74,23 @@ async function main(): Promise<void> {
     const uncompressed = layerSpecs.reduce((sum, [files, size]) => sum + files * size, 0);
 
     say(`# torpor pull benchmark, ${new Date().toISOString().slice(0, 10)}`);
-    say(`machine: ${cpus().length} cores (${cpus()[0]?.model.trim()}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB RAM, Linux ${release()}, Node ${process.version}`);
-    say(`tools: ${(await runCommand('skopeo', ['--version'])).stdout.trim()}, ${(await runCommand('umoci', ['--version'])).stdout.trim()}, ${(await runCommand('tar', ['--version'])).stdout.split('\n')[0]}`);
-    say(`image: ${image.layers.length} gzip layers, ${(compressed / MiB).toFixed(1)} MiB compressed, ${(uncompressed / MiB).toFixed(1)} MiB of file data in ${layerSpecs.reduce((sum, [files]) => sum + files, 0)} files`);
+    say(
+      `machine: ${cpus().length} cores (${cpus()[0]?.model.trim()}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB RAM, Linux ${release()}, Node ${process.version}`,
+    );
+    say(
+      `tools: ${(await runCommand('skopeo', ['--version'])).stdout.trim()}, ${(await runCommand('umoci', ['--version'])).stdout.trim()}, ${(await runCommand('tar', ['--version'])).stdout.split('\n')[0]}`,
+    );
+    say(
+      `image: ${image.layers.length} gzip layers, ${(compressed / MiB).toFixed(1)} MiB compressed, ${(uncompressed / MiB).toFixed(1)} MiB of file data in ${layerSpecs.reduce((sum, [files]) => sum + files, 0)} files`,
+    );
     say('registry: docker-registry (distribution 2.8) on 127.0.0.1, plain HTTP, filesystem storage');
-    say('torpor = manifest + verified blob download + layer application + ext4 image (mkfs.ext4 -d); skopeo+umoci = OCI layout + rootfs directory (no disk image)');
+    say(
+      'torpor = manifest + verified blob download + layer application + ext4 image (mkfs.ext4 -d); skopeo+umoci = OCI layout + rootfs directory (no disk image)',
+    );
     say('');
-    say('torpor-cold is split into: download (manifest, blobs, sha256) | layers (strict one-pass extractor, see bench/image-import.ts) | hash (tree digest) | ext4 (mkfs.ext4 -d)');
+    say(
+      'torpor-cold is split into: download (manifest, blobs, sha256) | layers (strict one-pass extractor, see bench/image-import.ts) | hash (tree digest) | ext4 (mkfs.ext4 -d)',
+    );
     say('torpor-cached: same image again with its layers in the blob cache but the ext4 removed (no network)');
     say('');
     say('run  torpor-cold  download  layers   hash     ext4     torpor-cached  skopeo-copy  umoci-unpack  skopeo+umoci');
@@ -80,16 +99,24 @@ async function main(): Promise<void> {
       process.env.TORPOR_HOME = home;
       const marks = new Map<string, number>();
       const started = performance.now();
-      const [, cold] = await timed(() => pullImage(reference, {
-        reporter: {
-          step(message) {
-            const key = message.startsWith('applying layer 1/') ? 'layers' : message.startsWith('hashing') ? 'hash' : message.startsWith('writing ext4') ? 'ext4' : undefined;
-            if (key && !marks.has(key)) marks.set(key, (performance.now() - started) / 1000);
+      const [, cold] = await timed(() =>
+        pullImage(reference, {
+          reporter: {
+            step(message) {
+              const key = message.startsWith('applying layer 1/')
+                ? 'layers'
+                : message.startsWith('hashing')
+                  ? 'hash'
+                  : message.startsWith('writing ext4')
+                    ? 'ext4'
+                    : undefined;
+              if (key && !marks.has(key)) marks.set(key, (performance.now() - started) / 1000);
+            },
+            layer() {},
+            endLayers() {},
           },
-          layer() {},
-          endLayers() {},
-        },
-      }));
+        }),
+      );
       // Same layers already in the cache, image content already stored: what a re-pull costs.
       await runCommand('sh', ['-c', `rm -rf ${join(home, 'images/blobs')} ${join(home, 'images/refs')}`]);
       const [, cached] = await timed(() => pullImage(reference, {}));
@@ -102,7 +129,9 @@ async function main(): Promise<void> {
       await rm(join(work, `bundle-${run}`), { recursive: true, force: true });
       const f = (seconds: number) => `${seconds.toFixed(2)}s`;
       const [layers, hash, ext4] = [marks.get('layers')!, marks.get('hash')!, marks.get('ext4')!];
-      say(`${String(run).padEnd(4)} ${f(cold).padEnd(12)} ${f(layers).padEnd(9)} ${f(hash - layers).padEnd(8)} ${f(ext4 - hash).padEnd(8)} ${f(cold - ext4).padEnd(8)} ${f(cached).padEnd(14)} ${f(skopeo).padEnd(12)} ${f(umoci).padEnd(13)} ${f(skopeo + umoci)}`);
+      say(
+        `${String(run).padEnd(4)} ${f(cold).padEnd(12)} ${f(layers).padEnd(9)} ${f(hash - layers).padEnd(8)} ${f(ext4 - hash).padEnd(8)} ${f(cold - ext4).padEnd(8)} ${f(cached).padEnd(14)} ${f(skopeo).padEnd(12)} ${f(umoci).padEnd(13)} ${f(skopeo + umoci)}`,
+      );
     }
   } finally {
     await registry.stop();

@@ -46,7 +46,14 @@ try {
     progress('building the coding agent image');
     await buildCodingAgentImage();
     llm = await startDevLlm({ port: 0, host: '127.0.0.1' });
-    spec = { image: 'coding-agent', command: ['node', '/app/agent.mjs'], env: [`OPENAI_BASE_URL=http://10.0.2.2:${llm.port}/v1`], cpus: 1, memoryMiB: 512, idleSeconds: 3600 };
+    spec = {
+      image: 'coding-agent',
+      command: ['node', '/app/agent.mjs'],
+      env: [`OPENAI_BASE_URL=http://10.0.2.2:${llm.port}/v1`],
+      cpus: 1,
+      memoryMiB: 512,
+      idleSeconds: 3600,
+    };
     say = (turn) => (turn % 3 === 0 ? `run: echo turn ${turn} >> /root/work.txt` : `remember fact ${turn} about the retry loop and its backoff`);
   }
   const session = await manager.create(spec, { name: 'rewind' });
@@ -56,7 +63,8 @@ try {
     await manager.send(session.id, say(turn));
     turnMs.push(performance.now() - started);
     // The turn's snapshot is queued right behind it; wait for it so each turn is measured alone.
-    for (let attempt = 0; attempt < 600 && !manager.turnsOf(session.id).some((past) => past.turn === turn); attempt++) await new Promise((resolve) => setTimeout(resolve, 50));
+    for (let attempt = 0; attempt < 600 && !manager.turnsOf(session.id).some((past) => past.turn === turn); attempt++)
+      await new Promise((resolve) => setTimeout(resolve, 50));
     if (turn % 5 === 0) progress(`turn ${turn} of ${turns}`);
   }
   const history = manager.turnsOf(session.id);
@@ -69,7 +77,9 @@ try {
     referenced.push(usage.snapshots.find((snapshot) => snapshot.name === past.snapshot)?.referencedBytes ?? NaN);
   }
   const totalNew = newBytes.reduce((sum, bytes) => sum + bytes, 0);
-  const exclusiveAll = usage.snapshots.filter((snapshot) => history.some((past) => past.snapshot === snapshot.name)).reduce((sum, snapshot) => sum + snapshot.exclusiveBytes, 0);
+  const exclusiveAll = usage.snapshots
+    .filter((snapshot) => history.some((past) => past.snapshot === snapshot.name))
+    .reduce((sum, snapshot) => sum + snapshot.exclusiveBytes, 0);
   const naive = referenced.reduce((sum, bytes) => sum + bytes, 0);
   rows.push([`agent`, useShell ? 'busybox shell agent (256 MiB guest)' : 'example coding agent, node + AI SDK + dev-llm (512 MiB guest)']);
   rows.push([`turn time (reply), p50 / max over ${turns}`, `${percentile(turnMs, 50).toFixed(0)} ms / ${Math.max(...turnMs).toFixed(0)} ms`]);

@@ -48,7 +48,9 @@ try {
       await removeMachine(await findMachine(result.id), { force: true });
     }
     const label = templates ? 'start from boot template (restore)' : 'cold boot';
-    rows.push(`${label.padEnd(40)} supervisor-measured ready: min ${min(ready).toFixed(0)} ms, median ${median(ready).toFixed(0)} ms, max ${max(ready).toFixed(0)} ms | create+start+ping wall: median ${median(wall).toFixed(0)} ms`);
+    rows.push(
+      `${label.padEnd(40)} supervisor-measured ready: min ${min(ready).toFixed(0)} ms, median ${median(ready).toFixed(0)} ms, max ${max(ready).toFixed(0)} ms | create+start+ping wall: median ${median(wall).toFixed(0)} ms`,
+    );
   }
   // Exec round trip and idle RSS on one machine.
   process.env.TORPOR_BOOT_TEMPLATES = '1';
@@ -74,7 +76,9 @@ try {
   rows.push(`${'exec `true` round trip (via supervisor)'.padEnd(40)} median ${median(execs).toFixed(1)} ms, min ${min(execs).toFixed(1)} ms`);
   rows.push(`${'idle machine RSS (512 MiB guest)'.padEnd(40)} qemu ${(qemuRss / 1024).toFixed(0)} MiB + supervisor ${(supervisorRss / 1024).toFixed(0)} MiB`);
   console.log(`torpor runtime benchmark, ${new Date().toISOString()}`);
-  console.log(`host: ${cpus().length} cores (${cpus()[0]?.model}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB; accel: ${host.accelerator.accelerator} (${host.accelerator.reason}); runs: ${runs}`);
+  console.log(
+    `host: ${cpus().length} cores (${cpus()[0]?.model}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB; accel: ${host.accelerator.accelerator} (${host.accelerator.reason}); runs: ${runs}`,
+  );
   for (const row of rows) console.log(row);
 } finally {
   await dropTemplateMemory();

@@ -41,8 +41,6 @@ const targets = { wakeMs: 300, hibernateMs: 500 };
 const KiB = 1024;
 const size = (bytes: number) => (bytes >= MiB ? `${(bytes / MiB).toFixed(2)} MiB` : `${(bytes / KiB).toFixed(0)} KiB`);
 
-
-
 // A user message of a realistic size (~300 bytes), without quotes (the shell agent's sed parsing).
 const message = (session: number, turn: number) =>
   `session ${session} turn ${turn}: please look at src/module-${turn % 7}.ts, find why the retry loop gives up after three attempts when the server answers 503, and fix it so that it backs off exponentially with jitter up to one minute; then run the tests and tell me what changed`;
@@ -64,7 +62,10 @@ function onChange(record: SessionRecord): void {
   const now = Date.now();
   // 'hibernating' is emitted again when the snapshot name is recorded: keep the first one.
   if (record.state === 'hibernating' && !hibernatingAt.has(record.id)) {
-    hibernatingAt.set(record.id, { at: performance.now(), deadline: Date.parse(record.lastActivityAt) + record.spec.idleSeconds * 1000 - now + performance.now() });
+    hibernatingAt.set(record.id, {
+      at: performance.now(),
+      deadline: Date.parse(record.lastActivityAt) + record.spec.idleSeconds * 1000 - now + performance.now(),
+    });
   } else if (record.state === 'hibernated') {
     const started = hibernatingAt.get(record.id);
     if (started) {
@@ -76,14 +77,20 @@ function onChange(record: SessionRecord): void {
   const waiters = stateWaiters.get(record.id);
   if (waiters) {
     for (const waiter of waiters.filter((entry) => entry.state === record.state)) waiter.resolve();
-    stateWaiters.set(record.id, waiters.filter((entry) => entry.state !== record.state));
+    stateWaiters.set(
+      record.id,
+      waiters.filter((entry) => entry.state !== record.state),
+    );
   }
 }
 
 async function waitForState(id: string, state: string, timeoutMs = 60_000): Promise<void> {
   if (manager!.get(id).state === state) return;
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`session ${id} stayed ${manager!.get(id).state} (wanted ${state}): ${manager!.get(id).note ?? ''}`)), timeoutMs);
+    const timer = setTimeout(
+      () => reject(new Error(`session ${id} stayed ${manager!.get(id).state} (wanted ${state}): ${manager!.get(id).note ?? ''}`)),
+      timeoutMs,
+    );
     const list = stateWaiters.get(id) ?? [];
     list.push({
       state,
@@ -138,7 +145,12 @@ async function timedSendOnce(id: string, content: string): Promise<{ firstByteMs
   if (wasHibernated) {
     // The restored machine's supervisor-measured ready time (QEMU start, device state, agent hello + configure).
     const machineId = manager!.get(id).machineId;
-    const bootMs = machineId ? await readMachineState(machineId).then((state) => state.bootMs, () => undefined) : undefined;
+    const bootMs = machineId
+      ? await readMachineState(machineId).then(
+          (state) => state.bootMs,
+          () => undefined,
+        )
+      : undefined;
     if (bootMs !== undefined) wakeReadyMs.push(bootMs);
   }
   return { firstByteMs, turnMs, wasHibernated, text };
@@ -151,7 +163,13 @@ async function sessionBytes(id: string): Promise<{ exclusive: number; referenced
   const manifest = await readSnapshot(record.snapshot!);
   const { entries } = await log!.read(id, { from: 0 });
   const logBytes = entries.reduce((sum, row) => sum + Buffer.byteLength(JSON.stringify(row.entry)), 0);
-  return { exclusive: mine?.exclusiveBytes ?? NaN, referenced: mine?.referencedBytes ?? NaN, newCompressed: Number(manifest.stats.newCompressedBytes), logBytes, logEntries: entries.length };
+  return {
+    exclusive: mine?.exclusiveBytes ?? NaN,
+    referenced: mine?.referencedBytes ?? NaN,
+    newCompressed: Number(manifest.stats.newCompressedBytes),
+    logBytes,
+    logEntries: entries.length,
+  };
 }
 
 async function templateBytes(prefix = 'template-'): Promise<number> {
@@ -161,7 +179,11 @@ async function templateBytes(prefix = 'template-'): Promise<number> {
 
 async function logFileBytes(): Promise<number> {
   let total = 0;
-  for (const suffix of ['', '-wal']) total += await stat(join(home, 'context', `log.sqlite${suffix}`)).then((info) => info.size, () => 0);
+  for (const suffix of ['', '-wal'])
+    total += await stat(join(home, 'context', `log.sqlite${suffix}`)).then(
+      (info) => info.size,
+      () => 0,
+    );
   return total;
 }
 
@@ -172,7 +194,12 @@ interface DensityRow {
 }
 
 /** One session, hibernated after 1, then 10, then `last` turns: what it costs in the store and the log. */
-async function density(agent: string, spec: SessionSpec, checkpoints: number[], content: (turn: number) => string): Promise<{ rows: DensityRow[]; wakes: number[]; turnMs: number[] }> {
+async function density(
+  agent: string,
+  spec: SessionSpec,
+  checkpoints: number[],
+  content: (turn: number) => string,
+): Promise<{ rows: DensityRow[]; wakes: number[]; turnMs: number[] }> {
   const record = await manager!.create(spec, { name: `density-${agent}` });
   const rows: DensityRow[] = [];
   const wakes: number[] = [];
@@ -303,7 +330,15 @@ try {
       manager = new SessionManager({ log, store: new SessionStore(), tickMs: 50, turnTimeoutMs: 60_000 });
       manager.on('change', onChange);
       // The dev LLM is a host loopback service: the network policy lets the agent reach only its port.
-      const codingSpec: SessionSpec = { image: 'coding-agent', command: ['node', '/app/agent.mjs'], env: [`OPENAI_BASE_URL=http://10.0.2.2:${llm.port}/v1`], cpus: 1, memoryMiB: 512, idleSeconds: 1, network: { allowHost: [llm.port] } };
+      const codingSpec: SessionSpec = {
+        image: 'coding-agent',
+        command: ['node', '/app/agent.mjs'],
+        env: [`OPENAI_BASE_URL=http://10.0.2.2:${llm.port}/v1`],
+        cpus: 1,
+        memoryMiB: 512,
+        idleSeconds: 1,
+        network: { allowHost: [llm.port] },
+      };
       // Warm-up: image, boot template and the agent's first start.
       const warm = await manager.create(codingSpec, { name: 'coding-warm' });
       const firstTurn = await timedSend(warm.id, 'remember the warm-up happened');
@@ -325,8 +360,17 @@ try {
       const codingHibernations = hibernations.slice(codingFrom).filter((entry) => entry.session === wakeRecord.id);
       await manager.delete(wakeRecord.id);
       const checkpoints = elapsed() < budgetMs * 0.75 ? [1, 10, 30] : [1, 10];
-      const result = await density('coding', codingSpec, checkpoints, (turn) => (turn % 3 === 0 ? `run: echo turn ${turn} >> /root/work.txt` : `remember fact ${turn} about the retry loop and its backoff`));
-      coding = { wakes: [...wakes, ...result.wakes], turnMs: result.turnMs, rows: result.rows, firstTurnMs: firstTurn.turnMs, buildMs, hibernations: codingHibernations };
+      const result = await density('coding', codingSpec, checkpoints, (turn) =>
+        turn % 3 === 0 ? `run: echo turn ${turn} >> /root/work.txt` : `remember fact ${turn} about the retry loop and its backoff`,
+      );
+      coding = {
+        wakes: [...wakes, ...result.wakes],
+        turnMs: result.turnMs,
+        rows: result.rows,
+        firstTurnMs: firstTurn.turnMs,
+        buildMs,
+        hibernations: codingHibernations,
+      };
     } catch (error) {
       codingSkipped = `coding agent rows failed: ${(error as Error).message}`;
     }
@@ -340,21 +384,51 @@ try {
   const verdict = (value: number, limit: number) => (value <= limit ? 'met' : `MISSED by ${ms(value - limit)} (${(value / limit).toFixed(1)}x)`);
   const soloP50 = percentile(soloWakes, 50);
   const soloP99 = percentile(soloWakes, 99);
-  row(`wake -> first reply byte, shell agent, solo (n=${soloWakes.length})`, `<= ${targets.wakeMs} ms`, `p50 ${ms(soloP50)}, p99 ${ms(soloP99)}`, `p50 ${verdict(soloP50, targets.wakeMs)}; of which the restored supervisor's ready time (QEMU start, device state, agent hello+configure) p50 ${ms(percentile(soloReady, 50))}; the rest is materialize, supervisor spawn, attach, agent reply; whole turn p50 ${ms(percentile(soloWakeTurns, 50))}`);
+  row(
+    `wake -> first reply byte, shell agent, solo (n=${soloWakes.length})`,
+    `<= ${targets.wakeMs} ms`,
+    `p50 ${ms(soloP50)}, p99 ${ms(soloP99)}`,
+    `p50 ${verdict(soloP50, targets.wakeMs)}; of which the restored supervisor's ready time (QEMU start, device state, agent hello+configure) p50 ${ms(percentile(soloReady, 50))}; the rest is materialize, supervisor spawn, attach, agent reply; whole turn p50 ${ms(percentile(soloWakeTurns, 50))}`,
+  );
   const crowdP50 = percentile(crowdWakes, 50);
-  row(`wake -> first reply byte, shell, ${concurrency} concurrent (n=${crowdWakes.length})`, `<= ${targets.wakeMs} ms`, `p50 ${ms(crowdP50)}, p99 ${ms(percentile(crowdWakes, 99))}`, `p50 ${verdict(crowdP50, targets.wakeMs)}`);
+  row(
+    `wake -> first reply byte, shell, ${concurrency} concurrent (n=${crowdWakes.length})`,
+    `<= ${targets.wakeMs} ms`,
+    `p50 ${ms(crowdP50)}, p99 ${ms(percentile(crowdWakes, 99))}`,
+    `p50 ${verdict(crowdP50, targets.wakeMs)}`,
+  );
   if (coding) {
     const codingP50 = percentile(coding.wakes, 50);
-    row(`wake -> first reply byte, coding agent (n=${coding.wakes.length})`, `<= ${targets.wakeMs} ms`, `p50 ${ms(codingP50)}, p99 ${ms(percentile(coding.wakes, 99))}`, `p50 ${verdict(codingP50, targets.wakeMs)}; includes the dev-llm request from the guest`);
+    row(
+      `wake -> first reply byte, coding agent (n=${coding.wakes.length})`,
+      `<= ${targets.wakeMs} ms`,
+      `p50 ${ms(codingP50)}, p99 ${ms(percentile(coding.wakes, 99))}`,
+      `p50 ${verdict(codingP50, targets.wakeMs)}; includes the dev-llm request from the guest`,
+    );
   }
   const soloFire = soloHibernations.map((entry) => entry.fireToDurableMs);
   const soloAfterDeadline = soloHibernations.map((entry) => entry.afterDeadlineMs);
-  row(`hibernate: timer fires -> VM gone + snapshot durable, solo (n=${soloFire.length})`, `<= ${targets.hibernateMs} ms`, `p50 ${ms(percentile(soloFire, 50))}, p99 ${ms(percentile(soloFire, 99))}`, `p50 ${verdict(percentile(soloFire, 50), targets.hibernateMs)}; from the idle deadline (tick 50 ms): p50 ${ms(percentile(soloAfterDeadline, 50))}`);
+  row(
+    `hibernate: timer fires -> VM gone + snapshot durable, solo (n=${soloFire.length})`,
+    `<= ${targets.hibernateMs} ms`,
+    `p50 ${ms(percentile(soloFire, 50))}, p99 ${ms(percentile(soloFire, 99))}`,
+    `p50 ${verdict(percentile(soloFire, 50), targets.hibernateMs)}; from the idle deadline (tick 50 ms): p50 ${ms(percentile(soloAfterDeadline, 50))}`,
+  );
   const crowdFire = crowdHibernations.map((entry) => entry.fireToDurableMs);
-  row(`hibernate, ${concurrency} concurrent (n=${crowdFire.length})`, `<= ${targets.hibernateMs} ms`, `p50 ${ms(percentile(crowdFire, 50))}, p99 ${ms(percentile(crowdFire, 99))}`, `p50 ${verdict(percentile(crowdFire, 50), targets.hibernateMs)}`);
+  row(
+    `hibernate, ${concurrency} concurrent (n=${crowdFire.length})`,
+    `<= ${targets.hibernateMs} ms`,
+    `p50 ${ms(percentile(crowdFire, 50))}, p99 ${ms(percentile(crowdFire, 99))}`,
+    `p50 ${verdict(percentile(crowdFire, 50), targets.hibernateMs)}`,
+  );
   if (coding) {
     const fire = coding.hibernations.map((entry) => entry.fireToDurableMs);
-    row(`hibernate, coding agent 512 MiB (n=${fire.length})`, `<= ${targets.hibernateMs} ms`, `p50 ${ms(percentile(fire, 50))}, p99 ${ms(percentile(fire, 99))}`, `p50 ${verdict(percentile(fire, 50), targets.hibernateMs)}`);
+    row(
+      `hibernate, coding agent 512 MiB (n=${fire.length})`,
+      `<= ${targets.hibernateMs} ms`,
+      `p50 ${ms(percentile(fire, 50))}, p99 ${ms(percentile(fire, 99))}`,
+      `p50 ${verdict(percentile(fire, 50), targets.hibernateMs)}`,
+    );
   }
   for (const entry of [...shellDensity.rows, ...(coding?.rows ?? [])]) {
     row(
@@ -380,23 +454,36 @@ try {
 
   output.push(`torpor session benchmark (issue 5), ${new Date().toISOString()}`);
   output.push(`accel: ${host.accelerator.accelerator} (${host.accelerator.reason})`);
-  output.push(`host: ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB RAM, node ${process.version}; state dir in /tmp (ext4), guest RAM in tmpfs`);
-  output.push(`shell agent: busybox sh (base image, 256 MiB, 1 vcpu), idle 0.5 s; coding agent: examples/coding-agent (node, 512 MiB), idle 1 s, dev-llm on the host`);
-  output.push(`boot template (base, 256 MiB) in the store: ${size(shellTemplateBytes)}; warm-up ${(warmMs / 1000).toFixed(1)} s${coding ? `; coding agent image + template + first turn ${(coding.buildMs / 1000).toFixed(1)} s (first turn ${ms(coding.firstTurnMs)})` : ''}`);
+  output.push(
+    `host: ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB RAM, node ${process.version}; state dir in /tmp (ext4), guest RAM in tmpfs`,
+  );
+  output.push(
+    `shell agent: busybox sh (base image, 256 MiB, 1 vcpu), idle 0.5 s; coding agent: examples/coding-agent (node, 512 MiB), idle 1 s, dev-llm on the host`,
+  );
+  output.push(
+    `boot template (base, 256 MiB) in the store: ${size(shellTemplateBytes)}; warm-up ${(warmMs / 1000).toFixed(1)} s${coding ? `; coding agent image + template + first turn ${(coding.buildMs / 1000).toFixed(1)} s (first turn ${ms(coding.firstTurnMs)})` : ''}`,
+  );
   const activity = hostActivity();
-  output.push(`other work on the host during the run: load average ${activity.loadStart.toFixed(1)} at start, max ${activity.loadMax.toFixed(1)}; QEMU processes not of this bench: max ${activity.foreignQemuMax}, mean ${activity.foreignQemuMean.toFixed(1)}`);
+  output.push(
+    `other work on the host during the run: load average ${activity.loadStart.toFixed(1)} at start, max ${activity.loadMax.toFixed(1)}; QEMU processes not of this bench: max ${activity.foreignQemuMax}, mean ${activity.foreignQemuMean.toFixed(1)}`,
+  );
   output.push('');
-  const widths = [0, 1, 2].map((column) => Math.max(...[['metric', 'target', 'measured'][column]!, ...rows.map((entry) => entry[column]!)].map((text) => text.length)));
+  const widths = [0, 1, 2].map((column) =>
+    Math.max(...[['metric', 'target', 'measured'][column]!, ...rows.map((entry) => entry[column]!)].map((text) => text.length)),
+  );
   const format = (cells: string[]) => cells.map((cell, column) => (column < 3 ? cell.padEnd(widths[column]!) : cell)).join(' | ');
   output.push(format(['metric', 'target', 'measured', 'note']));
   output.push(widths.map((width) => '-'.repeat(width)).join('-|-') + '-|------');
   for (const entry of rows) output.push(format(entry));
   output.push('');
   output.push(`solo wakes (ms): ${soloWakes.map((value) => value.toFixed(0)).join(', ')}`);
-  if (coding) output.push(`coding agent wakes (ms): ${coding.wakes.map((value) => value.toFixed(0)).join(', ')}; awake turn p50 ${ms(percentile(coding.turnMs, 50))}`);
+  if (coding)
+    output.push(`coding agent wakes (ms): ${coding.wakes.map((value) => value.toFixed(0)).join(', ')}; awake turn p50 ${ms(percentile(coding.turnMs, 50))}`);
   output.push(`shell agent awake turn (no wake) p50 ${ms(percentile(shellDensity.turnMs, 50))}, p99 ${ms(percentile(shellDensity.turnMs, 99))}`);
   if (codingSkipped) output.push(`note: ${codingSkipped}`);
-  output.push(`note: ${lostInputs} turn(s) lost their input right after a restore (the guard in bench/sessions.ts) and were sent again after the turn timeout; those wakes are left out of the percentiles`);
+  output.push(
+    `note: ${lostInputs} turn(s) lost their input right after a restore (the guard in bench/sessions.ts) and were sent again after the turn timeout; those wakes are left out of the percentiles`,
+  );
   for (const failure of failures.slice(0, 5)) output.push(`failure: ${failure}`);
   for (const note of notes) output.push(`note: ${note}`);
   output.push(`total run ${(elapsed() / 60_000).toFixed(1)} min`);

@@ -40,12 +40,16 @@ const disk = join(home, 'layer.img');
 const runs = quick ? 2 : 5;
 try {
   report(`# snapshot store benchmark ${new Date().toISOString()}`);
-  report(`host: ${spawnSync('nproc').stdout.toString().trim()} cores, node ${process.version}; store on ${spawnSync('df', ['--output=fstype', home]).stdout.toString().split('\n')[1]}, RAM file in tmpfs`);
+  report(
+    `host: ${spawnSync('nproc').stdout.toString().trim()} cores, node ${process.version}; store on ${spawnSync('df', ['--output=fstype', home]).stdout.toString().split('\n')[1]}, RAM file in tmpfs`,
+  );
   let started = performance.now();
   const ramFile = synthetic.writeSyntheticFile(ram, { size: 512 * MiB, liveBytes: 100 * MiB, randomShare: 0.3, seed: 1 });
   const diskFile = synthetic.writeSyntheticFile(disk, { size: 4096 * MiB, liveBytes: 24 * MiB, randomShare: 0.3, seed: 2, maxRun: 512 });
   const deviceState = randomBytes(53_000);
-  report(`inputs: RAM 512 MiB apparent, ${mib(ramFile.livePages * 4096)} live in ${ramFile.runs.length} runs; disk 4 GiB apparent, ${mib(diskFile.livePages * 4096)} written; made in ${ms(performance.now() - started)}`);
+  report(
+    `inputs: RAM 512 MiB apparent, ${mib(ramFile.livePages * 4096)} live in ${ramFile.runs.length} runs; disk 4 GiB apparent, ${mib(diskFile.livePages * 4096)} written; made in ${ms(performance.now() - started)}`,
+  );
   report();
 
   // Baseline: what a snapshot costs without the store: zstd -3 over the whole RAM file.
@@ -63,7 +67,9 @@ try {
   const baselineRestore = performance.now() - started;
   rmSync(join(shm, 'baseline.ram'), { force: true });
   const baseline = summary(baselineTimes);
-  report(`baseline zstd -3 (whole RAM file, 1 thread): ${ms(baseline.p50)} p50, ${ms(baseline.max)} max, ${mib(baselineBytes)}; zstd -d back to tmpfs ${ms(baselineRestore)} (a dense 512 MiB file)`);
+  report(
+    `baseline zstd -3 (whole RAM file, 1 thread): ${ms(baseline.p50)} p50, ${ms(baseline.max)} max, ${mib(baselineBytes)}; zstd -d back to tmpfs ${ms(baselineRestore)} (a dense 512 MiB file)`,
+  );
 
   await pool.startSnapshotWorkers();
   // Full captures into an empty store: the first snapshot of a machine (a boot template).
@@ -81,8 +87,12 @@ try {
     `capture, empty store (RAM + disk + device state): ${ms(capture.p50)} p50, ${ms(capture.max)} max; stored ${mib(firstBytes)} ` +
       `(${first.stats.newChunks} chunks; scanned ${mib(first.stats.scannedBytes)}, non-zero ${mib(first.stats.nonZeroBytes)})`,
   );
-  report(`  phases of the last: ${JSON.stringify(first.stats.milliseconds, (key, value) => (typeof value === 'number' ? Math.round(value) : value))}, thread ms ${JSON.stringify(first.stats.threadMilliseconds, (key, value) => (typeof value === 'number' ? Math.round(value) : value))}`);
-  report(`  vs baseline: ${(baseline.p50 / capture.p50).toFixed(2)}x the speed, ${(firstBytes / baselineBytes).toFixed(2)}x the bytes (and the baseline leaves out the disk)`);
+  report(
+    `  phases of the last: ${JSON.stringify(first.stats.milliseconds, (key, value) => (typeof value === 'number' ? Math.round(value) : value))}, thread ms ${JSON.stringify(first.stats.threadMilliseconds, (key, value) => (typeof value === 'number' ? Math.round(value) : value))}`,
+  );
+  report(
+    `  vs baseline: ${(baseline.p50 / capture.p50).toFixed(2)}x the speed, ${(firstBytes / baselineBytes).toFixed(2)}x the bytes (and the baseline leaves out the disk)`,
+  );
   // Same capture again with everything already stored: what hashing alone costs.
   started = performance.now();
   const again = await store.captureSnapshot({ name: 'bench@same', memoryFile: ram, diskFile: disk, deviceState, metadata: {} });
@@ -99,7 +109,9 @@ try {
   }
   const materialize = summary(materializeTimes);
   const identical = sameFileContent(ram, restored) && sameFileContent(disk, join(home, 'restored.img'));
-  report(`materialize (RAM + disk + device state, no base): ${ms(materialize.p50)} p50, ${ms(materialize.max)} max; identical: ${identical}; RAM allocated ${mib(statSync(restored).blocks * 512)} of ${mib(statSync(ram).blocks * 512)} in the input`);
+  report(
+    `materialize (RAM + disk + device state, no base): ${ms(materialize.p50)} p50, ${ms(materialize.max)} max; identical: ${identical}; RAM allocated ${mib(statSync(restored).blocks * 512)} of ${mib(statSync(ram).blocks * 512)} in the input`,
+  );
   report(`  vs baseline zstd -d: ${(baselineRestore / materialize.p50).toFixed(2)}x the speed`);
   const parentRam = join(shm, 'parent.ram');
   rmSync(parentRam, { force: true });
@@ -115,14 +127,25 @@ try {
     synthetic.changePages(ramFile, { share: 0.01, seed: 100 + index, maxRun: 32, randomShare: 0.3 });
     synthetic.changePages(diskFile, { share: 0.0001, seed: 200 + index, maxRun: 16, randomShare: 0.3 });
     started = performance.now();
-    derived = await store.captureSnapshot({ name: `bench@${index + 2}`, parent: index === 0 ? 'bench@1' : `bench@${index + 1}`, memoryFile: ram, diskFile: disk, deviceState: randomBytes(53_000), metadata: {} });
+    derived = await store.captureSnapshot({
+      name: `bench@${index + 2}`,
+      parent: index === 0 ? 'bench@1' : `bench@${index + 1}`,
+      memoryFile: ram,
+      diskFile: disk,
+      deviceState: randomBytes(53_000),
+      metadata: {},
+    });
     derivedTimes.push(performance.now() - started);
     derivedBytes.push(derived.stats.newCompressedBytes);
   }
   const derivedTime = summary(derivedTimes);
   const derivedSize = summary(derivedBytes);
-  report(`  capture ${ms(derivedTime.p50)} p50, ${ms(derivedTime.max)} max; new compressed bytes ${mib(derivedSize.p50)} p50, ${mib(derivedSize.max)} max (target <= 14 MiB); ${derived.stats.newChunks} new chunks, ${derived.stats.reusedChunks} reused`);
-  report(`  vs baseline (a full zstd -3 every time): ${(baselineBytes / derivedSize.p50).toFixed(1)}x fewer bytes, ${(baseline.p50 / derivedTime.p50).toFixed(1)}x faster`);
+  report(
+    `  capture ${ms(derivedTime.p50)} p50, ${ms(derivedTime.max)} max; new compressed bytes ${mib(derivedSize.p50)} p50, ${mib(derivedSize.max)} max (target <= 14 MiB); ${derived.stats.newChunks} new chunks, ${derived.stats.reusedChunks} reused`,
+  );
+  report(
+    `  vs baseline (a full zstd -3 every time): ${(baselineBytes / derivedSize.p50).toFixed(1)}x fewer bytes, ${(baseline.p50 / derivedTime.p50).toFixed(1)}x faster`,
+  );
 
   const childRam = join(shm, 'child.ram');
   const noBase: number[] = [];
@@ -211,7 +234,9 @@ try {
       await store.materializeSnapshot('level@1', { memoryFile: restored });
       materializeTimes.push(performance.now() - started);
     }
-    report(`  level ${level}, ${workers === 0 ? 'main thread only' : `${workers} worker thread${workers > 1 ? 's' : ''}`}: capture ${ms(summary(times).p50)} p50, stored ${mib(storeBytes())}; materialize ${ms(summary(materializeTimes).p50)} p50`);
+    report(
+      `  level ${level}, ${workers === 0 ? 'main thread only' : `${workers} worker thread${workers > 1 ? 's' : ''}`}: capture ${ms(summary(times).p50)} p50, stored ${mib(storeBytes())}; materialize ${ms(summary(materializeTimes).p50)} p50`,
+    );
   }
   delete process.env.TORPOR_SNAPSHOT_WORKERS;
   void readFileSync;

@@ -40,7 +40,6 @@ const median = (values: number[]) => percentile(values, 50);
 const max = (values: number[]) => Math.max(...values);
 const mib = (bytes: number) => `${(bytes / MiB).toFixed(1)} MiB`;
 
-
 // The guest program: ~100 MiB of live data (~60% heap objects and strings, ~40% random Buffers),
 // ~20 MiB of files in /root, then 'ready <pid>'. SIGUSR1 is one "agent turn": ~1 MiB of heap
 // replaced and a 256 KiB file written, then 'changed <n>'.
@@ -88,7 +87,8 @@ async function waitForOutput(id: string, pattern: RegExp, timeoutMs: number): Pr
   for (;;) {
     const match = pattern.exec(await processOutput(id));
     if (match) return match;
-    if (Date.now() > deadline) throw new Error(`machine ${id} did not print ${pattern} within ${timeoutMs} ms; output: ${(await processOutput(id)).slice(-500)}`);
+    if (Date.now() > deadline)
+      throw new Error(`machine ${id} did not print ${pattern} within ${timeoutMs} ms; output: ${(await processOutput(id)).slice(-500)}`);
     await sleep(200);
   }
 }
@@ -345,7 +345,13 @@ try {
     '-',
     `= materialize p50 ${ms(median(materializeRuns.map((entry) => entry.total)))} (${materializeRuns[0]!.fromStore} chunks decompressed, ${materializeRuns[0]!.fromBase} copied from the template RAM) + supervisor ready p50 ${ms(median(restoredBootMs))} (QEMU start, device state, agent hello+configure) + the rest (supervisor spawn, CLI side, ping)`,
   );
-  row('fork of 4, until all 4 answer ping', '-', ms(forkMs), '-', `incl. its snapshot ${ms(forkSnapshot.totalMs)}; forks created+started ${ms(forkCreatedMs)}; guest node pid alive in forks: ${forkAlive.join(',') === '0,0,0,0' ? 'yes' : forkAlive.join(',')}`);
+  row(
+    'fork of 4, until all 4 answer ping',
+    '-',
+    ms(forkMs),
+    '-',
+    `incl. its snapshot ${ms(forkSnapshot.totalMs)}; forks created+started ${ms(forkCreatedMs)}; guest node pid alive in forks: ${forkAlive.join(',') === '0,0,0,0' ? 'yes' : forkAlive.join(',')}`,
+  );
   row(
     'starts/min from boot template, 2 at a time',
     '-',
@@ -364,12 +370,20 @@ try {
   const cpuModel = cpus()[0]?.model ?? 'unknown';
   console.log(`torpor machine snapshot benchmark (issue 3), ${new Date().toISOString()}`);
   console.log(`accel: ${accel} (${host.accelerator.reason})`);
-  console.log(`host: ${cpus().length} cores (${cpuModel}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB RAM, node ${process.version}; state dir on ${home.startsWith('/tmp') ? '/tmp' : home}, guest RAM in tmpfs`);
-  console.log(`guest: node image, 512 MiB, 1 vcpu; ${ready[0]} after ${(readyMs / 1000).toFixed(1)} s; warm-up (images + boot templates) ${(warmMs / 1000).toFixed(1)} s`);
+  console.log(
+    `host: ${cpus().length} cores (${cpuModel}), ${(totalmem() / 1024 ** 3).toFixed(0)} GiB RAM, node ${process.version}; state dir on ${home.startsWith('/tmp') ? '/tmp' : home}, guest RAM in tmpfs`,
+  );
+  console.log(
+    `guest: node image, 512 MiB, 1 vcpu; ${ready[0]} after ${(readyMs / 1000).toFixed(1)} s; warm-up (images + boot templates) ${(warmMs / 1000).toFixed(1)} s`,
+  );
   const activity = hostActivity();
-  console.log(`other work on the host during the run: load average ${activity.loadStart.toFixed(1)} at start, max ${activity.loadMax.toFixed(1)}; QEMU processes not of this bench: max ${activity.foreignQemuMax}, mean ${activity.foreignQemuMean.toFixed(1)}`);
+  console.log(
+    `other work on the host during the run: load average ${activity.loadStart.toFixed(1)} at start, max ${activity.loadMax.toFixed(1)}; QEMU processes not of this bench: max ${activity.foreignQemuMax}, mean ${activity.foreignQemuMean.toFixed(1)}`,
+  );
   console.log('');
-  const widths = [0, 1, 2, 3].map((column) => Math.max(...[['metric', 'target', 'measured', 'vs baseline'][column]!, ...rows.map((entry) => entry[column]!)].map((text) => text.length)));
+  const widths = [0, 1, 2, 3].map((column) =>
+    Math.max(...[['metric', 'target', 'measured', 'vs baseline'][column]!, ...rows.map((entry) => entry[column]!)].map((text) => text.length)),
+  );
   const format = (cells: string[]) => cells.map((cell, column) => (column < 4 ? cell.padEnd(widths[column]!) : cell)).join(' | ');
   console.log(format(['metric', 'target', 'measured', 'vs baseline', 'note']));
   console.log(widths.map((width) => '-'.repeat(width)).join('-|-') + '-|------');

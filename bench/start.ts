@@ -64,7 +64,9 @@ function preparePodman(): boolean {
     mkdirSync(join(rootfs, 'bin'), { recursive: true });
     execFileSync('cp', ['/bin/busybox', join(rootfs, 'bin', 'busybox')]);
     for (const name of ['sh', 'true', 'sleep']) symlinkSync('busybox', join(rootfs, 'bin', name));
-    execFileSync('sh', ['-c', `tar -C "${rootfs}" -cf "${scratch}/busybox.tar" . && podman import "${scratch}/busybox.tar" ${podmanImage}`], { stdio: 'ignore' });
+    execFileSync('sh', ['-c', `tar -C "${rootfs}" -cf "${scratch}/busybox.tar" . && podman import "${scratch}/busybox.tar" ${podmanImage}`], {
+      stdio: 'ignore',
+    });
   }
   return true;
 }
@@ -130,7 +132,10 @@ async function startsPerMinute(system: System, args: string[], total: number, pa
 const kib = (text: string, field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
 
 /** Idle machines' supervisors (all they own outside QEMU) and QEMU's own memory apart from guest RAM. */
-async function idleMemory(system: System, count: number): Promise<{ supervisorPrivate: number; supervisorPss: number; supervisorRss: number; qemuOwn: number; qemuGuest: number }> {
+async function idleMemory(
+  system: System,
+  count: number,
+): Promise<{ supervisorPrivate: number; supervisorPss: number; supervisorRss: number; qemuOwn: number; qemuGuest: number }> {
   const names: string[] = [];
   for (let index = 0; index < count; index++) {
     const result = await timed(system, ['run', '-d', '--name', `idle${index}`, 'base', 'sleep', '100000']);
@@ -162,7 +167,10 @@ async function idleMemory(system: System, count: number): Promise<{ supervisorPr
 
 /** One `run --rm base true` of this tree, through the library, with the supervisor's milestones. */
 async function breakdown(system: System): Promise<Record<string, number>> {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'bench', 'start-breakdown.ts')], { env: system.environment, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'bench', 'start-breakdown.ts')], {
+    env: system.environment,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   let output = '';
   child.stdout.on('data', (chunk) => (output += chunk));
   await new Promise((resolve) => child.on('close', resolve));
@@ -186,7 +194,8 @@ const print = (line: string) => {
 try {
   // Warm-up: bundles, the base image and its boot template are made once, outside the measurements.
   // podman's runc cannot raise rlimits in this sandbox: ask for ones it can set (host-facts.md).
-  const runArgs = (system: System) => (system === podman ? ['run', '--rm', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024', podmanImage, 'true'] : ['run', '--rm', 'base', 'true']);
+  const runArgs = (system: System) =>
+    system === podman ? ['run', '--rm', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024', podmanImage, 'true'] : ['run', '--rm', 'base', 'true'];
   for (const system of systems) {
     const warm = await timed(system, runArgs(system));
     if (warm.code !== 0) throw new Error(`${system.name} warm-up failed: ${warm.output}`);
@@ -215,8 +224,12 @@ try {
   const parts = await breakdown(systems[1]!);
   const host = stopSampler();
 
-  print(`# start benchmark, ${new Date().toISOString()}, TCG, ${runs} rounds (medians), load average ${host.loadStart.toFixed(1)} at start, max ${host.loadMax.toFixed(1)}, other QEMUs up to ${host.foreignQemuMax}`);
-  print(`# old = ${OLD_COMMIT} (before this work), new = this tree, podman = podman --runtime runc, busybox image; CPU from a cpuacct cgroup${cgroupAvailable ? '' : ' (unavailable: CPU not measured)'}`);
+  print(
+    `# start benchmark, ${new Date().toISOString()}, TCG, ${runs} rounds (medians), load average ${host.loadStart.toFixed(1)} at start, max ${host.loadMax.toFixed(1)}, other QEMUs up to ${host.foreignQemuMax}`,
+  );
+  print(
+    `# old = ${OLD_COMMIT} (before this work), new = this tree, podman = podman --runtime runc, busybox image; CPU from a cpuacct cgroup${cgroupAvailable ? '' : ' (unavailable: CPU not measured)'}`,
+  );
   print(row(['', ...systems.map((system) => system.name)]));
   const line = (label: string, value: (name: string) => string) => print(row([label, ...systems.map((system) => value(system.name))]));
   line('run --rm true, wall', (name) => f(median(samples.get(name)!.run!.wall)));

@@ -5,7 +5,8 @@ import { readdirSync, readFileSync } from 'node:fs';
 export const MiB = 1024 ** 2;
 export const sorted = (values: number[]) => [...values].sort((a, b) => a - b);
 /** Nearest-rank percentile. */
-export const percentile = (values: number[], p: number) => (values.length === 0 ? NaN : sorted(values)[Math.min(values.length - 1, Math.ceil((values.length * p) / 100) - 1)]!);
+export const percentile = (values: number[], p: number) =>
+  values.length === 0 ? NaN : sorted(values)[Math.min(values.length - 1, Math.ceil((values.length * p) / 100) - 1)]!;
 export const ms = (value: number) => `${value.toFixed(0)} ms`;
 export const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(resolve, milliseconds));
 

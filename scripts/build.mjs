@@ -20,4 +20,8 @@ const { ensureBundles } = await import('../bin/bundles.mjs');
 const bundles = await ensureBundles({ force: true });
 // The dashboard's browser code, prebuilt: an installed package has no sources to bundle on demand.
 await (await import('../bin/dashboard-bundle.mjs')).writeDashboard();
-process.stderr.write(`built dist/ and ${Object.values(bundles).map((path) => path.slice(root.length + 1)).join(', ')}\n`);
+process.stderr.write(
+  `built dist/ and ${Object.values(bundles)
+    .map((path) => path.slice(root.length + 1))
+    .join(', ')}\n`,
+);

@@ -23,7 +23,10 @@ function readRules(): Map<string, Rule> {
   const section = text.slice(text.indexOf('## Import rules'), text.indexOf('\n## ', text.indexOf('## Import rules') + 1));
   const rules = new Map<string, Rule>();
   for (const line of section.split('\n')) {
-    const cells = line.split('|').slice(1, -1).map((cell) => cell.trim());
+    const cells = line
+      .split('|')
+      .slice(1, -1)
+      .map((cell) => cell.trim());
     if (cells.length !== 3) continue;
     const layer = /^`([a-z-]+)\/`$/.exec(cells[0]!)?.[1];
     if (!layer) continue;
@@ -80,9 +83,11 @@ test('every import follows the rules of ARCHITECTURE.md', () => {
       const toLayer = layerOf(target);
       if (toLayer === fromLayer) continue;
       const allowed = rule.everything || rule.allowed.some((entry) => (entry.endsWith('/') ? `${toLayer}/` === entry : target === entry));
-      if (!allowed) broken.push(`${from} imports ${target}: ${fromLayer}/ may import ${rule.everything ? 'every layer' : rule.allowed.join(' ') || 'nothing of ours'}`);
+      if (!allowed)
+        broken.push(`${from} imports ${target}: ${fromLayer}/ may import ${rule.everything ? 'every layer' : rule.allowed.join(' ') || 'nothing of ours'}`);
       const importedOnlyBy = rules.get(toLayer)?.importedOnlyBy;
-      if (importedOnlyBy && !importedOnlyBy.includes(from)) broken.push(`${from} imports ${target}: ${toLayer}/ is imported only by ${importedOnlyBy.join(' ')}`);
+      if (importedOnlyBy && !importedOnlyBy.includes(from))
+        broken.push(`${from} imports ${target}: ${toLayer}/ is imported only by ${importedOnlyBy.join(' ')}`);
     }
   }
   assert.deepEqual(broken, []);

@@ -40,7 +40,10 @@ before(async () => {
   await writeFile(join(project, 'package.json'), JSON.stringify({ name: 'torpor-consumer', private: true, type: 'module' }));
   // --ignore-scripts: the native addons built by this checkout are reused below when the versions
   // match; otherwise `npm rebuild` compiles them like a user's install would.
-  await run('npm', ['install', '--prefer-offline', '--ignore-scripts', '--no-audit', '--no-fund', tarball, '@types/node@20'], { cwd: project, maxBuffer: 16 * 1024 * 1024 });
+  await run('npm', ['install', '--prefer-offline', '--ignore-scripts', '--no-audit', '--no-fund', tarball, '@types/node@20'], {
+    cwd: project,
+    maxBuffer: 16 * 1024 * 1024,
+  });
   const rebuild: string[] = [];
   for (const name of nativePackages) {
     const ours = await installedVersion(root, name);
@@ -50,7 +53,10 @@ before(async () => {
   }
   if (rebuild.length > 0) await run('npm', ['rebuild', ...rebuild], { cwd: project, maxBuffer: 16 * 1024 * 1024 });
   await writeFile(join(project, 'agent.sh'), shellAgent);
-  server = await startTorporServer({ cli: join(project, 'node_modules', '.bin', 'torpor'), env: { ...process.env, TORPOR_HOME: home.home, TORPOR_NO_BUNDLE: '' } });
+  server = await startTorporServer({
+    cli: join(project, 'node_modules', '.bin', 'torpor'),
+    env: { ...process.env, TORPOR_HOME: home.home, TORPOR_NO_BUNDLE: '' },
+  });
 });
 
 after(async () => {
@@ -104,26 +110,45 @@ const options: Partial<AgentOptions> = {};
 console.log(JSON.stringify({ sessions: sessions.length, described: describe({ type: "turn-finish", turnId: "t" }), next: appended.nextOffset, content: read.entries[0].entry.content, code, options: Object.keys(options).length }));
 `;
 
-const tsconfig = { compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, outDir: 'out', types: ['node'], lib: ['ES2023', 'DOM'] } };
+const tsconfig = {
+  compilerOptions: { target: 'ES2022', module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, outDir: 'out', types: ['node'], lib: ['ES2023', 'DOM'] },
+};
 
 describe('the packed package', { timeout: 900_000 }, () => {
   it('holds compiled JavaScript and declarations, no TypeScript sources and no loader', async () => {
     const installed = join(project, 'node_modules', 'torpor');
-    const manifest = JSON.parse(await readFile(join(installed, 'package.json'), 'utf8')) as { dependencies: Record<string, string>; exports: Record<string, unknown> };
+    const manifest = JSON.parse(await readFile(join(installed, 'package.json'), 'utf8')) as {
+      dependencies: Record<string, string>;
+      exports: Record<string, unknown>;
+    };
     assert.equal(manifest.dependencies.tsx, undefined, 'tsx must not be a run-time dependency');
     assert.equal(existsSync(join(project, 'node_modules', 'tsx')), false);
     assert.equal(existsSync(join(installed, 'src')), false);
     const files = await readdir(installed, { recursive: true });
     const typescriptSources = files.filter((file) => file.endsWith('.ts') && !file.endsWith('.d.ts'));
     assert.deepEqual(typescriptSources, []);
-    for (const file of ['dist/client/index.js', 'dist/client/index.d.ts', 'dist/context/index.js', 'dist/sdk/index.d.ts', 'build/current.json', 'build/package/cli.mjs', 'build/package/supervisor.mjs', 'build/package/chunk-worker.mjs', 'build/dashboard/app.js']) {
+    for (const file of [
+      'dist/client/index.js',
+      'dist/client/index.d.ts',
+      'dist/context/index.js',
+      'dist/sdk/index.d.ts',
+      'build/current.json',
+      'build/package/cli.mjs',
+      'build/package/supervisor.mjs',
+      'build/package/chunk-worker.mjs',
+      'build/dashboard/app.js',
+    ]) {
       assert.ok((await stat(join(installed, file))).size > 0, file);
     }
   });
 
   it('runs a plain .mjs consumer (client, torpor/context, torpor/agent, a real session) against `torpor serve` from its bin', async () => {
     await writeFile(join(project, 'consumer.mjs'), consumerMjs);
-    const { stdout } = await run(process.execPath, ['consumer.mjs'], { cwd: project, env: { ...process.env, TORPOR_URL: server!.url, TORPOR_TOKEN: server!.token, TORPOR_HOME: home.home }, timeout: 600_000 });
+    const { stdout } = await run(process.execPath, ['consumer.mjs'], {
+      cwd: project,
+      env: { ...process.env, TORPOR_URL: server!.url, TORPOR_TOKEN: server!.token, TORPOR_HOME: home.home },
+      timeout: 600_000,
+    });
     const report = JSON.parse(stdout) as Record<string, unknown>;
     assert.deepEqual(report.health, { ok: true, storage: 'sqlite' });
     assert.equal(report.agent, 'function');
@@ -139,13 +164,22 @@ describe('the packed package', { timeout: 900_000 }, () => {
     await writeFile(join(project, 'consumer.ts'), consumerTs);
     await writeFile(join(project, 'tsconfig.json'), JSON.stringify({ ...tsconfig, files: ['consumer.ts'] }));
     await run(process.execPath, [typescript, '-p', '.'], { cwd: project }).catch((error: { stdout: string }) => assert.fail(`tsc failed:\n${error.stdout}`));
-    const { stdout } = await run(process.execPath, ['out/consumer.js'], { cwd: project, env: { ...process.env, TORPOR_URL: server!.url, TORPOR_TOKEN: server!.token } });
+    const { stdout } = await run(process.execPath, ['out/consumer.js'], {
+      cwd: project,
+      env: { ...process.env, TORPOR_URL: server!.url, TORPOR_TOKEN: server!.token },
+    });
     assert.deepEqual(JSON.parse(stdout), { sessions: 0, described: 'turn-finish', next: 1, content: 'typed', code: 'session-unknown:404', options: 0 });
 
     // The declarations are real types, not `any`: a wrong call must not compile.
     await writeFile(join(project, 'wrong.ts'), 'import { Torpor } from "torpor";\nawait new Torpor().sessions.create({ image: 42, command: "sh" });\n');
-    await writeFile(join(project, 'tsconfig.wrong.json'), JSON.stringify({ ...tsconfig, compilerOptions: { ...tsconfig.compilerOptions, noEmit: true }, files: ['wrong.ts'] }));
-    const failure = await run(process.execPath, [typescript, '-p', 'tsconfig.wrong.json'], { cwd: project }).then(() => undefined, (error: { stdout: string }) => error.stdout);
+    await writeFile(
+      join(project, 'tsconfig.wrong.json'),
+      JSON.stringify({ ...tsconfig, compilerOptions: { ...tsconfig.compilerOptions, noEmit: true }, files: ['wrong.ts'] }),
+    );
+    const failure = await run(process.execPath, [typescript, '-p', 'tsconfig.wrong.json'], { cwd: project }).then(
+      () => undefined,
+      (error: { stdout: string }) => error.stdout,
+    );
     assert.match(failure ?? 'compiled', /wrong\.ts.*error TS2322/s);
   });
 });

@@ -90,11 +90,16 @@ async function planLayer(layer: LayerSource): Promise<LayerPlan> {
 
 function asLayerError(layer: LayerSource, error: unknown): unknown {
   if (error instanceof TorporError) {
-    return error.message.startsWith(layer.description) ? error : new TorporError(error.code, `${layer.description}: ${error.message}`, { hint: error.hint, cause: error });
+    return error.message.startsWith(layer.description)
+      ? error
+      : new TorporError(error.code, `${layer.description}: ${error.message}`, { hint: error.hint, cause: error });
   }
   const code = (error as NodeJS.ErrnoException).code ?? '';
   if (/^Z_|^ERR_ZSTD|zstd/i.test(code) || /incorrect header|unexpected end|invalid|corrupt|zstd/i.test(String((error as Error).message))) {
-    return new TorporError('layer-corrupt', `${layer.description}: cannot decompress: ${(error as Error).message}`, { hint: 'the layer is truncated or corrupt', cause: error });
+    return new TorporError('layer-corrupt', `${layer.description}: cannot decompress: ${(error as Error).message}`, {
+      hint: 'the layer is truncated or corrupt',
+      cause: error,
+    });
   }
   return error;
 }
@@ -136,7 +141,8 @@ function prepareTree(root: string, layer: LayerSource, plan: LayerPlan): void {
     for (const ancestor of ancestorsOf(path)) {
       const type = plan.writes.get(ancestor) ?? diskType(ancestor);
       if (type === 'symlink') throw unsafe(layer.description, `${why} ${JSON.stringify(path)} would go through the symbolic link ${JSON.stringify(ancestor)}`);
-      if (type !== 'directory' && type !== 'absent') throw unsafe(layer.description, `${why} ${JSON.stringify(path)} is below ${JSON.stringify(ancestor)}, which is not a directory`);
+      if (type !== 'directory' && type !== 'absent')
+        throw unsafe(layer.description, `${why} ${JSON.stringify(path)} is below ${JSON.stringify(ancestor)}, which is not a directory`);
     }
   };
   // Whiteouts hide lower layers only, so they are applied before this layer's own members land.
@@ -172,24 +178,35 @@ async function extract(root: string, layer: LayerSource): Promise<void> {
   const tar = spawn(
     'tar',
     [
-      '--extract', '--file=-', `--directory=${root}`,
-      '--numeric-owner', '--same-owner', '--same-permissions',
-      '--xattrs', '--xattrs-include=*',
+      '--extract',
+      '--file=-',
+      `--directory=${root}`,
+      '--numeric-owner',
+      '--same-owner',
+      '--same-permissions',
+      '--xattrs',
+      '--xattrs-include=*',
       '--exclude=.wh.*',
-      '--warning=no-timestamp', '--warning=no-unknown-keyword',
+      '--warning=no-timestamp',
+      '--warning=no-unknown-keyword',
     ],
     { stdio: ['pipe', 'ignore', 'pipe'] },
   );
   let stderr = '';
-  tar.stderr!.on('data', (chunk: Buffer) => { stderr += chunk.toString(); });
+  tar.stderr!.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
   const exited = new Promise<number>((resolve, reject) => {
-    tar.on('error', (error: NodeJS.ErrnoException) => reject(error.code === 'ENOENT'
-      ? new TorporError('missing-program', 'GNU tar is not installed', { hint: 'apt-get install -y tar' })
-      : error));
+    tar.on('error', (error: NodeJS.ErrnoException) =>
+      reject(error.code === 'ENOENT' ? new TorporError('missing-program', 'GNU tar is not installed', { hint: 'apt-get install -y tar' }) : error),
+    );
     tar.on('close', (code) => resolve(code ?? 128));
   });
   let streamError: unknown;
-  stream.on('error', (error) => { streamError = error; tar.stdin!.destroy(); });
+  stream.on('error', (error) => {
+    streamError = error;
+    tar.stdin!.destroy();
+  });
   tar.stdin!.on('error', () => {}); // tar exiting early is reported through its exit code
   stream.pipe(tar.stdin!);
   const code = await exited;

@@ -41,7 +41,9 @@ try {
     const state = `${(await readdir(canary)).sort().join(',')}:${await readFile(join(canary, 'precious'), 'utf8').catch(() => 'gone')}`;
     const changed = state !== 'precious:keep';
     if (changed) escaped++;
-    process.stdout.write(`${hostile.name.padEnd(42)} legacy ${outcome}${changed ? `, CANARY CHANGED (${state})` : ''}; torpor ${hostile.refused ? 'refuses' : 'imports'}\n`);
+    process.stdout.write(
+      `${hostile.name.padEnd(42)} legacy ${outcome}${changed ? `, CANARY CHANGED (${state})` : ''}; torpor ${hostile.refused ? 'refuses' : 'imports'}\n`,
+    );
   }
   process.stdout.write(`legacy applier: ${accepted} archives accepted, canary changed by ${escaped}\n`);
 } finally {

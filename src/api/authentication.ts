@@ -41,11 +41,13 @@ function scopeAllows(grant: TokenGrant, method: string, path: string, policy: Au
 export function authenticate(request: Request, path: string, policy: AuthenticationPolicy): TokenGrant {
   const header = request.headers.get('authorization');
   const match = header ? /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header) : null;
-  const hint = 'send `Authorization: Bearer TOKEN`; `torpor serve` keeps its token in the state directory (api/token), and the torpor CLI finds it there, in TORPOR_TOKEN or in --token';
+  const hint =
+    'send `Authorization: Bearer TOKEN`; `torpor serve` keeps its token in the state directory (api/token), and the torpor CLI finds it there, in TORPOR_TOKEN or in --token';
   if (!match) throw new TorporError('unauthorized', header ? 'the Authorization header is not a bearer token' : 'this API needs a token', { hint });
   const grant = policy.verifier.verify(match[1]!);
   if (!grant) throw new TorporError('unauthorized', 'the token is not valid for this server', { hint });
   const refusal = scopeAllows(grant, request.method, path, policy);
-  if (refusal) throw new TorporError('token-scope', refusal, { hint: 'use a token whose scope covers this request (`torpor token create`), or the full-access token' });
+  if (refusal)
+    throw new TorporError('token-scope', refusal, { hint: 'use a token whose scope covers this request (`torpor token create`), or the full-access token' });
   return grant;
 }

@@ -1,7 +1,7 @@
-import Database from "better-sqlite3";
-import { EventEmitter } from "node:events";
-import { mkdirSync } from "node:fs";
-import { dirname } from "node:path";
+import Database from 'better-sqlite3';
+import { EventEmitter } from 'node:events';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
 
 /**
  * The streams behind the Durable Streams routes (src/api/durable-streams-routes.ts): append-only
@@ -39,13 +39,13 @@ export interface StreamRecord {
 }
 
 export type AppendDecision =
-  | { kind: "appended"; tail: number }
-  | { kind: "duplicate"; tail: number; lastSequence: number; closed: boolean }
-  | { kind: "stale-epoch"; currentEpoch: number }
-  | { kind: "sequence-gap"; expected: number; received: number }
-  | { kind: "epoch-must-start-at-zero" }
-  | { kind: "sequence-regression"; last: string }
-  | { kind: "closed"; tail: number };
+  | { kind: 'appended'; tail: number }
+  | { kind: 'duplicate'; tail: number; lastSequence: number; closed: boolean }
+  | { kind: 'stale-epoch'; currentEpoch: number }
+  | { kind: 'sequence-gap'; expected: number; received: number }
+  | { kind: 'epoch-must-start-at-zero' }
+  | { kind: 'sequence-regression'; last: string }
+  | { kind: 'closed'; tail: number };
 
 export interface ProducerStamp {
   id: string;
@@ -96,11 +96,11 @@ export class DurableStreamStore {
   private readonly statements;
 
   constructor(file: string) {
-    if (file !== ":memory:") mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+    if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
     this.database = new Database(file);
-    this.database.pragma("journal_mode = WAL");
-    this.database.pragma("synchronous = FULL");
-    this.database.pragma("foreign_keys = ON");
+    this.database.pragma('journal_mode = WAL');
+    this.database.pragma('synchronous = FULL');
+    this.database.pragma('foreign_keys = ON');
     this.database.exec(`
       CREATE TABLE IF NOT EXISTS streams (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -138,30 +138,36 @@ export class DurableStreamStore {
     `);
     this.changes.setMaxListeners(0);
     this.statements = {
-      byPath: this.database.prepare<[string], StreamRow>("SELECT * FROM streams WHERE path = ?"),
+      byPath: this.database.prepare<[string], StreamRow>('SELECT * FROM streams WHERE path = ?'),
       insertStream: this.database.prepare<[string, string, number | null, string | null, number, number, number]>(
-        "INSERT INTO streams (path, content_type, ttl_seconds, expires_at, created_at, renewed_at, closed) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        'INSERT INTO streams (path, content_type, ttl_seconds, expires_at, created_at, renewed_at, closed) VALUES (?, ?, ?, ?, ?, ?, ?)',
       ),
-      renew: this.database.prepare<[number, number]>("UPDATE streams SET renewed_at = ? WHERE id = ?"),
-      deleteStream: this.database.prepare<[number]>("DELETE FROM streams WHERE id = ?"),
-      insertRecord: this.database.prepare<[number, number, Buffer, number]>("INSERT INTO records (stream_id, start, data, batch) VALUES (?, ?, ?, ?)"),
-      setNextBatch: this.database.prepare<[number, number]>("UPDATE streams SET next_batch = ? WHERE id = ?"),
-      setFork: this.database.prepare<[number, string, number]>("UPDATE streams SET parent_id = ?, fork_spec = ? WHERE id = ?"),
-      softDelete: this.database.prepare<[number]>("UPDATE streams SET deleted = 1 WHERE id = ?"),
-      children: this.database.prepare<[number], { count: number }>("SELECT COUNT(*) AS count FROM streams WHERE parent_id = ?"),
-      byId: this.database.prepare<[number], StreamRow>("SELECT * FROM streams WHERE id = ?"),
-      batchFrom: this.database.prepare<[number, number], { start: number; data: Buffer; batch: number }>("SELECT start, data, batch FROM records WHERE stream_id = ? AND start >= ? ORDER BY start LIMIT 100000"),
-      setTail: this.database.prepare<[number, number]>("UPDATE streams SET tail = ? WHERE id = ?"),
-      setClosed: this.database.prepare<[number]>("UPDATE streams SET closed = 1 WHERE id = ?"),
-      setSequence: this.database.prepare<[string, number]>("UPDATE streams SET last_sequence = ? WHERE id = ?"),
+      renew: this.database.prepare<[number, number]>('UPDATE streams SET renewed_at = ? WHERE id = ?'),
+      deleteStream: this.database.prepare<[number]>('DELETE FROM streams WHERE id = ?'),
+      insertRecord: this.database.prepare<[number, number, Buffer, number]>('INSERT INTO records (stream_id, start, data, batch) VALUES (?, ?, ?, ?)'),
+      setNextBatch: this.database.prepare<[number, number]>('UPDATE streams SET next_batch = ? WHERE id = ?'),
+      setFork: this.database.prepare<[number, string, number]>('UPDATE streams SET parent_id = ?, fork_spec = ? WHERE id = ?'),
+      softDelete: this.database.prepare<[number]>('UPDATE streams SET deleted = 1 WHERE id = ?'),
+      children: this.database.prepare<[number], { count: number }>('SELECT COUNT(*) AS count FROM streams WHERE parent_id = ?'),
+      byId: this.database.prepare<[number], StreamRow>('SELECT * FROM streams WHERE id = ?'),
+      batchFrom: this.database.prepare<[number, number], { start: number; data: Buffer; batch: number }>(
+        'SELECT start, data, batch FROM records WHERE stream_id = ? AND start >= ? ORDER BY start LIMIT 100000',
+      ),
+      setTail: this.database.prepare<[number, number]>('UPDATE streams SET tail = ? WHERE id = ?'),
+      setClosed: this.database.prepare<[number]>('UPDATE streams SET closed = 1 WHERE id = ?'),
+      setSequence: this.database.prepare<[string, number]>('UPDATE streams SET last_sequence = ? WHERE id = ?'),
       // The record that holds `position` (it may start before it) and every later one.
       recordsFrom: this.database.prepare<[number, number, number, number], { start: number; data: Buffer }>(
-        "SELECT start, data FROM records WHERE stream_id = ? AND start >= (SELECT COALESCE(MAX(start), 0) FROM records WHERE stream_id = ? AND start <= ?) ORDER BY start LIMIT ?",
+        'SELECT start, data FROM records WHERE stream_id = ? AND start >= (SELECT COALESCE(MAX(start), 0) FROM records WHERE stream_id = ? AND start <= ?) ORDER BY start LIMIT ?',
       ),
-      recordsBetween: this.database.prepare<[number, number], { start: number; data: Buffer; batch: number }>("SELECT start, data, batch FROM records WHERE stream_id = ? AND start < ? ORDER BY start"),
-      producer: this.database.prepare<[number, string], { epoch: number; last_sequence: number }>("SELECT epoch, last_sequence FROM producers WHERE stream_id = ? AND producer_id = ?"),
+      recordsBetween: this.database.prepare<[number, number], { start: number; data: Buffer; batch: number }>(
+        'SELECT start, data, batch FROM records WHERE stream_id = ? AND start < ? ORDER BY start',
+      ),
+      producer: this.database.prepare<[number, string], { epoch: number; last_sequence: number }>(
+        'SELECT epoch, last_sequence FROM producers WHERE stream_id = ? AND producer_id = ?',
+      ),
       upsertProducer: this.database.prepare<[number, string, number, number]>(
-        "INSERT INTO producers (stream_id, producer_id, epoch, last_sequence) VALUES (?, ?, ?, ?) ON CONFLICT (stream_id, producer_id) DO UPDATE SET epoch = excluded.epoch, last_sequence = excluded.last_sequence",
+        'INSERT INTO producers (stream_id, producer_id, epoch, last_sequence) VALUES (?, ?, ?, ?) ON CONFLICT (stream_id, producer_id) DO UPDATE SET epoch = excluded.epoch, last_sequence = excluded.last_sequence',
       ),
     };
   }
@@ -203,9 +209,22 @@ export class DurableStreamStore {
   }
 
   /** Creates a stream with optional first records (already split into records by the caller). */
-  create(path: string, config: StreamConfig, records: Buffer[], options: { closed?: boolean; inherit?: { from: StreamMetadata; upTo: number; spec: string } } = {}): StreamMetadata {
+  create(
+    path: string,
+    config: StreamConfig,
+    records: Buffer[],
+    options: { closed?: boolean; inherit?: { from: StreamMetadata; upTo: number; spec: string } } = {},
+  ): StreamMetadata {
     const run = this.database.transaction(() => {
-      const inserted = this.statements.insertStream.run(path, config.contentType, config.ttlSeconds ?? null, config.expiresAt ?? null, Date.now(), Date.now(), options.closed ? 1 : 0);
+      const inserted = this.statements.insertStream.run(
+        path,
+        config.contentType,
+        config.ttlSeconds ?? null,
+        config.expiresAt ?? null,
+        Date.now(),
+        Date.now(),
+        options.closed ? 1 : 0,
+      );
       const id = Number(inserted.lastInsertRowid);
       let tail = 0;
       let batch = 0;
@@ -275,18 +294,21 @@ export class DurableStreamStore {
       if (producer) {
         producerState = this.statements.producer.get(stream.id, producer.id);
         if (producerState) {
-          if (producer.epoch < producerState.epoch) return { kind: "stale-epoch", currentEpoch: producerState.epoch };
+          if (producer.epoch < producerState.epoch) return { kind: 'stale-epoch', currentEpoch: producerState.epoch };
           if (producer.epoch === producerState.epoch) {
-            if (producer.sequence <= producerState.last_sequence) return { kind: "duplicate", tail: stream.tail, lastSequence: producerState.last_sequence, closed: stream.closed };
-            if (producer.sequence !== producerState.last_sequence + 1) return { kind: "sequence-gap", expected: producerState.last_sequence + 1, received: producer.sequence };
-          } else if (producer.sequence !== 0) return { kind: "epoch-must-start-at-zero" };
+            if (producer.sequence <= producerState.last_sequence)
+              return { kind: 'duplicate', tail: stream.tail, lastSequence: producerState.last_sequence, closed: stream.closed };
+            if (producer.sequence !== producerState.last_sequence + 1)
+              return { kind: 'sequence-gap', expected: producerState.last_sequence + 1, received: producer.sequence };
+          } else if (producer.sequence !== 0) return { kind: 'epoch-must-start-at-zero' };
         } else if (producer.sequence !== 0) {
-          return { kind: "sequence-gap", expected: 0, received: producer.sequence };
+          return { kind: 'sequence-gap', expected: 0, received: producer.sequence };
         }
       }
-      if (stream.closed) return { kind: "closed", tail: stream.tail };
+      if (stream.closed) return { kind: 'closed', tail: stream.tail };
       if (options.streamSequence !== undefined) {
-        if (stream.lastSequence !== undefined && options.streamSequence <= stream.lastSequence) return { kind: "sequence-regression", last: stream.lastSequence };
+        if (stream.lastSequence !== undefined && options.streamSequence <= stream.lastSequence)
+          return { kind: 'sequence-regression', last: stream.lastSequence };
         this.statements.setSequence.run(options.streamSequence, stream.id);
       }
       let tail = stream.tail;
@@ -298,10 +320,10 @@ export class DurableStreamStore {
       this.statements.setNextBatch.run(stream.nextBatch + 1, stream.id);
       if (options.close) this.statements.setClosed.run(stream.id);
       if (producer) this.statements.upsertProducer.run(stream.id, producer.id, producer.epoch, producer.sequence);
-      return { kind: "appended", tail };
+      return { kind: 'appended', tail };
     });
     const decision = run();
-    if (decision.kind === "appended") this.changes.emit(path);
+    if (decision.kind === 'appended') this.changes.emit(path);
     return decision;
   }
 
@@ -346,12 +368,12 @@ export class DurableStreamStore {
       const finish = () => {
         clearTimeout(timer);
         this.changes.off(path, finish);
-        signal?.removeEventListener("abort", finish);
+        signal?.removeEventListener('abort', finish);
         resolve();
       };
       const timer = setTimeout(finish, timeoutMs);
       this.changes.on(path, finish);
-      signal?.addEventListener("abort", finish, { once: true });
+      signal?.addEventListener('abort', finish, { once: true });
       if (signal?.aborted) finish();
     });
   }

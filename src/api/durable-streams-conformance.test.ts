@@ -33,7 +33,10 @@ before(async () => {
   proxy = await startAuthorizingProxy(server.url, server.token);
   await mkdir(join(root, '.torpor-test'), { recursive: true });
   scratch = await mkdtemp(join(root, '.torpor-test', 'conformance-'));
-  await writeFile(join(scratch, 'conformance.test.mjs'), 'import { runConformanceTests } from "@durable-streams/server-conformance-tests";\nrunConformanceTests({ baseUrl: process.env.CONFORMANCE_URL });\n');
+  await writeFile(
+    join(scratch, 'conformance.test.mjs'),
+    'import { runConformanceTests } from "@durable-streams/server-conformance-tests";\nrunConformanceTests({ baseUrl: process.env.CONFORMANCE_URL });\n',
+  );
 });
 
 after(async () => {
@@ -50,7 +53,12 @@ it('passes the Durable Streams server conformance suite', { timeout: 900_000 }, 
     // A 20 s test timeout instead of vitest's 5 s: on a loaded 2-core host some tests' own client
     // loops (100 Ki expect calls, property-based runs of many appends) need more; no protocol
     // timing depends on it (the server's long-poll wait is 0.5 s).
-    execFile(process.execPath, [vitest, 'run', '--root', scratch, '--testTimeout=20000', '--reporter=json', `--outputFile=${report}`], { cwd: scratch, env: { ...process.env, CONFORMANCE_URL: proxy.url }, maxBuffer: 64 * 1024 * 1024 }, () => resolve());
+    execFile(
+      process.execPath,
+      [vitest, 'run', '--root', scratch, '--testTimeout=20000', '--reporter=json', `--outputFile=${report}`],
+      { cwd: scratch, env: { ...process.env, CONFORMANCE_URL: proxy.url }, maxBuffer: 64 * 1024 * 1024 },
+      () => resolve(),
+    );
   });
   const result = JSON.parse(await readFile(report, 'utf8')) as {
     numPassedTests: number;

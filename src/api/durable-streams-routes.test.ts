@@ -45,7 +45,8 @@ const content = (stored: StoredEntry) => (stored.entry as { content?: unknown })
 const url = (path: string) => `${server.url}/v1/stream/${path}`;
 /** Every request carries the server's token; the attacks on authentication live in security.test.ts. */
 const auth = () => ({ authorization: `Bearer ${server.token}` });
-const fetch = (input: string, init: RequestInit = {}) => globalThis.fetch(input, { ...init, headers: { ...auth(), ...(init.headers as Record<string, string>) } });
+const fetch = (input: string, init: RequestInit = {}) =>
+  globalThis.fetch(input, { ...init, headers: { ...auth(), ...(init.headers as Record<string, string>) } });
 
 describe('a context log as a Durable Stream', () => {
   it('reads, resumes from a saved offset, and takes idempotent producer appends exactly once', async () => {
@@ -69,7 +70,10 @@ describe('a context log as a Durable Stream', () => {
     assert.equal((await server.log.describe('ds-log-1')).nextOffset, 3);
 
     const resumed = await stream<StoredEntry>({ url: url('logs/ds-log-1'), headers: auth(), offset: saved, live: false });
-    assert.deepEqual((await resumed.json()).map((stored) => [stored.offset, content(stored)]), [[2, 'three']]);
+    assert.deepEqual(
+      (await resumed.json()).map((stored) => [stored.offset, content(stored)]),
+      [[2, 'three']],
+    );
   });
 
   for (const live of ['long-poll', 'sse'] as const) {
@@ -97,7 +101,11 @@ describe('a context log as a Durable Stream', () => {
   }
 
   it('rejects entries the log would not accept, and appends nothing', async () => {
-    const response = await fetch(url('logs/ds-bad'), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify([{ kind: 'message', role: 'wizard' }]) });
+    const response = await fetch(url('logs/ds-bad'), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify([{ kind: 'message', role: 'wizard' }]),
+    });
     assert.equal(response.status, 400);
     assert.equal((await fetch(url('logs/ds-bad'))).status, 404);
     const wrongType = await fetch(url('logs/ds-bad'), { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'hello' });
@@ -110,7 +118,12 @@ describe("a session's events as a Durable Stream", () => {
     sessions.emit('event', 's-00000000abcd', { type: 'turn-start', turnId: 't1' });
     sessions.emit('event', 's-00000000abcd', { type: 'text-delta', turnId: 't1', delta: 'hel' });
     const controller = new AbortController();
-    const first = await stream<{ type: string; delta?: string }>({ url: url('sessions/s-00000000abcd/events'), headers: auth(), live: 'sse', signal: controller.signal });
+    const first = await stream<{ type: string; delta?: string }>({
+      url: url('sessions/s-00000000abcd/events'),
+      headers: auth(),
+      live: 'sse',
+      signal: controller.signal,
+    });
     const seen: string[] = [];
     let saved = '';
     await new Promise<void>((resolve) => {
@@ -126,13 +139,20 @@ describe("a session's events as a Durable Stream", () => {
     const resumed = await stream<{ type: string; delta?: string }>({ url: url('sessions/s-00000000abcd/events'), headers: auth(), offset: saved, live: false });
     const rest = await resumed.json();
     assert.deepEqual(seen, ['turn-start', 'text-delta']);
-    assert.deepEqual(rest.map((event) => event.delta ?? event.type), ['lo', 'turn-finish']);
+    assert.deepEqual(
+      rest.map((event) => event.delta ?? event.type),
+      ['lo', 'turn-finish'],
+    );
   });
 
   it('cannot be written, closed or deleted over HTTP: agent events come only from the agent', async () => {
     const path = url('sessions/s-00000000abcd/events');
     for (const method of ['POST', 'PUT', 'DELETE']) {
-      const response = await fetch(path, { method, headers: { 'content-type': 'application/json' }, body: method === 'DELETE' ? undefined : JSON.stringify({ type: 'text-delta', delta: 'forged' }) });
+      const response = await fetch(path, {
+        method,
+        headers: { 'content-type': 'application/json' },
+        body: method === 'DELETE' ? undefined : JSON.stringify({ type: 'text-delta', delta: 'forged' }),
+      });
       assert.equal(response.status, 405, method);
     }
     const events = (await (await fetch(`${path}?offset=-1`)).json()) as Array<{ delta?: string }>;
@@ -144,7 +164,11 @@ describe('general streams', () => {
   it('orders pipelined producer batches that arrive out of order, and still reports a real gap', async () => {
     await fetch(url('pipelined'), { method: 'PUT', headers: { 'content-type': 'application/json' } });
     const post = (sequence: number) =>
-      fetch(url('pipelined'), { method: 'POST', headers: { 'content-type': 'application/json', 'Producer-Id': 'p1', 'Producer-Epoch': '0', 'Producer-Seq': String(sequence) }, body: JSON.stringify([{ sequence }]) });
+      fetch(url('pipelined'), {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'Producer-Id': 'p1', 'Producer-Epoch': '0', 'Producer-Seq': String(sequence) },
+        body: JSON.stringify([{ sequence }]),
+      });
     const second = post(1);
     await new Promise((resolve) => setTimeout(resolve, 100));
     const first = post(0);
@@ -169,7 +193,11 @@ describe('hostile requests', () => {
       [url('attack-1'), { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"unterminated' }, 400],
       [url('attack-1'), { method: 'POST', headers: { 'content-type': 'application/json' }, body: '[]' }, 400],
       [url('attack-1'), { method: 'POST', headers: { 'content-type': 'application/json', 'Producer-Id': 'p' }, body: '[1]' }, 400],
-      [url('attack-1'), { method: 'POST', headers: { 'content-type': 'application/json', 'Producer-Id': 'p', 'Producer-Epoch': '-1', 'Producer-Seq': '0' }, body: '[1]' }, 400],
+      [
+        url('attack-1'),
+        { method: 'POST', headers: { 'content-type': 'application/json', 'Producer-Id': 'p', 'Producer-Epoch': '-1', 'Producer-Seq': '0' }, body: '[1]' },
+        400,
+      ],
       [url('attack-1'), { method: 'PUT', headers: { 'content-type': 'application/json', 'Stream-TTL': '1e9' } }, 400],
       [url('attack-1'), { method: 'PUT', headers: { 'content-type': 'application/json', 'Stream-Forked-From': '/v1/stream/attack-1' } }, 409],
       [url('logs/ds-log-1'), { method: 'DELETE' }, 405],
@@ -193,7 +221,13 @@ describe('hostile requests', () => {
     const reopened = new DurableStreamStore(join(directory, 'streams', 'streams.sqlite'));
     try {
       const metadata = reopened.get('persisted')!;
-      assert.equal(reopened.read(metadata, 0, 1024).records.map((record) => record.data.toString()).join(''), 'kept');
+      assert.equal(
+        reopened
+          .read(metadata, 0, 1024)
+          .records.map((record) => record.data.toString())
+          .join(''),
+        'kept',
+      );
     } finally {
       reopened.close();
     }

@@ -51,7 +51,11 @@ while read -r line; do
 done
 `;
 
-async function api(method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> & { error?: { code: string; message: string; hint?: string } } }> {
+async function api(
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; json: Record<string, unknown> & { error?: { code: string; message: string; hint?: string } } }> {
   const response = await fetch(`${url}${path}`, {
     method,
     headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
@@ -65,7 +69,13 @@ async function send(content: string): Promise<{ reply: string; events: Array<Rec
   const { status, json } = await api('POST', `/v1/sessions/${sessionId}/messages`, { content });
   assert.equal(status, 200, JSON.stringify(json));
   const events = json.events as Array<Record<string, unknown>>;
-  return { reply: events.filter((event) => event.type === 'text-delta').map((event) => String(event.delta)).join(''), events };
+  return {
+    reply: events
+      .filter((event) => event.type === 'text-delta')
+      .map((event) => String(event.delta))
+      .join(''),
+    events,
+  };
 }
 
 /** The CLI, asynchronously: a blocked event loop would let kept-alive sockets to the server go stale under fetch. */
@@ -96,7 +106,13 @@ function serverPeakMemoryMiB(): number {
 before(async () => {
   home = await useTemporaryHome();
   server = spawn(process.execPath, [cli, 'serve', '--port', '0', '--json', '--max-machines', '1', '--max-sessions', '2'], {
-    env: { ...process.env, TORPOR_HOME: home.home, TORPOR_LOG_MAX: String(logMax), TORPOR_AGENT_MAX_LINE: String(maxLine), TORPOR_AGENT_MAX_HISTORY: String(maxHistory) },
+    env: {
+      ...process.env,
+      TORPOR_HOME: home.home,
+      TORPOR_LOG_MAX: String(logMax),
+      TORPOR_AGENT_MAX_LINE: String(maxLine),
+      TORPOR_AGENT_MAX_HISTORY: String(maxHistory),
+    },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const first = await new Promise<string>((resolve, reject) => {
@@ -109,7 +125,13 @@ before(async () => {
   });
   url = (JSON.parse(first) as { url: string }).url;
   token = readFileSync(join(home.home, 'api', 'token'), 'utf8').trim();
-  const created = await api('POST', '/v1/sessions', { image: 'base', command: ['sh', '-c', hostileAgent], idle: '10m', resources: { memory: '256m' }, env: ['SECRET_KEY=hunter2'] });
+  const created = await api('POST', '/v1/sessions', {
+    image: 'base',
+    command: ['sh', '-c', hostileAgent],
+    idle: '10m',
+    resources: { memory: '256m' },
+    env: ['SECRET_KEY=hunter2'],
+  });
   assert.equal(created.status, 201, JSON.stringify(created.json));
   sessionId = created.json.id as string;
 });
@@ -160,7 +182,10 @@ test('an agent flooding stdout and the serial console: the turn ends, both logs 
   const logsAll = await torpor(['logs', record.machineId as string]);
   assert.equal(logsAll.status, 0, logsAll.stderr);
   assert.match(logsAll.stdout, /noise on stdout, not an agent event/);
-  const currentOnly = readFileSync(join(directory, 'process.log'), 'utf8').split('\n').filter(Boolean).reduce((total, line) => total + (JSON.parse(line) as { log: string }).log.length, 0);
+  const currentOnly = readFileSync(join(directory, 'process.log'), 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .reduce((total, line) => total + (JSON.parse(line) as { log: string }).log.length, 0);
   assert.ok(logsAll.stdout.length + logsAll.stderr.length > currentOnly, 'the rotated part is read too');
   process.stderr.write(`# flood: process log keeps ${processLog} bytes of 8000000, console log ${consoleLog} bytes (cap ${logMax})\n`);
   assert.equal((await api('GET', '/health')).status, 200);
@@ -180,7 +205,11 @@ test('an agent printing a 100 MiB line: the line is dropped with an error event,
   assert.equal((await api('GET', '/health')).status, 200);
   // The error is in the log too, where the session's reader finds it.
   const log = await api('GET', `/v1/logs/${sessionId}/entries?limit=10000`);
-  assert.ok((log.json.entries as Array<{ entry: { kind: string; code?: string } }>).some((stored) => stored.entry.kind === 'error' && stored.entry.code === 'agent-line-too-long'));
+  assert.ok(
+    (log.json.entries as Array<{ entry: { kind: string; code?: string } }>).some(
+      (stored) => stored.entry.kind === 'error' && stored.entry.code === 'agent-line-too-long',
+    ),
+  );
 });
 
 test('an agent asking for an enormous history gets bounded answers, and a flood of requests costs little', async () => {
@@ -221,5 +250,11 @@ test('limits on machines and sessions: a fork that would need a second machine, 
   assert.equal((await api('DELETE', `/v1/sessions/${sessionId}`)).status, 204);
   const woken = await api('POST', `/v1/sessions/${forkId}/messages`, { content: 'hello' });
   assert.equal(woken.status, 200, JSON.stringify(woken.json));
-  assert.equal((woken.json.events as Array<{ type: string; delta?: string }>).filter((event) => event.type === 'text-delta').map((event) => event.delta).join(''), 'echo hello');
+  assert.equal(
+    (woken.json.events as Array<{ type: string; delta?: string }>)
+      .filter((event) => event.type === 'text-delta')
+      .map((event) => event.delta)
+      .join(''),
+    'echo hello',
+  );
 });

@@ -17,7 +17,10 @@ import type { MachineConfig } from '../runtime/machine-record.ts';
 const resources = z.strictObject({ cpus: z.number().int().min(1).max(64).default(1), memory: z.string().default('512m') });
 const createBody = z.strictObject({
   image: z.string().min(1).max(512),
-  name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).optional(),
+  name: z
+    .string()
+    .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/)
+    .optional(),
   command: z.array(z.string()).optional(),
   env: z.array(z.string()).default([]),
   workdir: z.string().optional(),
@@ -34,8 +37,20 @@ const execBody = z.strictObject({
   stdin: z.string().optional(),
 });
 const snapshotBody = z.strictObject({ name: z.string().min(1).max(200), stop: z.boolean().default(false), replace: z.boolean().default(false) });
-const restoreBody = z.strictObject({ snapshot: z.string().min(1).max(200), name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).optional() });
-const forkBody = z.strictObject({ count: z.number().int().min(1).max(16).default(1), namePrefix: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,40}$/).optional() });
+const restoreBody = z.strictObject({
+  snapshot: z.string().min(1).max(200),
+  name: z
+    .string()
+    .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/)
+    .optional(),
+});
+const forkBody = z.strictObject({
+  count: z.number().int().min(1).max(16).default(1),
+  namePrefix: z
+    .string()
+    .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,40}$/)
+    .optional(),
+});
 
 const statusByCode: Record<string, number> = {
   'machine-unknown': 404,
@@ -67,7 +82,8 @@ function answer(context: Context, error: unknown) {
 
 async function parse<T>(context: Context, schema: z.ZodType<T>): Promise<T> {
   const parsed = schema.safeParse(await context.req.json().catch(() => undefined));
-  if (!parsed.success) throw new RequestError('invalid-request', parsed.error.issues.map((issue) => `${issue.path.join('.') || 'body'}: ${issue.message}`).join('; '));
+  if (!parsed.success)
+    throw new RequestError('invalid-request', parsed.error.issues.map((issue) => `${issue.path.join('.') || 'body'}: ${issue.message}`).join('; '));
   return parsed.data;
 }
 
@@ -78,14 +94,17 @@ async function parse<T>(context: Context, schema: z.ZodType<T>): Promise<T> {
 async function machineOf(context: Context): Promise<MachineConfig> {
   const reference = context.req.param('machine') ?? '';
   if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$/.test(reference) || reference.includes('..')) {
-    throw new RequestError('invalid-request', `not a machine name or id: ${JSON.stringify(reference.slice(0, 100))}`, { hint: 'list machines with GET /v1/machines' });
+    throw new RequestError('invalid-request', `not a machine name or id: ${JSON.stringify(reference.slice(0, 100))}`, {
+      hint: 'list machines with GET /v1/machines',
+    });
   }
   return findMachine(reference);
 }
 
 function guestPathOf(context: Context): string {
   const path = context.req.query('path');
-  if (!path || !path.startsWith('/') || path.includes('\0')) throw new RequestError('invalid-request', 'path must be an absolute path in the machine, e.g. ?path=/root/notes.md');
+  if (!path || !path.startsWith('/') || path.includes('\0'))
+    throw new RequestError('invalid-request', 'path must be an absolute path in the machine, e.g. ?path=/root/notes.md');
   return path;
 }
 
@@ -153,7 +172,14 @@ export function createMachineRoutes(options: { maxFileBytes?: number } = {}): Ho
     }
     const environment = new Map(config.env.map((entry) => [entry.slice(0, entry.indexOf('=')), entry]));
     for (const entry of parseEnvironment(body.env)) environment.set(entry.slice(0, entry.indexOf('=')), entry);
-    const request = { argv: body.command, env: [...environment.values()], workingDirectory: body.workdir ?? config.workingDir, user: body.user ?? config.user, tty: false, stdin: body.stdin !== undefined };
+    const request = {
+      argv: body.command,
+      env: [...environment.values()],
+      workingDirectory: body.workdir ?? config.workingDir,
+      user: body.user ?? config.user,
+      tty: false,
+      stdin: body.stdin !== undefined,
+    };
     let client: Awaited<ReturnType<typeof connectToMachine>>;
     try {
       client = await connectToMachine(config);
@@ -172,7 +198,12 @@ export function createMachineRoutes(options: { maxFileBytes?: number } = {}): Ho
           remote.endInput();
         }
         const status = await remote.exited;
-        return context.json({ exitCode: status.code, signal: status.signal, stdout: Buffer.concat(stdout).toString('utf8'), stderr: Buffer.concat(stderr).toString('utf8') });
+        return context.json({
+          exitCode: status.code,
+          signal: status.signal,
+          stdout: Buffer.concat(stdout).toString('utf8'),
+          stderr: Buffer.concat(stderr).toString('utf8'),
+        });
       } catch (error) {
         return answer(context, error);
       } finally {

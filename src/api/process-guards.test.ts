@@ -18,7 +18,10 @@ test('with the guards installed, a stray rejection and a thrown callback are log
   assert.match(result.stderr, /unhandled rejection \(the server keeps running\): Error: one session broke/);
   assert.match(result.stderr, /uncaught exception \(the server keeps running\): Error: a callback threw/);
   // Without the guards the same script dies: the test would notice guards that do nothing.
-  const unguarded = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script.replace(/installProcessGuards\(.*\);/, '')], { encoding: 'utf8', timeout: 30_000 });
+  const unguarded = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script.replace(/installProcessGuards\(.*\);/, '')], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
   assert.notEqual(unguarded.status, 0);
   assert.match(unguarded.stderr, /one session broke/);
   assert.doesNotMatch(unguarded.stdout, /still serving/);

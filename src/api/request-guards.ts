@@ -41,7 +41,7 @@ const statusByCode: Record<string, number> = {
   'host-not-allowed': 421,
   'token-in-query': 400,
   'origin-not-allowed': 403,
-  'unauthorized': 401,
+  unauthorized: 401,
   'token-scope': 403,
   'unsupported-media-type': 415,
   'body-too-large': 413,
@@ -99,11 +99,15 @@ function checkOrigin(request: Request, policy: RequestGuardPolicy): void {
   if (safeMethods.has(request.method)) return;
   const fetchSite = request.headers.get('sec-fetch-site')?.toLowerCase();
   if (fetchSite === 'cross-site' || fetchSite === 'same-site') {
-    throw new TorporError('origin-not-allowed', `cross-site ${request.method} requests are refused`, { hint: 'call the API from a program, not from a web page' });
+    throw new TorporError('origin-not-allowed', `cross-site ${request.method} requests are refused`, {
+      hint: 'call the API from a program, not from a web page',
+    });
   }
   const origin = request.headers.get('origin');
   if (origin !== null && !policy.allowedOrigins.has(origin.trim().toLowerCase())) {
-    throw new TorporError('origin-not-allowed', `requests from origin ${JSON.stringify(origin)} are refused`, { hint: 'call the API from a program, not from a web page' });
+    throw new TorporError('origin-not-allowed', `requests from origin ${JSON.stringify(origin)} are refused`, {
+      hint: 'call the API from a program, not from a web page',
+    });
   }
 }
 
@@ -141,9 +145,13 @@ async function readBody(request: Request, limit: number): Promise<Uint8Array> {
 function checkContentType(request: Request, logAppend: boolean, bodyLength: number): void {
   const type = request.headers.get('content-type');
   if (type === null ? bodyLength === 0 : isJsonType(type, logAppend)) return;
-  throw new TorporError('unsupported-media-type', `request bodies must be JSON${logAppend ? ' (or NDJSON)' : ''}, got ${type === null ? 'no Content-Type' : JSON.stringify(type)}`, {
-    hint: `send \`Content-Type: application/json\`${logAppend ? ' or application/x-ndjson' : ''}`,
-  });
+  throw new TorporError(
+    'unsupported-media-type',
+    `request bodies must be JSON${logAppend ? ' (or NDJSON)' : ''}, got ${type === null ? 'no Content-Type' : JSON.stringify(type)}`,
+    {
+      hint: `send \`Content-Type: application/json\`${logAppend ? ' or application/x-ndjson' : ''}`,
+    },
+  );
 }
 
 /** Wraps an app's fetch with every guard above. */
@@ -169,7 +177,12 @@ export function guardRequests<F extends Fetch>(fetch: F, policy: RequestGuardPol
       }
       const body = await readBody(request, limit);
       if (!bytes) checkContentType(request, logAppend, body.byteLength);
-      const buffered = new Request(request.url, { method: request.method, headers: request.headers, body: body.byteLength > 0 ? body : undefined, signal: request.signal });
+      const buffered = new Request(request.url, {
+        method: request.method,
+        headers: request.headers,
+        body: body.byteLength > 0 ? body : undefined,
+        signal: request.signal,
+      });
       return await fetch(buffered, ...rest);
     } catch (error) {
       if (error instanceof TorporError && error.code in statusByCode) return guardResponse(error, !safeMethods.has(request.method) || request.body !== null);

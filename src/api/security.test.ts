@@ -29,22 +29,30 @@ interface Reply {
 }
 
 /** One raw HTTP request, so a test controls every header (fetch would fix Host and Origin). */
-function raw(method: string, path: string, headers: Record<string, string> = {}, body?: string | Buffer | ((write: (chunk: Buffer) => boolean) => void)): Promise<Reply> {
+function raw(
+  method: string,
+  path: string,
+  headers: Record<string, string> = {},
+  body?: string | Buffer | ((write: (chunk: Buffer) => boolean) => void),
+): Promise<Reply> {
   return new Promise((resolve, reject) => {
     // Node sends a DELETE body without framing unless told its length.
     const length = typeof body === 'string' || Buffer.isBuffer(body) ? { 'content-length': String(Buffer.byteLength(body)) } : {};
-    const outgoing = httpRequest({ host: '127.0.0.1', port, method, path, headers: { host: `127.0.0.1:${port}`, ...length, ...headers }, setHost: false }, (response) => {
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => {
-        const text = Buffer.concat(chunks).toString();
-        let json = {};
-        try {
-          json = JSON.parse(text);
-        } catch {}
-        resolve({ status: response.statusCode ?? 0, headers: response.headers, body: text, json });
-      });
-    });
+    const outgoing = httpRequest(
+      { host: '127.0.0.1', port, method, path, headers: { host: `127.0.0.1:${port}`, ...length, ...headers }, setHost: false },
+      (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => {
+          const text = Buffer.concat(chunks).toString();
+          let json = {};
+          try {
+            json = JSON.parse(text);
+          } catch {}
+          resolve({ status: response.statusCode ?? 0, headers: response.headers, body: text, json });
+        });
+      },
+    );
     // A refused upload may be cut by the server before it is all sent: that is a fine outcome.
     outgoing.on('error', (error: NodeJS.ErrnoException) => (error.code === 'EPIPE' || error.code === 'ECONNRESET' ? undefined : reject(error)));
     if (typeof body === 'function') {
@@ -75,10 +83,14 @@ before(async () => {
   temporaryHome = await useTemporaryHome();
   home = temporaryHome.home;
   // Small, fixed limits so the limit tests do not depend on this host's size.
-  server = spawn(process.execPath, [cli, 'serve', '--port', '0', '--json', '--max-cpus', '2', '--max-memory', '1g', '--max-disk', '8g', '--max-sessions', '1', '--max-body', '1m'], {
-    env: { ...process.env, TORPOR_HOME: home, TORPOR_MAX_BODY: '' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  server = spawn(
+    process.execPath,
+    [cli, 'serve', '--port', '0', '--json', '--max-cpus', '2', '--max-memory', '1g', '--max-disk', '8g', '--max-sessions', '1', '--max-body', '1m'],
+    {
+      env: { ...process.env, TORPOR_HOME: home, TORPOR_MAX_BODY: '' },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
   const first = await new Promise<string>((resolve, reject) => {
     let text = '';
     server.stdout!.on('data', (chunk) => {
@@ -124,7 +136,13 @@ const routes: Array<[string, string]> = [
 test('every route refuses a request without a token, with a wrong one, or with another scheme', async () => {
   const wrong = `${token.slice(0, -1)}${token.endsWith('A') ? 'B' : 'A'}`;
   for (const [method, path] of routes) {
-    for (const headers of [{}, bearer(wrong), bearer('torpor_guess'), { authorization: `Basic ${Buffer.from(`torpor:${token}`).toString('base64')}` }, { authorization: token }]) {
+    for (const headers of [
+      {},
+      bearer(wrong),
+      bearer('torpor_guess'),
+      { authorization: `Basic ${Buffer.from(`torpor:${token}`).toString('base64')}` },
+      { authorization: token },
+    ]) {
       const reply = await raw(method, path, { ...json, ...headers }, method === 'GET' ? undefined : '[]');
       assert.equal(reply.status, 401, `${method} ${path} with ${JSON.stringify(headers)}: ${reply.body}`);
       assert.equal(reply.json.error?.code, 'unauthorized');
@@ -150,7 +168,12 @@ test('a token in the query string is refused, even the right one', async () => {
 test('a cross-site text/plain POST with a foreign Origin is refused, with or without the token', async () => {
   const attack = { 'content-type': 'text/plain', origin: 'http://evil.example' };
   const body = JSON.stringify({ image: 'base', command: ['sh'] });
-  for (const headers of [attack, { ...attack, ...bearer() }, { ...json, origin: 'http://evil.example', ...bearer() }, { ...json, origin: 'null', ...bearer() }]) {
+  for (const headers of [
+    attack,
+    { ...attack, ...bearer() },
+    { ...json, origin: 'http://evil.example', ...bearer() },
+    { ...json, origin: 'null', ...bearer() },
+  ]) {
     const reply = await raw('POST', '/v1/sessions', headers, body);
     assert.equal(reply.status, 403, reply.body);
     assert.equal(reply.json.error?.code, 'origin-not-allowed');
@@ -158,8 +181,23 @@ test('a cross-site text/plain POST with a foreign Origin is refused, with or wit
   const fetchMetadata = await raw('DELETE', '/v1/sessions/s-000000000000', { ...bearer(), 'sec-fetch-site': 'cross-site' });
   assert.equal(fetchMetadata.status, 403);
   // The server's own origin is fine; text/plain is not, even from a program with the token.
-  assert.equal((await raw('POST', '/v1/logs/origin-ok/entries', { ...json, ...bearer(), origin: `http://127.0.0.1:${port}` }, JSON.stringify([{ kind: 'message', role: 'user', content: 'hi' }]))).status, 200);
-  const plain = await raw('POST', '/v1/logs/origin-ok/entries', { 'content-type': 'text/plain', ...bearer() }, JSON.stringify([{ kind: 'message', role: 'user', content: 'hi' }]));
+  assert.equal(
+    (
+      await raw(
+        'POST',
+        '/v1/logs/origin-ok/entries',
+        { ...json, ...bearer(), origin: `http://127.0.0.1:${port}` },
+        JSON.stringify([{ kind: 'message', role: 'user', content: 'hi' }]),
+      )
+    ).status,
+    200,
+  );
+  const plain = await raw(
+    'POST',
+    '/v1/logs/origin-ok/entries',
+    { 'content-type': 'text/plain', ...bearer() },
+    JSON.stringify([{ kind: 'message', role: 'user', content: 'hi' }]),
+  );
   assert.equal(plain.status, 415);
   assert.equal(plain.json.error?.code, 'unsupported-media-type');
   for (const type of ['application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', 'text/json']) {
@@ -168,11 +206,21 @@ test('a cross-site text/plain POST with a foreign Origin is refused, with or wit
   assert.equal((await raw('POST', '/v1/sessions', bearer(), body)).status, 415, 'a body without Content-Type');
   // Nothing of all that reached the log or the sessions.
   const logs = JSON.parse((await raw('GET', '/v1/logs', bearer())).body) as { sessions: Array<{ id: string; nextOffset: number }> };
-  assert.deepEqual(logs.sessions.map((session) => [session.id, session.nextOffset]), [['origin-ok', 1]]);
+  assert.deepEqual(
+    logs.sessions.map((session) => [session.id, session.nextOffset]),
+    [['origin-ok', 1]],
+  );
 });
 
 test('requests whose Host is not this server (DNS rebinding) are refused', async () => {
-  for (const host of ['evil.example', `evil.example:${port}`, `127.0.0.1:${port + 1}`, `127.0.0.1.evil.example:${port}`, `localhost:${port}@evil.example`, '']) {
+  for (const host of [
+    'evil.example',
+    `evil.example:${port}`,
+    `127.0.0.1:${port + 1}`,
+    `127.0.0.1.evil.example:${port}`,
+    `localhost:${port}@evil.example`,
+    '',
+  ]) {
     const reply = await raw('GET', '/v1/sessions', { ...bearer(), host });
     // 421 from the guard; 400 when the value is not even a host (Node or the URL parser refuses it first).
     assert.ok([400, 421].includes(reply.status), `Host ${JSON.stringify(host)}: ${reply.status} ${reply.body}`);
@@ -199,7 +247,8 @@ test('oversized bodies are refused by declared length and by counting a chunked 
 });
 
 test('a session asking for more than the limits is refused with what to do, before any machine starts', async () => {
-  const create = (resources: Record<string, unknown>) => raw('POST', '/v1/sessions', { ...json, ...bearer() }, JSON.stringify({ image: 'base', command: ['sh'], resources }));
+  const create = (resources: Record<string, unknown>) =>
+    raw('POST', '/v1/sessions', { ...json, ...bearer() }, JSON.stringify({ image: 'base', command: ['sh'], resources }));
   const cpus = await create({ cpus: 64 });
   assert.equal(cpus.status, 400, cpus.body);
   assert.equal(cpus.json.error?.code, 'limit-cpus');
@@ -237,7 +286,10 @@ test('scoped tokens: read-only refuses writes; one-session refuses other session
 
   const listed = JSON.parse((await torpor(['token', 'ls', '--json'])).stdout) as Array<{ id: string; digest?: string }>;
   assert.deepEqual(listed.map((record) => record.id).sort(), [readOnly.id, one.id].sort());
-  assert.ok(listed.every((record) => record.digest === undefined), 'ls shows no digests');
+  assert.ok(
+    listed.every((record) => record.digest === undefined),
+    'ls shows no digests',
+  );
   assert.equal((await torpor(['token', 'rm', one.id])).code, 0);
   // The server notices a revocation within a second.
   await new Promise((resolve) => setTimeout(resolve, 1100));
@@ -280,7 +332,7 @@ test('serve refuses a non-loopback address unless told, and then only with an ex
   }
 });
 
-test('behind a proxy: --server-name adds the proxy\'s Host and https origin, nothing else', async () => {
+test("behind a proxy: --server-name adds the proxy's Host and https origin, nothing else", async () => {
   const { startApiServer } = await import('./server.ts');
   const { temporaryLog } = await import('../context/testing/temporary-log.ts');
   const temporary = temporaryLog();
@@ -288,10 +340,20 @@ test('behind a proxy: --server-name adds the proxy\'s Host and https origin, not
   try {
     const request = (headers: Record<string, string>, method = 'GET', body?: string) =>
       new Promise<number>((resolve, reject) => {
-        const outgoing = httpRequest({ host: '127.0.0.1', port: proxied.port, method, path: '/v1/logs/proxied/entries', headers: { authorization: `Bearer ${proxied.token}`, ...headers }, setHost: false }, (response) => {
-          response.resume();
-          response.on('end', () => resolve(response.statusCode ?? 0));
-        });
+        const outgoing = httpRequest(
+          {
+            host: '127.0.0.1',
+            port: proxied.port,
+            method,
+            path: '/v1/logs/proxied/entries',
+            headers: { authorization: `Bearer ${proxied.token}`, ...headers },
+            setHost: false,
+          },
+          (response) => {
+            response.resume();
+            response.on('end', () => resolve(response.statusCode ?? 0));
+          },
+        );
         outgoing.on('error', reject);
         outgoing.end(body);
       });

@@ -1,16 +1,16 @@
-import type { AddressInfo } from "node:net";
-import { serve, type ServerType } from "@hono/node-server";
-import type { Hono } from "hono";
-import { openContextLog, type ContextLog, type ContextLogOptions } from "../context/index.ts";
-import { randomBytes } from "node:crypto";
-import { SessionManager, type SessionManagerOptions } from "../session/session-manager.ts";
-import { TokenVerifier, ensureAdminToken } from "../state/api-tokens.ts";
-import { createApp, type ApiOptions } from "./app.ts";
-import { mountDurableStreams } from "./durable-streams-routes.ts";
-import { allowedHostsFor, defaultMaxBodyBytes, guardRequests } from "./request-guards.ts";
-import { withDashboardLogin } from "../dashboard/dashboard-login.ts";
+import type { AddressInfo } from 'node:net';
+import { serve, type ServerType } from '@hono/node-server';
+import type { Hono } from 'hono';
+import { openContextLog, type ContextLog, type ContextLogOptions } from '../context/index.ts';
+import { randomBytes } from 'node:crypto';
+import { SessionManager, type SessionManagerOptions } from '../session/session-manager.ts';
+import { TokenVerifier, ensureAdminToken } from '../state/api-tokens.ts';
+import { createApp, type ApiOptions } from './app.ts';
+import { mountDurableStreams } from './durable-streams-routes.ts';
+import { allowedHostsFor, defaultMaxBodyBytes, guardRequests } from './request-guards.ts';
+import { withDashboardLogin } from '../dashboard/dashboard-login.ts';
 
-export interface StartApiServerOptions extends Omit<ApiOptions, "log" | "sessions">, ContextLogOptions {
+export interface StartApiServerOptions extends Omit<ApiOptions, 'log' | 'sessions'>, ContextLogOptions {
   /** Adds routes after the API's own (for embedding and tests); errors still go through the one handler. */
   configure?: (app: Hono, log: ContextLog) => void;
   /** Port to listen on; 0 picks a free one. Default 7070. */
@@ -33,7 +33,7 @@ export interface StartApiServerOptions extends Omit<ApiOptions, "log" | "session
   stateDirectory?: string;
   postgresUrl?: string;
   /** Serve agent sessions too (`torpor serve` does): a session manager over the same log, closed with the server. */
-  sessions?: boolean | Omit<SessionManagerOptions, "log">;
+  sessions?: boolean | Omit<SessionManagerOptions, 'log'>;
 }
 
 export interface ApiServer {
@@ -57,8 +57,8 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   // Durable Streams keep their own SQLite file in the state directory: only a server that has one serves them.
   const streams = options.stateDirectory ? mountDurableStreams(app, { log, sessions, stateDirectory: options.stateDirectory }) : undefined;
   options.configure?.(app, log);
-  const host = options.host ?? "127.0.0.1";
-  const token = options.token ?? (options.stateDirectory ? ensureAdminToken(options.stateDirectory).token : `torpor_${randomBytes(32).toString("base64url")}`);
+  const host = options.host ?? '127.0.0.1';
+  const token = options.token ?? (options.stateDirectory ? ensureAdminToken(options.stateDirectory).token : `torpor_${randomBytes(32).toString('base64url')}`);
   // Filled in once the port is known (port 0 picks one): until then no request can arrive anyway.
   const policy = {
     verifier: new TokenVerifier(token, options.stateDirectory),
@@ -72,15 +72,17 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   let address: AddressInfo;
   try {
     ({ server, address } = await new Promise<{ server: ServerType; address: AddressInfo }>((resolve, reject) => {
-      const created = serve({ fetch: withDashboardLogin(guardRequests(app.fetch, policy), { token }), port: options.port ?? 7070, hostname: host }, (info) => resolve({ server: created, address: info }));
-      created.once("error", reject);
+      const created = serve({ fetch: withDashboardLogin(guardRequests(app.fetch, policy), { token }), port: options.port ?? 7070, hostname: host }, (info) =>
+        resolve({ server: created, address: info }),
+      );
+      created.once('error', reject);
     }));
   } catch (error) {
     await sessions?.close();
     streams?.close();
     if (ownsLog) await log.close();
     const code = (error as NodeJS.ErrnoException).code;
-    if (code === "EADDRINUSE") throw new Error(`port ${options.port} on ${host} is already in use; stop the other server or pass another --port`);
+    if (code === 'EADDRINUSE') throw new Error(`port ${options.port} on ${host} is already in use; stop the other server or pass another --port`);
     throw error;
   }
   const allowed = allowedHostsFor(host, address.port, options.serverNames);
@@ -90,7 +92,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   // of common proxies and load balancers, and than a client that is busy between two requests, so
   // neither side reuses a socket the other is closing.
   Object.assign(server, { keepAliveTimeout: 65_000, headersTimeout: 66_000 });
-  const urlHost = host.includes(":") ? `[${host}]` : host;
+  const urlHost = host.includes(':') ? `[${host}]` : host;
   const url = `http://${urlHost}:${address.port}`;
   let closing: Promise<void> | undefined;
   return {

@@ -14,7 +14,10 @@ const createSessionBody = z.strictObject({
   image: z.string().min(1),
   command: z.array(z.string()).min(1),
   env: z.array(z.string().regex(/^[^=]+=/, 'KEY=VALUE')).default([]),
-  name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).optional(),
+  name: z
+    .string()
+    .regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/)
+    .optional(),
   resources: z
     .strictObject({
       cpus: z.number().int().min(1).max(64).default(machineDefaults.cpus),

@@ -10,9 +10,12 @@ export function createSessionTurnRoutes(manager: SessionManager): Hono {
   const app = new Hono();
   app.get('/:id/turns', (context) => {
     try {
-      return context.json({ turns: manager.turnsOf(context.req.param('id')).map(({ turn, logOffset, takenAt, snapshot }) => ({ turn, logOffset, takenAt, snapshot })) });
+      return context.json({
+        turns: manager.turnsOf(context.req.param('id')).map(({ turn, logOffset, takenAt, snapshot }) => ({ turn, logOffset, takenAt, snapshot })),
+      });
     } catch (error) {
-      if (error instanceof TorporError) return context.json({ error: { code: error.code, message: error.message, hint: error.hint } }, error.code === 'session-unknown' ? 404 : 500);
+      if (error instanceof TorporError)
+        return context.json({ error: { code: error.code, message: error.message, hint: error.hint } }, error.code === 'session-unknown' ? 404 : 500);
       throw error;
     }
   });

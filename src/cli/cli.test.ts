@@ -45,7 +45,10 @@ test('detached machines show in ps, exec and logs work, rm -f removes them', asy
   assert.equal(started.code, 0, started.stderr);
   assert.match(started.stdout, /^[0-9a-f]{12}\n$/);
   const listed = JSON.parse((await torpor(['ps', '--json'])).stdout) as Array<{ name: string; memoryMiB: number; state: { status: string } }>;
-  assert.deepEqual(listed.map((machine) => [machine.name, machine.memoryMiB, machine.state.status]), [['ticker', 256, 'running']]);
+  assert.deepEqual(
+    listed.map((machine) => [machine.name, machine.memoryMiB, machine.state.status]),
+    [['ticker', 256, 'running']],
+  );
   const table = (await torpor(['ps'])).stdout;
   assert.match(table, /NAME\s+ID\s+IMAGE\s+STATE\s+CPUS\s+MEM\s+UPTIME\s+ACCEL/);
   const exec = await torpor(['exec', 'ticker', 'sh', '-c', 'cat /etc/hostname; exit 9']);
@@ -80,7 +83,10 @@ test('snapshot, restore, fork and snapshots ls/rm from the command line', async 
   assert.equal((await torpor(['exec', 'again', 'cat', '/root/state'])).stdout, 'state\n');
   const forked = await torpor(['fork', 'saved', '-n', '2', '--json']);
   assert.equal(forked.code, 0, forked.stderr);
-  assert.deepEqual((JSON.parse(forked.stdout) as { forks: Array<{ name: string }> }).forks.map((fork) => fork.name), ['saved-fork-1', 'saved-fork-2']);
+  assert.deepEqual(
+    (JSON.parse(forked.stdout) as { forks: Array<{ name: string }> }).forks.map((fork) => fork.name),
+    ['saved-fork-1', 'saved-fork-2'],
+  );
   const listed = JSON.parse((await torpor(['snapshots', 'ls', '--json'])).stdout) as Array<{ name: string }>;
   assert.ok(listed.some((manifest) => manifest.name === 'saved@1'));
   assert.equal((await torpor(['snapshots', 'rm', 'saved@1'])).code, 0);

@@ -18,14 +18,18 @@ test('a command line loads only the module of its command', async () => {
   const program = await buildProgram(['node', 'torpor', 'ps', '--json']);
   const ps = program.commands.find((command) => command.name() === 'ps')!;
   const run = program.commands.find((command) => command.name() === 'run')!;
-  assert.ok(ps.options.some((option) => option.long === '--json'), 'ps is the real command');
+  assert.ok(
+    ps.options.some((option) => option.long === '--json'),
+    'ps is the real command',
+  );
   assert.equal(run.options.length, 0, 'run is only a stub');
 });
 
 test('the fast --version is the package version, and every command answers --help', () => {
   const packageVersion = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
   assert.equal(version, packageVersion);
-  const run = (args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, TORPOR_HOME: '/nonexistent/torpor-help-test' } });
+  const run = (args: string[]) =>
+    spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, TORPOR_HOME: '/nonexistent/torpor-help-test' } });
   assert.equal(run(['--version']).stdout, `${packageVersion}\n`);
   for (const name of Object.keys(Object.assign({}, ...commandModules.map((module) => module.commands)))) {
     const result = run([name, '--help']);
@@ -37,7 +41,9 @@ test('the fast --version is the package version, and every command answers --hel
 test('the fast commands load no heavy package: ps, logs, exec and an idle supervisor import only commander and node built-ins', async () => {
   const { readFileSync: read } = await import('node:fs');
   const { dirname, join } = await import('node:path');
-  const { ensureBundles } = (await import(new URL('../../bin/bundles.mjs', import.meta.url).href)) as { ensureBundles: () => Promise<{ cli: string; supervisor: string }> };
+  const { ensureBundles } = (await import(new URL('../../bin/bundles.mjs', import.meta.url).href)) as {
+    ensureBundles: () => Promise<{ cli: string; supervisor: string }>;
+  };
   const bundles = await ensureBundles();
   // The static import graph of a bundle file: what loads before any code runs.
   const packagesLoadedBy = (entry: string): Set<string> => {
@@ -63,7 +69,15 @@ test('the fast commands load no heavy package: ps, logs, exec and an idle superv
   const allowed = (name: string) => name === 'commander' || name.startsWith('node:');
   for (const command of ['ps', 'logs', 'exec']) {
     const packages = [...packagesLoadedBy(bundles.cli), ...packagesLoadedBy(chunkOf(command))];
-    assert.deepEqual(packages.filter((name) => !allowed(name)), [], command);
+    assert.deepEqual(
+      packages.filter((name) => !allowed(name)),
+      [],
+      command,
+    );
   }
-  assert.deepEqual([...packagesLoadedBy(bundles.supervisor)].filter((name) => !name.startsWith('node:')), [], 'supervisor');
+  assert.deepEqual(
+    [...packagesLoadedBy(bundles.supervisor)].filter((name) => !name.startsWith('node:')),
+    [],
+    'supervisor',
+  );
 });

@@ -21,7 +21,10 @@ export const commandModules: CommandModule[] = [
     commands: { run: 'create and start a machine from an image, like docker run', create: 'create a machine without starting it' },
     load: async () => (await import('./commands/run.ts')).registerRunCommands,
   },
-  { commands: { exec: 'run a command in a running machine; exits with its exit code' }, load: async () => (await import('./commands/exec.ts')).registerExecCommand },
+  {
+    commands: { exec: 'run a command in a running machine; exits with its exit code' },
+    load: async () => (await import('./commands/exec.ts')).registerExecCommand,
+  },
   { commands: { ps: 'list machines (running ones; -a for all)' }, load: async () => (await import('./commands/ps.ts')).registerPsCommand },
   {
     commands: {
@@ -33,12 +36,18 @@ export const commandModules: CommandModule[] = [
     },
     load: async () => (await import('./commands/lifecycle.ts')).registerLifecycleCommands,
   },
-  { commands: { logs: "output of a machine's main process (not the kernel console)" }, load: async () => (await import('./commands/logs.ts')).registerLogsCommand },
+  {
+    commands: { logs: "output of a machine's main process (not the kernel console)" },
+    load: async () => (await import('./commands/logs.ts')).registerLogsCommand,
+  },
   {
     commands: { cp: 'copy files or directories between the host and a machine: cp ./f web:/tmp/f, cp web:/etc/hostname .' },
     load: async () => (await import('./commands/cp.ts')).registerCopyCommand,
   },
-  { commands: { doctor: 'check what this host has and lacks for torpor, and how to fix it' }, load: async () => (await import('./commands/doctor.ts')).registerDoctorCommand },
+  {
+    commands: { doctor: 'check what this host has and lacks for torpor, and how to fix it' },
+    load: async () => (await import('./commands/doctor.ts')).registerDoctorCommand,
+  },
   {
     commands: { system: 'disk and memory torpor uses (df), and freeing what is not needed (prune)' },
     load: async () => (await import('./commands/system.ts')).registerSystemCommands,
@@ -74,7 +83,10 @@ export const commandModules: CommandModule[] = [
     commands: { token: 'API tokens of `torpor serve` (every request needs one: Authorization: Bearer TOKEN)' },
     load: async () => (await import('./commands/token.ts')).registerTokenCommands,
   },
-  { commands: { session: 'durable agent sessions (a client of `torpor serve`)' }, load: async () => (await import('./commands/session.ts')).registerSessionCommands },
+  {
+    commands: { session: 'durable agent sessions (a client of `torpor serve`)' },
+    load: async () => (await import('./commands/session.ts')).registerSessionCommands,
+  },
   {
     commands: { 'dev-llm': 'serve a deterministic fake OpenAI-compatible LLM (for tests and offline demos) until interrupted' },
     load: async () => (await import('./commands/dev-llm.ts')).registerDevLlmCommand,

@@ -33,7 +33,13 @@ before(async () => {
   server = spawn(process.execPath, [cli, 'serve', '--port', String(port)], { env: { ...process.env, TORPOR_HOME: home.home }, stdio: 'ignore' });
   for (let attempt = 0; attempt < 200; attempt++) {
     // Up means answering, even if only to say a token is needed (the CLI finds the token itself).
-    if (await fetch(`${url}/health`).then((response) => response.status === 401, () => false)) break;
+    if (
+      await fetch(`${url}/health`).then(
+        (response) => response.status === 401,
+        () => false,
+      )
+    )
+      break;
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 });
@@ -45,7 +51,22 @@ after(async () => {
 });
 
 test('session create, send, ls, inspect, rm', async () => {
-  const created = await torpor(['session', 'create', '--image', 'base', '--memory', '256m', '--idle', '1s', '--name', 'cli-chat', '--', 'sh', '-c', shellAgent]);
+  const created = await torpor([
+    'session',
+    'create',
+    '--image',
+    'base',
+    '--memory',
+    '256m',
+    '--idle',
+    '1s',
+    '--name',
+    'cli-chat',
+    '--',
+    'sh',
+    '-c',
+    shellAgent,
+  ]);
   assert.equal(created.code, 0, created.stderr);
   const id = created.stdout.trim();
   assert.match(id, /^s-[0-9a-f]{12}$/);
@@ -53,9 +74,16 @@ test('session create, send, ls, inspect, rm', async () => {
   assert.equal(reply.code, 0, reply.stderr);
   assert.equal(reply.stdout, 'turn 1: hello; notes 1; child yes\n');
   const listed = JSON.parse((await torpor(['session', 'ls', '--json'])).stdout) as Array<{ id: string; name: string; turns: number }>;
-  assert.deepEqual(listed.map((session) => [session.id, session.name, session.turns]), [[id, 'cli-chat', 1]]);
+  assert.deepEqual(
+    listed.map((session) => [session.id, session.name, session.turns]),
+    [[id, 'cli-chat', 1]],
+  );
   for (let attempt = 0; attempt < 100; attempt++) {
-    const inspected = JSON.parse((await torpor(['session', 'inspect', id])).stdout) as { state: string; lastSnapshot?: string; storedBytes?: { exclusive: number } };
+    const inspected = JSON.parse((await torpor(['session', 'inspect', id])).stdout) as {
+      state: string;
+      lastSnapshot?: string;
+      storedBytes?: { exclusive: number };
+    };
     if (inspected.state === 'hibernated') {
       assert.ok(inspected.lastSnapshot);
       assert.ok((inspected.storedBytes?.exclusive ?? 0) > 0);
@@ -65,9 +93,18 @@ test('session create, send, ls, inspect, rm', async () => {
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
   const woken = await torpor(['session', 'send', id, 'again', '--json']);
-  const events = woken.stdout.trim().split('\n').map((line) => JSON.parse(line) as { type: string; delta?: string });
+  const events = woken.stdout
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line) as { type: string; delta?: string });
   assert.ok(events.some((event) => event.type === 'session-state'));
-  assert.equal(events.filter((event) => event.type === 'text-delta').map((event) => event.delta).join(''), 'turn 2: again; notes 2; child yes');
+  assert.equal(
+    events
+      .filter((event) => event.type === 'text-delta')
+      .map((event) => event.delta)
+      .join(''),
+    'turn 2: again; notes 2; child yes',
+  );
   assert.equal((await torpor(['session', 'rm', id])).code, 0);
   const gone = await torpor(['session', 'send', id, 'hello?']);
   assert.equal(gone.code, 1);

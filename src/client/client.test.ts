@@ -8,8 +8,23 @@ import { DefaultChatTransport, readUIMessageStream, type UIMessage } from 'ai';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
 import { shellAgent } from '../session/testing/shell-agent.ts';
 import { startTorporServer, type TorporServerProcess } from './testing/torpor-server.ts';
-import { ConflictError, InvalidRequestError, NotFoundError, Torpor, TorporApiError, TorporConnectionError, type SessionEvent, type StoredEntry } from './index.ts';
-import { createChatHandler, createChatResumeHandler, sessionEventsToUIMessageChunks, sessionEventsToUIMessageStream, uiMessageStreamHeaders } from './ai-sdk.ts';
+import {
+  ConflictError,
+  InvalidRequestError,
+  NotFoundError,
+  Torpor,
+  TorporApiError,
+  TorporConnectionError,
+  type SessionEvent,
+  type StoredEntry,
+} from './index.ts';
+import {
+  createChatHandler,
+  createChatResumeHandler,
+  sessionEventsToUIMessageChunks,
+  sessionEventsToUIMessageStream,
+  uiMessageStreamHeaders,
+} from './ai-sdk.ts';
 
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
 let server: TorporServerProcess;
@@ -32,7 +47,10 @@ async function* fromArray(events: SessionEvent[]): AsyncGenerator<SessionEvent> 
 
 /** What `useChat` does with a response: the AI SDK's transport parses and validates the chunks. */
 async function chatThrough(handler: (request: Request) => Promise<Response>, text: string): Promise<UIMessage> {
-  const transport = new DefaultChatTransport({ api: 'http://app.invalid/api/chat', fetch: (async (input: string | URL | Request, init?: RequestInit) => handler(new Request(input, init))) as typeof fetch });
+  const transport = new DefaultChatTransport({
+    api: 'http://app.invalid/api/chat',
+    fetch: (async (input: string | URL | Request, init?: RequestInit) => handler(new Request(input, init))) as typeof fetch,
+  });
   const stream = await transport.sendMessages({
     chatId: 'chat-1',
     trigger: 'submit-message',
@@ -51,7 +69,9 @@ describe('client options and errors', () => {
     const seen: IncomingHttpHeaders[] = [];
     const probe = createServer((request, response) => {
       seen.push(request.headers);
-      response.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: 'unauthorized', message: 'bad token', hint: 'check TORPOR_TOKEN' } }));
+      response
+        .writeHead(401, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ error: { code: 'unauthorized', message: 'bad token', hint: 'check TORPOR_TOKEN' } }));
     });
     await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
     const saved = { url: process.env.TORPOR_URL, token: process.env.TORPOR_TOKEN };
@@ -59,7 +79,10 @@ describe('client options and errors', () => {
       process.env.TORPOR_URL = `http://127.0.0.1:${(probe.address() as AddressInfo).port}/`;
       process.env.TORPOR_TOKEN = 'secret-token';
       const client = new Torpor();
-      const error = await client.sessions.list().then(() => undefined, (caught: unknown) => caught);
+      const error = await client.sessions.list().then(
+        () => undefined,
+        (caught: unknown) => caught,
+      );
       assert.ok(error instanceof TorporApiError && error.name === 'AuthenticationError', String(error));
       assert.equal(error.status, 401);
       assert.equal(error.code, 'unauthorized');
@@ -82,7 +105,10 @@ describe('client options and errors', () => {
     await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
     try {
       const client = new Torpor({ baseUrl: `http://127.0.0.1:${(probe.address() as AddressInfo).port}` });
-      await assert.rejects(client.sessions.get('x'), (error: TorporApiError) => error.name === 'ServerError' && error.status === 502 && error.code === 'http-502');
+      await assert.rejects(
+        client.sessions.get('x'),
+        (error: TorporApiError) => error.name === 'ServerError' && error.status === 502 && error.code === 'http-502',
+      );
     } finally {
       probe.close();
     }
@@ -90,13 +116,22 @@ describe('client options and errors', () => {
 
   it('says when no server answers', async () => {
     const client = new Torpor({ baseUrl: 'http://127.0.0.1:1' });
-    await assert.rejects(client.sessions.list(), (error: unknown) => error instanceof TorporConnectionError && error.code === 'no-server' && /torpor serve/.test(error.hint ?? ''));
+    await assert.rejects(
+      client.sessions.list(),
+      (error: unknown) => error instanceof TorporConnectionError && error.code === 'no-server' && /torpor serve/.test(error.hint ?? ''),
+    );
     assert.throws(() => new Torpor({ baseUrl: 'not a url' }), /absolute http/);
   });
 
   it("carries the server's code and status for unknown sessions and bad requests", async () => {
-    await assert.rejects(torpor.sessions.get('s-000000000000'), (error: unknown) => error instanceof NotFoundError && error.code === 'session-unknown' && error.status === 404 && /session ls/.test(error.hint ?? ''));
-    await assert.rejects(torpor.sessions.create({ image: '', command: [] }), (error: unknown) => error instanceof InvalidRequestError && error.status === 400 && /image/.test(error.message));
+    await assert.rejects(
+      torpor.sessions.get('s-000000000000'),
+      (error: unknown) => error instanceof NotFoundError && error.code === 'session-unknown' && error.status === 404 && /session ls/.test(error.hint ?? ''),
+    );
+    await assert.rejects(
+      torpor.sessions.create({ image: '', command: [] }),
+      (error: unknown) => error instanceof InvalidRequestError && error.status === 400 && /image/.test(error.message),
+    );
     // A hostile name cannot walk the URL space: it is one path segment, and simply unknown.
     await assert.rejects(torpor.sessions.get('../../v1/logs'), NotFoundError);
     await assert.rejects(torpor.sessions.send('nope', 'hi').text(), (error: unknown) => error instanceof NotFoundError && error.code === 'session-unknown');
@@ -138,7 +173,9 @@ describe('AI SDK UI adapter (offline events)', () => {
 
   it('rejects chat requests without a user message', async () => {
     const handler = createChatHandler({ session: 'x', client: torpor });
-    const response = await handler(new Request('http://app.invalid/api/chat', { method: 'POST', body: JSON.stringify({ messages: [{ role: 'assistant', parts: [] }] }) }));
+    const response = await handler(
+      new Request('http://app.invalid/api/chat', { method: 'POST', body: JSON.stringify({ messages: [{ role: 'assistant', parts: [] }] }) }),
+    );
     assert.equal(response.status, 400);
     const garbage = await handler(new Request('http://app.invalid/api/chat', { method: 'POST', body: '{not json' }));
     assert.equal(garbage.status, 400);
@@ -147,7 +184,13 @@ describe('AI SDK UI adapter (offline events)', () => {
 
 describe('sessions through the client (a real VM)', { timeout: 600_000 }, () => {
   it('creates, streams a turn, tails the log, forks, lists and deletes', async () => {
-    const session = await torpor.sessions.create({ image: 'base', command: ['sh', '-c', shellAgent], name: 'client-chat', resources: { memory: '256m' }, idle: '60s' });
+    const session = await torpor.sessions.create({
+      image: 'base',
+      command: ['sh', '-c', shellAgent],
+      name: 'client-chat',
+      resources: { memory: '256m' },
+      idle: '60s',
+    });
     assert.match(session.id, /^s-[0-9a-f]{12}$/);
     assert.equal(session.name, 'client-chat');
     await assert.rejects(torpor.sessions.create({ image: 'base', command: ['sh', '-c', shellAgent], name: 'client-chat' }), ConflictError);
@@ -174,9 +217,16 @@ describe('sessions through the client (a real VM)', { timeout: 600_000 }, () => 
     await new Promise((resolve) => setTimeout(resolve, 300));
     assert.equal(await session.send('third').text(), 'turn 3: third; notes 3; child yes');
     await tailing;
-    assert.deepEqual(seen.map((stored) => stored.offset), seen.map((_stored, index) => index), 'every offset once, in order');
+    assert.deepEqual(
+      seen.map((stored) => stored.offset),
+      seen.map((_stored, index) => index),
+      'every offset once, in order',
+    );
     const messages = seen.filter((stored) => stored.entry.kind === 'message');
-    assert.deepEqual(messages.map((stored) => stored.entry.role), ['user', 'assistant', 'user', 'assistant', 'user', 'assistant']);
+    assert.deepEqual(
+      messages.map((stored) => stored.entry.role),
+      ['user', 'assistant', 'user', 'assistant', 'user', 'assistant'],
+    );
 
     // The recorded events (Durable Streams), read to the end, then resumed after one more turn.
     const recorded: SessionEvent[] = [];
@@ -186,7 +236,13 @@ describe('sessions through the client (a real VM)', { timeout: 600_000 }, () => 
       resumeAt = batch.offset;
     }
     assert.equal(recorded.filter((event) => event.type === 'turn-finish').length, 3);
-    assert.equal(recorded.filter((event) => event.type === 'text-delta').map((event) => (event as { delta: string }).delta).join('|'), 'turn 1: hello; notes 1; child yes|turn 2: again; notes 2; child yes|turn 3: third; notes 3; child yes');
+    assert.equal(
+      recorded
+        .filter((event) => event.type === 'text-delta')
+        .map((event) => (event as { delta: string }).delta)
+        .join('|'),
+      'turn 1: hello; notes 1; child yes|turn 2: again; notes 2; child yes|turn 3: third; notes 3; child yes',
+    );
 
     const fork = await session.fork({ name: 'client-fork' });
     assert.equal(fork.info.parentId, session.id);
@@ -194,7 +250,13 @@ describe('sessions through the client (a real VM)', { timeout: 600_000 }, () => 
 
     // The AI SDK adapter against the real session: useChat's request in, a UI message out.
     const message = await chatThrough(createChatHandler({ session: session.id, client: torpor }), 'from ui');
-    assert.equal(message.parts.filter((part) => part.type === 'text').map((part) => (part as { text: string }).text).join(''), 'turn 4: from ui; notes 4; child yes');
+    assert.equal(
+      message.parts
+        .filter((part) => part.type === 'text')
+        .map((part) => (part as { text: string }).text)
+        .join(''),
+      'turn 4: from ui; notes 4; child yes',
+    );
 
     const later: SessionEvent[] = [];
     const following = new AbortController();
@@ -202,19 +264,32 @@ describe('sessions through the client (a real VM)', { timeout: 600_000 }, () => 
       later.push(...batch.events);
       if (later.some((event) => event.type === 'turn-finish')) break;
     }
-    assert.deepEqual(later.map((event) => event.type), ['turn-start', 'text-delta', 'message-finish', 'turn-finish'], 'only the turn after the saved offset');
+    assert.deepEqual(
+      later.map((event) => event.type),
+      ['turn-start', 'text-delta', 'message-finish', 'turn-finish'],
+      'only the turn after the saved offset',
+    );
 
     // Rewind: the machine and the log as they were right after turn 2 (of 4; 3 are kept).
     // The snapshot of a turn is taken right after it, behind the reply: wait for turn 4's.
-    for (let attempt = 0; attempt < 150 && !(await session.turns()).some((past) => past.turn === 4); attempt++) await new Promise((resolve) => setTimeout(resolve, 200));
-    assert.deepEqual((await session.turns()).map((past) => past.turn), [2, 3, 4]);
+    for (let attempt = 0; attempt < 150 && !(await session.turns()).some((past) => past.turn === 4); attempt++)
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.deepEqual(
+      (await session.turns()).map((past) => past.turn),
+      [2, 3, 4],
+    );
     const rewound = await session.fork({ name: 'client-rewind', atTurn: 2 });
     assert.equal(rewound.info.turns, 2);
     assert.equal(await rewound.send('other way').text(), 'turn 3: other way; notes 3; child yes');
-    const rewoundMessages = (await rewound.log.read()).entries.filter((stored) => stored.entry.kind === 'message').map((stored) => JSON.stringify(stored.entry.content));
+    const rewoundMessages = (await rewound.log.read()).entries
+      .filter((stored) => stored.entry.kind === 'message')
+      .map((stored) => JSON.stringify(stored.entry.content));
     assert.equal(rewoundMessages.length, 6);
     assert.match(rewoundMessages[4], /other way/);
-    await assert.rejects(session.fork({ atTurn: 1 }), (error: unknown) => error instanceof NotFoundError && error.code === 'turn-unknown' && /2, 3, 4/.test(error.hint ?? ''));
+    await assert.rejects(
+      session.fork({ atTurn: 1 }),
+      (error: unknown) => error instanceof NotFoundError && error.code === 'turn-unknown' && /2, 3, 4/.test(error.hint ?? ''),
+    );
     await assert.rejects(torpor.transport.json('POST', `/v1/sessions/${session.id}/fork`, { atTurn: -1 }), InvalidRequestError);
     await rewound.delete();
 
@@ -248,7 +323,10 @@ describe('useChat resume (a real VM)', { timeout: 600_000 }, () => {
   it('replays the running turn to a reloaded page and follows it to its end; 204 when nothing runs', async () => {
     const session = await torpor.sessions.create({ image: 'base', command: ['sh', '-c', slowAgent], resources: { memory: '256m' }, idle: '60s' });
     const resume = createChatResumeHandler({ client: torpor, session: () => session.id });
-    const transport = new DefaultChatTransport({ api: 'http://app.invalid/api/chat', fetch: (async (input: string | URL | Request, init?: RequestInit) => resume(new Request(input, init))) as typeof fetch });
+    const transport = new DefaultChatTransport({
+      api: 'http://app.invalid/api/chat',
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => resume(new Request(input, init))) as typeof fetch,
+    });
     assert.equal(await transport.reconnectToStream({ chatId: 'chat-1' }), null, 'nothing to resume before any turn');
 
     const running = session.send('go').text();
@@ -263,10 +341,15 @@ describe('useChat resume (a real VM)', { timeout: 600_000 }, () => {
     assert.ok(stream, 'a running turn can be resumed');
     let last: UIMessage | undefined;
     for await (const message of readUIMessageStream({ stream })) last = message;
-    assert.equal(last?.parts.filter((part) => part.type === 'text').map((part) => (part as { text: string }).text).join(''), 'part one, part two');
+    assert.equal(
+      last?.parts
+        .filter((part) => part.type === 'text')
+        .map((part) => (part as { text: string }).text)
+        .join(''),
+      'part one, part two',
+    );
     assert.equal(await running, 'part one, part two');
     assert.equal(await transport.reconnectToStream({ chatId: 'chat-1' }), null, 'nothing to resume after the turn');
     await session.delete();
   });
 });
-

@@ -4,7 +4,7 @@
  * `status` and its `hint` (what to do), so apps can branch on `instanceof` or on `code`.
  */
 export class TorporClientError extends Error {
-  override readonly name: string = "TorporClientError";
+  override readonly name: string = 'TorporClientError';
   readonly code: string;
   readonly hint?: string;
 
@@ -17,12 +17,12 @@ export class TorporClientError extends Error {
 
 /** The server could not be reached (refused, reset, DNS): nothing was answered. */
 export class TorporConnectionError extends TorporClientError {
-  override readonly name: string = "TorporConnectionError";
+  override readonly name: string = 'TorporConnectionError';
 }
 
 /** The server answered with an error status. */
 export class TorporApiError extends TorporClientError {
-  override readonly name: string = "TorporApiError";
+  override readonly name: string = 'TorporApiError';
   readonly status: number;
   /** Fields of the server's error object beyond code, message and hint. */
   readonly details: Record<string, unknown>;
@@ -36,23 +36,23 @@ export class TorporApiError extends TorporClientError {
 
 /** 400 / 413 / 422: the request was wrong; the message says what to change. */
 export class InvalidRequestError extends TorporApiError {
-  override readonly name: string = "InvalidRequestError";
+  override readonly name: string = 'InvalidRequestError';
 }
 /** 401 / 403: no token, a wrong one, or one without the right. */
 export class AuthenticationError extends TorporApiError {
-  override readonly name: string = "AuthenticationError";
+  override readonly name: string = 'AuthenticationError';
 }
 /** 404: no such session, log, machine or stream. */
 export class NotFoundError extends TorporApiError {
-  override readonly name: string = "NotFoundError";
+  override readonly name: string = 'NotFoundError';
 }
 /** 409: the thing exists already, or its state forbids the operation. */
 export class ConflictError extends TorporApiError {
-  override readonly name: string = "ConflictError";
+  override readonly name: string = 'ConflictError';
 }
 /** 5xx: the server or the agent behind it failed. */
 export class ServerError extends TorporApiError {
-  override readonly name: string = "ServerError";
+  override readonly name: string = 'ServerError';
 }
 
 function classFor(status: number): new (...parameters: ConstructorParameters<typeof TorporApiError>) => TorporApiError {
@@ -66,11 +66,11 @@ function classFor(status: number): new (...parameters: ConstructorParameters<typ
 
 /** Turns an error response into the matching error class; tolerates bodies that are not JSON. */
 export async function errorFromResponse(response: Response, what: string): Promise<TorporApiError> {
-  const text = await response.text().catch(() => "");
+  const text = await response.text().catch(() => '');
   let error: Record<string, unknown> | undefined;
   try {
     const body = JSON.parse(text) as { error?: unknown };
-    if (body && typeof body.error === "object" && body.error !== null) error = body.error as Record<string, unknown>;
+    if (body && typeof body.error === 'object' && body.error !== null) error = body.error as Record<string, unknown>;
   } catch {
     // not JSON (a proxy's HTML page, an empty body): fall back to the status line
   }
@@ -78,8 +78,8 @@ export async function errorFromResponse(response: Response, what: string): Promi
   const Class = classFor(response.status);
   return new Class(
     response.status,
-    typeof code === "string" ? code : `http-${response.status}`,
-    typeof message === "string" ? message : `${what} failed: HTTP ${response.status}${text && !error ? ` ${text.slice(0, 200)}` : ""}`,
-    { hint: typeof hint === "string" ? hint : undefined, details },
+    typeof code === 'string' ? code : `http-${response.status}`,
+    typeof message === 'string' ? message : `${what} failed: HTTP ${response.status}${text && !error ? ` ${text.slice(0, 200)}` : ''}`,
+    { hint: typeof hint === 'string' ? hint : undefined, details },
   );
 }

@@ -5,37 +5,37 @@
  */
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
 
-export type SessionState = "creating" | "running" | "idle" | "hibernating" | "hibernated" | "waking" | "failed" | "deleted";
+export type SessionState = 'creating' | 'running' | 'idle' | 'hibernating' | 'hibernated' | 'waking' | 'failed' | 'deleted';
 
 export interface TurnStartEvent {
-  type: "turn-start";
+  type: 'turn-start';
   turnId: string;
 }
 export interface TextDeltaEvent {
-  type: "text-delta";
+  type: 'text-delta';
   turnId: string;
   delta: string;
 }
 export interface ReasoningDeltaEvent {
-  type: "reasoning-delta";
+  type: 'reasoning-delta';
   turnId: string;
   delta: string;
 }
 export interface ToolCallEvent {
-  type: "tool-call";
+  type: 'tool-call';
   turnId: string;
   toolCallId: string;
   toolName: string;
   input: JsonValue;
 }
 export type ToolResultOutput =
-  | { type: "text"; value: string }
-  | { type: "json"; value: JsonValue }
-  | { type: "error-text"; value: string }
-  | { type: "error-json"; value: JsonValue }
-  | { type: "content"; value: Array<{ type: "text"; text: string } | { type: "media"; data: string; mediaType: string }> };
+  | { type: 'text'; value: string }
+  | { type: 'json'; value: JsonValue }
+  | { type: 'error-text'; value: string }
+  | { type: 'error-json'; value: JsonValue }
+  | { type: 'content'; value: Array<{ type: 'text'; text: string } | { type: 'media'; data: string; mediaType: string }> };
 export interface ToolResultEvent {
-  type: "tool-result";
+  type: 'tool-result';
   turnId: string;
   toolCallId: string;
   toolName: string;
@@ -43,13 +43,13 @@ export interface ToolResultEvent {
 }
 /** The complete assistant message of one step: what the log records. */
 export interface MessageFinishEvent {
-  type: "message-finish";
+  type: 'message-finish';
   turnId: string;
   messageId?: string;
-  message: { role: "assistant"; content: string | Array<{ type: string } & Record<string, JsonValue | undefined>> };
+  message: { role: 'assistant'; content: string | Array<{ type: string } & Record<string, JsonValue | undefined>> };
 }
 export interface UsageEvent {
-  type: "usage";
+  type: 'usage';
   turnId?: string;
   inputTokens?: number;
   outputTokens?: number;
@@ -60,31 +60,31 @@ export interface UsageEvent {
   provider?: string;
 }
 export interface ErrorEvent {
-  type: "error";
+  type: 'error';
   turnId?: string;
   message: string;
   code?: string;
   details?: JsonValue;
 }
 export interface TurnFinishEvent {
-  type: "turn-finish";
+  type: 'turn-finish';
   turnId: string;
 }
 export interface SleepUntilEvent {
-  type: "sleep-until";
+  type: 'sleep-until';
   until: string;
   reason?: string;
   turnId?: string;
 }
 /** Added by the server: the session's machine changed state during the turn (woke, recovered). */
 export interface SessionStateEvent {
-  type: "session-state";
+  type: 'session-state';
   state: SessionState;
   note?: string;
 }
 /** Added by the server: the turn sleeps in a snapshot until `until`, then continues. */
 export interface TurnSuspendEvent {
-  type: "turn-suspend";
+  type: 'turn-suspend';
   until: string;
 }
 

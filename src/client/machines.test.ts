@@ -29,8 +29,20 @@ describe('machines through the client (real VMs)', { timeout: 600_000 }, () => {
 
     const events: ExecEvent[] = [];
     for await (const event of machine.exec(['sh', '-c', 'echo one; echo two >&2; sleep 0.2; echo three; exit 3'])) events.push(event);
-    assert.equal(events.filter((event) => event.type === 'stdout').map((event) => (event as { data: string }).data).join(''), 'one\nthree\n');
-    assert.equal(events.filter((event) => event.type === 'stderr').map((event) => (event as { data: string }).data).join(''), 'two\n');
+    assert.equal(
+      events
+        .filter((event) => event.type === 'stdout')
+        .map((event) => (event as { data: string }).data)
+        .join(''),
+      'one\nthree\n',
+    );
+    assert.equal(
+      events
+        .filter((event) => event.type === 'stderr')
+        .map((event) => (event as { data: string }).data)
+        .join(''),
+      'two\n',
+    );
     assert.deepEqual(events.at(-1), { type: 'exit', code: 3, signal: 0 });
     assert.deepEqual(await machine.exec(['cat'], { stdin: 'piped in' }).output(), { stdout: 'piped in', stderr: '', exitCode: 0 });
     await assert.rejects(machine.exec(['/no/such/program']).output(), (error: TorporApiError) => error.code === 'command-not-found');
@@ -71,7 +83,11 @@ describe('machines through the client (real VMs)', { timeout: 600_000 }, () => {
     const authorization = { authorization: `Bearer ${server.token}` };
     const relative = await fetch(`${server.url}/v1/machines/nope/files?path=etc/passwd`, { headers: authorization });
     assert.equal(relative.status, 400);
-    const badExec = await fetch(`${server.url}/v1/machines/nope/exec`, { method: 'POST', headers: { ...authorization, 'content-type': 'application/json' }, body: JSON.stringify({ command: 'rm -rf /' }) });
+    const badExec = await fetch(`${server.url}/v1/machines/nope/exec`, {
+      method: 'POST',
+      headers: { ...authorization, 'content-type': 'application/json' },
+      body: JSON.stringify({ command: 'rm -rf /' }),
+    });
     assert.ok([400, 404].includes(badExec.status));
   });
 });

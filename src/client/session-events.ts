@@ -1,6 +1,6 @@
-import { TorporApiError } from "./errors.ts";
-import type { SessionEvent } from "./events.ts";
-import { encode, type Transport } from "./transport.ts";
+import { TorporApiError } from './errors.ts';
+import type { SessionEvent } from './events.ts';
+import { encode, type Transport } from './transport.ts';
 
 /** Events of a session as they were recorded, with the offset to resume after them. */
 export interface SessionEventBatch {
@@ -21,14 +21,14 @@ export async function* readSessionEvents(
   sessionId: string,
   options: { offset?: string; live?: boolean; signal?: AbortSignal; retryDelayMs?: number } = {},
 ): AsyncGenerator<SessionEventBatch> {
-  let offset = options.offset ?? "-1";
+  let offset = options.offset ?? '-1';
   let cursor: string | undefined;
   const live = options.live ?? true;
   const path = `/v1/stream/sessions/${encode(sessionId)}/events`;
   while (!options.signal?.aborted) {
     const query = new URLSearchParams({ offset });
-    if (live && offset !== "-1") query.set("live", "long-poll");
-    if (cursor) query.set("cursor", cursor);
+    if (live && offset !== '-1') query.set('live', 'long-poll');
+    if (cursor) query.set('cursor', cursor);
     let response: Response;
     try {
       response = await transport.fetch(`${path}?${query}`, { what: `reading the events of session ${sessionId}`, signal: options.signal });
@@ -42,9 +42,9 @@ export async function* readSessionEvents(
       }
       throw error;
     }
-    cursor = response.headers.get("Stream-Cursor") ?? cursor;
-    const next = response.headers.get("Stream-Next-Offset") ?? offset;
-    const upToDate = response.headers.get("Stream-Up-To-Date") === "true";
+    cursor = response.headers.get('Stream-Cursor') ?? cursor;
+    const next = response.headers.get('Stream-Next-Offset') ?? offset;
+    const upToDate = response.headers.get('Stream-Up-To-Date') === 'true';
     if (response.status === 200) {
       const events = (await response.json()) as SessionEvent[];
       if (events.length > 0 || next !== offset) yield { events, offset: next, upToDate };

@@ -1,6 +1,6 @@
-import type { JsonValue } from "./events.ts";
-import { readServerSentEvents } from "./server-sent-events.ts";
-import { encode, type Transport } from "./transport.ts";
+import type { JsonValue } from './events.ts';
+import { readServerSentEvents } from './server-sent-events.ts';
+import { encode, type Transport } from './transport.ts';
 
 /** One entry of a context log (a message, a tool result, a summary...): see torpor/context's Entry. */
 export interface LogEntry {
@@ -42,18 +42,26 @@ export class SessionLog {
   async read(options: { from?: number; to?: number; limit?: number } = {}): Promise<ReadResult> {
     const query = new URLSearchParams();
     for (const [key, value] of Object.entries(options)) if (value !== undefined) query.set(key, String(value));
-    return this.transport.json<ReadResult>("GET", `${this.path}/entries?${query}`, undefined, `reading the log of ${this.sessionId}`);
+    return this.transport.json<ReadResult>('GET', `${this.path}/entries?${query}`, undefined, `reading the log of ${this.sessionId}`);
   }
 
-  async append(entries: Array<Record<string, unknown>>, options: { expectedOffset?: number; producer?: { id: string; epoch: number; sequence: number } } = {}): Promise<AppendResult> {
-    const headers: Record<string, string> = { "content-type": "application/json" };
-    if (options.expectedOffset !== undefined) headers["Expected-Offset"] = String(options.expectedOffset);
+  async append(
+    entries: Array<Record<string, unknown>>,
+    options: { expectedOffset?: number; producer?: { id: string; epoch: number; sequence: number } } = {},
+  ): Promise<AppendResult> {
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (options.expectedOffset !== undefined) headers['Expected-Offset'] = String(options.expectedOffset);
     if (options.producer) {
-      headers["Producer-Id"] = options.producer.id;
-      headers["Producer-Epoch"] = String(options.producer.epoch);
-      headers["Producer-Seq"] = String(options.producer.sequence);
+      headers['Producer-Id'] = options.producer.id;
+      headers['Producer-Epoch'] = String(options.producer.epoch);
+      headers['Producer-Seq'] = String(options.producer.sequence);
     }
-    const response = await this.transport.fetch(`${this.path}/entries`, { method: "POST", what: `appending to the log of ${this.sessionId}`, headers, body: JSON.stringify(entries) });
+    const response = await this.transport.fetch(`${this.path}/entries`, {
+      method: 'POST',
+      what: `appending to the log of ${this.sessionId}`,
+      headers,
+      body: JSON.stringify(entries),
+    });
     return (await response.json()) as AppendResult;
   }
 
@@ -68,15 +76,15 @@ export class SessionLog {
     while (!options.signal?.aborted) {
       const controller = new AbortController();
       const abort = () => controller.abort();
-      options.signal?.addEventListener("abort", abort, { once: true });
+      options.signal?.addEventListener('abort', abort, { once: true });
       try {
         const response = await this.transport.fetch(`${this.path}/entries?live=sse&from=${next}`, {
           what: `tailing the log of ${this.sessionId}`,
-          headers: { accept: "text/event-stream" },
+          headers: { accept: 'text/event-stream' },
           signal: controller.signal,
         });
         for await (const event of readServerSentEvents(response.body!, controller.signal)) {
-          if (event.event !== "entry") continue;
+          if (event.event !== 'entry') continue;
           const entry = JSON.parse(event.data) as StoredEntry;
           if (entry.offset < next) continue;
           next = entry.offset + 1;
@@ -89,7 +97,7 @@ export class SessionLog {
           throw error;
         }
       } finally {
-        options.signal?.removeEventListener("abort", abort);
+        options.signal?.removeEventListener('abort', abort);
         controller.abort();
       }
       if (options.signal?.aborted) return;

@@ -1,9 +1,9 @@
-import type { SessionEvent, SessionState } from "./events.ts";
-import { SessionLog } from "./session-log.ts";
-import { readSessionEvents, type SessionEventBatch } from "./session-events.ts";
-import { readServerSentEvents } from "./server-sent-events.ts";
-import { encode, type Transport } from "./transport.ts";
-import { Turn } from "./turn.ts";
+import type { SessionEvent, SessionState } from './events.ts';
+import { SessionLog } from './session-log.ts';
+import { readSessionEvents, type SessionEventBatch } from './session-events.ts';
+import { readServerSentEvents } from './server-sent-events.ts';
+import { encode, type Transport } from './transport.ts';
+import { Turn } from './turn.ts';
 
 /** A past turn a session can be forked at. */
 export interface TurnSnapshotInfo {
@@ -104,18 +104,18 @@ export class Sessions {
       command: options.command,
       env,
       ...(options.name === undefined ? {} : { name: options.name }),
-      ...(options.resources === undefined ? {} : { resources: { cpus: options.resources.cpus ?? 1, memory: options.resources.memory ?? "512m" } }),
+      ...(options.resources === undefined ? {} : { resources: { cpus: options.resources.cpus ?? 1, memory: options.resources.memory ?? '512m' } }),
       ...(options.idle === undefined ? {} : { idle: options.idle }),
     };
-    return new Session(this, await this.transport.json<SessionInfo>("POST", "/v1/sessions", body, "creating a session"));
+    return new Session(this, await this.transport.json<SessionInfo>('POST', '/v1/sessions', body, 'creating a session'));
   }
 
   async get(idOrName: string): Promise<Session> {
-    return new Session(this, await this.transport.json<SessionInfo>("GET", `/v1/sessions/${encode(idOrName)}`, undefined, `getting session ${idOrName}`));
+    return new Session(this, await this.transport.json<SessionInfo>('GET', `/v1/sessions/${encode(idOrName)}`, undefined, `getting session ${idOrName}`));
   }
 
   async list(): Promise<SessionInfo[]> {
-    return (await this.transport.json<{ sessions: SessionInfo[] }>("GET", "/v1/sessions", undefined, "listing sessions")).sessions;
+    return (await this.transport.json<{ sessions: SessionInfo[] }>('GET', '/v1/sessions', undefined, 'listing sessions')).sessions;
   }
 
   /**
@@ -126,9 +126,9 @@ export class Sessions {
     const transport = this.transport;
     return new Turn(async function* () {
       const response = await transport.fetch(`/v1/sessions/${encode(idOrName)}/messages`, {
-        method: "POST",
+        method: 'POST',
         what: `sending to session ${idOrName}`,
-        headers: { "content-type": "application/json", accept: "text/event-stream" },
+        headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
         body: JSON.stringify({ content: text }),
         signal: options.signal,
       });
@@ -140,7 +140,14 @@ export class Sessions {
 
   /** The past turns a session can be forked at (`fork(id, { atTurn })`), oldest first. */
   async turns(idOrName: string): Promise<TurnSnapshotInfo[]> {
-    return (await this.transport.json<{ turns: TurnSnapshotInfo[] }>("GET", `/v1/sessions/${encode(idOrName)}/turns`, undefined, `listing the turns of session ${idOrName}`)).turns;
+    return (
+      await this.transport.json<{ turns: TurnSnapshotInfo[] }>(
+        'GET',
+        `/v1/sessions/${encode(idOrName)}/turns`,
+        undefined,
+        `listing the turns of session ${idOrName}`,
+      )
+    ).turns;
   }
 
   /**
@@ -149,11 +156,11 @@ export class Sessions {
    * TORPOR_TURN_SNAPSHOTS turns).
    */
   async fork(idOrName: string, options: { name?: string; atTurn?: number } = {}): Promise<Session> {
-    return new Session(this, await this.transport.json<SessionInfo>("POST", `/v1/sessions/${encode(idOrName)}/fork`, options, `forking session ${idOrName}`));
+    return new Session(this, await this.transport.json<SessionInfo>('POST', `/v1/sessions/${encode(idOrName)}/fork`, options, `forking session ${idOrName}`));
   }
 
   async delete(idOrName: string): Promise<void> {
-    await this.transport.json<void>("DELETE", `/v1/sessions/${encode(idOrName)}`, undefined, `deleting session ${idOrName}`);
+    await this.transport.json<void>('DELETE', `/v1/sessions/${encode(idOrName)}`, undefined, `deleting session ${idOrName}`);
   }
 
   /**

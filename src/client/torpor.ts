@@ -1,6 +1,6 @@
-import { Machines } from "./machines.ts";
-import { Sessions } from "./sessions.ts";
-import { Transport, type TorporOptions } from "./transport.ts";
+import { Machines } from './machines.ts';
+import { Sessions } from './sessions.ts';
+import { Transport, type TorporOptions } from './transport.ts';
 
 /**
  * The torpor client: `new Torpor()` talks to TORPOR_URL with TORPOR_TOKEN, or pass
@@ -24,6 +24,6 @@ export class Torpor {
 
   /** The server's health: `{ ok: true, storage: "sqlite" | "postgres" }`. */
   health(): Promise<{ ok: boolean; storage: string }> {
-    return this.transport.json("GET", "/health", undefined, "checking the server's health");
+    return this.transport.json('GET', '/health', undefined, "checking the server's health");
   }
 }

@@ -1,4 +1,4 @@
-import { TorporConnectionError, errorFromResponse } from "./errors.ts";
+import { TorporConnectionError, errorFromResponse } from './errors.ts';
 
 export interface TorporOptions {
   /** The server, e.g. http://127.0.0.1:7070. Default: TORPOR_URL, else http://127.0.0.1:7070. */
@@ -15,7 +15,7 @@ export interface TorporOptions {
 function environment(name: string): string | undefined {
   const process = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process;
   const value = process?.env?.[name];
-  return value === "" ? undefined : value;
+  return value === '' ? undefined : value;
 }
 
 /** The HTTP layer every resource shares: base URL, bearer token, JSON, errors as typed classes. */
@@ -26,14 +26,14 @@ export class Transport {
   private readonly extraHeaders: Record<string, string>;
 
   constructor(options: TorporOptions = {}) {
-    const baseUrl = options.baseUrl ?? environment("TORPOR_URL") ?? "http://127.0.0.1:7070";
+    const baseUrl = options.baseUrl ?? environment('TORPOR_URL') ?? 'http://127.0.0.1:7070';
     try {
       new URL(baseUrl);
     } catch {
       throw new TypeError(`baseUrl must be an absolute http(s) URL such as http://127.0.0.1:7070, got ${JSON.stringify(baseUrl)}`);
     }
-    this.baseUrl = baseUrl.replace(/\/+$/, "");
-    this.token = options.token ?? environment("TORPOR_TOKEN");
+    this.baseUrl = baseUrl.replace(/\/+$/, '');
+    this.token = options.token ?? environment('TORPOR_TOKEN');
     this.fetchFunction = options.fetch ?? globalThis.fetch.bind(globalThis);
     this.extraHeaders = options.headers ?? {};
   }
@@ -52,9 +52,9 @@ export class Transport {
     try {
       response = await this.fetchFunction(this.url(path), { ...init, headers: this.headers(init.headers) });
     } catch (error) {
-      if ((error as Error).name === "AbortError") throw error;
-      throw new TorporConnectionError("no-server", `cannot reach the torpor server at ${this.baseUrl}: ${(error as Error).message}`, {
-        hint: "is `torpor serve` running? set TORPOR_URL or pass { baseUrl }",
+      if ((error as Error).name === 'AbortError') throw error;
+      throw new TorporConnectionError('no-server', `cannot reach the torpor server at ${this.baseUrl}: ${(error as Error).message}`, {
+        hint: 'is `torpor serve` running? set TORPOR_URL or pass { baseUrl }',
         cause: error,
       });
     }
@@ -67,7 +67,7 @@ export class Transport {
     const response = await this.fetch(path, {
       method,
       what,
-      headers: body === undefined ? {} : { "content-type": "application/json" },
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
     if (response.status === 204) return undefined as T;

@@ -1,5 +1,5 @@
-import { TorporApiError } from "./errors.ts";
-import type { SessionEvent } from "./events.ts";
+import { TorporApiError } from './errors.ts';
+import type { SessionEvent } from './events.ts';
 
 /**
  * One turn in flight: iterate it for the events as they come (`for await (const event of turn)`),
@@ -55,8 +55,8 @@ export class Turn implements AsyncIterable<SessionEvent> {
    */
   async text(): Promise<string> {
     const events = await this.events();
-    const failure = events.find((event) => event.type === "error");
-    if (failure) throw new TorporApiError(502, failure.code ?? "turn-failed", failure.message);
-    return events.map((event) => (event.type === "text-delta" ? event.delta : "")).join("");
+    const failure = events.find((event) => event.type === 'error');
+    if (failure) throw new TorporApiError(502, failure.code ?? 'turn-failed', failure.message);
+    return events.map((event) => (event.type === 'text-delta' ? event.delta : '')).join('');
   }
 }

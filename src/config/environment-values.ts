@@ -53,7 +53,9 @@ function readWholeNumber(raw: string, minimum: number): number {
 }
 
 /** A count or a number of milliseconds in decimal digits, at least `minimum`; `fallback` when unset. */
-export const wholeNumberOr = (minimum: number, fallback: number): EnvironmentValue<number> => value((raw) => (raw === undefined ? fallback : readWholeNumber(raw, minimum)));
+export const wholeNumberOr = (minimum: number, fallback: number): EnvironmentValue<number> =>
+  value((raw) => (raw === undefined ? fallback : readWholeNumber(raw, minimum)));
 
 /** A count in decimal digits, at least `minimum`; undefined when unset. */
-export const optionalWholeNumber = (minimum: number): EnvironmentValue<number | undefined> => value((raw) => (raw === undefined ? undefined : readWholeNumber(raw, minimum)));
+export const optionalWholeNumber = (minimum: number): EnvironmentValue<number | undefined> =>
+  value((raw) => (raw === undefined ? undefined : readWholeNumber(raw, minimum)));

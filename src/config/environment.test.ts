@@ -34,7 +34,8 @@ test('every TORPOR_ variable the sources name is in the schema, and only config/
       if (!(name in variables) && !setForGuests.has(name)) unknown.push(`${where}: ${name}`);
     }
     // Reads only: test helpers set TORPOR_HOME for the code under test.
-    if (!where.startsWith('src/config/') && /process\.env(\.(TORPOR_|XDG_|DOCKER_CONFIG)\w*\b|\[['"]TORPOR_\w*['"]\])(?!\s*=[^=])/.test(text)) directReads.push(where);
+    if (!where.startsWith('src/config/') && /process\.env(\.(TORPOR_|XDG_|DOCKER_CONFIG)\w*\b|\[['"]TORPOR_\w*['"]\])(?!\s*=[^=])/.test(text))
+      directReads.push(where);
   }
   assert.deepEqual(unknown, []);
   assert.deepEqual(directReads, [], 'read environment() from src/config/environment.ts instead');
@@ -66,7 +67,11 @@ test('defaults, parsed values, and errors that name the variable', () => {
   ] as const) {
     assert.throws(
       () => environment({ [name]: value }),
-      (error: unknown) => error instanceof TorporError && error.code === 'invalid-environment' && error.message.startsWith(`${name}=`) && /unset it or fix it/.test(error.hint ?? ''),
+      (error: unknown) =>
+        error instanceof TorporError &&
+        error.code === 'invalid-environment' &&
+        error.message.startsWith(`${name}=`) &&
+        /unset it or fix it/.test(error.hint ?? ''),
       `${name}=${value}`,
     );
   }

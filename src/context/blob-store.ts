@@ -1,8 +1,8 @@
-import { createHash, randomBytes } from "node:crypto";
-import { constants } from "node:fs";
-import { mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
-import { dirname, join } from "node:path";
-import { ContextLogError, StorageUnavailableError } from "./errors.ts";
+import { createHash, randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { ContextLogError, StorageUnavailableError } from './errors.ts';
 
 /** A reference to content-addressed bytes; what a log row holds in place of an oversized entry. */
 export interface BlobReference {
@@ -18,12 +18,12 @@ export interface BlobStore {
 
 export class MissingBlobError extends ContextLogError {
   constructor(digest: string) {
-    super("missing-blob", 500, `Blob ${digest} referenced by the log is missing from the blob store; restore the blob directory from backup.`, { digest });
+    super('missing-blob', 500, `Blob ${digest} referenced by the log is missing from the blob store; restore the blob directory from backup.`, { digest });
   }
 }
 
 export function blobDigest(bytes: Uint8Array): string {
-  return `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 }
 
 const digestPattern = /^sha256:[0-9a-f]{64}$/;
@@ -42,8 +42,8 @@ export class FileBlobStore implements BlobStore {
 
   private pathOf(digest: string): string {
     if (!digestPattern.test(digest)) throw new StorageUnavailableError(`malformed blob digest ${JSON.stringify(digest)}`);
-    const hex = digest.slice("sha256:".length);
-    return join(this.directory, "sha256", hex.slice(0, 2), hex);
+    const hex = digest.slice('sha256:'.length);
+    return join(this.directory, 'sha256', hex.slice(0, 2), hex);
   }
 
   async put(bytes: Uint8Array): Promise<BlobReference> {
@@ -52,7 +52,7 @@ export class FileBlobStore implements BlobStore {
     const existing = await stat(path).catch(() => undefined);
     if (existing?.size === bytes.byteLength) return { digest, size: bytes.byteLength };
     await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-    const temporary = `${path}.${randomBytes(6).toString("hex")}.tmp`;
+    const temporary = `${path}.${randomBytes(6).toString('hex')}.tmp`;
     const handle = await open(temporary, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600);
     try {
       await handle.writeFile(bytes);
@@ -80,7 +80,7 @@ export class FileBlobStore implements BlobStore {
     try {
       bytes = await readFile(this.pathOf(reference.digest));
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "ENOENT") throw new MissingBlobError(reference.digest);
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new MissingBlobError(reference.digest);
       throw error;
     }
     // Verify on read: a blob is the only copy of an entry, so silent corruption must surface.

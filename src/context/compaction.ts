@@ -1,11 +1,11 @@
-import type { StoredEntry, SummaryEntry } from "./entry.ts";
-import { InvalidEntryError } from "./errors.ts";
+import type { StoredEntry, SummaryEntry } from './entry.ts';
+import { InvalidEntryError } from './errors.ts';
 
 /**
  * Compaction without loss: a summary entry stands for the range [from, to) of earlier entries when
  * model context is built; `read` still returns every original. The log itself is never rewritten.
  */
-export type ContextItem = { type: "entry"; stored: StoredEntry } | { type: "summary"; stored: StoredEntry & { entry: SummaryEntry } };
+export type ContextItem = { type: 'entry'; stored: StoredEntry } | { type: 'summary'; stored: StoredEntry & { entry: SummaryEntry } };
 
 interface ActiveSummary {
   from: number;
@@ -16,13 +16,13 @@ interface ActiveSummary {
 /** Checked inside the append transaction, where each summary's own offset is known. */
 export function assertSummariesCoverThePast(entries: ReadonlyArray<{ kind: string; covers?: { from: number; to: number } }>, firstOffset: number): void {
   entries.forEach((entry, index) => {
-    if (entry.kind !== "summary" || !entry.covers) return;
+    if (entry.kind !== 'summary' || !entry.covers) return;
     const offset = firstOffset + index;
     if (entry.covers.to > offset) {
       throw new InvalidEntryError([
         {
           index,
-          path: "covers.to",
+          path: 'covers.to',
           message: `a summary at offset ${offset} can only cover earlier entries: covers.to is ${entry.covers.to}, at most ${offset} is allowed`,
         },
       ]);
@@ -39,7 +39,7 @@ export function assertSummariesCoverThePast(entries: ReadonlyArray<{ kind: strin
 export function activeSummaries(stored: readonly StoredEntry[]): ActiveSummary[] {
   let active: ActiveSummary[] = [];
   for (const item of stored) {
-    if (item.entry.kind !== "summary") continue;
+    if (item.entry.kind !== 'summary') continue;
     const { from, to } = item.entry.covers;
     const overlapping = active.filter((range) => range.from < to && from < range.to);
     if (overlapping.every((range) => from <= range.from && range.to <= to)) {
@@ -58,14 +58,14 @@ export function contextItems(stored: readonly StoredEntry[]): ContextItem[] {
   for (const item of stored) {
     while (next < summaries.length && summaries[next].to <= item.offset) {
       // A range whose entries were never read (e.g. a partial read) still gets its summary.
-      items.push({ type: "summary", stored: summaries[next].stored });
+      items.push({ type: 'summary', stored: summaries[next].stored });
       next++;
     }
     const current = summaries[next];
     if (current && current.from <= item.offset && item.offset < current.to) continue;
-    if (item.entry.kind === "summary") continue;
-    items.push({ type: "entry", stored: item });
+    if (item.entry.kind === 'summary') continue;
+    items.push({ type: 'entry', stored: item });
   }
-  while (next < summaries.length) items.push({ type: "summary", stored: summaries[next++].stored });
+  while (next < summaries.length) items.push({ type: 'summary', stored: summaries[next++].stored });
   return items;
 }

@@ -1,10 +1,10 @@
-import { activeSummaries, assertSummariesCoverThePast } from "./compaction.ts";
-import { parseEntries, type Entry, type StoredEntry } from "./entry.ts";
-import { EntryTooLargeError, InvalidArgumentError, OffsetBeyondEndError, UnknownSessionError } from "./errors.ts";
-import { entriesToModelMessages, type ModelMessage, type ToModelMessagesOptions } from "./model-messages.ts";
-import { assertProducerStamp, batchDigest, type ProducerStamp } from "./producer.ts";
-import { assertSessionId, forkSessionId } from "./session-identifier.ts";
-import type { LogStorage, SessionRecord, StorageRow, StoredRow } from "./storage.ts";
+import { activeSummaries, assertSummariesCoverThePast } from './compaction.ts';
+import { parseEntries, type Entry, type StoredEntry } from './entry.ts';
+import { EntryTooLargeError, InvalidArgumentError, OffsetBeyondEndError, UnknownSessionError } from './errors.ts';
+import { entriesToModelMessages, type ModelMessage, type ToModelMessagesOptions } from './model-messages.ts';
+import { assertProducerStamp, batchDigest, type ProducerStamp } from './producer.ts';
+import { assertSessionId, forkSessionId } from './session-identifier.ts';
+import type { LogStorage, SessionRecord, StorageRow, StoredRow } from './storage.ts';
 
 export interface ContextLogOptions {
   /** Largest entry kept inline in the database, in bytes of JSON; larger ones go to the blob store. Default 4 MiB. */
@@ -95,7 +95,7 @@ export class ContextLog implements ContextLogClient {
 
   async append(sessionId: string, entries: readonly unknown[], options: AppendOptions = {}): Promise<AppendResult> {
     assertSessionId(sessionId);
-    if (options.expectedOffset !== undefined) assertOffset("expectedOffset", options.expectedOffset);
+    if (options.expectedOffset !== undefined) assertOffset('expectedOffset', options.expectedOffset);
     if (options.producer !== undefined) assertProducerStamp(options.producer);
     const parsed = parseEntries(entries);
     const serialized = parsed.map((entry) => JSON.stringify(entry));
@@ -113,8 +113,8 @@ export class ContextLog implements ContextLogClient {
           size,
           Math.max(this.maxEntryBytes, this.maxBlobBytes),
           this.maxBlobBytes > 0
-            ? "Store large data elsewhere and log a reference (e.g. a URL in a file part), or raise maxBlobBytes."
-            : "Enable the blob store (maxBlobBytes > 0) or raise maxEntryBytes.",
+            ? 'Store large data elsewhere and log a reference (e.g. a URL in a file part), or raise maxBlobBytes.'
+            : 'Enable the blob store (maxBlobBytes > 0) or raise maxEntryBytes.',
         );
       }
       // The blob is durable before the row that points at it commits; an orphan blob is harmless.
@@ -142,15 +142,15 @@ export class ContextLog implements ContextLogClient {
 
   private async decode(sessionId: string, row: StoredRow): Promise<StoredEntry> {
     let value = JSON.parse(row.body) as Entry | BlobEnvelope;
-    if ("$blob" in value) value = JSON.parse(Buffer.from(await this.storage.blobs.get(value.$blob)).toString("utf8")) as Entry;
+    if ('$blob' in value) value = JSON.parse(Buffer.from(await this.storage.blobs.get(value.$blob)).toString('utf8')) as Entry;
     return { sessionId, offset: row.offset, appendedAt: row.appendedAt, entry: value };
   }
 
   async read(sessionId: string, options: ReadOptions = {}): Promise<ReadResult> {
     const from = options.from ?? 0;
-    assertOffset("from", from);
-    if (options.to !== undefined) assertOffset("to", options.to);
-    if (options.limit !== undefined) assertOffset("limit", options.limit);
+    assertOffset('from', from);
+    if (options.to !== undefined) assertOffset('to', options.to);
+    if (options.limit !== undefined) assertOffset('limit', options.limit);
     const session = await this.describe(sessionId);
     if (from > session.nextOffset) throw new OffsetBeyondEndError(sessionId, from, session.nextOffset);
     const to = Math.min(options.to ?? session.nextOffset, session.nextOffset);
@@ -194,7 +194,7 @@ export class ContextLog implements ContextLogClient {
 
   async fork(sessionId: string, atOffset: number, options: { name?: string } = {}): Promise<SessionInfo> {
     assertSessionId(sessionId);
-    assertOffset("atOffset", atOffset);
+    assertOffset('atOffset', atOffset);
     const name = options.name ?? forkSessionId(sessionId, atOffset);
     assertSessionId(name);
     return this.storage.fork(sessionId, atOffset, name);
@@ -223,8 +223,8 @@ export class ContextLog implements ContextLogClient {
     }
     const stored = [...wanted, ...summaries].sort((left, right) => left.offset - right.offset);
     // A result whose call was summarized away still needs the call's tool name: fall back to everything.
-    const calls = new Set(stored.flatMap((item) => (item.entry.kind === "tool-call" ? [item.entry.toolCallId] : [])));
-    const orphaned = stored.some((item) => item.entry.kind === "tool-result" && item.entry.toolName === undefined && !calls.has(item.entry.toolCallId));
+    const calls = new Set(stored.flatMap((item) => (item.entry.kind === 'tool-call' ? [item.entry.toolCallId] : [])));
+    const orphaned = stored.some((item) => item.entry.kind === 'tool-result' && item.entry.toolName === undefined && !calls.has(item.entry.toolCallId));
     return orphaned ? (await this.read(sessionId)).entries : stored;
   }
 

@@ -1,5 +1,5 @@
-import { z } from "zod";
-import { InvalidEntryError, type EntryIssue } from "./errors.ts";
+import { z } from 'zod';
+import { InvalidEntryError, type EntryIssue } from './errors.ts';
 
 /**
  * The entry schema: what may go into the log. Shapes follow the Vercel AI SDK v5 prompt parts so
@@ -23,31 +23,31 @@ const common = {
   metadata: jsonObject.optional(),
 };
 
-const textPart = z.strictObject({ type: z.literal("text"), text: z.string(), providerOptions: providerOptions.optional() });
+const textPart = z.strictObject({ type: z.literal('text'), text: z.string(), providerOptions: providerOptions.optional() });
 /** Image and file data is a base64 string, a data: URL or an http(s) URL. */
 const imagePart = z.strictObject({
-  type: z.literal("image"),
+  type: z.literal('image'),
   image: z.string().min(1),
   mediaType: z.string().optional(),
   providerOptions: providerOptions.optional(),
 });
 const filePart = z.strictObject({
-  type: z.literal("file"),
+  type: z.literal('file'),
   data: z.string().min(1),
   mediaType: z.string().min(1),
   filename: z.string().optional(),
   providerOptions: providerOptions.optional(),
 });
 
-const userContent = z.union([z.string(), z.array(z.discriminatedUnion("type", [textPart, imagePart, filePart]))]);
-const assistantContent = z.union([z.string(), z.array(z.discriminatedUnion("type", [textPart, filePart]))]);
+const userContent = z.union([z.string(), z.array(z.discriminatedUnion('type', [textPart, imagePart, filePart]))]);
+const assistantContent = z.union([z.string(), z.array(z.discriminatedUnion('type', [textPart, filePart]))]);
 
-const systemMessage = z.strictObject({ kind: z.literal("message"), role: z.literal("system"), content: z.string(), ...common });
-const userMessage = z.strictObject({ kind: z.literal("message"), role: z.literal("user"), content: userContent, ...common });
-const assistantMessage = z.strictObject({ kind: z.literal("message"), role: z.literal("assistant"), content: assistantContent, ...common });
+const systemMessage = z.strictObject({ kind: z.literal('message'), role: z.literal('system'), content: z.string(), ...common });
+const userMessage = z.strictObject({ kind: z.literal('message'), role: z.literal('user'), content: userContent, ...common });
+const assistantMessage = z.strictObject({ kind: z.literal('message'), role: z.literal('assistant'), content: assistantContent, ...common });
 
 const toolCall = z.strictObject({
-  kind: z.literal("tool-call"),
+  kind: z.literal('tool-call'),
   toolCallId: z.string().min(1),
   toolName: z.string().min(1),
   input: jsonValue,
@@ -55,24 +55,24 @@ const toolCall = z.strictObject({
   ...common,
 });
 
-const toolResultOutput = z.discriminatedUnion("type", [
-  z.strictObject({ type: z.literal("text"), value: z.string() }),
-  z.strictObject({ type: z.literal("json"), value: jsonValue }),
-  z.strictObject({ type: z.literal("error-text"), value: z.string() }),
-  z.strictObject({ type: z.literal("error-json"), value: jsonValue }),
+const toolResultOutput = z.discriminatedUnion('type', [
+  z.strictObject({ type: z.literal('text'), value: z.string() }),
+  z.strictObject({ type: z.literal('json'), value: jsonValue }),
+  z.strictObject({ type: z.literal('error-text'), value: z.string() }),
+  z.strictObject({ type: z.literal('error-json'), value: jsonValue }),
   z.strictObject({
-    type: z.literal("content"),
+    type: z.literal('content'),
     value: z.array(
-      z.discriminatedUnion("type", [
-        z.strictObject({ type: z.literal("text"), text: z.string() }),
-        z.strictObject({ type: z.literal("media"), data: z.string(), mediaType: z.string() }),
+      z.discriminatedUnion('type', [
+        z.strictObject({ type: z.literal('text'), text: z.string() }),
+        z.strictObject({ type: z.literal('media'), data: z.string(), mediaType: z.string() }),
       ]),
     ),
   }),
 ]);
 
 const toolResult = z.strictObject({
-  kind: z.literal("tool-result"),
+  kind: z.literal('tool-result'),
   toolCallId: z.string().min(1),
   /** Optional because OpenAI and Anthropic results do not repeat it; filled from the matching call. */
   toolName: z.string().min(1).optional(),
@@ -80,10 +80,10 @@ const toolResult = z.strictObject({
   ...common,
 });
 
-const reasoning = z.strictObject({ kind: z.literal("reasoning"), text: z.string(), ...common });
+const reasoning = z.strictObject({ kind: z.literal('reasoning'), text: z.string(), ...common });
 
 const errorEntry = z.strictObject({
-  kind: z.literal("error"),
+  kind: z.literal('error'),
   message: z.string(),
   code: z.string().optional(),
   details: jsonValue.optional(),
@@ -92,7 +92,7 @@ const errorEntry = z.strictObject({
 
 const tokenCount = z.number().int().nonnegative();
 const usage = z.strictObject({
-  kind: z.literal("usage"),
+  kind: z.literal('usage'),
   inputTokens: tokenCount.optional(),
   outputTokens: tokenCount.optional(),
   totalTokens: tokenCount.optional(),
@@ -106,20 +106,20 @@ const usage = z.strictObject({
 const offset = z.number().int().nonnegative();
 const summary = z
   .strictObject({
-    kind: z.literal("summary"),
+    kind: z.literal('summary'),
     /** The half-open range [from, to) of earlier entries that this summary stands for in model context. */
     covers: z.strictObject({ from: offset, to: offset }),
     text: z.string(),
     /** Role of the message that replaces the range; user by default since not every provider takes late system messages. */
-    role: z.enum(["system", "user", "assistant"]).optional(),
+    role: z.enum(['system', 'user', 'assistant']).optional(),
     ...common,
   })
-  .refine((value) => value.covers.from < value.covers.to, { message: "covers.from must be less than covers.to", path: ["covers"] });
+  .refine((value) => value.covers.from < value.covers.to, { message: 'covers.from must be less than covers.to', path: ['covers'] });
 
 /** Annotations that never reach a model: model settings, tags, checkpoints of the agent's own state. */
-const metadataEntry = z.strictObject({ kind: z.literal("metadata"), data: jsonObject, ...common });
+const metadataEntry = z.strictObject({ kind: z.literal('metadata'), data: jsonObject, ...common });
 
-const message = z.discriminatedUnion("role", [systemMessage, userMessage, assistantMessage]);
+const message = z.discriminatedUnion('role', [systemMessage, userMessage, assistantMessage]);
 
 export const entrySchema = z.union([message, toolCall, toolResult, reasoning, errorEntry, usage, summary, metadataEntry]);
 
@@ -133,15 +133,15 @@ export type ErrorEntry = z.infer<typeof errorEntry>;
 export type UsageEntry = z.infer<typeof usage>;
 export type SummaryEntry = z.infer<typeof summary>;
 export type MetadataEntry = z.infer<typeof metadataEntry>;
-export type EntryKind = Entry["kind"];
+export type EntryKind = Entry['kind'];
 export type ProviderOptions = z.infer<typeof providerOptions>;
 
-export const entryKinds: readonly EntryKind[] = ["message", "tool-call", "tool-result", "reasoning", "error", "usage", "summary", "metadata"];
+export const entryKinds: readonly EntryKind[] = ['message', 'tool-call', 'tool-result', 'reasoning', 'error', 'usage', 'summary', 'metadata'];
 
 const kindSchemas: Record<EntryKind, z.ZodType> = {
   message,
-  "tool-call": toolCall,
-  "tool-result": toolResult,
+  'tool-call': toolCall,
+  'tool-result': toolResult,
   reasoning,
   error: errorEntry,
   usage,
@@ -151,7 +151,7 @@ const kindSchemas: Record<EntryKind, z.ZodType> = {
 
 function valueAt(value: unknown, path: readonly PropertyKey[]): unknown {
   let current = value;
-  for (const key of path) current = current && typeof current === "object" ? (current as Record<PropertyKey, unknown>)[key] : undefined;
+  for (const key of path) current = current && typeof current === 'object' ? (current as Record<PropertyKey, unknown>)[key] : undefined;
   return current;
 }
 
@@ -164,24 +164,23 @@ type Issue = z.core.$ZodIssue;
  */
 function explain(value: unknown, issue: Issue, prefix: readonly PropertyKey[] = []): { path: PropertyKey[]; message: string } {
   const path = [...prefix, ...issue.path];
-  if (issue.code === "invalid_union" && issue.errors.length > 0) {
-    const deepest = issue.errors
-      .flatMap((branch) => branch.slice(0, 1))
-      .sort((left, right) => right.path.length - left.path.length)[0];
+  if (issue.code === 'invalid_union' && issue.errors.length > 0) {
+    const deepest = issue.errors.flatMap((branch) => branch.slice(0, 1)).sort((left, right) => right.path.length - left.path.length)[0];
     if (deepest && deepest.path.length > 0) return explain(value, deepest, path);
     const expected = [...new Set(issue.errors.map((branch) => (branch[0] as { expected?: string } | undefined)?.expected).filter(Boolean))];
     const actual = valueAt(value, path);
-    if (actual === undefined) return { path, message: "required field is missing" };
-    if (expected.length > 0) return { path, message: `expected ${expected.join(" or ")}, got ${Array.isArray(actual) ? "array" : actual === null ? "null" : typeof actual}` };
+    if (actual === undefined) return { path, message: 'required field is missing' };
+    if (expected.length > 0)
+      return { path, message: `expected ${expected.join(' or ')}, got ${Array.isArray(actual) ? 'array' : actual === null ? 'null' : typeof actual}` };
   }
-  if (path.length > 0 && valueAt(value, path) === undefined) return { path, message: "required field is missing" };
+  if (path.length > 0 && valueAt(value, path) === undefined) return { path, message: 'required field is missing' };
   return { path, message: issue.message };
 }
 
 function issuesFrom(index: number, value: unknown, error: z.ZodError): EntryIssue[] {
   return error.issues.map((issue) => {
     const { path, message } = explain(value, issue);
-    return { index, path: path.map(String).join("."), message };
+    return { index, path: path.map(String).join('.'), message };
   });
 }
 
@@ -190,14 +189,12 @@ function issuesFrom(index: number, value: unknown, error: z.ZodError): EntryIssu
  * whole union) so that a bad `content` says so instead of "no union member matched".
  */
 export function parseEntry(value: unknown, index = 0): Entry {
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new InvalidEntryError([{ index, path: "", message: "an entry must be a JSON object with a `kind` field" }]);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new InvalidEntryError([{ index, path: '', message: 'an entry must be a JSON object with a `kind` field' }]);
   }
   const kind = (value as { kind?: unknown }).kind;
-  if (typeof kind !== "string" || !(entryKinds as readonly string[]).includes(kind)) {
-    throw new InvalidEntryError([
-      { index, path: "kind", message: `unknown kind ${JSON.stringify(kind)}; expected one of ${entryKinds.join(", ")}` },
-    ]);
+  if (typeof kind !== 'string' || !(entryKinds as readonly string[]).includes(kind)) {
+    throw new InvalidEntryError([{ index, path: 'kind', message: `unknown kind ${JSON.stringify(kind)}; expected one of ${entryKinds.join(', ')}` }]);
   }
   const result = kindSchemas[kind as EntryKind].safeParse(value);
   if (!result.success) throw new InvalidEntryError(issuesFrom(index, value, result.error));
@@ -207,10 +204,10 @@ export function parseEntry(value: unknown, index = 0): Entry {
 /** Validates a whole batch; any bad entry rejects the batch, so a batch is all-or-nothing. */
 export function parseEntries(values: unknown): Entry[] {
   if (!Array.isArray(values)) {
-    throw new InvalidEntryError([{ index: 0, path: "", message: "expected an array of entries" }]);
+    throw new InvalidEntryError([{ index: 0, path: '', message: 'expected an array of entries' }]);
   }
   if (values.length === 0) {
-    throw new InvalidEntryError([{ index: 0, path: "", message: "a batch must contain at least one entry" }]);
+    throw new InvalidEntryError([{ index: 0, path: '', message: 'a batch must contain at least one entry' }]);
   }
   const issues: EntryIssue[] = [];
   const entries: Entry[] = [];

@@ -1,6 +1,6 @@
-import { TorporError } from "../util/errors.ts";
+import { TorporError } from '../util/errors.ts';
 
-export { TorporError, type TorporErrorOptions } from "../util/errors.ts";
+export { TorporError, type TorporErrorOptions } from '../util/errors.ts';
 
 /**
  * Typed errors of the context log, members of the one `TorporError` family. Every error carries a
@@ -26,27 +26,22 @@ export class InvalidEntryError extends ContextLogError {
   readonly issues: EntryIssue[];
   constructor(issues: EntryIssue[]) {
     const first = issues[0];
-    const where = first ? `entry ${first.index}${first.path ? ` at ${first.path}` : ""}: ${first.message}` : "no details";
-    super(
-      "invalid-entry",
-      400,
-      `Invalid entry (${where}); nothing was written. Fix the entry and append the whole batch again.`,
-      { issues },
-    );
+    const where = first ? `entry ${first.index}${first.path ? ` at ${first.path}` : ''}: ${first.message}` : 'no details';
+    super('invalid-entry', 400, `Invalid entry (${where}); nothing was written. Fix the entry and append the whole batch again.`, { issues });
     this.issues = issues;
   }
 }
 
 export class InvalidArgumentError extends ContextLogError {
   constructor(message: string, details: Record<string, unknown> = {}) {
-    super("invalid-argument", 400, message, details);
+    super('invalid-argument', 400, message, details);
   }
 }
 
 export class InvalidSessionIdError extends ContextLogError {
   constructor(sessionId: unknown) {
     super(
-      "invalid-session-id",
+      'invalid-session-id',
       400,
       `Invalid session id ${JSON.stringify(sessionId)}: use 1-128 characters from A-Z a-z 0-9 . _ : - starting with a letter or digit.`,
       { sessionId },
@@ -56,7 +51,7 @@ export class InvalidSessionIdError extends ContextLogError {
 
 export class EntryTooLargeError extends ContextLogError {
   constructor(index: number, size: number, limit: number, hint: string) {
-    super("entry-too-large", 413, `Entry ${index} is ${size} bytes, over the limit of ${limit} bytes; nothing was written. ${hint}`, {
+    super('entry-too-large', 413, `Entry ${index} is ${size} bytes, over the limit of ${limit} bytes; nothing was written. ${hint}`, {
       index,
       size,
       limit,
@@ -66,7 +61,7 @@ export class EntryTooLargeError extends ContextLogError {
 
 export class UnknownSessionError extends ContextLogError {
   constructor(sessionId: string) {
-    super("session-unknown", 404, `Unknown session "${sessionId}". List sessions with \`torpor log ls\`; a session is created by its first append.`, {
+    super('session-unknown', 404, `Unknown session "${sessionId}". List sessions with \`torpor log ls\`; a session is created by its first append.`, {
       sessionId,
     });
   }
@@ -74,14 +69,14 @@ export class UnknownSessionError extends ContextLogError {
 
 export class SessionExistsError extends ContextLogError {
   constructor(sessionId: string) {
-    super("session-exists", 409, `Session "${sessionId}" already exists; choose another name.`, { sessionId });
+    super('session-exists', 409, `Session "${sessionId}" already exists; choose another name.`, { sessionId });
   }
 }
 
 export class OffsetBeyondEndError extends ContextLogError {
   constructor(sessionId: string, offset: number, endOffset: number) {
     super(
-      "offset-beyond-end",
+      'offset-beyond-end',
       416,
       `Offset ${offset} is beyond the end of session "${sessionId}", whose next offset is ${endOffset}; use an offset from 0 to ${endOffset}.`,
       { sessionId, offset, endOffset },
@@ -93,7 +88,7 @@ export class OffsetBeyondEndError extends ContextLogError {
 export class OffsetConflictError extends ContextLogError {
   constructor(sessionId: string, expectedOffset: number, endOffset: number) {
     super(
-      "offset-conflict",
+      'offset-conflict',
       412,
       `Session "${sessionId}" is at offset ${endOffset}, not the expected ${expectedOffset}: another writer appended first. Read from ${expectedOffset}, then retry with expectedOffset ${endOffset}.`,
       { sessionId, expectedOffset, endOffset },
@@ -105,7 +100,7 @@ export class OffsetConflictError extends ContextLogError {
 export class ProducerFencedError extends ContextLogError {
   constructor(producerId: string, epoch: number, currentEpoch: number) {
     super(
-      "producer-fenced",
+      'producer-fenced',
       403,
       `Producer "${producerId}" epoch ${epoch} is fenced: epoch ${currentEpoch} has taken over. Stop this writer, or restart it with epoch ${currentEpoch + 1} and sequence 0.`,
       { producerId, epoch, currentEpoch },
@@ -116,7 +111,7 @@ export class ProducerFencedError extends ContextLogError {
 export class ProducerSequenceGapError extends ContextLogError {
   constructor(producerId: string, epoch: number, expectedSequence: number, receivedSequence: number) {
     super(
-      "producer-sequence-gap",
+      'producer-sequence-gap',
       409,
       `Producer "${producerId}" epoch ${epoch} sent sequence ${receivedSequence} but ${expectedSequence} was expected; send the missing batches first (sequences start at 0 in each epoch).`,
       { producerId, epoch, expectedSequence, receivedSequence },
@@ -128,7 +123,7 @@ export class ProducerSequenceGapError extends ContextLogError {
 export class ProducerSequenceReusedError extends ContextLogError {
   constructor(producerId: string, epoch: number, sequence: number) {
     super(
-      "producer-sequence-reused",
+      'producer-sequence-reused',
       409,
       `Producer "${producerId}" epoch ${epoch} sequence ${sequence} was already used for different entries; a retry must resend the same batch, new entries need the next sequence.`,
       { producerId, epoch, sequence },
@@ -139,7 +134,7 @@ export class ProducerSequenceReusedError extends ContextLogError {
 export class DatabaseLockedError extends ContextLogError {
   constructor(detail: string, options?: { cause?: unknown }) {
     super(
-      "database-locked",
+      'database-locked',
       503,
       `The context log database is locked by another writer (${detail}); retry shortly, or stop the process that holds the lock.`,
       {},
@@ -150,12 +145,24 @@ export class DatabaseLockedError extends ContextLogError {
 
 export class StorageReadOnlyError extends ContextLogError {
   constructor(detail: string, options?: { cause?: unknown }) {
-    super("storage-read-only", 503, `The context log storage is read-only (${detail}); nothing was written. Check file permissions, disk space or the database role.`, {}, options);
+    super(
+      'storage-read-only',
+      503,
+      `The context log storage is read-only (${detail}); nothing was written. Check file permissions, disk space or the database role.`,
+      {},
+      options,
+    );
   }
 }
 
 export class StorageUnavailableError extends ContextLogError {
   constructor(detail: string, options?: { cause?: unknown }) {
-    super("storage-unavailable", 503, `The context log storage is unavailable (${detail}); check that the database exists and is reachable, then retry.`, {}, options);
+    super(
+      'storage-unavailable',
+      503,
+      `The context log storage is unavailable (${detail}); check that the database exists and is reachable, then retry.`,
+      {},
+      options,
+    );
   }
 }

@@ -10,7 +10,7 @@ export interface Group<Item> {
 }
 
 /** Returned as a message id to keep an item in a message of its own. */
-export const neverMerge: unique symbol = Symbol("never merge");
+export const neverMerge: unique symbol = Symbol('never merge');
 
 export function groupBySide<Item>(
   items: readonly Item[],

@@ -1,7 +1,7 @@
-import { ContextLog, type ContextLogOptions } from "./context-log.ts";
-import { PostgresStorage } from "./postgres-storage.ts";
-import { SqliteStorage } from "./sqlite-storage.ts";
-import { contextLogPaths, stateDirectory } from "./state-directory.ts";
+import { ContextLog, type ContextLogOptions } from './context-log.ts';
+import { PostgresStorage } from './postgres-storage.ts';
+import { SqliteStorage } from './sqlite-storage.ts';
+import { contextLogPaths, stateDirectory } from './state-directory.ts';
 
 export interface OpenContextLogOptions extends ContextLogOptions {
   /** State directory holding the SQLite file and blobs; default `$TORPOR_HOME` or ~/.local/share/torpor. */

@@ -1,6 +1,6 @@
-import { EventEmitter } from "node:events";
-import pg from "pg";
-import { blobDigest, MissingBlobError, type BlobReference, type BlobStore } from "./blob-store.ts";
+import { EventEmitter } from 'node:events';
+import pg from 'pg';
+import { blobDigest, MissingBlobError, type BlobReference, type BlobStore } from './blob-store.ts';
 import {
   ContextLogError,
   DatabaseLockedError,
@@ -11,9 +11,9 @@ import {
   StorageReadOnlyError,
   StorageUnavailableError,
   UnknownSessionError,
-} from "./errors.ts";
-import { decideProducer } from "./producer.ts";
-import { chainSegments, type AppendCommand, type AppendOutcome, type LogStorage, type SessionRecord, type StoredRow } from "./storage.ts";
+} from './errors.ts';
+import { decideProducer } from './producer.ts';
+import { chainSegments, type AppendCommand, type AppendOutcome, type LogStorage, type SessionRecord, type StoredRow } from './storage.ts';
 
 export interface PostgresStorageOptions {
   connectionString: string;
@@ -72,7 +72,20 @@ CREATE TABLE IF NOT EXISTS ${schema}.context_blobs (
 `;
 }
 
-const connectionErrorCodes = new Set(["ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH", "57P01", "57P02", "57P03", "3D000", "28P01", "28000"]);
+const connectionErrorCodes = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  '57P01',
+  '57P02',
+  '57P03',
+  '3D000',
+  '28P01',
+  '28000',
+]);
 
 /** Maps PostgreSQL SQLSTATEs and socket errors onto errors that say what to do. */
 export function translatePostgresError(error: unknown): unknown {
@@ -80,16 +93,19 @@ export function translatePostgresError(error: unknown): unknown {
   const code = (error as { code?: unknown }).code;
   const message = (error as Error)?.message ?? String(error);
   const options = { cause: error };
-  if (code === "55P03" || code === "40P01") return new DatabaseLockedError(`PostgreSQL ${code}: ${message}`, options);
-  if (code === "25006") return new StorageReadOnlyError(`PostgreSQL: ${message}`, options);
-  if (code === "53100") return new StorageReadOnlyError(`PostgreSQL: the disk is full`, options);
-  if ((typeof code === "string" && (connectionErrorCodes.has(code) || code.startsWith("08"))) || /Connection terminated|connection is closed|Client was closed|Cannot use a pool after calling end/i.test(message)) {
-    return new StorageUnavailableError(`PostgreSQL ${code ?? ""} ${message}`.replace(/\s+/g, " ").trim(), options);
+  if (code === '55P03' || code === '40P01') return new DatabaseLockedError(`PostgreSQL ${code}: ${message}`, options);
+  if (code === '25006') return new StorageReadOnlyError(`PostgreSQL: ${message}`, options);
+  if (code === '53100') return new StorageReadOnlyError(`PostgreSQL: the disk is full`, options);
+  if (
+    (typeof code === 'string' && (connectionErrorCodes.has(code) || code.startsWith('08'))) ||
+    /Connection terminated|connection is closed|Client was closed|Cannot use a pool after calling end/i.test(message)
+  ) {
+    return new StorageUnavailableError(`PostgreSQL ${code ?? ''} ${message}`.replace(/\s+/g, ' ').trim(), options);
   }
   return error;
 }
 
-type Queryable = Pick<pg.PoolClient, "query">;
+type Queryable = Pick<pg.PoolClient, 'query'>;
 
 class PostgresBlobStore implements BlobStore {
   constructor(
@@ -128,7 +144,7 @@ interface SessionRow {
  * it is durable once COMMIT returns. Tails wake on LISTEN instead of polling.
  */
 export class PostgresStorage implements LogStorage {
-  readonly kind = "postgres" as const;
+  readonly kind = 'postgres' as const;
   readonly blobs: BlobStore;
   readonly schema: string;
   private readonly pool: pg.Pool;
@@ -143,7 +159,7 @@ export class PostgresStorage implements LogStorage {
   private readonly tables;
 
   private constructor(options: PostgresStorageOptions) {
-    this.schema = options.schema ?? "public";
+    this.schema = options.schema ?? 'public';
     if (!schemaPattern.test(this.schema)) throw new StorageUnavailableError(`invalid schema name ${JSON.stringify(this.schema)}`);
     this.connectionString = options.connectionString;
     this.pollIntervalMs = options.pollIntervalMs ?? 1000;
@@ -156,7 +172,7 @@ export class PostgresStorage implements LogStorage {
       connectionTimeoutMillis: 10_000,
     });
     // Without a handler an idle client's socket error (server restart) would crash the process.
-    this.pool.on("error", () => {});
+    this.pool.on('error', () => {});
     const schema = this.schema;
     this.tables = {
       sessions: `${schema}.context_sessions`,
@@ -171,12 +187,13 @@ export class PostgresStorage implements LogStorage {
     const storage = new PostgresStorage(options);
     try {
       // Only create tables when missing, so a read-only role can still open an existing log.
-      const existing = await storage.query<{ table: string | null }>("SELECT to_regclass($1)::text AS table", [`${storage.schema}.context_entries_summaries`]);
-      if (existing.rows[0].table === null) await storage.transaction(async (client) => {
-        // Concurrent first starts would race on CREATE IF NOT EXISTS; serialize them.
-        await client.query("SELECT pg_advisory_xact_lock(hashtext('torpor_context_schema'))");
-        await client.query(schemaSql(storage.schema));
-      });
+      const existing = await storage.query<{ table: string | null }>('SELECT to_regclass($1)::text AS table', [`${storage.schema}.context_entries_summaries`]);
+      if (existing.rows[0].table === null)
+        await storage.transaction(async (client) => {
+          // Concurrent first starts would race on CREATE IF NOT EXISTS; serialize them.
+          await client.query("SELECT pg_advisory_xact_lock(hashtext('torpor_context_schema'))");
+          await client.query(schemaSql(storage.schema));
+        });
     } catch (error) {
       await storage.pool.end().catch(() => {});
       throw error;
@@ -185,7 +202,7 @@ export class PostgresStorage implements LogStorage {
   }
 
   async query<Row extends pg.QueryResultRow = pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<Row>> {
-    if (this.closed) throw new StorageUnavailableError("the PostgreSQL storage was closed");
+    if (this.closed) throw new StorageUnavailableError('the PostgreSQL storage was closed');
     try {
       return await this.pool.query<Row>(text, values);
     } catch (error) {
@@ -194,7 +211,7 @@ export class PostgresStorage implements LogStorage {
   }
 
   private async transaction<T>(body: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    if (this.closed) throw new StorageUnavailableError("the PostgreSQL storage was closed");
+    if (this.closed) throw new StorageUnavailableError('the PostgreSQL storage was closed');
     let client: pg.PoolClient;
     try {
       client = await this.pool.connect();
@@ -203,13 +220,13 @@ export class PostgresStorage implements LogStorage {
     }
     let broken = false;
     try {
-      await client.query("BEGIN");
+      await client.query('BEGIN');
       const result = await body(client);
-      await client.query("COMMIT");
+      await client.query('COMMIT');
       return result;
     } catch (error) {
       try {
-        await client.query("ROLLBACK");
+        await client.query('ROLLBACK');
       } catch {
         broken = true;
       }
@@ -246,10 +263,13 @@ export class PostgresStorage implements LogStorage {
       const producer = command.producer;
       if (producer) {
         const stored = (
-          await client.query<{ epoch: string; last_sequence: string }>(`SELECT epoch, last_sequence FROM ${producers} WHERE session_key = $1 AND producer_id = $2`, [key, producer.id])
+          await client.query<{ epoch: string; last_sequence: string }>(
+            `SELECT epoch, last_sequence FROM ${producers} WHERE session_key = $1 AND producer_id = $2`,
+            [key, producer.id],
+          )
         ).rows[0];
         const state = stored ? { epoch: Number(stored.epoch), lastSequence: Number(stored.last_sequence) } : undefined;
-        if (decideProducer(producer, state).action === "duplicate") {
+        if (decideProducer(producer, state).action === 'duplicate') {
           const batch = (
             await client.query<{ first_position: string; count: number; digest: string }>(
               `SELECT first_position, count, digest FROM ${batches} WHERE session_key = $1 AND producer_id = $2 AND epoch = $3 AND sequence = $4`,
@@ -283,7 +303,7 @@ export class PostgresStorage implements LogStorage {
         );
       }
       // Delivered at COMMIT, only if it commits: tails in other processes wake exactly on durable data.
-      await client.query("SELECT pg_notify($1, $2)", [this.channel, command.sessionId]);
+      await client.query('SELECT pg_notify($1, $2)', [this.channel, command.sessionId]);
       return { firstOffset, count: command.rows.length, nextOffset, duplicate: false };
     });
     if (!outcome.duplicate) this.events.emit(command.sessionId);
@@ -375,10 +395,10 @@ export class PostgresStorage implements LogStorage {
   private ensureListening(): Promise<void> {
     this.listening ??= (async () => {
       const client = new pg.Client({ connectionString: this.connectionString });
-      client.on("notification", (message) => {
+      client.on('notification', (message) => {
         if (message.channel === this.channel && message.payload) this.events.emit(message.payload);
       });
-      client.on("error", () => {
+      client.on('error', () => {
         // Reconnect on the next wait; the poll fallback covers the gap.
         this.listener = undefined;
         this.listening = undefined;
@@ -404,12 +424,12 @@ export class PostgresStorage implements LogStorage {
       let timer: NodeJS.Timeout | undefined;
       const finish = () => {
         this.events.off(sessionId, finish);
-        signal?.removeEventListener("abort", finish);
+        signal?.removeEventListener('abort', finish);
         if (timer) clearInterval(timer);
         resolve();
       };
       this.events.on(sessionId, finish);
-      signal?.addEventListener("abort", finish, { once: true });
+      signal?.addEventListener('abort', finish, { once: true });
       const check = () => {
         if (this.closed) return finish();
         this.describe(sessionId).then(

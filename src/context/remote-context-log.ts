@@ -1,9 +1,9 @@
-import type { AppendOptions, AppendResult, ContextLogClient, ReadOptions, ReadResult, SessionInfo, TailOptions } from "./context-log.ts";
-import type { StoredEntry } from "./entry.ts";
-import { ContextLogError, StorageUnavailableError } from "./errors.ts";
-import type { ModelMessage, ToModelMessagesOptions } from "./model-messages.ts";
-import { clientToken } from "../state/api-tokens.ts";
-import { stateDirectory } from "./state-directory.ts";
+import type { AppendOptions, AppendResult, ContextLogClient, ReadOptions, ReadResult, SessionInfo, TailOptions } from './context-log.ts';
+import type { StoredEntry } from './entry.ts';
+import { ContextLogError, StorageUnavailableError } from './errors.ts';
+import type { ModelMessage, ToModelMessagesOptions } from './model-messages.ts';
+import { clientToken } from '../state/api-tokens.ts';
+import { stateDirectory } from './state-directory.ts';
 
 export interface RemoteContextLogOptions {
   /** Bearer token; default TORPOR_TOKEN, else (for a loopback URL) the local state directory's server token. */
@@ -20,7 +20,7 @@ export class RemoteContextLog implements ContextLogClient {
   private readonly token: string | undefined;
 
   constructor(baseUrl: string, options: RemoteContextLogOptions = {}) {
-    this.baseUrl = baseUrl.replace(/\/+$/, "");
+    this.baseUrl = baseUrl.replace(/\/+$/, '');
     const environment = options.environment ?? process.env;
     this.token = clientToken({ explicit: options.token, environment, url: this.baseUrl, stateDirectory: stateDirectory(environment) });
   }
@@ -29,10 +29,10 @@ export class RemoteContextLog implements ContextLogClient {
     let response: Response;
     try {
       const headers = new Headers(init.headers);
-      if (this.token) headers.set("authorization", `Bearer ${this.token}`);
+      if (this.token) headers.set('authorization', `Bearer ${this.token}`);
       response = await fetch(`${this.baseUrl}${path}`, { ...init, headers });
     } catch (error) {
-      if ((error as Error).name === "AbortError") throw error;
+      if ((error as Error).name === 'AbortError') throw error;
       throw new StorageUnavailableError(`cannot reach the torpor server at ${this.baseUrl}: ${(error as Error).message}`, { cause: error });
     }
     if (response.ok) return response;
@@ -41,8 +41,8 @@ export class RemoteContextLog implements ContextLogClient {
       body = (await response.json()) as typeof body;
     } catch {}
     const { code, message, hint, ...details } = body.error ?? {};
-    throw new ContextLogError(code ?? "http-error", response.status, message ?? `HTTP ${response.status} from ${this.baseUrl}${path}`, details, {
-      hint: typeof hint === "string" ? hint : undefined,
+    throw new ContextLogError(code ?? 'http-error', response.status, message ?? `HTTP ${response.status} from ${this.baseUrl}${path}`, details, {
+      hint: typeof hint === 'string' ? hint : undefined,
     });
   }
 
@@ -51,14 +51,14 @@ export class RemoteContextLog implements ContextLogClient {
   }
 
   async append(sessionId: string, entries: readonly unknown[], options: AppendOptions = {}): Promise<AppendResult> {
-    const headers: Record<string, string> = { "content-type": "application/json" };
-    if (options.expectedOffset !== undefined) headers["Expected-Offset"] = String(options.expectedOffset);
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (options.expectedOffset !== undefined) headers['Expected-Offset'] = String(options.expectedOffset);
     if (options.producer) {
-      headers["Producer-Id"] = options.producer.id;
-      headers["Producer-Epoch"] = String(options.producer.epoch);
-      headers["Producer-Seq"] = String(options.producer.sequence);
+      headers['Producer-Id'] = options.producer.id;
+      headers['Producer-Epoch'] = String(options.producer.epoch);
+      headers['Producer-Seq'] = String(options.producer.sequence);
     }
-    const response = await this.request(`/v1/logs/${RemoteContextLog.session(sessionId)}/entries`, { method: "POST", headers, body: JSON.stringify(entries) });
+    const response = await this.request(`/v1/logs/${RemoteContextLog.session(sessionId)}/entries`, { method: 'POST', headers, body: JSON.stringify(entries) });
     return (await response.json()) as AppendResult;
   }
 
@@ -68,9 +68,9 @@ export class RemoteContextLog implements ContextLogClient {
     // The server caps a page; keep paging until the caller's range or limit is satisfied.
     for (;;) {
       const query = new URLSearchParams({ from: String(from) });
-      if (options.to !== undefined) query.set("to", String(options.to));
+      if (options.to !== undefined) query.set('to', String(options.to));
       const remaining = options.limit === undefined ? 10_000 : Math.min(options.limit - entries.length, 10_000);
-      query.set("limit", String(remaining));
+      query.set('limit', String(remaining));
       const response = await this.request(`/v1/logs/${RemoteContextLog.session(sessionId)}/entries?${query}`);
       const page = (await response.json()) as ReadResult;
       entries.push(...page.entries);
@@ -84,7 +84,7 @@ export class RemoteContextLog implements ContextLogClient {
     let from = options.from ?? 0;
     const signal = options.signal;
     while (!signal?.aborted) {
-      const query = new URLSearchParams({ from: String(from), live: "long-poll", timeout: "30000" });
+      const query = new URLSearchParams({ from: String(from), live: 'long-poll', timeout: '30000' });
       let response: Response;
       try {
         response = await this.request(`/v1/logs/${RemoteContextLog.session(sessionId)}/entries?${query}`, { signal });
@@ -104,15 +104,15 @@ export class RemoteContextLog implements ContextLogClient {
 
   async fork(sessionId: string, atOffset: number, options: { name?: string } = {}): Promise<SessionInfo> {
     const response = await this.request(`/v1/logs/${RemoteContextLog.session(sessionId)}/fork`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ offset: atOffset, name: options.name }),
     });
     return (await response.json()) as SessionInfo;
   }
 
   async sessions(): Promise<SessionInfo[]> {
-    const response = await this.request("/v1/logs");
+    const response = await this.request('/v1/logs');
     return ((await response.json()) as { sessions: SessionInfo[] }).sessions;
   }
 

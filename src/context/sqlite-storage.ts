@@ -1,8 +1,8 @@
-import { EventEmitter } from "node:events";
-import { statSync } from "node:fs";
-import { dirname } from "node:path";
-import Database from "better-sqlite3";
-import { FileBlobStore, type BlobStore } from "./blob-store.ts";
+import { EventEmitter } from 'node:events';
+import { statSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import { FileBlobStore, type BlobStore } from './blob-store.ts';
 import {
   ContextLogError,
   DatabaseLockedError,
@@ -13,10 +13,10 @@ import {
   StorageReadOnlyError,
   StorageUnavailableError,
   UnknownSessionError,
-} from "./errors.ts";
-import { decideProducer } from "./producer.ts";
-import { ensureDirectory } from "./state-directory.ts";
-import { chainSegments, type AppendCommand, type AppendOutcome, type LogStorage, type SessionRecord, type StoredRow } from "./storage.ts";
+} from './errors.ts';
+import { decideProducer } from './producer.ts';
+import { ensureDirectory } from './state-directory.ts';
+import { chainSegments, type AppendCommand, type AppendOutcome, type LogStorage, type SessionRecord, type StoredRow } from './storage.ts';
 
 export interface SqliteStorageOptions {
   /** Path of the database file; its directory is created if missing. */
@@ -87,13 +87,14 @@ CREATE TABLE IF NOT EXISTS producer_batches (
 export function translateSqliteError(error: unknown, path: string): unknown {
   if (error instanceof ContextLogError) return error;
   const code = (error as { code?: unknown }).code;
-  if (typeof code !== "string" || !code.startsWith("SQLITE_")) return error;
+  if (typeof code !== 'string' || !code.startsWith('SQLITE_')) return error;
   const options = { cause: error };
-  if (code === "SQLITE_BUSY" || code.startsWith("SQLITE_BUSY_") || code === "SQLITE_LOCKED") return new DatabaseLockedError(`${path}: ${code}`, options);
-  if (code === "SQLITE_READONLY_DBMOVED") return new StorageUnavailableError(`${path} was deleted or moved while open; restart with the file back in place`, options);
-  if (code.startsWith("SQLITE_READONLY")) return new StorageReadOnlyError(`${path}: ${code}`, options);
-  if (code === "SQLITE_FULL") return new StorageReadOnlyError(`${path}: the disk is full`, options);
-  if (code.startsWith("SQLITE_CANTOPEN") || code === "SQLITE_NOTADB" || code.startsWith("SQLITE_CORRUPT") || code.startsWith("SQLITE_IOERR")) {
+  if (code === 'SQLITE_BUSY' || code.startsWith('SQLITE_BUSY_') || code === 'SQLITE_LOCKED') return new DatabaseLockedError(`${path}: ${code}`, options);
+  if (code === 'SQLITE_READONLY_DBMOVED')
+    return new StorageUnavailableError(`${path} was deleted or moved while open; restart with the file back in place`, options);
+  if (code.startsWith('SQLITE_READONLY')) return new StorageReadOnlyError(`${path}: ${code}`, options);
+  if (code === 'SQLITE_FULL') return new StorageReadOnlyError(`${path}: the disk is full`, options);
+  if (code.startsWith('SQLITE_CANTOPEN') || code === 'SQLITE_NOTADB' || code.startsWith('SQLITE_CORRUPT') || code.startsWith('SQLITE_IOERR')) {
     return new StorageUnavailableError(`${path}: ${code} ${(error as Error).message}`, options);
   }
   return error;
@@ -104,7 +105,7 @@ export function translateSqliteError(error: unknown, path: string): unknown {
  * when append returns and readers in other processes never block the writer.
  */
 export class SqliteStorage implements LogStorage {
-  readonly kind = "sqlite" as const;
+  readonly kind = 'sqlite' as const;
   readonly blobs: BlobStore;
   readonly path: string;
   private readonly database: Database.Database;
@@ -123,12 +124,16 @@ export class SqliteStorage implements LogStorage {
     this.events.setMaxListeners(0);
     try {
       if (!options.readOnly) ensureDirectory(dirname(options.path));
-      this.database = new Database(options.path, { readonly: options.readOnly ?? false, fileMustExist: options.readOnly ?? false, timeout: options.busyTimeoutMs ?? 5000 });
+      this.database = new Database(options.path, {
+        readonly: options.readOnly ?? false,
+        fileMustExist: options.readOnly ?? false,
+        timeout: options.busyTimeoutMs ?? 5000,
+      });
       if (!options.readOnly) {
-        this.database.pragma("journal_mode = WAL");
+        this.database.pragma('journal_mode = WAL');
         this.database.exec(schema);
       }
-      this.database.pragma("synchronous = FULL");
+      this.database.pragma('synchronous = FULL');
       // Opening may wait the full timeout (nothing else runs yet); appends wait asynchronously.
       this.database.pragma(`busy_timeout = ${lockSliceMs}`);
       const stats = statSync(options.path);
@@ -139,35 +144,35 @@ export class SqliteStorage implements LogStorage {
     this.blobs = new FileBlobStore(options.blobDirectory ?? `${dirname(options.path)}/blobs`);
     const database = this.database;
     this.statements = {
-      sessionById: database.prepare<[string], SessionRow>("SELECT key, id, parent_key, fork_offset, next_offset, created_at FROM sessions WHERE id = ?"),
-      sessionByKey: database.prepare<[number], SessionRow>("SELECT key, id, parent_key, fork_offset, next_offset, created_at FROM sessions WHERE key = ?"),
+      sessionById: database.prepare<[string], SessionRow>('SELECT key, id, parent_key, fork_offset, next_offset, created_at FROM sessions WHERE id = ?'),
+      sessionByKey: database.prepare<[number], SessionRow>('SELECT key, id, parent_key, fork_offset, next_offset, created_at FROM sessions WHERE key = ?'),
       listSessions: database.prepare<[], SessionRow & { parent_id: string | null }>(
-        "SELECT s.key, s.id, s.parent_key, s.fork_offset, s.next_offset, s.created_at, p.id AS parent_id FROM sessions s LEFT JOIN sessions p ON p.key = s.parent_key ORDER BY s.key",
+        'SELECT s.key, s.id, s.parent_key, s.fork_offset, s.next_offset, s.created_at, p.id AS parent_id FROM sessions s LEFT JOIN sessions p ON p.key = s.parent_key ORDER BY s.key',
       ),
       insertSession: database.prepare<[string, number | null, number | null, number, number]>(
-        "INSERT INTO sessions (id, parent_key, fork_offset, next_offset, created_at) VALUES (?, ?, ?, ?, ?)",
+        'INSERT INTO sessions (id, parent_key, fork_offset, next_offset, created_at) VALUES (?, ?, ?, ?, ?)',
       ),
-      setNextOffset: database.prepare<[number, number]>("UPDATE sessions SET next_offset = ? WHERE key = ?"),
+      setNextOffset: database.prepare<[number, number]>('UPDATE sessions SET next_offset = ? WHERE key = ?'),
       insertEntry: database.prepare<[number, number, string, string, number]>(
-        "INSERT INTO entries (session_key, position, kind, body, appended_at) VALUES (?, ?, ?, ?, ?)",
+        'INSERT INTO entries (session_key, position, kind, body, appended_at) VALUES (?, ?, ?, ?, ?)',
       ),
       readEntries: database.prepare<[number, number, number, number], { position: number; body: string; appended_at: number }>(
-        "SELECT position, body, appended_at FROM entries WHERE session_key = ? AND position >= ? AND position < ? ORDER BY position LIMIT ?",
+        'SELECT position, body, appended_at FROM entries WHERE session_key = ? AND position >= ? AND position < ? ORDER BY position LIMIT ?',
       ),
       readSummaries: database.prepare<[number, number, number], { position: number; body: string; appended_at: number }>(
         "SELECT position, body, appended_at FROM entries WHERE session_key = ? AND kind = 'summary' AND position >= ? AND position < ? ORDER BY position",
       ),
       producerState: database.prepare<[number, string], { epoch: number; last_sequence: number }>(
-        "SELECT epoch, last_sequence FROM producers WHERE session_key = ? AND producer_id = ?",
+        'SELECT epoch, last_sequence FROM producers WHERE session_key = ? AND producer_id = ?',
       ),
       upsertProducer: database.prepare<[number, string, number, number]>(
-        "INSERT INTO producers (session_key, producer_id, epoch, last_sequence) VALUES (?, ?, ?, ?) ON CONFLICT (session_key, producer_id) DO UPDATE SET epoch = excluded.epoch, last_sequence = excluded.last_sequence",
+        'INSERT INTO producers (session_key, producer_id, epoch, last_sequence) VALUES (?, ?, ?, ?) ON CONFLICT (session_key, producer_id) DO UPDATE SET epoch = excluded.epoch, last_sequence = excluded.last_sequence',
       ),
       producerBatch: database.prepare<[number, string, number, number], { first_position: number; count: number; digest: string }>(
-        "SELECT first_position, count, digest FROM producer_batches WHERE session_key = ? AND producer_id = ? AND epoch = ? AND sequence = ?",
+        'SELECT first_position, count, digest FROM producer_batches WHERE session_key = ? AND producer_id = ? AND epoch = ? AND sequence = ?',
       ),
       insertProducerBatch: database.prepare<[number, string, number, number, number, number, string]>(
-        "INSERT INTO producer_batches (session_key, producer_id, epoch, sequence, first_position, count, digest) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        'INSERT INTO producer_batches (session_key, producer_id, epoch, sequence, first_position, count, digest) VALUES (?, ?, ?, ?, ?, ?, ?)',
       ),
     };
   }
@@ -234,7 +239,7 @@ export class SqliteStorage implements LogStorage {
       const stored = statements.producerState.get(session.key, producer.id);
       const state = stored ? { epoch: stored.epoch, lastSequence: stored.last_sequence } : undefined;
       const decision = decideProducer(producer, state);
-      if (decision.action === "duplicate") {
+      if (decision.action === 'duplicate') {
         const batch = statements.producerBatch.get(session.key, producer.id, producer.epoch, producer.sequence);
         if (batch === undefined || batch.digest !== producer.digest) throw new ProducerSequenceReusedError(producer.id, producer.epoch, producer.sequence);
         return { firstOffset: batch.first_position, count: batch.count, nextOffset: session.next_offset, duplicate: true };
@@ -335,19 +340,21 @@ export class SqliteStorage implements LogStorage {
   }
 
   async fork(parentId: string, atOffset: number, newId: string): Promise<SessionRecord> {
-    return this.withLockRetry(() => this.run(() =>
-      this.database
-        .transaction(() => {
-          const parent = this.statements.sessionById.get(parentId);
-          if (!parent) throw new UnknownSessionError(parentId);
-          if (atOffset > parent.next_offset) throw new OffsetBeyondEndError(parentId, atOffset, parent.next_offset);
-          if (this.statements.sessionById.get(newId)) throw new SessionExistsError(newId);
-          const now = Date.now();
-          const key = Number(this.statements.insertSession.run(newId, parent.key, atOffset, atOffset, now).lastInsertRowid);
-          return this.record({ key, id: newId, parent_key: parent.key, fork_offset: atOffset, next_offset: atOffset, created_at: now }, parentId);
-        })
-        .immediate(),
-    ));
+    return this.withLockRetry(() =>
+      this.run(() =>
+        this.database
+          .transaction(() => {
+            const parent = this.statements.sessionById.get(parentId);
+            if (!parent) throw new UnknownSessionError(parentId);
+            if (atOffset > parent.next_offset) throw new OffsetBeyondEndError(parentId, atOffset, parent.next_offset);
+            if (this.statements.sessionById.get(newId)) throw new SessionExistsError(newId);
+            const now = Date.now();
+            const key = Number(this.statements.insertSession.run(newId, parent.key, atOffset, atOffset, now).lastInsertRowid);
+            return this.record({ key, id: newId, parent_key: parent.key, fork_offset: atOffset, next_offset: atOffset, created_at: now }, parentId);
+          })
+          .immediate(),
+      ),
+    );
   }
 
   waitForAppend(sessionId: string, knownNextOffset: number, signal?: AbortSignal): Promise<void> {
@@ -355,13 +362,13 @@ export class SqliteStorage implements LogStorage {
       let timer: NodeJS.Timeout | undefined;
       const finish = () => {
         this.events.off(sessionId, finish);
-        signal?.removeEventListener("abort", finish);
+        signal?.removeEventListener('abort', finish);
         if (timer) clearInterval(timer);
         resolve();
       };
       if (signal?.aborted) return resolve();
       this.events.on(sessionId, finish);
-      signal?.addEventListener("abort", finish, { once: true });
+      signal?.addEventListener('abort', finish, { once: true });
       // Other processes cannot signal us, so poll the one-row session record; cheap on an index.
       const check = () => {
         if (this.closed) return finish();

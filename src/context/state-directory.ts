@@ -1,6 +1,6 @@
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { stateHome } from "../state/paths.ts";
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { stateHome } from '../state/paths.ts';
 
 /**
  * The state directory: `$TORPOR_HOME`, else `~/.local/share/torpor` (XDG data home when set).
@@ -19,12 +19,12 @@ export interface ContextLogPaths {
 }
 
 export function contextLogPaths(directory: string = stateDirectory()): ContextLogPaths {
-  const contextDirectory = join(directory, "context");
+  const contextDirectory = join(directory, 'context');
   return {
     directory: contextDirectory,
-    database: join(contextDirectory, "log.sqlite"),
-    blobs: join(contextDirectory, "blobs"),
-    serverInfo: join(directory, "server.json"),
+    database: join(contextDirectory, 'log.sqlite'),
+    blobs: join(contextDirectory, 'blobs'),
+    serverInfo: join(directory, 'server.json'),
   };
 }
 

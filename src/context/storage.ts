@@ -1,6 +1,6 @@
-import type { BlobStore } from "./blob-store.ts";
-import type { EntryKind } from "./entry.ts";
-import type { ProducerStamp } from "./producer.ts";
+import type { BlobStore } from './blob-store.ts';
+import type { EntryKind } from './entry.ts';
+import type { ProducerStamp } from './producer.ts';
 
 /**
  * What a backend must provide. The ContextLog does validation, size limits, blobs and model
@@ -49,7 +49,7 @@ export interface StoredRow {
 }
 
 export interface LogStorage {
-  readonly kind: "sqlite" | "postgres";
+  readonly kind: 'sqlite' | 'postgres';
   readonly blobs: BlobStore;
   append(command: AppendCommand): Promise<AppendOutcome>;
   describe(sessionId: string): Promise<SessionRecord | undefined>;
@@ -79,11 +79,7 @@ export interface ChainSegment<Key> {
  * own fork offset up to the fork offset of the next session down the chain; rows a parent wrote
  * after the fork point are not part of the child.
  */
-export function chainSegments<Key>(
-  chain: ReadonlyArray<{ key: Key; forkOffset: number | null }>,
-  from: number,
-  to: number,
-): ChainSegment<Key>[] {
+export function chainSegments<Key>(chain: ReadonlyArray<{ key: Key; forkOffset: number | null }>, from: number, to: number): ChainSegment<Key>[] {
   const segments: ChainSegment<Key>[] = [];
   // A descendant may fork below its parent's own fork point, so each ancestor's share ends at the
   // lowest fork offset anywhere below it in the chain.

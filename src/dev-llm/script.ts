@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash } from 'node:crypto';
 
 /**
  * The dev LLM's behaviour: a pure function from an OpenAI chat request to an answer, scripted by
@@ -37,31 +37,33 @@ export interface ToolCallAnswer {
 }
 
 export type Answer =
-  | { kind: "text"; text: string; reasoning?: string }
-  | { kind: "tool-call"; text?: string; toolCall: ToolCallAnswer }
-  | { kind: "rate-limit"; retryAfterSeconds: number; httpDate: boolean };
+  | { kind: 'text'; text: string; reasoning?: string }
+  | { kind: 'tool-call'; text?: string; toolCall: ToolCallAnswer }
+  | { kind: 'rate-limit'; retryAfterSeconds: number; httpDate: boolean };
 
 /** Text of a message whatever its shape (string, or an array of content parts). */
 export function messageText(message: ChatMessage | undefined): string {
-  if (!message) return "";
+  if (!message) return '';
   const content = message.content;
-  if (typeof content === "string") return content;
+  if (typeof content === 'string') return content;
   if (Array.isArray(content)) {
     return content
-      .map((part) => (part && typeof part === "object" && typeof (part as { text?: unknown }).text === "string" ? (part as { text: string }).text : ""))
-      .join("");
+      .map((part) => (part && typeof part === 'object' && typeof (part as { text?: unknown }).text === 'string' ? (part as { text: string }).text : ''))
+      .join('');
   }
-  return "";
+  return '';
 }
 
 /** Deterministic ids: the same conversation always gets the same tool call id. */
 function stableId(prefix: string, ...parts: unknown[]): string {
-  return `${prefix}_${createHash("sha256").update(JSON.stringify(parts)).digest("hex").slice(0, 16)}`;
+  return `${prefix}_${createHash('sha256').update(JSON.stringify(parts)).digest('hex').slice(0, 16)}`;
 }
 
 /** Identifies a conversation up to its last message, so that a retry of the same request is recognised. */
 export function conversationKey(request: ChatRequest): string {
-  return createHash("sha256").update(JSON.stringify(request.messages.map((message) => [message.role, messageText(message), message.tool_call_id ?? null]))).digest("hex");
+  return createHash('sha256')
+    .update(JSON.stringify(request.messages.map((message) => [message.role, messageText(message), message.tool_call_id ?? null])))
+    .digest('hex');
 }
 
 function hasTool(request: ChatRequest, name: string): boolean {
@@ -69,8 +71,8 @@ function hasTool(request: ChatRequest, name: string): boolean {
 }
 
 function toolCall(request: ChatRequest, name: string, args: Record<string, string>): Answer {
-  if (!hasTool(request, name)) return { kind: "text", text: `I would call ${name} ${JSON.stringify(args)}, but no such tool was offered.` };
-  return { kind: "tool-call", toolCall: { id: stableId("call", request.messages.length, name, args), name, arguments: args } };
+  if (!hasTool(request, name)) return { kind: 'text', text: `I would call ${name} ${JSON.stringify(args)}, but no such tool was offered.` };
+  return { kind: 'tool-call', toolCall: { id: stableId('call', request.messages.length, name, args), name, arguments: args } };
 }
 
 function truncate(text: string, limit = 2000): string {
@@ -80,30 +82,36 @@ function truncate(text: string, limit = 2000): string {
 function summariseToolResults(request: ChatRequest): string {
   const messages = request.messages;
   let start = messages.length;
-  while (start > 0 && messages[start - 1].role === "tool") start--;
+  while (start > 0 && messages[start - 1].role === 'tool') start--;
   const names = new Map<string, string>();
   for (const message of messages) for (const call of message.tool_calls ?? []) names.set(call.id, call.function.name);
   return messages
     .slice(start)
     .map((message) => {
-      const name = (message.tool_call_id && names.get(message.tool_call_id)) ?? message.name ?? "tool";
+      const name = (message.tool_call_id && names.get(message.tool_call_id)) ?? message.name ?? 'tool';
       const output = messageText(message).trim();
-      return `The ${name} tool returned: ${truncate(output) || "(nothing)"}`;
+      return `The ${name} tool returned: ${truncate(output) || '(nothing)'}`;
     })
-    .join("\n");
+    .join('\n');
 }
 
 function rememberedFacts(request: ChatRequest): string[] {
   const facts: string[] = [];
   for (const message of request.messages) {
     const text = messageText(message);
-    if (message.role === "user") {
+    if (message.role === 'user') {
       const match = /^\s*remember\s+(.+)$/is.exec(text);
       if (match) facts.push(match[1].trim());
-    } else if (message.role === "system") {
+    } else if (message.role === 'system') {
       // An agent may keep facts in its own memory and hand them over in the system prompt.
       const match = /^facts:\s*(.+)$/im.exec(text);
-      if (match) facts.push(...match[1].split(";").map((fact) => fact.trim()).filter(Boolean));
+      if (match)
+        facts.push(
+          ...match[1]
+            .split(';')
+            .map((fact) => fact.trim())
+            .filter(Boolean),
+        );
     }
   }
   return [...new Set(facts)];
@@ -111,32 +119,32 @@ function rememberedFacts(request: ChatRequest): string[] {
 
 export function decideAnswer(request: ChatRequest, options: { alreadyRateLimited: (key: string) => boolean } = { alreadyRateLimited: () => false }): Answer {
   const last = request.messages[request.messages.length - 1];
-  if (last?.role === "tool") return { kind: "text", text: summariseToolResults(request) };
-  const lastUser = [...request.messages].reverse().find((message) => message.role === "user");
+  if (last?.role === 'tool') return { kind: 'text', text: summariseToolResults(request) };
+  const lastUser = [...request.messages].reverse().find((message) => message.role === 'user');
   const text = messageText(lastUser).trim();
 
   const rateLimit = /^rate-limit\s+(\d+(?:\.\d+)?)(\s+date)?\b/i.exec(text);
   if (rateLimit && !options.alreadyRateLimited(conversationKey(request))) {
-    return { kind: "rate-limit", retryAfterSeconds: Number(rateLimit[1]), httpDate: Boolean(rateLimit[2]) };
+    return { kind: 'rate-limit', retryAfterSeconds: Number(rateLimit[1]), httpDate: Boolean(rateLimit[2]) };
   }
-  if (rateLimit) return { kind: "text", text: `Done waiting: the rate limit of ${rateLimit[1]} s is over.` };
+  if (rateLimit) return { kind: 'text', text: `Done waiting: the rate limit of ${rateLimit[1]} s is over.` };
 
   const run = /^run:\s*([\s\S]+)$/i.exec(text);
-  if (run) return toolCall(request, "shell", { command: run[1].trim() });
+  if (run) return toolCall(request, 'shell', { command: run[1].trim() });
   const write = /^write\s+(\S+?):\s?([\s\S]*)$/i.exec(text);
-  if (write) return toolCall(request, "write_file", { path: write[1], content: write[2] });
+  if (write) return toolCall(request, 'write_file', { path: write[1], content: write[2] });
   const read = /^read\s+(\S+)\s*$/i.exec(text);
-  if (read) return toolCall(request, "read_file", { path: read[1] });
+  if (read) return toolCall(request, 'read_file', { path: read[1] });
 
   const remember = /^remember\s+(.+)$/is.exec(text);
-  if (remember) return { kind: "text", text: `OK, I will remember ${remember[1].trim()}.` };
+  if (remember) return { kind: 'text', text: `OK, I will remember ${remember[1].trim()}.` };
   if (/what do you remember/i.test(text)) {
     const facts = rememberedFacts(request);
-    return { kind: "text", text: facts.length > 0 ? `I remember: ${facts.join("; ")}.` : "I do not remember anything yet." };
+    return { kind: 'text', text: facts.length > 0 ? `I remember: ${facts.join('; ')}.` : 'I do not remember anything yet.' };
   }
   const think = /^think:\s*([\s\S]+)$/i.exec(text);
-  if (think) return { kind: "text", reasoning: `Let me think about ${think[1].trim()}.`, text: `My answer about ${think[1].trim()}: 42.` };
-  return { kind: "text", text: text ? `You said: ${text}` : "Hello! Say `run: <command>`, `read <path>`, `write <path>: <text>` or `remember <fact>`." };
+  if (think) return { kind: 'text', reasoning: `Let me think about ${think[1].trim()}.`, text: `My answer about ${think[1].trim()}: 42.` };
+  return { kind: 'text', text: text ? `You said: ${text}` : 'Hello! Say `run: <command>`, `read <path>`, `write <path>: <text>` or `remember <fact>`.' };
 }
 
 /** A token count that is deterministic and roughly proportional to length: words and punctuation. */

@@ -11,9 +11,7 @@ export interface CpioEntry {
 function header(fields: number[], name: string, size: number): Buffer {
   const hex = (value: number) => value.toString(16).padStart(8, '0');
   const nameBytes = Buffer.from(name + '\0');
-  const text =
-    '070701' +
-    [fields[0]!, fields[1]!, 0, 0, fields[2]!, 0, size, 0, 0, 0, 0, nameBytes.length, 0].map(hex).join('');
+  const text = '070701' + [fields[0]!, fields[1]!, 0, 0, fields[2]!, 0, size, 0, 0, 0, 0, nameBytes.length, 0].map(hex).join('');
   const head = Buffer.concat([Buffer.from(text), nameBytes]);
   return Buffer.concat([head, Buffer.alloc((4 - (head.length % 4)) % 4)]);
 }

@@ -30,7 +30,12 @@ export async function runDoctorChecks(options: { accelerator?: () => Promise<{ a
   } catch (error) {
     checks.push({ name: 'guest kernel', ok: false, detail: (error as Error).message, fix: 'apt-get install -y linux-image-cloud-amd64' });
   }
-  for (const [program, pkg] of [['musl-gcc', 'musl-tools'], ['mkfs.ext4', 'e2fsprogs'], ['busybox', 'busybox-static'], ['zstd', 'zstd']] as const) {
+  for (const [program, pkg] of [
+    ['musl-gcc', 'musl-tools'],
+    ['mkfs.ext4', 'e2fsprogs'],
+    ['busybox', 'busybox-static'],
+    ['zstd', 'zstd'],
+  ] as const) {
     const present = await commandExists(program);
     checks.push({ name: program, ok: present, detail: present ? 'found' : 'missing', ...(present ? {} : { fix: `apt-get install -y ${pkg}` }) });
   }
@@ -38,7 +43,12 @@ export async function runDoctorChecks(options: { accelerator?: () => Promise<{ a
     await access('/dev/kvm', constants.R_OK | constants.W_OK);
     checks.push({ name: '/dev/kvm', ok: true, detail: 'present and accessible' });
   } catch {
-    checks.push({ name: '/dev/kvm', ok: false, detail: 'missing or not accessible: machines run under TCG (software emulation)', fix: 'on bare metal or a VM with nested virtualization: modprobe kvm_intel/kvm_amd and add yourself to group kvm' });
+    checks.push({
+      name: '/dev/kvm',
+      ok: false,
+      detail: 'missing or not accessible: machines run under TCG (software emulation)',
+      fix: 'on bare metal or a VM with nested virtualization: modprobe kvm_intel/kvm_amd and add yourself to group kvm',
+    });
   }
   if (options.accelerator) {
     try {
@@ -48,19 +58,36 @@ export async function runDoctorChecks(options: { accelerator?: () => Promise<{ a
       checks.push({ name: 'accelerator', ok: false, detail: (error as Error).message });
     }
   }
-  const vsock = await access('/dev/vhost-vsock').then(() => true, () => false);
-  checks.push({ name: 'vhost-vsock', ok: true, detail: vsock ? 'available (not needed: the agent channel is virtio-serial)' : 'not available; the agent channel uses virtio-serial, which needs nothing' });
+  const vsock = await access('/dev/vhost-vsock').then(
+    () => true,
+    () => false,
+  );
+  checks.push({
+    name: 'vhost-vsock',
+    ok: true,
+    detail: vsock ? 'available (not needed: the agent channel is virtio-serial)' : 'not available; the agent channel uses virtio-serial, which needs nothing',
+  });
   try {
     await mkdir(memoryDirectory(), { recursive: true });
     const free = mebibytes(await statfs(memoryDirectory()));
-    checks.push({ name: 'tmpfs for guest RAM', ok: free >= 1024, detail: `${memoryDirectory()}: ${free} MiB free`, ...(free >= 1024 ? {} : { fix: 'mount -o remount,size=8G /dev/shm, or set TORPOR_MEMORY_DIR to a larger tmpfs' }) });
+    checks.push({
+      name: 'tmpfs for guest RAM',
+      ok: free >= 1024,
+      detail: `${memoryDirectory()}: ${free} MiB free`,
+      ...(free >= 1024 ? {} : { fix: 'mount -o remount,size=8G /dev/shm, or set TORPOR_MEMORY_DIR to a larger tmpfs' }),
+    });
   } catch (error) {
     checks.push({ name: 'tmpfs for guest RAM', ok: false, detail: (error as Error).message, fix: 'set TORPOR_MEMORY_DIR to a writable tmpfs directory' });
   }
   try {
     await mkdir(stateHome(), { recursive: true });
     const free = mebibytes(await statfs(stateHome()));
-    checks.push({ name: 'state directory', ok: free >= 2048, detail: `${stateHome()}: ${free} MiB free`, ...(free >= 2048 ? {} : { fix: 'free disk space or set TORPOR_HOME elsewhere' }) });
+    checks.push({
+      name: 'state directory',
+      ok: free >= 2048,
+      detail: `${stateHome()}: ${free} MiB free`,
+      ...(free >= 2048 ? {} : { fix: 'free disk space or set TORPOR_HOME elsewhere' }),
+    });
   } catch (error) {
     checks.push({ name: 'state directory', ok: false, detail: (error as Error).message, fix: 'set TORPOR_HOME to a writable directory' });
   }

@@ -28,7 +28,15 @@ async function moduleLoadOrder(kernel: GuestKernel): Promise<string[]> {
     const [module, rest] = line.split(':');
     if (module && rest !== undefined) dependencies.set(module, rest.trim().split(/\s+/).filter(Boolean));
   }
-  const byName = new Map([...dependencies.keys()].map((path) => [path.split('/').pop()!.replace(/\.ko(\..*)?$/, ''), path]));
+  const byName = new Map(
+    [...dependencies.keys()].map((path) => [
+      path
+        .split('/')
+        .pop()!
+        .replace(/\.ko(\..*)?$/, ''),
+      path,
+    ]),
+  );
   const ordered: string[] = [];
   const visit = (path: string) => {
     if (ordered.includes(path)) return;
@@ -57,13 +65,7 @@ export async function ensureGuestArtifacts(progress: Progress = silentProgress):
   const kernel = await findGuestKernel();
   const source = await readFile(agentSource);
   const modules = await moduleLoadOrder(kernel);
-  const key = createHash('sha256')
-    .update(source)
-    .update(kernel.version)
-    .update(modules.join('\n'))
-    .update('initramfs-v1')
-    .digest('hex')
-    .slice(0, 16);
+  const key = createHash('sha256').update(source).update(kernel.version).update(modules.join('\n')).update('initramfs-v1').digest('hex').slice(0, 16);
   const directory = paths.artifacts();
   const initramfsPath = join(directory, `initramfs-${key}.cpio`);
   if (await exists(initramfsPath)) return { kernel, initramfsPath, key };

@@ -9,7 +9,8 @@ export interface GuestKernel {
   modulesDirectory: string;
 }
 
-const kernelHint = 'install it with: apt-get install -y linux-image-cloud-amd64 (or set TORPOR_KERNEL=/path/to/vmlinuz with TORPOR_KERNEL_MODULES=/lib/modules/VERSION)';
+const kernelHint =
+  'install it with: apt-get install -y linux-image-cloud-amd64 (or set TORPOR_KERNEL=/path/to/vmlinuz with TORPOR_KERNEL_MODULES=/lib/modules/VERSION)';
 
 /** Debian's cloud kernel: small, virtio drivers as modules, boots in ~2.5 s under TCG. */
 export async function findGuestKernel(): Promise<GuestKernel> {

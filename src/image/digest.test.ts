@@ -15,9 +15,21 @@ import type { RegistryClient } from '../registry/registry-client.ts';
 
 let work: string;
 const good = `sha256:${'ab'.repeat(32)}`;
-const hostile = ['sha256:../../../etc', `sha256:${'a'.repeat(63)}/`, `sha256:${'A'.repeat(64)}`, `sha512:${'a'.repeat(64)}`, `sha256:${'a'.repeat(64)}\n`, 'sha256:', `sha256:${'a'.repeat(65)}`, `sha256:${'0'.repeat(62)}..`];
+const hostile = [
+  'sha256:../../../etc',
+  `sha256:${'a'.repeat(63)}/`,
+  `sha256:${'A'.repeat(64)}`,
+  `sha512:${'a'.repeat(64)}`,
+  `sha256:${'a'.repeat(64)}\n`,
+  'sha256:',
+  `sha256:${'a'.repeat(65)}`,
+  `sha256:${'0'.repeat(62)}..`,
+];
 
-const refused = (code = 'invalid-digest') => (error: unknown) => error instanceof TorporError && error.code === code && /is not a sha256 digest/.test(error.message) && !!error.hint;
+const refused =
+  (code = 'invalid-digest') =>
+  (error: unknown) =>
+    error instanceof TorporError && error.code === code && /is not a sha256 digest/.test(error.message) && !!error.hint;
 
 before(async () => {
   work = await mkdtemp(join(tmpdir(), 'torpor-digest-'));
@@ -47,10 +59,19 @@ test('the image store, the blob cache, the registry client and references refuse
     await assert.rejects(readImageRecord(value), refused(), value);
     await assert.rejects(tagImage('name', value), refused(), value);
     await assert.rejects(cachedBlob(value), refused(), value);
-    const unreachable = { send() { throw new Error('a hostile digest must not reach the network'); } } as unknown as RegistryClient;
+    const unreachable = {
+      send() {
+        throw new Error('a hostile digest must not reach the network');
+      },
+    } as unknown as RegistryClient;
     await assert.rejects(fetchBlob(unreachable, 'library/x', { mediaType: 'application/octet-stream', digest: value, size: 1 }), refused(), value);
     // (A command line is trimmed first, so only the trailing-newline case is a valid reference.)
-    if (value.trim() === value) assert.throws(() => parseReference(`alpine@${value}`), (error: unknown) => error instanceof TorporError && error.code === 'invalid-reference', value);
+    if (value.trim() === value)
+      assert.throws(
+        () => parseReference(`alpine@${value}`),
+        (error: unknown) => error instanceof TorporError && error.code === 'invalid-reference',
+        value,
+      );
   }
   // A tampered ref file pointing outside the store is refused too.
   await writeFile(join(work, 'home/images/refs/evil'), '../../../outside\n');

@@ -119,7 +119,10 @@ export async function addImageFromDirectory(
       await syncDirectory(join(paths.images(), 'blobs'));
     } catch (error) {
       await rm(staging, { recursive: true, force: true });
-      if (isNodeError(error, 'ENOSPC')) throw new TorporError('disk-full', 'no space left while writing the image; nothing was stored', { hint: 'free disk space, or `torpor image rm` unused images' });
+      if (isNodeError(error, 'ENOSPC'))
+        throw new TorporError('disk-full', 'no space left while writing the image; nothing was stored', {
+          hint: 'free disk space, or `torpor image rm` unused images',
+        });
       throw error;
     }
   }

@@ -46,7 +46,8 @@ function hostBitsSet(bytes: number[], prefixLength: number): boolean {
 export function parseCidr(text: string, flag = '--egress-allow'): Cidr {
   const bad = (why: string) =>
     new TorporError('invalid-cidr', `invalid ${flag} value ${JSON.stringify(text)}: ${why}`, {
-      status: 400, hint: `give an address range like 203.0.113.0/24, 198.51.100.7 or 2001:db8::/32`,
+      status: 400,
+      hint: `give an address range like 203.0.113.0/24, 198.51.100.7 or 2001:db8::/32`,
     });
   const match = /^([0-9a-fA-F:.]+)(?:\/(\d{1,3}))?$/.exec(text.trim());
   if (!match) throw bad('not an address or address/prefix');

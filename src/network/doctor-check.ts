@@ -18,7 +18,12 @@ export async function networkFilterCheck(): Promise<{ name: string; ok: boolean;
   // Listing proves the kernel side works (nf_tables present, CAP_NET_ADMIN in this namespace).
   const listed = await runCommand(findNft()!, ['list', 'tables'], { allowFailure: true });
   if (listed.code !== 0) {
-    return { name, ok: false, detail: `nft does not work here: ${listed.stderr.trim()}`, fix: 'a kernel with nf_tables (modprobe nf_tables), and CAP_NET_ADMIN' };
+    return {
+      name,
+      ok: false,
+      detail: `nft does not work here: ${listed.stderr.trim()}`,
+      fix: 'a kernel with nf_tables (modprobe nf_tables), and CAP_NET_ADMIN',
+    };
   }
   const stale = staleClaims().length;
   const table = listed.stdout.includes(`inet ${tableName}`) ? `table inet ${tableName} present` : `table inet ${tableName} made at the first machine start`;

@@ -32,9 +32,13 @@ socket.on('data', (chunk) => (body += chunk));
 socket.on('end', () => console.log(body.split('\\r\\n\\r\\n')[1]?.trim() ?? 'no body'));
 socket.on('timeout', () => { console.log('timeout'); socket.destroy(); });
 socket.on('error', (error) => console.log(error.code));`;
-  const result = spawnSync('ip', ['netns', 'exec', network.hostNamespace, 'setpriv', '--reuid', String(uid), '--regid', String(uid), '--clear-groups', process.execPath, '-e', source], {
-    encoding: 'utf8',
-  });
+  const result = spawnSync(
+    'ip',
+    ['netns', 'exec', network.hostNamespace, 'setpriv', '--reuid', String(uid), '--regid', String(uid), '--clear-groups', process.execPath, '-e', source],
+    {
+      encoding: 'utf8',
+    },
+  );
   return result.stdout.trim() || result.stderr.trim();
 }
 

@@ -29,7 +29,8 @@ export interface FilterAvailability {
 
 /** Whether this process can filter a guest's traffic: root (to set rules and run QEMU as another uid) and nftables. */
 export function networkFilterAvailability(): FilterAvailability {
-  if (process.getuid?.() !== 0) return { available: false, reason: 'torpor is not running as root, which the network filter needs (nftables rules, a separate uid per QEMU)' };
+  if (process.getuid?.() !== 0)
+    return { available: false, reason: 'torpor is not running as root, which the network filter needs (nftables rules, a separate uid per QEMU)' };
   if (!findNft()) return { available: false, reason: 'nft (nftables) is not installed' };
   return { available: true };
 }
@@ -39,9 +40,10 @@ export function requireNetworkFilter(): void {
   const { available, reason } = networkFilterAvailability();
   if (available) return;
   throw new TorporError('network-filter-unavailable', `cannot confine the machine's network: ${reason}`, {
-    status: 503, hint:
+    status: 503,
+    hint:
       'run torpor as root with nftables installed (scripts/setup.sh installs it); or choose --network none (no network), ' +
-      'or --network unrestricted (the guest then reaches the host\'s loopback services and private networks)',
+      "or --network unrestricted (the guest then reaches the host's loopback services and private networks)",
   });
 }
 
@@ -70,7 +72,11 @@ export function hostResolvers(path = '/etc/resolv.conf'): string[] {
 
 async function applyBatch(lines: string[]): Promise<void> {
   const nft = findNft();
-  if (!nft) throw new TorporError('network-filter-unavailable', 'nft (nftables) is not installed', { status: 503, hint: 'apt-get install -y nftables (scripts/setup.sh does it)' });
+  if (!nft)
+    throw new TorporError('network-filter-unavailable', 'nft (nftables) is not installed', {
+      status: 503,
+      hint: 'apt-get install -y nftables (scripts/setup.sh does it)',
+    });
   try {
     // One `nft -f` run is one netlink transaction: the rules change all at once or not at all.
     await runCommand(nft, ['-f', '-'], { input: lines.join('\n') + '\n' });

@@ -33,8 +33,9 @@ function plan(options: ConfinementOptions): { ownUid: boolean; rules: boolean } 
   // The design before the filter, kept to measure against (bench/network.ts): QEMU stays root, no rules.
   const legacy = environment().TORPOR_QEMU_AS_ROOT;
   if (legacy && filtered) {
-    throw new TorporError('network-filter-unavailable', 'TORPOR_QEMU_AS_ROOT=1 cannot be combined with the network filter, which matches QEMU\'s own uid', {
-      status: 503, hint: 'unset TORPOR_QEMU_AS_ROOT, or run with --network unrestricted or none',
+    throw new TorporError('network-filter-unavailable', "TORPOR_QEMU_AS_ROOT=1 cannot be combined with the network filter, which matches QEMU's own uid", {
+      status: 503,
+      hint: 'unset TORPOR_QEMU_AS_ROOT, or run with --network unrestricted or none',
     });
   }
   if (process.getuid?.() !== 0 || legacy) return { ownUid: false, rules: false };
@@ -100,7 +101,8 @@ export async function confineMachine(
     return { socketDirectory: options.ownSocketDirectory, rulesReady: Promise.resolve(), release: async () => {} };
   }
   const prepared = uidPreparedFor(machineId, process.pid);
-  const { uid, socketDirectory } = prepared !== undefined ? { uid: prepared, socketDirectory: machineSocketDirectory(machineId) } : await claim(machineId, process.pid);
+  const { uid, socketDirectory } =
+    prepared !== undefined ? { uid: prepared, socketDirectory: machineSocketDirectory(machineId) } : await claim(machineId, process.pid);
   let rulesReady: Promise<void> = Promise.resolve();
   let released = false;
   const release = async () => {

@@ -97,15 +97,26 @@ after(async () => {
 
 test('a guest reaches the public internet and the allowed host port, nothing else of the host or its networks; -p still publishes', async () => {
   await torporOk([
-    'run', '-d', '--name', 'guarded', '--allow-host', String(network.allowedPort), '-p', '127.0.0.1:18080:80',
-    'base', 'sh', '-c', 'mkdir -p /www && echo published > /www/index.html && httpd -p 80 -h /www && sleep 100000',
+    'run',
+    '-d',
+    '--name',
+    'guarded',
+    '--allow-host',
+    String(network.allowedPort),
+    '-p',
+    '127.0.0.1:18080:80',
+    'base',
+    'sh',
+    '-c',
+    'mkdir -p /www && echo published > /www/index.html && httpd -p 80 -h /www && sleep 100000',
   ]);
   await assertPolicyHolds('guarded');
   // Published ports are connections into the guest: the filter must leave them alone.
   const fetched = await network.exec(process.execPath, ['-e', 'fetch("http://127.0.0.1:18080/").then((r) => r.text()).then((t) => process.stdout.write(t))']);
   assert.equal(fetched.stdout, 'published\n', fetched.stderr);
   // QEMU runs as its own uid, not root, and the rules name that uid.
-  const state = JSON.parse(await torporOk(['inspect', 'guarded'])) as { state: { networkUid?: number; qemuPid?: number } }[] | { state: { networkUid?: number; qemuPid?: number } };
+  const state = JSON.parse(await torporOk(['inspect', 'guarded'])) as
+    { state: { networkUid?: number; qemuPid?: number } }[] | { state: { networkUid?: number; qemuPid?: number } };
   const machineState = (Array.isArray(state) ? state[0]! : state).state;
   assert.ok(machineState.networkUid && machineState.networkUid >= 1_900_000_000, `networkUid ${machineState.networkUid}`);
   const status = spawnSync('cat', [`/proc/${machineState.qemuPid}/status`], { encoding: 'utf8' }).stdout;
@@ -131,7 +142,8 @@ test('the policy survives snapshot, restore and fork', async () => {
 
 test('rules go with their machine, and a supervisor killed with -9 leaves nothing that harms the next machine', async () => {
   const inspect = async (name: string) => {
-    const parsed = JSON.parse(await torporOk(['inspect', name])) as { state: { networkUid?: number; supervisorPid?: number } }[] | { state: { networkUid?: number; supervisorPid?: number } };
+    const parsed = JSON.parse(await torporOk(['inspect', name])) as
+      { state: { networkUid?: number; supervisorPid?: number } }[] | { state: { networkUid?: number; supervisorPid?: number } };
     return (Array.isArray(parsed) ? parsed[0]! : parsed).state;
   };
   const restored = await inspect('restored');
@@ -141,7 +153,7 @@ test('rules go with their machine, and a supervisor killed with -9 leaves nothin
   process.kill(forked.supervisorPid!, 'SIGKILL');
   await torporOk(['rm', '-f', 'forked-1']);
   assert.doesNotMatch(nftRuleset(), new RegExp(`chain machine-${forked.networkUid}\\b`));
-  assert.ok(!(await readdir(join(runtimeDirectory, 'network-uids'))).includes(String(forked.networkUid)), 'the killed machine\'s uid claim is released');
+  assert.ok(!(await readdir(join(runtimeDirectory, 'network-uids'))).includes(String(forked.networkUid)), "the killed machine's uid claim is released");
   await torporOk(['run', '-d', '--name', 'after-kill', '--allow-host', String(network.allowedPort), 'base', 'sleep', '100000']);
   await assertPolicyHolds('after-kill');
   await torporOk(['rm', '-f', 'after-kill']);
@@ -149,8 +161,19 @@ test('rules go with their machine, and a supervisor killed with -9 leaves nothin
 
 test('--egress-allow opens a private range, --egress-deny closes a public one, the most specific rule wins', async () => {
   await torporOk([
-    'run', '-d', '--name', 'ranges', '--egress-allow', '10.255.0.0/24', '--egress-deny', '10.255.0.1/32', '--egress-deny', '203.0.113.0/24',
-    'base', 'sleep', '100000',
+    'run',
+    '-d',
+    '--name',
+    'ranges',
+    '--egress-allow',
+    '10.255.0.0/24',
+    '--egress-deny',
+    '10.255.0.1/32',
+    '--egress-deny',
+    '203.0.113.0/24',
+    'base',
+    'sleep',
+    '100000',
   ]);
   assert.equal(await probe('ranges', 'http://10.255.0.2:8080/'), 'remote');
   assert.equal(await probe('ranges', `http://10.255.0.1:${network.hostAddressPort}/`), 'refused');
@@ -159,16 +182,29 @@ test('--egress-allow opens a private range, --egress-deny closes a public one, t
   await torporOk(['rm', '-f', 'ranges']);
 });
 
-test('with --network unrestricted the same probes reach every server, so the refusals above are the filter\'s doing', async () => {
+test("with --network unrestricted the same probes reach every server, so the refusals above are the filter's doing", async () => {
   await torporOk(['run', '-d', '--name', 'open', '--network', 'unrestricted', 'base', 'sleep', '100000']);
   const seen: Record<string, string> = {};
   for (const url of Object.keys(expectations())) seen[url] = await probe('open', url);
-  assert.deepEqual(Object.values(seen).filter((answer) => answer === 'refused'), [], JSON.stringify(seen));
+  assert.deepEqual(
+    Object.values(seen).filter((answer) => answer === 'refused'),
+    [],
+    JSON.stringify(seen),
+  );
   await torporOk(['rm', '-f', 'open']);
 });
 
 test('--network none has no network at all; bad network flags get clear errors', async () => {
-  const none = await torpor(['run', '--rm', '--network', 'none', 'base', 'sh', '-c', 'ls /sys/class/net; wget -q -O - http://203.0.113.10:8080/ 2>/dev/null || echo unreachable']);
+  const none = await torpor([
+    'run',
+    '--rm',
+    '--network',
+    'none',
+    'base',
+    'sh',
+    '-c',
+    'ls /sys/class/net; wget -q -O - http://203.0.113.10:8080/ 2>/dev/null || echo unreachable',
+  ]);
   assert.equal(none.code, 0, none.stderr);
   assert.doesNotMatch(none.stdout, /remote/);
   assert.equal(none.stdout, 'lo\nunreachable\n');

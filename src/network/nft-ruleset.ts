@@ -90,7 +90,10 @@ export function machineRules({ uid, policy, resolvers }: MachineRulesInput): str
   } else {
     const resolvers4 = resolvers.filter((address) => parseCidr(address, 'nameserver').family === 4);
     const resolvers6 = resolvers.filter((address) => parseCidr(address, 'nameserver').family === 6);
-    for (const [family, list] of [['ip', resolvers4], ['ip6', resolvers6]] as const) {
+    for (const [family, list] of [
+      ['ip', resolvers4],
+      ['ip6', resolvers6],
+    ] as const) {
       if (list.length === 0) continue;
       add(`${family} daddr ${addressSet(list)} udp dport 53 accept`);
       add(`${family} daddr ${addressSet(list)} tcp dport 53 accept`);

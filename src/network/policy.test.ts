@@ -54,7 +54,11 @@ test('host ports and network flags are checked, and contradictions are refused',
 });
 
 test('the rules: most specific user range first (a tie denies), then the host itself and the private ranges, then accept', () => {
-  const policy = buildNetworkPolicy({ allowHost: ['11434', '53/udp'], egressAllow: ['10.0.0.0/8', '198.51.100.7'], egressDeny: ['10.9.0.0/16', '198.51.100.7/32'] });
+  const policy = buildNetworkPolicy({
+    allowHost: ['11434', '53/udp'],
+    egressAllow: ['10.0.0.0/8', '198.51.100.7'],
+    egressDeny: ['10.9.0.0/16', '198.51.100.7/32'],
+  });
   const rules = machineRules({ uid: uidRange.first + 7, policy, resolvers: ['127.0.0.53', '2001:db8::53'] }).filter((line) => line.startsWith('add rule'));
   const bodies = rules.map((line) => line.replace(/^add rule inet torpor machine-\d+ /, ''));
   assert.deepEqual(bodies, [
@@ -78,7 +82,10 @@ test('the rules: most specific user range first (a tie denies), then the host it
   assert.match(bodies.at(-3)!, /^ip daddr \{ .*10\.0\.0\.0\/8.*169\.254\.0\.0\/16.*\} goto refuse$/);
   assert.match(bodies.at(-2)!, /^ip6 daddr \{ .*fc00::\/7.*fe80::\/10.*\} goto refuse$/);
   const unrestricted = machineRules({ uid: uidRange.first + 8, policy: buildNetworkPolicy({ mode: 'unrestricted' }), resolvers: [] });
-  assert.deepEqual(unrestricted.filter((line) => line.startsWith('add rule')), [`add rule inet torpor machine-${uidRange.first + 8} accept`]);
+  assert.deepEqual(
+    unrestricted.filter((line) => line.startsWith('add rule')),
+    [`add rule inet torpor machine-${uidRange.first + 8} accept`],
+  );
 });
 
 test('nft accepts the generated rules and their removal (checked in a namespace of its own, nothing applied to the host)', () => {
@@ -108,7 +115,9 @@ test('without root the filter is unavailable, and a filtered machine is refused 
   const source = `import('${new URL('./firewall.ts', import.meta.url).pathname}').then((firewall) => {
     try { firewall.requireNetworkFilter(); console.log('started'); } catch (error) { console.log(JSON.stringify({ code: error.code, hint: error.hint })); }
   })`;
-  const result = spawnSync('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', process.execPath, '--import', 'tsx', '-e', source], { encoding: 'utf8' });
+  const result = spawnSync('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', process.execPath, '--import', 'tsx', '-e', source], {
+    encoding: 'utf8',
+  });
   const outcome = JSON.parse(result.stdout.trim().split('\n').pop() ?? '{}') as { code?: string; hint?: string };
   assert.equal(outcome.code, 'network-filter-unavailable', result.stdout + result.stderr);
   assert.match(outcome.hint ?? '', /--network none.*--network unrestricted/);

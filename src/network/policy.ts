@@ -32,7 +32,8 @@ export function parseHostPort(value: string | number): HostPort {
   const port = match ? Number(match[1]) : NaN;
   if (!match || port < 1 || port > 65535) {
     throw new TorporError('invalid-allow-host', `invalid --allow-host value ${JSON.stringify(value)}`, {
-      status: 400, hint: 'give a port of the host, like --allow-host 11434 (the guest reaches it at 10.0.2.2:11434), or 5353/udp',
+      status: 400,
+      hint: 'give a port of the host, like --allow-host 11434 (the guest reaches it at 10.0.2.2:11434), or 5353/udp',
     });
   }
   return { port, protocol: (match[2]?.toLowerCase() as 'tcp' | 'udp' | undefined) ?? 'tcp' };
@@ -52,11 +53,13 @@ export function buildNetworkPolicy(input: NetworkPolicyInput = {}): NetworkPolic
   return {
     mode: input.mode ?? 'filtered',
     allowHost: unique((input.allowHost ?? []).map(parseHostPort), (port) => `${port.port}/${port.protocol}`),
-    egressAllow: unique((input.egressAllow ?? []).map((text) => parseCidr(text, '--egress-allow')), (cidr) => `${cidr.address}/${cidr.prefixLength}`).map(
+    egressAllow: unique(
+      (input.egressAllow ?? []).map((text) => parseCidr(text, '--egress-allow')),
       (cidr) => `${cidr.address}/${cidr.prefixLength}`,
-    ),
-    egressDeny: unique((input.egressDeny ?? []).map((text) => parseCidr(text, '--egress-deny')), (cidr) => `${cidr.address}/${cidr.prefixLength}`).map(
+    ).map((cidr) => `${cidr.address}/${cidr.prefixLength}`),
+    egressDeny: unique(
+      (input.egressDeny ?? []).map((text) => parseCidr(text, '--egress-deny')),
       (cidr) => `${cidr.address}/${cidr.prefixLength}`,
-    ),
+    ).map((cidr) => `${cidr.address}/${cidr.prefixLength}`),
   };
 }

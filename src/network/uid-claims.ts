@@ -86,7 +86,7 @@ export function claimUid(machineId: string, supervisorPid = process.pid): number
       }
     }
   }
-  throw new TorporError('network-uids-exhausted', 'no free uid for the machine\'s QEMU process', {
+  throw new TorporError('network-uids-exhausted', "no free uid for the machine's QEMU process", {
     hint: `too many machines, or stale claims in ${claimDirectory()}: remove the files whose uid runs no process`,
   });
 }

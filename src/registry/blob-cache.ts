@@ -32,7 +32,6 @@ export async function cachedBlob(digest: string): Promise<string | undefined> {
   }
 }
 
-
 /** One downloader per blob across processes: a lock file holding the owner's PID, taken over when that process is gone. */
 async function lockBlob(digest: string): Promise<() => Promise<void>> {
   const lock = join(downloadsDirectory(), `${hexOf(digest)}.lock`);
@@ -93,7 +92,10 @@ async function download(client: RegistryClient, repository: string, descriptor: 
   let failures = 0;
   let lastError: unknown;
   for (;;) {
-    let offset = await stat(partial).then((info) => info.size, () => 0);
+    let offset = await stat(partial).then(
+      (info) => info.size,
+      () => 0,
+    );
     if (offset > descriptor.size) {
       await truncate(partial, 0);
       offset = 0;
@@ -105,7 +107,9 @@ async function download(client: RegistryClient, repository: string, descriptor: 
       progress({ state: offset > 0 ? 'resuming' : 'downloading', done: offset, total: descriptor.size });
       const response = await client.send(`/${repository}/blobs/${descriptor.digest}`, { scope, headers: offset > 0 ? { range: `bytes=${offset}-` } : {} });
       if (response.status === 404) {
-        throw new TorporError('blob-unknown', `the registry has no blob ${short} of ${repository}: ${await registryErrorText(response)}`, { hint: 'the image is incomplete in the registry; push it again' });
+        throw new TorporError('blob-unknown', `the registry has no blob ${short} of ${repository}: ${await registryErrorText(response)}`, {
+          hint: 'the image is incomplete in the registry; push it again',
+        });
       }
       if (response.status === 416) {
         await response.body?.cancel();
@@ -128,7 +132,9 @@ async function download(client: RegistryClient, repository: string, descriptor: 
           if (received > descriptor.size) {
             await handle.close().catch(() => {});
             await rm(partial, { force: true });
-            throw new TorporError('blob-digest-mismatch', `blob ${short} is larger than the ${descriptor.size} bytes the manifest says`, { hint: 'the registry or a proxy served the wrong content; nothing was stored' });
+            throw new TorporError('blob-digest-mismatch', `blob ${short} is larger than the ${descriptor.size} bytes the manifest says`, {
+              hint: 'the registry or a proxy served the wrong content; nothing was stored',
+            });
           }
           hash.update(chunk);
           await handle.write(chunk);
@@ -145,10 +151,14 @@ async function download(client: RegistryClient, repository: string, descriptor: 
         // Cut off mid-blob: keep what arrived and ask for the rest.
         failures++;
         if (failures >= client.retryPolicy.attempts || (lastError && !isTransientNetworkError(lastError))) {
-          throw new TorporError('download-failed', `download of blob ${short} keeps breaking off (${received} of ${descriptor.size} bytes after ${failures} attempts)`, {
-            hint: 'run the pull again: it resumes where it stopped',
-            cause: lastError,
-          });
+          throw new TorporError(
+            'download-failed',
+            `download of blob ${short} keeps breaking off (${received} of ${descriptor.size} bytes after ${failures} attempts)`,
+            {
+              hint: 'run the pull again: it resumes where it stopped',
+              cause: lastError,
+            },
+          );
         }
         await backoff(client.retryPolicy, failures);
         continue;

@@ -31,7 +31,12 @@ async function listTree(disk: string): Promise<Ext4Entry[]> {
   const entries: Ext4Entry[] = [];
   let level = [''];
   while (level.length > 0) {
-    const outputs = outputsByCommand(await debugfsBatch(disk, level.map((directory) => `ls -p ${quote(directory)}`)));
+    const outputs = outputsByCommand(
+      await debugfsBatch(
+        disk,
+        level.map((directory) => `ls -p ${quote(directory)}`),
+      ),
+    );
     const next: string[] = [];
     for (const [index, output] of outputs.entries()) {
       const directory = level[index]!;
@@ -74,11 +79,17 @@ export async function exportExt4Tree(disk: string, target: string): Promise<void
     if (type !== 0o100000) specials.push(entry);
   }
   if (specials.length > 0) {
-    const outputs = outputsByCommand(await debugfsBatch(disk, specials.map((entry) => `stat ${quote(entry.path)}`)));
+    const outputs = outputsByCommand(
+      await debugfsBatch(
+        disk,
+        specials.map((entry) => `stat ${quote(entry.path)}`),
+      ),
+    );
     for (const [index, entry] of specials.entries()) {
       const type = entry.mode & 0o170000;
       const device = /Device major\/minor number: (\d+):(\d+)/.exec(outputs[index] ?? '');
-      const kind = type === 0o010000 ? ['p'] : type === 0o020000 ? ['c', device?.[1], device?.[2]] : type === 0o060000 ? ['b', device?.[1], device?.[2]] : undefined;
+      const kind =
+        type === 0o010000 ? ['p'] : type === 0o020000 ? ['c', device?.[1], device?.[2]] : type === 0o060000 ? ['b', device?.[1], device?.[2]] : undefined;
       if (!kind || kind.includes(undefined)) continue; // sockets are not image content
       await rm(join(target, entry.path), { force: true });
       await runCommand('mknod', [join(target, entry.path), ...(kind as string[])]);
@@ -95,7 +106,12 @@ export async function exportExt4Tree(disk: string, target: string): Promise<void
 
 async function restoreXattrs(disk: string, target: string, entries: Ext4Entry[]): Promise<void> {
   const candidates = entries.filter((entry) => (entry.mode & 0o170000) !== 0o120000);
-  const lists = outputsByCommand(await debugfsBatch(disk, candidates.map((entry) => `ea_list ${quote(entry.path)}`)));
+  const lists = outputsByCommand(
+    await debugfsBatch(
+      disk,
+      candidates.map((entry) => `ea_list ${quote(entry.path)}`),
+    ),
+  );
   const wanted: Array<{ entry: Ext4Entry; name: string }> = [];
   for (const [index, output] of lists.entries()) {
     for (const match of output.matchAll(/^\s+(\S+) \(\d+\)/gm)) wanted.push({ entry: candidates[index]!, name: match[1]! });
@@ -105,7 +121,10 @@ async function restoreXattrs(disk: string, target: string, entries: Ext4Entry[])
   await mkdir(valuesDirectory);
   try {
     // ea_get -f writes the raw value, so binary attributes (capabilities) survive intact.
-    await debugfsBatch(disk, wanted.map(({ entry, name }, index) => `ea_get -f ${join(valuesDirectory, String(index))} ${quote(entry.path)} ${name}`));
+    await debugfsBatch(
+      disk,
+      wanted.map(({ entry, name }, index) => `ea_get -f ${join(valuesDirectory, String(index))} ${quote(entry.path)} ${name}`),
+    );
     let dump = '';
     for (const [index, { entry, name }] of wanted.entries()) {
       const value = await readFile(join(valuesDirectory, String(index))).catch(() => undefined);

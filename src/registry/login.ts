@@ -9,7 +9,9 @@ export async function login(registryText: string, credentials: Credentials, opti
   if (!registry) throw new TorporError('invalid-registry', 'no registry given', { hint: 'torpor login REGISTRY -u USER --password-stdin' });
   const normalized = ['index.docker.io', 'registry-1.docker.io'].includes(registry) ? DEFAULT_REGISTRY : registry;
   if (!credentials.username || !credentials.password) {
-    throw new TorporError('invalid-credentials', 'a user name and a password are both needed', { hint: 'echo "$PASSWORD" | torpor login REGISTRY -u USER --password-stdin' });
+    throw new TorporError('invalid-credentials', 'a user name and a password are both needed', {
+      hint: 'echo "$PASSWORD" | torpor login REGISTRY -u USER --password-stdin',
+    });
   }
   await new RegistryClient(normalized, { ...options, credentials }).checkAccess();
   await saveCredentials(normalized, credentials);

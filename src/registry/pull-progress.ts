@@ -56,7 +56,11 @@ class TerminalReporter implements PullReporter {
     this.lines.set(id, line);
     // Redraw at most ten times a second, but always on a change of state.
     if (previous?.split(/\s+/)[1] !== state || Date.now() - this.lastDraw > 100) this.draw();
-    else if (!this.timer) this.timer = setTimeout(() => { this.timer = undefined; this.draw(); }, 100);
+    else if (!this.timer)
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.draw();
+      }, 100);
   }
 
   private draw(): void {

@@ -9,9 +9,7 @@ import { runCommand } from '../util/command.ts';
 import { TorporError } from '../util/errors.ts';
 import { listImages } from '../image/image-store.ts';
 import { resolveOrBuildImage } from '../runtime/image-resolution.ts';
-import {
-  writeFixtureLayerTrees, tarDirectory, writeOciLayout, handWrittenTar, type FixtureImage,
-} from '../image/import/testing/image-fixtures.ts';
+import { writeFixtureLayerTrees, tarDirectory, writeOciLayout, handWrittenTar, type FixtureImage } from '../image/import/testing/image-fixtures.ts';
 import { hostileCorpus } from '../image/import/testing/hostile/corpus.ts';
 import { snapshotDirectory, snapshotExt4, ext4Xattr, type TreeSnapshot } from '../image/import/testing/tree-snapshot.ts';
 import { ensureDebianPackages } from './testing/ensure-debian-packages.ts';
@@ -75,8 +73,11 @@ before(async () => {
   [registry, privateRegistry] = await Promise.all([startLocalRegistry(), startLocalRegistry({ user: 'alice', password: 's3cret' })]);
   const trees = await writeFixtureLayerTrees(work);
   const gzipLayers: FixtureImage = { layers: [] };
-  for (const [index, tree] of trees.entries()) gzipLayers.layers.push({ ...(await tarDirectory(tree, join(work, `layer-${index}.tar.gz`), 'gzip')), compression: 'gzip' });
-  const zstdLayers: FixtureImage = { layers: [...gzipLayers.layers.slice(0, 2), { ...(await tarDirectory(trees[2]!, join(work, 'layer-2.tar.zst'), 'zstd')), compression: 'zstd' }] };
+  for (const [index, tree] of trees.entries())
+    gzipLayers.layers.push({ ...(await tarDirectory(tree, join(work, `layer-${index}.tar.gz`), 'gzip')), compression: 'gzip' });
+  const zstdLayers: FixtureImage = {
+    layers: [...gzipLayers.layers.slice(0, 2), { ...(await tarDirectory(trees[2]!, join(work, 'layer-2.tar.zst'), 'zstd')), compression: 'zstd' }],
+  };
   const armTree = join(work, 'arm-tree');
   await mkdir(join(armTree, 'etc'), { recursive: true });
   await writeFile(join(armTree, 'etc/arch'), 'arm64\n');
@@ -88,9 +89,14 @@ before(async () => {
   const bigBytes = await import('node:fs/promises').then((fs) => fs.readFile(join(work, 'big.tar.gz')));
   bigLayerDigest = `sha256:${createHash('sha256').update(bigBytes).digest('hex')}`;
   bigLayerSize = bigBytes.length;
-  const hostileTar = handWrittenTar([{ name: 'etc/', type: 'directory' }, { name: 'etc/../../escaped', content: 'x' }]);
+  const hostileTar = handWrittenTar([
+    { name: 'etc/', type: 'directory' },
+    { name: 'etc/../../escaped', content: 'x' },
+  ]);
   await writeFile(join(work, 'hostile.tar'), hostileTar);
-  const hostile: FixtureImage = { layers: [{ path: join(work, 'hostile.tar'), diffId: `sha256:${createHash('sha256').update(hostileTar).digest('hex')}`, compression: 'none' }] };
+  const hostile: FixtureImage = {
+    layers: [{ path: join(work, 'hostile.tar'), diffId: `sha256:${createHash('sha256').update(hostileTar).digest('hex')}`, compression: 'none' }],
+  };
 
   // Three archives of the hostile corpus, aimed at a canary directory next to the stores.
   canary = join(work, 'canary');
@@ -108,16 +114,22 @@ before(async () => {
   };
 
   const layouts: Array<[string, FixtureImage[]]> = [
-    ['layered', [gzipLayers]], ['multi', [arm, gzipLayers]], ['zstd', [zstdLayers]], ['arm', [arm, { ...arm, architecture: 'ppc64le' }]],
-    ['big', [big]], ['hostile', [hostile]],
+    ['layered', [gzipLayers]],
+    ['multi', [arm, gzipLayers]],
+    ['zstd', [zstdLayers]],
+    ['arm', [arm, { ...arm, architecture: 'ppc64le' }]],
+    ['big', [big]],
+    ['hostile', [hostile]],
     ['planted', [await corpusImage('symlink-then-file-lower-layer')]],
     ['garbage-size', [await corpusImage('size-trailing-garbage')]],
     ['gzip-bomb', [await corpusImage('gzip-bomb')]],
   ];
-  await Promise.all(layouts.map(async ([name, images]) => {
-    await writeOciLayout(join(work, `layout-${name}`), images);
-    await pushLayout(join(work, `layout-${name}`), 'latest', `${registry.address}/fixture/${name}:1`);
-  }));
+  await Promise.all(
+    layouts.map(async ([name, images]) => {
+      await writeOciLayout(join(work, `layout-${name}`), images);
+      await pushLayout(join(work, `layout-${name}`), 'latest', `${registry.address}/fixture/${name}:1`);
+    }),
+  );
   await pushLayout(join(work, 'layout-layered'), 'latest', `${privateRegistry.address}/private/layered:1`, 'alice:s3cret');
 });
 
@@ -152,7 +164,10 @@ describe('pulling from a registry', () => {
       const record = await pullImage(`${proxy.address}/fixture/multi:1`, fast);
       assert.equal(record.digest, layeredDigest);
       // The amd64 image is the one pulled before: its config and layers all come from the cache.
-      assert.deepEqual(proxy.requests.filter((request) => request.path.includes('/blobs/')), []);
+      assert.deepEqual(
+        proxy.requests.filter((request) => request.path.includes('/blobs/')),
+        [],
+      );
       assert.equal(proxy.requests.filter((request) => request.path.includes('/manifests/')).length, 2);
     } finally {
       await proxy.stop();
@@ -161,9 +176,20 @@ describe('pulling from a registry', () => {
 
   test('Docker media types (schema 2 manifest and manifest list) pull like OCI ones', async () => {
     for (const name of ['layered', 'multi']) {
-      await runCommand('skopeo', ['copy', '--quiet', '--all', '--format', 'v2s2', '--src-tls-verify=false', '--dest-tls-verify=false',
-        `docker://${registry.address}/fixture/${name}:1`, `docker://${registry.address}/docker-format/${name}:1`]);
-      const manifest = JSON.parse((await runCommand('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${registry.address}/docker-format/${name}:1`])).stdout);
+      await runCommand('skopeo', [
+        'copy',
+        '--quiet',
+        '--all',
+        '--format',
+        'v2s2',
+        '--src-tls-verify=false',
+        '--dest-tls-verify=false',
+        `docker://${registry.address}/fixture/${name}:1`,
+        `docker://${registry.address}/docker-format/${name}:1`,
+      ]);
+      const manifest = JSON.parse(
+        (await runCommand('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${registry.address}/docker-format/${name}:1`])).stdout,
+      );
       assert.equal(manifest.mediaType, `application/vnd.docker.distribution.manifest.${name === 'multi' ? 'list.v2' : 'v2'}+json`);
       assert.equal((await pullImage(`${registry.address}/docker-format/${name}:1`, fast)).digest, layeredDigest);
     }
@@ -194,7 +220,13 @@ describe('pulling from a registry', () => {
   test('progress: a plain line per step when stderr is not a terminal', async () => {
     await freshHome();
     const lines: string[] = [];
-    const sink = { isTTY: false, write: (text: string) => { lines.push(text); return true; } } as unknown as NodeJS.WriteStream;
+    const sink = {
+      isTTY: false,
+      write: (text: string) => {
+        lines.push(text);
+        return true;
+      },
+    } as unknown as NodeJS.WriteStream;
     await pullImage(`${registry.address}/fixture/big:1`, { ...fast, reporter: createPullReporter(sink) });
     const output = lines.join('');
     assert.match(output, new RegExp(`${bigLayerDigest.slice(0, 19)}: downloading \\(0\\.\\d MiB\\)`));
@@ -222,7 +254,10 @@ describe('authentication', () => {
     await freshHome();
     const dockerConfig = join(work, 'docker-config');
     await mkdir(dockerConfig, { recursive: true });
-    await writeFile(join(dockerConfig, 'config.json'), JSON.stringify({ auths: { [`http://${privateRegistry.address}`]: { auth: Buffer.from('alice:s3cret').toString('base64') } } }));
+    await writeFile(
+      join(dockerConfig, 'config.json'),
+      JSON.stringify({ auths: { [`http://${privateRegistry.address}`]: { auth: Buffer.from('alice:s3cret').toString('base64') } } }),
+    );
     process.env.DOCKER_CONFIG = dockerConfig;
     try {
       assert.equal((await pullImage(`${privateRegistry.address}/private/layered:1`, fast)).digest, layeredDigest);
@@ -247,7 +282,10 @@ describe('authentication', () => {
 
   test('a token service that wants credentials gets those stored by login', async () => {
     await freshHome();
-    const proxy = await startFaultProxy(registry.address, () => ({ kind: 'pass' }), { bearer: true, tokenCredentials: { user: 'bob', password: 'token-pass' } });
+    const proxy = await startFaultProxy(registry.address, () => ({ kind: 'pass' }), {
+      bearer: true,
+      tokenCredentials: { user: 'bob', password: 'token-pass' },
+    });
     try {
       await expectPullError(`${proxy.address}/fixture/layered:1`, 'registry-unauthorized', /requires authentication/);
       await assert.rejects(login(proxy.address, { username: 'bob', password: 'nope' }, fast), /refused the credentials/);
@@ -274,10 +312,20 @@ describe('failures leave nothing half-written', () => {
 
   test('hostile images: a planted symlink, a size field with garbage, a gzip bomb, a manifest over the limit', async () => {
     const home = await freshHome();
-    await expectPullError(`${registry.address}/fixture/planted:1`, 'layer-unsafe-path', /layer 2\/2 .*"escape\/pwned" would go through the symbolic link "escape"/);
+    await expectPullError(
+      `${registry.address}/fixture/planted:1`,
+      'layer-unsafe-path',
+      /layer 2\/2 .*"escape\/pwned" would go through the symbolic link "escape"/,
+    );
     await expectPullError(`${registry.address}/fixture/garbage-size:1`, 'tar-invalid', /layer 2\/2 .*size field "00000002000x"/);
-    await expectPullError(`${registry.address}/fixture/gzip-bomb:1`, 'layer-too-large', /uncompressed layer exceeds the limit of 8 MiB/, { ...fast, limits: { maxLayerBytes: 8 * 1024 * 1024 } });
-    await expectPullError(`${registry.address}/fixture/big:1`, 'layer-too-large', /compressed layers \(\d+ bytes\) exceeds the limit of 1 KiB/, { ...fast, limits: { maxImageBytes: 1024 } });
+    await expectPullError(`${registry.address}/fixture/gzip-bomb:1`, 'layer-too-large', /uncompressed layer exceeds the limit of 8 MiB/, {
+      ...fast,
+      limits: { maxLayerBytes: 8 * 1024 * 1024 },
+    });
+    await expectPullError(`${registry.address}/fixture/big:1`, 'layer-too-large', /compressed layers \(\d+ bytes\) exceeds the limit of 1 KiB/, {
+      ...fast,
+      limits: { maxImageBytes: 1024 },
+    });
     const contents = await storeContents(home);
     assert.equal(contents.images, 0);
     assert.deepEqual(contents.staging, []);
@@ -290,7 +338,11 @@ describe('failures leave nothing half-written', () => {
   test('a registry that is down gives a clear error after the retries', async () => {
     const port = await freePort();
     const started = Date.now();
-    await expectPullError(`127.0.0.1:${port}/fixture/layered:1`, 'registry-unreachable', new RegExp(`cannot reach registry 127.0.0.1:${port} \\(connection refused\\) after 3 attempts`));
+    await expectPullError(
+      `127.0.0.1:${port}/fixture/layered:1`,
+      'registry-unreachable',
+      new RegExp(`cannot reach registry 127.0.0.1:${port} \\(connection refused\\) after 3 attempts`),
+    );
     assert.ok(Date.now() - started < 5000);
   });
 
@@ -316,7 +368,8 @@ describe('failures leave nothing half-written', () => {
   test('a blob that keeps failing is an error; its partial download is resumed by the next pull', async () => {
     const home = await freshHome();
     const failing = await startFaultProxy(registry.address, (request): Fault =>
-      request.url!.includes(`/blobs/${bigLayerDigest}`) ? { kind: 'cut', afterBytes: 100_000 } : { kind: 'pass' });
+      request.url!.includes(`/blobs/${bigLayerDigest}`) ? { kind: 'cut', afterBytes: 100_000 } : { kind: 'pass' },
+    );
     try {
       await expectPullError(`${failing.address}/fixture/big:1`, 'download-failed', /keeps breaking off/);
     } finally {
@@ -332,7 +385,10 @@ describe('failures leave nothing half-written', () => {
     const healthy = await startFaultProxy(registry.address, () => ({ kind: 'pass' }));
     try {
       await pullImage(`${healthy.address}/fixture/big:1`, fast);
-      assert.deepEqual(healthy.requests.filter((request) => request.path.includes(bigLayerDigest)).map((request) => request.range), [`bytes=${partialSize}-`]);
+      assert.deepEqual(
+        healthy.requests.filter((request) => request.path.includes(bigLayerDigest)).map((request) => request.range),
+        [`bytes=${partialSize}-`],
+      );
     } finally {
       await healthy.stop();
     }
@@ -344,14 +400,16 @@ describe('failures leave nothing half-written', () => {
   test('a tampered blob and a registry that keeps answering 500 are errors, and nothing is cached', async () => {
     const home = await freshHome();
     const tampering = await startFaultProxy(registry.address, (request): Fault =>
-      request.url!.includes(`/blobs/${bigLayerDigest}`) ? { kind: 'tamper' } : { kind: 'pass' });
+      request.url!.includes(`/blobs/${bigLayerDigest}`) ? { kind: 'tamper' } : { kind: 'pass' },
+    );
     try {
       await expectPullError(`${tampering.address}/fixture/big:1`, 'blob-digest-mismatch', /is corrupt: its content hashes to/);
     } finally {
       await tampering.stop();
     }
     const broken = await startFaultProxy(registry.address, (request): Fault =>
-      request.url!.includes('/blobs/') ? { kind: 'status', status: 500 } : { kind: 'pass' });
+      request.url!.includes('/blobs/') ? { kind: 'status', status: 500 } : { kind: 'pass' },
+    );
     try {
       await expectPullError(`${broken.address}/fixture/big:1`, 'registry-error', /keeps failing: UNKNOWN: injected failure \(after 3 attempts\)/);
     } finally {
@@ -361,7 +419,10 @@ describe('failures leave nothing half-written', () => {
     assert.equal(contents.images, 0);
     assert.ok(!contents.layers.includes(bigLayerDigest.slice(7)), 'a corrupt blob never enters the cache');
     assert.deepEqual(contents.staging, []);
-    assert.deepEqual(contents.downloads.filter((name) => name.endsWith('.partial')), []);
+    assert.deepEqual(
+      contents.downloads.filter((name) => name.endsWith('.partial')),
+      [],
+    );
   });
 });
 

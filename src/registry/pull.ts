@@ -6,8 +6,17 @@ import { importLayers } from '../image/import/import-image.ts';
 import { fileLayer } from '../image/import/image-layout.ts';
 import { importLimits, limitExceeded, type ImportLimits } from '../image/import/import-limits.ts';
 import {
-  assertDigest, imageConfigFromOci, isIndex, layerCompressionOf, manifestMediaTypes, indexMediaTypes, parseManifest, selectPlatform,
-  type Descriptor, type ImageManifest, type OciImageConfig,
+  assertDigest,
+  imageConfigFromOci,
+  isIndex,
+  layerCompressionOf,
+  manifestMediaTypes,
+  indexMediaTypes,
+  parseManifest,
+  selectPlatform,
+  type Descriptor,
+  type ImageManifest,
+  type OciImageConfig,
 } from '../image/import/oci-image.ts';
 import { TorporError } from '../util/errors.ts';
 import type { Progress } from '../util/progress.ts';
@@ -51,12 +60,15 @@ async function fetchManifest(client: RegistryClient, reference: ImageReference, 
     throw new TorporError('registry-error', `fetching the manifest of ${name} failed: ${await registryErrorText(response)}`, { hint: 'try again later' });
   }
   const bytes = Buffer.from(await response.arrayBuffer());
-  if (bytes.length > MAX_MANIFEST_BYTES) throw new TorporError('image-invalid', `the manifest of ${name} is implausibly large (${bytes.length} bytes)`, { hint: 'the registry is misbehaving' });
+  if (bytes.length > MAX_MANIFEST_BYTES)
+    throw new TorporError('image-invalid', `the manifest of ${name} is implausibly large (${bytes.length} bytes)`, { hint: 'the registry is misbehaving' });
   const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
   // A pinned digest is only worth something if what arrived hashes to it.
   const expected = tagOrDigest.startsWith('sha256:') ? tagOrDigest : response.headers.get('docker-content-digest');
   if (expected && expected.startsWith('sha256:') && expected !== digest) {
-    throw new TorporError('manifest-digest-mismatch', `the manifest of ${name} hashes to ${digest}, not ${expected}`, { hint: 'the registry or a proxy served the wrong content; nothing was stored' });
+    throw new TorporError('manifest-digest-mismatch', `the manifest of ${name} hashes to ${digest}, not ${expected}`, {
+      hint: 'the registry or a proxy served the wrong content; nothing was stored',
+    });
   }
   let body: unknown;
   try {
@@ -96,7 +108,9 @@ export async function pullImage(text: string, options: PullOptions = {}): Promis
   const reference = parseReference(text);
   const reporter = options.reporter ?? silentReporter;
   const client = new RegistryClient(reference.registry, {
-    insecure: options.insecure, credentials: await findCredentials(reference.registry), retry: options.retry,
+    insecure: options.insecure,
+    credentials: await findCredentials(reference.registry),
+    retry: options.retry,
   });
   reporter.step(`pulling ${canonicalName(reference)}`);
   let manifest = await fetchManifest(client, reference, reference.digest ?? reference.tag!);
@@ -122,24 +136,37 @@ export async function pullImage(text: string, options: PullOptions = {}): Promis
   const diffIds = config.rootfs?.diff_ids ?? [];
   for (const diffId of diffIds) assertDigest(diffId, `${canonicalName(reference)}: the image config's diff_ids`);
   if (diffIds.length !== image.layers.length) {
-    throw new TorporError('image-invalid', `the image has ${image.layers.length} layers but its config lists ${diffIds.length} diff_ids`, { hint: 'the image is malformed' });
+    throw new TorporError('image-invalid', `the image has ${image.layers.length} layers but its config lists ${diffIds.length} diff_ids`, {
+      hint: 'the image is malformed',
+    });
   }
   const total = image.layers.reduce((sum, layer) => sum + layer.size, 0);
   // Compressed bytes never exceed what they expand to: a manifest over the image limit is refused before any download.
   const limits = importLimits(options.limits);
   if (!Number.isSafeInteger(total) || image.layers.some((layer) => !Number.isSafeInteger(layer.size) || layer.size < 0)) {
-    throw new TorporError('image-invalid', `${canonicalName(reference)}: the manifest gives impossible layer sizes`, { hint: 'the image metadata is malformed or malicious' });
+    throw new TorporError('image-invalid', `${canonicalName(reference)}: the manifest gives impossible layer sizes`, {
+      hint: 'the image metadata is malformed or malicious',
+    });
   }
-  if (total > limits.maxImageBytes) throw limitExceeded(`${canonicalName(reference)}: the compressed layers (${total} bytes)`, 'maxImageBytes', limits.maxImageBytes);
+  if (total > limits.maxImageBytes)
+    throw limitExceeded(`${canonicalName(reference)}: the compressed layers (${total} bytes)`, 'maxImageBytes', limits.maxImageBytes);
   reporter.step(`${image.layers.length} layer${image.layers.length === 1 ? '' : 's'}, ${(total / 1048576).toFixed(1)} MiB`);
   const paths = await mapLimited(image.layers, PARALLEL_DOWNLOADS, (layer) => {
     const id = layer.digest.slice(0, 19);
-    return fetchBlob(client, reference.repository, layer, (event) => reporter.layer(id, event.state === 'cached' ? 'already here' : event.state, event.done, event.total));
+    return fetchBlob(client, reference.repository, layer, (event) =>
+      reporter.layer(id, event.state === 'cached' ? 'already here' : event.state, event.done, event.total),
+    );
   }).finally(() => reporter.endLayers());
   const pinned = { ...reference, tag: undefined, digest: manifest.digest };
   const record = await importLayers(
     image.layers.map((layer, index) => fileLayer(paths[index]!, `layer ${index + 1}/${image.layers.length} (${layer.digest.slice(0, 19)})`, diffIds[index])),
-    { name: options.name ?? familiarName(reference), config: runtimeConfig, source: `registry:${canonicalName(pinned)}`, progress: (message) => reporter.step(message), limits: options.limits },
+    {
+      name: options.name ?? familiarName(reference),
+      config: runtimeConfig,
+      source: `registry:${canonicalName(pinned)}`,
+      progress: (message) => reporter.step(message),
+      limits: options.limits,
+    },
   );
   reporter.step(`pulled ${record.name} (${record.digest})`);
   return { ...record, reference: canonicalName(pinned) };

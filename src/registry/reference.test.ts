@@ -27,7 +27,11 @@ test('references normalize like docker', () => {
 
 test('bad references are refused with a hint', () => {
   for (const input of ['Alpine', 'alpine:', 'alpine@sha256:123', 'a//b', '', 'alpine:bad tag']) {
-    assert.throws(() => parseReference(input), (error: unknown) => error instanceof TorporError && error.code === 'invalid-reference' && !!error.hint, input);
+    assert.throws(
+      () => parseReference(input),
+      (error: unknown) => error instanceof TorporError && error.code === 'invalid-reference' && !!error.hint,
+      input,
+    );
   }
 });
 

@@ -47,8 +47,19 @@ const networkErrorCode = (error: unknown): string | undefined => {
 };
 
 const transientCodes = new Set([
-  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENETDOWN', 'EAI_AGAIN',
-  'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CLOSED',
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'EAI_AGAIN',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+  'UND_ERR_CLOSED',
 ]);
 
 /** Whether a failure might go away by asking again (connection trouble, timeouts), unlike a bad name or port. */
@@ -62,7 +73,7 @@ export function isTransientNetworkError(error: unknown): boolean {
 
 export function backoff(policy: RetryPolicy, failure: number): Promise<void> {
   const base = policy.delayMs * 2 ** (failure - 1);
-  return sleep(base / 2 + Math.random() * base / 2);
+  return sleep(base / 2 + (Math.random() * base) / 2);
 }
 
 /** The error bodies registries send: {"errors":[{"code":"MANIFEST_UNKNOWN","message":"…"}]}. */
@@ -117,13 +128,17 @@ export class RegistryClient {
 
   private unreachable(error: unknown, attempts: number): TorporError {
     const code = networkErrorCode(error);
-    const reason = code === 'ECONNREFUSED' ? 'connection refused'
-      : code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? 'host not found'
-      : String((error as { cause?: Error })?.cause?.message ?? (error as Error)?.message ?? error);
+    const reason =
+      code === 'ECONNREFUSED'
+        ? 'connection refused'
+        : code === 'ENOTFOUND' || code === 'EAI_AGAIN'
+          ? 'host not found'
+          : String((error as { cause?: Error })?.cause?.message ?? (error as Error)?.message ?? error);
     return new TorporError('registry-unreachable', `cannot reach registry ${this.registry} (${reason})${attempts > 1 ? ` after ${attempts} attempts` : ''}`, {
-      hint: isLoopbackRegistry(this.registry) || this.options.insecure
-        ? 'check that the registry is running at that address'
-        : 'check the registry name and your network; a registry that speaks plain HTTP needs --insecure',
+      hint:
+        isLoopbackRegistry(this.registry) || this.options.insecure
+          ? 'check that the registry is running at that address'
+          : 'check the registry name and your network; a registry that speaks plain HTTP needs --insecure',
       cause: error,
     });
   }
@@ -136,7 +151,9 @@ export class RegistryClient {
       return;
     }
     if (challenge?.scheme !== 'bearer' || !challenge.parameters.realm) {
-      throw new TorporError('registry-unauthorized', `registry ${this.registry} asks for an authentication torpor does not speak`, { hint: 'only basic and bearer-token registries are supported' });
+      throw new TorporError('registry-unauthorized', `registry ${this.registry} asks for an authentication torpor does not speak`, {
+        hint: 'only basic and bearer-token registries are supported',
+      });
     }
     const url = new URL(challenge.parameters.realm);
     if (challenge.parameters.service) url.searchParams.set('service', challenge.parameters.service);
@@ -157,7 +174,9 @@ export class RegistryClient {
     }
     if (response.status === 401 || response.status === 403) throw this.unauthorized(!!credentials);
     if (!response.ok) {
-      throw new TorporError('registry-error', `the token service of ${this.registry} answered ${await registryErrorText(response)}`, { hint: 'try again later' });
+      throw new TorporError('registry-error', `the token service of ${this.registry} answered ${await registryErrorText(response)}`, {
+        hint: 'try again later',
+      });
     }
     const body = (await response.json()) as { token?: string; access_token?: string };
     const token = body.token ?? body.access_token;
@@ -166,10 +185,13 @@ export class RegistryClient {
   }
 
   unauthorized(hadCredentials: boolean): TorporError {
-    return new TorporError('registry-unauthorized',
-      hadCredentials ? `registry ${this.registry} refused the credentials` : `registry ${this.registry} requires authentication`, {
+    return new TorporError(
+      'registry-unauthorized',
+      hadCredentials ? `registry ${this.registry} refused the credentials` : `registry ${this.registry} requires authentication`,
+      {
         hint: `run \`torpor login ${this.registry} -u USER --password-stdin\``,
-      });
+      },
+    );
   }
 
   /**
@@ -231,6 +253,9 @@ export class RegistryClient {
   async checkAccess(): Promise<void> {
     const response = await this.send('/', { scope: '' });
     await response.body?.cancel();
-    if (!response.ok) throw new TorporError('registry-error', `${this.registry} does not look like a registry (GET /v2/ answered ${response.status})`, { hint: 'check the registry address' });
+    if (!response.ok)
+      throw new TorporError('registry-error', `${this.registry} does not look like a registry (GET /v2/ answered ${response.status})`, {
+        hint: 'check the registry address',
+      });
   }
 }

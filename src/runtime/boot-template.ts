@@ -49,7 +49,9 @@ export async function ensureBootTemplate(
   const name = bootTemplateName(template);
   const existing = await findBootTemplate(name);
   if (existing) return existing;
-  progress(`making a boot template for ${template.image.reference} (${template.memoryMiB} MiB, ${template.cpus} cpu): one cold boot, then every start is a restore`);
+  progress(
+    `making a boot template for ${template.image.reference} (${template.memoryMiB} MiB, ${template.cpus} cpu): one cold boot, then every start is a restore`,
+  );
   try {
     await bootMachine({ ...template, captureTemplate: name, autoRemove: false });
     for (let attempt = 0; attempt < 600; attempt++) {

@@ -83,4 +83,3 @@ export async function copyFromMachine(client: AgentClient, guestPath: string, ho
   await copy(guestPath, target);
   return bytes;
 }
-

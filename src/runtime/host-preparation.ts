@@ -21,7 +21,11 @@ let hostPreparation: Promise<PreparedHost> | undefined;
 export function prepareHost(progress: Progress = silentProgress): Promise<PreparedHost> {
   hostPreparation ??= (async () => {
     const artifacts = await ensureGuestArtifacts(progress);
-    const accelerator = await chooseAccelerator({ kernelPath: artifacts.kernel.imagePath, initramfsPath: artifacts.initramfsPath, cacheDirectory: paths.artifacts() });
+    const accelerator = await chooseAccelerator({
+      kernelPath: artifacts.kernel.imagePath,
+      initramfsPath: artifacts.initramfsPath,
+      cacheDirectory: paths.artifacts(),
+    });
     return { kernelPath: artifacts.kernel.imagePath, initramfsPath: artifacts.initramfsPath, key: artifacts.key, accelerator };
   })();
   hostPreparation.catch(() => (hostPreparation = undefined));

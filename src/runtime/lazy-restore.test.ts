@@ -31,7 +31,10 @@ while true; do n=$((n+1)); echo $n > /tmp/counter; sleep 0.1; done
 
 async function shell(client: AgentClient, script: string): Promise<string> {
   let output = '';
-  const process = client.exec({ argv: ['sh', '-c', script], env: [], workingDirectory: '/', user: '', tty: false, stdin: false }, { stdout: (data) => (output += data) });
+  const process = client.exec(
+    { argv: ['sh', '-c', script], env: [], workingDirectory: '/', user: '', tty: false, stdin: false },
+    { stdout: (data) => (output += data) },
+  );
   await process.exited;
   return output.trim();
 }
@@ -93,7 +96,9 @@ test('a lazy restore serves only what the guest touches, and the guest is intact
     assert.ok(status.counters.servedChunks < stored, `served ${status.counters.servedChunks} of ${stored} chunks before anything read the data`);
     // What the RAM file holds depends on how long the guest has run since (it also writes new
     // pages), so it is reported, not asserted; the served-chunk count above is the lazy property.
-    t.diagnostic(`RAM file holds ${await allocatedBytes(memoryOf(restored))} bytes after the restore; the snapshot has ${manifest.stats.nonZeroBytes} non-zero`);
+    t.diagnostic(
+      `RAM file holds ${await allocatedBytes(memoryOf(restored))} bytes after the restore; the snapshot has ${manifest.stats.nonZeroBytes} non-zero`,
+    );
     // Reading the data faults it in, from the store or the template, each chunk verified.
     assert.equal(await run(restored, checksums), expectedChecksums);
     const after = (await readLazyMemoryStatus(memoryOf(restored)))!;
@@ -103,7 +108,10 @@ test('a lazy restore serves only what the guest touches, and the guest is intact
     await removeMachine(restored, { force: true });
   }
   // Nothing left behind in tmpfs.
-  assert.deepEqual((await readdir(memoryDirectory())).filter((name) => name.startsWith(restored.id)), []);
+  assert.deepEqual(
+    (await readdir(memoryDirectory())).filter((name) => name.startsWith(restored.id)),
+    [],
+  );
 });
 
 test('never-faulted pages come from the parent snapshot: lazy restore, touch little, snapshot, eager restore', async () => {
@@ -111,7 +119,10 @@ test('never-faulted pages come from the parent snapshot: lazy restore, touch lit
   try {
     await run(restored, 'echo touched > /tmp/little');
     const status = (await readLazyMemoryStatus(memoryOf(restored)))!;
-    assert.ok(status.loaded.some((flag) => flag === 0), 'some chunks were never served');
+    assert.ok(
+      status.loaded.some((flag) => flag === 0),
+      'some chunks were never served',
+    );
     await snapshotMachine(restored, { name: 'little@1' });
   } finally {
     await removeMachine(restored, { force: true });
@@ -150,7 +161,11 @@ test('a restore prefetches the chunks its parent machine touched in its first se
       await new Promise((resolve) => setTimeout(resolve, 100));
       status = (await readLazyMemoryStatus(memoryOf(again)))!;
     }
-    assert.deepEqual(workingSet.filter((chunk) => status.loaded[chunk] === 0), [], 'every chunk of the working set is in place');
+    assert.deepEqual(
+      workingSet.filter((chunk) => status.loaded[chunk] === 0),
+      [],
+      'every chunk of the working set is in place',
+    );
     assert.ok(status.counters.prefetchedChunks > 0, JSON.stringify(status.counters));
     assert.equal(await run(again, checksums), expectedChecksums);
   } finally {
@@ -219,7 +234,9 @@ test('a chunk that does not match its hash stops the machine with a clear error;
   const chunks = join(paths.snapshots(), 'chunks');
   // Every stored chunk the data needs is replaced by another valid chunk file: zstd decodes it
   // happily, only the hash check can tell.
-  const template = await readSnapshot((await readdir(join(paths.snapshots(), 'manifests'))).map((name) => name.slice(0, -5)).find((name) => name.startsWith('template-'))!);
+  const template = await readSnapshot(
+    (await readdir(join(paths.snapshots(), 'manifests'))).map((name) => name.slice(0, -5)).find((name) => name.startsWith('template-'))!,
+  );
   const victims = manifest.memory.chunks.filter((id, index): id is string => id !== null && template.memory.chunks[index] !== id);
   assert.ok(victims.length > 1);
   const donor = chunkPath(chunks, victims[0]!);
@@ -267,7 +284,10 @@ test('the pager dies with QEMU: the machine is reported dead, its files go, the 
   }
   assert.equal(after.status, 'exited');
   assert.match(after.error ?? '', /QEMU killed by SIGKILL/);
-  assert.deepEqual((await readdir(memoryDirectory())).filter((name) => name.startsWith(restored.id)), []);
+  assert.deepEqual(
+    (await readdir(memoryDirectory())).filter((name) => name.startsWith(restored.id)),
+    [],
+  );
   await killMachine(restored);
   await removeMachine(restored, { force: true });
   const again = await restoreMachine('origin@1', { name: 'again' });

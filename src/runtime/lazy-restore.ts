@@ -84,9 +84,13 @@ export async function confirmPagerServing(memoryFile: string): Promise<void> {
   const status = await readLazyMemoryStatus(memoryFile);
   if (!status) return;
   if (status.state !== 'serving') {
-    throw new TorporError('lazy-memory-failed', `the lazy memory pager did not take over the guest's RAM (${status.state}${status.error ? `: ${status.error}` : ''})`, {
-      hint: 'restore again with TORPOR_LAZY_MEMORY=0 and report this',
-    });
+    throw new TorporError(
+      'lazy-memory-failed',
+      `the lazy memory pager did not take over the guest's RAM (${status.state}${status.error ? `: ${status.error}` : ''})`,
+      {
+        hint: 'restore again with TORPOR_LAZY_MEMORY=0 and report this',
+      },
+    );
   }
 }
 
@@ -108,9 +112,11 @@ export async function knownMemoryOf(
 ): Promise<{ input: CaptureInput['knownMemory']; status?: LazyMemoryStatus; clean: number[] }> {
   const status = await readLazyMemoryStatus(memoryFile);
   if (!status) return { input: undefined, clean: [] };
-  if (status.state === 'failed') throw new TorporError('lazy-memory-failed', `the lazy memory pager failed: ${status.error}`, { hint: 'the machine cannot be snapshotted' });
+  if (status.state === 'failed')
+    throw new TorporError('lazy-memory-failed', `the lazy memory pager failed: ${status.error}`, { hint: 'the machine cannot be snapshotted' });
   const reference = baseline === undefined ? { generation: 0, chunks: status.chunks } : baseline;
-  const tracked = status.tracking && reference !== null && reference.generation === status.protectGeneration && reference.chunks.length === status.chunks.length;
+  const tracked =
+    status.tracking && reference !== null && reference.generation === status.protectGeneration && reference.chunks.length === status.chunks.length;
   const clean: number[] = [];
   const ids = status.chunks.map((id, index) => {
     if (status.loaded[index] === 0) return id;
@@ -138,7 +144,10 @@ export async function verifyCleanChunks(memoryFile: string, known: NonNullable<C
       const { bytesRead } = await handle.read(buffer, 0, known.chunkSize, index * known.chunkSize);
       buffer.fill(0, bytesRead);
       const actual = buffer.every((byte) => byte === 0) ? null : chunkIdOf(buffer);
-      if (actual !== known.ids[index]) throw new TorporError('write-tracking-missed', `write tracking called chunk ${index} unchanged, but it was written`, { hint: 'run with TORPOR_TRACK_WRITES=0 and report this' });
+      if (actual !== known.ids[index])
+        throw new TorporError('write-tracking-missed', `write tracking called chunk ${index} unchanged, but it was written`, {
+          hint: 'run with TORPOR_TRACK_WRITES=0 and report this',
+        });
     }
   } finally {
     await handle.close();

@@ -44,7 +44,10 @@ export function hostDefaultLimits(): ResourceLimits {
 }
 
 function invalid(source: string, value: string, what: string): TorporError {
-  return new TorporError('invalid-limit', `${source} must be ${what}, got ${JSON.stringify(value)}`, { status: 400, hint: `e.g. ${source.startsWith('--') ? `${source} ` : `${source}=`}${what.includes('size') ? '8g' : '4'}` });
+  return new TorporError('invalid-limit', `${source} must be ${what}, got ${JSON.stringify(value)}`, {
+    status: 400,
+    hint: `e.g. ${source.startsWith('--') ? `${source} ` : `${source}=`}${what.includes('size') ? '8g' : '4'}`,
+  });
 }
 
 function parseCount(source: string, value: string): number {
@@ -55,7 +58,9 @@ function parseCount(source: string, value: string): number {
 /** A size like 64k, 1m, 1048576 -> bytes (at least 1 KiB). */
 export function parseByteSize(text: string, source: string): number {
   const match = /^(\d+(?:\.\d+)?)\s*([bkmg]?)i?b?$/i.exec(text.trim());
-  const bytes = match ? Math.floor(Number(match[1]) * { b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, '': 1 }[match[2]!.toLowerCase() as 'b' | 'k' | 'm' | 'g' | '']!) : NaN;
+  const bytes = match
+    ? Math.floor(Number(match[1]) * { b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, '': 1 }[match[2]!.toLowerCase() as 'b' | 'k' | 'm' | 'g' | '']!)
+    : NaN;
   if (!(bytes >= 1024)) throw invalid(source, text, 'a size of at least 1k, like 1m');
   return bytes;
 }
@@ -65,7 +70,11 @@ export function parseDiskSize(text: string, source = '--disk'): number {
   const match = /^(\d+(?:\.\d+)?)\s*([mgt]?)i?b?$/i.exec(text.trim());
   if (!match) throw invalid(source, text, 'a size like 4g');
   const gibibytes = Number(match[1]) * { m: 1 / 1024, g: 1, t: 1024, '': 1 }[match[2]!.toLowerCase() as 'm' | 'g' | 't' | '']!;
-  if (!(gibibytes >= 1)) throw new TorporError('invalid-disk', `${source} ${text} is too small: a writable layer needs at least 1g`, { status: 400, hint: 'use 4g (the default) or more' });
+  if (!(gibibytes >= 1))
+    throw new TorporError('invalid-disk', `${source} ${text} is too small: a writable layer needs at least 1g`, {
+      status: 400,
+      hint: 'use 4g (the default) or more',
+    });
   return Math.ceil(gibibytes);
 }
 
@@ -89,7 +98,15 @@ export function resolveLimits(environment: NodeJS.ProcessEnv, flags: Partial<Rec
     const fromEnvironment = environment[variable];
     if (fromEnvironment !== undefined && fromEnvironment !== '') limits[key] = parseLimit(key, variable, fromEnvironment);
     const fromFlag = flags[key];
-    if (fromFlag !== undefined) limits[key] = parseLimit(key, `--${key.replace(/^max/, 'max-').replace(/MiB|GiB/, '').toLowerCase()}`, fromFlag);
+    if (fromFlag !== undefined)
+      limits[key] = parseLimit(
+        key,
+        `--${key
+          .replace(/^max/, 'max-')
+          .replace(/MiB|GiB/, '')
+          .toLowerCase()}`,
+        fromFlag,
+      );
   }
   return limits;
 }
@@ -98,20 +115,23 @@ export function resolveLimits(environment: NodeJS.ProcessEnv, flags: Partial<Rec
 export function checkMachineSize(limits: ResourceLimits, request: { cpus: number; memoryMiB: number; diskGiB?: number }): void {
   if (request.cpus > limits.maxCpus) {
     throw new TorporError('limit-cpus', `${request.cpus} vCPUs asked for; this server allows at most ${limits.maxCpus} per machine`, {
-      status: 400, hint: `ask for ${limits.maxCpus} or fewer, or start the server with --max-cpus N (TORPOR_MAX_CPUS)`,
+      status: 400,
+      hint: `ask for ${limits.maxCpus} or fewer, or start the server with --max-cpus N (TORPOR_MAX_CPUS)`,
       exitCode: 1,
     });
   }
   if (request.memoryMiB > limits.maxMemoryMiB) {
     throw new TorporError('limit-memory', `${request.memoryMiB} MiB of memory asked for; this server allows at most ${limits.maxMemoryMiB} MiB per machine`, {
-      status: 400, hint: `ask for ${limits.maxMemoryMiB}m or less, or start the server with --max-memory SIZE (TORPOR_MAX_MEMORY)`,
+      status: 400,
+      hint: `ask for ${limits.maxMemoryMiB}m or less, or start the server with --max-memory SIZE (TORPOR_MAX_MEMORY)`,
       exitCode: 1,
     });
   }
   const disk = request.diskGiB ?? defaultDiskGiB;
   if (disk > limits.maxDiskGiB) {
     throw new TorporError('limit-disk', `a ${disk} GiB writable disk asked for; this server allows at most ${limits.maxDiskGiB} GiB per machine`, {
-      status: 400, hint: `ask for ${limits.maxDiskGiB}g or less, or start the server with --max-disk SIZE (TORPOR_MAX_DISK)`,
+      status: 400,
+      hint: `ask for ${limits.maxDiskGiB}g or less, or start the server with --max-disk SIZE (TORPOR_MAX_DISK)`,
       exitCode: 1,
     });
   }
@@ -120,7 +140,8 @@ export function checkMachineSize(limits: ResourceLimits, request: { cpus: number
 export function checkSessionCount(limits: ResourceLimits, existing: number): void {
   if (existing >= limits.maxSessions) {
     throw new TorporError('limit-sessions', `this server already holds ${existing} sessions, its maximum`, {
-      status: 429, hint: 'delete sessions you no longer need (`torpor session rm ID`), or start the server with --max-sessions N (TORPOR_MAX_SESSIONS)',
+      status: 429,
+      hint: 'delete sessions you no longer need (`torpor session rm ID`), or start the server with --max-sessions N (TORPOR_MAX_SESSIONS)',
       exitCode: 1,
     });
   }
@@ -129,7 +150,8 @@ export function checkSessionCount(limits: ResourceLimits, existing: number): voi
 export function checkMachineCount(limits: ResourceLimits, running: number): void {
   if (running >= limits.maxMachines) {
     throw new TorporError('limit-machines', `${running} machines are running, this server's maximum`, {
-      status: 429, hint: 'try again when a session hibernates (shorter --idle helps), delete sessions, or start the server with --max-machines N (TORPOR_MAX_MACHINES)',
+      status: 429,
+      hint: 'try again when a session hibernates (shorter --idle helps), delete sessions, or start the server with --max-machines N (TORPOR_MAX_MACHINES)',
       exitCode: 1,
     });
   }

@@ -162,7 +162,8 @@ async function exists(path: string): Promise<boolean> {
  */
 export async function createMachineFromSnapshot(manifest: SnapshotManifest, options: RestoreOptions = {}): Promise<MachineConfig> {
   const parsed = machineConfigSchema.safeParse((manifest.metadata as { machine?: unknown }).machine);
-  if (!parsed.success) throw new TorporError('snapshot-invalid', `snapshot ${manifest.name} has no machine description`, { hint: 'it was not made by `torpor snapshot`' });
+  if (!parsed.success)
+    throw new TorporError('snapshot-invalid', `snapshot ${manifest.name} has no machine description`, { hint: 'it was not made by `torpor snapshot`' });
   const original = parsed.data;
   for (const [what, path, hint] of [
     ['image', original.image.diskPath, `import or pull image ${original.image.reference} again (digest ${original.image.digest})`],
@@ -175,7 +176,8 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
   }
   if (options.networkPolicy && !original.network) {
     throw new TorporError('invalid-network', `snapshot ${manifest.name} was taken with --network none: it has no network device to give a policy to`, {
-      status: 400, hint: 'restore it without network flags; a machine gets its network device when it is created',
+      status: 400,
+      hint: 'restore it without network flags; a machine gets its network device when it is created',
     });
   }
   const name = options.name ?? randomMachineName();

@@ -31,6 +31,7 @@ export async function findMachine(reference: string): Promise<MachineConfig> {
   const ids = await readdir(paths.machines()).catch(() => [] as string[]);
   const matches = ids.filter((id) => id.startsWith(reference));
   if (matches.length === 1 && reference.length >= 3) return readMachineConfig(matches[0]!);
-  if (matches.length > 1) throw new TorporError('ambiguous-machine', `${reference} matches ${matches.length} machines`, { hint: 'give more of the id, or the name' });
+  if (matches.length > 1)
+    throw new TorporError('ambiguous-machine', `${reference} matches ${matches.length} machines`, { hint: 'give more of the id, or the name' });
   throw new TorporError('machine-unknown', `no such machine: ${reference}`, { hint: 'see `torpor ps -a`' });
 }

@@ -20,7 +20,9 @@ export async function effectiveState(config: MachineConfig): Promise<MachineStat
     // whose supervisor died before that was set up, or one started without setpriv.
     return { ...state, error: 'its supervisor process died and QEMU is left running; `torpor stop` or `torpor rm -f` ends the machine' };
   }
-  const error = state.supervisorPid ? `its supervisor (pid ${state.supervisorPid}) died, and QEMU with it` : 'the machine stopped without a trace (its processes were killed)';
+  const error = state.supervisorPid
+    ? `its supervisor (pid ${state.supervisorPid}) died, and QEMU with it`
+    : 'the machine stopped without a trace (its processes were killed)';
   return { ...state, status: 'exited', exitCode: state.exitCode ?? 137, error: state.error ?? error };
 }
 

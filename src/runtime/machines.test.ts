@@ -5,16 +5,7 @@ import { mkdtemp, writeFile, readFile, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { useTemporaryHome } from './testing/temporary-home.ts';
-import {
-  createMachine,
-  startMachine,
-  connectToMachine,
-  stopMachine,
-  removeMachine,
-  listMachines,
-  findMachine,
-  effectiveState,
-} from './machines.ts';
+import { createMachine, startMachine, connectToMachine, stopMachine, removeMachine, listMachines, findMachine, effectiveState } from './machines.ts';
 import { copyIntoMachine, copyFromMachine } from './copy.ts';
 import type { AgentClient } from '../guest/agent-client.ts';
 import type { MachineConfig } from './machine-record.ts';
@@ -32,7 +23,14 @@ async function run(argv: string[], options: { env?: string[]; stdin?: string; wo
   const stdout: Buffer[] = [];
   const stderr: Buffer[] = [];
   const process = client.exec(
-    { argv, env: options.env ?? [], workingDirectory: options.workingDirectory ?? '/', user: options.user ?? '', tty: false, stdin: options.stdin !== undefined },
+    {
+      argv,
+      env: options.env ?? [],
+      workingDirectory: options.workingDirectory ?? '/',
+      user: options.user ?? '',
+      tty: false,
+      stdin: options.stdin !== undefined,
+    },
     { stdout: (data) => stdout.push(data), stderr: (data) => stderr.push(data) },
   );
   if (options.stdin !== undefined) {
@@ -115,7 +113,9 @@ test('files and directories copy in and out', async () => {
 test('published ports reach the guest, and the guest reaches the host', async () => {
   let body = '';
   for (let attempt = 0; attempt < 50 && !body; attempt++) {
-    body = await fetch(`http://127.0.0.1:${hostPort}/index.html`).then((response) => response.text()).catch(() => '');
+    body = await fetch(`http://127.0.0.1:${hostPort}/index.html`)
+      .then((response) => response.text())
+      .catch(() => '');
     if (!body) await new Promise((resolve) => setTimeout(resolve, 100));
   }
   assert.equal(body, 'served-by-guest\n');
@@ -132,7 +132,10 @@ test('the main process output is logged and the machine is listed as running', a
   const log = await readFile(join(home.home, 'machines', machine.id, 'process.log'), 'utf8');
   assert.match(log, /main-started/);
   const listed = await listMachines();
-  assert.deepEqual(listed.map((view) => [view.config.name, view.state.status]), [['web', 'running']]);
+  assert.deepEqual(
+    listed.map((view) => [view.config.name, view.state.status]),
+    [['web', 'running']],
+  );
   assert.equal((await findMachine('web')).id, machine.id);
   assert.equal((await findMachine(machine.id.slice(0, 6))).id, machine.id);
 });

@@ -36,7 +36,11 @@ const copySparse = (from: string, to: string) => runCommand('cp', ['--sparse=alw
  */
 async function copyFromTemplateCache(config: MachineConfig, templateName: string): Promise<boolean> {
   const cache = templateFiles(templateName);
-  const mtime = (path: string) => stat(path).then((status) => status.mtimeMs, () => undefined);
+  const mtime = (path: string) =>
+    stat(path).then(
+      (status) => status.mtimeMs,
+      () => undefined,
+    );
   const memory = await mtime(cache.memory);
   const layer = await mtime(cache.layer);
   const deviceState = await mtime(cache.deviceState);
@@ -47,7 +51,9 @@ async function copyFromTemplateCache(config: MachineConfig, templateName: string
 }
 
 /** The snapshot a machine restores from, and its boot template's RAM in tmpfs when that is there. */
-export async function restoreSources(config: MachineConfig): Promise<{ manifest: SnapshotManifest; base?: { manifest: SnapshotManifest; memoryFile: string } }> {
+export async function restoreSources(
+  config: MachineConfig,
+): Promise<{ manifest: SnapshotManifest; base?: { manifest: SnapshotManifest; memoryFile: string } }> {
   const manifest = await readSnapshot(config.restore!.snapshot);
   const templateName = bootTemplateName(config);
   const templateFile = templateMemoryFile(templateName);

@@ -14,7 +14,10 @@ test('memory sizes parse like docker', () => {
 test('published ports parse like docker and bad ones say the format', () => {
   assert.deepEqual(parsePort('8080:80'), { hostAddress: '', hostPort: 8080, guestPort: 80, protocol: 'tcp' });
   assert.deepEqual(parsePort('127.0.0.1:8080:80/udp'), { hostAddress: '127.0.0.1', hostPort: 8080, guestPort: 80, protocol: 'udp' });
-  assert.throws(() => parsePort('80'), (error: Error & { hint?: string }) => /HOST_PORT:GUEST_PORT/.test(error.hint ?? ''));
+  assert.throws(
+    () => parsePort('80'),
+    (error: Error & { hint?: string }) => /HOST_PORT:GUEST_PORT/.test(error.hint ?? ''),
+  );
   assert.throws(() => parsePort('70000:80'), /invalid -p/);
   assert.throws(() => parsePort('a:b'), /invalid -p/);
 });

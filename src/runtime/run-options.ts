@@ -13,7 +13,10 @@ export function parseMemory(text: string): number {
   const bytes = value * { b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[unit]!;
   const mebibytes = Math.floor(bytes / 1024 ** 2);
   if (mebibytes < 128) {
-    throw new TorporError('invalid-memory', `--memory ${text} is too small: a machine needs at least 128m`, { hint: 'use --memory 512m (the default) or more', status: 400 });
+    throw new TorporError('invalid-memory', `--memory ${text} is too small: a machine needs at least 128m`, {
+      hint: 'use --memory 512m (the default) or more',
+      status: 400,
+    });
   }
   if (mebibytes > 256 * 1024) throw new TorporError('invalid-memory', `--memory ${text} is larger than torpor supports (256g)`, { status: 400 });
   return mebibytes;
@@ -32,7 +35,9 @@ export function parseCpus(text: string): number {
 export function parsePort(text: string): PortMapping {
   const match = /^(?:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-f:]+\]|localhost):)?(\d{1,5}):(\d{1,5})(?:\/(tcp|udp))?$/i.exec(text.trim());
   const bad = () =>
-    new TorporError('invalid-port', `invalid -p value ${JSON.stringify(text)}`, { hint: 'use HOST_PORT:GUEST_PORT, e.g. -p 8080:80, or 127.0.0.1:8080:80, or 5353:53/udp' });
+    new TorporError('invalid-port', `invalid -p value ${JSON.stringify(text)}`, {
+      hint: 'use HOST_PORT:GUEST_PORT, e.g. -p 8080:80, or 127.0.0.1:8080:80, or 5353:53/udp',
+    });
   if (!match) throw bad();
   const hostPort = Number(match[2]);
   const guestPort = Number(match[3]);
@@ -55,11 +60,30 @@ export function parseEnvironment(entries: string[]): string[] {
 /** Throws `invalid-name` unless the name is safe as a file name and a hostname (1-63 of [a-zA-Z0-9_.-]). */
 export function validateMachineName(name: string): void {
   if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/.test(name)) {
-    throw new TorporError('invalid-name', `invalid machine name ${JSON.stringify(name)}`, { hint: 'use letters, digits, _ . - (up to 63), starting with a letter or digit' });
+    throw new TorporError('invalid-name', `invalid machine name ${JSON.stringify(name)}`, {
+      hint: 'use letters, digits, _ . - (up to 63), starting with a letter or digit',
+    });
   }
 }
 
-const adjectives = ['brave', 'calm', 'eager', 'fond', 'gentle', 'happy', 'jolly', 'keen', 'lucid', 'merry', 'nimble', 'quiet', 'sleepy', 'snug', 'still', 'wise'];
+const adjectives = [
+  'brave',
+  'calm',
+  'eager',
+  'fond',
+  'gentle',
+  'happy',
+  'jolly',
+  'keen',
+  'lucid',
+  'merry',
+  'nimble',
+  'quiet',
+  'sleepy',
+  'snug',
+  'still',
+  'wise',
+];
 const nouns = ['badger', 'bat', 'bear', 'dormouse', 'hedgehog', 'lemur', 'marmot', 'possum', 'squirrel', 'tortoise', 'chipmunk', 'hamster', 'koala', 'sloth'];
 
 /** A name like docker's (`sleepy_dormouse_42`) for machines the user did not name. */
@@ -76,17 +100,25 @@ export function networkOptionsFrom(flags: { network: string; allowHost: string[]
   network: boolean;
   networkPolicy?: NetworkPolicy;
 } {
-  const rules = [...flags.allowHost.map(() => '--allow-host'), ...flags.egressAllow.map(() => '--egress-allow'), ...flags.egressDeny.map(() => '--egress-deny')];
+  const rules = [
+    ...flags.allowHost.map(() => '--allow-host'),
+    ...flags.egressAllow.map(() => '--egress-allow'),
+    ...flags.egressDeny.map(() => '--egress-deny'),
+  ];
   if (flags.network === 'none' || flags.network === 'unrestricted') {
     if (rules.length > 0) {
       throw new TorporError('invalid-network', `${rules[0]} has no effect with --network ${flags.network}`, {
-        status: 400, hint: 'use the default --network user with --allow-host / --egress-allow / --egress-deny',
+        status: 400,
+        hint: 'use the default --network user with --allow-host / --egress-allow / --egress-deny',
       });
     }
     return flags.network === 'none' ? { network: false } : { network: true, networkPolicy: buildNetworkPolicy({ mode: 'unrestricted' }) };
   }
   if (flags.network !== 'user') {
-    throw new TorporError('invalid-network', `unknown --network ${flags.network}`, { status: 400, hint: 'use --network user (the default), none or unrestricted' });
+    throw new TorporError('invalid-network', `unknown --network ${flags.network}`, {
+      status: 400,
+      hint: 'use --network user (the default), none or unrestricted',
+    });
   }
   return { network: true, networkPolicy: buildNetworkPolicy({ allowHost: flags.allowHost, egressAllow: flags.egressAllow, egressDeny: flags.egressDeny }) };
 }

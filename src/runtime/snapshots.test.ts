@@ -23,7 +23,10 @@ while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done
 
 async function shell(client: AgentClient, script: string): Promise<string> {
   let output = '';
-  const process = client.exec({ argv: ['sh', '-c', script], env: [], workingDirectory: '/', user: '', tty: false, stdin: false }, { stdout: (data) => (output += data) });
+  const process = client.exec(
+    { argv: ['sh', '-c', script], env: [], workingDirectory: '/', user: '', tty: false, stdin: false },
+    { stdout: (data) => (output += data) },
+  );
   await process.exited;
   return output.trim();
 }
@@ -31,7 +34,9 @@ async function shell(client: AgentClient, script: string): Promise<string> {
 async function inspect(config: MachineConfig): Promise<{ counter: number; children: number; file: string; hostname: string }> {
   const client = await connectToMachine(config);
   try {
-    const [counter, children, file, hostname] = (await shell(client, 'cat /tmp/counter; ps -o args | grep -c "^sleep 100[12]$"; cat /root/closed.txt; hostname')).split('\n');
+    const [counter, children, file, hostname] = (
+      await shell(client, 'cat /tmp/counter; ps -o args | grep -c "^sleep 100[12]$"; cat /root/closed.txt; hostname')
+    ).split('\n');
     return { counter: Number(counter), children: Number(children), file: file!, hostname: hostname! };
   } finally {
     client.close();
@@ -66,7 +71,10 @@ test('restore continues every process where the snapshot left it, with files tha
     assert.equal(after.file, 'written-before-snapshot');
     assert.equal(after.hostname, 'copy');
     // The counter went on from the snapshot's value (not from zero, as a fresh start would).
-    assert.ok(after.counter >= before.counter && after.counter <= atSnapshot.counter + 100, `counter ${after.counter}: ${before.counter} before the snapshot, ${atSnapshot.counter} just after`);
+    assert.ok(
+      after.counter >= before.counter && after.counter <= atSnapshot.counter + 100,
+      `counter ${after.counter}: ${before.counter} before the snapshot, ${atSnapshot.counter} just after`,
+    );
   } finally {
     await removeMachine(restored, { force: true });
   }
@@ -104,10 +112,16 @@ test('bad input: a stopped machine, a taken name, a missing image', async () => 
   const disk = machine.image.diskPath;
   await rename(disk, `${disk}.moved`);
   try {
-    await assert.rejects(restoreMachine('origin@1', { name: 'orphan' }), (error: Error & { hint?: string }) => /its image is gone/.test(error.message) && /import or pull image base/.test(error.hint ?? ''));
+    await assert.rejects(
+      restoreMachine('origin@1', { name: 'orphan' }),
+      (error: Error & { hint?: string }) => /its image is gone/.test(error.message) && /import or pull image base/.test(error.hint ?? ''),
+    );
   } finally {
     await rename(`${disk}.moved`, disk);
   }
   assert.ok((await listSnapshots()).some((snapshot) => snapshot.name === 'origin@1'));
-  assert.deepEqual((await listMachines()).map((view) => view.config.name), ['origin']);
+  assert.deepEqual(
+    (await listMachines()).map((view) => view.config.name),
+    ['origin'],
+  );
 });

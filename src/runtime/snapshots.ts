@@ -24,10 +24,7 @@ async function exists(path: string): Promise<boolean> {
 export type { RestoreOptions } from './machine-creation.ts';
 
 /** Saves a running machine whole (memory, processes, files) into the snapshot store. */
-export async function snapshotMachine(
-  config: MachineConfig,
-  options: { name: string; stop?: boolean; replace?: boolean },
-): Promise<SnapshotSummary> {
+export async function snapshotMachine(config: MachineConfig, options: { name: string; stop?: boolean; replace?: boolean }): Promise<SnapshotSummary> {
   const state = await effectiveState(config);
   if (state.status !== 'running') {
     throw new TorporError('not-running', `machine ${config.name} is ${state.status}: only a running machine can be snapshotted`, {
@@ -62,7 +59,10 @@ export async function restoreMachine(snapshotName: string, options: RestoreOptio
 }
 
 /** N live copies of a running machine, each independent from then on (own RAM file, disk, clock, RNG, name). */
-export async function forkMachine(config: MachineConfig, options: { count: number; namePrefix?: string }): Promise<{ forks: MachineConfig[]; snapshot: SnapshotSummary }> {
+export async function forkMachine(
+  config: MachineConfig,
+  options: { count: number; namePrefix?: string },
+): Promise<{ forks: MachineConfig[]; snapshot: SnapshotSummary }> {
   const snapshotName = `${config.name}@fork-${Date.now().toString(36)}`;
   const snapshot = await snapshotMachine(config, { name: snapshotName });
   const manifest = await readSnapshot(snapshotName);
@@ -102,7 +102,8 @@ async function materializeForks(forks: MachineConfig[]): Promise<void> {
   await Promise.all(
     forks.slice(1).map(async (fork) => {
       const files = machineFiles(fork.id);
-      if (!lazy || !(await prepareLazyRestore(manifest, fork.id, files.memoryFile, base))) await runCommand('cp', ['--sparse=always', first.memoryFile, files.memoryFile]);
+      if (!lazy || !(await prepareLazyRestore(manifest, fork.id, files.memoryFile, base)))
+        await runCommand('cp', ['--sparse=always', first.memoryFile, files.memoryFile]);
       await runCommand('cp', ['--sparse=always', first.layerDisk, files.layerDisk]);
       await copyFile(first.deviceState, files.deviceState);
     }),

@@ -22,7 +22,9 @@ export async function connectToMachine(config: MachineConfig): Promise<AgentClie
   try {
     return await connectToSupervisor(config.id);
   } catch (error) {
-    throw new TorporError('not-running', `cannot reach machine ${config.name}'s supervisor: ${(error as Error).message}`, { hint: `torpor rm -f ${config.name}` });
+    throw new TorporError('not-running', `cannot reach machine ${config.name}'s supervisor: ${(error as Error).message}`, {
+      hint: `torpor rm -f ${config.name}`,
+    });
   }
 }
 

@@ -15,7 +15,9 @@ const supervisorEntry = join(dirname(fileURLToPath(import.meta.url)), 'superviso
 export async function supervisorCommand(): Promise<string[]> {
   if (!environment().TORPOR_NO_BUNDLE) {
     try {
-      const { ensureBundles } = (await import(pathToFileURL(join(projectRoot(), 'bin', 'bundles.mjs')).href)) as { ensureBundles: () => Promise<{ supervisor: string }> };
+      const { ensureBundles } = (await import(pathToFileURL(join(projectRoot(), 'bin', 'bundles.mjs')).href)) as {
+        ensureBundles: () => Promise<{ supervisor: string }>;
+      };
       return [(await ensureBundles()).supervisor];
     } catch {
       // no esbuild: run the sources

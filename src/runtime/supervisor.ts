@@ -21,7 +21,15 @@ import type { ControlRequest, ControlReply, SnapshotSummary } from './control-pr
 import { keepWarm } from './warm-memory.ts';
 import { parentDeathEnvironment, protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
 import { environment } from '../config/environment.ts';
-import { confirmPagerServing, earlyWorkingSet, knownMemoryOf, releaseLazyMemory, restoreEnvironment, verifyCleanChunks, type WriteBaseline } from './lazy-restore.ts';
+import {
+  confirmPagerServing,
+  earlyWorkingSet,
+  knownMemoryOf,
+  releaseLazyMemory,
+  restoreEnvironment,
+  verifyCleanChunks,
+  type WriteBaseline,
+} from './lazy-restore.ts';
 
 // Streams the supervisor opens for its clients live above its own (below 0x40000000), at a random
 // start so that they do not meet streams a previous supervisor left running in a restored guest.
@@ -437,7 +445,10 @@ export class Supervisor {
           this.main.signal(request.signal ?? 15);
           const timeout = (request.timeoutSeconds ?? 10) * 1000;
           const exited = await Promise.race([
-            this.main.exited.then(() => true, () => true),
+            this.main.exited.then(
+              () => true,
+              () => true,
+            ),
             new Promise<false>((resolve) => setTimeout(() => resolve(false), timeout)),
           ]);
           if (!exited) this.main.signal(9);

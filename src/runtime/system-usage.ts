@@ -64,7 +64,12 @@ export async function systemUsage(): Promise<SystemUsage> {
     stateDirectory: stateHome(),
     memoryDirectory: memoryDirectory(),
     stateDirectoryBytes: await allocatedSize(stateHome()),
-    machines: { count: machines.length, live: machines.filter(({ state }) => isLive(state.status)).length, bytes: machineBytes, reclaimableBytes: reclaimableMachineBytes },
+    machines: {
+      count: machines.length,
+      live: machines.filter(({ state }) => isLive(state.status)).length,
+      bytes: machineBytes,
+      reclaimableBytes: reclaimableMachineBytes,
+    },
     images: { count: (await listImages()).length, bytes: await allocatedSize(paths.images()) },
     snapshots: { count: store.snapshots.length, chunks: store.chunks, chunkBytes: store.bytes, bytes: await allocatedSize(paths.snapshots()) },
     memory: {

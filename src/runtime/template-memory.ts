@@ -94,7 +94,8 @@ export async function templateMemoryFiles(): Promise<TemplateMemoryFile[]> {
       );
     // With the disk layer and device state a start from the template keeps beside its RAM.
     const path = join(directory, name);
-    const bytes = (await allocatedBytes(path)) + (await allocatedBytes(path.replace(/\.ram$/, '.layer'))) + (await allocatedBytes(path.replace(/\.ram$/, '.device-state')));
+    const bytes =
+      (await allocatedBytes(path)) + (await allocatedBytes(path.replace(/\.ram$/, '.layer'))) + (await allocatedBytes(path.replace(/\.ram$/, '.device-state')));
     result.push({ file: path, allocatedBytes: bytes, owner, ...(home === undefined ? {} : { home }) });
   }
   return result;

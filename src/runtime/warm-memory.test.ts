@@ -28,7 +28,10 @@ async function run(config: MachineConfig, script: string): Promise<string> {
   const client = await connectToMachine(config);
   try {
     let output = '';
-    await client.exec({ argv: ['sh', '-c', script], env: [], workingDirectory: '/', user: '', tty: false, stdin: false }, { stdout: (data) => (output += data) }).exited;
+    await client.exec(
+      { argv: ['sh', '-c', script], env: [], workingDirectory: '/', user: '', tty: false, stdin: false },
+      { stdout: (data) => (output += data) },
+    ).exited;
     return output.trim();
   } finally {
     client.close();
@@ -50,7 +53,8 @@ test('a hibernated machine stays warm and its next restore takes its RAM over', 
   process.env.TORPOR_WARM_MEMORY = '1024';
   const machine = await createMachine({ image: 'base', name: 'sleeper', command: ['sh', '-c', workload], memoryMiB: 256 });
   await startMachine(machine.id);
-  for (let attempt = 0; attempt < 600 && (await run(machine, 'cat /tmp/ready 2>/dev/null')) !== 'ready'; attempt++) await new Promise((resolve) => setTimeout(resolve, 200));
+  for (let attempt = 0; attempt < 600 && (await run(machine, 'cat /tmp/ready 2>/dev/null')) !== 'ready'; attempt++)
+    await new Promise((resolve) => setTimeout(resolve, 200));
   const expected = await run(machine, checksums);
   await snapshotMachine(machine, { name: 'sleeper@1', stop: true });
   await removeMachine(machine, { force: true });
@@ -65,7 +69,10 @@ test('a hibernated machine stays warm and its next restore takes its RAM over', 
       // and those chunks were not read again.
       const before = status.counters.templateChunks + status.counters.storeChunks;
       assert.ok(status.loaded.some((flag) => flag === 1));
-      assert.ok(before < status.loaded.filter((flag) => flag === 1).length, `served ${before} chunks again of ${status.loaded.filter((flag) => flag === 1).length} loaded`);
+      assert.ok(
+        before < status.loaded.filter((flag) => flag === 1).length,
+        `served ${before} chunks again of ${status.loaded.filter((flag) => flag === 1).length} loaded`,
+      );
     }
     assert.equal(await run(woken, checksums), expected);
     // Hibernated again and woken again: still the same data, from a second warm generation.

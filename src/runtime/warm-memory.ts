@@ -17,7 +17,7 @@ import { homePrefix } from './template-memory.ts';
 
 /** Bytes of tmpfs the warm tier may hold; 0 turns it off (the default). */
 export function warmBudgetBytes(): number {
-  const mebibytes = (environment().TORPOR_WARM_MEMORY ?? 0);
+  const mebibytes = environment().TORPOR_WARM_MEMORY ?? 0;
   return Number.isFinite(mebibytes) && mebibytes > 0 ? mebibytes * 1024 ** 2 : 0;
 }
 

@@ -1,8 +1,8 @@
-import { Console } from "node:console";
-import { createInterface, type Interface } from "node:readline";
-import { format } from "node:util";
-import type { Entry } from "../context/entry.ts";
-import { entriesToModelMessages, type ModelMessage } from "../context/model-messages.ts";
+import { Console } from 'node:console';
+import { createInterface, type Interface } from 'node:readline';
+import { format } from 'node:util';
+import type { Entry } from '../context/entry.ts';
+import { entriesToModelMessages, type ModelMessage } from '../context/model-messages.ts';
 import {
   encodeLine,
   parseAgentEvent,
@@ -13,9 +13,9 @@ import {
   type HostMessage,
   type UserMessage,
   type WakeMessage,
-} from "../session/agent-protocol.ts";
-import { retryWithRateLimitSleep, type RateLimitSleepOptions } from "./rate-limit.ts";
-import { forwardStream, type ForwardStreamOptions, type ForwardStreamResult, type StreamTextResultLike } from "./stream-text.ts";
+} from '../session/agent-protocol.ts';
+import { retryWithRateLimitSleep, type RateLimitSleepOptions } from './rate-limit.ts';
+import { forwardStream, type ForwardStreamOptions, type ForwardStreamResult, type StreamTextResultLike } from './stream-text.ts';
 
 /** A user message and the turn it starts. */
 export interface Turn {
@@ -43,14 +43,14 @@ export interface AgentOptions {
 class Closed extends Error {
   constructor(what: string) {
     super(`the host closed the connection before ${what}`);
-    this.name = "AgentClosedError";
+    this.name = 'AgentClosedError';
   }
 }
 
 export class CheckpointFailedError extends Error {
   constructor(message: string) {
     super(`checkpoint failed: ${message}`);
-    this.name = "CheckpointFailedError";
+    this.name = 'CheckpointFailedError';
   }
 }
 
@@ -60,14 +60,14 @@ interface Waiter<T> {
 }
 
 function textOf(message: UserMessage): string {
-  if (typeof message.content === "string") return message.content;
-  return message.content.flatMap((part) => (part.type === "text" ? [part.text] : [])).join("");
+  if (typeof message.content === 'string') return message.content;
+  return message.content.flatMap((part) => (part.type === 'text' ? [part.text] : [])).join('');
 }
 
 /** Log entries (from `hello.history` or `agent.history()`) as AI SDK messages, summaries applied. */
 export function historyToModelMessages(entries: readonly Entry[]): ModelMessage[] {
   // History is the whole log from offset 0, so positions are offsets (summaries name ranges by them).
-  return entriesToModelMessages(entries.map((entry, offset) => ({ sessionId: "", offset, appendedAt: "", entry })));
+  return entriesToModelMessages(entries.map((entry, offset) => ({ sessionId: '', offset, appendedAt: '', entry })));
 }
 
 /**
@@ -123,14 +123,14 @@ export class Agent {
       console.table = toStderr.table.bind(toStderr);
     }
     // The host went away (EPIPE): there is no one left to talk to, which is a shutdown, not a crash.
-    this.output.on("error", (error: Error) => {
+    this.output.on('error', (error: Error) => {
       if (!this.outputBroken) this.log(`torpor agent: cannot write to the host (${error.message}); stopping`);
       this.outputBroken = true;
       this.close();
     });
     this.lines = createInterface({ input, crlfDelay: Infinity });
-    this.lines.on("line", (line) => this.receive(line));
-    this.lines.on("close", () => this.close());
+    this.lines.on('line', (line) => this.receive(line));
+    this.lines.on('close', () => this.close());
     this.done = options.onMessage ? this.runHandler(options.onMessage) : this.closed;
     currentAgent = this;
   }
@@ -149,14 +149,14 @@ export class Agent {
       return;
     }
     switch (message.type) {
-      case "hello":
+      case 'hello':
         if (message.protocol !== protocolVersion) {
           this.log(`torpor agent: the host speaks protocol ${message.protocol}, this SDK speaks ${protocolVersion}; continuing, but update one of them`);
         }
         this.helloReceived = message;
         this.resolveHello(message);
         break;
-      case "message": {
+      case 'message': {
         const turn: Turn = { turnId: message.turnId, message: message.message, text: textOf(message.message) };
         if (this.turnWaiter) {
           const waiter = this.turnWaiter;
@@ -165,7 +165,7 @@ export class Agent {
         } else this.queuedTurns.push(turn);
         break;
       }
-      case "wake": {
+      case 'wake': {
         // The machine was restored: TCP connections kept alive from before the snapshot are dead
         // (the host side of them is gone), and reusing them fails with ECONNRESET.
         resetHttpConnections();
@@ -173,16 +173,16 @@ export class Agent {
         for (const sleeper of this.sleepers.splice(0)) sleeper.resolve(message);
         break;
       }
-      case "checkpoint-done":
+      case 'checkpoint-done':
         this.checkpointWaiters.shift()?.resolve(message.snapshot);
         break;
-      case "checkpoint-failed":
+      case 'checkpoint-failed':
         this.checkpointWaiters.shift()?.reject(new CheckpointFailedError(message.error));
         break;
-      case "history":
+      case 'history':
         this.historyWaiters.shift()?.resolve(message.entries);
         break;
-      case "shutdown":
+      case 'shutdown':
         this.close();
         break;
     }
@@ -191,12 +191,12 @@ export class Agent {
   private close(): void {
     if (this.isClosed) return;
     this.isClosed = true;
-    this.rejectHello(new Closed("saying hello"));
+    this.rejectHello(new Closed('saying hello'));
     this.turnWaiter?.resolve(undefined);
     this.turnWaiter = undefined;
-    for (const waiter of this.sleepers.splice(0)) waiter.reject(new Closed("the wake-up"));
-    for (const waiter of this.checkpointWaiters.splice(0)) waiter.reject(new Closed("the checkpoint was taken"));
-    for (const waiter of this.historyWaiters.splice(0)) waiter.reject(new Closed("sending the history"));
+    for (const waiter of this.sleepers.splice(0)) waiter.reject(new Closed('the wake-up'));
+    for (const waiter of this.checkpointWaiters.splice(0)) waiter.reject(new Closed('the checkpoint was taken'));
+    for (const waiter of this.historyWaiters.splice(0)) waiter.reject(new Closed('sending the history'));
     // Stop reading, so that an open stdin does not keep the process alive once the program is done.
     this.lines.close();
     (this.input as { unref?: () => void }).unref?.();
@@ -206,7 +206,7 @@ export class Agent {
   /** Sends one event to the host. Events are validated here, so a mistake fails in the agent, with a stack. */
   send(event: AgentEvent): void {
     const valid = parseAgentEvent(event);
-    if (valid.type === "turn-finish") {
+    if (valid.type === 'turn-finish') {
       this.finishedTurns.add(valid.turnId);
       if (this.currentTurnId === valid.turnId) this.currentTurnId = undefined;
     }
@@ -220,7 +220,7 @@ export class Agent {
 
   /** Logs entries of the program's own (metadata, summaries, messages it added to the conversation). */
   appendEntries(entries: Entry[]): void {
-    this.send({ type: "entries-append", entries });
+    this.send({ type: 'entries-append', entries });
   }
 
   private nextTurn(): Promise<Turn | undefined> {
@@ -232,12 +232,12 @@ export class Agent {
 
   private startTurn(turn: Turn): void {
     this.currentTurnId = turn.turnId;
-    this.send({ type: "turn-start", turnId: turn.turnId });
+    this.send({ type: 'turn-start', turnId: turn.turnId });
   }
 
   /** Ends the turn unless the program already did (or paused it and finished it later). */
   finishTurn(turnId: string): void {
-    if (!this.finishedTurns.has(turnId)) this.send({ type: "turn-finish", turnId });
+    if (!this.finishedTurns.has(turnId)) this.send({ type: 'turn-finish', turnId });
   }
 
   /**
@@ -264,7 +264,7 @@ export class Agent {
         await onMessage(turn, this);
       } catch (error) {
         this.log(`torpor agent: turn ${turn.turnId} failed:`, error);
-        this.send({ type: "error", turnId: turn.turnId, message: error instanceof Error ? error.message : String(error), code: "agent_error" });
+        this.send({ type: 'error', turnId: turn.turnId, message: error instanceof Error ? error.message : String(error), code: 'agent_error' });
       }
     }
   }
@@ -274,28 +274,28 @@ export class Agent {
    * it then (or earlier, when a user message arrives: see `WakeMessage.reason`). Resolves on `wake`.
    */
   sleepUntil(until: Date | string | number, options: { reason?: string; turnId?: string } = {}): Promise<WakeMessage> {
-    if (this.isClosed) return Promise.reject(new Closed("the wake-up"));
+    if (this.isClosed) return Promise.reject(new Closed('the wake-up'));
     const date = new Date(until);
     if (Number.isNaN(date.getTime())) return Promise.reject(new TypeError(`sleepUntil: not a date: ${String(until)}`));
     const turnId = options.turnId ?? this.currentTurnId;
     const wake = new Promise<WakeMessage>((resolve, reject) => this.sleepers.push({ resolve, reject }));
-    this.send({ type: "sleep-until", until: date.toISOString(), ...(options.reason ? { reason: options.reason } : {}), ...(turnId ? { turnId } : {}) });
+    this.send({ type: 'sleep-until', until: date.toISOString(), ...(options.reason ? { reason: options.reason } : {}), ...(turnId ? { turnId } : {}) });
     return wake;
   }
 
   /** Asks the host for a snapshot now; resolves with its name once it is durable. */
   checkpoint(): Promise<string> {
-    if (this.isClosed) return Promise.reject(new Closed("the checkpoint was taken"));
+    if (this.isClosed) return Promise.reject(new Closed('the checkpoint was taken'));
     const done = new Promise<string>((resolve, reject) => this.checkpointWaiters.push({ resolve, reject }));
-    this.send({ type: "checkpoint" });
+    this.send({ type: 'checkpoint' });
     return done;
   }
 
   /** Every entry of the session's context log, oldest first. */
   history(): Promise<Entry[]> {
-    if (this.isClosed) return Promise.reject(new Closed("sending the history"));
+    if (this.isClosed) return Promise.reject(new Closed('sending the history'));
     const answer = new Promise<Entry[]>((resolve, reject) => this.historyWaiters.push({ resolve, reject }));
-    this.send({ type: "history-request" });
+    this.send({ type: 'history-request' });
     return answer;
   }
 
@@ -305,7 +305,7 @@ export class Agent {
    * stream's error (a 429, say) after forwarding what completed.
    */
   streamText(result: StreamTextResultLike, turn: string | Turn | ForwardStreamOptions): Promise<ForwardStreamResult> {
-    const options: ForwardStreamOptions = typeof turn === "string" ? { turnId: turn } : "message" in turn ? { turnId: turn.turnId } : turn;
+    const options: ForwardStreamOptions = typeof turn === 'string' ? { turnId: turn } : 'message' in turn ? { turnId: turn.turnId } : turn;
     return forwardStream(result, options, (event) => this.send(event));
   }
 
@@ -332,7 +332,7 @@ export function createAgent(options: AgentOptions = {}): Agent {
  */
 export function withRateLimitSleep<T>(fn: () => Promise<T>, options: RateLimitSleepOptions & { agent?: Agent } = {}): Promise<T> {
   const agent = options.agent ?? currentAgent;
-  if (!agent) return Promise.reject(new Error("withRateLimitSleep: create the agent first (createAgent())"));
+  if (!agent) return Promise.reject(new Error('withRateLimitSleep: create the agent first (createAgent())'));
   return agent.withRateLimitSleep(fn, options);
 }
 
@@ -341,7 +341,7 @@ export function withRateLimitSleep<T>(fn: () => Promise<T>, options: RateLimitSl
  * so the next request opens a new connection instead of reusing one that died with the snapshot.
  */
 export function resetHttpConnections(): void {
-  const key = Symbol.for("undici.globalDispatcher.1");
+  const key = Symbol.for('undici.globalDispatcher.1');
   const holder = globalThis as unknown as Record<symbol, { constructor: new () => unknown; close?: () => Promise<void> } | undefined>;
   const current = holder[key];
   if (!current) return;

@@ -27,7 +27,7 @@ interface ApiCallErrorLike {
  * whichever copy of `ai` the agent bundles.
  */
 export function findRateLimitError(error: unknown, depth = 0): ApiCallErrorLike | undefined {
-  if (!error || typeof error !== "object" || depth > 5) return undefined;
+  if (!error || typeof error !== 'object' || depth > 5) return undefined;
   const candidate = error as ApiCallErrorLike;
   if (candidate.statusCode === 429) return candidate;
   if (candidate.lastError !== undefined) {
@@ -39,10 +39,10 @@ export function findRateLimitError(error: unknown, depth = 0): ApiCallErrorLike 
 }
 
 function header(headers: unknown, name: string): string | undefined {
-  if (!headers || typeof headers !== "object") return undefined;
-  if (typeof (headers as Headers).get === "function") return (headers as Headers).get(name) ?? undefined;
+  if (!headers || typeof headers !== 'object') return undefined;
+  if (typeof (headers as Headers).get === 'function') return (headers as Headers).get(name) ?? undefined;
   for (const [key, value] of Object.entries(headers as Record<string, unknown>)) {
-    if (key.toLowerCase() === name && typeof value === "string") return value;
+    if (key.toLowerCase() === name && typeof value === 'string') return value;
   }
   return undefined;
 }
@@ -52,9 +52,9 @@ function header(headers: unknown, name: string): string | undefined {
  * as an HTTP date (RFC 9110). Undefined when the response says nothing usable.
  */
 export function retryAfterMs(headers: unknown, now = Date.now()): number | undefined {
-  const milliseconds = header(headers, "retry-after-ms");
+  const milliseconds = header(headers, 'retry-after-ms');
   if (milliseconds && /^\s*\d+(\.\d+)?\s*$/.test(milliseconds)) return Math.max(0, Number(milliseconds));
-  const value = header(headers, "retry-after")?.trim();
+  const value = header(headers, 'retry-after')?.trim();
   if (!value) return undefined;
   if (/^\d+(\.\d+)?$/.test(value)) return Number(value) * 1000;
   const date = Date.parse(value);
@@ -92,7 +92,7 @@ export async function retryWithRateLimitSleep<T>(fn: () => Promise<T>, sleepUnti
       if (asked === undefined) fallbackDelayMs *= 2;
       const info: RateLimitInfo = {
         until: new Date(Date.now() + delay),
-        message: typeof rateLimit.message === "string" ? rateLimit.message : "rate limited",
+        message: typeof rateLimit.message === 'string' ? rateLimit.message : 'rate limited',
         statusCode: 429,
       };
       options.onRateLimit?.(info);

@@ -48,7 +48,11 @@ export class AgentConnection extends EventEmitter<{ event: [AgentEvent]; invalid
     const { lines, dropped } = this.lines.push(data);
     for (const bytes of dropped) {
       // The program's event is lost; say so in the turn (and the log) instead of buffering it.
-      this.emit('event', { type: 'error', code: 'agent-line-too-long', message: `the agent printed a line of ${bytes} bytes to stdout; lines over ${this.lines.maxLineBytes} bytes are dropped (TORPOR_AGENT_MAX_LINE)` });
+      this.emit('event', {
+        type: 'error',
+        code: 'agent-line-too-long',
+        message: `the agent printed a line of ${bytes} bytes to stdout; lines over ${this.lines.maxLineBytes} bytes are dropped (TORPOR_AGENT_MAX_LINE)`,
+      });
     }
     for (const line of lines) {
       const text = line.trim();

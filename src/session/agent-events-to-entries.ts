@@ -1,6 +1,6 @@
-import { parseEntries, type Entry, type JsonValue } from "../context/entry.ts";
-import { modelMessagesToEntries, type ModelMessage } from "../context/model-messages.ts";
-import { AgentProtocolError, parseAgentEvent, type AgentEvent } from "./agent-protocol.ts";
+import { parseEntries, type Entry, type JsonValue } from '../context/entry.ts';
+import { modelMessagesToEntries, type ModelMessage } from '../context/model-messages.ts';
+import { AgentProtocolError, parseAgentEvent, type AgentEvent } from './agent-protocol.ts';
 
 export interface EventToEntriesOptions {
   /** The message id for a `message-finish` without one; random by default. */
@@ -32,37 +32,37 @@ export function eventToEntries(event: AgentEvent | unknown, options: EventToEntr
   }
   const turnMetadata = (turnId: string | undefined) => (turnId === undefined ? {} : { metadata: { turnId } as Record<string, JsonValue> });
   switch (parsed.type) {
-    case "message-finish": {
+    case 'message-finish': {
       const messageId = parsed.messageId;
       const entries = modelMessagesToEntries([parsed.message as ModelMessage], messageId ? { messageId: () => messageId } : options);
       return parseEntries(entries.map((entry) => ({ ...entry, metadata: { ...entry.metadata, turnId: parsed.turnId } })));
     }
-    case "tool-result":
+    case 'tool-result':
       return parseEntries([
-        { kind: "tool-result", toolCallId: parsed.toolCallId, toolName: parsed.toolName, output: parsed.output, ...turnMetadata(parsed.turnId) },
+        { kind: 'tool-result', toolCallId: parsed.toolCallId, toolName: parsed.toolName, output: parsed.output, ...turnMetadata(parsed.turnId) },
       ]);
-    case "usage": {
+    case 'usage': {
       const { type: _type, turnId, ...counts } = parsed;
-      return parseEntries([{ kind: "usage", ...counts, ...turnMetadata(turnId) }]);
+      return parseEntries([{ kind: 'usage', ...counts, ...turnMetadata(turnId) }]);
     }
-    case "error": {
+    case 'error': {
       const { type: _type, turnId, ...error } = parsed;
-      return parseEntries([{ kind: "error", ...error, ...turnMetadata(turnId) }]);
+      return parseEntries([{ kind: 'error', ...error, ...turnMetadata(turnId) }]);
     }
-    case "entries-append":
+    case 'entries-append':
       return parseEntries(parsed.entries);
-    case "sleep-until": {
-      const data: Record<string, JsonValue> = { event: "sleep-until", until: parsed.until };
+    case 'sleep-until': {
+      const data: Record<string, JsonValue> = { event: 'sleep-until', until: parsed.until };
       if (parsed.reason !== undefined) data.reason = parsed.reason;
-      return parseEntries([{ kind: "metadata", data, ...turnMetadata(parsed.turnId) }]);
+      return parseEntries([{ kind: 'metadata', data, ...turnMetadata(parsed.turnId) }]);
     }
-    case "turn-start":
-    case "text-delta":
-    case "reasoning-delta":
-    case "tool-call":
-    case "turn-finish":
-    case "checkpoint":
-    case "history-request":
+    case 'turn-start':
+    case 'text-delta':
+    case 'reasoning-delta':
+    case 'tool-call':
+    case 'turn-finish':
+    case 'checkpoint':
+    case 'history-request':
       return [];
   }
 }
@@ -71,9 +71,9 @@ export function eventToEntries(event: AgentEvent | unknown, options: EventToEntr
 export function invalidEventEntry(event: unknown, message: string): Entry {
   let details: JsonValue;
   try {
-    details = typeof event === "string" ? event : (JSON.parse(JSON.stringify(event ?? null)) as JsonValue);
+    details = typeof event === 'string' ? event : (JSON.parse(JSON.stringify(event ?? null)) as JsonValue);
   } catch {
     details = String(event);
   }
-  return { kind: "error", code: "invalid_agent_event", message, details };
+  return { kind: 'error', code: 'invalid_agent_event', message, details };
 }

@@ -1,7 +1,7 @@
-import { z } from "zod";
-import { entrySchema, parseEntries, parseEntry, type Entry, type JsonValue } from "../context/entry.ts";
-import { InvalidEntryError } from "../context/errors.ts";
-import { modelMessagesToEntries, type ModelMessage } from "../context/model-messages.ts";
+import { z } from 'zod';
+import { entrySchema, parseEntries, parseEntry, type Entry, type JsonValue } from '../context/entry.ts';
+import { InvalidEntryError } from '../context/errors.ts';
+import { modelMessagesToEntries, type ModelMessage } from '../context/model-messages.ts';
 
 /**
  * The agent protocol, version 1: how torpor and the agent program in a session's machine talk.
@@ -30,10 +30,10 @@ function asEntries(value: unknown, context: z.core.$RefinementCtx, toEntries: ()
     parseEntries(toEntries());
   } catch (error) {
     if (!(error instanceof InvalidEntryError)) {
-      context.addIssue({ code: "custom", message: (error as Error).message, input: value });
+      context.addIssue({ code: 'custom', message: (error as Error).message, input: value });
       return;
     }
-    for (const issue of error.issues) context.addIssue({ code: "custom", message: `${issue.path || "message"}: ${issue.message}`, input: value });
+    for (const issue of error.issues) context.addIssue({ code: 'custom', message: `${issue.path || 'message'}: ${issue.message}`, input: value });
   }
 }
 
@@ -41,18 +41,23 @@ function asEntries(value: unknown, context: z.core.$RefinementCtx, toEntries: ()
 // Messages: AI SDK v5 model message shapes with JSON-only data (base64 strings or URLs for files).
 // ---------------------------------------------------------------------------------------------
 
-const textPart = z.object({ type: z.literal("text"), text: z.string(), providerOptions: providerOptions.optional() });
-const reasoningPart = z.object({ type: z.literal("reasoning"), text: z.string(), providerOptions: providerOptions.optional() });
+const textPart = z.object({ type: z.literal('text'), text: z.string(), providerOptions: providerOptions.optional() });
+const reasoningPart = z.object({ type: z.literal('reasoning'), text: z.string(), providerOptions: providerOptions.optional() });
 const filePart = z.object({
-  type: z.literal("file"),
+  type: z.literal('file'),
   data: z.string().min(1),
   mediaType: z.string().min(1),
   filename: z.string().optional(),
   providerOptions: providerOptions.optional(),
 });
-const imagePart = z.object({ type: z.literal("image"), image: z.string().min(1), mediaType: z.string().optional(), providerOptions: providerOptions.optional() });
+const imagePart = z.object({
+  type: z.literal('image'),
+  image: z.string().min(1),
+  mediaType: z.string().optional(),
+  providerOptions: providerOptions.optional(),
+});
 const toolCallPart = z.object({
-  type: z.literal("tool-call"),
+  type: z.literal('tool-call'),
   toolCallId: identifier,
   toolName: z.string().min(1),
   input: jsonValue,
@@ -61,17 +66,17 @@ const toolCallPart = z.object({
 });
 
 /** What a tool produced, as the model will see it (the AI SDK's `ToolResultOutput`). */
-export const toolResultOutputSchema = z.discriminatedUnion("type", [
-  z.object({ type: z.literal("text"), value: z.string() }),
-  z.object({ type: z.literal("json"), value: jsonValue }),
-  z.object({ type: z.literal("error-text"), value: z.string() }),
-  z.object({ type: z.literal("error-json"), value: jsonValue }),
+export const toolResultOutputSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('text'), value: z.string() }),
+  z.object({ type: z.literal('json'), value: jsonValue }),
+  z.object({ type: z.literal('error-text'), value: z.string() }),
+  z.object({ type: z.literal('error-json'), value: jsonValue }),
   z.object({
-    type: z.literal("content"),
+    type: z.literal('content'),
     value: z.array(
-      z.discriminatedUnion("type", [
-        z.object({ type: z.literal("text"), text: z.string() }),
-        z.object({ type: z.literal("media"), data: z.string(), mediaType: z.string() }),
+      z.discriminatedUnion('type', [
+        z.object({ type: z.literal('text'), text: z.string() }),
+        z.object({ type: z.literal('media'), data: z.string(), mediaType: z.string() }),
       ]),
     ),
   }),
@@ -80,7 +85,7 @@ export type ToolResultOutput = z.infer<typeof toolResultOutputSchema>;
 
 /** Provider-executed tools (web search and the like) put their results inside the assistant message. */
 const toolResultPart = z.object({
-  type: z.literal("tool-result"),
+  type: z.literal('tool-result'),
   toolCallId: identifier,
   toolName: z.string().min(1),
   output: toolResultOutputSchema,
@@ -89,19 +94,19 @@ const toolResultPart = z.object({
 
 export const userMessageSchema = z
   .object({
-    role: z.literal("user"),
-    content: z.union([z.string(), z.array(z.discriminatedUnion("type", [textPart, imagePart, filePart]))]),
+    role: z.literal('user'),
+    content: z.union([z.string(), z.array(z.discriminatedUnion('type', [textPart, imagePart, filePart]))]),
     providerOptions: providerOptions.optional(),
   })
-  .superRefine((message, context) => asEntries(message, context, () => [parseEntry({ kind: "message", ...message })]));
+  .superRefine((message, context) => asEntries(message, context, () => [parseEntry({ kind: 'message', ...message })]));
 export type UserMessage = z.infer<typeof userMessageSchema>;
 
-export const assistantContentPartSchema = z.discriminatedUnion("type", [textPart, reasoningPart, filePart, toolCallPart, toolResultPart]);
+export const assistantContentPartSchema = z.discriminatedUnion('type', [textPart, reasoningPart, filePart, toolCallPart, toolResultPart]);
 export type AssistantContentPart = z.infer<typeof assistantContentPartSchema>;
 
 export const assistantMessageSchema = z
   .object({
-    role: z.literal("assistant"),
+    role: z.literal('assistant'),
     content: z.union([z.string(), z.array(assistantContentPartSchema)]),
     providerOptions: providerOptions.optional(),
   })
@@ -119,7 +124,7 @@ export type AssistantMessage = z.infer<typeof assistantMessageSchema>;
  * simply continues.
  */
 export const helloSchema = z.object({
-  type: z.literal("hello"),
+  type: z.literal('hello'),
   /** The host's protocol version; a program that speaks an older one should say so on stderr and exit. */
   protocol: z.number().int().positive(),
   sessionId: z.string().min(1),
@@ -127,25 +132,30 @@ export const helloSchema = z.object({
 });
 
 /** A user message: starts a turn, which the program ends with `turn-finish` (or pauses with `sleep-until`). */
-export const userMessageEventSchema = z.object({ type: z.literal("message"), turnId, message: userMessageSchema });
+export const userMessageEventSchema = z.object({ type: z.literal('message'), turnId, message: userMessageSchema });
 
 /** Answer to `sleep-until`, sent after the machine was restored: at the time asked for, or earlier for a user message. */
-export const wakeSchema = z.object({ type: z.literal("wake"), reason: z.enum(["timer", "message"]) });
+export const wakeSchema = z.object({ type: z.literal('wake'), reason: z.enum(['timer', 'message']) });
 
-export const checkpointDoneSchema = z.object({ type: z.literal("checkpoint-done"), snapshot: z.string().min(1) });
-export const checkpointFailedSchema = z.object({ type: z.literal("checkpoint-failed"), error: z.string() });
+export const checkpointDoneSchema = z.object({ type: z.literal('checkpoint-done'), snapshot: z.string().min(1) });
+export const checkpointFailedSchema = z.object({ type: z.literal('checkpoint-failed'), error: z.string() });
 
 /**
  * Answer to `history-request`: the session's log, oldest first. The host bounds the answer's size
  * (TORPOR_AGENT_MAX_HISTORY): when older entries were left out, `truncated` is true and `from` is
  * the log offset of the first entry sent.
  */
-export const historySchema = z.object({ type: z.literal("history"), entries, from: z.number().int().nonnegative().optional(), truncated: z.boolean().optional() });
+export const historySchema = z.object({
+  type: z.literal('history'),
+  entries,
+  from: z.number().int().nonnegative().optional(),
+  truncated: z.boolean().optional(),
+});
 
 /** The session is being deleted: finish up (nothing more will be logged) and exit. */
-export const shutdownSchema = z.object({ type: z.literal("shutdown") });
+export const shutdownSchema = z.object({ type: z.literal('shutdown') });
 
-export const hostMessageSchema = z.discriminatedUnion("type", [
+export const hostMessageSchema = z.discriminatedUnion('type', [
   helloSchema,
   userMessageEventSchema,
   wakeSchema,
@@ -167,13 +177,13 @@ export type ShutdownMessage = z.infer<typeof shutdownSchema>;
 // Agent -> host (stdout). Stream events are named noun-verb like the AI SDK's stream parts.
 // ---------------------------------------------------------------------------------------------
 
-export const turnStartSchema = z.object({ type: z.literal("turn-start"), turnId });
-export const textDeltaSchema = z.object({ type: z.literal("text-delta"), turnId, delta: z.string() });
-export const reasoningDeltaSchema = z.object({ type: z.literal("reasoning-delta"), turnId, delta: z.string() });
+export const turnStartSchema = z.object({ type: z.literal('turn-start'), turnId });
+export const textDeltaSchema = z.object({ type: z.literal('text-delta'), turnId, delta: z.string() });
+export const reasoningDeltaSchema = z.object({ type: z.literal('reasoning-delta'), turnId, delta: z.string() });
 
 /** Live only: the call is logged as part of its step's `message-finish`. */
 export const toolCallEventSchema = z.object({
-  type: z.literal("tool-call"),
+  type: z.literal('tool-call'),
   turnId,
   toolCallId: identifier,
   toolName: z.string().min(1),
@@ -185,7 +195,7 @@ export const toolCallEventSchema = z.object({
  * reads call-then-result (the SDK's `streamText` helper holds results back until the step ends).
  */
 export const toolResultEventSchema = z.object({
-  type: z.literal("tool-result"),
+  type: z.literal('tool-result'),
   turnId,
   toolCallId: identifier,
   toolName: z.string().min(1),
@@ -197,7 +207,7 @@ export const toolResultEventSchema = z.object({
  * the model's answer. Deltas are for live display only.
  */
 export const messageFinishSchema = z.object({
-  type: z.literal("message-finish"),
+  type: z.literal('message-finish'),
   turnId,
   /** Keeps the entries of this message together in the log; generated by the host when absent. */
   messageId: identifier.optional(),
@@ -206,7 +216,7 @@ export const messageFinishSchema = z.object({
 
 const tokenCount = z.number().int().nonnegative();
 export const usageEventSchema = z.object({
-  type: z.literal("usage"),
+  type: z.literal('usage'),
   turnId: turnId.optional(),
   inputTokens: tokenCount.optional(),
   outputTokens: tokenCount.optional(),
@@ -218,7 +228,7 @@ export const usageEventSchema = z.object({
 });
 
 export const errorEventSchema = z.object({
-  type: z.literal("error"),
+  type: z.literal('error'),
   turnId: turnId.optional(),
   message: z.string(),
   code: z.string().optional(),
@@ -226,10 +236,10 @@ export const errorEventSchema = z.object({
 });
 
 /** The turn is over: the host may hibernate the machine after the session's idle timeout. */
-export const turnFinishSchema = z.object({ type: z.literal("turn-finish"), turnId });
+export const turnFinishSchema = z.object({ type: z.literal('turn-finish'), turnId });
 
 /** Anything else the program wants in the log (its own metadata, summaries, injected messages). */
-export const entriesAppendSchema = z.object({ type: z.literal("entries-append"), entries: entries.min(1) });
+export const entriesAppendSchema = z.object({ type: z.literal('entries-append'), entries: entries.min(1) });
 
 /**
  * "Nothing to do until then" (a 429's Retry-After, a scheduled job): the host snapshots and stops the
@@ -237,19 +247,19 @@ export const entriesAppendSchema = z.object({ type: z.literal("entries-append"),
  * intact when it arrives. Inside a turn this suspends the turn, which continues after the wake.
  */
 export const sleepUntilSchema = z.object({
-  type: z.literal("sleep-until"),
+  type: z.literal('sleep-until'),
   until: z.iso.datetime({ offset: true }),
   reason: z.string().optional(),
   turnId: turnId.optional(),
 });
 
 /** Take a snapshot now (say, before a risky step); answered by `checkpoint-done` or `checkpoint-failed`. */
-export const checkpointRequestSchema = z.object({ type: z.literal("checkpoint") });
+export const checkpointRequestSchema = z.object({ type: z.literal('checkpoint') });
 
 /** Ask for the whole log; answered by `history`. */
-export const historyRequestSchema = z.object({ type: z.literal("history-request") });
+export const historyRequestSchema = z.object({ type: z.literal('history-request') });
 
-export const agentEventSchema = z.discriminatedUnion("type", [
+export const agentEventSchema = z.discriminatedUnion('type', [
   turnStartSchema,
   textDeltaSchema,
   reasoningDeltaSchema,
@@ -265,7 +275,7 @@ export const agentEventSchema = z.discriminatedUnion("type", [
   historyRequestSchema,
 ]);
 export type AgentEvent = z.infer<typeof agentEventSchema>;
-export type AgentEventType = AgentEvent["type"];
+export type AgentEventType = AgentEvent['type'];
 export type TurnStartEvent = z.infer<typeof turnStartSchema>;
 export type TextDeltaEvent = z.infer<typeof textDeltaSchema>;
 export type ReasoningDeltaEvent = z.infer<typeof reasoningDeltaSchema>;
@@ -281,7 +291,7 @@ export type CheckpointRequestEvent = z.infer<typeof checkpointRequestSchema>;
 export type HistoryRequestEvent = z.infer<typeof historyRequestSchema>;
 
 /** Types of events that ask the host for something and expect an answer on stdin. */
-export const requestEventTypes = ["sleep-until", "checkpoint", "history-request"] as const satisfies readonly AgentEventType[];
+export const requestEventTypes = ['sleep-until', 'checkpoint', 'history-request'] as const satisfies readonly AgentEventType[];
 
 // ---------------------------------------------------------------------------------------------
 // Parsing and encoding
@@ -294,20 +304,20 @@ export class AgentProtocolError extends Error {
     readonly input: unknown,
   ) {
     super(message);
-    this.name = "AgentProtocolError";
+    this.name = 'AgentProtocolError';
   }
 }
 
 function describe(error: z.ZodError): string {
   return error.issues
     .slice(0, 3)
-    .map((issue) => `${issue.path.length > 0 ? issue.path.join(".") : "(root)"}: ${issue.message}`)
-    .join("; ");
+    .map((issue) => `${issue.path.length > 0 ? issue.path.join('.') : '(root)'}: ${issue.message}`)
+    .join('; ');
 }
 
 function parseWith<T>(schema: z.ZodType<T>, input: unknown, side: string): T {
   let value = input;
-  if (typeof input === "string") {
+  if (typeof input === 'string') {
     try {
       value = JSON.parse(input);
     } catch {
@@ -321,12 +331,12 @@ function parseWith<T>(schema: z.ZodType<T>, input: unknown, side: string): T {
 
 /** Parses one line (or an already parsed value) from the agent's stdout. Throws `AgentProtocolError`. */
 export function parseAgentEvent(input: unknown): AgentEvent {
-  return parseWith(agentEventSchema, input, "agent");
+  return parseWith(agentEventSchema, input, 'agent');
 }
 
 /** Parses one line (or an already parsed value) from the host, as the agent reads its stdin. Throws `AgentProtocolError`. */
 export function parseHostMessage(input: unknown): HostMessage {
-  return parseWith(hostMessageSchema, input, "host");
+  return parseWith(hostMessageSchema, input, 'host');
 }
 
 /** One protocol line. JSON.stringify never emits a raw newline, so a line is always one message. */

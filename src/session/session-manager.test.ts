@@ -9,14 +9,17 @@ import { readMachineState } from '../runtime/machine-record.ts';
 import { processMatches } from '../util/process-identity.ts';
 import { shellAgent } from './testing/shell-agent.ts';
 
-
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
 let log: ContextLog;
 let manager: SessionManager;
 let sessionId: string;
 
 const spec = { image: 'base', command: ['sh', '-c', shellAgent], env: [], cpus: 1, memoryMiB: 256, idleSeconds: 1 };
-const replyText = (events: SessionEvent[]) => events.filter((event) => event.type === 'text-delta').map((event) => String((event as unknown as { delta: string }).delta)).join('');
+const replyText = (events: SessionEvent[]) =>
+  events
+    .filter((event) => event.type === 'text-delta')
+    .map((event) => String((event as unknown as { delta: string }).delta))
+    .join('');
 
 async function waitForState(state: string, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -47,13 +50,19 @@ test('a message gets its reply streamed and both land in the context log', async
   const streamed: SessionEvent[] = [];
   const { events } = await manager.send('chat', 'hello', (event) => streamed.push(event));
   assert.equal(replyText(events), 'turn 1: hello; notes 1; child yes');
-  assert.deepEqual(streamed.map((event) => event.type), ['turn-start', 'text-delta', 'message-finish', 'turn-finish']);
+  assert.deepEqual(
+    streamed.map((event) => event.type),
+    ['turn-start', 'text-delta', 'message-finish', 'turn-finish'],
+  );
   const { entries } = await log.read(sessionId, { from: 0 });
   const messages = entries.map((row) => row.entry).filter((entry) => entry.kind === 'message');
-  assert.deepEqual(messages.map((entry) => [entry.role, typeof entry.content === 'string' ? entry.content : (entry.content as Array<{ text: string }>)[0]!.text]), [
-    ['user', 'hello'],
-    ['assistant', 'turn 1: hello; notes 1; child yes'],
-  ]);
+  assert.deepEqual(
+    messages.map((entry) => [entry.role, typeof entry.content === 'string' ? entry.content : (entry.content as Array<{ text: string }>)[0]!.text]),
+    [
+      ['user', 'hello'],
+      ['assistant', 'turn 1: hello; notes 1; child yes'],
+    ],
+  );
 });
 
 test('an idle session hibernates: nothing runs for it, and the next message wakes memory, files and children', async () => {
@@ -121,7 +130,10 @@ test('a fork continues from the same state on its own machine; delete cleans up'
 test('events that break the protocol are refused at the host boundary, logged, and neither end nor derail the turn', async () => {
   const hostile = await manager.create(spec, { name: 'hostile' });
   const { events } = await manager.send(hostile.id, 'hostile');
-  assert.deepEqual(events.map((event) => event.type), ['turn-start', 'error', 'error', 'error', 'turn-finish']);
+  assert.deepEqual(
+    events.map((event) => event.type),
+    ['turn-start', 'error', 'error', 'error', 'turn-finish'],
+  );
   for (const event of events.filter((event) => event.type === 'error')) {
     assert.equal((event as { code?: string }).code, 'invalid-agent-event');
   }
@@ -136,5 +148,8 @@ test('events that break the protocol are refused at the host boundary, logged, a
 });
 
 test('unknown sessions are refused with a hint', async () => {
-  await assert.rejects(manager.send('nope', 'hi'), (error: Error & { hint?: string }) => /no such session: nope/.test(error.message) && /session ls/.test(error.hint ?? ''));
+  await assert.rejects(
+    manager.send('nope', 'hi'),
+    (error: Error & { hint?: string }) => /no such session: nope/.test(error.message) && /session ls/.test(error.hint ?? ''),
+  );
 });

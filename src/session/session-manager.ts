@@ -24,7 +24,11 @@ export type SessionEvent = AgentEvent | { type: 'session-state'; state: SessionS
 const turnOf = (event: AgentEvent): string | undefined => ('turnId' in event ? event.turnId : undefined);
 
 /** What the stream shows for a line the agent got wrong (the log keeps the line itself). */
-const invalidEventError = (invalid: InvalidAgentEvent): ErrorEvent => ({ type: 'error', code: 'invalid-agent-event', message: `the agent sent an invalid event: ${invalid.problem}` });
+const invalidEventError = (invalid: InvalidAgentEvent): ErrorEvent => ({
+  type: 'error',
+  code: 'invalid-agent-event',
+  message: `the agent sent an invalid event: ${invalid.problem}`,
+});
 
 export interface SessionManagerOptions {
   log: ContextLog;
@@ -82,7 +86,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     this.store = options.store ?? new SessionStore();
     this.turnTimeoutMs = options.turnTimeoutMs ?? 10 * 60_000;
     this.limits = options.limits;
-    const fromEnvironment = (environment().TORPOR_TURN_SNAPSHOTS ?? 0);
+    const fromEnvironment = environment().TORPOR_TURN_SNAPSHOTS ?? 0;
     this.turnSnapshots = options.turnSnapshots ?? (Number.isInteger(fromEnvironment) && fromEnvironment > 0 ? fromEnvironment : 0);
     this.turnHistory = options.turnHistory ?? new TurnHistory();
     this.timer = setInterval(() => void this.tick(), options.tickMs ?? 250);
@@ -93,7 +97,10 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
   private serialize<T>(id: string, work: () => Promise<T>): Promise<T> {
     const previous = this.queues.get(id) ?? Promise.resolve();
     const next = previous.then(work, work);
-    this.queues.set(id, next.catch(() => undefined));
+    this.queues.set(
+      id,
+      next.catch(() => undefined),
+    );
     return next;
   }
 
@@ -339,20 +346,30 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
   }
 
   /** Hands one user message to the agent and follows its events until the turn ends or suspends. */
-  private async deliver(id: string, turnId: string, content: string, onEvent: (event: SessionEvent) => void): Promise<{ events: SessionEvent[]; suspendedUntil?: string }> {
+  private async deliver(
+    id: string,
+    turnId: string,
+    content: string,
+    onEvent: (event: SessionEvent) => void,
+  ): Promise<{ events: SessionEvent[]; suspendedUntil?: string }> {
     const connection = this.live.get(id)!.connection;
     const events: SessionEvent[] = [];
     this.turnsInFlight.add(id);
     let appended: Promise<void> = Promise.resolve();
     const result = await new Promise<{ suspendedUntil?: string }>((resolve, reject) => {
-      const timer = setTimeout(() => finish(new TorporError('agent-hung', `the agent did not finish the turn within ${this.turnTimeoutMs} ms`, { status: 504 })), this.turnTimeoutMs);
+      const timer = setTimeout(
+        () => finish(new TorporError('agent-hung', `the agent did not finish the turn within ${this.turnTimeoutMs} ms`, { status: 504 })),
+        this.turnTimeoutMs,
+      );
       const logEntries = (entries: Entry[]) => {
         // One chain per turn keeps the log in the order the agent spoke.
         if (entries.length === 0) return;
-        appended = appended.then(() => this.log.append(id, entries)).then(
-          () => undefined,
-          (error: Error) => onEvent({ type: 'error', message: `log append failed: ${error.message}` }),
-        );
+        appended = appended
+          .then(() => this.log.append(id, entries))
+          .then(
+            () => undefined,
+            (error: Error) => onEvent({ type: 'error', message: `log append failed: ${error.message}` }),
+          );
       };
       const onAgentEvent = (event: AgentEvent) => {
         events.push(event);
@@ -368,7 +385,13 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
         onEvent(error);
         logEntries([invalidEventEntry(invalid.value, invalid.problem)]);
       };
-      const onExit = (code: number) => finish(new TorporError('agent-exited', `the agent program exited during the turn (code ${code})`, { hint: 'the session recovers on the next message', status: 502 }));
+      const onExit = (code: number) =>
+        finish(
+          new TorporError('agent-exited', `the agent program exited during the turn (code ${code})`, {
+            hint: 'the session recovers on the next message',
+            status: 502,
+          }),
+        );
       const finish = (error?: Error, suspendedUntil?: string) => {
         this.turnsInFlight.delete(id);
         clearTimeout(timer);
@@ -490,7 +513,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
           const kept = this.turnHistory.list(source.id).map((entry) => entry.turn);
           throw new TorporError('turn-unknown', `session ${current.name} has no snapshot of turn ${options.atTurn}`, {
             hint: kept.length > 0 ? `turns kept: ${kept.join(', ')}` : 'start the server with TORPOR_TURN_SNAPSHOTS=N to keep the last N turns',
-              status: 404,
+            status: 404,
           });
         }
         snapshot = past.snapshot;
@@ -505,7 +528,19 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
       await this.log.fork(source.id, logEnd, { name: id });
       const now = new Date().toISOString();
       // The fork starts hibernated on the shared snapshot; its first message restores its own machine.
-      this.store.insert({ id, name: options.name ?? id, spec: current.spec, state: 'hibernated', snapshot, snapshotLogOffset: logEnd, turns, createdAt: now, updatedAt: now, lastActivityAt: now, parentId: source.id });
+      this.store.insert({
+        id,
+        name: options.name ?? id,
+        spec: current.spec,
+        state: 'hibernated',
+        snapshot,
+        snapshotLogOffset: logEnd,
+        turns,
+        createdAt: now,
+        updatedAt: now,
+        lastActivityAt: now,
+        parentId: source.id,
+      });
       return this.get(id);
     });
   }

@@ -59,12 +59,17 @@ async function probe(): Promise<LazyMemorySupport> {
     library = await pagerLibrary();
     prober = await buildNative(source, 'lazy-memory-probe', ['-DTORPOR_LAZY_MEMORY_PROBE', '-pthread']);
   } catch (error) {
-    return { available: false, reason: `the pager does not build (apt-get install -y libzstd-dev libxxhash-dev): ${(error as Error).message.split('\n')[0]}`, writeProtect: false };
+    return {
+      available: false,
+      reason: `the pager does not build (apt-get install -y libzstd-dev libxxhash-dev): ${(error as Error).message.split('\n')[0]}`,
+      writeProtect: false,
+    };
   }
   if (!library || !prober) return { available: false, reason: 'no C compiler to build the pager (apt-get install -y gcc)', writeProtect: false };
   const { stdout } = await runCommand(prober, [], { allowFailure: true });
   const verdict = stdout.trim();
-  if (!verdict.startsWith('available')) return { available: false, reason: verdict.replace(/^unavailable /, '') || 'the userfaultfd probe failed', writeProtect: false };
+  if (!verdict.startsWith('available'))
+    return { available: false, reason: verdict.replace(/^unavailable /, '') || 'the userfaultfd probe failed', writeProtect: false };
   return { available: true, library, writeProtect: verdict.includes('write-protect=1') };
 }
 
@@ -93,12 +98,18 @@ function statusSize(chunkCount: number): number {
 
 function writePath(header: Buffer, index: number, path: string): void {
   const bytes = Buffer.from(path);
-  if (bytes.length >= pathSize) throw new TorporError('path-too-long', `path too long for the lazy memory pager: ${path}`, { hint: 'use a shorter TORPOR_HOME or TORPOR_MEMORY_DIR' });
+  if (bytes.length >= pathSize)
+    throw new TorporError('path-too-long', `path too long for the lazy memory pager: ${path}`, { hint: 'use a shorter TORPOR_HOME or TORPOR_MEMORY_DIR' });
   bytes.copy(header, 64 + index * pathSize);
 }
 
 /** The page map (format in native/lazy-memory.c): where each chunk of the snapshot's RAM comes from. */
-export function encodePageMap(manifest: SnapshotManifest, files: LazyMemoryFiles, chunksDirectory: string, options: Pick<PrepareLazyMemoryOptions, 'base' | 'prefetch'>): Buffer {
+export function encodePageMap(
+  manifest: SnapshotManifest,
+  files: LazyMemoryFiles,
+  chunksDirectory: string,
+  options: Pick<PrepareLazyMemoryOptions, 'base' | 'prefetch'>,
+): Buffer {
   const layout = manifest.memory;
   const count = layout.chunks.length;
   const prefetch = (options.prefetch ?? []).filter((index) => Number.isInteger(index) && index >= 0 && index < count && layout.chunks[index] !== null);
@@ -117,7 +128,10 @@ export function encodePageMap(manifest: SnapshotManifest, files: LazyMemoryFiles
     const record = mapHeaderSize + index * recordSize;
     if (id === null) return; // source zero, id unused
     map.writeUInt8(baseLayout?.chunks[index] === id ? ChunkSource.template : ChunkSource.store, record);
-    if (!/^[0-9a-f]{32}$/.test(id)) throw new TorporError('snapshot-corrupt', `snapshot ${manifest.name} has an invalid chunk id`, { hint: `remove it: torpor snapshots rm ${manifest.name}` });
+    if (!/^[0-9a-f]{32}$/.test(id))
+      throw new TorporError('snapshot-corrupt', `snapshot ${manifest.name} has an invalid chunk id`, {
+        hint: `remove it: torpor snapshots rm ${manifest.name}`,
+      });
     map.write(id, record + 16, 'latin1');
   });
   prefetch.forEach((index, position) => map.writeUInt32LE(index, mapHeaderSize + count * recordSize + position * 4));
@@ -136,9 +150,14 @@ export async function prepareLazyMemory(manifest: SnapshotManifest, options: Pre
   await mkdir(dirname(files.memoryFile), { recursive: true });
   const endActivity = await beginActivity(root, 'lazy-restore');
   try {
-    await pinChunks(root, options.pinKey, manifest.memory.chunks.filter((id): id is string => id !== null));
+    await pinChunks(
+      root,
+      options.pinKey,
+      manifest.memory.chunks.filter((id): id is string => id !== null),
+    );
     const count = manifest.memory.chunks.length;
-    if (options.present && options.present.length !== count) throw new TorporError('lazy-memory-failed', 'the warm RAM file does not match the snapshot layout');
+    if (options.present && options.present.length !== count)
+      throw new TorporError('lazy-memory-failed', 'the warm RAM file does not match the snapshot layout');
     const status = Buffer.alloc(statusSize(count));
     if (options.present) status.set(options.present, statusHeaderSize);
     for (const [path, size, content] of [

@@ -11,7 +11,11 @@ import { commandExists, runCommand } from '../util/command.ts';
  */
 export async function buildNative(source: string, name: string, flags: string[], libraries: string[] = []): Promise<string | undefined> {
   const text = await readFile(source);
-  const key = createHash('sha256').update(text).update(JSON.stringify([flags, libraries])).digest('hex').slice(0, 16);
+  const key = createHash('sha256')
+    .update(text)
+    .update(JSON.stringify([flags, libraries]))
+    .digest('hex')
+    .slice(0, 16);
   const binary = join(paths.artifacts(), `${name}-${key}`);
   try {
     await access(binary);

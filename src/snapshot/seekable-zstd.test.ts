@@ -27,8 +27,14 @@ test('a range needs only the frames that cover it', () => {
   const data = sample();
   const encoded = new SeekableEncoder(64 * 1024, 1).encode(data);
   const table = parseSeekTable(encoded, encoded.length);
-  assert.deepEqual(framesCovering(table, 65536 - 1, 2).map((entry) => entry.decompressedOffset), [0, 65536]);
-  assert.deepEqual(framesCovering(table, 70000, 100).map((entry) => entry.decompressedOffset), [65536]);
+  assert.deepEqual(
+    framesCovering(table, 65536 - 1, 2).map((entry) => entry.decompressedOffset),
+    [0, 65536],
+  );
+  assert.deepEqual(
+    framesCovering(table, 70000, 100).map((entry) => entry.decompressedOffset),
+    [65536],
+  );
   const decoder = new SeekableDecoder();
   const entry = table.entries[2];
   const frame = decoder.decodeFrame(entry, encoded.subarray(entry.compressedOffset, entry.compressedOffset + entry.compressedSize));

@@ -74,7 +74,10 @@ test('captures RAM, disk and device state, and materializes them byte for byte w
   assert.deepEqual(readFileSync(target.deviceStateFile), deviceState);
   assert.ok(allocated(target.memoryFile) <= allocated(ram.path), `RAM holes stay holes (${allocated(target.memoryFile)} > ${allocated(ram.path)})`);
   assert.ok(allocated(target.diskFile) <= allocated(disk.path) + MiB, 'disk holes stay holes');
-  assert.deepEqual((await listSnapshots()).map((manifest) => manifest.name), ['web@1']);
+  assert.deepEqual(
+    (await listSnapshots()).map((manifest) => manifest.name),
+    ['web@1'],
+  );
 });
 
 test('a derived snapshot stores only the chunks that changed', async () => {
@@ -280,8 +283,14 @@ test('running out of space fails clearly and leaves earlier snapshots intact', a
     writeSyntheticFile(big, { size: 64 * MiB, liveBytes: 16 * MiB, randomShare: 1, seed: 42 });
     await captureSnapshot({ name: 'fits@1', memoryFile: small, deviceState, metadata: {} });
     const usage = await storeUsage();
-    await assert.rejects(captureSnapshot({ name: 'too-big@1', parent: 'fits@1', memoryFile: big, deviceState, metadata: {} }), isTorporError('snapshot-no-space', /too-big@1/));
-    assert.deepEqual((await listSnapshots()).map((manifest) => manifest.name), ['fits@1']);
+    await assert.rejects(
+      captureSnapshot({ name: 'too-big@1', parent: 'fits@1', memoryFile: big, deviceState, metadata: {} }),
+      isTorporError('snapshot-no-space', /too-big@1/),
+    );
+    assert.deepEqual(
+      (await listSnapshots()).map((manifest) => manifest.name),
+      ['fits@1'],
+    );
     const leftovers = readdirSync(join(mountPoint, 'snapshots', 'chunks'), { recursive: true }).filter((name) => String(name).endsWith('.tmp'));
     assert.deepEqual(leftovers, [], 'no temporary files left');
     assert.deepEqual(await storeUsage(), usage, 'a failed capture leaves nothing behind');

@@ -580,7 +580,7 @@ export async function readMemoryRange(manifest: SnapshotManifest, offset: number
   const output = Buffer.alloc(length);
   const chunks = chunksDirectory(storeRoot());
   try {
-    for (let position = offset; position < offset + length; ) {
+    for (let position = offset; position < offset + length;) {
       const index = Math.floor(position / layout.chunkSize);
       const chunkStart = index * layout.chunkSize;
       const chunkEnd = Math.min(chunkStart + layout.chunkSize, layout.size, offset + length);
@@ -688,7 +688,10 @@ export async function collectGarbage(): Promise<{ removedChunks: number; freedBy
       touched.add(dirname(file.path));
     }
     for (const temporary of temporaries) {
-      freedBytes += await stat(temporary).then((status) => status.size, () => 0);
+      freedBytes += await stat(temporary).then(
+        (status) => status.size,
+        () => 0,
+      );
       await rm(temporary, { force: true });
       touched.add(dirname(temporary));
     }

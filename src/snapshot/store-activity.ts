@@ -76,7 +76,9 @@ export async function beginActivity(root: string, kind: string): Promise<() => P
     if (!(await gcRunning(root))) return () => rm(marker, { force: true });
     await rm(marker, { force: true });
     if (Date.now() > deadline) {
-      throw new TorporError('snapshot-store-busy', 'the snapshot store is being garbage-collected', { hint: 'try again when `torpor snapshots gc` has finished' });
+      throw new TorporError('snapshot-store-busy', 'the snapshot store is being garbage-collected', {
+        hint: 'try again when `torpor snapshots gc` has finished',
+      });
     }
     await sleep(20 + Math.random() * 30);
   }

@@ -13,9 +13,7 @@ import {
 } from './chunk-operations.ts';
 import { snapshotWorkerCount } from '../config/environment.ts';
 
-export type WorkerRequest =
-  | { jobId: number; kind: 'capture'; task: CaptureChunkTask }
-  | { jobId: number; kind: 'materialize'; task: MaterializeChunkTask };
+export type WorkerRequest = { jobId: number; kind: 'capture'; task: CaptureChunkTask } | { jobId: number; kind: 'materialize'; task: MaterializeChunkTask };
 
 export type WorkerReply =
   | { ready: true; jobId?: undefined }

@@ -125,7 +125,9 @@ function readScopedTokens(path: string): ScopedTokenRecord[] {
     const parsed = JSON.parse(text) as { tokens?: ScopedTokenRecord[] };
     return Array.isArray(parsed.tokens) ? parsed.tokens.filter((record) => typeof record.digest === 'string' && /^[0-9a-f]{64}$/.test(record.digest)) : [];
   } catch {
-    throw new TorporError('token-corrupt', `the scoped token file ${path} is not valid JSON`, { hint: 'delete it (every scoped token is then revoked) and create new ones with `torpor token create`' });
+    throw new TorporError('token-corrupt', `the scoped token file ${path} is not valid JSON`, {
+      hint: 'delete it (every scoped token is then revoked) and create new ones with `torpor token create`',
+    });
   }
 }
 
@@ -136,13 +138,21 @@ export function listScopedTokens(stateDirectory: string): ScopedTokenRecord[] {
 /** A new scoped token. The clear token is returned once and never stored. */
 export function createScopedToken(stateDirectory: string, scope: { readOnly: boolean; session?: string }): { token: string; record: ScopedTokenRecord } {
   if (!scope.readOnly && scope.session === undefined) {
-    throw new TorporError('token-scope-missing', 'a scoped token needs --read-only, --session ID, or both', { hint: 'the full-access token is in the state directory (api/token); share it only with clients you trust fully' });
+    throw new TorporError('token-scope-missing', 'a scoped token needs --read-only, --session ID, or both', {
+      hint: 'the full-access token is in the state directory (api/token); share it only with clients you trust fully',
+    });
   }
   const paths = apiTokenPaths(stateDirectory);
   ensurePrivateDirectory(paths.directory);
   const id = randomBytes(6).toString('hex');
   const token = `torpor_${newSecret()}`;
-  const record: ScopedTokenRecord = { id, digest: digestOf(token).toString('hex'), readOnly: scope.readOnly, ...(scope.session ? { session: scope.session } : {}), createdAt: new Date().toISOString() };
+  const record: ScopedTokenRecord = {
+    id,
+    digest: digestOf(token).toString('hex'),
+    readOnly: scope.readOnly,
+    ...(scope.session ? { session: scope.session } : {}),
+    createdAt: new Date().toISOString(),
+  };
   const tokens = [...readScopedTokens(paths.scopedTokens), record];
   writePrivateFile(paths.scopedTokens, `${JSON.stringify({ version: 1, tokens }, null, 2)}\n`, false);
   return { token, record };

@@ -29,7 +29,7 @@ export function writeFileAtomicSync(path: string, data: string | Uint8Array): vo
   const temporary = temporaryPathFor(path);
   const fd = openSync(temporary, 'w', 0o644);
   try {
-    if (typeof data === "string") writeSync(fd, data);
+    if (typeof data === 'string') writeSync(fd, data);
     else writeSync(fd, data);
     fsyncSync(fd);
   } finally {
@@ -37,7 +37,11 @@ export function writeFileAtomicSync(path: string, data: string | Uint8Array): vo
   }
   renameSync(temporary, path);
   const directory = openSync(dirname(path), 'r');
-  try { fsyncSync(directory); } finally { closeSync(directory); }
+  try {
+    fsyncSync(directory);
+  } finally {
+    closeSync(directory);
+  }
 }
 
 export async function syncDirectory(path: string): Promise<void> {

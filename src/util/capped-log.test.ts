@@ -14,9 +14,15 @@ test('a capped log keeps the newest records within its limit, in whole records, 
     writer.end();
     const kept = readFileSync(rotatedPath(path), 'utf8') + readFileSync(path, 'utf8');
     assert.ok(kept.length <= 64 * 1024, `kept ${kept.length}`);
-    const records = kept.trim().split('\n').map((line) => JSON.parse(line) as { index: number });
+    const records = kept
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as { index: number });
     assert.equal(records.at(-1)!.index, 9999, 'the newest record is kept');
-    assert.ok(records.every((record, position) => position === 0 || record.index === records[position - 1]!.index + 1), 'no record lost or cut inside what is kept');
+    assert.ok(
+      records.every((record, position) => position === 0 || record.index === records[position - 1]!.index + 1),
+      'no record lost or cut inside what is kept',
+    );
     assert.equal(statSync(path).mode & 0o777, 0o600);
   } finally {
     rmSync(directory, { recursive: true, force: true });

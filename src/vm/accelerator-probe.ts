@@ -57,10 +57,15 @@ async function probeKvm(kernelPath: string, initramfsPath: string, workDirectory
   try {
     const agent = await AgentClient.connect(files.agentSocket, { timeoutMs: 5000 });
     const failed = vm.exited.then((exit) => `QEMU exited under KVM: ${exit.message.split('\n').pop()}`);
-    const answered = agent.hello(8_000).then(() => undefined, async () => {
-      const log = await readFile(join(workDirectory, 'qemu.log'), 'utf8').catch(() => '');
-      return /KVM internal error|emulation failure/.test(log) ? 'KVM cannot run a stock guest kernel here (KVM internal error: emulation failure; nested PVM?)' : 'the guest did not boot under KVM within 8 s (a stock kernel hangs on nested PVM hosts)';
-    });
+    const answered = agent.hello(8_000).then(
+      () => undefined,
+      async () => {
+        const log = await readFile(join(workDirectory, 'qemu.log'), 'utf8').catch(() => '');
+        return /KVM internal error|emulation failure/.test(log)
+          ? 'KVM cannot run a stock guest kernel here (KVM internal error: emulation failure; nested PVM?)'
+          : 'the guest did not boot under KVM within 8 s (a stock kernel hangs on nested PVM hosts)';
+      },
+    );
     const verdict = await Promise.race([answered, failed]);
     agent.close();
     return verdict;

@@ -37,17 +37,25 @@ export const qemuDriver: VmDriver = {
     // With -runas the layer disk goes in as descriptors 3 (read-write) and 4 (read-only): `layerDescriptors`.
     const layer = spec.runAs && spec.layerDisk ? [openSync(spec.layerDisk, 'r+'), openSync(spec.layerDisk, 'r')] : [];
     const command = qemuSpawnCommand(spec);
-    const child = spawn(command.file, command.arguments, { stdio: ['ignore', log, log, ...layer], env: spec.environment ? { ...process.env, ...spec.environment } : process.env });
+    const child = spawn(command.file, command.arguments, {
+      stdio: ['ignore', log, log, ...layer],
+      env: spec.environment ? { ...process.env, ...spec.environment } : process.env,
+    });
     closeSync(log);
     for (const fd of layer) closeSync(fd);
     const exited = new Promise<VmExit>((resolve) => {
       child.on('error', (error: NodeJS.ErrnoException) =>
-        resolve({ code: null, signal: null, message: error.code === 'ENOENT' ? `${qemuBinary()} is not installed (apt-get install -y qemu-system-x86)` : error.message }),
+        resolve({
+          code: null,
+          signal: null,
+          message: error.code === 'ENOENT' ? `${qemuBinary()} is not installed (apt-get install -y qemu-system-x86)` : error.message,
+        }),
       );
       child.on('exit', (code, signal) => {
         const message = lastLines(logPath, 5);
         // setpriv says this when it cannot exec QEMU (the binary is missing).
-        if (code === 127 && message.includes('failed to execute')) resolve({ code, signal, message: `${qemuBinary()} is not installed (apt-get install -y qemu-system-x86)` });
+        if (code === 127 && message.includes('failed to execute'))
+          resolve({ code, signal, message: `${qemuBinary()} is not installed (apt-get install -y qemu-system-x86)` });
         else resolve({ code, signal, message });
       });
     });

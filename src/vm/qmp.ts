@@ -8,7 +8,11 @@ export interface QmpEvent {
 }
 
 export class QmpError extends Error {
-  constructor(readonly command: string, readonly errorClass: string, description: string) {
+  constructor(
+    readonly command: string,
+    readonly errorClass: string,
+    description: string,
+  ) {
     super(`QMP ${command}: ${description}`);
   }
 }

@@ -20,7 +20,9 @@ export function registerCopyCommand(program: Command): void {
       const source = splitMachinePath(sourceText);
       const destination = splitMachinePath(destinationText);
       if (Boolean(source.machine) === Boolean(destination.machine)) {
-        throw new TorporError('invalid-copy', 'exactly one of source and destination must be MACHINE:PATH', { hint: 'torpor cp ./file web:/tmp/file   or   torpor cp web:/tmp/file ./file' });
+        throw new TorporError('invalid-copy', 'exactly one of source and destination must be MACHINE:PATH', {
+          hint: 'torpor cp ./file web:/tmp/file   or   torpor cp web:/tmp/file ./file',
+        });
       }
       const config = await findMachine((source.machine ?? destination.machine)!);
       const client = await connectToMachine(config);

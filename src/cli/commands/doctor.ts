@@ -14,7 +14,11 @@ export function registerDoctorCommand(program: Command): void {
       const checks = await runDoctorChecks({ accelerator: async () => (await prepareHost(stderrProgress())).accelerator });
       checks.push(await networkFilterCheck());
       if (flags.json) printJson(checks);
-      else printTable(['CHECK', 'OK', 'DETAIL'], checks.map((check) => [check.name, check.ok ? 'yes' : 'NO', check.detail + (check.fix ? `  -> fix: ${check.fix}` : '')]));
+      else
+        printTable(
+          ['CHECK', 'OK', 'DETAIL'],
+          checks.map((check) => [check.name, check.ok ? 'yes' : 'NO', check.detail + (check.fix ? `  -> fix: ${check.fix}` : '')]),
+        );
       if (checks.some((check) => !check.ok && check.name !== '/dev/kvm')) process.exitCode = 1;
     });
 }

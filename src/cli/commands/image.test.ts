@@ -19,7 +19,9 @@ catch (error) { process.stderr.write(JSON.stringify({ code: error.code, message:
 /** Runs one torpor command line in a child process, as a user would: stdout, stderr, exit code. */
 async function torpor(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
   return runCommand(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', runner, '--', ...args], {
-    allowFailure: true, cwd: new URL('../../..', import.meta.url).pathname, env: { ...process.env },
+    allowFailure: true,
+    cwd: new URL('../../..', import.meta.url).pathname,
+    env: { ...process.env },
   });
 }
 
@@ -42,7 +44,10 @@ test('image import prints the digest; images lists it; image rm removes it', asy
   assert.match(digest, /^sha256:[0-9a-f]{64}$/);
   assert.match(imported.stderr, /importing rootfs.tar.gz as rootfs tar\n.*writing ext4 image/s);
   const listed = JSON.parse((await torpor('images', '--json')).stdout);
-  assert.deepEqual(listed.map((image: { name: string; digest: string; source: string }) => [image.name, image.digest, image.source]), [['demo:1', digest, 'tar:rootfs.tar.gz']]);
+  assert.deepEqual(
+    listed.map((image: { name: string; digest: string; source: string }) => [image.name, image.digest, image.source]),
+    [['demo:1', digest, 'tar:rootfs.tar.gz']],
+  );
   const table = (await torpor('images')).stdout;
   assert.match(table, /^NAME\s+DIGEST\s+SIZE\s+CREATED\s+SOURCE\n/);
   assert.match(table, new RegExp(`demo:1\\s+${digest.slice(7, 19)}\\s+\\d+(\\.\\d)?MiB\\s+\\d+s ago\\s+tar:rootfs.tar.gz`));

@@ -23,7 +23,9 @@ function limitsFrom(flags: LimitFlags): Partial<ImportLimits> {
   if (flags.maxImageBytes) limits.maxImageBytes = parseSize(flags.maxImageBytes, '--max-image-bytes');
   if (flags.maxLayerMembers) {
     if (!/^\d+$/.test(flags.maxLayerMembers) || Number(flags.maxLayerMembers) <= 0) {
-      throw new TorporError('invalid-limit', `--max-layer-members: ${JSON.stringify(flags.maxLayerMembers)} is not a positive number`, { hint: 'e.g. --max-layer-members 2000000' });
+      throw new TorporError('invalid-limit', `--max-layer-members: ${JSON.stringify(flags.maxLayerMembers)} is not a positive number`, {
+        hint: 'e.g. --max-layer-members 2000000',
+      });
     }
     limits.maxLayerMembers = Number(flags.maxLayerMembers);
   }
@@ -47,7 +49,9 @@ async function readStdin(): Promise<string> {
   }
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+  return Buffer.concat(chunks)
+    .toString('utf8')
+    .replace(/\r?\n$/, '');
 }
 
 async function listCommand(flags: { json?: boolean; quiet?: boolean }): Promise<void> {
@@ -62,7 +66,13 @@ async function listCommand(flags: { json?: boolean; quiet?: boolean }): Promise<
   }
   printTable(
     ['NAME', 'DIGEST', 'SIZE', 'CREATED', 'SOURCE'],
-    images.map((image) => [image.name, shortDigest(image.digest), formatBytes(image.sizeBytes), `${formatDuration(Date.now() - Date.parse(image.createdAt))} ago`, image.source]),
+    images.map((image) => [
+      image.name,
+      shortDigest(image.digest),
+      formatBytes(image.sizeBytes),
+      `${formatDuration(Date.now() - Date.parse(image.createdAt))} ago`,
+      image.source,
+    ]),
   );
 }
 
@@ -82,41 +92,51 @@ export function registerImageCommands(program: Command): void {
     .action(listCommand);
 
   const image = program.command('image').description('manage images: import, ls, rm');
-  image.command('ls').description('list images in the store (same as `torpor images`)')
+  image
+    .command('ls')
+    .description('list images in the store (same as `torpor images`)')
     .option('-q, --quiet', 'only names')
     .option('--json', 'machine-readable output')
     .action(listCommand);
-  limitOptions(image
-    .command('import')
-    .description('import a root filesystem: a tar (plain, gzip, zstd), a directory, a `docker save` archive or an OCI layout')
-    .argument('<path>', 'file or directory; the format is recognized from its content')
-    .requiredOption('--name <name>', 'name to store it under, e.g. myimage or team/tool:1.0')
-    .option('--json', 'print the stored image as JSON instead of its digest'))
-    .action(async (path: string, flags: { name: string; json?: boolean } & LimitFlags) => {
-      const record = await importImage(path, { name: flags.name, progress: stderrProgress(), limits: limitsFrom(flags) });
-      if (flags.json) printJson({ name: record.name, digest: record.digest, sizeBytes: record.sizeBytes, source: record.source, config: record.config });
-      else process.stdout.write(`${record.digest}\n`);
-    });
-  image
-    .command('rm')
-    .description('remove image names; the content goes when no name is left')
-    .argument('<name...>')
-    .action(removeCommand);
+  limitOptions(
+    image
+      .command('import')
+      .description('import a root filesystem: a tar (plain, gzip, zstd), a directory, a `docker save` archive or an OCI layout')
+      .argument('<path>', 'file or directory; the format is recognized from its content')
+      .requiredOption('--name <name>', 'name to store it under, e.g. myimage or team/tool:1.0')
+      .option('--json', 'print the stored image as JSON instead of its digest'),
+  ).action(async (path: string, flags: { name: string; json?: boolean } & LimitFlags) => {
+    const record = await importImage(path, { name: flags.name, progress: stderrProgress(), limits: limitsFrom(flags) });
+    if (flags.json) printJson({ name: record.name, digest: record.digest, sizeBytes: record.sizeBytes, source: record.source, config: record.config });
+    else process.stdout.write(`${record.digest}\n`);
+  });
+  image.command('rm').description('remove image names; the content goes when no name is left').argument('<name...>').action(removeCommand);
 
-  limitOptions(program
-    .command('pull')
-    .description('pull an image from an OCI registry, like docker pull (linux/amd64)')
-    .argument('<reference>', 'alpine, alpine:3.20, ghcr.io/owner/image:tag, localhost:5000/app@sha256:…')
-    .option('--insecure', 'allow plain HTTP to a registry that is not on this machine')
-    .option('-q, --quiet', 'no progress on stderr')
-    .option('--json', 'print the stored image as JSON instead of its digest'))
-    .action(async (reference: string, flags: { insecure?: boolean; quiet?: boolean; json?: boolean } & LimitFlags) => {
-      const record = await pullImage(reference, {
-        insecure: flags.insecure, reporter: flags.quiet ? silentReporter : createPullReporter(process.stderr), limits: limitsFrom(flags),
-      });
-      if (flags.json) printJson({ name: record.name, digest: record.digest, reference: record.reference, sizeBytes: record.sizeBytes, source: record.source, config: record.config });
-      else process.stdout.write(`${record.digest}\n`);
+  limitOptions(
+    program
+      .command('pull')
+      .description('pull an image from an OCI registry, like docker pull (linux/amd64)')
+      .argument('<reference>', 'alpine, alpine:3.20, ghcr.io/owner/image:tag, localhost:5000/app@sha256:…')
+      .option('--insecure', 'allow plain HTTP to a registry that is not on this machine')
+      .option('-q, --quiet', 'no progress on stderr')
+      .option('--json', 'print the stored image as JSON instead of its digest'),
+  ).action(async (reference: string, flags: { insecure?: boolean; quiet?: boolean; json?: boolean } & LimitFlags) => {
+    const record = await pullImage(reference, {
+      insecure: flags.insecure,
+      reporter: flags.quiet ? silentReporter : createPullReporter(process.stderr),
+      limits: limitsFrom(flags),
     });
+    if (flags.json)
+      printJson({
+        name: record.name,
+        digest: record.digest,
+        reference: record.reference,
+        sizeBytes: record.sizeBytes,
+        source: record.source,
+        config: record.config,
+      });
+    else process.stdout.write(`${record.digest}\n`);
+  });
 
   program
     .command('push')
@@ -126,7 +146,10 @@ export function registerImageCommands(program: Command): void {
     .option('--insecure', 'allow plain HTTP to a registry that is not on this machine')
     .option('-q, --quiet', 'no progress on stderr')
     .action(async (name: string, destination: string | undefined, flags: { insecure?: boolean; quiet?: boolean }) => {
-      const result = await pushImage(name, destination ?? name, { insecure: flags.insecure, reporter: flags.quiet ? silentReporter : createPullReporter(process.stderr) });
+      const result = await pushImage(name, destination ?? name, {
+        insecure: flags.insecure,
+        reporter: flags.quiet ? silentReporter : createPullReporter(process.stderr),
+      });
       process.stdout.write(`${result.reference}@${result.digest}\n`);
     });
 

@@ -23,7 +23,10 @@ export function registerPsCommand(program: Command): void {
       printTable(
         ['NAME', 'ID', 'IMAGE', 'STATE', 'CPUS', 'MEM', 'UPTIME', 'ACCEL'],
         machines.map(({ config, state }) => {
-          const status = state.status === 'exited' || state.status === 'failed' ? `${state.status} (${state.exitCode ?? '?'})${state.error ? ' ' + state.error.slice(0, 60) : ''}` : state.status;
+          const status =
+            state.status === 'exited' || state.status === 'failed'
+              ? `${state.status} (${state.exitCode ?? '?'})${state.error ? ' ' + state.error.slice(0, 60) : ''}`
+              : state.status;
           const uptime = isLive(state.status) && state.startedAt ? formatDuration(Date.now() - Date.parse(state.startedAt)) : '-';
           return [config.name, config.id, config.image.reference, status, String(config.cpus), `${config.memoryMiB}M`, uptime, config.accelerator];
         }),

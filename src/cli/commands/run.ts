@@ -41,8 +41,12 @@ function addMachineOptions(command: Command): Command {
     .option('-t, --tty', 'give the process a terminal')
     .option('--hostname <name>', 'guest hostname (default: the machine name)')
     .option('-u, --user <user[:group]>', 'run the process as this user')
-    .option('--network <mode>', 'user (default: the public internet and published ports, not the host or private networks), none, or unrestricted (also the host\'s loopback and private networks)', 'user')
-    .option('--allow-host <port[/proto]>', 'let the guest reach this port of the host\'s loopback at 10.0.2.2 (repeatable)', collect)
+    .option(
+      '--network <mode>',
+      "user (default: the public internet and published ports, not the host or private networks), none, or unrestricted (also the host's loopback and private networks)",
+      'user',
+    )
+    .option('--allow-host <port[/proto]>', "let the guest reach this port of the host's loopback at 10.0.2.2 (repeatable)", collect)
     .option('--egress-allow <cidr>', 'let the guest reach this address range even if private (repeatable; the most specific rule wins)', collect)
     .option('--egress-deny <cidr>', 'keep the guest from this address range (repeatable)', collect);
 }
@@ -127,13 +131,7 @@ export function registerRunCommands(program: Command): void {
       process.exitCode = code;
     });
 
-  addMachineOptions(
-    program
-      .command('create')
-      .description('create a machine without starting it')
-      .argument('<image>')
-      .argument('[command...]'),
-  )
+  addMachineOptions(program.command('create').description('create a machine without starting it').argument('<image>').argument('[command...]'))
     .passThroughOptions()
     .action(async (image: string, command: string[], flags: RunFlags) => {
       const config = await createMachine(machineOptionsFrom(image, command, flags), stderrProgress());

@@ -24,7 +24,9 @@ async function serverUrl(explicit?: string): Promise<string> {
     process.kill(info.pid, 0);
     return info.url;
   } catch {
-    throw new TorporError('no-server', 'no torpor server is running', { hint: 'start one with `torpor serve` (it keeps sessions alive), or pass --url / TORPOR_URL' });
+    throw new TorporError('no-server', 'no torpor server is running', {
+      hint: 'start one with `torpor serve` (it keeps sessions alive), or pass --url / TORPOR_URL',
+    });
   }
 }
 
@@ -43,7 +45,10 @@ async function call(url: string, method: string, path: string, body?: unknown): 
 /** The server's JSON error as the CLI's own: message, hint, exit code 1. */
 async function serverError(response: Response): Promise<TorporError> {
   const payload = (await response.json().catch(() => ({}))) as { error?: { code: string; message: string; hint?: string } };
-  return new TorporError(payload.error?.code ?? 'server-error', payload.error?.message ?? `HTTP ${response.status}`, { hint: payload.error?.hint, exitCode: 1 });
+  return new TorporError(payload.error?.code ?? 'server-error', payload.error?.message ?? `HTTP ${response.status}`, {
+    hint: payload.error?.hint,
+    exitCode: 1,
+  });
 }
 
 interface SessionView {
@@ -99,7 +104,7 @@ export function registerSessionCommands(program: Command): void {
     .command('session')
     .description('durable agent sessions (a client of `torpor serve`)')
     .option('--url <url>', 'server URL (default: TORPOR_URL or the running `torpor serve`)')
-    .option('--token <token>', 'API token (default: TORPOR_TOKEN, or the local server\'s token in the state directory)');
+    .option('--token <token>', "API token (default: TORPOR_TOKEN, or the local server's token in the state directory)");
   const url = () => {
     explicitToken = (session.opts() as { token?: string }).token;
     return serverUrl((session.opts() as { url?: string }).url);
@@ -220,7 +225,11 @@ export function registerSessionCommands(program: Command): void {
     .option('--at-turn <n>', 'rewind: fork the session as it was right after turn n (the server must keep turn snapshots: TORPOR_TURN_SNAPSHOTS)')
     .option('--json', 'machine-readable output')
     .action(async (id: string, flags: { name?: string; atTurn?: string; json?: boolean }) => {
-      if (flags.atTurn !== undefined && !/^\d+$/.test(flags.atTurn)) throw new TorporError('invalid-turn', `--at-turn must be a turn number, got ${JSON.stringify(flags.atTurn)}`, { hint: 'see the turns kept with GET /v1/sessions/ID/turns', exitCode: 1 });
+      if (flags.atTurn !== undefined && !/^\d+$/.test(flags.atTurn))
+        throw new TorporError('invalid-turn', `--at-turn must be a turn number, got ${JSON.stringify(flags.atTurn)}`, {
+          hint: 'see the turns kept with GET /v1/sessions/ID/turns',
+          exitCode: 1,
+        });
       const atTurn = flags.atTurn === undefined ? undefined : Number(flags.atTurn);
       const forked = (await call(await url(), 'POST', `/v1/sessions/${encodeURIComponent(id)}/fork`, { name: flags.name, atTurn })) as SessionView;
       if (flags.json) printJson(forked);

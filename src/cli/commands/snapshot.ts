@@ -25,10 +25,16 @@ interface RestoreFlags {
 /** Network flags on restore replace the policy saved with the snapshot; without any, it is kept. */
 function restoredNetworkPolicy(flags: RestoreFlags): NetworkPolicy | undefined {
   if (flags.network === undefined && !flags.allowHost && !flags.egressAllow && !flags.egressDeny) return undefined;
-  const options = networkOptionsFrom({ network: flags.network ?? 'user', allowHost: flags.allowHost ?? [], egressAllow: flags.egressAllow ?? [], egressDeny: flags.egressDeny ?? [] });
+  const options = networkOptionsFrom({
+    network: flags.network ?? 'user',
+    allowHost: flags.allowHost ?? [],
+    egressAllow: flags.egressAllow ?? [],
+    egressDeny: flags.egressDeny ?? [],
+  });
   if (!options.network) {
     throw new TorporError('invalid-network', '--network none cannot be chosen on restore: the network device is part of the snapshot', {
-      status: 400, hint: 'use --network user with no --allow-host/--egress-allow to keep the guest off the host and private networks',
+      status: 400,
+      hint: 'use --network user with no --allow-host/--egress-allow to keep the guest off the host and private networks',
     });
   }
   return options.networkPolicy;
@@ -62,7 +68,7 @@ export function registerSnapshotCommands(program: Command): void {
     .option('--name <name>', 'name of the new machine')
     .option('-p, --publish <[ip:]host:guest>', 'publish a guest port (repeatable; default: the snapshot machine ports)', collect)
     .option('--network <mode>', "user or unrestricted: replaces the snapshot machine's network policy (default: keep it)")
-    .option('--allow-host <port[/proto]>', "with --network user: a host loopback port the guest may reach (repeatable)", collect)
+    .option('--allow-host <port[/proto]>', 'with --network user: a host loopback port the guest may reach (repeatable)', collect)
     .option('--egress-allow <cidr>', 'with --network user: an address range the guest may reach (repeatable)', collect)
     .option('--egress-deny <cidr>', 'with --network user: an address range kept from the guest (repeatable)', collect)
     .option('--json', 'machine-readable output')
@@ -84,7 +90,8 @@ export function registerSnapshotCommands(program: Command): void {
     .option('--json', 'machine-readable output')
     .action(async (reference: string, flags: { count: string; namePrefix?: string; json?: boolean }) => {
       const count = Number(flags.count);
-      if (!Number.isInteger(count) || count < 1 || count > 64) throw new TorporError('invalid-count', `invalid -n ${flags.count}`, { hint: 'use a whole number from 1 to 64' });
+      if (!Number.isInteger(count) || count < 1 || count > 64)
+        throw new TorporError('invalid-count', `invalid -n ${flags.count}`, { hint: 'use a whole number from 1 to 64' });
       const config = await findMachine(reference);
       const started = performance.now();
       const { forks, snapshot } = await forkMachine(config, { count, namePrefix: flags.namePrefix });
@@ -106,7 +113,14 @@ export function registerSnapshotCommands(program: Command): void {
         ['NAME', 'CREATED', 'MACHINE', 'MEMORY', 'NEW BYTES', 'PARENT'],
         manifests.map((manifest) => {
           const machine = (manifest.metadata as { machine?: { name?: string } }).machine;
-          return [manifest.name, manifest.createdAt, machine?.name ?? '-', formatBytes(manifest.memory.size), formatBytes(numberOf(manifest.stats as Record<string, unknown>, 'newCompressedBytes')), manifest.parent ?? '-'];
+          return [
+            manifest.name,
+            manifest.createdAt,
+            machine?.name ?? '-',
+            formatBytes(manifest.memory.size),
+            formatBytes(numberOf(manifest.stats as Record<string, unknown>, 'newCompressedBytes')),
+            manifest.parent ?? '-',
+          ];
         }),
       );
       const usage = await storeUsage();

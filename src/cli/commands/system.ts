@@ -29,17 +29,31 @@ export function registerSystemCommands(program: Command): void {
       printTable(
         ['WHAT', 'WHERE', 'COUNT', 'SIZE', 'RECLAIMABLE'],
         [
-          ['machines', 'disk', `${usage.machines.count} (${usage.machines.live} live)`, formatBytes(usage.machines.bytes), formatBytes(usage.machines.reclaimableBytes)],
+          [
+            'machines',
+            'disk',
+            `${usage.machines.count} (${usage.machines.live} live)`,
+            formatBytes(usage.machines.bytes),
+            formatBytes(usage.machines.reclaimableBytes),
+          ],
           ['images', 'disk', String(usage.images.count), formatBytes(usage.images.bytes), '-'],
           ['snapshots', 'disk', `${usage.snapshots.count} (${usage.snapshots.chunks} chunks)`, formatBytes(usage.snapshots.bytes), 'gc'],
           ['state directory', 'disk', '-', formatBytes(usage.stateDirectoryBytes), '-'],
-          ['machine RAM', 'tmpfs', String(usage.memory.machines.count), formatBytes(usage.memory.machines.bytes), formatBytes(usage.memory.machines.reclaimableBytes)],
+          [
+            'machine RAM',
+            'tmpfs',
+            String(usage.memory.machines.count),
+            formatBytes(usage.memory.machines.bytes),
+            formatBytes(usage.memory.machines.reclaimableBytes),
+          ],
           ['template RAM', 'tmpfs', String(usage.memory.templates.count), formatBytes(usage.memory.templates.bytes), formatBytes(reclaimableTemplates)],
         ],
       );
       process.stderr.write(`state directory ${usage.stateDirectory}, RAM files in ${usage.memoryDirectory}\n`);
-      if (templateBytes('orphaned') > 0) process.stderr.write(`${formatBytes(templateBytes('orphaned'))} of template RAM belongs to deleted state directories: torpor system prune frees it\n`);
-      if (templateBytes('other') > 0) process.stderr.write(`${formatBytes(templateBytes('other'))} of template RAM belongs to other state directories (their own prune frees it)\n`);
+      if (templateBytes('orphaned') > 0)
+        process.stderr.write(`${formatBytes(templateBytes('orphaned'))} of template RAM belongs to deleted state directories: torpor system prune frees it\n`);
+      if (templateBytes('other') > 0)
+        process.stderr.write(`${formatBytes(templateBytes('other'))} of template RAM belongs to other state directories (their own prune frees it)\n`);
     });
 
   system
@@ -50,9 +64,13 @@ export function registerSystemCommands(program: Command): void {
     .action(async (flags: { force?: boolean; json?: boolean }) => {
       if (!flags.force) {
         if (!process.stdin.isTTY) {
-          throw new TorporError('confirmation-required', 'torpor system prune removes stopped machines and frees caches; it asks first, and there is no terminal to ask on', {
-            hint: 'torpor system prune --force',
-          });
+          throw new TorporError(
+            'confirmation-required',
+            'torpor system prune removes stopped machines and frees caches; it asks first, and there is no terminal to ask on',
+            {
+              hint: 'torpor system prune --force',
+            },
+          );
         }
         const answer = await confirm('This removes every stopped machine, snapshot chunks no snapshot uses, and the boot template RAM caches.\nGo on? [y/N] ');
         if (!answer) {

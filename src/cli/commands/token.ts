@@ -26,7 +26,10 @@ export function registerTokenCommands(program: Command): void {
     .option('--json', 'machine-readable output')
     .action((flags: { readOnly?: boolean; session?: string; json?: boolean }) => {
       if (flags.session !== undefined && !/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/.test(flags.session)) {
-        throw new TorporError('invalid-session', `invalid --session ${JSON.stringify(flags.session)}`, { hint: 'give a session id (s-...) or name', exitCode: 1 });
+        throw new TorporError('invalid-session', `invalid --session ${JSON.stringify(flags.session)}`, {
+          hint: 'give a session id (s-...) or name',
+          exitCode: 1,
+        });
       }
       const { token: value, record } = createScopedToken(stateDirectory(), { readOnly: Boolean(flags.readOnly), session: flags.session });
       if (flags.json) printJson({ token: value, id: record.id, readOnly: record.readOnly, session: record.session, createdAt: record.createdAt });
@@ -43,7 +46,11 @@ export function registerTokenCommands(program: Command): void {
       if (flags.json) return printJson(tokens);
       printTable(
         ['ID', 'SCOPE', 'CREATED'],
-        tokens.map((record) => [record.id, [record.readOnly ? 'read-only' : 'read-write', record.session ? `session ${record.session}` : 'all sessions'].join(', '), record.createdAt]),
+        tokens.map((record) => [
+          record.id,
+          [record.readOnly ? 'read-only' : 'read-write', record.session ? `session ${record.session}` : 'all sessions'].join(', '),
+          record.createdAt,
+        ]),
       );
       process.stdout.write(`full-access token: ${apiTokenPaths(stateDirectory()).adminToken}\n`);
     });
@@ -54,7 +61,8 @@ export function registerTokenCommands(program: Command): void {
     .argument('<ids...>')
     .action((ids: string[]) => {
       for (const id of ids) {
-        if (!revokeScopedToken(stateDirectory(), id)) throw new TorporError('token-unknown', `no scoped token ${id}`, { hint: 'see `torpor token ls`', exitCode: 1 });
+        if (!revokeScopedToken(stateDirectory(), id))
+          throw new TorporError('token-unknown', `no scoped token ${id}`, { hint: 'see `torpor token ls`', exitCode: 1 });
         process.stdout.write(`${id}\n`);
       }
     });

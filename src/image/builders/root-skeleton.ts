@@ -11,7 +11,24 @@ export async function writeBusyboxRoot(root: string): Promise<void> {
   if (!check || check.code !== 0) {
     throw new TorporError('busybox-missing', `${busybox} is not a usable static busybox`, { hint: 'apt-get install -y busybox-static' });
   }
-  for (const directory of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'etc', 'root', 'home', 'tmp', 'var/tmp', 'var/log', 'run', 'dev', 'proc', 'sys', 'mnt', 'opt']) {
+  for (const directory of [
+    'bin',
+    'sbin',
+    'usr/bin',
+    'usr/sbin',
+    'etc',
+    'root',
+    'home',
+    'tmp',
+    'var/tmp',
+    'var/log',
+    'run',
+    'dev',
+    'proc',
+    'sys',
+    'mnt',
+    'opt',
+  ]) {
     await mkdir(join(root, directory), { recursive: true });
   }
   await chmod(join(root, 'tmp'), 0o1777);
@@ -19,7 +36,10 @@ export async function writeBusyboxRoot(root: string): Promise<void> {
   await chmod(join(root, 'root'), 0o700);
   await copyFile(busybox, join(root, 'bin/busybox'));
   await chmod(join(root, 'bin/busybox'), 0o755);
-  for (const applet of check.stdout.split('\n').map((line) => line.trim()).filter(Boolean)) {
+  for (const applet of check.stdout
+    .split('\n')
+    .map((line) => line.trim())
+    .filter(Boolean)) {
     if (applet === 'busybox') continue;
     await symlink('busybox', join(root, 'bin', applet)).catch(() => {});
   }

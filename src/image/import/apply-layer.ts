@@ -20,14 +20,26 @@ export function asLayerError(description: string, error: unknown): unknown {
   }
   const code = (error as NodeJS.ErrnoException).code ?? '';
   if (/^Z_|^ERR_ZSTD|zstd/i.test(code) || /incorrect header|unexpected end|invalid|corrupt|zstd/i.test(String((error as Error).message))) {
-    return new TorporError('layer-corrupt', `${description}: cannot decompress: ${(error as Error).message}`, { hint: 'the layer is truncated or corrupt', cause: error });
+    return new TorporError('layer-corrupt', `${description}: cannot decompress: ${(error as Error).message}`, {
+      hint: 'the layer is truncated or corrupt',
+      cause: error,
+    });
   }
-  if (code === 'ENOSPC') return new TorporError('disk-full', `${description}: no space left while writing the layer; nothing was imported`, { hint: 'free disk space, or `torpor image rm` unused images', cause: error });
+  if (code === 'ENOSPC')
+    return new TorporError('disk-full', `${description}: no space left while writing the layer; nothing was imported`, {
+      hint: 'free disk space, or `torpor image rm` unused images',
+      cause: error,
+    });
   return error;
 }
 
 /** The stream's chunks, hashed and counted on the way, stopped as soon as a limit is crossed. */
-export async function* measured(stream: AsyncIterable<Buffer>, hash: ReturnType<typeof createHash>, limits: ImportLimits, budget: ImageBudget): AsyncGenerator<Buffer> {
+export async function* measured(
+  stream: AsyncIterable<Buffer>,
+  hash: ReturnType<typeof createHash>,
+  limits: ImportLimits,
+  budget: ImageBudget,
+): AsyncGenerator<Buffer> {
   let bytes = 0;
   for await (const chunk of stream) {
     bytes += chunk.length;
@@ -65,12 +77,16 @@ export async function applyLayer(
   await options.thread?.started();
   const stream = await layer.open();
   try {
-    await extractStream(stream, {
-      root,
-      policy: { description: layer.description, owners: runningAsRoot(), modes: true, devices: true, xattrs: true },
-      layerSemantics: true,
-      maxMembers: limits.maxLayerMembers,
-    }, { limits, budget, hash, thread: options.thread });
+    await extractStream(
+      stream,
+      {
+        root,
+        policy: { description: layer.description, owners: runningAsRoot(), modes: true, devices: true, xattrs: true },
+        layerSemantics: true,
+        maxMembers: limits.maxLayerMembers,
+      },
+      { limits, budget, hash, thread: options.thread },
+    );
   } catch (error) {
     throw asLayerError(layer.description, error);
   } finally {

@@ -44,7 +44,10 @@ export async function detectImportFormat(path: string, limits: ImportLimits = im
   try {
     info = await lstat(path);
   } catch (error) {
-    if (isNodeError(error, 'ENOENT')) throw new TorporError('import-missing', `${path} does not exist`, { hint: 'give the path of a rootfs tar, a directory, a docker-save archive or an OCI layout' });
+    if (isNodeError(error, 'ENOENT'))
+      throw new TorporError('import-missing', `${path} does not exist`, {
+        hint: 'give the path of a rootfs tar, a directory, a docker-save archive or an OCI layout',
+      });
     throw error;
   }
   if (info.isDirectory()) {

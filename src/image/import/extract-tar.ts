@@ -27,14 +27,19 @@ export async function extractTar(chunks: AsyncIterable<Buffer>, spec: ExtractSpe
     const path = memberPath(entry.name, { layer: policy.description });
     const base = baseNameOf(path);
     if (spec.layerSemantics && base.startsWith(WHITEOUT_PREFIX)) {
-      if (entry.type !== 'file') throw new TorporError('layer-unsafe-path', `${policy.description}: the whiteout ${JSON.stringify(entry.name)} is a ${entry.type}, not an empty file`, { hint: 'the image is malformed; nothing was imported' });
+      if (entry.type !== 'file')
+        throw new TorporError('layer-unsafe-path', `${policy.description}: the whiteout ${JSON.stringify(entry.name)} is a ${entry.type}, not an empty file`, {
+          hint: 'the image is malformed; nothing was imported',
+        });
       if (base === OPAQUE_MARKER) writer.opaque(parentOf(path));
       else if (base.startsWith(WHITEOUT_PREFIX + WHITEOUT_PREFIX)) {
         // Other aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs) carries no meaning for OCI.
       } else {
         const hidden = base.slice(WHITEOUT_PREFIX.length);
         if (hidden === '' || hidden === '.' || hidden === '..') {
-          throw new TorporError('layer-unsafe-path', `${policy.description}: the whiteout ${JSON.stringify(entry.name)} names no file`, { hint: 'the image is malformed or malicious; nothing was imported' });
+          throw new TorporError('layer-unsafe-path', `${policy.description}: the whiteout ${JSON.stringify(entry.name)} names no file`, {
+            hint: 'the image is malformed or malicious; nothing was imported',
+          });
         }
         const parent = parentOf(path);
         writer.remove(parent ? `${parent}/${hidden}` : hidden);
@@ -42,11 +47,20 @@ export async function extractTar(chunks: AsyncIterable<Buffer>, spec: ExtractSpe
       continue;
     }
     switch (entry.type) {
-      case 'directory': writer.directory(path, entry); break;
-      case 'file': await writer.file(path, entry, reader.data()); break;
-      case 'symlink': writer.symlink(path, entry); break;
-      case 'hardlink': writer.hardlink(path, memberPath(entry.linkTarget, { layer: policy.description, what: `hard link target of ${JSON.stringify(entry.name)}` })); break;
-      default: writer.device(path, entry);
+      case 'directory':
+        writer.directory(path, entry);
+        break;
+      case 'file':
+        await writer.file(path, entry, reader.data());
+        break;
+      case 'symlink':
+        writer.symlink(path, entry);
+        break;
+      case 'hardlink':
+        writer.hardlink(path, memberPath(entry.linkTarget, { layer: policy.description, what: `hard link target of ${JSON.stringify(entry.name)}` }));
+        break;
+      default:
+        writer.device(path, entry);
     }
   }
   writer.finish();

@@ -8,17 +8,10 @@ import type { ExtractSpec } from './extract-tar.ts';
 // with parsing and the file system calls (worker), as they did when GNU tar was a separate
 // process. The worker runs the very same extractTar(); only the bytes travel between threads.
 
-export type ExtractRequest =
-  | { kind: 'start'; spec: ExtractSpec }
-  | { kind: 'chunk'; chunk: Uint8Array }
-  | { kind: 'end' }
-  | { kind: 'abort' };
+export type ExtractRequest = { kind: 'start'; spec: ExtractSpec } | { kind: 'chunk'; chunk: Uint8Array } | { kind: 'end' } | { kind: 'abort' };
 
 export type ExtractReply =
-  | { kind: 'ready' }
-  | { kind: 'consumed' }
-  | { kind: 'done' }
-  | { kind: 'failed'; error: { torpor: boolean; code?: string; message: string; hint?: string } };
+  { kind: 'ready' } | { kind: 'consumed' } | { kind: 'done' } | { kind: 'failed'; error: { torpor: boolean; code?: string; message: string; hint?: string } };
 
 /** Chunks (~256 KiB each) sent ahead of the worker: enough to keep it busy, bounded in memory. */
 const MAX_CHUNKS_IN_FLIGHT = 16;
@@ -48,8 +41,12 @@ export class ExtractThread {
       this.worker.once('exit', (code) => reject(new Error(`the extraction thread exited with code ${code} before it was ready`)));
     });
     this.ready.catch(() => {});
-    this.worker.on('error', (error) => { this.broken = error; });
-    this.worker.on('exit', (code) => { this.broken ??= new Error(`the extraction thread exited with code ${code}`); });
+    this.worker.on('error', (error) => {
+      this.broken = error;
+    });
+    this.worker.on('exit', (code) => {
+      this.broken ??= new Error(`the extraction thread exited with code ${code}`);
+    });
   }
 
   /** Resolves once the worker has loaded its code (rejects if it cannot). */
@@ -95,7 +92,10 @@ export class ExtractThread {
       post({ kind: 'start', spec });
       try {
         for await (const chunk of chunks) {
-          while (inFlight >= MAX_CHUNKS_IN_FLIGHT && !settled) await new Promise<void>((resolve) => { wake = resolve; });
+          while (inFlight >= MAX_CHUNKS_IN_FLIGHT && !settled)
+            await new Promise<void>((resolve) => {
+              wake = resolve;
+            });
           if (settled) break;
           const copy = new Uint8Array(chunk);
           post({ kind: 'chunk', chunk: copy }, [copy.buffer as ArrayBuffer]);

@@ -34,7 +34,9 @@ class ChunkFeed implements AsyncIterable<Buffer> {
       }
       if (this.failure) throw this.failure;
       if (this.ended) return;
-      await new Promise<void>((resolve) => { this.wake = resolve; });
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+      });
       this.wake = undefined;
     }
   }

@@ -134,7 +134,10 @@ describe('the same corpus on the extraction thread (large imports use it)', () =
       const canaryBefore = await fingerprint(canary);
       for (const hostile of cases) {
         const oci = (await forms(hostile)).find((form) => form.form === 'OCI layout')!;
-        const outcome = await importImage(oci.path, { name: `thread-${hostile.name}`, limits: hostile.limits }).then(() => undefined, (error: unknown) => error);
+        const outcome = await importImage(oci.path, { name: `thread-${hostile.name}`, limits: hostile.limits }).then(
+          () => undefined,
+          (error: unknown) => error,
+        );
         if (hostile.refused) {
           assert.ok(outcome instanceof TorporError, `${hostile.name}: expected a refusal, got ${outcome}`);
           assert.equal(outcome.code, hostile.refused.code, `${hostile.name}: ${outcome.message}`);
@@ -154,11 +157,14 @@ describe('the same corpus on the extraction thread (large imports use it)', () =
 describe('hostile image archives (the tar around the layers)', () => {
   test('a docker-save archive cannot unpack through a symlink it planted', async () => {
     const path = join(work, 'cases', 'outer-symlink.tar');
-    await writeFile(path, archive(
-      member({ name: 'manifest.json', content: '[{"Config":"c.json","Layers":["blobs/layer.tar"]}]' }),
-      member({ name: 'blobs', flag: '2', linkTarget: canary }),
-      member({ name: 'blobs/layer.tar', content: 'overwrites the host' }),
-    ));
+    await writeFile(
+      path,
+      archive(
+        member({ name: 'manifest.json', content: '[{"Config":"c.json","Layers":["blobs/layer.tar"]}]' }),
+        member({ name: 'blobs', flag: '2', linkTarget: canary }),
+        member({ name: 'blobs/layer.tar', content: 'overwrites the host' }),
+      ),
+    );
     const canaryBefore = await fingerprint(canary);
     await assert.rejects(importImage(path, { name: 'outer' }), (error: unknown) => {
       assert.ok(error instanceof TorporError);
@@ -172,12 +178,18 @@ describe('hostile image archives (the tar around the layers)', () => {
 
   test('an OCI archive whose index.json is a link to a host file is refused', async () => {
     const path = join(work, 'cases', 'outer-index-link.tar');
-    await writeFile(path, archive(
-      member({ name: 'oci-layout', content: '{"imageLayoutVersion":"1.0.0"}' }),
-      member({ name: 'index.json', flag: '2', linkTarget: join(canary, 'precious') }),
-    ));
-    await assert.rejects(importImage(path, { name: 'outer' }), (error: unknown) =>
-      error instanceof TorporError && error.code === 'image-invalid' && /index\.json is not a regular file inside the archive/.test(error.message));
+    await writeFile(
+      path,
+      archive(
+        member({ name: 'oci-layout', content: '{"imageLayoutVersion":"1.0.0"}' }),
+        member({ name: 'index.json', flag: '2', linkTarget: join(canary, 'precious') }),
+      ),
+    );
+    await assert.rejects(
+      importImage(path, { name: 'outer' }),
+      (error: unknown) =>
+        error instanceof TorporError && error.code === 'image-invalid' && /index\.json is not a regular file inside the archive/.test(error.message),
+    );
     await assertStoreClean();
   });
 
@@ -190,7 +202,10 @@ describe('hostile image archives (the tar around the layers)', () => {
     await writeFile(join(directory, 'one/layer.tar'), layer);
     await symlink('../one/layer.tar', join(directory, 'two/layer.tar'));
     await writeFile(join(directory, 'config.json'), config);
-    await writeFile(join(directory, 'manifest.json'), JSON.stringify([{ Config: 'config.json', RepoTags: ['repeated:1'], Layers: ['one/layer.tar', 'two/layer.tar'] }]));
+    await writeFile(
+      join(directory, 'manifest.json'),
+      JSON.stringify([{ Config: 'config.json', RepoTags: ['repeated:1'], Layers: ['one/layer.tar', 'two/layer.tar'] }]),
+    );
     const path = await tarOf(directory, join(work, 'cases', 'docker-repeated.tar'));
     const record = await importImage(path, { name: 'repeated' });
     const tree = await snapshotExt4(record.diskPath);
@@ -208,9 +223,15 @@ describe('hostile image archives (the tar around the layers)', () => {
       try { await program.parseAsync(process.argv.slice(1), { from: 'user' }); }
       catch (error) { process.stderr.write(JSON.stringify({ code: error.code, message: error.message, hint: error.hint })); process.exitCode = 125; }
     `;
-    const result = await runCommand(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', runner, '--', 'image', 'import', oci!.path, '--name', 'evil'], {
-      allowFailure: true, cwd: new URL('../../..', import.meta.url).pathname, env: { ...process.env },
-    });
+    const result = await runCommand(
+      process.execPath,
+      ['--import', 'tsx', '--input-type=module', '-e', runner, '--', 'image', 'import', oci!.path, '--name', 'evil'],
+      {
+        allowFailure: true,
+        cwd: new URL('../../..', import.meta.url).pathname,
+        env: { ...process.env },
+      },
+    );
     assert.equal(result.code, 125);
     const printed = JSON.parse(result.stderr.slice(result.stderr.indexOf('{"code"'))) as { code: string; message: string; hint: string };
     assert.equal(printed.code, 'layer-unsafe-path');

@@ -7,8 +7,14 @@ import type { ImageConfig } from '../image-config.ts';
 import type { LayerSource } from './apply-layer.ts';
 import { openDecompressed } from './compression.ts';
 import {
-  assertDigest, imageConfigFromOci, isIndex, parseManifest, selectPlatform,
-  type Descriptor, type ImageIndex, type OciImageConfig,
+  assertDigest,
+  imageConfigFromOci,
+  isIndex,
+  parseManifest,
+  selectPlatform,
+  type Descriptor,
+  type ImageIndex,
+  type OciImageConfig,
 } from './oci-image.ts';
 
 /** An image read from disk (OCI layout or docker save): its layers in order and its run-time config. */
@@ -64,7 +70,9 @@ async function blob(layout: string, descriptor: Descriptor, what: string): Promi
   const path = await archiveFile(layout, `blobs/sha256/${descriptor.digest.slice('sha256:'.length)}`);
   const actual = await sha256OfFile(path);
   if (actual !== descriptor.digest) {
-    throw new TorporError('blob-digest-mismatch', `${what} ${descriptor.digest} is corrupt (its content hashes to ${actual})`, { hint: 'the image layout is damaged; export it again' });
+    throw new TorporError('blob-digest-mismatch', `${what} ${descriptor.digest} is corrupt (its content hashes to ${actual})`, {
+      hint: 'the image layout is damaged; export it again',
+    });
   }
   return path;
 }
@@ -99,7 +107,7 @@ async function readOciManifest(layout: string, body: unknown, descriptor: Descri
   const manifest = parseManifest(body, `manifest ${descriptor.digest}`);
   const config = await readJsonFile<OciImageConfig>(await blob(layout, manifest.config, 'image config'), 'the image config');
   const diffIds = config.rootfs?.diff_ids ?? [];
-  for (const diffId of diffIds) assertDigest(diffId, 'the image config\'s diff_ids');
+  for (const diffId of diffIds) assertDigest(diffId, "the image config's diff_ids");
   const layers: LayerSource[] = [];
   for (const [index, layer] of manifest.layers.entries()) {
     const path = await blob(layout, layer, `layer ${index + 1}`);
@@ -118,19 +126,27 @@ interface DockerArchiveEntry {
 export async function readDockerArchive(directory: string, sourceName: string): Promise<LayeredImage> {
   const entries = await readJsonFile<DockerArchiveEntry[]>(await archiveFile(directory, 'manifest.json'), 'manifest.json');
   if (!Array.isArray(entries) || entries.length === 0 || !entries[0]!.Config || !Array.isArray(entries[0]!.Layers)) {
-    throw new TorporError('image-invalid', 'manifest.json of the docker archive lists no image', { hint: 'create the archive with `docker save IMAGE -o FILE.tar`' });
+    throw new TorporError('image-invalid', 'manifest.json of the docker archive lists no image', {
+      hint: 'create the archive with `docker save IMAGE -o FILE.tar`',
+    });
   }
   if (entries.length > 1) {
-    throw new TorporError('image-ambiguous', `the docker archive holds ${entries.length} images (${entries.map((entry) => entry.RepoTags?.[0] ?? entry.Config).join(', ')})`, {
-      hint: 'save one image per archive: `docker save IMAGE -o FILE.tar`',
-    });
+    throw new TorporError(
+      'image-ambiguous',
+      `the docker archive holds ${entries.length} images (${entries.map((entry) => entry.RepoTags?.[0] ?? entry.Config).join(', ')})`,
+      {
+        hint: 'save one image per archive: `docker save IMAGE -o FILE.tar`',
+      },
+    );
   }
   const entry = entries[0]!;
   const config = await readJsonFile<OciImageConfig>(await archiveFile(directory, entry.Config), 'the image config');
   const diffIds = config.rootfs?.diff_ids ?? [];
-  for (const diffId of diffIds) assertDigest(diffId, 'the image config\'s diff_ids');
+  for (const diffId of diffIds) assertDigest(diffId, "the image config's diff_ids");
   if (diffIds.length !== entry.Layers.length) {
-    throw new TorporError('image-invalid', `the docker archive lists ${entry.Layers.length} layers but its config has ${diffIds.length} diff_ids`, { hint: 'the archive is malformed' });
+    throw new TorporError('image-invalid', `the docker archive lists ${entry.Layers.length} layers but its config has ${diffIds.length} diff_ids`, {
+      hint: 'the archive is malformed',
+    });
   }
   const layers: LayerSource[] = [];
   for (const [index, name] of entry.Layers.entries()) {

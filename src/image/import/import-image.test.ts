@@ -12,7 +12,13 @@ import { TorporError } from '../../util/errors.ts';
 import { listImages } from '../image-store.ts';
 import { importImage } from './import-image.ts';
 import {
-  writeFixtureLayerTrees, tarDirectory, writeOciLayout, writeDockerArchive, tarOf, handWrittenTar, type FixtureImage,
+  writeFixtureLayerTrees,
+  tarDirectory,
+  writeOciLayout,
+  writeDockerArchive,
+  tarOf,
+  handWrittenTar,
+  type FixtureImage,
 } from './testing/image-fixtures.ts';
 import { snapshotDirectory, snapshotExt4, ext4Mtime, ext4Xattr, type TreeSnapshot } from './testing/tree-snapshot.ts';
 
@@ -66,7 +72,9 @@ before(async () => {
   await writeOciLayout(join(work, 'oci'), [ociImage]);
   // umoci is an independent implementation of the same layer rules: its result is the reference.
   // It predates zstd layers, so it gets the same image with the last layer gzipped.
-  const gzipOnly: FixtureImage = { layers: [...ociImage.layers.slice(0, 2), { ...(await tarDirectory(trees[2]!, join(work, 'layer-3.tar.gz'), 'gzip')), compression: 'gzip' }] };
+  const gzipOnly: FixtureImage = {
+    layers: [...ociImage.layers.slice(0, 2), { ...(await tarDirectory(trees[2]!, join(work, 'layer-3.tar.gz'), 'gzip')), compression: 'gzip' }],
+  };
   await writeOciLayout(join(work, 'oci-gzip'), [gzipOnly]);
   await runCommand('umoci', ['unpack', '--image', `${join(work, 'oci-gzip')}:latest`, join(work, 'umoci-bundle')]);
   umociRoot = withoutRoot(await snapshotDirectory(join(work, 'umoci-bundle/rootfs')));
@@ -127,8 +135,12 @@ describe('layered images', () => {
     assert.equal(ext4['dev/fifo']!.mode, '10600');
     assert.equal(await ext4Xattr(record.diskPath, '/data/with-xattr', 'user.test'), 'hello-xattr');
     assert.deepEqual(record.config, {
-      entrypoint: ['/usr/bin/tool'], cmd: ['--serve'], env: ['PATH=/usr/bin:/bin', 'MODE=test'],
-      workingDir: '/home/user', user: '1000:1000', exposedPorts: ['53/udp', '8080/tcp'],
+      entrypoint: ['/usr/bin/tool'],
+      cmd: ['--serve'],
+      env: ['PATH=/usr/bin:/bin', 'MODE=test'],
+      workingDir: '/home/user',
+      user: '1000:1000',
+      exposedPorts: ['53/udp', '8080/tcp'],
     });
     assert.match(record.source, /^oci:oci@sha256:/);
   });
@@ -168,7 +180,9 @@ describe('layered images', () => {
   test('a tampered blob, a truncated layer and a wrong diff_id are refused', async () => {
     await cp(join(work, 'oci'), join(work, 'tampered'), { recursive: true });
     const blobs = await readdir(join(work, 'tampered/blobs/sha256'));
-    const secondLayerDigest = createHash('sha256').update(await readFile(ociImage.layers[1]!.path)).digest('hex');
+    const secondLayerDigest = createHash('sha256')
+      .update(await readFile(ociImage.layers[1]!.path))
+      .digest('hex');
     assert.ok(blobs.includes(secondLayerDigest));
     const target = join(work, 'tampered/blobs/sha256', secondLayerDigest);
     const bytes = await readFile(target);
@@ -208,13 +222,25 @@ describe('hostile layers', () => {
 
   test('a member with ../ is refused', async () => {
     const tar = join(work, 'dotdot.tar');
-    await writeFile(tar, handWrittenTar([{ name: 'etc/', type: 'directory' }, { name: 'etc/../../escaped', content: 'x' }]));
+    await writeFile(
+      tar,
+      handWrittenTar([
+        { name: 'etc/', type: 'directory' },
+        { name: 'etc/../../escaped', content: 'x' },
+      ]),
+    );
     await expectImportError(tar, 'layer-unsafe-path', /"etc\/\.\.\/\.\.\/escaped" escapes the root/);
   });
 
   test('a hard link to a path outside the root is refused', async () => {
     const tar = join(work, 'hardlink.tar');
-    await writeFile(tar, handWrittenTar([{ name: 'etc/', type: 'directory' }, { name: 'etc/passwd', type: 'hardlink', linkTarget: '../../../../etc/passwd' }]));
+    await writeFile(
+      tar,
+      handWrittenTar([
+        { name: 'etc/', type: 'directory' },
+        { name: 'etc/passwd', type: 'hardlink', linkTarget: '../../../../etc/passwd' },
+      ]),
+    );
     await expectImportError(tar, 'layer-unsafe-path', /hard link target .* escapes the root/);
   });
 
@@ -240,7 +266,10 @@ describe('hostile layers', () => {
   test('an absolute symlink is stored as is, and a later layer may replace it with a directory', async () => {
     const path = await layered('replace-link', [
       handWrittenTar([{ name: 'data', type: 'symlink', linkTarget: outside }]),
-      handWrittenTar([{ name: 'data/', type: 'directory' }, { name: 'data/file', content: 'inside' }]),
+      handWrittenTar([
+        { name: 'data/', type: 'directory' },
+        { name: 'data/file', content: 'inside' },
+      ]),
     ]);
     const record = await importImage(path, { name: 'replace-link' });
     const snapshot = await snapshotExt4(record.diskPath);

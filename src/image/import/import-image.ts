@@ -76,12 +76,16 @@ async function unpackArchive(archive: string, staging: string, limits: ImportLim
   const archiveLimits = { ...limits, maxLayerBytes: limits.maxImageBytes };
   const stream = await openDecompressed(archive);
   try {
-    await extractStream(stream, {
-      root: directory,
-      policy: { description, owners: false, modes: false, devices: false, xattrs: false },
-      layerSemantics: false,
-      maxMembers: archiveLimits.maxLayerMembers,
-    }, { limits: archiveLimits, budget: new ImageBudget(archiveLimits), hash: createHash('sha256') });
+    await extractStream(
+      stream,
+      {
+        root: directory,
+        policy: { description, owners: false, modes: false, devices: false, xattrs: false },
+        layerSemantics: false,
+        maxMembers: archiveLimits.maxLayerMembers,
+      },
+      { limits: archiveLimits, budget: new ImageBudget(archiveLimits), hash: createHash('sha256') },
+    );
   } catch (error) {
     throw asLayerError(description, error);
   } finally {
@@ -110,7 +114,11 @@ export async function importImage(path: string, options: ImportOptions = {}): Pr
       return addImageFromDirectory(absolute, { name: options.name, config: options.config ?? defaultRootfsConfig, source: `directory:${absolute}`, progress });
     case 'rootfs-tar':
       return importLayers([fileLayer(absolute, sourceName, undefined)], {
-        name: options.name, config: options.config ?? defaultRootfsConfig, source: `tar:${sourceName}`, progress, limits,
+        name: options.name,
+        config: options.config ?? defaultRootfsConfig,
+        source: `tar:${sourceName}`,
+        progress,
+        limits,
       });
     case 'docker-archive':
     case 'oci-layout': {

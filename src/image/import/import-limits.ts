@@ -36,11 +36,14 @@ export const limitFlags: Record<keyof ImportLimits, string> = {
 export function parseSize(text: string, what: string): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$/i.exec(text);
   if (!match) {
-    throw new TorporError('invalid-limit', `${what}: ${JSON.stringify(text)} is not a size`, { hint: 'write a number of bytes, or with a unit: 512m, 16g, 1t' });
+    throw new TorporError('invalid-limit', `${what}: ${JSON.stringify(text)} is not a size`, {
+      hint: 'write a number of bytes, or with a unit: 512m, 16g, 1t',
+    });
   }
   const unit = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[match[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
   const value = Math.floor(Number(match[1]) * unit);
-  if (value <= 0 || !Number.isSafeInteger(value)) throw new TorporError('invalid-limit', `${what}: ${JSON.stringify(text)} is out of range`, { hint: 'give a positive size' });
+  if (value <= 0 || !Number.isSafeInteger(value))
+    throw new TorporError('invalid-limit', `${what}: ${JSON.stringify(text)} is out of range`, { hint: 'give a positive size' });
   return value;
 }
 

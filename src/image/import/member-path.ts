@@ -13,9 +13,10 @@ export const MAX_COMPONENT_BYTES = 255;
  */
 export function memberPath(name: string, context: { layer: string; what?: string }): string {
   const what = context.what ?? 'member';
-  const refuse = (why: string) => new TorporError('layer-unsafe-path', `${context.layer}: ${what} ${JSON.stringify(name.length > 200 ? `${name.slice(0, 200)}…` : name)} ${why}`, {
-    hint: 'the archive is malformed or malicious; nothing was imported',
-  });
+  const refuse = (why: string) =>
+    new TorporError('layer-unsafe-path', `${context.layer}: ${what} ${JSON.stringify(name.length > 200 ? `${name.slice(0, 200)}…` : name)} ${why}`, {
+      hint: 'the archive is malformed or malicious; nothing was imported',
+    });
   if (name.includes('\0')) throw refuse('contains a NUL byte');
   if (Buffer.byteLength(name) > MAX_PATH_BYTES) throw refuse(`is longer than ${MAX_PATH_BYTES} bytes`);
   const components: string[] = [];

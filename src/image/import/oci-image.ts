@@ -68,7 +68,9 @@ export function isIndex(document: { mediaType?: string; manifests?: unknown }, c
 export function parseManifest(document: unknown, context: string): ImageManifest {
   const manifest = document as ImageManifest;
   if (!manifest || typeof manifest !== 'object' || !manifest.config || !Array.isArray(manifest.layers)) {
-    throw new TorporError('image-invalid', `${context}: not an image manifest (no config or layers)`, { hint: 'the image metadata is malformed or uses the old schema 1 format' });
+    throw new TorporError('image-invalid', `${context}: not an image manifest (no config or layers)`, {
+      hint: 'the image metadata is malformed or uses the old schema 1 format',
+    });
   }
   assertDigest(manifest.config.digest, `${context} config`);
   for (const layer of manifest.layers) assertDigest(layer.digest, `${context} layer`);
@@ -77,8 +79,9 @@ export function parseManifest(document: unknown, context: string): ImageManifest
 
 /** Picks the linux/amd64 image from an index, as `docker pull` does on this machine. */
 export function selectPlatform(index: ImageIndex, context: string): Descriptor {
-  const candidates = (index.manifests ?? []).filter((descriptor) =>
-    descriptor.platform?.os === wantedPlatform.os && descriptor.platform?.architecture === wantedPlatform.architecture);
+  const candidates = (index.manifests ?? []).filter(
+    (descriptor) => descriptor.platform?.os === wantedPlatform.os && descriptor.platform?.architecture === wantedPlatform.architecture,
+  );
   // Attestation manifests (buildkit) are tagged unknown/unknown and never match above.
   const chosen = candidates[0];
   if (!chosen) {

@@ -45,7 +45,8 @@ function* records(data: Buffer, offset: number): Generator<{ key: string; value:
     if (!decimal.test(lengthText)) throw paxError(offset, `record length ${JSON.stringify(lengthText)} is not a decimal number`);
     const length = Number(lengthText);
     const end = position + length;
-    if (length <= space - position + 1 || end > data.length) throw paxError(offset, `record at ${position} says it is ${length} bytes long, which does not fit`);
+    if (length <= space - position + 1 || end > data.length)
+      throw paxError(offset, `record at ${position} says it is ${length} bytes long, which does not fit`);
     if (data[end - 1] !== 0x0a) throw paxError(offset, `record at ${position} does not end with a newline where its length says`);
     const record = data.subarray(space + 1, end - 1);
     const equals = record.indexOf(0x3d);
@@ -66,7 +67,8 @@ function text(value: Buffer, key: string, offset: number): string {
 
 function number(value: Buffer, key: string, offset: number, maximum: number): number {
   const raw = value.toString('latin1');
-  if (!decimal.test(raw) || Number(raw) > maximum) throw paxError(offset, `${key} ${JSON.stringify(raw.slice(0, 40))} is not a decimal number up to ${maximum}`);
+  if (!decimal.test(raw) || Number(raw) > maximum)
+    throw paxError(offset, `${key} ${JSON.stringify(raw.slice(0, 40))} is not a decimal number up to ${maximum}`);
   return Number(raw);
 }
 
@@ -97,11 +99,21 @@ export function parsePaxData(data: Buffer, offset: number, kind: 'x' | 'g'): Pax
     }
     if (ignoredKeys.has(key)) continue;
     switch (key) {
-      case 'path': overrides.path = text(value, key, offset); break;
-      case 'linkpath': overrides.linkPath = text(value, key, offset); break;
-      case 'size': overrides.size = number(value, key, offset, Number.MAX_SAFE_INTEGER); break;
-      case 'uid': overrides.uid = number(value, key, offset, MAX_ID); break;
-      case 'gid': overrides.gid = number(value, key, offset, MAX_ID); break;
+      case 'path':
+        overrides.path = text(value, key, offset);
+        break;
+      case 'linkpath':
+        overrides.linkPath = text(value, key, offset);
+        break;
+      case 'size':
+        overrides.size = number(value, key, offset, Number.MAX_SAFE_INTEGER);
+        break;
+      case 'uid':
+        overrides.uid = number(value, key, offset, MAX_ID);
+        break;
+      case 'gid':
+        overrides.gid = number(value, key, offset, MAX_ID);
+        break;
       case 'mtime': {
         const raw = value.toString('latin1');
         if (!/^-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,9})?$/.test(raw)) throw paxError(offset, `mtime ${JSON.stringify(raw.slice(0, 40))} is not a time`);

@@ -7,7 +7,6 @@ import { isNodeError } from '../../util/errors.ts';
 
 const PREFIX = '.import-';
 
-
 /** Removes staging directories left by imports that were killed (their PID is in the name). */
 async function sweepAbandoned(): Promise<void> {
   let names: string[];

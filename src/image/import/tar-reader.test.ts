@@ -31,14 +31,20 @@ after(() => rm(work, { recursive: true, force: true }));
 test('GNU, PAX and ustar archives list the same names, types and link targets as GNU tar', async () => {
   for (const format of ['gnu', 'posix', 'ustar']) {
     const archive = join(work, `${format}.tar`);
-    const result = await runCommand('tar', ['--create', `--format=${format}`, `--file=${archive}`, '--sort=name', '-C', join(work, 'tree'), '.'], { allowFailure: true });
+    const result = await runCommand('tar', ['--create', `--format=${format}`, `--file=${archive}`, '--sort=name', '-C', join(work, 'tree'), '.'], {
+      allowFailure: true,
+    });
     if (format === 'ustar') {
       // ustar cannot store a 150-character symlink target: GNU tar refuses that member, we list the rest.
       assert.notEqual(result.code, 0);
     }
     const entries = await list(await readFile(archive));
     const expected = (await runCommand('tar', ['--list', `--file=${archive}`])).stdout.trim().split('\n');
-    assert.deepEqual(entries.map((entry) => entry.name.replace(/\/$/, '')), expected.map((name) => name.replace(/\/$/, '')), format);
+    assert.deepEqual(
+      entries.map((entry) => entry.name.replace(/\/$/, '')),
+      expected.map((name) => name.replace(/\/$/, '')),
+      format,
+    );
     const byName = new Map(entries.map((entry) => [entry.name.replace(/\/$/, ''), entry]));
     assert.equal(byName.get(`./${longDirectory}/file-with-a-long-path.txt`)?.size, 1500);
     assert.equal(byName.get('./hard')?.type, 'hardlink');
@@ -60,7 +66,10 @@ test('archives written by GNU tar (oldgnu, gnu, posix), Python tarfile (GNU, PAX
   }
   for (const format of ['GNU_FORMAT', 'PAX_FORMAT']) {
     archives[`python-${format}`] = join(work, `interop-${format}.tar`);
-    await runCommand('python3', ['-c', `import tarfile; t = tarfile.open(${JSON.stringify(archives[`python-${format}`])}, 'w', format=tarfile.${format}); t.add(${JSON.stringify(tree)}, arcname='.'); t.close()`]);
+    await runCommand('python3', [
+      '-c',
+      `import tarfile; t = tarfile.open(${JSON.stringify(archives[`python-${format}`])}, 'w', format=tarfile.${format}); t.add(${JSON.stringify(tree)}, arcname='.'); t.close()`,
+    ]);
   }
   if ((await runCommand('sh', ['-c', 'command -v busybox'], { allowFailure: true })).code === 0) {
     archives.busybox = join(work, 'interop-busybox.tar');
@@ -69,7 +78,11 @@ test('archives written by GNU tar (oldgnu, gnu, posix), Python tarfile (GNU, PAX
   for (const [writer, archive] of Object.entries(archives)) {
     const entries = await list(await readFile(archive));
     const expected = (await runCommand('tar', ['--list', `--file=${archive}`])).stdout.trim().split('\n');
-    assert.deepEqual(entries.map((entry) => entry.name.replace(/\/$/, '')), expected.map((name) => name.replace(/\/$/, '')), writer);
+    assert.deepEqual(
+      entries.map((entry) => entry.name.replace(/\/$/, '')),
+      expected.map((name) => name.replace(/\/$/, '')),
+      writer,
+    );
     const byName = new Map(entries.map((entry) => [entry.name.replace(/^\.\//, '').replace(/\/$/, ''), entry]));
     assert.equal(byName.get('long-link')?.linkTarget, longTarget, writer);
     assert.equal(byName.get('empty')?.size, 0, writer);
@@ -86,6 +99,12 @@ test('archives written by GNU tar (oldgnu, gnu, posix), Python tarfile (GNU, PAX
 test('a truncated archive and a file that is not a tar are errors', async () => {
   const archive = await readFile(join(work, 'gnu.tar'));
   // Cut in the middle of the 1500-byte file's data.
-  await assert.rejects(list(archive.subarray(0, archive.indexOf('x'.repeat(100)) + 700)), (error: unknown) => error instanceof TorporError && error.code === 'tar-truncated');
-  await assert.rejects(list(Buffer.from('this is not a tar archive at all'.repeat(40))), (error: unknown) => error instanceof TorporError && error.code === 'tar-invalid');
+  await assert.rejects(
+    list(archive.subarray(0, archive.indexOf('x'.repeat(100)) + 700)),
+    (error: unknown) => error instanceof TorporError && error.code === 'tar-truncated',
+  );
+  await assert.rejects(
+    list(Buffer.from('this is not a tar archive at all'.repeat(40))),
+    (error: unknown) => error instanceof TorporError && error.code === 'tar-invalid',
+  );
 });

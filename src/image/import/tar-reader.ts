@@ -39,11 +39,22 @@ const MAX_METADATA_BYTES = 1024 * 1024;
 const MAX_TRAILING_BYTES = 1024 * 1024;
 
 const memberTypes: Record<string, TarEntryType> = {
-  '0': 'file', '\0': 'file', '7': 'file',
-  '1': 'hardlink', '2': 'symlink', '3': 'character-device', '4': 'block-device', '5': 'directory', '6': 'fifo',
+  '0': 'file',
+  '\0': 'file',
+  '7': 'file',
+  '1': 'hardlink',
+  '2': 'symlink',
+  '3': 'character-device',
+  '4': 'block-device',
+  '5': 'directory',
+  '6': 'fifo',
 };
 const unsupportedTypes: Record<string, string> = {
-  S: 'a GNU sparse file', M: 'a multi-volume continuation', V: 'a volume label', N: 'an old GNU long-name record', D: 'a GNU dump directory',
+  S: 'a GNU sparse file',
+  M: 'a multi-volume continuation',
+  V: 'a volume label',
+  N: 'an old GNU long-name record',
+  D: 'a GNU dump directory',
 };
 
 function truncated(offset: number, what: string): TorporError {
@@ -156,14 +167,15 @@ export class TarReader {
   async *data(): AsyncGenerator<Buffer> {
     while (this.remainingData > 0) {
       const chunk = await this.bytes.readSome(this.remainingData);
-      if (chunk.length === 0) throw truncated(this.bytes.position, 'in the middle of a member\'s data');
+      if (chunk.length === 0) throw truncated(this.bytes.position, "in the middle of a member's data");
       this.remainingData -= chunk.length;
       yield chunk;
     }
   }
 
   private async readMetadata(header: TarHeader, offset: number): Promise<Buffer> {
-    if (header.size > MAX_METADATA_BYTES) throw tarFormatError(offset, `a ${header.typeFlag} header carries ${header.size} bytes of metadata (at most ${MAX_METADATA_BYTES})`);
+    if (header.size > MAX_METADATA_BYTES)
+      throw tarFormatError(offset, `a ${header.typeFlag} header carries ${header.size} bytes of metadata (at most ${MAX_METADATA_BYTES})`);
     const data = await this.bytes.read(header.size);
     if (data.length < header.size) throw truncated(this.bytes.position, 'in the middle of an extended header');
     await this.skip((BLOCK_SIZE - (header.size % BLOCK_SIZE)) % BLOCK_SIZE, 'in the padding of an extended header');
@@ -196,7 +208,7 @@ export class TarReader {
   /** The next member, or undefined after the end-of-archive marker (two zero blocks). */
   async next(): Promise<TarEntry | undefined> {
     if (this.finished) return undefined;
-    await this.skip(this.remainingData + this.remainingPadding, 'in the middle of a member\'s data');
+    await this.skip(this.remainingData + this.remainingPadding, "in the middle of a member's data");
     this.remainingData = 0;
     this.remainingPadding = 0;
     let pax: PaxOverrides | undefined;
@@ -211,7 +223,8 @@ export class TarReader {
         throw truncated(offset, pax || longName || longLink ? 'after an extended header, before its member' : 'without the end-of-archive marker');
       }
       if (isZeroBlock(block)) {
-        if (pax || longName !== undefined || longLink !== undefined) throw tarFormatError(offset, 'an extended header is followed by the end of the archive, not by a member');
+        if (pax || longName !== undefined || longLink !== undefined)
+          throw tarFormatError(offset, 'an extended header is followed by the end of the archive, not by a member');
         const second = await this.readBlock();
         if (!second) throw truncated(this.bytes.position, 'after a single zero block (the end-of-archive marker is two)');
         if (!isZeroBlock(second)) throw tarFormatError(offset, 'a zero block in the middle of the archive (the end-of-archive marker is two zero blocks)');
@@ -222,7 +235,7 @@ export class TarReader {
       const header = parseHeader(block, offset, !this.sawHeader);
       this.sawHeader = true;
       if (++this.headers > this.maxMembers) {
-        throw limitExceeded('the archive\'s member count', 'maxLayerMembers', this.maxMembers);
+        throw limitExceeded("the archive's member count", 'maxLayerMembers', this.maxMembers);
       }
       switch (header.typeFlag) {
         case 'x':

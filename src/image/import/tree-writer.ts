@@ -1,7 +1,22 @@
 import { spawnSync } from 'node:child_process';
 import {
-  chmodSync, closeSync, constants, fchmodSync, fchownSync, futimesSync, lchownSync, linkSync, lstatSync, lutimesSync,
-  mkdirSync, openSync, readdirSync, rmSync, symlinkSync, unlinkSync, writeSync,
+  chmodSync,
+  closeSync,
+  constants,
+  fchmodSync,
+  fchownSync,
+  futimesSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  unlinkSync,
+  writeSync,
 } from 'node:fs';
 import { TorporError, isNodeError } from '../../util/errors.ts';
 import { ancestorsOf, MAX_PATH_BYTES, parentOf } from './member-path.ts';
@@ -47,7 +62,10 @@ export class TreeWriter {
   private readonly ownUid: number;
   private readonly ownGid: number;
 
-  constructor(private readonly root: string, private readonly policy: WriterPolicy) {
+  constructor(
+    private readonly root: string,
+    private readonly policy: WriterPolicy,
+  ) {
     // Reading the umask (no argument) works on worker threads too; only setting it does not.
     this.umask = process.umask();
     this.ownUid = process.geteuid?.() ?? -1;
@@ -56,12 +74,15 @@ export class TreeWriter {
   }
 
   private unsafe(message: string): TorporError {
-    return new TorporError('layer-unsafe-path', `${this.policy.description}: ${message}`, { hint: 'the image is malformed or malicious; nothing was imported' });
+    return new TorporError('layer-unsafe-path', `${this.policy.description}: ${message}`, {
+      hint: 'the image is malformed or malicious; nothing was imported',
+    });
   }
 
   private full(path: string): string {
     const full = path === '' ? this.root : `${this.root}/${path}`;
-    if (Buffer.byteLength(full) > MAX_PATH_BYTES) throw this.unsafe(`${JSON.stringify(path.slice(0, 100))}… is too long to create under the store (${MAX_PATH_BYTES} bytes with the store's path)`);
+    if (Buffer.byteLength(full) > MAX_PATH_BYTES)
+      throw this.unsafe(`${JSON.stringify(path.slice(0, 100))}… is too long to create under the store (${MAX_PATH_BYTES} bytes with the store's path)`);
     return full;
   }
 
@@ -133,7 +154,8 @@ export class TreeWriter {
     if (xattrs.size === 0) return;
     if (!this.policy.xattrs) throw this.unsafe(`${JSON.stringify(path)} carries extended attributes, which are not accepted here`);
     for (const [name, value] of xattrs) {
-      if (!xattrNamePattern.test(name)) throw this.unsafe(`${JSON.stringify(path)} has the extended attribute ${JSON.stringify(name.slice(0, 80))}, outside user., security. and trusted.`);
+      if (!xattrNamePattern.test(name))
+        throw this.unsafe(`${JSON.stringify(path)} has the extended attribute ${JSON.stringify(name.slice(0, 80))}, outside user., security. and trusted.`);
       if (value.length > MAX_XATTR_VALUE) throw this.unsafe(`${JSON.stringify(path)} has an extended attribute of ${value.length} bytes`);
     }
   }
@@ -147,9 +169,13 @@ export class TreeWriter {
       throw new TorporError('missing-program', 'setfattr is not installed (the image has extended attributes)', { hint: 'apt-get install -y attr' });
     }
     if (result.status !== 0) {
-      throw new TorporError('layer-extract-failed', `${this.policy.description}: cannot set the extended attributes of ${JSON.stringify(path)}: ${(result.stderr ?? '').trim().split('\n')[0]}`, {
-        hint: 'the filesystem under the store must support extended attributes (ext4, xfs, tmpfs as root)',
-      });
+      throw new TorporError(
+        'layer-extract-failed',
+        `${this.policy.description}: cannot set the extended attributes of ${JSON.stringify(path)}: ${(result.stderr ?? '').trim().split('\n')[0]}`,
+        {
+          hint: 'the filesystem under the store must support extended attributes (ext4, xfs, tmpfs as root)',
+        },
+      );
     }
   }
 
@@ -241,7 +267,8 @@ export class TreeWriter {
       // link(2) does not follow a symlink target on Linux: a link to a symlink is a second name for the symlink.
       linkSync(this.full(target), full);
     } catch (error) {
-      if (isNodeError(error, 'ENOENT')) throw this.unsafe(`hard link ${JSON.stringify(path)} points at ${JSON.stringify(target)}, which replacing ${JSON.stringify(path)} removed`);
+      if (isNodeError(error, 'ENOENT'))
+        throw this.unsafe(`hard link ${JSON.stringify(path)} points at ${JSON.stringify(target)}, which replacing ${JSON.stringify(path)} removed`);
       throw error;
     }
   }
@@ -252,15 +279,20 @@ export class TreeWriter {
     this.checkXattrs(path, entry.xattrs);
     const full = this.prepare(path);
     const mode = (this.mode(entry, 0o644) & 0o777).toString(8);
-    const args = entry.type === 'fifo'
-      ? ['-m', mode, full, 'p']
-      : ['-m', mode, full, entry.type === 'character-device' ? 'c' : 'b', String(entry.deviceMajor), String(entry.deviceMinor)];
+    const args =
+      entry.type === 'fifo'
+        ? ['-m', mode, full, 'p']
+        : ['-m', mode, full, entry.type === 'character-device' ? 'c' : 'b', String(entry.deviceMajor), String(entry.deviceMinor)];
     // mknod(1) fails on an existing name, so it cannot follow a symlink put there meanwhile.
     const result = spawnSync('mknod', args, { encoding: 'utf8' });
     if (result.status !== 0) {
-      throw new TorporError('layer-extract-failed', `${this.policy.description}: cannot create the ${entry.type} ${JSON.stringify(path)}: ${(result.stderr ?? String(result.error)).trim()}`, {
-        hint: 'device nodes need root; run the import as root',
-      });
+      throw new TorporError(
+        'layer-extract-failed',
+        `${this.policy.description}: cannot create the ${entry.type} ${JSON.stringify(path)}: ${(result.stderr ?? String(result.error)).trim()}`,
+        {
+          hint: 'device nodes need root; run the import as root',
+        },
+      );
     }
     if (this.policy.owners) lchownSync(full, entry.uid, entry.gid);
     chmodSync(full, this.mode(entry, 0o644));

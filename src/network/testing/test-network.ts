@@ -45,7 +45,9 @@ for (const { name, host, port } of specs) {
 `;
 
 function startServers(namespace: string, specs: { name: string; host: string; port: number }[]): Promise<ChildProcess> {
-  const child = spawn('ip', ['netns', 'exec', namespace, process.execPath, '-e', serverSource, JSON.stringify(specs)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn('ip', ['netns', 'exec', namespace, process.execPath, '-e', serverSource, JSON.stringify(specs)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   return new Promise((resolve, reject) => {
     child.stdout!.on('data', (chunk: Buffer) => {
       if (chunk.toString().includes('READY')) resolve(child);

@@ -23,9 +23,11 @@ const has = (program: string) => spawnSync('sh', ['-c', `command -v ${program}`]
 export function ensureDebianPackages(wanted: string[] = Object.keys(programs)): void {
   const missing = [...new Set(wanted.filter((program) => !has(program)).map((program) => programs[program] ?? program))];
   if (missing.length > 0) {
-    const apt = (args: string[]) => spawnSync('flock', ['/tmp/torpor-apt.lock', 'apt-get', ...args], {
-      stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
-    });
+    const apt = (args: string[]) =>
+      spawnSync('flock', ['/tmp/torpor-apt.lock', 'apt-get', ...args], {
+        stdio: ['ignore', 'ignore', 'inherit'],
+        env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+      });
     let result = apt(['install', '-y', '-q', ...missing]);
     if (result.status !== 0) {
       apt(['update', '-q']);

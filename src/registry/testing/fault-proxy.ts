@@ -1,11 +1,7 @@
 import { createServer, request, type IncomingMessage, type ServerResponse } from 'node:http';
 
 /** What the proxy does with one request; `pass` forwards it untouched. */
-export type Fault =
-  | { kind: 'pass' }
-  | { kind: 'status'; status: number }
-  | { kind: 'cut'; afterBytes: number }
-  | { kind: 'tamper' };
+export type Fault = { kind: 'pass' } | { kind: 'status'; status: number } | { kind: 'cut'; afterBytes: number } | { kind: 'tamper' };
 
 export interface FaultProxy {
   address: string;
@@ -31,7 +27,8 @@ export async function startFaultProxy(
     requests.push({ method: incoming.method!, path: incoming.url!, range: incoming.headers.range, authorization: incoming.headers.authorization });
     if (options.bearer) {
       if (incoming.url!.startsWith('/token')) {
-        const wanted = options.tokenCredentials && `Basic ${Buffer.from(`${options.tokenCredentials.user}:${options.tokenCredentials.password}`).toString('base64')}`;
+        const wanted =
+          options.tokenCredentials && `Basic ${Buffer.from(`${options.tokenCredentials.user}:${options.tokenCredentials.password}`).toString('base64')}`;
         if (wanted && incoming.headers.authorization !== wanted) {
           outgoing.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify({ details: 'incorrect username or password' }));
           return;
@@ -40,16 +37,20 @@ export async function startFaultProxy(
         return;
       }
       if (incoming.headers.authorization !== 'Bearer granted-token') {
-        outgoing.writeHead(401, {
-          'www-authenticate': `Bearer realm="http://${address}/token",service="test-registry",scope="repository:any:pull"`,
-          'content-type': 'application/json',
-        }).end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'token required' }] }));
+        outgoing
+          .writeHead(401, {
+            'www-authenticate': `Bearer realm="http://${address}/token",service="test-registry",scope="repository:any:pull"`,
+            'content-type': 'application/json',
+          })
+          .end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'token required' }] }));
         return;
       }
     }
     const fault = decide(incoming, requests.length);
     if (fault.kind === 'status') {
-      outgoing.writeHead(fault.status, { 'content-type': 'application/json' }).end(JSON.stringify({ errors: [{ code: 'UNKNOWN', message: 'injected failure' }] }));
+      outgoing
+        .writeHead(fault.status, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ errors: [{ code: 'UNKNOWN', message: 'injected failure' }] }));
       return;
     }
     const headers = { ...incoming.headers, host: upstream };
@@ -81,9 +82,10 @@ export async function startFaultProxy(
   return {
     address,
     requests,
-    stop: () => new Promise((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    stop: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 }

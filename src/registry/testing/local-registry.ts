@@ -36,26 +36,36 @@ export async function startLocalRegistry(options: { user?: string; password?: st
     await writeFile(join(directory, 'htpasswd'), stdout);
     auth = `auth:\n  htpasswd:\n    realm: torpor-test\n    path: ${join(directory, 'htpasswd')}\n`;
   }
-  await writeFile(join(directory, 'config.yml'), [
-    'version: 0.1',
-    'log:',
-    '  level: error',
-    '  accesslog:',
-    '    disabled: true',
-    'storage:',
-    '  filesystem:',
-    `    rootdirectory: ${join(directory, 'storage')}`,
-    '  delete:',
-    '    enabled: true',
-    'http:',
-    `  addr: 127.0.0.1:${port}`,
-    auth,
-  ].join('\n'));
+  await writeFile(
+    join(directory, 'config.yml'),
+    [
+      'version: 0.1',
+      'log:',
+      '  level: error',
+      '  accesslog:',
+      '    disabled: true',
+      'storage:',
+      '  filesystem:',
+      `    rootdirectory: ${join(directory, 'storage')}`,
+      '  delete:',
+      '    enabled: true',
+      'http:',
+      `  addr: 127.0.0.1:${port}`,
+      auth,
+    ].join('\n'),
+  );
   const child: ChildProcess = spawn('/usr/bin/docker-registry', ['serve', join(directory, 'config.yml')], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
-  child.stderr!.on('data', (chunk: Buffer) => { stderr += chunk.toString(); });
+  child.stderr!.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
   let running = true;
-  const exited = new Promise<void>((resolve) => child.on('exit', () => { running = false; resolve(); }));
+  const exited = new Promise<void>((resolve) =>
+    child.on('exit', () => {
+      running = false;
+      resolve();
+    }),
+  );
   const address = `127.0.0.1:${port}`;
   for (let attempt = 0; ; attempt++) {
     try {
@@ -86,7 +96,12 @@ export async function startLocalRegistry(options: { user?: string; password?: st
 /** Pushes an OCI layout to the registry with skopeo (--all keeps a multi-arch index whole). */
 export async function pushLayout(layout: string, tag: string, destination: string, credentials?: string): Promise<void> {
   await runCommand('skopeo', [
-    'copy', '--quiet', '--all', '--dest-tls-verify=false', ...(credentials ? ['--dest-creds', credentials] : []),
-    `oci:${layout}:${tag}`, `docker://${destination}`,
+    'copy',
+    '--quiet',
+    '--all',
+    '--dest-tls-verify=false',
+    ...(credentials ? ['--dest-creds', credentials] : []),
+    `oci:${layout}:${tag}`,
+    `docker://${destination}`,
   ]);
 }

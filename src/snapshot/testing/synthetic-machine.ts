@@ -20,8 +20,10 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
-const words = ('session agent tool call result message user assistant content model token stream ' +
-  'context file read write error retry timeout status value request response index name id').split(' ');
+const words = (
+  'session agent tool call result message user assistant content model token stream ' +
+  'context file read write error retry timeout status value request response index name id'
+).split(' ');
 
 /** One page of JSON-looking text: compresses about 3-4x with zstd, like real heap strings. */
 export function textPage(random: () => number): Buffer {
@@ -53,7 +55,10 @@ export interface SyntheticFile {
  * A sparse file of `size` bytes with about `liveBytes` of non-zero pages in runs of 1..maxRun pages
  * at random places. `randomShare` of the pages are incompressible.
  */
-export function writeSyntheticFile(path: string, options: { size: number; liveBytes: number; randomShare: number; seed: number; maxRun?: number }): SyntheticFile {
+export function writeSyntheticFile(
+  path: string,
+  options: { size: number; liveBytes: number; randomShare: number; seed: number; maxRun?: number },
+): SyntheticFile {
   const random = seededRandom(options.seed);
   const totalPages = Math.floor(options.size / pageSize);
   const maxRun = options.maxRun ?? 256;
@@ -90,7 +95,10 @@ export function writeSyntheticFile(path: string, options: { size: number; liveBy
  * runs of up to `maxRun` pages, most inside live data (heap updates), some in free memory (new
  * allocations). Returns the byte ranges written.
  */
-export function changePages(file: SyntheticFile, options: { share: number; seed: number; maxRun: number; insideLive?: number; randomShare: number }): PageRun[] {
+export function changePages(
+  file: SyntheticFile,
+  options: { share: number; seed: number; maxRun: number; insideLive?: number; randomShare: number },
+): PageRun[] {
   const random = seededRandom(options.seed);
   const totalPages = Math.floor(file.size / pageSize);
   const wanted = Math.max(1, Math.floor(totalPages * options.share));

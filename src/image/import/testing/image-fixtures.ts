@@ -64,8 +64,18 @@ export async function writeFixtureLayerTrees(workDirectory: string): Promise<str
 /** A tar of a directory by GNU tar, with xattrs and numeric owners, optionally compressed. */
 export async function tarDirectory(directory: string, output: string, compression: FixtureCompression = 'none'): Promise<{ path: string; diffId: string }> {
   const plain = compression === 'none' ? output : `${output}.plain`;
-  await runCommand('tar', ['--create', `--file=${plain}`, `--directory=${directory}`, '--format=posix', '--xattrs', '--xattrs-include=*',
-    '--numeric-owner', '--sort=name', '--pax-option=delete=atime,delete=ctime', '.']);
+  await runCommand('tar', [
+    '--create',
+    `--file=${plain}`,
+    `--directory=${directory}`,
+    '--format=posix',
+    '--xattrs',
+    '--xattrs-include=*',
+    '--numeric-owner',
+    '--sort=name',
+    '--pax-option=delete=atime,delete=ctime',
+    '.',
+  ]);
   const bytes = await readFile(plain);
   if (compression !== 'none') {
     await writeFile(output, compression === 'gzip' ? gzipSync(bytes) : zstdCompress(bytes));
@@ -101,24 +111,28 @@ async function writeBlob(layout: string, data: Buffer): Promise<{ digest: string
 }
 
 async function writeImageManifest(layout: string, image: FixtureImage): Promise<{ digest: string; size: number }> {
-  const config = Buffer.from(JSON.stringify({
-    architecture: image.architecture ?? 'amd64',
-    os: 'linux',
-    config: image.config ?? fixtureRuntimeConfig,
-    rootfs: { type: 'layers', diff_ids: image.layers.map((layer) => layer.diffId) },
-  }));
+  const config = Buffer.from(
+    JSON.stringify({
+      architecture: image.architecture ?? 'amd64',
+      os: 'linux',
+      config: image.config ?? fixtureRuntimeConfig,
+      rootfs: { type: 'layers', diff_ids: image.layers.map((layer) => layer.diffId) },
+    }),
+  );
   const configBlob = await writeBlob(layout, config);
   const layers = [];
   for (const layer of image.layers) {
     const blob = await writeBlob(layout, await readFile(layer.path));
     layers.push({ mediaType: layerMediaType(layer.compression), ...blob });
   }
-  const manifest = Buffer.from(JSON.stringify({
-    schemaVersion: 2,
-    mediaType: mediaTypes.ociManifest,
-    config: { mediaType: mediaTypes.ociConfig, ...configBlob },
-    layers,
-  }));
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: mediaTypes.ociManifest,
+      config: { mediaType: mediaTypes.ociConfig, ...configBlob },
+      layers,
+    }),
+  );
   return writeBlob(layout, manifest);
 }
 
@@ -136,7 +150,11 @@ export async function writeOciLayout(layout: string, images: FixtureImage[], tag
   } else {
     const manifests = [];
     for (const image of images) {
-      manifests.push({ mediaType: mediaTypes.ociManifest, ...(await writeImageManifest(layout, image)), platform: { os: 'linux', architecture: image.architecture ?? 'amd64' } });
+      manifests.push({
+        mediaType: mediaTypes.ociManifest,
+        ...(await writeImageManifest(layout, image)),
+        platform: { os: 'linux', architecture: image.architecture ?? 'amd64' },
+      });
     }
     const index = await writeBlob(layout, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: mediaTypes.ociIndex, manifests })));
     top = { mediaType: mediaTypes.ociIndex, ...index, annotations: refName };
@@ -147,10 +165,14 @@ export async function writeOciLayout(layout: string, images: FixtureImage[], tag
 /** A `docker save` archive directory in the classic layout (<id>/layer.tar, <id>.json, manifest.json). */
 export async function writeDockerArchive(directory: string, image: FixtureImage, repoTag = 'fixture:latest'): Promise<void> {
   await mkdir(directory, { recursive: true });
-  const config = Buffer.from(JSON.stringify({
-    architecture: 'amd64', os: 'linux', config: image.config ?? fixtureRuntimeConfig,
-    rootfs: { type: 'layers', diff_ids: image.layers.map((layer) => layer.diffId) },
-  }));
+  const config = Buffer.from(
+    JSON.stringify({
+      architecture: 'amd64',
+      os: 'linux',
+      config: image.config ?? fixtureRuntimeConfig,
+      rootfs: { type: 'layers', diff_ids: image.layers.map((layer) => layer.diffId) },
+    }),
+  );
   const configName = `${sha256(config).slice(7)}.json`;
   await writeFile(join(directory, configName), config);
   const layerNames = [];
@@ -170,7 +192,9 @@ export async function tarOf(directory: string, output: string): Promise<string> 
 }
 
 /** A tar written header by header, for archives GNU tar refuses to create (escaping paths). */
-export function handWrittenTar(entries: Array<{ name: string; type?: 'file' | 'directory' | 'symlink' | 'hardlink'; content?: string; linkTarget?: string; mode?: number }>): Buffer {
+export function handWrittenTar(
+  entries: Array<{ name: string; type?: 'file' | 'directory' | 'symlink' | 'hardlink'; content?: string; linkTarget?: string; mode?: number }>,
+): Buffer {
   const blocks: Buffer[] = [];
   const octal = (value: number, length: number) => value.toString(8).padStart(length - 1, '0') + '\0';
   for (const entry of entries) {

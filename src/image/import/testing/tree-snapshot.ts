@@ -38,7 +38,10 @@ export async function snapshotDirectory(root: string): Promise<TreeSnapshot> {
       const info = await lstat(join(root, path));
       const entry: SnapshotEntry = { mode: info.mode.toString(8), uid: info.uid, gid: info.gid };
       if (info.isSymbolicLink()) entry.content = `-> ${await readlink(join(root, path))}`;
-      if (info.isFile()) entry.content = createHash('sha256').update(await readFile(join(root, path))).digest('hex');
+      if (info.isFile())
+        entry.content = createHash('sha256')
+          .update(await readFile(join(root, path)))
+          .digest('hex');
       if (!info.isDirectory()) inodes.set(path, String(info.ino));
       snapshot[path] = entry;
       if (info.isDirectory()) await walk(path);
@@ -66,7 +69,10 @@ export async function snapshotExt4(disk: string): Promise<TreeSnapshot> {
       let current = '';
       for (const line of stdout.split('\n')) {
         const command = /^debugfs: ls -p "\/(.*)"$/.exec(line);
-        if (command) { current = command[1]!; continue; }
+        if (command) {
+          current = command[1]!;
+          continue;
+        }
         const fields = line.split('/');
         if (fields.length < 7 || fields[0] !== '') continue;
         const [, inode, mode, uid, gid] = fields;
@@ -78,7 +84,10 @@ export async function snapshotExt4(disk: string): Promise<TreeSnapshot> {
         const entry: SnapshotEntry = { mode: numericMode.toString(8), uid: Number(uid), gid: Number(gid) };
         const type = numericMode & 0o170000;
         if (type === 0o120000) entry.content = `-> ${await readlink(join(dump, path))}`;
-        if (type === 0o100000) entry.content = createHash('sha256').update(await readFile(join(dump, path))).digest('hex');
+        if (type === 0o100000)
+          entry.content = createHash('sha256')
+            .update(await readFile(join(dump, path)))
+            .digest('hex');
         if (type === 0o040000) next.push(path);
         else inodes.set(path, inode!);
         snapshot[path] = entry;

@@ -52,9 +52,18 @@ export function hostileCorpus(canary: string): HostileCase[] {
       // The original attack (issue 10): the old listing pass read this size as 1024 and skipped the
       // "data", which is a whole member; GNU tar found the header invalid, read on at the next
       // block and extracted escape/pwned through the link planted by the lower layer.
-      layers: [plain(archive(plantedLink)), plain(archive(member({
-        name: 'innocent', content: member({ name: 'escape/pwned', content: 'written outside the store' }), rawSize: Buffer.from('00000002000x', 'latin1'),
-      })))],
+      layers: [
+        plain(archive(plantedLink)),
+        plain(
+          archive(
+            member({
+              name: 'innocent',
+              content: member({ name: 'escape/pwned', content: 'written outside the store' }),
+              rawSize: Buffer.from('00000002000x', 'latin1'),
+            }),
+          ),
+        ),
+      ],
       refused: refuse('tar-invalid', /size field .* not an octal digit/),
     },
     {
@@ -108,7 +117,17 @@ export function hostileCorpus(canary: string): HostileCase[] {
     },
     {
       name: 'pax-duplicate-records',
-      layers: [plain(archive(pax([['path', 'safe'], ['path', `${relativeEscape}/pwned`]]), member({ name: 'x', content: 'x' })))],
+      layers: [
+        plain(
+          archive(
+            pax([
+              ['path', 'safe'],
+              ['path', `${relativeEscape}/pwned`],
+            ]),
+            member({ name: 'x', content: 'x' }),
+          ),
+        ),
+      ],
       refused: refuse('tar-invalid', /path appears twice/),
     },
     {
@@ -148,7 +167,17 @@ export function hostileCorpus(canary: string): HostileCase[] {
     },
     {
       name: 'pax-sparse',
-      layers: [plain(archive(pax([['GNU.sparse.major', '1'], ['GNU.sparse.minor', '0']]), member({ name: 'x', content: 'x' })))],
+      layers: [
+        plain(
+          archive(
+            pax([
+              ['GNU.sparse.major', '1'],
+              ['GNU.sparse.minor', '0'],
+            ]),
+            member({ name: 'x', content: 'x' }),
+          ),
+        ),
+      ],
       refused: refuse('layer-unsupported-member', /sparse/),
     },
     {
@@ -174,7 +203,14 @@ export function hostileCorpus(canary: string): HostileCase[] {
     },
     {
       name: 'gnu-long-name-garbage-after-nul',
-      layers: [plain(archive(member({ name: '././@LongLink', flag: 'L', content: Buffer.from('name\0../../x'), magic: 'gnu' }), member({ name: 'x', content: 'x', magic: 'gnu' })))],
+      layers: [
+        plain(
+          archive(
+            member({ name: '././@LongLink', flag: 'L', content: Buffer.from('name\0../../x'), magic: 'gnu' }),
+            member({ name: 'x', content: 'x', magic: 'gnu' }),
+          ),
+        ),
+      ],
       refused: refuse('tar-invalid', /bytes after its terminating NUL/),
     },
     {
@@ -194,7 +230,10 @@ export function hostileCorpus(canary: string): HostileCase[] {
     },
     {
       name: 'directory-replaced-by-symlink-then-file',
-      layers: [plain(archive(member({ name: 'dir/', flag: '5' }))), plain(archive(member({ name: 'dir', flag: '2', linkTarget: canary }), member({ name: 'dir/pwned', content: 'x' })))],
+      layers: [
+        plain(archive(member({ name: 'dir/', flag: '5' }))),
+        plain(archive(member({ name: 'dir', flag: '2', linkTarget: canary }), member({ name: 'dir/pwned', content: 'x' }))),
+      ],
       refused: refuse('layer-unsafe-path', /symbolic link "dir"/),
     },
     {
@@ -287,12 +326,16 @@ export function hostileCorpus(canary: string): HostileCase[] {
     {
       name: 'device-nodes-and-fifo',
       // Accepted: OCI layers may carry them; they only ever mean something inside the guest.
-      layers: [plain(archive(
-        member({ name: 'dev/', flag: '5' }),
-        member({ name: 'dev/null', flag: '3', mode: 0o666, deviceMajor: 1, deviceMinor: 3 }),
-        member({ name: 'dev/sda', flag: '4', mode: 0o660, deviceMajor: 8, deviceMinor: 0 }),
-        member({ name: 'dev/fifo', flag: '6', mode: 0o600 }),
-      ))],
+      layers: [
+        plain(
+          archive(
+            member({ name: 'dev/', flag: '5' }),
+            member({ name: 'dev/null', flag: '3', mode: 0o666, deviceMajor: 1, deviceMinor: 3 }),
+            member({ name: 'dev/sda', flag: '4', mode: 0o660, deviceMajor: 8, deviceMinor: 0 }),
+            member({ name: 'dev/fifo', flag: '6', mode: 0o600 }),
+          ),
+        ),
+      ],
       check: (tree) => {
         expect(tree['dev/null']?.mode === '20666', 'character device');
         expect(tree['dev/sda']?.mode === '60660', 'block device');
@@ -303,12 +346,16 @@ export function hostileCorpus(canary: string): HostileCase[] {
       name: 'owners-and-modes-exactly',
       // Not hostile, but easy to get wrong when syscalls are skipped: a setgid directory must not
       // hand its group to a root-owned file, and a 0666 file keeps 0666 whatever the umask.
-      layers: [plain(archive(
-        member({ name: 'shared/', flag: '5', mode: 0o2775, gid: 1000 }),
-        member({ name: 'shared/root-file', content: 'x', mode: 0o644 }),
-        member({ name: 'shared/world-writable', content: 'x', mode: 0o666 }),
-        member({ name: 'setuid', content: 'x', mode: 0o4755 }),
-      ))],
+      layers: [
+        plain(
+          archive(
+            member({ name: 'shared/', flag: '5', mode: 0o2775, gid: 1000 }),
+            member({ name: 'shared/root-file', content: 'x', mode: 0o644 }),
+            member({ name: 'shared/world-writable', content: 'x', mode: 0o666 }),
+            member({ name: 'setuid', content: 'x', mode: 0o4755 }),
+          ),
+        ),
+      ],
       check: (tree) => {
         expect(tree['shared']?.mode === '42775' && tree['shared']?.gid === 1000, 'the setgid directory');
         expect(tree['shared/root-file']?.gid === 0, 'a root file in a setgid directory stays root:root');

@@ -56,7 +56,7 @@ const padding = (length: number) => Buffer.alloc((BLOCK - (length % BLOCK)) % BL
 
 /** A member: its header, then its content padded to a block. */
 export function member(spec: RawMember): Buffer {
-  const content = typeof spec.content === 'string' ? Buffer.from(spec.content) : spec.content ?? Buffer.alloc(0);
+  const content = typeof spec.content === 'string' ? Buffer.from(spec.content) : (spec.content ?? Buffer.alloc(0));
   return Buffer.concat([headerBlock(spec, content.length), content, padding(content.length)]);
 }
 
