@@ -1,3 +1,4 @@
+import { formatBytes as formatByteSize } from '../util/byte-size.ts';
 /** Aligned columns for humans; scripts use --json. */
 export function printTable(headers: string[], rows: string[][]): void {
   const widths = headers.map((header, column) => Math.max(header.length, ...rows.map((row) => (row[column] ?? '').length)));
@@ -19,17 +20,8 @@ export function formatDuration(milliseconds: number): string {
   return `${Math.floor(hours / 24)}d`;
 }
 
-export function formatBytes(bytes: number): string {
-  if (bytes < 1024) return `${bytes}B`;
-  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes / 1024;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${value < 10 ? value.toFixed(1) : Math.round(value)}${units[unit]}`;
-}
+/** Bytes in binary units, as the CLI's tables show them (`38MiB`). */
+export const formatBytes = (bytes: number): string => formatByteSize(bytes);
 
 /** Repeatable options: -e A -e B. */
 export function collect(value: string, previous: string[] = []): string[] {

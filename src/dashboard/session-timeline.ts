@@ -1,3 +1,4 @@
+import { formatBytes } from '../util/byte-size.ts';
 import type { HistoryEvent, SessionTimeline, StateSpan, TimelineMark, TurnPoint } from './client/shapes.ts';
 
 /** Notes the session manager writes when it brought a session back, or when something broke. */
@@ -5,17 +6,7 @@ const recoveryNote = /recovered from snapshot|rebuilt on a fresh machine/;
 const crashNote = /stopped unexpectedly|exited|could not restore|unusable|had failed|could not hibernate/;
 
 /** Bytes as people read them; the timeline's labels are plain text. */
-function readableBytes(bytes: number): string {
-  if (bytes < 1024) return `${bytes} B`;
-  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes / 1024;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${value.toFixed(1)} ${units[unit]}`;
-}
+const readableBytes = (bytes: number): string => formatBytes(bytes, { separator: ' ', decimals: 'always' });
 
 const between = (from: string, to: string) => Date.parse(to) - Date.parse(from);
 

@@ -1,15 +1,8 @@
+import { formatBytes as formatByteSize } from '../../util/byte-size.ts';
+
 /** Human units for the tables: binary byte units, durations that fit a cell. */
 export function formatBytes(bytes: number | undefined): string {
-  if (bytes === undefined) return '–';
-  if (bytes < 1024) return `${bytes} B`;
-  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes / 1024;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${value < 10 ? value.toFixed(1) : Math.round(value)} ${units[unit]}`;
+  return bytes === undefined ? '–' : formatByteSize(bytes, { separator: ' ' });
 }
 
 export function formatDuration(milliseconds: number | undefined): string {
