@@ -19,7 +19,7 @@ process.env.TORPOR_BOOT_TEMPLATES = '1';
 
 const { createMachine, startMachine, connectToMachine, removeMachine, prepareHost, listMachines, findMachine } = await import('../src/runtime/machines.ts');
 const { snapshotMachine, restoreMachine, forkMachine } = await import('../src/runtime/snapshots.ts');
-const { readMachineState, machineFiles } = await import('../src/runtime/machine-record.ts');
+const { readMachineState, machineFiles } = await import('../src/runtime/machine-files.ts');
 const { readLazyMemoryStatus, lazyMemorySupport } = await import('../src/snapshot/lazy-memory.ts');
 const { readSnapshot } = await import('../src/snapshot/snapshot-store.ts');
 const { openContextLog } = await import('../src/context/index.ts');

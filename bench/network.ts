@@ -37,7 +37,7 @@ if (process.env.TORPOR_BENCH_INSIDE !== '1') {
 async function inside(): Promise<void> {
   const { createMachine, startMachine, connectToMachine, removeMachine, prepareHost, findMachine } = await import('../src/runtime/machines.ts');
   const { snapshotMachine, restoreMachine } = await import('../src/runtime/snapshots.ts');
-  const { readMachineState } = await import('../src/runtime/machine-record.ts');
+  const { readMachineState } = await import('../src/runtime/machine-files.ts');
   const { dropTemplateMemory } = await import('../src/runtime/template-memory.ts');
   const { buildNetworkPolicy } = await import('../src/network/policy.ts');
 

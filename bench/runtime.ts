@@ -5,7 +5,7 @@ import { mkdtemp, rm, readFile } from 'node:fs/promises';
 import { tmpdir, cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { createMachine, startMachine, connectToMachine, removeMachine, prepareHost } from '../src/runtime/machines.ts';
-import { readMachineState } from '../src/runtime/machine-record.ts';
+import { readMachineState } from '../src/runtime/machine-files.ts';
 import { dropTemplateMemory } from '../src/runtime/template-memory.ts';
 
 const runs = Number(process.argv[2] ?? 5);

@@ -23,7 +23,7 @@ const { snapshotMachine, restoreMachine, forkMachine } = await import('../src/ru
 const { readSnapshot, materializeSnapshot } = await import('../src/snapshot/snapshot-store.ts');
 const { qemuDriver } = await import('../src/vm/qemu-driver.ts');
 const { loadDeviceState } = await import('../src/vm/migration.ts');
-const { machineFiles } = await import('../src/runtime/machine-record.ts');
+const { machineFiles } = await import('../src/runtime/machine-files.ts');
 const { bootTemplateName } = await import('../src/runtime/boot-template.ts');
 const { templateMemoryFile } = await import('../src/runtime/template-memory.ts');
 type MachineConfig = import('../src/runtime/machine-record.ts').MachineConfig;
@@ -178,7 +178,7 @@ try {
     const restored = await restoreMachine(latest, { name: `bench-r${run}` });
     await pingMachine(restored);
     restores.push(performance.now() - began);
-    const { readMachineState } = await import('../src/runtime/machine-record.ts');
+    const { readMachineState } = await import('../src/runtime/machine-files.ts');
     restoredBootMs.push((await readMachineState(restored.id)).bootMs ?? NaN);
     await removeQuietly(restored);
   }

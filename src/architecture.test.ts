@@ -93,6 +93,47 @@ test('every import follows the rules of ARCHITECTURE.md', () => {
   assert.deepEqual(broken, []);
 });
 
+/** The import cycles among files (each as a path of files that leads back to its start). */
+export function findCycles(graph: Map<string, string[]>): string[][] {
+  const cycles: string[][] = [];
+  const state = new Map<string, 'visiting' | 'done'>();
+  const path: string[] = [];
+  const visit = (file: string) => {
+    state.set(file, 'visiting');
+    path.push(file);
+    for (const next of graph.get(file) ?? []) {
+      if (!graph.has(next)) continue;
+      if (state.get(next) === 'visiting') cycles.push([...path.slice(path.indexOf(next)), next]);
+      else if (!state.has(next)) visit(next);
+    }
+    path.pop();
+    state.set(file, 'done');
+  };
+  for (const file of graph.keys()) if (!state.has(file)) visit(file);
+  return cycles;
+}
+
+test('no two files import each other, directly or through others (type imports included)', () => {
+  const graph = new Map<string, string[]>();
+  for (const file of sourceFiles(sourceRoot)) graph.set(relative(sourceRoot, file), importsOf(file, readFileSync(file, 'utf8')));
+  assert.deepEqual(
+    findCycles(graph).map((cycle) => cycle.join(' -> ')),
+    [],
+    'move what both sides need into a module below them (as runtime/ did with machine-status.ts and supervisor-client.ts)',
+  );
+  assert.deepEqual(
+    findCycles(
+      new Map([
+        ['a.ts', ['b.ts']],
+        ['b.ts', ['c.ts']],
+        ['c.ts', ['a.ts']],
+      ]),
+    ),
+    [['a.ts', 'b.ts', 'c.ts', 'a.ts']],
+    'the cycle finder finds cycles',
+  );
+});
+
 test('the import reader sees static, re-exported and dynamic imports (so the check can fail)', () => {
   const file = join(sourceRoot, 'image', 'example.ts');
   const text = [

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
-import { readMachineState } from '../runtime/machine-record.ts';
+import { readMachineState } from '../runtime/machine-files.ts';
 import { shellAgent } from '../session/testing/shell-agent.ts';
 import { collectPageErrors, launchChromium } from './testing/browser.ts';
 

@@ -3,7 +3,7 @@ import { readSnapshot, type SnapshotManifest } from '../snapshot/snapshot-store.
 import { TorporError } from '../util/errors.ts';
 import { type Progress, silentProgress } from '../util/progress.ts';
 import type { MachineConfig } from './machine-record.ts';
-import { readMachineState } from './machine-record.ts';
+import { readMachineState } from './machine-files.ts';
 import { releaseMachine } from './machine-removal.ts';
 
 /** Everything that must match for a guest's memory to be reusable: image, agent, kernel, devices, size. */

@@ -9,7 +9,8 @@ import { readSnapshot, collectGarbage, materializeSnapshot } from '../snapshot/s
 import { readLazyMemoryStatus, lazyMemorySupport } from '../snapshot/lazy-memory.ts';
 import { chunkPath } from '../snapshot/chunk-operations.ts';
 import { memoryDirectory, paths } from '../state/paths.ts';
-import { readMachineState, type MachineConfig } from './machine-record.ts';
+import { type MachineConfig } from './machine-record.ts';
+import { readMachineState } from './machine-files.ts';
 import type { AgentClient } from '../guest/agent-client.ts';
 
 // Lazy restore (userfaultfd pager preloaded into QEMU) against real QEMU machines: the guest's RAM

@@ -11,16 +11,9 @@ import type { MachineConfig, MachineState } from './machine-record.ts';
 // of the fields every reader relies on is enough; untrusted machine descriptions (those inside
 // snapshots) are still parsed with the full schema in machine-record.ts.
 
-export const machineStatuses = ['created', 'starting', 'running', 'stopping', 'exited', 'failed'] as const;
-export type MachineStatus = (typeof machineStatuses)[number];
+import { machineStatuses, type MachineStatus } from './machine-statuses.ts';
 
-/** The statuses in which a machine has (or should have) a supervisor and a QEMU process. */
-export const liveStatuses: readonly MachineStatus[] = ['starting', 'running', 'stopping'];
-
-/** Whether a machine in this status holds processes (and so cannot be started or removed as is). */
-export function isLive(status: MachineStatus): boolean {
-  return liveStatuses.includes(status);
-}
+export { machineStatuses, liveStatuses, isLive, type MachineStatus } from './machine-statuses.ts';
 
 /**
  * Every file a machine owns, in one place: its directory in the state directory, and its RAM file

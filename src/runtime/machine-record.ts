@@ -1,11 +1,10 @@
 import { z } from 'zod';
 import { networkPolicySchema } from '../network/policy-schema.ts';
-import { machineStatuses } from './machine-files.ts';
+import { machineStatuses } from './machine-statuses.ts';
 
-// The readers of config.json and state.json, the statuses and the file layout live in
-// machine-files.ts (no zod, for the fast commands); they are re-exported here for the callers.
-export { machineStatuses, liveStatuses, isLive, machineFiles, readMachineConfig, readMachineState, writeMachineState } from './machine-files.ts';
-export type { MachineStatus } from './machine-files.ts';
+// The readers of config.json and state.json and the file layout live in machine-files.ts (no zod,
+// for the fast commands); the statuses in machine-statuses.ts.
+export type { MachineStatus } from './machine-statuses.ts';
 
 const portSchema = z.object({
   hostAddress: z.string(),

@@ -1,7 +1,8 @@
 import { rm } from 'node:fs/promises';
 import { TorporError } from '../util/errors.ts';
 import { signalIfMatches } from '../util/process-identity.ts';
-import { isLive, machineFiles, readMachineState, writeMachineState, type MachineConfig, type MachineState } from './machine-record.ts';
+import { type MachineConfig, type MachineState } from './machine-record.ts';
+import { isLive, machineFiles, readMachineState, writeMachineState } from './machine-files.ts';
 import { releaseMachine } from './machine-removal.ts';
 import { releaseLazyMemory } from './lazy-restore.ts';
 import { releaseConfinement } from '../network/machine-confinement.ts';

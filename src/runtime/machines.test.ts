@@ -9,7 +9,7 @@ import { createMachine, startMachine, connectToMachine, stopMachine, removeMachi
 import { copyIntoMachine, copyFromMachine } from './copy.ts';
 import type { AgentClient } from '../guest/agent-client.ts';
 import type { MachineConfig } from './machine-record.ts';
-import { readMachineState } from './machine-record.ts';
+import { readMachineState } from './machine-files.ts';
 import { buildNetworkPolicy } from '../network/policy.ts';
 
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;

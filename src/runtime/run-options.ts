@@ -26,7 +26,7 @@ export function parseMemory(text: string): number {
 export function parseCpus(text: string): number {
   const cpus = Number(text);
   if (!Number.isInteger(cpus) || cpus < 1 || cpus > 64) {
-    throw new TorporError('invalid-cpus', `invalid --cpus value ${JSON.stringify(text)}`, { hint: 'use a whole number from 1 to 64' });
+    throw new TorporError('invalid-cpus', `invalid --cpus value ${JSON.stringify(text)}`, { hint: 'use a whole number from 1 to 64', status: 400 });
   }
   return cpus;
 }
@@ -36,6 +36,7 @@ export function parsePort(text: string): PortMapping {
   const match = /^(?:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-f:]+\]|localhost):)?(\d{1,5}):(\d{1,5})(?:\/(tcp|udp))?$/i.exec(text.trim());
   const bad = () =>
     new TorporError('invalid-port', `invalid -p value ${JSON.stringify(text)}`, {
+      status: 400,
       hint: 'use HOST_PORT:GUEST_PORT, e.g. -p 8080:80, or 127.0.0.1:8080:80, or 5353:53/udp',
     });
   if (!match) throw bad();
@@ -52,7 +53,8 @@ export function parseEnvironment(entries: string[]): string[] {
     if (entry.includes('=')) return entry;
     // `-e NAME` passes the host's value through, as docker does.
     const value = process.env[entry];
-    if (value === undefined) throw new TorporError('invalid-env', `-e ${entry}: no such variable in this environment`, { hint: 'use -e NAME=value' });
+    if (value === undefined)
+      throw new TorporError('invalid-env', `-e ${entry}: no such variable in this environment`, { hint: 'use -e NAME=value', status: 400 });
     return `${entry}=${value}`;
   });
 }
@@ -61,6 +63,7 @@ export function parseEnvironment(entries: string[]): string[] {
 export function validateMachineName(name: string): void {
   if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/.test(name)) {
     throw new TorporError('invalid-name', `invalid machine name ${JSON.stringify(name)}`, {
+      status: 400,
       hint: 'use letters, digits, _ . - (up to 63), starting with a letter or digit',
     });
   }

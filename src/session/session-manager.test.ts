@@ -5,7 +5,7 @@ import { openContextLog, type ContextLog } from '../context/index.ts';
 import { SessionManager, type SessionEvent } from './session-manager.ts';
 import { SessionStore } from './session-store.ts';
 import { listMachines } from '../runtime/machines.ts';
-import { readMachineState } from '../runtime/machine-record.ts';
+import { readMachineState } from '../runtime/machine-files.ts';
 import { processMatches } from '../util/process-identity.ts';
 import { shellAgent } from './testing/shell-agent.ts';
 

@@ -5,7 +5,7 @@ import { TorporError } from '../util/errors.ts';
 import { createMachine, startMachine, findMachine, effectiveState, removeMachine, createSupervisorPool } from '../runtime/machines.ts';
 import type { SupervisorPool } from '../runtime/supervisor-pool.ts';
 import { snapshotMachine, restoreMachine } from '../runtime/snapshots.ts';
-import { readMachineConfig } from '../runtime/machine-record.ts';
+import { readMachineConfig } from '../runtime/machine-files.ts';
 import { sessionNetworkOptions } from './session-network.ts';
 import { removeSnapshot, readSnapshot } from '../snapshot/snapshot-store.ts';
 import { AgentConnection, type InvalidAgentEvent } from './agent-connection.ts';

@@ -5,7 +5,7 @@ import { parseCpus, parseMemory, parsePort, parseEnvironment, networkOptionsFrom
 import { connectTerminal, terminalSize } from '../terminal.ts';
 import { collect } from '../output.ts';
 import { stderrProgress } from '../../util/progress.ts';
-import { readMachineConfig } from '../../runtime/machine-record.ts';
+import { readMachineConfig } from '../../runtime/machine-files.ts';
 import { machineDefaults } from '../../config/machine-defaults.ts';
 
 interface RunFlags {
