@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readFile, mkdir, access, rename, rm } from 'node:fs/promises';
+import { readFile, mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { projectRoot } from '../util/project-root.ts';
 import { findGuestKernel, type GuestKernel } from './kernel.ts';
@@ -9,6 +9,7 @@ import { TorporError } from '../util/errors.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { paths } from '../state/paths.ts';
 import { type Progress, silentProgress } from '../util/progress.ts';
+import { pathExists } from '../util/path-exists.ts';
 
 export interface GuestArtifacts {
   kernel: GuestKernel;
@@ -51,15 +52,6 @@ async function moduleLoadOrder(kernel: GuestKernel): Promise<string[]> {
   return ordered;
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Builds (once, cached by content) the static guest agent and the initramfs that carries it. */
 export async function ensureGuestArtifacts(progress: Progress = silentProgress): Promise<GuestArtifacts> {
   const kernel = await findGuestKernel();
@@ -68,7 +60,7 @@ export async function ensureGuestArtifacts(progress: Progress = silentProgress):
   const key = createHash('sha256').update(source).update(kernel.version).update(modules.join('\n')).update('initramfs-v1').digest('hex').slice(0, 16);
   const directory = paths.artifacts();
   const initramfsPath = join(directory, `initramfs-${key}.cpio`);
-  if (await exists(initramfsPath)) return { kernel, initramfsPath, key };
+  if (await pathExists(initramfsPath)) return { kernel, initramfsPath, key };
 
   if (!(await commandExists('musl-gcc'))) {
     throw new TorporError('musl-missing', 'musl-gcc is needed to build the guest agent', { hint: 'apt-get install -y musl-tools' });

@@ -1,4 +1,4 @@
-import { access, open } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { TorporError } from '../util/errors.ts';
 import type { SnapshotManifest, CaptureInput } from '../snapshot/snapshot-store.ts';
 import { environment } from '../config/environment.ts';
@@ -15,6 +15,7 @@ import {
   workingSet,
   type LazyMemoryStatus,
 } from '../snapshot/lazy-memory.ts';
+import { pathExists } from '../util/path-exists.ts';
 
 // Where the runtime meets lazy guest memory: the restore decides lazy or eager, the supervisor
 // preloads the pager into QEMU, checks it took over before the guest runs, and captures a lazily
@@ -53,17 +54,10 @@ export async function prepareLazyRestore(
   return true;
 }
 
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
-
 /** QEMU's extra environment for a restore onto this RAM file: the pager, if the restore was prepared lazily. */
 export async function restoreEnvironment(machineId: string, memoryFile: string): Promise<Record<string, string> | undefined> {
   const files = lazyMemoryFiles(memoryFile);
-  if (!(await exists(files.mapFile))) return undefined;
+  if (!(await pathExists(files.mapFile))) return undefined;
   // The process that prepared the restore probed userfaultfd already: only the library is needed here.
   const library = await pagerLibrary().catch(() => undefined);
   if (!library) {

@@ -1,4 +1,4 @@
-import { access, mkdir, writeFile, truncate } from 'node:fs/promises';
+import { mkdir, writeFile, truncate } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { TorporError } from '../util/errors.ts';
 import { environment } from '../config/environment.ts';
@@ -20,6 +20,7 @@ import { claimName } from './machine-names.ts';
 import { prepareHost } from './host-preparation.ts';
 import { startMachine } from './machine-start.ts';
 import { validateMachineName, randomMachineName } from './run-options.ts';
+import { pathExists } from '../util/path-exists.ts';
 
 export interface CreateMachineOptions {
   image: string;
@@ -150,13 +151,6 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
   }
 }
 
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
-
 /**
  * Creates a machine from a snapshot: materializes its RAM into tmpfs and its disk layer, then lets
  * a supervisor load the device state and continue the guest where it was.
@@ -171,7 +165,7 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
     ['guest kernel', original.kernelPath, 'apt-get install -y linux-image-cloud-amd64 (the snapshot needs the same kernel)'],
     ['initramfs', original.initramfsPath, 'the guest agent changed since the snapshot; snapshots restore only with the agent they were taken with'],
   ] as const) {
-    if (!(await exists(path))) {
+    if (!(await pathExists(path))) {
       throw new TorporError('snapshot-dependency-missing', `cannot restore ${manifest.name}: its ${what} is gone (${path})`, { hint });
     }
   }

@@ -1,4 +1,4 @@
-import { access, copyFile, rename, stat } from 'node:fs/promises';
+import { copyFile, rename, stat } from 'node:fs/promises';
 import { materializeSnapshot, readSnapshot, type SnapshotManifest } from '../snapshot/snapshot-store.ts';
 import { runCommand } from '../util/command.ts';
 import { machineFiles } from './machine-files.ts';
@@ -7,13 +7,7 @@ import { bootTemplateName, findBootTemplate } from './boot-template.ts';
 import { templateMemoryFile } from './template-memory.ts';
 import { prepareLazyRestore, releaseLazyMemory } from './lazy-restore.ts';
 import { takeWarm } from './warm-memory.ts';
-
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
+import { pathExists } from '../util/path-exists.ts';
 
 /**
  * A boot template's disk layer and device state, kept beside its RAM in tmpfs once a start from it
@@ -58,7 +52,7 @@ export async function restoreSources(
   const templateName = bootTemplateName(config);
   const templateFile = templateMemoryFile(templateName);
   let base: { manifest: SnapshotManifest; memoryFile: string } | undefined;
-  if (await exists(templateFile)) {
+  if (await pathExists(templateFile)) {
     const templateManifest = await findBootTemplate(templateName);
     if (templateManifest) base = { manifest: templateManifest, memoryFile: templateFile };
   }

@@ -1,4 +1,4 @@
-import { access, copyFile, rm } from 'node:fs/promises';
+import { copyFile, rm } from 'node:fs/promises';
 import { runCommand } from '../util/command.ts';
 import { TorporError } from '../util/errors.ts';
 import { readSnapshot, removeSnapshot } from '../snapshot/snapshot-store.ts';
@@ -14,13 +14,7 @@ import { startMachine } from './machine-start.ts';
 import { materializeForRestore, restoreSources } from './restore-materialization.ts';
 import type { SnapshotSummary } from './control-protocol.ts';
 import { prepareLazyRestore } from './lazy-restore.ts';
-
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
+import { pathExists } from '../util/path-exists.ts';
 
 export type { RestoreOptions } from './machine-creation.ts';
 
@@ -99,7 +93,7 @@ async function materializeForks(forks: MachineConfig[]): Promise<void> {
   const first = machineFiles(forks[0]!.id);
   // A lazy first fork has an empty RAM file: each other fork gets its own page map instead of a copy.
   const { manifest, base } = await restoreSources(forks[0]!);
-  const lazy = await exists(`${first.memoryFile}.map`);
+  const lazy = await pathExists(`${first.memoryFile}.map`);
   await Promise.all(
     forks.slice(1).map(async (fork) => {
       const files = machineFiles(fork.id);
