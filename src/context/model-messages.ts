@@ -206,6 +206,21 @@ function stripUndefined<T extends object>(value: T): T {
   return Object.fromEntries(Object.entries(value).filter(([, field]) => field !== undefined)) as T;
 }
 
+/** A tool result as an entry: from an assistant message (a provider-executed tool) or a tool message. */
+function toolResultEntry(
+  part: { toolCallId: string; toolName: string; output: ToolResultOutput; providerOptions?: ProviderOptions },
+  common: { messageId: string },
+): Entry {
+  return stripUndefined({
+    kind: 'tool-result',
+    toolCallId: part.toolCallId,
+    toolName: part.toolName,
+    output: part.output,
+    providerOptions: part.providerOptions,
+    ...common,
+  }) as Entry;
+}
+
 /**
  * AI SDK messages to entries (e.g. a `generateText` response's `response.messages`). Entries of one
  * message share a messageId so `toModelMessages` rebuilds the same messages.
@@ -268,16 +283,7 @@ export function modelMessagesToEntries(messages: readonly ModelMessage[], option
                 }) as Entry,
               );
             } else if (part.type === 'tool-result') {
-              entries.push(
-                stripUndefined({
-                  kind: 'tool-result',
-                  toolCallId: part.toolCallId,
-                  toolName: part.toolName,
-                  output: part.output,
-                  providerOptions: part.providerOptions,
-                  ...common,
-                }) as Entry,
-              );
+              entries.push(toolResultEntry(part, common));
             }
           }
         }
@@ -289,16 +295,7 @@ export function modelMessagesToEntries(messages: readonly ModelMessage[], option
       }
       case 'tool':
         for (const part of message.content) {
-          entries.push(
-            stripUndefined({
-              kind: 'tool-result',
-              toolCallId: part.toolCallId,
-              toolName: part.toolName,
-              output: part.output,
-              providerOptions: part.providerOptions,
-              ...common,
-            }) as Entry,
-          );
+          entries.push(toolResultEntry(part, common));
         }
         break;
       default:
