@@ -11,7 +11,7 @@ import { chunkPath } from '../snapshot/chunk-operations.ts';
 import { memoryDirectory, paths } from '../state/paths.ts';
 import { type MachineConfig } from './machine-record.ts';
 import { readMachineState } from './machine-files.ts';
-import type { AgentClient } from '../guest/agent-client.ts';
+import { shell } from './testing/guest-shell.ts';
 
 // Lazy restore (userfaultfd pager preloaded into QEMU) against real QEMU machines: the guest's RAM
 // arrives as it touches it, snapshots of such a machine stay complete, and a damaged store or a dead
@@ -29,16 +29,6 @@ echo ready > /tmp/ready
 n=0
 while true; do n=$((n+1)); echo $n > /tmp/counter; sleep 0.1; done
 `;
-
-async function shell(client: AgentClient, script: string): Promise<string> {
-  let output = '';
-  const process = client.exec(
-    { argv: ['sh', '-c', script], env: [], workingDirectory: '/', user: '', tty: false, stdin: false },
-    { stdout: (data) => (output += data) },
-  );
-  await process.exited;
-  return output.trim();
-}
 
 async function run(config: MachineConfig, script: string): Promise<string> {
   const client = await connectToMachine(config);

@@ -6,7 +6,7 @@ import { createMachine, startMachine, connectToMachine, stopMachine, removeMachi
 import { snapshotMachine, restoreMachine, forkMachine } from './snapshots.ts';
 import { readSnapshot, listSnapshots } from '../snapshot/snapshot-store.ts';
 import type { MachineConfig } from './machine-record.ts';
-import type { AgentClient } from '../guest/agent-client.ts';
+import { shell } from './testing/guest-shell.ts';
 
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
 let machine: MachineConfig;
@@ -20,16 +20,6 @@ echo written-before-snapshot > /root/closed.txt
 i=0
 while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done
 `;
-
-async function shell(client: AgentClient, script: string): Promise<string> {
-  let output = '';
-  const process = client.exec(
-    { argv: ['sh', '-c', script], env: [], workingDirectory: '/', user: '', tty: false, stdin: false },
-    { stdout: (data) => (output += data) },
-  );
-  await process.exited;
-  return output.trim();
-}
 
 async function inspect(config: MachineConfig): Promise<{ counter: number; children: number; file: string; hostname: string }> {
   const client = await connectToMachine(config);
