@@ -4,7 +4,7 @@
 // served per source, a re-snapshot of a restored machine, and session wakes (shell agent and the
 // example coding agent). Prints one table; commit the output under bench/results/.
 //   node --import tsx bench/lazy-memory.ts [restores per mode] [coding]
-import { MiB, percentile, ms, sleep, startHostSampler } from './support.ts';
+import { MiB, percentile, ms, sleep, startHostSampler, codingAgentSpec } from './support.ts';
 import { shellAgent } from '../src/session/testing/shell-agent.ts';
 import { mkdtemp, rm, readFile, stat } from 'node:fs/promises';
 import { tmpdir, cpus, totalmem } from 'node:os';
@@ -293,14 +293,7 @@ try {
     llm = await startDevLlm({ port: 0, host: '127.0.0.1' });
     await manager.close();
     manager = new SessionManager({ log, store: new SessionStore(), tickMs: 50, turnTimeoutMs: 180_000 });
-    const codingSpec: SessionSpec = {
-      image: 'coding-agent',
-      command: ['node', '/app/agent.mjs'],
-      env: [`OPENAI_BASE_URL=http://10.0.2.2:${llm.port}/v1`],
-      cpus: 1,
-      memoryMiB: 512,
-      idleSeconds: 1,
-    };
+    const codingSpec = codingAgentSpec(llm.port, 1);
     codingWakes = await wakes(codingSpec, 5, (run) => `remember fact number ${run}`);
   } catch (error) {
     codingNote = `coding agent rows: ${(error as Error).message}`;

@@ -3,7 +3,7 @@
 // at a past turn takes to answer. Compared with the naive way (a full, unlayered snapshot per
 // turn: what each turn's snapshot references). Prints one table; commit it under bench/results/.
 //   node --import tsx bench/rewind.ts [turns] [--shell]   (--shell: the busybox shell agent instead)
-import { MiB, percentile } from './support.ts';
+import { MiB, percentile, codingAgentSpec } from './support.ts';
 import { shellAgent } from '../src/session/testing/shell-agent.ts';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
@@ -46,14 +46,7 @@ try {
     progress('building the coding agent image');
     await buildCodingAgentImage();
     llm = await startDevLlm({ port: 0, host: '127.0.0.1' });
-    spec = {
-      image: 'coding-agent',
-      command: ['node', '/app/agent.mjs'],
-      env: [`OPENAI_BASE_URL=http://10.0.2.2:${llm.port}/v1`],
-      cpus: 1,
-      memoryMiB: 512,
-      idleSeconds: 3600,
-    };
+    spec = codingAgentSpec(llm.port, 3600);
     say = (turn) => (turn % 3 === 0 ? `run: echo turn ${turn} >> /root/work.txt` : `remember fact ${turn} about the retry loop and its backoff`);
   }
   const session = await manager.create(spec, { name: 'rewind' });

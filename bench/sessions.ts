@@ -5,7 +5,7 @@
 // then the example coding agent (node + AI SDK + dev-llm) for the wake and density rows if the
 // time budget allows. Prints one table; commit the output under bench/results/.
 //   node --import tsx bench/sessions.ts [sessions] [turns]
-import { MiB, percentile, ms, sleep, startHostSampler } from './support.ts';
+import { MiB, percentile, ms, sleep, startHostSampler, codingAgentSpec } from './support.ts';
 import { shellAgent } from '../src/session/testing/shell-agent.ts';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir, cpus, totalmem } from 'node:os';
@@ -329,16 +329,7 @@ try {
       await manager.close();
       manager = new SessionManager({ log, store: new SessionStore(), tickMs: 50, turnTimeoutMs: 60_000 });
       manager.on('change', onChange);
-      // The dev LLM is a host loopback service: the network policy lets the agent reach only its port.
-      const codingSpec: SessionSpec = {
-        image: 'coding-agent',
-        command: ['node', '/app/agent.mjs'],
-        env: [`OPENAI_BASE_URL=http://10.0.2.2:${llm.port}/v1`],
-        cpus: 1,
-        memoryMiB: 512,
-        idleSeconds: 1,
-        network: { allowHost: [llm.port] },
-      };
+      const codingSpec = codingAgentSpec(llm.port, 1);
       // Warm-up: image, boot template and the agent's first start.
       const warm = await manager.create(codingSpec, { name: 'coding-warm' });
       const firstTurn = await timedSend(warm.id, 'remember the warm-up happened');

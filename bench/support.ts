@@ -1,6 +1,7 @@
 // Helpers shared by the benchmarks (run by hand; see bench/*.ts).
 import { loadavg } from 'node:os';
 import { readdirSync, readFileSync } from 'node:fs';
+import type { SessionSpec } from '../src/session/session-store.ts';
 
 export const MiB = 1024 ** 2;
 export const sorted = (values: number[]) => [...values].sort((a, b) => a - b);
@@ -39,5 +40,21 @@ export function startHostSampler(ownMarker: string): () => { loadStart: number; 
   return () => {
     clearInterval(timer);
     return { loadStart, loadMax, foreignQemuMax, foreignQemuMean: foreignSum / samples };
+  };
+}
+
+/**
+ * The example coding agent as a session (node, 512 MiB) talking to a `torpor dev-llm` on the host's
+ * loopback: the network policy lets the guest reach that one port (10.0.2.2:PORT) and nothing else.
+ */
+export function codingAgentSpec(llmPort: number, idleSeconds: number): SessionSpec {
+  return {
+    image: 'coding-agent',
+    command: ['node', '/app/agent.mjs'],
+    env: [`OPENAI_BASE_URL=http://10.0.2.2:${llmPort}/v1`],
+    cpus: 1,
+    memoryMiB: 512,
+    idleSeconds,
+    network: { allowHost: [llmPort] },
   };
 }
