@@ -35,15 +35,14 @@ export function createFrameReader(store: ObjectStore): FrameReader {
   async function seekTable(chunkId: string): Promise<SeekTable> {
     const known = tables.get(chunkId);
     if (known) return known;
-    // The object's size comes back with the first ranged read (Content-Range), so no HEAD is needed.
-    let first = await store.getChunkRange(chunkId, { start: 0, end: 1 });
-    let size = first.totalBytes;
+    const head = await store.headChunk(chunkId);
+    if (!head) throw new TorporError('object-missing', `chunk ${chunkId} is not in ${store.url}`, { hint: 'push the snapshot again from a node that has it' });
+    let size = head.bytes;
     let tailBytes = Math.min(size, firstTailBytes);
     for (;;) {
       const tail = await store.getChunkRange(chunkId, { start: size - tailBytes, end: size });
       if (tail.totalBytes !== size) {
         // Replaced between the two reads: a torn upload repaired by a push. Start over once.
-        first = tail;
         size = tail.totalBytes;
         tailBytes = Math.min(size, firstTailBytes);
         continue;
