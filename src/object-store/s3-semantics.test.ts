@@ -110,9 +110,14 @@ describe('S3 semantics the object store relies on', () => {
   });
 
   test('wrong credentials are a clear error', async () => {
-    // s3rver refuses unknown access keys but does not check SigV4 signatures (architecture/object-store.md):
-    // a wrong secret with a known key is refused only by a real S3 implementation, which the
-    // error mapping covers the same way (SignatureDoesNotMatch, 403).
+    // The test server refuses unknown keys (s3rver) and wrong secrets (its SigV4 check in s3-server-child.cjs).
+    const wrongSecret = openObjectStore(`s3://${server.bucket}/semantics`, {
+      endpoint: server.endpoint,
+      region: server.region,
+      accessKeyId: server.accessKeyId,
+      secretAccessKey: 'not-the-secret',
+      forcePathStyle: true,
+    });
     const unknown = openObjectStore(`s3://${server.bucket}/semantics`, {
       endpoint: server.endpoint,
       region: server.region,
@@ -128,7 +133,14 @@ describe('S3 semantics the object store relies on', () => {
       forcePathStyle: true,
     });
     try {
-      for (const attempt of [() => unknown.getChunk(id(1)), () => unknown.putChunk(id(9), Buffer.from('x')), () => unknown.headChunk(id(1)), () => builtIn.getChunk(id(1))]) {
+      for (const attempt of [
+        () => wrongSecret.getChunk(id(1)),
+        () => wrongSecret.putChunk(id(9), Buffer.from('x')),
+        () => wrongSecret.headChunk(id(1)),
+        () => unknown.getChunk(id(1)),
+        () => unknown.putChunk(id(9), Buffer.from('x')),
+        () => builtIn.getChunk(id(1)),
+      ]) {
         await assert.rejects(attempt(), (error: unknown) => {
           assert.ok(error instanceof TorporError, String(error));
           assert.equal(error.code, 'store-access-denied');
@@ -138,6 +150,7 @@ describe('S3 semantics the object store relies on', () => {
       }
       assert.equal(await store.headChunk(id(9)), undefined, 'the refused put wrote nothing');
     } finally {
+      wrongSecret.close();
       unknown.close();
       builtIn.close();
     }

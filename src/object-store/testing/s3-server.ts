@@ -9,11 +9,11 @@ import { fileURLToPath } from 'node:url';
 // The S3-compatible server the tests run against: s3rver 3.7 (npm), in a child process on 127.0.0.1.
 // Debian 12's Ceph is Pacific (16.2), whose radosgw has no dbstore backend: it needs a RADOS cluster
 // (mon + osd), too heavy to start per test on 2 cores. See architecture/object-store.md for what
-// s3rver does not do (SigV4 signature checks, conditional puts).
+// s3rver does not do (conditional puts, suffix ranges).
 //
-// Each server gets its own access key and secret, and s3rver's built-in key pair is revoked, so an
-// unknown access key is refused. s3rver does not verify SigV4 signatures: a wrong *secret* is only
-// refused by a real S3 implementation.
+// Each server gets its own access key and secret, and s3rver's built-in key pair is revoked. s3rver
+// checks only that a key exists; the child puts a SigV4 check in front, so a wrong secret is refused
+// too (403 SignatureDoesNotMatch), as by AWS S3.
 
 export interface S3Server {
   /** http://127.0.0.1:PORT, for path-style requests */
