@@ -138,7 +138,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
    * Lets go of a session another node took over: closes the agent connection and removes the
    * machine, so the session never runs twice. Nothing is recorded: the record belongs to the new holder.
    */
-  private abandon(id: string): void {
+  abandon(id: string): void {
     const live = this.live.get(id);
     this.live.delete(id);
     live?.connection.close();
@@ -156,6 +156,11 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
 
   list(): AgentSessionRecord[] {
     return this.store.list();
+  }
+
+  /** Machines this server runs for sessions (a cluster node's heartbeat reports it). */
+  runningMachines(): number {
+    return this.live.size;
   }
 
   /** Refuses to act on a session another cluster node runs (the API routes such calls to the holder). */
