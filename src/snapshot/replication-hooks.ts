@@ -1,0 +1,119 @@
+import { readdir, stat, utimes } from 'node:fs/promises';
+import { join } from 'node:path';
+import { paths } from '../state/paths.ts';
+import { writeFileAtomic } from '../util/atomic-file.ts';
+import { isNodeError } from '../util/errors.ts';
+import { ChunkCorruptError, chunkIdOf, chunkPath, writeTemporaryChunk } from './chunk-operations.ts';
+import { discardChunks, publishChunks, type WrittenChunk } from './chunk-publication.ts';
+import { SeekableDecoder, parseSeekTable } from './seekable-zstd.ts';
+import type { SnapshotManifest } from './snapshot-store.ts';
+
+// What src/object-store/ needs from the local snapshot store, and nothing more: where chunks live,
+// landing chunks that came from elsewhere (verified, then written the way a capture writes its own),
+// and installing a manifest that came from elsewhere. The object store layer validates manifests
+// from outside (object-store/manifest-validation.ts) before it calls installManifest.
+
+export { beginActivity, withExclusiveStore } from './store-activity.ts';
+export { pinnedChunks } from './chunk-pins.ts';
+
+export const snapshotStoreRoot = () => paths.snapshots();
+export const localChunksDirectory = () => join(snapshotStoreRoot(), 'chunks');
+export const localChunkPath = (id: string) => chunkPath(localChunksDirectory(), id);
+
+const decoder = new SeekableDecoder();
+
+/**
+ * Checks that `encoded` is a chunk file whose content hashes to `id` (and, when given, holds exactly
+ * `expectedLength` bytes); throws ChunkCorruptError otherwise. The seek table's sizes are checked
+ * against `maxLength` before anything is decompressed, so a hostile file cannot make us allocate
+ * more than that.
+ */
+export function verifyChunkFile(id: string, encoded: Uint8Array, limits: { expectedLength?: number; maxLength: number }): void {
+  let data: Buffer;
+  try {
+    const table = parseSeekTable(encoded, encoded.length);
+    if (table.decompressedSize > limits.maxLength) throw new Error(`it claims ${table.decompressedSize} bytes, more than the ${limits.maxLength} allowed`);
+    if (limits.expectedLength !== undefined && table.decompressedSize !== limits.expectedLength) {
+      throw new Error(`it holds ${table.decompressedSize} bytes, expected ${limits.expectedLength}`);
+    }
+    data = decoder.decodeAll(encoded);
+  } catch (error) {
+    throw new ChunkCorruptError(id, `chunk ${id} cannot be decoded: ${(error as Error).message}`);
+  }
+  if (chunkIdOf(data) !== id) throw new ChunkCorruptError(id, `chunk ${id} does not match its hash`);
+}
+
+/**
+ * Writes verified chunk files into the local store: temporary names, fsync, rename (publishChunks),
+ * so a process killed midway leaves temporaries that gc removes, never a torn chunk under its name.
+ * Call inside beginActivity, so that gc does not remove them before their manifest exists.
+ */
+export async function landChunks(chunks: { id: string; encoded: Uint8Array }[]): Promise<void> {
+  const directory = localChunksDirectory();
+  const written: WrittenChunk[] = [];
+  try {
+    for (const chunk of chunks) written.push({ id: chunk.id, temporaryPath: writeTemporaryChunk(directory, chunk.id, chunk.encoded) });
+  } catch (error) {
+    await discardChunks(written);
+    throw error;
+  }
+  await publishChunks(directory, written);
+}
+
+/** Writes (or replaces) a manifest that came from the catalog or the object store; the snapshot then exists locally. */
+export async function installManifest(manifest: SnapshotManifest): Promise<void> {
+  await writeFileAtomic(join(snapshotStoreRoot(), 'manifests', `${manifest.name}.json`), JSON.stringify(manifest) + '\n');
+}
+
+export interface LocalChunk {
+  id: string;
+  path: string;
+  bytes: number;
+  /** last use as the file system saw it: max(atime, mtime) in ms */
+  usedAt: number;
+}
+
+/** Every chunk file in the local store (temporaries excluded). */
+export async function localChunks(): Promise<LocalChunk[]> {
+  const root = localChunksDirectory();
+  const found: LocalChunk[] = [];
+  let directories: string[];
+  try {
+    directories = await readdir(root);
+  } catch (error) {
+    if (isNodeError(error, 'ENOENT')) return found;
+    throw error;
+  }
+  for (const directory of directories) {
+    let names: string[];
+    try {
+      names = await readdir(join(root, directory));
+    } catch (error) {
+      if (isNodeError(error, 'ENOTDIR') || isNodeError(error, 'ENOENT')) continue;
+      throw error;
+    }
+    for (const name of names) {
+      if (name.startsWith('.') || !name.endsWith('.zst')) continue;
+      const path = join(root, directory, name);
+      try {
+        const status = await stat(path);
+        found.push({ id: name.slice(0, -4), path, bytes: status.size, usedAt: Math.max(status.atimeMs, status.mtimeMs) });
+      } catch (error) {
+        if (!isNodeError(error, 'ENOENT')) throw error;
+      }
+    }
+  }
+  return found;
+}
+
+/** Marks chunks as just used (the cache's LRU order); relatime alone updates atime at most daily. */
+export async function touchChunks(ids: string[]): Promise<void> {
+  const now = new Date();
+  await Promise.all(
+    ids.map((id) =>
+      utimes(localChunkPath(id), now, now).catch((error: unknown) => {
+        if (!isNodeError(error, 'ENOENT')) throw error;
+      }),
+    ),
+  );
+}
