@@ -1,8 +1,6 @@
 import { availableParallelism, hostname, totalmem } from 'node:os';
 import { ClusterNode } from '../../cluster/cluster-node.ts';
-import { createChunkCache } from '../../object-store/chunk-cache.ts';
-import { objectStoreOptionsFromEnvironment, openObjectStore } from '../../object-store/object-store.ts';
-import { createSnapshotReplicator } from '../../object-store/snapshot-replicator.ts';
+import type { SnapshotReplicatorLike } from '../../cluster/snapshot-sharing.ts';
 import type { ResourceLimits } from '../../runtime/limits.ts';
 import { writeAdminToken } from '../../state/api-tokens.ts';
 import { TorporError } from '../../util/errors.ts';
@@ -56,7 +54,7 @@ export async function startClusterFromFlags(
     throw new TorporError('lease-seconds-invalid', `--lease-seconds must be a whole number of seconds, got ${JSON.stringify(leaseText)}`, { exitCode: 1 });
   }
   const leaseSeconds = leaseText !== undefined ? Number(leaseText) : (settings.TORPOR_LEASE_SECONDS ?? 10);
-  const replicator = storeUrl ? createSnapshotReplicator(openObjectStore(storeUrl, objectStoreOptionsFromEnvironment()), createChunkCache()) : undefined;
+  const replicator = storeUrl ? await openReplicator(storeUrl) : undefined;
   if (!replicator) context.log('torpor: cluster without --store: a session that moves to another node is rebuilt from its context log (its memory stays behind)');
   const node = await ClusterNode.start({
     postgresUrl,
@@ -75,4 +73,16 @@ export async function startClusterFromFlags(
   });
   writeAdminToken(context.stateDirectory, node.token);
   return node;
+}
+
+/** Loaded only with --store: the AWS SDK is large, and a node without a store never needs it. */
+async function openReplicator(storeUrl: string): Promise<SnapshotReplicatorLike> {
+  const [{ createChunkCache }, { objectStoreOptionsFromEnvironment, openObjectStore }, { createSnapshotReplicator }] = await Promise.all([
+    import('../../object-store/chunk-cache.ts'),
+    import('../../object-store/object-store.ts'),
+    import('../../object-store/snapshot-replicator.ts'),
+  ]);
+  const store = openObjectStore(storeUrl, objectStoreOptionsFromEnvironment());
+  await store.ensureFormat();
+  return createSnapshotReplicator(store, createChunkCache());
 }
