@@ -89,8 +89,8 @@ export class ClusterNode {
     this.manager = manager;
     this.url = url;
     this.store.on('lost', (id) => manager.abandon(id));
-    await registerNode(this.pool, { name: this.name, url, ...this.options.capacity });
     await this.removeForeignMachines();
+    await registerNode(this.pool, { name: this.name, url, ...this.options.capacity });
     await this.tick();
     this.timer = setInterval(() => void this.tick(), this.options.heartbeatMs ?? 1000);
     this.timer.unref();
