@@ -9,6 +9,8 @@ import { createApp, type ApiOptions } from './app.ts';
 import { mountDurableStreams } from './durable-streams-routes.ts';
 import { allowedHostsFor, defaultMaxBodyBytes, guardRequests } from './request-guards.ts';
 import { withDashboardLogin } from '../dashboard/dashboard-login.ts';
+import type { ClusterNode } from '../cluster/cluster-node.ts';
+import { routeSessionRequests } from '../cluster/session-routing.ts';
 
 export interface StartApiServerOptions extends Omit<ApiOptions, 'log' | 'sessions'>, ContextLogOptions {
   /** Adds routes after the API's own (for embedding and tests); errors still go through the one handler. */
@@ -34,6 +36,13 @@ export interface StartApiServerOptions extends Omit<ApiOptions, 'log' | 'session
   postgresUrl?: string;
   /** Serve agent sessions too (`torpor serve` does): a session manager over the same log, closed with the server. */
   sessions?: boolean | Omit<SessionManagerOptions, 'log'>;
+  /**
+   * Serve as a node of this cluster: the log, the session store and the token are the cluster's,
+   * requests about sessions other nodes hold are forwarded to them, and the node is closed with the server.
+   */
+  cluster?: ClusterNode;
+  /** The URL other nodes reach this one at (`--advertise-url`); default the URL it listens on. */
+  advertiseUrl?: string;
 }
 
 export interface ApiServer {
@@ -50,15 +59,18 @@ export interface ApiServer {
 }
 
 export async function startApiServer(options: StartApiServerOptions = {}): Promise<ApiServer> {
+  const cluster = options.cluster;
   const ownsLog = options.log === undefined;
-  const log = options.log ?? (await openContextLog(options));
-  const sessions = options.sessions ? new SessionManager({ ...(options.sessions === true ? {} : options.sessions), log }) : undefined;
+  const log = options.log ?? (cluster ? await cluster.openLog() : await openContextLog(options));
+  const clusterParts = cluster ? { store: cluster.store, ...(cluster.replication ? { replication: cluster.replication } : {}) } : {};
+  const sessions = options.sessions || cluster ? new SessionManager({ ...(options.sessions && options.sessions !== true ? options.sessions : {}), ...clusterParts, log }) : undefined;
   const app = createApp({ ...options, log, sessions });
   // Durable Streams keep their own SQLite file in the state directory: only a server that has one serves them.
   const streams = options.stateDirectory ? mountDurableStreams(app, { log, sessions, stateDirectory: options.stateDirectory }) : undefined;
   options.configure?.(app, log);
   const host = options.host ?? '127.0.0.1';
-  const token = options.token ?? (options.stateDirectory ? ensureAdminToken(options.stateDirectory).token : `torpor_${randomBytes(32).toString('base64url')}`);
+  const token =
+    options.token ?? cluster?.token ?? (options.stateDirectory ? ensureAdminToken(options.stateDirectory).token : `torpor_${randomBytes(32).toString('base64url')}`);
   // Filled in once the port is known (port 0 picks one): until then no request can arrive anyway.
   const policy = {
     verifier: new TokenVerifier(token, options.stateDirectory),
@@ -72,7 +84,8 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   let address: AddressInfo;
   try {
     ({ server, address } = await new Promise<{ server: ServerType; address: AddressInfo }>((resolve, reject) => {
-      const created = serve({ fetch: withDashboardLogin(guardRequests(app.fetch, policy), { token }), port: options.port ?? 7070, hostname: host }, (info) =>
+      const routed = cluster ? routeSessionRequests(app.fetch, cluster) : app.fetch;
+      const created = serve({ fetch: withDashboardLogin(guardRequests(routed, policy), { token }), port: options.port ?? 7070, hostname: host }, (info) =>
         resolve({ server: created, address: info }),
       );
       created.once('error', reject);
@@ -81,6 +94,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
     await sessions?.close();
     streams?.close();
     if (ownsLog) await log.close();
+    await cluster?.close();
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'EADDRINUSE') throw new Error(`port ${options.port} on ${host} is already in use; stop the other server or pass another --port`);
     throw error;
@@ -94,6 +108,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   Object.assign(server, { keepAliveTimeout: 65_000, headersTimeout: 66_000 });
   const urlHost = host.includes(':') ? `[${host}]` : host;
   const url = `http://${urlHost}:${address.port}`;
+  if (cluster && sessions) await cluster.attach(sessions, options.advertiseUrl ?? url);
   let closing: Promise<void> | undefined;
   return {
     url,
@@ -113,6 +128,7 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
           (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
         });
         if (ownsLog) await log.close();
+        await cluster?.close();
       })();
       return closing;
     },

@@ -80,6 +80,10 @@ export const commandModules: CommandModule[] = [
     load: async () => (await import('./commands/serve.ts')).registerServeCommand,
   },
   {
+    commands: { nodes: 'nodes of a torpor cluster (`torpor serve --cluster`): liveness, capacity, sessions' },
+    load: async () => (await import('./commands/nodes.ts')).registerNodesCommands,
+  },
+  {
     commands: { token: 'API tokens of `torpor serve` (every request needs one: Authorization: Bearer TOKEN)' },
     load: async () => (await import('./commands/token.ts')).registerTokenCommands,
   },

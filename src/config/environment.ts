@@ -92,6 +92,18 @@ export const variables = {
   TORPOR_DASHBOARD_SCREENSHOTS: variable(optionalText(), 'none', "tests: the directory the dashboard's browser test saves its screenshots to"),
   TORPOR_LAZY_MEMORY_MAP: variable(optionalText(), 'none', 'internal: set by torpor for QEMU, the page map its preloaded pager serves guest RAM from'),
   TORPOR_PARENT_DEATH: variable(optionalText(), 'none', 'internal: set by torpor for QEMU, re-arms its parent-death signal after it drops root'),
+  TORPOR_CLUSTER: variable(
+    optionalText(),
+    'none (a single host)',
+    'serve: the PostgreSQL URL of a cluster of nodes: sessions, leases and the log live there (`serve --cluster`)',
+  ),
+  TORPOR_NODE_NAME: variable(optionalText(), 'the host name', "serve: this node's name in the cluster, unique (`--node-name`)"),
+  TORPOR_ADVERTISE_URL: variable(optionalUrl(), 'the address it listens on', 'serve: the URL other nodes forward requests to (`--advertise-url`)'),
+  TORPOR_LEASE_SECONDS: variable(
+    optionalWholeNumber(1),
+    '`10`',
+    "serve: seconds without a node's heartbeat before other nodes take its sessions over (`--lease-seconds`)",
+  ),
   TORPOR_STORE: variable(optionalText(), 'none (snapshots stay on this host)', 'the object store for snapshot chunks, `s3://BUCKET/PREFIX` (`serve --store`)'),
   TORPOR_S3_ENDPOINT: variable(optionalUrl(), "the SDK's (AWS S3)", 'the S3 endpoint URL, for R2, Ceph RGW, MinIO or a test server'),
   TORPOR_S3_REGION: variable(optionalText(), '`AWS_REGION`, else `us-east-1`', 'the S3 region requests are signed for (`auto` for R2)'),

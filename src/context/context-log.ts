@@ -4,7 +4,7 @@ import { EntryTooLargeError, InvalidArgumentError, OffsetBeyondEndError, Unknown
 import { entriesToModelMessages, type ModelMessage, type ToModelMessagesOptions } from './model-messages.ts';
 import { assertProducerStamp, batchDigest, type ProducerStamp } from './producer.ts';
 import { assertSessionId, forkSessionId } from './session-identifier.ts';
-import type { LogStorage, SessionRecord, StorageRow, StoredRow } from './storage.ts';
+import type { AppendFence, LogStorage, SessionRecord, StorageRow, StoredRow } from './storage.ts';
 
 export interface ContextLogOptions {
   /** Largest entry kept inline in the database, in bytes of JSON; larger ones go to the blob store. Default 4 MiB. */
@@ -18,6 +18,8 @@ export interface AppendOptions {
   expectedOffset?: number;
   /** Idempotent producer stamp: a retry with the same stamp returns the original offsets. */
   producer?: ProducerStamp;
+  /** Commit only while this holder's lease on the session is current (cluster nodes; PostgreSQL only). */
+  fence?: AppendFence;
 }
 
 export interface AppendResult {
@@ -127,6 +129,7 @@ export class ContextLog implements ContextLogClient {
       rows,
       expectedOffset: options.expectedOffset,
       producer: options.producer ? { ...options.producer, digest: batchDigest(serialized) } : undefined,
+      fence: options.fence,
       validate: (firstOffset) => assertSummariesCoverThePast(parsed as Array<Entry & { covers?: { from: number; to: number } }>, firstOffset),
     });
     const offsets = Array.from({ length: outcome.count }, (_, index) => outcome.firstOffset + index);

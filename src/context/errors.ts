@@ -166,3 +166,18 @@ export class StorageUnavailableError extends ContextLogError {
     );
   }
 }
+
+/** The writer's lease on the session was taken over by another node (a higher epoch): nothing was written. */
+export class LeaseLostError extends ContextLogError {
+  constructor(sessionId: string, holder: string, epoch: number, current: { holder: string | null; epoch: number } | undefined) {
+    super(
+      'lease-lost',
+      409,
+      current
+        ? `${holder} no longer holds session ${sessionId} (epoch ${epoch}): ${current.holder ?? 'no node'} holds it at epoch ${current.epoch}; nothing was written`
+        : `session ${sessionId} has no lease record; nothing was written`,
+      { sessionId, holder, epoch, currentHolder: current?.holder ?? null, currentEpoch: current?.epoch ?? null },
+      { hint: 'this node was paused or cut off and another node took the session over: send the request again, any node routes it to the holder' },
+    );
+  }
+}

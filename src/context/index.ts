@@ -3,7 +3,7 @@ export * from './entry.ts';
 export { assertSessionId, isSessionId, forkSessionId } from './session-identifier.ts';
 export { decideProducer, batchDigest, type ProducerStamp, type ProducerState } from './producer.ts';
 export { FileBlobStore, MissingBlobError, blobDigest, type BlobStore, type BlobReference } from './blob-store.ts';
-export type { LogStorage, SessionRecord, AppendCommand, AppendOutcome, StoredRow, StorageRow } from './storage.ts';
+export type { LogStorage, SessionRecord, AppendCommand, AppendFence, AppendOutcome, StoredRow, StorageRow } from './storage.ts';
 export { SqliteStorage, type SqliteStorageOptions } from './sqlite-storage.ts';
 export { PostgresStorage, type PostgresStorageOptions } from './postgres-storage.ts';
 export {

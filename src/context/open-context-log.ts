@@ -8,12 +8,14 @@ export interface OpenContextLogOptions extends ContextLogOptions {
   stateDirectory?: string;
   /** Use PostgreSQL at this connection URL instead of the embedded SQLite file. */
   postgresUrl?: string;
+  /** With postgresUrl: the table of session leases fenced appends are checked against (cluster mode). */
+  leaseTable?: string;
 }
 
 /** Opens the context log: embedded SQLite in the state directory unless a PostgreSQL URL is given. */
 export async function openContextLog(options: OpenContextLogOptions = {}): Promise<ContextLog> {
   if (options.postgresUrl) {
-    const storage = await PostgresStorage.connect({ connectionString: options.postgresUrl });
+    const storage = await PostgresStorage.connect({ connectionString: options.postgresUrl, leaseTable: options.leaseTable });
     return new ContextLog(storage, options);
   }
   const paths = contextLogPaths(options.stateDirectory ?? stateDirectory());

@@ -4,6 +4,8 @@ import { blobDigest, MissingBlobError, type BlobReference, type BlobStore } from
 import {
   ContextLogError,
   DatabaseLockedError,
+  InvalidArgumentError,
+  LeaseLostError,
   OffsetBeyondEndError,
   OffsetConflictError,
   ProducerSequenceReusedError,
@@ -24,9 +26,15 @@ export interface PostgresStorageOptions {
   /** Safety-net poll for tails in case a notification is lost while the listener reconnects. */
   pollIntervalMs?: number;
   poolSize?: number;
+  /**
+   * A table of session leases (columns `id`, `lease_node`, `lease_epoch`), e.g. a cluster's session
+   * table: appends that carry a fence are checked against it inside their transaction.
+   */
+  leaseTable?: string;
 }
 
 const schemaPattern = /^[a-z_][a-z0-9_]{0,62}$/;
+const tablePattern = /^([a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,62}$/;
 
 function schemaSql(schema: string): string {
   return `
@@ -157,10 +165,14 @@ export class PostgresStorage implements LogStorage {
   private listening: Promise<void> | undefined;
   private closed = false;
   private readonly tables;
+  private readonly leaseTable: string | undefined;
 
   private constructor(options: PostgresStorageOptions) {
     this.schema = options.schema ?? 'public';
     if (!schemaPattern.test(this.schema)) throw new StorageUnavailableError(`invalid schema name ${JSON.stringify(this.schema)}`);
+    if (options.leaseTable !== undefined && !tablePattern.test(options.leaseTable))
+      throw new StorageUnavailableError(`invalid lease table name ${JSON.stringify(options.leaseTable)}`);
+    this.leaseTable = options.leaseTable;
     this.connectionString = options.connectionString;
     this.pollIntervalMs = options.pollIntervalMs ?? 1000;
     this.channel = `torpor_context_${this.schema}`.slice(0, 63);
@@ -250,6 +262,7 @@ export class PostgresStorage implements LogStorage {
     const { sessions, entries, producers, batches } = this.tables;
     const outcome = await this.transaction(async (client): Promise<AppendOutcome> => {
       const now = Date.now();
+      if (command.fence) await this.checkFence(client, command.sessionId, command.fence);
       // The upsert takes the session row lock: concurrent appends to one session queue here.
       const session = (
         await client.query<{ key: string; next_offset: string }>(
@@ -308,6 +321,22 @@ export class PostgresStorage implements LogStorage {
     });
     if (!outcome.duplicate) this.events.emit(command.sessionId);
     return outcome;
+  }
+
+  /**
+   * FOR SHARE holds the lease row until COMMIT: a takeover (an UPDATE of that row) waits for appends
+   * already past this check, and appends after it see the new epoch. So no entry of an old holder
+   * can land after another node took the session over.
+   */
+  private async checkFence(client: Queryable, sessionId: string, fence: { holder: string; epoch: number }): Promise<void> {
+    if (!this.leaseTable) throw new InvalidArgumentError('a fenced append needs a storage opened with a lease table (cluster mode)');
+    const row = (
+      await client.query<{ lease_node: string | null; lease_epoch: string }>(`SELECT lease_node, lease_epoch FROM ${this.leaseTable} WHERE id = $1 FOR SHARE`, [
+        sessionId,
+      ])
+    ).rows[0];
+    const current = row ? { holder: row.lease_node, epoch: Number(row.lease_epoch) } : undefined;
+    if (!current || current.holder !== fence.holder || current.epoch !== fence.epoch) throw new LeaseLostError(sessionId, fence.holder, fence.epoch, current);
   }
 
   async describe(sessionId: string): Promise<SessionRecord | undefined> {

@@ -31,6 +31,19 @@ export interface AppendCommand {
   producer?: ProducerStamp & { digest: string };
   /** Runs inside the transaction once the first offset is known; throwing aborts the batch. */
   validate?: (firstOffset: number) => void;
+  /** Append only while this writer still holds the session's lease (see AppendFence). */
+  fence?: AppendFence;
+}
+
+/**
+ * A cluster node's claim on a session: the append commits only if the lease table still names this
+ * holder at this epoch, checked inside the append's transaction. A node that was paused or cut off
+ * while another took the session over (epoch + 1) thus cannot add to the log. Only the PostgreSQL
+ * backend has leases (it is the one several hosts share); SQLite ignores a fence.
+ */
+export interface AppendFence {
+  holder: string;
+  epoch: number;
 }
 
 export interface AppendOutcome {

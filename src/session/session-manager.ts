@@ -10,6 +10,8 @@ import { sessionNetworkOptions } from './session-network.ts';
 import { removeSnapshot, readSnapshot } from '../snapshot/snapshot-store.ts';
 import { AgentConnection, type InvalidAgentEvent } from './agent-connection.ts';
 import { SessionStore, type AgentSessionRecord, type SessionSpec, type SessionState } from './session-store.ts';
+import type { SessionRecordStore } from './session-record-store.ts';
+import type { SnapshotReplication } from './snapshot-replication.ts';
 import { eventToEntries, invalidEventEntry } from './agent-events-to-entries.ts';
 import { protocolVersion, type AgentEvent, type ErrorEvent } from './agent-protocol.ts';
 import { agentMaxHistoryBytes, readBoundedHistory } from './bounded-history.ts';
@@ -32,7 +34,7 @@ const invalidEventError = (invalid: InvalidAgentEvent): ErrorEvent => ({
 
 export interface SessionManagerOptions {
   log: ContextLog;
-  store?: SessionStore;
+  store?: SessionRecordStore;
   /** How often idle and wake timers are checked. */
   tickMs?: number;
   /** Longest a turn may take before the agent is considered hung. */
@@ -45,6 +47,8 @@ export interface SessionManagerOptions {
    */
   turnSnapshots?: number;
   turnHistory?: TurnHistory;
+  /** Shares snapshots with other nodes of a cluster (pushed at hibernation, pulled before a restore). */
+  replication?: SnapshotReplication;
 }
 
 interface LiveSession {
@@ -59,8 +63,8 @@ const activeStates: SessionState[] = ['running', 'idle', 'waking', 'creating'];
  * is snapshotted and stopped; a message or a timer brings it back. Everything the manager decides
  * is recorded in the session store first, so a restarted server picks up where it was.
  */
-export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord]; event: [string, SessionEvent] }> {
-  readonly store: SessionStore;
+export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord]; event: [string, SessionEvent]; abandon: [string] }> {
+  readonly store: SessionRecordStore;
   private readonly log: ContextLog;
   private readonly live = new Map<string, LiveSession>();
   private readonly queues = new Map<string, Promise<unknown>>();
@@ -79,6 +83,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
   /** Sessions whose history-request is being answered: more requests meanwhile are dropped. */
   private readonly historyInFlight = new Set<string>();
   private readonly maxHistoryBytes = agentMaxHistoryBytes();
+  private readonly replication?: SnapshotReplication;
 
   constructor(options: SessionManagerOptions) {
     super();
@@ -89,6 +94,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     const fromEnvironment = environment().TORPOR_TURN_SNAPSHOTS ?? 0;
     this.turnSnapshots = options.turnSnapshots ?? (Number.isInteger(fromEnvironment) && fromEnvironment > 0 ? fromEnvironment : 0);
     this.turnHistory = options.turnHistory ?? new TurnHistory();
+    this.replication = options.replication;
     this.timer = setInterval(() => void this.tick(), options.tickMs ?? 250);
     this.timer.unref();
   }
@@ -104,10 +110,40 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     return next;
   }
 
-  private update(id: string, patch: Partial<AgentSessionRecord>): AgentSessionRecord {
-    const record = this.store.update(id, patch);
+  /** Records a change durably (and, in a cluster, only while this node holds the session) before acting on it. */
+  private async update(id: string, patch: Partial<AgentSessionRecord>): Promise<AgentSessionRecord> {
+    let record: AgentSessionRecord;
+    try {
+      record = await this.store.update(id, patch);
+    } catch (error) {
+      // Another node took the session over: its machine here must not act on it any more.
+      if (error instanceof TorporError && error.code === 'lease-lost') this.abandon(id);
+      throw error;
+    }
     this.emit('change', record);
     return record;
+  }
+
+  /** Appends to the session's log, fenced by this server's lease on it when it runs in a cluster. */
+  private async append(id: string, entries: Entry[]): Promise<{ offsets: number[] }> {
+    try {
+      return await this.log.append(id, entries, { fence: this.store.logFence(id) });
+    } catch (error) {
+      if (error instanceof TorporError && error.code === 'lease-lost') this.abandon(id);
+      throw error;
+    }
+  }
+
+  /**
+   * Lets go of a session another node took over: closes the agent connection and removes the
+   * machine, so the session never runs twice. Nothing is recorded: the record belongs to the new holder.
+   */
+  abandon(id: string): void {
+    const live = this.live.get(id);
+    this.live.delete(id);
+    live?.connection.close();
+    if (live) void readMachineConfig(live.machineId).then((machine) => removeMachine(machine, { force: true })).catch(() => {});
+    this.emit('abandon', id);
   }
 
   get(idOrName: string): AgentSessionRecord {
@@ -122,6 +158,23 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     return this.store.list();
   }
 
+  /** Machines this server runs for sessions (a cluster node's heartbeat reports it). */
+  runningMachines(): number {
+    return this.live.size;
+  }
+
+  /** Refuses to act on a session another cluster node runs (the API routes such calls to the holder). */
+  private held(idOrName: string): AgentSessionRecord {
+    const record = this.get(idOrName);
+    if (!this.store.holds(record.id)) {
+      throw new TorporError('session-elsewhere', `session ${record.name} runs on another node`, {
+        hint: 'send the request again: any node routes it to the node that holds the session',
+        status: 409,
+      });
+    }
+    return record;
+  }
+
   async create(spec: SessionSpec, options: { name?: string } = {}): Promise<AgentSessionRecord> {
     const id = `s-${randomBytes(6).toString('hex')}`;
     const now = new Date().toISOString();
@@ -133,14 +186,14 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
       // Also checked when the machine starts; checked here first so a refused create leaves no record.
       checkMachineCount(this.limits, this.live.size + this.startingMachines);
     }
-    this.store.insert({ id, name, spec, state: 'creating', turns: 0, createdAt: now, updatedAt: now, lastActivityAt: now });
-    await this.log.append(id, [{ kind: 'metadata', data: { event: 'session-create', image: spec.image, command: spec.command } }]);
+    await this.store.insert({ id, name, spec, state: 'creating', turns: 0, createdAt: now, updatedAt: now, lastActivityAt: now });
+    await this.append(id, [{ kind: 'metadata', data: { event: 'session-create', image: spec.image, command: spec.command } }]);
     return this.serialize(id, async () => {
       try {
         await this.startFresh(id, []);
         return this.update(id, { state: 'idle', lastActivityAt: new Date().toISOString() });
       } catch (error) {
-        this.update(id, { state: 'failed', note: (error as Error).message });
+        await this.update(id, { state: 'failed', note: (error as Error).message });
         throw error;
       }
     });
@@ -176,7 +229,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
       name: `${id}-${Date.now().toString(36)}`,
     });
     await startMachine(machine.id, { pool: this.supervisors });
-    this.update(id, { machineId: machine.id, state: 'running' });
+    await this.update(id, { machineId: machine.id, state: 'running' });
     const connection = await this.attach(id, machine.id);
     connection.send({ type: 'hello', protocol: protocolVersion, sessionId: id, ...(history.length > 0 ? { history } : {}) });
   }
@@ -195,7 +248,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
   /** An invalid line outside a `send`: the log records it (a buggy agent's output is never dropped silently). */
   private async onBackgroundInvalid(id: string, invalid: InvalidAgentEvent): Promise<void> {
     if (!this.live.get(id) || this.turnsInFlight.has(id)) return;
-    await this.log.append(id, [invalidEventEntry(invalid.value, invalid.problem)]).catch(() => {});
+    await this.append(id, [invalidEventEntry(invalid.value, invalid.problem)]).catch(() => {});
   }
 
   /** Events outside a `send` (e.g. a turn that continues after a sleep-until): log them, and act on requests. */
@@ -204,11 +257,11 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     if (!live) return;
     if (!this.turnsInFlight.has(id)) {
       const entries = eventToEntries(event);
-      if (entries.length > 0) await this.log.append(id, entries).catch(() => {});
+      if (entries.length > 0) await this.append(id, entries).catch(() => {});
       if (event.type === 'turn-finish') {
         void this.serialize(id, async () => {
           const record = this.get(id);
-          this.update(id, { state: 'idle', turns: record.turns + 1, lastActivityAt: new Date().toISOString() });
+          await this.update(id, { state: 'idle', turns: record.turns + 1, lastActivityAt: new Date().toISOString() });
         });
       } else if (event.type === 'sleep-until') {
         void this.serialize(id, () => this.hibernate(id, { wakeAt: event.until }));
@@ -239,7 +292,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
   private failSession(id: string, error: unknown): void {
     try {
       if (this.store.get(id)?.state === 'deleted' || this.closed) return;
-      this.update(id, { state: 'failed', note: `the server failed handling this session's agent: ${error instanceof Error ? error.message : String(error)}` });
+      void this.update(id, { state: 'failed', note: `the server failed handling this session's agent: ${error instanceof Error ? error.message : String(error)}` }).catch(() => {});
     } catch {
       // The store itself failed: the process-level guard logs what escapes here.
     }
@@ -268,7 +321,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     await snapshotMachine(machine, { name, stop });
     const previous = record.snapshot;
     // A snapshot older than the log must not be restored as the session's present: remember where it stands.
-    this.update(id, { snapshot: name, snapshotLogOffset: logEnd });
+    await this.update(id, { snapshot: name, snapshotLogOffset: logEnd });
     if (previous) await this.dropSnapshotIfUnused(previous);
     return name;
   }
@@ -302,7 +355,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
 
   /** Delivers a user message; streams the turn's events to `onEvent`; resolves when the turn ends or suspends. */
   async send(idOrName: string, content: string, onTurnEvent: (event: SessionEvent) => void = () => {}): Promise<{ turnId: string; events: SessionEvent[] }> {
-    const id = this.get(idOrName).id;
+    const id = this.held(idOrName).id;
     // Every event of a turn also goes to 'event' listeners (the durable event stream records them).
     const onEvent = (event: SessionEvent) => {
       this.emit('event', id, event);
@@ -314,8 +367,8 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
       else if (record.state === 'failed') await this.recover(id, record.note ?? 'the session had failed');
       if (!this.live.get(id)) await this.recover(id, 'the machine was not attached');
       const turnId = `t-${randomBytes(4).toString('hex')}`;
-      const { offsets } = await this.log.append(id, [{ kind: 'message', role: 'user', content, metadata: { turnId } }]);
-      this.update(id, { state: 'running', lastActivityAt: new Date().toISOString() });
+      const { offsets } = await this.append(id, [{ kind: 'message', role: 'user', content, metadata: { turnId } }]);
+      await this.update(id, { state: 'running', lastActivityAt: new Date().toISOString() });
       let turn: { events: SessionEvent[]; suspendedUntil?: string };
       try {
         turn = await this.deliver(id, turnId, content, onEvent);
@@ -337,7 +390,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
         return { turnId, events };
       }
       const turns = this.get(id).turns + 1;
-      this.update(id, { state: 'idle', turns, lastActivityAt: new Date().toISOString() });
+      await this.update(id, { state: 'idle', turns, lastActivityAt: new Date().toISOString() });
       // Rewind: snapshot the machine as this turn left it, right after the turn (queued behind it,
       // ahead of the next message), so that the reply is not held up by it.
       if (this.turnSnapshots > 0) void this.serialize(id, () => this.snapshotTurn(id, turns)).catch(() => {});
@@ -365,7 +418,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
         // One chain per turn keeps the log in the order the agent spoke.
         if (entries.length === 0) return;
         appended = appended
-          .then(() => this.log.append(id, entries))
+          .then(() => this.append(id, entries))
           .then(
             () => undefined,
             (error: Error) => onEvent({ type: 'error', message: `log append failed: ${error.message}` }),
@@ -414,14 +467,14 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
   private async hibernate(id: string, options: { wakeAt?: string } = {}): Promise<void> {
     const record = this.get(id);
     if (!record.machineId || !['idle', 'running'].includes(record.state)) return;
-    this.update(id, { state: 'hibernating' });
+    await this.update(id, { state: 'hibernating' });
     const live = this.live.get(id);
     this.live.delete(id);
     try {
       await this.takeSnapshot(id, true);
     } catch (error) {
       if (live) this.live.set(id, live);
-      this.update(id, { state: 'idle', note: `could not hibernate, kept running: ${(error as Error).message}`, lastActivityAt: new Date().toISOString() });
+      await this.update(id, { state: 'idle', note: `could not hibernate, kept running: ${(error as Error).message}`, lastActivityAt: new Date().toISOString() });
       if (options.wakeAt && live) {
         // The agent awaits its wake either way: deliver it at the time asked, from the running machine.
         const delay = Math.max(0, Date.parse(options.wakeAt) - Date.now());
@@ -432,19 +485,29 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     live?.connection.close();
     const machine = await readMachineConfig(record.machineId).catch(() => undefined);
     if (machine) await removeMachine(machine, { force: true }).catch(() => {});
-    this.update(id, { state: 'hibernated', machineId: undefined, wakeAt: options.wakeAt });
+    let note: string | undefined;
+    const snapshot = this.get(id).snapshot;
+    if (this.replication && snapshot) {
+      // Other nodes can then wake it; if the push fails, they rebuild it from the log instead.
+      note = await this.replication.push(snapshot).then(
+        () => undefined,
+        (error: Error) => `snapshot ${snapshot} stays on this node only: ${error.message}`,
+      );
+    }
+    await this.update(id, { state: 'hibernated', machineId: undefined, wakeAt: options.wakeAt, ...(note ? { note } : {}) });
   }
 
   private async wake(id: string, reason: 'message' | 'timer', onEvent: (event: SessionEvent) => void = () => {}): Promise<AgentSessionRecord> {
     const record = this.get(id);
     // Refuse before touching the record: a session refused for lack of room stays hibernated.
     if (this.limits) checkMachineCount(this.limits, this.live.size + this.startingMachines);
-    this.update(id, { state: 'waking' });
+    await this.update(id, { state: 'waking' });
     onEvent({ type: 'session-state', state: 'waking' });
     try {
+      await this.replication?.ensureLocal(record.snapshot!);
       const { connection } = await this.withMachineSlot(async () => {
         const machine = await restoreMachine(record.snapshot!, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
-        this.update(id, { machineId: machine.id, state: 'running' });
+        await this.update(id, { machineId: machine.id, state: 'running' });
         return { connection: await this.attach(id, machine.id) };
       });
       // The agent was asleep (sleep-until) or idle (waiting for a message): either way this continues it.
@@ -477,11 +540,12 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     const logEnd = (await this.log.read(id, { from: 0, limit: 1 })).endOffset;
     if (record.snapshot && record.snapshotLogOffset === (options.historyBefore ?? logEnd)) {
       try {
+        await this.replication?.ensureLocal(record.snapshot);
         await readSnapshot(record.snapshot);
         const snapshot = record.snapshot;
         const connection = await this.withMachineSlot(async () => {
           const machine = await restoreMachine(snapshot, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
-          this.update(id, { machineId: machine.id, state: 'idle', note: `${why}; recovered from snapshot ${snapshot}` });
+          await this.update(id, { machineId: machine.id, state: 'idle', note: `${why}; recovered from snapshot ${snapshot}` });
           return this.attach(id, machine.id);
         });
         connection.send({ type: 'wake', reason: 'message' });
@@ -493,7 +557,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     const history = await readBoundedHistory(this.log, id, { to: options.historyBefore, maxBytes: this.maxHistoryBytes });
     await this.startFresh(id, history.entries);
     const kept = history.truncated ? `the newest ${history.entries.length} entries, from offset ${history.from}` : `${history.entries.length} entries`;
-    this.update(id, { state: 'idle', note: `${why}; rebuilt on a fresh machine from the context log (${kept})` });
+    await this.update(id, { state: 'idle', note: `${why}; rebuilt on a fresh machine from the context log (${kept})` });
   }
 
   /**
@@ -501,7 +565,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
    * (machine from the turn's snapshot, log forked at the offset the turn ended at).
    */
   async fork(idOrName: string, options: { name?: string; atTurn?: number } = {}): Promise<AgentSessionRecord> {
-    const source = this.get(idOrName);
+    const source = this.held(idOrName);
     return this.serialize(source.id, async () => {
       const current = this.get(source.id);
       let snapshot = current.snapshot;
@@ -528,7 +592,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
       await this.log.fork(source.id, logEnd, { name: id });
       const now = new Date().toISOString();
       // The fork starts hibernated on the shared snapshot; its first message restores its own machine.
-      this.store.insert({
+      await this.store.insert({
         id,
         name: options.name ?? id,
         spec: current.spec,
@@ -546,7 +610,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
   }
 
   async delete(idOrName: string): Promise<void> {
-    const record = this.get(idOrName);
+    const record = this.held(idOrName);
     await this.serialize(record.id, async () => {
       const live = this.live.get(record.id);
       this.live.delete(record.id);
@@ -555,7 +619,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
         const machine = await readMachineConfig(record.machineId).catch(() => undefined);
         if (machine) await removeMachine(machine, { force: true }).catch(() => {});
       }
-      this.update(record.id, { state: 'deleted', machineId: undefined });
+      await this.update(record.id, { state: 'deleted', machineId: undefined });
       if (record.snapshot) await this.dropSnapshotIfUnused(record.snapshot);
       for (const past of this.turnHistory.list(record.id)) {
         this.turnHistory.remove(record.id, past.turn);
@@ -567,19 +631,60 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
   /** On server start: reattach to machines that still run, recover the rest; hibernated sessions wait for their timers. */
   async recoverAll(): Promise<void> {
     for (const record of this.store.list()) {
+      if (!this.store.holds(record.id)) continue;
       if (!activeStates.includes(record.state) && record.state !== 'hibernating') continue;
       await this.serialize(record.id, async () => {
         if (record.machineId) {
           const machine = await findMachine(record.machineId).catch(() => undefined);
           if (machine && (await effectiveState(machine)).status === 'running') {
             await this.attach(record.id, machine.id);
-            this.update(record.id, { state: 'idle', lastActivityAt: new Date().toISOString() });
+            await this.update(record.id, { state: 'idle', lastActivityAt: new Date().toISOString() });
             return;
           }
         }
         await this.recover(record.id, 'the server restarted and the machine was gone');
-      }).catch((error: Error) => this.update(record.id, { state: 'failed', note: error.message }));
+      }).catch((error: Error) => this.update(record.id, { state: 'failed', note: error.message }).catch(() => {}));
     }
+  }
+
+  /**
+   * Takes over a session whose node died (the cluster calls this once it holds the lease). A
+   * hibernated session just waits here for its next message or timer. A session that was awake is
+   * brought back from its snapshot or its log; a turn that was in flight is retried once when
+   * nothing of its reply reached the log, and otherwise stands as recorded (never answered twice).
+   */
+  async adopt(id: string, why: string): Promise<{ retriedTurn?: string }> {
+    return this.serialize(id, async () => {
+      const record = this.held(id);
+      if (record.state === 'hibernated' || record.state === 'deleted') return {};
+      const unanswered = await this.unansweredTurn(id);
+      if (!unanswered) {
+        await this.recover(id, why);
+        return {};
+      }
+      await this.recover(id, `${why}; retrying turn ${unanswered.turnId}`, { historyBefore: unanswered.offset });
+      const onEvent = (event: SessionEvent) => this.emit('event', id, event);
+      await this.update(id, { state: 'running', lastActivityAt: new Date().toISOString() });
+      const turn = await this.deliver(id, unanswered.turnId, unanswered.content, onEvent);
+      if (turn.suspendedUntil) await this.hibernate(id, { wakeAt: turn.suspendedUntil });
+      else await this.update(id, { state: 'idle', turns: this.get(id).turns + 1, lastActivityAt: new Date().toISOString() });
+      return { retriedTurn: unanswered.turnId };
+    });
+  }
+
+  /** The newest user message, when no entry of its turn follows it in the log (its reply never arrived). */
+  private async unansweredTurn(id: string): Promise<{ turnId: string; content: string; offset: number } | undefined> {
+    const end = (await this.log.read(id, { from: 0, limit: 0 })).endOffset;
+    const { entries } = await this.log.read(id, { from: Math.max(0, end - 200) });
+    for (let index = entries.length - 1; index >= 0; index--) {
+      const entry = entries[index]!.entry;
+      const turnId = entry.metadata?.turnId;
+      if (typeof turnId !== 'string') continue;
+      if (entry.kind !== 'message' || entry.role !== 'user') return undefined; // the newest turn has a reply
+      if (typeof entry.content !== 'string') return undefined;
+      return { turnId, content: entry.content, offset: entries[index]!.offset };
+    }
+    return undefined;
   }
 
   private ticking = false;
@@ -590,6 +695,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     try {
       const now = Date.now();
       for (const record of this.store.list()) {
+        if (!this.store.holds(record.id)) continue;
         if (record.state === 'idle' && record.machineId && now - Date.parse(record.lastActivityAt) >= record.spec.idleSeconds * 1000) {
           await this.serialize(record.id, async () => {
             const current = this.get(record.id);
@@ -616,7 +722,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     await Promise.race([Promise.allSettled([...this.queues.values()]), new Promise((resolve) => setTimeout(resolve, 5000).unref())]);
     for (const live of this.live.values()) live.connection.close();
     this.live.clear();
-    this.store.close();
+    await this.store.close();
     this.turnHistory.close();
   }
 }

@@ -100,6 +100,7 @@ function fromRow(row: Row): AgentSessionRecord {
  * does not change an existing table. The `spec` column is JSON (`SessionSpec`): new fields there
  * must be optional, because every stored session keeps the spec it was created with.
  */
+// Fits SessionRecordStore (session-record-store.ts) by shape; naming it here would make the two files import each other.
 export class SessionStore {
   private readonly database: Database.Database;
 
@@ -178,6 +179,16 @@ export class SessionStore {
   list(options: { includeDeleted?: boolean } = {}): AgentSessionRecord[] {
     const rows = this.database.prepare(`SELECT * FROM sessions ${options.includeDeleted ? '' : "WHERE state != 'deleted'"} ORDER BY created_at`).all() as Row[];
     return rows.map(fromRow);
+  }
+
+  /** One server runs every session it knows. */
+  holds(): boolean {
+    return true;
+  }
+
+  /** No other node can take a session over, so appends need no fence. */
+  logFence(): undefined {
+    return undefined;
   }
 
   close(): void {

@@ -113,6 +113,17 @@ export function ensureAdminToken(stateDirectory: string): { token: string; creat
   return { token: readTokenFile(paths.adminToken)!, created, path: paths.adminToken };
 }
 
+/**
+ * Makes `token` the state directory's full-access token: a cluster node serves with the cluster's
+ * shared token, and the CLI on that node finds it where it always looks.
+ */
+export function writeAdminToken(stateDirectory: string, token: string): void {
+  const paths = apiTokenPaths(stateDirectory);
+  ensurePrivateDirectory(paths.directory);
+  if (readTokenFile(paths.adminToken) === token) return;
+  writePrivateFile(paths.adminToken, `${token}\n`, false);
+}
+
 function readScopedTokens(path: string): ScopedTokenRecord[] {
   let text: string;
   try {

@@ -9,8 +9,10 @@ import { isLoopbackAddress } from '../../api/request-guards.ts';
 import { installProcessGuards } from '../../api/process-guards.ts';
 import { parseByteSize, resolveLimits, type ResourceLimits } from '../../runtime/limits.ts';
 import { collect } from '../output.ts';
+import { startClusterFromFlags, type ClusterFlags } from './cluster-serve.ts';
+import type { ClusterNode } from '../../cluster/cluster-node.ts';
 
-interface ServeFlags {
+interface ServeFlags extends ClusterFlags {
   port: string;
   host: string;
   postgres?: string;
@@ -72,6 +74,11 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
       '--warm-memory <MiB>',
       'keep the RAM of recently hibernated sessions in tmpfs up to this many MiB, so their wake skips the store (default: TORPOR_WARM_MEMORY or 0)',
     )
+    .option('--cluster <postgres-url>', 'run as a node of the cluster whose control plane is this PostgreSQL database (TORPOR_CLUSTER)')
+    .option('--store <s3-url>', 'with --cluster: share snapshots through this object store, s3://BUCKET/PREFIX (TORPOR_STORE, TORPOR_S3_*)')
+    .option('--node-name <name>', "with --cluster: this node's name, unique in the cluster (default the host name; TORPOR_NODE_NAME)")
+    .option('--advertise-url <url>', 'with --cluster: where other nodes reach this one (default the address it listens on; TORPOR_ADVERTISE_URL)')
+    .option('--lease-seconds <n>', "with --cluster: seconds without a node's heartbeat before its sessions are taken over (default 10; TORPOR_LEASE_SECONDS)")
     .option('--json', 'print where the server listens, its token file and limits as one JSON line')
     .action(async (options: ServeFlags) => {
       if (!/^\d+$/.test(options.port) || Number(options.port) > 65535) {
@@ -93,9 +100,8 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
       let server;
       let limits: ResourceLimits;
       let uninstallGuards: (() => void) | undefined;
+      let cluster: ClusterNode | undefined;
       try {
-        const warning = checkListenAddress(options, directory);
-        if (warning) io.stderr.write(warning);
         limits = resolveLimits(io.environment, {
           maxCpus: options.maxCpus,
           maxMemoryMiB: options.maxMemory,
@@ -109,7 +115,11 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
         // Memory files, machine configs (env) and the token: private to this user, whatever the umask was.
         process.umask(0o077);
         ensureDirectory(directory);
-        const { created } = ensureAdminToken(directory);
+        // A node serves with the cluster's token (written to the state directory), so it exists before the remote check.
+        cluster = await startClusterFromFlags(options, { environment: io.environment, stateDirectory: directory, limits, log: (line) => io.stderr.write(`${line}\n`) });
+        const warning = checkListenAddress(options, directory);
+        if (warning) io.stderr.write(warning);
+        const { created } = cluster ? { created: false } : ensureAdminToken(directory);
         if (created && !options.json)
           io.stdout.write(
             `torpor: created the API token ${apiTokenPaths(directory).adminToken} (the torpor CLI on this machine finds it; other clients: torpor token show)\n`,
@@ -122,8 +132,10 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
           serverNames,
           maxRequestBodyBytes: maxBodyBytes(options, io.environment),
           sessions: { limits },
+          ...(cluster ? { cluster, advertiseUrl: options.advertiseUrl ?? io.environment.TORPOR_ADVERTISE_URL } : {}),
         });
       } catch (error) {
+        await cluster?.close().catch(() => {});
         io.stderr.write(`torpor: ${(error as Error).message}\n${error instanceof TorporError && error.hint ? `  hint: ${error.hint}\n` : ''}`);
         io.setExitCode(1);
         return;
@@ -131,13 +143,15 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
       uninstallGuards = installProcessGuards((text) => io.stderr.write(text));
       // Tell CLI invocations where the server is, so they read and write through it.
       ensureDirectory(directory);
-      const info: ServerInfo = { url: server.url, pid: process.pid, storage: options.postgres ? 'postgres' : paths.database };
+      const info: ServerInfo = { url: server.url, pid: process.pid, storage: options.postgres || cluster ? 'postgres' : paths.database };
       const temporary = `${paths.serverInfo}.${process.pid}.tmp`;
       writeFileSync(temporary, `${JSON.stringify(info)}\n`, { mode: 0o600 });
       renameSync(temporary, paths.serverInfo);
-      const storage = options.postgres ? 'PostgreSQL' : `SQLite ${paths.database}`;
+      const storage = cluster ? `the cluster's PostgreSQL, as node ${cluster.name}` : options.postgres ? 'PostgreSQL' : `SQLite ${paths.database}`;
       if (options.json)
-        io.stdout.write(`${JSON.stringify({ url: server.url, tokenFile: apiTokenPaths(directory).adminToken, storage: info.storage, limits })}\n`);
+        io.stdout.write(
+          `${JSON.stringify({ url: server.url, tokenFile: apiTokenPaths(directory).adminToken, storage: info.storage, limits, ...(cluster ? { node: cluster.name } : {}) })}\n`,
+        );
       else
         io.stdout.write(
           `torpor API listening on ${server.url} (context log in ${storage}; requests need the token in ${apiTokenPaths(directory).adminToken})\n`,

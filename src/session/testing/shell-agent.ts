@@ -34,6 +34,8 @@ while read -r line; do
       echo "{\"type\":\"sleep-until\",\"turnId\":\"$turn\",\"until\":\"$until\",\"reason\":\"rate limited\"}"
       continue
     fi
+    # A turn that takes a while: long enough to kill its node in the middle of it.
+    [ "$text" = "slow" ] && sleep 4
     alive=no; kill -0 $child 2>/dev/null && alive=yes
     reply="turn $turns: $text; notes $(wc -l < /root/notes.txt); child $alive"
     echo "{\"type\":\"text-delta\",\"turnId\":\"$turn\",\"delta\":\"$reply\"}"
