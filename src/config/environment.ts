@@ -77,6 +77,12 @@ export const variables = {
   ),
   TORPOR_LAZY_PREFETCH: variable(flag('1', true), '`1`', "`0` does not prefetch a snapshot's recorded working set on restore"),
   TORPOR_TRACK_WRITES: variable(flag('1', true), '`1`', '`0` hashes every loaded chunk at a snapshot instead of only those written since the last one'),
+  TORPOR_ZERO_FREED_MEMORY: variable(
+    flag('1', true),
+    '`1`',
+    '`0` boots new machines without `init_on_free=1` (freed guest pages then keep old bytes, which snapshots store)',
+  ),
+  TORPOR_DROP_GUEST_CACHES: variable(flag('1', true), '`1`', "`0` keeps the guest's clean page cache in a hibernation's snapshot"),
   TORPOR_VERIFY_WRITE_TRACKING: variable(flag('1', false), '`0`', '`1` checks every chunk write tracking calls unchanged (tests)'),
   TORPOR_WARM_MEMORY: variable(
     optionalWholeNumber(0),
