@@ -555,7 +555,7 @@ export class Supervisor {
         if (known.status?.tracking) {
           // Still paused: protect again, so the next snapshot reads only chunks written after this one.
           this.writeBaseline = await protectGuestMemory(this.memoryFile()).then(
-            (generation) => ({ generation, chunks: manifest.memory.chunks }),
+            (generation) => ({ generation, chunks: manifest.memory.chunks, deltaBases: manifest.memory.deltaBases ?? {} }),
             () => null,
           );
         }
