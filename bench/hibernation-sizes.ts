@@ -1,7 +1,7 @@
-// Smaller hibernations (issue 11): what a hibernated coding agent costs in the store, with each
-// thing the guest kernel offers to not store freed memory, side by side with today's design in one
-// run: init_on_free=1 on the guest kernel command line (TORPOR_ZERO_FREED_MEMORY), dropping the
-// guest's clean caches before a hibernation (TORPOR_DROP_GUEST_CACHES), both, and neither.
+// Smaller hibernations (issue 11): what a hibernated coding agent costs in the store, side by side
+// with today's design in one run: init_on_free=1 on the guest kernel command line
+// (TORPOR_ZERO_FREED_MEMORY), 4 KiB page deltas (TORPOR_PAGE_DELTAS), dropping the guest's clean
+// caches before a hibernation (TORPOR_DROP_GUEST_CACHES), and combinations.
 // Called by bench/lazy-memory.ts (`coding`); on its own (it sets up its own state directory):
 //   node --import tsx bench/hibernation-sizes.ts [turns]
 import { MiB, percentile, ms, sleep, codingAgentSpec } from './support.ts';
@@ -10,13 +10,15 @@ export interface HibernationVariant {
   name: string;
   zeroFreed: boolean;
   dropCaches: boolean;
+  pageDeltas: boolean;
 }
 
 export const hibernationVariants: HibernationVariant[] = [
-  { name: 'today (neither)', zeroFreed: false, dropCaches: false },
-  { name: 'init_on_free=1', zeroFreed: true, dropCaches: false },
-  { name: 'drop caches', zeroFreed: false, dropCaches: true },
-  { name: 'init_on_free=1 + drop caches', zeroFreed: true, dropCaches: true },
+  { name: 'today (none)', zeroFreed: false, dropCaches: false, pageDeltas: false },
+  { name: 'init_on_free=1', zeroFreed: true, dropCaches: false, pageDeltas: false },
+  { name: '4 KiB deltas', zeroFreed: false, dropCaches: false, pageDeltas: true },
+  { name: 'init_on_free=1 + 4 KiB deltas (default)', zeroFreed: true, dropCaches: false, pageDeltas: true },
+  { name: 'init_on_free=1 + deltas + drop caches', zeroFreed: true, dropCaches: true, pageDeltas: true },
 ];
 
 export interface HibernationSizes {
@@ -50,6 +52,7 @@ export async function measureHibernationSizes(turns: number, progress: (text: st
     for (const variant of hibernationVariants) {
       process.env.TORPOR_ZERO_FREED_MEMORY = variant.zeroFreed ? '1' : '0';
       process.env.TORPOR_DROP_GUEST_CACHES = variant.dropCaches ? '1' : '0';
+      process.env.TORPOR_PAGE_DELTAS = variant.pageDeltas ? '1' : '0';
       // A new manager per variant: supervisors read the environment when they start.
       const manager = new SessionManager({ log, store: new SessionStore(), tickMs: 50, turnTimeoutMs: 180_000 });
       try {
@@ -86,6 +89,7 @@ export async function measureHibernationSizes(turns: number, progress: (text: st
   } finally {
     delete process.env.TORPOR_ZERO_FREED_MEMORY;
     delete process.env.TORPOR_DROP_GUEST_CACHES;
+    delete process.env.TORPOR_PAGE_DELTAS;
     await llm.close();
   }
   return results;

@@ -128,7 +128,8 @@ export async function knownMemoryOf(
   // (no baseline, or an untrusted one: only page-map ids are taken as known)
   const baselineBases = baseline ? baseline.deltaBases : {};
   const deltaBases = status.deltaBases && baselineBases ? { ...status.deltaBases, ...baselineBases } : undefined;
-  return { input: { chunkSize: status.chunkSize, ids, previous, ...(deltaBases ? { deltaBases } : {}) }, status, clean };
+  const deltas = environment().TORPOR_PAGE_DELTAS;
+  return { input: { chunkSize: status.chunkSize, ids, ...(deltas ? { previous } : {}), ...(deltaBases ? { deltaBases } : {}) }, status, clean };
 }
 
 /**
