@@ -828,6 +828,10 @@ static void apply_settings(uint8_t type, uint32_t stream, const unsigned char *p
       }
     } else if (!strcmp(item, "network") && !strcmp(value, "renew")) {
       configure_network();
+    } else if (!strcmp(item, "memory") && !strcmp(value, "drop-caches")) {
+      // Before a hibernation: clean page cache, dentries and inodes are free to drop (the disk has
+      // them), and with init_on_free=1 the pages they held become zero, which a snapshot does not store.
+      write_text("/proc/sys/vm/drop_caches", "3");
     }
   }
   (void)type;

@@ -29,6 +29,10 @@
  *   512 one byte per chunk: 1 once served (padded to 8)   then u32 pairs (chunk index, ms since
  *   start) in served order   then one byte per chunk: 1 once written since the last protect round
  * Beside it, the unix socket <status file>.sock takes "protect" requests (a new dirty generation).
+ * A store chunk file may be a 4 KiB page delta against a base chunk (format in
+ * src/snapshot/chunk-delta.ts: a skippable frame 0x184D2A53 naming the base and the changed pages,
+ * then those pages); the base is loaded (at most delta_depth files deep), the pages put in place,
+ * and the result verified against the chunk's id like any other chunk.
  *
  * With -DTORPOR_LAZY_MEMORY_PROBE the file builds a small program instead that checks this kernel
  * lets the current user register a shared tmpfs mapping and serve a fault (userfaultfd may be off).
@@ -233,9 +237,21 @@ static struct {
   int control_fd;
 } lazy;
 
+#define delta_magic 0x184D2A53u
+#define delta_depth 4
+
+/* Base chunks of deltas, opened before QEMU drops privileges (see open_store_chunks). */
+static struct {
+  char (*ids)[32];
+  int *fds;
+  uint32_t count, capacity;
+} bases;
+
 /* One per serving thread (faults, prefetch): buffers and a zstd context are not shared. */
 struct workspace {
   uint8_t *chunk, *compressed;
+  /* per delta level: the changed pages of a delta being applied */
+  uint8_t *pages[delta_depth];
   ZSTD_DCtx *decompressor;
 };
 
@@ -291,6 +307,8 @@ static int chunk_path(const uint8_t *hex, char id[33], char path[64]) {
  * keyed on the id's first 64 bits). A file that cannot be opened now is tried again at fault time,
  * where its error is reported.
  */
+static void open_delta_bases(int fd);
+
 static void open_store_chunks(void) {
   lazy.store_fds = malloc((size_t)lazy.chunk_count * sizeof(int));
   uint32_t table_size = 16;
@@ -322,8 +340,47 @@ static void open_store_chunks(void) {
     char id[33], path[64];
     if (chunk_path(record + 16, id, path) != 0) fail("page map holds an invalid chunk id");
     lazy.store_fds[index] = openat(lazy.chunks_fd, path, O_RDONLY | O_CLOEXEC);
+    open_delta_bases(lazy.store_fds[index]);
   }
   free(table);
+}
+
+static int base_fd(const uint8_t *hex) {
+  for (uint32_t index = 0; index < bases.count; index++) {
+    if (memcmp(bases.ids[index], hex, 32) == 0) return bases.fds[index];
+  }
+  return -1;
+}
+
+/* The base id of a delta chunk file (its first bytes), or 0 when the file is a whole chunk. */
+static int delta_base_of(int fd, uint8_t base[32]) {
+  uint8_t head[48];
+  if (read_fully(fd, head, sizeof head, 0) != 0) return 0;
+  uint32_t magic;
+  memcpy(&magic, head, 4);
+  if (magic != delta_magic || memcmp(head + 8, "TORPDLT1", 8) != 0) return 0;
+  memcpy(base, head + 16, 32);
+  return 1;
+}
+
+/* Follows a delta's chain of bases, opening each base file once (they are shared by many deltas). */
+static void open_delta_bases(int fd) {
+  uint8_t base[32];
+  for (int depth = 0; depth < delta_depth && fd >= 0 && delta_base_of(fd, base); depth++) {
+    if (base_fd(base) >= 0) return;
+    char id[33], path[64];
+    if (chunk_path(base, id, path) != 0) return; /* reported when the delta is loaded */
+    if (bases.count == bases.capacity) {
+      bases.capacity = bases.capacity ? bases.capacity * 2 : 64;
+      bases.ids = realloc(bases.ids, (size_t)bases.capacity * 32);
+      bases.fds = realloc(bases.fds, (size_t)bases.capacity * sizeof(int));
+      if (!bases.ids || !bases.fds) fail("out of memory");
+    }
+    fd = openat(lazy.chunks_fd, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return; /* tried again, and reported, at fault time */
+    memcpy(bases.ids[bases.count], base, 32);
+    bases.fds[bases.count++] = fd;
+  }
 }
 
 static void load_map(const char *path) {
@@ -402,6 +459,7 @@ static void create_workspace(struct workspace *workspace) {
   workspace->chunk = malloc(lazy.chunk_size);
   workspace->compressed = malloc(lazy.compressed_capacity);
   workspace->decompressor = ZSTD_createDCtx();
+  for (int depth = 0; depth < delta_depth; depth++) workspace->pages[depth] = NULL;
   if (!workspace->chunk || !workspace->compressed || !workspace->decompressor) fail("out of memory");
 }
 
@@ -413,10 +471,15 @@ static int matches_id(const uint8_t *data, size_t length, const uint8_t *hex) {
   return memcmp(text, hex, 32) == 0;
 }
 
-static void load_from_store(struct workspace *workspace, uint32_t chunk, const uint8_t *hex, size_t length) {
+/*
+ * Reads the chunk `hex` into workspace->chunk (`length` bytes) and verifies it. `opened`: its file,
+ * if already open (-1: look among the delta bases, then open it). A delta loads its base first
+ * (depth + 1), then puts its changed pages in place; every level is checked against its own id.
+ */
+static void load_chunk(struct workspace *workspace, int opened, const uint8_t *hex, size_t length, int depth) {
   char id[33], path[64];
   if (chunk_path(hex, id, path) != 0) fail("page map holds an invalid chunk id");
-  int opened = lazy.store_fds ? lazy.store_fds[chunk] : -1;
+  if (opened < 0) opened = base_fd(hex);
   int fd = opened >= 0 ? opened : openat(lazy.chunks_fd, path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail("chunk %s is missing from the snapshot store (%s/%s): %s", id, lazy.chunks_directory, path, strerror(errno));
   struct stat status;
@@ -424,11 +487,48 @@ static void load_from_store(struct workspace *workspace, uint32_t chunk, const u
   if (status.st_size <= 0 || (size_t)status.st_size > lazy.compressed_capacity) fail("chunk %s has an impossible size (%lld bytes)", id, (long long)status.st_size);
   if (read_fully(fd, workspace->compressed, (size_t)status.st_size, 0) != 0) fail("cannot read chunk %s: %s", id, strerror(errno));
   if (fd != opened) close(fd);
+  uint32_t magic;
+  memcpy(&magic, workspace->compressed, 4);
+  if (status.st_size >= 56 && magic == delta_magic) {
+    /* A delta: its header names the base and which pages it holds. */
+    const uint8_t *head = workspace->compressed;
+    uint32_t payload, chunk_length, page_count;
+    memcpy(&payload, head + 4, 4);
+    memcpy(&chunk_length, head + 48, 4);
+    memcpy(&page_count, head + 52, 4);
+    size_t page_total = length / PAGE, bitmap_bytes = (page_total + 7) / 8;
+    if (memcmp(head + 8, "TORPDLT1", 8) != 0 || chunk_length != length || length % PAGE != 0 || payload != 48 + bitmap_bytes ||
+        (size_t)status.st_size < 8 + (size_t)payload || page_count > page_total) {
+      fail("chunk %s is a malformed delta", id);
+    }
+    if (depth >= delta_depth) fail("chunk %s: its chain of deltas is longer than %d", id, delta_depth);
+    uint8_t base[32], bitmap[(64u << 20) / PAGE / 8];
+    memcpy(base, head + 16, 32);
+    memcpy(bitmap, head + 56, bitmap_bytes);
+    uint32_t counted = 0;
+    for (size_t page = 0; page < page_total; page++) counted += (bitmap[page / 8] >> (page % 8)) & 1;
+    if (counted != page_count) fail("chunk %s: delta page count does not match its bitmap", id);
+    if (!workspace->pages[depth] && !(workspace->pages[depth] = malloc(lazy.chunk_size))) fail("out of memory");
+    /* Both skippable frames (delta header, seek table) are skipped; the frames carry checksums. */
+    size_t produced = ZSTD_decompressDCtx(workspace->decompressor, workspace->pages[depth], lazy.chunk_size, workspace->compressed, (size_t)status.st_size);
+    if (ZSTD_isError(produced)) fail("chunk %s cannot be decoded: %s", id, ZSTD_getErrorName(produced));
+    if (produced != (size_t)page_count * PAGE) fail("chunk %s holds %zu bytes of pages, expected %zu", id, produced, (size_t)page_count * PAGE);
+    load_chunk(workspace, -1, base, length, depth + 1);
+    for (size_t page = 0, position = 0; page < page_total; page++) {
+      if ((bitmap[page / 8] >> (page % 8)) & 1) memcpy(workspace->chunk + page * PAGE, workspace->pages[depth] + (position++) * PAGE, PAGE);
+    }
+    if (!matches_id(workspace->chunk, length, hex)) fail("chunk %s does not match its hash", id);
+    return;
+  }
   /* Frames carry zstd content checksums (checked here); the seek table's skippable frame is skipped. */
   size_t produced = ZSTD_decompressDCtx(workspace->decompressor, workspace->chunk, length, workspace->compressed, (size_t)status.st_size);
   if (ZSTD_isError(produced)) fail("chunk %s cannot be decoded: %s", id, ZSTD_getErrorName(produced));
   if (produced != length) fail("chunk %s holds %zu bytes, expected %zu", id, produced, length);
   if (!matches_id(workspace->chunk, length, hex)) fail("chunk %s does not match its hash", id);
+}
+
+static void load_from_store(struct workspace *workspace, uint32_t chunk, const uint8_t *hex, size_t length) {
+  load_chunk(workspace, lazy.store_fds ? lazy.store_fds[chunk] : -1, hex, length, 0);
 }
 
 static uint32_t elapsed_ms(void) {
@@ -604,6 +704,7 @@ static void *prefetch_handler(void *unused) {
   }
   free(workspace.chunk);
   free(workspace.compressed);
+  for (int depth = 0; depth < delta_depth; depth++) free(workspace.pages[depth]);
   ZSTD_freeDCtx(workspace.decompressor);
   return NULL;
 }

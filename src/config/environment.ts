@@ -77,6 +77,17 @@ export const variables = {
   ),
   TORPOR_LAZY_PREFETCH: variable(flag('1', true), '`1`', "`0` does not prefetch a snapshot's recorded working set on restore"),
   TORPOR_TRACK_WRITES: variable(flag('1', true), '`1`', '`0` hashes every loaded chunk at a snapshot instead of only those written since the last one'),
+  TORPOR_ZERO_FREED_MEMORY: variable(
+    flag('1', true),
+    '`1`',
+    '`0` boots new machines without `init_on_free=1` (freed guest pages then keep old bytes, which snapshots store)',
+  ),
+  TORPOR_DROP_GUEST_CACHES: variable(
+    flag('1', false),
+    '`0`',
+    "`1` has the guest drop its clean caches before a hibernation (measured: smaller once, but every wake reads them back and the next snapshot stores them again)",
+  ),
+  TORPOR_PAGE_DELTAS: variable(flag('1', true), '`1`', '`0` stores every changed 256 KiB chunk whole instead of as its changed 4 KiB pages'),
   TORPOR_VERIFY_WRITE_TRACKING: variable(flag('1', false), '`0`', '`1` checks every chunk write tracking calls unchanged (tests)'),
   TORPOR_WARM_MEMORY: variable(
     optionalWholeNumber(0),

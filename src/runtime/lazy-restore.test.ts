@@ -203,6 +203,37 @@ test('write tracking: a snapshot reads only the chunks written since the last on
   }
 });
 
+test('a few changed pages are stored as 4 KiB deltas; a lazy restore rebuilds them in the pager, also after gc', async () => {
+  const restored = await restoreMachine('origin@1', { name: 'deltas' });
+  let changedChecksums = '';
+  try {
+    await snapshotMachine(restored, { name: 'deltas@0' });
+    // One 4 KiB page rewritten in the middle of each 1 MiB file: small changes in many chunks.
+    await run(restored, 'for i in $(ls /tmp/data); do dd if=/dev/urandom of=/tmp/data/$i bs=4096 count=1 seek=100 conv=notrunc 2>/dev/null; done');
+    changedChecksums = await run(restored, checksums);
+    assert.notEqual(changedChecksums, expectedChecksums);
+    const manifest = await snapshotMachine(restored, { name: 'deltas@1' }).then(() => readSnapshot('deltas@1'));
+    const deltas = Object.keys(manifest.memory.deltaBases ?? {});
+    assert.equal(manifest.version, 2);
+    assert.ok(deltas.length >= 8, `${deltas.length} chunks stored as deltas`);
+  } finally {
+    await removeMachine(restored, { force: true });
+  }
+  const again = await restoreMachine('deltas@1', { name: 'deltas-again' });
+  try {
+    // Only the machine's pin holds the deltas' bases now: gc must keep them.
+    await deleteSnapshot('deltas@0');
+    await deleteSnapshot('deltas@1');
+    await collectGarbage();
+    assert.equal(await run(again, checksums), changedChecksums, 'every page of the data is back, deltas included');
+    const status = (await readLazyMemoryStatus(memoryOf(again)))!;
+    assert.equal(status.state, 'serving');
+    assert.ok(status.counters.storeChunks > 0);
+  } finally {
+    await removeMachine(again, { force: true });
+  }
+});
+
 test('a running lazy machine keeps its chunks through removal of its snapshot and gc', async () => {
   await snapshotMachine(origin, { name: 'origin@doomed' });
   const restored = await restoreMachine('origin@doomed', { name: 'orphan' });

@@ -92,6 +92,8 @@ export async function confirmPagerServing(memoryFile: string): Promise<void> {
 export interface WriteBaseline {
   generation: number;
   chunks: (string | null)[];
+  /** that snapshot's delta -> base chunk map */
+  deltaBases?: Record<string, string>;
 }
 
 /**
@@ -120,7 +122,14 @@ export async function knownMemoryOf(
     }
     return undefined;
   });
-  return { input: { chunkSize: status.chunkSize, ids }, status, clean };
+  // A changed chunk may be stored as a delta against the chunk it replaces (the capture diffs them).
+  const previous = reference?.chunks.length === status.chunks.length ? reference.chunks : status.chunks;
+  // Known chunks come from the page map and the baseline: the bases of deltas among them, from both.
+  // (no baseline, or an untrusted one: only page-map ids are taken as known)
+  const baselineBases = baseline ? baseline.deltaBases : {};
+  const deltaBases = status.deltaBases && baselineBases ? { ...status.deltaBases, ...baselineBases } : undefined;
+  const deltas = environment().TORPOR_PAGE_DELTAS;
+  return { input: { chunkSize: status.chunkSize, ids, ...(deltas ? { previous } : {}), ...(deltaBases ? { deltaBases } : {}) }, status, clean };
 }
 
 /**

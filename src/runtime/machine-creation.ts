@@ -116,7 +116,13 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
     accelerator: host.accelerator.accelerator,
     kernelPath: host.kernelPath,
     initramfsPath: host.initramfsPath,
-    kernelArguments: host.accelerator.accelerator === 'tcg' ? bootTimingArguments() : [],
+    // init_on_free=1: the guest zeroes pages it frees, and all-zero chunks are neither stored nor
+    // read back, so a snapshot carries what the guest uses, not what it once used (issue 11). Part
+    // of the boot template's name, so machines booted before keep their own template.
+    kernelArguments: [
+      ...(host.accelerator.accelerator === 'tcg' ? bootTimingArguments() : []),
+      ...(environment().TORPOR_ZERO_FREED_MEMORY ? ['init_on_free=1'] : []),
+    ],
     bootTimeoutMs: environment().TORPOR_BOOT_TIMEOUT_MS,
   };
   const diskGiB = options.diskGiB ?? machineDefaults.diskGiB;

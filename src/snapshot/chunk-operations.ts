@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { xxh3 } from '@node-rs/xxhash';
 import { SeekableDecoder, SeekableEncoder } from './seekable-zstd.ts';
+import { applyDelta, changedPages, decodeDeltaHeader, encodeDeltaHeader, gatherPages, isDelta, maximumDeltaDepth } from './chunk-delta.ts';
 
 // The per-chunk work of capture and materialize. Kept free of async and of shared state so the same
 // functions run in a worker thread (chunk-worker.ts) or inline, and a worker needs no coordination.
@@ -16,6 +17,8 @@ export interface CaptureChunkTask {
   chunksDirectory: string;
   compressionLevel: number;
   frameSize: number;
+  /** the chunk at this place in the previous snapshot: store only the changed 4 KiB pages when that is much smaller */
+  deltaBase?: string;
 }
 
 export interface CaptureChunkResult {
@@ -28,6 +31,8 @@ export interface CaptureChunkResult {
   hashMs: number;
   compressMs: number;
   writeMs: number;
+  /** the chunk is stored as a delta (written now or found): every (delta, base) pair a reader of it needs */
+  deltaChain?: [string, string][];
 }
 
 export interface MaterializeChunkTask {
@@ -184,8 +189,18 @@ export function captureChunk(task: CaptureChunkTask): CaptureChunkResult {
   const id = chunkIdOf(data);
   result.id = id;
   result.hashMs = performance.now() - started;
-  if (existsSync(chunkPath(task.chunksDirectory, id))) return result;
-  const encoded = encoderFor(task.frameSize, task.compressionLevel).encode(data);
+  if (existsSync(chunkPath(task.chunksDirectory, id))) {
+    // Found, perhaps as a delta another capture wrote: this snapshot then needs its bases too.
+    const chain = deltaChainOf(task.chunksDirectory, id);
+    if (chain.length) result.deltaChain = chain;
+    return result;
+  }
+  let encoded: Uint8Array = encoderFor(task.frameSize, task.compressionLevel).encode(data);
+  const delta = task.deltaBase && task.deltaBase !== id ? encodeDelta(task, data, encoded.length) : undefined;
+  if (delta) {
+    encoded = delta.encoded;
+    result.deltaChain = delta.chain;
+  }
   const compressed = performance.now();
   result.compressMs = compressed - started - result.hashMs;
   result.temporaryPath = writeTemporaryChunk(task.chunksDirectory, id, encoded);
@@ -194,8 +209,62 @@ export function captureChunk(task: CaptureChunkTask): CaptureChunkResult {
   return result;
 }
 
-/** Reads, decompresses and verifies a chunk; throws ChunkCorruptError unless it is intact. */
-export function loadChunk(chunksDirectory: string, id: string, expectedLength?: number): Buffer {
+/**
+ * The chunk as the changed pages against its base, when that stores less than half of the whole
+ * chunk compressed (each delta costs a restore one more file to read and decompress) and the base
+ * chain stays short. Undefined: store the whole chunk.
+ */
+function encodeDelta(task: CaptureChunkTask, data: Buffer, wholeBytes: number): { encoded: Buffer; chain: [string, string][] } | undefined {
+  if (data.length % pageSize !== 0 || !existsSync(chunkPath(task.chunksDirectory, task.deltaBase!))) return undefined;
+  let base: LoadedChunk;
+  try {
+    base = loadResolved(task.chunksDirectory, task.deltaBase!, data.length, 0);
+  } catch {
+    return undefined; // a damaged base: the whole chunk is stored, the restore of the base's snapshot reports it
+  }
+  if (base.chain.length >= maximumDeltaDepth - 1) return undefined;
+  const pages = changedPages(data, base.data);
+  if (pages.length * pageSize * 4 > data.length) return undefined;
+  const encoded = Buffer.concat([
+    encodeDeltaHeader(task.deltaBase!, data.length, pages),
+    encoderFor(task.frameSize, task.compressionLevel).encode(gatherPages(data, pages)),
+  ]);
+  if (encoded.length * 2 > wholeBytes) return undefined;
+  return { encoded, chain: [[chunkIdOf(data), task.deltaBase!], ...base.chain] };
+}
+
+/** The (delta, base) pairs a stored chunk needs, read from the files' headers ([] for a whole chunk). */
+export function deltaChainOf(chunksDirectory: string, id: string): [string, string][] {
+  const chain: [string, string][] = [];
+  const head = Buffer.alloc(64);
+  for (let current = id; chain.length <= maximumDeltaDepth; ) {
+    let fd: number;
+    try {
+      fd = openSync(chunkPath(chunksDirectory, current), 'r');
+    } catch {
+      return chain; // missing: its reader reports that
+    }
+    let read: number;
+    try {
+      read = readFully(fd, head, 0);
+    } finally {
+      closeSync(fd);
+    }
+    if (!isDelta(head.subarray(0, read))) return chain;
+    const base = head.toString('latin1', 16, 48);
+    chain.push([current, base]);
+    current = base;
+  }
+  return chain;
+}
+
+interface LoadedChunk {
+  data: Buffer;
+  /** (delta, base) pairs read to rebuild it */
+  chain: [string, string][];
+}
+
+function loadResolved(chunksDirectory: string, id: string, expectedLength: number | undefined, depth: number): LoadedChunk {
   const path = chunkPath(chunksDirectory, id);
   let file: Buffer;
   let fd: number;
@@ -212,16 +281,31 @@ export function loadChunk(chunksDirectory: string, id: string, expectedLength?: 
     closeSync(fd);
   }
   let data: Buffer;
+  let chain: [string, string][] = [];
   try {
-    data = decoder.decodeAll(file);
+    if (isDelta(file)) {
+      if (depth >= maximumDeltaDepth) throw new Error(`its chain of deltas is longer than ${maximumDeltaDepth}`);
+      const header = decodeDeltaHeader(file);
+      const base = loadResolved(chunksDirectory, header.baseId, header.chunkLength, depth + 1);
+      data = applyDelta(base.data, header, decoder.decodeAll(file.subarray(header.headerSize)));
+      chain = [[id, header.baseId], ...base.chain];
+    } else {
+      data = decoder.decodeAll(file);
+    }
   } catch (error) {
+    if (error instanceof ChunkCorruptError) throw error;
     throw new ChunkCorruptError(id, `chunk ${id} cannot be decoded: ${(error as Error).message}`);
   }
   if (expectedLength !== undefined && data.length !== expectedLength) {
     throw new ChunkCorruptError(id, `chunk ${id} holds ${data.length} bytes, expected ${expectedLength}`);
   }
   if (chunkIdOf(data) !== id) throw new ChunkCorruptError(id, `chunk ${id} does not match its hash`);
-  return data;
+  return { data, chain };
+}
+
+/** Reads, decompresses (through its base chunks, for a delta) and verifies a chunk; throws ChunkCorruptError unless it is intact. */
+export function loadChunk(chunksDirectory: string, id: string, expectedLength?: number): Buffer {
+  return loadResolved(chunksDirectory, id, expectedLength, 0).data;
 }
 
 /**

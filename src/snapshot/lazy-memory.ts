@@ -29,10 +29,12 @@ export interface LazyMemoryFiles {
   memoryFile: string;
   mapFile: string;
   statusFile: string;
+  /** the snapshot's delta -> base chunk map (JSON): a capture of the machine records the bases of the deltas it keeps */
+  deltasFile: string;
 }
 
 export function lazyMemoryFiles(memoryFile: string): LazyMemoryFiles {
-  return { memoryFile, mapFile: `${memoryFile}.map`, statusFile: `${memoryFile}.pager` };
+  return { memoryFile, mapFile: `${memoryFile}.map`, statusFile: `${memoryFile}.pager`, deltasFile: `${memoryFile}.deltas.json` };
 }
 
 export interface LazyMemorySupport {
@@ -153,7 +155,8 @@ export async function prepareLazyMemory(manifest: SnapshotManifest, options: Pre
     await pinChunks(
       root,
       options.pinKey,
-      manifest.memory.chunks.filter((id): id is string => id !== null),
+      // The bases of its deltas too: the pager reads them to rebuild a delta chunk.
+      [...manifest.memory.chunks.filter((id): id is string => id !== null), ...Object.values(manifest.memory.deltaBases ?? {})],
     );
     const count = manifest.memory.chunks.length;
     if (options.present && options.present.length !== count)
@@ -164,6 +167,7 @@ export async function prepareLazyMemory(manifest: SnapshotManifest, options: Pre
       [files.memoryFile, manifest.memory.size, undefined],
       [files.statusFile, status.length, status],
       [files.mapFile, map.length, map],
+      [files.deltasFile, 0, Buffer.from(JSON.stringify(manifest.memory.deltaBases ?? {}))],
     ] as const) {
       if (path === files.memoryFile && options.present) continue;
       const handle = await open(path, 'w', 0o600);
@@ -210,7 +214,12 @@ export function releaseLazyMemoryPin(pinKey: string): Promise<void> {
 
 export async function removeLazyMemoryFiles(memoryFile: string): Promise<void> {
   const files = lazyMemoryFiles(memoryFile);
-  await Promise.all([rm(files.mapFile, { force: true }), rm(files.statusFile, { force: true }), rm(`${files.statusFile}.sock`, { force: true })]);
+  await Promise.all([
+    rm(files.mapFile, { force: true }),
+    rm(files.statusFile, { force: true }),
+    rm(`${files.statusFile}.sock`, { force: true }),
+    rm(files.deltasFile, { force: true }),
+  ]);
 }
 
 /**
@@ -274,6 +283,8 @@ export interface LazyMemoryStatus {
   writeFaults: number;
   /** 1 per chunk written since the last protect round */
   dirty: Uint8Array;
+  /** the restored snapshot's delta -> base chunk map (undefined: not recorded, read the chunk files) */
+  deltaBases?: Record<string, string>;
 }
 
 /** The pager's view of a lazily restored RAM file; undefined when the file was restored eagerly. */
@@ -295,6 +306,10 @@ export async function readLazyMemoryStatus(memoryFile: string): Promise<LazyMemo
     const id = map.toString('latin1', record + 16, record + 48);
     chunks.push(id === '\0'.repeat(32) ? null : id);
   }
+  const deltaBases = await readFile(files.deltasFile, 'utf8').then(
+    (text) => JSON.parse(text) as Record<string, string>,
+    () => undefined,
+  );
   const counter = (index: number) => Number(status.readBigUInt64LE(16 + index * 8));
   const stateCode = status.readUInt32LE(8);
   const servedOrder = Math.min(counter(10), count);
@@ -330,6 +345,7 @@ export async function readLazyMemoryStatus(memoryFile: string): Promise<LazyMemo
     protectGeneration: counter(12),
     writeFaults: counter(13),
     dirty: new Uint8Array(status.buffer, status.byteOffset + orderStart + count * 8, count).slice(),
+    ...(deltaBases ? { deltaBases } : {}),
   };
 }
 

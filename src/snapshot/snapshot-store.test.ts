@@ -234,6 +234,73 @@ test('gc removes only chunks no snapshot uses, and not while a capture runs', as
   rmSync(join(shm, 'web@3.ram'));
 });
 
+test('4 KiB page deltas: a few changed pages store only those pages; restore, range reads, gc and a bad base stay correct', async () => {
+  const file = writeSyntheticFile(join(shm, 'delta.ram'), { size: 64 * MiB, liveBytes: 24 * MiB, randomShare: 0.5, seed: 61 });
+  const base = await captureSnapshot({ name: 'delta@1', memoryFile: file.path, deviceState, metadata: {} });
+  spawnSync('cp', ['--sparse=always', file.path, join(shm, 'delta-1.ram')]);
+  // One page in each of many chunks, as a guest kernel spreads a small write.
+  const changed = changePages(file, { share: 0.004, seed: 62, maxRun: 1, randomShare: 1 });
+  const touched = chunksTouched(changed, base.memory.chunkSize).size;
+  const known = { chunkSize: base.memory.chunkSize, ids: base.memory.chunks.map(() => undefined), previous: base.memory.chunks };
+  const second = await captureSnapshot({ name: 'delta@2', memoryFile: file.path, deviceState, metadata: {}, knownMemory: known });
+  const deltas = Object.keys(second.memory.deltaBases ?? {});
+  assert.equal(second.version, 2, 'a manifest with deltas is version 2 (an older torpor refuses it instead of losing bases)');
+  assert.ok(deltas.length >= touched * 0.6, `${deltas.length} of ${touched} changed chunks stored as deltas`);
+  for (const id of deltas) assert.equal(second.memory.deltaBases![id], base.memory.chunks[second.memory.chunks.indexOf(id)]);
+  assert.ok(second.stats.newCompressedBytes < touched * 24 * 1024, `${second.stats.newCompressedBytes} bytes for ${touched} chunks with one page changed each`);
+  // A third generation: a delta against a delta.
+  const third = await captureSnapshot({
+    name: 'delta@3',
+    memoryFile: file.path,
+    deviceState,
+    metadata: {},
+    knownMemory: { ...known, previous: second.memory.chunks, deltaBases: second.memory.deltaBases },
+  });
+  assert.deepEqual(third.memory.chunks, second.memory.chunks, 'nothing changed: same ids, no new chunk');
+  assert.deepEqual(third.memory.deltaBases, second.memory.deltaBases, 'the bases of reused deltas are carried over');
+  changePages(file, { share: 0.004, seed: 63, maxRun: 1, randomShare: 1 });
+  const fourth = await captureSnapshot({
+    name: 'delta@4',
+    memoryFile: file.path,
+    deviceState,
+    metadata: {},
+    knownMemory: { ...known, previous: third.memory.chunks, deltaBases: third.memory.deltaBases },
+  });
+  const chained = Object.entries(fourth.memory.deltaBases ?? {}).filter(([, baseId]) => fourth.memory.deltaBases![baseId] !== undefined);
+  assert.ok(chained.length > 0, 'some deltas have deltas as bases');
+  // The older snapshots go; gc keeps every base the newest needs.
+  for (const name of ['delta@1', 'delta@2', 'delta@3']) await removeSnapshot(name);
+  await collectGarbage();
+  await materializeSnapshot('delta@4', { memoryFile: join(shm, 'delta-4.ram') });
+  assert.ok(sameFileContent(file.path, join(shm, 'delta-4.ram')), 'a snapshot of deltas restores byte for byte');
+  const usage = (await storeUsage()).snapshots.find((entry) => entry.name === 'delta@4')!;
+  const baseBytes = Object.values(fourth.memory.deltaBases!).reduce((sum, id) => sum + statSync(chunkPath(chunksRoot(), id)).size, 0);
+  assert.ok(usage.exclusiveBytes >= baseBytes, 'the bases it alone needs count as its bytes');
+  // A range read inside a delta chunk rebuilds it.
+  const index = fourth.memory.chunks.indexOf(chained[0]![0]);
+  const range = await readMemoryRange(fourth, index * fourth.memory.chunkSize + 4000, 9000);
+  const expected = Buffer.alloc(9000);
+  const fd = openSync(file.path, 'r');
+  readSync(fd, expected, 0, 9000, index * fourth.memory.chunkSize + 4000);
+  closeSync(fd);
+  assert.deepEqual(range, expected);
+  // A base replaced by another valid chunk: the delta applies, the hash check refuses the result.
+  const [deltaId, baseId] = chained[0]!;
+  const baseFile = chunkPath(chunksRoot(), fourth.memory.deltaBases![baseId]!);
+  const saved = readFileSync(baseFile);
+  const other = fourth.memory.chunks.find((id) => id && id !== deltaId && !(id in fourth.memory.deltaBases!) && !Object.values(fourth.memory.deltaBases!).includes(id))!;
+  rmSync(baseFile, { force: true });
+  writeFileSync(baseFile, readFileSync(chunkPath(chunksRoot(), other)));
+  rmSync(join(shm, 'delta-4.ram'));
+  await assert.rejects(materializeSnapshot('delta@4', { memoryFile: join(shm, 'delta-4.ram') }), isTorporError('snapshot-corrupt', /does not match its hash|holds/));
+  assert.ok(!existsSync(join(shm, 'delta-4.ram')), 'no half-restored RAM file is left');
+  rmSync(baseFile, { force: true });
+  writeFileSync(baseFile, saved);
+  await removeSnapshot('delta@4');
+  await collectGarbage();
+  for (const path of [file.path, join(shm, 'delta-1.ram')]) rmSync(path);
+});
+
 test('a capture killed midway leaves the previous snapshot intact and its leftovers to gc', async () => {
   const small = join(shm, 'crash-small.ram');
   const big = join(shm, 'crash-big.ram');

@@ -7,6 +7,7 @@ import { syncDirectory } from '../util/atomic-file.ts';
 import { chunksWithData, dataExtents } from './extents.ts';
 import {
   ChunkCorruptError,
+  deltaChainOf,
   chunkIdOf,
   chunkPath,
   loadChunk,
@@ -19,6 +20,7 @@ import { discardChunks, publishChunks, type WrittenChunk } from './chunk-publica
 import { beginActivity, withExclusiveStore } from './store-activity.ts';
 import { pinnedChunks } from './chunk-pins.ts';
 import { SeekableDecoder, SeekableEncoder, SeekableFormatError, framesCovering, parseSeekTable, type SeekTable } from './seekable-zstd.ts';
+import { isDelta, maximumDeltaDepth } from './chunk-delta.ts';
 
 export { startSnapshotWorkers, stopSnapshotWorkers } from './worker-pool.ts';
 
@@ -51,7 +53,14 @@ export interface CaptureInput {
    * in, the others are holes that must not be read as zeros (their id is the one in the snapshot
    * it came from); with write tracking, chunks not written since the last snapshot keep its id.
    */
-  knownMemory?: { chunkSize: number; ids: (string | null | undefined)[] };
+  knownMemory?: {
+    chunkSize: number;
+    ids: (string | null | undefined)[];
+    /** per chunk, the id it had in the snapshot before (the page map's, or the last capture's): a changed chunk may be stored as a delta against it */
+    previous?: (string | null)[];
+    /** the bases of the deltas among `ids` (from the manifests they came from); absent: read from the chunk files */
+    deltaBases?: Record<string, string>;
+  };
   /** tuning for benchmarks; the defaults are measured */
   chunkSize?: number;
   compressionLevel?: number;
@@ -62,6 +71,11 @@ export interface ChunkedFile {
   chunkSize: number;
   /** chunk ids in file order; null = all-zero chunk (a hole when materialized) */
   chunks: (string | null)[];
+  /**
+   * Chunks stored as 4 KiB page deltas (chunk-delta.ts): delta id -> the id of its base chunk, for
+   * every delta among `chunks` and their bases (version 2). Readers need the bases; gc keeps them.
+   */
+  deltaBases?: Record<string, string>;
 }
 
 // A type, not an interface: callers read it as a Record<string, unknown> of numbers.
@@ -93,7 +107,8 @@ export type CaptureStats = {
  * `metadata.machine` is the runtime's machine config (see `machineConfigSchema`, versioned there).
  */
 export interface SnapshotManifest {
-  version: 1;
+  /** 2 when a chunked file has `deltaBases`: an older torpor then refuses the manifest (and its gc stops) instead of losing the bases */
+  version: 1 | 2;
   name: string;
   id: string;
   createdAt: string;
@@ -196,7 +211,16 @@ async function captureFile(
       const offset = index * chunkSize;
       const length = Math.min(chunkSize, size - offset);
       scannedBytes += length;
-      const result = await pool.capture({ file, offset, length, chunksDirectory: chunks, compressionLevel, frameSize: defaultFrameSize });
+      const deltaBase = known?.previous?.[index] ?? undefined;
+      const result = await pool.capture({
+        file,
+        offset,
+        length,
+        chunksDirectory: chunks,
+        compressionLevel,
+        frameSize: defaultFrameSize,
+        ...(deltaBase ? { deltaBase } : {}),
+      });
       ids[index] = result.id;
       // Recorded as each arrives, so that a failed capture can remove everything it wrote.
       if (result.id && result.temporaryPath) written.push({ id: result.id, temporaryPath: result.temporaryPath });
@@ -213,6 +237,43 @@ async function captureFile(
     }
   }
   return { chunks: ids, results, scannedBytes, extentsMs };
+}
+
+/**
+ * The delta -> base map a new manifest records: pairs the capture's threads reported (deltas they
+ * wrote or found), pairs of the manifests known chunks came from, and for known chunks without
+ * such a map, the chunk files' headers. Only pairs reachable from `ids` are kept.
+ */
+function deltaBasesOf(
+  chunks: string,
+  outcomes: (ChunkCaptureOutcome | undefined)[],
+  ids: (string | null)[],
+  known: Record<string, string> | undefined,
+  coveredByKnown: Set<string> | undefined,
+): Record<string, string> {
+  const pairs = new Map<string, string>(Object.entries(known ?? {}));
+  const fromThreads = new Set<string>();
+  for (const outcome of outcomes) {
+    for (const result of outcome?.results ?? []) {
+      if (result.id) fromThreads.add(result.id);
+      for (const [delta, base] of result.deltaChain ?? []) pairs.set(delta, base);
+    }
+  }
+  const result: Record<string, string> = {};
+  const visit = (start: string) => {
+    for (let id: string | undefined = start, steps = 0; id && steps <= maximumDeltaDepth; steps++) {
+      let base = pairs.get(id);
+      if (base === undefined && !fromThreads.has(id) && !coveredByKnown?.has(id)) {
+        for (const [delta, next] of deltaChainOf(chunks, id)) pairs.set(delta, next);
+        base = pairs.get(id);
+      }
+      if (base === undefined) return;
+      result[id] = base;
+      id = base;
+    }
+  };
+  for (const id of new Set(ids)) if (id) visit(id);
+  return result;
 }
 
 /** Stores a snapshot: only chunks the store lacks are compressed and written. Durable when it resolves. */
@@ -295,14 +356,22 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
     const synced = performance.now();
     stats.milliseconds.sync = synced - chunksDone;
 
+    const deltaBases = deltaBasesOf(
+      chunks,
+      [memory, disk],
+      [...memory.chunks, ...(disk?.chunks ?? [])],
+      input.knownMemory?.deltaBases,
+      input.knownMemory?.deltaBases ? new Set(input.knownMemory.ids.filter((id): id is string => typeof id === 'string')) : undefined,
+    );
+    const hasDeltas = Object.keys(deltaBases).length > 0;
     const manifest: SnapshotManifest = {
-      version: 1,
+      version: hasDeltas ? 2 : 1,
       name: input.name,
       id: randomBytes(8).toString('hex'),
       createdAt: new Date().toISOString(),
       ...(input.parent !== undefined ? { parent: input.parent } : {}),
       metadata: input.metadata,
-      memory: { size: memorySize, chunkSize, chunks: memory.chunks },
+      memory: { size: memorySize, chunkSize, chunks: memory.chunks, ...(hasDeltas ? { deltaBases } : {}) },
       ...(disk ? { disk: { size: diskSize, chunkSize, chunks: disk.chunks } } : {}),
       deviceState: deviceStateId,
       stats,
@@ -366,7 +435,7 @@ async function publishManifest(root: string, finalPath: string, manifest: Snapsh
 
 function parseManifest(text: string, name: string): SnapshotManifest {
   const manifest = JSON.parse(text) as SnapshotManifest;
-  if (manifest.version !== 1 || !manifest.memory || typeof manifest.deviceState !== 'string') {
+  if ((manifest.version !== 1 && manifest.version !== 2) || !manifest.memory || typeof manifest.deviceState !== 'string') {
     throw new TorporError('snapshot-corrupt', `snapshot ${name} has an unreadable manifest`, { hint: `remove it: torpor snapshots rm ${name}` });
   }
   return manifest;
@@ -595,6 +664,15 @@ export async function readMemoryRange(manifest: SnapshotManifest, offset: number
           throw error;
         }
         try {
+          const head = Buffer.alloc(4);
+          await handle.read(head, 0, 4, 0);
+          if (isDelta(head)) {
+            // A delta has no frames of the whole chunk to pick from: rebuild the chunk (verified).
+            const data = loadChunk(chunks, id, Math.min(layout.chunkSize, layout.size - chunkStart));
+            data.copy(output, position - offset, position - chunkStart, chunkEnd - chunkStart);
+            position = chunkEnd;
+            continue;
+          }
           const table = await seekTableOf(path, id, handle);
           for (const entry of framesCovering(table, position - chunkStart, chunkEnd - position)) {
             const compressed = Buffer.alloc(entry.compressedSize);
@@ -623,10 +701,12 @@ export async function readMemoryRange(manifest: SnapshotManifest, offset: number
   return output;
 }
 
-function referencedChunks(manifest: SnapshotManifest): string[] {
+/** Every chunk a snapshot needs: its chunks, the bases of its deltas, the device state. */
+export function referencedChunks(manifest: SnapshotManifest): string[] {
   const ids: string[] = [manifest.deviceState];
   for (const id of manifest.memory.chunks) if (id) ids.push(id);
   for (const id of manifest.disk?.chunks ?? []) if (id) ids.push(id);
+  for (const file of [manifest.memory, manifest.disk]) ids.push(...Object.values(file?.deltaBases ?? {}));
   return ids;
 }
 
