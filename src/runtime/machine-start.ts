@@ -1,12 +1,11 @@
 import { spawn } from 'node:child_process';
 import { readFile, open } from 'node:fs/promises';
-import { stateHome } from '../state/paths.ts';
 import { TorporError } from '../util/errors.ts';
 import { processMatches } from '../util/process-identity.ts';
 import { type MachineState } from './machine-record.ts';
 import { isLive, machineFiles, readMachineConfig, readMachineState, writeMachineState } from './machine-files.ts';
 import type { SupervisorPool } from './supervisor-pool.ts';
-import { supervisorCommand, supervisorMarker } from './supervisor-process.ts';
+import { supervisorCommand, supervisorEnvironment, supervisorMarker } from './supervisor-process.ts';
 import { effectiveState } from './machine-status.ts';
 import { ensureMemoryRoom, ensurePortsFree } from './host-preparation.ts';
 import { materializeForRestore } from './restore-materialization.ts';
@@ -41,7 +40,7 @@ export async function startMachine(
     child = spawn(process.execPath, [...(await supervisorCommand()), '--standby'], {
       detached: true,
       stdio: ['pipe', log.fd, log.fd],
-      env: { ...process.env, TORPOR_HOME: stateHome() },
+      env: supervisorEnvironment(),
     });
     await log.close();
     child.unref();

@@ -1,5 +1,4 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { stateHome } from '../state/paths.ts';
 
 /**
  * Warm spare supervisors for a long-running host (`torpor serve`): a supervisor process takes
@@ -12,6 +11,7 @@ export class SupervisorPool {
 
   constructor(
     private readonly command: () => Promise<string[]>,
+    private readonly environment: () => NodeJS.ProcessEnv,
     private readonly size = 1,
   ) {}
 
@@ -19,7 +19,7 @@ export class SupervisorPool {
     const child = spawn(process.execPath, [...(await this.command()), '--standby'], {
       detached: true,
       stdio: ['pipe', 'ignore', 'ignore'],
-      env: { ...process.env, TORPOR_HOME: stateHome() },
+      env: this.environment(),
     });
     child.unref();
     child.on('exit', () => {

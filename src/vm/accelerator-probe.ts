@@ -1,11 +1,13 @@
 import { access, constants, mkdir, readFile, rm, writeFile, truncate, mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { release } from 'node:os';
+import { createHash } from 'node:crypto';
 import { qemuDriver } from './qemu-driver.ts';
 import { AgentClient } from '../guest/agent-client.ts';
 import { runCommand } from '../util/command.ts';
 import type { Accelerator } from './machine-spec.ts';
 import { environment } from '../config/environment.ts';
+import { writeFileAtomic } from '../util/atomic-file.ts';
 
 export interface AcceleratorChoice {
   accelerator: Accelerator;
@@ -82,7 +84,10 @@ export async function chooseAccelerator(options: { kernelPath: string; initramfs
   const deviceProblem = await kvmDeviceUsable();
   if (deviceProblem) return { accelerator: 'tcg', reason: `${deviceProblem}; using TCG software emulation (slower)` };
   const key = `${release()}|${options.kernelPath}|${options.initramfsPath}`;
-  const cachePath = join(options.cacheDirectory, 'accelerator.json');
+  // One file per key, not one shared file: two torpor versions (or worktrees) on a host build
+  // different initramfs files, and with a single file each overwrote the other's verdict, so every
+  // start of either paid the 8 s KVM probe again (the 9 s CLI `run --rm` of bench/start.ts).
+  const cachePath = join(options.cacheDirectory, `accelerator-${createHash('sha256').update(key).digest('hex').slice(0, 16)}.json`);
   try {
     const cached = JSON.parse(await readFile(cachePath, 'utf8')) as AcceleratorChoice & { key: string };
     if (cached.key === key) return { accelerator: cached.accelerator, reason: cached.reason };
@@ -100,6 +105,7 @@ export async function chooseAccelerator(options: { kernelPath: string; initramfs
   } finally {
     await rm(workDirectory, { recursive: true, force: true });
   }
-  await writeFile(cachePath, JSON.stringify({ ...choice, key }));
+  // Atomic: a start running beside this one reads the verdict or nothing, never half of it (and probes again).
+  await writeFileAtomic(cachePath, JSON.stringify({ ...choice, key }));
   return choice;
 }

@@ -63,8 +63,12 @@ export const qemuDriver: VmDriver = {
       const exit = await exited;
       throw new TorporError('qemu-failed', `could not start QEMU: ${exit.message}`, { hint: 'run `torpor doctor`' });
     }
+    // Without this the connect loop went on retrying for 15 s after QEMU exited at start, keeping
+    // the process alive (a failed KVM probe held its command 15 s longer).
+    let qemuGone = false;
+    void exited.then(() => (qemuGone = true));
     const qmp = await Promise.race([
-      QmpClient.connect(spec.qmpSocket, 15_000),
+      QmpClient.connect(spec.qmpSocket, 15_000, () => qemuGone),
       exited.then((exit) => {
         throw new TorporError('qemu-failed', `QEMU exited at start (${exit.signal ?? `code ${exit.code}`}): ${exit.message}`, { hint: `see ${logPath}` });
       }),

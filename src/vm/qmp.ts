@@ -37,7 +37,8 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
     socket.on('error', () => {});
   }
 
-  static async connect(path: string, timeoutMs = 10_000): Promise<QmpClient> {
+  /** `givenUp` stops the retries early (QEMU already exited: nobody will ever listen). */
+  static async connect(path: string, timeoutMs = 10_000, givenUp: () => boolean = () => false): Promise<QmpClient> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       try {
@@ -50,7 +51,7 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
         await client.execute('qmp_capabilities');
         return client;
       } catch (error) {
-        if (Date.now() > deadline) throw error;
+        if (Date.now() > deadline || givenUp()) throw error;
         await new Promise((resolve) => setTimeout(resolve, 10));
       }
     }
