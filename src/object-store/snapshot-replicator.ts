@@ -87,15 +87,6 @@ function abortError(signal: AbortSignal): TorporError {
 export function createSnapshotReplicator(store: ObjectStore, cache: ChunkCache, options: ReplicatorOptions = {}): SnapshotReplicator {
   const parallelism = options.parallelism ?? 8;
   const refreshAfterMs = (options.refreshAfterSeconds ?? defaultRefreshAfterSeconds) * 1000;
-  // Chunks this replicator saw in the store (put or HEAD), with their age: sessions share most chunks
-  // (their boot template's), so a long-lived server skips most HEADs. The same freshness rule applies
-  // as to a HEAD, so the gc argument holds (architecture/object-store.md).
-  const knownRemote = new Map<string, { bytes: number; lastModified: number }>();
-  const maxKnown = 1_000_000;
-  const remember = (id: string, bytes: number, lastModified: number) => {
-    if (knownRemote.size >= maxKnown) knownRemote.delete(knownRemote.keys().next().value!);
-    knownRemote.set(id, { bytes, lastModified });
-  };
 
   return {
     async push(snapshotName, transfer = {}) {
@@ -114,22 +105,12 @@ export function createSnapshotReplicator(store: ObjectStore, cache: ChunkCache, 
               cause: error,
             });
           });
-          const fresh = (remote: { bytes: number; lastModified: number } | undefined) =>
-            remote !== undefined && remote.bytes === local.length && Date.now() - remote.lastModified < refreshAfterMs;
-          let remote = knownRemote.get(id);
-          if (!fresh(remote)) {
-            const head = await store.headChunk(id);
-            remote = head && { bytes: head.bytes, lastModified: head.lastModified.getTime() };
-          }
+          const remote = await store.headChunk(id);
           // Same name means same content; a different size means a torn or foreign object: replace it.
-          if (fresh(remote)) {
+          if (remote && remote.bytes === local.length && Date.now() - remote.lastModified.getTime() < refreshAfterMs) {
             skippedChunks++;
-            remember(id, remote!.bytes, remote!.lastModified);
           } else {
-            const before = Date.now();
             await store.putChunk(id, local);
-            // The server's clock may lag ours: count the age from before the put.
-            remember(id, local.length, before);
             uploadedChunks++;
             uploadedBytes += local.length;
           }
