@@ -20,12 +20,13 @@ interface SessionRow {
   id: string;
   name: string;
   state: string;
+  note: string | null;
   lease_node: string | null;
   lease_epoch: string;
 }
 
 async function sessions(): Promise<SessionRow[]> {
-  return (await cluster.pool.query<SessionRow>("SELECT id, name, state, lease_node, lease_epoch FROM torpor_sessions WHERE state <> 'deleted' ORDER BY name")).rows;
+  return (await cluster.pool.query<SessionRow>("SELECT id, name, state, note, lease_node, lease_epoch FROM torpor_sessions WHERE state <> 'deleted' ORDER BY name")).rows;
 }
 
 async function until<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined | false>): Promise<T> {
@@ -33,7 +34,7 @@ async function until<T>(what: string, timeoutMs: number, check: () => Promise<T 
   for (;;) {
     const value = await check();
     if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastAwake.length > 0 ? ` (awake: ${lastAwake.join(', ')})` : ''}`);
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
 }
@@ -65,8 +66,13 @@ async function send(node: TestNode, id: string, content: string): Promise<string
 }
 
 async function allHibernated(): Promise<boolean> {
-  return (await sessions()).every((row) => row.state === 'hibernated');
+  const rows = await sessions();
+  lastAwake = rows.filter((row) => row.state !== 'hibernated').map((row) => `${row.name} ${row.state} on ${row.lease_node}${row.note ? ` (${row.note})` : ''}`);
+  return lastAwake.length === 0;
 }
+
+/** The sessions not hibernated at the last check, for the failure message. */
+let lastAwake: string[] = [];
 
 const live = () => cluster.nodes.filter((node) => node.alive);
 
