@@ -12,6 +12,8 @@ import { startTestCluster, type TestCluster, type TestNode } from './testing/clu
 
 const sessionCount = Number(process.env.TORPOR_CLUSTER_TEST_SESSIONS ?? 6);
 const leaseSeconds = 3;
+// Each node hibernates its sessions one after another (snapshot, then push to S3): wait in proportion.
+const hibernateWaitMs = 60_000 + sessionCount * 8_000;
 let cluster: TestCluster;
 
 const spec = (name: string) => ({ name, image: 'base', command: ['sh', '-c', shellAgent], resources: { cpus: 1, memory: '128m' }, idle: 1 });
@@ -86,7 +88,7 @@ after(async () => {
 
 const expectedUser = new Map<string, string[]>();
 
-test(`${sessionCount} sessions created across 3 nodes go where there is room`, { timeout: 300_000 }, async () => {
+test(`${sessionCount} sessions created across 3 nodes go where there is room`, { timeout: 120_000 + sessionCount * 30_000 }, async () => {
   const { status, body } = await cluster.request(cluster.nodes[0]!, 'GET', '/v1/cluster/nodes');
   assert.equal(status, 200);
   assert.deepEqual(
@@ -128,8 +130,8 @@ test(`${sessionCount} sessions created across 3 nodes go where there is room`, {
   });
 });
 
-test('each session hibernates, then wakes on another node than it slept on, memory and files intact', { timeout: 400_000 }, async () => {
-  await until('every session to hibernate', 120_000, allHibernated);
+test('each session hibernates, then wakes on another node than it slept on, memory and files intact', { timeout: 120_000 + sessionCount * 30_000 }, async () => {
+  await until('every session to hibernate', hibernateWaitMs, allHibernated);
   const slept = await sessions();
   await inBatches(slept, 2, async (row, index) => {
     const target = cluster.nodes[(cluster.nodes.findIndex((node) => node.name === row.lease_node) + 1) % 3]!;
@@ -152,8 +154,8 @@ test('each session hibernates, then wakes on another node than it slept on, memo
   assert.equal(nodeMove.status, 409, 'a move to a node that is not alive is refused');
 });
 
-test('kill -9 of a node mid-turn: its sessions continue on the others, the turn is answered once', { timeout: 400_000 }, async (context) => {
-  await until('every session to hibernate', 120_000, allHibernated);
+test('kill -9 of a node mid-turn: its sessions continue on the others, the turn is answered once', { timeout: 120_000 + sessionCount * 30_000 }, async (context) => {
+  await until('every session to hibernate', hibernateWaitMs, allHibernated);
   const victim = cluster.nodes[0]!;
   const rows = await sessions();
   const onVictim = rows.filter((row) => row.lease_node === victim.name);
