@@ -26,7 +26,11 @@ async function until(what: string, timeoutMs: number, check: () => Promise<boole
 }
 
 async function sessionRows(cluster: TestCluster) {
-  return (await cluster.pool.query<{ id: string; state: string; lease_node: string }>("SELECT id, state, lease_node FROM torpor_sessions WHERE state <> 'deleted' ORDER BY name")).rows;
+  return (
+    await cluster.pool.query<{ id: string; state: string; lease_node: string }>(
+      "SELECT id, state, lease_node FROM torpor_sessions WHERE state <> 'deleted' ORDER BY name",
+    )
+  ).rows;
 }
 
 const allHibernated = (cluster: TestCluster) => async () => (await sessionRows(cluster)).every((row) => row.state === 'hibernated');
@@ -103,7 +107,10 @@ try {
   }
   let after = await pulledBytes(cluster);
   rows.push(['wake + turn on the node it slept on, p50 / max', `${ms(percentile(sameNode, 50))} / ${ms(Math.max(...sameNode))}`]);
-  rows.push(['  bytes read from the object store per wake', `${((after.bytes - before.bytes) / sessions.length / MiB).toFixed(2)} MiB (${after.pulls - before.pulls} pulls, ${after.localHits - before.localHits} local)`]);
+  rows.push([
+    '  bytes read from the object store per wake',
+    `${((after.bytes - before.bytes) / sessions.length / MiB).toFixed(2)} MiB (${after.pulls - before.pulls} pulls, ${after.localHits - before.localHits} local)`,
+  ]);
   await until('hibernation', 180_000, allHibernated(cluster));
 
   // Wake on another node: move the lease, then the new holder pulls the snapshot from S3.
@@ -118,7 +125,10 @@ try {
   }
   after = await pulledBytes(cluster);
   rows.push(['wake + turn on another node (cold from S3), p50 / max', `${ms(percentile(otherNode, 50))} / ${ms(Math.max(...otherNode))}`]);
-  rows.push(['  bytes read from the object store per wake', `${((after.bytes - before.bytes) / sessions.length / MiB).toFixed(2)} MiB (${after.pulls - before.pulls} pulls)`]);
+  rows.push([
+    '  bytes read from the object store per wake',
+    `${((after.bytes - before.bytes) / sessions.length / MiB).toFixed(2)} MiB (${after.pulls - before.pulls} pulls)`,
+  ]);
 
   // Failover: kill -9 the node holding the most awake sessions right after a turn (machines running).
   const victim = cluster.nodes[0]!;

@@ -28,7 +28,9 @@ interface SessionRow {
 }
 
 async function sessions(): Promise<SessionRow[]> {
-  return (await cluster.pool.query<SessionRow>("SELECT id, name, state, note, lease_node, lease_epoch FROM torpor_sessions WHERE state <> 'deleted' ORDER BY name")).rows;
+  return (
+    await cluster.pool.query<SessionRow>("SELECT id, name, state, note, lease_node, lease_epoch FROM torpor_sessions WHERE state <> 'deleted' ORDER BY name")
+  ).rows;
 }
 
 async function until<T>(what: string, timeoutMs: number, check: () => Promise<T | undefined | false>): Promise<T> {
@@ -36,7 +38,8 @@ async function until<T>(what: string, timeoutMs: number, check: () => Promise<T 
   for (;;) {
     const value = await check();
     if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastAwake.length > 0 ? ` (awake: ${lastAwake.join(', ')})` : ''}`);
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastAwake.length > 0 ? ` (awake: ${lastAwake.join(', ')})` : ''}`);
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
 }
@@ -130,78 +133,92 @@ test(`${sessionCount} sessions created across 3 nodes go where there is room`, {
   });
 });
 
-test('each session hibernates, then wakes on another node than it slept on, memory and files intact', { timeout: 120_000 + sessionCount * 30_000 }, async () => {
-  await until('every session to hibernate', hibernateWaitMs, allHibernated);
-  const slept = await sessions();
-  await inBatches(slept, 2, async (row, index) => {
-    const target = cluster.nodes[(cluster.nodes.findIndex((node) => node.name === row.lease_node) + 1) % 3]!;
-    const moved = await cluster.request(cluster.nodes[index % 3]!, 'POST', `/v1/sessions/${row.id}/move`, { node: target.name });
-    assert.equal(moved.status, 200, JSON.stringify(moved.body));
-    // Sent through a third node: it forwards to the new holder, which pulls the snapshot from S3.
-    const through = cluster.nodes.find((node) => node !== target && node.name !== row.lease_node)!;
-    assert.equal(await send(through, row.id, 'again'), 'turn 2: again; notes 2; child yes');
-    expectedUser.get(row.id)!.push('again');
-  });
-  const woke = await sessions();
-  for (const row of woke) {
-    const before = slept.find((each) => each.id === row.id)!;
-    assert.notEqual(row.lease_node, before.lease_node, `${row.name} woke on another node`);
-    assert.ok(Number(row.lease_epoch) > Number(before.lease_epoch), 'the move bumped the epoch');
-  }
-  const pulled = (await cluster.pool.query<{ count: string }>('SELECT count(*) AS count FROM torpor_snapshots')).rows[0]!.count;
-  assert.ok(Number(pulled) >= sessionCount, 'every hibernation pushed its snapshot');
-  const nodeMove = await cluster.request(cluster.nodes[0]!, 'POST', `/v1/sessions/${woke[0]!.id}/move`, { node: 'no-such-node' });
-  assert.equal(nodeMove.status, 409, 'a move to a node that is not alive is refused');
-});
+test(
+  'each session hibernates, then wakes on another node than it slept on, memory and files intact',
+  { timeout: 120_000 + sessionCount * 30_000 },
+  async () => {
+    await until('every session to hibernate', hibernateWaitMs, allHibernated);
+    const slept = await sessions();
+    await inBatches(slept, 2, async (row, index) => {
+      const target = cluster.nodes[(cluster.nodes.findIndex((node) => node.name === row.lease_node) + 1) % 3]!;
+      const moved = await cluster.request(cluster.nodes[index % 3]!, 'POST', `/v1/sessions/${row.id}/move`, { node: target.name });
+      assert.equal(moved.status, 200, JSON.stringify(moved.body));
+      // Sent through a third node: it forwards to the new holder, which pulls the snapshot from S3.
+      const through = cluster.nodes.find((node) => node !== target && node.name !== row.lease_node)!;
+      assert.equal(await send(through, row.id, 'again'), 'turn 2: again; notes 2; child yes');
+      expectedUser.get(row.id)!.push('again');
+    });
+    const woke = await sessions();
+    for (const row of woke) {
+      const before = slept.find((each) => each.id === row.id)!;
+      assert.notEqual(row.lease_node, before.lease_node, `${row.name} woke on another node`);
+      assert.ok(Number(row.lease_epoch) > Number(before.lease_epoch), 'the move bumped the epoch');
+    }
+    const pulled = (await cluster.pool.query<{ count: string }>('SELECT count(*) AS count FROM torpor_snapshots')).rows[0]!.count;
+    assert.ok(Number(pulled) >= sessionCount, 'every hibernation pushed its snapshot');
+    const nodeMove = await cluster.request(cluster.nodes[0]!, 'POST', `/v1/sessions/${woke[0]!.id}/move`, { node: 'no-such-node' });
+    assert.equal(nodeMove.status, 409, 'a move to a node that is not alive is refused');
+  },
+);
 
-test('kill -9 of a node mid-turn: its sessions continue on the others, the turn is answered once', { timeout: 120_000 + sessionCount * 30_000 }, async (context) => {
-  await until('every session to hibernate', hibernateWaitMs, allHibernated);
-  const victim = cluster.nodes[0]!;
-  const rows = await sessions();
-  const onVictim = rows.filter((row) => row.lease_node === victim.name);
-  assert.ok(onVictim.length > 0, 'the victim holds sessions');
-  const inFlight = onVictim[0]!;
-  // The turn goes through another node, which forwards it to the victim; the victim dies during it.
-  const through = cluster.nodes[1]!;
-  const slow = cluster.request(through, 'POST', `/v1/sessions/${inFlight.id}/messages`, { content: 'slow' }).catch((error: Error) => ({ status: 0, body: error.message }));
-  expectedUser.get(inFlight.id)!.push('slow');
-  await until('the slow turn to start on the victim', 120_000, async () => {
-    const { body } = await cluster.request(through, 'GET', `/v1/logs/${inFlight.id}/entries`);
-    return body.entries.some((stored: { entry: { content?: unknown } }) => stored.entry.content === 'slow');
-  });
-  const killedAt = Date.now();
-  victim.crash();
-  const answer = await slow;
-  assert.notEqual(answer.status, 200, 'the client of the cut turn sees it fail');
+test(
+  'kill -9 of a node mid-turn: its sessions continue on the others, the turn is answered once',
+  { timeout: 120_000 + sessionCount * 30_000 },
+  async (context) => {
+    await until('every session to hibernate', hibernateWaitMs, allHibernated);
+    const victim = cluster.nodes[0]!;
+    const rows = await sessions();
+    const onVictim = rows.filter((row) => row.lease_node === victim.name);
+    assert.ok(onVictim.length > 0, 'the victim holds sessions');
+    const inFlight = onVictim[0]!;
+    // The turn goes through another node, which forwards it to the victim; the victim dies during it.
+    const through = cluster.nodes[1]!;
+    const slow = cluster
+      .request(through, 'POST', `/v1/sessions/${inFlight.id}/messages`, { content: 'slow' })
+      .catch((error: Error) => ({ status: 0, body: error.message }));
+    expectedUser.get(inFlight.id)!.push('slow');
+    await until('the slow turn to start on the victim', 120_000, async () => {
+      const { body } = await cluster.request(through, 'GET', `/v1/logs/${inFlight.id}/entries`);
+      return body.entries.some((stored: { entry: { content?: unknown } }) => stored.entry.content === 'slow');
+    });
+    const killedAt = Date.now();
+    victim.crash();
+    const answer = await slow;
+    assert.notEqual(answer.status, 200, 'the client of the cut turn sees it fail');
 
-  // Within the lease and a few heartbeats, no session is left on the dead node.
-  await until('the dead node to lose every session', 60_000, async () => (await sessions()).every((row) => row.lease_node !== victim.name));
-  const failoverMs = Date.now() - killedAt;
-  assert.ok(failoverMs < (leaseSeconds + 10) * 1000, `failover took ${failoverMs} ms`);
-  context.diagnostic(`every session of the killed node was taken over ${failoverMs} ms after kill -9 (lease ${leaseSeconds} s)`);
-  const { body: nodes } = await cluster.request(through, 'GET', '/v1/cluster/nodes');
-  assert.equal(nodes.nodes.find((node: { name: string }) => node.name === victim.name).alive, false);
+    // Within the lease and a few heartbeats, no session is left on the dead node.
+    await until('the dead node to lose every session', 60_000, async () => (await sessions()).every((row) => row.lease_node !== victim.name));
+    const failoverMs = Date.now() - killedAt;
+    assert.ok(failoverMs < (leaseSeconds + 10) * 1000, `failover took ${failoverMs} ms`);
+    context.diagnostic(`every session of the killed node was taken over ${failoverMs} ms after kill -9 (lease ${leaseSeconds} s)`);
+    const { body: nodes } = await cluster.request(through, 'GET', '/v1/cluster/nodes');
+    assert.equal(nodes.nodes.find((node: { name: string }) => node.name === victim.name).alive, false);
 
-  // The cut turn is retried once by the node that took the session over, from its last snapshot.
-  await until('the cut turn to be answered', 120_000, async () => {
-    const { body } = await cluster.request(through, 'GET', `/v1/logs/${inFlight.id}/entries`);
-    return body.entries.some((stored: { entry: { role?: string; content?: unknown } }) => JSON.stringify(stored.entry.content ?? '').includes('turn 3: slow; notes 3'));
-  });
+    // The cut turn is retried once by the node that took the session over, from its last snapshot.
+    await until('the cut turn to be answered', 120_000, async () => {
+      const { body } = await cluster.request(through, 'GET', `/v1/logs/${inFlight.id}/entries`);
+      return body.entries.some((stored: { entry: { role?: string; content?: unknown } }) =>
+        JSON.stringify(stored.entry.content ?? '').includes('turn 3: slow; notes 3'),
+      );
+    });
 
-  // Every session continues on the surviving nodes.
-  await inBatches(rows, 2, async (row, index) => {
-    const node = live()[index % live().length]!;
-    const turn = row.id === inFlight.id ? 4 : 3;
-    assert.equal(await send(node, row.id, 'after'), `turn ${turn}: after; notes ${turn}; child yes`);
-    expectedUser.get(row.id)!.push('after');
-  });
-});
+    // Every session continues on the surviving nodes.
+    await inBatches(rows, 2, async (row, index) => {
+      const node = live()[index % live().length]!;
+      const turn = row.id === inFlight.id ? 4 : 3;
+      assert.equal(await send(node, row.id, 'after'), `turn ${turn}: after; notes ${turn}; child yes`);
+      expectedUser.get(row.id)!.push('after');
+    });
+  },
+);
 
 test('every log is intact (no lost or duplicated entries) and no machine runs twice', { timeout: 120_000 }, async () => {
   const node = live()[0]!;
   for (const [id, sent] of expectedUser) {
     const { body } = await cluster.request(node, 'GET', `/v1/logs/${id}/entries`);
-    const messages = body.entries.map((stored: { entry: { kind: string; role?: string; content?: unknown; metadata?: { turnId?: string } } }) => stored.entry).filter((entry: { kind: string }) => entry.kind === 'message');
+    const messages = body.entries
+      .map((stored: { entry: { kind: string; role?: string; content?: unknown; metadata?: { turnId?: string } } }) => stored.entry)
+      .filter((entry: { kind: string }) => entry.kind === 'message');
     const users = messages.filter((entry: { role: string }) => entry.role === 'user');
     const assistants = messages.filter((entry: { role: string }) => entry.role === 'assistant');
     assert.deepEqual(
@@ -213,7 +230,11 @@ test('every log is intact (no lost or duplicated entries) and no machine runs tw
     const turnIds = users.map((entry: { metadata?: { turnId?: string } }) => entry.metadata?.turnId);
     assert.equal(new Set(turnIds).size, turnIds.length);
     for (const turnId of turnIds) {
-      assert.equal(assistants.filter((entry: { metadata?: { turnId?: string } }) => entry.metadata?.turnId === turnId).length, 1, `${id}: turn ${turnId} answered once`);
+      assert.equal(
+        assistants.filter((entry: { metadata?: { turnId?: string } }) => entry.metadata?.turnId === turnId).length,
+        1,
+        `${id}: turn ${turnId} answered once`,
+      );
     }
   }
   const running = new Map<string, string[]>();
@@ -225,5 +246,8 @@ test('every log is intact (no lost or duplicated entries) and no machine runs tw
     }
   }
   for (const [session, machines] of running) assert.equal(machines.length, 1, `session ${session} runs on ${machines.join(', ')}`);
-  assert.ok(cluster.nodes[0]!.machines().every((machine) => !machine.running), 'nothing of the dead node runs');
+  assert.ok(
+    cluster.nodes[0]!.machines().every((machine) => !machine.running),
+    'nothing of the dead node runs',
+  );
 });

@@ -37,10 +37,12 @@ export class SnapshotSharing implements SnapshotReplication {
   }
 
   async ensureLocal(snapshot: string): Promise<void> {
-    if (await readSnapshot(snapshot).then(
-      () => true,
-      () => false,
-    )) {
+    if (
+      await readSnapshot(snapshot).then(
+        () => true,
+        () => false,
+      )
+    ) {
       this.counters.localHits++;
       return;
     }
