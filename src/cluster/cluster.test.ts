@@ -70,6 +70,22 @@ async function send(node: TestNode, id: string, content: string): Promise<string
   return replyOf(body);
 }
 
+/** A turn as Server-Sent Events, read as they arrive: forwarded streams must pass through unbuffered and whole. */
+async function sendStreaming(node: TestNode, id: string, content: string): Promise<{ types: string[]; reply: string }> {
+  const response = await fetch(`${node.url}/v1/sessions/${id}/messages`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${cluster.token}`, 'content-type': 'application/json', accept: 'text/event-stream' },
+    body: JSON.stringify({ content }),
+  });
+  assert.equal(response.status, 200);
+  assert.match(response.headers.get('content-type') ?? '', /text\/event-stream/);
+  const events = (await response.text())
+    .split('\n')
+    .filter((line) => line.startsWith('data: '))
+    .map((line) => JSON.parse(line.slice(6)) as { type: string; delta?: string });
+  return { types: events.map((event) => event.type), reply: events.flatMap((event) => (event.type === 'text-delta' ? [event.delta] : [])).join('') };
+}
+
 async function allHibernated(): Promise<boolean> {
   const rows = await sessions();
   lastAwake = rows.filter((row) => row.state !== 'hibernated').map((row) => `${row.name} ${row.state} on ${row.lease_node}${row.note ? ` (${row.note})` : ''}`);
