@@ -63,14 +63,19 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   const ownsLog = options.log === undefined;
   const log = options.log ?? (cluster ? await cluster.openLog() : await openContextLog(options));
   const clusterParts = cluster ? { store: cluster.store, ...(cluster.replication ? { replication: cluster.replication } : {}) } : {};
-  const sessions = options.sessions || cluster ? new SessionManager({ ...(options.sessions && options.sessions !== true ? options.sessions : {}), ...clusterParts, log }) : undefined;
+  const sessions =
+    options.sessions || cluster
+      ? new SessionManager({ ...(options.sessions && options.sessions !== true ? options.sessions : {}), ...clusterParts, log })
+      : undefined;
   const app = createApp({ ...options, log, sessions });
   // Durable Streams keep their own SQLite file in the state directory: only a server that has one serves them.
   const streams = options.stateDirectory ? mountDurableStreams(app, { log, sessions, stateDirectory: options.stateDirectory }) : undefined;
   options.configure?.(app, log);
   const host = options.host ?? '127.0.0.1';
   const token =
-    options.token ?? cluster?.token ?? (options.stateDirectory ? ensureAdminToken(options.stateDirectory).token : `torpor_${randomBytes(32).toString('base64url')}`);
+    options.token ??
+    cluster?.token ??
+    (options.stateDirectory ? ensureAdminToken(options.stateDirectory).token : `torpor_${randomBytes(32).toString('base64url')}`);
   // Filled in once the port is known (port 0 picks one): until then no request can arrive anyway.
   const policy = {
     verifier: new TokenVerifier(token, options.stateDirectory),

@@ -62,7 +62,8 @@ export class ClusterNode {
   }
 
   static async start(options: ClusterNodeOptions): Promise<ClusterNode> {
-    if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/.test(options.name)) throw new Error(`invalid node name ${JSON.stringify(options.name)}: use letters, digits, . _ -`);
+    if (!/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/.test(options.name))
+      throw new Error(`invalid node name ${JSON.stringify(options.name)}: use letters, digits, . _ -`);
     const pool = new pg.Pool({ connectionString: options.postgresUrl, max: 8, connectionTimeoutMillis: 10_000 });
     pool.on('error', () => {});
     try {

@@ -177,12 +177,18 @@ describe('session leases in PostgreSQL', () => {
     client.release();
     assert.ok(await claim);
     assert.ok(claimedAt >= committedAt);
-    await assert.rejects(contextLog.append(id, [{ kind: 'message', role: 'user', content: 'late' }], { fence: { holder: 'node-a', epoch: 1 } }), LeaseLostError);
+    await assert.rejects(
+      contextLog.append(id, [{ kind: 'message', role: 'user', content: 'late' }], { fence: { holder: 'node-a', epoch: 1 } }),
+      LeaseLostError,
+    );
   });
 
   it('hostile fences: an unknown session, a forged holder, a fence on a log without leases', async () => {
     const contextLog = await log();
-    await assert.rejects(contextLog.append('s-nosuchsession', [{ kind: 'message', role: 'user', content: 'x' }], { fence: { holder: 'node-a', epoch: 1 } }), LeaseLostError);
+    await assert.rejects(
+      contextLog.append('s-nosuchsession', [{ kind: 'message', role: 'user', content: 'x' }], { fence: { holder: 'node-a', epoch: 1 } }),
+      LeaseLostError,
+    );
     const a = await store('node-a');
     await a.insert(newRecord('s-000000000006'));
     await assert.rejects(
@@ -191,7 +197,10 @@ describe('session leases in PostgreSQL', () => {
     );
     const plain = new ContextLog(await PostgresStorage.connect({ connectionString: url, poolSize: 1 }));
     opened.push(plain);
-    await assert.rejects(plain.append('s-000000000006', [{ kind: 'message', role: 'user', content: 'x' }], { fence: { holder: 'node-a', epoch: 1 } }), /lease table/);
+    await assert.rejects(
+      plain.append('s-000000000006', [{ kind: 'message', role: 'user', content: 'x' }], { fence: { holder: 'node-a', epoch: 1 } }),
+      /lease table/,
+    );
     await assert.rejects(PostgresStorage.connect({ connectionString: url, leaseTable: 'x; DROP TABLE torpor_nodes' }), /invalid lease table/);
   });
 
@@ -210,7 +219,10 @@ describe('session leases in PostgreSQL', () => {
     );
     const roomiest = nodeWithMostRoom(nodes, 'node-b')!;
     const room = (name: string) => nodes.find((node) => node.name === name)!;
-    assert.equal(roomiest.maxMachines - roomiest.awakeSessions, Math.max(...['node-b', 'node-c'].map((name) => room(name).maxMachines - room(name).awakeSessions)));
+    assert.equal(
+      roomiest.maxMachines - roomiest.awakeSessions,
+      Math.max(...['node-b', 'node-c'].map((name) => room(name).maxMachines - room(name).awakeSessions)),
+    );
     assert.notEqual(roomiest.name, 'node-a', 'a dead node gets nothing');
   });
 });

@@ -85,5 +85,7 @@ export function nodeWithMostRoom(nodes: ClusterNodeInfo[], preferred: string): C
   const room = (node: ClusterNodeInfo) => node.maxMachines - node.awakeSessions;
   return nodes
     .filter((node) => node.alive && room(node) > 0)
-    .sort((left, right) => room(right) - room(left) || Number(right.name === preferred) - Number(left.name === preferred) || left.name.localeCompare(right.name))[0];
+    .sort(
+      (left, right) => room(right) - room(left) || Number(right.name === preferred) - Number(left.name === preferred) || left.name.localeCompare(right.name),
+    )[0];
 }

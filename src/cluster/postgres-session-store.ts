@@ -135,7 +135,14 @@ export class PostgresSessionStore extends EventEmitter<{ lost: [string] }> imple
       // Lost notifications are made up by a full reload once the listener is back.
       this.listener = undefined;
       if (this.closed) return;
-      this.reconnectTimer = setTimeout(() => void this.listen().then(() => this.reload(), () => {}), 1000);
+      this.reconnectTimer = setTimeout(
+        () =>
+          void this.listen().then(
+            () => this.reload(),
+            () => {},
+          ),
+        1000,
+      );
       this.reconnectTimer.unref();
     });
     await client.connect();
@@ -176,7 +183,8 @@ export class PostgresSessionStore extends EventEmitter<{ lost: [string] }> imple
           [record.id, record.createdAt, ...values(record), this.node],
         )
         .catch((error: { code?: string }) => {
-          if (error.code === '23505') throw new TorporError('session-exists', `a session named ${record.name} exists`, { hint: 'choose another --name', status: 409 });
+          if (error.code === '23505')
+            throw new TorporError('session-exists', `a session named ${record.name} exists`, { hint: 'choose another --name', status: 409 });
           throw error;
         })
     ).rows[0]!;

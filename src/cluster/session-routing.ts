@@ -53,7 +53,8 @@ async function forward(request: Request, node: ClusterNode, target: { name: stri
  * Any node answers for any session: a request about a session another node holds is forwarded to
  * that node, a session whose node died is taken over on the spot, and a new session is created on
  * the live node with the most room. Runs behind the request guards (the client is authenticated).
- * Also serves `GET /v1/cluster/nodes` and `POST /v1/sessions/:id/move {"node": NAME}`.
+ * Also serves `GET /v1/cluster/nodes`, `GET /v1/cluster/node` (this node: snapshot transfers, takeovers)
+ * and `POST /v1/sessions/:id/move {"node": NAME}`.
  */
 export function routeSessionRequests<F extends Fetch>(fetchLocal: F, node: ClusterNode): F {
   const routed = async (request: Request, ...rest: never[]): Promise<Response> => {
@@ -61,6 +62,9 @@ export function routeSessionRequests<F extends Fetch>(fetchLocal: F, node: Clust
     const path = url.pathname.replace(/\/+$/, '');
     try {
       if (path === '/v1/cluster/nodes' && request.method === 'GET') return Response.json({ nodes: await node.nodes() });
+      if (path === '/v1/cluster/node' && request.method === 'GET') {
+        return Response.json({ name: node.name, snapshots: node.replication?.counters ?? null, takeovers: node.takeovers });
+      }
       if (path === '/v1/sessions' && request.method === 'POST' && !request.headers.has(routedByHeader)) {
         const target = nodeWithMostRoom(await node.nodes(), node.name);
         if (target && target.name !== node.name) return await forward(request, node, target);

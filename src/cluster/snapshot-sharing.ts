@@ -6,8 +6,8 @@ import { clusterTables } from './cluster-schema.ts';
 
 /** What the object store's replicator does (object-store/): copy a local snapshot's chunks out, or back in. */
 export interface SnapshotReplicatorLike {
-  push(snapshot: string): Promise<{ manifest: unknown }>;
-  pull(manifest: unknown): Promise<unknown>;
+  push(snapshot: string): Promise<{ manifest: unknown; uploadedBytes?: number }>;
+  pull(manifest: never): Promise<{ downloadedBytes?: number }>;
 }
 
 /**
@@ -17,7 +17,7 @@ export interface SnapshotReplicatorLike {
  */
 export class SnapshotSharing implements SnapshotReplication {
   /** Bytes and pulls, for the benchmark and `nodes ls`. */
-  readonly counters = { pushes: 0, pulls: 0, localHits: 0 };
+  readonly counters = { pushes: 0, pushedBytes: 0, pulls: 0, pulledBytes: 0, localHits: 0 };
 
   constructor(
     private readonly pool: pg.Pool,
@@ -26,20 +26,23 @@ export class SnapshotSharing implements SnapshotReplication {
   ) {}
 
   async push(snapshot: string): Promise<void> {
-    const { manifest } = await this.replicator.push(snapshot);
+    const { manifest, uploadedBytes } = await this.replicator.push(snapshot);
     await this.pool.query(
       `INSERT INTO ${clusterTables.snapshots} (name, node, manifest) VALUES ($1, $2, $3)
        ON CONFLICT (name) DO UPDATE SET node = excluded.node, manifest = excluded.manifest, created_at = now()`,
       [snapshot, this.node, JSON.stringify(manifest)],
     );
     this.counters.pushes++;
+    this.counters.pushedBytes += uploadedBytes ?? 0;
   }
 
   async ensureLocal(snapshot: string): Promise<void> {
-    if (await readSnapshot(snapshot).then(
-      () => true,
-      () => false,
-    )) {
+    if (
+      await readSnapshot(snapshot).then(
+        () => true,
+        () => false,
+      )
+    ) {
       this.counters.localHits++;
       return;
     }
@@ -50,7 +53,9 @@ export class SnapshotSharing implements SnapshotReplication {
         status: 404,
       });
     }
-    await this.replicator.pull(row.manifest);
+    // The replicator validates the manifest: the database is shared, so its content is not trusted blindly.
+    const { downloadedBytes } = await this.replicator.pull(row.manifest as never);
     this.counters.pulls++;
+    this.counters.pulledBytes += downloadedBytes ?? 0;
   }
 }

@@ -121,7 +121,11 @@ export const variables = {
   TORPOR_S3_REGION: variable(optionalText(), '`AWS_REGION`, else `us-east-1`', 'the S3 region requests are signed for (`auto` for R2)'),
   TORPOR_S3_ACCESS_KEY_ID: variable(optionalText(), "the SDK's chain (`AWS_ACCESS_KEY_ID`, profiles, instance roles)", 'the S3 access key id'),
   TORPOR_S3_SECRET_ACCESS_KEY: variable(optionalText(), "the SDK's chain", 'the S3 secret access key'),
-  TORPOR_S3_FORCE_PATH_STYLE: variable(flag('1', false), '`0`', '`1` addresses buckets as `ENDPOINT/BUCKET` instead of `BUCKET.ENDPOINT` (MinIO, Ceph RGW, test servers)'),
+  TORPOR_S3_FORCE_PATH_STYLE: variable(
+    flag('1', false),
+    '`0`',
+    '`1` addresses buckets as `ENDPOINT/BUCKET` instead of `BUCKET.ENDPOINT` (MinIO, Ceph RGW, test servers)',
+  ),
   TORPOR_CHUNK_CACHE_BYTES: variable(
     optionalWholeNumber(0),
     'none (no limit)',

@@ -49,6 +49,23 @@ export async function ensureBootTemplate(
   const name = bootTemplateName(template);
   const existing = await findBootTemplate(name);
   if (existing) return existing;
+  // Machines started at once in one process (a server creating sessions in parallel) share one
+  // template boot: two would race to save the same snapshot name, and the loser would fail.
+  const inFlight = templatesInFlight.get(name);
+  if (inFlight) return inFlight;
+  const making = makeBootTemplate(name, template, bootMachine, progress).finally(() => templatesInFlight.delete(name));
+  templatesInFlight.set(name, making);
+  return making;
+}
+
+const templatesInFlight = new Map<string, Promise<SnapshotManifest>>();
+
+async function makeBootTemplate(
+  name: string,
+  template: MachineConfig,
+  bootMachine: (config: MachineConfig) => Promise<void>,
+  progress: Progress,
+): Promise<SnapshotManifest> {
   progress(
     `making a boot template for ${template.image.reference} (${template.memoryMiB} MiB, ${template.cpus} cpu): one cold boot, then every start is a restore`,
   );

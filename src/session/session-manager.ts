@@ -142,7 +142,10 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     const live = this.live.get(id);
     this.live.delete(id);
     live?.connection.close();
-    if (live) void readMachineConfig(live.machineId).then((machine) => removeMachine(machine, { force: true })).catch(() => {});
+    if (live)
+      void readMachineConfig(live.machineId)
+        .then((machine) => removeMachine(machine, { force: true }))
+        .catch(() => {});
     this.emit('abandon', id);
   }
 
@@ -292,7 +295,10 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
   private failSession(id: string, error: unknown): void {
     try {
       if (this.store.get(id)?.state === 'deleted' || this.closed) return;
-      void this.update(id, { state: 'failed', note: `the server failed handling this session's agent: ${error instanceof Error ? error.message : String(error)}` }).catch(() => {});
+      void this.update(id, {
+        state: 'failed',
+        note: `the server failed handling this session's agent: ${error instanceof Error ? error.message : String(error)}`,
+      }).catch(() => {});
     } catch {
       // The store itself failed: the process-level guard logs what escapes here.
     }
@@ -474,7 +480,11 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
       await this.takeSnapshot(id, true);
     } catch (error) {
       if (live) this.live.set(id, live);
-      await this.update(id, { state: 'idle', note: `could not hibernate, kept running: ${(error as Error).message}`, lastActivityAt: new Date().toISOString() });
+      await this.update(id, {
+        state: 'idle',
+        note: `could not hibernate, kept running: ${(error as Error).message}`,
+        lastActivityAt: new Date().toISOString(),
+      });
       if (options.wakeAt && live) {
         // The agent awaits its wake either way: deliver it at the time asked, from the running machine.
         const delay = Math.max(0, Date.parse(options.wakeAt) - Date.now());

@@ -33,7 +33,8 @@ export async function startClusterFromFlags(
       ['--advertise-url', flags.advertiseUrl],
       ['--lease-seconds', flags.leaseSeconds],
     ] as const) {
-      if (value !== undefined) throw new TorporError('cluster-flag-alone', `${flag} needs --cluster`, { hint: 'add --cluster postgres://... (or set TORPOR_CLUSTER)', exitCode: 1 });
+      if (value !== undefined)
+        throw new TorporError('cluster-flag-alone', `${flag} needs --cluster`, { hint: 'add --cluster postgres://... (or set TORPOR_CLUSTER)', exitCode: 1 });
     }
     return undefined;
   }
@@ -55,7 +56,8 @@ export async function startClusterFromFlags(
   }
   const leaseSeconds = leaseText !== undefined ? Number(leaseText) : (settings.TORPOR_LEASE_SECONDS ?? 10);
   const replicator = storeUrl ? await openReplicator(storeUrl) : undefined;
-  if (!replicator) context.log('torpor: cluster without --store: a session that moves to another node is rebuilt from its context log (its memory stays behind)');
+  if (!replicator)
+    context.log('torpor: cluster without --store: a session that moves to another node is rebuilt from its context log (its memory stays behind)');
   const node = await ClusterNode.start({
     postgresUrl,
     name: flags.nodeName ?? settings.TORPOR_NODE_NAME ?? hostname(),

@@ -19,14 +19,17 @@ export function registerNodesCommands(program: Command): void {
       const url = flags.cluster ?? settings.TORPOR_CLUSTER;
       if (!url) throw new TorporError('cluster-missing', 'no cluster named', { hint: 'pass --cluster postgres://... or set TORPOR_CLUSTER', exitCode: 1 });
       if (flags.leaseSeconds !== undefined && !/^[1-9]\d{0,4}$/.test(flags.leaseSeconds)) {
-        throw new TorporError('lease-seconds-invalid', `--lease-seconds must be a whole number of seconds, got ${JSON.stringify(flags.leaseSeconds)}`, { exitCode: 1 });
+        throw new TorporError('lease-seconds-invalid', `--lease-seconds must be a whole number of seconds, got ${JSON.stringify(flags.leaseSeconds)}`, {
+          exitCode: 1,
+        });
       }
       const lease = flags.leaseSeconds !== undefined ? Number(flags.leaseSeconds) : (settings.TORPOR_LEASE_SECONDS ?? 10);
       const pool = new pg.Pool({ connectionString: url, max: 1, connectionTimeoutMillis: 10_000 });
       pool.on('error', () => {});
       try {
         const list = await listNodes(pool, lease).catch((error: Error & { code?: string }) => {
-          if (error.code === '42P01') throw new TorporError('cluster-empty', 'no node has joined this cluster yet', { hint: 'start one with `torpor serve --cluster URL`', exitCode: 1 });
+          if (error.code === '42P01')
+            throw new TorporError('cluster-empty', 'no node has joined this cluster yet', { hint: 'start one with `torpor serve --cluster URL`', exitCode: 1 });
           throw new TorporError('cluster-unreachable', `could not read the cluster: ${error.message}`, { hint: 'check the --cluster URL', exitCode: 1 });
         });
         if (flags.json) return printJson(list);

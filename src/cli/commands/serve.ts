@@ -116,7 +116,12 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
         process.umask(0o077);
         ensureDirectory(directory);
         // A node serves with the cluster's token (written to the state directory), so it exists before the remote check.
-        cluster = await startClusterFromFlags(options, { environment: io.environment, stateDirectory: directory, limits, log: (line) => io.stderr.write(`${line}\n`) });
+        cluster = await startClusterFromFlags(options, {
+          environment: io.environment,
+          stateDirectory: directory,
+          limits,
+          log: (line) => io.stderr.write(`${line}\n`),
+        });
         const warning = checkListenAddress(options, directory);
         if (warning) io.stderr.write(warning);
         const { created } = cluster ? { created: false } : ensureAdminToken(directory);

@@ -93,6 +93,8 @@ export async function startTestCluster(options: { nodes: number; leaseSeconds?: 
       ...process.env,
       TORPOR_HOME: home,
       TORPOR_MEMORY_DIR: memoryDirectory,
+      // Each node cold-boots its boot template once; on a loaded shared host that can pass 60 s.
+      TORPOR_BOOT_TIMEOUT_MS: process.env.TORPOR_BOOT_TIMEOUT_MS ?? '180000',
       ...(s3
         ? {
             TORPOR_S3_ENDPOINT: s3.endpoint,
