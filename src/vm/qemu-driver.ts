@@ -64,7 +64,9 @@ export const qemuDriver: VmDriver = {
       throw new TorporError('qemu-failed', `could not start QEMU: ${exit.message}`, { hint: 'run `torpor doctor`' });
     }
     const qmp = await Promise.race([
-      QmpClient.connect(spec.qmpSocket, 15_000),
+      // Generous: a QEMU that fails exits, and that is seen at once below. A slow start is not a
+      // failure: QEMU inside a TCG machine (nested, the `torpor` image) takes 5-20 s to open QMP.
+      QmpClient.connect(spec.qmpSocket, 120_000),
       exited.then((exit) => {
         throw new TorporError('qemu-failed', `QEMU exited at start (${exit.signal ?? `code ${exit.code}`}): ${exit.message}`, { hint: `see ${logPath}` });
       }),
