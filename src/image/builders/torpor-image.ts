@@ -109,6 +109,8 @@ async function runtimePackages(projectDirectory: string): Promise<string[]> {
 // virtual CPU offers hardware virtualization (svm: AMD, vmx: Intel); otherwise torpor inside uses TCG.
 const kvmSetupScript = `#!/bin/sh
 # torpor image: load KVM when the virtual CPU has svm or vmx, then run the command.
+# Nested machines keep their RAM in /dev/shm, which the guest mounts at half of its memory by default.
+mount -o remount,size=75% /dev/shm 2>/dev/null
 if [ ! -e /dev/kvm ]; then
   vendor=
   if grep -qw svm /proc/cpuinfo; then vendor=amd; elif grep -qw vmx /proc/cpuinfo; then vendor=intel; fi
