@@ -35,6 +35,11 @@ export const variables = {
   TORPOR_MEMORY_DIR: variable(textOr('/dev/shm/torpor'), '`/dev/shm/torpor`', 'the tmpfs directory that holds guest RAM files'),
   TORPOR_URL: variable(optionalUrl(), 'the running `torpor serve`', 'the server the `log` and `session` commands talk to'),
   TORPOR_ACCEL: variable(choice(['auto', 'kvm', 'tcg'], 'auto'), '`auto`', '`kvm` or `tcg` skips the accelerator probe'),
+  TORPOR_KVM_PROBE_MS: variable(
+    wholeNumberOr(1, 8_000),
+    '`8000`',
+    "how long the KVM probe guest may take to answer before torpor uses TCG (the `torpor` image sets 180000: nested KVM under TCG boots in ~10-60 s)",
+  ),
   TORPOR_BOOT_TEMPLATES: variable(flag('1', true), '`1`', '`0` boots every machine cold instead of restoring a boot template'),
   TORPOR_BOOT_TIMEOUT_MS: variable(wholeNumberOr(1, 60_000), '`60000`', 'how long a cold boot may take before the machine fails'),
   TORPOR_KERNEL: variable(optionalText(), 'the newest `/boot/vmlinuz-*-cloud-amd64`', 'the guest kernel (with `TORPOR_KERNEL_MODULES`)'),

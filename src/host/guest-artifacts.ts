@@ -52,12 +52,26 @@ async function moduleLoadOrder(kernel: GuestKernel): Promise<string[]> {
   return ordered;
 }
 
+const artifactKey = (agent: Buffer, kernel: GuestKernel, modules: string[]) =>
+  createHash('sha256').update(agent).update(kernel.version).update(modules.join('\n')).update('initramfs-v1').digest('hex').slice(0, 16);
+
+/** Whether the initramfs for this agent and kernel is built already (then musl-gcc is not needed: the `torpor` image ships it). */
+export async function guestArtifactsBuilt(): Promise<boolean> {
+  try {
+    const kernel = await findGuestKernel();
+    const key = artifactKey(await readFile(agentSource), kernel, await moduleLoadOrder(kernel));
+    return await pathExists(join(paths.artifacts(), `initramfs-${key}.cpio`));
+  } catch {
+    return false;
+  }
+}
+
 /** Builds (once, cached by content) the static guest agent and the initramfs that carries it. */
 export async function ensureGuestArtifacts(progress: Progress = silentProgress): Promise<GuestArtifacts> {
   const kernel = await findGuestKernel();
   const source = await readFile(agentSource);
   const modules = await moduleLoadOrder(kernel);
-  const key = createHash('sha256').update(source).update(kernel.version).update(modules.join('\n')).update('initramfs-v1').digest('hex').slice(0, 16);
+  const key = artifactKey(source, kernel, modules);
   const directory = paths.artifacts();
   const initramfsPath = join(directory, `initramfs-${key}.cpio`);
   if (await pathExists(initramfsPath)) return { kernel, initramfsPath, key };

@@ -18,6 +18,8 @@ import { ensureBootTemplate } from './boot-template.ts';
 import { freeOrphanedTemplateMemory } from './template-memory.ts';
 import { claimName } from './machine-names.ts';
 import { prepareHost } from './host-preparation.ts';
+import { checkSnapshotRuns } from './snapshot-compatibility.ts';
+import { hostCpu } from '../host/cpu-description.ts';
 import { startMachine } from './machine-start.ts';
 import { validateMachineName, randomMachineName } from './run-options.ts';
 import { pathExists } from '../util/path-exists.ts';
@@ -114,6 +116,8 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
     ...(options.networkPolicy ? { networkPolicy: options.networkPolicy } : {}),
     autoRemove: options.autoRemove ?? false,
     accelerator: host.accelerator.accelerator,
+    // A snapshot of it is bound to this CPU's features (snapshot-compatibility.ts).
+    ...(host.accelerator.accelerator === 'kvm' ? { hostCpu: await hostCpu() } : {}),
     kernelPath: host.kernelPath,
     initramfsPath: host.initramfsPath,
     // init_on_free=1: the guest zeroes pages it frees, and all-zero chunks are neither stored nor
@@ -166,6 +170,7 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
   if (!parsed.success)
     throw new TorporError('snapshot-invalid', `snapshot ${manifest.name} has no machine description`, { hint: 'it was not made by `torpor snapshot`' });
   const original = parsed.data;
+  await checkSnapshotRuns(manifest.name, original);
   for (const [what, path, hint] of [
     ['image', original.image.diskPath, `import or pull image ${original.image.reference} again (digest ${original.image.digest})`],
     ['guest kernel', original.kernelPath, 'apt-get install -y linux-image-cloud-amd64 (the snapshot needs the same kernel)'],

@@ -44,6 +44,8 @@ export const machineConfigSchema = z.object({
   networkPolicy: networkPolicySchema.optional(),
   autoRemove: z.boolean(),
   accelerator: z.enum(['kvm', 'tcg']),
+  /** Under kvm, the host CPU the guest ran on (`-cpu host`): a restore checks its features are all here. Absent under tcg and in older snapshots. */
+  hostCpu: z.object({ model: z.string(), flags: z.array(z.string()) }).optional(),
   kernelPath: z.string(),
   initramfsPath: z.string(),
   kernelArguments: z.array(z.string()),

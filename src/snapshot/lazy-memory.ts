@@ -76,6 +76,13 @@ async function probe(): Promise<LazyMemorySupport> {
 }
 
 /** Whether restores can serve guest RAM on demand here (probed once per process; the build is cached per host). */
+/** The pager library and its probe, built (the `torpor` image carries them prebuilt: it has no compiler). */
+export async function lazyMemoryHelpers(): Promise<string[]> {
+  const library = await pagerLibrary();
+  const prober = await buildNative(source, 'lazy-memory-probe', ['-DTORPOR_LAZY_MEMORY_PROBE', '-pthread']);
+  return [library, prober].filter((path): path is string => Boolean(path));
+}
+
 export function lazyMemorySupport(): Promise<LazyMemorySupport> {
   if (!environment().TORPOR_LAZY_MEMORY) return Promise.resolve({ available: false, reason: 'TORPOR_LAZY_MEMORY=0', writeProtect: false });
   support ??= probe();

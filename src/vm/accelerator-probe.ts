@@ -59,13 +59,14 @@ async function probeKvm(kernelPath: string, initramfsPath: string, workDirectory
   try {
     const agent = await AgentClient.connect(files.agentSocket, { timeoutMs: 5000 });
     const failed = vm.exited.then((exit) => `QEMU exited under KVM: ${exit.message.split('\n').pop()}`);
-    const answered = agent.hello(8_000).then(
+    const waitMs = environment().TORPOR_KVM_PROBE_MS;
+    const answered = agent.hello(waitMs).then(
       () => undefined,
       async () => {
         const log = await readFile(join(workDirectory, 'qemu.log'), 'utf8').catch(() => '');
         return /KVM internal error|emulation failure/.test(log)
           ? 'KVM cannot run a stock guest kernel here (KVM internal error: emulation failure; nested PVM?)'
-          : 'the guest did not boot under KVM within 8 s (a stock kernel hangs on nested PVM hosts)';
+          : `the guest did not boot under KVM within ${waitMs / 1000} s (a stock kernel hangs on nested PVM hosts; a slow nested host may need a larger TORPOR_KVM_PROBE_MS)`;
       },
     );
     const verdict = await Promise.race([answered, failed]);

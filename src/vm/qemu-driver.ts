@@ -68,7 +68,10 @@ export const qemuDriver: VmDriver = {
     let qemuGone = false;
     void exited.then(() => (qemuGone = true));
     const qmp = await Promise.race([
-      QmpClient.connect(spec.qmpSocket, 15_000, () => qemuGone),
+      // Generous: a QEMU that fails exits, and that is seen at once (qemuGone ends the retries and
+      // the race below answers). A slow start is not a failure: QEMU inside a TCG machine (nested,
+      // the `torpor` image) takes 5-20 s to open QMP.
+      QmpClient.connect(spec.qmpSocket, 120_000, () => qemuGone),
       exited.then((exit) => {
         throw new TorporError('qemu-failed', `QEMU exited at start (${exit.signal ?? `code ${exit.code}`}): ${exit.message}`, { hint: `see ${logPath}` });
       }),
