@@ -194,12 +194,15 @@ try {
   // in the guest), how long the guest is paused and how much of its RAM is read: lazy restore with
   // write tracking, lazy without it (TORPOR_TRACK_WRITES=0), and the eager restore of today
   type Checkpoint = { pausedMs: number; memoryRead: number; newBytes: number };
-  const checkpoints: Record<'tracked' | 'untracked' | 'eager', Checkpoint[]> = { tracked: [], untracked: [], eager: [] };
-  for (const variant of ['tracked', 'untracked', 'eager'] as const) {
+  const checkpoints: Record<'tracked' | 'wholeChunks' | 'untracked' | 'eager', Checkpoint[]> = { tracked: [], wholeChunks: [], untracked: [], eager: [] };
+  for (const variant of ['tracked', 'wholeChunks', 'untracked', 'eager'] as const) {
     setMode(variant === 'eager' ? 'eager' : 'lazy');
     if (variant === 'untracked') process.env.TORPOR_TRACK_WRITES = '0';
+    // The supervisor reads it when it captures: whole 256 KiB chunks, as before page deltas.
+    if (variant === 'wholeChunks' || variant === 'untracked') process.env.TORPOR_PAGE_DELTAS = '0';
     const machine = await restoreMachine('origin@1', { name: `c-${variant}` });
     delete process.env.TORPOR_TRACK_WRITES;
+    delete process.env.TORPOR_PAGE_DELTAS;
     await ping(machine);
     await snapshotMachine(machine, { name: `c-${variant}-0` });
     for (let turn = 1; turn <= 3; turn++) {
@@ -284,6 +287,8 @@ try {
   progress('warm wakes done');
   let codingWakes: Record<Mode, number[]> | undefined;
   let codingNote = '';
+  let hibernationTable: string[][] = [];
+  let hibernationDetails: string[] = [];
   let llm: { port: number; close: () => Promise<void> } | undefined;
   try {
     if (process.argv[3] !== 'coding') throw new Error('skipped (pass `coding` as the second argument)');
@@ -295,11 +300,21 @@ try {
     manager = new SessionManager({ log, store: new SessionStore(), tickMs: 50, turnTimeoutMs: 180_000 });
     const codingSpec = codingAgentSpec(llm.port, 1);
     codingWakes = await wakes(codingSpec, 5, (run) => `remember fact number ${run}`);
+    // Smaller hibernations: the coding agent after 10 turns, each way of not storing freed or unchanged memory.
+    await manager.close();
+    const { measureHibernationSizes, hibernationRows } = await import('./hibernation-sizes.ts');
+    const sizes = await measureHibernationSizes(10, progress);
+    hibernationTable = hibernationRows(sizes, 10);
+    hibernationDetails = sizes.map(
+      (result) =>
+        `hibernation ${result.variant.name}: new per turn (MiB) ${result.newBytesPerTurn.map((value) => (value / MiB).toFixed(2)).join(', ')}; wakes (ms) ${result.wakeMs.map((value) => value.toFixed(0)).join(', ')}`,
+    );
   } catch (error) {
     codingNote = `coding agent rows: ${(error as Error).message}`;
   } finally {
     await llm?.close();
-    await manager.close();
+    // (closed already when the hibernation rows ran)
+    await manager.close().catch(() => {});
   }
   progress('coding wakes done');
 
@@ -331,6 +346,7 @@ try {
     `${(median(shellWakes.eager) / median(warmWakes)).toFixed(2)}x faster than eager`,
   );
   if (codingWakes) row(`wake -> first reply byte, coding agent (n=${codingWakes.lazy.length} each)`, '<= 500 ms', pair(codingWakes), ratio(codingWakes));
+  for (const entry of hibernationTable) row(...entry);
   const residentText = (value?: Awaited<ReturnType<typeof residentOf>>) =>
     value ? `RSS ${mib(value.rss)} (shmem ${mib(value.shmem)}, anon ${mib(value.anon)}), RAM file ${mib(value.ramFile)}` : '-';
   row(
@@ -342,11 +358,17 @@ try {
   const snapText = (value?: { totalMs: number; captureMs: number; newBytes: number; scanned: number }) =>
     value ? `${ms(value.totalMs)} (capture ${ms(value.captureMs)}, read ${mib(value.scanned)}), new ${mib(value.newBytes)}` : '-';
   row('snapshot of a restored machine 3 s after answering', '-', `lazy ${snapText(resnapshot.lazy)} | eager ${snapText(resnapshot.eager)}`, '-');
-  for (const variant of ['tracked', 'untracked', 'eager'] as const) {
+  const checkpointNames = {
+    tracked: 'lazy + write tracking + 4 KiB deltas',
+    wholeChunks: 'lazy + write tracking, whole chunks',
+    untracked: 'lazy, no tracking, whole chunks',
+    eager: 'eager restore (today)',
+  };
+  for (const variant of ['tracked', 'wholeChunks', 'untracked', 'eager'] as const) {
     const values = checkpoints[variant];
     row(
-      `checkpoint that continues, after 1 MiB written: ${variant === 'tracked' ? 'lazy + write tracking' : variant === 'untracked' ? 'lazy, no tracking' : 'eager restore (today)'} (n=3)`,
-      variant === 'tracked' ? '<= 30 ms paused' : '-',
+      `checkpoint that continues, after 1 MiB written: ${checkpointNames[variant]} (n=3)`,
+      variant === 'tracked' ? '<= 30 ms paused, <= 4 MiB new' : '-',
       `paused p50 ${ms(median(values.map((value) => value.pausedMs)))}, RAM read p50 ${mib(median(values.map((value) => value.memoryRead)))}, new p50 ${mib(median(values.map((value) => value.newBytes)))}`,
       '-',
     );
@@ -390,6 +412,7 @@ try {
     console.log(
       `coding wakes (ms): lazy ${codingWakes.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${codingWakes.eager.map((value) => value.toFixed(0)).join(', ')}`,
     );
+  for (const detail of hibernationDetails) console.log(detail);
   if (codingNote) console.log(`note: ${codingNote}`);
   for (const detail of details) console.log(detail);
 } finally {
