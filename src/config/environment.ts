@@ -85,7 +85,7 @@ export const variables = {
   TORPOR_DROP_GUEST_CACHES: variable(
     flag('1', false),
     '`0`',
-    "`1` has the guest drop its clean caches before a hibernation (measured: smaller once, but every wake reads them back and the next snapshot stores them again)",
+    '`1` has the guest drop its clean caches before a hibernation (measured: smaller once, but every wake reads them back and the next snapshot stores them again)',
   ),
   TORPOR_COPY_BEFORE_WRITE: variable(
     flag('1', true),

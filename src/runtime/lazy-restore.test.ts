@@ -243,7 +243,10 @@ test('a checkpoint that continues resumes the guest after its device state; what
     // An append-only log of numbered lines, written without pause: a capture that read some chunks
     // before and others after the guest moved on would restore a log with gaps, zeros or a size
     // that does not match its pages (or a guest kernel that trips over its own structures).
-    await run(busy, `setsid sh -c 'echo $$ > /tmp/writer.pid; n=0; while true; do n=$((n+1)); echo "$n ${line}" >> /tmp/log; done' </dev/null >/dev/null 2>&1 &`);
+    await run(
+      busy,
+      `setsid sh -c 'echo $$ > /tmp/writer.pid; n=0; while true; do n=$((n+1)); echo "$n ${line}" >> /tmp/log; done' </dev/null >/dev/null 2>&1 &`,
+    );
     await new Promise((resolve) => setTimeout(resolve, 500));
     await snapshotMachine(busy, { name: 'busy@0' });
     let copiedAny = false;

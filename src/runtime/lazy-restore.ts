@@ -220,7 +220,7 @@ async function copyExtents(source: string, target: string, extents: { start: num
     await output.truncate((await input.stat()).size);
     const buffer = Buffer.allocUnsafe(1024 * 1024);
     for (const extent of extents) {
-      for (let position = extent.start; position < extent.end; ) {
+      for (let position = extent.start; position < extent.end;) {
         const { bytesRead } = await input.read(buffer, 0, Math.min(buffer.length, extent.end - position), position);
         if (bytesRead === 0) break;
         await output.write(buffer, 0, bytesRead, position);

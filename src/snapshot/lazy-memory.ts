@@ -36,7 +36,13 @@ export interface LazyMemoryFiles {
 }
 
 export function lazyMemoryFiles(memoryFile: string): LazyMemoryFiles {
-  return { memoryFile, mapFile: `${memoryFile}.map`, statusFile: `${memoryFile}.pager`, deltasFile: `${memoryFile}.deltas.json`, copyFile: `${memoryFile}.cow` };
+  return {
+    memoryFile,
+    mapFile: `${memoryFile}.map`,
+    statusFile: `${memoryFile}.pager`,
+    deltasFile: `${memoryFile}.deltas.json`,
+    copyFile: `${memoryFile}.cow`,
+  };
 }
 
 export interface LazyMemorySupport {

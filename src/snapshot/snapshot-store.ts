@@ -214,23 +214,23 @@ async function captureFile(
   const pool = sharedPool();
   let scannedBytes = 0;
   const captureChunkAt = async (index: number, source: string) => {
-      const offset = index * chunkSize;
-      const length = Math.min(chunkSize, size - offset);
-      scannedBytes += length;
-      const deltaBase = known?.previous?.[index] ?? undefined;
-      const result = await pool.capture({
-        file: source,
-        offset,
-        length,
-        chunksDirectory: chunks,
-        compressionLevel,
-        frameSize: defaultFrameSize,
-        ...(deltaBase ? { deltaBase } : {}),
-      });
-      ids[index] = result.id;
-      // Recorded as each arrives, so that a failed capture can remove everything it wrote.
-      if (result.id && result.temporaryPath) written.push({ id: result.id, temporaryPath: result.temporaryPath });
-      return result;
+    const offset = index * chunkSize;
+    const length = Math.min(chunkSize, size - offset);
+    scannedBytes += length;
+    const deltaBase = known?.previous?.[index] ?? undefined;
+    const result = await pool.capture({
+      file: source,
+      offset,
+      length,
+      chunksDirectory: chunks,
+      compressionLevel,
+      frameSize: defaultFrameSize,
+      ...(deltaBase ? { deltaBase } : {}),
+    });
+    ids[index] = result.id;
+    // Recorded as each arrives, so that a failed capture can remove everything it wrote.
+    if (result.id && result.temporaryPath) written.push({ id: result.id, temporaryPath: result.temporaryPath });
+    return result;
   };
   const settled = await Promise.allSettled(indices.map((index) => captureChunkAt(index, file)));
   const failure = settled.find((outcome) => outcome.status === 'rejected');
