@@ -80,7 +80,9 @@ export async function measureHibernationSizes(turns: number, progress: (text: st
         const usage = await storeUsage();
         result.exclusiveBytes = usage.snapshots.find((snapshot) => snapshot.name === manager.get(record.id).snapshot)?.exclusiveBytes ?? NaN;
         results.push(result);
-        progress(`hibernation sizes: ${variant.name}: exclusive ${mib(result.exclusiveBytes)}, new per turn p50 ${mib(percentile(result.newBytesPerTurn, 50))}`);
+        progress(
+          `hibernation sizes: ${variant.name}: exclusive ${mib(result.exclusiveBytes)}, new per turn p50 ${mib(percentile(result.newBytesPerTurn, 50))}`,
+        );
         await manager.delete(record.id);
       } finally {
         await manager.close();
@@ -105,7 +107,9 @@ export function hibernationRows(results: HibernationSizes[], turns: number): str
       `hibernated coding agent after ${turns} turns: ${result.variant.name}`,
       result === today ? '<= 10 MiB excl, <= 4 MiB new' : '-',
       `exclusive ${mib(result.exclusiveBytes)}, new per turn p50 ${mib(newBytes)}, non-zero read ${mib(result.nonZeroBytes)}, wake p50 ${ms(percentile(result.wakeMs, 50))}`,
-      result === today || !today ? '-' : `${(today.exclusiveBytes / result.exclusiveBytes).toFixed(2)}x smaller, new ${(percentile(today.newBytesPerTurn, 50) / newBytes).toFixed(2)}x`,
+      result === today || !today
+        ? '-'
+        : `${(today.exclusiveBytes / result.exclusiveBytes).toFixed(2)}x smaller, new ${(percentile(today.newBytesPerTurn, 50) / newBytes).toFixed(2)}x`,
     ]);
   }
   return rows;

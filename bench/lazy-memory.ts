@@ -3,7 +3,9 @@
 // interleaved in one run: restore to agent answering, fork of 4, RSS of a restored machine, faults
 // served per source, a re-snapshot of a restored machine, and session wakes (shell agent and the
 // example coding agent). Prints one table; commit the output under bench/results/.
-//   node --import tsx bench/lazy-memory.ts [restores per mode] [coding]
+//   node --import tsx bench/lazy-memory.ts [restores per mode] [coding|-] [blocks]
+// blocks: a comma list of restores,forks,checkpoints,wakes (default all; a host too busy for a full
+// run can still measure some side by side: rows of skipped blocks print NaN).
 import { MiB, percentile, ms, sleep, startHostSampler, codingAgentSpec } from './support.ts';
 import { shellAgent } from '../src/session/testing/shell-agent.ts';
 import { mkdtemp, rm, readFile, stat } from 'node:fs/promises';
@@ -11,6 +13,8 @@ import { tmpdir, cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 
 const runs = Math.max(3, Number(process.argv[2] ?? 7));
+const blocks = process.argv[4]?.split(',');
+const wanted = (block: 'restores' | 'forks' | 'checkpoints' | 'wakes') => !blocks || blocks.includes(block);
 const home = await mkdtemp(join(tmpdir(), 'tp-blm-'));
 process.env.TORPOR_HOME = home;
 const memoryDirectory = await mkdtemp('/dev/shm/tp-blm-');
@@ -123,7 +127,7 @@ try {
   let counters: LazyMemoryCounters | undefined;
   let countersLater: LazyMemoryCounters | undefined;
   const resnapshot: Partial<Record<Mode, { totalMs: number; captureMs: number; newBytes: number; scanned: number }>> = {};
-  for (let run = 0; run < runs; run++) {
+  for (let run = 0; run < (wanted('restores') ? runs : 0); run++) {
     for (const mode of run % 2 === 0 ? modes : [...modes].reverse()) {
       setMode(mode);
       const began = performance.now();
@@ -160,7 +164,7 @@ try {
   const prefetchRestores: Record<'with' | 'without', number[]> = { with: [], without: [] };
   let prefetchCounters: LazyMemoryCounters | undefined;
   setMode('lazy');
-  for (let run = 0; run < runs; run++) {
+  for (let run = 0; run < (wanted('restores') ? runs : 0); run++) {
     for (const variant of run % 2 === 0 ? (['with', 'without'] as const) : (['without', 'with'] as const)) {
       if (variant === 'without') process.env.TORPOR_LAZY_PREFETCH = '0';
       else delete process.env.TORPOR_LAZY_PREFETCH;
@@ -173,12 +177,12 @@ try {
     }
   }
   delete process.env.TORPOR_LAZY_PREFETCH;
-  const workingSetSize = ((await readSnapshot('again-lazy')).metadata as { workingSet?: number[] }).workingSet?.length ?? 0;
+  const workingSetSize = wanted('restores') ? (((await readSnapshot('again-lazy')).metadata as { workingSet?: number[] }).workingSet?.length ?? 0) : 0;
   progress('prefetch restores done');
 
   // ---- fork of 4, until all four answer (twice per mode, interleaved)
   const forks: Record<Mode, number[]> = { lazy: [], eager: [] };
-  for (let run = 0; run < 2; run++) {
+  for (let run = 0; run < (wanted('forks') ? 2 : 0); run++) {
     for (const mode of run % 2 === 0 ? modes : [...modes].reverse()) {
       setMode(mode);
       const began = performance.now();
@@ -194,12 +198,15 @@ try {
   // in the guest), how long the guest is paused and how much of its RAM is read: lazy restore with
   // write tracking, lazy without it (TORPOR_TRACK_WRITES=0), and the eager restore of today
   type Checkpoint = { pausedMs: number; memoryRead: number; newBytes: number };
-  const checkpoints: Record<'tracked' | 'untracked' | 'eager', Checkpoint[]> = { tracked: [], untracked: [], eager: [] };
-  for (const variant of ['tracked', 'untracked', 'eager'] as const) {
+  const checkpoints: Record<'tracked' | 'wholeChunks' | 'untracked' | 'eager', Checkpoint[]> = { tracked: [], wholeChunks: [], untracked: [], eager: [] };
+  for (const variant of wanted('checkpoints') ? (['tracked', 'wholeChunks', 'untracked', 'eager'] as const) : []) {
     setMode(variant === 'eager' ? 'eager' : 'lazy');
     if (variant === 'untracked') process.env.TORPOR_TRACK_WRITES = '0';
+    // The supervisor reads it when it captures: whole 256 KiB chunks, as before page deltas.
+    if (variant === 'wholeChunks' || variant === 'untracked') process.env.TORPOR_PAGE_DELTAS = '0';
     const machine = await restoreMachine('origin@1', { name: `c-${variant}` });
     delete process.env.TORPOR_TRACK_WRITES;
+    delete process.env.TORPOR_PAGE_DELTAS;
     await ping(machine);
     await snapshotMachine(machine, { name: `c-${variant}-0` });
     for (let turn = 1; turn <= 3; turn++) {
@@ -215,7 +222,8 @@ try {
       client.close();
       const summary = await snapshotMachine(machine, { name: `c-${variant}-${turn}` });
       checkpoints[variant].push({
-        pausedMs: summary.totalMs,
+        // the guest runs again after its device state when the capture copies before writes
+        pausedMs: summary.guestPausedMs ?? summary.totalMs,
         memoryRead: Number(summary.stats.memoryScannedBytes ?? NaN),
         newBytes: Number(summary.stats.newCompressedBytes),
       });
@@ -260,7 +268,9 @@ try {
     return result;
   };
   const shellSpec: SessionSpec = { image: 'base', command: ['sh', '-c', shellAgent], env: [], cpus: 1, memoryMiB: 256, idleSeconds: 0.5 };
-  const shellWakes = await wakes(shellSpec, Math.max(runs, 8), (run) => `turn ${run}: please look at the retry loop and tell me what changed`);
+  const shellWakes = wanted('wakes')
+    ? await wakes(shellSpec, Math.max(runs, 8), (run) => `turn ${run}: please look at the retry loop and tell me what changed`)
+    : { lazy: [], eager: [] };
   progress('shell wakes done');
   // The warm tier: hibernated RAM kept in tmpfs (supervisors read the budget when they start, so a
   // new manager with it set from the start)
@@ -268,7 +278,7 @@ try {
   process.env.TORPOR_WARM_MEMORY = '1024';
   manager = new SessionManager({ log, store: new SessionStore(), tickMs: 50, turnTimeoutMs: 20_000 });
   const warmWakes: number[] = [];
-  {
+  if (wanted('wakes')) {
     setMode('lazy');
     const record = await manager.create(shellSpec, { name: 'wake-warm' });
     await firstByte(record.id, 'warm up');
@@ -284,6 +294,8 @@ try {
   progress('warm wakes done');
   let codingWakes: Record<Mode, number[]> | undefined;
   let codingNote = '';
+  let hibernationTable: string[][] = [];
+  let hibernationDetails: string[] = [];
   let llm: { port: number; close: () => Promise<void> } | undefined;
   try {
     if (process.argv[3] !== 'coding') throw new Error('skipped (pass `coding` as the second argument)');
@@ -294,12 +306,22 @@ try {
     await manager.close();
     manager = new SessionManager({ log, store: new SessionStore(), tickMs: 50, turnTimeoutMs: 180_000 });
     const codingSpec = codingAgentSpec(llm.port, 1);
-    codingWakes = await wakes(codingSpec, 5, (run) => `remember fact number ${run}`);
+    if (wanted('wakes')) codingWakes = await wakes(codingSpec, 5, (run) => `remember fact number ${run}`);
+    // Smaller hibernations: the coding agent after 10 turns, each way of not storing freed or unchanged memory.
+    await manager.close();
+    const { measureHibernationSizes, hibernationRows } = await import('./hibernation-sizes.ts');
+    const sizes = await measureHibernationSizes(10, progress);
+    hibernationTable = hibernationRows(sizes, 10);
+    hibernationDetails = sizes.map(
+      (result) =>
+        `hibernation ${result.variant.name}: new per turn (MiB) ${result.newBytesPerTurn.map((value) => (value / MiB).toFixed(2)).join(', ')}; wakes (ms) ${result.wakeMs.map((value) => value.toFixed(0)).join(', ')}`,
+    );
   } catch (error) {
     codingNote = `coding agent rows: ${(error as Error).message}`;
   } finally {
     await llm?.close();
-    await manager.close();
+    // (closed already when the hibernation rows ran)
+    await manager.close().catch(() => {});
   }
   progress('coding wakes done');
 
@@ -331,6 +353,7 @@ try {
     `${(median(shellWakes.eager) / median(warmWakes)).toFixed(2)}x faster than eager`,
   );
   if (codingWakes) row(`wake -> first reply byte, coding agent (n=${codingWakes.lazy.length} each)`, '<= 500 ms', pair(codingWakes), ratio(codingWakes));
+  for (const entry of hibernationTable) row(...entry);
   const residentText = (value?: Awaited<ReturnType<typeof residentOf>>) =>
     value ? `RSS ${mib(value.rss)} (shmem ${mib(value.shmem)}, anon ${mib(value.anon)}), RAM file ${mib(value.ramFile)}` : '-';
   row(
@@ -342,11 +365,17 @@ try {
   const snapText = (value?: { totalMs: number; captureMs: number; newBytes: number; scanned: number }) =>
     value ? `${ms(value.totalMs)} (capture ${ms(value.captureMs)}, read ${mib(value.scanned)}), new ${mib(value.newBytes)}` : '-';
   row('snapshot of a restored machine 3 s after answering', '-', `lazy ${snapText(resnapshot.lazy)} | eager ${snapText(resnapshot.eager)}`, '-');
-  for (const variant of ['tracked', 'untracked', 'eager'] as const) {
+  const checkpointNames = {
+    tracked: 'lazy + write tracking + 4 KiB deltas',
+    wholeChunks: 'lazy + write tracking, whole chunks',
+    untracked: 'lazy, no tracking, whole chunks',
+    eager: 'eager restore (today)',
+  };
+  for (const variant of ['tracked', 'wholeChunks', 'untracked', 'eager'] as const) {
     const values = checkpoints[variant];
     row(
-      `checkpoint that continues, after 1 MiB written: ${variant === 'tracked' ? 'lazy + write tracking' : variant === 'untracked' ? 'lazy, no tracking' : 'eager restore (today)'} (n=3)`,
-      variant === 'tracked' ? '<= 30 ms paused' : '-',
+      `checkpoint that continues, after 1 MiB written: ${checkpointNames[variant]} (n=3)`,
+      variant === 'tracked' ? '<= 30 ms paused, <= 4 MiB new' : '-',
       `paused p50 ${ms(median(values.map((value) => value.pausedMs)))}, RAM read p50 ${mib(median(values.map((value) => value.memoryRead)))}, new p50 ${mib(median(values.map((value) => value.newBytes)))}`,
       '-',
     );
@@ -390,6 +419,7 @@ try {
     console.log(
       `coding wakes (ms): lazy ${codingWakes.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${codingWakes.eager.map((value) => value.toFixed(0)).join(', ')}`,
     );
+  for (const detail of hibernationDetails) console.log(detail);
   if (codingNote) console.log(`note: ${codingNote}`);
   for (const detail of details) console.log(detail);
 } finally {

@@ -90,7 +90,12 @@ export const variables = {
   TORPOR_DROP_GUEST_CACHES: variable(
     flag('1', false),
     '`0`',
-    "`1` has the guest drop its clean caches before a hibernation (measured: smaller once, but every wake reads them back and the next snapshot stores them again)",
+    '`1` has the guest drop its clean caches before a hibernation (measured: smaller once, but every wake reads them back and the next snapshot stores them again)',
+  ),
+  TORPOR_COPY_BEFORE_WRITE: variable(
+    flag('1', true),
+    '`1`',
+    '`0` keeps the guest paused for the whole capture of a checkpoint that continues (instead of only for its device state)',
   ),
   TORPOR_PAGE_DELTAS: variable(flag('1', true), '`1`', '`0` stores every changed 256 KiB chunk whole instead of as its changed 4 KiB pages'),
   TORPOR_VERIFY_WRITE_TRACKING: variable(flag('1', false), '`0`', '`1` checks every chunk write tracking calls unchanged (tests)'),

@@ -16,6 +16,10 @@ export interface ControlReply {
 
 export interface SnapshotSummary {
   name: string;
+  /** how long the guest did not run: stop to cont (absent for a hibernation, which does not continue) */
+  guestPausedMs?: number;
+  /** the guest ran while RAM and disk were captured (copy-before-write) */
+  capturedBesideGuest?: boolean;
   pauseMs: number;
   deviceStateMs: number;
   captureMs: number;

@@ -1,4 +1,4 @@
-import { open } from 'node:fs/promises';
+import { open, rm } from 'node:fs/promises';
 import { TorporError } from '../util/errors.ts';
 import type { SnapshotManifest, CaptureInput } from '../snapshot/snapshot-store.ts';
 import { environment } from '../config/environment.ts';
@@ -12,6 +12,9 @@ import {
   readLazyMemoryStatus,
   releaseLazyMemoryPin,
   removeLazyMemoryFiles,
+  freezeGuestMemory,
+  thawGuestMemory,
+  copiedChunks,
   workingSet,
   type LazyMemoryStatus,
 } from '../snapshot/lazy-memory.ts';
@@ -166,4 +169,65 @@ export async function earlyWorkingSet(memoryFile: string): Promise<number[] | un
 export async function releaseLazyMemory(machineId: string, memoryFile: string): Promise<void> {
   await removeLazyMemoryFiles(memoryFile);
   await releaseLazyMemoryPin(machineId);
+}
+
+/** A disk layer with more data than this is captured with the guest paused (copying it would pause longer). */
+const layerCopyLimit = 64 * 1024 * 1024;
+
+export interface CaptureBesideGuest {
+  /** the dirty generation the pager started at the freeze */
+  generation: number;
+  /** the disk layer as it was at the pause: capture this instead of the live layer */
+  diskCopy: string;
+  memoryCopies: NonNullable<CaptureInput['memoryCopies']>;
+}
+
+/**
+ * A checkpoint that continues, guest paused after its device state was saved: freezes the pager
+ * (copy-before-write) and copies the disk layer's data, so the guest can run again while its RAM
+ * and disk are captured. Undefined when that cannot be done here (no write tracking, no copy file,
+ * a large layer): the caller captures with the guest paused, as before.
+ */
+export async function startCaptureBesideGuest(memoryFile: string, layerDisk: string): Promise<CaptureBesideGuest | undefined> {
+  if (!environment().TORPOR_COPY_BEFORE_WRITE) return undefined;
+  const { dataExtents } = await import('../snapshot/extents.ts');
+  const extents = await dataExtents(layerDisk);
+  if (extents.reduce((sum, extent) => sum + extent.end - extent.start, 0) > layerCopyLimit) return undefined;
+  const files = lazyMemoryFiles(memoryFile);
+  if (!(await pathExists(files.copyFile))) return undefined;
+  const generation = await freezeGuestMemory(memoryFile).catch(() => undefined);
+  if (generation === undefined) return undefined;
+  const diskCopy = `${layerDisk}.capture`;
+  try {
+    await copyExtents(layerDisk, diskCopy, extents);
+  } catch (error) {
+    await finishCaptureBesideGuest(memoryFile, diskCopy);
+    throw error;
+  }
+  return { generation, diskCopy, memoryCopies: { file: files.copyFile, copied: () => copiedChunks(memoryFile) } };
+}
+
+export async function finishCaptureBesideGuest(memoryFile: string, diskCopy: string): Promise<void> {
+  await thawGuestMemory(memoryFile).catch(() => {});
+  await rm(diskCopy, { force: true });
+}
+
+/** A sparse copy of the data extents of `source` (holes stay holes, so the capture skips them too). */
+async function copyExtents(source: string, target: string, extents: { start: number; end: number }[]): Promise<void> {
+  const input = await open(source, 'r');
+  const output = await open(target, 'w', 0o600);
+  try {
+    await output.truncate((await input.stat()).size);
+    const buffer = Buffer.allocUnsafe(1024 * 1024);
+    for (const extent of extents) {
+      for (let position = extent.start; position < extent.end;) {
+        const { bytesRead } = await input.read(buffer, 0, Math.min(buffer.length, extent.end - position), position);
+        if (bytesRead === 0) break;
+        await output.write(buffer, 0, bytesRead, position);
+        position += bytesRead;
+      }
+    }
+  } finally {
+    await Promise.all([input.close(), output.close()]);
+  }
 }

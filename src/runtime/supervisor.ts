@@ -28,6 +28,9 @@ import {
   releaseLazyMemory,
   restoreEnvironment,
   verifyCleanChunks,
+  startCaptureBesideGuest,
+  finishCaptureBesideGuest,
+  type CaptureBesideGuest,
   type WriteBaseline,
 } from './lazy-restore.ts';
 
@@ -511,11 +514,22 @@ export class Supervisor {
       const paused = performance.now();
       const deviceState = await saveDeviceState(vm.qmp, this.migrationSocket(), { socketOwner: this.confinement?.runAs });
       const saved = performance.now();
+      // A checkpoint that continues, of a write-tracked machine: the guest runs again right after
+      // its device state, while the capture reads copies of what it writes (copy-before-write).
+      let beside: CaptureBesideGuest | undefined;
+      let resumed: number | undefined;
       // A lazily restored machine: chunks it never loaded, and (write tracking) chunks not written
       // since the last snapshot, are not read again.
       const { known, manifest } = await (async () => {
         const known = await knownMemoryOf(this.memoryFile(), this.writeBaseline);
         if (environment().TORPOR_VERIFY_WRITE_TRACKING && known.input) await verifyCleanChunks(this.memoryFile(), known.input, known.clean);
+        if (!request.stop && known.status?.tracking) {
+          beside = await startCaptureBesideGuest(this.memoryFile(), this.files.layerDisk);
+          if (beside) {
+            await vm.qmp.execute('cont');
+            resumed = performance.now();
+          }
+        }
         // Loaded on the first snapshot only: the store brings zstd, xxhash and worker threads, memory
         // that a machine which is never snapshotted should not carry.
         const { captureSnapshot } = await import('../snapshot/snapshot-store.ts');
@@ -523,7 +537,8 @@ export class Supervisor {
           knownMemory: known.input,
           name: request.name,
           memoryFile: this.memoryFile(),
-          diskFile: this.files.layerDisk,
+          diskFile: beside?.diskCopy ?? this.files.layerDisk,
+          ...(beside ? { memoryCopies: beside.memoryCopies } : {}),
           deviceState,
           parent: request.parent ?? this.config.restore?.snapshot,
           replace: request.replace,
@@ -535,11 +550,17 @@ export class Supervisor {
           },
         });
         return { known, manifest };
-      })().catch(async (error: unknown) => {
-        // Nothing was stored: keep the machine running and say why.
-        await vm.qmp.execute('cont').catch(() => {});
-        throw error;
-      });
+      })()
+        .catch(async (error: unknown) => {
+          // Nothing was stored: keep the machine running and say why. (Running already: the pager's
+          // dirty flags started a generation this capture did not finish, so the next one reads all.)
+          if (resumed === undefined) await vm.qmp.execute('cont').catch(() => {});
+          else this.writeBaseline = null;
+          throw error;
+        })
+        .finally(async () => {
+          if (beside) await finishCaptureBesideGuest(this.memoryFile(), beside.diskCopy);
+        });
       const captured = performance.now();
       if (request.stop) {
         // The guest lives on in the snapshot: end QEMU now; `finishAfterSnapshot` records it once
@@ -551,6 +572,8 @@ export class Supervisor {
         // Before the reply: whoever asked for the hibernation removes the machine right after it.
         const lazy = await readLazyMemoryStatus(this.memoryFile()).catch(() => undefined);
         await keepWarm(manifest.id, this.memoryFile(), this.files.layerDisk, lazy?.loaded).catch(() => false);
+      } else if (beside) {
+        this.writeBaseline = { generation: beside.generation, chunks: manifest.memory.chunks, deltaBases: manifest.memory.deltaBases ?? {} };
       } else {
         if (known.status?.tracking) {
           // Still paused: protect again, so the next snapshot reads only chunks written after this one.
@@ -560,9 +583,12 @@ export class Supervisor {
           );
         }
         await vm.qmp.execute('cont');
+        resumed = performance.now();
       }
       return {
         name: manifest.name,
+        ...(resumed !== undefined ? { guestPausedMs: resumed - started } : {}),
+        ...(beside ? { capturedBesideGuest: true } : {}),
         pauseMs: paused - started,
         deviceStateMs: saved - paused,
         captureMs: captured - saved,

@@ -237,7 +237,7 @@ function encodeDelta(task: CaptureChunkTask, data: Buffer, wholeBytes: number): 
 export function deltaChainOf(chunksDirectory: string, id: string): [string, string][] {
   const chain: [string, string][] = [];
   const head = Buffer.alloc(64);
-  for (let current = id; chain.length <= maximumDeltaDepth; ) {
+  for (let current = id; chain.length <= maximumDeltaDepth;) {
     let fd: number;
     try {
       fd = openSync(chunkPath(chunksDirectory, current), 'r');

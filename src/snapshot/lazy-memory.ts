@@ -31,10 +31,18 @@ export interface LazyMemoryFiles {
   statusFile: string;
   /** the snapshot's delta -> base chunk map (JSON): a capture of the machine records the bases of the deltas it keeps */
   deltasFile: string;
+  /** sparse, RAM-sized: chunks copied before a write while a snapshot is captured with the guest running */
+  copyFile: string;
 }
 
 export function lazyMemoryFiles(memoryFile: string): LazyMemoryFiles {
-  return { memoryFile, mapFile: `${memoryFile}.map`, statusFile: `${memoryFile}.pager`, deltasFile: `${memoryFile}.deltas.json` };
+  return {
+    memoryFile,
+    mapFile: `${memoryFile}.map`,
+    statusFile: `${memoryFile}.pager`,
+    deltasFile: `${memoryFile}.deltas.json`,
+    copyFile: `${memoryFile}.cow`,
+  };
 }
 
 export interface LazyMemorySupport {
@@ -102,7 +110,7 @@ export interface PrepareLazyMemoryOptions {
 }
 
 function statusSize(chunkCount: number): number {
-  return statusHeaderSize + Math.ceil(chunkCount / 8) * 8 * 2 + chunkCount * 8;
+  return statusHeaderSize + Math.ceil(chunkCount / 8) * 8 * 4 + chunkCount * 8;
 }
 
 function writePath(header: Buffer, index: number, path: string): void {
@@ -175,8 +183,10 @@ export async function prepareLazyMemory(manifest: SnapshotManifest, options: Pre
       [files.statusFile, status.length, status],
       [files.mapFile, map.length, map],
       [files.deltasFile, 0, Buffer.from(JSON.stringify(manifest.memory.deltaBases ?? {}))],
+      [files.copyFile, manifest.memory.size, undefined],
     ] as const) {
       if (path === files.memoryFile && options.present) continue;
+      // (the copy file is sparse: it takes memory only while a capture runs beside the guest)
       const handle = await open(path, 'w', 0o600);
       try {
         if (content) await handle.writeFile(content);
@@ -226,6 +236,7 @@ export async function removeLazyMemoryFiles(memoryFile: string): Promise<void> {
     rm(files.statusFile, { force: true }),
     rm(`${files.statusFile}.sock`, { force: true }),
     rm(files.deltasFile, { force: true }),
+    rm(files.copyFile, { force: true }),
   ]);
 }
 
@@ -235,14 +246,38 @@ export async function removeLazyMemoryFiles(memoryFile: string): Promise<void> {
  * Resolves to the new generation.
  */
 export function protectGuestMemory(memoryFile: string, timeoutMs = 5000): Promise<number> {
+  return pagerRequest(memoryFile, 'protect', timeoutMs);
+}
+
+/**
+ * Guest paused: a protect round (the new generation is returned), and from now until `thaw` the
+ * pager copies a loaded chunk to the copy file before its first write goes through. A capture can
+ * then run beside the guest: `copiedChunks` says which chunks to read from the copy instead.
+ */
+export function freezeGuestMemory(memoryFile: string, timeoutMs = 5000): Promise<number> {
+  return pagerRequest(memoryFile, 'freeze', timeoutMs);
+}
+
+export function thawGuestMemory(memoryFile: string, timeoutMs = 5000): Promise<number> {
+  return pagerRequest(memoryFile, 'thaw', timeoutMs);
+}
+
+/** 1 per chunk the pager copied before a write since the last freeze (read after the capture's reads). */
+export async function copiedChunks(memoryFile: string): Promise<Uint8Array> {
+  const status = await readLazyMemoryStatus(memoryFile);
+  if (!status) throw new Error('the machine has no pager');
+  return status.copied;
+}
+
+function pagerRequest(memoryFile: string, request: 'protect' | 'freeze' | 'thaw', timeoutMs: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const socket = connect(`${lazyMemoryFiles(memoryFile).statusFile}.sock`);
     let reply = '';
     const timer = setTimeout(() => {
       socket.destroy();
-      reject(new Error('the pager did not answer the write-protect request'));
+      reject(new Error(`the pager did not answer the ${request} request`));
     }, timeoutMs);
-    socket.on('connect', () => socket.write('protect\n'));
+    socket.on('connect', () => socket.write(`${request}\n`));
     socket.on('data', (data) => (reply += data.toString()));
     socket.on('error', (error) => {
       clearTimeout(timer);
@@ -252,7 +287,7 @@ export function protectGuestMemory(memoryFile: string, timeoutMs = 5000): Promis
       clearTimeout(timer);
       const match = /^ok (\d+)/.exec(reply);
       if (match) resolve(Number(match[1]));
-      else reject(new Error(`the pager refused to write-protect: ${reply.trim() || 'no answer'}`));
+      else reject(new Error(`the pager refused to ${request}: ${reply.trim() || 'no answer'}`));
     });
   });
 }
@@ -290,6 +325,8 @@ export interface LazyMemoryStatus {
   writeFaults: number;
   /** 1 per chunk written since the last protect round */
   dirty: Uint8Array;
+  /** 1 per chunk copied to the copy file before a write, since the last freeze */
+  copied: Uint8Array;
   /** the restored snapshot's delta -> base chunk map (undefined: not recorded, read the chunk files) */
   deltaBases?: Record<string, string>;
 }
@@ -352,6 +389,7 @@ export async function readLazyMemoryStatus(memoryFile: string): Promise<LazyMemo
     protectGeneration: counter(12),
     writeFaults: counter(13),
     dirty: new Uint8Array(status.buffer, status.byteOffset + orderStart + count * 8, count).slice(),
+    copied: new Uint8Array(status.buffer, status.byteOffset + orderStart + count * 8 + Math.ceil(count / 8) * 8 * 2, count).slice(),
     ...(deltaBases ? { deltaBases } : {}),
   };
 }

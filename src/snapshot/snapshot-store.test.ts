@@ -288,11 +288,16 @@ test('4 KiB page deltas: a few changed pages store only those pages; restore, ra
   const [deltaId, baseId] = chained[0]!;
   const baseFile = chunkPath(chunksRoot(), fourth.memory.deltaBases![baseId]!);
   const saved = readFileSync(baseFile);
-  const other = fourth.memory.chunks.find((id) => id && id !== deltaId && !(id in fourth.memory.deltaBases!) && !Object.values(fourth.memory.deltaBases!).includes(id))!;
+  const other = fourth.memory.chunks.find(
+    (id) => id && id !== deltaId && !(id in fourth.memory.deltaBases!) && !Object.values(fourth.memory.deltaBases!).includes(id),
+  )!;
   rmSync(baseFile, { force: true });
   writeFileSync(baseFile, readFileSync(chunkPath(chunksRoot(), other)));
   rmSync(join(shm, 'delta-4.ram'));
-  await assert.rejects(materializeSnapshot('delta@4', { memoryFile: join(shm, 'delta-4.ram') }), isTorporError('snapshot-corrupt', /does not match its hash|holds/));
+  await assert.rejects(
+    materializeSnapshot('delta@4', { memoryFile: join(shm, 'delta-4.ram') }),
+    isTorporError('snapshot-corrupt', /does not match its hash|holds/),
+  );
   assert.ok(!existsSync(join(shm, 'delta-4.ram')), 'no half-restored RAM file is left');
   rmSync(baseFile, { force: true });
   writeFileSync(baseFile, saved);

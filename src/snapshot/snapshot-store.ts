@@ -61,6 +61,12 @@ export interface CaptureInput {
     /** the bases of the deltas among `ids` (from the manifests they came from); absent: read from the chunk files */
     deltaBases?: Record<string, string>;
   };
+  /**
+   * The guest runs during the capture (copy-before-write, see architecture/lazy-memory.md): a
+   * chunk it writes is first copied, as it was at the pause, to `file` (same offset) and flagged in
+   * `copied()`. Chunks flagged once the capture read them are read again from the copy.
+   */
+  memoryCopies?: { file: string; copied: () => Promise<Uint8Array> };
   /** tuning for benchmarks; the defaults are measured */
   chunkSize?: number;
   compressionLevel?: number;
@@ -191,6 +197,7 @@ async function captureFile(
   chunks: string,
   written: WrittenChunk[],
   known?: CaptureInput['knownMemory'],
+  copies?: CaptureInput['memoryCopies'],
 ): Promise<ChunkCaptureOutcome> {
   const started = performance.now();
   const extents = await dataExtents(file);
@@ -206,30 +213,46 @@ async function captureFile(
   const indices = chunksWithData(extents, chunkSize).filter((index) => index * chunkSize < size && !isUnloaded(index));
   const pool = sharedPool();
   let scannedBytes = 0;
-  const settled = await Promise.allSettled(
-    indices.map(async (index) => {
-      const offset = index * chunkSize;
-      const length = Math.min(chunkSize, size - offset);
-      scannedBytes += length;
-      const deltaBase = known?.previous?.[index] ?? undefined;
-      const result = await pool.capture({
-        file,
-        offset,
-        length,
-        chunksDirectory: chunks,
-        compressionLevel,
-        frameSize: defaultFrameSize,
-        ...(deltaBase ? { deltaBase } : {}),
-      });
-      ids[index] = result.id;
-      // Recorded as each arrives, so that a failed capture can remove everything it wrote.
-      if (result.id && result.temporaryPath) written.push({ id: result.id, temporaryPath: result.temporaryPath });
-      return result;
-    }),
-  );
+  const captureChunkAt = async (index: number, source: string) => {
+    const offset = index * chunkSize;
+    const length = Math.min(chunkSize, size - offset);
+    scannedBytes += length;
+    const deltaBase = known?.previous?.[index] ?? undefined;
+    const result = await pool.capture({
+      file: source,
+      offset,
+      length,
+      chunksDirectory: chunks,
+      compressionLevel,
+      frameSize: defaultFrameSize,
+      ...(deltaBase ? { deltaBase } : {}),
+    });
+    ids[index] = result.id;
+    // Recorded as each arrives, so that a failed capture can remove everything it wrote.
+    if (result.id && result.temporaryPath) written.push({ id: result.id, temporaryPath: result.temporaryPath });
+    return result;
+  };
+  const settled = await Promise.allSettled(indices.map((index) => captureChunkAt(index, file)));
   const failure = settled.find((outcome) => outcome.status === 'rejected');
   if (failure) throw (failure as PromiseRejectedResult).reason;
   const results = settled.map((outcome) => (outcome as PromiseFulfilledResult<CaptureChunkResult>).value);
+  if (copies) {
+    // Flags read after every read above: a chunk written while (or after) it was read was copied
+    // first, so the copy holds it as it was at the pause; what was read from the guest's file may
+    // be torn. Read those again from the copy and forget what the torn reads wrote.
+    const copied = await copies.copied();
+    for (let position = 0; position < indices.length; position++) {
+      const index = indices[position]!;
+      if (!copied[index]) continue;
+      const torn = results[position]!;
+      if (torn.temporaryPath) {
+        const at = written.findIndex((entry) => entry.temporaryPath === torn.temporaryPath);
+        if (at >= 0) await discardChunks(written.splice(at, 1));
+      }
+      scannedBytes -= Math.min(chunkSize, size - index * chunkSize);
+      results[position] = await captureChunkAt(index, copies.file);
+    }
+  }
   // Chunks taken as known count as reused (they are in the store already, pinned meanwhile).
   if (known) {
     for (let index = 0; index < ids.length; index++) {
@@ -303,7 +326,7 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
     const diskSize = input.diskFile ? (await stat(input.diskFile)).size : 0;
     const chunksStarted = performance.now();
     const settled = await Promise.allSettled([
-      captureFile(input.memoryFile, memorySize, chunkSize, compressionLevel, chunks, written, input.knownMemory),
+      captureFile(input.memoryFile, memorySize, chunkSize, compressionLevel, chunks, written, input.knownMemory, input.memoryCopies),
       input.diskFile ? captureFile(input.diskFile, diskSize, chunkSize, compressionLevel, chunks, written) : Promise.resolve(undefined),
     ]);
     for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason;
