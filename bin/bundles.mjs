@@ -108,12 +108,24 @@ function removeOldBuilds(keep) {
   }
 }
 
+/**
+ * The last answer, reused for a few seconds: a `run` asks when the CLI starts and again to start
+ * its supervisor, and each answer walks and stats every source file (10-20 ms of CPU here). Not
+ * for longer, so a long-running `torpor serve` still starts supervisors from edited sources.
+ */
+let recent;
+const recentForMs = 5000;
+
 /** Returns the bundle paths, building them first when a source changed. */
 export async function ensureBundles({ force = false } = {}) {
   if (!existsSync(join(root, 'src'))) return currentBuild(); // an installed package: no sources, no esbuild
+  if (!force && recent && performance.now() - recent.at < recentForMs) return recent.paths;
   const stamp = sourceStamp();
   const fresh = force ? undefined : freshBuild(stamp);
-  if (fresh) return fresh;
+  if (fresh) {
+    recent = { at: performance.now(), paths: fresh };
+    return fresh;
+  }
   const { build } = await import('esbuild');
   const { createHash } = await import('node:crypto');
   // Each build goes to its own directory, published by replacing current.json: a process starting

@@ -9,6 +9,7 @@ import { supervisorCommand, supervisorEnvironment, supervisorMarker } from './su
 import { effectiveState } from './machine-status.ts';
 import { ensureMemoryRoom, ensurePortsFree } from './host-preparation.ts';
 import { materializeForRestore } from './restore-materialization.ts';
+import { watchMachineDirectory, type MachineDirectoryWatch } from './machine-directory-watch.ts';
 import { requireNetworkFilter } from '../network/firewall.ts';
 import { prepareConfinement, releaseConfinement } from '../network/machine-confinement.ts';
 import { defaultNetworkPolicy } from '../network/policy.ts';
@@ -62,12 +63,23 @@ export async function startMachine(
     child.stdin?.end(`${id}\n`);
     (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
   }
-  // Wait for the supervisor to report the guest ready (or failed).
+  // Wait for the supervisor to report the guest ready (or failed): woken by its state.json
+  // writes, and every 100 ms anyway to notice a supervisor that died without writing.
+  const changes = watchMachineDirectory(files.directory);
+  try {
+    return await waitForStart(id, config.name, supervisorPid, changes);
+  } finally {
+    changes.close();
+  }
+}
+
+async function waitForStart(id: string, name: string, supervisorPid: number | undefined, changes: MachineDirectoryWatch): Promise<MachineState> {
+  const files = machineFiles(id);
   for (;;) {
     const state = await readMachineState(id);
     if (state.status === 'running' || state.status === 'exited' || state.status === 'failed') {
       if (state.status === 'failed') {
-        throw new TorporError('start-failed', `machine ${config.name} failed to start: ${state.error}`, { hint: `supervisor log: ${files.supervisorLog}` });
+        throw new TorporError('start-failed', `machine ${name} failed to start: ${state.error}`, { hint: `supervisor log: ${files.supervisorLog}` });
       }
       return state;
     }
@@ -76,10 +88,10 @@ export async function startMachine(
       if (after.status === 'running' || after.status === 'exited') return after;
       const log = await readFile(files.supervisorLog, 'utf8').catch(() => '');
       await writeMachineState(id, { ...after, status: 'failed', error: 'supervisor died during start' });
-      throw new TorporError('start-failed', `machine ${config.name} failed to start: its supervisor exited\n${log.trim().split('\n').slice(-8).join('\n')}`, {
+      throw new TorporError('start-failed', `machine ${name} failed to start: its supervisor exited\n${log.trim().split('\n').slice(-8).join('\n')}`, {
         hint: `supervisor log: ${files.supervisorLog}`,
       });
     }
-    await new Promise((resolve) => setTimeout(resolve, 15));
+    await changes.next(100);
   }
 }

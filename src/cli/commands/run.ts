@@ -5,7 +5,8 @@ import { parseCpus, parseMemory, parsePort, parseEnvironment, networkOptionsFrom
 import { connectTerminal, terminalSize } from '../terminal.ts';
 import { collect } from '../output.ts';
 import { stderrProgress } from '../../util/progress.ts';
-import { readMachineConfig } from '../../runtime/machine-files.ts';
+import { machineFiles, readMachineConfig } from '../../runtime/machine-files.ts';
+import { watchMachineDirectory } from '../../runtime/machine-directory-watch.ts';
 import { machineDefaults } from '../../config/machine-defaults.ts';
 
 interface RunFlags {
@@ -113,8 +114,11 @@ export function registerRunCommands(program: Command): void {
       client.close();
       if (code < 0) code = (await effectiveState(config)).exitCode ?? 125;
       if (flags.rm) {
-        // The supervisor removes it once the VM is down; wait for that so `run --rm` leaves nothing.
-        for (let attempt = 0; attempt < 400; attempt++) {
+        // The supervisor removes it once the VM is down; wait for that so `run --rm` leaves nothing
+        // (woken by the removal itself; at most 10 s).
+        const changes = watchMachineDirectory(machineFiles(config.id).directory);
+        const deadline = performance.now() + 10_000;
+        while (performance.now() < deadline) {
           try {
             await readMachineConfig(config.id);
           } catch {
@@ -125,8 +129,9 @@ export function registerRunCommands(program: Command): void {
             await removeMachine(config, { force: true });
             break;
           }
-          await new Promise((resolve) => setTimeout(resolve, 25));
+          await changes.next(100);
         }
+        changes.close();
       }
       process.exitCode = code;
     });
