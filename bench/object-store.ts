@@ -1,5 +1,6 @@
 // Object store benchmark (issue 13, run by hand): a real hibernated machine's snapshot moved through
-// an S3-compatible server on loopback (the test harness's s3rver), side by side with
+// an S3-compatible server on loopback (the test harness's: Ceph radosgw, or s3rver with
+// TORPOR_TEST_S3=s3rver), side by side with
 //  - the local store (a wake on the node where the session slept: nothing read remotely), and
 //  - the peer: a naive whole-RAM-file upload/download of the same memory (one PUT / GET of the file,
 //    as `aws s3 cp` of a QEMU memory file would do).
@@ -72,7 +73,9 @@ const client = new S3Client({
 const stopSampler = startHostSampler(memoryDirectory);
 try {
   report(`# object store benchmark ${new Date().toISOString()}`);
-  report(`host: ${cpus().length} cores, node ${process.version}, TCG; S3: s3rver 3.7 on 127.0.0.1 (objects on ${tmpdir()}), local store in ${home}`);
+  report(
+    `host: ${cpus().length} cores, node ${process.version}, TCG; S3: ${server.implementation === 'radosgw' ? 'Ceph radosgw 16.2 (one memstore OSD)' : 's3rver 3.7'} on 127.0.0.1, local store in ${home}`,
+  );
   progress('booting the machine and filling its memory');
   const machine = await createMachine({ image: 'base', name: 'origin', command: ['sh', '-c', workload], memoryMiB: 256 });
   await startMachine(machine.id);

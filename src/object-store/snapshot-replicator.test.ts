@@ -63,8 +63,8 @@ describe('snapshot replication through an S3-compatible store', () => {
     shm = mkdtempSync('/dev/shm/torpor-objectstore-test-');
     homeA = mkdtempSync('/var/tmp/torpor-objectstore-a-');
     homeB = mkdtempSync('/var/tmp/torpor-objectstore-b-');
-    ram = writeSyntheticFile(join(shm, 'machine.ram'), { size: 64 * MiB, liveBytes: 6 * MiB, randomShare: 0.3, seed: 21 });
-    disk = writeSyntheticFile(join(shm, 'layer.img'), { size: 256 * MiB, liveBytes: 1 * MiB, randomShare: 0.3, seed: 22, maxRun: 32 });
+    ram = writeSyntheticFile(join(shm, 'machine.ram'), { size: 64 * MiB, liveBytes: 3 * MiB, randomShare: 0.3, seed: 21 });
+    disk = writeSyntheticFile(join(shm, 'layer.img'), { size: 256 * MiB, liveBytes: MiB / 2, randomShare: 0.3, seed: 22, maxRun: 32 });
     useHome(homeA);
     manifest = await captureSnapshot({ name: 'web@1', memoryFile: ram.path, diskFile: disk.path, deviceState, metadata: { machine: { name: 'web' } } });
   });
