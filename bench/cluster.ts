@@ -15,6 +15,12 @@ const sessionCount = Number(process.argv[2] ?? 4);
 const leaseSeconds = 3;
 const began = performance.now();
 const rows: Array<[string, string]> = [];
+// Each row also goes to stderr as it is measured, so a run that fails later still shows what it had.
+const push = rows.push.bind(rows);
+rows.push = (...items: Array<[string, string]>) => {
+  for (const [label, value] of items) process.stderr.write(`${label}: ${value}\n`);
+  return push(...items);
+};
 const spec = (name: string) => ({ name, image: 'base', command: ['sh', '-c', shellAgent], resources: { cpus: 1, memory: '128m' }, idle: 1 });
 
 async function until(what: string, timeoutMs: number, check: () => Promise<boolean>): Promise<void> {

@@ -179,8 +179,8 @@ export async function startTestCluster(options: { nodes: number; leaseSeconds?: 
           }
           // Machines outlive a stopped server (a restarted one reattaches): end them too.
           node.crash();
-          rmSync(node.home, { recursive: true, force: true });
-          rmSync(node.memoryDirectory, { recursive: true, force: true });
+          rmSync(node.home, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+          rmSync(node.memoryDirectory, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
         }
         await pool.end().catch(() => {});
         await s3?.stop();
@@ -191,8 +191,8 @@ export async function startTestCluster(options: { nodes: number; leaseSeconds?: 
   } catch (error) {
     for (const node of nodes) node.crash();
     for (const node of nodes) {
-      rmSync(node.home, { recursive: true, force: true });
-      rmSync(node.memoryDirectory, { recursive: true, force: true });
+      rmSync(node.home, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+      rmSync(node.memoryDirectory, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
     }
     await pool.end().catch(() => {});
     await s3?.stop();
