@@ -76,7 +76,13 @@ function readMachines(home: string): Array<{ id: string; name: string; superviso
   });
 }
 
-export async function startTestCluster(options: { nodes: number; leaseSeconds?: number; store?: boolean; maxMachines?: number }): Promise<TestCluster> {
+export async function startTestCluster(options: {
+  nodes: number;
+  leaseSeconds?: number;
+  store?: boolean;
+  maxMachines?: number;
+  /** Copies the nodes' stderr to this process's. */ verbose?: boolean;
+}): Promise<TestCluster> {
   const postgres = await startPostgresServer({ durable: false, settings: { max_connections: '200' } });
   const databaseUrl = await postgres.createDatabase('cluster');
   const s3 = options.store === false ? undefined : await startS3Server({ bucket: 'torpor-cluster' });
@@ -112,7 +118,7 @@ export async function startTestCluster(options: { nodes: number; leaseSeconds?: 
     let errors = '';
     child.stderr!.on('data', (chunk: Buffer) => {
       errors = (errors + chunk.toString()).slice(-8000);
-      if (process.env.TORPOR_CLUSTER_TEST_VERBOSE) process.stderr.write(`[${name}] ${chunk}`);
+      if (options.verbose) process.stderr.write(`[${name}] ${chunk}`);
     });
     const url = await new Promise<string>((resolve, reject) => {
       const lines = createInterface({ input: child.stdout! });
