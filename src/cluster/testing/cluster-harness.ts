@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { environment } from '../../config/environment.ts';
+import { environment as torporEnvironment } from '../../config/environment.ts';
 import { startPostgresServer, type PostgresServer } from '../../context/testing/postgres-server.ts';
 import { startS3Server, type S3Server } from '../../object-store/testing/s3-server.ts';
 
@@ -101,7 +101,7 @@ export async function startTestCluster(options: {
       TORPOR_HOME: home,
       TORPOR_MEMORY_DIR: memoryDirectory,
       // Each node cold-boots its boot template once; on a loaded shared host that can pass 60 s.
-      TORPOR_BOOT_TIMEOUT_MS: String(Math.max(environment().TORPOR_BOOT_TIMEOUT_MS, 180_000)),
+      TORPOR_BOOT_TIMEOUT_MS: String(Math.max(torporEnvironment().TORPOR_BOOT_TIMEOUT_MS, 180_000)),
       ...(s3
         ? {
             TORPOR_S3_ENDPOINT: s3.endpoint,
