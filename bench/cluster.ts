@@ -15,6 +15,12 @@ const sessionCount = Number(process.argv[2] ?? 4);
 const leaseSeconds = 3;
 const began = performance.now();
 const rows: Array<[string, string]> = [];
+// Each row also goes to stderr as it is measured, so a run that fails later still shows what it had.
+const push = rows.push.bind(rows);
+rows.push = (...items: Array<[string, string]>) => {
+  for (const [label, value] of items) process.stderr.write(`${label}: ${value}\n`);
+  return push(...items);
+};
 const spec = (name: string) => ({ name, image: 'base', command: ['sh', '-c', shellAgent], resources: { cpus: 1, memory: '128m' }, idle: 1 });
 
 async function until(what: string, timeoutMs: number, check: () => Promise<boolean>): Promise<void> {
@@ -131,14 +137,17 @@ try {
   ]);
 
   // Failover: kill -9 the node holding the most awake sessions right after a turn (machines running).
-  const victim = cluster.nodes[0]!;
-  const held = (await sessionRows(cluster)).filter((row) => row.lease_node === victim.name && sessions.some((each) => each.id === row.id));
+  const benchRows = (await sessionRows(cluster)).filter((row) => sessions.some((each) => each.id === row.id));
+  const victim = [...cluster.nodes].sort(
+    (left, right) => benchRows.filter((row) => row.lease_node === right.name).length - benchRows.filter((row) => row.lease_node === left.name).length,
+  )[0]!;
+  const held = benchRows.filter((row) => row.lease_node === victim.name);
   for (const row of held) await send(cluster, victim, row.id, 'busy');
   const killedAt = performance.now();
   victim.crash();
   await until('takeover', 120_000, async () => (await sessionRows(cluster)).every((row) => row.lease_node !== victim.name));
   const takenOver = performance.now() - killedAt;
-  const survivor = cluster.nodes[1]!;
+  const survivor = cluster.nodes.find((node) => node !== victim)!;
   let firstAnswer = Number.NaN;
   if (held.length > 0) {
     await send(cluster, survivor, held[0]!.id, 'after');

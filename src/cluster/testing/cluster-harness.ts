@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { environment as torporEnvironment } from '../../config/environment.ts';
 import { startPostgresServer, type PostgresServer } from '../../context/testing/postgres-server.ts';
 import { startS3Server, type S3Server } from '../../object-store/testing/s3-server.ts';
 
@@ -76,7 +77,13 @@ function readMachines(home: string): Array<{ id: string; name: string; superviso
   });
 }
 
-export async function startTestCluster(options: { nodes: number; leaseSeconds?: number; store?: boolean; maxMachines?: number }): Promise<TestCluster> {
+export async function startTestCluster(options: {
+  nodes: number;
+  leaseSeconds?: number;
+  store?: boolean;
+  maxMachines?: number;
+  /** Copies the nodes' stderr to this process's. */ verbose?: boolean;
+}): Promise<TestCluster> {
   const postgres = await startPostgresServer({ durable: false, settings: { max_connections: '200' } });
   const databaseUrl = await postgres.createDatabase('cluster');
   const s3 = options.store === false ? undefined : await startS3Server({ bucket: 'torpor-cluster' });
@@ -94,7 +101,7 @@ export async function startTestCluster(options: { nodes: number; leaseSeconds?: 
       TORPOR_HOME: home,
       TORPOR_MEMORY_DIR: memoryDirectory,
       // Each node cold-boots its boot template once; on a loaded shared host that can pass 60 s.
-      TORPOR_BOOT_TIMEOUT_MS: process.env.TORPOR_BOOT_TIMEOUT_MS ?? '180000',
+      TORPOR_BOOT_TIMEOUT_MS: String(Math.max(torporEnvironment().TORPOR_BOOT_TIMEOUT_MS, 180_000)),
       ...(s3
         ? {
             TORPOR_S3_ENDPOINT: s3.endpoint,
@@ -112,7 +119,7 @@ export async function startTestCluster(options: { nodes: number; leaseSeconds?: 
     let errors = '';
     child.stderr!.on('data', (chunk: Buffer) => {
       errors = (errors + chunk.toString()).slice(-8000);
-      if (process.env.TORPOR_CLUSTER_TEST_VERBOSE) process.stderr.write(`[${name}] ${chunk}`);
+      if (options.verbose) process.stderr.write(`[${name}] ${chunk}`);
     });
     const url = await new Promise<string>((resolve, reject) => {
       const lines = createInterface({ input: child.stdout! });
@@ -179,8 +186,8 @@ export async function startTestCluster(options: { nodes: number; leaseSeconds?: 
           }
           // Machines outlive a stopped server (a restarted one reattaches): end them too.
           node.crash();
-          rmSync(node.home, { recursive: true, force: true });
-          rmSync(node.memoryDirectory, { recursive: true, force: true });
+          rmSync(node.home, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+          rmSync(node.memoryDirectory, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
         }
         await pool.end().catch(() => {});
         await s3?.stop();
@@ -191,8 +198,8 @@ export async function startTestCluster(options: { nodes: number; leaseSeconds?: 
   } catch (error) {
     for (const node of nodes) node.crash();
     for (const node of nodes) {
-      rmSync(node.home, { recursive: true, force: true });
-      rmSync(node.memoryDirectory, { recursive: true, force: true });
+      rmSync(node.home, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+      rmSync(node.memoryDirectory, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
     }
     await pool.end().catch(() => {});
     await s3?.stop();
