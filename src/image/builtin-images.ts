@@ -21,7 +21,8 @@ export const builtinImages: Record<string, { description: string; build: (root: 
   torpor: {
     description: 'torpor itself with QEMU, the guest kernel and the kvm modules, to run machines nested (run it with --memory 2g)',
     build: async (root, inputs) => {
-      if (!inputs.nestedTorpor) throw new TorporError('image-inputs-missing', 'the torpor image is built from the host by the runtime', { hint: 'run it with `torpor run torpor`' });
+      if (!inputs.nestedTorpor)
+        throw new TorporError('image-inputs-missing', 'the torpor image is built from the host by the runtime', { hint: 'run it with `torpor run torpor`' });
       return buildTorporRoot(root, await inputs.nestedTorpor());
     },
   },
