@@ -42,7 +42,8 @@ try {
 } finally {
   await nest.remove();
 }
-const line = (label: string, values: number[]) => `${label.padEnd(28)} p50 ${ms(percentile(values, 50)).padStart(9)}  min ${ms(Math.min(...values)).padStart(9)}  (${values.map((v) => v.toFixed(0)).join(', ')})`;
+const line = (label: string, values: number[]) =>
+  `${label.padEnd(28)} p50 ${ms(percentile(values, 50)).padStart(9)}  min ${ms(Math.min(...values)).padStart(9)}  (${values.map((v) => v.toFixed(0)).join(', ')})`;
 console.log(`nested-kvm, ${new Date().toISOString()}, ${rounds} rounds, host load at the end ${loadavg()[0]!.toFixed(1)} (2 cores)`);
 console.log('outer: this host, TCG -cpu max, 2 GiB torpor machine; inner: base image, 512 MiB, 1 vCPU');
 for (const [accelerator, result] of Object.entries(results)) {
@@ -54,5 +55,7 @@ for (const [accelerator, result] of Object.entries(results)) {
 }
 if (results.kvm && results.tcg) {
   const ratio = (key: 'boot' | 'snapshot' | 'restore') => (percentile(results.tcg![key], 50) / percentile(results.kvm![key], 50)).toFixed(2);
-  console.log(`\nTCG/KVM p50 ratio: cold boot ${ratio('boot')}x, snapshot ${ratio('snapshot')}x, restore ${ratio('restore')}x (nested, emulated SVM: not bare metal)`);
+  console.log(
+    `\nTCG/KVM p50 ratio: cold boot ${ratio('boot')}x, snapshot ${ratio('snapshot')}x, restore ${ratio('restore')}x (nested, emulated SVM: not bare metal)`,
+  );
 }

@@ -38,7 +38,7 @@ export const variables = {
   TORPOR_KVM_PROBE_MS: variable(
     wholeNumberOr(1, 8_000),
     '`8000`',
-    "how long the KVM probe guest may take to answer before torpor uses TCG (the `torpor` image sets 180000: nested KVM under TCG boots in ~10-60 s)",
+    "how long the KVM probe guest may take to answer before torpor uses TCG (the `torpor` image sets 600000: nested KVM under TCG boots in 10 s to minutes)",
   ),
   TORPOR_BOOT_TEMPLATES: variable(flag('1', true), '`1`', '`0` boots every machine cold instead of restoring a boot template'),
   TORPOR_BOOT_TIMEOUT_MS: variable(wholeNumberOr(1, 60_000), '`60000`', 'how long a cold boot may take before the machine fails'),

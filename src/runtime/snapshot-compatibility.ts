@@ -16,9 +16,13 @@ export async function checkSnapshotRuns(snapshotName: string, original: MachineC
   if (original.accelerator !== 'kvm') return;
   const choice = await chooseAccelerator({ kernelPath: original.kernelPath, initramfsPath: original.initramfsPath, cacheDirectory: paths.artifacts() });
   if (choice.accelerator !== 'kvm') {
-    throw new TorporError('snapshot-accelerator', `snapshot ${snapshotName} was taken under kvm, and machines here run under ${choice.accelerator} (${choice.reason})`, {
-      hint: 'restore it on a host where KVM works (`torpor doctor` shows accelerator kvm), or run the program again here and take a new snapshot',
-    });
+    throw new TorporError(
+      'snapshot-accelerator',
+      `snapshot ${snapshotName} was taken under kvm, and machines here run under ${choice.accelerator} (${choice.reason})`,
+      {
+        hint: 'restore it on a host where KVM works (`torpor doctor` shows accelerator kvm), or run the program again here and take a new snapshot',
+      },
+    );
   }
   if (original.hostCpu) await checkCpuFeatures(snapshotName, original.hostCpu, await hostCpu());
 }

@@ -25,7 +25,9 @@ test('doctor inside picks kvm; machines made here record kvm and the CPU they ra
   const checks = JSON.parse(succeeded(await nest.torpor('doctor', '--json'), 'doctor')) as { name: string; detail: string }[];
   assert.match(checks.find((check) => check.name === 'accelerator')?.detail ?? '', /^kvm: /);
   succeeded(await nest.torpor('run', '-d', '--name', 'probe', '--network', 'none', 'base', 'sleep', '100000'), 'run -d');
-  const [inspected] = JSON.parse(succeeded(await nest.torpor('inspect', 'probe'), 'inspect')) as { config: { accelerator: string; hostCpu?: { flags: string[] } } }[];
+  const [inspected] = JSON.parse(succeeded(await nest.torpor('inspect', 'probe'), 'inspect')) as {
+    config: { accelerator: string; hostCpu?: { flags: string[] } };
+  }[];
   assert.equal(inspected!.config.accelerator, 'kvm');
   assert.ok(inspected!.config.hostCpu?.flags.includes('svm'), 'the CPU record names its features');
   assert.equal(succeeded(await nest.torpor('exec', 'probe', 'echo', 'exec-ok'), 'exec').trim(), 'exec-ok');
@@ -34,7 +36,16 @@ test('doctor inside picks kvm; machines made here record kvm and the CPU they ra
 
 test('run --rm under KVM: KVM hypervisor, kvm-clock, exit code passed on', async () => {
   const output = succeeded(
-    await nest.torpor('run', '--rm', '--network', 'none', 'base', 'sh', '-c', 'cat /sys/devices/system/clocksource/clocksource0/current_clocksource; dmesg | grep -c "Hypervisor detected: KVM"'),
+    await nest.torpor(
+      'run',
+      '--rm',
+      '--network',
+      'none',
+      'base',
+      'sh',
+      '-c',
+      'cat /sys/devices/system/clocksource/clocksource0/current_clocksource; dmesg | grep -c "Hypervisor detected: KVM"',
+    ),
     'run --rm',
   );
   assert.deepEqual(output.trim().split('\n'), ['kvm-clock', '1']);
@@ -63,7 +74,8 @@ test('fork of 2 under KVM: both run on, with different random streams', async ()
   succeeded(await nest.torpor('run', '-d', '--name', 'parent', '--network', 'none', 'base', 'sh', '-c', counterScript), 'run -d');
   await sleep(2000);
   succeeded(await nest.torpor('fork', 'parent', '-n', '2'), 'fork');
-  const random = async (machine: string) => succeeded(await nest.torpor('exec', machine, 'sh', '-c', 'head -c 16 /dev/urandom | od -An -tx1'), 'urandom').trim();
+  const random = async (machine: string) =>
+    succeeded(await nest.torpor('exec', machine, 'sh', '-c', 'head -c 16 /dev/urandom | od -An -tx1'), 'urandom').trim();
   const [one, two] = [await random('parent-fork-1'), await random('parent-fork-2')];
   assert.notEqual(one, two, 'forks reseed their RNG');
   for (const fork of ['parent-fork-1', 'parent-fork-2']) {

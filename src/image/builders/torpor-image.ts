@@ -136,14 +136,21 @@ export async function buildTorporRoot(root: string, inputs: NestedTorporInputs):
   const base = await buildNodeRoot(root);
   const qemu = environment().TORPOR_QEMU;
   const qemuPath = qemu.startsWith('/') ? qemu : await findProgram(qemu);
-  if (!qemuPath) throw new TorporError('qemu-missing', `${qemu} not found: the torpor image carries the host's QEMU`, { hint: 'apt-get install -y qemu-system-x86' });
+  if (!qemuPath)
+    throw new TorporError('qemu-missing', `${qemu} not found: the torpor image carries the host's QEMU`, { hint: 'apt-get install -y qemu-system-x86' });
   // Same path as on the host, so TORPOR_QEMU's default (a name on PATH) finds it inside too.
   await copyProgramWithLibraries(root, qemuPath);
   // Debian builds TCG as a loadable QEMU module: without it `-accel tcg` fails ("could not load module for type 'tcg-accel-ops'").
   const qemuModules = '/usr/lib/x86_64-linux-gnu/qemu';
   for (const module of ['accel-tcg-x86_64.so']) {
     const path = join(qemuModules, module);
-    if (await stat(path).then(() => false, () => true)) continue; // a QEMU with TCG built in
+    if (
+      await stat(path).then(
+        () => false,
+        () => true,
+      )
+    )
+      continue; // a QEMU with TCG built in
     await copyProgramWithLibraries(root, path);
   }
   const firmware = await realpath('/usr/share/qemu').catch(() => undefined);
@@ -211,10 +218,14 @@ export async function buildTorporRoot(root: string, inputs: NestedTorporInputs):
   return {
     entrypoint: [kvmSetupProgram],
     cmd: ['/bin/sh'],
-    env: [...base.env, `TORPOR_CACHE=${nestedCacheDirectory}`, 'TORPOR_HOME=/var/lib/torpor',
+    env: [
+      ...base.env,
+      `TORPOR_CACHE=${nestedCacheDirectory}`,
+      'TORPOR_HOME=/var/lib/torpor',
       'HOME=/root',
-      // KVM on emulated SVM (this image under TCG) boots its probe guest in 10-60 s, not the 8 s a real host needs.
-      'TORPOR_KVM_PROBE_MS=180000',
+      // KVM on emulated SVM (this image under TCG) boots its probe guest in ~10 s on a quiet 2-core host and
+      // took ~5 min at load 80; a real host needs < 8 s. The verdict is cached, so this wait happens once.
+      'TORPOR_KVM_PROBE_MS=600000',
     ],
     workingDir: '/root',
     exposedPorts: [],
