@@ -71,7 +71,10 @@ async function makeBootTemplate(
   );
   try {
     await bootMachine({ ...template, captureTemplate: name, autoRemove: false });
-    for (let attempt = 0; attempt < 600; attempt++) {
+    // The capture after the boot compresses the whole guest: on a busy host it took longer than the
+    // 15 s this loop used to allow, and the template was then reported as not saved. Allow as long
+    // as a boot may take.
+    for (let attempt = 0; attempt < Math.max(600, template.bootTimeoutMs / 25); attempt++) {
       const state = await readMachineState(template.id);
       if (state.status === 'exited' || state.status === 'failed') {
         if (state.status === 'failed') throw new TorporError('template-failed', `could not make a boot template: ${state.error}`);
