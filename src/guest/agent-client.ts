@@ -266,8 +266,8 @@ export class AgentClient {
     return performance.now() - started;
   }
 
-  configure(settings: Record<string, string>, type: number = FrameType.configure): Promise<void> {
-    return this.request(type, encodeSettings(settings), (frame) => ({ done: frame.type === FrameType.ok }), 10_000);
+  configure(settings: Record<string, string>, type: number = FrameType.configure, timeoutMs = 10_000): Promise<void> {
+    return this.request(type, encodeSettings(settings), (frame) => ({ done: frame.type === FrameType.ok }), timeoutMs);
   }
 
   exec(request: ExecRequest, handlers: ExecHandlers = {}): GuestProcess {

@@ -178,8 +178,11 @@ export class Supervisor {
         // and name in one go (each round trip is slow while TCG re-translates the guest's code).
         // User networking gives every machine its own private 10.0.2.0/24, so there is no network
         // identity to renew.
+        // The machine's boot timeout bounds it (15 s was fixed here): a restored guest in a nested
+        // machine (KVM on emulated SVM) answered after more than 10 s; a QEMU that dies is seen at once (vmGone).
         const agent = this.agent;
-        await Promise.race([Promise.all([agent.hello(15_000), agent.configure(this.guestSettings(), FrameType.resumed)]), vmGone]);
+        const waitMs = Math.max(15_000, this.config.bootTimeoutMs);
+        await Promise.race([Promise.all([agent.hello(waitMs), agent.configure(this.guestSettings(), FrameType.resumed, waitMs)]), vmGone]);
       } else {
         await Promise.race([this.agent.hello(this.config.bootTimeoutMs), vmGone]);
         await this.agent.configure(this.guestSettings());
