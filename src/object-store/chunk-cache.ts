@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { readFile, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { environment } from '../config/environment.ts';
@@ -5,7 +6,10 @@ import { syncDirectory, writeFileAtomic } from '../util/atomic-file.ts';
 import { isNodeError } from '../util/errors.ts';
 import { listSnapshots, type SnapshotManifest } from '../snapshot/snapshot-store.ts';
 import {
+  ChunkCorruptError,
+  deltaBaseOf,
   landChunks,
+  maximumDeltaDepth,
   localChunkPath,
   localChunks,
   pinnedChunks,
@@ -79,8 +83,22 @@ export function createChunkCache(options: { budgetBytes?: number } = {}): ChunkC
     },
     read: (id) => readFile(localChunkPath(id)),
     async add(chunks) {
-      for (const chunk of chunks) verifyChunkFile(chunk.id, chunk.encoded, chunk);
-      await landChunks(chunks);
+      // Whole chunks first; then page deltas, each once its base is in the local store (verified),
+      // in rounds, since a delta's base may be a delta of the same batch (chains are short).
+      let pending = chunks;
+      for (let round = 0; pending.length > 0; round++) {
+        const ready = pending.filter((chunk) => {
+          const base = deltaBaseOf(chunk.encoded);
+          return base === undefined || existsSync(localChunkPath(base));
+        });
+        if (ready.length === 0 || round > maximumDeltaDepth) {
+          const stuck = pending[0]!;
+          throw new ChunkCorruptError(stuck.id, `chunk ${stuck.id} is a delta of ${deltaBaseOf(stuck.encoded)}, which neither the snapshot nor this node holds`);
+        }
+        for (const chunk of ready) verifyChunkFile(chunk.id, chunk.encoded, chunk);
+        await landChunks(ready);
+        pending = pending.filter((chunk) => !ready.includes(chunk));
+      }
     },
     touch: touchChunks,
     async markPushed(manifest) {

@@ -31,13 +31,22 @@ function checkChunkedFile(value: unknown, field: string): void {
   for (const id of file.chunks) {
     if (id !== null && (typeof id !== 'string' || !chunkIdPattern.test(id))) throw invalid(`${field} names a chunk ${JSON.stringify(id).slice(0, 80)} that is not a chunk id`);
   }
+  // Version 2: the bases of 4 KiB page deltas, delta id -> base id (chains included, so a few per chunk at most).
+  const bases = (value as { deltaBases?: unknown }).deltaBases;
+  if (bases === undefined) return;
+  if (typeof bases !== 'object' || bases === null || Array.isArray(bases)) throw invalid(`${field}.deltaBases is not a map of chunk ids`);
+  const pairs = Object.entries(bases);
+  if (pairs.length > file.chunks.length * 4) throw invalid(`${field}.deltaBases holds more pairs than its chunks can have`);
+  for (const [delta, base] of pairs) {
+    if (!chunkIdPattern.test(delta) || typeof base !== 'string' || !chunkIdPattern.test(base)) throw invalid(`${field}.deltaBases names something that is not a chunk id`);
+  }
 }
 
 /** The manifest, typed, or `manifest-invalid` naming the first field that is wrong. */
 export function validateManifest(value: unknown): SnapshotManifest {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid('not an object');
   const manifest = value as Record<string, unknown>;
-  if (manifest.version !== 1) throw invalid(`version ${JSON.stringify(manifest.version)} is not 1 (a newer torpor wrote it?)`);
+  if (manifest.version !== 1 && manifest.version !== 2) throw invalid(`version ${JSON.stringify(manifest.version)} is not 1 or 2 (a newer torpor wrote it?)`);
   if (typeof manifest.name !== 'string' || !namePattern.test(manifest.name)) throw invalid(`name ${JSON.stringify(manifest.name)?.slice(0, 80)} is not a snapshot name`);
   if (typeof manifest.id !== 'string' || !/^[A-Za-z0-9_-]{1,100}$/.test(manifest.id)) throw invalid('id is not an id');
   if (typeof manifest.createdAt !== 'string' || Number.isNaN(Date.parse(manifest.createdAt))) throw invalid('createdAt is not a time');
@@ -54,5 +63,7 @@ export function chunksOf(manifest: SnapshotManifest): string[] {
   const ids = new Set<string>([manifest.deviceState]);
   for (const id of manifest.memory.chunks) if (id) ids.add(id);
   for (const id of manifest.disk?.chunks ?? []) if (id) ids.add(id);
+  // The bases of 4 KiB page deltas (version 2): a delta cannot be read without them.
+  for (const file of [manifest.memory, manifest.disk]) for (const base of Object.values(file?.deltaBases ?? {})) ids.add(base);
   return [...ids];
 }

@@ -8,7 +8,7 @@ import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { chunkPath } from '../snapshot/chunk-operations.ts';
 import { pinChunks, unpinChunks } from '../snapshot/chunk-pins.ts';
 import { captureSnapshot, listSnapshots, materializeSnapshot, readSnapshot, removeSnapshot, stopSnapshotWorkers, type SnapshotManifest } from '../snapshot/snapshot-store.ts';
-import { sameFileContent, writeSyntheticFile, type SyntheticFile } from '../snapshot/testing/synthetic-machine.ts';
+import { changePages, sameFileContent, writeSyntheticFile, type SyntheticFile } from '../snapshot/testing/synthetic-machine.ts';
 import { readMemoryRange as readLocalMemoryRange } from '../snapshot/snapshot-store.ts';
 import { TorporError } from '../util/errors.ts';
 import { createChunkCache } from './chunk-cache.ts';
@@ -154,7 +154,9 @@ describe('snapshot replication through an S3-compatible store', () => {
       ['huge memory', (m) => ({ ...m, name: 'evil', memory: { ...m.memory, size: 2 ** 52 } })],
       ['odd chunk size', (m) => ({ ...m, name: 'evil', memory: { ...m.memory, chunkSize: 3 } })],
       ['not an object', () => 'manifest'],
-      ['version 2', (m) => ({ ...m, version: 2 })],
+      ['version 3', (m) => ({ ...m, version: 3 })],
+      ['dot-dot delta base', (m) => ({ ...m, version: 2, name: 'evil', memory: { ...m.memory, deltaBases: { [m.memory.chunks.find(Boolean)!]: '../../../etc/passwd' } } })],
+      ['delta bases not a map', (m) => ({ ...m, version: 2, name: 'evil', memory: { ...m.memory, deltaBases: ['a'] } })],
     ];
     for (const [what, change] of cases) {
       await assert.rejects(replicator.pull(change(manifest) as SnapshotManifest), isTorporError('manifest-invalid'), what);
@@ -304,6 +306,54 @@ describe('snapshot replication through an S3-compatible store', () => {
     useHome(homeA);
     const result = await createSnapshotReplicator(store, createChunkCache(), { refreshAfterSeconds: 0 }).push('web@1');
     assert.equal(result.uploadedChunks, chunksOf(manifest).length);
+  });
+
+  test('4 KiB page deltas travel with their bases: pulled into an empty node, restored and range-read byte for byte; a delta rebuilt wrong is refused', async () => {
+    const homeC = mkdtempSync('/var/tmp/torpor-objectstore-c-');
+    const homeD = mkdtempSync('/var/tmp/torpor-objectstore-d-');
+    try {
+      useHome(homeC);
+      const file = writeSyntheticFile(join(shm, 'delta.ram'), { size: 16 * MiB, liveBytes: 6 * MiB, randomShare: 0.5, seed: 71 });
+      const first = await captureSnapshot({ name: 'delta@1', memoryFile: file.path, deviceState, metadata: {} });
+      changePages(file, { share: 0.004, seed: 72, maxRun: 1, randomShare: 1 });
+      const known = { chunkSize: first.memory.chunkSize, ids: first.memory.chunks.map(() => undefined), previous: first.memory.chunks };
+      const second = await captureSnapshot({ name: 'delta@2', memoryFile: file.path, deviceState, metadata: {}, knownMemory: known });
+      const deltas = Object.keys(second.memory.deltaBases ?? {});
+      assert.ok(deltas.length > 0, 'the second snapshot stores some chunks as deltas');
+      // Only the second snapshot is pushed and pulled: its bases must come with it.
+      await removeSnapshot('delta@1');
+      const pushed = await createSnapshotReplicator(store, createChunkCache()).push('delta@2');
+      for (const base of Object.values(second.memory.deltaBases!)) assert.ok(await store.headChunk(base), `base ${base} is in the store`);
+
+      const reader = createFrameReader(store);
+      const middle = second.memory.chunks.indexOf(deltas[0]!) * second.memory.chunkSize;
+      assert.deepEqual(await reader.readMemoryRange(pushed.manifest, middle, 3 * 4096), await readLocalMemoryRange(second, middle, 3 * 4096), 'a range read through the store rebuilds a delta');
+
+      useHome(homeD);
+      await createSnapshotReplicator(store, createChunkCache()).pull(JSON.parse(JSON.stringify(pushed.manifest)));
+      const restored = join(shm, 'delta-restored.ram');
+      await materializeSnapshot('delta@2', { memoryFile: restored });
+      assert.ok(sameFileContent(file.path, restored), 'restored byte for byte on the other node');
+      rmSync(restored);
+
+      // A store that answers one delta's key with another delta (well-formed, another base): rebuilt, it does not hash to its id.
+      const homeE = mkdtempSync('/var/tmp/torpor-objectstore-e-');
+      try {
+        assert.ok(deltas.length >= 2, `two deltas to swap (${deltas.length})`);
+        await store.putChunk(deltas[0]!, await store.getChunk(deltas[1]!));
+        useHome(homeE);
+        await assert.rejects(createSnapshotReplicator(store, createChunkCache()).pull(pushed.manifest), isTorporError('store-chunk-corrupt'));
+        assert.deepEqual(localChunkIds(homeE).filter((id) => deltas.includes(id)), [], 'no delta landed on a wrong base');
+        await assert.rejects(readSnapshot('delta@2'));
+      } finally {
+        rmSync(homeE, { recursive: true, force: true });
+      }
+    } finally {
+      rmSync(join(shm, 'delta.ram'), { force: true });
+      rmSync(homeC, { recursive: true, force: true });
+      rmSync(homeD, { recursive: true, force: true });
+      useHome(homeA);
+    }
   });
 
   test('a store laid out by another format version is refused', async () => {

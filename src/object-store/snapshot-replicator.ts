@@ -73,8 +73,24 @@ function expectedLengths(manifest: SnapshotManifest): Map<string, { expectedLeng
       if (id) lengths.set(id, { expectedLength: Math.min(file.chunkSize, file.size - index * file.chunkSize), maxLength: file.chunkSize });
     });
   }
+  // Bases of page deltas: whole chunks (or deltas) of the same file, of any length up to a chunk.
+  for (const file of [manifest.memory, manifest.disk]) {
+    for (const base of Object.values(file?.deltaBases ?? {})) if (!lengths.has(base)) lengths.set(base, { maxLength: file!.chunkSize });
+  }
   if (!lengths.has(manifest.deviceState)) lengths.set(manifest.deviceState, { maxLength: maxDeviceStateBytes });
   return lengths;
+}
+
+/** How many deltas deep each delta of a manifest is (its base a whole chunk: 1). */
+function deltaDepths(manifest: SnapshotManifest): Map<string, number> {
+  const bases = { ...manifest.memory.deltaBases, ...manifest.disk?.deltaBases };
+  const depths = new Map<string, number>();
+  for (const id of Object.keys(bases)) {
+    let depth = 0;
+    for (let current: string | undefined = id; current !== undefined && depth <= 8; current = bases[current]) depth++;
+    depths.set(id, depth);
+  }
+  return depths;
 }
 
 /** zstd's worst case for incompressible input is a few bytes per 128 KiB block; allow the seek table and some slack. */
@@ -137,12 +153,16 @@ export function createSnapshotReplicator(store: ObjectStore, cache: ChunkCache, 
       let downloadedBytes = 0;
       let cachedChunks = 0;
       try {
-        const missing: string[] = [];
+        let missing: string[] = [];
         for (const id of ids) {
           if (await cache.has(id)) cachedChunks++;
           else missing.push(id);
         }
         await cache.touch(ids.filter((id) => !missing.includes(id)));
+        // Bases before their deltas (the manifest says which are deltas), so a delta's base has landed,
+        // verified, by the time the delta is checked through it, whatever batch each falls in.
+        const depth = deltaDepths(manifest);
+        missing = missing.sort((a, b) => (depth.get(a) ?? 0) - (depth.get(b) ?? 0));
         let done = cachedChunks;
         // Fetched and verified in batches, so memory stays bounded and a kill leaves at most one batch of temporaries.
         const batchSize = Math.max(parallelism * 4, 32);

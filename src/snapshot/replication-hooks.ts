@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import { paths } from '../state/paths.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { isNodeError } from '../util/errors.ts';
-import { ChunkCorruptError, chunkIdOf, chunkPath, writeTemporaryChunk } from './chunk-operations.ts';
+import { ChunkCorruptError, chunkIdOf, chunkPath, loadChunk, writeTemporaryChunk } from './chunk-operations.ts';
+import { applyDelta, decodeDeltaHeader, isDelta } from './chunk-delta.ts';
 import { discardChunks, publishChunks, type WrittenChunk } from './chunk-publication.ts';
 import { SeekableDecoder, parseSeekTable } from './seekable-zstd.ts';
 import type { SnapshotManifest } from './snapshot-store.ts';
@@ -15,6 +16,8 @@ import type { SnapshotManifest } from './snapshot-store.ts';
 
 export { beginActivity, withExclusiveStore } from './store-activity.ts';
 export { pinnedChunks } from './chunk-pins.ts';
+export { ChunkCorruptError } from './chunk-operations.ts';
+export { maximumDeltaDepth } from './chunk-delta.ts';
 
 export const snapshotStoreRoot = () => paths.snapshots();
 export const localChunksDirectory = () => join(snapshotStoreRoot(), 'chunks');
@@ -26,21 +29,43 @@ const decoder = new SeekableDecoder();
  * Checks that `encoded` is a chunk file whose content hashes to `id` (and, when given, holds exactly
  * `expectedLength` bytes); throws ChunkCorruptError otherwise. The seek table's sizes are checked
  * against `maxLength` before anything is decompressed, so a hostile file cannot make us allocate
- * more than that.
+ * more than that. A 4 KiB page delta (snapshot/chunk-delta.ts) is checked through its base, which
+ * must already be in the local store (verified): its rebuilt content must hash to `id`.
  */
 export function verifyChunkFile(id: string, encoded: Uint8Array, limits: { expectedLength?: number; maxLength: number }): void {
   let data: Buffer;
   try {
-    const table = parseSeekTable(encoded, encoded.length);
+    const delta = isDelta(encoded) ? decodeDeltaHeader(encoded) : undefined;
+    const pages = delta ? encoded.subarray(delta.headerSize) : encoded;
+    const table = parseSeekTable(pages, pages.length);
     if (table.decompressedSize > limits.maxLength) throw new Error(`it claims ${table.decompressedSize} bytes, more than the ${limits.maxLength} allowed`);
-    if (limits.expectedLength !== undefined && table.decompressedSize !== limits.expectedLength) {
-      throw new Error(`it holds ${table.decompressedSize} bytes, expected ${limits.expectedLength}`);
+    if (delta) {
+      if (delta.chunkLength > limits.maxLength) throw new Error(`its delta claims ${delta.chunkLength} bytes, more than the ${limits.maxLength} allowed`);
+      // loadChunk verifies the base (and its own bases) against their ids.
+      data = applyDelta(loadChunk(localChunksDirectory(), delta.baseId, delta.chunkLength), delta, decoder.decodeAll(pages));
+    } else {
+      data = decoder.decodeAll(encoded);
     }
-    data = decoder.decodeAll(encoded);
+    if (limits.expectedLength !== undefined && data.length !== limits.expectedLength) {
+      throw new Error(`it holds ${data.length} bytes, expected ${limits.expectedLength}`);
+    }
   } catch (error) {
+    if (error instanceof ChunkCorruptError) {
+      throw error.chunkId === id ? error : new ChunkCorruptError(id, `chunk ${id} is a delta whose base cannot be read: ${error.message}`);
+    }
     throw new ChunkCorruptError(id, `chunk ${id} cannot be decoded: ${(error as Error).message}`);
   }
   if (chunkIdOf(data) !== id) throw new ChunkCorruptError(id, `chunk ${id} does not match its hash`);
+}
+
+/** The base a chunk file names when it is a 4 KiB page delta (undefined for a whole chunk or a malformed file). */
+export function deltaBaseOf(encoded: Uint8Array): string | undefined {
+  if (!isDelta(encoded)) return undefined;
+  try {
+    return decodeDeltaHeader(encoded).baseId;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
