@@ -86,7 +86,11 @@ export async function startTestCluster(options: {
 }): Promise<TestCluster> {
   const postgres = await startPostgresServer({ durable: false, settings: { max_connections: '200' } });
   const databaseUrl = await postgres.createDatabase('cluster');
-  const s3 = options.store === false ? undefined : await startS3Server({ bucket: 'torpor-cluster' });
+  // A PostgreSQL left running keeps the test process alive forever (the whole suite then hangs).
+  const s3 = options.store === false ? undefined : await startS3Server({ bucket: 'torpor-cluster' }).catch(async (error: unknown) => {
+    await postgres.stop();
+    throw error;
+  });
   const storeUrl = s3 ? `s3://${s3.bucket}/nodes` : undefined;
   const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
   pool.on('error', () => {});

@@ -71,6 +71,10 @@ export async function startRadosGateway(options: { timeoutMs?: number } = {}): P
       'osd pool default pgp num = 8',
       'mon max pg per osd = 1000',
       'osd crush chooseleaf type = 0',
+      // The harness adds the OSD to the CRUSH map itself. Left on, the OSD's own update at start
+      // raced its first monitor map now and then ("wrong fsid": the OSD exited, seen in a full run).
+      'osd crush update on start = false',
+      'osd class update on start = false',
       'osd objectstore = memstore',
       'memstore device bytes = 4294967296',
       `run dir = ${directory}/run`,

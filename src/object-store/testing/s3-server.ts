@@ -36,7 +36,12 @@ export async function startS3Server(options: { bucket?: string; implementation?:
   const implementation = options.implementation ?? environment().TORPOR_TEST_S3;
   const bucket = options.bucket ?? 'torpor-test';
   if (implementation === 's3rver') return startS3rver(bucket);
-  const gateway = await startRadosGateway();
+  // One more try after a failed start: a one-node Ceph brought up in seconds has races of its own
+  // (a daemon that exits at start), which are not what these tests are about.
+  const gateway = await startRadosGateway().catch((error: unknown) => {
+    process.stderr.write(`radosgw did not start (${(error as Error).message.split('\n')[0]}); trying once more\n`);
+    return startRadosGateway();
+  });
   const client = new S3Client({
     endpoint: gateway.endpoint,
     region: gateway.region,
