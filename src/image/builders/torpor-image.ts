@@ -1,6 +1,6 @@
 import { mkdir, copyFile, chmod, realpath, readFile, readdir, writeFile, cp, stat } from 'node:fs/promises';
 import { join, dirname, basename } from 'node:path';
-import { buildNodeRoot } from './node-image.ts';
+import { buildNodeRoot, copySharedLibraries } from './node-image.ts';
 import { runCommand } from '../../util/command.ts';
 import { TorporError } from '../../util/errors.ts';
 import { projectRoot } from '../../util/project-root.ts';
@@ -63,17 +63,7 @@ async function copyProgramWithLibraries(root: string, program: string): Promise<
   await copyLibraries(root, program);
 }
 
-/** The shared libraries ldd lists for a program or library, at their own paths in the image. */
-async function copyLibraries(root: string, program: string): Promise<void> {
-  const { stdout } = await runCommand('ldd', [program], { allowFailure: true });
-  for (const line of stdout.split('\n')) {
-    const match = /(?:=>\s*)?(\/\S+)\s+\(0x/.exec(line);
-    if (!match) continue;
-    const library = match[1]!;
-    await mkdir(join(root, dirname(library)), { recursive: true });
-    await copyFile(await realpath(library), join(root, library));
-  }
-}
+const copyLibraries = (root: string, program: string) => copySharedLibraries(root, program, { allowFailure: true });
 
 async function filesEndingWith(directory: string, suffix: string): Promise<string[]> {
   const entries = await readdir(directory, { recursive: true, withFileTypes: true });
