@@ -1,6 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { NestedMachine, succeeded } from './nested-machine.ts';
+import { NestedMachine, clockSourceOfRunRm, succeeded } from './nested-machine.ts';
 
 // The KVM suite: `npm run test:kvm` (not part of `npm test`, which runs nested-smoke.test.ts).
 // torpor inside a `torpor` machine on KVM over emulated SVM; each test drives the nested CLI as a
@@ -35,20 +35,7 @@ test('doctor inside picks kvm; machines made here record kvm and the CPU they ra
 });
 
 test('run --rm under KVM: KVM hypervisor, kvm-clock, exit code passed on', async () => {
-  const output = succeeded(
-    await nest.torpor(
-      'run',
-      '--rm',
-      '--network',
-      'none',
-      'base',
-      'sh',
-      '-c',
-      'cat /sys/devices/system/clocksource/clocksource0/current_clocksource; dmesg | grep -c "Hypervisor detected: KVM"',
-    ),
-    'run --rm',
-  );
-  assert.deepEqual(output.trim().split('\n'), ['kvm-clock', '1']);
+  assert.deepEqual(await clockSourceOfRunRm(nest), ['kvm-clock', '1']);
   assert.equal((await nest.torpor('run', '--rm', '--network', 'none', 'base', 'sh', '-c', 'exit 7')).code, 7);
 });
 

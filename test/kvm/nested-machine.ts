@@ -63,3 +63,24 @@ export function succeeded(result: CommandResult, what: string): string {
   if (result.code !== 0) throw new Error(`${what} failed (exit ${result.code}):\n${result.stderr}\n${result.stdout}`);
   return result.stdout;
 }
+
+/**
+ * `run --rm` of a base machine in the nested torpor that prints its clock source and how often the
+ * kernel saw the KVM hypervisor: `['kvm-clock', '1']` when it ran on KVM.
+ */
+export async function clockSourceOfRunRm(nest: NestedMachine): Promise<string[]> {
+  const output = succeeded(
+    await nest.torpor(
+      'run',
+      '--rm',
+      '--network',
+      'none',
+      'base',
+      'sh',
+      '-c',
+      'cat /sys/devices/system/clocksource/clocksource0/current_clocksource; dmesg | grep -c "Hypervisor detected: KVM"',
+    ),
+    'run --rm',
+  );
+  return output.trim().split('\n');
+}
