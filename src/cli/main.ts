@@ -49,7 +49,7 @@ export const commandModules: CommandModule[] = [
     load: async () => (await import('./commands/doctor.ts')).registerDoctorCommand,
   },
   {
-    commands: { system: 'disk and memory torpor uses (df), and freeing what is not needed (prune)' },
+    commands: { system: 'disk and memory torpor uses (df), freeing what is not needed (prune), spare machines (pool)' },
     load: async () => (await import('./commands/system.ts')).registerSystemCommands,
   },
   {

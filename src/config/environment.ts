@@ -41,6 +41,11 @@ export const variables = {
     "how long the KVM probe guest may take to answer before torpor uses TCG (the `torpor` image sets 600000: nested KVM under TCG boots in 10 s to minutes)",
   ),
   TORPOR_BOOT_TEMPLATES: variable(flag('1', true), '`1`', '`0` boots every machine cold instead of restoring a boot template'),
+  TORPOR_SPARE_MACHINES: variable(
+    wholeNumberOr(0, 1),
+    '`1`',
+    'spare machines kept started per image and settings, which `run` claims instead of starting one (each holds QEMU, its guest RAM and a supervisor: see `torpor system pool`); `0` keeps none',
+  ),
   TORPOR_BOOT_TIMEOUT_MS: variable(wholeNumberOr(1, 60_000), '`60000`', 'how long a cold boot may take before the machine fails'),
   TORPOR_KERNEL: variable(optionalText(), 'the newest `/boot/vmlinuz-*-cloud-amd64`', 'the guest kernel (with `TORPOR_KERNEL_MODULES`)'),
   TORPOR_KERNEL_MODULES: variable(textOr(''), 'its `/lib/modules/VERSION`', "the guest kernel's modules directory, when `TORPOR_KERNEL` is set"),

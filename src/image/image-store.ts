@@ -2,6 +2,7 @@ import { mkdir, readFile, readdir, rm, rename, stat, writeFile, open, truncate }
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { paths } from '../state/paths.ts';
+import { refPath } from './image-refs.ts';
 import { runCommand } from '../util/command.ts';
 import { TorporError, isNodeError } from '../util/errors.ts';
 import { writeFileAtomic, writeJsonAtomic, syncDirectory } from '../util/atomic-file.ts';
@@ -15,7 +16,6 @@ import { type Progress, silentProgress } from '../util/progress.ts';
 
 // Every digest is checked before it becomes a path (a ref file or a command line could hold anything).
 const blobDirectory = (digest: string) => join(paths.images(), 'blobs', digestHex(digest, 'image digest'));
-const refPath = (name: string) => join(paths.images(), 'refs', encodeURIComponent(name));
 
 export function validateImageName(name: string): void {
   if (!/^[a-z0-9][a-z0-9._\-/:@]*$/.test(name) || name.length > 255) {

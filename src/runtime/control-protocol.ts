@@ -6,7 +6,11 @@ export type ControlRequest =
   | { op: 'attach' }
   | { op: 'stop'; timeoutSeconds?: number; signal?: number }
   | { op: 'kill'; signal?: number }
-  | { op: 'snapshot'; name: string; stop?: boolean; replace?: boolean; parent?: string };
+  | { op: 'snapshot'; name: string; stop?: boolean; replace?: boolean; parent?: string }
+  /** A spare machine is now the caller's: its config.json holds the user's settings (spare-pool.ts). */
+  | { op: 'claim' }
+  /** A spare taken but not usable (wrong request): end it. */
+  | { op: 'discard' };
 
 export interface ControlReply {
   ok: boolean;

@@ -23,6 +23,8 @@ import { hostCpu } from '../host/cpu-description.ts';
 import { startMachine } from './machine-start.ts';
 import { validateMachineName, randomMachineName } from './run-options.ts';
 import { pathExists } from '../util/path-exists.ts';
+import { mainProcessOf } from './machine-process.ts';
+import { spareName } from './spare-pool.ts';
 
 export interface CreateMachineOptions {
   image: string;
@@ -43,6 +45,8 @@ export interface CreateMachineOptions {
   networkPolicy?: NetworkPolicy;
   autoRemove?: boolean;
   diskGiB?: number;
+  /** Make a spare machine of this pool (spare-pool.ts): no name, no process until a `run` claims it. */
+  spare?: string;
 }
 
 export interface RestoreOptions {
@@ -55,6 +59,8 @@ export interface RestoreOptions {
   startMain?: boolean;
   /** Overrides for a boot-template start: the new machine's own command, env, name... */
   configure?: (config: MachineConfig) => MachineConfig;
+  /** Claim no name (a spare machine: it gets its user's name when it is claimed). */
+  unnamed?: boolean;
 }
 
 /** Writes a new machine's directory: its config, a fresh sparse writable layer, state "created". */
@@ -75,8 +81,8 @@ async function writeNewMachine(config: MachineConfig, diskGiB: number): Promise<
  * template (cold-booting that template once if it does not exist yet).
  */
 export async function createMachine(options: CreateMachineOptions, progress: Progress = silentProgress): Promise<MachineConfig> {
-  const name = options.name ?? randomMachineName();
-  validateMachineName(name);
+  const name = options.spare ? undefined : (options.name ?? randomMachineName());
+  if (name !== undefined) validateMachineName(name);
   const host = await prepareHost(progress);
   const image = await resolveOrBuildImage(options.image, progress);
   if (!image) {
@@ -85,28 +91,15 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
       status: 404,
     });
   }
-  const entrypoint = options.entrypoint !== undefined ? (options.entrypoint ? [options.entrypoint] : []) : (image.config.entrypoint ?? []);
-  const cmd = options.command && options.command.length > 0 ? options.command : options.entrypoint !== undefined ? [] : (image.config.cmd ?? []);
-  const command = [...entrypoint, ...cmd];
-  if (command.length === 0) {
-    throw new TorporError('no-command', `image ${options.image} has no default command and none was given`, { hint: `torpor run ${options.image} COMMAND...` });
-  }
-  const guestEnvironment = new Map<string, string>();
-  for (const entry of [...image.config.env, ...(options.env ?? [])]) {
-    const separator = entry.indexOf('=');
-    guestEnvironment.set(entry.slice(0, separator), entry.slice(separator + 1));
-  }
+  const mainProcess = mainProcessOf(image.config, options);
   const id = randomBytes(6).toString('hex');
   const config: MachineConfig = {
     id,
-    name,
+    name: name ?? spareName(id),
     createdAt: new Date().toISOString(),
     image: { reference: options.image, digest: image.digest, diskPath: image.diskPath },
-    command,
-    env: [...guestEnvironment].map(([key, value]) => `${key}=${value}`),
-    workingDir: options.workingDir ?? image.config.workingDir ?? '/',
-    user: options.user ?? image.config.user ?? '',
-    hostname: options.hostname ?? name.replace(/[^a-zA-Z0-9-]/g, '-').slice(0, 63),
+    ...mainProcess,
+    hostname: options.hostname ?? (name ?? 'torpor').replace(/[^a-zA-Z0-9-]/g, '-').slice(0, 63),
     tty: options.tty ?? false,
     interactive: options.interactive ?? false,
     cpus: options.cpus ?? machineDefaults.cpus,
@@ -128,8 +121,14 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
       ...(environment().TORPOR_ZERO_FREED_MEMORY ? ['init_on_free=1'] : []),
     ],
     bootTimeoutMs: environment().TORPOR_BOOT_TIMEOUT_MS,
+    // A spare keeps its image's defaults: the claim applies the user's overrides to them.
+    ...(options.spare
+      ? { spare: { key: options.spare, defaults: { ...image.config, env: image.config.env } }, autoRemove: true }
+      : {}),
   };
   const diskGiB = options.diskGiB ?? machineDefaults.diskGiB;
+  if (options.spare && (!environment().TORPOR_BOOT_TEMPLATES || diskGiB !== machineDefaults.diskGiB))
+    throw new TorporError('spare-unsupported', 'spare machines start from boot templates only', { hint: 'unset TORPOR_BOOT_TEMPLATES=0' });
   if (environment().TORPOR_BOOT_TEMPLATES && diskGiB === machineDefaults.diskGiB) {
     // Template RAM of deleted state directories would otherwise hold tmpfs until the next reboot.
     await freeOrphanedTemplateMemory();
@@ -144,19 +143,20 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
     );
     // The user's machine is the template's guest, with the user's process, names and ports.
     return createMachineFromSnapshot(template, {
-      name,
+      name: config.name,
+      unnamed: Boolean(options.spare),
       ports: config.ports,
       autoRemove: config.autoRemove,
       startMain: true,
-      configure: (restored) => ({ ...config, id: restored.id, name: restored.name, restore: restored.restore }),
+      configure: (restored) => ({ ...config, id: restored.id, name: options.spare ? spareName(restored.id) : restored.name, restore: restored.restore }),
     });
   }
-  await claimName(name, id);
+  await claimName(config.name, id);
   try {
     await writeNewMachine(config, diskGiB);
     return config;
   } catch (error) {
-    await releaseMachine({ id, name });
+    await releaseMachine({ id, name: config.name });
     throw error;
   }
 }
@@ -189,7 +189,7 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
   const name = options.name ?? randomMachineName();
   validateMachineName(name);
   const id = randomBytes(6).toString('hex');
-  await claimName(name, id);
+  if (!options.unnamed) await claimName(name, id);
   const files = machineFiles(id);
   try {
     const mainStream = (manifest.metadata as { mainStream?: number }).mainStream;

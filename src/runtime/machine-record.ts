@@ -52,6 +52,23 @@ export const machineConfigSchema = z.object({
   bootTimeoutMs: z.number().int().positive(),
   /** Boot, then save the ready guest as this snapshot and stop: how boot templates are made. */
   captureTemplate: z.string().optional(),
+  /**
+   * A spare machine (spare-pool.ts): started and waiting, with no process, until a `run` with the
+   * same settings claims it; `key` names its pool, `defaults` are its image's process defaults the
+   * claim applies the user's overrides to. A claim removes the field (a spare is claimed once).
+   */
+  spare: z
+    .object({
+      key: z.string(),
+      defaults: z.object({
+        entrypoint: z.array(z.string()).optional(),
+        cmd: z.array(z.string()).optional(),
+        env: z.array(z.string()),
+        workingDir: z.string().optional(),
+        user: z.string().optional(),
+      }),
+    })
+    .optional(),
   /** Start from a snapshot instead of a cold boot (restore, fork, boot template). */
   restore: z
     .object({
@@ -88,6 +105,8 @@ export const machineStateSchema = z.object({
   networkUid: z.number().int().optional(),
   /** The snapshot this machine was saved into when it stopped (snapshot --stop, hibernation). */
   snapshot: z.string().optional(),
+  /** When a `run` claimed this machine from the spare pool (its start was the spare's). */
+  claimedAt: z.string().optional(),
   /** Milestones of the last start, in ms since the supervisor process started (processStartedAt: its epoch ms); for the start benchmark. */
   startTimings: z.record(z.string(), z.number()).optional(),
 });

@@ -9,12 +9,16 @@ import { releaseLazyMemory } from './lazy-restore.ts';
 export async function releaseMachine(config: Pick<MachineConfig, 'id' | 'name'>): Promise<void> {
   await rm(machineFiles(config.id).memoryFile, { force: true });
   await releaseLazyMemory(config.id, machineFiles(config.id).memoryFile);
+  await releaseName(config);
+  await rm(machineFiles(config.id).directory, { recursive: true, force: true });
+}
+
+/** Frees a machine's name claim, only if it is still this machine's (the name may belong to a newer one). */
+export async function releaseName(config: Pick<MachineConfig, 'id' | 'name'>): Promise<void> {
   const namePath = join(paths.names(), config.name);
   try {
-    // Only our own claim: the name may already belong to a newer machine.
     if ((await readFile(namePath, 'utf8')).trim() === config.id) await rm(namePath, { force: true });
   } catch {
     // no claim left
   }
-  await rm(machineFiles(config.id).directory, { recursive: true, force: true });
 }

@@ -16,9 +16,10 @@ import { defaultNetworkPolicy } from '../network/policy.ts';
 // cost each one memory for nothing (its records are torpor's own files).
 import { machineFiles, readMachineConfig, readMachineState, writeMachineState } from './machine-files.ts';
 import type { MachineConfig, MachineState } from './machine-record.ts';
-import { releaseMachine } from './machine-removal.ts';
+import { releaseMachine, releaseName } from './machine-removal.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
 import { keepWarm } from './warm-memory.ts';
+import { forgetSpare, publishSpare, spareEntryPresent } from './spare-pool.ts';
 import { parentDeathEnvironment, protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
 import { environment } from '../config/environment.ts';
 import {
@@ -33,6 +34,9 @@ import {
   type CaptureBesideGuest,
   type WriteBaseline,
 } from './lazy-restore.ts';
+
+/** How long a spare whose pool entry was taken waits for the claim before it ends itself (its claimer died). */
+const spareClaimGraceMs = 15_000;
 
 // Streams the supervisor opens for its clients live above its own (below 0x40000000), at a random
 // start so that they do not meet streams a previous supervisor left running in a restored guest.
@@ -71,7 +75,7 @@ export class Supervisor {
   private attachedOnce = false;
   private readonly files;
 
-  constructor(private readonly config: MachineConfig) {
+  constructor(private config: MachineConfig) {
     this.files = machineFiles(config.id);
   }
 
@@ -210,6 +214,10 @@ export class Supervisor {
       }
       return;
     }
+    if (this.config.spare) {
+      await this.becomeSpare(this.config.spare.key);
+      return;
+    }
     if (this.main) return;
     if (this.state.waitForAttach && !this.attachedOnce) {
       // Foreground run: the CLI attaches before the process starts, so it sees every byte.
@@ -218,6 +226,59 @@ export class Supervisor {
         setTimeout(resolve, 30_000);
       });
     }
+    this.startMain();
+  }
+
+  // ---------- spare machines (spare-pool.ts) ----------
+
+  /** The pool a spare was published in (kept after the claim: its entries are removed at the end). */
+  private spareKey?: string;
+  private claimed = false;
+  private spareWatch?: NodeJS.Timeout;
+
+  /**
+   * A spare runs one throwaway process first, so the guest code an exec goes through (fork, exec,
+   * the agent's pipes) is translated and paged in before a user waits on it, then publishes itself
+   * and waits for a claim. Its entry vanishing without a claim means the CLI that took it died:
+   * after a grace period it ends itself (a spare is never handed to a second user).
+   */
+  private async becomeSpare(key: string): Promise<void> {
+    this.spareKey = key;
+    try {
+      const warmUp = this.agent!.exec({ argv: ['true'], env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], workingDirectory: '/', user: '', tty: false, stdin: false });
+      await Promise.race([warmUp.exited.catch(() => {}), new Promise((resolve) => setTimeout(resolve, 10_000).unref())]);
+    } catch {
+      // an image without `true`: the spare is still good, only not warmed
+    }
+    if (this.stopping) return;
+    await publishSpare(key, this.config.id);
+    let missingSince: number | undefined;
+    this.spareWatch = setInterval(() => {
+      void spareEntryPresent(key, this.config.id).then((present) => {
+        if (this.claimed || this.stopping) return;
+        if (present) missingSince = undefined;
+        else if (missingSince === undefined) missingSince = Date.now();
+        else if (Date.now() - missingSince > spareClaimGraceMs) void this.shutdown(0);
+      });
+    }, 1000);
+  }
+
+  private async claim(): Promise<void> {
+    if (!this.config.spare || this.claimed || this.stopping || this.spareKey === undefined) throw new Error('this machine is not a spare waiting for a claim');
+    this.claimed = true;
+    clearInterval(this.spareWatch);
+    // The claimer wrote the user's settings; the spare's own (its pool, its image defaults) are gone from them.
+    const config = await readMachineConfig(this.config.id);
+    if (config.spare || config.image.digest !== this.config.image.digest) {
+      void this.shutdown(0);
+      throw new Error('the claimed config does not fit this spare');
+    }
+    this.config = config;
+    await forgetSpare(this.spareKey, this.config.id);
+    // A fresh name, clock and RNG seed, as after a restore (the spare's guest has been running, but
+    // two spares of one template share the template's RNG state until reseeded).
+    await this.agent!.configure(this.guestSettings(), FrameType.resumed, Math.max(15_000, this.config.bootTimeoutMs));
+    await this.setState({ status: 'running', startedAt: new Date().toISOString(), readyAt: new Date().toISOString(), claimedAt: new Date().toISOString() });
     this.startMain();
   }
 
@@ -279,6 +340,13 @@ export class Supervisor {
       this.processLog?.write(JSON.stringify({ time: new Date().toISOString(), stream: 'stderr', log: `torpor: ${error}\n` }) + '\n');
       this.forwardToAttached(FrameType.stderr, Buffer.from(`torpor: ${error}\n`));
     }
+    // A --rm machine is torn down after its user has the answer: shown as stopping from here on, never
+    // as running while it is being removed.
+    // Its name is free at once, so a script can `run --rm --name x` again right after.
+    if (this.config.autoRemove && !this.stopping) {
+      await this.setState({ status: 'stopping' });
+      await releaseName(this.config);
+    }
     const exit = Buffer.alloc(8);
     exit.writeInt32LE(code, 0);
     this.forwardToAttached(FrameType.exit, exit);
@@ -337,6 +405,8 @@ export class Supervisor {
   }
 
   private async finish(patch: Partial<MachineState>): Promise<void> {
+    clearInterval(this.spareWatch);
+    if (this.spareKey !== undefined) await forgetSpare(this.spareKey, this.config.id);
     await new Promise<void>((resolve) => (this.processLog ? this.processLog.end(resolve) : resolve()));
     this.stopCappingConsole?.();
     this.server?.close();
@@ -470,6 +540,13 @@ export class Supervisor {
         return { ok: true, state: this.state };
       case 'snapshot':
         return { ok: true, snapshot: await this.snapshot(request), state: this.state };
+      case 'claim':
+        await this.claim();
+        return { ok: true, state: this.state };
+      case 'discard':
+        if (!this.config.spare || this.claimed) throw new Error('only an unclaimed spare machine can be discarded');
+        void this.shutdown(0);
+        return { ok: true, state: this.state };
     }
   }
 

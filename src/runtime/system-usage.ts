@@ -7,6 +7,7 @@ import { isLive } from './machine-files.ts';
 import { listMachines } from './machine-status.ts';
 import { removeMachine } from './machine-stop.ts';
 import { machineFiles } from './machine-files.ts';
+import { clearSpares, spareMemory } from './spare-fill.ts';
 import { allocatedBytes, dropTemplateMemory, freeOrphanedTemplateMemory, templateMemoryFiles, type TemplateMemoryFile } from './template-memory.ts';
 
 /** Bytes a directory tree really takes on disk (blocks, not sizes: disks and RAM files are sparse). */
@@ -30,6 +31,8 @@ export interface SystemUsage {
   machines: { count: number; live: number; bytes: number; reclaimableBytes: number };
   images: { count: number; bytes: number };
   snapshots: { count: number; chunks: number; chunkBytes: number; bytes: number };
+  /** Spare machines (spare-pool.ts): started, waiting for a `run`; what they hold in host memory (QEMU and supervisor RSS) */
+  spares: { count: number; live: number; memoryBytes: number };
   /** RAM in tmpfs: live machines' guest memory, stopped machines' leftovers, boot template caches */
   memory: {
     machines: { count: number; bytes: number; reclaimableBytes: number };
@@ -60,6 +63,9 @@ export async function systemUsage(): Promise<SystemUsage> {
   }
   const store = await storeUsage();
   const templates = await templateMemoryFiles();
+  const spares = machines.filter(({ config }) => config.spare);
+  let spareMemoryBytes = 0;
+  for (const spare of spares) spareMemoryBytes += (await spareMemory(spare)).totalBytes;
   return {
     stateDirectory: stateHome(),
     memoryDirectory: memoryDirectory(),
@@ -70,6 +76,7 @@ export async function systemUsage(): Promise<SystemUsage> {
       bytes: machineBytes,
       reclaimableBytes: reclaimableMachineBytes,
     },
+    spares: { count: spares.length, live: spares.filter(({ state }) => isLive(state.status)).length, memoryBytes: spareMemoryBytes },
     images: { count: (await listImages()).length, bytes: await allocatedSize(paths.images()) },
     snapshots: { count: store.snapshots.length, chunks: store.chunks, chunkBytes: store.bytes, bytes: await allocatedSize(paths.snapshots()) },
     memory: {
@@ -81,6 +88,8 @@ export async function systemUsage(): Promise<SystemUsage> {
 
 export interface PruneResult {
   machines: { removed: string[]; bytes: number };
+  /** spare machines ended (they are started again by the next `run` that wants one) */
+  spares: string[];
   snapshotChunks: { removed: number; bytes: number };
   templateMemory: { files: number; bytes: number; kept?: string };
   orphanedTemplateMemory: { files: number; bytes: number };
@@ -95,6 +104,7 @@ export interface PruneResult {
 export async function pruneSystem(): Promise<PruneResult> {
   const removed: string[] = [];
   let machineBytes = 0;
+  const spares = await clearSpares();
   const machines = await listMachines();
   for (const { config, state } of machines) {
     // `created` is left alone: a `torpor run` may be between creating its machine and starting it.
@@ -110,6 +120,7 @@ export async function pruneSystem(): Promise<PruneResult> {
   const templateMemory = starting ? { files: 0, bytes: 0, kept: 'a machine is starting and may be reading it' } : await dropTemplateMemory();
   return {
     machines: { removed, bytes: machineBytes },
+    spares,
     snapshotChunks: { removed: garbage.removedChunks, bytes: garbage.freedBytes },
     templateMemory,
     orphanedTemplateMemory: await freeOrphanedTemplateMemory(),

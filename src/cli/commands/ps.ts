@@ -7,11 +7,14 @@ export function registerPsCommand(program: Command): void {
   program
     .command('ps')
     .description('list machines (running ones; -a for all)')
-    .option('-a, --all', 'include stopped machines')
+    .option('-a, --all', 'include stopped machines and spare machines')
+    .option('--spares', 'include spare machines (started, waiting for a run to claim them: torpor system pool)')
     .option('-q, --quiet', 'only ids')
     .option('--json', 'machine-readable output')
-    .action(async (flags: { all?: boolean; quiet?: boolean; json?: boolean }) => {
-      const machines = (await listMachines()).filter((machine) => flags.all || isLive(machine.state.status));
+    .action(async (flags: { all?: boolean; spares?: boolean; quiet?: boolean; json?: boolean }) => {
+      const machines = (await listMachines()).filter(
+        ({ config, state }) => (flags.all || isLive(state.status)) && (!config.spare || flags.all || flags.spares),
+      );
       if (flags.json) {
         printJson(machines.map(({ config, state }) => ({ ...config, state })));
         return;
@@ -26,7 +29,9 @@ export function registerPsCommand(program: Command): void {
           const status =
             state.status === 'exited' || state.status === 'failed'
               ? `${state.status} (${state.exitCode ?? '?'})${state.error ? ' ' + state.error.slice(0, 60) : ''}`
-              : state.status;
+              : config.spare
+                ? 'spare'
+                : state.status;
           const uptime = isLive(state.status) && state.startedAt ? formatDuration(Date.now() - Date.parse(state.startedAt)) : '-';
           return [config.name, config.id, config.image.reference, status, String(config.cpus), `${config.memoryMiB}M`, uptime, config.accelerator];
         }),

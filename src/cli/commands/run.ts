@@ -1,12 +1,14 @@
 import type { Command } from 'commander';
-import { createMachine, startMachine, connectToMachine, effectiveState, removeMachine, type CreateMachineOptions } from '../../runtime/machines.ts';
-import { attachToMainProcess } from '../../runtime/attach.ts';
+import type { CreateMachineOptions } from '../../runtime/machines.ts';
+import { effectiveState } from '../../runtime/machine-status.ts';
+import { attachToMainProcess, type AttachedProcess } from '../../runtime/attach.ts';
+import { activateSpare, refillInBackground, spareCount, spareSettingsOf, takeSpare } from '../../runtime/spare-pool.ts';
+import type { AgentClient } from '../../guest/agent-client.ts';
+import type { MachineConfig } from '../../runtime/machine-record.ts';
 import { parseCpus, parseMemory, parsePort, parseEnvironment, networkOptionsFrom } from '../../runtime/run-options.ts';
 import { connectTerminal, terminalSize } from '../terminal.ts';
 import { collect } from '../output.ts';
 import { stderrProgress } from '../../util/progress.ts';
-import { machineFiles, readMachineConfig } from '../../runtime/machine-files.ts';
-import { watchMachineDirectory } from '../../runtime/machine-directory-watch.ts';
 import { machineDefaults } from '../../config/machine-defaults.ts';
 
 interface RunFlags {
@@ -91,54 +93,67 @@ export function registerRunCommands(program: Command): void {
     .passThroughOptions()
     .action(async (image: string, command: string[], flags: RunFlags) => {
       const options = machineOptionsFrom(image, command, flags);
-      const config = await createMachine(options, stderrProgress());
-      if (flags.detach) {
-        await startMachine(config.id);
+      const handlers = { stdout: (data: Buffer) => process.stdout.write(data), stderr: (data: Buffer) => process.stderr.write(data) };
+      // A spare machine of the same settings, if one is ready: the user's process starts in a guest
+      // that is already up (spare-pool.ts). Otherwise a machine of its own, the cold way.
+      const spareSettings = spareCount() > 0 ? spareSettingsOf(options) : undefined;
+      let running: { config: MachineConfig; client?: AgentClient; attached?: AttachedProcess } | undefined;
+      const taken = spareSettings ? await takeSpare(options) : undefined;
+      if (taken) {
+        const attached = flags.detach ? undefined : await attachToMainProcess(taken.client, handlers);
+        if (await activateSpare(taken)) running = { config: taken.config, client: taken.client, attached };
+      }
+      // The pool refills in a detached process, after this run's own start (not competing with it).
+      const refill = () => (spareSettings ? refillInBackground(spareSettings).catch(() => {}) : undefined);
+      if (!running) {
+        // Loaded only here: creating a machine brings the image store, snapshots and zod, which a claim does not need.
+        const { createMachine, startMachine, connectToMachine } = await import('../../runtime/machines.ts');
+        const config = await createMachine(options, stderrProgress());
+        if (flags.detach) {
+          await startMachine(config.id);
+          process.stdout.write(config.id + '\n');
+          await refill();
+          return;
+        }
+        const state = await startMachine(config.id, { waitForAttach: true });
+        if (state.status !== 'running') {
+          process.exitCode = state.exitCode ?? 125;
+          await refill();
+          return;
+        }
+        const client = await connectToMachine(config);
+        running = { config, client, attached: await attachToMainProcess(client, handlers) };
+      }
+      const { config, client, attached } = running;
+      if (flags.detach || !attached) {
+        client?.close();
         process.stdout.write(config.id + '\n');
+        await refill();
         return;
       }
-      const state = await startMachine(config.id, { waitForAttach: true });
-      if (state.status !== 'running') {
-        process.exitCode = state.exitCode ?? 125;
-        return;
-      }
-      const client = await connectToMachine(config);
-      const attached = await attachToMainProcess(client, {
-        stdout: (data) => process.stdout.write(data),
-        stderr: (data) => process.stderr.write(data),
-      });
       if (options.tty) attached.resize(terminalSize().rows, terminalSize().columns);
       const disconnect = connectTerminal(attached, { tty: options.tty ?? false, interactive: options.interactive ?? false });
       let code = await attached.exited;
       disconnect();
-      client.close();
+      client?.close();
       if (code < 0) code = (await effectiveState(config)).exitCode ?? 125;
       if (flags.rm) {
-        // The supervisor removes it once the VM is down; wait for that so `run --rm` leaves nothing
-        // (woken by the removal itself; at most 10 s).
-        const changes = watchMachineDirectory(machineFiles(config.id).directory);
-        const deadline = performance.now() + 10_000;
-        while (performance.now() < deadline) {
-          try {
-            await readMachineConfig(config.id);
-          } catch {
-            break;
-          }
-          const state = await effectiveState(config);
-          if (state.status === 'exited' || state.status === 'failed') {
-            await removeMachine(config, { force: true });
-            break;
-          }
-          await changes.next(100);
+        // The supervisor removes the machine after the answer (its name is free already). Only a
+        // machine whose supervisor is gone (killed) is removed here.
+        const state = await effectiveState(config).catch(() => undefined);
+        if (state && (state.status === 'exited' || state.status === 'failed') && !state.finishedAt) {
+          const { removeMachine } = await import('../../runtime/machines.ts');
+          await removeMachine(config, { force: true }).catch(() => {});
         }
-        changes.close();
       }
+      await refill();
       process.exitCode = code;
     });
 
   addMachineOptions(program.command('create').description('create a machine without starting it').argument('<image>').argument('[command...]'))
     .passThroughOptions()
     .action(async (image: string, command: string[], flags: RunFlags) => {
+      const { createMachine } = await import('../../runtime/machines.ts');
       const config = await createMachine(machineOptionsFrom(image, command, flags), stderrProgress());
       process.stdout.write(config.id + '\n');
     });

@@ -3,6 +3,9 @@ import { createInterface } from 'node:readline/promises';
 import { systemUsage, pruneSystem } from '../../runtime/system-usage.ts';
 import { printJson, printTable, formatBytes } from '../output.ts';
 import { TorporError } from '../../util/errors.ts';
+import { registerPoolCommands } from './pool.ts';
+
+const systemSummary = 'disk and memory torpor uses (df), freeing what is not needed (prune), spare machines (pool)';
 
 async function confirm(question: string): Promise<boolean> {
   const prompt = createInterface({ input: process.stdin, output: process.stderr });
@@ -14,7 +17,8 @@ async function confirm(question: string): Promise<boolean> {
 }
 
 export function registerSystemCommands(program: Command): void {
-  const system = program.command('system').description('disk and memory torpor uses (df), and freeing what is not needed (prune)');
+  const system = program.command('system').description(systemSummary);
+  registerPoolCommands(system);
 
   system
     .command('df')
@@ -47,6 +51,13 @@ export function registerSystemCommands(program: Command): void {
             formatBytes(usage.memory.machines.reclaimableBytes),
           ],
           ['template RAM', 'tmpfs', String(usage.memory.templates.count), formatBytes(usage.memory.templates.bytes), formatBytes(reclaimableTemplates)],
+          [
+            'spare machines',
+            'memory',
+            `${usage.spares.count} (${usage.spares.live} live)`,
+            formatBytes(usage.spares.memoryBytes),
+            formatBytes(usage.spares.memoryBytes),
+          ],
         ],
       );
       process.stderr.write(`state directory ${usage.stateDirectory}, RAM files in ${usage.memoryDirectory}\n`);
@@ -58,7 +69,7 @@ export function registerSystemCommands(program: Command): void {
 
   system
     .command('prune')
-    .description('remove stopped machines, unreferenced snapshot chunks and boot template RAM caches (asks first, or --force)')
+    .description('remove stopped machines, spare machines, unreferenced snapshot chunks and boot template RAM caches (asks first, or --force)')
     .option('-f, --force', 'do not ask')
     .option('--json', 'machine-readable output')
     .action(async (flags: { force?: boolean; json?: boolean }) => {
@@ -72,7 +83,7 @@ export function registerSystemCommands(program: Command): void {
             },
           );
         }
-        const answer = await confirm('This removes every stopped machine, snapshot chunks no snapshot uses, and the boot template RAM caches.\nGo on? [y/N] ');
+        const answer = await confirm('This removes every stopped machine, every spare machine, snapshot chunks no snapshot uses, and the boot template RAM caches.\nGo on? [y/N] ');
         if (!answer) {
           process.exitCode = 1;
           return;
@@ -81,6 +92,7 @@ export function registerSystemCommands(program: Command): void {
       const result = await pruneSystem();
       if (flags.json) return printJson(result);
       for (const name of result.machines.removed) process.stdout.write(`removed machine ${name}\n`);
+      if (result.spares.length > 0) process.stdout.write(`ended ${result.spares.length} spare machines\n`);
       const total = result.machines.bytes + result.snapshotChunks.bytes + result.templateMemory.bytes + result.orphanedTemplateMemory.bytes;
       process.stdout.write(
         `removed ${result.machines.removed.length} machines (${formatBytes(result.machines.bytes)}), ${result.snapshotChunks.removed} snapshot chunks (${formatBytes(result.snapshotChunks.bytes)}), ` +
