@@ -153,9 +153,10 @@ async function useSpare(id: string, key: string, name: string, request: SpareReq
   try {
     const mainProcess = mainProcessOf(spare.spare.defaults, request);
     await claimName(name, id);
-    const { spare: _claimedOnce, ...machine } = spare;
+    // Still marked a spare (hidden from `ps`, never shown as the user's running machine) until its
+    // supervisor accepts the claim and removes the mark.
     const config: MachineConfig = {
-      ...machine,
+      ...spare,
       name,
       createdAt: new Date().toISOString(),
       ...mainProcess,

@@ -17,6 +17,7 @@ import { defaultNetworkPolicy } from '../network/policy.ts';
 import { machineFiles, readMachineConfig, readMachineState, writeMachineState } from './machine-files.ts';
 import type { MachineConfig, MachineState } from './machine-record.ts';
 import { releaseMachine, releaseName } from './machine-removal.ts';
+import { writeJsonAtomic } from '../util/atomic-file.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
 import { keepWarm } from './warm-memory.ts';
 import { forgetSpare, publishSpare, spareEntryPresent } from './spare-pool.ts';
@@ -267,12 +268,13 @@ export class Supervisor {
     if (!this.config.spare || this.claimed || this.stopping || this.spareKey === undefined) throw new Error('this machine is not a spare waiting for a claim');
     this.claimed = true;
     clearInterval(this.spareWatch);
-    // The claimer wrote the user's settings; the spare's own (its pool, its image defaults) are gone from them.
-    const config = await readMachineConfig(this.config.id);
-    if (config.spare || config.image.digest !== this.config.image.digest) {
+    // The claimer wrote the user's settings, still marked a spare; from here it is the user's machine.
+    const { spare, ...config } = await readMachineConfig(this.config.id);
+    if (spare?.key !== this.spareKey || config.image.digest !== this.config.image.digest) {
       void this.shutdown(0);
       throw new Error('the claimed config does not fit this spare');
     }
+    await writeJsonAtomic(this.files.config, config);
     this.config = config;
     await forgetSpare(this.spareKey, this.config.id);
     // A fresh name, clock and RNG seed, as after a restore (the spare's guest has been running, but
@@ -406,7 +408,12 @@ export class Supervisor {
 
   private async finish(patch: Partial<MachineState>): Promise<void> {
     clearInterval(this.spareWatch);
-    if (this.spareKey !== undefined) await forgetSpare(this.spareKey, this.config.id);
+    if (this.spareKey !== undefined) {
+      await forgetSpare(this.spareKey, this.config.id);
+      // Taken by a CLI that died before its claim: the name it reserved for its user is freed too.
+      const written = this.claimed ? undefined : await readMachineConfig(this.config.id).catch(() => undefined);
+      if (written && written.name !== this.config.name) await releaseName(written);
+    }
     await new Promise<void>((resolve) => (this.processLog ? this.processLog.end(resolve) : resolve()));
     this.stopCappingConsole?.();
     this.server?.close();

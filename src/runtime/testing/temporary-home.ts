@@ -12,9 +12,9 @@ import { dropTemplateMemory } from '../template-memory.ts';
 export async function useTemporaryHome(): Promise<{ home: string; cleanup: () => Promise<void> }> {
   const home = await mkdtemp(join(tmpdir(), 'tp-'));
   process.env.TORPOR_HOME = home;
-  // No spare machines unless a test asks (spare-pool.test.ts): a background fill would start VMs
+  // No spare machines unless a test asks after this (spare-pool.test.ts): a background fill would start VMs
   // that outlive the test's commands, on a host whose two cores the tests share.
-  process.env.TORPOR_SPARE_MACHINES ??= '0';
+  process.env.TORPOR_SPARE_MACHINES = '0';
   return {
     home,
     cleanup: async () => {
