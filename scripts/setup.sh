@@ -11,11 +11,13 @@ quiet=false
 say() { echo "torpor setup: $*" >&2; }
 
 packages="qemu-system-x86 qemu-utils linux-image-cloud-amd64 busybox-static musl-tools e2fsprogs zstd attr nftables gcc libc6-dev libzstd-dev libxxhash-dev"
+# One dpkg-query for all of them: `./torpor` runs this before every command, and a query per
+# package cost ~0.35 s of each call.
+installed=$(dpkg-query -W -f='${Package} ${Status}\n' $packages 2>/dev/null | sed -n 's/ install ok installed$//p' || true)
 missing=""
 for package in $packages; do
-  status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)
-  case "$status" in
-    *"install ok installed"*) ;;
+  case " $(echo $installed) " in
+    *" $package "*) ;;
     *) missing="$missing $package" ;;
   esac
 done
