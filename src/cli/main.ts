@@ -120,6 +120,13 @@ function commandWord(argv: string[]): string | undefined {
 export async function buildProgram(argv: string[] = [], options: { all?: boolean } = {}): Promise<Command> {
   const program = baseProgram();
   const word = commandWord(argv);
+  // A known command needs only its own module: the others' stubs (~40 commander objects) serve
+  // `torpor --help` and the suggestions for an unknown word.
+  const named = options.all ? undefined : commandModules.find((module) => word !== undefined && word in module.commands);
+  if (named) {
+    (await named.load())(program);
+    return program;
+  }
   for (const module of commandModules) {
     if (options.all || (word !== undefined && word in module.commands)) {
       (await module.load())(program);

@@ -1,7 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { paths, memoryDirectory } from '../state/paths.ts';
-import { writeJsonAtomic } from '../util/atomic-file.ts';
 import { TorporError, isNodeError } from '../util/errors.ts';
 import type { MachineConfig, MachineState } from './machine-record.ts';
 
@@ -82,5 +81,7 @@ export async function readMachineState(id: string): Promise<MachineState> {
 
 /** Replaces a machine's state.json atomically (readers never see half a file). */
 export async function writeMachineState(id: string, state: MachineState): Promise<void> {
+  // Loaded on the first write: the readers (`torpor ps`) then do without node:crypto (~6 ms to load).
+  const { writeJsonAtomic } = await import('../util/atomic-file.ts');
   await writeJsonAtomic(machineFiles(id).state, state);
 }

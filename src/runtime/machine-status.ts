@@ -3,7 +3,7 @@ import { paths } from '../state/paths.ts';
 import { isNodeError } from '../util/errors.ts';
 import { isLive, readMachineConfig, readMachineState } from './machine-files.ts';
 import type { MachineConfig, MachineState } from './machine-record.ts';
-import { qemuAlive, supervisorAlive } from './supervisor-process.ts';
+import { qemuAlive, supervisorAlive } from './process-liveness.ts';
 
 export interface MachineView {
   config: MachineConfig;

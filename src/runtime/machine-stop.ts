@@ -6,7 +6,7 @@ import { isLive, machineFiles, readMachineState, writeMachineState } from './mac
 import { releaseMachine } from './machine-removal.ts';
 import { releaseLazyMemory } from './lazy-restore.ts';
 import { releaseConfinement } from '../network/machine-confinement.ts';
-import { qemuAlive, supervisorAlive, supervisorMarker } from './supervisor-process.ts';
+import { qemuAlive, supervisorAlive, supervisorMarker } from './process-liveness.ts';
 import { effectiveState, waitForStatus } from './machine-status.ts';
 import { connectToSupervisor, sendControl } from './supervisor-client.ts';
 

@@ -2,8 +2,6 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { projectRoot } from '../util/project-root.ts';
 import { environment } from '../config/environment.ts';
-import { processMatches } from '../util/process-identity.ts';
-import type { MachineState } from './machine-record.ts';
 import { SupervisorPool } from './supervisor-pool.ts';
 import { stateHome } from '../state/paths.ts';
 
@@ -35,22 +33,6 @@ export async function supervisorCommand(): Promise<string[]> {
 export function supervisorEnvironment(): NodeJS.ProcessEnv {
   const { NODE_EXTRA_CA_CERTS: _notNeeded, ...rest } = process.env;
   return { ...rest, TORPOR_HOME: stateHome() };
-}
-
-/**
- * Supervisors are recognised by pid plus this word in their command line (spares learn their
- * machine's id only later, so the id is not in it).
- */
-export const supervisorMarker = 'supervisor';
-
-/** Whether the supervisor a machine's state names is still that process (not a reused pid). */
-export function supervisorAlive(state: MachineState): boolean {
-  return processMatches(state.supervisorPid, supervisorMarker);
-}
-
-/** Whether a machine's QEMU (recognised by its `torpor-<id>` process name) is still running. */
-export function qemuAlive(id: string, state: MachineState): boolean {
-  return processMatches(state.qemuPid, `torpor-${id}`);
 }
 
 /** Warm spare supervisors for a long-running host, started with the same command as any other. */
