@@ -17,11 +17,14 @@ test("the command table's summaries are the commands' own descriptions, and ever
 test('a command line loads only the module of its command', async () => {
   const program = await buildProgram(['node', 'torpor', 'ps', '--json']);
   const ps = program.commands.find((command) => command.name() === 'ps')!;
-  const run = program.commands.find((command) => command.name() === 'run')!;
   assert.ok(
     ps.options.some((option) => option.long === '--json'),
     'ps is the real command',
   );
+  assert.equal(program.commands.find((command) => command.name() === 'run'), undefined, 'run is not even a stub');
+  // An unknown word gets every command as a stub, for commander's suggestion.
+  const unknown = await buildProgram(['node', 'torpor', 'pss']);
+  const run = unknown.commands.find((command) => command.name() === 'run')!;
   assert.equal(run.options.length, 0, 'run is only a stub');
 });
 
