@@ -45,6 +45,8 @@ export async function fillPool(settings: SpareSettings, size = spareCount()): Pr
           await forgetSpare(key, config.id);
         }
         if (spares.filter(({ state }) => isLive(state.status)).length >= size) return;
+        // Spares that die as fast as they are made (a broken image, no memory) are not made forever.
+        if (started.length >= size * 2) throw new TorporError('pool-fill-failed', `started ${started.length} spares and the pool is still short: they do not stay up`, { hint: 'see `torpor ps --spares` and the machines\' supervisor logs' });
         const config = await createMachine({ ...settings, command: ['true'], spare: key });
         started.push(config.id);
         try {

@@ -69,6 +69,10 @@ before(async () => {
 });
 
 after(async () => {
+  // A background fill still running would make a spare after the clear.
+  for (let waited = 0; waited < 600 && (await readdir(sparesDirectory()).catch(() => [] as string[])).some((entry) => entry.endsWith('.lock')); waited++) {
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
   await torpor(['system', 'pool', 'clear']);
   await home.cleanup();
 });
