@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { paths } from '../state/paths.ts';
 import { TorporError, isNodeError } from '../util/errors.ts';
@@ -17,6 +17,16 @@ export async function claimName(name: string, id: string): Promise<void> {
     throw new TorporError('name-in-use', `the name ${JSON.stringify(name)} is already used by machine ${owner.slice(0, 12)}`, {
       hint: `choose another --name, or remove it first: torpor rm -f ${name}`,
     });
+  }
+}
+
+/** Frees a machine's name claim, only if it is still this machine's (the name may belong to a newer one). */
+export async function releaseName(config: Pick<MachineConfig, 'id' | 'name'>): Promise<void> {
+  const namePath = join(paths.names(), config.name);
+  try {
+    if ((await readFile(namePath, 'utf8')).trim() === config.id) await rm(namePath, { force: true });
+  } catch {
+    // no claim left
   }
 }
 

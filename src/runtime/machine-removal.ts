@@ -1,6 +1,5 @@
-import { rm, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { paths } from '../state/paths.ts';
+import { rm } from 'node:fs/promises';
+import { releaseName } from './machine-names.ts';
 import { machineFiles } from './machine-files.ts';
 import type { MachineConfig } from './machine-record.ts';
 import { releaseLazyMemory } from './lazy-restore.ts';
@@ -13,12 +12,3 @@ export async function releaseMachine(config: Pick<MachineConfig, 'id' | 'name'>)
   await rm(machineFiles(config.id).directory, { recursive: true, force: true });
 }
 
-/** Frees a machine's name claim, only if it is still this machine's (the name may belong to a newer one). */
-export async function releaseName(config: Pick<MachineConfig, 'id' | 'name'>): Promise<void> {
-  const namePath = join(paths.names(), config.name);
-  try {
-    if ((await readFile(namePath, 'utf8')).trim() === config.id) await rm(namePath, { force: true });
-  } catch {
-    // no claim left
-  }
-}

@@ -16,7 +16,8 @@ import { defaultNetworkPolicy } from '../network/policy.ts';
 // cost each one memory for nothing (its records are torpor's own files).
 import { machineFiles, readMachineConfig, readMachineState, writeMachineState } from './machine-files.ts';
 import type { MachineConfig, MachineState } from './machine-record.ts';
-import { releaseMachine, releaseName } from './machine-removal.ts';
+import { releaseMachine } from './machine-removal.ts';
+import { releaseName } from './machine-names.ts';
 import { writeJsonAtomic } from '../util/atomic-file.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
 import { keepWarm } from './warm-memory.ts';
