@@ -1,13 +1,15 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readdir, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { useTemporaryHome } from './testing/temporary-home.ts';
 import { spareKey, spareSettingsOf, sparesDirectory } from './spare-pool.ts';
 import { networkOptionsFrom } from './run-options.ts';
 import { machineFiles } from './machine-files.ts';
 import { processMatches } from '../util/process-identity.ts';
+import { connectToSupervisor, sendControl } from './supervisor-client.ts';
 
 // Spare machines with real VMs, through the CLI as a user runs it: claims, races, settings that do
 // not match, crashes (kill -9 of a claiming CLI and of a spare's supervisor), listing and pruning.
@@ -223,6 +225,48 @@ test("a spare whose supervisor was killed (-9) shows as exited, and the next run
   assert.equal(result.stdout, 'cold\n');
   assert.ok(!(await listAll()).some((machine) => machine.id === spareId), 'the dead spare was cleaned up');
   await poolSettles(1);
+});
+
+test('hostile input: planted pool entries, claim and discard sent to a machine that is no spare, bad fill settings', async () => {
+  const [spareId] = await poolSettles(1);
+  // A user's own machine (not a spare) whose id is planted in the pool, plus junk entries.
+  const victim = await torpor(['run', '-d', '--name', 'victim', '--memory', '256m', 'base', 'sleep', '1000'], { TORPOR_SPARE_MACHINES: '0' });
+  assert.equal(victim.code, 0, victim.stderr);
+  const victimId = victim.stdout.trim();
+  await mkdir(sparesDirectory(), { recursive: true });
+  const planted = `${basePool}.${'0'.repeat(12)}`;
+  await writeFile(join(sparesDirectory(), planted), '');
+  await writeFile(join(sparesDirectory(), `${basePool}.not-an-id`), '');
+  await symlink('/etc/passwd', join(sparesDirectory(), `${basePool}.${victimId}`));
+  const claimer = await torpor(['run', '--rm', '--name', 'claimer-2', 'base', 'hostname']);
+  assert.equal(claimer.code, 0, claimer.stderr);
+  assert.equal(claimer.stdout, 'claimer-2\n');
+  // The user's machine was not taken over: still running its own process under its own name.
+  assert.equal((await torpor(['exec', 'victim', 'hostname'])).stdout, 'victim\n');
+  const listed = (await listAll()).find((machine) => machine.id === victimId);
+  assert.deepEqual([listed?.name, listed?.state.status], ['victim', 'running']);
+  assert.equal((await readFile('/etc/passwd', 'utf8')).length > 0, true, '/etc/passwd untouched');
+  // What the run took and could not use is not left in the pool directory either.
+  assert.deepEqual((await readdir(sparesDirectory())).filter((entry) => entry.endsWith('.claimed')), []);
+  // Claim and discard are refused by a supervisor whose machine is no spare.
+  const client = await connectToSupervisor(victimId);
+  await assert.rejects(sendControl(client, { op: 'claim' }), /not a spare/);
+  await assert.rejects(sendControl(client, { op: 'discard' }), /only an unclaimed spare/);
+  client.close();
+  assert.equal((await torpor(['exec', 'victim', 'true'])).code, 0);
+  assert.equal((await torpor(['rm', '-f', 'victim'])).code, 0);
+  // Fill settings that are not settings, or carry a policy of the wrong shape.
+  const garbage = await torpor(['system', 'pool', 'fill', '--settings', '{"image":1}']);
+  assert.equal(garbage.code, 125);
+  assert.match(garbage.stderr, /not spare settings.*\n\s+hint: give an image/);
+  const badPolicy = await torpor([
+    'system', 'pool', 'fill', '--settings',
+    JSON.stringify({ image: 'base', cpus: 1, memoryMiB: 512, network: true, networkPolicy: { mode: 'everything', allowHost: 'all' } }),
+  ]);
+  assert.equal(badPolicy.code, 125);
+  assert.match(badPolicy.stderr, /invalid network policy/);
+  await poolSettles(1);
+  assert.ok(spareId);
 });
 
 test('system prune ends spare machines and frees their RAM', async () => {

@@ -135,7 +135,11 @@ async function useSpare(id: string, key: string, name: string, request: SpareReq
     await rm(claimedEntry(id), { force: true });
     return undefined;
   }
-  if (spare.spare?.key !== key) return undefined;
+  // An entry naming a machine that is no spare of this pool (planted, or left from a crash): dropped.
+  if (spare.spare?.key !== key) {
+    await rm(claimedEntry(id), { force: true });
+    return undefined;
+  }
   // The image was imported or pulled again since the spare was made: the spare is of the old one.
   if ((await currentImageDigest(request.image)) !== spare.image.digest) {
     await discardSpare(spare);
