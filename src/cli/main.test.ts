@@ -84,3 +84,21 @@ test('the fast commands load no heavy package: ps, logs, exec and an idle superv
     'supervisor',
   );
 });
+
+test("ps's quick flag parser agrees with commander on what it accepts, and leaves the rest to commander", async () => {
+  const { quickPsFlags } = await import('./commands/ps.ts');
+  const lines = [[], ['-a'], ['--all'], ['-aq'], ['-qa', '--json'], ['--spares', '--json'], ['-q', '--spares'], ['-x'], ['--help'], ['-ah'], ['extra'], ['--json=1'], ['--all', '--']];
+  for (const words of lines) {
+    const quick = quickPsFlags(words);
+    if (words.some((word) => ['-x', '--help', '-ah', 'extra', '--json=1', '--'].includes(word))) {
+      assert.equal(quick, undefined, `${words.join(' ')} must go to commander`);
+      continue;
+    }
+    const program = await buildProgram(['node', 'torpor', 'ps', ...words]);
+    program.exitOverride();
+    let parsed: Record<string, unknown> | undefined;
+    program.commands.find((command) => command.name() === 'ps')!.action((options: Record<string, unknown>) => void (parsed = options));
+    await program.parseAsync(['node', 'torpor', 'ps', ...words]);
+    assert.deepEqual(quick, parsed, words.join(' '));
+  }
+});
