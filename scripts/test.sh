@@ -4,5 +4,8 @@
 set -e
 cd "$(dirname "$0")/.."
 sh scripts/setup.sh --quiet
+# No spare machines unless a test asks for them (src/runtime/spare-pool.test.ts): a `run`'s
+# background fill would start VMs in test homes that outlive the test.
+export TORPOR_SPARE_MACHINES="${TORPOR_SPARE_MACHINES:-0}"
 files=$(find src test examples -name '*.test.ts' -not -path '*/node_modules/*' 2>/dev/null | sort)
 exec node --import tsx --test --test-concurrency=1 "$@" $files

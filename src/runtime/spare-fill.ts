@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { processMatches } from '../util/process-identity.ts';
 import { networkPolicySchema } from '../network/policy-schema.ts';
 import { TorporError } from '../util/errors.ts';
+import { pathExists } from '../util/path-exists.ts';
+import { paths } from '../state/paths.ts';
 import { createMachine } from './machine-creation.ts';
 import { startMachine } from './machine-start.ts';
 import { removeMachine } from './machine-stop.ts';
@@ -38,6 +40,8 @@ export async function fillPool(settings: SpareSettings, size = spareCount()): Pr
     key,
     async () => {
       for (;;) {
+        // The state directory was deleted under this fill (a test's home): make nothing there again.
+        if (!(await pathExists(paths.machines()))) return;
         const spares = await listSpares(key);
         for (const { config, state } of spares) {
           if (isLive(state.status)) continue;
