@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { processMatches } from '../util/process-identity.ts';
 import { networkPolicySchema } from '../network/policy-schema.ts';
@@ -36,6 +36,7 @@ export async function fillPool(settings: SpareSettings, size = spareCount()): Pr
   }
   const key = spareKey(settings);
   const started: string[] = [];
+  await mkdir(paths.machines(), { recursive: true });
   await withFillLock(
     key,
     async () => {
