@@ -116,7 +116,13 @@ export function createMachineRoutes(options: { maxFileBytes?: number } = {}): Ho
   const maxFileBytes = options.maxFileBytes ?? 256 * 1024 * 1024;
   const app = new Hono();
 
-  app.get('/', async (context) => context.json({ machines: (await listMachines()).map((view) => ({ ...view.config, state: view.state })) }));
+  // Spare machines (started, waiting for a `run` to claim them) are the host's, not the user's: listed
+  // only on request, as `torpor ps --spares` does.
+  app.get('/', async (context) => {
+    const withSpares = context.req.query('spares') === 'true';
+    const machines = (await listMachines()).filter((view) => withSpares || !view.config.spare);
+    return context.json({ machines: machines.map((view) => ({ ...view.config, state: view.state })) });
+  });
 
   app.post('/', async (context) => {
     try {

@@ -87,19 +87,21 @@ export function createDashboardRoutes(options: DashboardRoutesOptions): Hono {
   app.get('/ui/api/machines', async (context) => {
     const [machines, manifests, usage] = await Promise.all([listMachines(), listSnapshots(), storeUsage()]);
     const view: MachinesView = {
-      machines: machines.map(({ config, state }) => ({
-        id: config.id,
-        name: config.name,
-        image: config.image.reference,
-        status: state.status,
-        exitCode: state.exitCode,
-        error: state.error,
-        cpus: config.cpus,
-        memoryMiB: config.memoryMiB,
-        accelerator: config.accelerator,
-        startedAt: state.startedAt,
-        createdAt: config.createdAt,
-      })),
+      machines: machines
+        .filter(({ config }) => !config.spare) // the host's spare pool, not the user's machines (torpor system pool)
+        .map(({ config, state }) => ({
+          id: config.id,
+          name: config.name,
+          image: config.image.reference,
+          status: state.status,
+          exitCode: state.exitCode,
+          error: state.error,
+          cpus: config.cpus,
+          memoryMiB: config.memoryMiB,
+          accelerator: config.accelerator,
+          startedAt: state.startedAt,
+          createdAt: config.createdAt,
+        })),
       snapshots: manifests.map((manifest) => {
         const used = usage.snapshots.find((each) => each.name === manifest.name);
         const referencedBytes = used?.referencedBytes ?? 0;

@@ -10,6 +10,9 @@ import { networkOptionsFrom } from './run-options.ts';
 import { machineFiles } from './machine-files.ts';
 import { processMatches } from '../util/process-identity.ts';
 import { connectToSupervisor, sendControl } from './supervisor-client.ts';
+import { openContextLog } from '../context/index.ts';
+import { SessionManager } from '../session/session-manager.ts';
+import { createApp } from '../api/app.ts';
 
 // Spare machines with real VMs, through the CLI as a user runs it: claims, races, settings that do
 // not match, crashes (kill -9 of a claiming CLI and of a spare's supervisor), listing and pruning.
@@ -166,6 +169,19 @@ test('spares are hidden from ps, shown by --spares, -a and system pool, counted 
   const usage = JSON.parse((await torpor(['system', 'df', '--json'])).stdout) as { spares: { count: number; live: number; memoryBytes: number } };
   assert.deepEqual([usage.spares.count, usage.spares.live], [1, 1]);
   assert.ok(usage.spares.memoryBytes > 0);
+  // The HTTP API and the dashboard hide them the same way; GET /v1/machines?spares=true lists them.
+  const log = await openContextLog({ stateDirectory: home.home });
+  const sessions = new SessionManager({ log });
+  try {
+    const app = createApp({ log, sessions });
+    const ids = async (path: string) => ((await (await app.request(path)).json()) as { machines: { id: string }[] }).machines.map((machine) => machine.id);
+    assert.deepEqual(await ids('/v1/machines'), []);
+    assert.deepEqual(await ids('/v1/machines?spares=true'), [spareId]);
+    assert.deepEqual(await ids('/ui/api/machines'), []);
+  } finally {
+    await sessions.close();
+    await log.close();
+  }
 });
 
 test('a CLI killed (-9) after taking a spare: the spare ends itself, its name is freed, the next run works', async () => {
