@@ -23,6 +23,7 @@ import { hostCpu } from '../host/cpu-description.ts';
 import { startMachine } from './machine-start.ts';
 import { validateMachineName, randomMachineName } from './run-options.ts';
 import { pathExists } from '../util/path-exists.ts';
+import { checkImageMemory } from '../vm/image-memory.ts';
 
 export interface CreateMachineOptions {
   image: string;
@@ -55,6 +56,16 @@ export interface RestoreOptions {
   startMain?: boolean;
   /** Overrides for a boot-template start: the new machine's own command, env, name... */
   configure?: (config: MachineConfig) => MachineConfig;
+}
+
+/**
+ * The image as shared DAX memory (vm/image-memory.ts) when it is on (TORPOR_IMAGE_DAX), the guest
+ * kernel has the drivers, and the image's ext4 allows it; otherwise the block device, as before.
+ */
+async function imageMemoryFor(diskPath: string, kernelTakesIt: boolean): Promise<{ imageMemoryBytes?: number }> {
+  if (!environment().TORPOR_IMAGE_DAX || !kernelTakesIt) return {};
+  const check = await checkImageMemory(diskPath);
+  return check.usable ? { imageMemoryBytes: check.sizeBytes } : {};
 }
 
 /** Writes a new machine's directory: its config, a fresh sparse writable layer, state "created". */
@@ -102,6 +113,7 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
     name,
     createdAt: new Date().toISOString(),
     image: { reference: options.image, digest: image.digest, diskPath: image.diskPath },
+    ...(await imageMemoryFor(image.diskPath, host.imageMemory)),
     command,
     env: [...guestEnvironment].map(([key, value]) => `${key}=${value}`),
     workingDir: options.workingDir ?? image.config.workingDir ?? '/',
