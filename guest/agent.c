@@ -241,11 +241,19 @@ static int mount_image(void) {
     // dax: files are read straight from the shared region, never copied into this guest's page
     // cache (so never into its RAM or its snapshots). Without DAX support the same device still
     // mounts, with a page cache of its own: slower to snapshot, not wrong.
-    if (mount("/dev/pmem0", "/lower", "ext4", MS_RDONLY, "noload,dax") == 0) return 0;
-    log_line("mount image with dax: %s; mounting without", strerror(errno));
-    if (mount("/dev/pmem0", "/lower", "ext4", MS_RDONLY, "noload") == 0) return 0;
-    log_line("mount image: %s", strerror(errno));
-    return -1;
+    int mounted = mount("/dev/pmem0", "/lower", "ext4", MS_RDONLY, "noload,dax");
+    if (mounted != 0) {
+      log_line("mount image with dax: %s; mounting without", strerror(errno));
+      mounted = mount("/dev/pmem0", "/lower", "ext4", MS_RDONLY, "noload");
+    }
+    if (mounted != 0) { log_line("mount image: %s", strerror(errno)); return -1; }
+    // The host maps the region read-only and drops writes to it; marking the device read-only here
+    // too makes a write fail with an error instead of landing in this guest's own cache of the
+    // device, where ext4 would then read back metadata the image does not have.
+    int device = open("/dev/pmem0", O_RDONLY | O_CLOEXEC);
+    int readonly = 1;
+    if (device >= 0) { ioctl(device, BLKROSET, &readonly); close(device); }
+    return 0;
   }
   if (find_disk("torpor-image", image, sizeof image, 10000) != 0) { log_line("no image disk (serial torpor-image)"); return -1; }
   if (mount(image, "/lower", "ext4", MS_RDONLY, "noload") != 0) { log_line("mount image: %s", strerror(errno)); return -1; }
