@@ -41,6 +41,8 @@ export interface HibernationSizes {
   wakeMs: number[];
   /** bytes of the running machine's RAM file in tmpfs right after each turn's reply (guest RAM the host holds for it) */
   residentBytes: number[];
+  /** QEMU's own anonymous memory at the same moment (RssAnon: device state, TCG's code cache, firmware) */
+  qemuAnonymousBytes: number[];
 }
 
 const mib = (bytes: number) => `${(bytes / MiB).toFixed(1)} MiB`;
@@ -57,6 +59,8 @@ export async function measureHibernationSizes(
   const { storeUsage, readSnapshot } = await import('../src/snapshot/snapshot-store.ts');
   const { buildCodingAgentImage } = await import('../examples/coding-agent/image.ts');
   const { memoryDirectory } = await import('../src/state/paths.ts');
+  const { readMachineState } = await import('../src/runtime/machine-files.ts');
+  const { readFile } = await import('node:fs/promises');
   const { stat } = await import('node:fs/promises');
   const { join } = await import('node:path');
   const { startDevLlm } = await import('../src/dev-llm/index.ts');
@@ -79,7 +83,7 @@ export async function measureHibernationSizes(
           for (let attempt = 0; attempt < 2400 && manager.get(record.id).state !== 'hibernated'; attempt++) await sleep(50);
           if (manager.get(record.id).state !== 'hibernated') throw new Error(`session did not hibernate: ${manager.get(record.id).state}`);
         };
-        const result: HibernationSizes = { variant, nonZeroBytes: NaN, exclusiveBytes: NaN, newBytesPerTurn: [], wakeMs: [], residentBytes: [] };
+        const result: HibernationSizes = { variant, nonZeroBytes: NaN, exclusiveBytes: NaN, newBytesPerTurn: [], wakeMs: [], residentBytes: [], qemuAnonymousBytes: [] };
         for (let turn = 0; turn < turns; turn++) {
           const started = performance.now();
           let first = NaN;
@@ -91,6 +95,14 @@ export async function measureHibernationSizes(
           if (turn > 0) result.wakeMs.push(first);
           // The machine still runs (it hibernates after an idle second): what its guest RAM holds in tmpfs now.
           const machineId = manager.get(record.id).machineId;
+          const qemuPid = machineId ? (await readMachineState(machineId)).qemuPid : undefined;
+          if (qemuPid)
+            result.qemuAnonymousBytes.push(
+              await readFile(`/proc/${qemuPid}/status`, 'utf8').then(
+                (status) => Number(/RssAnon:\s+(\d+) kB/.exec(status)?.[1] ?? NaN) * 1024,
+                () => NaN,
+              ),
+            );
           if (machineId)
             result.residentBytes.push(
               await stat(join(memoryDirectory(), `${machineId}.ram`)).then(
@@ -149,7 +161,7 @@ export function hibernationRows(results: HibernationSizes[], turns: number): str
     rows.push([
       `hibernated coding agent after ${turns} turns: ${result.variant.name}`,
       result === today ? '<= 10 MiB excl, <= 4 MiB new' : '-',
-      `exclusive ${mib(result.exclusiveBytes)}, new per turn p50 ${mib(newBytes)}, non-zero read ${mib(result.nonZeroBytes)}, wake p50 ${ms(percentile(result.wakeMs, 50))}, guest RAM in tmpfs at a turn p50 ${mib(percentile(result.residentBytes, 50))}`,
+      `exclusive ${mib(result.exclusiveBytes)}, new per turn p50 ${mib(newBytes)}, non-zero read ${mib(result.nonZeroBytes)}, wake p50 ${ms(percentile(result.wakeMs, 50))}, guest RAM in tmpfs at a turn p50 ${mib(percentile(result.residentBytes, 50))} + QEMU anon ${mib(percentile(result.qemuAnonymousBytes, 50))}`,
       result === today || !today
         ? '-'
         : `${(today.exclusiveBytes / result.exclusiveBytes).toFixed(2)}x smaller, new ${(percentile(today.newBytesPerTurn, 50) / newBytes).toFixed(2)}x`,
