@@ -1,6 +1,6 @@
 // torpor guest agent: PID 1 of every torpor microVM.
 //
-// It loads the virtio modules carried in the initramfs, mounts the image (read-only, /dev/vda)
+// It loads the virtio modules carried in the initramfs, mounts the image (read-only: a virtio disk, or shared memory with DAX)
 // under a per-machine writable layer (/dev/vdb) with overlayfs, moves into it, and then serves
 // the host over a virtio-serial port named "torpor.agent": exec with streamed stdio and exit
 // codes, signals, TTY resize, file copy, health. The wire format is defined in
@@ -161,9 +161,9 @@ static void mkdir_p(const char *path, mode_t mode) {
   mkdir(buffer, mode);
 }
 
-static void load_modules(void) {
-  // /modules.order lists module files in dependency order (written by the initramfs builder).
-  FILE *order = fopen("/modules.order", "r");
+static void load_modules(const char *list) {
+  // The list names module files in dependency order (written by the initramfs builder).
+  FILE *order = fopen(list, "r");
   if (!order) return;
   char line[PATH_MAX];
   while (fgets(line, sizeof line, order)) {
@@ -220,13 +220,52 @@ static int find_disk(const char *serial, char *device, size_t size, int millisec
   return -1;
 }
 
-static int mount_root(void) {
-  char image[64], layer[64];
+// The host gives the image as shared read-only memory (virtio-pmem) instead of a disk when the
+// kernel command line says torpor.image=pmem (a q35 machine; see src/vm/image-memory.ts).
+static int image_is_memory(void) {
+  char line[4096] = {0};
+  int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, line, sizeof line - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  for (char *word = strtok(line, " \n"); word; word = strtok(NULL, " \n"))
+    if (strcmp(word, "torpor.image=pmem") == 0) return 1;
+  return 0;
+}
+
+static int mount_image(void) {
+  char image[64];
+  if (image_is_memory()) {
+    if (wait_for_path("/dev/pmem0", 10000) != 0) { log_line("no image memory (/dev/pmem0)"); return -1; }
+    // dax: files are read straight from the shared region, never copied into this guest's page
+    // cache (so never into its RAM or its snapshots). Without DAX support the same device still
+    // mounts, with a page cache of its own: slower to snapshot, not wrong.
+    int mounted = mount("/dev/pmem0", "/lower", "ext4", MS_RDONLY, "noload,dax");
+    if (mounted != 0) {
+      log_line("mount image with dax: %s; mounting without", strerror(errno));
+      mounted = mount("/dev/pmem0", "/lower", "ext4", MS_RDONLY, "noload");
+    }
+    if (mounted != 0) { log_line("mount image: %s", strerror(errno)); return -1; }
+    // The host maps the region read-only and drops writes to it; marking the device read-only here
+    // too makes a write fail with an error instead of landing in this guest's own cache of the
+    // device, where ext4 would then read back metadata the image does not have.
+    int device = open("/dev/pmem0", O_RDONLY | O_CLOEXEC);
+    int readonly = 1;
+    if (device >= 0) { ioctl(device, BLKROSET, &readonly); close(device); }
+    return 0;
+  }
   if (find_disk("torpor-image", image, sizeof image, 10000) != 0) { log_line("no image disk (serial torpor-image)"); return -1; }
+  if (mount(image, "/lower", "ext4", MS_RDONLY, "noload") != 0) { log_line("mount image: %s", strerror(errno)); return -1; }
+  return 0;
+}
+
+static int mount_root(void) {
+  char layer[64];
   mkdir_p("/lower", 0755);
   mkdir_p("/upper", 0755);
   mkdir_p("/newroot", 0755);
-  if (mount(image, "/lower", "ext4", MS_RDONLY, "noload") != 0) { log_line("mount image: %s", strerror(errno)); return -1; }
+  if (mount_image() != 0) return -1;
   if (find_disk("torpor-layer", layer, sizeof layer, 500) == 0) {
     // noinit_itable: the host made the layer with lazy init on a sparse file; zeroing inode tables
     // in the guest would only dirty blocks that every snapshot then has to carry.
@@ -916,7 +955,8 @@ int main(void) {
     mount("sysfs", "/sys", "sysfs", 0, NULL);
     int console = open("/dev/console", O_RDWR);
     if (console >= 0) { dup2(console, 1); dup2(console, 2); if (console > 2) close(console); }
-    load_modules();
+    load_modules("/modules.order");
+    if (image_is_memory()) load_modules("/modules.pmem.order");
     if (mount_root() != 0) {
       log_line("cannot mount the root filesystem; powering off");
       reboot(RB_POWER_OFF);

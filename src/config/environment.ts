@@ -92,6 +92,11 @@ export const variables = {
     '`1`',
     '`0` boots new machines without `init_on_free=1` (freed guest pages then keep old bytes, which snapshots store)',
   ),
+  TORPOR_IMAGE_DAX: variable(
+    flag('1', true),
+    '`1`',
+    '`0` gives new machines their image as a virtio block device (its file pages then sit in guest RAM and in every snapshot) instead of shared read-only memory mounted with DAX',
+  ),
   TORPOR_DROP_GUEST_CACHES: variable(
     flag('1', false),
     '`0`',

@@ -19,6 +19,8 @@ export function bootTemplateName(config: MachineConfig): string {
         config.cpus,
         config.memoryMiB,
         config.network,
+        // Only when set, so that the names of templates made before it existed stay the same.
+        ...(config.imageMemoryBytes !== undefined ? [config.imageMemoryBytes] : []),
       ]),
     )
     .digest('hex')

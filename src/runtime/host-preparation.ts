@@ -13,6 +13,8 @@ export interface PreparedHost {
   initramfsPath: string;
   key: string;
   accelerator: AcceleratorChoice;
+  /** The guest kernel can take the image as DAX memory (vm/image-memory.ts). */
+  imageMemory: boolean;
 }
 
 let hostPreparation: Promise<PreparedHost> | undefined;
@@ -26,7 +28,7 @@ export function prepareHost(progress: Progress = silentProgress): Promise<Prepar
       initramfsPath: artifacts.initramfsPath,
       cacheDirectory: paths.artifacts(),
     });
-    return { kernelPath: artifacts.kernel.imagePath, initramfsPath: artifacts.initramfsPath, key: artifacts.key, accelerator };
+    return { kernelPath: artifacts.kernel.imagePath, initramfsPath: artifacts.initramfsPath, key: artifacts.key, accelerator, imageMemory: artifacts.imageMemory };
   })();
   hostPreparation.catch(() => (hostPreparation = undefined));
   return hostPreparation;

@@ -29,6 +29,8 @@ export const machineConfigSchema = z.object({
   name: z.string(),
   createdAt: z.string(),
   image: z.object({ reference: z.string(), digest: z.string(), diskPath: z.string() }),
+  /** The image is given as read-only shared memory (virtio-pmem, DAX in the guest) of this size; absent: a block device (and every machine made before it existed). */
+  imageMemoryBytes: z.number().int().positive().optional(),
   command: z.array(z.string()),
   env: z.array(z.string()),
   workingDir: z.string(),

@@ -110,6 +110,7 @@ export class Supervisor {
       initramfsPath: this.config.initramfsPath,
       kernelArguments: this.config.kernelArguments,
       imageDisk: this.config.image.diskPath,
+      imageMemoryBytes: this.config.imageMemoryBytes,
       layerDisk: this.files.layerDisk,
       memoryFile: this.memoryFile(),
       agentSocket: this.files.agentSocket,

@@ -17,6 +17,12 @@ export interface MachineSpec {
   initramfsPath: string;
   kernelArguments: string[];
   imageDisk: string; // read-only ext4 image shared by every machine of the image
+  /**
+   * Give the image as read-only shared memory of this many bytes (virtio-pmem, mounted with DAX in
+   * the guest) instead of a block device. Needs a q35 machine (QEMU 7.2's microvm has no place for
+   * memory devices), so the whole device set differs: part of the snapshot format (qemu-command.ts).
+   */
+  imageMemoryBytes?: number;
   layerDisk?: string; // this machine's writable layer (raw ext4)
   memoryFile: string; // guest RAM, in tmpfs
   agentSocket: string;

@@ -14,16 +14,21 @@ export const qemuBinary = (): string => environment().TORPOR_QEMU;
  */
 export function qemuArguments(spec: MachineSpec): string[] {
   const memory = `${spec.memoryMiB}M`;
+  // Two device sets. The image as shared memory (virtio-pmem) needs a machine with room for memory
+  // devices: q35, whose devices sit on PCI. Without it, microvm with virtio-mmio devices (faster to
+  // boot, fewer devices to migrate). Which one a machine has is in its config (`imageMemoryBytes`).
+  const pmem = spec.imageMemoryBytes !== undefined;
+  const transport = pmem ? 'pci' : 'device';
   const args = [
     '-name',
     `torpor-${spec.id},debug-threads=off`,
     '-machine',
-    'microvm,memory-backend=mem,rtc=on,pit=off,pic=off,isa-serial=on',
+    pmem ? 'q35,memory-backend=mem,vmport=off,smbus=off,sata=off,usb=off' : 'microvm,memory-backend=mem,rtc=on,pit=off,pic=off,isa-serial=on',
     ...(spec.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host,-arch-capabilities'] : ['-accel', 'tcg,tb-size=64', '-cpu', 'max']),
     '-smp',
     String(spec.cpus),
     '-m',
-    memory,
+    pmem ? `${memory},slots=1,maxmem=${spec.memoryMiB + imageMemoryWindowMiB(spec.imageMemoryBytes!)}M` : memory,
     // share=on: the RAM file in tmpfs *is* guest memory, so a snapshot reads it without QEMU copying
     // it, and a restored machine (its own materialized file) can be snapshotted again the same way.
     '-object',
@@ -33,7 +38,7 @@ export function qemuArguments(spec: MachineSpec): string[] {
     '-initrd',
     spec.initramfsPath,
     '-append',
-    ['console=ttyS0', 'quiet', 'panic=-1', 'reboot=t', ...spec.kernelArguments].join(' '),
+    ['console=ttyS0', 'quiet', 'panic=-1', 'reboot=t', ...spec.kernelArguments, ...(pmem ? ['torpor.image=pmem'] : [])].join(' '),
     '-nodefaults',
     '-no-user-config',
     '-display',
@@ -45,11 +50,19 @@ export function qemuArguments(spec: MachineSpec): string[] {
     `file,id=console,path=${spec.consoleLog},append=on`,
     '-serial',
     'chardev:console',
-    '-drive',
-    `id=image,file=${spec.imageDisk},format=raw,if=none,readonly=on`,
-    '-device',
-    'virtio-blk-device,drive=image,serial=torpor-image',
   ];
+  if (pmem) {
+    // readonly=on: QEMU opens the file read-only and maps it read-only; the guest's writes to the
+    // region are dropped (a ROM to the guest), so no guest can change the image others share.
+    // share=on: the mapping is the host's page cache of the image file, one copy for every machine.
+    // A shared block is also what x-ignore-shared leaves out of a snapshot: it is never migrated,
+    // and it is not the RAM file, so the chunk store never sees it.
+    args.push('-object', `memory-backend-file,id=image-memory,mem-path=${spec.imageDisk},size=${spec.imageMemoryBytes},share=on,readonly=on`);
+    args.push('-device', 'virtio-pmem-pci,memdev=image-memory,id=image');
+  } else {
+    args.push('-drive', `id=image,file=${spec.imageDisk},format=raw,if=none,readonly=on`);
+    args.push('-device', 'virtio-blk-device,drive=image,serial=torpor-image');
+  }
   if (spec.layerDisk) {
     // A QEMU that dropped root reopens the layer read-write when an incoming migration completes,
     // and may no longer reach its path: it gets open descriptors instead (see `layerDescriptors`).
@@ -59,11 +72,11 @@ export function qemuArguments(spec: MachineSpec): string[] {
     const layerFile = spec.runAs ? `/dev/fdset/${layerFdSet},file.locking=off` : spec.layerDisk;
     if (spec.runAs) for (const fd of layerDescriptors) args.push('-add-fd', `fd=${fd},set=${layerFdSet}`);
     args.push('-drive', `id=layer,file=${layerFile},format=raw,if=none,discard=unmap,cache=writeback`);
-    args.push('-device', 'virtio-blk-device,drive=layer,serial=torpor-layer');
+    args.push('-device', `virtio-blk-${transport},drive=layer,serial=torpor-layer`);
   }
   args.push(
     '-device',
-    'virtio-serial-device,max_ports=2',
+    `virtio-serial-${transport},max_ports=2`,
     '-chardev',
     `socket,id=agent,path=${spec.agentSocket},server=on,wait=off`,
     '-device',
@@ -71,12 +84,17 @@ export function qemuArguments(spec: MachineSpec): string[] {
   );
   if (spec.network) {
     const forwards = spec.ports.map((port) => `,hostfwd=${port.protocol}:${port.hostAddress}:${port.hostPort}-:${port.guestPort}`).join('');
-    args.push('-netdev', `user,id=net0${forwards}`, '-device', 'virtio-net-device,netdev=net0');
+    args.push('-netdev', `user,id=net0${forwards}`, '-device', `virtio-net-${transport},netdev=net0`);
   }
   args.push('-qmp', `unix:${spec.qmpSocket},server=on,wait=off`);
   args.push(...confinementArguments(spec));
   if (spec.incoming) args.push('-incoming', 'defer');
   return args;
+}
+
+/** Address space for memory devices beyond RAM (QEMU's `maxmem`): the image, in whole GiB (QEMU aligns each slot to 1 GiB). */
+function imageMemoryWindowMiB(imageBytes: number): number {
+  return Math.ceil(imageBytes / 1024 ** 3) * 1024 + 1024;
 }
 
 /**

@@ -1,0 +1,61 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { qemuArguments } from './qemu-command.ts';
+import type { MachineSpec } from './machine-spec.ts';
+
+// The device set is part of the snapshot format: a machine without image memory must keep the
+// exact microvm command line every older snapshot was taken with, and one with image memory must
+// give the guest the image read-only.
+
+const spec: MachineSpec = {
+  id: 'abc',
+  cpus: 1,
+  memoryMiB: 512,
+  accelerator: 'tcg',
+  kernelPath: '/boot/vmlinuz',
+  initramfsPath: '/cache/initramfs.cpio',
+  kernelArguments: ['init_on_free=1'],
+  imageDisk: '/images/rootfs.ext4',
+  layerDisk: '/machines/abc/layer.ext4',
+  memoryFile: '/dev/shm/torpor/abc.ram',
+  agentSocket: '/run/agent.sock',
+  qmpSocket: '/run/qmp.sock',
+  consoleLog: '/machines/abc/console.log',
+  network: true,
+  ports: [],
+};
+
+const devices = (args: string[]) => args.flatMap((value, index) => (args[index - 1] === '-device' || args[index - 1] === '-machine' ? [value] : []));
+
+test('without image memory: microvm with virtio-mmio devices, as every older snapshot was taken', () => {
+  const args = qemuArguments(spec);
+  assert.deepEqual(devices(args), [
+    'microvm,memory-backend=mem,rtc=on,pit=off,pic=off,isa-serial=on',
+    'virtio-blk-device,drive=image,serial=torpor-image',
+    'virtio-blk-device,drive=layer,serial=torpor-layer',
+    'virtio-serial-device,max_ports=2',
+    'virtserialport,chardev=agent,name=torpor.agent,nr=1',
+    'virtio-net-device,netdev=net0',
+  ]);
+  assert.ok(args.includes('512M'));
+  assert.ok(!args.join(' ').includes('pmem'));
+  assert.ok(args.includes('id=image,file=/images/rootfs.ext4,format=raw,if=none,readonly=on'));
+});
+
+test('with image memory: q35, the image a read-only shared memory backend behind virtio-pmem, the rest on PCI', () => {
+  const args = qemuArguments({ ...spec, imageMemoryBytes: 130 * 1024 * 1024 });
+  assert.deepEqual(devices(args), [
+    'q35,memory-backend=mem,vmport=off,smbus=off,sata=off,usb=off',
+    'virtio-pmem-pci,memdev=image-memory,id=image',
+    'virtio-blk-pci,drive=layer,serial=torpor-layer',
+    'virtio-serial-pci,max_ports=2',
+    'virtserialport,chardev=agent,name=torpor.agent,nr=1',
+    'virtio-net-pci,netdev=net0',
+  ]);
+  assert.ok(args.includes(`memory-backend-file,id=image-memory,mem-path=/images/rootfs.ext4,size=${130 * 1024 * 1024},share=on,readonly=on`));
+  // Room for the region beyond RAM.
+  assert.ok(args.includes('512M,slots=1,maxmem=2560M'));
+  assert.match(args[args.indexOf('-append') + 1]!, / torpor\.image=pmem$/);
+  // The image is not also a disk.
+  assert.ok(!args.some((value) => value.startsWith('id=image,file=')));
+});
