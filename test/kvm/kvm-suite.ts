@@ -1,8 +1,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { NestedMachine, clockSourceOfRunRm, succeeded } from './nested-machine.ts';
+import { shellAgent } from '../../src/session/testing/shell-agent.ts';
 
-// The KVM suite: `npm run test:kvm` (not part of `npm test`, which runs nested-smoke.test.ts).
+// The KVM suite: `npm run test:kvm` (not part of `npm test`, which runs its short part, smoke.test.ts).
 // torpor inside a `torpor` machine on KVM over emulated SVM; each test drives the nested CLI as a
 // user would. What fails here is fixed in the product (src/vm, src/runtime, guest/), not here.
 let nest: NestedMachine;
@@ -91,4 +92,30 @@ test('snapshots are tied to their accelerator: a kvm snapshot under tcg is refus
   const [inspected] = JSON.parse(succeeded(await nest.torpor('inspect', 'ontcg-back'), 'inspect')) as { config: { accelerator: string } }[];
   assert.equal(inspected!.config.accelerator, 'tcg', 'it keeps running under the accelerator it was taken with');
   succeeded(await nest.torpor('rm', '-f', 'onkvm', 'ontcg', 'ontcg-back'), 'rm');
+});
+
+test('a session on KVM hibernates when idle and wakes on the next message with its memory, files and child process', async () => {
+  // `torpor serve` inside the nested machine, as a user starts it; the session CLI finds it by itself.
+  succeeded(await nest.shell('setsid torpor serve --port 7070 > /tmp/serve.log 2>&1 < /dev/null &'), 'serve');
+  let up = false;
+  for (let attempt = 0; attempt < 120 && !up; attempt++) {
+    up = (await nest.torpor('session', 'ls', '--json')).code === 0;
+    if (!up) await sleep(2000);
+  }
+  assert.ok(up, `torpor serve answers inside the machine (${(await nest.shell('tail -5 /tmp/serve.log')).stdout})`);
+  succeeded(
+    await nest.torpor('session', 'create', '--image', 'base', '--memory', '256m', '--idle', '2s', '--name', 'chat', '--', 'sh', '-c', shellAgent),
+    'session create',
+  );
+  assert.equal(succeeded(await nest.torpor('session', 'send', 'chat', 'hello'), 'send'), 'turn 1: hello; notes 1; child yes\n');
+  let state = '';
+  for (let attempt = 0; attempt < 150 && state !== 'hibernated'; attempt++) {
+    state = (JSON.parse(succeeded(await nest.torpor('session', 'inspect', 'chat'), 'inspect')) as { state: string }).state;
+    if (state !== 'hibernated') await sleep(2000);
+  }
+  assert.equal(state, 'hibernated', 'the idle session hibernates');
+  assert.equal(succeeded(await nest.torpor('session', 'send', 'chat', 'again'), 'send after hibernation'), 'turn 2: again; notes 2; child yes\n');
+  const machines = JSON.parse(succeeded(await nest.torpor('ps', '--json'), 'ps')) as { accelerator: string }[];
+  assert.ok(machines.length > 0 && machines.every((machine) => machine.accelerator === 'kvm'), 'the woken session runs on KVM');
+  succeeded(await nest.torpor('session', 'rm', 'chat'), 'session rm');
 });
