@@ -192,7 +192,8 @@ export class Supervisor {
         await Promise.race([Promise.all([agent.hello(waitMs), agent.configure(this.guestSettings(), FrameType.resumed, waitMs)]), vmGone]);
       } else {
         await Promise.race([this.agent.hello(this.config.bootTimeoutMs), vmGone]);
-        await this.agent.configure(this.guestSettings());
+        // Bounded like the hello: 10 s (the default) was too short for TCG inside a nested machine.
+        await this.agent.configure(this.guestSettings(), FrameType.configure, this.config.bootTimeoutMs);
       }
       // A restored main process is followed before anyone can connect: input sent right after the
       // machine shows as running must reach it (it is not started again, so nothing else would flush it).

@@ -32,7 +32,12 @@ async function probeKvm(kernelPath: string, initramfsPath: string, workDirectory
   const disk = join(workDirectory, 'probe.ext4');
   await writeFile(disk, '');
   await truncate(disk, 8 * 1024 * 1024);
-  await runCommand('mkfs.ext4', ['-q', '-F', disk]);
+  // The agent mounts /dev, /proc and /sys on the image read-only: an empty file system has no
+  // such directories, so it found no agent port and powered off (seen first on nested KVM; no host
+  // of ours had run this probe to success before).
+  const root = join(workDirectory, 'probe-root');
+  for (const directory of ['dev', 'proc', 'sys', 'tmp', 'etc']) await mkdir(join(root, directory), { recursive: true });
+  await runCommand('mkfs.ext4', ['-q', '-F', '-d', root, disk]);
   const files = { agentSocket: join(workDirectory, 'a.sock'), qmpSocket: join(workDirectory, 'q.sock'), consoleLog: join(workDirectory, 'console.log') };
   let vm;
   try {
@@ -62,11 +67,16 @@ async function probeKvm(kernelPath: string, initramfsPath: string, workDirectory
     const waitMs = environment().TORPOR_KVM_PROBE_MS;
     const answered = agent.hello(waitMs).then(
       () => undefined,
-      async () => {
+      async (error: Error) => {
         const log = await readFile(join(workDirectory, 'qemu.log'), 'utf8').catch(() => '');
-        return /KVM internal error|emulation failure/.test(log)
-          ? 'KVM cannot run a stock guest kernel here (KVM internal error: emulation failure; nested PVM?)'
-          : `the guest did not boot under KVM within ${waitMs / 1000} s (a stock kernel hangs on nested PVM hosts; a slow nested host may need a larger TORPOR_KVM_PROBE_MS)`;
+        if (/KVM internal error|emulation failure/.test(log)) return 'KVM cannot run a stock guest kernel here (KVM internal error: emulation failure; nested PVM?)';
+        if (/did not say hello within/.test(error.message))
+          return `the guest did not boot under KVM within ${waitMs / 1000} s (a stock kernel hangs on nested PVM hosts; a slow nested host may need a larger TORPOR_KVM_PROBE_MS)`;
+        // Anything else (the channel broke: QEMU exited, the guest powered off) is said as it is, with the
+        // guest's last console line: guessing hid the cause.
+        const console = await readFile(files.consoleLog, 'utf8').catch(() => '');
+        const lastLine = (console.trim() || log.trim()).split('\n').pop()?.trim();
+        return `the probe guest's agent failed under KVM: ${error.message}${lastLine ? ` (last console line: ${lastLine})` : ''}`;
       },
     );
     const verdict = await Promise.race([answered, failed]);

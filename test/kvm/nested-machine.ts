@@ -33,6 +33,13 @@ export class NestedMachine {
       await machine.remove();
       throw new Error(`the torpor machine did not start: ${started.stderr}`);
     }
+    // The image's torpor command waits for its KVM setup (kvm.ko loads for seconds on emulated SVM):
+    // after this, /dev/kvm is there or will not come.
+    const ready = await machine.torpor('--version');
+    if (ready.code !== 0) {
+      await machine.remove();
+      throw new Error(`torpor inside the machine does not run: ${ready.stderr}`);
+    }
     return machine;
   }
 

@@ -1,4 +1,4 @@
-import { mkdir, copyFile, chmod, realpath, readFile, readdir, writeFile, cp, stat } from 'node:fs/promises';
+import { mkdir, copyFile, chmod, realpath, readFile, readdir, writeFile, cp, stat, rm } from 'node:fs/promises';
 import { join, dirname, basename } from 'node:path';
 import { buildNodeRoot, copySharedLibraries } from './node-image.ts';
 import { runCommand } from '../../util/command.ts';
@@ -24,15 +24,28 @@ export interface NestedTorporInputs {
 export const nestedProjectDirectory = '/opt/torpor';
 export const nestedCacheDirectory = '/var/cache/torpor';
 export const kvmSetupProgram = '/usr/local/sbin/torpor-kvm-setup';
+/** Written by the setup program once KVM is loaded (or known to be absent). */
+export const kvmSetupDone = '/run/torpor-kvm-setup.done';
 
-// Kernel modules, relative to the guest kernel's modules directory, in load order (irqbypass before
-// kvm before the vendor part; modules.dep lists exactly these dependencies for Debian's cloud kernel).
-const kvmModules = ['kernel/virt/lib/irqbypass.ko', 'kernel/arch/x86/kvm/kvm.ko', 'kernel/arch/x86/kvm/kvm-amd.ko', 'kernel/arch/x86/kvm/kvm-intel.ko'];
+// Kernel module folders (and files) copied into the image, relative to the guest kernel's modules
+// directory: KVM (irqbypass, kvm, kvm-amd/intel) and netfilter, whose nf_tables the network policy of
+// the machines inside needs. busybox's modprobe loads them with their dependencies from modules.dep,
+// and the kernel asks it for the nft expressions a rule set uses (kernel.modprobe).
+const moduleParts = [
+  'kernel/virt/lib',
+  'kernel/arch/x86/kvm',
+  'kernel/net/netfilter',
+  'kernel/net/ipv4/netfilter',
+  'kernel/net/ipv6/netfilter',
+  'kernel/lib/libcrc32c.ko',
+];
 
 // Host programs the runtime starts (QEMU through setpriv; mkfs.ext4 for layers and images; nft for
 // the network filter, when the guest kernel has nf_tables; zstd for `doctor`). Optional ones may be absent.
 const hostPrograms: { name: string; required: boolean }[] = [
   { name: 'setpriv', required: true },
+  // GNU cp: RAM and layer files are copied with --sparse=always, which busybox's cp lacks.
+  { name: 'cp', required: true },
   { name: 'mkfs.ext4', required: true },
   { name: 'debugfs', required: false },
   { name: 'nft', required: false },
@@ -58,6 +71,8 @@ async function findProgram(name: string): Promise<string | undefined> {
 async function copyProgramWithLibraries(root: string, program: string): Promise<void> {
   const target = join(root, program);
   await mkdir(dirname(target), { recursive: true });
+  // The path may be one of busybox's applet links (/bin/cp): copying onto it would overwrite busybox itself.
+  await rm(target, { force: true });
   await copyFile(await realpath(program), target);
   await chmod(target, 0o755);
   await copyLibraries(root, program);
@@ -98,23 +113,37 @@ async function runtimePackages(projectDirectory: string): Promise<string[]> {
 // kernel's kvm modules (Debian's cloud kernel builds them as modules) and /dev/kvm. Only when the
 // virtual CPU offers hardware virtualization (svm: AMD, vmx: Intel); otherwise torpor inside uses TCG.
 const kvmSetupScript = `#!/bin/sh
-# torpor image: load KVM when the virtual CPU has svm or vmx, then run the command.
+# torpor image: load KVM when the virtual CPU has svm or vmx, and nf_tables for the network policy of
+# the machines inside, then run the command. The image's torpor command waits for ${kvmSetupDone}
+# (loading kvm takes seconds on emulated SVM), so a \`torpor exec <machine> torpor ...\` right after
+# \`run -d\` does not probe before /dev/kvm exists.
 # Nested machines keep their RAM in /dev/shm, which the guest mounts at half of its memory by default.
 mount -o remount,size=75% /dev/shm 2>/dev/null
+modprobe=$(command -v modprobe)
+# The kernel runs this for modules a rule set needs (nft expressions); its default, /sbin/modprobe, may not exist here.
+[ -n "$modprobe" ] && [ -w /proc/sys/kernel/modprobe ] && echo "$modprobe" > /proc/sys/kernel/modprobe
 if [ ! -e /dev/kvm ]; then
   vendor=
   if grep -qw svm /proc/cpuinfo; then vendor=amd; elif grep -qw vmx /proc/cpuinfo; then vendor=intel; fi
-  modules=/lib/modules/$(uname -r)
-  if [ -n "$vendor" ] && [ -d "$modules" ]; then
-    for module in kernel/virt/lib/irqbypass kernel/arch/x86/kvm/kvm kernel/arch/x86/kvm/kvm-$vendor; do
-      grep -q "^\${module##*/} " /proc/modules || insmod "$modules/$module.ko" 2>/dev/null
-    done
+  if [ -n "$vendor" ]; then
+    modprobe kvm-$vendor || echo "torpor image: modprobe kvm-$vendor failed" >&2
     # devtmpfs makes the node when kvm registers; mknod covers a /dev without it (10:232 is KVM's misc minor).
-    [ -e /dev/kvm ] || mknod -m 0660 /dev/kvm c 10 232
+    grep -q "^kvm_$vendor " /proc/modules && [ ! -e /dev/kvm ] && mknod -m 0660 /dev/kvm c 10 232
   fi
-  [ -e /dev/kvm ] || echo "torpor image: no KVM here (CPU flags or modules for $(uname -r) missing); torpor inside uses TCG" >&2
+  [ -e /dev/kvm ] || echo "torpor image: no KVM here (no svm/vmx in the CPU flags, or no kvm modules for $(uname -r)); torpor inside uses TCG" >&2
 fi
+modprobe -a nf_tables nft_ct nft_reject_inet 2>/dev/null || echo "torpor image: nf_tables did not load; machines inside need --network none or unrestricted" >&2
+mkdir -p /run && : > ${kvmSetupDone}
 exec "$@"
+`;
+
+// The image's \`torpor\` command: waits (at most 5 min) for the setup above when it has not finished.
+const torporCommand = `#!/bin/sh
+if [ ! -e ${kvmSetupDone} ] && [ -e /proc/1 ] && grep -q "[t]orpor-kvm-setup" /proc/[0-9]*/cmdline 2>/dev/null; then
+  waited=0
+  while [ ! -e ${kvmSetupDone} ] && [ $waited -lt 3000 ]; do sleep 0.1; waited=$((waited + 1)); done
+fi
+exec /usr/local/bin/node ${nestedProjectDirectory}/bin/torpor.js "$@"
 `;
 
 /**
@@ -161,10 +190,14 @@ export async function buildTorporRoot(root: string, inputs: NestedTorporInputs):
   await copyFile(kernel.imagePath, join(root, 'boot', `vmlinuz-${kernel.version}`));
   const modules = join(root, 'lib/modules', kernel.version);
   await mkdir(modules, { recursive: true });
-  await copyFile(join(kernel.modulesDirectory, 'modules.dep'), join(modules, 'modules.dep'));
-  for (const module of kvmModules) {
-    await mkdir(dirname(join(modules, module)), { recursive: true });
-    await copyFile(join(kernel.modulesDirectory, module), join(modules, module)).catch(() => {}); // a kernel with KVM built in has none
+  for (const index of ['modules.dep', 'modules.alias', 'modules.symbols', 'modules.builtin']) {
+    await copyFile(join(kernel.modulesDirectory, index), join(modules, index)).catch(() => {}); // modules.dep is findGuestKernel's key; the rest help modprobe
+  }
+  for (const part of moduleParts) {
+    const from = join(kernel.modulesDirectory, part);
+    if (!(await stat(from).catch(() => undefined))) continue; // built into this kernel, or not built at all
+    await mkdir(dirname(join(modules, part)), { recursive: true });
+    await cp(from, join(modules, part), { recursive: true });
   }
 
   // The initramfs and native helpers, prebuilt: the image has no compiler.
@@ -200,7 +233,7 @@ export async function buildTorporRoot(root: string, inputs: NestedTorporInputs):
   // Native addons (better-sqlite3, zstd-napi, xxhash) link libraries Node itself does not (librt...).
   for (const addon of await filesEndingWith(join(project, 'node_modules'), '.node')) await copyLibraries(root, addon);
   await mkdir(join(root, 'usr/local/sbin'), { recursive: true });
-  await writeFile(join(root, 'usr/local/bin/torpor'), `#!/bin/sh\nexec /usr/local/bin/node ${nestedProjectDirectory}/bin/torpor.js "$@"\n`);
+  await writeFile(join(root, 'usr/local/bin/torpor'), torporCommand);
   await chmod(join(root, 'usr/local/bin/torpor'), 0o755);
   await writeFile(join(root, kvmSetupProgram), kvmSetupScript);
   await chmod(join(root, kvmSetupProgram), 0o755);
@@ -216,6 +249,8 @@ export async function buildTorporRoot(root: string, inputs: NestedTorporInputs):
       // KVM on emulated SVM (this image under TCG) boots its probe guest in ~10 s on a quiet 2-core host and
       // took ~5 min at load 80; a real host needs < 8 s. The verdict is cached, so this wait happens once.
       'TORPOR_KVM_PROBE_MS=600000',
+      // The same for a machine's first boot (its boot template): 60 s was too short for nested KVM here.
+      'TORPOR_BOOT_TIMEOUT_MS=600000',
     ],
     workingDir: '/root',
     exposedPorts: [],
