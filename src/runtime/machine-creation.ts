@@ -24,28 +24,11 @@ import { startMachine } from './machine-start.ts';
 import { validateMachineName, randomMachineName } from './run-options.ts';
 import { pathExists } from '../util/path-exists.ts';
 import { mainProcessOf } from './machine-process.ts';
-import { spareName } from './spare-pool.ts';
+import { spareName, type SpareRequest } from './spare-pool.ts';
 import { checkImageMemory } from '../vm/image-memory.ts';
 
-export interface CreateMachineOptions {
-  image: string;
-  name?: string;
-  command?: string[];
-  entrypoint?: string;
-  env?: string[];
-  workingDir?: string;
-  user?: string;
-  hostname?: string;
-  tty?: boolean;
-  interactive?: boolean;
-  cpus?: number;
-  memoryMiB?: number;
-  ports?: PortMapping[];
-  network?: boolean;
-  /** Default: the filter (public internet only); see src/network/policy.ts. */
-  networkPolicy?: NetworkPolicy;
-  autoRemove?: boolean;
-  diskGiB?: number;
+/** What a machine is made of: the same fields a `run` asks a spare for (spare-pool.ts), and more. */
+export interface CreateMachineOptions extends SpareRequest {
   /** Make a spare machine of this pool (spare-pool.ts): no name, no process until a `run` claims it. */
   spare?: string;
 }

@@ -62,6 +62,7 @@ export interface SpareRequest {
   memoryMiB?: number;
   ports?: PortMapping[];
   network?: boolean;
+  /** Default: the filter (public internet only); see src/network/policy.ts. */
   networkPolicy?: NetworkPolicy;
   autoRemove?: boolean;
   diskGiB?: number;

@@ -6,6 +6,7 @@ import { parseCpus, parseMemory, networkOptionsFrom } from '../../runtime/run-op
 import { machineDefaults } from '../../config/machine-defaults.ts';
 import { TorporError } from '../../util/errors.ts';
 import { printJson, printTable, formatBytes, formatDuration, collect } from '../output.ts';
+import { addNetworkPolicyFlags } from '../network-flags.ts';
 
 interface FillFlags {
   cpus?: string;
@@ -31,7 +32,16 @@ export function registerPoolCommands(system: Command): void {
       if (flags.json) {
         printJson({
           size: spareCount(),
-          spares: rows.map(({ config, state, memory }) => ({ id: config.id, pool: config.spare!.key, image: config.image.reference, cpus: config.cpus, memoryMiB: config.memoryMiB, network: config.network, state, memory })),
+          spares: rows.map(({ config, state, memory }) => ({
+            id: config.id,
+            pool: config.spare!.key,
+            image: config.image.reference,
+            cpus: config.cpus,
+            memoryMiB: config.memoryMiB,
+            network: config.network,
+            state,
+            memory,
+          })),
         });
         return;
       }
@@ -51,24 +61,24 @@ export function registerPoolCommands(system: Command): void {
         ]),
       );
       const total = rows.reduce((sum, { memory }) => sum + memory.totalBytes, 0);
-      process.stderr.write(`${rows.length} spare machines holding ${formatBytes(total)} of host memory; \`torpor system pool clear\` ends them, TORPOR_SPARE_MACHINES=0 keeps none\n`);
+      process.stderr.write(
+        `${rows.length} spare machines holding ${formatBytes(total)} of host memory; \`torpor system pool clear\` ends them, TORPOR_SPARE_MACHINES=0 keeps none\n`,
+      );
     });
 
-  pool
-    .command('fill')
+  addNetworkPolicyFlags(pool.command('fill'), 'guest')
     .description('start spare machines of an image and settings until the pool holds TORPOR_SPARE_MACHINES (run does this in the background)')
     .argument('[image]', 'image name', 'base')
     .option('--cpus <n>', 'virtual CPUs', String(machineDefaults.cpus))
     .option('-m, --memory <size>', 'guest memory, e.g. 512m, 2g', machineDefaults.memory)
     .option('--network <mode>', 'user (default), none or unrestricted: as for run', 'user')
-    .option('--allow-host <port[/proto]>', 'as for run (repeatable)', collect)
-    .option('--egress-allow <cidr>', 'as for run (repeatable)', collect)
-    .option('--egress-deny <cidr>', 'as for run (repeatable)', collect)
     .option('--settings <json>', 'internal: the settings as `run` hands them to its background fill')
     .option('--json', 'machine-readable output')
     .action(async (image: string, flags: FillFlags) => {
       if (spareCount() === 0) {
-        throw new TorporError('pool-disabled', 'TORPOR_SPARE_MACHINES is 0: no spare machines are kept', { hint: 'TORPOR_SPARE_MACHINES=1 torpor system pool fill' });
+        throw new TorporError('pool-disabled', 'TORPOR_SPARE_MACHINES is 0: no spare machines are kept', {
+          hint: 'TORPOR_SPARE_MACHINES=1 torpor system pool fill',
+        });
       }
       const settings = flags.settings
         ? parseSpareSettings(flags.settings)
@@ -76,9 +86,17 @@ export function registerPoolCommands(system: Command): void {
             image,
             cpus: parseCpus(flags.cpus ?? String(machineDefaults.cpus)),
             memoryMiB: parseMemory(flags.memory ?? machineDefaults.memory),
-            ...networkOptionsFrom({ network: flags.network ?? 'user', allowHost: flags.allowHost ?? [], egressAllow: flags.egressAllow ?? [], egressDeny: flags.egressDeny ?? [] }),
+            ...networkOptionsFrom({
+              network: flags.network ?? 'user',
+              allowHost: flags.allowHost ?? [],
+              egressAllow: flags.egressAllow ?? [],
+              egressDeny: flags.egressDeny ?? [],
+            }),
           });
-      if (!settings) throw new TorporError('pool-unavailable', 'spare machines start from boot templates, which TORPOR_BOOT_TEMPLATES=0 turns off', { hint: 'unset TORPOR_BOOT_TEMPLATES' });
+      if (!settings)
+        throw new TorporError('pool-unavailable', 'spare machines start from boot templates, which TORPOR_BOOT_TEMPLATES=0 turns off', {
+          hint: 'unset TORPOR_BOOT_TEMPLATES',
+        });
       const started = await fillPool(settings);
       if (flags.json) return printJson({ started });
       for (const id of started) process.stdout.write(`started spare ${id}\n`);

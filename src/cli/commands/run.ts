@@ -10,6 +10,7 @@ import { connectTerminal, terminalSize } from '../terminal.ts';
 import { collect } from '../output.ts';
 import { stderrProgress } from '../../util/progress.ts';
 import { machineDefaults } from '../../config/machine-defaults.ts';
+import { addNetworkPolicyFlags } from '../network-flags.ts';
 
 interface RunFlags {
   name?: string;
@@ -32,7 +33,7 @@ interface RunFlags {
 }
 
 function addMachineOptions(command: Command): Command {
-  return command
+  return addNetworkPolicyFlags(command, 'guest')
     .option('--name <name>', 'name the machine')
     .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect)
     .option('-w, --workdir <dir>', 'working directory of the process')
@@ -48,10 +49,7 @@ function addMachineOptions(command: Command): Command {
       '--network <mode>',
       "user (default: the public internet and published ports, not the host or private networks), none, or unrestricted (also the host's loopback and private networks)",
       'user',
-    )
-    .option('--allow-host <port[/proto]>', "let the guest reach this port of the host's loopback at 10.0.2.2 (repeatable)", collect)
-    .option('--egress-allow <cidr>', 'let the guest reach this address range even if private (repeatable; the most specific rule wins)', collect)
-    .option('--egress-deny <cidr>', 'keep the guest from this address range (repeatable)', collect);
+    );
 }
 
 export function machineOptionsFrom(image: string, command: string[], flags: RunFlags): CreateMachineOptions {

@@ -6,6 +6,7 @@ import { environment } from '../../config/environment.ts';
 import { machineDefaults } from '../../config/machine-defaults.ts';
 import { clientToken } from '../../state/api-tokens.ts';
 import { printJson, printTable, formatBytes, formatDuration, collect } from '../output.ts';
+import { addNetworkPolicyFlags } from '../network-flags.ts';
 
 /** Headers of every request to `url`: JSON, and the bearer token the CLI found for that server. */
 function requestHeaders(url: string, extra: Record<string, string> = {}): Record<string, string> {
@@ -110,8 +111,7 @@ export function registerSessionCommands(program: Command): void {
     return serverUrl((session.opts() as { url?: string }).url);
   };
 
-  session
-    .command('create')
+  addNetworkPolicyFlags(session.command('create'), 'agent', "the server host's")
     .description('create a session: a context log plus a machine running your agent program')
     .requiredOption('--image <image>', 'image with the agent program (e.g. node, or one you imported)')
     .option('--name <name>', 'session name')
@@ -121,9 +121,6 @@ export function registerSessionCommands(program: Command): void {
     .option('--disk <size>', 'size of the writable disk (default 4g; the server caps it with --max-disk)')
     .option('-e, --env <KEY=VALUE>', 'environment variable (repeatable)', collect)
     .option('--network <mode>', 'user (default: the public internet only), none, or unrestricted', 'user')
-    .option('--allow-host <port[/proto]>', "let the agent reach this port of the server host's loopback at 10.0.2.2 (repeatable)", collect)
-    .option('--egress-allow <cidr>', 'let the agent reach this address range even if private (repeatable)', collect)
-    .option('--egress-deny <cidr>', 'keep the agent from this address range (repeatable)', collect)
     .option('--json', 'machine-readable output')
     .argument('<command...>', 'the agent program, after --')
     .action(async (command: string[], flags: SessionCreateFlags) => {
