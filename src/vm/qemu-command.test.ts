@@ -50,7 +50,7 @@ test('with image memory: q35, the image a read-only shared memory backend behind
     'virtio-blk-pci,drive=layer,serial=torpor-layer',
     'virtio-serial-pci,max_ports=2',
     'virtserialport,chardev=agent,name=torpor.agent,nr=1',
-    'virtio-net-pci,netdev=net0',
+    'virtio-net-pci,netdev=net0,romfile=',
   ]);
   assert.ok(args.includes(`memory-backend-file,id=image-memory,mem-path=/images/rootfs.ext4,size=${130 * 1024 * 1024},share=on,readonly=on`));
   // Room for the region beyond RAM.

@@ -84,7 +84,8 @@ export function qemuArguments(spec: MachineSpec): string[] {
   );
   if (spec.network) {
     const forwards = spec.ports.map((port) => `,hostfwd=${port.protocol}:${port.hostAddress}:${port.hostPort}-:${port.guestPort}`).join('');
-    args.push('-netdev', `user,id=net0${forwards}`, '-device', `virtio-net-${transport},netdev=net0`);
+    // romfile= on PCI: no iPXE option ROM (nothing here boots from the network; a missing ROM file fails QEMU's start).
+    args.push('-netdev', `user,id=net0${forwards}`, '-device', `virtio-net-${transport},netdev=net0${transport === 'pci' ? ',romfile=' : ''}`);
   }
   args.push('-qmp', `unix:${spec.qmpSocket},server=on,wait=off`);
   args.push(...confinementArguments(spec));

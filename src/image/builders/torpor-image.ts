@@ -172,8 +172,12 @@ export async function buildTorporRoot(root: string, inputs: NestedTorporInputs):
       continue; // a QEMU with TCG built in
     await copyProgramWithLibraries(root, path);
   }
-  const firmware = await realpath('/usr/share/qemu').catch(() => undefined);
-  if (firmware) await cp(firmware, join(root, 'usr/share/qemu'), { recursive: true, dereference: true });
+  // QEMU's firmware search path (`qemu-system-x86_64 -L help`): its own data, and SeaBIOS, which q35
+  // machines (the image as DAX memory) boot through; Debian keeps bios-256k.bin only in the latter.
+  for (const directory of ['/usr/share/qemu', '/usr/share/seabios']) {
+    const firmware = await realpath(directory).catch(() => undefined);
+    if (firmware) await cp(firmware, join(root, directory), { recursive: true, dereference: true });
+  }
   for (const program of hostPrograms) {
     const path = await findProgram(program.name);
     if (!path) {
