@@ -46,6 +46,11 @@ export const variables = {
     '`1`',
     'spare machines kept started per image and settings, which `run` claims instead of starting one (each holds QEMU, its guest RAM and a supervisor: see `torpor system pool`); `0` keeps none',
   ),
+  TORPOR_SPARE_IDLE_SECONDS: variable(
+    wholeNumberOr(0, 1800),
+    '`1800`',
+    'a spare machine no `run` claimed within this many seconds ends itself, so a host where torpor ran once does not keep its memory forever; `0`: spares wait until claimed or cleared',
+  ),
   TORPOR_BOOT_TIMEOUT_MS: variable(wholeNumberOr(1, 60_000), '`60000`', 'how long a cold boot may take before the machine fails'),
   TORPOR_KERNEL: variable(optionalText(), 'the newest `/boot/vmlinuz-*-cloud-amd64`', 'the guest kernel (with `TORPOR_KERNEL_MODULES`)'),
   TORPOR_KERNEL_MODULES: variable(textOr(''), 'its `/lib/modules/VERSION`', "the guest kernel's modules directory, when `TORPOR_KERNEL` is set"),

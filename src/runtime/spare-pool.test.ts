@@ -297,3 +297,21 @@ test('system prune ends spare machines and frees their RAM', async () => {
   const result = await torpor(['run', '--rm', 'base', 'echo', 'after'], { TORPOR_SPARE_MACHINES: '0' });
   assert.equal(result.stdout, 'after\n');
 });
+
+test('a spare no run claims ends itself after TORPOR_SPARE_IDLE_SECONDS and frees its RAM', async () => {
+  const filled = await torpor(['system', 'pool', 'fill', 'base'], { TORPOR_SPARE_IDLE_SECONDS: '4' });
+  assert.equal(filled.code, 0, filled.stderr);
+  const [spareId] = await poolSettles(1);
+  const deadline = Date.now() + 60_000;
+  while ((await readyIds()).length > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 500));
+  assert.deepEqual(await readyIds(), [], 'the idle spare took itself out of the pool');
+  let spare = (await listAll()).find((machine) => machine.id === spareId);
+  while (spare && !['exited', 'failed'].includes(spare.state.status) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    spare = (await listAll()).find((machine) => machine.id === spareId);
+  }
+  assert.ok(!spare || spare.state.status === 'exited', `the idle spare ended (${spare?.state.status})`);
+  await assert.rejects(stat(machineFiles(spareId).memoryFile), 'its RAM file is gone');
+  // A run after it is a cold start that works (no refill: the clean-up must not race one).
+  assert.equal((await torpor(['run', '--rm', 'base', 'echo', 'after idle'], { TORPOR_SPARE_MACHINES: '0' })).stdout, 'after idle\n');
+});

@@ -219,6 +219,21 @@ export async function spareEntryPresent(key: string, id: string): Promise<boolea
   );
 }
 
+/**
+ * A spare takes its own ready entry away, so no CLI can claim it any more (it has waited too long):
+ * the same atomic rename a claim is, so exactly one of the two wins. False when a CLI took it first.
+ */
+export async function retireSpare(key: string, id: string): Promise<boolean> {
+  const retired = join(sparesDirectory(), `${id}.retired`);
+  try {
+    await rename(readyEntry(key, id), retired);
+  } catch {
+    return false;
+  }
+  await rm(retired, { force: true });
+  return true;
+}
+
 /** Removes a spare's pool entries (its supervisor, as it finishes). */
 export async function forgetSpare(key: string, id: string): Promise<void> {
   await rm(readyEntry(key, id), { force: true });

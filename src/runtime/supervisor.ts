@@ -21,7 +21,7 @@ import { releaseName } from './machine-names.ts';
 import { writeJsonAtomic } from '../util/atomic-file.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
 import { keepWarm } from './warm-memory.ts';
-import { forgetSpare, publishSpare, spareEntryPresent } from './spare-pool.ts';
+import { forgetSpare, publishSpare, retireSpare, spareEntryPresent } from './spare-pool.ts';
 import { parentDeathEnvironment, protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
 import { environment } from '../config/environment.ts';
 import {
@@ -256,10 +256,19 @@ export class Supervisor {
     }
     if (this.stopping) return;
     await publishSpare(key, this.config.id);
+    const retireAt = environment().TORPOR_SPARE_IDLE_SECONDS > 0 ? Date.now() + environment().TORPOR_SPARE_IDLE_SECONDS * 1000 : Infinity;
     let missingSince: number | undefined;
+    let retiring = false;
     this.spareWatch = setInterval(() => {
-      void spareEntryPresent(key, this.config.id).then((present) => {
-        if (this.claimed || this.stopping) return;
+      void spareEntryPresent(key, this.config.id).then(async (present) => {
+        if (this.claimed || this.stopping || retiring) return;
+        if (present && Date.now() > retireAt) {
+          // Unclaimed for TORPOR_SPARE_IDLE_SECONDS: its memory goes back to the host (a claim racing this wins or loses whole).
+          retiring = true;
+          if (await retireSpare(key, this.config.id)) void this.shutdown(0);
+          else retiring = false;
+          return;
+        }
         if (present) missingSince = undefined;
         else if (missingSince === undefined) missingSince = Date.now();
         else if (Date.now() - missingSince > spareClaimGraceMs) void this.shutdown(0);
