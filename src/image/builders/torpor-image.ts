@@ -132,7 +132,7 @@ if [ ! -e /dev/kvm ]; then
   fi
   [ -e /dev/kvm ] || echo "torpor image: no KVM here (no svm/vmx in the CPU flags, or no kvm modules for $(uname -r)); torpor inside uses TCG" >&2
 fi
-modprobe -a nf_tables nft_ct nft_reject_inet 2>/dev/null || echo "torpor image: nf_tables did not load; machines inside need --network none or unrestricted" >&2
+modprobe -a nf_tables nft_ct nft_reject_inet nft_fib_inet 2>/dev/null || echo "torpor image: nf_tables did not load; machines inside need --network none or unrestricted" >&2
 mkdir -p /run && : > ${kvmSetupDone}
 exec "$@"
 `;
