@@ -46,7 +46,7 @@ export async function ensureMemoryRoom(memoryMiB: number): Promise<void> {
   }
   if (freeMiB < memoryMiB) {
     throw new TorporError('tmpfs-full', `not enough space in ${memoryDirectory()} for the guest's RAM: need ${memoryMiB} MiB, ${freeMiB} MiB free`, {
-      hint: 'stop other machines, use a smaller --memory, or enlarge the tmpfs (mount -o remount,size=8G /dev/shm); TORPOR_MEMORY_DIR picks another tmpfs',
+      hint: 'stop other machines (`torpor system pool clear` ends spare ones), use a smaller --memory, or enlarge the tmpfs (mount -o remount,size=8G /dev/shm); TORPOR_MEMORY_DIR picks another tmpfs',
     });
   }
 }

@@ -1,11 +1,11 @@
 import { readFileSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { processMatches } from '../util/process-identity.ts';
 import { networkPolicySchema } from '../network/policy-schema.ts';
 import { TorporError } from '../util/errors.ts';
 import { pathExists } from '../util/path-exists.ts';
-import { paths } from '../state/paths.ts';
+import { paths, memoryDirectory } from '../state/paths.ts';
 import { createMachine } from './machine-creation.ts';
 import { startMachine } from './machine-start.ts';
 import { removeMachine } from './machine-stop.ts';
@@ -50,6 +50,11 @@ export async function fillPool(settings: SpareSettings, size = spareCount()): Pr
           await forgetSpare(key, config.id);
         }
         if (spares.filter(({ state }) => isLive(state.status)).length >= size) return;
+        // A spare is a convenience: it never takes the RAM tmpfs's last room. Unless the tmpfs can
+        // hold it, one more machine of its size and the boot template the first spare of a size
+        // makes, no spare is made (found in a 2 GiB nested machine, where a spare left a user's
+        // restore no room).
+        if (!(await roomForSpare(settings.memoryMiB))) return;
         // Spares that die as fast as they are made (a broken image, no memory) are not made forever.
         if (started.length >= size * 2) throw new TorporError('pool-fill-failed', `started ${started.length} spares and the pool is still short: they do not stay up`, { hint: 'see `torpor ps --spares` and the machines\' supervisor logs' });
         const config = await createMachine({ ...settings, command: ['true'], spare: key });
@@ -65,6 +70,12 @@ export async function fillPool(settings: SpareSettings, size = spareCount()): Pr
     (pid) => processMatches(pid, fillMarker),
   );
   return started;
+}
+
+async function roomForSpare(memoryMiB: number): Promise<boolean> {
+  await mkdir(memoryDirectory(), { recursive: true });
+  const info = await statfs(memoryDirectory());
+  return info.bavail * info.bsize >= 3 * memoryMiB * 1024 ** 2;
 }
 
 /** Ends every spare (all pools, or one) and clears the pool entries; returns their names. */

@@ -1,7 +1,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdir, readdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { runCommand } from '../util/command.ts';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { useTemporaryHome } from './testing/temporary-home.ts';
@@ -314,4 +316,28 @@ test('a spare no run claims ends itself after TORPOR_SPARE_IDLE_SECONDS and free
   await assert.rejects(stat(machineFiles(spareId).memoryFile), 'its RAM file is gone');
   // A run after it is a cold start that works (no refill: the clean-up must not race one).
   assert.equal((await torpor(['run', '--rm', 'base', 'echo', 'after idle'], { TORPOR_SPARE_MACHINES: '0' })).stdout, 'after idle\n');
+});
+
+test('a spare never takes the RAM tmpfs its last room: no spare unless it, one more machine and a template of its size fit', async () => {
+  const small = await mkdtemp(join(tmpdir(), 'tp-small-tmpfs-'));
+  await runCommand('mount', ['-t', 'tmpfs', '-o', 'size=900m', 'tmpfs', small]);
+  try {
+    const environment = { TORPOR_MEMORY_DIR: small };
+    const spareIds = async () =>
+      (JSON.parse((await torpor(['system', 'pool', '--json'], environment)).stdout) as { spares: { id: string; memoryMiB: number }[] }).spares;
+    const before = (await spareIds()).map((spare) => spare.id);
+    // 512 MiB: room for one machine, not for three. The fill makes nothing.
+    assert.equal((await torpor(['system', 'pool', 'fill', 'base', '--memory', '512m', '--json'], environment)).code, 0);
+    assert.deepEqual((await spareIds()).map((spare) => spare.id), before);
+    // 256 MiB: three fit; the spare is made, and a user's 256 MiB machine still starts beside it.
+    assert.equal((await torpor(['system', 'pool', 'fill', 'base', '--memory', '256m', '--json'], environment)).code, 0);
+    assert.deepEqual((await spareIds()).filter((spare) => !before.includes(spare.id)).map((spare) => spare.memoryMiB), [256]);
+    const run = await torpor(['run', '--rm', '--memory', '256m', '--network', 'none', 'base', 'echo', 'beside the spare'], { ...environment, TORPOR_SPARE_MACHINES: '0' });
+    assert.equal(run.stdout, 'beside the spare\n', run.stderr);
+  } finally {
+    await torpor(['system', 'pool', 'clear'], { TORPOR_MEMORY_DIR: small });
+    await poolSettles(0).catch(() => {});
+    await runCommand('umount', [small], { allowFailure: true });
+    await rm(small, { recursive: true, force: true });
+  }
 });

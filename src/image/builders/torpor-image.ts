@@ -255,6 +255,8 @@ export async function buildTorporRoot(root: string, inputs: NestedTorporInputs):
       'TORPOR_KVM_PROBE_MS=600000',
       // The same for a machine's first boot (its boot template): 60 s was too short for nested KVM here.
       'TORPOR_BOOT_TIMEOUT_MS=600000',
+      // No spare machines: in a 2 GiB machine a spare's RAM left a user's restore no room (KVM suite).
+      'TORPOR_SPARE_MACHINES=0',
     ],
     workingDir: '/root',
     exposedPorts: [],
