@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
+import { runCli } from '../runtime/testing/cli-process.ts';
 
 const cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
 let home = '';
@@ -65,17 +66,8 @@ function raw(
 const bearer = (value = token) => ({ authorization: `Bearer ${value}` });
 const json = { 'content-type': 'application/json' };
 
-function torpor(args: string[], environment: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cli, ...args], { env: { ...process.env, TORPOR_HOME: home, TORPOR_URL: '', TORPOR_TOKEN: '', ...environment } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => (stdout += chunk));
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-    child.stdin.end();
-  });
-}
+const torpor = (args: string[], environment: NodeJS.ProcessEnv = {}) =>
+  runCli(args, { ...process.env, TORPOR_HOME: home, TORPOR_URL: '', TORPOR_TOKEN: '', ...environment });
 
 before(async () => {
   // A temporary home whose cleanup also kills machines: none should start here, but if a guard

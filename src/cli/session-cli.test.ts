@@ -8,23 +8,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
 import { shellAgent } from '../session/testing/shell-agent.ts';
+import { runCli } from '../runtime/testing/cli-process.ts';
 
 const cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
 let server: ChildProcess;
 let url = '';
 
-function torpor(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cli, ...args], { env: { ...process.env, TORPOR_HOME: home.home, TORPOR_URL: url } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => (stdout += chunk));
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-    child.stdin.end();
-  });
-}
+const torpor = (args: string[]) => runCli(args, { ...process.env, TORPOR_HOME: home.home, TORPOR_URL: url });
 
 before(async () => {
   home = await useTemporaryHome();

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { copyFile, readdir, rename, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { useTemporaryHome } from './testing/temporary-home.ts';
-import { createMachine, startMachine, connectToMachine, removeMachine, effectiveState, killMachine } from './machines.ts';
+import { createMachine, startMachine, removeMachine, effectiveState, killMachine } from './machines.ts';
 import { snapshotMachine, restoreMachine, deleteSnapshot } from './snapshots.ts';
 import { readSnapshot, collectGarbage, materializeSnapshot } from '../snapshot/snapshot-store.ts';
 import { readLazyMemoryStatus, lazyMemorySupport } from '../snapshot/lazy-memory.ts';
@@ -11,7 +11,7 @@ import { chunkPath } from '../snapshot/chunk-operations.ts';
 import { memoryDirectory, paths } from '../state/paths.ts';
 import { type MachineConfig } from './machine-record.ts';
 import { readMachineState } from './machine-files.ts';
-import { shell } from './testing/guest-shell.ts';
+import { shellIn } from './testing/guest-shell.ts';
 
 // Lazy restore (userfaultfd pager preloaded into QEMU) against real QEMU machines: the guest's RAM
 // arrives as it touches it, snapshots of such a machine stay complete, and a damaged store or a dead
@@ -30,14 +30,7 @@ n=0
 while true; do n=$((n+1)); echo $n > /tmp/counter; sleep 0.1; done
 `;
 
-async function run(config: MachineConfig, script: string): Promise<string> {
-  const client = await connectToMachine(config);
-  try {
-    return await shell(client, script);
-  } finally {
-    client.close();
-  }
-}
+const run = shellIn;
 
 // Every block's checksum: reads all 16 MiB back, so every page of it must be right.
 const checksums = 'cd /tmp/data && md5sum $(ls | sort -n) | cut -c1-32 | tr "\\n" " "';

@@ -15,11 +15,11 @@ import { connectToSupervisor, sendControl } from './supervisor-client.ts';
 import { openContextLog } from '../context/index.ts';
 import { SessionManager } from '../session/session-manager.ts';
 import { createApp } from '../api/app.ts';
+import { runCli } from './testing/cli-process.ts';
 
 // Spare machines with real VMs, through the CLI as a user runs it: claims, races, settings that do
 // not match, crashes (kill -9 of a claiming CLI and of a spare's supervisor), listing and pruning.
 
-const cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
 const sparesModule = fileURLToPath(new URL('./spare-pool.ts', import.meta.url));
 const runOptionsModule = fileURLToPath(new URL('./run-options.ts', import.meta.url));
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
@@ -30,17 +30,8 @@ interface Result {
   stderr: string;
 }
 
-function torpor(args: string[], environment: NodeJS.ProcessEnv = {}): Promise<Result> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cli, ...args], { env: { ...process.env, TORPOR_HOME: home.home, TORPOR_SPARE_MACHINES: '1', ...environment } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => (stdout += chunk));
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-    child.stdin.end();
-  });
-}
+const torpor = (args: string[], environment: NodeJS.ProcessEnv = {}) =>
+  runCli(args, { ...process.env, TORPOR_HOME: home.home, TORPOR_SPARE_MACHINES: '1', ...environment });
 
 interface Listed {
   id: string;
@@ -53,7 +44,9 @@ const listAll = async (): Promise<Listed[]> => JSON.parse((await torpor(['ps', '
 // The pool `run base` claims from: the defaults, as the CLI turns its flags into settings.
 const basePool = spareKey(spareSettingsOf({ image: 'base', ...networkOptionsFrom({ network: 'user', allowHost: [], egressAllow: [], egressDeny: [] }) })!);
 const readyIds = async () =>
-  (await readdir(sparesDirectory()).catch(() => [] as string[])).filter((entry) => new RegExp(`^${basePool}\\.[0-9a-f]{12}$`).test(entry)).map((entry) => entry.slice(17));
+  (await readdir(sparesDirectory()).catch(() => [] as string[]))
+    .filter((entry) => new RegExp(`^${basePool}\\.[0-9a-f]{12}$`).test(entry))
+    .map((entry) => entry.slice(17));
 
 /** Waits until the pool holds `count` ready spares and no fill runs (the background fill a run starts). */
 async function poolSettles(count: number): Promise<string[]> {
@@ -141,7 +134,11 @@ test('two runs at once: one claims the spare, the other starts cold; never the s
 
 test('other settings (memory, ports, network) start cold and leave the spare alone', async () => {
   const [spareId] = await poolSettles(1);
-  for (const flags of [['--memory', '256m'], ['--network', 'none'], ['-p', '127.0.0.1:18734:80']]) {
+  for (const flags of [
+    ['--memory', '256m'],
+    ['--network', 'none'],
+    ['-p', '127.0.0.1:18734:80'],
+  ]) {
     const result = await torpor(['run', '-d', ...flags, 'base', 'sleep', '1000']);
     assert.equal(result.code, 0, result.stderr);
     assert.notEqual(result.stdout.trim(), spareId, `${flags.join(' ')} got the spare`);
@@ -151,7 +148,11 @@ test('other settings (memory, ports, network) start cold and leave the spare alo
   // Those runs filled pools of their own settings (not with -p: a machine with ports is never a spare).
   await poolSettles(1);
   const pools = JSON.parse((await torpor(['system', 'pool', '--json'])).stdout) as { spares: Array<{ id: string; memoryMiB: number; network: boolean }> };
-  assert.deepEqual(pools.spares.map((spare) => [spare.memoryMiB, spare.network]).sort(), [[256, true], [512, false], [512, true]]);
+  assert.deepEqual(pools.spares.map((spare) => [spare.memoryMiB, spare.network]).sort(), [
+    [256, true],
+    [512, false],
+    [512, true],
+  ]);
   assert.equal((await torpor(['system', 'pool', 'clear'])).code, 0);
   assert.equal((await torpor(['system', 'pool', 'fill', 'base'])).code, 0);
 });
@@ -222,7 +223,7 @@ process.kill(process.pid, 'SIGKILL');`;
   await poolSettles(1);
 });
 
-test("a spare whose supervisor was killed (-9) shows as exited, and the next run starts cold and cleans it up", async () => {
+test('a spare whose supervisor was killed (-9) shows as exited, and the next run starts cold and cleans it up', async () => {
   const [spareId] = await poolSettles(1);
   const state = (await listAll()).find((machine) => machine.id === spareId)! as Listed & { state: { supervisorPid?: number } };
   const supervisorPid = (JSON.parse((await torpor(['inspect', spareId])).stdout) as Array<{ state: { supervisorPid: number } }>)[0]!.state.supervisorPid;
@@ -265,7 +266,10 @@ test('hostile input: planted pool entries, claim and discard sent to a machine t
   assert.deepEqual([listed?.name, listed?.state.status], ['victim', 'running']);
   assert.equal((await readFile('/etc/passwd', 'utf8')).length > 0, true, '/etc/passwd untouched');
   // What the run took and could not use is not left in the pool directory either.
-  assert.deepEqual((await readdir(sparesDirectory())).filter((entry) => entry.endsWith('.claimed')), []);
+  assert.deepEqual(
+    (await readdir(sparesDirectory())).filter((entry) => entry.endsWith('.claimed')),
+    [],
+  );
   // Claim and discard are refused by a supervisor whose machine is no spare.
   const client = await connectToSupervisor(victimId);
   await assert.rejects(sendControl(client, { op: 'claim' }), /not a spare/);
@@ -278,7 +282,10 @@ test('hostile input: planted pool entries, claim and discard sent to a machine t
   assert.equal(garbage.code, 125);
   assert.match(garbage.stderr, /not spare settings.*\n\s+hint: give an image/);
   const badPolicy = await torpor([
-    'system', 'pool', 'fill', '--settings',
+    'system',
+    'pool',
+    'fill',
+    '--settings',
     JSON.stringify({ image: 'base', cpus: 1, memoryMiB: 512, network: true, networkPolicy: { mode: 'everything', allowHost: 'all' } }),
   ]);
   assert.equal(badPolicy.code, 125);
@@ -328,11 +335,20 @@ test('a spare never takes the RAM tmpfs its last room: no spare unless it, one m
     const before = (await spareIds()).map((spare) => spare.id);
     // 512 MiB: room for one machine, not for three. The fill makes nothing.
     assert.equal((await torpor(['system', 'pool', 'fill', 'base', '--memory', '512m', '--json'], environment)).code, 0);
-    assert.deepEqual((await spareIds()).map((spare) => spare.id), before);
+    assert.deepEqual(
+      (await spareIds()).map((spare) => spare.id),
+      before,
+    );
     // 256 MiB: three fit; the spare is made, and a user's 256 MiB machine still starts beside it.
     assert.equal((await torpor(['system', 'pool', 'fill', 'base', '--memory', '256m', '--json'], environment)).code, 0);
-    assert.deepEqual((await spareIds()).filter((spare) => !before.includes(spare.id)).map((spare) => spare.memoryMiB), [256]);
-    const run = await torpor(['run', '--rm', '--memory', '256m', '--network', 'none', 'base', 'echo', 'beside the spare'], { ...environment, TORPOR_SPARE_MACHINES: '0' });
+    assert.deepEqual(
+      (await spareIds()).filter((spare) => !before.includes(spare.id)).map((spare) => spare.memoryMiB),
+      [256],
+    );
+    const run = await torpor(['run', '--rm', '--memory', '256m', '--network', 'none', 'base', 'echo', 'beside the spare'], {
+      ...environment,
+      TORPOR_SPARE_MACHINES: '0',
+    });
     assert.equal(run.stdout, 'beside the spare\n', run.stderr);
   } finally {
     await torpor(['system', 'pool', 'clear'], { TORPOR_MEMORY_DIR: small });

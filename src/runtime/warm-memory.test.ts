@@ -3,12 +3,12 @@ import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { useTemporaryHome } from './testing/temporary-home.ts';
-import { createMachine, startMachine, connectToMachine, removeMachine } from './machines.ts';
+import { createMachine, startMachine, removeMachine } from './machines.ts';
 import { snapshotMachine, restoreMachine } from './snapshots.ts';
 import { readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
 import { memoryDirectory } from '../state/paths.ts';
 import { homePrefix } from './template-memory.ts';
-import type { MachineConfig } from './machine-record.ts';
+import { shellIn } from './testing/guest-shell.ts';
 
 // The warm tier against real machines: a hibernation (snapshot + stop) leaves its RAM in tmpfs, the
 // next restore of that snapshot takes it over (no chunk read from the store), the guest is intact,
@@ -24,19 +24,7 @@ while true; do sleep 1; done
 `;
 const checksums = 'cd /tmp/data && md5sum $(ls | sort -n) | cut -c1-32 | tr "\\n" " "';
 
-async function run(config: MachineConfig, script: string): Promise<string> {
-  const client = await connectToMachine(config);
-  try {
-    let output = '';
-    await client.exec(
-      { argv: ['sh', '-c', script], env: [], workingDirectory: '/', user: '', tty: false, stdin: false },
-      { stdout: (data) => (output += data) },
-    ).exited;
-    return output.trim();
-  } finally {
-    client.close();
-  }
-}
+const run = shellIn;
 
 const warmEntries = async () => (await readdir(memoryDirectory())).filter((name) => name.startsWith(`${homePrefix()}warm-`) && name.endsWith('.ram'));
 

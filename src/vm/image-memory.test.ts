@@ -7,8 +7,8 @@ import { tmpdir } from 'node:os';
 import { checkImageMemory } from './image-memory.ts';
 import { runCommand } from '../util/command.ts';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
-import { shell } from '../runtime/testing/guest-shell.ts';
-import { createMachine, startMachine, connectToMachine, removeMachine } from '../runtime/machines.ts';
+import { shellIn } from '../runtime/testing/guest-shell.ts';
+import { createMachine, startMachine, removeMachine } from '../runtime/machines.ts';
 import { snapshotMachine, restoreMachine, forkMachine } from '../runtime/snapshots.ts';
 import { readSnapshot } from '../snapshot/snapshot-store.ts';
 import { addImageFromDirectory } from '../image/image-store.ts';
@@ -28,16 +28,12 @@ let imageHash = '';
 let dataHash = '';
 const dataMiB = 24;
 
-const sha256 = async (path: string) => createHash('sha256').update(await readFile(path)).digest('hex');
+const sha256 = async (path: string) =>
+  createHash('sha256')
+    .update(await readFile(path))
+    .digest('hex');
 
-async function run(config: MachineConfig, script: string): Promise<string> {
-  const client = await connectToMachine(config);
-  try {
-    return await shell(client, script);
-  } finally {
-    client.close();
-  }
-}
+const run = shellIn;
 
 /** The main command runs once the machine answers: wait for what it writes. */
 async function waitForFile(config: MachineConfig, path: string): Promise<void> {

@@ -1,4 +1,6 @@
 import type { AgentClient } from '../../guest/agent-client.ts';
+import type { MachineConfig } from '../machine-record.ts';
+import { connectToMachine } from '../machines.ts';
 
 /** Runs a shell script in a machine through its guest agent and returns its trimmed stdout (tests). */
 export async function shell(client: AgentClient, script: string): Promise<string> {
@@ -9,4 +11,14 @@ export async function shell(client: AgentClient, script: string): Promise<string
   );
   await process.exited;
   return output.trim();
+}
+
+/** `shell` over a connection of its own to a running machine (opened and closed around the script). */
+export async function shellIn(config: MachineConfig, script: string): Promise<string> {
+  const client = await connectToMachine(config);
+  try {
+    return await shell(client, script);
+  } finally {
+    client.close();
+  }
 }
