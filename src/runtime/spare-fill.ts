@@ -49,7 +49,15 @@ export async function fillPool(settings: SpareSettings, size = spareCount()): Pr
           await removeMachine(config, { force: true }).catch(() => {});
           await forgetSpare(key, config.id);
         }
-        if (spares.filter(({ state }) => isLive(state.status)).length >= size) return;
+        // Ready entries of this pool that name no live spare of it (planted, or left by a machine
+        // removed since) go too: the pool directory says what can really be claimed.
+        const liveIds = new Set(spares.filter(({ state }) => isLive(state.status)).map(({ config }) => config.id));
+        for (const entry of await readdir(sparesDirectory()).catch(() => [] as string[])) {
+          if (entry.startsWith(`${key}.`) && !entry.endsWith('.lock') && !liveIds.has(entry.slice(key.length + 1))) {
+            await rm(join(sparesDirectory(), entry), { force: true });
+          }
+        }
+        if (liveIds.size >= size) return;
         // A spare is a convenience: it never takes the RAM tmpfs's last room. Unless the tmpfs can
         // hold it, one more machine of its size and the boot template the first spare of a size
         // makes, no spare is made (found in a 2 GiB nested machine, where a spare left a user's
