@@ -83,7 +83,15 @@ export async function measureHibernationSizes(
           for (let attempt = 0; attempt < 2400 && manager.get(record.id).state !== 'hibernated'; attempt++) await sleep(50);
           if (manager.get(record.id).state !== 'hibernated') throw new Error(`session did not hibernate: ${manager.get(record.id).state}`);
         };
-        const result: HibernationSizes = { variant, nonZeroBytes: NaN, exclusiveBytes: NaN, newBytesPerTurn: [], wakeMs: [], residentBytes: [], qemuAnonymousBytes: [] };
+        const result: HibernationSizes = {
+          variant,
+          nonZeroBytes: NaN,
+          exclusiveBytes: NaN,
+          newBytesPerTurn: [],
+          wakeMs: [],
+          residentBytes: [],
+          qemuAnonymousBytes: [],
+        };
         for (let turn = 0; turn < turns; turn++) {
           const started = performance.now();
           let first = NaN;

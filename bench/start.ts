@@ -356,7 +356,7 @@ try {
   );
   print(`# accelerator ${accelerator} (this tree's probe), given to every tree as TORPOR_ACCEL`);
   for (const note of dropped) print(`# ${note}`);
-  if (extraCertificates) print('# NODE_EXTRA_CA_CERTS (set on this host; ~90 ms of CPU per node start) removed from every command\'s environment');
+  if (extraCertificates) print("# NODE_EXTRA_CA_CERTS (set on this host; ~90 ms of CPU per node start) removed from every command's environment");
   print(row(['', ...systems.map((system) => system.name)]));
   const line = (label: string, value: (name: string) => string) => print(row([label, ...systems.map((system) => value(system.name))]));
   line('run --rm true, wall', (name) => f(median(samples.get(name)!.run!.wall)));
@@ -397,7 +397,9 @@ try {
   print('# where one `run --rm base true` of the new tree spends its time (ms from the start of the call; library, not CLI)');
   for (const [name, value] of Object.entries(parts)) print(row([name, f(value)]));
   print('');
-  print(`# where one \`run --rm base true\` from a spare spends its time (ms from the start of the call; library, not CLI; a CLI adds its own start: --version ${f(median(spareVersion.wall))} wall here)`);
+  print(
+    `# where one \`run --rm base true\` from a spare spends its time (ms from the start of the call; library, not CLI; a CLI adds its own start: --version ${f(median(spareVersion.wall))} wall here)`,
+  );
   for (const [name, value] of Object.entries(spareParts)) print(row([name, f(value)]));
   // A new dated section under the earlier ones (they stay: the file is the history of this benchmark).
   appendFileSync(join(root, 'bench', 'results', `start-${new Date().toISOString().slice(0, 10)}-${accelerator}.txt`), '\n' + out.join('\n') + '\n');

@@ -29,7 +29,11 @@ export const entries = {
  * require), and what only tests, the dashboard or the dev LLM use.
  */
 const bundledPackages = new Set(['commander', 'zod', 'hono', '@hono/node-server']);
-const packageName = (specifier) => specifier.split('/').slice(0, specifier.startsWith('@') ? 2 : 1).join('/');
+const packageName = (specifier) =>
+  specifier
+    .split('/')
+    .slice(0, specifier.startsWith('@') ? 2 : 1)
+    .join('/');
 const externalPackages = {
   name: 'external-packages',
   setup(build) {

@@ -36,7 +36,10 @@ test('run --rm prints the output, returns the exit code and leaves nothing behin
   const deadline = Date.now() + 10_000;
   for (;;) {
     const left = JSON.parse((await torpor(['ps', '-a', '--json'])).stdout) as Array<{ state: { status: string } }>;
-    assert.ok(left.every((machine) => machine.state.status !== 'running'), 'a --rm machine shown as running after its answer');
+    assert.ok(
+      left.every((machine) => machine.state.status !== 'running'),
+      'a --rm machine shown as running after its answer',
+    );
     if (left.length === 0) break;
     assert.ok(Date.now() < deadline, 'run --rm left its machine behind');
     await new Promise((resolve) => setTimeout(resolve, 100));

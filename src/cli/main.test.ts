@@ -21,7 +21,11 @@ test('a command line loads only the module of its command', async () => {
     ps.options.some((option) => option.long === '--json'),
     'ps is the real command',
   );
-  assert.equal(program.commands.find((command) => command.name() === 'run'), undefined, 'run is not even a stub');
+  assert.equal(
+    program.commands.find((command) => command.name() === 'run'),
+    undefined,
+    'run is not even a stub',
+  );
   // An unknown word gets every command as a stub, for commander's suggestion.
   const unknown = await buildProgram(['node', 'torpor', 'pss']);
   const run = unknown.commands.find((command) => command.name() === 'run')!;
@@ -87,7 +91,21 @@ test('the fast commands load no heavy package: ps, logs, exec and an idle superv
 
 test("ps's quick flag parser agrees with commander on what it accepts, and leaves the rest to commander", async () => {
   const { quickPsFlags } = await import('./commands/ps.ts');
-  const lines = [[], ['-a'], ['--all'], ['-aq'], ['-qa', '--json'], ['--spares', '--json'], ['-q', '--spares'], ['-x'], ['--help'], ['-ah'], ['extra'], ['--json=1'], ['--all', '--']];
+  const lines = [
+    [],
+    ['-a'],
+    ['--all'],
+    ['-aq'],
+    ['-qa', '--json'],
+    ['--spares', '--json'],
+    ['-q', '--spares'],
+    ['-x'],
+    ['--help'],
+    ['-ah'],
+    ['extra'],
+    ['--json=1'],
+    ['--all', '--'],
+  ];
   for (const words of lines) {
     const quick = quickPsFlags(words);
     if (words.some((word) => ['-x', '--help', '-ah', 'extra', '--json=1', '--'].includes(word))) {

@@ -38,7 +38,7 @@ export const variables = {
   TORPOR_KVM_PROBE_MS: variable(
     wholeNumberOr(1, 8_000),
     '`8000`',
-    "how long the KVM probe guest may take to answer before torpor uses TCG (the `torpor` image sets 600000: nested KVM under TCG boots in 10 s to minutes)",
+    'how long the KVM probe guest may take to answer before torpor uses TCG (the `torpor` image sets 600000: nested KVM under TCG boots in 10 s to minutes)',
   ),
   TORPOR_BOOT_TEMPLATES: variable(flag('1', true), '`1`', '`0` boots every machine cold instead of restoring a boot template'),
   TORPOR_SPARE_MACHINES: variable(
@@ -126,7 +126,11 @@ export const variables = {
   ),
   TORPOR_STREAM_LONG_POLL_MS: variable(optionalWholeNumber(1), "the protocol's default", 'serve: longest wait of a Durable Streams long-poll'),
   TORPOR_DASHBOARD_SCREENSHOTS: variable(optionalText(), 'none', "tests: the directory the dashboard's browser test saves its screenshots to"),
-  TORPOR_TEST_S3: variable(choice(['radosgw', 's3rver'], 'radosgw'), '`radosgw`', 'tests: the S3 server the object store tests start (Ceph radosgw, or s3rver from npm: faster, less faithful)'),
+  TORPOR_TEST_S3: variable(
+    choice(['radosgw', 's3rver'], 'radosgw'),
+    '`radosgw`',
+    'tests: the S3 server the object store tests start (Ceph radosgw, or s3rver from npm: faster, less faithful)',
+  ),
   TORPOR_LAZY_MEMORY_MAP: variable(optionalText(), 'none', 'internal: set by torpor for QEMU, the page map its preloaded pager serves guest RAM from'),
   TORPOR_PARENT_DEATH: variable(optionalText(), 'none', 'internal: set by torpor for QEMU, re-arms its parent-death signal after it drops root'),
   TORPOR_CLUSTER: variable(

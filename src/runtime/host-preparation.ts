@@ -28,7 +28,13 @@ export function prepareHost(progress: Progress = silentProgress): Promise<Prepar
       initramfsPath: artifacts.initramfsPath,
       cacheDirectory: paths.artifacts(),
     });
-    return { kernelPath: artifacts.kernel.imagePath, initramfsPath: artifacts.initramfsPath, key: artifacts.key, accelerator, imageMemory: artifacts.imageMemory };
+    return {
+      kernelPath: artifacts.kernel.imagePath,
+      initramfsPath: artifacts.initramfsPath,
+      key: artifacts.key,
+      accelerator,
+      imageMemory: artifacts.imageMemory,
+    };
   })();
   hostPreparation.catch(() => (hostPreparation = undefined));
   return hostPreparation;

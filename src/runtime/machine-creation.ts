@@ -122,9 +122,7 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
     ],
     bootTimeoutMs: environment().TORPOR_BOOT_TIMEOUT_MS,
     // A spare keeps its image's defaults: the claim applies the user's overrides to them.
-    ...(options.spare
-      ? { spare: { key: options.spare, defaults: { ...image.config, env: image.config.env } }, autoRemove: true }
-      : {}),
+    ...(options.spare ? { spare: { key: options.spare, defaults: { ...image.config, env: image.config.env } }, autoRemove: true } : {}),
   };
   const diskGiB = options.diskGiB ?? machineDefaults.diskGiB;
   if (options.spare && (!environment().TORPOR_BOOT_TEMPLATES || diskGiB !== machineDefaults.diskGiB))

@@ -25,10 +25,7 @@ export interface ProcessRequest {
  * `-e` adds to or replaces the image's variables. Shared by a cold `create` and the claim of a
  * spare machine, so both start exactly the same process.
  */
-export function mainProcessOf(
-  defaults: ImageProcessDefaults,
-  request: ProcessRequest,
-): { command: string[]; env: string[]; workingDir: string; user: string } {
+export function mainProcessOf(defaults: ImageProcessDefaults, request: ProcessRequest): { command: string[]; env: string[]; workingDir: string; user: string } {
   const entrypoint = request.entrypoint !== undefined ? (request.entrypoint ? [request.entrypoint] : []) : (defaults.entrypoint ?? []);
   const cmd = request.command && request.command.length > 0 ? request.command : request.entrypoint !== undefined ? [] : (defaults.cmd ?? []);
   const command = [...entrypoint, ...cmd];

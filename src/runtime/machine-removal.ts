@@ -11,4 +11,3 @@ export async function releaseMachine(config: Pick<MachineConfig, 'id' | 'name'>)
   await releaseName(config);
   await rm(machineFiles(config.id).directory, { recursive: true, force: true });
 }
-

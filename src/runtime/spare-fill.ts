@@ -64,7 +64,10 @@ export async function fillPool(settings: SpareSettings, size = spareCount()): Pr
         // restore no room).
         if (!(await roomForSpare(settings.memoryMiB))) return;
         // Spares that die as fast as they are made (a broken image, no memory) are not made forever.
-        if (started.length >= size * 2) throw new TorporError('pool-fill-failed', `started ${started.length} spares and the pool is still short: they do not stay up`, { hint: 'see `torpor ps --spares` and the machines\' supervisor logs' });
+        if (started.length >= size * 2)
+          throw new TorporError('pool-fill-failed', `started ${started.length} spares and the pool is still short: they do not stay up`, {
+            hint: "see `torpor ps --spares` and the machines' supervisor logs",
+          });
         const config = await createMachine({ ...settings, command: ['true'], spare: key });
         started.push(config.id);
         try {

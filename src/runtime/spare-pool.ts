@@ -306,7 +306,9 @@ export function parseSpareSettings(text: string): SpareSettings {
     typeof settings.memoryMiB !== 'number' ||
     typeof settings.network !== 'boolean'
   ) {
-    throw new TorporError('invalid-settings', `not spare settings: ${text.slice(0, 200)}`, { hint: 'give an image and flags instead: torpor system pool fill IMAGE' });
+    throw new TorporError('invalid-settings', `not spare settings: ${text.slice(0, 200)}`, {
+      hint: 'give an image and flags instead: torpor system pool fill IMAGE',
+    });
   }
   return settings as SpareSettings;
 }

@@ -249,7 +249,14 @@ export class Supervisor {
   private async becomeSpare(key: string): Promise<void> {
     this.spareKey = key;
     try {
-      const warmUp = this.agent!.exec({ argv: ['true'], env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], workingDirectory: '/', user: '', tty: false, stdin: false });
+      const warmUp = this.agent!.exec({
+        argv: ['true'],
+        env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'],
+        workingDirectory: '/',
+        user: '',
+        tty: false,
+        stdin: false,
+      });
       await Promise.race([warmUp.exited.catch(() => {}), new Promise((resolve) => setTimeout(resolve, 10_000).unref())]);
     } catch {
       // an image without `true`: the spare is still good, only not warmed

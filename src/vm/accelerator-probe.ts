@@ -69,7 +69,8 @@ async function probeKvm(kernelPath: string, initramfsPath: string, workDirectory
       () => undefined,
       async (error: Error) => {
         const log = await readFile(join(workDirectory, 'qemu.log'), 'utf8').catch(() => '');
-        if (/KVM internal error|emulation failure/.test(log)) return 'KVM cannot run a stock guest kernel here (KVM internal error: emulation failure; nested PVM?)';
+        if (/KVM internal error|emulation failure/.test(log))
+          return 'KVM cannot run a stock guest kernel here (KVM internal error: emulation failure; nested PVM?)';
         if (/did not say hello within/.test(error.message))
           return `the guest did not boot under KVM within ${waitMs / 1000} s (a stock kernel hangs on nested PVM hosts; a slow nested host may need a larger TORPOR_KVM_PROBE_MS)`;
         // Anything else (the channel broke: QEMU exited, the guest powered off) is said as it is, with the

@@ -47,9 +47,7 @@ export function registerPsCommand(program: Command): void {
 }
 
 export async function listCommand(flags: PsFlags): Promise<void> {
-  const machines = (await listMachines()).filter(
-    ({ config, state }) => (flags.all || isLive(state.status)) && (!config.spare || flags.all || flags.spares),
-  );
+  const machines = (await listMachines()).filter(({ config, state }) => (flags.all || isLive(state.status)) && (!config.spare || flags.all || flags.spares));
   if (flags.json) {
     printJson(machines.map(({ config, state }) => ({ ...config, state })));
     return;

@@ -83,7 +83,9 @@ export function registerSystemCommands(program: Command): void {
             },
           );
         }
-        const answer = await confirm('This removes every stopped machine, every spare machine, snapshot chunks no snapshot uses, and the boot template RAM caches.\nGo on? [y/N] ');
+        const answer = await confirm(
+          'This removes every stopped machine, every spare machine, snapshot chunks no snapshot uses, and the boot template RAM caches.\nGo on? [y/N] ',
+        );
         if (!answer) {
           process.exitCode = 1;
           return;
