@@ -35,7 +35,7 @@ test('doctor inside picks kvm; machines made here record kvm and the CPU they ra
 });
 
 test('run --rm under KVM: KVM hypervisor, kvm-clock, exit code passed on', async () => {
-  assert.deepEqual(await clockSourceOfRunRm(nest), ['kvm-clock', '1']);
+  assert.deepEqual(await clockSourceOfRunRm(nest, 'none'), ['kvm-clock', '1']);
   assert.equal((await nest.torpor('run', '--rm', '--network', 'none', 'base', 'sh', '-c', 'exit 7')).code, 7);
 });
 
