@@ -5,7 +5,7 @@ import { processMatches } from '../util/process-identity.ts';
 import { networkPolicySchema } from '../network/policy-schema.ts';
 import { TorporError } from '../util/errors.ts';
 import { pathExists } from '../util/path-exists.ts';
-import { paths, memoryDirectory } from '../state/paths.ts';
+import { paths, memoryDirectory, stateHome } from '../state/paths.ts';
 import { createMachine } from './machine-creation.ts';
 import { startMachine } from './machine-start.ts';
 import { removeMachine } from './machine-stop.ts';
@@ -36,6 +36,9 @@ export async function fillPool(settings: SpareSettings, size = spareCount()): Pr
   }
   const key = spareKey(settings);
   const started: string[] = [];
+  // A fill started just before its state directory was deleted (a test's home) makes nothing, and
+  // does not make the directory again either.
+  if (!(await pathExists(stateHome()))) return started;
   await mkdir(paths.machines(), { recursive: true });
   await withFillLock(
     key,

@@ -20,7 +20,8 @@ export class NestedMachine {
   private static readonly cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
 
   private static environment(home: string, memoryDirectory: string): NodeJS.ProcessEnv {
-    return { ...process.env, TORPOR_HOME: home, TORPOR_MEMORY_DIR: memoryDirectory, TORPOR_ACCEL: 'tcg' };
+    // No spare machines at the outer level: a spare of the 2 GiB torpor machine would boot beside the suite.
+    return { ...process.env, TORPOR_HOME: home, TORPOR_MEMORY_DIR: memoryDirectory, TORPOR_ACCEL: 'tcg', TORPOR_SPARE_MACHINES: '0' };
   }
 
   /** Boots the outer machine (2 GiB: the inner torpor keeps guest RAM in its /dev/shm). */
