@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { useTemporaryHome } from './testing/temporary-home.ts';
 import { spareKey, spareSettingsOf, sparesDirectory } from './spare-pool.ts';
 import { networkOptionsFrom } from './run-options.ts';
-import { machineFiles } from './machine-files.ts';
+import { machineFiles, readMachineConfig } from './machine-files.ts';
 import { processMatches } from '../util/process-identity.ts';
 import { connectToSupervisor, sendControl } from './supervisor-client.ts';
 import { openContextLog } from '../context/index.ts';
@@ -54,7 +54,16 @@ async function poolSettles(count: number): Promise<string[]> {
   for (;;) {
     const entries = await readdir(sparesDirectory()).catch(() => [] as string[]);
     const ready = await readyIds();
-    if (ready.length === count && !entries.some((entry) => entry.endsWith('.lock'))) return ready;
+    // Counted only when each entry names a spare that exists: a planted or stale entry is no spare.
+    const spares = await Promise.all(
+      ready.map((id) =>
+        readMachineConfig(id).then(
+          (config) => Boolean(config.spare),
+          () => false,
+        ),
+      ),
+    );
+    if (ready.length === count && spares.every(Boolean) && !entries.some((entry) => entry.endsWith('.lock'))) return ready;
     if (Date.now() > deadline) throw new Error(`the pool did not settle at ${count} spares: ${entries.join(' ')}`);
     await new Promise((resolve) => setTimeout(resolve, 200));
   }

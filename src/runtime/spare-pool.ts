@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stateHome } from '../state/paths.ts';
 import { environment } from '../config/environment.ts';
@@ -241,6 +241,23 @@ export async function forgetSpare(key: string, id: string): Promise<void> {
 }
 
 /**
+ * Ids of a pool's entries that can stand for a spare: a plain file (as a supervisor publishes it)
+ * naming a machine that exists. A planted name, a symlink or an entry left by a machine removed
+ * since is not counted, so it cannot keep the pool from refilling (a stale entry once did).
+ */
+async function claimableEntries(key: string): Promise<string[]> {
+  const ids: string[] = [];
+  for (const entry of await readdir(sparesDirectory()).catch(() => [] as string[])) {
+    const id = entry.slice(key.length + 1);
+    if (!entry.startsWith(`${key}.`) || !machineId.test(id)) continue;
+    const published = await lstat(join(sparesDirectory(), entry)).catch(() => undefined);
+    const machine = await stat(machineFiles(id).config).catch(() => undefined);
+    if (published?.isFile() && machine?.isFile()) ids.push(id);
+  }
+  return ids;
+}
+
+/**
  * Starts `torpor system pool fill` for these settings, detached: the pool refills in the
  * background after a claim (or a miss), and the CLI that asked exits at once. Its output goes to
  * spares/fill.log. One fill per pool runs at a time (its lock), so many CLIs asking is harmless.
@@ -250,8 +267,7 @@ export async function refillInBackground(settings: SpareSettings): Promise<void>
   await mkdir(sparesDirectory(), { recursive: true });
   // Full already (a cheap look, so most runs start no process): nothing to do.
   const key = spareKey(settings);
-  const entries = await readdir(sparesDirectory());
-  if (entries.filter((entry) => entry.startsWith(`${key}.`) && machineId.test(entry.slice(key.length + 1))).length >= spareCount()) return;
+  if ((await claimableEntries(key)).length >= spareCount()) return;
   const log = await open(join(sparesDirectory(), 'fill.log'), 'w');
   try {
     const child = spawn(process.execPath, [join(projectRoot(), 'bin', 'torpor.js'), 'system', 'pool', 'fill', '--settings', JSON.stringify(settings)], {
