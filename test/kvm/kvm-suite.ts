@@ -104,6 +104,10 @@ test('snapshots are tied to their accelerator: a kvm snapshot under tcg is refus
   assert.ok((await count('ontcg-back')) > first);
   const [inspected] = JSON.parse(succeeded(await nest.torpor('inspect', 'ontcg-back'), 'inspect')) as { accelerator: string }[];
   assert.equal(inspected!.accelerator, 'tcg', 'it keeps running under the accelerator it was taken with');
+  // ps lists it as tcg beside kvm machines; its note must not claim this host lacks KVM.
+  const listed = await nest.torpor('ps', '-a');
+  assert.match(listed.stderr, /used for those machines although KVM works here/);
+  assert.doesNotMatch(listed.stderr, /no usable KVM/);
   succeeded(await nest.torpor('rm', '-f', 'onkvm', 'ontcg', 'ontcg-back'), 'rm');
 });
 

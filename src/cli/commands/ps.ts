@@ -70,6 +70,13 @@ export async function listCommand(flags: PsFlags): Promise<void> {
     }),
   );
   if (machines.some(({ config }) => config.accelerator === 'tcg')) {
-    process.stderr.write('note: tcg = software emulation; this host has no usable KVM (see `torpor doctor`)\n');
+    // A machine on kvm proves the host has it: the tcg ones were asked for (TORPOR_ACCEL=tcg, or
+    // restored from a snapshot taken under TCG), so the note must not say KVM is missing.
+    const kvmWorks = machines.some(({ config }) => config.accelerator === 'kvm');
+    process.stderr.write(
+      kvmWorks
+        ? 'note: tcg = software emulation, used for those machines although KVM works here (TORPOR_ACCEL=tcg, or restored from a snapshot taken under TCG)\n'
+        : 'note: tcg = software emulation; this host has no usable KVM (see `torpor doctor`)\n',
+    );
   }
 }
