@@ -2,6 +2,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer, type AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -115,6 +116,20 @@ test('without a server the session commands say how to start one', async () => {
   await rm(empty, { recursive: true, force: true });
   assert.notEqual(result.code, 0);
   assert.match(result.stderr, /no torpor server is running\n\s+hint: start one with `torpor serve`/);
+  // A URL where nothing listens: the error says what failed (not undici's bare "fetch failed").
+  const listener = createServer();
+  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+  const port = (listener.address() as AddressInfo).port;
+  await new Promise((resolve) => listener.close(resolve));
+  const refused = await new Promise<{ code: number; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, [cli, 'session', 'send', 'x', 'hi'], { env: { ...environment, TORPOR_URL: `http://127.0.0.1:${port}` } });
+    let stderr = '';
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    child.on('close', (code) => resolve({ code: code ?? -1, stderr }));
+  });
+  assert.notEqual(refused.code, 0);
+  assert.match(refused.stderr, new RegExp(`cannot reach the torpor server at http://127.0.0.1:${port}: ECONNREFUSED`));
+  assert.match(refused.stderr, /hint: is `torpor serve` running\?/);
 });
 
 test('session fork --at-turn takes only a turn number', async () => {

@@ -7,6 +7,7 @@ import { machineDefaults } from '../../config/machine-defaults.ts';
 import { clientToken } from '../../state/api-tokens.ts';
 import { printJson, printTable, formatBytes, formatDuration, collect } from '../output.ts';
 import { addNetworkPolicyFlags } from '../network-flags.ts';
+import { fetchFromServer } from '../server-fetch.ts';
 
 /** Headers of every request to `url`: JSON, and the bearer token the CLI found for that server. */
 function requestHeaders(url: string, extra: Record<string, string> = {}): Record<string, string> {
@@ -32,12 +33,7 @@ async function serverUrl(explicit?: string): Promise<string> {
 }
 
 async function call(url: string, method: string, path: string, body?: unknown): Promise<unknown> {
-  let response: Response;
-  try {
-    response = await fetch(`${url}${path}`, { method, headers: requestHeaders(url), body: body === undefined ? undefined : JSON.stringify(body) });
-  } catch (error) {
-    throw new TorporError('no-server', `cannot reach the torpor server at ${url}: ${(error as Error).message}`, { hint: 'is `torpor serve` running?' });
-  }
+  const response = await fetchFromServer(url, path, { method, headers: requestHeaders(url), body: body === undefined ? undefined : JSON.stringify(body) });
   if (response.status === 204) return undefined;
   if (!response.ok) throw await serverError(response);
   return response.json();
@@ -145,12 +141,10 @@ export function registerSessionCommands(program: Command): void {
     .option('--json', 'print every event as a JSON line')
     .action(async (id: string, text: string, flags: { json?: boolean }) => {
       const base = await url();
-      const response = await fetch(`${base}/v1/sessions/${encodeURIComponent(id)}/messages`, {
+      const response = await fetchFromServer(base, `/v1/sessions/${encodeURIComponent(id)}/messages`, {
         method: 'POST',
         headers: requestHeaders(base, { accept: 'text/event-stream' }),
         body: JSON.stringify({ content: text }),
-      }).catch((error: Error) => {
-        throw new TorporError('no-server', `cannot reach the torpor server at ${base}: ${error.message}`);
       });
       if (!response.ok) throw await serverError(response);
       let failed = false;
