@@ -1,6 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, readdir, rename, stat } from 'node:fs/promises';
+import { copyFile, readdir, readlink, rename, stat } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { useTemporaryHome } from './testing/temporary-home.ts';
@@ -313,6 +313,63 @@ test('a checkpoint that continues stores the disk as of its pause, with QEMU\'s 
     } finally {
       await removeMachine(machine, { force: true });
     }
+  }
+});
+
+test('kill -9 of the supervisor or of QEMU during a checkpoint beside the guest: the machine is reported dead, nothing is stored, no disk copy is left', async () => {
+  for (const victim of ['supervisor', 'qemu'] as const) {
+    const machine = await restoreMachine('origin@1', { name: `crash-${victim}` });
+    try {
+      const state = await readMachineState(machine.id);
+      const supervisorPid = state.supervisorPid!;
+      // The job's target: an unlinked file only the supervisor (and QEMU) hold; sized like the layer while a job runs.
+      let target = '';
+      for (const fd of await readdir(`/proc/${supervisorPid}/fd`)) {
+        const link = await readlink(`/proc/${supervisorPid}/fd/${fd}`).catch(() => '');
+        if (link.includes('.capture-job-') && link.endsWith('(deleted)')) target = `/proc/${supervisorPid}/fd/${fd}`;
+      }
+      assert.ok(target, 'the supervisor holds the unlinked copy target');
+      await run(machine, 'head -c 4194304 /dev/urandom > /root/data; sync');
+      const outcome = snapshotMachine(machine, { name: `crash-${victim}@1` }).then(
+        () => 'stored',
+        (error: Error) => error.message,
+      );
+      let started = false;
+      for (let attempt = 0; attempt < 20_000 && !started; attempt++) {
+        started = ((await stat(target).catch(() => undefined))?.size ?? 0) > 0;
+        if (!started) await new Promise((resolve) => setImmediate(resolve));
+      }
+      assert.ok(started, 'the disk copy job started');
+      process.kill(victim === 'supervisor' ? supervisorPid : state.qemuPid!, 'SIGKILL');
+      assert.notEqual(await outcome, 'stored', 'a capture cut short is not stored');
+      let after = await effectiveState(machine);
+      for (let attempt = 0; attempt < 100 && after.status === 'running'; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        after = await effectiveState(machine);
+      }
+      assert.equal(after.status, 'exited');
+      assert.match(after.error ?? '', victim === 'supervisor' ? /supervisor \(pid \d+\) died/ : /QEMU killed by SIGKILL/);
+      await assert.rejects(readSnapshot(`crash-${victim}@1`), /no snapshot|not found|does not exist/i);
+      const directory = dirname(machineFiles(machine.id).layerDisk);
+      assert.deepEqual((await readdir(directory)).filter((file) => file.includes('capture')), [], 'no disk copy is left beside the layer');
+    } finally {
+      await killMachine(machine);
+      await removeMachine(machine, { force: true });
+    }
+  }
+  // The store is whole: a checkpoint of a new machine of the same snapshot is taken and restores.
+  const again = await restoreMachine('origin@1', { name: 'after-crash' });
+  try {
+    const summary = await snapshotMachine(again, { name: 'after-crash@1' });
+    assert.equal(summary.diskCapture, 'job');
+  } finally {
+    await removeMachine(again, { force: true });
+  }
+  const restored = await restoreMachine('after-crash@1', { name: 'after-crash-again' });
+  try {
+    assert.equal(await run(restored, checksums), expectedChecksums);
+  } finally {
+    await removeMachine(restored, { force: true });
   }
 });
 
