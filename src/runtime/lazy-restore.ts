@@ -220,14 +220,24 @@ export async function startCaptureBesideGuest(
   const memoryCopies = { file: files.copyFile, copied: () => copiedChunks(memoryFile) };
   let job: Awaited<ReturnType<StartDiskJob>> | undefined;
   if (startDiskJob) {
-    const generation = await freezeGuestMemory(memoryFile).catch(() => undefined);
-    phase('freezeMs');
-    if (generation === undefined) return undefined;
-    job = await startDiskJob().catch((error: unknown) => {
-      process.stderr.write(`torpor: note: QEMU's disk copy job did not start (${(error as Error).message}); copying the disk layer with the guest paused\n`);
+    // Independent of each other: the pager's freeze and QEMU's job start at once.
+    const timed = <T>(name: string, step: Promise<T>): Promise<T> => {
+      const begun = performance.now();
+      return step.finally(() => (phases[name] = performance.now() - begun));
+    };
+    const [generation, started] = await Promise.all([
+      timed('freezeMs', freezeGuestMemory(memoryFile)).catch(() => undefined),
+      timed('diskJobMs', startDiskJob()).catch((error: unknown) => {
+        process.stderr.write(`torpor: note: QEMU's disk copy job did not start (${(error as Error).message}); copying the disk layer with the guest paused\n`);
+        return undefined;
+      }),
+    ]);
+    mark = performance.now();
+    job = started;
+    if (generation === undefined) {
+      await job?.finish();
       return undefined;
-    });
-    phase('diskJobMs');
+    }
     if (job) {
       const started = job;
       return {

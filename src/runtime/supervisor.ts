@@ -645,9 +645,17 @@ export class Supervisor {
       await vm.qmp.execute('stop');
       const paused = performance.now();
       phase('stopMs');
-      const deviceState = await deviceStateSave.save().finally(() => deviceStateSave.close());
+      // Steps that overlap are timed each on their own (their phases add up to more than the pause).
+      const timed = <T>(name: string, step: Promise<T>): Promise<T> => {
+        const begun = performance.now();
+        return step.finally(() => (phases[name] = performance.now() - begun));
+      };
+      // Both need the guest paused and neither needs the other: the pager's flags are read while
+      // QEMU saves the device state.
+      const knownMemory = timed('pagerStatusMs', knownMemoryOf(this.memoryFile(), this.writeBaseline));
+      knownMemory.catch(() => {});
+      const deviceState = await timed('deviceStateMs', deviceStateSave.save()).finally(() => deviceStateSave.close());
       const saved = performance.now();
-      phase('deviceStateMs');
       // A checkpoint that continues, of a write-tracked machine: the guest runs again right after
       // its device state, while the capture reads copies of what it writes (copy-before-write).
       let beside: CaptureBesideGuest | undefined;
@@ -655,8 +663,7 @@ export class Supervisor {
       // A lazily restored machine: chunks it never loaded, and (write tracking) chunks not written
       // since the last snapshot, are not read again.
       const { known, manifest } = await (async () => {
-        const known = await knownMemoryOf(this.memoryFile(), this.writeBaseline);
-        phase('pagerStatusMs');
+        const known = await knownMemory;
         if (environment().TORPOR_VERIFY_WRITE_TRACKING && known.input) await verifyCleanChunks(this.memoryFile(), known.input, known.clean);
         mark = performance.now();
         if (!request.stop && known.status?.tracking) {

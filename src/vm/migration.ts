@@ -63,6 +63,20 @@ export async function prepareDeviceStateSave(
   }
   const save = async () => {
     await qmp.execute('migrate', { uri: `unix:${socketPath}` });
+    // QEMU marks the migration completed before it closes the stream: once the stream ended, one
+    // look usually confirms it (polling from the start cost the pause a few ms of round trips).
+    // (A slow poll beside it sees a migration that failed before it ever connected.)
+    let ended = false;
+    const watch = (async () => {
+      for (let waited = 0; !ended && waited < 5000; waited += 20) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        if (ended) return;
+        const info = await qmp.execute<MigrationInfo>('query-migrate');
+        if (info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled') return;
+      }
+    })();
+    await Promise.race([received, watch]);
+    ended = true;
     await waitForMigration(qmp, 30_000);
     await Promise.race([received, new Promise((resolve) => setTimeout(resolve, 5000))]);
     return Buffer.concat(chunks);
