@@ -1,5 +1,4 @@
 import { open, rm, type FileHandle } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
 import type { QmpClient, QmpEvent } from '../vm/qmp.ts';
 import { diskCaptureFdSet } from '../vm/qemu-command.ts';
 
@@ -31,8 +30,10 @@ export interface DiskCaptureTarget {
 }
 
 export async function openDiskCaptureTarget(layerDisk: string): Promise<DiskCaptureTarget> {
-  const name = `${layerDisk}.capture-job-${randomBytes(4).toString('hex')}`;
-  const handle = await open(name, 'w+', 0o600);
+  // One name per machine: a supervisor killed between the open and the unlink left it, the next one removes it.
+  const name = `${layerDisk}.capture-job`;
+  await rm(name, { force: true });
+  const handle = await open(name, 'wx+', 0o600);
   await rm(name, { force: true });
   return { handle, path: `/proc/${process.pid}/fd/${handle.fd}` };
 }

@@ -326,7 +326,7 @@ test('kill -9 of the supervisor or of QEMU during a checkpoint beside the guest:
       let target = '';
       for (const fd of await readdir(`/proc/${supervisorPid}/fd`)) {
         const link = await readlink(`/proc/${supervisorPid}/fd/${fd}`).catch(() => '');
-        if (link.includes('.capture-job-') && link.endsWith('(deleted)')) target = `/proc/${supervisorPid}/fd/${fd}`;
+        if (link.includes('.capture-job') && link.endsWith('(deleted)')) target = `/proc/${supervisorPid}/fd/${fd}`;
       }
       assert.ok(target, 'the supervisor holds the unlinked copy target');
       await run(machine, 'head -c 4194304 /dev/urandom > /root/data; sync');

@@ -258,6 +258,8 @@ export async function startCaptureBesideGuest(
   return copyDiskPaused(memoryFile, layerDisk, undefined, memoryCopies, phase);
 }
 
+export const pausedDiskCopyOf = (layerDisk: string): string => `${layerDisk}.capture`;
+
 /** The disk layer's data extents copied with the guest paused (the path before QEMU's copy job, and its fallback). */
 async function copyDiskPaused(
   memoryFile: string,
@@ -276,7 +278,7 @@ async function copyDiskPaused(
   const generation = frozen ?? (await freezeGuestMemory(memoryFile).catch(() => undefined));
   phase('freezeMs');
   if (generation === undefined) return undefined;
-  const diskCopy = `${layerDisk}.capture`;
+  const diskCopy = pausedDiskCopyOf(layerDisk);
   const finish = async () => {
     await thawGuestMemory(memoryFile).catch(() => {});
     await rm(diskCopy, { force: true });

@@ -34,6 +34,7 @@ import {
   restoreEnvironment,
   verifyCleanChunks,
   startCaptureBesideGuest,
+  pausedDiskCopyOf,
   type CaptureBesideGuest,
   type PausedPhases,
   type WriteBaseline,
@@ -167,6 +168,8 @@ export class Supervisor {
       const pager = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
       // The target of QEMU's disk copy for checkpoints that continue; without it they copy the disk paused.
       this.diskCaptureTarget = await openDiskCaptureTarget(this.files.layerDisk).catch(() => undefined);
+      // A paused copy (lazy-restore.ts) of a supervisor killed mid-checkpoint: nothing reads it any more.
+      await rm(pausedDiskCopyOf(this.files.layerDisk), { force: true });
       // A QEMU that drops root (-runas) loses its parent-death signal; the preloaded library re-arms it.
       const parentDeath = this.confinement.runAs ? await parentDeathEnvironment() : {};
       this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager }), { logPath: this.files.supervisorLog });
