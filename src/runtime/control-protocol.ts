@@ -28,7 +28,7 @@ export interface SnapshotSummary {
   diskCapture?: 'job' | 'copy';
   /**
    * Where `guestPausedMs` went, in ms: stopMs (QMP stop), deviceStateMs, pagerStatusMs (write
-   * tracking's flags), freezeMs, diskJobMs (starting QEMU's disk copy), extentsMs and diskCopyMs
+   * tracking's flags), freezeMs, diskJobMs (starting QEMU's disk copy; diskJobCommandsMs its two QMP commands), extentsMs and diskCopyMs
    * (the paused copy), captureMs and protectMs (a capture with the guest paused), resumeMs (cont).
    */
   pausedPhases?: Record<string, number>;

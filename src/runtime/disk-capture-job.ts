@@ -55,43 +55,45 @@ export async function startDiskCaptureJob(
   layerSize: number,
   phases: Record<string, number> = {},
 ): Promise<DiskCaptureJob> {
-  let mark = performance.now();
-  const phase = (name: string) => {
-    const now = performance.now();
-    phases[name] = now - mark;
-    mark = now;
-  };
   // Emptied after the last capture (off the pause: freeing its blocks can wait on the filesystem).
   const { blocks, size } = await target.handle.stat();
   if (blocks > 0) await target.handle.truncate(0);
   if (blocks > 0 || size !== layerSize) await target.handle.truncate(layerSize);
-  await qmp.execute('blockdev-add', {
+  const begun = performance.now();
+  // Listening first: a job that fails at once says so before the command's reply.
+  const { failed, stopListening } = jobEnd(qmp);
+  failed.catch(() => {});
+  // Both commands at once (QMP runs them in order; a failed add fails the backup too): one round
+  // trip less with the guest paused. Started paused, the job has nothing in flight when `cont`
+  // reactivates the layer (which reopens its descriptor after the device-state save inactivated
+  // it): sync=none copies only on the guest's writes.
+  const added = qmp.execute('blockdev-add', {
     driver: 'raw',
     'node-name': nodeName,
     // locking off: the fd set keeps its own descriptor open, and OFD locks would outlive the node (as for the layer).
     file: { driver: 'file', filename: `/dev/fdset/${diskCaptureFdSet}`, locking: 'off' },
   });
-  phase('diskJobAddMs');
-  const failed = jobEnd(qmp);
-  failed.catch(() => {});
-  try {
-    // Started paused, the job has nothing in flight when `cont` reactivates the layer (which reopens
-    // its descriptor after the device-state save inactivated it): sync=none copies only on writes.
-    await qmp.execute('blockdev-backup', { 'job-id': jobId, device: layerDevice, target: nodeName, sync: 'none' });
-  } catch (error) {
-    await qmp.execute('blockdev-del', { 'node-name': nodeName }).catch(() => {});
-    throw error;
+  const backup = qmp.execute('blockdev-backup', { 'job-id': jobId, device: layerDevice, target: nodeName, sync: 'none' });
+  const [addition, start] = await Promise.allSettled([added, backup]);
+  if (start.status === 'rejected') {
+    stopListening();
+    if (addition.status === 'fulfilled') await qmp.execute('blockdev-del', { 'node-name': nodeName }).catch(() => {});
+    throw addition.status === 'rejected' ? addition.reason : start.reason;
   }
-  phase('diskJobStartMs');
+  phases.diskJobCommandsMs = performance.now() - begun;
   return { file: target.path, failed };
 }
 
 /** Rejects when the job ends: any end before `finishDiskCaptureJob` stops it means copies may be missing. */
-function jobEnd(qmp: QmpClient): Promise<never> {
-  return new Promise((_, reject) => {
-    const finish = (message: string) => {
+function jobEnd(qmp: QmpClient): { failed: Promise<never>; stopListening: () => void } {
+  let stopListening = () => {};
+  const failed = new Promise<never>((_, reject) => {
+    stopListening = () => {
       qmp.off('event', onEvent);
       qmp.off('close', onClose);
+    };
+    const finish = (message: string) => {
+      stopListening();
       reject(new Error(message));
     };
     const onEvent = (event: QmpEvent) => {
@@ -105,6 +107,7 @@ function jobEnd(qmp: QmpClient): Promise<never> {
     qmp.on('event', onEvent);
     qmp.on('close', onClose);
   });
+  return { failed, stopListening };
 }
 
 /**
