@@ -177,7 +177,7 @@ const layerCopyLimit = 64 * 1024 * 1024;
 export interface CaptureBesideGuest {
   /** the dirty generation the pager started at the freeze */
   generation: number;
-  /** the disk layer as it was at the pause: capture this instead of the live layer */
+  /** the disk to capture: a copy as of the pause (`copy`), or the live layer read with `diskCopies` (`job`) */
   diskCopy: string;
   /** with QEMU's job, `diskCopy` is the live layer and these are the ranges copied before the guest overwrote them */
   diskCopies?: NonNullable<CaptureInput['diskCopies']>;
@@ -218,14 +218,13 @@ export async function startCaptureBesideGuest(
   const files = lazyMemoryFiles(memoryFile);
   if (!(await pathExists(files.copyFile))) return undefined;
   const memoryCopies = { file: files.copyFile, copied: () => copiedChunks(memoryFile) };
-  let job: Awaited<ReturnType<StartDiskJob>> | undefined;
   if (startDiskJob) {
     // Independent of each other: the pager's freeze and QEMU's job start at once.
     const timed = <T>(name: string, step: Promise<T>): Promise<T> => {
       const begun = performance.now();
       return step.finally(() => (phases[name] = performance.now() - begun));
     };
-    const [generation, started] = await Promise.all([
+    const [generation, job] = await Promise.all([
       timed('freezeMs', freezeGuestMemory(memoryFile)).catch(() => undefined),
       timed('diskJobMs', startDiskJob()).catch((error: unknown) => {
         process.stderr.write(`torpor: note: QEMU's disk copy job did not start (${(error as Error).message}); copying the disk layer with the guest paused\n`);
@@ -233,22 +232,20 @@ export async function startCaptureBesideGuest(
       }),
     ]);
     mark = performance.now();
-    job = started;
     if (generation === undefined) {
       await job?.finish();
       return undefined;
     }
     if (job) {
-      const started = job;
       return {
         generation,
         diskCopy: layerDisk,
-        diskCopies: started.copies,
+        diskCopies: job.copies,
         diskMethod: 'job',
         memoryCopies,
         finish: async () => {
           await thawGuestMemory(memoryFile).catch(() => {});
-          await started.finish();
+          await job.finish();
         },
       };
     }

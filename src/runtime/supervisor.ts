@@ -8,6 +8,7 @@ import { FrameDecoder, FrameType, encodeFrame, encodeError, type Frame } from '.
 import { qemuDriver } from '../vm/qemu-driver.ts';
 import { loadDeviceState, prepareDeviceStateSave } from '../vm/migration.ts';
 import { finishDiskCaptureJob, openDiskCaptureTarget, startDiskCaptureJob, type DiskCaptureTarget } from './disk-capture-job.ts';
+import { allocatedExtents } from '../snapshot/extents.ts';
 import { recordTemplateMemoryOwner, templateMemoryFile } from './template-memory.ts';
 import type { RunningVm, VmExit } from '../vm/driver.ts';
 import { memoryDirectory } from '../state/paths.ts';
@@ -15,7 +16,6 @@ import { confineMachine, type Confinement } from '../network/machine-confinement
 import { defaultNetworkPolicy } from '../network/policy.ts';
 // machine-files, not machine-record: a supervisor lives as long as its machine, and zod would
 // cost each one memory for nothing (its records are torpor's own files).
-import { allocatedExtents } from '../snapshot/extents.ts';
 import { machineFiles, readMachineConfig, readMachineState, writeMachineState } from './machine-files.ts';
 import type { MachineConfig, MachineState } from './machine-record.ts';
 import { releaseMachine } from './machine-removal.ts';
