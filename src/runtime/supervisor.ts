@@ -24,7 +24,7 @@ import { writeJsonAtomic } from '../util/atomic-file.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
 import { keepWarm } from './warm-memory.ts';
 import { forgetSpare, publishSpare, retireSpare, spareEntryPresent } from './spare-pool.ts';
-import { parentDeathEnvironment, protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
+import { loadPageMap, parentDeathEnvironment, protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
 import { environment } from '../config/environment.ts';
 import {
   confirmPagerServing,
@@ -630,6 +630,8 @@ export class Supervisor {
       this.snapshotInProgress = false;
       throw error;
     });
+    // The page map, parsed before the pause (the first checkpoint of a machine would parse it paused).
+    await loadPageMap(this.memoryFile());
     // The layer's size is fixed (the guest cannot resize it): read before the pause.
     const layerSize = await stat(this.files.layerDisk).then(
       (status) => status.size,

@@ -371,6 +371,11 @@ async function pageMapOf(files: ReturnType<typeof lazyMemoryFiles>): Promise<Pag
   return parsed;
 }
 
+/** Parses the page map ahead (a checkpoint does it before its pause); nothing for an eager RAM file. */
+export async function loadPageMap(memoryFile: string): Promise<void> {
+  await pageMapOf(lazyMemoryFiles(memoryFile)).catch(() => {});
+}
+
 /** The pager's view of a lazily restored RAM file; undefined when the file was restored eagerly. */
 export async function readLazyMemoryStatus(memoryFile: string): Promise<LazyMemoryStatus | undefined> {
   const files = lazyMemoryFiles(memoryFile);
