@@ -196,20 +196,26 @@ try {
 
   // ---- checkpoints that continue (the guest keeps running): after a small change (1 MiB written
   // in the guest), how long the guest is paused and how much of its RAM is read: lazy restore with
-  // write tracking, lazy without it (TORPOR_TRACK_WRITES=0), and the eager restore of today
-  type Checkpoint = { pausedMs: number; memoryRead: number; newBytes: number };
-  const checkpoints: Record<'tracked' | 'wholeChunks' | 'untracked' | 'eager', Checkpoint[]> = { tracked: [], wholeChunks: [], untracked: [], eager: [] };
-  for (const variant of wanted('checkpoints') ? (['tracked', 'wholeChunks', 'untracked', 'eager'] as const) : []) {
+  // write tracking (its disk layer through QEMU's copy-before-write job, or copied with the guest
+  // paused as before: TORPOR_DISK_COPY_JOB=0), lazy without tracking (TORPOR_TRACK_WRITES=0), and
+  // the eager restore of today
+  type Checkpoint = { pausedMs: number; memoryRead: number; newBytes: number; phases: Record<string, number> };
+  type CheckpointVariant = 'tracked' | 'pausedDisk' | 'wholeChunks' | 'untracked' | 'eager';
+  const checkpointVariants: CheckpointVariant[] = ['tracked', 'pausedDisk', 'wholeChunks', 'untracked', 'eager'];
+  const checkpoints: Record<CheckpointVariant, Checkpoint[]> = { tracked: [], pausedDisk: [], wholeChunks: [], untracked: [], eager: [] };
+  for (const variant of wanted('checkpoints') ? checkpointVariants : []) {
     setMode(variant === 'eager' ? 'eager' : 'lazy');
     if (variant === 'untracked') process.env.TORPOR_TRACK_WRITES = '0';
-    // The supervisor reads it when it captures: whole 256 KiB chunks, as before page deltas.
+    // The supervisor reads these when it captures: whole 256 KiB chunks, as before page deltas; the disk copied paused.
     if (variant === 'wholeChunks' || variant === 'untracked') process.env.TORPOR_PAGE_DELTAS = '0';
+    if (variant === 'pausedDisk') process.env.TORPOR_DISK_COPY_JOB = '0';
     const machine = await restoreMachine('origin@1', { name: `c-${variant}` });
     delete process.env.TORPOR_TRACK_WRITES;
     delete process.env.TORPOR_PAGE_DELTAS;
+    delete process.env.TORPOR_DISK_COPY_JOB;
     await ping(machine);
     await snapshotMachine(machine, { name: `c-${variant}-0` });
-    for (let turn = 1; turn <= 3; turn++) {
+    for (let turn = 1; turn <= runs; turn++) {
       const client = await connectToMachine(machine);
       await client.exec({
         argv: ['sh', '-c', `head -c 1048576 /dev/urandom > /root/turn-${turn}`],
@@ -226,6 +232,7 @@ try {
         pausedMs: summary.guestPausedMs ?? summary.totalMs,
         memoryRead: Number(summary.stats.memoryScannedBytes ?? NaN),
         newBytes: Number(summary.stats.newCompressedBytes),
+        phases: summary.pausedPhases ?? {},
       });
     }
     await removeMachine(machine, { force: true });
@@ -365,20 +372,30 @@ try {
   const snapText = (value?: { totalMs: number; captureMs: number; newBytes: number; scanned: number }) =>
     value ? `${ms(value.totalMs)} (capture ${ms(value.captureMs)}, read ${mib(value.scanned)}), new ${mib(value.newBytes)}` : '-';
   row('snapshot of a restored machine 3 s after answering', '-', `lazy ${snapText(resnapshot.lazy)} | eager ${snapText(resnapshot.eager)}`, '-');
-  const checkpointNames = {
-    tracked: 'lazy + write tracking + 4 KiB deltas',
-    wholeChunks: 'lazy + write tracking, whole chunks',
+  const checkpointNames: Record<CheckpointVariant, string> = {
+    tracked: "lazy + write tracking + 4 KiB deltas, disk by QEMU's copy-before-write",
+    pausedDisk: 'lazy + write tracking + 4 KiB deltas, disk copied paused (before)',
+    wholeChunks: "lazy + write tracking, whole chunks, disk by QEMU's copy-before-write",
     untracked: 'lazy, no tracking, whole chunks',
     eager: 'eager restore (today)',
   };
-  for (const variant of ['tracked', 'wholeChunks', 'untracked', 'eager'] as const) {
+  for (const variant of checkpointVariants) {
     const values = checkpoints[variant];
     row(
-      `checkpoint that continues, after 1 MiB written: ${checkpointNames[variant]} (n=3)`,
+      `checkpoint that continues, after 1 MiB written: ${checkpointNames[variant]} (n=${values.length})`,
       variant === 'tracked' ? '<= 30 ms paused, <= 4 MiB new' : '-',
-      `paused p50 ${ms(median(values.map((value) => value.pausedMs)))}, RAM read p50 ${mib(median(values.map((value) => value.memoryRead)))}, new p50 ${mib(median(values.map((value) => value.newBytes)))}`,
+      `paused p50 ${ms(median(values.map((value) => value.pausedMs)))} (min ${ms(Math.min(...values.map((value) => value.pausedMs)))}, max ${ms(Math.max(...values.map((value) => value.pausedMs)))}), RAM read p50 ${mib(median(values.map((value) => value.memoryRead)))}, new p50 ${mib(median(values.map((value) => value.newBytes)))}`,
       '-',
     );
+    // Where the pause went, p50 of each step (steps that overlap are each timed whole).
+    const names = [...new Set(values.flatMap((value) => Object.keys(value.phases)))];
+    if (names.length > 0)
+      row(
+        '  paused phases, p50',
+        '-',
+        names.map((name) => `${name.replace(/Ms$/, '')} ${median(values.map((value) => value.phases[name] ?? 0)).toFixed(1)}`).join(', ') + ' ms',
+        '-',
+      );
   }
   const counterText = (value?: LazyMemoryCounters) =>
     value

@@ -112,6 +112,11 @@ export const variables = {
     '`1`',
     '`0` keeps the guest paused for the whole capture of a checkpoint that continues (instead of only for its device state)',
   ),
+  TORPOR_DISK_COPY_JOB: variable(
+    flag('1', true),
+    '`1`',
+    "`0` copies the disk layer of a checkpoint that continues with the guest paused, instead of with QEMU's copy job beside the running guest",
+  ),
   TORPOR_PAGE_DELTAS: variable(flag('1', true), '`1`', '`0` stores every changed 256 KiB chunk whole instead of as its changed 4 KiB pages'),
   TORPOR_VERIFY_WRITE_TRACKING: variable(flag('1', false), '`0`', '`1` checks every chunk write tracking calls unchanged (tests)'),
   TORPOR_WARM_MEMORY: variable(

@@ -24,6 +24,14 @@ export interface SnapshotSummary {
   guestPausedMs?: number;
   /** the guest ran while RAM and disk were captured (copy-before-write) */
   capturedBesideGuest?: boolean;
+  /** with `capturedBesideGuest`: the disk layer was copied by QEMU's job beside the guest (`job`) or here while paused (`copy`) */
+  diskCapture?: 'job' | 'copy';
+  /**
+   * Where `guestPausedMs` went, in ms: stopMs (QMP stop), deviceStateMs, pagerStatusMs (write
+   * tracking's flags), freezeMs, diskJobMs (starting QEMU's disk copy; diskJobCommandsMs its two QMP commands), extentsMs and diskCopyMs
+   * (the paused copy), captureMs and protectMs (a capture with the guest paused), resumeMs (cont).
+   */
+  pausedPhases?: Record<string, number>;
   pauseMs: number;
   deviceStateMs: number;
   captureMs: number;

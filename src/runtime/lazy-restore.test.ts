@@ -1,7 +1,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, readdir, rename, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { copyFile, readdir, readlink, rename, stat } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
 import { useTemporaryHome } from './testing/temporary-home.ts';
 import { createMachine, startMachine, removeMachine, effectiveState, killMachine } from './machines.ts';
 import { snapshotMachine, restoreMachine, deleteSnapshot } from './snapshots.ts';
@@ -10,7 +11,7 @@ import { readLazyMemoryStatus, lazyMemorySupport } from '../snapshot/lazy-memory
 import { chunkPath } from '../snapshot/chunk-operations.ts';
 import { memoryDirectory, paths } from '../state/paths.ts';
 import { type MachineConfig } from './machine-record.ts';
-import { readMachineState } from './machine-files.ts';
+import { readMachineState, machineFiles } from './machine-files.ts';
 import { shellIn } from './testing/guest-shell.ts';
 
 // Lazy restore (userfaultfd pager preloaded into QEMU) against real QEMU machines: the guest's RAM
@@ -246,6 +247,8 @@ test('a checkpoint that continues resumes the guest after its device state; what
     for (let round = 1; round <= 3; round++) {
       const summary = await snapshotMachine(busy, { name: `busy@${round}` });
       assert.equal(summary.capturedBesideGuest, true, 'captured while the guest ran');
+      assert.equal(summary.diskCapture, 'job', "QEMU's job copied the disk beside the guest");
+      assert.ok(summary.pausedPhases && summary.pausedPhases.deviceStateMs > 0 && summary.pausedPhases.diskCopyMs === undefined, JSON.stringify(summary.pausedPhases));
       assert.ok(summary.guestPausedMs! < summary.totalMs, `paused ${summary.guestPausedMs} of ${summary.totalMs} ms`);
       const status = (await readLazyMemoryStatus(memoryOf(busy)))!;
       copiedAny ||= status.copied.some((flag) => flag === 1);
@@ -263,6 +266,110 @@ test('a checkpoint that continues resumes the guest after its device state; what
     } finally {
       await removeMachine(again, { force: true });
     }
+  }
+});
+
+test('a checkpoint that continues stores the disk as of its pause, with QEMU\'s copy job and with the paused copy; no copy file is left', async () => {
+  for (const job of ['1', '0']) {
+    process.env.TORPOR_VERIFY_WRITE_TRACKING = '1';
+    process.env.TORPOR_DISK_COPY_JOB = job;
+    const machine = await restoreMachine('origin@1', { name: `disk-${job}` });
+    delete process.env.TORPOR_VERIFY_WRITE_TRACKING;
+    delete process.env.TORPOR_DISK_COPY_JOB;
+    try {
+      // A counter in RAM (/tmp/n) and on the layer disk (/root/block, rewritten in place and synced
+      // each round): whenever the guest stops, the disk holds the RAM's n or n - 1. The loop ends when
+      // the hostname changes (a restore renames the machine), so a restored guest goes one round further at most.
+      await run(
+        machine,
+        `printf '%08d' 0 > /root/block; sync; setsid sh -c 'h=$(hostname); n=0; while [ "$(hostname)" = "$h" ]; do n=$((n+1)); echo $n > /tmp/n; printf "%08d" $n | dd of=/root/block conv=notrunc 2>/dev/null; sync; done; echo ended > /tmp/ended' </dev/null >/dev/null 2>&1 &`,
+      );
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const summary = await snapshotMachine(machine, { name: `disk-${job}@1` });
+      assert.equal(summary.capturedBesideGuest, true);
+      assert.equal(summary.diskCapture, job === '1' ? 'job' : 'copy');
+      const phases = Object.keys(summary.pausedPhases ?? {});
+      if (job === '1') assert.ok(phases.includes('diskJobMs') && !phases.includes('diskCopyMs'), phases.join());
+      else assert.ok(phases.includes('diskCopyMs') && phases.includes('extentsMs'), phases.join());
+      const liveAfter = Number(await run(machine, 'cat /tmp/n'));
+      const machineDirectory = dirname(machineFiles(machine.id).layerDisk);
+      assert.deepEqual((await readdir(machineDirectory)).filter((file) => file.includes('.capture')), [], 'no disk copy is left beside the layer');
+
+      // The disk as stored, read on the host (the restored guest would read its own page cache).
+      const disk = join(home.home, `disk-${job}.img`);
+      await materializeSnapshot(`disk-${job}@1`, { diskFile: disk });
+      const onDisk = Number(execFileSync('debugfs', ['-R', 'cat /upper/root/block', disk], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
+      const again = await restoreMachine(`disk-${job}@1`, { name: `disk-${job}-again` });
+      try {
+        let ended = '';
+        for (let attempt = 0; attempt < 100 && ended !== 'ended'; attempt++) ended = await run(again, 'sleep 0.1; cat /tmp/ended 2>/dev/null');
+        assert.equal(ended, 'ended', 'the restored loop saw its new hostname');
+        const inMemory = Number(await run(again, 'cat /tmp/n'));
+        assert.ok(inMemory > 0 && onDisk >= inMemory - 2 && onDisk <= inMemory, `RAM counter ${inMemory}, disk counter ${onDisk}: the disk is from another moment than the RAM`);
+        assert.ok(liveAfter > inMemory, `the guest wrote its disk during the capture (${inMemory} at the pause, ${liveAfter} after)`);
+      } finally {
+        await removeMachine(again, { force: true });
+      }
+    } finally {
+      await removeMachine(machine, { force: true });
+    }
+  }
+});
+
+test('kill -9 of the supervisor or of QEMU during a checkpoint beside the guest: the machine is reported dead, nothing is stored, no disk copy is left', async () => {
+  for (const victim of ['supervisor', 'qemu'] as const) {
+    const machine = await restoreMachine('origin@1', { name: `crash-${victim}` });
+    try {
+      const state = await readMachineState(machine.id);
+      const supervisorPid = state.supervisorPid!;
+      // The job's target: an unlinked file only the supervisor (and QEMU) hold; sized like the layer while a job runs.
+      let target = '';
+      for (const fd of await readdir(`/proc/${supervisorPid}/fd`)) {
+        const link = await readlink(`/proc/${supervisorPid}/fd/${fd}`).catch(() => '');
+        if (link.includes('.capture-job') && link.endsWith('(deleted)')) target = `/proc/${supervisorPid}/fd/${fd}`;
+      }
+      assert.ok(target, 'the supervisor holds the unlinked copy target');
+      await run(machine, 'head -c 4194304 /dev/urandom > /root/data; sync');
+      const outcome = snapshotMachine(machine, { name: `crash-${victim}@1` }).then(
+        () => 'stored',
+        (error: Error) => error.message,
+      );
+      let started = false;
+      for (let attempt = 0; attempt < 20_000 && !started; attempt++) {
+        started = ((await stat(target).catch(() => undefined))?.size ?? 0) > 0;
+        if (!started) await new Promise((resolve) => setImmediate(resolve));
+      }
+      assert.ok(started, 'the disk copy job started');
+      process.kill(victim === 'supervisor' ? supervisorPid : state.qemuPid!, 'SIGKILL');
+      assert.notEqual(await outcome, 'stored', 'a capture cut short is not stored');
+      let after = await effectiveState(machine);
+      for (let attempt = 0; attempt < 100 && after.status === 'running'; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        after = await effectiveState(machine);
+      }
+      assert.equal(after.status, 'exited');
+      assert.match(after.error ?? '', victim === 'supervisor' ? /supervisor \(pid \d+\) died/ : /QEMU killed by SIGKILL/);
+      await assert.rejects(readSnapshot(`crash-${victim}@1`), /no snapshot|not found|does not exist/i);
+      const directory = dirname(machineFiles(machine.id).layerDisk);
+      assert.deepEqual((await readdir(directory)).filter((file) => file.includes('capture')), [], 'no disk copy is left beside the layer');
+    } finally {
+      await killMachine(machine);
+      await removeMachine(machine, { force: true });
+    }
+  }
+  // The store is whole: a checkpoint of a new machine of the same snapshot is taken and restores.
+  const again = await restoreMachine('origin@1', { name: 'after-crash' });
+  try {
+    const summary = await snapshotMachine(again, { name: 'after-crash@1' });
+    assert.equal(summary.diskCapture, 'job');
+  } finally {
+    await removeMachine(again, { force: true });
+  }
+  const restored = await restoreMachine('after-crash@1', { name: 'after-crash-again' });
+  try {
+    assert.equal(await run(restored, checksums), expectedChecksums);
+  } finally {
+    await removeMachine(restored, { force: true });
   }
 });
 

@@ -177,39 +177,117 @@ const layerCopyLimit = 64 * 1024 * 1024;
 export interface CaptureBesideGuest {
   /** the dirty generation the pager started at the freeze */
   generation: number;
-  /** the disk layer as it was at the pause: capture this instead of the live layer */
+  /** the disk to capture: a copy as of the pause (`copy`), or the live layer read with `diskCopies` (`job`) */
   diskCopy: string;
+  /** with QEMU's job, `diskCopy` is the live layer and these are the ranges copied before the guest overwrote them */
+  diskCopies?: NonNullable<CaptureInput['diskCopies']>;
+  /** how the disk was taken: QEMU's copy job, or copied here with the guest paused */
+  diskMethod: 'job' | 'copy';
   memoryCopies: NonNullable<CaptureInput['memoryCopies']>;
+  /** undoes what the start did (the supervisor calls it after the capture, stored or not) */
+  finish: () => Promise<void>;
 }
 
+/** Starts QEMU's disk copy job (guest paused); throws when QEMU refuses, then the disk is copied here. */
+export type StartDiskJob = () => Promise<{ copies: NonNullable<CaptureInput['diskCopies']>; finish: () => Promise<void> }>;
+
+/** Milliseconds of each step done with the guest paused (the snapshot summary's breakdown). */
+export type PausedPhases = Record<string, number>;
+
 /**
- * A checkpoint that continues, guest paused after its device state was saved: freezes the pager
- * (copy-before-write) and copies the disk layer's data, so the guest can run again while its RAM
- * and disk are captured. Undefined when that cannot be done here (no write tracking, no copy file,
- * a large layer): the caller captures with the guest paused, as before.
+ * The part of a checkpoint that continues that needs the guest paused, after its device state was
+ * saved: freezes the pager (copy-before-write) and takes the disk layer as of now: QEMU's copy job
+ * (`startDiskJob`, copy-before-write for the disk, run beside the guest) when it can, else a copy of
+ * the layer's data extents here, paused. Undefined when that cannot be done (no write tracking, no
+ * copy file, a large layer without the job): the caller captures with the guest paused, as before.
+ * Fills `phases` with what it spent.
  */
-export async function startCaptureBesideGuest(memoryFile: string, layerDisk: string): Promise<CaptureBesideGuest | undefined> {
+export async function startCaptureBesideGuest(
+  memoryFile: string,
+  layerDisk: string,
+  phases: PausedPhases,
+  startDiskJob?: StartDiskJob,
+): Promise<CaptureBesideGuest | undefined> {
   if (!environment().TORPOR_COPY_BEFORE_WRITE) return undefined;
-  const { dataExtents } = await import('../snapshot/extents.ts');
-  const extents = await dataExtents(layerDisk);
-  if (extents.reduce((sum, extent) => sum + extent.end - extent.start, 0) > layerCopyLimit) return undefined;
+  let mark = performance.now();
+  const phase = (name: string) => {
+    const now = performance.now();
+    phases[name] = (phases[name] ?? 0) + now - mark;
+    mark = now;
+  };
   const files = lazyMemoryFiles(memoryFile);
   if (!(await pathExists(files.copyFile))) return undefined;
-  const generation = await freezeGuestMemory(memoryFile).catch(() => undefined);
+  const memoryCopies = { file: files.copyFile, copied: () => copiedChunks(memoryFile) };
+  if (startDiskJob) {
+    // Independent of each other: the pager's freeze and QEMU's job start at once.
+    const timed = <T>(name: string, step: Promise<T>): Promise<T> => {
+      const begun = performance.now();
+      return step.finally(() => (phases[name] = performance.now() - begun));
+    };
+    const [generation, job] = await Promise.all([
+      timed('freezeMs', freezeGuestMemory(memoryFile)).catch(() => undefined),
+      timed('diskJobMs', startDiskJob()).catch((error: unknown) => {
+        process.stderr.write(`torpor: note: QEMU's disk copy job did not start (${(error as Error).message}); copying the disk layer with the guest paused\n`);
+        return undefined;
+      }),
+    ]);
+    mark = performance.now();
+    if (generation === undefined) {
+      await job?.finish();
+      return undefined;
+    }
+    if (job) {
+      return {
+        generation,
+        diskCopy: layerDisk,
+        diskCopies: job.copies,
+        diskMethod: 'job',
+        memoryCopies,
+        finish: async () => {
+          await thawGuestMemory(memoryFile).catch(() => {});
+          await job.finish();
+        },
+      };
+    }
+    // Frozen already: the paused copy below keeps this generation.
+    return copyDiskPaused(memoryFile, layerDisk, generation, memoryCopies, phase);
+  }
+  return copyDiskPaused(memoryFile, layerDisk, undefined, memoryCopies, phase);
+}
+
+export const pausedDiskCopyOf = (layerDisk: string): string => `${layerDisk}.capture`;
+
+/** The disk layer's data extents copied with the guest paused (the path before QEMU's copy job, and its fallback). */
+async function copyDiskPaused(
+  memoryFile: string,
+  layerDisk: string,
+  frozen: number | undefined,
+  memoryCopies: CaptureBesideGuest['memoryCopies'],
+  phase: (name: string) => void,
+): Promise<CaptureBesideGuest | undefined> {
+  const { dataExtents } = await import('../snapshot/extents.ts');
+  const extents = await dataExtents(layerDisk);
+  phase('extentsMs');
+  if (extents.reduce((sum, extent) => sum + extent.end - extent.start, 0) > layerCopyLimit) {
+    if (frozen !== undefined) await thawGuestMemory(memoryFile).catch(() => {});
+    return undefined;
+  }
+  const generation = frozen ?? (await freezeGuestMemory(memoryFile).catch(() => undefined));
+  phase('freezeMs');
   if (generation === undefined) return undefined;
-  const diskCopy = `${layerDisk}.capture`;
+  const diskCopy = pausedDiskCopyOf(layerDisk);
+  const finish = async () => {
+    await thawGuestMemory(memoryFile).catch(() => {});
+    await rm(diskCopy, { force: true });
+  };
   try {
     await copyExtents(layerDisk, diskCopy, extents);
   } catch (error) {
-    await finishCaptureBesideGuest(memoryFile, diskCopy);
+    await finish();
     throw error;
   }
-  return { generation, diskCopy, memoryCopies: { file: files.copyFile, copied: () => copiedChunks(memoryFile) } };
-}
-
-export async function finishCaptureBesideGuest(memoryFile: string, diskCopy: string): Promise<void> {
-  await thawGuestMemory(memoryFile).catch(() => {});
-  await rm(diskCopy, { force: true });
+  phase('diskCopyMs');
+  return { generation, diskCopy, diskMethod: 'copy', memoryCopies, finish };
 }
 
 /** A sparse copy of the data extents of `source` (holes stay holes, so the capture skips them too). */

@@ -1,12 +1,14 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { CappedLogWriter, capForeignLog } from '../util/capped-log.ts';
-import { rm, mkdir, readFile, rename } from 'node:fs/promises';
+import { rm, mkdir, readFile, rename, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { AgentClient, GuestError, type GuestProcess } from '../guest/agent-client.ts';
 import { FrameDecoder, FrameType, encodeFrame, encodeError, type Frame } from '../guest/protocol.ts';
 import { qemuDriver } from '../vm/qemu-driver.ts';
-import { loadDeviceState, saveDeviceState } from '../vm/migration.ts';
+import { loadDeviceState, prepareDeviceStateSave } from '../vm/migration.ts';
+import { finishDiskCaptureJob, openDiskCaptureTarget, startDiskCaptureJob, type DiskCaptureTarget } from './disk-capture-job.ts';
+import { allocatedExtents } from '../snapshot/extents.ts';
 import { recordTemplateMemoryOwner, templateMemoryFile } from './template-memory.ts';
 import type { RunningVm, VmExit } from '../vm/driver.ts';
 import { memoryDirectory } from '../state/paths.ts';
@@ -22,7 +24,7 @@ import { writeJsonAtomic } from '../util/atomic-file.ts';
 import type { ControlRequest, ControlReply, SnapshotSummary } from './control-protocol.ts';
 import { keepWarm } from './warm-memory.ts';
 import { forgetSpare, publishSpare, retireSpare, spareEntryPresent } from './spare-pool.ts';
-import { parentDeathEnvironment, protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
+import { loadPageMap, parentDeathEnvironment, protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
 import { environment } from '../config/environment.ts';
 import {
   confirmPagerServing,
@@ -32,8 +34,9 @@ import {
   restoreEnvironment,
   verifyCleanChunks,
   startCaptureBesideGuest,
-  finishCaptureBesideGuest,
+  pausedDiskCopyOf,
   type CaptureBesideGuest,
+  type PausedPhases,
   type WriteBaseline,
 } from './lazy-restore.ts';
 
@@ -76,6 +79,8 @@ export class Supervisor {
   /** A client attached already: it can come before run() waits for it (it sees `running` while the state file is still being synced). */
   private attachedOnce = false;
   private readonly files;
+  /** the unlinked file QEMU's disk copy jobs write into (disk-capture-job.ts) */
+  private diskCaptureTarget?: DiskCaptureTarget;
 
   constructor(private config: MachineConfig) {
     this.files = machineFiles(config.id);
@@ -101,6 +106,7 @@ export class Supervisor {
 
   private vmSpec(incoming: boolean, environment?: Record<string, string>) {
     return {
+      diskCaptureDescriptor: this.diskCaptureTarget?.handle.fd,
       environment,
       id: this.config.id,
       cpus: this.config.cpus,
@@ -160,6 +166,10 @@ export class Supervisor {
       // their way while QEMU starts; a cold-booting guest runs at once, so they must be in place.
       if (!restore) await this.confinement.rulesReady;
       const pager = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
+      // The target of QEMU's disk copy for checkpoints that continue; without it they copy the disk paused.
+      this.diskCaptureTarget = await openDiskCaptureTarget(this.files.layerDisk).catch(() => undefined);
+      // A paused copy (lazy-restore.ts) of a supervisor killed mid-checkpoint: nothing reads it any more.
+      await rm(pausedDiskCopyOf(this.files.layerDisk), { force: true });
       // A QEMU that drops root (-runas) loses its parent-death signal; the preloaded library re-arms it.
       const parentDeath = this.confinement.runAs ? await parentDeathEnvironment() : {};
       this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager }), { logPath: this.files.supervisorLog });
@@ -449,6 +459,7 @@ export class Supervisor {
       await rm(this.memoryFile(), { force: true });
     }
     await releaseLazyMemory(this.config.id, this.memoryFile());
+    await this.diskCaptureTarget?.handle.close().catch(() => {});
     await rm(this.files.controlSocket, { force: true });
     await rm(this.files.agentSocket, { force: true });
     await rm(this.files.qmpSocket, { force: true });
@@ -614,11 +625,41 @@ export class Supervisor {
       const answered = this.agent.configure({ memory: 'drop-caches' }).catch(() => {});
       await Promise.race([answered, new Promise((resolve) => setTimeout(resolve, 2000).unref())]);
     }
+    // Before the pause: the socket QEMU streams its device state to, and the migration capability.
+    const deviceStateSave = await prepareDeviceStateSave(vm.qmp, this.migrationSocket(), { socketOwner: this.confinement?.runAs }).catch((error: unknown) => {
+      this.snapshotInProgress = false;
+      throw error;
+    });
+    // The page map, parsed before the pause (the first checkpoint of a machine would parse it paused).
+    await loadPageMap(this.memoryFile());
+    // The layer's size is fixed (the guest cannot resize it): read before the pause.
+    const layerSize = await stat(this.files.layerDisk).then(
+      (status) => status.size,
+      () => 0,
+    );
+    // What the guest was paused for, step by step (the summary's `pausedPhases`).
+    const phases: PausedPhases = {};
     const started = performance.now();
+    let mark = started;
+    const phase = (name: string) => {
+      const now = performance.now();
+      phases[name] = (phases[name] ?? 0) + now - mark;
+      mark = now;
+    };
     try {
       await vm.qmp.execute('stop');
       const paused = performance.now();
-      const deviceState = await saveDeviceState(vm.qmp, this.migrationSocket(), { socketOwner: this.confinement?.runAs });
+      phase('stopMs');
+      // Steps that overlap are timed each on their own (their phases add up to more than the pause).
+      const timed = <T>(name: string, step: Promise<T>): Promise<T> => {
+        const begun = performance.now();
+        return step.finally(() => (phases[name] = performance.now() - begun));
+      };
+      // Both need the guest paused and neither needs the other: the pager's flags are read while
+      // QEMU saves the device state.
+      const knownMemory = timed('pagerStatusMs', knownMemoryOf(this.memoryFile(), this.writeBaseline));
+      knownMemory.catch(() => {});
+      const deviceState = await timed('deviceStateMs', deviceStateSave.save()).finally(() => deviceStateSave.close());
       const saved = performance.now();
       // A checkpoint that continues, of a write-tracked machine: the guest runs again right after
       // its device state, while the capture reads copies of what it writes (copy-before-write).
@@ -627,13 +668,33 @@ export class Supervisor {
       // A lazily restored machine: chunks it never loaded, and (write tracking) chunks not written
       // since the last snapshot, are not read again.
       const { known, manifest } = await (async () => {
-        const known = await knownMemoryOf(this.memoryFile(), this.writeBaseline);
+        const known = await knownMemory;
         if (environment().TORPOR_VERIFY_WRITE_TRACKING && known.input) await verifyCleanChunks(this.memoryFile(), known.input, known.clean);
+        mark = performance.now();
         if (!request.stop && known.status?.tracking) {
-          beside = await startCaptureBesideGuest(this.memoryFile(), this.files.layerDisk);
+          const target = this.diskCaptureTarget;
+          // QEMU copies the disk beside the guest (TORPOR_DISK_COPY_JOB=0: copied here, paused, as before).
+          const diskJob =
+            target && layerSize > 0 && environment().TORPOR_DISK_COPY_JOB
+              ? async () => {
+                  const job = await startDiskCaptureJob(vm.qmp, target, layerSize, phases);
+                  let ended: Error | undefined;
+                  job.failed.catch((error: Error) => (ended = error));
+                  const allocated = async () => {
+                    const extents = await allocatedExtents(job.file);
+                    // Checked after the look: a job that ended before it may have let writes through uncopied.
+                    if (ended) throw ended;
+                    return extents;
+                  };
+                  return { copies: { file: job.file, allocated }, finish: () => finishDiskCaptureJob(vm.qmp, target, job) };
+                }
+              : undefined;
+          beside = await startCaptureBesideGuest(this.memoryFile(), this.files.layerDisk, phases, diskJob);
+          mark = performance.now();
           if (beside) {
             await vm.qmp.execute('cont');
             resumed = performance.now();
+            phase('resumeMs');
           }
         }
         // Loaded on the first snapshot only: the store brings zstd, xxhash and worker threads, memory
@@ -644,6 +705,7 @@ export class Supervisor {
           name: request.name,
           memoryFile: this.memoryFile(),
           diskFile: beside?.diskCopy ?? this.files.layerDisk,
+          ...(beside?.diskCopies ? { diskCopies: beside.diskCopies } : {}),
           ...(beside ? { memoryCopies: beside.memoryCopies } : {}),
           deviceState,
           parent: request.parent ?? this.config.restore?.snapshot,
@@ -665,7 +727,7 @@ export class Supervisor {
           throw error;
         })
         .finally(async () => {
-          if (beside) await finishCaptureBesideGuest(this.memoryFile(), beside.diskCopy);
+          if (beside) await beside.finish();
         });
       const captured = performance.now();
       if (request.stop) {
@@ -681,20 +743,23 @@ export class Supervisor {
       } else if (beside) {
         this.writeBaseline = { generation: beside.generation, chunks: manifest.memory.chunks, deltaBases: manifest.memory.deltaBases ?? {} };
       } else {
+        phase('captureMs');
         if (known.status?.tracking) {
           // Still paused: protect again, so the next snapshot reads only chunks written after this one.
           this.writeBaseline = await protectGuestMemory(this.memoryFile()).then(
             (generation) => ({ generation, chunks: manifest.memory.chunks, deltaBases: manifest.memory.deltaBases ?? {} }),
             () => null,
           );
+          phase('protectMs');
         }
         await vm.qmp.execute('cont');
         resumed = performance.now();
+        phase('resumeMs');
       }
       return {
         name: manifest.name,
-        ...(resumed !== undefined ? { guestPausedMs: resumed - started } : {}),
-        ...(beside ? { capturedBesideGuest: true } : {}),
+        ...(resumed !== undefined ? { guestPausedMs: resumed - started, pausedPhases: phases } : {}),
+        ...(beside ? { capturedBesideGuest: true, diskCapture: beside.diskMethod } : {}),
         pauseMs: paused - started,
         deviceStateMs: saved - paused,
         captureMs: captured - saved,

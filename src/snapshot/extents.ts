@@ -52,12 +52,25 @@ export function extentsHelper(): Promise<string | undefined> {
  * reads every byte and drops zero chunks itself, slower but the same result.
  */
 export async function dataExtents(file: string): Promise<Extent[]> {
+  return extents(file, []);
+}
+
+/**
+ * Every range of the file the file system allocated, also unwritten ranges (which read as zeros
+ * and which `dataExtents` leaves out): where QEMU's copy-before-write copied something, even zeros.
+ * Without the helper, the whole file.
+ */
+export async function allocatedExtents(file: string): Promise<Extent[]> {
+  return extents(file, ['--allocated']);
+}
+
+async function extents(file: string, options: string[]): Promise<Extent[]> {
   const helper = await extentsHelper();
   if (!helper) {
     const { size } = await stat(file);
     return size > 0 ? [{ start: 0, end: size }] : [];
   }
-  const { stdout } = await runCommand(helper, [file]);
+  const { stdout } = await runCommand(helper, [...options, file]);
   const extents: Extent[] = [];
   for (const line of stdout.split('\n')) {
     if (!line) continue;

@@ -381,3 +381,72 @@ test('running out of space fails clearly and leaves earlier snapshots intact', a
     rmSync(mountPoint, { recursive: true, force: true });
   }
 });
+
+test("a disk captured beside a running guest: ranges QEMU copied before the guest's writes and discards come from the copy, and the stored disk is the disk at the pause", async () => {
+  const { allocatedExtents } = await import('./extents.ts');
+  const cluster = 64 * 1024;
+  const size = 8 * MiB;
+  // At the pause: 1 MiB of data at 0, 64 KiB at 4 MiB, holes elsewhere.
+  const atPause = Buffer.alloc(size);
+  randomBytes(MiB).copy(atPause, 0);
+  randomBytes(cluster).copy(atPause, 4 * MiB);
+  const live = join(home, 'live-layer.img');
+  const copies = join(home, 'live-layer.copies');
+  const memory = join(shm, 'beside.ram');
+  for (const [file, length] of [
+    [live, size],
+    [copies, size],
+    [memory, MiB],
+  ] as const) {
+    const fd = openSync(file, 'w');
+    closeSync(fd);
+    spawnSync('truncate', ['-s', String(length), file]);
+  }
+  writeSync(openSync(memory, 'r+'), randomBytes(4096), 0, 4096, 0);
+  const layer = openSync(live, 'r+');
+  writeSync(layer, atPause, 0, MiB, 0);
+  writeSync(layer, atPause, 4 * MiB, cluster, 4 * MiB);
+  // After the pause, what QEMU's copy-before-write does for each guest request: the cluster as it
+  // was goes to the copy first (a hole as an unwritten range, as QEMU writes zeros), then the request.
+  const target = openSync(copies, 'r+');
+  writeSync(target, atPause, cluster, cluster, cluster);
+  writeSync(layer, randomBytes(cluster), 0, cluster, cluster);
+  assert.equal(spawnSync('fallocate', ['-z', '-o', String(2 * MiB), '-l', String(cluster), copies]).status, 0);
+  writeSync(layer, randomBytes(cluster), 0, cluster, 2 * MiB);
+  writeSync(target, atPause, 4 * MiB, cluster, 4 * MiB);
+  assert.equal(spawnSync('fallocate', ['-p', '-o', String(4 * MiB), '-l', String(cluster), live]).status, 0);
+  closeSync(layer);
+  closeSync(target);
+  assert.ok((await allocatedExtents(copies)).some((extent) => extent.start === 2 * MiB), 'the copied hole is seen');
+
+  await captureSnapshot({
+    name: 'beside@1',
+    memoryFile: memory,
+    diskFile: live,
+    diskCopies: { file: copies, allocated: () => allocatedExtents(copies) },
+    deviceState,
+    metadata: {},
+  });
+  const restored = join(home, 'beside-disk.img');
+  await materializeSnapshot('beside@1', { memoryFile: join(shm, 'beside-out.ram'), diskFile: restored });
+  assert.ok(readFileSync(restored).equals(atPause), 'the stored disk is the disk at the pause');
+
+  // A copy-before-write that stopped before the capture's last look: nothing is stored.
+  await assert.rejects(
+    captureSnapshot({
+      name: 'beside@2',
+      memoryFile: memory,
+      diskFile: live,
+      diskCopies: {
+        file: copies,
+        allocated: async () => {
+          throw new Error("QEMU's disk copy-before-write ended during the capture");
+        },
+      },
+      deviceState,
+      metadata: {},
+    }),
+    /ended during the capture/,
+  );
+  await assert.rejects(readSnapshot('beside@2'), isTorporError('snapshot-unknown'));
+});

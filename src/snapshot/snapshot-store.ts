@@ -39,6 +39,12 @@ export interface CaptureInput {
   memoryFile: string;
   /** sparse writable disk layer */
   diskFile?: string;
+  /**
+   * The guest runs during the capture and QEMU copies each disk range before the guest first
+   * overwrites (or discards) it since the pause to `file`, at the same offset (its copy-before-write
+   * filter, architecture/lazy-memory.md). `allocated()` lists the ranges of `file` copied so far.
+   */
+  diskCopies?: { file: string; allocated: () => Promise<{ start: number; end: number }[]> };
   /** QEMU migration stream (device state only) */
   deviceState: Buffer;
   /** machine config etc.; stored verbatim in the manifest */
@@ -189,6 +195,63 @@ interface ChunkCaptureOutcome {
   extentsMs: number;
 }
 
+/**
+ * The disk half of copy-before-write. QEMU copies whole clusters; a chunk with any copied range
+ * was (maybe) read torn above. Such chunks are completed in the copy file: the live bytes of their
+ * ranges not copied, read before the copy is looked at again (a range not copied by then was not
+ * written since the pause when it was read), are written into the copy, then the chunk is
+ * captured from there. QEMU may still copy one of those ranges later: it writes the same bytes.
+ */
+async function completeFromDiskCopies(
+  file: string,
+  size: number,
+  chunkSize: number,
+  copies: NonNullable<CaptureInput['diskCopies']>,
+  indices: number[],
+  replaceChunk: (position: number, index: number, source: string) => Promise<void>,
+  addChunk: (index: number) => Promise<void>,
+): Promise<void> {
+  const affected = chunksWithData(await copies.allocated(), chunkSize).filter((index) => index * chunkSize < size);
+  if (affected.length === 0) return;
+  const live = new Map<number, Buffer>();
+  const input = await open(file, 'r');
+  try {
+    for (const index of affected) {
+      const buffer = Buffer.alloc(Math.min(chunkSize, size - index * chunkSize));
+      await input.read(buffer, 0, buffer.length, index * chunkSize);
+      live.set(index, buffer);
+    }
+  } finally {
+    await input.close();
+  }
+  const copied = await copies.allocated();
+  const output = await open(copies.file, 'r+');
+  try {
+    for (const index of affected) {
+      const buffer = live.get(index)!;
+      const start = index * chunkSize;
+      const end = start + buffer.length;
+      let position = start;
+      for (const extent of copied) {
+        if (extent.end <= position) continue;
+        if (extent.start >= end) break;
+        if (extent.start > position) await output.write(buffer, position - start, extent.start - position, position);
+        position = Math.max(position, extent.end);
+        if (position >= end) break;
+      }
+      if (position < end) await output.write(buffer, position - start, end - position, position);
+    }
+  } finally {
+    await output.close();
+  }
+  const positions = new Map(indices.map((index, position) => [index, position]));
+  for (const index of affected) {
+    const position = positions.get(index);
+    if (position !== undefined) await replaceChunk(position, index, copies.file);
+    else await addChunk(index);
+  }
+}
+
 async function captureFile(
   file: string,
   size: number,
@@ -198,6 +261,7 @@ async function captureFile(
   written: WrittenChunk[],
   known?: CaptureInput['knownMemory'],
   copies?: CaptureInput['memoryCopies'],
+  diskCopies?: CaptureInput['diskCopies'],
 ): Promise<ChunkCaptureOutcome> {
   const started = performance.now();
   const extents = await dataExtents(file);
@@ -236,6 +300,16 @@ async function captureFile(
   const failure = settled.find((outcome) => outcome.status === 'rejected');
   if (failure) throw (failure as PromiseRejectedResult).reason;
   const results = settled.map((outcome) => (outcome as PromiseFulfilledResult<CaptureChunkResult>).value);
+  // A read that may have seen the guest's writes after the pause: what it stored goes, the chunk is read again from `source`.
+  const replaceChunk = async (position: number, index: number, source: string) => {
+    const torn = results[position]!;
+    if (torn.temporaryPath) {
+      const at = written.findIndex((entry) => entry.temporaryPath === torn.temporaryPath);
+      if (at >= 0) await discardChunks(written.splice(at, 1));
+    }
+    scannedBytes -= Math.min(chunkSize, size - index * chunkSize);
+    results[position] = await captureChunkAt(index, source);
+  };
   if (copies) {
     // Flags read after every read above: a chunk written while (or after) it was read was copied
     // first, so the copy holds it as it was at the pause; what was read from the guest's file may
@@ -243,16 +317,12 @@ async function captureFile(
     const copied = await copies.copied();
     for (let position = 0; position < indices.length; position++) {
       const index = indices[position]!;
-      if (!copied[index]) continue;
-      const torn = results[position]!;
-      if (torn.temporaryPath) {
-        const at = written.findIndex((entry) => entry.temporaryPath === torn.temporaryPath);
-        if (at >= 0) await discardChunks(written.splice(at, 1));
-      }
-      scannedBytes -= Math.min(chunkSize, size - index * chunkSize);
-      results[position] = await captureChunkAt(index, copies.file);
+      if (copied[index]) await replaceChunk(position, index, copies.file);
     }
   }
+  if (diskCopies) await completeFromDiskCopies(file, size, chunkSize, diskCopies, indices, replaceChunk, async (index) => {
+      results.push(await captureChunkAt(index, diskCopies.file));
+    });
   // Chunks taken as known count as reused (they are in the store already, pinned meanwhile).
   if (known) {
     for (let index = 0; index < ids.length; index++) {
@@ -323,11 +393,15 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
   const written: WrittenChunk[] = [];
   try {
     const memorySize = (await stat(input.memoryFile)).size;
-    const diskSize = input.diskFile ? (await stat(input.diskFile)).size : 0;
+    let diskSize = 0;
+    const captureDisk = async (diskFile: string) => {
+      diskSize = (await stat(diskFile)).size;
+      return captureFile(diskFile, diskSize, chunkSize, compressionLevel, chunks, written, undefined, undefined, input.diskCopies);
+    };
     const chunksStarted = performance.now();
     const settled = await Promise.allSettled([
       captureFile(input.memoryFile, memorySize, chunkSize, compressionLevel, chunks, written, input.knownMemory, input.memoryCopies),
-      input.diskFile ? captureFile(input.diskFile, diskSize, chunkSize, compressionLevel, chunks, written) : Promise.resolve(undefined),
+      input.diskFile ? captureDisk(input.diskFile) : Promise.resolve(undefined),
     ]);
     for (const outcome of settled) if (outcome.status === 'rejected') throw outcome.reason;
     const memory = (settled[0] as PromiseFulfilledResult<ChunkCaptureOutcome>).value;

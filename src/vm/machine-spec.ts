@@ -24,6 +24,8 @@ export interface MachineSpec {
    */
   imageMemoryBytes?: number;
   layerDisk?: string; // this machine's writable layer (raw ext4)
+  /** An open read-write descriptor (in this process) QEMU gets as the target of disk copy jobs (`diskCaptureDescriptor`). */
+  diskCaptureDescriptor?: number;
   memoryFile: string; // guest RAM, in tmpfs
   agentSocket: string;
   qmpSocket: string;

@@ -26,8 +26,16 @@ async function ignoreSharedMemory(qmp: QmpClient): Promise<void> {
   await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
 }
 
-/** Saves the device state of a paused VM. QEMU 7.2 has no file: URI and we cannot pass fds from Node, so it streams to our unix socket. */
-export async function saveDeviceState(qmp: QmpClient, socketPath: string, options: { socketOwner?: { uid: number; gid: number } } = {}): Promise<Buffer> {
+/**
+ * Everything of a device-state save that does not need the guest paused: the socket QEMU will
+ * stream to, listening, and the x-ignore-shared capability set. A checkpoint prepares this before
+ * `stop`, so the pause holds only the migration itself. `close` must follow, saved or not.
+ */
+export async function prepareDeviceStateSave(
+  qmp: QmpClient,
+  socketPath: string,
+  options: { socketOwner?: { uid: number; gid: number } } = {},
+): Promise<{ save: () => Promise<Buffer>; close: () => Promise<void> }> {
   await rm(socketPath, { force: true });
   const chunks: Buffer[] = [];
   let resolveReceived!: () => void;
@@ -41,17 +49,48 @@ export async function saveDeviceState(qmp: QmpClient, socketPath: string, option
     server.once('error', reject);
     server.listen(socketPath, resolve);
   });
+  const close = async () => {
+    server.close();
+    await rm(socketPath, { force: true });
+  };
   try {
     // A QEMU that dropped root (-runas) needs write access to the socket to connect to it.
     if (options.socketOwner) await chown(socketPath, options.socketOwner.uid, options.socketOwner.gid);
     await ignoreSharedMemory(qmp);
+  } catch (error) {
+    await close();
+    throw error;
+  }
+  const save = async () => {
     await qmp.execute('migrate', { uri: `unix:${socketPath}` });
+    // QEMU marks the migration completed before it closes the stream: once the stream ended, one
+    // look usually confirms it (polling from the start cost the pause a few ms of round trips).
+    // (A slow poll beside it sees a migration that failed before it ever connected.)
+    let ended = false;
+    const watch = (async () => {
+      for (let waited = 0; !ended && waited < 5000; waited += 20) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        if (ended) return;
+        const info = await qmp.execute<MigrationInfo>('query-migrate');
+        if (info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled') return;
+      }
+    })();
+    await Promise.race([received, watch]);
+    ended = true;
     await waitForMigration(qmp, 30_000);
     await Promise.race([received, new Promise((resolve) => setTimeout(resolve, 5000))]);
     return Buffer.concat(chunks);
+  };
+  return { save, close };
+}
+
+/** Saves the device state of a paused VM. QEMU 7.2 has no file: URI and we cannot pass fds from Node, so it streams to our unix socket. */
+export async function saveDeviceState(qmp: QmpClient, socketPath: string, options: { socketOwner?: { uid: number; gid: number } } = {}): Promise<Buffer> {
+  const prepared = await prepareDeviceStateSave(qmp, socketPath, options);
+  try {
+    return await prepared.save();
   } finally {
-    server.close();
-    await rm(socketPath, { force: true });
+    await prepared.close();
   }
 }
 

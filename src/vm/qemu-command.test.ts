@@ -59,3 +59,11 @@ test('with image memory: q35, the image a read-only shared memory backend behind
   // The image is not also a disk.
   assert.ok(!args.some((value) => value.startsWith('id=image,file=')));
 });
+
+test('the target of the disk copy job goes in as an fd set, not a device: the device set (and the snapshot format) stays the same', () => {
+  const plain = qemuArguments(spec);
+  const args = qemuArguments({ ...spec, diskCaptureDescriptor: 17 });
+  assert.deepEqual(devices(args), devices(plain));
+  assert.equal(args[args.indexOf('fd=5,set=2') - 1], '-add-fd');
+  assert.ok(!plain.includes('fd=5,set=2'));
+});

@@ -4,6 +4,13 @@ import { environment } from '../config/environment.ts';
 /** Descriptor numbers of the layer disk in QEMU's process (read-write, then read-only: QEMU dups whichever access mode it opens with). */
 export const layerDescriptors = [3, 4] as const;
 const layerFdSet = 1;
+/**
+ * The target of the disk copy job of a checkpoint that continues (runtime/disk-capture-job.ts): a
+ * file the supervisor opened and unlinked, passed as this descriptor in this fd set, because a QEMU
+ * that dropped root cannot open a file in the machine's directory.
+ */
+export const diskCaptureDescriptor = 5;
+export const diskCaptureFdSet = 2;
 
 /** Read when QEMU starts, not at import: a bad environment is then an error the CLI reports. */
 export const qemuBinary = (): string => environment().TORPOR_QEMU;
@@ -73,6 +80,8 @@ export function qemuArguments(spec: MachineSpec): string[] {
     if (spec.runAs) for (const fd of layerDescriptors) args.push('-add-fd', `fd=${fd},set=${layerFdSet}`);
     args.push('-drive', `id=layer,file=${layerFile},format=raw,if=none,discard=unmap,cache=writeback`);
     args.push('-device', `virtio-blk-${transport},drive=layer,serial=torpor-layer`);
+    // Not a device: nothing of it reaches the guest or the migration stream.
+    if (spec.diskCaptureDescriptor !== undefined) args.push('-add-fd', `fd=${diskCaptureDescriptor},set=${diskCaptureFdSet}`);
   }
   args.push(
     '-device',

@@ -36,9 +36,12 @@ export const qemuDriver: VmDriver = {
     const log = openSync(logPath, 'a');
     // With -runas the layer disk goes in as descriptors 3 (read-write) and 4 (read-only): `layerDescriptors`.
     const layer = spec.runAs && spec.layerDisk ? [openSync(spec.layerDisk, 'r+'), openSync(spec.layerDisk, 'r')] : [];
+    // The disk copy target goes in as descriptor 5 (`diskCaptureDescriptor`); the caller keeps its own.
+    const capture = spec.layerDisk && spec.diskCaptureDescriptor !== undefined ? [spec.diskCaptureDescriptor] : [];
+    const layerSlots = layer.length > 0 ? layer : capture.length > 0 ? ['ignore' as const, 'ignore' as const] : [];
     const command = qemuSpawnCommand(spec);
     const child = spawn(command.file, command.arguments, {
-      stdio: ['ignore', log, log, ...layer],
+      stdio: ['ignore', log, log, ...layerSlots, ...capture],
       env: spec.environment ? { ...process.env, ...spec.environment } : process.env,
     });
     closeSync(log);

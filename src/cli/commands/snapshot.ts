@@ -55,7 +55,7 @@ export function registerSnapshotCommands(program: Command): void {
       if (flags.json) return printJson(summary);
       const stats = summary.stats;
       process.stdout.write(
-        `${summary.name}: ${summary.totalMs.toFixed(0)} ms (paused ${(summary.guestPausedMs ?? summary.pauseMs + summary.deviceStateMs + summary.captureMs).toFixed(0)} ms: device state ${summary.deviceStateMs.toFixed(0)} ms, capture ${summary.captureMs.toFixed(0)} ms${summary.capturedBesideGuest ? ' beside the running guest' : ''})\n` +
+        `${summary.name}: ${summary.totalMs.toFixed(0)} ms (paused ${(summary.guestPausedMs ?? summary.pauseMs + summary.deviceStateMs + summary.captureMs).toFixed(0)} ms: device state ${summary.deviceStateMs.toFixed(0)} ms, capture ${summary.captureMs.toFixed(0)} ms${summary.capturedBesideGuest ? ` beside the running guest${summary.diskCapture === 'job' ? ", disk by QEMU's copy-before-write" : ''}` : ''})\n` +
           `  scanned ${formatBytes(numberOf(stats, 'scannedBytes'))}, non-zero ${formatBytes(numberOf(stats, 'nonZeroBytes'))}, ` +
           `new ${numberOf(stats, 'newChunks')} chunks = ${formatBytes(numberOf(stats, 'newCompressedBytes'))} compressed, reused ${numberOf(stats, 'reusedChunks')} chunks\n`,
       );
