@@ -14,6 +14,7 @@ import { watchMachineDirectory, type MachineDirectoryWatch } from './machine-dir
 import { requireNetworkFilter } from '../network/firewall.ts';
 import { prepareConfinement, releaseConfinement } from '../network/machine-confinement.ts';
 import { defaultNetworkPolicy } from '../network/policy.ts';
+import type { StartTimeline } from './start-timeline.ts';
 
 /**
  * Starts a created or exited machine: hands it to a supervisor (a pool's spare or a new detached
@@ -21,8 +22,14 @@ import { defaultNetworkPolicy } from '../network/policy.ts';
  */
 export async function startMachine(
   id: string,
-  options: { waitForAttach?: boolean; pool?: SupervisorPool; /** the snapshot's files are already in place (fork) */ materialized?: boolean } = {},
+  options: {
+    waitForAttach?: boolean;
+    pool?: SupervisorPool;
+    /** the snapshot's files are already in place (fork) */ materialized?: boolean;
+    /** records where the start's time goes (benchmarks) */ timeline?: StartTimeline;
+  } = {},
 ): Promise<MachineState> {
+  const timeline = options.timeline;
   const config = await readMachineConfig(id);
   const current = await effectiveState(config);
   if (isLive(current.status)) {
@@ -35,6 +42,7 @@ export async function startMachine(
   const files = machineFiles(id);
   // `restored` survives: a machine made from a snapshot restores once, then boots cold on its own disk.
   await writeMachineState(id, { status: 'starting', waitForAttach: options.waitForAttach, restored: current.restored });
+  timeline?.mark('start: checked and marked starting');
   const restoring = config.restore !== undefined && !current.restored;
   let child = options.pool?.take();
   if (!child) {
@@ -48,12 +56,15 @@ export async function startMachine(
     child.unref();
   }
   const supervisorPid = child.pid;
+  timeline?.mark(options.pool ? 'start: supervisor taken from the pool' : 'start: supervisor spawned');
   // The supervisor starts up while the snapshot is materialized and its network rules are set up
   // on its behalf; then it is told which machine is its.
   try {
     await Promise.all([
-      restoring && !options.materialized ? materializeForRestore(config) : undefined,
-      prepareConfinement(id, { network: config.network, policy: config.networkPolicy ?? defaultNetworkPolicy() }, child.pid!),
+      restoring && !options.materialized ? materializeForRestore(config).then(() => timeline?.mark('start: snapshot materialized')) : undefined,
+      prepareConfinement(id, { network: config.network, policy: config.networkPolicy ?? defaultNetworkPolicy() }, child.pid!).then(() =>
+        timeline?.mark('start: network confinement prepared'),
+      ),
     ]);
   } catch (error) {
     child.kill('SIGKILL');
@@ -64,11 +75,15 @@ export async function startMachine(
     child.stdin?.end(`${id}\n`);
     (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
   }
+  timeline?.mark('start: supervisor told its machine');
   // Wait for the supervisor to report the guest ready (or failed): woken by its state.json
   // writes, and every 100 ms anyway to notice a supervisor that died without writing.
   const changes = watchMachineDirectory(files.directory);
   try {
-    return await waitForStart(id, config.name, supervisorPid, changes);
+    const state = await waitForStart(id, config.name, supervisorPid, changes);
+    timeline?.mark('start: running state seen');
+    timeline?.addSupervisorTimings(state.startTimings);
+    return state;
   } finally {
     changes.close();
   }

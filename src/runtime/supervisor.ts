@@ -129,6 +129,7 @@ export class Supervisor {
   }
 
   async run(): Promise<void> {
+    const entered = Math.round(performance.now());
     const previous = await readMachineState(this.config.id);
     // Restore only on the first start; the runtime materialized RAM, disk and device state for it.
     const restore = this.config.restore && !previous.restored ? this.config.restore : undefined;
@@ -141,8 +142,8 @@ export class Supervisor {
     };
     await this.setState({});
     const started = performance.now();
-    // Where a start's time goes (the start benchmark prints it): ms since this process started.
-    const timings: Record<string, number> = { processStartedAt: Math.round(performance.timeOrigin), run: Math.round(started) };
+    // Where a start's time goes (the start and wake benchmarks print it): ms since this process started.
+    const timings: Record<string, number> = { processStartedAt: Math.round(performance.timeOrigin), entered, run: Math.round(started) };
     const mark = (name: string) => (timings[name] = Math.round(performance.now()));
     try {
       await mkdir(memoryDirectory(), { recursive: true });
@@ -156,12 +157,14 @@ export class Supervisor {
         policy: this.config.networkPolicy ?? defaultNetworkPolicy(),
         ownSocketDirectory: this.files.qemuDirectory,
       });
+      mark('confined');
       // A restored guest stays paused until its device state is loaded, so its rules may still be on
       // their way while QEMU starts; a cold-booting guest runs at once, so they must be in place.
       if (!restore) await this.confinement.rulesReady;
       const pager = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
       // A QEMU that drops root (-runas) loses its parent-death signal; the preloaded library re-arms it.
       const parentDeath = this.confinement.runAs ? await parentDeathEnvironment() : {};
+      mark('qemuLaunching');
       this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager }), { logPath: this.files.supervisorLog });
       mark('qmpReady');
       // Recorded with the pid: a claim whose supervisor died before this is stale, and is taken over.
@@ -172,7 +175,9 @@ export class Supervisor {
       });
       if (restore) {
         await Promise.race([this.confinement.rulesReady, vmGone]);
+        mark('rulesReady');
         await Promise.race([loadDeviceState(this.vm.qmp, this.migrationSocket(), await readFile(this.files.deviceState)), vmGone]);
+        mark('deviceStateIn');
         if (pager) await confirmPagerServing(this.memoryFile());
         await this.vm.qmp.execute('cont');
         if (pager) this.recordWorkingSet();

@@ -18,6 +18,7 @@ import { agentMaxHistoryBytes, readBoundedHistory } from './bounded-history.ts';
 import { checkMachineCount, checkMachineSize, checkSessionCount, type ResourceLimits } from '../runtime/limits.ts';
 import { environment } from '../config/environment.ts';
 import { TurnHistory, type TurnSnapshot } from './turn-history.ts';
+import { StartTimeline } from '../runtime/start-timeline.ts';
 
 /** Events the manager itself adds to a turn's stream, beside the agent's own (validated) events. */
 export type SessionEvent = AgentEvent | { type: 'session-state'; state: SessionState; note?: string } | { type: 'turn-suspend'; until: string };
@@ -63,7 +64,13 @@ const activeStates: SessionState[] = ['running', 'idle', 'waking', 'creating'];
  * is snapshotted and stopped; a message or a timer brings it back. Everything the manager decides
  * is recorded in the session store first, so a restarted server picks up where it was.
  */
-export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord]; event: [string, SessionEvent]; abandon: [string] }> {
+export class SessionManager extends EventEmitter<{
+  change: [AgentSessionRecord];
+  event: [string, SessionEvent];
+  abandon: [string];
+  /** A message woke the session: where the wake's time went, up to the message reaching the agent (benchmarks). */
+  wake: [string, StartTimeline];
+}> {
   readonly store: SessionRecordStore;
   private readonly log: ContextLog;
   private readonly live = new Map<string, LiveSession>();
@@ -367,14 +374,20 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
       this.emit('event', id, event);
       onTurnEvent(event);
     };
+    const timeline = new StartTimeline();
+    timeline.mark('session: message received');
     return this.serialize(id, async () => {
       let record = this.get(id);
-      if (record.state === 'hibernated') record = await this.wake(id, 'message', onEvent);
+      const waking = record.state === 'hibernated';
+      if (waking) record = await this.wake(id, 'message', onEvent, timeline);
       else if (record.state === 'failed') await this.recover(id, record.note ?? 'the session had failed');
       if (!this.live.get(id)) await this.recover(id, 'the machine was not attached');
       const turnId = `t-${randomBytes(4).toString('hex')}`;
       const { offsets } = await this.append(id, [{ kind: 'message', role: 'user', content, metadata: { turnId } }]);
+      timeline.mark('session: message logged');
       await this.update(id, { state: 'running', lastActivityAt: new Date().toISOString() });
+      timeline.mark('session: record running');
+      if (waking) this.emit('wake', id, timeline);
       let turn: { events: SessionEvent[]; suspendedUntil?: string };
       try {
         turn = await this.deliver(id, turnId, content, onEvent);
@@ -507,18 +520,27 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     await this.update(id, { state: 'hibernated', machineId: undefined, wakeAt: options.wakeAt, ...(note ? { note } : {}) });
   }
 
-  private async wake(id: string, reason: 'message' | 'timer', onEvent: (event: SessionEvent) => void = () => {}): Promise<AgentSessionRecord> {
+  private async wake(
+    id: string,
+    reason: 'message' | 'timer',
+    onEvent: (event: SessionEvent) => void = () => {},
+    timeline?: StartTimeline,
+  ): Promise<AgentSessionRecord> {
     const record = this.get(id);
     // Refuse before touching the record: a session refused for lack of room stays hibernated.
     if (this.limits) checkMachineCount(this.limits, this.live.size + this.startingMachines);
     await this.update(id, { state: 'waking' });
+    timeline?.mark('session: record waking');
     onEvent({ type: 'session-state', state: 'waking' });
     try {
       await this.replication?.ensureLocal(record.snapshot!);
       const { connection } = await this.withMachineSlot(async () => {
-        const machine = await restoreMachine(record.snapshot!, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
+        const machine = await restoreMachine(record.snapshot!, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors, timeline });
         await this.update(id, { machineId: machine.id, state: 'running' });
-        return { connection: await this.attach(id, machine.id) };
+        timeline?.mark('session: record has the machine');
+        const connection = await this.attach(id, machine.id);
+        timeline?.mark('session: attached to the agent');
+        return { connection };
       });
       // The agent was asleep (sleep-until) or idle (waiting for a message): either way this continues it.
       // Always say wake: the agent learns it was restored (and drops connections that died with the snapshot).
@@ -527,7 +549,9 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
         // A turn was suspended (sleep-until): it goes on now, and its turn-finish makes the session idle.
         return this.update(id, { wakeAt: undefined, state: 'running', lastActivityAt: new Date().toISOString() });
       }
-      return this.update(id, { state: 'idle' });
+      const updated = await this.update(id, { state: 'idle' });
+      timeline?.mark('session: wake sent, record idle');
+      return updated;
     } catch (error) {
       await this.recover(id, `could not restore snapshot ${record.snapshot}: ${(error as Error).message}`);
       return this.get(id);
