@@ -69,10 +69,20 @@ async function claim(machineId: string, supervisorPid: number): Promise<{ uid: n
  * while the snapshot is being materialized, so the nft transaction (15-200 ms) costs a start nothing.
  * The supervisor finds the claim by its own pid and adopts it (`confineMachine`).
  */
-export async function prepareConfinement(machineId: string, options: ConfinementOptions, supervisorPid: number): Promise<void> {
+export async function prepareConfinement(
+  machineId: string,
+  options: ConfinementOptions,
+  supervisorPid: number,
+  /** called once the uid is claimed, before the rules are installed: QEMU may start (paused) from then on */
+  onClaimed?: () => void,
+): Promise<void> {
   const { ownUid, rules } = plan(options);
-  if (!ownUid) return;
+  if (!ownUid) {
+    onClaimed?.();
+    return;
+  }
   const { uid, socketDirectory } = await claim(machineId, supervisorPid);
+  onClaimed?.();
   try {
     if (rules) await installMachineRules(uid, options.policy);
   } catch (error) {

@@ -57,6 +57,15 @@ export async function prepareLazyRestore(
   return true;
 }
 
+/**
+ * For a warm spare supervisor, before it has a machine: the userfaultfd probe (a child process) and
+ * the pager library's lookup (a hash of its source), which every restore and start needs, are done
+ * while nobody waits for them. Failures are left for the start that needs them to report.
+ */
+export async function warmLazyRestore(): Promise<void> {
+  await Promise.all([lazyMemorySupport(), pagerLibrary()]).catch(() => {});
+}
+
 /** QEMU's extra environment for a restore onto this RAM file: the pager, if the restore was prepared lazily. */
 export async function restoreEnvironment(machineId: string, memoryFile: string): Promise<Record<string, string> | undefined> {
   const files = lazyMemoryFiles(memoryFile);

@@ -37,6 +37,17 @@ import {
   type WriteBaseline,
 } from './lazy-restore.ts';
 
+/**
+ * When a supervisor may go on with a start it was handed before the machine's files were ready
+ * (supervisor-main.ts reads them from the starting process): `launch` once QEMU may start on the RAM
+ * and disk files, `go` once the guest may run (device state and disk contents written). Either
+ * rejects when the starting process went away first.
+ */
+export interface StartSignals {
+  launch: Promise<void>;
+  go: Promise<void>;
+}
+
 /** How long a spare whose pool entry was taken waits for the claim before it ends itself (its claimer died). */
 const spareClaimGraceMs = 15_000;
 
@@ -128,7 +139,7 @@ export class Supervisor {
     return { hostname: this.config.hostname, time: String(BigInt(Date.now()) * 1_000_000n), entropy: randomBytes(64).toString('hex') };
   }
 
-  async run(): Promise<void> {
+  async run(signals?: StartSignals): Promise<void> {
     const entered = Math.round(performance.now());
     const previous = await readMachineState(this.config.id);
     // Restore only on the first start; the runtime materialized RAM, disk and device state for it.
@@ -152,6 +163,12 @@ export class Supervisor {
         await releaseLazyMemory(this.config.id, this.memoryFile());
       }
       this.stopCappingConsole ??= capForeignLog(this.files.consoleLog);
+      // The starting process prepared the network confinement and, for a restore, the RAM and disk
+      // files by now (it may still be writing the disk's contents and the device state).
+      if (signals) {
+        await signals.launch;
+        mark('launchSaid');
+      }
       this.confinement = await confineMachine(this.config.id, {
         network: this.config.network,
         policy: this.config.networkPolicy ?? defaultNetworkPolicy(),
@@ -160,7 +177,7 @@ export class Supervisor {
       mark('confined');
       // A restored guest stays paused until its device state is loaded, so its rules may still be on
       // their way while QEMU starts; a cold-booting guest runs at once, so they must be in place.
-      if (!restore) await this.confinement.rulesReady;
+      if (!restore) await Promise.all([this.confinement.rulesReady, signals?.go]);
       const pager = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
       // A QEMU that drops root (-runas) loses its parent-death signal; the preloaded library re-arms it.
       const parentDeath = this.confinement.runAs ? await parentDeathEnvironment() : {};
@@ -176,6 +193,10 @@ export class Supervisor {
       if (restore) {
         await Promise.race([this.confinement.rulesReady, vmGone]);
         mark('rulesReady');
+        if (signals) {
+          await Promise.race([signals.go, vmGone]);
+          mark('goSaid');
+        }
         await Promise.race([loadDeviceState(this.vm.qmp, this.migrationSocket(), await readFile(this.files.deviceState)), vmGone]);
         mark('deviceStateIn');
         if (pager) await confirmPagerServing(this.memoryFile());
