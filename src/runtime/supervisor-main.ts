@@ -58,7 +58,8 @@ if (id === '--standby') {
       resolveLaunch();
       line = await nextLine();
     }
-    if (line !== 'go') throw new Error('the process that started this machine went away before its files were in place');
+    if (line === undefined) throw new Error('the process that started this machine went away before its files were in place');
+    if (line !== 'go') throw new Error(`the process that started this machine sent ${JSON.stringify(line.slice(0, 80))} instead of "go"`);
   })();
   // `go` implies `launch`; an end before either fails both.
   const launch = Promise.race([launchSaid, go]);
