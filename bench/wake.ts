@@ -93,6 +93,17 @@ for (const tree of trees) {
     console.log(`  ${step.padEnd(52)} ${at.toFixed(1).padStart(7)} ms   (+${(at - previousMedian).toFixed(1).padStart(6)})`);
     previousMedian = at;
   }
+  // The medians above come from different wakes; one whole wake (the one at the median) shows how the steps chain.
+  const byFirstByte = timelines
+    .map((timeline) => ({ timeline, last: timeline.at(-1)![1] }))
+    .sort((a, b) => a.last - b.last);
+  const middle = byFirstByte[Math.floor((byFirstByte.length - 1) / 2)]!;
+  console.log(`one whole wake, ${tree.name} tree (the median one, ${ms(middle.last)}): ms after the message, and since the step before`);
+  let previous = 0;
+  for (const [step, at] of middle.timeline) {
+    console.log(`  ${step.padEnd(52)} ${at.toFixed(1).padStart(7)} ms   (+${(at - previous).toFixed(1).padStart(6)})`);
+    previous = at;
+  }
 }
 
 /** Runs one child process on `tree` and returns what it measured. */
@@ -144,7 +155,7 @@ async function child(tree: string, count: number, agent: 'shell' | 'coding'): Pr
     if (failure) throw new Error(`turn failed: ${JSON.stringify(failure)}`);
     return { startedAt, first };
   };
-  const record = await manager.create(spec, { name: `wake-${agent}` });
+  const record = await manager.create(spec, { name: `wake-${agent}-${process.pid}` });
   await firstByte(record.id, 'warm up');
   const { readMachineConfig } = await from('src/runtime/machine-files.ts');
   const accelerator = (await readMachineConfig(manager.get(record.id).machineId)).accelerator as string;
