@@ -383,9 +383,15 @@ export class SessionManager extends EventEmitter<{
       else if (record.state === 'failed') await this.recover(id, record.note ?? 'the session had failed');
       if (!this.live.get(id)) await this.recover(id, 'the machine was not attached');
       const turnId = `t-${randomBytes(4).toString('hex')}`;
-      const { offsets } = await this.append(id, [{ kind: 'message', role: 'user', content, metadata: { turnId } }]);
+      const { offsets } = await this.append(id, [{ kind: 'message', role: 'user', content, metadata: { turnId } }]).catch(async (error: unknown) => {
+        // Woken for this message, the session was recorded running: without the message it is idle
+        // again (else no idle timer would ever hibernate it).
+        if (waking && this.store.get(id)?.state === 'running') await this.update(id, { state: 'idle', lastActivityAt: new Date().toISOString() }).catch(() => {});
+        throw error;
+      });
       timeline.mark('session: message logged');
-      await this.update(id, { state: 'running', lastActivityAt: new Date().toISOString() });
+      // A wake for this message recorded the session running already.
+      if (!(waking && this.get(id).state === 'running')) await this.update(id, { state: 'running', lastActivityAt: new Date().toISOString() });
       timeline.mark('session: record running');
       if (waking) this.emit('wake', id, timeline);
       let turn: { events: SessionEvent[]; suspendedUntil?: string };
@@ -536,7 +542,7 @@ export class SessionManager extends EventEmitter<{
       await this.replication?.ensureLocal(record.snapshot!);
       const { connection } = await this.withMachineSlot(async () => {
         const machine = await restoreMachine(record.snapshot!, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors, timeline });
-        await this.update(id, { machineId: machine.id, state: 'running' });
+        await this.update(id, { machineId: machine.id, state: 'running', ...(reason === 'message' ? { lastActivityAt: new Date().toISOString() } : {}) });
         timeline?.mark('session: record has the machine');
         const connection = await this.attach(id, machine.id);
         timeline?.mark('session: attached to the agent');
@@ -549,9 +555,13 @@ export class SessionManager extends EventEmitter<{
         // A turn was suspended (sleep-until): it goes on now, and its turn-finish makes the session idle.
         return this.update(id, { wakeAt: undefined, state: 'running', lastActivityAt: new Date().toISOString() });
       }
-      const updated = await this.update(id, { state: 'idle' });
-      timeline?.mark('session: wake sent, record idle');
-      return updated;
+      // Woken by a message: it is delivered next, so the session stays running (recorded above) instead
+      // of passing through idle (each record update is a synchronous SQLite commit on the wake's path).
+      if (reason === 'message') {
+        timeline?.mark('session: wake sent');
+        return this.get(id);
+      }
+      return this.update(id, { state: 'idle' });
     } catch (error) {
       await this.recover(id, `could not restore snapshot ${record.snapshot}: ${(error as Error).message}`);
       return this.get(id);
