@@ -6,6 +6,7 @@ import { createMachine, startMachine, findMachine, effectiveState, removeMachine
 import type { SupervisorPool } from '../runtime/supervisor-pool.ts';
 import { snapshotMachine, restoreMachine } from '../runtime/snapshots.ts';
 import { readMachineConfig } from '../runtime/machine-files.ts';
+import type { MachineConfig } from '../runtime/machine-record.ts';
 import { sessionNetworkOptions } from './session-network.ts';
 import { removeSnapshot, readSnapshot } from '../snapshot/snapshot-store.ts';
 import { AgentConnection, type InvalidAgentEvent } from './agent-connection.ts';
@@ -237,6 +238,7 @@ export class SessionManager extends EventEmitter<{
       ...sessionNetworkOptions(record.spec.network),
       interactive: true,
       name: `${id}-${Date.now().toString(36)}`,
+      hostname: id,
     });
     await startMachine(machine.id, { pool: this.supervisors });
     await this.update(id, { machineId: machine.id, state: 'running' });
@@ -322,6 +324,16 @@ export class SessionManager extends EventEmitter<{
       // A turn in flight may already have brought the session back on another machine.
       if (this.get(id).machineId === machineId) await this.recover(id, `the machine stopped unexpectedly (exit ${code})`);
     }).catch(() => {});
+  }
+
+  /**
+   * Each machine of a session gets a new machine name, but the guest's hostname stays the session
+   * id: a hostname that changed at every wake made the guest agent rewrite /etc/hosts and
+   * /etc/hostname while the wake waited (file writes in a guest TCG was still re-translating). A
+   * fork is a new session, so it still gets a name of its own.
+   */
+  private restoreOptions(id: string) {
+    return { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors, configure: (config: MachineConfig) => ({ ...config, hostname: id }) };
   }
 
   /** Snapshot name for a session's n-th save: unique, so forks can share one while the session moves on. */
@@ -541,7 +553,7 @@ export class SessionManager extends EventEmitter<{
     try {
       await this.replication?.ensureLocal(record.snapshot!);
       const { connection } = await this.withMachineSlot(async () => {
-        const machine = await restoreMachine(record.snapshot!, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors, timeline });
+        const machine = await restoreMachine(record.snapshot!, { ...this.restoreOptions(id), timeline });
         await this.update(id, { machineId: machine.id, state: 'running', ...(reason === 'message' ? { lastActivityAt: new Date().toISOString() } : {}) });
         timeline?.mark('session: record has the machine');
         const connection = await this.attach(id, machine.id);
@@ -588,7 +600,7 @@ export class SessionManager extends EventEmitter<{
         await readSnapshot(record.snapshot);
         const snapshot = record.snapshot;
         const connection = await this.withMachineSlot(async () => {
-          const machine = await restoreMachine(snapshot, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
+          const machine = await restoreMachine(snapshot, this.restoreOptions(id));
           await this.update(id, { machineId: machine.id, state: 'idle', note: `${why}; recovered from snapshot ${snapshot}` });
           return this.attach(id, machine.id);
         });
