@@ -73,8 +73,8 @@ export async function prepareConfinement(
   machineId: string,
   options: ConfinementOptions,
   supervisorPid: number,
-  /** called once the uid is claimed, before the rules are installed: QEMU may start (paused) from then on */
-  onClaimed?: () => void,
+  /** called once the uid is claimed (with it; without one when QEMU keeps torpor's uid), before the rules are installed: QEMU may start (paused) from then on */
+  onClaimed?: (uid?: number) => void,
 ): Promise<void> {
   const { ownUid, rules } = plan(options);
   if (!ownUid) {
@@ -82,7 +82,7 @@ export async function prepareConfinement(
     return;
   }
   const { uid, socketDirectory } = await claim(machineId, supervisorPid);
-  onClaimed?.();
+  onClaimed?.(uid);
   try {
     if (rules) await installMachineRules(uid, options.policy);
   } catch (error) {
@@ -103,6 +103,8 @@ export async function confineMachine(
   options: ConfinementOptions & {
     /** Used for QEMU's sockets when QEMU keeps our uid (torpor not running as root). */
     ownSocketDirectory: string;
+    /** the uid `prepareConfinement` claimed for this supervisor, as its starter said (verified against the claim) */
+    preparedUid?: number;
   },
 ): Promise<Confinement> {
   const { ownUid, rules } = plan(options);
@@ -110,7 +112,7 @@ export async function confineMachine(
     await mkdir(options.ownSocketDirectory, { recursive: true, mode: 0o700 });
     return { socketDirectory: options.ownSocketDirectory, rulesReady: Promise.resolve(), release: async () => {} };
   }
-  const prepared = uidPreparedFor(machineId, process.pid);
+  const prepared = uidPreparedFor(machineId, process.pid, options.preparedUid);
   const { uid, socketDirectory } =
     prepared !== undefined ? { uid: prepared, socketDirectory: machineSocketDirectory(machineId) } : await claim(machineId, process.pid);
   let rulesReady: Promise<void> = Promise.resolve();

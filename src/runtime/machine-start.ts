@@ -66,14 +66,15 @@ export async function startMachine(
   supervisorInput.write(`${id}\n`);
   let launchable: () => void = () => {};
   const filesLaunchable = new Promise<void>((resolve) => (launchable = resolve));
-  let claimed: () => void = () => {};
-  const uidClaimed = new Promise<void>((resolve) => (claimed = resolve));
-  const confined = prepareConfinement(id, { network: config.network, policy: config.networkPolicy ?? defaultNetworkPolicy() }, child.pid!, () => {
+  let claimed: (uid?: number) => void = () => {};
+  const uidClaimed = new Promise<number | undefined>((resolve) => (claimed = resolve));
+  const confined = prepareConfinement(id, { network: config.network, policy: config.networkPolicy ?? defaultNetworkPolicy() }, child.pid!, (uid) => {
     timeline?.mark('start: uid claimed');
-    claimed();
+    claimed(uid);
   }).then(() => timeline?.mark('start: network confinement prepared'));
-  const launchSaid = Promise.all([filesLaunchable, uidClaimed]).then(() => {
-    supervisorInput.write('launch\n');
+  const launchSaid = Promise.all([filesLaunchable, uidClaimed]).then(([, uid]) => {
+    // With the uid it claimed: the supervisor checks that one claim instead of reading every one.
+    supervisorInput.write(uid === undefined ? 'launch\n' : `launch ${uid}\n`);
     timeline?.mark('start: supervisor told to launch');
   });
   launchSaid.catch(() => {});

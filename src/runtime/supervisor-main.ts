@@ -4,7 +4,8 @@
 //
 // A standby supervisor reads its instructions from stdin, one per line (machine-start.ts writes them):
 //   <machine id>   the machine that is its: it starts on what needs no files of the machine yet
-//   launch         the machine's RAM and disk files are in place (QEMU may start; the guest stays paused)
+//   launch [uid]   the machine's RAM and disk files are in place and its uid claimed (QEMU may start;
+//                  the guest stays paused); the uid the starter claimed for it, checked against the claim
 //   go             everything is in place, the device state too (the guest may run)
 // `go` alone stands for both. stdin ending before `go` means the starting process went away (or
 // gave up): the supervisor fails the start and cleans up (machine-start.ts reports it).
@@ -50,19 +51,20 @@ if (id === '--standby') {
   id = (await nextLine()) ?? '';
   if (!id) process.exit(0);
   await warmed;
-  let resolveLaunch: () => void = () => {};
-  const launchSaid = new Promise<void>((resolve) => (resolveLaunch = resolve));
+  let resolveLaunch: (uid?: number) => void = () => {};
+  const launchSaid = new Promise<{ preparedUid?: number }>((resolve) => (resolveLaunch = (uid) => resolve({ preparedUid: uid })));
   const go = (async () => {
     let line = await nextLine();
-    if (line === 'launch') {
-      resolveLaunch();
+    const launch = /^launch(?: (\d{1,10}))?$/.exec(line ?? '');
+    if (launch) {
+      resolveLaunch(launch[1] === undefined ? undefined : Number(launch[1]));
       line = await nextLine();
     }
     if (line === undefined) throw new Error('the process that started this machine went away before its files were in place');
     if (line !== 'go') throw new Error(`the process that started this machine sent ${JSON.stringify(line.slice(0, 80))} instead of "go"`);
   })();
   // `go` implies `launch`; an end before either fails both.
-  const launch = Promise.race([launchSaid, go]);
+  const launch = Promise.race([launchSaid, go.then(() => ({}))]);
   go.catch(() => {});
   launch.catch(() => {});
   signals = { launch, go };

@@ -44,7 +44,8 @@ import {
  * rejects when the starting process went away first.
  */
 export interface StartSignals {
-  launch: Promise<void>;
+  /** with the uid the starter claimed for this supervisor's QEMU, when it said */
+  launch: Promise<{ preparedUid?: number }>;
   go: Promise<void>;
 }
 
@@ -165,14 +166,13 @@ export class Supervisor {
       this.stopCappingConsole ??= capForeignLog(this.files.consoleLog);
       // The starting process prepared the network confinement and, for a restore, the RAM and disk
       // files by now (it may still be writing the disk's contents and the device state).
-      if (signals) {
-        await signals.launch;
-        mark('launchSaid');
-      }
+      const { preparedUid } = signals ? await signals.launch : {};
+      if (signals) mark('launchSaid');
       this.confinement = await confineMachine(this.config.id, {
         network: this.config.network,
         policy: this.config.networkPolicy ?? defaultNetworkPolicy(),
         ownSocketDirectory: this.files.qemuDirectory,
+        preparedUid,
       });
       mark('confined');
       // A restored guest stays paused until its device state is loaded, so its rules may still be on
@@ -182,7 +182,7 @@ export class Supervisor {
       // A QEMU that drops root (-runas) loses its parent-death signal; the preloaded library re-arms it.
       const parentDeath = this.confinement.runAs ? await parentDeathEnvironment() : {};
       mark('qemuLaunching');
-      this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager }), { logPath: this.files.supervisorLog });
+      this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager?.environment }), { logPath: this.files.supervisorLog });
       mark('qmpReady');
       // Recorded with the pid: a claim whose supervisor died before this is stale, and is taken over.
       await this.setState({ qemuPid: this.vm.pid, networkUid: this.confinement.runAs?.uid });
@@ -225,6 +225,7 @@ export class Supervisor {
       // machine shows as running must reach it (it is not started again, so nothing else would flush it).
       if (restore?.mainStream !== undefined && !restore.startMain) this.adoptMain(restore.mainStream);
       mark('agentAnswered');
+      await pager?.held;
       await this.openControlSocket();
       mark('running');
       await this.setState({ status: 'running', readyAt: new Date().toISOString(), bootMs: Math.round(performance.now() - started), startTimings: timings });
