@@ -554,9 +554,21 @@ export class SessionManager extends EventEmitter<{
       await this.replication?.ensureLocal(record.snapshot!);
       const { connection } = await this.withMachineSlot(async () => {
         const machine = await restoreMachine(record.snapshot!, { ...this.restoreOptions(id), timeline });
-        await this.update(id, { machineId: machine.id, state: 'running', ...(reason === 'message' ? { lastActivityAt: new Date().toISOString() } : {}) });
+        // The agent connection opens while the record learns the machine (neither needs the other).
+        const attached = this.attach(id, machine.id);
+        attached.catch(() => {});
+        try {
+          await this.update(id, { machineId: machine.id, state: 'running', ...(reason === 'message' ? { lastActivityAt: new Date().toISOString() } : {}) });
+        } catch (error) {
+          // Not recorded (or the session went to another node): this connection must not act for it.
+          void attached.then((connection) => {
+            if (this.live.get(id)?.connection === connection) this.live.delete(id);
+            connection.close();
+          }, () => {});
+          throw error;
+        }
         timeline?.mark('session: record has the machine');
-        const connection = await this.attach(id, machine.id);
+        const connection = await attached;
         timeline?.mark('session: attached to the agent');
         return { connection };
       });
