@@ -69,10 +69,20 @@ async function claim(machineId: string, supervisorPid: number): Promise<{ uid: n
  * while the snapshot is being materialized, so the nft transaction (15-200 ms) costs a start nothing.
  * The supervisor finds the claim by its own pid and adopts it (`confineMachine`).
  */
-export async function prepareConfinement(machineId: string, options: ConfinementOptions, supervisorPid: number): Promise<void> {
+export async function prepareConfinement(
+  machineId: string,
+  options: ConfinementOptions,
+  supervisorPid: number,
+  /** called once the uid is claimed (with it; without one when QEMU keeps torpor's uid), before the rules are installed: QEMU may start (paused) from then on */
+  onClaimed?: (uid?: number) => void,
+): Promise<void> {
   const { ownUid, rules } = plan(options);
-  if (!ownUid) return;
+  if (!ownUid) {
+    onClaimed?.();
+    return;
+  }
   const { uid, socketDirectory } = await claim(machineId, supervisorPid);
+  onClaimed?.(uid);
   try {
     if (rules) await installMachineRules(uid, options.policy);
   } catch (error) {
@@ -93,6 +103,8 @@ export async function confineMachine(
   options: ConfinementOptions & {
     /** Used for QEMU's sockets when QEMU keeps our uid (torpor not running as root). */
     ownSocketDirectory: string;
+    /** the uid `prepareConfinement` claimed for this supervisor, as its starter said (verified against the claim) */
+    preparedUid?: number;
   },
 ): Promise<Confinement> {
   const { ownUid, rules } = plan(options);
@@ -100,7 +112,7 @@ export async function confineMachine(
     await mkdir(options.ownSocketDirectory, { recursive: true, mode: 0o700 });
     return { socketDirectory: options.ownSocketDirectory, rulesReady: Promise.resolve(), release: async () => {} };
   }
-  const prepared = uidPreparedFor(machineId, process.pid);
+  const prepared = uidPreparedFor(machineId, process.pid, options.preparedUid);
   const { uid, socketDirectory } =
     prepared !== undefined ? { uid: prepared, socketDirectory: machineSocketDirectory(machineId) } : await claim(machineId, process.pid);
   let rulesReady: Promise<void> = Promise.resolve();

@@ -103,7 +103,12 @@ export function uidsHeldBy(machineId: string): number[] {
 }
 
 /** A uid claimed for this machine on behalf of the supervisor `supervisorPid` before it started (see `prepareConfinement`). */
-export function uidPreparedFor(machineId: string, supervisorPid: number): number | undefined {
+export function uidPreparedFor(machineId: string, supervisorPid: number, hint?: number): number | undefined {
+  // The starter names the uid it claimed: one claim read instead of all of the host's (checked, never trusted).
+  if (hint !== undefined && Number.isInteger(hint)) {
+    const claim = readClaim(join(claimDirectory(), String(hint)));
+    if (claim?.machineId === machineId && claim.supervisorPid === supervisorPid) return hint;
+  }
   return uidsHeldBy(machineId).find((uid) => readClaim(join(claimDirectory(), String(uid)))?.supervisorPid === supervisorPid);
 }
 

@@ -57,8 +57,21 @@ export async function prepareLazyRestore(
   return true;
 }
 
-/** QEMU's extra environment for a restore onto this RAM file: the pager, if the restore was prepared lazily. */
-export async function restoreEnvironment(machineId: string, memoryFile: string): Promise<Record<string, string> | undefined> {
+/**
+ * For a warm spare supervisor, before it has a machine: the userfaultfd probe (a child process) and
+ * the pager library's lookup (a hash of its source), which every restore and start needs, are done
+ * while nobody waits for them. Failures are left for the start that needs them to report.
+ */
+export async function warmLazyRestore(): Promise<void> {
+  await Promise.all([lazyMemorySupport(), pagerLibrary()]).catch(() => {});
+}
+
+/**
+ * QEMU's extra environment for a restore onto this RAM file: the pager, if the restore was prepared
+ * lazily; `held` settles once this process holds the restore's chunk pin (await it before the
+ * process that prepared the restore may exit: before the machine shows as running).
+ */
+export async function restoreEnvironment(machineId: string, memoryFile: string): Promise<{ environment: Record<string, string>; held: Promise<void> } | undefined> {
   const files = lazyMemoryFiles(memoryFile);
   if (!(await pathExists(files.mapFile))) return undefined;
   // The process that prepared the restore probed userfaultfd already: only the library is needed here.
@@ -68,9 +81,11 @@ export async function restoreEnvironment(machineId: string, memoryFile: string):
       hint: 'restore again with TORPOR_LAZY_MEMORY=0',
     });
   }
-  // The supervisor holds the chunks from now on (the CLI that prepared the restore may exit).
-  await holdLazyMemoryPin(machineId, process.pid);
-  return pagerEnvironment(library, files);
+  // The supervisor holds the chunks from now on (the CLI that prepared the restore may exit); it
+  // holds them already while that CLI waits, so this goes on beside QEMU's start.
+  const held = holdLazyMemoryPin(machineId, process.pid);
+  held.catch(() => {});
+  return { environment: pagerEnvironment(library, files), held };
 }
 
 /**

@@ -79,9 +79,14 @@ export async function readMachineState(id: string): Promise<MachineState> {
   return value as unknown as MachineState;
 }
 
-/** Replaces a machine's state.json atomically (readers never see half a file). */
+/**
+ * Replaces a machine's state.json atomically (readers never see half a file), without fsync: a
+ * start writes it four times, and under other disk traffic each durable write took tens of ms. Only
+ * a host crash can bring back an older state, and a host crash ends the machine's processes anyway,
+ * which `effectiveState` reports from the dead pids whatever the file says.
+ */
 export async function writeMachineState(id: string, state: MachineState): Promise<void> {
   // Loaded on the first write: the readers (`torpor ps`) then do without node:crypto (~6 ms to load).
-  const { writeJsonAtomic } = await import('../util/atomic-file.ts');
-  await writeJsonAtomic(machineFiles(id).state, state);
+  const { replaceFile } = await import('../util/atomic-file.ts');
+  await replaceFile(machineFiles(id).state, JSON.stringify(state, null, 2) + '\n');
 }

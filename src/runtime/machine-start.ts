@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, open } from 'node:fs/promises';
 import { TorporError } from '../util/errors.ts';
 import { processMatches } from '../util/process-identity.ts';
@@ -14,6 +14,7 @@ import { watchMachineDirectory, type MachineDirectoryWatch } from './machine-dir
 import { requireNetworkFilter } from '../network/firewall.ts';
 import { prepareConfinement, releaseConfinement } from '../network/machine-confinement.ts';
 import { defaultNetworkPolicy } from '../network/policy.ts';
+import type { StartTimeline } from './start-timeline.ts';
 
 /**
  * Starts a created or exited machine: hands it to a supervisor (a pool's spare or a new detached
@@ -21,8 +22,14 @@ import { defaultNetworkPolicy } from '../network/policy.ts';
  */
 export async function startMachine(
   id: string,
-  options: { waitForAttach?: boolean; pool?: SupervisorPool; /** the snapshot's files are already in place (fork) */ materialized?: boolean } = {},
+  options: {
+    waitForAttach?: boolean;
+    pool?: SupervisorPool;
+    /** the snapshot's files are already in place (fork) */ materialized?: boolean;
+    /** records where the start's time goes (benchmarks) */ timeline?: StartTimeline;
+  } = {},
 ): Promise<MachineState> {
+  const timeline = options.timeline;
   const config = await readMachineConfig(id);
   const current = await effectiveState(config);
   if (isLive(current.status)) {
@@ -35,6 +42,7 @@ export async function startMachine(
   const files = machineFiles(id);
   // `restored` survives: a machine made from a snapshot restores once, then boots cold on its own disk.
   await writeMachineState(id, { status: 'starting', waitForAttach: options.waitForAttach, restored: current.restored });
+  timeline?.mark('start: checked and marked starting');
   const restoring = config.restore !== undefined && !current.restored;
   let child = options.pool?.take();
   if (!child) {
@@ -48,30 +56,75 @@ export async function startMachine(
     child.unref();
   }
   const supervisorPid = child.pid;
-  // The supervisor starts up while the snapshot is materialized and its network rules are set up
-  // on its behalf; then it is told which machine is its.
+  timeline?.mark(options.pool ? 'start: supervisor taken from the pool' : 'start: supervisor spawned');
+  // The supervisor learns its machine at once and starts on what needs none of the machine's files;
+  // it starts QEMU at `launch` (RAM and disk files in place, its uid claimed on its behalf) and lets
+  // the guest run at `go` (disk contents, device state and network rules in place: supervisor-main.ts),
+  // so QEMU's start overlaps the restore's writes and the nft transaction.
+  const supervisorInput = child.stdin!;
+  supervisorInput.on('error', () => {}); // a supervisor that died is noticed below, by its pid
+  supervisorInput.write(`${id}\n`);
+  let launchable: () => void = () => {};
+  const filesLaunchable = new Promise<void>((resolve) => (launchable = resolve));
+  let claimed: (uid?: number) => void = () => {};
+  const uidClaimed = new Promise<number | undefined>((resolve) => (claimed = resolve));
+  const confined = prepareConfinement(id, { network: config.network, policy: config.networkPolicy ?? defaultNetworkPolicy() }, child.pid!, (uid) => {
+    timeline?.mark('start: uid claimed');
+    claimed(uid);
+  }).then(() => timeline?.mark('start: network confinement prepared'));
+  const launchSaid = Promise.all([filesLaunchable, uidClaimed]).then(([, uid]) => {
+    // With the uid it claimed: the supervisor checks that one claim instead of reading every one.
+    supervisorInput.write(uid === undefined ? 'launch\n' : `launch ${uid}\n`);
+    timeline?.mark('start: supervisor told to launch');
+  });
+  launchSaid.catch(() => {});
   try {
     await Promise.all([
-      restoring && !options.materialized ? materializeForRestore(config) : undefined,
-      prepareConfinement(id, { network: config.network, policy: config.networkPolicy ?? defaultNetworkPolicy() }, child.pid!),
+      restoring && !options.materialized
+        ? materializeForRestore(config, timeline, launchable).then(() => timeline?.mark('start: snapshot materialized'))
+        : undefined,
+      confined,
     ]);
+    launchable();
+    claimed();
+    await launchSaid;
+    supervisorInput.end('go\n');
   } catch (error) {
+    // Without `go` the supervisor fails the start itself (and stops a QEMU it started): wait for
+    // that, so that its cleanup does not undo what is written below; then make sure.
+    supervisorInput.end();
+    await exitOf(child, 5000);
     child.kill('SIGKILL');
     await releaseConfinement(id);
     await writeMachineState(id, { status: 'failed', error: (error as Error).message, restored: restoring || current.restored });
     throw error;
   } finally {
-    child.stdin?.end(`${id}\n`);
     (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
   }
+  timeline?.mark('start: supervisor told to go');
   // Wait for the supervisor to report the guest ready (or failed): woken by its state.json
   // writes, and every 100 ms anyway to notice a supervisor that died without writing.
   const changes = watchMachineDirectory(files.directory);
   try {
-    return await waitForStart(id, config.name, supervisorPid, changes);
+    const state = await waitForStart(id, config.name, supervisorPid, changes);
+    timeline?.mark('start: running state seen');
+    timeline?.addSupervisorTimings(state.startTimings);
+    return state;
   } finally {
     changes.close();
   }
+}
+
+/** Resolves when `child` has exited, or after `timeoutMs`. */
+function exitOf(child: ChildProcess, timeoutMs: number): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, timeoutMs);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }
 
 async function waitForStart(id: string, name: string, supervisorPid: number | undefined, changes: MachineDirectoryWatch): Promise<MachineState> {

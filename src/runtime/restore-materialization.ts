@@ -1,5 +1,5 @@
 import { copyFile, rename, stat } from 'node:fs/promises';
-import { materializeSnapshot, readSnapshot, type SnapshotManifest } from '../snapshot/snapshot-store.ts';
+import { createSparse, materializeSnapshot, readSnapshot, type SnapshotManifest } from '../snapshot/snapshot-store.ts';
 import { runCommand } from '../util/command.ts';
 import { machineFiles } from './machine-files.ts';
 import type { MachineConfig } from './machine-record.ts';
@@ -8,6 +8,7 @@ import { templateMemoryFile } from './template-memory.ts';
 import { prepareLazyRestore, releaseLazyMemory } from './lazy-restore.ts';
 import { takeWarm } from './warm-memory.ts';
 import { pathExists } from '../util/path-exists.ts';
+import type { StartTimeline } from './start-timeline.ts';
 
 /**
  * A boot template's disk layer and device state, kept beside its RAM in tmpfs once a start from it
@@ -78,18 +79,25 @@ export async function restoreSources(
  * where the host can (an empty RAM file and a page map; QEMU's preloaded pager fills it as the guest
  * touches it), else materialized into tmpfs. Chunks the machine's boot template shares are copied
  * from the template's RAM kept in tmpfs, which is faster than decompressing them.
+ *
+ * `onLaunchable` is called as soon as QEMU may start on the files (RAM file or page map in place,
+ * disk layer at its full size), possibly before the disk layer's contents and the device state are
+ * written: the supervisor starts QEMU meanwhile, and lets the guest run only after this resolves.
  */
-export async function materializeForRestore(config: MachineConfig): Promise<void> {
+export async function materializeForRestore(config: MachineConfig, timeline?: StartTimeline, onLaunchable?: () => void): Promise<void> {
   const templateName = bootTemplateName(config);
   const fromOwnTemplate = config.restore!.snapshot === templateName;
   // The `run` case: whole-file sparse copies of the template's cached RAM, layer and device state.
   if (fromOwnTemplate && (await copyFromTemplateCache(config, templateName))) return;
   const { manifest, base } = await restoreSources(config);
+  timeline?.mark('materialize: sources read');
   const files = machineFiles(config.id);
   const memoryFile = files.memoryFile;
   // A hibernation kept warm: its RAM file and disk layer are this snapshot's; only the device state is read.
   const warm = await takeWarm(manifest.id, memoryFile, files.layerDisk);
+  timeline?.mark('materialize: warm tier asked');
   if (warm && (!warm.loaded || (await prepareLazyRestore(manifest, config.id, memoryFile, base, warm.loaded)))) {
+    onLaunchable?.();
     try {
       await materializeSnapshot(manifest, { deviceStateFile: files.deviceState });
     } catch (error) {
@@ -99,8 +107,23 @@ export async function materializeForRestore(config: MachineConfig): Promise<void
     return;
   }
   const lazy = await prepareLazyRestore(manifest, config.id, memoryFile, base);
+  timeline?.mark('materialize: lazy memory prepared');
   try {
-    await materializeSnapshot(manifest, { memoryFile: lazy ? undefined : memoryFile, diskFile: files.layerDisk, deviceStateFile: files.deviceState, base });
+    // Lazily, the RAM is in place already: with the disk layer at its size QEMU can start while
+    // the layer's contents and the device state are written (the guest stays paused until then).
+    const early = lazy && manifest.disk !== undefined && onLaunchable !== undefined;
+    if (early) {
+      await createSparse(files.layerDisk, manifest.disk!.size);
+      onLaunchable();
+    }
+    await materializeSnapshot(manifest, {
+      memoryFile: lazy ? undefined : memoryFile,
+      diskFile: files.layerDisk,
+      diskFileCreated: early,
+      deviceStateFile: files.deviceState,
+      base,
+    });
+    timeline?.mark('materialize: disk layer and device state written');
   } catch (error) {
     if (lazy) await releaseLazyMemory(config.id, memoryFile);
     throw error;

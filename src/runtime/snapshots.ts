@@ -15,6 +15,7 @@ import { materializeForRestore, restoreSources } from './restore-materialization
 import type { SnapshotSummary } from './control-protocol.ts';
 import { prepareLazyRestore } from './lazy-restore.ts';
 import { pathExists } from '../util/path-exists.ts';
+import type { StartTimeline } from './start-timeline.ts';
 
 export type { RestoreOptions } from './machine-creation.ts';
 
@@ -46,10 +47,15 @@ export async function deleteSnapshot(name: string): Promise<void> {
 }
 
 /** Creates a machine from a snapshot and starts it (the guest continues where the snapshot left it). */
-export async function restoreMachine(snapshotName: string, options: RestoreOptions & { pool?: SupervisorPool } = {}): Promise<MachineConfig> {
+export async function restoreMachine(
+  snapshotName: string,
+  options: RestoreOptions & { pool?: SupervisorPool; timeline?: StartTimeline } = {},
+): Promise<MachineConfig> {
   const manifest = await readSnapshot(snapshotName);
+  options.timeline?.mark('restore: manifest read');
   const config = await createMachineFromSnapshot(manifest, options);
-  await startMachine(config.id, { pool: options.pool });
+  options.timeline?.mark('restore: machine created');
+  await startMachine(config.id, { pool: options.pool, timeline: options.timeline });
   return config;
 }
 

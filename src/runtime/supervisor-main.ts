@@ -1,37 +1,82 @@
 // Entry point of a machine's supervisor process:
 //   supervisor-main <machine id>   supervise that machine
 //   supervisor-main --standby      start up now, read the machine id from stdin later (a warm spare)
-import { Supervisor } from './supervisor.ts';
+//
+// A standby supervisor reads its instructions from stdin, one per line (machine-start.ts writes them):
+//   <machine id>   the machine that is its: it starts on what needs no files of the machine yet
+//   launch [uid]   the machine's RAM and disk files are in place and its uid claimed (QEMU may start;
+//                  the guest stays paused); the uid the starter claimed for it, checked against the claim
+//   go             everything is in place, the device state too (the guest may run)
+// `go` alone stands for both. stdin ending before `go` means the starting process went away (or
+// gave up): the supervisor fails the start and cleans up (machine-start.ts reports it).
+import { Supervisor, type StartSignals } from './supervisor.ts';
 import { environment } from '../config/environment.ts';
+import { warmLazyRestore } from './lazy-restore.ts';
 
 process.on('SIGINT', () => {});
 process.on('SIGHUP', () => {});
 
-/** One line from stdin, or undefined when stdin ends first (the parent went away). */
-function readLine(): Promise<string | undefined> {
-  return new Promise((resolve) => {
-    let text = '';
-    process.stdin.on('data', (chunk: Buffer) => {
-      text += chunk.toString();
-      if (text.includes('\n')) resolve(text.slice(0, text.indexOf('\n')).trim());
-    });
-    process.stdin.once('end', () => resolve(text.trim() || undefined));
+/** The lines of stdin, one at a time; undefined once stdin has ended. */
+function stdinLines(): () => Promise<string | undefined> {
+  const ready: string[] = [];
+  let ended = false;
+  let waiter: (() => void) | undefined;
+  let text = '';
+  process.stdin.on('data', (chunk: Buffer) => {
+    text += chunk.toString();
+    for (let end = text.indexOf('\n'); end >= 0; end = text.indexOf('\n')) {
+      ready.push(text.slice(0, end).trim());
+      text = text.slice(end + 1);
+    }
+    waiter?.();
   });
+  process.stdin.once('end', () => {
+    if (text.trim()) ready.push(text.trim());
+    ended = true;
+    waiter?.();
+  });
+  return async () => {
+    while (ready.length === 0 && !ended) await new Promise<void>((resolve) => (waiter = resolve));
+    waiter = undefined;
+    return ready.shift();
+  };
 }
 
 let id = process.argv[2];
+let signals: StartSignals | undefined;
 if (id === '--standby') {
-  id = (await readLine()) ?? '';
+  const nextLine = stdinLines();
+  // Done while this spare waits: a start then does not wait for the probe or the library lookup.
+  const warmed = Promise.all([warmLazyRestore(), import('../util/atomic-file.ts')]);
+  id = (await nextLine()) ?? '';
   if (!id) process.exit(0);
+  await warmed;
+  let resolveLaunch: (uid?: number) => void = () => {};
+  const launchSaid = new Promise<{ preparedUid?: number }>((resolve) => (resolveLaunch = (uid) => resolve({ preparedUid: uid })));
+  const go = (async () => {
+    let line = await nextLine();
+    const launch = /^launch(?: (\d{1,10}))?$/.exec(line ?? '');
+    if (launch) {
+      resolveLaunch(launch[1] === undefined ? undefined : Number(launch[1]));
+      line = await nextLine();
+    }
+    if (line === undefined) throw new Error('the process that started this machine went away before its files were in place');
+    if (line !== 'go') throw new Error(`the process that started this machine sent ${JSON.stringify(line.slice(0, 80))} instead of "go"`);
+  })();
+  // `go` implies `launch`; an end before either fails both.
+  const launch = Promise.race([launchSaid, go.then(() => ({}))]);
+  go.catch(() => {});
+  launch.catch(() => {});
+  signals = { launch, go };
 } else if (environment().TORPOR_SUPERVISOR_WAIT) {
   // Started while its machine's memory is still being materialized: go on at the parent's word.
-  await readLine();
+  await stdinLines()();
 }
 if (!id) {
   process.stderr.write('usage: supervisor-main <machine id> | --standby\n');
   process.exit(2);
 }
-process.stdin.destroy();
 const supervisor = await Supervisor.fromDirectory(id);
 process.on('SIGTERM', () => void supervisor.shutdown(143));
-await supervisor.run();
+await supervisor.run(signals);
+if (signals) process.stdin.destroy();

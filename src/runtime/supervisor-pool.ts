@@ -8,11 +8,18 @@ import { spawn, type ChildProcess } from 'node:child_process';
 export class SupervisorPool {
   private readonly spares: ChildProcess[] = [];
   private closed = false;
+  private refill?: NodeJS.Timeout;
 
   constructor(
     private readonly command: () => Promise<string[]>,
     private readonly environment: () => NodeJS.ProcessEnv,
     private readonly size = 1,
+    /**
+     * How long after a `take` the pool refills. Not at once: the new spare's start (the bundle's
+     * freshness check walks the source tree on this thread, then a node process starts) would
+     * compete for the CPU with the start that just took a spare (on 2 cores, with its QEMU).
+     */
+    private readonly refillDelayMs = 1000,
   ) {}
 
   private async spawnSpare(): Promise<void> {
@@ -34,15 +41,20 @@ export class SupervisorPool {
     for (let missing = this.size - this.spares.length; missing > 0 && !this.closed; missing--) void this.spawnSpare().catch(() => {});
   }
 
-  /** A started spare (its stdin still open), or undefined; the pool refills in the background. */
+  /** A started spare (its stdin still open), or undefined; the pool refills in the background, a little later. */
   take(): ChildProcess | undefined {
     const child = this.spares.shift();
-    this.fill();
+    this.refill ??= setTimeout(() => {
+      this.refill = undefined;
+      this.fill();
+    }, this.refillDelayMs);
+    this.refill.unref();
     return child && child.exitCode === null ? child : undefined;
   }
 
   close(): void {
     this.closed = true;
+    clearTimeout(this.refill);
     for (const child of this.spares.splice(0)) child.stdin?.end();
   }
 }

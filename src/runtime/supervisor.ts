@@ -40,6 +40,18 @@ import {
   type WriteBaseline,
 } from './lazy-restore.ts';
 
+/**
+ * When a supervisor may go on with a start it was handed before the machine's files were ready
+ * (supervisor-main.ts reads them from the starting process): `launch` once QEMU may start on the RAM
+ * and disk files, `go` once the guest may run (device state and disk contents written). Either
+ * rejects when the starting process went away first.
+ */
+export interface StartSignals {
+  /** with the uid the starter claimed for this supervisor's QEMU, when it said */
+  launch: Promise<{ preparedUid?: number }>;
+  go: Promise<void>;
+}
+
 /** How long a spare whose pool entry was taken waits for the claim before it ends itself (its claimer died). */
 const spareClaimGraceMs = 15_000;
 
@@ -134,7 +146,8 @@ export class Supervisor {
     return { hostname: this.config.hostname, time: String(BigInt(Date.now()) * 1_000_000n), entropy: randomBytes(64).toString('hex') };
   }
 
-  async run(): Promise<void> {
+  async run(signals?: StartSignals): Promise<void> {
+    const entered = Math.round(performance.now());
     const previous = await readMachineState(this.config.id);
     // Restore only on the first start; the runtime materialized RAM, disk and device state for it.
     const restore = this.config.restore && !previous.restored ? this.config.restore : undefined;
@@ -147,8 +160,9 @@ export class Supervisor {
     };
     await this.setState({});
     const started = performance.now();
-    // Where a start's time goes (the start benchmark prints it): ms since this process started.
-    const timings: Record<string, number> = { processStartedAt: Math.round(performance.timeOrigin), run: Math.round(started) };
+    let bootFrom = started;
+    // Where a start's time goes (the start and wake benchmarks print it): ms since this process started.
+    const timings: Record<string, number> = { processStartedAt: Math.round(performance.timeOrigin), entered, run: Math.round(started) };
     const mark = (name: string) => (timings[name] = Math.round(performance.now()));
     try {
       await mkdir(memoryDirectory(), { recursive: true });
@@ -157,14 +171,22 @@ export class Supervisor {
         await releaseLazyMemory(this.config.id, this.memoryFile());
       }
       this.stopCappingConsole ??= capForeignLog(this.files.consoleLog);
+      // The starting process prepared the network confinement and, for a restore, the RAM and disk
+      // files by now (it may still be writing the disk's contents and the device state).
+      const { preparedUid } = signals ? await signals.launch : {};
+      if (signals) mark('launchSaid');
+      // bootMs counts from here: the supervisor's own work, not its wait for the machine's files.
+      bootFrom = performance.now();
       this.confinement = await confineMachine(this.config.id, {
         network: this.config.network,
         policy: this.config.networkPolicy ?? defaultNetworkPolicy(),
         ownSocketDirectory: this.files.qemuDirectory,
+        preparedUid,
       });
+      mark('confined');
       // A restored guest stays paused until its device state is loaded, so its rules may still be on
       // their way while QEMU starts; a cold-booting guest runs at once, so they must be in place.
-      if (!restore) await this.confinement.rulesReady;
+      if (!restore) await Promise.all([this.confinement.rulesReady, signals?.go]);
       const pager = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
       // The target of QEMU's disk copy for checkpoints that continue; without it they copy the disk paused.
       this.diskCaptureTarget = await openDiskCaptureTarget(this.files.layerDisk).catch(() => undefined);
@@ -172,7 +194,8 @@ export class Supervisor {
       await rm(pausedDiskCopyOf(this.files.layerDisk), { force: true });
       // A QEMU that drops root (-runas) loses its parent-death signal; the preloaded library re-arms it.
       const parentDeath = this.confinement.runAs ? await parentDeathEnvironment() : {};
-      this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager }), { logPath: this.files.supervisorLog });
+      mark('qemuLaunching');
+      this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager?.environment }), { logPath: this.files.supervisorLog });
       mark('qmpReady');
       // Recorded with the pid: a claim whose supervisor died before this is stale, and is taken over.
       await this.setState({ qemuPid: this.vm.pid, networkUid: this.confinement.runAs?.uid });
@@ -182,7 +205,13 @@ export class Supervisor {
       });
       if (restore) {
         await Promise.race([this.confinement.rulesReady, vmGone]);
+        mark('rulesReady');
+        if (signals) {
+          await Promise.race([signals.go, vmGone]);
+          mark('goSaid');
+        }
         await Promise.race([loadDeviceState(this.vm.qmp, this.migrationSocket(), await readFile(this.files.deviceState)), vmGone]);
+        mark('deviceStateIn');
         if (pager) await confirmPagerServing(this.memoryFile());
         await this.vm.qmp.execute('cont');
         if (pager) this.recordWorkingSet();
@@ -209,9 +238,10 @@ export class Supervisor {
       // machine shows as running must reach it (it is not started again, so nothing else would flush it).
       if (restore?.mainStream !== undefined && !restore.startMain) this.adoptMain(restore.mainStream);
       mark('agentAnswered');
+      await pager?.held;
       await this.openControlSocket();
       mark('running');
-      await this.setState({ status: 'running', readyAt: new Date().toISOString(), bootMs: Math.round(performance.now() - started), startTimings: timings });
+      await this.setState({ status: 'running', readyAt: new Date().toISOString(), bootMs: Math.round(performance.now() - bootFrom), startTimings: timings });
       // Compression threads are loaded by the first snapshot, not here: idle, they would cost every
       // running machine ~70 MiB, and the first snapshot works on the main thread while they load.
     } catch (error) {

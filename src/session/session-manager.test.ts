@@ -5,7 +5,7 @@ import { openContextLog, type ContextLog } from '../context/index.ts';
 import { SessionManager, type SessionEvent } from './session-manager.ts';
 import { SessionStore } from './session-store.ts';
 import { listMachines } from '../runtime/machines.ts';
-import { readMachineState } from '../runtime/machine-files.ts';
+import { readMachineConfig, readMachineState } from '../runtime/machine-files.ts';
 import { processMatches } from '../util/process-identity.ts';
 import { shellAgent } from './testing/shell-agent.ts';
 
@@ -71,8 +71,19 @@ test('an idle session hibernates: nothing runs for it, and the next message wake
   assert.equal(record.machineId, undefined);
   assert.ok(record.snapshot);
   assert.deepEqual(await runningMachines(), []);
+  const wakes: string[][] = [];
+  const onWake = (id: string, timeline: { steps: Array<{ step: string }> }) => id === sessionId && wakes.push(timeline.steps.map((entry) => entry.step));
+  manager.on('wake', onWake);
   const { events } = await manager.send(sessionId, 'again');
+  manager.off('wake', onWake);
   assert.equal(replyText(events), 'turn 2: again; notes 2; child yes');
+  // A new machine, but the guest keeps its hostname (the session id): no file writes in the guest at each wake.
+  const machine = await readMachineConfig(manager.get(sessionId).machineId!);
+  assert.equal(machine.hostname, sessionId);
+  // The wake's timeline runs from the message through the supervisor's steps to the message being logged.
+  assert.equal(wakes.length, 1);
+  for (const step of ['session: message received', 'start: supervisor told to launch', 'supervisor: qmpReady', 'supervisor: agentAnswered', 'session: message logged'])
+    assert.ok(wakes[0]!.includes(step), `the wake timeline has ${step}: ${wakes[0]!.join(', ')}`);
 });
 
 test('two messages racing into one session are served one after the other, on one machine', async () => {

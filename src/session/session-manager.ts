@@ -6,6 +6,7 @@ import { createMachine, startMachine, findMachine, effectiveState, removeMachine
 import type { SupervisorPool } from '../runtime/supervisor-pool.ts';
 import { snapshotMachine, restoreMachine } from '../runtime/snapshots.ts';
 import { readMachineConfig } from '../runtime/machine-files.ts';
+import type { MachineConfig } from '../runtime/machine-record.ts';
 import { sessionNetworkOptions } from './session-network.ts';
 import { removeSnapshot, readSnapshot } from '../snapshot/snapshot-store.ts';
 import { AgentConnection, type InvalidAgentEvent } from './agent-connection.ts';
@@ -18,6 +19,7 @@ import { agentMaxHistoryBytes, readBoundedHistory } from './bounded-history.ts';
 import { checkMachineCount, checkMachineSize, checkSessionCount, type ResourceLimits } from '../runtime/limits.ts';
 import { environment } from '../config/environment.ts';
 import { TurnHistory, type TurnSnapshot } from './turn-history.ts';
+import { StartTimeline } from '../runtime/start-timeline.ts';
 
 /** Events the manager itself adds to a turn's stream, beside the agent's own (validated) events. */
 export type SessionEvent = AgentEvent | { type: 'session-state'; state: SessionState; note?: string } | { type: 'turn-suspend'; until: string };
@@ -63,7 +65,13 @@ const activeStates: SessionState[] = ['running', 'idle', 'waking', 'creating'];
  * is snapshotted and stopped; a message or a timer brings it back. Everything the manager decides
  * is recorded in the session store first, so a restarted server picks up where it was.
  */
-export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord]; event: [string, SessionEvent]; abandon: [string] }> {
+export class SessionManager extends EventEmitter<{
+  change: [AgentSessionRecord];
+  event: [string, SessionEvent];
+  abandon: [string];
+  /** A message woke the session: where the wake's time went, up to the message reaching the agent (benchmarks). */
+  wake: [string, StartTimeline];
+}> {
   readonly store: SessionRecordStore;
   private readonly log: ContextLog;
   private readonly live = new Map<string, LiveSession>();
@@ -230,6 +238,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
       ...sessionNetworkOptions(record.spec.network),
       interactive: true,
       name: `${id}-${Date.now().toString(36)}`,
+      hostname: id,
     });
     await startMachine(machine.id, { pool: this.supervisors });
     await this.update(id, { machineId: machine.id, state: 'running' });
@@ -317,6 +326,16 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     }).catch(() => {});
   }
 
+  /**
+   * Each machine of a session gets a new machine name, but the guest's hostname stays the session
+   * id: a hostname that changed at every wake made the guest agent rewrite /etc/hosts and
+   * /etc/hostname while the wake waited (file writes in a guest TCG was still re-translating). A
+   * fork is a new session, so it still gets a name of its own.
+   */
+  private restoreOptions(id: string) {
+    return { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors, configure: (config: MachineConfig) => ({ ...config, hostname: id }) };
+  }
+
   /** Snapshot name for a session's n-th save: unique, so forks can share one while the session moves on. */
   private async takeSnapshot(id: string, stop: boolean): Promise<string> {
     const record = this.get(id);
@@ -367,14 +386,26 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
       this.emit('event', id, event);
       onTurnEvent(event);
     };
+    const timeline = new StartTimeline();
+    timeline.mark('session: message received');
     return this.serialize(id, async () => {
       let record = this.get(id);
-      if (record.state === 'hibernated') record = await this.wake(id, 'message', onEvent);
+      const waking = record.state === 'hibernated';
+      if (waking) record = await this.wake(id, 'message', onEvent, timeline);
       else if (record.state === 'failed') await this.recover(id, record.note ?? 'the session had failed');
       if (!this.live.get(id)) await this.recover(id, 'the machine was not attached');
       const turnId = `t-${randomBytes(4).toString('hex')}`;
-      const { offsets } = await this.append(id, [{ kind: 'message', role: 'user', content, metadata: { turnId } }]);
-      await this.update(id, { state: 'running', lastActivityAt: new Date().toISOString() });
+      const { offsets } = await this.append(id, [{ kind: 'message', role: 'user', content, metadata: { turnId } }]).catch(async (error: unknown) => {
+        // Woken for this message, the session was recorded running: without the message it is idle
+        // again (else no idle timer would ever hibernate it).
+        if (waking && this.store.get(id)?.state === 'running') await this.update(id, { state: 'idle', lastActivityAt: new Date().toISOString() }).catch(() => {});
+        throw error;
+      });
+      timeline.mark('session: message logged');
+      // A wake for this message recorded the session running already.
+      if (!(waking && this.get(id).state === 'running')) await this.update(id, { state: 'running', lastActivityAt: new Date().toISOString() });
+      timeline.mark('session: record running');
+      if (waking) this.emit('wake', id, timeline);
       let turn: { events: SessionEvent[]; suspendedUntil?: string };
       try {
         turn = await this.deliver(id, turnId, content, onEvent);
@@ -507,18 +538,39 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
     await this.update(id, { state: 'hibernated', machineId: undefined, wakeAt: options.wakeAt, ...(note ? { note } : {}) });
   }
 
-  private async wake(id: string, reason: 'message' | 'timer', onEvent: (event: SessionEvent) => void = () => {}): Promise<AgentSessionRecord> {
+  private async wake(
+    id: string,
+    reason: 'message' | 'timer',
+    onEvent: (event: SessionEvent) => void = () => {},
+    timeline?: StartTimeline,
+  ): Promise<AgentSessionRecord> {
     const record = this.get(id);
     // Refuse before touching the record: a session refused for lack of room stays hibernated.
     if (this.limits) checkMachineCount(this.limits, this.live.size + this.startingMachines);
     await this.update(id, { state: 'waking' });
+    timeline?.mark('session: record waking');
     onEvent({ type: 'session-state', state: 'waking' });
     try {
       await this.replication?.ensureLocal(record.snapshot!);
       const { connection } = await this.withMachineSlot(async () => {
-        const machine = await restoreMachine(record.snapshot!, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
-        await this.update(id, { machineId: machine.id, state: 'running' });
-        return { connection: await this.attach(id, machine.id) };
+        const machine = await restoreMachine(record.snapshot!, { ...this.restoreOptions(id), timeline });
+        // The agent connection opens while the record learns the machine (neither needs the other).
+        const attached = this.attach(id, machine.id);
+        attached.catch(() => {});
+        try {
+          await this.update(id, { machineId: machine.id, state: 'running', ...(reason === 'message' ? { lastActivityAt: new Date().toISOString() } : {}) });
+        } catch (error) {
+          // Not recorded (or the session went to another node): this connection must not act for it.
+          void attached.then((connection) => {
+            if (this.live.get(id)?.connection === connection) this.live.delete(id);
+            connection.close();
+          }, () => {});
+          throw error;
+        }
+        timeline?.mark('session: record has the machine');
+        const connection = await attached;
+        timeline?.mark('session: attached to the agent');
+        return { connection };
       });
       // The agent was asleep (sleep-until) or idle (waiting for a message): either way this continues it.
       // Always say wake: the agent learns it was restored (and drops connections that died with the snapshot).
@@ -526,6 +578,12 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
       if (record.wakeAt) {
         // A turn was suspended (sleep-until): it goes on now, and its turn-finish makes the session idle.
         return this.update(id, { wakeAt: undefined, state: 'running', lastActivityAt: new Date().toISOString() });
+      }
+      // Woken by a message: it is delivered next, so the session stays running (recorded above) instead
+      // of passing through idle (each record update is a synchronous SQLite commit on the wake's path).
+      if (reason === 'message') {
+        timeline?.mark('session: wake sent');
+        return this.get(id);
       }
       return this.update(id, { state: 'idle' });
     } catch (error) {
@@ -554,7 +612,7 @@ export class SessionManager extends EventEmitter<{ change: [AgentSessionRecord];
         await readSnapshot(record.snapshot);
         const snapshot = record.snapshot;
         const connection = await this.withMachineSlot(async () => {
-          const machine = await restoreMachine(snapshot, { name: `${id}-${Date.now().toString(36)}`, pool: this.supervisors });
+          const machine = await restoreMachine(snapshot, this.restoreOptions(id));
           await this.update(id, { machineId: machine.id, state: 'idle', note: `${why}; recovered from snapshot ${snapshot}` });
           return this.attach(id, machine.id);
         });

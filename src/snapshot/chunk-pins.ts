@@ -1,13 +1,14 @@
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../util/atomic-file.ts';
+import { replaceFile } from '../util/atomic-file.ts';
 import { isNodeError } from '../util/errors.ts';
 import { holderOf, isAlive, type Holder } from './store-activity.ts';
 
 // A lazily restored machine reads chunks long after its restore began: its snapshot may be removed
 // and garbage-collected meanwhile. A pin keeps the chunks a running machine may still fault in, for
 // as long as one of its holders (the process that prepared the restore, then the machine's
-// supervisor) is alive. gc honours live pins and deletes dead ones.
+// supervisor) is alive. gc honours live pins and deletes dead ones. Pins are replaced atomically but
+// not synced (two per restore, on its path): a host crash, the only way to lose one, ends its holders.
 
 interface Pin {
   holders: Holder[];
@@ -20,7 +21,7 @@ const pinPath = (root: string, key: string) => join(pinsDirectory(root), `${key}
 /** Call inside a store activity (beginActivity), so that gc cannot run between reading a manifest and pinning its chunks. */
 export async function pinChunks(root: string, key: string, chunks: string[], holderPid = process.pid): Promise<void> {
   await mkdir(pinsDirectory(root), { recursive: true });
-  await writeFileAtomic(pinPath(root, key), JSON.stringify({ holders: [holderOf(holderPid)], chunks: [...new Set(chunks)] } satisfies Pin));
+  await replaceFile(pinPath(root, key), JSON.stringify({ holders: [holderOf(holderPid)], chunks: [...new Set(chunks)] } satisfies Pin));
 }
 
 /** Adds a holder (the machine's supervisor takes over from the CLI that prepared the restore). */
@@ -28,7 +29,7 @@ export async function addPinHolder(root: string, key: string, holderPid: number)
   const pin = await readPin(pinPath(root, key));
   if (!pin) return;
   pin.holders = [...pin.holders.filter(isAlive), holderOf(holderPid)];
-  await writeFileAtomic(pinPath(root, key), JSON.stringify(pin));
+  await replaceFile(pinPath(root, key), JSON.stringify(pin));
 }
 
 export async function unpinChunks(root: string, key: string): Promise<void> {

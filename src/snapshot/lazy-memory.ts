@@ -57,9 +57,14 @@ export interface LazyMemorySupport {
 
 let support: Promise<LazyMemorySupport> | undefined;
 
+let pagerLibraryPath: Promise<string | undefined> | undefined;
+
 /** The preloadable pager library (built once per source version); for a restore already prepared lazily. */
 export function pagerLibrary(): Promise<string | undefined> {
-  return buildNative(source, 'lazy-memory.so', ['-shared', '-fPIC', '-pthread'], ['-lzstd']);
+  // Once per process: a supervisor asks at every start, and each ask reads and hashes the source.
+  pagerLibraryPath ??= buildNative(source, 'lazy-memory.so', ['-shared', '-fPIC', '-pthread'], ['-lzstd']);
+  pagerLibraryPath.catch(() => (pagerLibraryPath = undefined));
+  return pagerLibraryPath;
 }
 
 async function probe(): Promise<LazyMemorySupport> {

@@ -137,6 +137,11 @@ export interface MaterializeTarget {
   /** absent: the RAM is not written (a lazy restore serves it on demand) */
   memoryFile?: string;
   diskFile?: string;
+  /**
+   * The caller made `diskFile` empty at its full size already, and a QEMU may have it open: it is
+   * written in place, never truncated (a truncation would show that QEMU a disk of size 0).
+   */
+  diskFileCreated?: boolean;
   deviceStateFile?: string;
   /** an already materialized snapshot (e.g. the boot template's RAM): chunks it shares are copied, not decompressed */
   base?: { manifest: SnapshotManifest; memoryFile: string };
@@ -603,7 +608,8 @@ function corruptError(manifest: SnapshotManifest, error: ChunkCorruptError): Tor
   });
 }
 
-async function createSparse(file: string, size: number): Promise<void> {
+/** An empty file of `size` bytes (a hole), replacing whatever was there. */
+export async function createSparse(file: string, size: number): Promise<void> {
   await mkdir(dirname(file), { recursive: true });
   const handle = await open(file, 'w', 0o600);
   try {
@@ -618,8 +624,9 @@ async function materializeFile(
   target: string,
   chunks: string,
   base?: { layout: ChunkedFile; file: string },
+  created = false,
 ): Promise<MaterializeChunkResult[]> {
-  await createSparse(target, layout.size);
+  if (!created) await createSparse(target, layout.size);
   const pool = sharedPool();
   const sameLayout = base && base.layout.chunkSize === layout.chunkSize;
   const jobs: Promise<MaterializeChunkResult>[] = [];
@@ -676,7 +683,7 @@ export async function materializeSnapshot(nameOrManifest: string | SnapshotManif
     if (manifest.disk && target.diskFile) {
       created.push(target.diskFile);
       const diskStarted = performance.now();
-      add(await materializeFile(manifest.disk, target.diskFile, chunks));
+      add(await materializeFile(manifest.disk, target.diskFile, chunks, undefined, target.diskFileCreated));
       stats.milliseconds.disk = performance.now() - diskStarted;
     }
     if (target.deviceStateFile) {

@@ -1,4 +1,4 @@
-import { open, rename, mkdir } from 'node:fs/promises';
+import { open, rename, mkdir, writeFile, rm } from 'node:fs/promises';
 import { openSync, writeSync, fsyncSync, closeSync, renameSync, mkdirSync } from 'node:fs';
 import { dirname, join, basename } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -50,6 +50,25 @@ export async function syncDirectory(path: string): Promise<void> {
     await handle.sync();
   } finally {
     await handle.close();
+  }
+}
+
+/**
+ * Replaces a file atomically, without making it durable: readers see the old file or the new one,
+ * never half of either, and a process killed at any point (kill -9) leaves one of the two; only a
+ * crash of the host itself may bring back the old one. For runtime state that a host crash makes
+ * stale anyway (a machine's state.json: its QEMU died with the host), where the two fsyncs of
+ * `writeFileAtomic` cost tens of ms when other processes keep the disk busy.
+ */
+export async function replaceFile(path: string, data: string | Uint8Array): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
+  const temporary = temporaryPathFor(path);
+  try {
+    await writeFile(temporary, data, { mode: 0o644 });
+    await rename(temporary, path);
+  } catch (error) {
+    await rm(temporary, { force: true });
+    throw error;
   }
 }
 
