@@ -40,9 +40,6 @@ export async function startMachine(
   if (config.network && (config.networkPolicy?.mode ?? 'filtered') === 'filtered') requireNetworkFilter();
   if (config.network) await ensurePortsFree(config.ports);
   const files = machineFiles(id);
-  // `restored` survives: a machine made from a snapshot restores once, then boots cold on its own disk.
-  await writeMachineState(id, { status: 'starting', waitForAttach: options.waitForAttach, restored: current.restored });
-  timeline?.mark('start: checked and marked starting');
   const restoring = config.restore !== undefined && !current.restored;
   let child = options.pool?.take();
   if (!child) {
@@ -57,6 +54,12 @@ export async function startMachine(
   }
   const supervisorPid = child.pid;
   timeline?.mark(options.pool ? 'start: supervisor taken from the pool' : 'start: supervisor spawned');
+  // Marked starting with the supervisor's pid from the first write: `ps` judges a starting machine by
+  // that process, and one marked without it showed as killed ("exited (137)") for as long as a slow
+  // restore took before the supervisor wrote its own state (minutes, in a nested machine).
+  // `restored` survives: a machine made from a snapshot restores once, then boots cold on its own disk.
+  await writeMachineState(id, { status: 'starting', supervisorPid, waitForAttach: options.waitForAttach, restored: current.restored });
+  timeline?.mark('start: checked and marked starting');
   // The supervisor learns its machine at once and starts on what needs none of the machine's files;
   // it starts QEMU at `launch` (RAM and disk files in place, its uid claimed on its behalf) and lets
   // the guest run at `go` (disk contents, device state and network rules in place: supervisor-main.ts),
