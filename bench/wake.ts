@@ -69,21 +69,31 @@ const host = sampler();
 const flat = (name: string) => results.get(name)!.flatMap((result) => result.firstByteMs);
 const summary = (values: number[]) => `p50 ${ms(percentile(values, 50))} (min ${ms(Math.min(...values))}, max ${ms(Math.max(...values))}, n=${values.length})`;
 console.log(`torpor wake benchmark (issue 11), ${new Date().toISOString()}, ${kind} agent`);
-console.log(`accel: ${results.get('new')![0]?.accelerator}; host: ${cpus().length} cores, node ${process.version}; run took ${((Date.now() - started) / 1000).toFixed(0)} s`);
+console.log(
+  `accel: ${results.get('new')![0]?.accelerator}; host: ${cpus().length} cores, node ${process.version}; run took ${((Date.now() - started) / 1000).toFixed(0)} s`,
+);
 console.log(
   `load average at start ${loadAtStart.map((value) => value.toFixed(2)).join(' ')}, max ${host.loadMax.toFixed(2)}; QEMU processes not of this bench: max ${host.foreignQemuMax}, mean ${host.foreignQemuMean.toFixed(1)}`,
 );
 console.log(`trees: new = ${thisTree}${oldTree ? `, old = ${oldTree}` : ''}; ${rounds} rounds x ${wakesPerRound} wakes per tree, interleaved`);
 console.log('');
 const target = kind === 'shell' ? '<= 250 ms' : '<= 500 ms';
-for (const tree of trees) console.log(`wake: message -> first reply byte, ${kind} agent, ${tree.name.padEnd(3)} | target ${target} | ${summary(flat(tree.name))}`);
+for (const tree of trees)
+  console.log(`wake: message -> first reply byte, ${kind} agent, ${tree.name.padEnd(3)} | target ${target} | ${summary(flat(tree.name))}`);
 if (oldTree) console.log(`  new vs old: ${(percentile(flat('old'), 50) / percentile(flat('new'), 50)).toFixed(2)}x faster at p50`);
-for (const tree of trees) console.log(`  ${tree.name} (ms): ${flat(tree.name).map((value) => value.toFixed(0)).join(', ')}`);
+for (const tree of trees)
+  console.log(
+    `  ${tree.name} (ms): ${flat(tree.name)
+      .map((value) => value.toFixed(0))
+      .join(', ')}`,
+  );
 for (const tree of trees) {
   const timelines = results.get(tree.name)!.flatMap((result) => result.timelines);
   if (timelines.length === 0 || timelines[0]!.length === 0) continue;
   console.log('');
-  console.log(`breakdown, ${tree.name} tree: median over ${timelines.length} wakes of when each step ended (ms after the message was received) and of its own share`);
+  console.log(
+    `breakdown, ${tree.name} tree: median over ${timelines.length} wakes of when each step ended (ms after the message was received) and of its own share`,
+  );
   // Steps in the order of the first wake; each one's median time since the message, and median gap since the step before it.
   const order = timelines[0]!.map(([step]) => step);
   let previousMedian = 0;
@@ -94,9 +104,7 @@ for (const tree of trees) {
     previousMedian = at;
   }
   // The medians above come from different wakes; one whole wake (the one at the median) shows how the steps chain.
-  const byFirstByte = timelines
-    .map((timeline) => ({ timeline, last: timeline.at(-1)![1] }))
-    .sort((a, b) => a.last - b.last);
+  const byFirstByte = timelines.map((timeline) => ({ timeline, last: timeline.at(-1)![1] })).sort((a, b) => a.last - b.last);
   const middle = byFirstByte[Math.floor((byFirstByte.length - 1) / 2)]!;
   console.log(`one whole wake, ${tree.name} tree (the median one, ${ms(middle.last)}): ms after the message, and since the step before`);
   let previous = 0;
@@ -109,7 +117,13 @@ for (const tree of trees) {
 /** Runs one child process on `tree` and returns what it measured. */
 async function runChild(tree: string, count: number): Promise<ChildResult> {
   const script = join(thisTree, 'bench', 'wake.ts');
-  const environment = { ...process.env, TORPOR_HOME: home, TORPOR_MEMORY_DIR: memoryDirectory, TORPOR_BOOT_TEMPLATES: '1', WAKE_BENCH_LLM_PORT: String(llm?.port ?? '') };
+  const environment = {
+    ...process.env,
+    TORPOR_HOME: home,
+    TORPOR_MEMORY_DIR: memoryDirectory,
+    TORPOR_BOOT_TEMPLATES: '1',
+    WAKE_BENCH_LLM_PORT: String(llm?.port ?? ''),
+  };
   const processResult = await new Promise<{ code: number | null; stdout: string }>((resolveChild) => {
     const runner = spawn(process.execPath, ['--import', 'tsx', script, '--child', tree, String(count), kind], {
       cwd: tree,
@@ -121,7 +135,8 @@ async function runChild(tree: string, count: number): Promise<ChildResult> {
     runner.on('exit', (code) => resolveChild({ code, stdout }));
   });
   const line = processResult.stdout.trim().split('\n').at(-1) ?? '';
-  if (processResult.code !== 0 || !line.startsWith('{')) throw new Error(`the ${tree} child failed (code ${processResult.code}): ${processResult.stdout.slice(-2000)}`);
+  if (processResult.code !== 0 || !line.startsWith('{'))
+    throw new Error(`the ${tree} child failed (code ${processResult.code}): ${processResult.stdout.slice(-2000)}`);
   return JSON.parse(line) as ChildResult;
 }
 
@@ -164,7 +179,10 @@ async function child(tree: string, count: number, agent: 'shell' | 'coding'): Pr
     await waitHibernated(record.id);
     await sleep(300);
     current = undefined;
-    const { startedAt, first } = await firstByte(record.id, agent === 'shell' ? `turn ${run}: please look at the retry loop and tell me what changed` : `remember fact number ${run}`);
+    const { startedAt, first } = await firstByte(
+      record.id,
+      agent === 'shell' ? `turn ${run}: please look at the retry loop and tell me what changed` : `remember fact number ${run}`,
+    );
     firstByteMs.push(first - startedAt);
     const steps = current ? (current as { steps: Array<{ step: string; at: number }> }).steps : [];
     const timeline: Array<[string, number]> = [...steps, { step: 'bench: first reply byte', at: first }]

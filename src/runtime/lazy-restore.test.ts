@@ -248,7 +248,10 @@ test('a checkpoint that continues resumes the guest after its device state; what
       const summary = await snapshotMachine(busy, { name: `busy@${round}` });
       assert.equal(summary.capturedBesideGuest, true, 'captured while the guest ran');
       assert.equal(summary.diskCapture, 'job', "QEMU's job copied the disk beside the guest");
-      assert.ok(summary.pausedPhases && summary.pausedPhases.deviceStateMs > 0 && summary.pausedPhases.diskCopyMs === undefined, JSON.stringify(summary.pausedPhases));
+      assert.ok(
+        summary.pausedPhases && summary.pausedPhases.deviceStateMs > 0 && summary.pausedPhases.diskCopyMs === undefined,
+        JSON.stringify(summary.pausedPhases),
+      );
       assert.ok(summary.guestPausedMs! < summary.totalMs, `paused ${summary.guestPausedMs} of ${summary.totalMs} ms`);
       const status = (await readLazyMemoryStatus(memoryOf(busy)))!;
       copiedAny ||= status.copied.some((flag) => flag === 1);
@@ -269,7 +272,7 @@ test('a checkpoint that continues resumes the guest after its device state; what
   }
 });
 
-test('a checkpoint that continues stores the disk as of its pause, with QEMU\'s copy job and with the paused copy; no copy file is left', async () => {
+test("a checkpoint that continues stores the disk as of its pause, with QEMU's copy job and with the paused copy; no copy file is left", async () => {
   for (const job of ['1', '0']) {
     process.env.TORPOR_VERIFY_WRITE_TRACKING = '1';
     process.env.TORPOR_DISK_COPY_JOB = job;
@@ -293,7 +296,11 @@ test('a checkpoint that continues stores the disk as of its pause, with QEMU\'s 
       else assert.ok(phases.includes('diskCopyMs') && phases.includes('extentsMs'), phases.join());
       const liveAfter = Number(await run(machine, 'cat /tmp/n'));
       const machineDirectory = dirname(machineFiles(machine.id).layerDisk);
-      assert.deepEqual((await readdir(machineDirectory)).filter((file) => file.includes('.capture')), [], 'no disk copy is left beside the layer');
+      assert.deepEqual(
+        (await readdir(machineDirectory)).filter((file) => file.includes('.capture')),
+        [],
+        'no disk copy is left beside the layer',
+      );
 
       // The disk as stored, read on the host (the restored guest would read its own page cache).
       const disk = join(home.home, `disk-${job}.img`);
@@ -305,7 +312,10 @@ test('a checkpoint that continues stores the disk as of its pause, with QEMU\'s 
         for (let attempt = 0; attempt < 100 && ended !== 'ended'; attempt++) ended = await run(again, 'sleep 0.1; cat /tmp/ended 2>/dev/null');
         assert.equal(ended, 'ended', 'the restored loop saw its new hostname');
         const inMemory = Number(await run(again, 'cat /tmp/n'));
-        assert.ok(inMemory > 0 && onDisk >= inMemory - 2 && onDisk <= inMemory, `RAM counter ${inMemory}, disk counter ${onDisk}: the disk is from another moment than the RAM`);
+        assert.ok(
+          inMemory > 0 && onDisk >= inMemory - 2 && onDisk <= inMemory,
+          `RAM counter ${inMemory}, disk counter ${onDisk}: the disk is from another moment than the RAM`,
+        );
         assert.ok(liveAfter > inMemory, `the guest wrote its disk during the capture (${inMemory} at the pause, ${liveAfter} after)`);
       } finally {
         await removeMachine(again, { force: true });
@@ -351,7 +361,11 @@ test('kill -9 of the supervisor or of QEMU during a checkpoint beside the guest:
       assert.match(after.error ?? '', victim === 'supervisor' ? /supervisor \(pid \d+\) died/ : /QEMU killed by SIGKILL/);
       await assert.rejects(readSnapshot(`crash-${victim}@1`), /no snapshot|not found|does not exist/i);
       const directory = dirname(machineFiles(machine.id).layerDisk);
-      assert.deepEqual((await readdir(directory)).filter((file) => file.includes('capture')), [], 'no disk copy is left beside the layer');
+      assert.deepEqual(
+        (await readdir(directory)).filter((file) => file.includes('capture')),
+        [],
+        'no disk copy is left beside the layer',
+      );
     } finally {
       await killMachine(machine);
       await removeMachine(machine, { force: true });

@@ -71,7 +71,10 @@ export async function warmLazyRestore(): Promise<void> {
  * lazily; `held` settles once this process holds the restore's chunk pin (await it before the
  * process that prepared the restore may exit: before the machine shows as running).
  */
-export async function restoreEnvironment(machineId: string, memoryFile: string): Promise<{ environment: Record<string, string>; held: Promise<void> } | undefined> {
+export async function restoreEnvironment(
+  machineId: string,
+  memoryFile: string,
+): Promise<{ environment: Record<string, string>; held: Promise<void> } | undefined> {
   const files = lazyMemoryFiles(memoryFile);
   if (!(await pathExists(files.mapFile))) return undefined;
   // The process that prepared the restore probed userfaultfd already: only the library is needed here.

@@ -53,7 +53,10 @@ test('a start whose starting process dies after QEMU was launched but before go 
   const config = await createMachine({ image: 'base', name: 'orphaned-start', command: ['sleep', '100000'] });
   assert.ok(config.restore, 'machines start from the boot template here: a restore');
   await writeMachineState(config.id, { status: 'starting' });
-  const supervisor = spawn(process.execPath, [...(await supervisorCommand()), '--standby'], { stdio: ['pipe', 'ignore', 'ignore'], env: supervisorEnvironment() });
+  const supervisor = spawn(process.execPath, [...(await supervisorCommand()), '--standby'], {
+    stdio: ['pipe', 'ignore', 'ignore'],
+    env: supervisorEnvironment(),
+  });
   const supervisorExited = new Promise((resolve) => supervisor.once('exit', resolve));
   supervisor.stdin.write(`${config.id}\n`);
   await materializeForRestore(config);
@@ -84,7 +87,10 @@ test('a standby supervisor told something other than launch or go fails the star
   const { writeMachineState } = await import('./machine-files.ts');
   const config = await createMachine({ image: 'base', name: 'confused-start', command: ['sleep', '100000'] });
   await writeMachineState(config.id, { status: 'starting' });
-  const supervisor = spawn(process.execPath, [...(await supervisorCommand()), '--standby'], { stdio: ['pipe', 'ignore', 'ignore'], env: supervisorEnvironment() });
+  const supervisor = spawn(process.execPath, [...(await supervisorCommand()), '--standby'], {
+    stdio: ['pipe', 'ignore', 'ignore'],
+    env: supervisorEnvironment(),
+  });
   const supervisorExited = new Promise((resolve) => supervisor.once('exit', resolve));
   supervisor.stdin.end(`${config.id}\n${'x'.repeat(10_000)}; rm -rf /\n`);
   await supervisorExited;

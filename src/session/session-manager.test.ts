@@ -82,7 +82,13 @@ test('an idle session hibernates: nothing runs for it, and the next message wake
   assert.equal(machine.hostname, sessionId);
   // The wake's timeline runs from the message through the supervisor's steps to the message being logged.
   assert.equal(wakes.length, 1);
-  for (const step of ['session: message received', 'start: supervisor told to launch', 'supervisor: qmpReady', 'supervisor: agentAnswered', 'session: message logged'])
+  for (const step of [
+    'session: message received',
+    'start: supervisor told to launch',
+    'supervisor: qmpReady',
+    'supervisor: agentAnswered',
+    'session: message logged',
+  ])
     assert.ok(wakes[0]!.includes(step), `the wake timeline has ${step}: ${wakes[0]!.join(', ')}`);
 });
 

@@ -398,7 +398,8 @@ export class SessionManager extends EventEmitter<{
       const { offsets } = await this.append(id, [{ kind: 'message', role: 'user', content, metadata: { turnId } }]).catch(async (error: unknown) => {
         // Woken for this message, the session was recorded running: without the message it is idle
         // again (else no idle timer would ever hibernate it).
-        if (waking && this.store.get(id)?.state === 'running') await this.update(id, { state: 'idle', lastActivityAt: new Date().toISOString() }).catch(() => {});
+        if (waking && this.store.get(id)?.state === 'running')
+          await this.update(id, { state: 'idle', lastActivityAt: new Date().toISOString() }).catch(() => {});
         throw error;
       });
       timeline.mark('session: message logged');
@@ -561,10 +562,13 @@ export class SessionManager extends EventEmitter<{
           await this.update(id, { machineId: machine.id, state: 'running', ...(reason === 'message' ? { lastActivityAt: new Date().toISOString() } : {}) });
         } catch (error) {
           // Not recorded (or the session went to another node): this connection must not act for it.
-          void attached.then((connection) => {
-            if (this.live.get(id)?.connection === connection) this.live.delete(id);
-            connection.close();
-          }, () => {});
+          void attached.then(
+            (connection) => {
+              if (this.live.get(id)?.connection === connection) this.live.delete(id);
+              connection.close();
+            },
+            () => {},
+          );
           throw error;
         }
         timeline?.mark('session: record has the machine');

@@ -39,9 +39,18 @@ test('allocated extents include unwritten ranges, which read as zeros and which 
     assert.equal(spawnSync('fallocate', ['-z', '-o', String(1024 * 1024), '-l', String(65536), file]).status, 0);
     assert.deepEqual(await dataExtents(file), [{ start: 8 * 1024 * 1024, end: 8 * 1024 * 1024 + 4096 }]);
     const allocated = await allocatedExtents(file);
-    assert.ok(allocated.some((extent) => extent.start <= 1024 * 1024 && extent.end >= 1024 * 1024 + 65536), JSON.stringify(allocated));
-    assert.ok(allocated.some((extent) => extent.start <= 8 * 1024 * 1024 && extent.end >= 8 * 1024 * 1024 + 4096), 'written data too');
-    assert.ok(!allocated.some((extent) => extent.start < 1024 * 1024 || (extent.start > 1024 * 1024 + 65536 && extent.start < 8 * 1024 * 1024)), 'holes stay out');
+    assert.ok(
+      allocated.some((extent) => extent.start <= 1024 * 1024 && extent.end >= 1024 * 1024 + 65536),
+      JSON.stringify(allocated),
+    );
+    assert.ok(
+      allocated.some((extent) => extent.start <= 8 * 1024 * 1024 && extent.end >= 8 * 1024 * 1024 + 4096),
+      'written data too',
+    );
+    assert.ok(
+      !allocated.some((extent) => extent.start < 1024 * 1024 || (extent.start > 1024 * 1024 + 65536 && extent.start < 8 * 1024 * 1024)),
+      'holes stay out',
+    );
   } finally {
     rmSync(directory, { recursive: true, force: true });
   }

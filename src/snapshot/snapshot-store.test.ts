@@ -417,7 +417,10 @@ test("a disk captured beside a running guest: ranges QEMU copied before the gues
   assert.equal(spawnSync('fallocate', ['-p', '-o', String(4 * MiB), '-l', String(cluster), live]).status, 0);
   closeSync(layer);
   closeSync(target);
-  assert.ok((await allocatedExtents(copies)).some((extent) => extent.start === 2 * MiB), 'the copied hole is seen');
+  assert.ok(
+    (await allocatedExtents(copies)).some((extent) => extent.start === 2 * MiB),
+    'the copied hole is seen',
+  );
 
   await captureSnapshot({
     name: 'beside@1',

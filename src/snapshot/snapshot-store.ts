@@ -325,7 +325,8 @@ async function captureFile(
       if (copied[index]) await replaceChunk(position, index, copies.file);
     }
   }
-  if (diskCopies) await completeFromDiskCopies(file, size, chunkSize, diskCopies, indices, replaceChunk, async (index) => {
+  if (diskCopies)
+    await completeFromDiskCopies(file, size, chunkSize, diskCopies, indices, replaceChunk, async (index) => {
       results.push(await captureChunkAt(index, diskCopies.file));
     });
   // Chunks taken as known count as reused (they are in the store already, pinned meanwhile).

@@ -103,7 +103,7 @@ test('snapshots are tied to their accelerator: a kvm snapshot under tcg is refus
   // ~5 s at load 5, so two reads 2 s apart could see the same count. It must move within 5 minutes.
   const first = await count('ontcg-back');
   let later = first;
-  for (const deadline = Date.now() + 300_000; later <= first && Date.now() < deadline; ) {
+  for (const deadline = Date.now() + 300_000; later <= first && Date.now() < deadline;) {
     await sleep(5000);
     later = await count('ontcg-back');
   }
