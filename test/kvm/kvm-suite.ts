@@ -99,7 +99,8 @@ test('snapshots are tied to their accelerator: a kvm snapshot under tcg is refus
   // Snapshotted once its loop has counted: under TCG inside TCG the shell may not have finished its
   // first turn 2 s after `run -d` (one turn took ~5 s), and a run caught it between truncating the
   // file and writing it.
-  for (const deadline = Date.now() + 300_000; (await count('ontcg')) < 2 && Date.now() < deadline;) await sleep(5000);
+  const counted = async () => Number((await nest.torpor('exec', 'ontcg', 'cat', '/tmp/count')).stdout.trim() || 0);
+  for (const deadline = Date.now() + 300_000; (await counted()) < 2 && Date.now() < deadline;) await sleep(5000);
   succeeded(await nest.torpor('snapshot', 'ontcg', '--name', 'ontcg@1', '--stop'), 'snapshot under tcg');
   succeeded(await nest.torpor('restore', 'ontcg@1', '--name', 'ontcg-back'), 'restore of a tcg snapshot on the kvm host');
   // It counts on, slowly: under TCG inside TCG one turn of the loop (a fork and exec of `sleep`) took
