@@ -175,6 +175,12 @@ export async function startDevLlm(options: DevLlmOptions = {}): Promise<DevLlmSe
       else response.destroy(error);
     });
   });
+  // An agent's steps reuse one keep-alive connection, with a tool run in its VM between two calls.
+  // Node's default closes an idle connection after 5 s: a tool step longer than that (a loaded TCG
+  // guest) met a connection the server was closing, and the turn failed with "other side closed".
+  // 65 s, as `torpor serve` keeps.
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 66_000;
   const host = options.host ?? '127.0.0.1';
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
