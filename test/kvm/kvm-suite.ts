@@ -90,9 +90,11 @@ test('snapshots are tied to their accelerator: a kvm snapshot under tcg is refus
   // with 20 minutes for it, is what a loaded 2-core host manages.
   succeeded(
     await nest.shell(
-      'TORPOR_ACCEL=tcg TORPOR_BOOT_TEMPLATES=0 TORPOR_BOOT_TIMEOUT_MS=1200000 torpor run -d --name ontcg --memory 256m --network none base sh -c "' +
+      // Single quotes: in double quotes the nested machine's shell expanded $((i+1)) and $i itself, and
+      // the guest ran `i=1; echo > /tmp/count` forever (the count read as 0 and never moved).
+      "TORPOR_ACCEL=tcg TORPOR_BOOT_TEMPLATES=0 TORPOR_BOOT_TIMEOUT_MS=1200000 torpor run -d --name ontcg --memory 256m --network none base sh -c '" +
         counterScript +
-        '"',
+        "'",
     ),
     'run -d under tcg',
   );
