@@ -30,6 +30,6 @@ export async function networkFilterCheck(): Promise<{ name: string; ok: boolean;
   return {
     name,
     ok: true,
-    detail: `nftables works; ${table}${stale > 0 ? `; ${stale} uid claims left by killed machines (reused when met)` : ''}`,
+    detail: `nftables works; ${table}${stale > 0 ? `; ${stale} uid claims left by killed machines (reused when met; torpor system prune removes them)` : ''}`,
   };
 }

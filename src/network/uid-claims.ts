@@ -1,6 +1,6 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { processMatches } from '../util/process-identity.ts';
+import { processExists, processMatches } from '../util/process-identity.ts';
 import { environment } from '../config/environment.ts';
 import { TorporError, isNodeError } from '../util/errors.ts';
 
@@ -54,6 +54,8 @@ function readClaim(path: string): Claim | undefined {
 /** A claim is stale when neither its supervisor nor any process with its uid is alive (kill -9, reboot). */
 function claimIsStale(uid: number, claim: Claim | undefined): boolean {
   if (claim && processMatches(claim.supervisorPid, 'supervisor')) return false;
+  // A prune holds the claim only while it removes the uid's rules; it is not a supervisor.
+  if (claim?.machineId === pruneHolder && processExists(claim.supervisorPid)) return false;
   return !uidInUse(uid);
 }
 
@@ -130,4 +132,36 @@ export function staleClaims(): number[] {
     .filter((entry) => /^\d+$/.test(entry))
     .map(Number)
     .filter((uid) => claimIsStale(uid, readClaim(join(claimDirectory(), String(uid)))));
+}
+
+/** The `machineId` of a claim a prune holds while it removes a stale uid's rules. */
+const pruneHolder = 'prune';
+
+/**
+ * Frees the claims of killed machines and their leftover rules (`torpor system prune`). Each stale
+ * claim is taken over first, so a supervisor that picks the same uid meanwhile finds it held and
+ * draws another, and the rules removed are never a live machine's. Returns the uids freed.
+ */
+export async function pruneStaleClaims(removeRules: (uid: number) => Promise<void>): Promise<number[]> {
+  const freed: number[] = [];
+  const content = JSON.stringify({ machineId: pruneHolder, supervisorPid: process.pid } satisfies Claim);
+  for (const uid of staleClaims()) {
+    const path = join(claimDirectory(), String(uid));
+    const claim = readClaim(path);
+    if (!claimIsStale(uid, claim)) continue;
+    rmSync(path, { force: true });
+    try {
+      writeFileSync(path, content, { flag: 'wx', mode: 0o600 });
+    } catch (error) {
+      if (isNodeError(error, 'EEXIST')) continue; // a supervisor took it over first: it replaces the rules
+      throw error;
+    }
+    try {
+      await removeRules(uid);
+      freed.push(uid);
+    } finally {
+      releaseUid(uid, pruneHolder);
+    }
+  }
+  return freed;
 }

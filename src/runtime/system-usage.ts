@@ -8,6 +8,8 @@ import { listMachines } from './machine-status.ts';
 import { removeMachine } from './machine-stop.ts';
 import { machineFiles } from './machine-files.ts';
 import { clearSpares, spareMemory } from './spare-fill.ts';
+import { pruneStaleClaims } from '../network/uid-claims.ts';
+import { networkFilterAvailability, removeMachineRules } from '../network/firewall.ts';
 import { allocatedBytes, dropTemplateMemory, freeOrphanedTemplateMemory, templateMemoryFiles, type TemplateMemoryFile } from './template-memory.ts';
 
 /** Bytes a directory tree really takes on disk (blocks, not sizes: disks and RAM files are sparse). */
@@ -93,6 +95,8 @@ export interface PruneResult {
   snapshotChunks: { removed: number; bytes: number };
   templateMemory: { files: number; bytes: number; kept?: string };
   orphanedTemplateMemory: { files: number; bytes: number };
+  /** uids of killed machines' QEMUs whose host-wide claim and nftables rules were removed */
+  networkClaims: number[];
 }
 
 /**
@@ -124,5 +128,7 @@ export async function pruneSystem(): Promise<PruneResult> {
     snapshotChunks: { removed: garbage.removedChunks, bytes: garbage.freedBytes },
     templateMemory,
     orphanedTemplateMemory: await freeOrphanedTemplateMemory(),
+    // Without nftables there are no rules to remove, only the claims.
+    networkClaims: await pruneStaleClaims(networkFilterAvailability().available ? removeMachineRules : async () => {}),
   };
 }

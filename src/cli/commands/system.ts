@@ -95,6 +95,7 @@ export function registerSystemCommands(program: Command): void {
       if (flags.json) return printJson(result);
       for (const name of result.machines.removed) process.stdout.write(`removed machine ${name}\n`);
       if (result.spares.length > 0) process.stdout.write(`ended ${result.spares.length} spare machines\n`);
+      if (result.networkClaims.length > 0) process.stdout.write(`removed the network rules and uid claims of ${result.networkClaims.length} killed machines\n`);
       const total = result.machines.bytes + result.snapshotChunks.bytes + result.templateMemory.bytes + result.orphanedTemplateMemory.bytes;
       process.stdout.write(
         `removed ${result.machines.removed.length} machines (${formatBytes(result.machines.bytes)}), ${result.snapshotChunks.removed} snapshot chunks (${formatBytes(result.snapshotChunks.bytes)}), ` +
