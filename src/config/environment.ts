@@ -90,6 +90,11 @@ export const variables = {
     '`1`',
     '`0` materializes guest RAM before a restore instead of serving it on demand (automatic without userfaultfd)',
   ),
+  TORPOR_STANDBY_QEMU: variable(
+    flag('1', true),
+    '`1`',
+    "`0`: the spare supervisors of `torpor serve` do not pre-start a paused QEMU for the shape of the last woken session's machine (a wake then starts QEMU itself, ~100 ms more under TCG)",
+  ),
   TORPOR_LAZY_PREFETCH: variable(flag('1', true), '`1`', "`0` does not prefetch a snapshot's recorded working set on restore"),
   TORPOR_TRACK_WRITES: variable(flag('1', true), '`1`', '`0` hashes every loaded chunk at a snapshot instead of only those written since the last one'),
   TORPOR_ZERO_FREED_MEMORY: variable(

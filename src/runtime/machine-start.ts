@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFile, open } from 'node:fs/promises';
+import { readFile, open, stat } from 'node:fs/promises';
 import { TorporError } from '../util/errors.ts';
 import { processMatches } from '../util/process-identity.ts';
 import { type MachineState } from './machine-record.ts';
@@ -15,6 +15,8 @@ import { requireNetworkFilter } from '../network/firewall.ts';
 import { prepareConfinement, releaseConfinement } from '../network/machine-confinement.ts';
 import { defaultNetworkPolicy } from '../network/policy.ts';
 import type { StartTimeline } from './start-timeline.ts';
+import { standbyRequestOf } from './standby-qemu.ts';
+import { environment } from '../config/environment.ts';
 
 /**
  * Starts a created or exited machine: hands it to a supervisor (a pool's spare or a new detached
@@ -112,6 +114,15 @@ export async function startMachine(
     const state = await waitForStart(id, config.name, supervisorPid, changes);
     timeline?.mark('start: running state seen');
     timeline?.addSupervisorTimings(state.startTimings);
+    // The pool's next spare pre-starts a QEMU of this machine's shape: the next wake of a session
+    // like this one adopts it instead of starting QEMU (standby-qemu.ts).
+    if (options.pool && restoring && environment().TORPOR_STANDBY_QEMU) {
+      const layerBytes = await stat(files.layerDisk).then(
+        (status) => status.size,
+        () => 0,
+      );
+      options.pool.preStart(standbyRequestOf(config, layerBytes));
+    }
     return state;
   } finally {
     changes.close();
