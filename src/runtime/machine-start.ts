@@ -101,7 +101,14 @@ export async function startMachine(
     await exitOf(child, 5000);
     child.kill('SIGKILL');
     await releaseConfinement(id);
-    await writeMachineState(id, { status: 'failed', error: (error as Error).message, restored: restoring || current.restored });
+    // Which QEMU the start had, when its supervisor recorded one (an adopted standby has its own name): kept for `inspect`.
+    const { qemuPid, qemuName } = await readMachineState(id).catch(() => ({}) as MachineState);
+    await writeMachineState(id, {
+      status: 'failed',
+      error: (error as Error).message,
+      restored: restoring || current.restored,
+      ...(qemuName ? { qemuPid, qemuName } : {}),
+    });
     throw error;
   } finally {
     (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
