@@ -46,11 +46,14 @@
  * Map later (a standby QEMU, src/runtime/standby-qemu.ts): with TORPOR_LAZY_MEMORY_LATER=<RAM file>
  * instead of a map, the library registers that file's mapping when QEMU maps it (as above) but serves
  * no fault until the page map arrives: it listens on <RAM file>.pager.sock (bound at load, while QEMU
- * is root) for one line "map <page map path> <uid>|-\n". QEMU's -runas is held back until then: its
- * setgid/setgroups/setuid calls are recorded, not done, so the map, the store and the template are
- * opened as root exactly as with TORPOR_LAZY_MEMORY_MAP (same checks); then the process switches to
- * the uid the line names (its gid too) and answers "ok\n". The map's RAM file must be the very file
- * QEMU mapped (the supervisor renames it into place first). Anything else ends QEMU (exit 70).
+ * is root) for one line "map <uid>|-<TAB><page map path><TAB><layer path>\n". QEMU's -runas is held
+ * back until then: its setgid/setgroups/setuid calls are recorded, not done, so the map, the store and
+ * the template are opened as root exactly as with TORPOR_LAZY_MEMORY_MAP (same checks). Every
+ * descriptor QEMU holds on the standby's layer disk (TORPOR_STANDBY_LAYER, opened at start) is
+ * replaced by one of the machine's layer, opened the same way (dup3: same numbers, so QEMU's block
+ * layer reads and writes the machine's file from then on). Then the process switches to the uid the
+ * line names (its gid too) and answers "ok\n". The map's RAM file must be the very file QEMU mapped
+ * (the supervisor renames it into place first). Anything else ends QEMU (exit 70).
  *
  * With -DTORPOR_LAZY_MEMORY_PROBE the file builds a small program instead that checks this kernel
  * lets the current user register a shared tmpfs mapping and serve a fault (userfaultfd may be off).
@@ -259,6 +262,10 @@ static struct {
   uint8_t *copy_buffer;
   /* map later: waiting for the page map on waiting_fd; QEMU's uid switch held back until it came */
   int later, waiting_fd, held_setuid;
+  /* map later: the standby's layer disk, whose descriptors are moved to the machine's layer */
+  dev_t standby_layer_device;
+  ino_t standby_layer_inode;
+  int standby_layer_known;
 } lazy;
 
 #define delta_magic 0x184D2A53u
@@ -892,6 +899,35 @@ int setgroups(size_t size, const gid_t *list) {
 }
 
 /*
+ * Map later: QEMU opened the standby's layer disk (by path, or as the fd set -runas passes); each of
+ * its descriptors on that file is replaced, under the same number and with the same access mode
+ * and flags, by a descriptor of the machine's layer. Nothing reads or writes the disk meanwhile:
+ * the guest has not run, and an incoming migration keeps the block layer inactive until it ends.
+ */
+static void move_layer(const char *layer) {
+  struct stat machine_layer;
+  if (stat(layer, &machine_layer) != 0 || !S_ISREG(machine_layer.st_mode)) fail("cannot use the machine's layer disk %s: %s", layer, strerror(errno ? errno : EINVAL));
+  int moved = 0;
+  for (int fd = 0; fd < 4096; fd++) {
+    struct stat held;
+    if (fd == lazy.memory_fd || fstat(fd, &held) != 0) continue;
+    if (held.st_dev != lazy.standby_layer_device || held.st_ino != lazy.standby_layer_inode) continue;
+    int flags = fcntl(fd, F_GETFL), descriptor_flags = fcntl(fd, F_GETFD);
+    if (flags < 0 || descriptor_flags < 0) fail("cannot read the flags of the layer descriptor %d: %s", fd, strerror(errno));
+    int replacement = open(layer, (flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)) | O_CLOEXEC);
+    if (replacement < 0) fail("cannot open the machine's layer disk %s: %s", layer, strerror(errno));
+    struct stat opened;
+    if (fstat(replacement, &opened) != 0 || opened.st_dev != machine_layer.st_dev || opened.st_ino != machine_layer.st_ino || opened.st_size != held.st_size) {
+      fail("the machine's layer disk %s changed, or differs in size from the standby's", layer);
+    }
+    if (dup3(replacement, fd, (descriptor_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) != fd) fail("cannot move the layer descriptor %d: %s", fd, strerror(errno));
+    close(replacement);
+    moved++;
+  }
+  if (moved == 0) fail("QEMU holds no descriptor of the standby's layer disk");
+}
+
+/*
  * Map later: one connection on the waiting socket brings "map <path> <uid>|-". The map is loaded as
  * it would be at start (same checks), the RAM file it names must be the mapped one, then the uid
  * switch QEMU asked for is done with the uid named here (the machine's own; "-" only for a QEMU
@@ -913,15 +949,24 @@ static void receive_map(void) {
     used += (size_t)got;
   }
   request[used] = 0;
-  char path[path_size], owner[16];
+  /* "map <uid>|-\t<page map>\t<layer>\n": paths may hold spaces, never tabs (the supervisor checks). */
+  char path[path_size], layer[path_size], owner[16];
   char *end = memchr(request, '\n', used);
-  if (!end || memchr(request, 0, used) || strncmp(request, "map /", 5) != 0) fail("the page map request is malformed");
+  if (!end || memchr(request, 0, used) || strncmp(request, "map ", 4) != 0) fail("the page map request is malformed");
   *end = 0;
-  char *space = strrchr(request + 4, ' ');
-  if (!space || space == request + 4 || (size_t)(space - (request + 4)) >= sizeof path || strlen(space + 1) >= sizeof owner) fail("the page map request is malformed");
-  memcpy(path, request + 4, (size_t)(space - (request + 4)));
-  path[space - (request + 4)] = 0;
-  strcpy(owner, space + 1);
+  char *first_tab = strchr(request + 4, '\t');
+  char *second_tab = first_tab ? strchr(first_tab + 1, '\t') : NULL;
+  if (!first_tab || !second_tab || strchr(second_tab + 1, '\t')) fail("the page map request is malformed");
+  size_t owner_length = (size_t)(first_tab - (request + 4)), path_length = (size_t)(second_tab - (first_tab + 1)), layer_length = strlen(second_tab + 1);
+  if (owner_length == 0 || owner_length >= sizeof owner || path_length >= sizeof path || layer_length >= sizeof layer) fail("the page map request is malformed");
+  memcpy(owner, request + 4, owner_length);
+  owner[owner_length] = 0;
+  memcpy(path, first_tab + 1, path_length);
+  path[path_length] = 0;
+  memcpy(layer, second_tab + 1, layer_length);
+  layer[layer_length] = 0;
+  if (path[0] != '/' || (layer[0] && layer[0] != '/')) fail("the page map request names a relative path");
+  if (!layer[0] != !lazy.standby_layer_known) fail("the page map request and the standby disagree on a layer disk");
   long uid = -1;
   if (strcmp(owner, "-") != 0) {
     char *digits_end;
@@ -938,6 +983,7 @@ static void receive_map(void) {
   struct stat named;
   if (stat(lazy.memory_file, &named) != 0 || named.st_dev != mapped.st_dev || named.st_ino != mapped.st_ino) fail("the page map names another RAM file than the one QEMU mapped");
   if ((uint64_t)lazy.base_offset + lazy.length > lazy.memory_size) fail("the page map is smaller than the guest memory QEMU mapped");
+  if (layer[0]) move_layer(layer);
   /* The standby's socket is done with (unlinked while still root: it lives in a root-only directory). */
   unlink(slot_socket);
   close(lazy.waiting_fd);
@@ -988,6 +1034,15 @@ __attribute__((constructor)) static void initialize(void) {
     if (lazy.waiting_fd < 0 || bind(lazy.waiting_fd, (struct sockaddr *)&address, sizeof address) != 0 || listen(lazy.waiting_fd, 1) != 0) {
       fail("cannot open the standby socket %s: %s", address.sun_path, strerror(errno));
     }
+    const char *standby_layer = getenv("TORPOR_STANDBY_LAYER");
+    if (standby_layer && *standby_layer) {
+      struct stat layer;
+      if (stat(standby_layer, &layer) != 0) fail("cannot find the standby's layer disk %s: %s", standby_layer, strerror(errno));
+      lazy.standby_layer_device = layer.st_dev;
+      lazy.standby_layer_inode = layer.st_ino;
+      lazy.standby_layer_known = 1;
+    }
+    unsetenv("TORPOR_STANDBY_LAYER");
     lazy.later = 1;
     lazy.active = 1;
     return;

@@ -161,6 +161,9 @@ async function waitForStart(id: string, name: string, supervisorPid: number | un
     if (!processMatches(supervisorPid, supervisorMarker)) {
       const after = await readMachineState(id);
       if (after.status === 'running' || after.status === 'exited') return after;
+      // It wrote its reason and exited between the two reads: that reason, not "died".
+      if (after.status === 'failed')
+        throw new TorporError('start-failed', `machine ${name} failed to start: ${after.error}`, { hint: `supervisor log: ${files.supervisorLog}` });
       const log = await readFile(files.supervisorLog, 'utf8').catch(() => '');
       await writeMachineState(id, { ...after, status: 'failed', error: 'supervisor died during start' });
       throw new TorporError('start-failed', `machine ${name} failed to start: its supervisor exited\n${log.trim().split('\n').slice(-8).join('\n')}`, {

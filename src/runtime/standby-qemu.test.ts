@@ -1,7 +1,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { useTemporaryHome } from './testing/temporary-home.ts';
@@ -12,6 +12,7 @@ import { processMatches } from '../util/process-identity.ts';
 import { shellAgent } from '../session/testing/shell-agent.ts';
 import { startStandbyQemu, standbyRequestOf, standbySlot, type StandbyRequest } from './standby-qemu.ts';
 import { claimDirectory } from '../network/uid-claims.ts';
+import { shellIn } from './testing/guest-shell.ts';
 import { createSupervisorPool, killMachine, listMachines } from './machines.ts';
 import { restoreMachine } from './snapshots.ts';
 import { paths } from '../state/paths.ts';
@@ -77,6 +78,22 @@ function qemuOf(name: string): number | undefined {
   return undefined;
 }
 
+/** Whether `text` is in the data extents of a sparse file (a layer disk of a few MiB of data in a large file). */
+async function fileHolds(path: string, text: string): Promise<boolean> {
+  const { dataExtents } = await import('../snapshot/extents.ts');
+  const handle = await open(path, 'r');
+  try {
+    for (const extent of await dataExtents(path)) {
+      const buffer = Buffer.alloc(extent.end - extent.start);
+      await handle.read(buffer, 0, buffer.length, extent.start);
+      if (buffer.includes(text)) return true;
+    }
+    return false;
+  } finally {
+    await handle.close();
+  }
+}
+
 async function wake(id: string, content: string): Promise<{ reply: string; steps: string[] }> {
   let steps: string[] = [];
   const onWake = (woken: string, timeline: { steps: Array<{ step: string }> }) => {
@@ -117,8 +134,10 @@ test('a wake adopts the standby QEMU and the session continues exactly, in its o
   const config = await readMachineConfig(manager.get(sessionId).machineId!);
   request = standbyRequestOf(config, (await stat(machineFiles(config.id).layerDisk)).size)!;
   assert.ok(request, 'a session machine has a standby shape');
+  // A word found nowhere else, to look for in the machine's layer file.
+  const marker = `again${Date.now().toString(36)}x${process.pid}`;
   for (const [turn, content] of [
-    [2, 'again'],
+    [2, marker],
     [3, 'once more'],
   ] as const) {
     await waitForState(sessionId, 'hibernated');
@@ -144,6 +163,12 @@ test('a wake adopts the standby QEMU and the session continues exactly, in its o
       ),
       false,
     );
+    // The guest's disk writes reach the machine's own layer file (QEMU's disk descriptors were moved
+    // to it), which its next snapshot captures: not the standby's.
+    if (turn === 2) {
+      await shellIn(await readMachineConfig(machineId), 'sync');
+      assert.ok(await fileHolds(machineFiles(machineId).layerDisk, marker), "the guest's write is in the machine's layer file");
+    }
   }
 });
 
@@ -169,8 +194,9 @@ test('a restore that fails after adopting ends that QEMU and leaves the machine 
   assert.equal(failed.length, 1, 'the restore failed');
   const machine = failed[0]!;
   assert.match(machine.state.qemuName ?? '', /^torpor-standby-\d+$/, 'it had adopted a standby QEMU');
-  // The supervisor's reason (QEMU refused the device state: it reset the migration socket), with the console log to read.
-  assert.match(machine.state.error ?? '', /ECONNRESET|migration|device state/i, `the reason: ${machine.state.error}`);
+  // The supervisor's reason (QEMU refused the device state: it reset the migration socket, or exited
+  // during the load), with the console log to read.
+  assert.match(machine.state.error ?? '', /ECONNRESET|migrat|device state|QEMU exited/i, `the reason: ${machine.state.error}`);
   assert.match(machine.state.error ?? '', /console log: /);
   await until('its QEMU to end', () => (processMatches(machine.state.qemuPid, machine.state.qemuName!) ? undefined : true), 10_000);
   const standbyPid = machine.state.qemuName!.replace('torpor-standby-', '');
@@ -225,13 +251,16 @@ test('kill -9 of a spare supervisor leaves no QEMU, RAM file, slot or uid claim'
 test('the pager in map-later mode refuses a bad map request and QEMU exits, leaving nothing', async () => {
   const map = join(memoryDirectory, 'hostile.map');
   await writeFile(map, Buffer.alloc(5000, 0x41));
+  const layer = standbySlot(process.pid).layerDisk;
   for (const line of [
     'garbage\n',
-    'map relative/path 1900000001\n',
-    'map /etc/passwd 0\n', // root is never kept
-    `map ${map} 1900000001\n`, // not a page map
-    `map ${'/x'.repeat(2000)} 1\n`, // longer than a path may be
-    `map /nonexistent -\n`, // the QEMU was started to drop root (when tests run as root)
+    `map 1900000001\trelative/path\t${layer}\n`,
+    `map 0\t/etc/passwd\t${layer}\n`, // root is never kept
+    `map 1900000001\t${map}\t${layer}\n`, // not a page map
+    `map 1900000001\t${'/x'.repeat(2000)}\t${layer}\n`, // longer than a path may be
+    `map 1900000001\t/etc/passwd\t\n`, // no layer for a standby that has one
+    `map 1900000001\t/etc/passwd\t/etc/passwd\t\n`, // a field too many
+    `map -\t/nonexistent\t${layer}\n`, // the QEMU was started to drop root (when tests run as root)
   ]) {
     const standby = await startStandbyQemu(request);
     assert.ok(standby, 'a standby QEMU starts');

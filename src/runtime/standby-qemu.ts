@@ -1,5 +1,5 @@
 import { connect } from 'node:net';
-import { link, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { link, mkdir, open, readdir, readFile, readlink, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TorporError } from '../util/errors.ts';
 import { environment } from '../config/environment.ts';
@@ -18,8 +18,8 @@ import type { MachineConfig } from './machine-record.ts';
 // any wake asks for it, paused with `-incoming defer` on an empty RAM file, with the pager preloaded
 // in map-later mode (native/lazy-memory.c). A restore of a machine of that shape adopts it: the RAM
 // file, sockets and console log are renamed into the machine's paths, the pager is told the page map
-// (it opens the store as root, then QEMU drops to the machine's uid), the layer's contents are copied
-// into the file QEMU has open, and only the device state and `cont` remain. architecture/runtime.md.
+// (it opens the store as root, moves QEMU's layer disk descriptors to the machine's layer file, then
+// QEMU drops to the machine's uid), and only the device state and `cont` remain. architecture/runtime.md.
 
 /** What a spare needs to start a QEMU of one shape: the machine's settings without anything per machine. */
 export interface StandbyRequest {
@@ -183,6 +183,7 @@ export async function startStandbyQemu(request: StandbyRequest): Promise<Standby
         ...(runAs ? await parentDeathEnvironment() : {}),
         LD_PRELOAD: support.library,
         TORPOR_LAZY_MEMORY_LATER: slot.memoryFile,
+        TORPOR_STANDBY_LAYER: slot.layerDisk,
       },
     };
     const vm = await qemuDriver.launch(spec, { logPath: slot.qemuLog });
@@ -240,21 +241,25 @@ export async function standbyMismatch(standby: StandbyQemu, machine: AdoptingMac
 }
 
 /**
- * Gives the standby's QEMU this machine's RAM, page map, uid and names. From here it is the
- * machine's QEMU: a failure ends it (the caller fails the start). The layer's contents follow with
- * `adoptLayer` once they are written; the guest must not run before.
+ * Gives the standby's QEMU this machine's RAM, page map, layer disk, uid and names. From here it is
+ * the machine's QEMU: a failure ends it (the caller fails the start). The layer file must be the
+ * machine's final one, at its full size (its contents may still be being written: the guest does
+ * not run before `go`), as for any QEMU started at `launch`.
  */
 export async function adoptStandby(standby: StandbyQemu, machine: AdoptingMachine): Promise<void> {
   const { spec } = machine;
   const files = lazyMemoryFiles(spec.memoryFile);
+  const layer = spec.layerDisk ?? '';
+  if (/[\t\n]/.test(files.mapFile + layer)) throw new TorporError('standby-failed', 'a path of this machine holds a tab or a newline');
   // Same inode, new name: QEMU's mapping is the file the machine's lazy-memory files describe.
   await rename(standby.slot.memoryFile, spec.memoryFile);
-  const reply = await askPager(standby.slot.pagerSocket, `map ${files.mapFile} ${spec.runAs ? spec.runAs.uid : '-'}\n`, standby.vm);
+  const reply = await askPager(standby.slot.pagerSocket, `map ${spec.runAs ? spec.runAs.uid : '-'}\t${files.mapFile}\t${layer}\n`, standby.vm);
   if (reply !== 'ok')
     throw new TorporError('standby-failed', `the standby QEMU's pager refused the page map (${reply || 'no answer'})`, {
       hint: 'wake again; TORPOR_STANDBY_QEMU=0 turns standby QEMUs off',
     });
   if (spec.runAs) await confirmUid(standby.vm.pid, spec.runAs.uid);
+  if (spec.layerDisk) await confirmLayerMoved(standby.vm.pid, standby.slot.layerDisk, spec.layerDisk);
   await Promise.all([
     rename(standby.slot.agentSocket, spec.agentSocket),
     rename(standby.slot.qmpSocket, spec.qmpSocket),
@@ -262,28 +267,6 @@ export async function adoptStandby(standby: StandbyQemu, machine: AdoptingMachin
     // QEMU's own messages: the machine's supervisor log names them too (the slot's name goes with the slot).
     link(standby.slot.qemuLog, machine.supervisorLog).catch(() => {}),
   ]);
-}
-
-/** The layer's contents (written by the restore into the machine's layer file) go into the file QEMU has open, which then takes the machine's name. */
-export async function adoptLayer(standby: StandbyQemu, layerDisk: string): Promise<void> {
-  const { dataExtents } = await import('../snapshot/extents.ts');
-  const extents = await dataExtents(layerDisk);
-  const input = await open(layerDisk, 'r');
-  const output = await open(standby.slot.layerDisk, 'r+');
-  try {
-    const buffer = Buffer.allocUnsafe(1024 * 1024);
-    for (const extent of extents) {
-      for (let position = extent.start; position < extent.end; ) {
-        const { bytesRead } = await input.read(buffer, 0, Math.min(buffer.length, extent.end - position), position);
-        if (bytesRead === 0) break;
-        await output.write(buffer, 0, bytesRead, position);
-        position += bytesRead;
-      }
-    }
-  } finally {
-    await Promise.all([input.close(), output.close()]);
-  }
-  await rename(standby.slot.layerDisk, layerDisk);
 }
 
 /** One request on the pager's socket, its one-line answer ('' when it closed without one). */
@@ -308,6 +291,13 @@ function askPager(socketPath: string, request: string, vm: RunningVm): Promise<s
     });
     void vm.exited.then(() => done(text.trim()));
   });
+}
+
+/** QEMU's descriptors of the standby's layer now all name the machine's layer (read from the kernel, as the uid is). */
+async function confirmLayerMoved(pid: number, standbyLayer: string, machineLayer: string): Promise<void> {
+  const targets = await Promise.all((await readdir(`/proc/${pid}/fd`)).map((fd) => readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')));
+  if (targets.some((target) => target === standbyLayer || target === `${standbyLayer} (deleted)`) || !targets.includes(machineLayer))
+    throw new TorporError('standby-failed', "the standby QEMU's layer disk descriptors were not moved to the machine's layer");
 }
 
 /** The switch to the machine's uid happened in QEMU's every id (real, effective, saved, filesystem): read from the kernel, not taken on trust. */

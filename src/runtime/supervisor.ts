@@ -26,7 +26,7 @@ import { keepWarm } from './warm-memory.ts';
 import { forgetSpare, publishSpare, retireSpare, spareEntryPresent } from './spare-pool.ts';
 import { loadPageMap, parentDeathEnvironment, protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
 import { environment } from '../config/environment.ts';
-import { adoptLayer, adoptStandby, removeStandbySlot, standbyMismatch, type StandbyQemu } from './standby-qemu.ts';
+import { adoptStandby, removeStandbySlot, standbyMismatch, type StandbyQemu } from './standby-qemu.ts';
 import {
   confirmPagerServing,
   earlyWorkingSet,
@@ -221,11 +221,6 @@ export class Supervisor {
         if (signals) {
           await Promise.race([signals.go, vmGone]);
           mark('goSaid');
-        }
-        if (adopted) {
-          // The restore wrote the layer into the machine's file; QEMU has the standby's open.
-          await Promise.race([adoptLayer(adopted, this.files.layerDisk), vmGone]);
-          mark('layerAdopted');
         }
         await Promise.race([loadDeviceState(this.vm.qmp, this.migrationSocket(), await readFile(this.files.deviceState)), vmGone]);
         mark('deviceStateIn');
