@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { AgentClient, GuestError, type GuestProcess } from '../guest/agent-client.ts';
 import { FrameDecoder, FrameType, encodeFrame, encodeError, type Frame } from '../guest/protocol.ts';
 import { qemuDriver } from '../vm/qemu-driver.ts';
-import { loadDeviceState, prepareDeviceStateSave } from '../vm/migration.ts';
+import { prepareDeviceStateLoad, prepareDeviceStateSave } from '../vm/migration.ts';
 import { finishDiskCaptureJob, openDiskCaptureTarget, startDiskCaptureJob, type DiskCaptureTarget } from './disk-capture-job.ts';
 import { allocatedExtents } from '../snapshot/extents.ts';
 import { recordTemplateMemoryOwner, templateMemoryFile } from './template-memory.ts';
@@ -216,13 +216,17 @@ export class Supervisor {
         throw new Error(`QEMU exited during ${restore ? 'restore' : 'boot'} (${exit.signal ?? `code ${exit.code}`}): ${exit.message}`);
       });
       if (restore) {
+        // QEMU listens for the device state while the restore may still be writing it.
+        const deviceStateLoad = prepareDeviceStateLoad(this.vm.qmp, this.migrationSocket());
+        deviceStateLoad.catch(() => {});
         await Promise.race([this.confinement.rulesReady, vmGone]);
         mark('rulesReady');
         if (signals) {
           await Promise.race([signals.go, vmGone]);
           mark('goSaid');
         }
-        await Promise.race([loadDeviceState(this.vm.qmp, this.migrationSocket(), await readFile(this.files.deviceState)), vmGone]);
+        const deviceState = await readFile(this.files.deviceState);
+        await Promise.race([deviceStateLoad.then((prepared) => prepared.load(deviceState)), vmGone]);
         mark('deviceStateIn');
         if (pager) await confirmPagerServing(this.memoryFile());
         await this.vm.qmp.execute('cont');
