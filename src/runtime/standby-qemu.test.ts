@@ -122,9 +122,11 @@ after(async () => {
   await log.close();
   await home.cleanup();
   // Spares end when the pool closes; their standby QEMUs with them, and they remove their slots.
-  await until('the spares to clean up', async () => ((await readdir(memoryDirectory)).some((name) => name.startsWith('standby-')) ? undefined : true), 10_000).catch(
-    () => {},
-  );
+  await until(
+    'the spares to clean up',
+    async () => ((await readdir(memoryDirectory)).some((name) => name.startsWith('standby-')) ? undefined : true),
+    10_000,
+  ).catch(() => {});
   await rm(memoryDirectory, { recursive: true, force: true });
 });
 
@@ -203,7 +205,9 @@ test('a restore that fails after adopting ends that QEMU and leaves the machine 
   const left = (await readdir(memoryDirectory)).filter((name) => name.startsWith(machine.config.id) || name.startsWith(`standby-${standbyPid}.`));
   assert.deepEqual(left, [], 'nothing of it is left in tmpfs');
   assert.deepEqual(
-    (await readdir(claimDirectory()).catch(() => [] as string[])).filter((name) => readFileSync(join(claimDirectory(), name), 'utf8').includes(machine.config.id)),
+    (await readdir(claimDirectory()).catch(() => [] as string[])).filter((name) =>
+      readFileSync(join(claimDirectory(), name), 'utf8').includes(machine.config.id),
+    ),
     [],
     'its uid claim is released',
   );
@@ -228,7 +232,11 @@ test('kill -9 of a spare supervisor leaves no QEMU, RAM file, slot or uid claim'
   const claimsBefore = await readdir(claimDirectory()).catch(() => [] as string[]);
   const standby = await standbyReady();
   process.kill(standby.supervisor, 'SIGKILL');
-  await until('the standby QEMU to die with its supervisor', () => (processMatches(standby.qemu, `torpor-standby-${standby.supervisor}`) ? undefined : true), 10_000);
+  await until(
+    'the standby QEMU to die with its supervisor',
+    () => (processMatches(standby.qemu, `torpor-standby-${standby.supervisor}`) ? undefined : true),
+    10_000,
+  );
   const slot = standbySlot(standby.supervisor);
   await until(
     'the slot files to go',
