@@ -10,7 +10,9 @@ import { SessionManager, type SessionEvent } from '../session/session-manager.ts
 import { readMachineConfig, readMachineState, machineFiles } from './machine-files.ts';
 import { processMatches } from '../util/process-identity.ts';
 import { shellAgent } from '../session/testing/shell-agent.ts';
-import { startStandbyQemu, standbyRequestOf, standbySlot, type StandbyRequest } from './standby-qemu.ts';
+import { startStandbyQemu, standbyRequestOf, standbySlot, type StandbyQemu, type StandbyRequest } from './standby-qemu.ts';
+import { prepareLazyMemory, releaseLazyMemoryPin, removeLazyMemoryFiles } from '../snapshot/lazy-memory.ts';
+import { readSnapshot } from '../snapshot/snapshot-store.ts';
 import { claimDirectory } from '../network/uid-claims.ts';
 import { shellIn } from './testing/guest-shell.ts';
 import { createSupervisorPool, killMachine, listMachines } from './machines.ts';
@@ -270,29 +272,62 @@ test('the pager in map-later mode refuses a bad map request and QEMU exits, leav
     `map 1900000001\t/etc/passwd\t/etc/passwd\t\n`, // a field too many
     `map -\t/nonexistent\t${layer}\n`, // the QEMU was started to drop root (when tests run as root)
   ]) {
-    const standby = await startStandbyQemu(request);
-    assert.ok(standby, 'a standby QEMU starts');
-    const reply = await new Promise<string>((resolve) => {
-      const socket = connect(standby.slot.pagerSocket);
-      let text = '';
-      socket.on('connect', () => socket.write(line));
-      socket.on('data', (chunk: Buffer) => (text += chunk.toString()));
-      socket.on('close', () => resolve(text));
-      socket.on('error', () => resolve(text));
-    });
-    assert.equal(reply, '', `no "ok" for ${JSON.stringify(line.slice(0, 40))}`);
-    const exit = await standby.vm.exited;
-    assert.equal(exit.code, 70, `QEMU ended itself for ${JSON.stringify(line.slice(0, 40))}: ${exit.message}`);
-    assert.match(exit.message, /torpor lazy memory: /);
-    await standby.discard();
-    for (const path of [standby.slot.memoryFile, standby.slot.pagerSocket, standby.slot.directory])
-      assert.equal(
-        await stat(path).then(
-          () => true,
-          () => false,
-        ),
-        false,
-        `${path} is gone`,
-      );
+    await expectRefusal(line);
+  }
+});
+
+/** Starts a standby QEMU, sends it `line` (possibly after `prepare`), and checks that its pager refuses it: no "ok", exit 70, nothing left. */
+async function expectRefusal(line: string | ((standby: StandbyQemu) => Promise<string>), expected = /torpor lazy memory: /): Promise<void> {
+  const standby = await startStandbyQemu(request);
+  assert.ok(standby, 'a standby QEMU starts');
+  const text = typeof line === 'string' ? line : await line(standby);
+  const reply = await new Promise<string>((resolve) => {
+    const socket = connect(standby.slot.pagerSocket);
+    let answer = '';
+    socket.on('connect', () => socket.write(text));
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+    socket.on('close', () => resolve(answer));
+    socket.on('error', () => resolve(answer));
+  });
+  assert.equal(reply, '', `no "ok" for ${JSON.stringify(text.slice(0, 60))}`);
+  const exit = await standby.vm.exited;
+  assert.equal(exit.code, 70, `QEMU ended itself for ${JSON.stringify(text.slice(0, 60))}: ${exit.message}`);
+  assert.match(exit.message, expected);
+  await standby.discard();
+  for (const path of [standby.slot.memoryFile, standby.slot.pagerSocket, standby.slot.directory])
+    assert.equal(
+      await stat(path).then(
+        () => true,
+        () => false,
+      ),
+      false,
+      `${path} is gone`,
+    );
+}
+
+test('the pager refuses a real page map of another RAM file, and a layer of another size', async () => {
+  // The session's snapshot (hibernated): its RAM chunks make a real page map.
+  await waitForState(sessionId, 'hibernated');
+  const manifest = await readSnapshot(manager.get(sessionId).snapshot!);
+  const other = join(memoryDirectory, 'other.ram');
+  const smallLayer = join(memoryDirectory, 'small.layer');
+  await writeFile(smallLayer, Buffer.alloc(4096));
+  try {
+    // A well-formed map that passes every check of its own, for a RAM file QEMU did not map.
+    await expectRefusal(async (standby) => {
+      const files = await prepareLazyMemory(manifest, { memoryFile: other, pinKey: 'standby-test' });
+      return `map 1900000001\t${files.mapFile}\t${standby.slot.layerDisk}\n`;
+    }, /another RAM file/);
+    // The map of the standby's own RAM file, but a layer disk of another size than QEMU opened.
+    await expectRefusal(async (standby) => {
+      const files = await prepareLazyMemory(manifest, { memoryFile: standby.slot.memoryFile, pinKey: 'standby-test' });
+      return `map 1900000001\t${files.mapFile}\t${smallLayer}\n`;
+    }, /differs in size/);
+  } finally {
+    await removeLazyMemoryFiles(other);
+    await rm(other, { force: true });
+    await rm(smallLayer, { force: true });
+    await removeLazyMemoryFiles(standbySlot(process.pid).memoryFile);
+    await releaseLazyMemoryPin('standby-test');
   }
 });
