@@ -120,16 +120,19 @@ before(async () => {
 });
 
 after(async () => {
-  await manager.close();
-  await log.close();
-  await home.cleanup();
-  // Spares end when the pool closes; their standby QEMUs with them, and they remove their slots.
-  await until(
-    'the spares to clean up',
-    async () => ((await readdir(memoryDirectory)).some((name) => name.startsWith('standby-')) ? undefined : true),
-    10_000,
-  ).catch(() => {});
-  await rm(memoryDirectory, { recursive: true, force: true });
+  try {
+    await manager.close();
+    await log.close();
+    await home.cleanup();
+    // Spares end when the pool closes; their standby QEMUs with them, and they remove their slots.
+    await until(
+      'the spares to clean up',
+      async () => ((await readdir(memoryDirectory)).some((name) => name.startsWith('standby-')) ? undefined : true),
+      10_000,
+    );
+  } finally {
+    await rm(memoryDirectory, { recursive: true, force: true });
+  }
 });
 
 test('a wake adopts the standby QEMU and the session continues exactly, in its own uid', async () => {
