@@ -179,6 +179,25 @@ test('a wake adopts the standby QEMU and the session continues exactly, in its o
   }
 });
 
+test('an adopted QEMU still dies with its supervisor (kill -9), after its switch to the machine uid', async () => {
+  await waitForState(sessionId, 'hibernated');
+  const pool = createSupervisorPool(1);
+  try {
+    pool.preStart(request);
+    await standbyReady();
+    const config = await restoreMachine(manager.get(sessionId).snapshot!, { pool });
+    const state = await readMachineState(config.id);
+    assert.match(state.qemuName ?? '', /^torpor-standby-\d+$/, 'the restore adopted a standby QEMU');
+    process.kill(state.supervisorPid!, 'SIGKILL');
+    await until('the adopted QEMU to die with its supervisor', () => (processMatches(state.qemuPid, state.qemuName!) ? undefined : true), 10_000);
+    await killMachine(config);
+    const left = (await readdir(memoryDirectory)).filter((name) => name.startsWith(config.id));
+    assert.deepEqual(left, [], 'nothing of it is left in tmpfs once it is killed');
+  } finally {
+    pool.close();
+  }
+});
+
 test('a restore that fails after adopting ends that QEMU and leaves the machine failed with the reason', async () => {
   await waitForState(sessionId, 'hibernated');
   // The snapshot's device state is a stored chunk that verifies, but is not a device state (one of
