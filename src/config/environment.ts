@@ -143,6 +143,12 @@ export const variables = {
   ),
   TORPOR_LAZY_MEMORY_MAP: variable(optionalText(), 'none', 'internal: set by torpor for QEMU, the page map its preloaded pager serves guest RAM from'),
   TORPOR_PARENT_DEATH: variable(optionalText(), 'none', 'internal: set by torpor for QEMU, re-arms its parent-death signal after it drops root'),
+  TORPOR_LAZY_MEMORY_LATER: variable(
+    optionalText(),
+    'none',
+    "internal: set by torpor for a standby QEMU, the empty RAM file whose pager waits for its page map (and holds QEMU's uid switch back until then)",
+  ),
+  TORPOR_STANDBY_LAYER: variable(optionalText(), 'none', "internal: set by torpor for a standby QEMU, the layer disk whose descriptors its pager moves to the adopting machine's"),
   TORPOR_CLUSTER: variable(
     optionalText(),
     'none (a single host)',
