@@ -148,7 +148,11 @@ export const variables = {
     'none',
     "internal: set by torpor for a standby QEMU, the empty RAM file whose pager waits for its page map (and holds QEMU's uid switch back until then)",
   ),
-  TORPOR_STANDBY_LAYER: variable(optionalText(), 'none', "internal: set by torpor for a standby QEMU, the layer disk whose descriptors its pager moves to the adopting machine's"),
+  TORPOR_STANDBY_LAYER: variable(
+    optionalText(),
+    'none',
+    "internal: set by torpor for a standby QEMU, the layer disk whose descriptors its pager moves to the adopting machine's",
+  ),
   TORPOR_CLUSTER: variable(
     optionalText(),
     'none (a single host)',
