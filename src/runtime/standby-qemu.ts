@@ -1,6 +1,6 @@
 import { connect } from 'node:net';
 import { link, mkdir, open, readdir, readFile, readlink, rename, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { TorporError } from '../util/errors.ts';
 import { environment } from '../config/environment.ts';
 import { memoryDirectory, stateHome } from '../state/paths.ts';
@@ -148,7 +148,11 @@ export async function startStandbyQemu(request: StandbyRequest): Promise<Standby
   const slot = standbySlot(process.pid);
   let diskCaptureTarget: DiskCaptureTarget | undefined;
   try {
-    await mkdir(slot.directory, { recursive: true, mode: 0o700 });
+    // Not recursive: a state directory removed meanwhile (a test's, a host's being torn down) is not made again.
+    await mkdir(dirname(slot.directory), { mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EEXIST') throw error;
+    });
+    await mkdir(slot.directory, { mode: 0o700 });
     await mkdir(memoryDirectory(), { recursive: true });
     for (const [path, size] of [
       [slot.memoryFile, request.memoryMiB * 1024 * 1024],
