@@ -5,7 +5,8 @@
 // frame -> message -> first reply byte). Side by side with another checkout of torpor (the old
 // design, e.g. `git worktree add /tmp/wake-old main`), interleaved in one run: each round runs one
 // child process per tree, which creates a session and wakes it `wakes per round` times.
-//   node --import tsx bench/wake.ts [rounds] [wakes per round] [old tree|-] [shell|coding]
+//   node --import tsx bench/wake.ts [rounds] [wakes per round] [old tree|-|standby-off] [shell|coding]
+// `standby-off` compares this tree with itself under TORPOR_STANDBY_QEMU=0 (no pre-started QEMU) instead.
 // Commit the output under bench/results/wake-2026-11-29-<tcg|kvm>.txt.
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -30,13 +31,18 @@ if (process.argv[2] === '--child') {
 
 const rounds = Math.max(1, Number(process.argv[2] ?? 2));
 const wakesPerRound = Math.max(1, Number(process.argv[3] ?? 3));
-const oldTree = process.argv[4] && process.argv[4] !== '-' ? resolve(process.argv[4]) : undefined;
+const standbyOff = process.argv[4] === 'standby-off';
+const oldTree = process.argv[4] && process.argv[4] !== '-' && !standbyOff ? resolve(process.argv[4]) : undefined;
 const kind = (process.argv[5] ?? 'shell') as 'shell' | 'coding';
 const progress = (text: string) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${text}\n`);
 
 const home = await mkdtemp(join(tmpdir(), 'tp-bwake-'));
 const memoryDirectory = await mkdtemp('/dev/shm/tp-bwake-');
-const trees: Array<{ name: string; path: string }> = [{ name: 'new', path: thisTree }, ...(oldTree ? [{ name: 'old', path: oldTree }] : [])];
+const trees: Array<{ name: string; path: string; environment?: Record<string, string> }> = [
+  { name: 'new', path: thisTree },
+  ...(oldTree ? [{ name: 'old', path: oldTree }] : []),
+  ...(standbyOff ? [{ name: 'off', path: thisTree, environment: { TORPOR_STANDBY_QEMU: '0' } }] : []),
+];
 const results = new Map<string, ChildResult[]>(trees.map((tree) => [tree.name, []]));
 const sampler = startHostSampler(memoryDirectory);
 const loadAtStart = loadavg();
@@ -55,7 +61,7 @@ try {
     // Alternate which tree goes first: a host whose load drifts favours neither.
     for (const tree of round % 2 === 0 ? trees : [...trees].reverse()) {
       progress(`round ${round + 1}/${rounds}: ${tree.name} tree`);
-      results.get(tree.name)!.push(await runChild(tree.path, wakesPerRound));
+      results.get(tree.name)!.push(await runChild(tree.path, wakesPerRound, tree.environment));
     }
   }
 } finally {
@@ -75,12 +81,17 @@ console.log(
 console.log(
   `load average at start ${loadAtStart.map((value) => value.toFixed(2)).join(' ')}, max ${host.loadMax.toFixed(2)}; QEMU processes not of this bench: max ${host.foreignQemuMax}, mean ${host.foreignQemuMean.toFixed(1)}`,
 );
-console.log(`trees: new = ${thisTree}${oldTree ? `, old = ${oldTree}` : ''}; ${rounds} rounds x ${wakesPerRound} wakes per tree, interleaved`);
+console.log(
+  `trees: new = ${thisTree}${oldTree ? `, old = ${oldTree}` : ''}${standbyOff ? ', off = the same tree with TORPOR_STANDBY_QEMU=0' : ''}; ${rounds} rounds x ${wakesPerRound} wakes per tree, interleaved`,
+);
 console.log('');
 const target = kind === 'shell' ? '<= 250 ms' : '<= 500 ms';
 for (const tree of trees)
   console.log(`wake: message -> first reply byte, ${kind} agent, ${tree.name.padEnd(3)} | target ${target} | ${summary(flat(tree.name))}`);
-if (oldTree) console.log(`  new vs old: ${(percentile(flat('old'), 50) / percentile(flat('new'), 50)).toFixed(2)}x faster at p50`);
+for (const other of trees.slice(1))
+  console.log(
+    `  new vs ${other.name}: ${(percentile(flat(other.name), 50) / percentile(flat('new'), 50)).toFixed(2)}x faster at p50 (${ms(percentile(flat(other.name), 50) - percentile(flat('new'), 50))} less)`,
+  );
 for (const tree of trees)
   console.log(
     `  ${tree.name} (ms): ${flat(tree.name)
@@ -115,7 +126,7 @@ for (const tree of trees) {
 }
 
 /** Runs one child process on `tree` and returns what it measured. */
-async function runChild(tree: string, count: number): Promise<ChildResult> {
+async function runChild(tree: string, count: number, extra: Record<string, string> = {}): Promise<ChildResult> {
   const script = join(thisTree, 'bench', 'wake.ts');
   const environment = {
     ...process.env,
@@ -123,6 +134,7 @@ async function runChild(tree: string, count: number): Promise<ChildResult> {
     TORPOR_MEMORY_DIR: memoryDirectory,
     TORPOR_BOOT_TEMPLATES: '1',
     WAKE_BENCH_LLM_PORT: String(llm?.port ?? ''),
+    ...extra,
   };
   const processResult = await new Promise<{ code: number | null; stdout: string }>((resolveChild) => {
     const runner = spawn(process.execPath, ['--import', 'tsx', script, '--child', tree, String(count), kind], {

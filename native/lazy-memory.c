@@ -43,6 +43,18 @@
  * then those pages); the base is loaded (at most delta_depth files deep), the pages put in place,
  * and the result verified against the chunk's id like any other chunk.
  *
+ * Map later (a standby QEMU, src/runtime/standby-qemu.ts): with TORPOR_LAZY_MEMORY_LATER=<RAM file>
+ * instead of a map, the library registers that file's mapping when QEMU maps it (as above) but serves
+ * no fault until the page map arrives: it listens on <RAM file>.pager.sock (bound at load, while QEMU
+ * is root) for one line "map <uid>|-<TAB><page map path><TAB><layer path>\n". QEMU's -runas is held
+ * back until then: its setgid/setgroups/setuid calls are recorded, not done, so the map, the store and
+ * the template are opened as root exactly as with TORPOR_LAZY_MEMORY_MAP (same checks). Every
+ * descriptor QEMU holds on the standby's layer disk (TORPOR_STANDBY_LAYER, opened at start) is
+ * replaced by one of the machine's layer, opened the same way (dup3: same numbers, so QEMU's block
+ * layer reads and writes the machine's file from then on). Then the process switches to the uid the
+ * line names (its gid too) and answers "ok\n". The map's RAM file must be the very file QEMU mapped
+ * (the supervisor renames it into place first). Anything else ends QEMU (exit 70).
+ *
  * With -DTORPOR_LAZY_MEMORY_PROBE the file builds a small program instead that checks this kernel
  * lets the current user register a shared tmpfs mapping and serve a fault (userfaultfd may be off).
  */
@@ -248,6 +260,12 @@ static struct {
   uint8_t *frozen, *copied;
   int freezing, memory_fd, copy_fd;
   uint8_t *copy_buffer;
+  /* map later: waiting for the page map on waiting_fd; QEMU's uid switch held back until it came */
+  int later, waiting_fd, held_setuid;
+  /* map later: the standby's layer disk, whose descriptors are moved to the machine's layer */
+  dev_t standby_layer_device;
+  ino_t standby_layer_inode;
+  int standby_layer_known;
 } lazy;
 
 #define delta_magic 0x184D2A53u
@@ -268,7 +286,10 @@ struct workspace {
   ZSTD_DCtx *decompressor;
 };
 
-static void count(enum counter counter, uint64_t amount) { __atomic_fetch_add((uint64_t *)(lazy.status + 16) + counter, amount, __ATOMIC_RELAXED); }
+/* (map later: nothing to count into before the map names the status file) */
+static void count(enum counter counter, uint64_t amount) {
+  if (lazy.status) __atomic_fetch_add((uint64_t *)(lazy.status + 16) + counter, amount, __ATOMIC_RELAXED);
+}
 
 static uint64_t now_ns(void) {
   struct timespec now;
@@ -734,8 +755,11 @@ static void serve_fault(struct workspace *workspace, uintptr_t address) {
   count(counter_wait_ns, now_ns() - started);
 }
 
+static void receive_map(void);
+
 static void *fault_handler(void *unused) {
   (void)unused;
+  if (lazy.later) receive_map();
   struct workspace workspace;
   create_workspace(&workspace);
   struct uffd_msg messages[32];
@@ -795,7 +819,7 @@ static void start_thread(void *(*function)(void *), const char *name) {
 static void take_over(void *address, size_t length, off_t offset, int fd) {
   /* QEMU keeps its fd of the RAM file; ours reads chunks for copy-before-write. */
   lazy.memory_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-  lazy.copy_buffer = malloc(lazy.chunk_size);
+  if (!lazy.later) lazy.copy_buffer = malloc(lazy.chunk_size);
   uint64_t features = 0;
   lazy.uffd = create_userfaultfd(&features);
   if (lazy.uffd < 0) fail("userfaultfd is not available: %s", strerror(errno));
@@ -820,9 +844,11 @@ static void take_over(void *address, size_t length, off_t offset, int fd) {
   }
   if (!lazy.copy_mode && ioctl(lazy.uffd, UFFDIO_REGISTER, &registration) != 0) fail("registering guest memory with userfaultfd failed: %s", strerror(errno));
   clock_gettime(CLOCK_MONOTONIC, &lazy.started);
-  start_thread(fault_handler, "torpor-faults");
-  if (lazy.prefetch_count > 0) start_thread(prefetch_handler, "torpor-prefetch");
   lazy.registered = 1;
+  /* Map later: the fault thread waits for the map first (see receive_map); nothing runs the guest before. */
+  start_thread(fault_handler, "torpor-faults");
+  if (lazy.later) return;
+  if (lazy.prefetch_count > 0) start_thread(prefetch_handler, "torpor-prefetch");
   __atomic_store_n((uint32_t *)(lazy.status + 8), state_serving, __ATOMIC_RELEASE);
 }
 
@@ -835,21 +861,154 @@ static void take_over(void *address, size_t length, off_t offset, int fd) {
 static pid_t supervisor_pid;
 static int keep_parent_death;
 
+static void rearm_parent_death(void) {
+  if (!keep_parent_death) return;
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != supervisor_pid) _exit(70);
+}
+
 int setuid(uid_t uid) {
+  if (lazy.later && !lazy.status) {
+    /* Held back until the map (QEMU then checks that setuid(0) fails: it does, as it would after a real switch). */
+    if (lazy.held_setuid && uid == 0) {
+      errno = EPERM;
+      return -1;
+    }
+    lazy.held_setuid = 1;
+    return 0;
+  }
   static int (*real_setuid)(uid_t);
   if (!real_setuid) real_setuid = (int (*)(uid_t))dlsym(RTLD_NEXT, "setuid");
   int result = real_setuid(uid);
-  if (result == 0 && keep_parent_death) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != supervisor_pid) _exit(70);
-  }
+  if (result == 0) rearm_parent_death();
   return result;
+}
+
+int setgid(gid_t gid) {
+  if (lazy.later && !lazy.status) return 0;
+  static int (*real_setgid)(gid_t);
+  if (!real_setgid) real_setgid = (int (*)(gid_t))dlsym(RTLD_NEXT, "setgid");
+  return real_setgid(gid);
+}
+
+int setgroups(size_t size, const gid_t *list) {
+  if (lazy.later && !lazy.status) return 0;
+  static int (*real_setgroups)(size_t, const gid_t *);
+  if (!real_setgroups) real_setgroups = (int (*)(size_t, const gid_t *))dlsym(RTLD_NEXT, "setgroups");
+  return real_setgroups(size, list);
+}
+
+/*
+ * Map later: QEMU opened the standby's layer disk (by path, or as the fd set -runas passes); each of
+ * its descriptors on that file is replaced, under the same number and with the same access mode
+ * and flags, by a descriptor of the machine's layer. Nothing reads or writes the disk meanwhile:
+ * the guest has not run, and an incoming migration keeps the block layer inactive until it ends.
+ */
+static void move_layer(const char *layer) {
+  struct stat machine_layer;
+  if (stat(layer, &machine_layer) != 0 || !S_ISREG(machine_layer.st_mode)) fail("cannot use the machine's layer disk %s: %s", layer, strerror(errno ? errno : EINVAL));
+  int moved = 0;
+  for (int fd = 0; fd < 4096; fd++) {
+    struct stat held;
+    if (fd == lazy.memory_fd || fstat(fd, &held) != 0) continue;
+    if (held.st_dev != lazy.standby_layer_device || held.st_ino != lazy.standby_layer_inode) continue;
+    int flags = fcntl(fd, F_GETFL), descriptor_flags = fcntl(fd, F_GETFD);
+    if (flags < 0 || descriptor_flags < 0) fail("cannot read the flags of the layer descriptor %d: %s", fd, strerror(errno));
+    int replacement = open(layer, (flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY)) | O_CLOEXEC);
+    if (replacement < 0) fail("cannot open the machine's layer disk %s: %s", layer, strerror(errno));
+    struct stat opened;
+    if (fstat(replacement, &opened) != 0 || opened.st_dev != machine_layer.st_dev || opened.st_ino != machine_layer.st_ino || opened.st_size != held.st_size) {
+      fail("the machine's layer disk %s changed, or differs in size from the standby's", layer);
+    }
+    if (dup3(replacement, fd, (descriptor_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) != fd) fail("cannot move the layer descriptor %d: %s", fd, strerror(errno));
+    close(replacement);
+    moved++;
+  }
+  if (moved == 0) fail("QEMU holds no descriptor of the standby's layer disk");
+}
+
+/*
+ * Map later: one connection on the waiting socket brings "map <path> <uid>|-". The map is loaded as
+ * it would be at start (same checks), the RAM file it names must be the mapped one, then the uid
+ * switch QEMU asked for is done with the uid named here (the machine's own; "-" only for a QEMU
+ * that asked for none). Any error ends QEMU: a standby is cheap to replace, a wrong map is not.
+ */
+static void receive_map(void) {
+  int client;
+  for (;;) {
+    client = accept4(lazy.waiting_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (client >= 0) break;
+    if (errno != EINTR) fail("waiting for the page map: %s", strerror(errno));
+  }
+  char request[path_size + 64];
+  size_t used = 0;
+  while (used < sizeof request - 1 && (used == 0 || request[used - 1] != '\n')) {
+    ssize_t got = read(client, request + used, sizeof request - 1 - used);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    used += (size_t)got;
+  }
+  request[used] = 0;
+  /* "map <uid>|-\t<page map>\t<layer>\n": paths may hold spaces, never tabs (the supervisor checks). */
+  char path[path_size], layer[path_size], owner[16];
+  char *end = memchr(request, '\n', used);
+  if (!end || memchr(request, 0, used) || strncmp(request, "map ", 4) != 0) fail("the page map request is malformed");
+  *end = 0;
+  char *first_tab = strchr(request + 4, '\t');
+  char *second_tab = first_tab ? strchr(first_tab + 1, '\t') : NULL;
+  if (!first_tab || !second_tab || strchr(second_tab + 1, '\t')) fail("the page map request is malformed");
+  size_t owner_length = (size_t)(first_tab - (request + 4)), path_length = (size_t)(second_tab - (first_tab + 1)), layer_length = strlen(second_tab + 1);
+  if (owner_length == 0 || owner_length >= sizeof owner || path_length >= sizeof path || layer_length >= sizeof layer) fail("the page map request is malformed");
+  memcpy(owner, request + 4, owner_length);
+  owner[owner_length] = 0;
+  memcpy(path, first_tab + 1, path_length);
+  path[path_length] = 0;
+  memcpy(layer, second_tab + 1, layer_length);
+  layer[layer_length] = 0;
+  if (path[0] != '/' || (layer[0] && layer[0] != '/')) fail("the page map request names a relative path");
+  if (!layer[0] != !lazy.standby_layer_known) fail("the page map request and the standby disagree on a layer disk");
+  long uid = -1;
+  if (strcmp(owner, "-") != 0) {
+    char *digits_end;
+    errno = 0;
+    uid = strtol(owner, &digits_end, 10);
+    if (errno || *digits_end || digits_end == owner || uid <= 0 || uid > 0x7fffffff) fail("the page map request names an invalid uid");
+  }
+  if ((uid < 0) != !lazy.held_setuid) fail(lazy.held_setuid ? "QEMU was started to drop root, but the page map request names no uid" : "the page map request names a uid for a QEMU that keeps its own");
+  char slot_socket[path_size + 16];
+  snprintf(slot_socket, sizeof slot_socket, "%s.pager.sock", lazy.memory_file);
+  struct stat mapped;
+  if (fstat(lazy.memory_fd, &mapped) != 0) fail("cannot stat the mapped RAM file: %s", strerror(errno));
+  load_map(path);
+  struct stat named;
+  if (stat(lazy.memory_file, &named) != 0 || named.st_dev != mapped.st_dev || named.st_ino != mapped.st_ino) fail("the page map names another RAM file than the one QEMU mapped");
+  if ((uint64_t)lazy.base_offset + lazy.length > lazy.memory_size) fail("the page map is smaller than the guest memory QEMU mapped");
+  if (layer[0]) move_layer(layer);
+  /* The standby's socket is done with (unlinked while still root: it lives in a root-only directory). */
+  unlink(slot_socket);
+  close(lazy.waiting_fd);
+  if (uid > 0) {
+    gid_t group = (gid_t)uid;
+    if (setgroups(1, &group) != 0 || setgid(group) != 0 || setuid((uid_t)uid) != 0) fail("dropping root for the machine failed: %s", strerror(errno));
+    if (getuid() != (uid_t)uid || geteuid() != (uid_t)uid || getegid() != group || setuid(0) != -1) fail("dropping root for the machine did not hold");
+  }
+  lazy.copy_buffer = malloc(lazy.chunk_size);
+  if (!lazy.copy_buffer) fail("out of memory");
+  if (lazy.copy_mode) count(counter_tracking, 1);
+  clock_gettime(CLOCK_MONOTONIC, &lazy.started);
+  if (lazy.prefetch_count > 0) start_thread(prefetch_handler, "torpor-prefetch");
+  __atomic_store_n((uint32_t *)(lazy.status + 8), state_serving, __ATOMIC_RELEASE);
+  if (write(client, "ok\n", 3) != 3) {
+    /* the supervisor went away: QEMU dies with it (parent death) */
+  }
+  close(client);
 }
 
 __attribute__((constructor)) static void initialize(void) {
   const char *map = getenv("TORPOR_LAZY_MEMORY_MAP");
+  const char *later = getenv("TORPOR_LAZY_MEMORY_LATER");
   const char *parent_death = getenv("TORPOR_PARENT_DEATH");
-  if ((!map || !*map) && !parent_death) return;
+  if ((!map || !*map) && (!later || !*later) && !parent_death) return;
   /* A wrapper around QEMU (TORPOR_QEMU=script, setpriv) passes the library on untouched; QEMU takes it. */
   char executable[4096];
   ssize_t length = readlink("/proc/self/exe", executable, sizeof executable - 1);
@@ -864,6 +1023,30 @@ __attribute__((constructor)) static void initialize(void) {
     supervisor_pid = getppid();
   }
   unsetenv("TORPOR_PARENT_DEATH");
+  if (later && *later) {
+    if (strlen(later) >= sizeof lazy.memory_file) fail("the standby RAM file path is too long");
+    snprintf(lazy.memory_file, sizeof lazy.memory_file, "%s", later);
+    unsetenv("TORPOR_LAZY_MEMORY_LATER");
+    lazy.waiting_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un address = {.sun_family = AF_UNIX};
+    if (snprintf(address.sun_path, sizeof address.sun_path, "%s.pager.sock", lazy.memory_file) >= (int)sizeof address.sun_path) fail("standby socket path too long");
+    unlink(address.sun_path);
+    if (lazy.waiting_fd < 0 || bind(lazy.waiting_fd, (struct sockaddr *)&address, sizeof address) != 0 || listen(lazy.waiting_fd, 1) != 0) {
+      fail("cannot open the standby socket %s: %s", address.sun_path, strerror(errno));
+    }
+    const char *standby_layer = getenv("TORPOR_STANDBY_LAYER");
+    if (standby_layer && *standby_layer) {
+      struct stat layer;
+      if (stat(standby_layer, &layer) != 0) fail("cannot find the standby's layer disk %s: %s", standby_layer, strerror(errno));
+      lazy.standby_layer_device = layer.st_dev;
+      lazy.standby_layer_inode = layer.st_ino;
+      lazy.standby_layer_known = 1;
+    }
+    unsetenv("TORPOR_STANDBY_LAYER");
+    lazy.later = 1;
+    lazy.active = 1;
+    return;
+  }
   if (!map || !*map) return;
   char path[path_size];
   snprintf(path, sizeof path, "%s", map);

@@ -90,6 +90,11 @@ export const variables = {
     '`1`',
     '`0` materializes guest RAM before a restore instead of serving it on demand (automatic without userfaultfd)',
   ),
+  TORPOR_STANDBY_QEMU: variable(
+    flag('1', true),
+    '`1`',
+    "`0`: the spare supervisors of `torpor serve` do not pre-start a paused QEMU for the shape of the last woken session's machine (a wake then starts QEMU itself, ~100 ms more under TCG)",
+  ),
   TORPOR_LAZY_PREFETCH: variable(flag('1', true), '`1`', "`0` does not prefetch a snapshot's recorded working set on restore"),
   TORPOR_TRACK_WRITES: variable(flag('1', true), '`1`', '`0` hashes every loaded chunk at a snapshot instead of only those written since the last one'),
   TORPOR_ZERO_FREED_MEMORY: variable(
@@ -138,6 +143,16 @@ export const variables = {
   ),
   TORPOR_LAZY_MEMORY_MAP: variable(optionalText(), 'none', 'internal: set by torpor for QEMU, the page map its preloaded pager serves guest RAM from'),
   TORPOR_PARENT_DEATH: variable(optionalText(), 'none', 'internal: set by torpor for QEMU, re-arms its parent-death signal after it drops root'),
+  TORPOR_LAZY_MEMORY_LATER: variable(
+    optionalText(),
+    'none',
+    "internal: set by torpor for a standby QEMU, the empty RAM file whose pager waits for its page map (and holds QEMU's uid switch back until then)",
+  ),
+  TORPOR_STANDBY_LAYER: variable(
+    optionalText(),
+    'none',
+    "internal: set by torpor for a standby QEMU, the layer disk whose descriptors its pager moves to the adopting machine's",
+  ),
   TORPOR_CLUSTER: variable(
     optionalText(),
     'none (a single host)',

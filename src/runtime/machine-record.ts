@@ -93,6 +93,8 @@ export const machineStateSchema = z.object({
   status: z.enum(machineStatuses),
   supervisorPid: z.number().int().optional(),
   qemuPid: z.number().int().optional(),
+  /** Its QEMU's process name (`-name`) when that is not `torpor-<id>`: a standby QEMU (standby-qemu.ts) was started before it had a machine. */
+  qemuName: z.string().optional(),
   startedAt: z.string().optional(),
   readyAt: z.string().optional(),
   finishedAt: z.string().optional(),

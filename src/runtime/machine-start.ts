@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFile, open } from 'node:fs/promises';
+import { readFile, open, stat } from 'node:fs/promises';
 import { TorporError } from '../util/errors.ts';
 import { processMatches } from '../util/process-identity.ts';
 import { type MachineState } from './machine-record.ts';
@@ -15,6 +15,8 @@ import { requireNetworkFilter } from '../network/firewall.ts';
 import { prepareConfinement, releaseConfinement } from '../network/machine-confinement.ts';
 import { defaultNetworkPolicy } from '../network/policy.ts';
 import type { StartTimeline } from './start-timeline.ts';
+import { standbyRequestOf } from './standby-qemu.ts';
+import { environment } from '../config/environment.ts';
 
 /**
  * Starts a created or exited machine: hands it to a supervisor (a pool's spare or a new detached
@@ -99,7 +101,14 @@ export async function startMachine(
     await exitOf(child, 5000);
     child.kill('SIGKILL');
     await releaseConfinement(id);
-    await writeMachineState(id, { status: 'failed', error: (error as Error).message, restored: restoring || current.restored });
+    // Which QEMU the start had, when its supervisor recorded one (an adopted standby has its own name): kept for `inspect`.
+    const { qemuPid, qemuName } = await readMachineState(id).catch(() => ({}) as MachineState);
+    await writeMachineState(id, {
+      status: 'failed',
+      error: (error as Error).message,
+      restored: restoring || current.restored,
+      ...(qemuName ? { qemuPid, qemuName } : {}),
+    });
     throw error;
   } finally {
     (child.stdin as unknown as { unref?: () => void } | null)?.unref?.();
@@ -112,6 +121,15 @@ export async function startMachine(
     const state = await waitForStart(id, config.name, supervisorPid, changes);
     timeline?.mark('start: running state seen');
     timeline?.addSupervisorTimings(state.startTimings);
+    // The pool's next spare pre-starts a QEMU of this machine's shape: the next wake of a session
+    // like this one adopts it instead of starting QEMU (standby-qemu.ts).
+    if (options.pool && restoring && environment().TORPOR_STANDBY_QEMU) {
+      const layerBytes = await stat(files.layerDisk).then(
+        (status) => status.size,
+        () => 0,
+      );
+      options.pool.preStart(standbyRequestOf(config, layerBytes));
+    }
     return state;
   } finally {
     changes.close();
@@ -143,6 +161,9 @@ async function waitForStart(id: string, name: string, supervisorPid: number | un
     if (!processMatches(supervisorPid, supervisorMarker)) {
       const after = await readMachineState(id);
       if (after.status === 'running' || after.status === 'exited') return after;
+      // It wrote its reason and exited between the two reads: that reason, not "died".
+      if (after.status === 'failed')
+        throw new TorporError('start-failed', `machine ${name} failed to start: ${after.error}`, { hint: `supervisor log: ${files.supervisorLog}` });
       const log = await readFile(files.supervisorLog, 'utf8').catch(() => '');
       await writeMachineState(id, { ...after, status: 'failed', error: 'supervisor died during start' });
       throw new TorporError('start-failed', `machine ${name} failed to start: its supervisor exited\n${log.trim().split('\n').slice(-8).join('\n')}`, {

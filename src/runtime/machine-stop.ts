@@ -6,7 +6,7 @@ import { isLive, machineFiles, readMachineState, writeMachineState } from './mac
 import { releaseMachine } from './machine-removal.ts';
 import { releaseLazyMemory } from './lazy-restore.ts';
 import { releaseConfinement } from '../network/machine-confinement.ts';
-import { qemuAlive, supervisorAlive, supervisorMarker } from './process-liveness.ts';
+import { qemuAlive, qemuMarker, supervisorAlive, supervisorMarker } from './process-liveness.ts';
 import { effectiveState, waitForStatus } from './machine-status.ts';
 import { connectToSupervisor, sendControl } from './supervisor-client.ts';
 
@@ -36,7 +36,7 @@ export async function stopMachine(config: MachineConfig, options: { timeoutSecon
 export async function killMachine(config: MachineConfig): Promise<MachineState> {
   const state = await readMachineState(config.id);
   signalIfMatches(state.supervisorPid, supervisorMarker, 'SIGKILL');
-  signalIfMatches(state.qemuPid, `torpor-${config.id}`, 'SIGKILL');
+  signalIfMatches(state.qemuPid, qemuMarker(config.id, state), 'SIGKILL');
   for (let attempt = 0; attempt < 100 && qemuAlive(config.id, state); attempt++) {
     await new Promise((resolve) => setTimeout(resolve, 20));
   }

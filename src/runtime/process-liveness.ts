@@ -16,7 +16,12 @@ export function supervisorAlive(state: MachineState): boolean {
   return processMatches(state.supervisorPid, supervisorMarker);
 }
 
-/** Whether a machine's QEMU (recognised by its `torpor-<id>` process name) is still running. */
+/** Whether a machine's QEMU (recognised by its `torpor-<id>` process name, or the one its state records) is still running. */
 export function qemuAlive(id: string, state: MachineState): boolean {
-  return processMatches(state.qemuPid, `torpor-${id}`);
+  return processMatches(state.qemuPid, qemuMarker(id, state));
+}
+
+/** What a machine's QEMU has in its command line: `-name torpor-<id>`, or the standby name it was started with. */
+export function qemuMarker(id: string, state: MachineState): string {
+  return state.qemuName ?? `torpor-${id}`;
 }

@@ -3,6 +3,8 @@
 //   supervisor-main --standby      start up now, read the machine id from stdin later (a warm spare)
 //
 // A standby supervisor reads its instructions from stdin, one per line (machine-start.ts writes them):
+//   standby <json>   (before the id, from the pool) start a paused QEMU of this shape now
+//                  (standby-qemu.ts); a restore of a machine of that shape adopts it
 //   <machine id>   the machine that is its: it starts on what needs no files of the machine yet
 //   launch [uid]   the machine's RAM and disk files are in place and its uid claimed (QEMU may start;
 //                  the guest stays paused); the uid the starter claimed for it, checked against the claim
@@ -12,6 +14,7 @@
 import { Supervisor, type StartSignals } from './supervisor.ts';
 import { environment } from '../config/environment.ts';
 import { warmLazyRestore } from './lazy-restore.ts';
+import { parseStandbyRequest, startStandbyQemu, sweepStandbySlots, type StandbyQemu } from './standby-qemu.ts';
 
 process.on('SIGINT', () => {});
 process.on('SIGHUP', () => {});
@@ -44,12 +47,30 @@ function stdinLines(): () => Promise<string | undefined> {
 
 let id = process.argv[2];
 let signals: StartSignals | undefined;
+let standby: Promise<StandbyQemu | undefined> | undefined;
 if (id === '--standby') {
   const nextLine = stdinLines();
   // Done while this spare waits: a start then does not wait for the probe or the library lookup.
   const warmed = Promise.all([warmLazyRestore(), import('../util/atomic-file.ts')]);
+  // Standby slots of spares killed with -9 (their QEMU died with them): their files go now.
+  void sweepStandbySlots().catch(() => {});
   id = (await nextLine()) ?? '';
-  if (!id) process.exit(0);
+  while (id.startsWith('standby ') && standby === undefined) {
+    const request = (() => {
+      try {
+        return parseStandbyRequest(id.slice('standby '.length));
+      } catch (error) {
+        process.stderr.write(`torpor: note: no standby QEMU (${(error as Error).message})\n`);
+        return undefined;
+      }
+    })();
+    standby = request ? warmed.then(() => startStandbyQemu(request)) : Promise.resolve(undefined);
+    id = (await nextLine()) ?? '';
+  }
+  if (!id || id.startsWith('standby ')) {
+    await (await standby)?.discard();
+    process.exit(0);
+  }
   await warmed;
   let resolveLaunch: (uid?: number) => void = () => {};
   const launchSaid = new Promise<{ preparedUid?: number }>((resolve) => (resolveLaunch = (uid) => resolve({ preparedUid: uid })));
@@ -78,5 +99,5 @@ if (!id) {
 }
 const supervisor = await Supervisor.fromDirectory(id);
 process.on('SIGTERM', () => void supervisor.shutdown(143));
-await supervisor.run(signals);
+await supervisor.run(signals, standby);
 if (signals) process.stdin.destroy();

@@ -1,14 +1,22 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { removeStandbySlot, type StandbyRequest } from './standby-qemu.ts';
 
 /**
  * Warm spare supervisors for a long-running host (`torpor serve`): a supervisor process takes
  * ~0.2 s to start, which a wake would otherwise pay before QEMU even starts. A spare waits on
  * stdin for the id of the machine it is to supervise; when the host goes away it exits.
+ *
+ * A spare may also hold a standby QEMU (standby-qemu.ts) for the shape of the machine the last take
+ * started (`preStart`): sessions of one agent spec share one shape, so the next wake adopts it.
  */
 export class SupervisorPool {
   private readonly spares: ChildProcess[] = [];
   private closed = false;
   private refill?: NodeJS.Timeout;
+  /** the standby request line for new spares (the shape of the last start through this pool) */
+  private standbyLine?: string;
+  /** spares told to start a standby QEMU, and which */
+  private readonly standbySent = new WeakMap<ChildProcess, string>();
 
   constructor(
     private readonly command: () => Promise<string[]>,
@@ -29,12 +37,34 @@ export class SupervisorPool {
       env: this.environment(),
     });
     child.unref();
+    child.stdin?.on('error', () => {});
     child.on('exit', () => {
       const index = this.spares.indexOf(child);
       if (index >= 0) this.spares.splice(index, 1);
+      // A spare killed (-9) leaves its standby's files; its QEMU died with it (parent death).
+      // (After an adoption they are the machine's, under the machine's names: nothing is left here.)
+      if (child.pid !== undefined && this.standbySent.has(child)) void removeStandbySlot(child.pid).catch(() => {});
     });
     if (this.closed) child.stdin?.end();
-    else this.spares.push(child);
+    else {
+      this.spares.push(child);
+      this.sendStandby(child);
+    }
+  }
+
+  private sendStandby(child: ChildProcess): void {
+    if (!this.standbyLine || this.standbySent.has(child) || child.exitCode !== null) return;
+    child.stdin?.write(this.standbyLine);
+    this.standbySent.set(child, this.standbyLine);
+  }
+
+  /**
+   * Spares pre-start a paused QEMU for this shape from now on (the one waiting now too, if it has
+   * none yet); undefined stops that for new spares.
+   */
+  preStart(request: StandbyRequest | undefined): void {
+    this.standbyLine = request ? `standby ${JSON.stringify(request)}\n` : undefined;
+    for (const child of this.spares) this.sendStandby(child);
   }
 
   fill(): void {

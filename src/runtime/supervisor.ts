@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { AgentClient, GuestError, type GuestProcess } from '../guest/agent-client.ts';
 import { FrameDecoder, FrameType, encodeFrame, encodeError, type Frame } from '../guest/protocol.ts';
 import { qemuDriver } from '../vm/qemu-driver.ts';
-import { loadDeviceState, prepareDeviceStateSave } from '../vm/migration.ts';
+import { prepareDeviceStateLoad, prepareDeviceStateSave } from '../vm/migration.ts';
 import { finishDiskCaptureJob, openDiskCaptureTarget, startDiskCaptureJob, type DiskCaptureTarget } from './disk-capture-job.ts';
 import { allocatedExtents } from '../snapshot/extents.ts';
 import { recordTemplateMemoryOwner, templateMemoryFile } from './template-memory.ts';
@@ -26,6 +26,7 @@ import { keepWarm } from './warm-memory.ts';
 import { forgetSpare, publishSpare, retireSpare, spareEntryPresent } from './spare-pool.ts';
 import { loadPageMap, parentDeathEnvironment, protectGuestMemory, readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
 import { environment } from '../config/environment.ts';
+import { adoptStandby, removeStandbySlot, standbyMismatch, type StandbyQemu } from './standby-qemu.ts';
 import {
   confirmPagerServing,
   earlyWorkingSet,
@@ -93,6 +94,8 @@ export class Supervisor {
   private readonly files;
   /** the unlinked file QEMU's disk copy jobs write into (disk-capture-job.ts) */
   private diskCaptureTarget?: DiskCaptureTarget;
+  /** a standby QEMU this spare started (adopted or being discarded): its slot's files go at the end */
+  private standby?: { adopted: boolean; discarded?: Promise<void> };
 
   constructor(private config: MachineConfig) {
     this.files = machineFiles(config.id);
@@ -146,7 +149,8 @@ export class Supervisor {
     return { hostname: this.config.hostname, time: String(BigInt(Date.now()) * 1_000_000n), entropy: randomBytes(64).toString('hex') };
   }
 
-  async run(signals?: StartSignals): Promise<void> {
+  /** `standby`: a paused QEMU this spare started for a machine shape (standby-qemu.ts); a restore of that shape adopts it. */
+  async run(signals?: StartSignals, standby?: Promise<StandbyQemu | undefined>): Promise<void> {
     const entered = Math.round(performance.now());
     const previous = await readMachineState(this.config.id);
     // Restore only on the first start; the runtime materialized RAM, disk and device state for it.
@@ -188,29 +192,41 @@ export class Supervisor {
       // their way while QEMU starts; a cold-booting guest runs at once, so they must be in place.
       if (!restore) await Promise.all([this.confinement.rulesReady, signals?.go]);
       const pager = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
+      const adopted = await this.standbyFor(restore !== undefined && pager !== undefined, standby);
       // The target of QEMU's disk copy for checkpoints that continue; without it they copy the disk paused.
-      this.diskCaptureTarget = await openDiskCaptureTarget(this.files.layerDisk).catch(() => undefined);
+      this.diskCaptureTarget = adopted ? adopted.diskCaptureTarget : await openDiskCaptureTarget(this.files.layerDisk).catch(() => undefined);
       // A paused copy (lazy-restore.ts) of a supervisor killed mid-checkpoint: nothing reads it any more.
       await rm(pausedDiskCopyOf(this.files.layerDisk), { force: true });
       // A QEMU that drops root (-runas) loses its parent-death signal; the preloaded library re-arms it.
-      const parentDeath = this.confinement.runAs ? await parentDeathEnvironment() : {};
+      const parentDeath = this.confinement.runAs && !adopted ? await parentDeathEnvironment() : {};
       mark('qemuLaunching');
-      this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager?.environment }), { logPath: this.files.supervisorLog });
+      if (adopted) {
+        // Started before this machine was asked for: its RAM, page map, uid and names become this machine's.
+        this.vm = adopted.vm;
+        await adoptStandby(adopted, this.adoptingMachine(adopted));
+        mark('standbyAdopted');
+      } else {
+        this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager?.environment }), { logPath: this.files.supervisorLog });
+      }
       mark('qmpReady');
       // Recorded with the pid: a claim whose supervisor died before this is stale, and is taken over.
-      await this.setState({ qemuPid: this.vm.pid, networkUid: this.confinement.runAs?.uid });
+      await this.setState({ qemuPid: this.vm.pid, networkUid: this.confinement.runAs?.uid, ...(adopted ? { qemuName: adopted.name } : {}) });
       this.vm.exited.then((exit) => this.onVmExit(exit));
       const vmGone = this.vm.exited.then((exit) => {
         throw new Error(`QEMU exited during ${restore ? 'restore' : 'boot'} (${exit.signal ?? `code ${exit.code}`}): ${exit.message}`);
       });
       if (restore) {
+        // QEMU listens for the device state while the restore may still be writing it.
+        const deviceStateLoad = prepareDeviceStateLoad(this.vm.qmp, this.migrationSocket());
+        deviceStateLoad.catch(() => {});
         await Promise.race([this.confinement.rulesReady, vmGone]);
         mark('rulesReady');
         if (signals) {
           await Promise.race([signals.go, vmGone]);
           mark('goSaid');
         }
-        await Promise.race([loadDeviceState(this.vm.qmp, this.migrationSocket(), await readFile(this.files.deviceState)), vmGone]);
+        const deviceState = await readFile(this.files.deviceState);
+        await Promise.race([deviceStateLoad.then((prepared) => prepared.load(deviceState)), vmGone]);
         mark('deviceStateIn');
         if (pager) await confirmPagerServing(this.memoryFile());
         await this.vm.qmp.execute('cont');
@@ -271,6 +287,29 @@ export class Supervisor {
       });
     }
     this.startMain();
+  }
+
+  /**
+   * The standby QEMU to adopt for this start, if it fits (a lazy restore of the same shape);
+   * one that does not fit is ended in the background.
+   */
+  private async standbyFor(lazyRestore: boolean, standby?: Promise<StandbyQemu | undefined>): Promise<StandbyQemu | undefined> {
+    const candidate = await standby;
+    if (!candidate) return undefined;
+    const mismatch = lazyRestore ? await standbyMismatch(candidate, this.adoptingMachine(candidate)) : 'not a lazy restore';
+    if (mismatch === undefined) {
+      this.standby = { adopted: true };
+      return candidate;
+    }
+    process.stderr.write(`torpor: note: standby QEMU not used (${mismatch})\n`);
+    this.standby = { adopted: false, discarded: candidate.discard().catch(() => {}) };
+    return undefined;
+  }
+
+  private adoptingMachine(standby: StandbyQemu) {
+    // The disk copy target is the standby's (QEMU has it as a descriptor already).
+    const spec = { ...this.vmSpec(true), diskCaptureDescriptor: standby.diskCaptureTarget?.handle.fd };
+    return { spec, layerDisk: this.files.layerDisk, consoleLog: this.files.consoleLog, supervisorLog: this.files.supervisorLog };
   }
 
   // ---------- spare machines (spare-pool.ts) ----------
@@ -490,6 +529,10 @@ export class Supervisor {
     }
     await releaseLazyMemory(this.config.id, this.memoryFile());
     await this.diskCaptureTarget?.handle.close().catch(() => {});
+    if (this.standby) {
+      await this.standby.discarded;
+      await removeStandbySlot(process.pid);
+    }
     await rm(this.files.controlSocket, { force: true });
     await rm(this.files.agentSocket, { force: true });
     await rm(this.files.qmpSocket, { force: true });

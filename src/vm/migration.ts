@@ -96,13 +96,26 @@ export async function saveDeviceState(qmp: QmpClient, socketPath: string, option
 
 /** Loads device state into a VM started with `-incoming defer`; the VM stays paused until `cont`. */
 export async function loadDeviceState(qmp: QmpClient, socketPath: string, deviceState: Buffer): Promise<void> {
+  await (await prepareDeviceStateLoad(qmp, socketPath)).load(deviceState);
+}
+
+/**
+ * The QMP half of a device-state load, which needs no device state yet: the capability set and
+ * QEMU listening for the stream. A start whose QEMU is up before the device state is written (an
+ * adopted standby QEMU) does this first, so only the stream and its completion wait for the state.
+ */
+export async function prepareDeviceStateLoad(qmp: QmpClient, socketPath: string): Promise<{ load: (deviceState: Buffer) => Promise<void> }> {
   await rm(socketPath, { force: true });
   await ignoreSharedMemory(qmp);
   await qmp.execute('migrate-incoming', { uri: `unix:${socketPath}` });
-  await new Promise<void>((resolve, reject) => {
-    const socket = createConnection(socketPath, () => socket.end(deviceState, () => resolve()));
-    socket.once('error', reject);
-  });
-  await waitForMigration(qmp, 30_000);
-  await rm(socketPath, { force: true });
+  return {
+    load: async (deviceState) => {
+      await new Promise<void>((resolve, reject) => {
+        const socket = createConnection(socketPath, () => socket.end(deviceState, () => resolve()));
+        socket.once('error', reject);
+      });
+      await waitForMigration(qmp, 30_000);
+      await rm(socketPath, { force: true });
+    },
+  };
 }

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { MachineSpec } from './machine-spec.ts';
 import { environment } from '../config/environment.ts';
 
@@ -117,4 +118,35 @@ export function confinementArguments(spec: Pick<MachineSpec, 'runAs'>): string[]
   const sandbox = 'on,obsolete=deny,spawn=deny,resourcecontrol=deny';
   if (!spec.runAs) return ['-sandbox', `${sandbox},elevateprivileges=deny`];
   return ['-sandbox', sandbox, '-runas', `${spec.runAs.uid}:${spec.runAs.gid}`];
+}
+
+/** Stand-ins for what a standby QEMU (runtime/standby-qemu.ts) is started with before it has a machine. */
+const shapePlaceholders = {
+  id: 'shape',
+  memoryFile: '/shape/ram',
+  layerDisk: '/shape/layer',
+  agentSocket: '/shape/agent.sock',
+  qmpSocket: '/shape/qmp.sock',
+  consoleLog: '/shape/console.log',
+} as const;
+
+/**
+ * A machine's shape: its QEMU command line with every per-machine path, id and uid replaced by a
+ * stand-in, plus the layer disk's size (fixed when QEMU opens it), hashed. A standby QEMU started
+ * for one shape may take the restore of any machine of the same shape; of another shape never (its
+ * devices would not match the device state, and the guest would run on the wrong hardware). Taken
+ * from `qemuArguments` itself, so a device added there changes every shape at once.
+ */
+export function machineShape(spec: MachineSpec, layerBytes: number): string {
+  const args = qemuArguments({
+    ...spec,
+    ...shapePlaceholders,
+    layerDisk: spec.layerDisk === undefined ? undefined : shapePlaceholders.layerDisk,
+    runAs: spec.runAs ? { uid: 1, gid: 1 } : undefined,
+    diskCaptureDescriptor: spec.diskCaptureDescriptor === undefined ? undefined : diskCaptureDescriptor,
+    environment: undefined,
+  });
+  return createHash('sha256')
+    .update(JSON.stringify({ args, layerBytes: spec.layerDisk === undefined ? 0 : layerBytes }))
+    .digest('hex');
 }
