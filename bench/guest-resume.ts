@@ -3,7 +3,7 @@
 // lazily, a clock that jumped), per TCG CPU model, side by side in one run. Also the supervisor's
 // restore steps after `cont` (agent connected, hello + resumed configure answered).
 //   node --import tsx bench/guest-resume.ts [restores per variant] [models, comma list] [variants, comma list]
-// models: names of TORPOR_TCG_CPU (default max,max-without-avx,Nehalem,qemu64)
+// models: values of TORPOR_TCG_CPU (default max,max-without-erms: before and after, one run)
 // variants: lazy (default restore), eager (TORPOR_LAZY_MEMORY=0), no-prefetch (TORPOR_LAZY_PREFETCH=0),
 //   settled (lazy, then 2 s idle before the workload)
 // Commit the output under bench/results/guest-resume-2026-11-29-<tcg|kvm>.txt.
@@ -14,8 +14,8 @@ import { percentile, sleep, startHostSampler } from './support.ts';
 import { shellAgent } from '../src/session/testing/shell-agent.ts';
 
 const restores = Math.max(1, Number(process.argv[2] ?? 3));
-const models = (process.argv[3] ?? 'max,max-without-avx,Nehalem,qemu64').split(',');
-const variants = (process.argv[4] ?? 'lazy,eager,no-prefetch,settled').split(',') as Variant[];
+const models = (process.argv[3] ?? 'max,max-without-erms').split(',');
+const variants = (process.argv[4] ?? 'lazy,eager,settled').split(',') as Variant[];
 type Variant = 'lazy' | 'eager' | 'no-prefetch' | 'settled';
 
 const home = await mkdtemp(join(tmpdir(), 'tp-bgr-'));
@@ -38,6 +38,8 @@ const message = '{"type":"message","turnId":"t1","content":"please look at the r
 const workloads: Record<string, string[]> = {
   'shell agent turn': ['sh', '-c', 'printf "%s\\n" "$MESSAGE" | sh -c "$AGENT" > /tmp/reply 2>&1; pkill -f sleeper; grep -q text-delta /tmp/reply'],
   'fork+exec x20': ['sh', '-c', 'i=0; while [ $i -lt 20 ]; do /bin/true; i=$((i+1)); done'],
+  // The kernel zeroing pages for a reader: what ERMS changes most (clear_user, clear_page).
+  'dd zero 64 MiB': ['sh', '-c', 'dd if=/dev/zero of=/dev/null bs=64k count=1024 2>/dev/null'],
 };
 const nodeWorkload = ['node', '-e', 'process.stdout.write(String(1+1))'];
 
