@@ -15,8 +15,10 @@ export type TcgCpuModel = (typeof tcgCpuModels)[number];
 
 /** QEMU's `-cpu` value for a model of `tcgCpuModels`; absent is `max`, as before the field existed. */
 export function tcgCpuArgument(model: TcgCpuModel | undefined): string {
+  if (model === undefined || model === 'max') return 'max';
   if (model === 'max-without-erms') return 'max,-erms,-fsrm';
-  return 'max';
+  // Configs are checked when read (machine-files.ts, machine-record.ts); this is the last line.
+  throw new Error(`unknown TCG CPU model ${JSON.stringify(model)} (known: ${tcgCpuModels.join(', ')})`);
 }
 
 export interface PortMapping {
