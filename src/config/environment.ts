@@ -85,6 +85,12 @@ export const variables = {
   TORPOR_IMPORT_THREAD: variable(flag('1', false), '`0`', '`1` extracts every image layer on a worker thread (large ones always are)'),
   TORPOR_RUNTIME_DIR: variable(textOr('/run/torpor'), '`/run/torpor`', 'host-wide runtime state of a root-run torpor: QEMU uid claims and sockets'),
   TORPOR_QEMU_AS_ROOT: variable(flag('1', false), '`0`', '`1` runs QEMU as root without the network filter (benchmarks only: guests then reach the host)'),
+  // The same names as vm/machine-spec.ts's `tcgCpuModels` (config/ may not import vm/; a test keeps them equal).
+  TORPOR_TCG_CPU: variable(
+    choice(['max-without-erms', 'max'], 'max-without-erms'),
+    '`max-without-erms`',
+    'the CPU model new TCG machines get (their snapshots keep it); `max` offers ERMS/FSRM too, which TCG runs slowly (architecture/runtime.md)',
+  ),
   TORPOR_LAZY_MEMORY: variable(
     flag('1', true),
     '`1`',

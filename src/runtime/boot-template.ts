@@ -21,6 +21,8 @@ export function bootTemplateName(config: MachineConfig): string {
         config.network,
         // Only when set, so that the names of templates made before it existed stay the same.
         ...(config.imageMemoryBytes !== undefined ? [config.imageMemoryBytes] : []),
+        // The same rule: a template of `max` made before the field existed keeps its name.
+        ...(config.cpuModel !== undefined ? [`cpu:${config.cpuModel}`] : []),
       ]),
     )
     .digest('hex')

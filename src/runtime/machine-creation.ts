@@ -105,6 +105,9 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
     ...(options.networkPolicy ? { networkPolicy: options.networkPolicy } : {}),
     autoRemove: options.autoRemove ?? false,
     accelerator: host.accelerator.accelerator,
+    // Under TCG the CPU model is the guest's, kept by its snapshots. `max` is left out: machines made
+    // before the field existed have none, and their boot templates keep their names.
+    ...(host.accelerator.accelerator === 'tcg' && environment().TORPOR_TCG_CPU !== 'max' ? { cpuModel: environment().TORPOR_TCG_CPU } : {}),
     // A snapshot of it is bound to this CPU's features (snapshot-compatibility.ts).
     ...(host.accelerator.accelerator === 'kvm' ? { hostCpu: await hostCpu() } : {}),
     kernelPath: host.kernelPath,

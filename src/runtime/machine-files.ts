@@ -11,6 +11,7 @@ import type { MachineConfig, MachineState } from './machine-record.ts';
 // snapshots) are still parsed with the full schema in machine-record.ts.
 
 import { machineStatuses, type MachineStatus } from './machine-statuses.ts';
+import { tcgCpuModels } from '../vm/machine-spec.ts';
 
 export { machineStatuses, liveStatuses, isLive, type MachineStatus } from './machine-statuses.ts';
 
@@ -59,6 +60,9 @@ export async function readMachineConfig(id: string): Promise<MachineConfig> {
   for (const field of ['command', 'env', 'ports']) if (!Array.isArray(value[field])) throw invalid(path, `${field} is not a list`);
   if (!isObject(value.image) || typeof value.image.reference !== 'string') throw invalid(path, 'image is not an image reference');
   if (value.id !== id) throw invalid(path, `it names machine ${String(value.id)}`);
+  // Becomes part of QEMU's command line: only a name from the fixed list.
+  if (value.cpuModel !== undefined && !(tcgCpuModels as readonly unknown[]).includes(value.cpuModel))
+    throw invalid(path, `cpuModel is not one of ${tcgCpuModels.join(', ')}`);
   return value as unknown as MachineConfig;
 }
 

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { networkPolicySchema } from '../network/policy-schema.ts';
 import { machineStatuses } from './machine-statuses.ts';
+import { tcgCpuModels } from '../vm/machine-spec.ts';
 
 // The readers of config.json and state.json and the file layout live in machine-files.ts (no zod,
 // for the fast commands); the statuses in machine-statuses.ts.
@@ -46,6 +47,11 @@ export const machineConfigSchema = z.object({
   networkPolicy: networkPolicySchema.optional(),
   autoRemove: z.boolean(),
   accelerator: z.enum(['kvm', 'tcg']),
+  /**
+   * Under tcg, the CPU model the guest was booted on (a name from a fixed list; anything else is
+   * refused); absent: `max` (every machine and snapshot made before it existed). Ignored under kvm.
+   */
+  cpuModel: z.enum(tcgCpuModels).optional(),
   /** Under kvm, the host CPU the guest ran on (`-cpu host`): a restore checks its features are all here. Absent under tcg and in older snapshots. */
   hostCpu: z.object({ model: z.string(), flags: z.array(z.string()) }).optional(),
   kernelPath: z.string(),

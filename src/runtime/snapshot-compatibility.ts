@@ -9,8 +9,9 @@ import type { MachineConfig } from './machine-record.ts';
  * guest runs on the host CPU's own features (`-cpu host`): its kernel chose code paths by them and
  * kvm-clock's state is KVM's. QEMU would either refuse the stream with an opaque message or, worse,
  * resume a guest that then faults on a missing instruction. So a restore checks first and refuses
- * with what to do. A TCG snapshot needs nothing: `-cpu max` under TCG is the same wherever QEMU's
- * version is, and a machine restored from it keeps running under TCG even on a KVM host.
+ * with what to do. A TCG snapshot needs nothing: its CPU model (`-cpu max`, or the model in its
+ * config, vm/machine-spec.ts) under TCG is the same wherever QEMU's version is, and a machine
+ * restored from it keeps running under TCG even on a KVM host.
  */
 export async function checkSnapshotRuns(snapshotName: string, original: MachineConfig): Promise<void> {
   if (original.accelerator !== 'kvm') return;

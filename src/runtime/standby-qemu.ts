@@ -6,7 +6,7 @@ import { environment } from '../config/environment.ts';
 import { memoryDirectory, stateHome } from '../state/paths.ts';
 import { qemuDriver } from '../vm/qemu-driver.ts';
 import { machineShape } from '../vm/qemu-command.ts';
-import type { MachineSpec } from '../vm/machine-spec.ts';
+import { tcgCpuModels, type MachineSpec, type TcgCpuModel } from '../vm/machine-spec.ts';
 import type { RunningVm } from '../vm/driver.ts';
 import { lazyMemoryFiles, lazyMemorySupport, parentDeathEnvironment } from '../snapshot/lazy-memory.ts';
 import { openDiskCaptureTarget, type DiskCaptureTarget } from './disk-capture-job.ts';
@@ -26,6 +26,8 @@ export interface StandbyRequest {
   cpus: number;
   memoryMiB: number;
   accelerator: 'kvm' | 'tcg';
+  /** the TCG CPU model (part of the shape: a guest resumes only on the model it was made with) */
+  cpuModel?: TcgCpuModel;
   kernelPath: string;
   initramfsPath: string;
   kernelArguments: string[];
@@ -43,6 +45,7 @@ export function standbyRequestOf(config: MachineConfig, layerBytes: number): Sta
     cpus: config.cpus,
     memoryMiB: config.memoryMiB,
     accelerator: config.accelerator,
+    ...(config.cpuModel !== undefined ? { cpuModel: config.cpuModel } : {}),
     kernelPath: config.kernelPath,
     initramfsPath: config.initramfsPath,
     kernelArguments: config.kernelArguments,
@@ -71,10 +74,12 @@ export function parseStandbyRequest(text: string): StandbyRequest {
     throw new Error('standby request: kernelArguments is not a list of strings');
   if (value.accelerator !== 'kvm' && value.accelerator !== 'tcg') throw new Error('standby request: unknown accelerator');
   if (typeof value.network !== 'boolean') throw new Error('standby request: network is not a boolean');
+  if (value.cpuModel !== undefined && !tcgCpuModels.includes(value.cpuModel as TcgCpuModel)) throw new Error('standby request: unknown CPU model');
   return {
     cpus: whole('cpus'),
     memoryMiB: whole('memoryMiB'),
     accelerator: value.accelerator,
+    ...(value.cpuModel !== undefined ? { cpuModel: value.cpuModel as TcgCpuModel } : {}),
     kernelPath: path('kernelPath'),
     initramfsPath: path('initramfsPath'),
     kernelArguments: argumentsList as string[],
@@ -168,6 +173,7 @@ export async function startStandbyQemu(request: StandbyRequest): Promise<Standby
       cpus: request.cpus,
       memoryMiB: request.memoryMiB,
       accelerator: request.accelerator,
+      cpuModel: request.cpuModel,
       kernelPath: request.kernelPath,
       initramfsPath: request.initramfsPath,
       kernelArguments: request.kernelArguments,

@@ -127,6 +127,7 @@ export class Supervisor {
       cpus: this.config.cpus,
       memoryMiB: this.config.memoryMiB,
       accelerator: this.config.accelerator,
+      cpuModel: this.config.cpuModel,
       kernelPath: this.config.kernelPath,
       initramfsPath: this.config.initramfsPath,
       kernelArguments: this.config.kernelArguments,

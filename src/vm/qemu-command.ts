@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { MachineSpec } from './machine-spec.ts';
+import { tcgCpuArgument, type MachineSpec } from './machine-spec.ts';
 import { environment } from '../config/environment.ts';
 
 /** Descriptor numbers of the layer disk in QEMU's process (read-write, then read-only: QEMU dups whichever access mode it opens with). */
@@ -32,7 +32,9 @@ export function qemuArguments(spec: MachineSpec): string[] {
     `torpor-${spec.id},debug-threads=off`,
     '-machine',
     pmem ? 'q35,memory-backend=mem,vmport=off,smbus=off,sata=off,usb=off' : 'microvm,memory-backend=mem,rtc=on,pit=off,pic=off,isa-serial=on',
-    ...(spec.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host,-arch-capabilities'] : ['-accel', 'tcg,tb-size=64', '-cpu', 'max']),
+    ...(spec.accelerator === 'kvm'
+      ? ['-accel', 'kvm', '-cpu', 'host,-arch-capabilities']
+      : ['-accel', 'tcg,tb-size=64', '-cpu', tcgCpuArgument(spec.cpuModel)]),
     '-smp',
     String(spec.cpus),
     '-m',
