@@ -129,6 +129,11 @@ export const variables = {
     '`0`',
     "MiB of tmpfs that hibernated machines' RAM may keep, so their wake skips the store (`serve --warm-memory`)",
   ),
+  TORPOR_PAUSED_MACHINES: variable(
+    flag('1', true),
+    '`1`',
+    "`0`: a hibernated session's QEMU is always ended; by default, within `TORPOR_WARM_MEMORY`, it is kept paused and its wake is a resume",
+  ),
   TORPOR_TURN_SNAPSHOTS: variable(
     optionalWholeNumber(0),
     '`0`',
