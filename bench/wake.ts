@@ -7,6 +7,8 @@
 // child process per tree, which creates a session and wakes it `wakes per round` times.
 //   node --import tsx bench/wake.ts [rounds] [wakes per round] [old tree|-|standby-off] [shell|coding]
 // `standby-off` compares this tree with itself under TORPOR_STANDBY_QEMU=0 (no pre-started QEMU) instead.
+// `paused` compares the paused tier (TORPOR_WARM_MEMORY=2048: a hibernated session's QEMU kept stopped, its
+// wake a `cont`) with the warm tier alone (TORPOR_PAUSED_MACHINES=0) and the ordinary wake (TORPOR_WARM_MEMORY unset), all this tree.
 // Commit the output under bench/results/wake-2026-11-29-<tcg|kvm>.txt.
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -32,14 +34,21 @@ if (process.argv[2] === '--child') {
 const rounds = Math.max(1, Number(process.argv[2] ?? 2));
 const wakesPerRound = Math.max(1, Number(process.argv[3] ?? 3));
 const standbyOff = process.argv[4] === 'standby-off';
-const oldTree = process.argv[4] && process.argv[4] !== '-' && !standbyOff ? resolve(process.argv[4]) : undefined;
+const pausedTier = process.argv[4] === 'paused';
+const oldTree = process.argv[4] && process.argv[4] !== '-' && !standbyOff && !pausedTier ? resolve(process.argv[4]) : undefined;
 const kind = (process.argv[5] ?? 'shell') as 'shell' | 'coding';
 const progress = (text: string) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${text}\n`);
 
 const home = await mkdtemp(join(tmpdir(), 'tp-bwake-'));
 const memoryDirectory = await mkdtemp('/dev/shm/tp-bwake-');
 const trees: Array<{ name: string; path: string; environment?: Record<string, string> }> = [
-  { name: 'new', path: thisTree },
+  { name: 'new', path: thisTree, ...(pausedTier ? { environment: { TORPOR_WARM_MEMORY: '2048' } } : {}) },
+  ...(pausedTier
+    ? [
+        { name: 'wrm', path: thisTree, environment: { TORPOR_WARM_MEMORY: '2048', TORPOR_PAUSED_MACHINES: '0' } },
+        { name: 'off', path: thisTree, environment: { TORPOR_WARM_MEMORY: '' } },
+      ]
+    : []),
   ...(oldTree ? [{ name: 'old', path: oldTree }] : []),
   ...(standbyOff ? [{ name: 'off', path: thisTree, environment: { TORPOR_STANDBY_QEMU: '0' } }] : []),
 ];
@@ -82,7 +91,7 @@ console.log(
   `load average at start ${loadAtStart.map((value) => value.toFixed(2)).join(' ')}, max ${host.loadMax.toFixed(2)}; QEMU processes not of this bench: max ${host.foreignQemuMax}, mean ${host.foreignQemuMean.toFixed(1)}`,
 );
 console.log(
-  `trees: new = ${thisTree}${oldTree ? `, old = ${oldTree}` : ''}${standbyOff ? ', off = the same tree with TORPOR_STANDBY_QEMU=0' : ''}; ${rounds} rounds x ${wakesPerRound} wakes per tree, interleaved`,
+  `trees: new = ${thisTree}${oldTree ? `, old = ${oldTree}` : ''}${standbyOff ? ', off = the same tree with TORPOR_STANDBY_QEMU=0' : ''}${pausedTier ? ' with TORPOR_WARM_MEMORY=2048 (paused tier), wrm = the same with TORPOR_PAUSED_MACHINES=0 (warm tier only), off = TORPOR_WARM_MEMORY unset (ordinary wake)' : ''}; ${rounds} rounds x ${wakesPerRound} wakes per tree, interleaved`,
 );
 console.log('');
 const target = kind === 'shell' ? '<= 250 ms' : '<= 500 ms';
