@@ -22,6 +22,8 @@ interface ChildResult {
   /** per wake: [step, ms since the message was received] */
   timelines: Array<Array<[string, number]>>;
   accelerator: string;
+  /** per hibernation kept paused: the host memory its machine held (RAM file + QEMU anonymous RSS) */
+  pausedBytes?: number[];
 }
 
 const thisTree = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -101,6 +103,13 @@ for (const other of trees.slice(1))
   console.log(
     `  new vs ${other.name}: ${(percentile(flat(other.name), 50) / percentile(flat('new'), 50)).toFixed(2)}x faster at p50 (${ms(percentile(flat(other.name), 50) - percentile(flat('new'), 50))} less)`,
   );
+for (const tree of trees) {
+  const held = results.get(tree.name)!.flatMap((result) => result.pausedBytes ?? []);
+  if (held.length > 0)
+    console.log(
+      `  ${tree.name}: a paused machine held (RAM file + QEMU anonymous RSS) p50 ${(percentile(held, 50) / 1024 ** 2).toFixed(1)} MiB (min ${(Math.min(...held) / 1024 ** 2).toFixed(1)}, max ${(Math.max(...held) / 1024 ** 2).toFixed(1)}, n=${held.length})`,
+    );
+}
 for (const tree of trees)
   console.log(
     `  ${tree.name} (ms): ${flat(tree.name)
@@ -196,8 +205,13 @@ async function child(tree: string, count: number, agent: 'shell' | 'coding'): Pr
   const { readMachineConfig } = await from('src/runtime/machine-files.ts');
   const accelerator = (await readMachineConfig(manager.get(record.id).machineId)).accelerator as string;
   const firstByteMs: number[] = [];
+  // Trees without the paused tier have no such module: nothing to measure there.
+  const paused = await from('src/runtime/paused-machines.ts').catch(() => undefined);
+  const pausedBytes: number[] = [];
   for (let run = 0; run < count; run++) {
     await waitHibernated(record.id);
+    const pausedMachine = manager.get(record.id).machineId;
+    if (paused && pausedMachine) pausedBytes.push(await paused.machineMemoryBytes(pausedMachine));
     await sleep(300);
     current = undefined;
     const { startedAt, first } = await firstByte(
@@ -214,5 +228,5 @@ async function child(tree: string, count: number, agent: 'shell' | 'coding'): Pr
   await waitHibernated(record.id);
   await manager.delete(record.id);
   await manager.close();
-  process.stdout.write(`\n${JSON.stringify({ firstByteMs, timelines, accelerator } satisfies ChildResult)}\n`);
+  process.stdout.write(`\n${JSON.stringify({ firstByteMs, timelines, accelerator, pausedBytes } satisfies ChildResult)}\n`);
 }
