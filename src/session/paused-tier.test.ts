@@ -5,7 +5,8 @@ import { openContextLog, type ContextLog } from '../context/index.ts';
 import { SessionManager, type SessionEvent } from './session-manager.ts';
 import { SessionStore } from './session-store.ts';
 import { listMachines, stopMachine } from '../runtime/machines.ts';
-import { readMachineConfig, readMachineState } from '../runtime/machine-files.ts';
+import { machineFiles, readMachineConfig, readMachineState } from '../runtime/machine-files.ts';
+import { readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
 import { resumeMachine, snapshotMachine } from '../runtime/snapshots.ts';
 import { machineMemoryBytes } from '../runtime/paused-machines.ts';
 import { shellIn } from '../runtime/testing/guest-shell.ts';
@@ -77,8 +78,14 @@ test('a hibernated session keeps its QEMU paused and its wake resumes it: memory
   first = (await manager.create(spec, { name: 'first' })).id;
   assert.equal(replyText((await manager.send(first, 'hello')).events), 'turn 1: hello; notes 1; child yes');
   const machineId = manager.get(first).machineId!;
+  const tracked = await readLazyMemoryStatus(machineFiles(machineId).memoryFile);
   await hibernateNow(first);
   const record = manager.get(first);
+  if (tracked?.tracking) {
+    // Protected again while paused: the next snapshot after the resume reads only what changes from here.
+    const now = (await readLazyMemoryStatus(machineFiles(machineId).memoryFile))!;
+    assert.ok(now.protectGeneration > tracked.protectGeneration, `write tracking generation ${tracked.protectGeneration} -> ${now.protectGeneration}`);
+  }
   assert.equal(record.state, 'hibernated');
   assert.equal(record.machineId, machineId, 'the record keeps the paused machine');
   const state = await readMachineState(machineId);
@@ -184,6 +191,19 @@ test('a restarted manager adopts a paused machine (one machine, resumed), and re
   assert.equal(replyText((await manager.send(first, 'rebuilt')).events), 'turn 8: rebuilt; notes 8; child yes');
 });
 
+test('a session another node took over (lease lost) leaves no paused machine here', async () => {
+  await hibernateNow(first);
+  const machineId = manager.get(first).machineId!;
+  assert.deepEqual([...(await liveMachines())], [[machineId, 'paused']]);
+  manager.abandon(first);
+  for (let attempt = 0; attempt < 100 && (await liveMachines()).size > 0; attempt++) await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal((await liveMachines()).size, 0);
+  // Here the session is still ours (no cluster): its next wake finds the machine gone and restores.
+  const { reply, steps } = await sendTimed(first, 'after abandon');
+  assert.equal(reply, 'turn 9: after abandon; notes 9; child yes');
+  assert.ok(steps.includes('start: supervisor told to launch'), steps.join(', '));
+});
+
 test('over budget, the oldest paused machine is evicted; delete removes a paused machine', async () => {
   await hibernateNow(first);
   const older = manager.get(first).machineId!;
@@ -202,7 +222,7 @@ test('over budget, the oldest paused machine is evicted; delete removes a paused
     assert.deepEqual([...(await liveMachines())], [[newer, 'paused']]);
     await manager.delete(second);
     assert.equal((await liveMachines()).size, 0, 'delete removed the paused machine');
-    assert.equal(replyText((await manager.send(first, 'evicted')).events), 'turn 9: evicted; notes 9; child yes');
+    assert.equal(replyText((await manager.send(first, 'evicted')).events), 'turn 10: evicted; notes 10; child yes');
   } finally {
     process.env.TORPOR_WARM_MEMORY = '2048';
   }
