@@ -78,14 +78,8 @@ test('a hibernated session keeps its QEMU paused and its wake resumes it: memory
   first = (await manager.create(spec, { name: 'first' })).id;
   assert.equal(replyText((await manager.send(first, 'hello')).events), 'turn 1: hello; notes 1; child yes');
   const machineId = manager.get(first).machineId!;
-  const tracked = await readLazyMemoryStatus(machineFiles(machineId).memoryFile);
   await hibernateNow(first);
   const record = manager.get(first);
-  if (tracked?.tracking) {
-    // Protected again while paused: the next snapshot after the resume reads only what changes from here.
-    const now = (await readLazyMemoryStatus(machineFiles(machineId).memoryFile))!;
-    assert.ok(now.protectGeneration > tracked.protectGeneration, `write tracking generation ${tracked.protectGeneration} -> ${now.protectGeneration}`);
-  }
   assert.equal(record.state, 'hibernated');
   assert.equal(record.machineId, machineId, 'the record keeps the paused machine');
   const state = await readMachineState(machineId);
@@ -165,8 +159,17 @@ test('kill -9 of a paused machine supervisor: the next wake restores the snapsho
 });
 
 test('a restarted manager adopts a paused machine (one machine, resumed), and removes it when the tier is off', async () => {
-  await hibernateNow(first);
+  // A restored machine (the wake before restored it lazily): its writes are tracked.
   const machineId = manager.get(first).machineId!;
+  const tracked = await readLazyMemoryStatus(machineFiles(machineId).memoryFile);
+  await hibernateNow(first);
+  assert.equal(manager.get(first).machineId, machineId);
+  if (tracked) {
+    assert.ok(tracked.tracking, 'a lazily restored machine tracks writes here (userfaultfd write-protect)');
+    // Protected again while paused: the next snapshot after the resume reads only what changes from here.
+    const now = (await readLazyMemoryStatus(machineFiles(machineId).memoryFile))!;
+    assert.ok(now.protectGeneration > tracked.protectGeneration, `write tracking generation ${tracked.protectGeneration} -> ${now.protectGeneration}`);
+  }
   await manager.close();
   manager = new SessionManager({ log, store: new SessionStore(), tickMs: 100 });
   await manager.recoverAll();
