@@ -579,7 +579,14 @@ export class Supervisor {
 
   private fromClient(client: Client, frame: Frame): void {
     if (frame.type === FrameType.control) {
-      const request = JSON.parse(frame.payload.toString()) as ControlRequest;
+      // A request that is not JSON gets an error reply: thrown here, it would end the supervisor and its machine.
+      let request: ControlRequest;
+      try {
+        request = JSON.parse(frame.payload.toString()) as ControlRequest;
+      } catch {
+        client.socket.write(encodeFrame(FrameType.error, frame.stream, encodeError(0, 'a control request must be JSON: {"op": "status"}')));
+        return;
+      }
       this.control(client, frame.stream, request).then(
         (reply) =>
           client.socket.write(encodeFrame(FrameType.controlReply, frame.stream, Buffer.from(JSON.stringify(reply))), () => {
@@ -619,6 +626,7 @@ export class Supervisor {
   }
 
   private async control(client: Client, stream: number, request: ControlRequest): Promise<ControlReply> {
+    if (typeof request !== 'object' || request === null) throw new Error('a control request must be a JSON object with an op: {"op": "status"}');
     switch (request.op) {
       case 'status':
         return { ok: true, state: this.state };
@@ -666,6 +674,8 @@ export class Supervisor {
         if (!this.config.spare || this.claimed) throw new Error('only an unclaimed spare machine can be discarded');
         void this.shutdown(0);
         return { ok: true, state: this.state };
+      default:
+        throw new Error(`unknown control op ${JSON.stringify((request as { op?: unknown } | null)?.op)}: one of status, attach, stop, kill, snapshot, resume, claim, discard`);
     }
   }
 

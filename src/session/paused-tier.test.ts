@@ -8,6 +8,9 @@ import { listMachines, stopMachine } from '../runtime/machines.ts';
 import { machineFiles, readMachineConfig, readMachineState } from '../runtime/machine-files.ts';
 import { readLazyMemoryStatus } from '../snapshot/lazy-memory.ts';
 import { resumeMachine, snapshotMachine } from '../runtime/snapshots.ts';
+import { connectToSupervisor, sendControl } from '../runtime/supervisor-client.ts';
+import type { ControlRequest } from '../runtime/control-protocol.ts';
+import { FrameType, decodeError } from '../guest/protocol.ts';
 import { machineMemoryBytes } from '../runtime/paused-machines.ts';
 import { shellIn } from '../runtime/testing/guest-shell.ts';
 import { shellAgent } from './testing/shell-agent.ts';
@@ -101,6 +104,26 @@ test('a hibernated session keeps its QEMU paused and its wake resumes it: memory
   const guestSeconds = Number(await shellIn(machine, 'date +%s'));
   assert.ok(Math.abs(guestSeconds - Date.now() / 1000) < 2, `the guest clock (${guestSeconds}) is the host's (${Math.round(Date.now() / 1000)})`);
   await assert.rejects(resumeMachine(machine), (error: TorporError) => error.code === 'not-paused');
+  // The supervisor itself refuses ill-timed and garbage requests, and lives on.
+  const client = await connectToSupervisor(machineId);
+  try {
+    await assert.rejects(sendControl(client, { op: 'resume' }), /not paused/);
+    await assert.rejects(sendControl(client, { op: 'snapshot', name: 'half', keepPaused: true }), /keepPaused needs stop/);
+    await assert.rejects(sendControl(client, { op: 'nonsense' } as unknown as ControlRequest), /unknown control op "nonsense"/);
+    await assert.rejects(sendControl(client, null as unknown as ControlRequest), /must be a JSON object/);
+    const stream = client.allocateStream();
+    const refused = new Promise<string>((resolve) =>
+      client.route(stream, (frame) => {
+        resolve(frame.type === FrameType.error ? decodeError(frame.payload).message : `frame ${frame.type}`);
+        return true;
+      }),
+    );
+    client.send(FrameType.control, stream, Buffer.from('{not json'));
+    assert.match(await refused, /must be JSON/);
+    assert.equal((await sendControl(client, { op: 'status' })).state.status, 'running');
+  } finally {
+    client.close();
+  }
   assert.deepEqual([...(await liveMachines())], [[machineId, 'running']]);
 });
 
