@@ -583,12 +583,14 @@ export class SessionManager extends EventEmitter<{
   /** Ends a session's paused machine (the session wakes from its snapshot instead). Machine first, then the record. */
   private async dropPaused(sessionId: string, machineId: string): Promise<void> {
     if (this.paused.get(sessionId) === machineId) this.paused.delete(sessionId);
-    // Queued behind a wake that resumed it, it is the session's running machine now: not ours to end.
     const record = this.store.get(sessionId);
-    if (record?.state !== 'hibernated' || record.machineId !== machineId || !this.store.holds(sessionId)) return;
+    // Another node holds the session now: this node's machine can only go (the record is not ours to change).
+    const held = this.store.holds(sessionId);
+    // Queued behind a wake that resumed it, it is the session's running machine now: not ours to end.
+    if (held && (record?.state !== 'hibernated' || record.machineId !== machineId)) return;
     const machine = await readMachineConfig(machineId).catch(() => undefined);
     if (machine) await removeMachine(machine, { force: true }).catch(() => {});
-    await this.update(sessionId, { machineId: undefined });
+    if (held) await this.update(sessionId, { machineId: undefined });
   }
 
   /**
@@ -865,6 +867,10 @@ export class SessionManager extends EventEmitter<{
     this.ticking = true;
     try {
       const now = Date.now();
+      // A paused machine of a session another node took over (lease lost while it slept) must not stay.
+      for (const [sessionId, machineId] of this.paused) {
+        if (!this.store.holds(sessionId)) await this.serialize(sessionId, () => this.dropPaused(sessionId, machineId)).catch(() => {});
+      }
       for (const record of this.store.list()) {
         if (!this.store.holds(record.id)) continue;
         if (record.state === 'idle' && record.machineId && now - Date.parse(record.lastActivityAt) >= record.spec.idleSeconds * 1000) {
