@@ -7,6 +7,8 @@
 // child process per tree, which creates a session and wakes it `wakes per round` times.
 //   node --import tsx bench/wake.ts [rounds] [wakes per round] [old tree|-|standby-off] [shell|coding]
 // `standby-off` compares this tree with itself under TORPOR_STANDBY_QEMU=0 (no pre-started QEMU) instead.
+// `paused` compares the paused tier (TORPOR_WARM_MEMORY=2048: a hibernated session's QEMU kept stopped, its
+// wake a `cont`) with the warm tier alone (TORPOR_PAUSED_MACHINES=0) and the ordinary wake (TORPOR_WARM_MEMORY unset), all this tree.
 // Commit the output under bench/results/wake-2026-11-29-<tcg|kvm>.txt.
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -20,6 +22,8 @@ interface ChildResult {
   /** per wake: [step, ms since the message was received] */
   timelines: Array<Array<[string, number]>>;
   accelerator: string;
+  /** per hibernation kept paused: the host memory its machine held (RAM file + QEMU anonymous RSS) */
+  pausedBytes?: number[];
 }
 
 const thisTree = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -32,14 +36,21 @@ if (process.argv[2] === '--child') {
 const rounds = Math.max(1, Number(process.argv[2] ?? 2));
 const wakesPerRound = Math.max(1, Number(process.argv[3] ?? 3));
 const standbyOff = process.argv[4] === 'standby-off';
-const oldTree = process.argv[4] && process.argv[4] !== '-' && !standbyOff ? resolve(process.argv[4]) : undefined;
+const pausedTier = process.argv[4] === 'paused';
+const oldTree = process.argv[4] && process.argv[4] !== '-' && !standbyOff && !pausedTier ? resolve(process.argv[4]) : undefined;
 const kind = (process.argv[5] ?? 'shell') as 'shell' | 'coding';
 const progress = (text: string) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${text}\n`);
 
 const home = await mkdtemp(join(tmpdir(), 'tp-bwake-'));
 const memoryDirectory = await mkdtemp('/dev/shm/tp-bwake-');
 const trees: Array<{ name: string; path: string; environment?: Record<string, string> }> = [
-  { name: 'new', path: thisTree },
+  { name: 'new', path: thisTree, ...(pausedTier ? { environment: { TORPOR_WARM_MEMORY: '2048' } } : {}) },
+  ...(pausedTier
+    ? [
+        { name: 'wrm', path: thisTree, environment: { TORPOR_WARM_MEMORY: '2048', TORPOR_PAUSED_MACHINES: '0' } },
+        { name: 'off', path: thisTree, environment: { TORPOR_WARM_MEMORY: '' } },
+      ]
+    : []),
   ...(oldTree ? [{ name: 'old', path: oldTree }] : []),
   ...(standbyOff ? [{ name: 'off', path: thisTree, environment: { TORPOR_STANDBY_QEMU: '0' } }] : []),
 ];
@@ -82,7 +93,7 @@ console.log(
   `load average at start ${loadAtStart.map((value) => value.toFixed(2)).join(' ')}, max ${host.loadMax.toFixed(2)}; QEMU processes not of this bench: max ${host.foreignQemuMax}, mean ${host.foreignQemuMean.toFixed(1)}`,
 );
 console.log(
-  `trees: new = ${thisTree}${oldTree ? `, old = ${oldTree}` : ''}${standbyOff ? ', off = the same tree with TORPOR_STANDBY_QEMU=0' : ''}; ${rounds} rounds x ${wakesPerRound} wakes per tree, interleaved`,
+  `trees: new = ${thisTree}${oldTree ? `, old = ${oldTree}` : ''}${standbyOff ? ', off = the same tree with TORPOR_STANDBY_QEMU=0' : ''}${pausedTier ? ' with TORPOR_WARM_MEMORY=2048 (paused tier), wrm = the same with TORPOR_PAUSED_MACHINES=0 (warm tier only), off = TORPOR_WARM_MEMORY unset (ordinary wake)' : ''}; ${rounds} rounds x ${wakesPerRound} wakes per tree, interleaved`,
 );
 console.log('');
 const target = kind === 'shell' ? '<= 250 ms' : '<= 500 ms';
@@ -92,6 +103,13 @@ for (const other of trees.slice(1))
   console.log(
     `  new vs ${other.name}: ${(percentile(flat(other.name), 50) / percentile(flat('new'), 50)).toFixed(2)}x faster at p50 (${ms(percentile(flat(other.name), 50) - percentile(flat('new'), 50))} less)`,
   );
+for (const tree of trees) {
+  const held = results.get(tree.name)!.flatMap((result) => result.pausedBytes ?? []);
+  if (held.length > 0)
+    console.log(
+      `  ${tree.name}: a paused machine held (RAM file + QEMU anonymous RSS) p50 ${(percentile(held, 50) / 1024 ** 2).toFixed(1)} MiB (min ${(Math.min(...held) / 1024 ** 2).toFixed(1)}, max ${(Math.max(...held) / 1024 ** 2).toFixed(1)}, n=${held.length})`,
+    );
+}
 for (const tree of trees)
   console.log(
     `  ${tree.name} (ms): ${flat(tree.name)
@@ -187,8 +205,13 @@ async function child(tree: string, count: number, agent: 'shell' | 'coding'): Pr
   const { readMachineConfig } = await from('src/runtime/machine-files.ts');
   const accelerator = (await readMachineConfig(manager.get(record.id).machineId)).accelerator as string;
   const firstByteMs: number[] = [];
+  // Trees without the paused tier have no such module: nothing to measure there.
+  const paused = await from('src/runtime/paused-machines.ts').catch(() => undefined);
+  const pausedBytes: number[] = [];
   for (let run = 0; run < count; run++) {
     await waitHibernated(record.id);
+    const pausedMachine = manager.get(record.id).machineId;
+    if (paused && pausedMachine) pausedBytes.push(await paused.machineMemoryBytes(pausedMachine));
     await sleep(300);
     current = undefined;
     const { startedAt, first } = await firstByte(
@@ -205,5 +228,5 @@ async function child(tree: string, count: number, agent: 'shell' | 'coding'): Pr
   await waitHibernated(record.id);
   await manager.delete(record.id);
   await manager.close();
-  process.stdout.write(`\n${JSON.stringify({ firstByteMs, timelines, accelerator } satisfies ChildResult)}\n`);
+  process.stdout.write(`\n${JSON.stringify({ firstByteMs, timelines, accelerator, pausedBytes } satisfies ChildResult)}\n`);
 }

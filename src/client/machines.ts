@@ -2,7 +2,7 @@ import { TorporApiError } from './errors.ts';
 import { readServerSentEvents } from './server-sent-events.ts';
 import { encode, type Transport } from './transport.ts';
 
-export type MachineStatus = 'created' | 'starting' | 'running' | 'stopping' | 'exited' | 'failed';
+export type MachineStatus = 'created' | 'starting' | 'running' | 'paused' | 'stopping' | 'exited' | 'failed';
 
 /** A machine as the server describes it: its configuration plus its current state. */
 export interface MachineInfo {

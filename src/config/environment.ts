@@ -133,7 +133,12 @@ export const variables = {
   TORPOR_WARM_MEMORY: variable(
     optionalWholeNumber(0),
     '`0`',
-    "MiB of tmpfs that hibernated machines' RAM may keep, so their wake skips the store (`serve --warm-memory`)",
+    "MiB of host memory hibernated machines may keep: sessions' QEMUs paused (their wake is a resume), else RAM files in tmpfs, so a wake skips the store (`serve --warm-memory`)",
+  ),
+  TORPOR_PAUSED_MACHINES: variable(
+    flag('1', true),
+    '`1`',
+    "`0`: a hibernated session's QEMU is always ended; by default, within `TORPOR_WARM_MEMORY`, it is kept paused and its wake is a resume",
   ),
   TORPOR_TURN_SNAPSHOTS: variable(
     optionalWholeNumber(0),

@@ -6,7 +6,13 @@ export type ControlRequest =
   | { op: 'attach' }
   | { op: 'stop'; timeoutSeconds?: number; signal?: number }
   | { op: 'kill'; signal?: number }
-  | { op: 'snapshot'; name: string; stop?: boolean; replace?: boolean; parent?: string }
+  /**
+   * `keepPaused` (only with `stop`): capture as a hibernation, then leave QEMU alive and stopped
+   * (status `paused`) instead of ending it, so that a `resume` continues it without a restore.
+   */
+  | { op: 'snapshot'; name: string; stop?: boolean; keepPaused?: boolean; replace?: boolean; parent?: string }
+  /** A `paused` machine runs again: `cont`, then the guest gets a new clock and RNG seed. */
+  | { op: 'resume' }
   /** A spare machine is now the caller's: its config.json holds the user's settings (spare-pool.ts). */
   | { op: 'claim' }
   /** A spare taken but not usable (wrong request): end it. */

@@ -113,8 +113,12 @@ export const machineStateSchema = z.object({
   restored: z.boolean().optional(),
   /** The uid its QEMU runs as, which its network rules match (released when it stops). */
   networkUid: z.number().int().optional(),
-  /** The snapshot this machine was saved into when it stopped (snapshot --stop, hibernation). */
+  /** The snapshot this machine was saved into when it stopped (snapshot --stop, hibernation), or, while `paused`, the one it is paused at. */
   snapshot: z.string().optional(),
+  /** While `paused` (the paused tier): since when; a `resume` clears it. */
+  pausedAt: z.string().optional(),
+  /** When its last `resume` continued it. */
+  resumedAt: z.string().optional(),
   /** When a `run` claimed this machine from the spare pool (its start was the spare's). */
   claimedAt: z.string().optional(),
   /** Milestones of the last start, in ms since the supervisor process started (processStartedAt: its epoch ms); for the start benchmark. */

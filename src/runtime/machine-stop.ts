@@ -18,7 +18,7 @@ export async function stopMachine(config: MachineConfig, options: { timeoutSecon
   const state = await effectiveState(config);
   if (!isLive(state.status)) return state;
   const timeoutSeconds = options.timeoutSeconds ?? 10;
-  if (supervisorAlive(state) && state.status === 'running') {
+  if (supervisorAlive(state) && (state.status === 'running' || state.status === 'paused')) {
     try {
       const client = await connectToSupervisor(config.id);
       await sendControl(client, { op: 'stop', timeoutSeconds }).catch(() => undefined);

@@ -20,7 +20,10 @@ import type { StartTimeline } from './start-timeline.ts';
 export type { RestoreOptions } from './machine-creation.ts';
 
 /** Saves a running machine whole (memory, processes, files) into the snapshot store. */
-export async function snapshotMachine(config: MachineConfig, options: { name: string; stop?: boolean; replace?: boolean }): Promise<SnapshotSummary> {
+export async function snapshotMachine(
+  config: MachineConfig,
+  options: { name: string; stop?: boolean; keepPaused?: boolean; replace?: boolean },
+): Promise<SnapshotSummary> {
   const state = await effectiveState(config);
   if (state.status !== 'running') {
     throw new TorporError('not-running', `machine ${config.name} is ${state.status}: only a running machine can be snapshotted`, {
@@ -29,11 +32,31 @@ export async function snapshotMachine(config: MachineConfig, options: { name: st
   }
   const client = await connectToSupervisor(config.id);
   try {
-    const reply = await sendControl(client, { op: 'snapshot', name: options.name, stop: options.stop, replace: options.replace });
+    const reply = await sendControl(client, { op: 'snapshot', name: options.name, stop: options.stop, keepPaused: options.keepPaused, replace: options.replace });
     return reply.snapshot!;
   } catch (error) {
     throw new TorporError('snapshot-failed', `snapshot of ${config.name} failed: ${(error as Error).message}`, {
       hint: 'the machine keeps running; see `torpor doctor` for disk space',
+    });
+  } finally {
+    client.close();
+  }
+}
+
+/** Continues a machine kept paused after its hibernation snapshot (the paused tier): no restore, same QEMU. */
+export async function resumeMachine(config: MachineConfig): Promise<void> {
+  const state = await effectiveState(config);
+  if (state.status !== 'paused') {
+    throw new TorporError('not-paused', `machine ${config.name} is ${state.status}: only a paused machine can be resumed`, {
+      hint: state.status === 'running' ? 'it runs already' : `restore it from its snapshot instead (torpor snapshot restore)`,
+    });
+  }
+  const client = await connectToSupervisor(config.id);
+  try {
+    await sendControl(client, { op: 'resume' });
+  } catch (error) {
+    throw new TorporError('resume-failed', `resume of ${config.name} failed: ${(error as Error).message}`, {
+      hint: `remove it (torpor rm -f ${config.name}) and restore its snapshot`,
     });
   } finally {
     client.close();

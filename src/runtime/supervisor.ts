@@ -477,9 +477,11 @@ export class Supervisor {
   async shutdown(exitCode: number, error?: string): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    const paused = this.state.status === 'paused';
     await this.setState({ status: 'stopping' });
     const vm = this.vm!;
-    if (this.config.autoRemove) {
+    // A paused guest cannot sync or power off (and its state is in the snapshot it was paused at).
+    if (this.config.autoRemove || paused) {
       // A --rm machine's disk and memory are deleted next: nothing to sync, so no guest power-off
       // to wait for (a round trip and a kernel shutdown under TCG, on every `run --rm`).
       vm.kill('SIGKILL');
@@ -578,11 +580,18 @@ export class Supervisor {
 
   private fromClient(client: Client, frame: Frame): void {
     if (frame.type === FrameType.control) {
-      const request = JSON.parse(frame.payload.toString()) as ControlRequest;
+      // A request that is not JSON gets an error reply: thrown here, it would end the supervisor and its machine.
+      let request: ControlRequest;
+      try {
+        request = JSON.parse(frame.payload.toString()) as ControlRequest;
+      } catch {
+        client.socket.write(encodeFrame(FrameType.error, frame.stream, encodeError(0, 'a control request must be JSON: {"op": "status"}')));
+        return;
+      }
       this.control(client, frame.stream, request).then(
         (reply) =>
           client.socket.write(encodeFrame(FrameType.controlReply, frame.stream, Buffer.from(JSON.stringify(reply))), () => {
-            if (request.op === 'snapshot' && request.stop) void this.finishAfterSnapshot(request.name);
+            if (request.op === 'snapshot' && request.stop && !request.keepPaused) void this.finishAfterSnapshot(request.name);
           }),
         (error: Error) => client.socket.write(encodeFrame(FrameType.error, frame.stream, encodeError(0, error.message))),
       );
@@ -618,6 +627,7 @@ export class Supervisor {
   }
 
   private async control(client: Client, stream: number, request: ControlRequest): Promise<ControlReply> {
+    if (typeof request !== 'object' || request === null) throw new Error('a control request must be a JSON object with an op: {"op": "status"}');
     switch (request.op) {
       case 'status':
         return { ok: true, state: this.state };
@@ -628,7 +638,10 @@ export class Supervisor {
         this.firstAttach = undefined;
         return { ok: true, state: this.state };
       case 'stop': {
-        if (this.main && !this.stopping) {
+        if (this.state.status === 'paused') {
+          // The guest is stopped and cannot end its process: its state is in the snapshot, QEMU just goes.
+          await this.shutdown(0);
+        } else if (this.main && !this.stopping) {
           this.main.signal(request.signal ?? 15);
           const timeout = (request.timeoutSeconds ?? 10) * 1000;
           const exited = await Promise.race([
@@ -647,10 +660,14 @@ export class Supervisor {
         return { ok: true, state: this.state };
       }
       case 'kill':
+        if (this.state.status === 'paused') throw new Error('the machine is paused: a signal would wait for its resume; `torpor stop` or `torpor kill` ends it');
         this.main?.signal(request.signal ?? 9);
         return { ok: true, state: this.state };
       case 'snapshot':
         return { ok: true, snapshot: await this.snapshot(request), state: this.state };
+      case 'resume':
+        await this.resume();
+        return { ok: true, state: this.state };
       case 'claim':
         await this.claim();
         return { ok: true, state: this.state };
@@ -658,6 +675,8 @@ export class Supervisor {
         if (!this.config.spare || this.claimed) throw new Error('only an unclaimed spare machine can be discarded');
         void this.shutdown(0);
         return { ok: true, state: this.state };
+      default:
+        throw new Error(`unknown control op ${JSON.stringify((request as { op?: unknown } | null)?.op)}: one of status, attach, stop, kill, snapshot, resume, claim, discard`);
     }
   }
 
@@ -676,6 +695,22 @@ export class Supervisor {
     }, 1000).unref();
   }
 
+  /** The snapshot a paused machine stopped at: its next snapshot's parent after a resume. */
+  private pausedAt?: string;
+
+  /** Continues a machine the paused tier kept (`snapshot` with `keepPaused`). */
+  async resume(): Promise<void> {
+    if (this.stopping || this.state.status !== 'paused') {
+      throw new Error(`the machine is ${this.stopping ? 'stopping' : this.state.status}, not paused: only a machine kept paused after a hibernation can be resumed`);
+    }
+    const vm = this.vm!;
+    await vm.qmp.execute('cont');
+    // The guest's clock stood still while it was paused: hand it the time, as after a restore (and
+    // a new RNG seed: a fork of its snapshot may be running elsewhere with the same state).
+    await this.agent!.configure(this.guestSettings(), FrameType.resumed, Math.max(15_000, this.config.bootTimeoutMs));
+    await this.setState({ status: 'running', snapshot: undefined, pausedAt: undefined, resumedAt: new Date().toISOString() });
+  }
+
   private async finishAfterSnapshot(name: string): Promise<void> {
     await this.finish({ status: 'exited', exitCode: 0, snapshot: name, error: undefined });
   }
@@ -684,8 +719,10 @@ export class Supervisor {
    * Pause, save the device state (RAM stays out of it: it is the tmpfs file), capture RAM file and
    * disk layer into the store, then resume or stop. The guest sees a pause, nothing else.
    */
-  async snapshot(request: { name: string; stop?: boolean; replace?: boolean; parent?: string }): Promise<SnapshotSummary> {
+  async snapshot(request: { name: string; stop?: boolean; keepPaused?: boolean; replace?: boolean; parent?: string }): Promise<SnapshotSummary> {
     if (this.stopping || this.state.status !== 'running') throw new Error(`the machine is ${this.state.status}, not running`);
+    if (request.keepPaused && !request.stop) throw new Error('keepPaused needs stop: only a hibernation leaves the machine paused');
+    if (request.keepPaused && (this.config.captureTemplate || this.config.spare)) throw new Error('a boot template or spare machine cannot be kept paused');
     if (this.snapshotInProgress) throw new Error('a snapshot of this machine is already in progress');
     this.snapshotInProgress = true;
     const vm = this.vm!;
@@ -782,7 +819,7 @@ export class Supervisor {
           ...(beside?.diskCopies ? { diskCopies: beside.diskCopies } : {}),
           ...(beside ? { memoryCopies: beside.memoryCopies } : {}),
           deviceState,
-          parent: request.parent ?? this.config.restore?.snapshot,
+          parent: request.parent ?? this.pausedAt ?? this.config.restore?.snapshot,
           replace: request.replace,
           metadata: {
             machine: this.config,
@@ -804,7 +841,20 @@ export class Supervisor {
           if (beside) await beside.finish();
         });
       const captured = performance.now();
-      if (request.stop) {
+      if (request.keepPaused) {
+        // The paused tier: the guest stays stopped in this QEMU, which keeps its translated code, so
+        // a `resume` continues it without a restore. Write tracking starts a new generation here, as
+        // for a paused checkpoint, so the next snapshot after the resume reads only what changed.
+        if (known.status?.tracking) {
+          this.writeBaseline = await protectGuestMemory(this.memoryFile()).then(
+            (generation) => ({ generation, chunks: manifest.memory.chunks, deltaBases: manifest.memory.deltaBases ?? {} }),
+            () => null,
+          );
+        }
+        // The parent of the next snapshot is this one (the machine's own restore source is older).
+        this.pausedAt = manifest.name;
+        await this.setState({ status: 'paused', snapshot: request.name, pausedAt: new Date().toISOString() });
+      } else if (request.stop) {
         // The guest lives on in the snapshot: end QEMU now; `finishAfterSnapshot` records it once
         // the caller has its reply (finishing closes every client socket).
         this.stopping = true;

@@ -4,7 +4,9 @@ import type { ContextLog, Entry } from '../context/index.ts';
 import { TorporError } from '../util/errors.ts';
 import { createMachine, startMachine, findMachine, effectiveState, removeMachine, createSupervisorPool } from '../runtime/machines.ts';
 import type { SupervisorPool } from '../runtime/supervisor-pool.ts';
-import { snapshotMachine, restoreMachine } from '../runtime/snapshots.ts';
+import { snapshotMachine, restoreMachine, resumeMachine } from '../runtime/snapshots.ts';
+import { machineMemoryBytes, pausedBudgetBytes } from '../runtime/paused-machines.ts';
+import { trimWarmMemory } from '../runtime/warm-memory.ts';
 import { readMachineConfig } from '../runtime/machine-files.ts';
 import type { MachineConfig } from '../runtime/machine-record.ts';
 import { sessionNetworkOptions } from './session-network.ts';
@@ -92,6 +94,12 @@ export class SessionManager extends EventEmitter<{
   private readonly historyInFlight = new Set<string>();
   private readonly maxHistoryBytes = agentMaxHistoryBytes();
   private readonly replication?: SnapshotReplication;
+  /**
+   * The paused tier: hibernated sessions whose machine is kept paused at their snapshot (session id
+   * -> machine id, oldest hibernation first). The record keeps that machine's id too (a hibernated
+   * record with a `machineId`), so a restarted server adopts or removes it (recoverAll).
+   */
+  private readonly paused = new Map<string, string>();
 
   constructor(options: SessionManagerOptions) {
     super();
@@ -150,10 +158,14 @@ export class SessionManager extends EventEmitter<{
     const live = this.live.get(id);
     this.live.delete(id);
     live?.connection.close();
-    if (live)
-      void readMachineConfig(live.machineId)
-        .then((machine) => removeMachine(machine, { force: true }))
-        .catch(() => {});
+    const paused = this.paused.get(id);
+    this.paused.delete(id);
+    for (const machineId of [live?.machineId, paused]) {
+      if (machineId)
+        void readMachineConfig(machineId)
+          .then((machine) => removeMachine(machine, { force: true }))
+          .catch(() => {});
+    }
     this.emit('abandon', id);
   }
 
@@ -337,13 +349,13 @@ export class SessionManager extends EventEmitter<{
   }
 
   /** Snapshot name for a session's n-th save: unique, so forks can share one while the session moves on. */
-  private async takeSnapshot(id: string, stop: boolean): Promise<string> {
+  private async takeSnapshot(id: string, stop: boolean, keepPaused = false): Promise<string> {
     const record = this.get(id);
     if (!record.machineId) throw new Error('the session has no machine');
     const machine = await readMachineConfig(record.machineId);
     const name = `session-${id}-${Date.now().toString(36)}`;
     const logEnd = (await this.log.read(id, { from: 0, limit: 1 })).endOffset;
-    await snapshotMachine(machine, { name, stop });
+    await snapshotMachine(machine, { name, stop, keepPaused });
     const previous = record.snapshot;
     // A snapshot older than the log must not be restored as the session's present: remember where it stands.
     await this.update(id, { snapshot: name, snapshotLogOffset: logEnd });
@@ -508,8 +520,9 @@ export class SessionManager extends EventEmitter<{
     await this.update(id, { state: 'hibernating' });
     const live = this.live.get(id);
     this.live.delete(id);
+    const keepPaused = await this.mayKeepPaused(record.machineId);
     try {
-      await this.takeSnapshot(id, true);
+      await this.takeSnapshot(id, true, keepPaused);
     } catch (error) {
       if (live) this.live.set(id, live);
       await this.update(id, {
@@ -526,7 +539,8 @@ export class SessionManager extends EventEmitter<{
     }
     live?.connection.close();
     const machine = await readMachineConfig(record.machineId).catch(() => undefined);
-    if (machine) await removeMachine(machine, { force: true }).catch(() => {});
+    const kept = keepPaused && machine !== undefined && (await effectiveState(machine)).status === 'paused';
+    if (machine && !kept) await removeMachine(machine, { force: true }).catch(() => {});
     let note: string | undefined;
     const snapshot = this.get(id).snapshot;
     if (this.replication && snapshot) {
@@ -536,7 +550,72 @@ export class SessionManager extends EventEmitter<{
         (error: Error) => `snapshot ${snapshot} stays on this node only: ${error.message}`,
       );
     }
-    await this.update(id, { state: 'hibernated', machineId: undefined, wakeAt: options.wakeAt, ...(note ? { note } : {}) });
+    await this.update(id, { state: 'hibernated', machineId: kept ? record.machineId : undefined, wakeAt: options.wakeAt, ...(note ? { note } : {}) });
+    if (kept) {
+      this.paused.set(id, record.machineId);
+      void this.evictPaused();
+    }
+  }
+
+  /** Whether this hibernation may keep its machine paused: the tier is on and the machine alone fits its budget. */
+  private async mayKeepPaused(machineId: string): Promise<boolean> {
+    const budget = pausedBudgetBytes();
+    if (budget === 0) return false;
+    return (await machineMemoryBytes(machineId)) <= budget;
+  }
+
+  /**
+   * Ends the oldest paused machines while they hold more than the budget; then the warm tier's RAM
+   * files yield to what stays (both share TORPOR_WARM_MEMORY). Each removal waits its session's turn.
+   */
+  private async evictPaused(): Promise<void> {
+    const budget = pausedBudgetBytes();
+    const entries = await Promise.all([...this.paused].map(async ([sessionId, machineId]) => ({ sessionId, machineId, bytes: await machineMemoryBytes(machineId) })));
+    let total = entries.reduce((sum, entry) => sum + entry.bytes, 0);
+    for (const entry of entries) {
+      if (total <= budget) break;
+      total -= entry.bytes;
+      void this.serialize(entry.sessionId, () => this.dropPaused(entry.sessionId, entry.machineId)).catch(() => {});
+    }
+    if (budget > 0 && total > 0) await trimWarmMemory(Math.max(0, budget - total)).catch(() => {});
+  }
+
+  /** Ends a session's paused machine (the session wakes from its snapshot instead). Machine first, then the record. */
+  private async dropPaused(sessionId: string, machineId: string): Promise<void> {
+    if (this.paused.get(sessionId) === machineId) this.paused.delete(sessionId);
+    const record = this.store.get(sessionId);
+    // Another node holds the session now: this node's machine can only go (the record is not ours to change).
+    const held = this.store.holds(sessionId);
+    // Queued behind a wake that resumed it, it is the session's running machine now: not ours to end.
+    if (held && (record?.state !== 'hibernated' || record.machineId !== machineId)) return;
+    const machine = await readMachineConfig(machineId).catch(() => undefined);
+    if (machine) await removeMachine(machine, { force: true }).catch(() => {});
+    if (held) await this.update(sessionId, { machineId: undefined });
+  }
+
+  /**
+   * Wakes a session from its paused machine when that machine is alive, paused, and paused at
+   * exactly the session's snapshot; otherwise removes it (the caller restores the snapshot), so
+   * that a session never has two machines.
+   */
+  private async resumePaused(id: string, record: AgentSessionRecord, timeline?: StartTimeline): Promise<MachineConfig | undefined> {
+    const machineId = record.machineId!;
+    this.paused.delete(id);
+    const machine = await readMachineConfig(machineId).catch(() => undefined);
+    if (!machine) return undefined;
+    try {
+      const state = await effectiveState(machine);
+      if (state.status === 'paused' && record.snapshot !== undefined && state.snapshot === record.snapshot) {
+        await resumeMachine(machine);
+        timeline?.mark('session: paused machine resumed');
+        return machine;
+      }
+    } catch {
+      // a supervisor that died or failed the resume: the snapshot is intact, restore it
+    }
+    await removeMachine(machine, { force: true }).catch(() => {});
+    timeline?.mark('session: paused machine removed');
+    return undefined;
   }
 
   private async wake(
@@ -552,9 +631,10 @@ export class SessionManager extends EventEmitter<{
     timeline?.mark('session: record waking');
     onEvent({ type: 'session-state', state: 'waking' });
     try {
-      await this.replication?.ensureLocal(record.snapshot!);
       const { connection } = await this.withMachineSlot(async () => {
-        const machine = await restoreMachine(record.snapshot!, { ...this.restoreOptions(id), timeline });
+        const resumed = record.machineId ? await this.resumePaused(id, record, timeline) : undefined;
+        if (!resumed) await this.replication?.ensureLocal(record.snapshot!);
+        const machine = resumed ?? (await restoreMachine(record.snapshot!, { ...this.restoreOptions(id), timeline }));
         // The agent connection opens while the record learns the machine (neither needs the other).
         const attached = this.attach(id, machine.id);
         attached.catch(() => {});
@@ -604,6 +684,7 @@ export class SessionManager extends EventEmitter<{
     const record = this.get(id);
     const old = this.live.get(id);
     this.live.delete(id);
+    this.paused.delete(id);
     old?.connection.close();
     if (record.machineId) {
       const machine = await readMachineConfig(record.machineId).catch(() => undefined);
@@ -686,6 +767,7 @@ export class SessionManager extends EventEmitter<{
     await this.serialize(record.id, async () => {
       const live = this.live.get(record.id);
       this.live.delete(record.id);
+      this.paused.delete(record.id);
       live?.connection.close();
       if (record.machineId) {
         const machine = await readMachineConfig(record.machineId).catch(() => undefined);
@@ -702,6 +784,12 @@ export class SessionManager extends EventEmitter<{
 
   /** On server start: reattach to machines that still run, recover the rest; hibernated sessions wait for their timers. */
   async recoverAll(): Promise<void> {
+    // Paused machines of hibernated sessions, oldest hibernation first: kept, or removed (never left orphaned).
+    const hibernated = this.store.list().filter((record) => record.state === 'hibernated' && record.machineId && this.store.holds(record.id));
+    for (const record of hibernated.sort((a, b) => a.updatedAt.localeCompare(b.updatedAt))) {
+      await this.serialize(record.id, () => this.adoptPaused(record.id)).catch(() => {});
+    }
+    await this.evictPaused();
     for (const record of this.store.list()) {
       if (!this.store.holds(record.id)) continue;
       if (!activeStates.includes(record.state) && record.state !== 'hibernating') continue;
@@ -717,6 +805,19 @@ export class SessionManager extends EventEmitter<{
         await this.recover(record.id, 'the server restarted and the machine was gone');
       }).catch((error: Error) => this.update(record.id, { state: 'failed', note: error.message }).catch(() => {}));
     }
+  }
+
+  /** A restarted server's view of a hibernated session's paused machine: kept when it still fits, else removed. */
+  private async adoptPaused(id: string): Promise<void> {
+    const record = this.get(id);
+    if (record.state !== 'hibernated' || !record.machineId) return;
+    const machine = await readMachineConfig(record.machineId).catch(() => undefined);
+    const state = machine ? await effectiveState(machine).catch(() => undefined) : undefined;
+    if (machine && state?.status === 'paused' && state.snapshot === record.snapshot && pausedBudgetBytes() > 0) {
+      this.paused.set(id, machine.id);
+      return;
+    }
+    await this.dropPaused(id, record.machineId);
   }
 
   /**
@@ -766,6 +867,10 @@ export class SessionManager extends EventEmitter<{
     this.ticking = true;
     try {
       const now = Date.now();
+      // A paused machine of a session another node took over (lease lost while it slept) must not stay.
+      for (const [sessionId, machineId] of this.paused) {
+        if (!this.store.holds(sessionId)) await this.serialize(sessionId, () => this.dropPaused(sessionId, machineId)).catch(() => {});
+      }
       for (const record of this.store.list()) {
         if (!this.store.holds(record.id)) continue;
         if (record.state === 'idle' && record.machineId && now - Date.parse(record.lastActivityAt) >= record.spec.idleSeconds * 1000) {

@@ -72,7 +72,7 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
     .option('--max-body <size>', 'largest request body except log appends (default 1m; TORPOR_MAX_BODY)')
     .option(
       '--warm-memory <MiB>',
-      'keep the RAM of recently hibernated sessions in tmpfs up to this many MiB, so their wake skips the store (default: TORPOR_WARM_MEMORY or 0)',
+      'keep recently hibernated sessions in host memory up to this many MiB: their QEMU paused (wake = resume; TORPOR_PAUSED_MACHINES=0: not), else their RAM in tmpfs, so their wake skips the store (default: TORPOR_WARM_MEMORY or 0)',
     )
     .option('--cluster <postgres-url>', 'run as a node of the cluster whose control plane is this PostgreSQL database (TORPOR_CLUSTER)')
     .option('--store <s3-url>', 'with --cluster: share snapshots through this object store, s3://BUCKET/PREFIX (TORPOR_STORE, TORPOR_S3_*)')
