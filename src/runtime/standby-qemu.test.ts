@@ -6,10 +6,10 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { useTemporaryHome } from './testing/temporary-home.ts';
 import { openContextLog, type ContextLog } from '../context/index.ts';
-import { SessionManager, type SessionEvent } from '../session/session-manager.ts';
+import { SessionManager } from '../session/session-manager.ts';
 import { readMachineConfig, readMachineState, machineFiles } from './machine-files.ts';
 import { processMatches } from '../util/process-identity.ts';
-import { shellAgent } from '../session/testing/shell-agent.ts';
+import { replyText, sendWithWakeSteps, shellAgentSpec } from '../session/testing/shell-agent.ts';
 import { startStandbyQemu, standbyRequestOf, standbySlot, type StandbyQemu, type StandbyRequest } from './standby-qemu.ts';
 import { prepareLazyMemory, releaseLazyMemoryPin, removeLazyMemoryFiles } from '../snapshot/lazy-memory.ts';
 import { readSnapshot } from '../snapshot/snapshot-store.ts';
@@ -30,13 +30,7 @@ let sessionId: string;
 /** the first machine's standby request, for the pager tests (a shape this host can start) */
 let request: StandbyRequest;
 
-const spec = { image: 'base', command: ['sh', '-c', shellAgent], env: [], cpus: 1, memoryMiB: 256, idleSeconds: 1 };
-const replyText = (events: SessionEvent[]) =>
-  events
-    .filter((event) => event.type === 'text-delta')
-    .map((event) => String((event as unknown as { delta: string }).delta))
-    .join('');
-
+const spec = shellAgentSpec(1);
 async function until<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -105,19 +99,7 @@ function claimText(name: string): string {
   }
 }
 
-async function wake(id: string, content: string): Promise<{ reply: string; steps: string[] }> {
-  let steps: string[] = [];
-  const onWake = (woken: string, timeline: { steps: Array<{ step: string }> }) => {
-    if (woken === id) steps = timeline.steps.map((entry) => entry.step);
-  };
-  manager.on('wake', onWake);
-  try {
-    const { events } = await manager.send(id, content);
-    return { reply: replyText(events), steps };
-  } finally {
-    manager.off('wake', onWake);
-  }
-}
+const wake = (id: string, content: string) => sendWithWakeSteps(manager, id, content);
 
 before(async () => {
   memoryDirectory = await mkdtemp('/dev/shm/tp-standby-');

@@ -2,7 +2,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
 import { openContextLog, type ContextLog } from '../context/index.ts';
-import { SessionManager, type SessionEvent } from './session-manager.ts';
+import { SessionManager } from './session-manager.ts';
 import { SessionStore } from './session-store.ts';
 import { listMachines, stopMachine } from '../runtime/machines.ts';
 import { machineFiles, readMachineConfig, readMachineState } from '../runtime/machine-files.ts';
@@ -13,7 +13,7 @@ import type { ControlRequest } from '../runtime/control-protocol.ts';
 import { FrameType, decodeError } from '../guest/protocol.ts';
 import { machineMemoryBytes } from '../runtime/paused-machines.ts';
 import { shellIn } from '../runtime/testing/guest-shell.ts';
-import { shellAgent } from './testing/shell-agent.ts';
+import { replyText, sendWithWakeSteps, shellAgentSpec } from './testing/shell-agent.ts';
 import { TorporError } from '../util/errors.ts';
 
 // The paused tier against real machines: a hibernated session's QEMU is kept stopped, and its wake
@@ -26,13 +26,7 @@ let log: ContextLog;
 let manager: SessionManager;
 
 // Idle timers never fire here: each test hibernates when it means to.
-const spec = { image: 'base', command: ['sh', '-c', shellAgent], env: [], cpus: 1, memoryMiB: 256, idleSeconds: 3600 };
-const replyText = (events: SessionEvent[]) =>
-  events
-    .filter((event) => event.type === 'text-delta')
-    .map((event) => String((event as unknown as { delta: string }).delta))
-    .join('');
-
+const spec = shellAgentSpec(3600);
 /** What an idle timer does: snapshot and hibernate the session now (queued like every operation on it). */
 function hibernateNow(id: string): Promise<void> {
   const internals = manager as unknown as { serialize(id: string, work: () => Promise<void>): Promise<void>; hibernate(id: string): Promise<void> };
@@ -42,23 +36,12 @@ function hibernateNow(id: string): Promise<void> {
 /** Machines holding processes (running or paused), by id -> status. */
 async function liveMachines(): Promise<Map<string, string>> {
   const views = await listMachines();
-  return new Map(views.filter(({ state }) => ['starting', 'running', 'paused', 'stopping'].includes(state.status)).map(({ config, state }) => [config.id, state.status]));
+  return new Map(
+    views.filter(({ state }) => ['starting', 'running', 'paused', 'stopping'].includes(state.status)).map(({ config, state }) => [config.id, state.status]),
+  );
 }
 
-/** The steps of the wake a message causes. */
-async function sendTimed(id: string, content: string): Promise<{ reply: string; steps: string[] }> {
-  let steps: string[] = [];
-  const onWake = (woken: string, timeline: { steps: Array<{ step: string }> }) => {
-    if (woken === id) steps = timeline.steps.map((entry) => entry.step);
-  };
-  manager.on('wake', onWake);
-  try {
-    const { events } = await manager.send(id, content);
-    return { reply: replyText(events), steps };
-  } finally {
-    manager.off('wake', onWake);
-  }
-}
+const sendTimed = (id: string, content: string) => sendWithWakeSteps(manager, id, content);
 
 before(async () => {
   home = await useTemporaryHome();

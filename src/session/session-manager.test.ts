@@ -7,20 +7,14 @@ import { SessionStore } from './session-store.ts';
 import { listMachines } from '../runtime/machines.ts';
 import { readMachineConfig, readMachineState } from '../runtime/machine-files.ts';
 import { processMatches } from '../util/process-identity.ts';
-import { shellAgent } from './testing/shell-agent.ts';
+import { replyText, shellAgentSpec } from './testing/shell-agent.ts';
 
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
 let log: ContextLog;
 let manager: SessionManager;
 let sessionId: string;
 
-const spec = { image: 'base', command: ['sh', '-c', shellAgent], env: [], cpus: 1, memoryMiB: 256, idleSeconds: 1 };
-const replyText = (events: SessionEvent[]) =>
-  events
-    .filter((event) => event.type === 'text-delta')
-    .map((event) => String((event as unknown as { delta: string }).delta))
-    .join('');
-
+const spec = shellAgentSpec(1);
 async function waitForState(state: string, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (manager.get(sessionId).state !== state) {

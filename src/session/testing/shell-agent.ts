@@ -1,3 +1,5 @@
+import type { SessionManager } from '../session-manager.ts';
+
 // A whole agent in busybox sh: it keeps a turn counter in memory, notes on disk, and a child
 // process, so a wake can show all three came back. It speaks the agent protocol as JSON lines.
 export const shellAgent = String.raw`
@@ -44,3 +46,28 @@ while read -r line; do
   esac
 done
 `;
+
+/** The session spec tests give the shell agent: the base image, one vCPU, 256 MiB. */
+export const shellAgentSpec = (idleSeconds: number) => ({ image: 'base', command: ['sh', '-c', shellAgent], env: [], cpus: 1, memoryMiB: 256, idleSeconds });
+
+/** The text a turn's events streamed (its text-delta events, joined). */
+export const replyText = (events: ReadonlyArray<{ type: string }>): string =>
+  events
+    .filter((event) => event.type === 'text-delta')
+    .map((event) => String((event as unknown as { delta: string }).delta))
+    .join('');
+
+/** Sends a message and returns the reply's text with the steps of the wake it caused (none if it woke nothing). */
+export async function sendWithWakeSteps(manager: SessionManager, id: string, content: string): Promise<{ reply: string; steps: string[] }> {
+  let steps: string[] = [];
+  const onWake = (woken: string, timeline: { steps: Array<{ step: string }> }) => {
+    if (woken === id) steps = timeline.steps.map((entry) => entry.step);
+  };
+  manager.on('wake', onWake);
+  try {
+    const { events } = await manager.send(id, content);
+    return { reply: replyText(events), steps };
+  } finally {
+    manager.off('wake', onWake);
+  }
+}
