@@ -20,7 +20,9 @@ export async function useTemporaryHome(): Promise<{ home: string; cleanup: () =>
     cleanup: async () => {
       for (const machine of await listMachines()) await killMachine(machine.config);
       await dropTemplateMemory();
-      await rm(home, { recursive: true, force: true });
+      // Retried: a killed machine's processes may still be exiting and writing while the tree is removed
+      // (seen once at load 8: ENOTEMPTY).
+      await rm(home, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
     },
   };
 }
