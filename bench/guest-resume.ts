@@ -47,7 +47,14 @@ async function run(config: MachineConfig, argv: string[]): Promise<number> {
   const client = await connectToMachine(config);
   try {
     const began = performance.now();
-    const status = await client.exec({ argv, env: [`AGENT=${shellAgent}`, `MESSAGE=${message}`, 'PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin'], workingDirectory: '/', user: '', tty: false, stdin: false }).exited;
+    const status = await client.exec({
+      argv,
+      env: [`AGENT=${shellAgent}`, `MESSAGE=${message}`, 'PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin'],
+      workingDirectory: '/',
+      user: '',
+      tty: false,
+      stdin: false,
+    }).exited;
     const elapsed = performance.now() - began;
     if ((status as { code?: number }).code !== 0) throw new Error(`${argv.join(' ').slice(0, 60)}: ${JSON.stringify(status)}`);
     return elapsed;
@@ -120,7 +127,9 @@ try {
   }
   const hostSamples = sampler();
   console.log(`torpor guest-resume benchmark (issue 11), ${new Date().toISOString()}`);
-  console.log(`accel: ${host.accelerator.accelerator}; host: ${cpus().length} cores; run took ${((Date.now() - began) / 1000).toFixed(0)} s; ${restores} restores per variant`);
+  console.log(
+    `accel: ${host.accelerator.accelerator}; host: ${cpus().length} cores; run took ${((Date.now() - began) / 1000).toFixed(0)} s; ${restores} restores per variant`,
+  );
   console.log(
     `load average at start ${loadAtStart.map((value) => value.toFixed(2)).join(' ')}, max ${hostSamples.loadMax.toFixed(2)}; QEMU processes not of this bench: max ${hostSamples.foreignQemuMax}, mean ${hostSamples.foreignQemuMean.toFixed(1)}`,
   );
@@ -131,10 +140,16 @@ try {
   for (const [model, perWorkload] of results)
     for (const [name, cell] of perWorkload)
       console.log(
-        `${model.padEnd(16)} ${name.padEnd(18)} ${median(cell.warm).toFixed(0).padStart(7)} ${variants.map((variant) => median(cell.restored.get(variant) ?? []).toFixed(0).padStart(12)).join('')}`,
+        `${model.padEnd(16)} ${name.padEnd(18)} ${median(cell.warm).toFixed(0).padStart(7)} ${variants
+          .map((variant) =>
+            median(cell.restored.get(variant) ?? [])
+              .toFixed(0)
+              .padStart(12),
+          )
+          .join('')}`,
       );
   console.log('');
-  console.log("supervisor steps after `cont` (ms after the device state was loaded and cont sent), median");
+  console.log('supervisor steps after `cont` (ms after the device state was loaded and cont sent), median');
   for (const [model, stepMap] of steps)
     for (const [variant, perStep] of stepMap)
       console.log(`${model.padEnd(16)} ${variant.padEnd(12)} ${[...perStep].map(([step, values]) => `${step} ${median(values).toFixed(0)}`).join(', ')}`);

@@ -35,7 +35,8 @@ try {
       const client = await connectToMachine(config);
       try {
         for (const [name, argv] of Object.entries(workloads)) {
-          const exec = () => client.exec({ argv, env: ['PATH=/usr/local/bin:/usr/bin:/bin'], workingDirectory: '/', user: '', tty: false, stdin: false }).exited;
+          const exec = () =>
+            client.exec({ argv, env: ['PATH=/usr/local/bin:/usr/bin:/bin'], workingDirectory: '/', user: '', tty: false, stdin: false }).exited;
           await exec(); // translated once: the rows are warm
           for (let index = 0; index < 3; index++) {
             const began = performance.now();
@@ -56,7 +57,9 @@ try {
   for (const name of Object.keys(workloads))
     for (const model of models) {
       const values = results.get(`${name}\0${model}`)!;
-      console.log(`${name.padEnd(18)} ${model.padEnd(18)} median ${percentile(values, 50).toFixed(0)} ms, min ${Math.min(...values).toFixed(0)} ms (n=${values.length})`);
+      console.log(
+        `${name.padEnd(18)} ${model.padEnd(18)} median ${percentile(values, 50).toFixed(0)} ms, min ${Math.min(...values).toFixed(0)} ms (n=${values.length})`,
+      );
     }
 } finally {
   delete process.env.TORPOR_TCG_CPU;

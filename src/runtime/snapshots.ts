@@ -32,7 +32,13 @@ export async function snapshotMachine(
   }
   const client = await connectToSupervisor(config.id);
   try {
-    const reply = await sendControl(client, { op: 'snapshot', name: options.name, stop: options.stop, keepPaused: options.keepPaused, replace: options.replace });
+    const reply = await sendControl(client, {
+      op: 'snapshot',
+      name: options.name,
+      stop: options.stop,
+      keepPaused: options.keepPaused,
+      replace: options.replace,
+    });
     return reply.snapshot!;
   } catch (error) {
     throw new TorporError('snapshot-failed', `snapshot of ${config.name} failed: ${(error as Error).message}`, {

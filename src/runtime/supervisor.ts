@@ -660,7 +660,8 @@ export class Supervisor {
         return { ok: true, state: this.state };
       }
       case 'kill':
-        if (this.state.status === 'paused') throw new Error('the machine is paused: a signal would wait for its resume; `torpor stop` or `torpor kill` ends it');
+        if (this.state.status === 'paused')
+          throw new Error('the machine is paused: a signal would wait for its resume; `torpor stop` or `torpor kill` ends it');
         this.main?.signal(request.signal ?? 9);
         return { ok: true, state: this.state };
       case 'snapshot':
@@ -676,7 +677,9 @@ export class Supervisor {
         void this.shutdown(0);
         return { ok: true, state: this.state };
       default:
-        throw new Error(`unknown control op ${JSON.stringify((request as { op?: unknown } | null)?.op)}: one of status, attach, stop, kill, snapshot, resume, claim, discard`);
+        throw new Error(
+          `unknown control op ${JSON.stringify((request as { op?: unknown } | null)?.op)}: one of status, attach, stop, kill, snapshot, resume, claim, discard`,
+        );
     }
   }
 
@@ -701,7 +704,9 @@ export class Supervisor {
   /** Continues a machine the paused tier kept (`snapshot` with `keepPaused`). */
   async resume(): Promise<void> {
     if (this.stopping || this.state.status !== 'paused') {
-      throw new Error(`the machine is ${this.stopping ? 'stopping' : this.state.status}, not paused: only a machine kept paused after a hibernation can be resumed`);
+      throw new Error(
+        `the machine is ${this.stopping ? 'stopping' : this.state.status}, not paused: only a machine kept paused after a hibernation can be resumed`,
+      );
     }
     const vm = this.vm!;
     await vm.qmp.execute('cont');

@@ -84,7 +84,7 @@ test('hostile model names are refused everywhere they could enter: config schema
   assert.equal(environment().TORPOR_TCG_CPU, 'max-without-erms');
 });
 
-test("boot template names: unchanged without a model (templates made before keep theirs), each model its own", async () => {
+test('boot template names: unchanged without a model (templates made before keep theirs), each model its own', async () => {
   const config = await sampleConfig();
   const before = createHash('sha256')
     .update(

@@ -570,7 +570,9 @@ export class SessionManager extends EventEmitter<{
    */
   private async evictPaused(): Promise<void> {
     const budget = pausedBudgetBytes();
-    const entries = await Promise.all([...this.paused].map(async ([sessionId, machineId]) => ({ sessionId, machineId, bytes: await machineMemoryBytes(machineId) })));
+    const entries = await Promise.all(
+      [...this.paused].map(async ([sessionId, machineId]) => ({ sessionId, machineId, bytes: await machineMemoryBytes(machineId) })),
+    );
     let total = entries.reduce((sum, entry) => sum + entry.bytes, 0);
     for (const entry of entries) {
       if (total <= budget) break;
