@@ -185,7 +185,7 @@ test('an adopted QEMU still dies with its supervisor (kill -9), after its switch
     const left = (await readdir(memoryDirectory)).filter((name) => name.startsWith(config.id));
     assert.deepEqual(left, [], 'nothing of it is left in tmpfs once it is killed');
   } finally {
-    pool.close();
+    await pool.close();
   }
 });
 
@@ -205,7 +205,7 @@ test('a restore that fails after adopting ends that QEMU and leaves the machine 
     await standbyReady();
     await assert.rejects(restoreMachine(snapshot, { pool }));
   } finally {
-    pool.close();
+    await pool.close();
   }
   const failed = (await listMachines()).filter(({ state }) => state.status === 'failed');
   assert.equal(failed.length, 1, 'the restore failed');

@@ -82,9 +82,19 @@ export class SupervisorPool {
     return child && child.exitCode === null ? child : undefined;
   }
 
-  close(): void {
+  /**
+   * Ends the spares (their stdin closes) and waits, at most `waitMs`, for them to exit: a spare
+   * starting a standby QEMU finishes that start and then discards it, and whoever closes the pool
+   * (a server stopping, a test removing its state directory) must not race that QEMU's files.
+   */
+  async close(waitMs = 5000): Promise<void> {
     this.closed = true;
     clearTimeout(this.refill);
-    for (const child of this.spares.splice(0)) child.stdin?.end();
+    const spares = this.spares.splice(0);
+    const exits = spares.map((child) =>
+      child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise<void>((resolve) => child.once('exit', () => resolve())),
+    );
+    for (const child of spares) child.stdin?.end();
+    await Promise.race([Promise.all(exits), new Promise((resolve) => setTimeout(resolve, waitMs).unref())]);
   }
 }

@@ -895,12 +895,13 @@ export class SessionManager extends EventEmitter<{
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
-    this.supervisors.close();
+    const sparesEnded = this.supervisors.close();
     // A turn an agent never finishes must not keep the server from stopping: wait a little, then
     // let go (the machines keep running and a restarted server reattaches or recovers them).
     await Promise.race([Promise.allSettled([...this.queues.values()]), new Promise((resolve) => setTimeout(resolve, 5000).unref())]);
     for (const live of this.live.values()) live.connection.close();
     this.live.clear();
+    await sparesEnded;
     await this.store.close();
     this.turnHistory.close();
   }
