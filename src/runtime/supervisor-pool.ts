@@ -95,6 +95,10 @@ export class SupervisorPool {
       child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise<void>((resolve) => child.once('exit', () => resolve())),
     );
     for (const child of spares) child.stdin?.end();
-    await Promise.race([Promise.all(exits), new Promise((resolve) => setTimeout(resolve, waitMs).unref())]);
+    // The timer is not unref'd: spares are (they must not keep a server alive), so only it keeps this
+    // process running until they have exited.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(exits), new Promise((resolve) => (timer = setTimeout(resolve, waitMs)))]);
+    clearTimeout(timer);
   }
 }
