@@ -8,13 +8,19 @@ import { watchMachineDirectory } from './machine-directory-watch.ts';
 test('a state.json replaced by a rename wakes the waiter long before its fallback time', async () => {
   const directory = await mkdtemp(join(tmpdir(), 'tp-watch-'));
   const changes = watchMachineDirectory(directory);
+  let replaced: Promise<void> = Promise.resolve();
   try {
     const started = performance.now();
-    setTimeout(() => void writeFile(join(directory, '.state.tmp'), '{}').then(() => rename(join(directory, '.state.tmp'), join(directory, 'state.json'))), 50);
+    setTimeout(
+      () => (replaced = writeFile(join(directory, '.state.tmp'), '{}').then(() => rename(join(directory, '.state.tmp'), join(directory, 'state.json')))),
+      50,
+    );
     await changes.next(5000);
     assert.ok(performance.now() - started < 2000, 'woken by the change, not by the 5 s fallback');
   } finally {
     changes.close();
+    // The write wakes the waiter before the rename lands: removing the directory first raced it (ENOTEMPTY).
+    await replaced.catch(() => {});
     await rm(directory, { recursive: true, force: true });
   }
 });
