@@ -606,8 +606,7 @@ export class SessionManager extends EventEmitter<{
     const machine = await readMachineConfig(machineId).catch(() => undefined);
     if (!machine) return undefined;
     try {
-      const state = await effectiveState(machine);
-      if (state.status === 'paused' && record.snapshot !== undefined && state.snapshot === record.snapshot) {
+      if (await pausedAtSnapshot(machine, record)) {
         await resumeMachine(machine);
         timeline?.mark('session: paused machine resumed');
         return machine;
@@ -814,8 +813,7 @@ export class SessionManager extends EventEmitter<{
     const record = this.get(id);
     if (record.state !== 'hibernated' || !record.machineId) return;
     const machine = await readMachineConfig(record.machineId).catch(() => undefined);
-    const state = machine ? await effectiveState(machine).catch(() => undefined) : undefined;
-    if (machine && state?.status === 'paused' && state.snapshot === record.snapshot && pausedBudgetBytes() > 0) {
+    if (machine && pausedBudgetBytes() > 0 && (await pausedAtSnapshot(machine, record).catch(() => false))) {
       this.paused.set(id, machine.id);
       return;
     }
@@ -905,4 +903,10 @@ export class SessionManager extends EventEmitter<{
     await this.store.close();
     this.turnHistory.close();
   }
+}
+
+/** Whether a session's kept machine may continue it: alive, paused, and paused at exactly the session's snapshot. */
+async function pausedAtSnapshot(machine: MachineConfig, record: AgentSessionRecord): Promise<boolean> {
+  const state = await effectiveState(machine);
+  return state.status === 'paused' && record.snapshot !== undefined && state.snapshot === record.snapshot;
 }
