@@ -202,9 +202,10 @@ test('a message sent from the session page streams its answer into the page, and
   await page.locator('.chart .wake-dot').first().waitFor();
   assert.ok((await page.locator('.chart .bar').count()) >= 2);
   // The page follows the session to its present: the newest span is the hibernation (and its snapshot is listed).
-  await page.waitForFunction("[...document.querySelectorAll('ol.timeline-list li[data-state]')].at(-1)?.dataset.state === 'hibernated'", undefined, {
-    timeout: 30_000,
-  });
+  // Polled from the test, not with waitForFunction: the page's CSP (script-src 'self') forbids the eval
+  // that waitForFunction falls back to once its first check is false.
+  const spans = page.locator('ol.timeline-list li[data-state]');
+  await waitFor('the newest timeline span to be the hibernation', async () => (await spans.last().getAttribute('data-state')) === 'hibernated');
   await page.screenshot({ path: join(screenshotDirectory, 'dashboard-session.png'), fullPage: true });
   assert.deepEqual(errors, []);
   await context.close();
