@@ -236,3 +236,28 @@ test('over budget, the oldest paused machine is evicted; delete removes a paused
     process.env.TORPOR_WARM_MEMORY = '2048';
   }
 });
+
+test('a rate-limit sleep keeps the machine paused, and the durable timer resumes that very machine to finish the turn', async () => {
+  // The evicted session of the test before wakes on its message; its sleep-until then hibernates it mid-turn.
+  assert.equal(replyText((await manager.send(first, 'warm up')).events), 'turn 11: warm up; notes 11; child yes');
+  const { events } = await manager.send(first, 'sleep');
+  assert.equal(events.at(-1)?.type, 'turn-suspend');
+  for (let attempt = 0; attempt < 200 && manager.get(first).state !== 'hibernated'; attempt++) await new Promise((resolve) => setTimeout(resolve, 50));
+  const machineId = manager.get(first).machineId;
+  assert.equal(manager.get(first).state, 'hibernated');
+  assert.ok(manager.get(first).wakeAt, 'the timer is recorded');
+  assert.ok(machineId, 'the record keeps the paused machine');
+  assert.deepEqual([...(await liveMachines())], [[machineId, 'paused']]);
+  // The agent asked for two seconds; the timer resumes the paused machine and the turn finishes.
+  for (let attempt = 0; attempt < 400 && manager.get(first).state !== 'idle'; attempt++) await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(manager.get(first).state, 'idle');
+  assert.equal(manager.get(first).wakeAt, undefined);
+  assert.equal(manager.get(first).machineId, machineId, 'the same machine continued (no restore)');
+  assert.deepEqual([...(await liveMachines())], [[machineId, 'running']]);
+  const { entries } = await log.read(first, { from: 0 });
+  assert.ok(
+    entries.some((row) => JSON.stringify(row.entry).includes('woke up')),
+    'the suspended turn finished after the timer',
+  );
+  assert.equal(replyText((await manager.send(first, 'after the timer')).events), 'turn 13: after the timer; notes 13; child yes');
+});
