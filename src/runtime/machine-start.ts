@@ -27,6 +27,7 @@ export async function startMachine(
   options: {
     waitForAttach?: boolean;
     pool?: SupervisorPool;
+    /** a spare supervisor already taken from a pool for this start (a fork's child: forkMachine picks it by shape) */ supervisor?: ChildProcess;
     /** the snapshot's files are already in place (fork) */ materialized?: boolean;
     /** records where the start's time goes (benchmarks) */ timeline?: StartTimeline;
   } = {},
@@ -43,7 +44,7 @@ export async function startMachine(
   if (config.network) await ensurePortsFree(config.ports);
   const files = machineFiles(id);
   const restoring = config.restore !== undefined && !current.restored;
-  let child = options.pool?.take();
+  let child = options.supervisor ?? options.pool?.take();
   if (!child) {
     const log = await open(files.supervisorLog, 'a');
     child = spawn(process.execPath, [...(await supervisorCommand()), '--standby'], {
@@ -55,7 +56,7 @@ export async function startMachine(
     child.unref();
   }
   const supervisorPid = child.pid;
-  timeline?.mark(options.pool ? 'start: supervisor taken from the pool' : 'start: supervisor spawned');
+  timeline?.mark(options.pool || options.supervisor ? 'start: supervisor taken from the pool' : 'start: supervisor spawned');
   // Marked starting with the supervisor's pid from the first write: `ps` judges a starting machine by
   // that process, and one marked without it showed as killed ("exited (137)") for as long as a slow
   // restore took before the supervisor wrote its own state (minutes, in a nested machine).

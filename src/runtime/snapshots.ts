@@ -1,4 +1,4 @@
-import { copyFile, rm } from 'node:fs/promises';
+import { copyFile, rm, stat } from 'node:fs/promises';
 import { runCommand } from '../util/command.ts';
 import { TorporError } from '../util/errors.ts';
 import { readSnapshot, removeSnapshot } from '../snapshot/snapshot-store.ts';
@@ -16,6 +16,8 @@ import type { SnapshotSummary } from './control-protocol.ts';
 import { prepareLazyRestore } from './lazy-restore.ts';
 import { pathExists } from '../util/path-exists.ts';
 import type { StartTimeline } from './start-timeline.ts';
+import { standbyRequestOf, type StandbyRequest } from './standby-qemu.ts';
+import { environment } from '../config/environment.ts';
 
 export type { RestoreOptions } from './machine-creation.ts';
 
@@ -88,13 +90,28 @@ export async function restoreMachine(
   return config;
 }
 
-/** N live copies of a running machine, each independent from then on (own RAM file, disk, clock, RNG, name). */
+/**
+ * N live copies of a running machine, each independent from then on (own RAM file, disk, clock, RNG, name).
+ *
+ * With a pool (`torpor serve`), each child takes a spare supervisor from it, one holding a standby QEMU
+ * of the children's shape where there is one: those children start all at once (no QEMU start-up to
+ * compete for the CPU, only device state and the guest), and the pool learns the shape, `count` times,
+ * for the next fork. Without a pool (the CLI), each child starts a new supervisor and QEMU.
+ */
 export async function forkMachine(
   config: MachineConfig,
-  options: { count: number; namePrefix?: string },
+  options: {
+    count: number;
+    namePrefix?: string;
+    pool?: SupervisorPool;
+    /** where the fork's own time goes (benchmarks) */ timeline?: StartTimeline;
+    /** one per child, in order: where each child's start went (benchmarks) */ childTimelines?: StartTimeline[];
+  },
 ): Promise<{ forks: MachineConfig[]; snapshot: SnapshotSummary }> {
+  const { timeline, pool } = options;
   const snapshotName = `${config.name}@fork-${Date.now().toString(36)}`;
   const snapshot = await snapshotMachine(config, { name: snapshotName });
+  timeline?.mark('fork: parent snapshotted');
   const manifest = await readSnapshot(snapshotName);
   const prefix = options.namePrefix ?? `${config.name}-fork`;
   const forks: MachineConfig[] = [];
@@ -102,6 +119,7 @@ export async function forkMachine(
     // Published ports stay with the original: two machines cannot bind one host port.
     forks.push(await createMachineFromSnapshot(manifest, { name: `${prefix}-${index}`, ports: [] }));
   }
+  timeline?.mark('fork: records created');
   // Decompress once, into the first fork's files; the others get sparse copies of them (a copy of
   // the non-zero pages is several times cheaper than decompressing them again), made before any
   // fork runs and writes its RAM.
@@ -111,16 +129,38 @@ export async function forkMachine(
     for (const fork of forks) await releaseMachine(fork);
     throw error;
   }
-  // Two at a time: each restore is one QEMU starting up, and this host has few cores.
-  const queue = [...forks];
+  timeline?.mark('fork: files made');
+  // The children's shape (all alike), for the pool: spares holding a standby of it are taken first.
+  const request = pool && environment().TORPOR_STANDBY_QEMU ? await standbyRequestFor(forks[0]!) : undefined;
+  const taken = forks.map(() => pool?.takeFor(request) ?? { standby: false });
+  timeline?.mark('fork: supervisors taken');
+  const start = (index: number) =>
+    startMachine(forks[index]!.id, { materialized: true, supervisor: taken[index]!.supervisor, timeline: options.childTimelines?.[index] });
+  // Children adopting a standby start all at once; the others two at a time (each starts a QEMU,
+  // and this host has few cores).
+  const queue = forks.map((_, index) => index).filter((index) => !taken[index]!.standby);
   const startNext = async (): Promise<void> => {
-    const fork = queue.shift();
-    if (!fork) return;
-    await startMachine(fork.id, { materialized: true });
+    const index = queue.shift();
+    if (index === undefined) return;
+    await start(index);
     await startNext();
   };
-  await Promise.all([startNext(), startNext()]);
+  try {
+    await Promise.all([...forks.map((_, index) => (taken[index]!.standby ? start(index) : undefined)), startNext(), startNext()]);
+  } finally {
+    // Learned after the children started, so that no spare starts a standby while they do.
+    pool?.want(request, options.count);
+  }
   return { forks, snapshot };
+}
+
+/** The standby a child of a fork could adopt (its layer disk is in place at its final size). */
+async function standbyRequestFor(fork: MachineConfig): Promise<StandbyRequest | undefined> {
+  const layerBytes = await stat(machineFiles(fork.id).layerDisk).then(
+    (status) => status.size,
+    () => 0,
+  );
+  return standbyRequestOf(fork, layerBytes);
 }
 
 async function materializeForks(forks: MachineConfig[]): Promise<void> {
