@@ -82,7 +82,9 @@ export class SupervisorPool {
 
   /** The spares alive now, with the shape of the standby each was told to start ('' for none). */
   private live(): Array<{ child: ChildProcess; line: string }> {
-    return this.spares.filter((child) => child.exitCode === null && child.signalCode === null).map((child) => ({ child, line: this.standbySent.get(child) ?? '' }));
+    return this.spares
+      .filter((child) => child.exitCode === null && child.signalCode === null)
+      .map((child) => ({ child, line: this.standbySent.get(child) ?? '' }));
   }
 
   /**
@@ -155,8 +157,7 @@ export class SupervisorPool {
   }
 
   fill(): void {
-    for (let missing = this.limits.spares - this.spares.length - this.spawning; missing > 0 && !this.closed; missing--)
-      void this.spawnSpare().catch(() => {});
+    for (let missing = this.limits.spares - this.spares.length - this.spawning; missing > 0 && !this.closed; missing--) void this.spawnSpare().catch(() => {});
   }
 
   private scheduleRefill(): void {
@@ -206,7 +207,14 @@ export class SupervisorPool {
       const spares = this.live();
       if (spares.length >= this.limits.spares && this.refill === undefined) {
         const ready = await Promise.all(
-          spares.map(({ child, line }) => (!line || child.pid === undefined ? true : stat(standbySlot(child.pid).pagerSocket).then(() => true, () => false))),
+          spares.map(({ child, line }) =>
+            !line || child.pid === undefined
+              ? true
+              : stat(standbySlot(child.pid).pagerSocket).then(
+                  () => true,
+                  () => false,
+                ),
+          ),
         );
         if (ready.every(Boolean)) return true;
       }
