@@ -104,7 +104,7 @@ export const variables = {
   TORPOR_POOL_SPARES: variable(
     wholeNumberOr(0, 4),
     '`4`',
-    "spare supervisor processes `torpor serve` keeps started for session wakes and the machine API's restores and forks (~45 MiB each); `0` starts a new one for every start",
+    "at most this many spare supervisor processes `torpor serve` keeps started for session wakes and the machine API's restores and forks (one, or one per standby QEMU its last wake and fork need; ~45 MiB each); `0` starts a new one for every start",
   ),
   TORPOR_POOL_STANDBYS: variable(
     wholeNumberOr(0, 4),

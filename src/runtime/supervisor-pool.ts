@@ -4,7 +4,7 @@ import { removeStandbySlot, standbySlot, type StandbyRequest } from './standby-q
 
 /** How many spares a pool keeps and how many of them may hold a standby QEMU. */
 export interface SupervisorPoolLimits {
-  /** spare supervisor processes (~30 MiB each) */
+  /** spare supervisor processes at most (one is kept; more while learned shapes ask for standbys) */
   spares: number;
   /** of those, how many may hold a paused standby QEMU (its TCG translation buffer and page tables: see the README) */
   standbys: number;
@@ -145,6 +145,8 @@ export class SupervisorPool {
       else this.demand.set(key, kept);
     }
     this.assignStandbys();
+    // More spares than before, for a fork's demand: brought in with the refill, not now.
+    if (this.spares.length + this.spawning < this.target()) this.scheduleRefill();
   }
 
   /**
@@ -156,8 +158,17 @@ export class SupervisorPool {
     this.want(request, 1);
   }
 
+  /**
+   * How many spares to keep: one (a wake's), or as many standbys as the shapes learned ask for (a
+   * fork of 4 keeps 4), at most `limits.spares`. An idle server that never forked keeps one.
+   */
+  private target(): number {
+    const standbys = [...this.demand.values()].reduce((sum, count) => sum + count, 0);
+    return Math.min(this.limits.spares, Math.max(1, standbys));
+  }
+
   fill(): void {
-    for (let missing = this.limits.spares - this.spares.length - this.spawning; missing > 0 && !this.closed; missing--) void this.spawnSpare().catch(() => {});
+    for (let missing = this.target() - this.spares.length - this.spawning; missing > 0 && !this.closed; missing--) void this.spawnSpare().catch(() => {});
   }
 
   private scheduleRefill(): void {
@@ -205,7 +216,7 @@ export class SupervisorPool {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       const spares = this.live();
-      if (spares.length >= this.limits.spares && this.refill === undefined) {
+      if (spares.length >= this.target() && this.refill === undefined) {
         const ready = await Promise.all(
           spares.map(({ child, line }) =>
             !line || child.pid === undefined
