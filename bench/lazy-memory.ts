@@ -126,6 +126,8 @@ async function standbyMemoryText(): Promise<string> {
 }
 
 const hostActivity = startHostSampler(memoryDirectory);
+/** Run at the end, whatever happened (the fork block's pool). */
+const cleanups: Array<() => Promise<void>> = [];
 const rows: string[][] = [];
 const row = (...cells: string[]) => rows.push(cells);
 const details: string[] = [];
@@ -226,6 +228,7 @@ try {
   const forkParent: Record<ForkMode, Array<{ totalMs: number; pausedMs: number }>> = { pool: [], today: [] };
   let standbyMemory = '';
   let forkPool: ReturnType<typeof createSupervisorPool> | undefined;
+  cleanups.push(async () => await forkPool?.close());
   if (wanted('forks')) {
     setMode('lazy');
     forkPool = createSupervisorPool({ spares: 4, standbys: 4 });
@@ -281,7 +284,6 @@ try {
       for (const fork of made) await removeMachine(fork, { force: true });
     }
   }
-  await forkPool?.close();
   progress('forks done');
 
   // ---- checkpoints that continue (the guest keeps running): after a small change (1 MiB written
@@ -566,6 +568,7 @@ try {
   if (codingNote) console.log(`note: ${codingNote}`);
   for (const detail of details) console.log(detail);
 } finally {
+  for (const cleanup of cleanups) await cleanup().catch(() => {});
   delete process.env.TORPOR_LAZY_MEMORY;
   delete process.env.TORPOR_WARM_MEMORY;
   for (const view of await listMachines().catch(() => [])) {

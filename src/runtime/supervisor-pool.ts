@@ -168,7 +168,9 @@ export class SupervisorPool {
   }
 
   fill(): void {
-    for (let missing = this.target() - this.spares.length - this.spawning; missing > 0 && !this.closed; missing--) void this.spawnSpare().catch(() => {});
+    // A spare that could not start (the bundle being rebuilt, no memory for a process) is tried again later.
+    for (let missing = this.target() - this.spares.length - this.spawning; missing > 0 && !this.closed; missing--)
+      void this.spawnSpare().catch(() => this.scheduleRefill());
   }
 
   private scheduleRefill(): void {
