@@ -114,10 +114,16 @@ export async function forkMachine(
   timeline?.mark('fork: parent snapshotted');
   const manifest = await readSnapshot(snapshotName);
   const prefix = options.namePrefix ?? `${config.name}-fork`;
-  const forks: MachineConfig[] = [];
-  for (let index = 1; index <= options.count; index++) {
-    // Published ports stay with the original: two machines cannot bind one host port.
-    forks.push(await createMachineFromSnapshot(manifest, { name: `${prefix}-${index}`, ports: [] }));
+  // All records at once (each claims its own name); if one cannot be made, none is kept.
+  // Published ports stay with the original: two machines cannot bind one host port.
+  const created = await Promise.allSettled(
+    Array.from({ length: options.count }, (_, index) => createMachineFromSnapshot(manifest, { name: `${prefix}-${index + 1}`, ports: [] })),
+  );
+  const forks = created.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
+  const refused = created.find((result) => result.status === 'rejected');
+  if (refused) {
+    for (const fork of forks) await releaseMachine(fork);
+    throw refused.reason;
   }
   timeline?.mark('fork: records created');
   // Decompress once, into the first fork's files; the others get sparse copies of them (a copy of
