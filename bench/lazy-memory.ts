@@ -113,12 +113,18 @@ async function standbyMemoryText(): Promise<string> {
   const rss = async (pid: string) => Number(/VmRSS:\s+(\d+) kB/.exec(await readFile(`/proc/${pid}/status`, 'utf8').catch(() => ''))?.[1] ?? 0) * 1024;
   const supervisors: number[] = [];
   const qemus: number[] = [];
+  // (A machine's supervisor was spawned `--standby` too: only the pool's waiting ones count.)
+  const machineSupervisors = new Set((await listMachines()).map((view) => view.state.supervisorPid));
   for (const entry of await readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const command = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
     if (/torpor-standby-\d+,/.test(command) && (await readFile(`/proc/${entry}/environ`, 'utf8').catch(() => '')).includes(memoryDirectory))
       qemus.push(await rss(entry));
-    else if (command.includes('--standby') && (await readFile(`/proc/${entry}/environ`, 'utf8').catch(() => '')).includes(home))
+    else if (
+      command.includes('--standby') &&
+      !machineSupervisors.has(Number(entry)) &&
+      (await readFile(`/proc/${entry}/environ`, 'utf8').catch(() => '')).includes(home)
+    )
       supervisors.push(await rss(entry));
   }
   const mean = (values: number[]) => values.reduce((sum, value) => sum + value, 0) / Math.max(1, values.length);
@@ -225,7 +231,10 @@ try {
   const forks: Record<ForkMode, number[]> = { pool: [], today: [] };
   const forkSteps: Record<ForkMode, Array<Map<string, number>>> = { pool: [], today: [] };
   const forkCpu: Record<ForkMode, Array<Record<string, number>>> = { pool: [], today: [] };
-  const forkParent: Record<ForkMode, Array<{ totalMs: number; pausedMs: number }>> = { pool: [], today: [] };
+  const forkParent: Record<
+    ForkMode,
+    Array<{ totalMs: number; pausedMs: number; captureMs: number; store: Record<string, number>; threads: Record<string, number> }>
+  > = { pool: [], today: [] };
   let standbyMemory = '';
   let forkPool: ReturnType<typeof createSupervisorPool> | undefined;
   cleanups.push(async () => await forkPool?.close());
@@ -280,7 +289,23 @@ try {
       ]);
       cpu['other processes'] = [...cpuAfter.keys()].filter((pid) => !named.has(pid)).reduce((sum, pid) => sum + delta(pid), 0);
       forkCpu[mode].push(cpu);
-      forkParent[mode].push({ totalMs: parentSnapshot.totalMs, pausedMs: parentSnapshot.guestPausedMs ?? parentSnapshot.pauseMs });
+      forkParent[mode].push({
+        totalMs: parentSnapshot.totalMs,
+        pausedMs: parentSnapshot.guestPausedMs ?? parentSnapshot.pauseMs,
+        captureMs: parentSnapshot.captureMs,
+        store: (parentSnapshot.stats as { milliseconds?: Record<string, number> }).milliseconds ?? {},
+        threads: (parentSnapshot.stats as { threadMilliseconds?: Record<string, number> }).threadMilliseconds ?? {},
+      });
+      // Each child's adoption (or QEMU start) and device state, to tell contention from a slow step.
+      details.push(
+        `fork ${mode} run ${run}: ${childTimelines
+          .map((child) => {
+            const at = (step: string) => child.steps.find((entry) => entry.step === step)?.at;
+            const span = (from: string, to: string) => ((at(to) ?? NaN) - (at(from) ?? NaN)).toFixed(0);
+            return `[qemu ${span('supervisor: qemuLaunching', 'supervisor: qmpReady')} ms, go->device state ${span('supervisor: goSaid', 'supervisor: deviceStateLoaded')} ms, ->agent ${span('supervisor: deviceStateLoaded', 'supervisor: agentAnswered')} ms]`;
+          })
+          .join(' ')}`,
+      );
       for (const fork of made) await removeMachine(fork, { force: true });
     }
   }
@@ -478,6 +503,14 @@ try {
       .join(' | '),
     '-',
   );
+  const parentPart = (mode: ForkMode, pick: (value: (typeof forkParent)[ForkMode][number]) => Record<string, number>) =>
+    Object.keys(pick(forkParent[mode][0] ?? forkParent.pool[0]!) ?? {})
+      .map((key) => `${key} ${median(forkParent[mode].map((value) => pick(value)[key] ?? NaN)).toFixed(0)}`)
+      .join(', ');
+  if (forkParent.pool.length > 0) {
+    row('  parent snapshot: store steps (ms), p50', '-', forkModes.map((mode) => `${mode}: ${parentPart(mode, (value) => value.store)}`).join(' | '), '-');
+    row('  parent snapshot: thread time (ms), p50', '-', forkModes.map((mode) => `${mode}: ${parentPart(mode, (value) => value.threads)}`).join(' | '), '-');
+  }
   if (standbyMemory) row('  memory of the pool at rest (4 spares, 4 standby QEMUs)', '-', standbyMemory, '-');
   row(`wake -> first reply byte, shell agent (n=${shellWakes.lazy.length} each)`, '<= 250 ms', pair(shellWakes), ratio(shellWakes));
   row(

@@ -138,7 +138,7 @@ export async function forkMachine(
   timeline?.mark('fork: files made');
   // The children's shape (all alike), for the pool: spares holding a standby of it are taken first.
   const request = pool && environment().TORPOR_STANDBY_QEMU ? await standbyRequestFor(forks[0]!) : undefined;
-  const taken = forks.map(() => pool?.takeFor(request) ?? { standby: false });
+  const taken = forks.map(() => pool?.takeFor(request, { refill: false }) ?? { standby: false });
   timeline?.mark('fork: supervisors taken');
   const start = (index: number) =>
     startMachine(forks[index]!.id, { materialized: true, supervisor: taken[index]!.supervisor, timeline: options.childTimelines?.[index] });
@@ -154,7 +154,7 @@ export async function forkMachine(
   try {
     await Promise.all([...forks.map((_, index) => (taken[index]!.standby ? start(index) : undefined)), startNext(), startNext()]);
   } finally {
-    // Learned after the children started, so that no spare starts a standby while they do.
+    // Learned (and the pool refilled) after the children started, so that no spare or standby starts while they do.
     pool?.want(request, options.count);
   }
   return { forks, snapshot };

@@ -133,19 +133,20 @@ export class SupervisorPool {
    * shapes give way beyond `limits.standbys`). Spares waiting without one start theirs now.
    */
   want(request: StandbyRequest | undefined, count = 1): void {
-    if (!request) return;
-    const line = standbyLine(request);
-    this.demand.delete(line);
-    this.demand.set(line, Math.min(count, this.limits.standbys));
-    let total = 0;
-    for (const [key, wanted] of [...this.demand].reverse()) {
-      const kept = Math.max(0, Math.min(wanted, this.limits.standbys - total));
-      total += kept;
-      if (kept === 0) this.demand.delete(key);
-      else this.demand.set(key, kept);
+    if (request) {
+      const line = standbyLine(request);
+      this.demand.delete(line);
+      this.demand.set(line, Math.min(count, this.limits.standbys));
+      let total = 0;
+      for (const [key, wanted] of [...this.demand].reverse()) {
+        const kept = Math.max(0, Math.min(wanted, this.limits.standbys - total));
+        total += kept;
+        if (kept === 0) this.demand.delete(key);
+        else this.demand.set(key, kept);
+      }
+      this.assignStandbys();
     }
-    this.assignStandbys();
-    // More spares than before, for a fork's demand: brought in with the refill, not now.
+    // Spares taken (a fork's take waits for this) or more wanted: brought in with the refill, not now.
     if (this.spares.length + this.spawning < this.target()) this.scheduleRefill();
   }
 
@@ -184,14 +185,16 @@ export class SupervisorPool {
 
   /**
    * A started spare (its stdin still open), or undefined; the pool refills in the background, a
-   * little later. With a shape: a spare holding a standby of it if there is one (`standby` says so),
+   * little later (`refill: false`: at the next `want`). With a shape: a spare holding a standby of it if there is one (`standby` says so),
    * else one without a standby, else any. Without: the last start's shape is preferred.
    */
-  takeFor(request?: StandbyRequest): { supervisor?: ChildProcess; standby: boolean } {
+  takeFor(request?: StandbyRequest, options: { refill?: boolean } = {}): { supervisor?: ChildProcess; standby: boolean } {
     const line = request ? standbyLine(request) : this.startLine;
     const spares = this.live();
     const chosen = spares.find((entry) => line !== undefined && entry.line === line) ?? spares.find((entry) => !entry.line) ?? spares[0];
-    this.scheduleRefill();
+    // A fork refills once its children run (its `want`): 4 spares and their QEMUs starting a second
+    // after the take landed on the children's last steps.
+    if (options.refill !== false) this.scheduleRefill();
     if (!chosen) return { standby: false };
     this.spares.splice(this.spares.indexOf(chosen.child), 1);
     return { supervisor: chosen.child, standby: line !== undefined && chosen.line === line };
