@@ -95,6 +95,12 @@ async function residentOf(config: MachineConfig): Promise<{ rss: number; shmem: 
   return { rss: field('VmRSS'), shmem: field('RssShmem'), anon: field('RssAnon'), ramFile };
 }
 
+/** Runs a command with no output; true when it exited 0. */
+async function runQuietly(file: string, args: string[]): Promise<boolean> {
+  const { execFile } = await import('node:child_process');
+  return new Promise((resolve) => execFile(file, args, { cwd: '/tmp' }, (error) => resolve(!error)));
+}
+
 /** CPU seconds of every process now (pid -> user + system), for what each used during a step. */
 async function cpuOfAll(): Promise<Map<number, number>> {
   const { readdir } = await import('node:fs/promises');
@@ -247,7 +253,23 @@ try {
     if (!(await forkPool.settled(120_000))) throw new Error('the fork pool did not settle');
     standbyMemory = await standbyMemoryText();
   }
+  // The named peer: 4 podman (runc) containers started at once until each has run `true`. Not a
+  // fork (a container carries no memory state; podman's CRIU checkpoint/restore fails on this kernel:
+  // host-facts), but the cost of 4 fresh isolated environments on this host, in the same run.
+  const podmanForks: number[] = [];
+  const podmanImage = 'localhost/torpor-bench-busybox:latest';
+  const podmanReady = wanted('forks') && (await runQuietly('podman', ['image', 'exists', podmanImage]));
   for (let run = 0; run < (wanted('forks') ? runs : 0); run++) {
+    if (podmanReady) {
+      await sleep(500);
+      const began = performance.now();
+      const started = await Promise.all(
+        [1, 2, 3, 4].map(() =>
+          runQuietly('podman', ['--runtime', 'runc', 'run', '--rm', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024', podmanImage, 'true']),
+        ),
+      );
+      if (started.every(Boolean)) podmanForks.push(performance.now() - began);
+    }
     for (const mode of run % 2 === 0 ? forkModes : [...forkModes].reverse()) {
       if (mode === 'pool' && !(await forkPool!.settled(120_000))) throw new Error('the fork pool did not settle');
       await sleep(500);
@@ -474,6 +496,14 @@ try {
     `pool p50 ${ms(median(forks.pool))} (max ${ms(Math.max(...forks.pool))}) | today p50 ${ms(median(forks.today))} (max ${ms(Math.max(...forks.today))})`,
     `${(median(forks.today) / median(forks.pool)).toFixed(2)}x faster`,
   );
+  row(
+    `  peer: 4 podman (runc) containers at once, each ran \`true\` (no state; n=${podmanForks.length})`,
+    '-',
+    podmanForks.length > 0
+      ? `p50 ${ms(median(podmanForks))} (max ${ms(Math.max(...podmanForks))})`
+      : 'podman or its busybox image (bench/start.ts makes it) not found',
+    podmanForks.length > 0 ? `pool fork ${(median(podmanForks) / median(forks.pool)).toFixed(2)}x faster` : '-',
+  );
   for (const step of [...new Set(forkModes.flatMap((mode) => forkSteps[mode].flatMap((steps) => [...steps.keys()])))].sort(
     (a, b) =>
       median(forkSteps.pool.map((steps) => steps.get(a) ?? NaN).filter(Number.isFinite)) -
@@ -591,6 +621,7 @@ try {
   console.log(
     `shell wakes (ms): lazy ${shellWakes.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${shellWakes.eager.map((value) => value.toFixed(0)).join(', ')}`,
   );
+  console.log(`podman x4 (ms): ${podmanForks.map((value) => value.toFixed(0)).join(', ')}`);
   console.log(`forks (ms): pool ${forks.pool.map((value) => value.toFixed(0)).join(', ')}; today ${forks.today.map((value) => value.toFixed(0)).join(', ')}`);
   console.log(`warm wakes (ms): ${warmWakes.map((value) => value.toFixed(0)).join(', ')}`);
   if (codingWakes)
