@@ -28,7 +28,8 @@ export async function startMachine(
     waitForAttach?: boolean;
     pool?: SupervisorPool;
     /** a spare supervisor already taken from a pool for this start (a fork's child: forkMachine picks it by shape) */ supervisor?: ChildProcess;
-    /** the snapshot's files are already in place (fork) */ materialized?: boolean;
+    /** the snapshot's files are in place (true), or will be when this settles (a fork makes them while its children's starts begin) */ materialized?:
+      boolean | Promise<void>;
     /** records where the start's time goes (benchmarks) */ timeline?: StartTimeline;
   } = {},
 ): Promise<MachineState> {
@@ -88,7 +89,9 @@ export async function startMachine(
     await Promise.all([
       restoring && !options.materialized
         ? materializeForRestore(config, timeline, launchable).then(() => timeline?.mark('start: snapshot materialized'))
-        : undefined,
+        : options.materialized instanceof Promise
+          ? options.materialized
+          : undefined,
       confined,
     ]);
     launchable();

@@ -1,4 +1,4 @@
-import { copyFile, rm, stat } from 'node:fs/promises';
+import { copyFile, rm } from 'node:fs/promises';
 import { runCommand } from '../util/command.ts';
 import { TorporError } from '../util/errors.ts';
 import { readSnapshot, removeSnapshot } from '../snapshot/snapshot-store.ts';
@@ -16,7 +16,7 @@ import type { SnapshotSummary } from './control-protocol.ts';
 import { prepareLazyRestore } from './lazy-restore.ts';
 import { pathExists } from '../util/path-exists.ts';
 import type { StartTimeline } from './start-timeline.ts';
-import { standbyRequestOf, type StandbyRequest } from './standby-qemu.ts';
+import { standbyRequestOf } from './standby-qemu.ts';
 import { environment } from '../config/environment.ts';
 
 export type { RestoreOptions } from './machine-creation.ts';
@@ -128,20 +128,17 @@ export async function forkMachine(
   timeline?.mark('fork: records created');
   // Decompress once, into the first fork's files; the others get sparse copies of them (a copy of
   // the non-zero pages is several times cheaper than decompressing them again), made before any
-  // fork runs and writes its RAM.
-  try {
-    await materializeForks(forks);
-  } catch (error) {
-    for (const fork of forks) await releaseMachine(fork);
-    throw error;
-  }
-  timeline?.mark('fork: files made');
-  // The children's shape (all alike), for the pool: spares holding a standby of it are taken first.
-  const request = pool && environment().TORPOR_STANDBY_QEMU ? await standbyRequestFor(forks[0]!) : undefined;
+  // fork runs and writes its RAM. The children's starts begin meanwhile (checks, uid claims, network
+  // rules: none needs the files); each tells its supervisor to launch once they are made.
+  const filesMade = materializeForks(forks).then(() => timeline?.mark('fork: files made'));
+  filesMade.catch(() => {});
+  // The children's shape (all alike; the layer gets the snapshot's disk size), for the pool: spares
+  // holding a standby of it are taken first.
+  const request = pool && environment().TORPOR_STANDBY_QEMU ? standbyRequestOf(forks[0]!, manifest.disk?.size ?? 0) : undefined;
   const taken = forks.map(() => pool?.takeFor(request, { refill: false }) ?? { standby: false });
   timeline?.mark('fork: supervisors taken');
   const start = (index: number) =>
-    startMachine(forks[index]!.id, { materialized: true, supervisor: taken[index]!.supervisor, timeline: options.childTimelines?.[index] });
+    startMachine(forks[index]!.id, { materialized: filesMade, supervisor: taken[index]!.supervisor, timeline: options.childTimelines?.[index] });
   // Children adopting a standby start all at once; the others two at a time (each starts a QEMU,
   // and this host has few cores).
   const queue = forks.map((_, index) => index).filter((index) => !taken[index]!.standby);
@@ -151,22 +148,21 @@ export async function forkMachine(
     await start(index);
     await startNext();
   };
-  try {
-    await Promise.all([...forks.map((_, index) => (taken[index]!.standby ? start(index) : undefined)), startNext(), startNext()]);
-  } finally {
-    // Learned (and the pool refilled) after the children started, so that no spare or standby starts while they do.
-    pool?.want(request, options.count);
-  }
-  return { forks, snapshot };
-}
-
-/** The standby a child of a fork could adopt (its layer disk is in place at its final size). */
-async function standbyRequestFor(fork: MachineConfig): Promise<StandbyRequest | undefined> {
-  const layerBytes = await stat(machineFiles(fork.id).layerDisk).then(
-    (status) => status.size,
-    () => 0,
+  const starts = await Promise.allSettled([...forks.map((_, index) => (taken[index]!.standby ? start(index) : undefined)), startNext(), startNext()]);
+  // Learned (and the pool refilled) after the children started, so that no spare or standby starts while they do.
+  pool?.want(request, options.count);
+  // Files that could not be made: no child started; none is kept (as before any start began).
+  const filesError = await filesMade.then(
+    () => undefined,
+    (error: unknown) => error ?? new Error('the fork files could not be made'),
   );
-  return standbyRequestOf(fork, layerBytes);
+  if (filesError) {
+    for (const fork of forks) await releaseMachine(fork);
+    throw filesError;
+  }
+  const failed = starts.find((result) => result.status === 'rejected');
+  if (failed) throw failed.reason;
+  return { forks, snapshot };
 }
 
 async function materializeForks(forks: MachineConfig[]): Promise<void> {
