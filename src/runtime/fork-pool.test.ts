@@ -184,6 +184,33 @@ async function requestOf(config: MachineConfig): Promise<StandbyRequest> {
   return request;
 }
 
+test('a fork whose files cannot be made keeps no child, and its taken spares end', async () => {
+  const pool = createSupervisorPool({ spares: 2, standbys: 2 });
+  const path = process.env.PATH;
+  try {
+    assert.ok(await pool.settled(120_000));
+    const spares = new Set(await waitingSpares());
+    // The children's starts begin while their files are made; the copy for the second child cannot
+    // run (no `cp` on the PATH), so no child may start or stay.
+    process.env.PATH = '/nonexistent';
+    await assert.rejects(forkMachine(origin, { count: 2, namePrefix: 'broken', pool }), /cp|ENOENT/);
+    process.env.PATH = path;
+    assert.deepEqual(
+      (await listMachines()).filter((view) => view.config.name.startsWith('broken-')).map((view) => `${view.config.name}=${view.state.status}`),
+      [],
+      'no child of the failed fork is left',
+    );
+    await until('the taken spares to end', async () => ((await waitingSpares()).some((pid) => spares.has(pid)) ? undefined : true), 15_000);
+    const machineQemus = new Set((await listMachines()).map((view) => view.state.qemuPid));
+    const left = poolProcesses().standbyQemus.filter((pid) => !machineQemus.has(pid));
+    assert.ok(left.length <= 2, `standby QEMUs are the pool's refill only (${left.length})`);
+  } finally {
+    process.env.PATH = path;
+    await pool.close();
+  }
+  await until('no standby QEMU', () => poolProcesses().standbyQemus.length === 0 || undefined, 15_000);
+});
+
 test('kill -9 of the forking process leaves states the next command reads right, and no spare behind', async () => {
   // Another process forks through its own pool (as a server would) and is killed while its children start.
   const script = join(home.home, 'fork-and-die.mts');
