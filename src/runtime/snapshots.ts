@@ -137,10 +137,17 @@ export async function forkMachine(
   const request = pool && environment().TORPOR_STANDBY_QEMU ? standbyRequestOf(forks[0]!, manifest.disk?.size ?? 0) : undefined;
   const taken = forks.map(() => pool?.takeFor(request, { refill: false }) ?? { standby: false });
   timeline?.mark('fork: supervisors taken');
+  const errors: unknown[] = [];
   const start = (index: number) =>
-    startMachine(forks[index]!.id, { materialized: filesMade, supervisor: taken[index]!.supervisor, timeline: options.childTimelines?.[index] });
+    startMachine(forks[index]!.id, { materialized: filesMade, supervisor: taken[index]!.supervisor, timeline: options.childTimelines?.[index] }).catch(
+      (error: unknown) => {
+        errors.push(error);
+        // A start refused before it used its spare (a check) leaves it waiting for an id: end it.
+        taken[index]!.supervisor?.stdin?.end();
+      },
+    );
   // Children adopting a standby start all at once; the others two at a time (each starts a QEMU,
-  // and this host has few cores).
+  // and this host has few cores). A child whose start failed does not stop the others.
   const queue = forks.map((_, index) => index).filter((index) => !taken[index]!.standby);
   const startNext = async (): Promise<void> => {
     const index = queue.shift();
@@ -148,7 +155,7 @@ export async function forkMachine(
     await start(index);
     await startNext();
   };
-  const starts = await Promise.allSettled([...forks.map((_, index) => (taken[index]!.standby ? start(index) : undefined)), startNext(), startNext()]);
+  await Promise.all([...forks.map((_, index) => (taken[index]!.standby ? start(index) : undefined)), startNext(), startNext()]);
   // Learned (and the pool refilled) after the children started, so that no spare or standby starts while they do.
   pool?.want(request, options.count);
   // Files that could not be made: no child started; none is kept (as before any start began).
@@ -160,8 +167,8 @@ export async function forkMachine(
     for (const fork of forks) await releaseMachine(fork);
     throw filesError;
   }
-  const failed = starts.find((result) => result.status === 'rejected');
-  if (failed) throw failed.reason;
+  // A child whose own start failed stays (its log says why); the fork reports the first failure.
+  if (errors.length > 0) throw errors[0];
   return { forks, snapshot };
 }
 
