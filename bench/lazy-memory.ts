@@ -21,14 +21,15 @@ const memoryDirectory = await mkdtemp('/dev/shm/tp-blm-');
 process.env.TORPOR_MEMORY_DIR = memoryDirectory;
 process.env.TORPOR_BOOT_TEMPLATES = '1';
 
-const { createMachine, startMachine, connectToMachine, removeMachine, prepareHost, listMachines, findMachine } = await import('../src/runtime/machines.ts');
+const { createMachine, startMachine, connectToMachine, removeMachine, prepareHost, listMachines, findMachine, createSupervisorPool } =
+  await import('../src/runtime/machines.ts');
+const { StartTimeline } = await import('../src/runtime/start-timeline.ts');
 const { snapshotMachine, restoreMachine, forkMachine } = await import('../src/runtime/snapshots.ts');
 const { readMachineState, machineFiles } = await import('../src/runtime/machine-files.ts');
-const { createSupervisorPool } = await import('../src/runtime/supervisor-process.ts');
-const { StartTimeline, epochNow } = await import('../src/runtime/start-timeline.ts');
 const { readLazyMemoryStatus, lazyMemorySupport } = await import('../src/snapshot/lazy-memory.ts');
 const { readSnapshot } = await import('../src/snapshot/snapshot-store.ts');
 const { openContextLog } = await import('../src/context/index.ts');
+const { epochNow } = await import('../src/runtime/start-timeline.ts');
 const { SessionManager } = await import('../src/session/session-manager.ts');
 const { SessionStore } = await import('../src/session/session-store.ts');
 type MachineConfig = import('../src/runtime/machine-record.ts').MachineConfig;
