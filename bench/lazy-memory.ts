@@ -21,12 +21,15 @@ const memoryDirectory = await mkdtemp('/dev/shm/tp-blm-');
 process.env.TORPOR_MEMORY_DIR = memoryDirectory;
 process.env.TORPOR_BOOT_TEMPLATES = '1';
 
-const { createMachine, startMachine, connectToMachine, removeMachine, prepareHost, listMachines, findMachine } = await import('../src/runtime/machines.ts');
+const { createMachine, startMachine, connectToMachine, removeMachine, prepareHost, listMachines, findMachine, createSupervisorPool } =
+  await import('../src/runtime/machines.ts');
+const { StartTimeline } = await import('../src/runtime/start-timeline.ts');
 const { snapshotMachine, restoreMachine, forkMachine } = await import('../src/runtime/snapshots.ts');
 const { readMachineState, machineFiles } = await import('../src/runtime/machine-files.ts');
 const { readLazyMemoryStatus, lazyMemorySupport } = await import('../src/snapshot/lazy-memory.ts');
 const { readSnapshot } = await import('../src/snapshot/snapshot-store.ts');
 const { openContextLog } = await import('../src/context/index.ts');
+const { epochNow } = await import('../src/runtime/start-timeline.ts');
 const { SessionManager } = await import('../src/session/session-manager.ts');
 const { SessionStore } = await import('../src/session/session-store.ts');
 type MachineConfig = import('../src/runtime/machine-record.ts').MachineConfig;
@@ -93,7 +96,51 @@ async function residentOf(config: MachineConfig): Promise<{ rss: number; shmem: 
   return { rss: field('VmRSS'), shmem: field('RssShmem'), anon: field('RssAnon'), ramFile };
 }
 
+/** Runs a command with no output; true when it exited 0. */
+async function runQuietly(file: string, args: string[]): Promise<boolean> {
+  const { execFile } = await import('node:child_process');
+  return new Promise((resolve) => execFile(file, args, { cwd: '/tmp' }, (error) => resolve(!error)));
+}
+
+/** CPU seconds of every process now (pid -> user + system), for what each used during a step. */
+async function cpuOfAll(): Promise<Map<number, number>> {
+  const { readdir } = await import('node:fs/promises');
+  const result = new Map<number, number>();
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const seconds = await cpuSecondsOf(Number(entry));
+    if (Number.isFinite(seconds)) result.set(Number(entry), seconds);
+  }
+  return result;
+}
+
+/** RSS of the pool's spares at rest (node supervisors, and their standby QEMUs found by name). */
+async function standbyMemoryText(): Promise<string> {
+  const { readdir } = await import('node:fs/promises');
+  const rss = async (pid: string) => Number(/VmRSS:\s+(\d+) kB/.exec(await readFile(`/proc/${pid}/status`, 'utf8').catch(() => ''))?.[1] ?? 0) * 1024;
+  const supervisors: number[] = [];
+  const qemus: number[] = [];
+  // (A machine's supervisor was spawned `--standby` too: only the pool's waiting ones count.)
+  const machineSupervisors = new Set((await listMachines()).map((view) => view.state.supervisorPid));
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const command = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    if (/torpor-standby-\d+,/.test(command) && (await readFile(`/proc/${entry}/environ`, 'utf8').catch(() => '')).includes(memoryDirectory))
+      qemus.push(await rss(entry));
+    else if (
+      command.includes('--standby') &&
+      !machineSupervisors.has(Number(entry)) &&
+      (await readFile(`/proc/${entry}/environ`, 'utf8').catch(() => '')).includes(home)
+    )
+      supervisors.push(await rss(entry));
+  }
+  const mean = (values: number[]) => values.reduce((sum, value) => sum + value, 0) / Math.max(1, values.length);
+  return `${supervisors.length} spare supervisors, RSS mean ${mib(mean(supervisors))}; ${qemus.length} standby QEMUs, RSS mean ${mib(mean(qemus))}`;
+}
+
 const hostActivity = startHostSampler(memoryDirectory);
+/** Run at the end, whatever happened (the fork block's pool). */
+const cleanups: Array<() => Promise<void>> = [];
 const rows: string[][] = [];
 const row = (...cells: string[]) => rows.push(cells);
 const details: string[] = [];
@@ -180,15 +227,108 @@ try {
   const workingSetSize = wanted('restores') ? (((await readSnapshot('again-lazy')).metadata as { workingSet?: number[] }).workingSet?.length ?? 0) : 0;
   progress('prefetch restores done');
 
-  // ---- fork of 4, until all four answer (twice per mode, interleaved)
-  const forks: Record<Mode, number[]> = { lazy: [], eager: [] };
-  for (let run = 0; run < (wanted('forks') ? 2 : 0); run++) {
-    for (const mode of run % 2 === 0 ? modes : [...modes].reverse()) {
-      setMode(mode);
+  // ---- fork of 4, until all four answer: through a pool (as `torpor serve` forks: spare supervisors
+  // holding standby QEMUs of the children's shape) against today's fork (no pool: the CLI's), lazy
+  // memory both, interleaved. The pool is in steady state before every timed fork, as a server's is
+  // between forks: an untimed fork taught it the shape, and it has refilled since (4 spares, each with
+  // its standby QEMU up). Per-step times are when the LAST of the 4 children reached the step; CPU is
+  // what each process used during the fork (from /proc, so spares count only from when they were taken).
+  type ForkMode = 'pool' | 'today';
+  const forkModes: ForkMode[] = ['pool', 'today'];
+  const forks: Record<ForkMode, number[]> = { pool: [], today: [] };
+  const forkSteps: Record<ForkMode, Array<Map<string, number>>> = { pool: [], today: [] };
+  const forkCpu: Record<ForkMode, Array<Record<string, number>>> = { pool: [], today: [] };
+  const forkParent: Record<
+    ForkMode,
+    Array<{ totalMs: number; pausedMs: number; captureMs: number; store: Record<string, number>; threads: Record<string, number> }>
+  > = { pool: [], today: [] };
+  let standbyMemory = '';
+  let forkPool: ReturnType<typeof createSupervisorPool> | undefined;
+  cleanups.push(async () => await forkPool?.close());
+  if (wanted('forks')) {
+    setMode('lazy');
+    forkPool = createSupervisorPool({ spares: 4, standbys: 4 });
+    const { forks: learned } = await forkMachine(origin, { count: 4, namePrefix: 'f-learn', pool: forkPool });
+    await Promise.all(learned.map((fork) => ping(fork)));
+    for (const fork of learned) await removeMachine(fork, { force: true });
+    if (!(await forkPool.settled(120_000))) throw new Error('the fork pool did not settle');
+    standbyMemory = await standbyMemoryText();
+  }
+  // The named peer: 4 podman (runc) containers started at once until each has run `true`. Not a
+  // fork (a container carries no memory state; podman's CRIU checkpoint/restore fails on this kernel:
+  // host-facts), but the cost of 4 fresh isolated environments on this host, in the same run.
+  const podmanForks: number[] = [];
+  const podmanImage = 'localhost/torpor-bench-busybox:latest';
+  const podmanReady = wanted('forks') && (await runQuietly('podman', ['image', 'exists', podmanImage]));
+  for (let run = 0; run < (wanted('forks') ? runs : 0); run++) {
+    if (podmanReady) {
+      await sleep(500);
       const began = performance.now();
-      const { forks: made } = await forkMachine(origin, { count: 4, namePrefix: `f-${mode}-${run}` });
-      await Promise.all(made.map((fork) => ping(fork)));
-      forks[mode].push(performance.now() - began);
+      const started = await Promise.all(
+        [1, 2, 3, 4].map(() =>
+          runQuietly('podman', ['--runtime', 'runc', 'run', '--rm', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024', podmanImage, 'true']),
+        ),
+      );
+      if (started.every(Boolean)) podmanForks.push(performance.now() - began);
+    }
+    for (const mode of run % 2 === 0 ? forkModes : [...forkModes].reverse()) {
+      if (mode === 'pool' && !(await forkPool!.settled(120_000))) throw new Error('the fork pool did not settle');
+      await sleep(500);
+      const cpuBefore = await cpuOfAll();
+      const timeline = new StartTimeline();
+      const childTimelines = [0, 1, 2, 3].map(() => new StartTimeline());
+      const began = epochNow();
+      const { forks: made, snapshot: parentSnapshot } = await forkMachine(origin, {
+        count: 4,
+        namePrefix: `f-${mode}-${run}`,
+        pool: mode === 'pool' ? forkPool : undefined,
+        timeline,
+        childTimelines,
+      });
+      await Promise.all(made.map((fork, index) => ping(fork).then(() => childTimelines[index]!.mark('bench: agent answered a ping'))));
+      const ended = epochNow();
+      forks[mode].push(ended - began);
+      const cpuAfter = await cpuOfAll();
+      // The last child's time at each step, since the fork began.
+      const steps = new Map<string, number>();
+      for (const { step, at } of timeline.steps) steps.set(step, at - began);
+      for (const child of childTimelines) for (const { step, at } of child.steps) steps.set(step, Math.max(steps.get(step) ?? 0, at - began));
+      forkSteps[mode].push(steps);
+      const originState = await readMachineState(origin.id);
+      const children = await Promise.all(made.map((fork) => readMachineState(fork.id)));
+      const delta = (pid: number | undefined) => (pid ? (cpuAfter.get(pid) ?? 0) - (cpuBefore.get(pid) ?? 0) : 0);
+      const cpu: Record<string, number> = {
+        'this process': delta(process.pid),
+        'parent supervisor': delta(originState.supervisorPid),
+        'parent QEMU': delta(originState.qemuPid),
+        '4 child supervisors': children.reduce((sum, state) => sum + delta(state.supervisorPid), 0),
+        '4 child QEMUs': children.reduce((sum, state) => sum + delta(state.qemuPid), 0),
+      };
+      const named = new Set([
+        process.pid,
+        originState.supervisorPid,
+        originState.qemuPid,
+        ...children.flatMap((state) => [state.supervisorPid, state.qemuPid]),
+      ]);
+      cpu['other processes'] = [...cpuAfter.keys()].filter((pid) => !named.has(pid)).reduce((sum, pid) => sum + delta(pid), 0);
+      forkCpu[mode].push(cpu);
+      forkParent[mode].push({
+        totalMs: parentSnapshot.totalMs,
+        pausedMs: parentSnapshot.guestPausedMs ?? parentSnapshot.pauseMs,
+        captureMs: parentSnapshot.captureMs,
+        store: (parentSnapshot.stats as { milliseconds?: Record<string, number> }).milliseconds ?? {},
+        threads: (parentSnapshot.stats as { threadMilliseconds?: Record<string, number> }).threadMilliseconds ?? {},
+      });
+      // Each child's adoption (or QEMU start) and device state, to tell contention from a slow step.
+      details.push(
+        `fork ${mode} run ${run}: ${childTimelines
+          .map((child) => {
+            const at = (step: string) => child.steps.find((entry) => entry.step === step)?.at;
+            const span = (from: string, to: string) => ((at(to) ?? NaN) - (at(from) ?? NaN)).toFixed(0);
+            return `[qemu ${span('supervisor: qemuLaunching', 'supervisor: qmpReady')} ms, go->device state ${span('supervisor: goSaid', 'supervisor: deviceStateLoaded')} ms, ->agent ${span('supervisor: deviceStateLoaded', 'supervisor: agentAnswered')} ms]`;
+          })
+          .join(' ')}`,
+      );
       for (const fork of made) await removeMachine(fork, { force: true });
     }
   }
@@ -351,7 +491,58 @@ try {
     `with p50 ${ms(median(prefetchRestores.with))} | without p50 ${ms(median(prefetchRestores.without))}`,
     `${(median(prefetchRestores.without) / median(prefetchRestores.with)).toFixed(2)}x`,
   );
-  row('fork of 4, all answering (n=2 each)', '<= 600 ms', pair(forks), ratio(forks));
+  row(
+    `fork of 4, all answering: pool (serve) vs no pool (CLI, today), lazy (n=${forks.pool.length} each)`,
+    '<= 600 ms',
+    `pool p50 ${ms(median(forks.pool))} (max ${ms(Math.max(...forks.pool))}) | today p50 ${ms(median(forks.today))} (max ${ms(Math.max(...forks.today))})`,
+    `${(median(forks.today) / median(forks.pool)).toFixed(2)}x faster`,
+  );
+  row(
+    `  peer: 4 podman (runc) containers at once, each ran \`true\` (no state; n=${podmanForks.length})`,
+    '-',
+    podmanForks.length > 0
+      ? `p50 ${ms(median(podmanForks))} (max ${ms(Math.max(...podmanForks))})`
+      : 'podman or its busybox image (bench/start.ts makes it) not found',
+    podmanForks.length > 0 ? `pool fork ${(median(podmanForks) / median(forks.pool)).toFixed(2)}x faster` : '-',
+  );
+  for (const step of [...new Set(forkModes.flatMap((mode) => forkSteps[mode].flatMap((steps) => [...steps.keys()])))].sort(
+    (a, b) =>
+      median(forkSteps.pool.map((steps) => steps.get(a) ?? NaN).filter(Number.isFinite)) -
+      median(forkSteps.pool.map((steps) => steps.get(b) ?? NaN).filter(Number.isFinite)),
+  )) {
+    const at = (mode: ForkMode) => {
+      const values = forkSteps[mode].map((steps) => steps.get(step)).filter((value): value is number => value !== undefined);
+      return values.length > 0 ? ms(median(values)) : '-';
+    };
+    row(`  last child at: ${step}`, '-', `pool p50 ${at('pool')} | today p50 ${at('today')}`, '-');
+  }
+  for (const name of Object.keys(forkCpu.pool[0] ?? forkCpu.today[0] ?? {}))
+    row(
+      `  CPU during the fork: ${name}`,
+      '-',
+      `pool p50 ${median(forkCpu.pool.map((cpu) => cpu[name]!)).toFixed(2)} s | today p50 ${median(forkCpu.today.map((cpu) => cpu[name]!)).toFixed(2)} s`,
+      '-',
+    );
+  row(
+    '  parent snapshot (in the fork): total, guest paused',
+    '-',
+    forkModes
+      .map(
+        (mode) =>
+          `${mode} p50 ${ms(median(forkParent[mode].map((value) => value.totalMs)))}, paused ${ms(median(forkParent[mode].map((value) => value.pausedMs)))}`,
+      )
+      .join(' | '),
+    '-',
+  );
+  const parentPart = (mode: ForkMode, pick: (value: (typeof forkParent)[ForkMode][number]) => Record<string, number>) =>
+    Object.keys(pick(forkParent[mode][0] ?? forkParent.pool[0]!) ?? {})
+      .map((key) => `${key} ${median(forkParent[mode].map((value) => pick(value)[key] ?? NaN)).toFixed(0)}`)
+      .join(', ');
+  if (forkParent.pool.length > 0) {
+    row('  parent snapshot: store steps (ms), p50', '-', forkModes.map((mode) => `${mode}: ${parentPart(mode, (value) => value.store)}`).join(' | '), '-');
+    row('  parent snapshot: thread time (ms), p50', '-', forkModes.map((mode) => `${mode}: ${parentPart(mode, (value) => value.threads)}`).join(' | '), '-');
+  }
+  if (standbyMemory) row('  memory of the pool at rest (4 spares, 4 standby QEMUs)', '-', standbyMemory, '-');
   row(`wake -> first reply byte, shell agent (n=${shellWakes.lazy.length} each)`, '<= 250 ms', pair(shellWakes), ratio(shellWakes));
   row(
     `  warm (RAM kept in tmpfs, TORPOR_WARM_MEMORY=1024) (n=${warmWakes.length})`,
@@ -431,6 +622,8 @@ try {
   console.log(
     `shell wakes (ms): lazy ${shellWakes.lazy.map((value) => value.toFixed(0)).join(', ')}; eager ${shellWakes.eager.map((value) => value.toFixed(0)).join(', ')}`,
   );
+  console.log(`podman x4 (ms): ${podmanForks.map((value) => value.toFixed(0)).join(', ')}`);
+  console.log(`forks (ms): pool ${forks.pool.map((value) => value.toFixed(0)).join(', ')}; today ${forks.today.map((value) => value.toFixed(0)).join(', ')}`);
   console.log(`warm wakes (ms): ${warmWakes.map((value) => value.toFixed(0)).join(', ')}`);
   if (codingWakes)
     console.log(
@@ -440,6 +633,7 @@ try {
   if (codingNote) console.log(`note: ${codingNote}`);
   for (const detail of details) console.log(detail);
 } finally {
+  for (const cleanup of cleanups) await cleanup().catch(() => {});
   delete process.env.TORPOR_LAZY_MEMORY;
   delete process.env.TORPOR_WARM_MEMORY;
   for (const view of await listMachines().catch(() => [])) {

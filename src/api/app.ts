@@ -212,7 +212,7 @@ export function createApp(options: ApiOptions): Hono {
   if (options.sessions) {
     app.route('/v1/sessions', createSessionRoutes(options.sessions));
     app.route('/v1/sessions', createSessionTurnRoutes(options.sessions));
-    app.route('/v1/machines', createMachineRoutes());
+    app.route('/v1/machines', createMachineRoutes({ pool: options.sessions.supervisorPool }));
     // The server owns the token (api/token in its state directory); the dashboard only checks it.
     app.route('/', createDashboardRoutes({ sessions: options.sessions, heartbeatMs, ensureToken: false }));
   }

@@ -7,6 +7,7 @@ import { parseEnvironment, parseMemory } from '../runtime/run-options.ts';
 import { connectToMachine, createMachine, effectiveState, findMachine, listMachines, removeMachine, startMachine, stopMachine } from '../runtime/machines.ts';
 import { forkMachine, restoreMachine, snapshotMachine } from '../runtime/snapshots.ts';
 import type { MachineConfig } from '../runtime/machine-record.ts';
+import type { SupervisorPool } from '../runtime/supervisor-pool.ts';
 
 /**
  * Machines over HTTP (/v1/machines): what `torpor run / exec / cp / snapshot / restore / fork / rm`
@@ -112,7 +113,13 @@ async function describe(config: MachineConfig) {
   return { ...config, state: await effectiveState(config) };
 }
 
-export function createMachineRoutes(options: { maxFileBytes?: number } = {}): Hono {
+export function createMachineRoutes(
+  options: {
+    maxFileBytes?: number;
+    /** the host's spare supervisors (shared with session wakes): restores and forks take theirs from it */
+    pool?: SupervisorPool;
+  } = {},
+): Hono {
   const maxFileBytes = options.maxFileBytes ?? 256 * 1024 * 1024;
   const app = new Hono();
 
@@ -153,7 +160,7 @@ export function createMachineRoutes(options: { maxFileBytes?: number } = {}): Ho
   app.post('/restore', async (context) => {
     try {
       const body = await parse(context, restoreBody);
-      return context.json(await describe(await restoreMachine(body.snapshot, { name: body.name })), 201);
+      return context.json(await describe(await restoreMachine(body.snapshot, { name: body.name, pool: options.pool })), 201);
     } catch (error) {
       return answer(context, error);
     }
@@ -298,7 +305,7 @@ export function createMachineRoutes(options: { maxFileBytes?: number } = {}): Ho
     try {
       const config = await machineOf(context);
       const body = await parse(context, forkBody);
-      const { forks, snapshot } = await forkMachine(config, body);
+      const { forks, snapshot } = await forkMachine(config, { ...body, pool: options.pool });
       return context.json({ snapshot, forks: await Promise.all(forks.map(describe)) }, 201);
     } catch (error) {
       return answer(context, error);

@@ -4,6 +4,7 @@ import type { Hono } from 'hono';
 import { openContextLog, type ContextLog, type ContextLogOptions } from '../context/index.ts';
 import { randomBytes } from 'node:crypto';
 import { SessionManager, type SessionManagerOptions } from '../session/session-manager.ts';
+import { createSupervisorPool } from '../runtime/machines.ts';
 import { TokenVerifier, ensureAdminToken } from '../state/api-tokens.ts';
 import { createApp, type ApiOptions } from './app.ts';
 import { mountDurableStreams } from './durable-streams-routes.ts';
@@ -63,9 +64,16 @@ export async function startApiServer(options: StartApiServerOptions = {}): Promi
   const ownsLog = options.log === undefined;
   const log = options.log ?? (cluster ? await cluster.openLog() : await openContextLog(options));
   const clusterParts = cluster ? { store: cluster.store, ...(cluster.replication ? { replication: cluster.replication } : {}) } : {};
+  const sessionOptions = options.sessions && options.sessions !== true ? options.sessions : {};
   const sessions =
     options.sessions || cluster
-      ? new SessionManager({ ...(options.sessions && options.sessions !== true ? options.sessions : {}), ...clusterParts, log })
+      ? new SessionManager({
+          ...sessionOptions,
+          // One pool for the host: session wakes and the machine API's restores and forks share its spares.
+          pool: sessionOptions.pool ?? createSupervisorPool(),
+          ...clusterParts,
+          log,
+        })
       : undefined;
   const app = createApp({ ...options, log, sessions });
   // Durable Streams keep their own SQLite file in the state directory: only a server that has one serves them.

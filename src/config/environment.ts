@@ -101,6 +101,16 @@ export const variables = {
     '`1`',
     "`0`: the spare supervisors of `torpor serve` do not pre-start a paused QEMU for the shape of the last woken session's machine (a wake then starts QEMU itself, ~100 ms more under TCG)",
   ),
+  TORPOR_POOL_SPARES: variable(
+    wholeNumberOr(0, 4),
+    '`4`',
+    "at most this many spare supervisor processes `torpor serve` keeps started for session wakes and the machine API's restores and forks (one, or one per standby QEMU its last wake and fork need; ~50 MiB each); `0` starts a new one for every start",
+  ),
+  TORPOR_POOL_STANDBYS: variable(
+    wholeNumberOr(0, 4),
+    '`4`',
+    "how many of those spares may hold a paused standby QEMU of a shape the server needed last (the last wake's, the last fork's once per child; ~50 MiB each under TCG): a fork of N takes up to N of them instead of starting QEMUs",
+  ),
   TORPOR_LAZY_PREFETCH: variable(flag('1', true), '`1`', "`0` does not prefetch a snapshot's recorded working set on restore"),
   TORPOR_TRACK_WRITES: variable(flag('1', true), '`1`', '`0` hashes every loaded chunk at a snapshot instead of only those written since the last one'),
   TORPOR_ZERO_FREED_MEMORY: variable(

@@ -27,7 +27,9 @@ export async function startMachine(
   options: {
     waitForAttach?: boolean;
     pool?: SupervisorPool;
-    /** the snapshot's files are already in place (fork) */ materialized?: boolean;
+    /** a spare supervisor already taken from a pool for this start (a fork's child: forkMachine picks it by shape) */ supervisor?: ChildProcess;
+    /** the snapshot's files are in place (true), or will be when this settles (a fork makes them while its children's starts begin) */ materialized?:
+      boolean | Promise<void>;
     /** records where the start's time goes (benchmarks) */ timeline?: StartTimeline;
   } = {},
 ): Promise<MachineState> {
@@ -43,7 +45,7 @@ export async function startMachine(
   if (config.network) await ensurePortsFree(config.ports);
   const files = machineFiles(id);
   const restoring = config.restore !== undefined && !current.restored;
-  let child = options.pool?.take();
+  let child = options.supervisor ?? options.pool?.take();
   if (!child) {
     const log = await open(files.supervisorLog, 'a');
     child = spawn(process.execPath, [...(await supervisorCommand()), '--standby'], {
@@ -55,7 +57,7 @@ export async function startMachine(
     child.unref();
   }
   const supervisorPid = child.pid;
-  timeline?.mark(options.pool ? 'start: supervisor taken from the pool' : 'start: supervisor spawned');
+  timeline?.mark(options.pool || options.supervisor ? 'start: supervisor taken from the pool' : 'start: supervisor spawned');
   // Marked starting with the supervisor's pid from the first write: `ps` judges a starting machine by
   // that process, and one marked without it showed as killed ("exited (137)") for as long as a slow
   // restore took before the supervisor wrote its own state (minutes, in a nested machine).
@@ -87,7 +89,9 @@ export async function startMachine(
     await Promise.all([
       restoring && !options.materialized
         ? materializeForRestore(config, timeline, launchable).then(() => timeline?.mark('start: snapshot materialized'))
-        : undefined,
+        : options.materialized instanceof Promise
+          ? options.materialized
+          : undefined,
       confined,
     ]);
     launchable();

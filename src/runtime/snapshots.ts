@@ -16,6 +16,8 @@ import type { SnapshotSummary } from './control-protocol.ts';
 import { prepareLazyRestore } from './lazy-restore.ts';
 import { pathExists } from '../util/path-exists.ts';
 import type { StartTimeline } from './start-timeline.ts';
+import { standbyRequestOf } from './standby-qemu.ts';
+import { environment } from '../config/environment.ts';
 
 export type { RestoreOptions } from './machine-creation.ts';
 
@@ -88,38 +90,85 @@ export async function restoreMachine(
   return config;
 }
 
-/** N live copies of a running machine, each independent from then on (own RAM file, disk, clock, RNG, name). */
+/**
+ * N live copies of a running machine, each independent from then on (own RAM file, disk, clock, RNG, name).
+ *
+ * With a pool (`torpor serve`), each child takes a spare supervisor from it, one holding a standby QEMU
+ * of the children's shape where there is one: those children start all at once (no QEMU start-up to
+ * compete for the CPU, only device state and the guest), and the pool learns the shape, `count` times,
+ * for the next fork. Without a pool (the CLI), each child starts a new supervisor and QEMU.
+ */
 export async function forkMachine(
   config: MachineConfig,
-  options: { count: number; namePrefix?: string },
+  options: {
+    count: number;
+    namePrefix?: string;
+    pool?: SupervisorPool;
+    /** where the fork's own time goes (benchmarks) */ timeline?: StartTimeline;
+    /** one per child, in order: where each child's start went (benchmarks) */ childTimelines?: StartTimeline[];
+  },
 ): Promise<{ forks: MachineConfig[]; snapshot: SnapshotSummary }> {
+  const { timeline, pool } = options;
   const snapshotName = `${config.name}@fork-${Date.now().toString(36)}`;
   const snapshot = await snapshotMachine(config, { name: snapshotName });
+  timeline?.mark('fork: parent snapshotted');
   const manifest = await readSnapshot(snapshotName);
   const prefix = options.namePrefix ?? `${config.name}-fork`;
-  const forks: MachineConfig[] = [];
-  for (let index = 1; index <= options.count; index++) {
-    // Published ports stay with the original: two machines cannot bind one host port.
-    forks.push(await createMachineFromSnapshot(manifest, { name: `${prefix}-${index}`, ports: [] }));
+  // All records at once (each claims its own name); if one cannot be made, none is kept.
+  // Published ports stay with the original: two machines cannot bind one host port.
+  const created = await Promise.allSettled(
+    Array.from({ length: options.count }, (_, index) => createMachineFromSnapshot(manifest, { name: `${prefix}-${index + 1}`, ports: [] })),
+  );
+  const forks = created.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
+  const refused = created.find((result) => result.status === 'rejected');
+  if (refused) {
+    for (const fork of forks) await releaseMachine(fork);
+    throw refused.reason;
   }
+  timeline?.mark('fork: records created');
   // Decompress once, into the first fork's files; the others get sparse copies of them (a copy of
   // the non-zero pages is several times cheaper than decompressing them again), made before any
-  // fork runs and writes its RAM.
-  try {
-    await materializeForks(forks);
-  } catch (error) {
-    for (const fork of forks) await releaseMachine(fork);
-    throw error;
-  }
-  // Two at a time: each restore is one QEMU starting up, and this host has few cores.
-  const queue = [...forks];
+  // fork runs and writes its RAM. The children's starts begin meanwhile (checks, uid claims, network
+  // rules: none needs the files); each tells its supervisor to launch once they are made.
+  const filesMade = materializeForks(forks).then(() => timeline?.mark('fork: files made'));
+  filesMade.catch(() => {});
+  // The children's shape (all alike; the layer gets the snapshot's disk size), for the pool: spares
+  // holding a standby of it are taken first.
+  const request = pool && environment().TORPOR_STANDBY_QEMU ? standbyRequestOf(forks[0]!, manifest.disk?.size ?? 0) : undefined;
+  const taken = forks.map(() => pool?.takeFor(request, { refill: false }) ?? { standby: false });
+  timeline?.mark('fork: supervisors taken');
+  const errors: unknown[] = [];
+  const start = (index: number) =>
+    startMachine(forks[index]!.id, { materialized: filesMade, supervisor: taken[index]!.supervisor, timeline: options.childTimelines?.[index] }).catch(
+      (error: unknown) => {
+        errors.push(error);
+        // A start refused before it used its spare (a check) leaves it waiting for an id: end it.
+        taken[index]!.supervisor?.stdin?.end();
+      },
+    );
+  // Children adopting a standby start all at once; the others two at a time (each starts a QEMU,
+  // and this host has few cores). A child whose start failed does not stop the others.
+  const queue = forks.map((_, index) => index).filter((index) => !taken[index]!.standby);
   const startNext = async (): Promise<void> => {
-    const fork = queue.shift();
-    if (!fork) return;
-    await startMachine(fork.id, { materialized: true });
+    const index = queue.shift();
+    if (index === undefined) return;
+    await start(index);
     await startNext();
   };
-  await Promise.all([startNext(), startNext()]);
+  await Promise.all([...forks.map((_, index) => (taken[index]!.standby ? start(index) : undefined)), startNext(), startNext()]);
+  // Learned (and the pool refilled) after the children started, so that no spare or standby starts while they do.
+  pool?.want(request, options.count);
+  // Files that could not be made: no child started; none is kept (as before any start began).
+  const filesError = await filesMade.then(
+    () => undefined,
+    (error: unknown) => error ?? new Error('the fork files could not be made'),
+  );
+  if (filesError) {
+    for (const fork of forks) await releaseMachine(fork);
+    throw filesError;
+  }
+  // A child whose own start failed stays (its log says why); the fork reports the first failure.
+  if (errors.length > 0) throw errors[0];
   return { forks, snapshot };
 }
 

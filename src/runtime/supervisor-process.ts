@@ -2,7 +2,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { projectRoot } from '../util/project-root.ts';
 import { environment } from '../config/environment.ts';
-import { SupervisorPool } from './supervisor-pool.ts';
+import { SupervisorPool, type SupervisorPoolLimits } from './supervisor-pool.ts';
 import { stateHome } from '../state/paths.ts';
 
 const supervisorEntry = join(dirname(fileURLToPath(import.meta.url)), 'supervisor-main.ts');
@@ -35,9 +35,18 @@ export function supervisorEnvironment(): NodeJS.ProcessEnv {
   return { ...rest, TORPOR_HOME: stateHome() };
 }
 
-/** Warm spare supervisors for a long-running host, started with the same command as any other. */
-export function createSupervisorPool(size = 1): SupervisorPool {
-  const pool = new SupervisorPool(supervisorCommand, supervisorEnvironment, size);
+/**
+ * Warm spare supervisors for a long-running host, started with the same command as any other. One
+ * per host (`torpor serve`): its spares and standby QEMUs are bounded by TORPOR_POOL_SPARES and
+ * TORPOR_POOL_STANDBYS unless `limits` says otherwise.
+ */
+export function createSupervisorPool(limits?: number | SupervisorPoolLimits): SupervisorPool {
+  const settings = environment();
+  const pool = new SupervisorPool(
+    supervisorCommand,
+    supervisorEnvironment,
+    limits ?? { spares: settings.TORPOR_POOL_SPARES, standbys: settings.TORPOR_POOL_STANDBYS },
+  );
   pool.fill();
   return pool;
 }

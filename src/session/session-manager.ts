@@ -53,6 +53,12 @@ export interface SessionManagerOptions {
   turnHistory?: TurnHistory;
   /** Shares snapshots with other nodes of a cluster (pushed at hibernation, pulled before a restore). */
   replication?: SnapshotReplication;
+  /**
+   * The host's pool of spare supervisors (`torpor serve` makes one from TORPOR_POOL_SPARES and
+   * TORPOR_POOL_STANDBYS and shares it with the machine routes); the manager closes it. Default: a
+   * pool of one spare of its own.
+   */
+  pool?: SupervisorPool;
 }
 
 interface LiveSession {
@@ -85,8 +91,8 @@ export class SessionManager extends EventEmitter<{
   private readonly turnTimeoutMs: number;
   private readonly turnSnapshots: number;
   readonly turnHistory: TurnHistory;
-  /** A warm spare supervisor, so a wake does not wait for a process to start. */
-  private readonly supervisors: SupervisorPool = createSupervisorPool(1);
+  /** Warm spare supervisors, so a wake does not wait for a process (or QEMU) to start. */
+  private readonly supervisors: SupervisorPool;
   private readonly limits?: ResourceLimits;
   /** Machines being started and not yet attached: they count against the machine limit too. */
   private startingMachines = 0;
@@ -111,8 +117,14 @@ export class SessionManager extends EventEmitter<{
     this.turnSnapshots = options.turnSnapshots ?? (Number.isInteger(fromEnvironment) && fromEnvironment > 0 ? fromEnvironment : 0);
     this.turnHistory = options.turnHistory ?? new TurnHistory();
     this.replication = options.replication;
+    this.supervisors = options.pool ?? createSupervisorPool(1);
     this.timer = setInterval(() => void this.tick(), options.tickMs ?? 250);
     this.timer.unref();
+  }
+
+  /** The host's spare supervisors: the machine API's restores and forks take theirs from it too. */
+  get supervisorPool(): SupervisorPool {
+    return this.supervisors;
   }
 
   /** Runs `work` after every earlier operation on the same session: one VM, one turn at a time. */
