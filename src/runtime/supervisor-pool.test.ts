@@ -97,6 +97,8 @@ test('the pool keeps one spare, grows to a fork demand within its bounds, and mo
     // A fork of 4 of shape 256: at most 2 standbys (and so 2 spares), never 4.
     pool.want(shape(256), 4);
     await until('two spares holding 256', async () => (pool.count(shape(256)).standbys === 2 ? true : undefined));
+    // Each spare records its own start (a node process: slower than the pool's count on a busy host).
+    await until('both spares to record their start', async () => ((await told()).size >= 2 ? true : undefined));
     await new Promise((resolve) => setTimeout(resolve, 200));
     assert.deepEqual(pool.count(), { spares: 2, standbys: 2 }, 'bounded by standbys, not by the fork');
     for (const [pid] of await told()) pids.add(pid);
