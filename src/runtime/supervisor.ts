@@ -50,6 +50,9 @@ import {
 export interface StartSignals {
   /** with the uid the starter claimed for this supervisor's QEMU, when it said */
   launch: Promise<{ preparedUid?: number }>;
+  /** the device state file is written (QEMU may load it; the disk layer may still be being written) */
+  deviceState: Promise<void>;
+  /** everything is in place: the guest may run */
   go: Promise<void>;
 }
 
@@ -105,9 +108,15 @@ export class Supervisor {
     return new Supervisor(await readMachineConfig(id));
   }
 
+  /** state.json writes, one after another in call order (a start does not wait for its first one). */
+  private stateWrites: Promise<void> = Promise.resolve();
+
   private async setState(patch: Partial<MachineState>): Promise<void> {
     this.state = { ...this.state, ...patch };
-    await writeMachineState(this.config.id, this.state);
+    const state = this.state;
+    const written = this.stateWrites.then(() => writeMachineState(this.config.id, state));
+    this.stateWrites = written.catch(() => {});
+    await written;
   }
 
   /** QEMU creates (restore) or connects to (snapshot) this socket, possibly after it dropped root. */
@@ -163,7 +172,10 @@ export class Supervisor {
       waitForAttach: previous.waitForAttach,
       restored: previous.restored || Boolean(restore),
     };
-    await this.setState({});
+    // Not waited for: the starter wrote "starting" with this pid already; this adds the start time
+    // and `restored`, and the writes after it queue behind it (setState).
+    const startingWritten = this.setState({});
+    startingWritten.catch(() => {});
     const started = performance.now();
     let bootFrom = started;
     // Where a start's time goes (the start and wake benchmarks print it): ms since this process started.
@@ -193,7 +205,9 @@ export class Supervisor {
       // their way while QEMU starts; a cold-booting guest runs at once, so they must be in place.
       if (!restore) await Promise.all([this.confinement.rulesReady, signals?.go]);
       const pager = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
+      mark('pagerEnvironment');
       const adopted = await this.standbyFor(restore !== undefined && pager !== undefined, standby);
+      mark('standbyChecked');
       // The target of QEMU's disk copy for checkpoints that continue; without it they copy the disk paused.
       this.diskCaptureTarget = adopted ? adopted.diskCaptureTarget : await openDiskCaptureTarget(this.files.layerDisk).catch(() => undefined);
       // A paused copy (lazy-restore.ts) of a supervisor killed mid-checkpoint: nothing reads it any more.
@@ -210,6 +224,7 @@ export class Supervisor {
         this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager?.environment }), { logPath: this.files.supervisorLog });
       }
       mark('qmpReady');
+      await startingWritten;
       // Recorded with the pid: a claim whose supervisor died before this is stale, and is taken over.
       await this.setState({ qemuPid: this.vm.pid, networkUid: this.confinement.runAs?.uid, ...(adopted ? { qemuName: adopted.name } : {}) });
       this.vm.exited.then((exit) => this.onVmExit(exit));
@@ -217,19 +232,27 @@ export class Supervisor {
         throw new Error(`QEMU exited during ${restore ? 'restore' : 'boot'} (${exit.signal ?? `code ${exit.code}`}): ${exit.message}`);
       });
       if (restore) {
-        // QEMU listens for the device state while the restore may still be writing it.
+        // QEMU listens for the device state while the restore may still be writing it. The starter
+        // writes the device state first and says so (`deviceState`): QEMU loads it while the disk
+        // layer's contents are still being written. Loading it runs no guest code and reads no
+        // disk; the guest runs only at `cont`, after `go` (disk complete) and the network rules.
         const deviceStateLoad = prepareDeviceStateLoad(this.vm.qmp, this.migrationSocket());
         deviceStateLoad.catch(() => {});
+        if (signals) {
+          await Promise.race([signals.deviceState, vmGone]);
+          mark('deviceStateSaid');
+        }
+        const deviceState = await readFile(this.files.deviceState);
+        await Promise.race([deviceStateLoad.then((prepared) => prepared.load(deviceState)), vmGone]);
+        mark('deviceStateIn');
         await Promise.race([this.confinement.rulesReady, vmGone]);
         mark('rulesReady');
         if (signals) {
           await Promise.race([signals.go, vmGone]);
           mark('goSaid');
         }
-        const deviceState = await readFile(this.files.deviceState);
-        await Promise.race([deviceStateLoad.then((prepared) => prepared.load(deviceState)), vmGone]);
-        mark('deviceStateIn');
         if (pager) await confirmPagerServing(this.memoryFile());
+        mark('pagerConfirmed');
         await this.vm.qmp.execute('cont');
         if (pager) this.recordWorkingSet();
         mark('deviceStateLoaded');
@@ -243,9 +266,30 @@ export class Supervisor {
         // identity to renew.
         // The machine's boot timeout bounds it (15 s was fixed here): a restored guest in a nested
         // machine (KVM on emulated SVM) answered after more than 10 s; a QEMU that dies is seen at once (vmGone).
+        // Only the hello's answer is awaited: the agent handles frames one at a time, in order, so
+        // the settings (sent with it) are applied before any frame the host sends later (a client's
+        // exec, ping, input): nobody reaches the guest through the host before its fresh clock and
+        // RNG seed. Their answer comes ~15-35 ms later under TCG; the host goes on meanwhile. A
+        // guest that does not confirm them is not trusted: the machine is stopped.
         const agent = this.agent;
         const waitMs = Math.max(15_000, this.config.bootTimeoutMs);
-        await Promise.race([Promise.all([agent.hello(waitMs), agent.configure(this.guestSettings(), FrameType.resumed, waitMs)]), vmGone]);
+        let answered = false;
+        // The hello first: the agent answers it before it applies the settings.
+        const helloAnswered = agent.hello(waitMs);
+        const settingsApplied = agent.configure(this.guestSettings(), FrameType.resumed, waitMs).then(
+          () => void mark('settingsApplied'),
+          (error: unknown) => {
+            const reason = `the restored guest did not apply its new clock and RNG seed: ${(error as Error).message}`;
+            // Before the hello's answer this fails the start (below); after it, the running machine stops.
+            if (!answered) throw new Error(reason);
+            process.stderr.write(`torpor: ${reason}; stopping the machine\n`);
+            if (!this.stopping) void this.shutdown(1, reason);
+          },
+        );
+        const settingsFailed = settingsApplied.then(() => new Promise<never>(() => {}));
+        settingsFailed.catch(() => {});
+        await Promise.race([helloAnswered, settingsFailed, vmGone]);
+        answered = true;
       } else {
         await Promise.race([this.agent.hello(this.config.bootTimeoutMs), vmGone]);
         // Bounded like the hello: 10 s (the default) was too short for TCG inside a nested machine.
@@ -257,6 +301,8 @@ export class Supervisor {
       mark('agentAnswered');
       await pager?.held;
       await this.openControlSocket();
+      // (a restored guest that refused its settings meanwhile is being stopped: not running)
+      if (this.stopping) return;
       mark('running');
       await this.setState({ status: 'running', readyAt: new Date().toISOString(), bootMs: Math.round(performance.now() - bootFrom), startTimings: timings });
       // Compression threads are loaded by the first snapshot, not here: idle, they would cost every

@@ -382,6 +382,30 @@ export async function loadPageMap(memoryFile: string): Promise<void> {
 }
 
 /** The pager's view of a lazily restored RAM file; undefined when the file was restored eagerly. */
+/**
+ * Only the pager's state and error, from the status file's header: the check before a restored
+ * guest runs, which must not wait for the page map to be read and parsed. Undefined: no lazy memory.
+ */
+export async function readPagerState(memoryFile: string): Promise<{ state: LazyMemoryStatus['state']; error?: string } | undefined> {
+  let handle;
+  try {
+    handle = await open(lazyMemoryFiles(memoryFile).statusFile, 'r');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  try {
+    const header = Buffer.alloc(statusHeaderSize);
+    const { bytesRead } = await handle.read(header, 0, statusHeaderSize, 0);
+    if (bytesRead < statusHeaderSize) return { state: 'failed', error: 'the pager status file is truncated' };
+    const stateCode = header.readUInt32LE(8);
+    const errorText = header.toString('utf8', 144, 512).replace(/\0[\s\S]*$/, '');
+    return { state: stateCode === 1 ? 'serving' : stateCode === 2 ? 'failed' : 'waiting', ...(errorText ? { error: errorText } : {}) };
+  } finally {
+    await handle.close();
+  }
+}
+
 export async function readLazyMemoryStatus(memoryFile: string): Promise<LazyMemoryStatus | undefined> {
   const files = lazyMemoryFiles(memoryFile);
   let pageMap: PageMap;
