@@ -153,7 +153,7 @@ test('a truncated device state fails the start cleanly: QEMU stopped, RAM and pa
   await assert.rejects(access(files.memoryFile), 'its tmpfs RAM is gone');
   await assert.rejects(access(`${files.memoryFile}.map`), 'its page map is gone');
   const listed = (await listMachines()).find((view) => view.config.id === config.id);
-  assert.equal(listed?.state.status, 'failed', 'ps says failed');
+  assert.equal(listed?.state.status, 'failed', `ps says failed: ${JSON.stringify(listed?.state)}`);
   await removeMachine(config, { force: true });
 });
 

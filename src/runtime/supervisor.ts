@@ -108,6 +108,9 @@ export class Supervisor {
     return new Supervisor(await readMachineConfig(id));
   }
 
+  /** Settles when `run`'s start has succeeded or failed. */
+  private startSettled?: Promise<void>;
+
   /** state.json writes, one after another in call order (a start does not wait for its first one). */
   private stateWrites: Promise<void> = Promise.resolve();
 
@@ -181,6 +184,8 @@ export class Supervisor {
     // Where a start's time goes (the start and wake benchmarks print it): ms since this process started.
     const timings: Record<string, number> = { processStartedAt: Math.round(performance.timeOrigin), entered, run: Math.round(started) };
     const mark = (name: string) => (timings[name] = Math.round(performance.now()));
+    let settleStart: () => void = () => {};
+    this.startSettled = new Promise<void>((resolve) => (settleStart = resolve));
     try {
       await mkdir(memoryDirectory(), { recursive: true });
       if (!restore) {
@@ -243,7 +248,15 @@ export class Supervisor {
           mark('deviceStateSaid');
         }
         const deviceState = await readFile(this.files.deviceState);
-        await Promise.race([deviceStateLoad.then((prepared) => prepared.load(deviceState)), vmGone]);
+        const vm = this.vm;
+        await Promise.race([deviceStateLoad.then((prepared) => prepared.load(deviceState)), vmGone]).catch(async (error: unknown) => {
+          // A QEMU that cannot load a device state exits; its own words say why (QMP says only that it closed).
+          const exit = await Promise.race([vm.exited, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 2000).unref())]);
+          if (!exit) throw error;
+          throw new Error(
+            `QEMU could not load the snapshot's device state and exited (${exit.signal ?? `code ${exit.code}`}): ${exit.message.trim() || (error as Error).message}`,
+          );
+        });
         mark('deviceStateIn');
         await Promise.race([this.confinement.rulesReady, vmGone]);
         mark('rulesReady');
@@ -257,7 +270,7 @@ export class Supervisor {
         if (pager) this.recordWorkingSet();
         mark('deviceStateLoaded');
       }
-      this.agent = await AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 });
+      this.agent = await Promise.race([AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 }), vmGone]);
       mark('agentConnected');
       if (restore) {
         // The restored agent is running already: ask hello and hand over the new clock, RNG seed
@@ -293,7 +306,7 @@ export class Supervisor {
       } else {
         await Promise.race([this.agent.hello(this.config.bootTimeoutMs), vmGone]);
         // Bounded like the hello: 10 s (the default) was too short for TCG inside a nested machine.
-        await this.agent.configure(this.guestSettings(), FrameType.configure, this.config.bootTimeoutMs);
+        await Promise.race([this.agent.configure(this.guestSettings(), FrameType.configure, this.config.bootTimeoutMs), vmGone]);
       }
       // A restored main process is followed before anyone can connect: input sent right after the
       // machine shows as running must reach it (it is not started again, so nothing else would flush it).
@@ -311,6 +324,8 @@ export class Supervisor {
       const message = error instanceof Error ? error.message : String(error);
       await this.fail(`${message}; console log: ${this.files.consoleLog}`);
       return;
+    } finally {
+      settleStart();
     }
     if (this.config.captureTemplate) {
       try {
@@ -501,6 +516,9 @@ export class Supervisor {
   }
 
   private async onVmExit(exit: VmExit): Promise<void> {
+    // During a start its own error path reports a QEMU that exited (every wait there races QEMU's
+    // exit): one account of it, the start's ("failed" and why), not two racing writes.
+    await this.startSettled;
     if (this.stopping) return;
     this.stopping = true;
     const reason = exit.signal ? `killed by ${exit.signal}` : `exited with code ${exit.code}`;
