@@ -21,9 +21,8 @@ const memoryDirectory = await mkdtemp('/dev/shm/tp-blm-');
 process.env.TORPOR_MEMORY_DIR = memoryDirectory;
 process.env.TORPOR_BOOT_TEMPLATES = '1';
 
-const { createMachine, startMachine, connectToMachine, removeMachine, prepareHost, listMachines, findMachine, createSupervisorPool } = await import(
-  '../src/runtime/machines.ts'
-);
+const { createMachine, startMachine, connectToMachine, removeMachine, prepareHost, listMachines, findMachine, createSupervisorPool } =
+  await import('../src/runtime/machines.ts');
 const { StartTimeline } = await import('../src/runtime/start-timeline.ts');
 const { snapshotMachine, restoreMachine, forkMachine } = await import('../src/runtime/snapshots.ts');
 const { readMachineState, machineFiles } = await import('../src/runtime/machine-files.ts');

@@ -93,10 +93,11 @@ async function startByHand(name: string): Promise<{
 /** Resolves once QEMU has loaded the device state: its migration socket appeared, then went (migration.ts removes it when done). */
 async function deviceStateLoaded(config: MachineConfig): Promise<void> {
   const socket = join(runtimeRoot(), 'qemu', config.id, 'migration.sock');
-  const exists = () => access(socket).then(
-    () => true,
-    () => false,
-  );
+  const exists = () =>
+    access(socket).then(
+      () => true,
+      () => false,
+    );
   let seen = false;
   for (const deadline = Date.now() + 30_000; Date.now() < deadline; await sleep(5)) {
     if (await exists()) seen = true;
@@ -157,11 +158,14 @@ test('a truncated device state fails the start cleanly: QEMU stopped, RAM and pa
   await removeMachine(config, { force: true });
 });
 
-test("a device state whose stored chunk is damaged: restore refuses before QEMU gets it, and leaves nothing half-made", async () => {
+test('a device state whose stored chunk is damaged: restore refuses before QEMU gets it, and leaves nothing half-made', async () => {
   const manifest = await readSnapshot('reader@1');
   const chunks = join(paths.snapshots(), 'chunks');
   const victim = chunkPath(chunks, manifest.deviceState);
-  const donor = chunkPath(chunks, manifest.memory.chunks.find((id): id is string => id !== null && id !== manifest.deviceState)!);
+  const donor = chunkPath(
+    chunks,
+    manifest.memory.chunks.find((id): id is string => id !== null && id !== manifest.deviceState)!,
+  );
   await rename(victim, `${victim}.saved`);
   await copyFile(donor, victim);
   try {
@@ -193,7 +197,7 @@ test('kill -9 of the supervisor after the device state was loaded, before go: QE
   assert.ok(qemuPid && processMatches(qemuPid, `torpor-${config.id}`), 'QEMU runs, paused');
   supervisor.kill('SIGKILL');
   await exited;
-  for (const deadline = Date.now() + 10_000; processMatches(qemuPid, `torpor-${config.id}`) && Date.now() < deadline; ) await sleep(50);
+  for (const deadline = Date.now() + 10_000; processMatches(qemuPid, `torpor-${config.id}`) && Date.now() < deadline;) await sleep(50);
   assert.ok(!processMatches(qemuPid, `torpor-${config.id}`), 'QEMU died with its supervisor');
   const seen = await effectiveState(config);
   assert.ok(seen.status === 'exited' || seen.status === 'failed', `ps does not call it ${seen.status}`);
@@ -201,4 +205,42 @@ test('kill -9 of the supervisor after the device state was loaded, before go: QE
   await removeMachine(config, { force: true });
   await assert.rejects(access(files.memoryFile));
   await assert.rejects(access(files.directory));
+});
+
+test('through a pool with a standby QEMU (device state loaded while it is adopted): the restored guest reads its disk as snapshotted', async () => {
+  const { createSupervisorPool } = await import('./machines.ts');
+  const { standbySlot } = await import('./standby-qemu.ts');
+  const { readdir, stat } = await import('node:fs/promises');
+  const { memoryDirectory } = await import('../state/paths.ts');
+  const pool = createSupervisorPool(1);
+  try {
+    // The first restore through the pool tells its spares the shape; the next spare holds a standby QEMU of it.
+    await removeMachine(await restoreMachine('reader@1', { name: 'reader-shape', pool }), { force: true });
+    let standbyUp = false;
+    for (const deadline = Date.now() + 30_000; !standbyUp && Date.now() < deadline; await sleep(100)) {
+      for (const name of await readdir(memoryDirectory()).catch(() => [])) {
+        const match = /^standby-(\d+)\.ram$/.exec(name);
+        if (
+          match &&
+          (await stat(standbySlot(Number(match[1])).qmpSocket).then(
+            () => true,
+            () => false,
+          ))
+        )
+          standbyUp = true;
+      }
+    }
+    assert.ok(standbyUp, 'a standby QEMU is waiting');
+    const restored = await restoreMachine('reader@1', { name: 'reader-adopted', pool });
+    const state = await readMachineState(restored.id);
+    assert.ok(state.startTimings?.standbyAdopted !== undefined, `the restore adopted the standby: ${JSON.stringify(state.startTimings)}`);
+    let log = '';
+    for (const deadline = Date.now() + 30_000; Date.now() < deadline && (log.match(/ok/g)?.length ?? 0) < 5; await sleep(200))
+      log = await readFile(machineFiles(restored.id).processLog, 'utf8').catch(() => '');
+    assert.ok((log.match(/ok/g)?.length ?? 0) >= 5, `the restored reader goes on reading: ${log.slice(-400)}`);
+    assert.doesNotMatch(log, /BAD/);
+    await removeMachine(restored, { force: true });
+  } finally {
+    await pool.close();
+  }
 });
