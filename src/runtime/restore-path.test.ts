@@ -207,7 +207,7 @@ test('kill -9 of the supervisor after the device state was loaded, before go: QE
   await assert.rejects(access(files.directory));
 });
 
-test('through a pool with a standby QEMU (device state loaded while it is adopted): the restored guest reads its disk as snapshotted', async () => {
+test('through a pool with a standby QEMU: the restored guest reads its disk as snapshotted', async () => {
   const { createSupervisorPool } = await import('./machines.ts');
   const { standbySlot } = await import('./standby-qemu.ts');
   const { readdir, stat } = await import('node:fs/promises');

@@ -104,16 +104,9 @@ export async function loadDeviceState(qmp: QmpClient, socketPath: string, device
  * QEMU listening for the stream. A start whose QEMU is up before the device state is written (an
  * adopted standby QEMU) does this first, so only the stream and its completion wait for the state.
  */
-export async function prepareDeviceStateLoad(
-  qmp: QmpClient,
-  socketPath: string,
-  options: { lateBlockActivation?: boolean } = {},
-): Promise<{ load: (deviceState: Buffer) => Promise<void> }> {
+export async function prepareDeviceStateLoad(qmp: QmpClient, socketPath: string): Promise<{ load: (deviceState: Buffer) => Promise<void> }> {
   await rm(socketPath, { force: true });
   await ignoreSharedMemory(qmp);
-  // QEMU activates the disks at `cont` instead of at the end of the load: a load that may run while
-  // QEMU's disk descriptors are still being replaced (an adopted standby QEMU) does not touch them.
-  if (options.lateBlockActivation) await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'late-block-activate', state: true }] });
   await qmp.execute('migrate-incoming', { uri: `unix:${socketPath}` });
   return {
     load: async (deviceState) => {
