@@ -285,18 +285,22 @@ export class Supervisor {
         // RNG seed. Their answer comes ~15-35 ms later under TCG; the host goes on meanwhile. A
         // guest that does not confirm them is not trusted: the machine is stopped.
         const agent = this.agent;
+        const vm = this.vm;
         const waitMs = Math.max(15_000, this.config.bootTimeoutMs);
         let answered = false;
         // The hello first: the agent answers it before it applies the settings.
         const helloAnswered = agent.hello(waitMs);
         const settingsApplied = agent.configure(this.guestSettings(), FrameType.resumed, waitMs).then(
           () => void mark('settingsApplied'),
-          (error: unknown) => {
+          async (error: unknown) => {
             const reason = `the restored guest did not apply its new clock and RNG seed: ${(error as Error).message}`;
             // Before the hello's answer this fails the start (below); after it, the running machine stops.
             if (!answered) throw new Error(reason);
+            // A QEMU that died closed the agent's connection too: its exit is the story (onVmExit).
+            const exited = await Promise.race([vm.exited.then(() => true), new Promise<false>((resolve) => setTimeout(() => resolve(false), 1000).unref())]);
+            if (exited || this.stopping) return;
             process.stderr.write(`torpor: ${reason}; stopping the machine\n`);
-            if (!this.stopping) void this.shutdown(1, reason);
+            void this.shutdown(1, reason);
           },
         );
         const settingsFailed = settingsApplied.then(() => new Promise<never>(() => {}));
