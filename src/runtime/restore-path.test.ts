@@ -193,7 +193,9 @@ test('kill -9 of the supervisor after the device state was loaded, before go: QE
   await materializeSnapshot(manifest, { deviceStateFile: files.deviceState });
   supervisor.stdin.write('launch\nstate\n');
   await deviceStateLoaded(config);
-  const { qemuPid } = await readMachineState(config.id);
+  // (recorded beside the load: wait for the write)
+  let { qemuPid } = await readMachineState(config.id);
+  for (const deadline = Date.now() + 5000; !qemuPid && Date.now() < deadline; await sleep(10)) ({ qemuPid } = await readMachineState(config.id));
   assert.ok(qemuPid && processMatches(qemuPid, `torpor-${config.id}`), 'QEMU runs, paused');
   supervisor.kill('SIGKILL');
   await exited;
