@@ -6,7 +6,6 @@ import type { MachineConfig } from './machine-record.ts';
 import { bootTemplateName, findBootTemplate } from './boot-template.ts';
 import { templateMemoryFile } from './template-memory.ts';
 import { prepareLazyRestore, releaseLazyMemory } from './lazy-restore.ts';
-import { lazyMemorySupport } from '../snapshot/lazy-memory.ts';
 import { takeWarm } from './warm-memory.ts';
 import { pathExists } from '../util/path-exists.ts';
 import type { StartTimeline } from './start-timeline.ts';
@@ -116,44 +115,31 @@ export async function materializeForRestore(
     }
     return;
   }
-  if (manifest.disk !== undefined && onLaunchable !== undefined && (await lazyMemorySupport()).available) {
-    // Lazily, with QEMU started early: the page map and the disk are prepared at once. The device
-    // state first (~70 KB, one chunk) with the layer at its full size beside it; once the page map
-    // is in place too QEMU starts and loads the device state while the layer's contents are written
-    // (~20-70 ms on 2 busy cores). The guest stays paused until all of it is done.
-    let waiting = 2;
-    const oneReady = () => {
-      if (--waiting > 0) return;
-      onLaunchable();
-      options.onDeviceState?.();
-      timeline?.mark('materialize: device state written, lazy memory prepared');
-    };
-    const prepared = prepareLazyRestore(manifest, config.id, memoryFile, base).then((lazy) => {
-      if (!lazy) throw new Error('lazy memory became unavailable during the restore');
-      oneReady();
+  const lazy = await prepareLazyRestore(manifest, config.id, memoryFile, base);
+  timeline?.mark('materialize: lazy memory prepared');
+  try {
+    // Lazily, the RAM is in place already: with the disk layer at its size QEMU can start while
+    // the layer's contents and the device state are written (the guest stays paused until then).
+    const early = lazy && manifest.disk !== undefined && onLaunchable !== undefined;
+    await materializeSnapshot(manifest, {
+      memoryFile: lazy ? undefined : memoryFile,
+      diskFile: files.layerDisk,
+      deviceStateFile: files.deviceState,
+      // The device state first (~70 KB, one chunk), the layer at its full size beside it: QEMU starts
+      // and loads the device state while the layer's contents are written (~20-70 ms on 2 busy cores).
+      onDeviceStateWritten: early
+        ? () => {
+            onLaunchable!();
+            options.onDeviceState?.();
+            timeline?.mark('materialize: device state written');
+          }
+        : undefined,
+      base,
     });
-    const written = materializeSnapshot(manifest, { diskFile: files.layerDisk, deviceStateFile: files.deviceState, onDeviceStateWritten: oneReady });
-    const [preparing, writing] = await Promise.allSettled([prepared, written]);
-    if (preparing.status === 'rejected' || writing.status === 'rejected') {
-      await releaseLazyMemory(config.id, memoryFile);
-      throw preparing.status === 'rejected' ? preparing.reason : (writing as PromiseRejectedResult).reason;
-    }
     timeline?.mark('materialize: disk layer and device state written');
-  } else {
-    const lazy = await prepareLazyRestore(manifest, config.id, memoryFile, base);
-    timeline?.mark('materialize: lazy memory prepared');
-    try {
-      await materializeSnapshot(manifest, {
-        memoryFile: lazy ? undefined : memoryFile,
-        diskFile: files.layerDisk,
-        deviceStateFile: files.deviceState,
-        base,
-      });
-      timeline?.mark('materialize: disk layer and device state written');
-    } catch (error) {
-      if (lazy) await releaseLazyMemory(config.id, memoryFile);
-      throw error;
-    }
+  } catch (error) {
+    if (lazy) await releaseLazyMemory(config.id, memoryFile);
+    throw error;
   }
   if (fromOwnTemplate && base) {
     // Once per template: keep the verified layer and device state for the next starts (before
