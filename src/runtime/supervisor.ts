@@ -220,15 +220,9 @@ export class Supervisor {
       // A QEMU that drops root (-runas) loses its parent-death signal; the preloaded library re-arms it.
       const parentDeath = this.confinement.runAs && !adopted ? await parentDeathEnvironment() : {};
       mark('qemuLaunching');
-      let deviceStateLoad: ReturnType<typeof prepareDeviceStateLoad> | undefined;
       if (adopted) {
         // Started before this machine was asked for: its RAM, page map, uid and names become this machine's.
         this.vm = adopted.vm;
-        // QEMU listens for the device state from now on (in the standby's root-only directory), but
-        // gets it only after the adoption, once it runs as the machine's uid: a device state is
-        // guest-influenced input, not for a QEMU that is still root (lazy-memory.md, map later).
-        if (restore) deviceStateLoad = prepareDeviceStateLoad(adopted.vm.qmp, join(adopted.slot.directory, 'migration.sock'));
-        deviceStateLoad?.catch(() => {});
         await adoptStandby(adopted, this.adoptingMachine(adopted));
         mark('standbyAdopted');
       } else {
@@ -253,7 +247,7 @@ export class Supervisor {
         // writes the device state first and says so (`deviceState`): QEMU loads it while the disk
         // layer's contents are still being written. Loading it runs no guest code and reads no
         // disk; the guest runs only at `cont`, after `go` (disk complete) and the network rules.
-        deviceStateLoad ??= prepareDeviceStateLoad(this.vm.qmp, this.migrationSocket());
+        const deviceStateLoad = prepareDeviceStateLoad(this.vm.qmp, this.migrationSocket());
         deviceStateLoad.catch(() => {});
         if (signals) {
           await Promise.race([signals.deviceState, vmGone]);
