@@ -236,6 +236,8 @@ test('through a pool with a standby QEMU: the restored guest reads its disk as s
     const restored = await restoreMachine('reader@1', { name: 'reader-adopted', pool });
     const state = await readMachineState(restored.id);
     assert.ok(state.startTimings?.standbyAdopted !== undefined, `the restore adopted the standby: ${JSON.stringify(state.startTimings)}`);
+    // The device state reached QEMU only after the adoption (QEMU is root until its uid switch there).
+    assert.ok(state.startTimings.deviceStateIn! >= state.startTimings.standbyAdopted, 'the device state was loaded after the adoption');
     let log = '';
     for (const deadline = Date.now() + 30_000; Date.now() < deadline && (log.match(/ok/g)?.length ?? 0) < 5; await sleep(200))
       log = await readFile(machineFiles(restored.id).processLog, 'utf8').catch(() => '');
