@@ -141,6 +141,16 @@ for (const tree of trees) {
     console.log(`  ${step.padEnd(52)} ${at.toFixed(1).padStart(7)} ms   (+${(at - previous).toFixed(1).padStart(6)})`);
     previous = at;
   }
+  // An outlier (over twice the median) is shown whole too: where its time went is the question.
+  const slowest = byFirstByte.at(-1)!;
+  if (slowest.last > 2 * middle.last) {
+    console.log(`the slowest wake, ${tree.name} tree (${ms(slowest.last)}), steps of more than 20 ms:`);
+    let before = 0;
+    for (const [step, at] of slowest.timeline) {
+      if (at - before > 20) console.log(`  ${step.padEnd(52)} ${at.toFixed(1).padStart(7)} ms   (+${(at - before).toFixed(1).padStart(6)})`);
+      before = at;
+    }
+  }
 }
 
 /** Runs one child process on `tree` and returns what it measured. */

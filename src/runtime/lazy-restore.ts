@@ -10,6 +10,7 @@ import {
   pagerLibrary,
   prepareLazyMemory,
   readLazyMemoryStatus,
+  readPagerState,
   releaseLazyMemoryPin,
   removeLazyMemoryFiles,
   freezeGuestMemory,
@@ -96,7 +97,7 @@ export async function restoreEnvironment(
  * (a missing library makes ld.so only warn) the guest would see zeros where its memory is.
  */
 export async function confirmPagerServing(memoryFile: string): Promise<void> {
-  const status = await readLazyMemoryStatus(memoryFile);
+  const status = await readPagerState(memoryFile);
   if (!status) return;
   if (status.state !== 'serving') {
     throw new TorporError(

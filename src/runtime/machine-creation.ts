@@ -171,15 +171,17 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
   if (!parsed.success)
     throw new TorporError('snapshot-invalid', `snapshot ${manifest.name} has no machine description`, { hint: 'it was not made by `torpor snapshot`' });
   const original = parsed.data;
-  await checkSnapshotRuns(manifest.name, original);
-  for (const [what, path, hint] of [
+  const dependencies = [
     ['image', original.image.diskPath, `import or pull image ${original.image.reference} again (digest ${original.image.digest})`],
     ['guest kernel', original.kernelPath, 'apt-get install -y linux-image-cloud-amd64 (the snapshot needs the same kernel)'],
     ['initramfs', original.initramfsPath, 'the guest agent changed since the snapshot; snapshots restore only with the agent they were taken with'],
-  ] as const) {
-    if (!(await pathExists(path))) {
-      throw new TorporError('snapshot-dependency-missing', `cannot restore ${manifest.name}: its ${what} is gone (${path})`, { hint });
-    }
+  ] as const;
+  // Looked at together (each is a wait on the filesystem, and a wake waits for all of them).
+  const [, ...present] = await Promise.all([checkSnapshotRuns(manifest.name, original), ...dependencies.map(([, path]) => pathExists(path))]);
+  const missing = dependencies.find((_, index) => !present[index]);
+  if (missing) {
+    const [what, path, hint] = missing;
+    throw new TorporError('snapshot-dependency-missing', `cannot restore ${manifest.name}: its ${what} is gone (${path})`, { hint });
   }
   if (options.networkPolicy && !original.network) {
     throw new TorporError('invalid-network', `snapshot ${manifest.name} was taken with --network none: it has no network device to give a policy to`, {
@@ -190,9 +192,12 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
   const name = options.name ?? randomMachineName();
   validateMachineName(name);
   const id = randomBytes(6).toString('hex');
-  if (!options.unnamed) await claimName(name, id);
   const files = machineFiles(id);
+  // The directory beside the name claim (a failed claim leaves an empty directory: removed below, with the claim's release).
+  const directoryMade = mkdir(files.directory, { recursive: true });
+  directoryMade.catch(() => {});
   try {
+    if (!options.unnamed) await claimName(name, id);
     const mainStream = (manifest.metadata as { mainStream?: number }).mainStream;
     let config: MachineConfig = {
       ...original,
@@ -206,12 +211,13 @@ export async function createMachineFromSnapshot(manifest: SnapshotManifest, opti
       restore: { snapshot: manifest.name, mainStream, startMain: options.startMain ?? mainStream === undefined },
     };
     if (options.configure) config = options.configure(config);
-    await mkdir(files.directory, { recursive: true });
+    await directoryMade;
     // Memory and disk are materialized when the machine starts (`materializeForRestore`).
     await writeJsonAtomic(files.config, config);
     await writeMachineState(id, { status: 'created' });
     return config;
   } catch (error) {
+    await directoryMade.catch(() => {});
     await releaseMachine({ id, name });
     throw error;
   }

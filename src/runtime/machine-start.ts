@@ -10,6 +10,7 @@ import { supervisorMarker } from './process-liveness.ts';
 import { effectiveState } from './machine-status.ts';
 import { ensureMemoryRoom, ensurePortsFree } from './host-preparation.ts';
 import { materializeForRestore } from './restore-materialization.ts';
+import type { SnapshotManifest } from '../snapshot/snapshot-store.ts';
 import { watchMachineDirectory, type MachineDirectoryWatch } from './machine-directory-watch.ts';
 import { requireNetworkFilter } from '../network/firewall.ts';
 import { prepareConfinement, releaseConfinement } from '../network/machine-confinement.ts';
@@ -31,6 +32,7 @@ export async function startMachine(
     /** the snapshot's files are in place (true), or will be when this settles (a fork makes them while its children's starts begin) */ materialized?:
       boolean | Promise<void>;
     /** records where the start's time goes (benchmarks) */ timeline?: StartTimeline;
+    /** the restore's snapshot, read already by the caller (`restoreMachine`) */ manifest?: SnapshotManifest;
   } = {},
 ): Promise<MachineState> {
   const timeline = options.timeline;
@@ -45,6 +47,23 @@ export async function startMachine(
   if (config.network) await ensurePortsFree(config.ports);
   const files = machineFiles(id);
   const restoring = config.restore !== undefined && !current.restored;
+  // The restore's files are written from here on, beside the supervisor's take or spawn, the state
+  // write, the uid claim and the confinement (the supervisor is told `launch`, `state` and `go`
+  // as they become true). A kill -9 of this process meanwhile leaves a machine still "created" with
+  // some of its files written: its next start writes them again.
+  let launchable: () => void = () => {};
+  const filesLaunchable = new Promise<void>((resolve) => (launchable = resolve));
+  let deviceStateWritten: () => void = () => {};
+  const deviceStateReady = new Promise<void>((resolve) => (deviceStateWritten = resolve));
+  const materialized =
+    restoring && !options.materialized
+      ? materializeForRestore(config, timeline, launchable, { manifest: options.manifest, onDeviceState: deviceStateWritten }).then(() =>
+          timeline?.mark('start: snapshot materialized'),
+        )
+      : options.materialized instanceof Promise
+        ? options.materialized
+        : undefined;
+  materialized?.catch(() => {});
   let child = options.supervisor ?? options.pool?.take();
   if (!child) {
     const log = await open(files.supervisorLog, 'a');
@@ -71,8 +90,6 @@ export async function startMachine(
   const supervisorInput = child.stdin!;
   supervisorInput.on('error', () => {}); // a supervisor that died is noticed below, by its pid
   supervisorInput.write(`${id}\n`);
-  let launchable: () => void = () => {};
-  const filesLaunchable = new Promise<void>((resolve) => (launchable = resolve));
   let claimed: (uid?: number) => void = () => {};
   const uidClaimed = new Promise<number | undefined>((resolve) => (claimed = resolve));
   const confined = prepareConfinement(id, { network: config.network, policy: config.networkPolicy ?? defaultNetworkPolicy() }, child.pid!, (uid) => {
@@ -85,18 +102,20 @@ export async function startMachine(
     timeline?.mark('start: supervisor told to launch');
   });
   launchSaid.catch(() => {});
+  // Said after `launch`, when the device state is written before the disk layer (a lazy restore).
+  const stateSaid = Promise.all([launchSaid, deviceStateReady]).then(() => {
+    supervisorInput.write('state\n');
+    timeline?.mark('start: supervisor told the device state is written');
+  });
+  stateSaid.catch(() => {});
   try {
-    await Promise.all([
-      restoring && !options.materialized
-        ? materializeForRestore(config, timeline, launchable).then(() => timeline?.mark('start: snapshot materialized'))
-        : options.materialized instanceof Promise
-          ? options.materialized
-          : undefined,
-      confined,
-    ]);
+    await Promise.all([materialized, confined]);
     launchable();
     claimed();
     await launchSaid;
+    // (`go` implies `state`: a start that wrote its device state last says only `go`)
+    deviceStateWritten();
+    await stateSaid;
     supervisorInput.end('go\n');
   } catch (error) {
     // Without `go` the supervisor fails the start itself (and stops a QEMU it started): wait for

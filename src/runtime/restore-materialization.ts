@@ -1,5 +1,5 @@
 import { copyFile, rename, stat } from 'node:fs/promises';
-import { createSparse, materializeSnapshot, readSnapshot, type SnapshotManifest } from '../snapshot/snapshot-store.ts';
+import { materializeSnapshot, readSnapshot, type SnapshotManifest } from '../snapshot/snapshot-store.ts';
 import { runCommand } from '../util/command.ts';
 import { machineFiles } from './machine-files.ts';
 import type { MachineConfig } from './machine-record.ts';
@@ -62,8 +62,10 @@ async function copyFromTemplateCache(config: MachineConfig, templateName: string
 /** The snapshot a machine restores from, and its boot template's RAM in tmpfs when that is there. */
 export async function restoreSources(
   config: MachineConfig,
+  known?: SnapshotManifest,
 ): Promise<{ manifest: SnapshotManifest; base?: { manifest: SnapshotManifest; memoryFile: string } }> {
-  const manifest = await readSnapshot(config.restore!.snapshot);
+  // (a manifest the caller read already, e.g. `restoreMachine`: not read and parsed again)
+  const manifest = known?.name === config.restore!.snapshot ? known : await readSnapshot(config.restore!.snapshot);
   const templateName = bootTemplateName(config);
   const templateFile = templateMemoryFile(templateName);
   let base: { manifest: SnapshotManifest; memoryFile: string } | undefined;
@@ -83,13 +85,20 @@ export async function restoreSources(
  * `onLaunchable` is called as soon as QEMU may start on the files (RAM file or page map in place,
  * disk layer at its full size), possibly before the disk layer's contents and the device state are
  * written: the supervisor starts QEMU meanwhile, and lets the guest run only after this resolves.
+ * `onDeviceState` is called (after `onLaunchable`) once the device state file is complete, possibly
+ * before the disk layer's contents: QEMU loads it meanwhile (a paused guest reads no disk).
  */
-export async function materializeForRestore(config: MachineConfig, timeline?: StartTimeline, onLaunchable?: () => void): Promise<void> {
+export async function materializeForRestore(
+  config: MachineConfig,
+  timeline?: StartTimeline,
+  onLaunchable?: () => void,
+  options: { manifest?: SnapshotManifest; onDeviceState?: () => void } = {},
+): Promise<void> {
   const templateName = bootTemplateName(config);
   const fromOwnTemplate = config.restore!.snapshot === templateName;
   // The `run` case: whole-file sparse copies of the template's cached RAM, layer and device state.
   if (fromOwnTemplate && (await copyFromTemplateCache(config, templateName))) return;
-  const { manifest, base } = await restoreSources(config);
+  const { manifest, base } = await restoreSources(config, options.manifest);
   timeline?.mark('materialize: sources read');
   const files = machineFiles(config.id);
   const memoryFile = files.memoryFile;
@@ -112,15 +121,19 @@ export async function materializeForRestore(config: MachineConfig, timeline?: St
     // Lazily, the RAM is in place already: with the disk layer at its size QEMU can start while
     // the layer's contents and the device state are written (the guest stays paused until then).
     const early = lazy && manifest.disk !== undefined && onLaunchable !== undefined;
-    if (early) {
-      await createSparse(files.layerDisk, manifest.disk!.size);
-      onLaunchable();
-    }
     await materializeSnapshot(manifest, {
       memoryFile: lazy ? undefined : memoryFile,
       diskFile: files.layerDisk,
-      diskFileCreated: early,
       deviceStateFile: files.deviceState,
+      // The device state first (~70 KB, one chunk), the layer at its full size beside it: QEMU starts
+      // and loads the device state while the layer's contents are written (~20-70 ms on 2 busy cores).
+      onDeviceStateWritten: early
+        ? () => {
+            onLaunchable!();
+            options.onDeviceState?.();
+            timeline?.mark('materialize: device state written');
+          }
+        : undefined,
       base,
     });
     timeline?.mark('materialize: disk layer and device state written');

@@ -86,7 +86,7 @@ export async function restoreMachine(
   options.timeline?.mark('restore: manifest read');
   const config = await createMachineFromSnapshot(manifest, options);
   options.timeline?.mark('restore: machine created');
-  await startMachine(config.id, { pool: options.pool, timeline: options.timeline });
+  await startMachine(config.id, { pool: options.pool, timeline: options.timeline, manifest });
   return config;
 }
 

@@ -8,8 +8,10 @@
 //   <machine id>   the machine that is its: it starts on what needs no files of the machine yet
 //   launch [uid]   the machine's RAM and disk files are in place and its uid claimed (QEMU may start;
 //                  the guest stays paused); the uid the starter claimed for it, checked against the claim
-//   go             everything is in place, the device state too (the guest may run)
-// `go` alone stands for both. stdin ending before `go` means the starting process went away (or
+//   state          (optional, after launch) the device state is written: QEMU may load it while
+//                  the disk layer's contents are still being written (the guest stays paused)
+//   go             everything is in place, the disk layer too (the guest may run)
+// `go` alone stands for the lines before it. stdin ending before `go` means the starting process went away (or
 // gave up): the supervisor fails the start and cleans up (machine-start.ts reports it).
 import { Supervisor, type StartSignals } from './supervisor.ts';
 import { environment } from '../config/environment.ts';
@@ -74,6 +76,8 @@ if (id === '--standby') {
   await warmed;
   let resolveLaunch: (uid?: number) => void = () => {};
   const launchSaid = new Promise<{ preparedUid?: number }>((resolve) => (resolveLaunch = (uid) => resolve({ preparedUid: uid })));
+  let resolveDeviceState: () => void = () => {};
+  const deviceStateSaid = new Promise<void>((resolve) => (resolveDeviceState = resolve));
   const go = (async () => {
     let line = await nextLine();
     const launch = /^launch(?: (\d{1,10}))?$/.exec(line ?? '');
@@ -81,14 +85,20 @@ if (id === '--standby') {
       resolveLaunch(launch[1] === undefined ? undefined : Number(launch[1]));
       line = await nextLine();
     }
+    if (line === 'state') {
+      resolveDeviceState();
+      line = await nextLine();
+    }
     if (line === undefined) throw new Error('the process that started this machine went away before its files were in place');
     if (line !== 'go') throw new Error(`the process that started this machine sent ${JSON.stringify(line.slice(0, 80))} instead of "go"`);
   })();
   // `go` implies `launch`; an end before either fails both.
   const launch = Promise.race([launchSaid, go.then(() => ({}))]);
+  const deviceState = Promise.race([deviceStateSaid, go]);
   go.catch(() => {});
   launch.catch(() => {});
-  signals = { launch, go };
+  deviceState.catch(() => {});
+  signals = { launch, deviceState, go };
 } else if (environment().TORPOR_SUPERVISOR_WAIT) {
   // Started while its machine's memory is still being materialized: go on at the parent's word.
   await stdinLines()();

@@ -50,6 +50,9 @@ import {
 export interface StartSignals {
   /** with the uid the starter claimed for this supervisor's QEMU, when it said */
   launch: Promise<{ preparedUid?: number }>;
+  /** the device state file is written (QEMU may load it; the disk layer may still be being written) */
+  deviceState: Promise<void>;
+  /** everything is in place: the guest may run */
   go: Promise<void>;
 }
 
@@ -105,9 +108,18 @@ export class Supervisor {
     return new Supervisor(await readMachineConfig(id));
   }
 
+  /** Settles when `run`'s start has succeeded or failed. */
+  private startSettled?: Promise<void>;
+
+  /** state.json writes, one after another in call order (a start does not wait for its first one). */
+  private stateWrites: Promise<void> = Promise.resolve();
+
   private async setState(patch: Partial<MachineState>): Promise<void> {
     this.state = { ...this.state, ...patch };
-    await writeMachineState(this.config.id, this.state);
+    const state = this.state;
+    const written = this.stateWrites.then(() => writeMachineState(this.config.id, state));
+    this.stateWrites = written.catch(() => {});
+    await written;
   }
 
   /** QEMU creates (restore) or connects to (snapshot) this socket, possibly after it dropped root. */
@@ -163,12 +175,17 @@ export class Supervisor {
       waitForAttach: previous.waitForAttach,
       restored: previous.restored || Boolean(restore),
     };
-    await this.setState({});
+    // Not waited for: the starter wrote "starting" with this pid already; this adds the start time
+    // and `restored`, and the writes after it queue behind it (setState).
+    const startingWritten = this.setState({});
+    startingWritten.catch(() => {});
     const started = performance.now();
     let bootFrom = started;
     // Where a start's time goes (the start and wake benchmarks print it): ms since this process started.
     const timings: Record<string, number> = { processStartedAt: Math.round(performance.timeOrigin), entered, run: Math.round(started) };
     const mark = (name: string) => (timings[name] = Math.round(performance.now()));
+    let settleStart: () => void = () => {};
+    this.startSettled = new Promise<void>((resolve) => (settleStart = resolve));
     try {
       await mkdir(memoryDirectory(), { recursive: true });
       if (!restore) {
@@ -193,7 +210,9 @@ export class Supervisor {
       // their way while QEMU starts; a cold-booting guest runs at once, so they must be in place.
       if (!restore) await Promise.all([this.confinement.rulesReady, signals?.go]);
       const pager = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
+      mark('pagerEnvironment');
       const adopted = await this.standbyFor(restore !== undefined && pager !== undefined, standby);
+      mark('standbyChecked');
       // The target of QEMU's disk copy for checkpoints that continue; without it they copy the disk paused.
       this.diskCaptureTarget = adopted ? adopted.diskCaptureTarget : await openDiskCaptureTarget(this.files.layerDisk).catch(() => undefined);
       // A paused copy (lazy-restore.ts) of a supervisor killed mid-checkpoint: nothing reads it any more.
@@ -211,30 +230,54 @@ export class Supervisor {
       }
       mark('qmpReady');
       // Recorded with the pid: a claim whose supervisor died before this is stale, and is taken over.
-      await this.setState({ qemuPid: this.vm.pid, networkUid: this.confinement.runAs?.uid, ...(adopted ? { qemuName: adopted.name } : {}) });
+      // Written beside a restore's device-state load (~2-10 ms under load), and always before the
+      // guest runs (`cont`, or at once for a boot): QEMU dies with this process until then.
+      const vmPid = this.vm.pid;
+      const qemuRecorded = startingWritten.then(() =>
+        this.setState({ qemuPid: vmPid, networkUid: this.confinement!.runAs?.uid, ...(adopted ? { qemuName: adopted.name } : {}) }),
+      );
+      qemuRecorded.catch(() => {});
+      if (!restore) await qemuRecorded;
       this.vm.exited.then((exit) => this.onVmExit(exit));
       const vmGone = this.vm.exited.then((exit) => {
         throw new Error(`QEMU exited during ${restore ? 'restore' : 'boot'} (${exit.signal ?? `code ${exit.code}`}): ${exit.message}`);
       });
       if (restore) {
-        // QEMU listens for the device state while the restore may still be writing it.
+        // QEMU listens for the device state while the restore may still be writing it. The starter
+        // writes the device state first and says so (`deviceState`): QEMU loads it while the disk
+        // layer's contents are still being written. Loading it runs no guest code and reads no
+        // disk; the guest runs only at `cont`, after `go` (disk complete) and the network rules.
         const deviceStateLoad = prepareDeviceStateLoad(this.vm.qmp, this.migrationSocket());
         deviceStateLoad.catch(() => {});
+        if (signals) {
+          await Promise.race([signals.deviceState, vmGone]);
+          mark('deviceStateSaid');
+        }
+        const deviceState = await readFile(this.files.deviceState);
+        const vm = this.vm;
+        await Promise.race([deviceStateLoad.then((prepared) => prepared.load(deviceState)), vmGone]).catch(async (error: unknown) => {
+          // A QEMU that cannot load a device state exits; its own words say why (QMP says only that it closed).
+          const exit = await Promise.race([vm.exited, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 2000).unref())]);
+          if (!exit) throw error;
+          throw new Error(
+            `QEMU could not load the snapshot's device state and exited (${exit.signal ?? `code ${exit.code}`}): ${exit.message.trim() || (error as Error).message}`,
+          );
+        });
+        mark('deviceStateIn');
         await Promise.race([this.confinement.rulesReady, vmGone]);
         mark('rulesReady');
         if (signals) {
           await Promise.race([signals.go, vmGone]);
           mark('goSaid');
         }
-        const deviceState = await readFile(this.files.deviceState);
-        await Promise.race([deviceStateLoad.then((prepared) => prepared.load(deviceState)), vmGone]);
-        mark('deviceStateIn');
         if (pager) await confirmPagerServing(this.memoryFile());
+        await qemuRecorded;
+        mark('pagerConfirmed');
         await this.vm.qmp.execute('cont');
         if (pager) this.recordWorkingSet();
         mark('deviceStateLoaded');
       }
-      this.agent = await AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 });
+      this.agent = await Promise.race([AgentClient.connect(this.files.agentSocket, { timeoutMs: 10_000 }), vmGone]);
       mark('agentConnected');
       if (restore) {
         // The restored agent is running already: ask hello and hand over the new clock, RNG seed
@@ -243,13 +286,38 @@ export class Supervisor {
         // identity to renew.
         // The machine's boot timeout bounds it (15 s was fixed here): a restored guest in a nested
         // machine (KVM on emulated SVM) answered after more than 10 s; a QEMU that dies is seen at once (vmGone).
+        // Only the hello's answer is awaited: the agent handles frames one at a time, in order, so
+        // the settings (sent with it) are applied before any frame the host sends later (a client's
+        // exec, ping, input): nobody reaches the guest through the host before its fresh clock and
+        // RNG seed. Their answer comes ~15-35 ms later under TCG; the host goes on meanwhile. A
+        // guest that does not confirm them is not trusted: the machine is stopped.
         const agent = this.agent;
+        const vm = this.vm;
         const waitMs = Math.max(15_000, this.config.bootTimeoutMs);
-        await Promise.race([Promise.all([agent.hello(waitMs), agent.configure(this.guestSettings(), FrameType.resumed, waitMs)]), vmGone]);
+        let answered = false;
+        // The hello first: the agent answers it before it applies the settings.
+        const helloAnswered = agent.hello(waitMs);
+        const settingsApplied = agent.configure(this.guestSettings(), FrameType.resumed, waitMs).then(
+          () => void mark('settingsApplied'),
+          async (error: unknown) => {
+            const reason = `the restored guest did not apply its new clock and RNG seed: ${(error as Error).message}`;
+            // Before the hello's answer this fails the start (below); after it, the running machine stops.
+            if (!answered) throw new Error(reason);
+            // A QEMU that died closed the agent's connection too: its exit is the story (onVmExit).
+            const exited = await Promise.race([vm.exited.then(() => true), new Promise<false>((resolve) => setTimeout(() => resolve(false), 1000).unref())]);
+            if (exited || this.stopping) return;
+            process.stderr.write(`torpor: ${reason}; stopping the machine\n`);
+            void this.shutdown(1, reason);
+          },
+        );
+        const settingsFailed = settingsApplied.then(() => new Promise<never>(() => {}));
+        settingsFailed.catch(() => {});
+        await Promise.race([helloAnswered, settingsFailed, vmGone]);
+        answered = true;
       } else {
         await Promise.race([this.agent.hello(this.config.bootTimeoutMs), vmGone]);
         // Bounded like the hello: 10 s (the default) was too short for TCG inside a nested machine.
-        await this.agent.configure(this.guestSettings(), FrameType.configure, this.config.bootTimeoutMs);
+        await Promise.race([this.agent.configure(this.guestSettings(), FrameType.configure, this.config.bootTimeoutMs), vmGone]);
       }
       // A restored main process is followed before anyone can connect: input sent right after the
       // machine shows as running must reach it (it is not started again, so nothing else would flush it).
@@ -257,6 +325,8 @@ export class Supervisor {
       mark('agentAnswered');
       await pager?.held;
       await this.openControlSocket();
+      // (a restored guest that refused its settings meanwhile is being stopped: not running)
+      if (this.stopping) return;
       mark('running');
       await this.setState({ status: 'running', readyAt: new Date().toISOString(), bootMs: Math.round(performance.now() - bootFrom), startTimings: timings });
       // Compression threads are loaded by the first snapshot, not here: idle, they would cost every
@@ -265,6 +335,8 @@ export class Supervisor {
       const message = error instanceof Error ? error.message : String(error);
       await this.fail(`${message}; console log: ${this.files.consoleLog}`);
       return;
+    } finally {
+      settleStart();
     }
     if (this.config.captureTemplate) {
       try {
@@ -455,6 +527,9 @@ export class Supervisor {
   }
 
   private async onVmExit(exit: VmExit): Promise<void> {
+    // During a start its own error path reports a QEMU that exited (every wait there races QEMU's
+    // exit): one account of it, the start's ("failed" and why), not two racing writes.
+    await this.startSettled;
     if (this.stopping) return;
     this.stopping = true;
     const reason = exit.signal ? `killed by ${exit.signal}` : `exited with code ${exit.code}`;

@@ -172,34 +172,41 @@ export async function prepareLazyMemory(manifest: SnapshotManifest, options: Pre
   await mkdir(dirname(files.memoryFile), { recursive: true });
   const endActivity = await beginActivity(root, 'lazy-restore');
   try {
-    await pinChunks(
-      root,
-      options.pinKey,
-      // The bases of its deltas too: the pager reads them to rebuild a delta chunk.
-      [...manifest.memory.chunks.filter((id): id is string => id !== null), ...Object.values(manifest.memory.deltaBases ?? {})],
-    );
     const count = manifest.memory.chunks.length;
     if (options.present && options.present.length !== count)
       throw new TorporError('lazy-memory-failed', 'the warm RAM file does not match the snapshot layout');
     const status = Buffer.alloc(statusSize(count));
     if (options.present) status.set(options.present, statusHeaderSize);
-    for (const [path, size, content] of [
-      [files.memoryFile, manifest.memory.size, undefined],
-      [files.statusFile, status.length, status],
-      [files.mapFile, map.length, map],
-      [files.deltasFile, 0, Buffer.from(JSON.stringify(manifest.memory.deltaBases ?? {}))],
-      [files.copyFile, manifest.memory.size, undefined],
-    ] as const) {
-      if (path === files.memoryFile && options.present) continue;
-      // (the copy file is sparse: it takes memory only while a capture runs beside the guest)
-      const handle = await open(path, 'w', 0o600);
-      try {
-        if (content) await handle.writeFile(content);
-        else await handle.truncate(size);
-      } finally {
-        await handle.close();
-      }
-    }
+    // The pin and the files at once (all inside the store activity; a restore waits for each).
+    const written = await Promise.allSettled([
+      pinChunks(
+        root,
+        options.pinKey,
+        // The bases of its deltas too: the pager reads them to rebuild a delta chunk.
+        [...manifest.memory.chunks.filter((id): id is string => id !== null), ...Object.values(manifest.memory.deltaBases ?? {})],
+      ),
+      ...(
+        [
+          [files.memoryFile, manifest.memory.size, undefined],
+          [files.statusFile, status.length, status],
+          [files.mapFile, map.length, map],
+          [files.deltasFile, 0, Buffer.from(JSON.stringify(manifest.memory.deltaBases ?? {}))],
+          [files.copyFile, manifest.memory.size, undefined],
+        ] as const
+      ).map(async ([path, size, content]) => {
+        if (path === files.memoryFile && options.present) return;
+        // (the copy file is sparse: it takes memory only while a capture runs beside the guest)
+        const handle = await open(path, 'w', 0o600);
+        try {
+          if (content) await handle.writeFile(content);
+          else await handle.truncate(size);
+        } finally {
+          await handle.close();
+        }
+      }),
+    ]);
+    const failure = written.find((outcome) => outcome.status === 'rejected');
+    if (failure) throw (failure as PromiseRejectedResult).reason;
   } catch (error) {
     await removeLazyMemoryFiles(options.memoryFile);
     await unpinChunks(root, options.pinKey);
@@ -382,6 +389,30 @@ export async function loadPageMap(memoryFile: string): Promise<void> {
 }
 
 /** The pager's view of a lazily restored RAM file; undefined when the file was restored eagerly. */
+/**
+ * Only the pager's state and error, from the status file's header: the check before a restored
+ * guest runs, which must not wait for the page map to be read and parsed. Undefined: no lazy memory.
+ */
+export async function readPagerState(memoryFile: string): Promise<{ state: LazyMemoryStatus['state']; error?: string } | undefined> {
+  let handle;
+  try {
+    handle = await open(lazyMemoryFiles(memoryFile).statusFile, 'r');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  try {
+    const header = Buffer.alloc(statusHeaderSize);
+    const { bytesRead } = await handle.read(header, 0, statusHeaderSize, 0);
+    if (bytesRead < statusHeaderSize) return { state: 'failed', error: 'the pager status file is truncated' };
+    const stateCode = header.readUInt32LE(8);
+    const errorText = header.toString('utf8', 144, 512).replace(/\0[\s\S]*$/, '');
+    return { state: stateCode === 1 ? 'serving' : stateCode === 2 ? 'failed' : 'waiting', ...(errorText ? { error: errorText } : {}) };
+  } finally {
+    await handle.close();
+  }
+}
+
 export async function readLazyMemoryStatus(memoryFile: string): Promise<LazyMemoryStatus | undefined> {
   const files = lazyMemoryFiles(memoryFile);
   let pageMap: PageMap;

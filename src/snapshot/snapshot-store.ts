@@ -143,6 +143,11 @@ export interface MaterializeTarget {
    */
   diskFileCreated?: boolean;
   deviceStateFile?: string;
+  /**
+   * Write the device state first, with `diskFile` created at its full size beside it, and call this
+   * then: before the RAM and the disk's contents (a restore loads the device state meanwhile).
+   */
+  onDeviceStateWritten?: () => void;
   /** an already materialized snapshot (e.g. the boot template's RAM): chunks it shares are copied, not decompressed */
   base?: { manifest: SnapshotManifest; memoryFile: string };
 }
@@ -672,7 +677,23 @@ export async function materializeSnapshot(nameOrManifest: string | SnapshotManif
       stats.writtenBytes += result.writtenBytes;
     }
   };
+  const writeDeviceState = async (file: string) => {
+    const deviceStarted = performance.now();
+    const deviceState = loadChunk(chunks, manifest.deviceState);
+    created.push(file);
+    await mkdir(dirname(file), { recursive: true });
+    await writeFile(file, deviceState);
+    stats.milliseconds.deviceState = performance.now() - deviceStarted;
+  };
+  let diskFileCreated = target.diskFileCreated;
   try {
+    if (target.onDeviceStateWritten && target.deviceStateFile) {
+      const diskFile = manifest.disk && target.diskFile && !diskFileCreated ? target.diskFile : undefined;
+      if (diskFile) created.push(diskFile);
+      await Promise.all([writeDeviceState(target.deviceStateFile), diskFile ? createSparse(diskFile, manifest.disk!.size) : undefined]);
+      if (diskFile) diskFileCreated = true;
+      target.onDeviceStateWritten();
+    }
     if (target.memoryFile) {
       created.push(target.memoryFile);
       const memoryStarted = performance.now();
@@ -684,17 +705,10 @@ export async function materializeSnapshot(nameOrManifest: string | SnapshotManif
     if (manifest.disk && target.diskFile) {
       created.push(target.diskFile);
       const diskStarted = performance.now();
-      add(await materializeFile(manifest.disk, target.diskFile, chunks, undefined, target.diskFileCreated));
+      add(await materializeFile(manifest.disk, target.diskFile, chunks, undefined, diskFileCreated));
       stats.milliseconds.disk = performance.now() - diskStarted;
     }
-    if (target.deviceStateFile) {
-      const deviceStarted = performance.now();
-      const deviceState = loadChunk(chunks, manifest.deviceState);
-      created.push(target.deviceStateFile);
-      await mkdir(dirname(target.deviceStateFile), { recursive: true });
-      await writeFile(target.deviceStateFile, deviceState);
-      stats.milliseconds.deviceState = performance.now() - deviceStarted;
-    }
+    if (target.deviceStateFile && !target.onDeviceStateWritten) await writeDeviceState(target.deviceStateFile);
   } catch (error) {
     await Promise.all(created.map((file) => rm(file, { force: true })));
     if (error instanceof ChunkCorruptError) throw corruptError(manifest, error);
