@@ -11,6 +11,7 @@ import { machineFiles, readMachineState } from './machine-files.ts';
 import { shell } from './testing/guest-shell.ts';
 import type { MachineConfig } from './machine-record.ts';
 import { standbyRequestOf, type StandbyRequest } from './standby-qemu.ts';
+import { until } from './testing/until.ts';
 
 // Real QEMU throughout: a fork through the host's pool adopts the spares' standby QEMUs and every
 // child is its own machine; a standby of another shape is not adopted; kill -9 of the forking
@@ -19,16 +20,6 @@ import { standbyRequestOf, type StandbyRequest } from './standby-qemu.ts';
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
 let memoryDirectory: string;
 let origin: MachineConfig;
-
-async function until<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
 
 /** Processes of this test's home: spare supervisors (`--standby`, not yet a machine's) and standby QEMUs. */
 function poolProcesses(): { spares: number[]; standbyQemus: number[] } {

@@ -18,6 +18,7 @@ import { shellIn } from './testing/guest-shell.ts';
 import { createSupervisorPool, killMachine, listMachines } from './machines.ts';
 import { restoreMachine } from './snapshots.ts';
 import { paths } from '../state/paths.ts';
+import { until } from './testing/until.ts';
 
 // Real QEMU throughout: a session's wake adopts the spare's pre-started QEMU and continues exactly;
 // another shape is not adopted; a spare killed with -9 leaves nothing; the pager refuses bad maps.
@@ -31,16 +32,6 @@ let sessionId: string;
 let request: StandbyRequest;
 
 const spec = shellAgentSpec(1);
-async function until<T>(what: string, check: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
-
 async function waitForState(id: string, state: string): Promise<void> {
   await until(`session ${id} to be ${state}`, () => manager.get(id).state === state || undefined);
 }

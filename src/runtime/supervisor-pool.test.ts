@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { useTemporaryHome } from './testing/temporary-home.ts';
 import { SupervisorPool } from './supervisor-pool.ts';
 import type { StandbyRequest } from './standby-qemu.ts';
+import { until } from './testing/until.ts';
 
 // The pool's bookkeeping with real processes standing in for supervisors (no QEMU): each spare
 // writes the lines it reads to a file and exits when its stdin ends, as a spare supervisor does.
@@ -13,16 +14,6 @@ import type { StandbyRequest } from './standby-qemu.ts';
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
 let script: string;
 let received: string;
-
-async function until<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
 
 const shape = (memoryMiB: number): StandbyRequest => ({
   cpus: 1,
