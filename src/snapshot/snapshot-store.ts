@@ -148,8 +148,11 @@ export interface MaterializeTarget {
    * then: before the RAM and the disk's contents (a restore loads the device state meanwhile).
    */
   onDeviceStateWritten?: () => void;
-  /** an already materialized snapshot (e.g. the boot template's RAM): chunks it shares are copied, not decompressed */
-  base?: { manifest: SnapshotManifest; memoryFile: string };
+  /**
+   * an already materialized snapshot (e.g. the boot template's RAM, and its disk layer when kept):
+   * chunks it shares are copied, not decompressed (each still checked against its id)
+   */
+  base?: { manifest: SnapshotManifest; memoryFile: string; layerFile?: string };
 }
 
 export interface MaterializeStats {
@@ -705,7 +708,8 @@ export async function materializeSnapshot(nameOrManifest: string | SnapshotManif
     if (manifest.disk && target.diskFile) {
       created.push(target.diskFile);
       const diskStarted = performance.now();
-      add(await materializeFile(manifest.disk, target.diskFile, chunks, undefined, diskFileCreated));
+      const base = target.base?.layerFile && target.base.manifest.disk ? { layout: target.base.manifest.disk, file: target.base.layerFile } : undefined;
+      add(await materializeFile(manifest.disk, target.diskFile, chunks, base, diskFileCreated));
       stats.milliseconds.disk = performance.now() - diskStarted;
     }
     if (target.deviceStateFile && !target.onDeviceStateWritten) await writeDeviceState(target.deviceStateFile);
