@@ -7,7 +7,6 @@ import { bootTemplateName, findBootTemplate } from './boot-template.ts';
 import { templateMemoryFile } from './template-memory.ts';
 import { prepareLazyRestore, releaseLazyMemory } from './lazy-restore.ts';
 import { takeWarm } from './warm-memory.ts';
-import { pathExists } from '../util/path-exists.ts';
 import type { StartTimeline } from './start-timeline.ts';
 
 /**
@@ -18,6 +17,22 @@ const templateFiles = (templateName: string) => {
   const memory = templateMemoryFile(templateName);
   return { memory, layer: memory.replace(/\.ram$/, '.layer'), deviceState: memory.replace(/\.ram$/, '.device-state') };
 };
+
+/**
+ * Whether the template's RAM file is there, and which of the files kept beside it are at least as
+ * new as it: files older than the RAM (a template made again) belong to the old template.
+ */
+async function keptTemplateFiles(templateName: string): Promise<{ memory: boolean; layer: boolean; deviceState: boolean }> {
+  const cache = templateFiles(templateName);
+  const mtime = (path: string) =>
+    stat(path).then(
+      (status) => status.mtimeMs,
+      () => undefined,
+    );
+  const [memory, layer, deviceState] = await Promise.all([mtime(cache.memory), mtime(cache.layer), mtime(cache.deviceState)]);
+  if (memory === undefined) return { memory: false, layer: false, deviceState: false };
+  return { memory: true, layer: layer !== undefined && layer >= memory, deviceState: deviceState !== undefined && deviceState >= memory };
+}
 
 /** Copies a file keeping it sparse: runs of zeros become holes (kernel copy, no hashing in node). */
 const copySparse = (from: string, to: string) => runCommand('cp', ['--sparse=always', '--', from, to]);
@@ -31,15 +46,8 @@ const copySparse = (from: string, to: string) => runCommand('cp', ['--sparse=alw
  */
 async function copyFromTemplateCache(config: MachineConfig, templateName: string): Promise<boolean> {
   const cache = templateFiles(templateName);
-  const mtime = (path: string) =>
-    stat(path).then(
-      (status) => status.mtimeMs,
-      () => undefined,
-    );
-  const memory = await mtime(cache.memory);
-  const layer = await mtime(cache.layer);
-  const deviceState = await mtime(cache.deviceState);
-  if (memory === undefined || layer === undefined || deviceState === undefined || layer < memory || deviceState < memory) return false;
+  const kept = await keptTemplateFiles(templateName);
+  if (!kept.layer || !kept.deviceState) return false;
   const files = machineFiles(config.id);
   // Lazily where the host can: the pager serves each page from the template's RAM file as the
   // guest first touches it, so a start neither copies ~100 MiB (~0.15-0.3 s of CPU) nor keeps a
@@ -67,19 +75,15 @@ export async function restoreSources(
   // (a manifest the caller read already, e.g. `restoreMachine`: not read and parsed again)
   const manifest = known?.name === config.restore!.snapshot ? known : await readSnapshot(config.restore!.snapshot);
   const templateName = bootTemplateName(config);
-  const templateFile = templateMemoryFile(templateName);
+  const cache = templateFiles(templateName);
   let base: { manifest: SnapshotManifest; memoryFile: string; layerFile?: string } | undefined;
-  if (await pathExists(templateFile)) {
+  const kept = await keptTemplateFiles(templateName);
+  if (kept.memory) {
     const templateManifest = await findBootTemplate(templateName);
     // The template's disk layer, kept beside its RAM once a start from it wrote it: a session's layer
     // differs from it in a chunk or two (measured: 1 of 20 non-zero chunks after three turns), so the
     // others are copied from it (checked against their ids) instead of read and decompressed.
-    const layer = templateFiles(templateName).layer;
-    const layerFresh = await Promise.all([stat(templateFile), stat(layer)]).then(
-      ([memory, kept]) => kept.mtimeMs >= memory.mtimeMs,
-      () => false,
-    );
-    if (templateManifest) base = { manifest: templateManifest, memoryFile: templateFile, ...(layerFresh ? { layerFile: layer } : {}) };
+    if (templateManifest) base = { manifest: templateManifest, memoryFile: cache.memory, ...(kept.layer ? { layerFile: cache.layer } : {}) };
   }
   return { manifest, base };
 }
