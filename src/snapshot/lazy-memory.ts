@@ -388,7 +388,13 @@ export async function loadPageMap(memoryFile: string): Promise<void> {
   await pageMapOf(lazyMemoryFiles(memoryFile)).catch(() => {});
 }
 
-/** The pager's view of a lazily restored RAM file; undefined when the file was restored eagerly. */
+/** The pager's state and error, as its status file's header says them. */
+function pagerStateOf(header: Buffer): { state: LazyMemoryStatus['state']; error?: string } {
+  const stateCode = header.readUInt32LE(8);
+  const errorText = header.toString('utf8', 144, 512).replace(/\0[\s\S]*$/, '');
+  return { state: stateCode === 1 ? 'serving' : stateCode === 2 ? 'failed' : 'waiting', ...(errorText ? { error: errorText } : {}) };
+}
+
 /**
  * Only the pager's state and error, from the status file's header: the check before a restored
  * guest runs, which must not wait for the page map to be read and parsed. Undefined: no lazy memory.
@@ -405,14 +411,13 @@ export async function readPagerState(memoryFile: string): Promise<{ state: LazyM
     const header = Buffer.alloc(statusHeaderSize);
     const { bytesRead } = await handle.read(header, 0, statusHeaderSize, 0);
     if (bytesRead < statusHeaderSize) return { state: 'failed', error: 'the pager status file is truncated' };
-    const stateCode = header.readUInt32LE(8);
-    const errorText = header.toString('utf8', 144, 512).replace(/\0[\s\S]*$/, '');
-    return { state: stateCode === 1 ? 'serving' : stateCode === 2 ? 'failed' : 'waiting', ...(errorText ? { error: errorText } : {}) };
+    return pagerStateOf(header);
   } finally {
     await handle.close();
   }
 }
 
+/** The pager's view of a lazily restored RAM file; undefined when the file was restored eagerly. */
 export async function readLazyMemoryStatus(memoryFile: string): Promise<LazyMemoryStatus | undefined> {
   const files = lazyMemoryFiles(memoryFile);
   let pageMap: PageMap;
@@ -427,7 +432,6 @@ export async function readLazyMemoryStatus(memoryFile: string): Promise<LazyMemo
   const chunks = pageMap.chunks.slice();
   const count = chunks.length;
   const counter = (index: number) => Number(status.readBigUInt64LE(16 + index * 8));
-  const stateCode = status.readUInt32LE(8);
   const servedOrder = Math.min(counter(10), count);
   const orderStart = statusHeaderSize + Math.ceil(count / 8) * 8;
   const order: { chunk: number; milliseconds: number }[] = [];
@@ -435,10 +439,8 @@ export async function readLazyMemoryStatus(memoryFile: string): Promise<LazyMemo
     order.push({ chunk: status.readUInt32LE(orderStart + position * 8), milliseconds: status.readUInt32LE(orderStart + position * 8 + 4) });
   }
   const faults = counter(0);
-  const errorText = status.toString('utf8', 144, 512).replace(/\0[\s\S]*$/, '');
   return {
-    state: stateCode === 1 ? 'serving' : stateCode === 2 ? 'failed' : 'waiting',
-    ...(errorText ? { error: errorText } : {}),
+    ...pagerStateOf(status),
     counters: {
       faults,
       zeroPages: counter(1),
