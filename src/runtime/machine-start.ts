@@ -18,6 +18,7 @@ import { defaultNetworkPolicy } from '../network/policy.ts';
 import type { StartTimeline } from './start-timeline.ts';
 import { standbyRequestOf } from './standby-qemu.ts';
 import { environment } from '../config/environment.ts';
+import { exitOf } from './child-exit.ts';
 
 /**
  * Starts a created or exited machine: hands it to a supervisor (a pool's spare or a new detached
@@ -160,17 +161,6 @@ export async function startMachine(
 }
 
 /** Resolves when `child` has exited, or after `timeoutMs`. */
-function exitOf(child: ChildProcess, timeoutMs: number): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, timeoutMs);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
-}
-
 async function waitForStart(id: string, name: string, supervisorPid: number | undefined, changes: MachineDirectoryWatch): Promise<MachineState> {
   const files = machineFiles(id);
   for (;;) {

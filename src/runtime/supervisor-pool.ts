@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 import { removeStandbySlot, standbySlot, type StandbyRequest } from './standby-qemu.ts';
+import { exitOf } from './child-exit.ts';
 
 /** How many spares a pool keeps and how many of them may hold a standby QEMU. */
 export interface SupervisorPoolLimits {
@@ -249,15 +250,10 @@ export class SupervisorPool {
     clearTimeout(this.refill);
     this.refill = undefined;
     const spares = [...this.spares.splice(0), ...this.retiring];
-    const exits = spares.map((child) =>
-      child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise<void>((resolve) => child.once('exit', () => resolve())),
-    );
     for (const child of spares) child.stdin?.end();
-    // The timer is not unref'd: spares are (they must not keep a server alive), so only it keeps this
-    // process running until they have exited.
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([Promise.all(exits), new Promise((resolve) => (timer = setTimeout(resolve, waitMs)))]);
-    clearTimeout(timer);
+    // exitOf's timer is not unref'd: spares are (they must not keep a server alive), so only it keeps
+    // this process running until they have exited.
+    await Promise.all(spares.map((child) => exitOf(child, waitMs)));
   }
 }
 
