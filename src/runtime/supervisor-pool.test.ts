@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { useTemporaryHome } from './testing/temporary-home.ts';
-import { SupervisorPool } from './supervisor-pool.ts';
+import { SupervisorPool, type SupervisorPoolLimits } from './supervisor-pool.ts';
 import type { StandbyRequest } from './standby-qemu.ts';
 import { until } from './testing/until.ts';
 
@@ -74,13 +74,17 @@ after(async () => {
   await home.cleanup();
 });
 
-test('the pool keeps one spare, grows to a fork demand within its bounds, and moves standbys to the newest shape', async () => {
-  const pool = new SupervisorPool(
+/** A pool whose spares are the stand-in script, refilling 10 ms after a take. */
+const standInPool = (limits: SupervisorPoolLimits) =>
+  new SupervisorPool(
     async () => [script],
     () => process.env,
-    { spares: 3, standbys: 2 },
+    limits,
     10,
   );
+
+test('the pool keeps one spare, grows to a fork demand within its bounds, and moves standbys to the newest shape', async () => {
+  const pool = standInPool({ spares: 3, standbys: 2 });
   const pids = new Set<number>();
   try {
     pool.fill();
@@ -127,12 +131,7 @@ test('the pool keeps one spare, grows to a fork demand within its bounds, and mo
 });
 
 test('limits of 0 keep no spare', async () => {
-  const pool = new SupervisorPool(
-    async () => [script],
-    () => process.env,
-    { spares: 0, standbys: 4 },
-    10,
-  );
+  const pool = standInPool({ spares: 0, standbys: 4 });
   try {
     pool.fill();
     pool.want(shape(256), 4);
