@@ -21,13 +21,15 @@ i=0
 while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done
 `;
 
-async function inspect(config: MachineConfig): Promise<{ counter: number; children: number; file: string; hostname: string }> {
+async function inspect(
+  config: MachineConfig,
+): Promise<{ counter: number; children: number; file: string; hostname: string; hostnameFile: string; hostsLine: string }> {
   const client = await connectToMachine(config);
   try {
-    const [counter, children, file, hostname] = (
-      await shell(client, 'cat /tmp/counter; ps -o args | grep -c "^sleep 100[12]$"; cat /root/closed.txt; hostname')
+    const [counter, children, file, hostname, hostnameFile, hostsLine] = (
+      await shell(client, 'cat /tmp/counter; ps -o args | grep -c "^sleep 100[12]$"; cat /root/closed.txt; hostname; cat /etc/hostname; grep "^127.0.1.1" /etc/hosts')
     ).split('\n');
-    return { counter: Number(counter), children: Number(children), file: file!, hostname: hostname! };
+    return { counter: Number(counter), children: Number(children), file: file!, hostname: hostname!, hostnameFile: hostnameFile!, hostsLine: hostsLine! };
   } finally {
     client.close();
   }
@@ -60,6 +62,9 @@ test('restore continues every process where the snapshot left it, with files tha
     assert.equal(after.children, 2, 'both background children are alive');
     assert.equal(after.file, 'written-before-snapshot');
     assert.equal(after.hostname, 'copy');
+    // The files that name the machine follow its new name (they live on the guest's runtime tmpfs).
+    assert.equal(after.hostnameFile, 'copy');
+    assert.equal(after.hostsLine, '127.0.1.1\tcopy');
     // The counter went on from the snapshot's value (not from zero, as a fresh start would).
     assert.ok(
       after.counter >= before.counter && after.counter <= atSnapshot.counter + 100,

@@ -256,20 +256,23 @@ export async function standbyMismatch(standby: StandbyQemu, machine: AdoptingMac
  * machine's final one, at its full size (its contents may still be being written: the guest does
  * not run before `go`), as for any QEMU started at `launch`.
  */
-export async function adoptStandby(standby: StandbyQemu, machine: AdoptingMachine): Promise<void> {
+export async function adoptStandby(standby: StandbyQemu, machine: AdoptingMachine, mark: (step: string) => void = () => {}): Promise<void> {
   const { spec } = machine;
   const files = lazyMemoryFiles(spec.memoryFile);
   const layer = spec.layerDisk ?? '';
   if (/[\t\n]/.test(files.mapFile + layer)) throw new TorporError('standby-failed', 'a path of this machine holds a tab or a newline');
   // Same inode, new name: QEMU's mapping is the file the machine's lazy-memory files describe.
   await rename(standby.slot.memoryFile, spec.memoryFile);
+  mark('standbyRenamed');
   const reply = await askPager(standby.slot.pagerSocket, `map ${spec.runAs ? spec.runAs.uid : '-'}\t${files.mapFile}\t${layer}\n`, standby.vm);
+  mark('standbyMapped');
   if (reply !== 'ok')
     throw new TorporError('standby-failed', `the standby QEMU's pager refused the page map (${reply || 'no answer'})`, {
       hint: 'wake again; TORPOR_STANDBY_QEMU=0 turns standby QEMUs off',
     });
   if (spec.runAs) await confirmUid(standby.vm.pid, spec.runAs.uid);
   if (spec.layerDisk) await confirmLayerMoved(standby.vm.pid, standby.slot.layerDisk, spec.layerDisk);
+  mark('standbyConfirmed');
   await Promise.all([
     rename(standby.slot.agentSocket, spec.agentSocket),
     rename(standby.slot.qmpSocket, spec.qmpSocket),

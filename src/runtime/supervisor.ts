@@ -223,7 +223,7 @@ export class Supervisor {
       if (adopted) {
         // Started before this machine was asked for: its RAM, page map, uid and names become this machine's.
         this.vm = adopted.vm;
-        await adoptStandby(adopted, this.adoptingMachine(adopted));
+        await adoptStandby(adopted, this.adoptingMachine(adopted), mark);
         mark('standbyAdopted');
       } else {
         this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager?.environment }), { logPath: this.files.supervisorLog });
@@ -255,7 +255,7 @@ export class Supervisor {
         }
         const deviceState = await readFile(this.files.deviceState);
         const vm = this.vm;
-        await Promise.race([deviceStateLoad.then((prepared) => prepared.load(deviceState)), vmGone]).catch(async (error: unknown) => {
+        await Promise.race([deviceStateLoad.then((prepared) => (mark('deviceStatePrepared'), prepared.load(deviceState))), vmGone]).catch(async (error: unknown) => {
           // A QEMU that cannot load a device state exits; its own words say why (QMP says only that it closed).
           const exit = await Promise.race([vm.exited, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 2000).unref())]);
           if (!exit) throw error;

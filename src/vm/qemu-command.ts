@@ -51,6 +51,13 @@ export function qemuArguments(spec: MachineSpec): string[] {
     ['console=ttyS0', 'quiet', 'panic=-1', 'reboot=t', ...spec.kernelArguments, ...(pmem ? ['torpor.image=pmem'] : [])].join(' '),
     '-nodefaults',
     '-no-user-config',
+    // No self-announce after a restore. Its rounds (5 by default) each had the guest's virtio-net
+    // send gratuitous ARP and IPv6 neighbour adverts, for switches to learn where the machine went:
+    // with user-mode networking there is no switch, and under TCG each round was ~900 blocks of
+    // kernel code to translate while the restored agent answers (measured, architecture/runtime.md).
+    // A destination-side migration parameter: snapshots are unaffected.
+    '-global',
+    'migration.announce-rounds=0',
     '-display',
     'none',
     '-no-reboot',
