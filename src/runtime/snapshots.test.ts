@@ -27,7 +27,10 @@ async function inspect(
   const client = await connectToMachine(config);
   try {
     const [counter, children, file, hostname, hostnameFile, hostsLine] = (
-      await shell(client, 'cat /tmp/counter; ps -o args | grep -c "^sleep 100[12]$"; cat /root/closed.txt; hostname; cat /etc/hostname; grep "^127.0.1.1" /etc/hosts')
+      await shell(
+        client,
+        'cat /tmp/counter; ps -o args | grep -c "^sleep 100[12]$"; cat /root/closed.txt; hostname; cat /etc/hostname; grep "^127.0.1.1" /etc/hosts',
+      )
     ).split('\n');
     return { counter: Number(counter), children: Number(children), file: file!, hostname: hostname!, hostnameFile: hostnameFile!, hostsLine: hostsLine! };
   } finally {

@@ -8,6 +8,7 @@ import { qemuDriver } from '../vm/qemu-driver.ts';
 import { machineShape } from '../vm/qemu-command.ts';
 import { tcgCpuModels, type MachineSpec, type TcgCpuModel } from '../vm/machine-spec.ts';
 import type { RunningVm } from '../vm/driver.ts';
+import { prepareDeviceStateLoad, type DeviceStateLoad } from '../vm/migration.ts';
 import { lazyMemoryFiles, lazyMemorySupport, parentDeathEnvironment } from '../snapshot/lazy-memory.ts';
 import { openDiskCaptureTarget, type DiskCaptureTarget } from './disk-capture-job.ts';
 import { processMatches } from '../util/process-identity.ts';
@@ -103,6 +104,7 @@ export function standbySlot(pid: number) {
     qemuLog: join(directory, 'qemu.log'),
     agentSocket: join(directory, 'agent.sock'),
     qmpSocket: join(directory, 'qmp.sock'),
+    migrationSocket: join(directory, 'migration.sock'),
   };
 }
 
@@ -130,6 +132,8 @@ export interface StandbyQemu {
   name: string;
   slot: ReturnType<typeof standbySlot>;
   diskCaptureTarget?: DiskCaptureTarget;
+  /** QEMU listening for the device state already (`migrate-incoming`): a restore only streams it */
+  deviceStateLoad: DeviceStateLoad;
   /** false once its QEMU exited */
   alive: () => boolean;
   /** Ends QEMU and removes the slot's files (not those already renamed into a machine's). */
@@ -152,6 +156,7 @@ export async function startStandbyQemu(request: StandbyRequest): Promise<Standby
   if (!support.available || !support.library) return undefined;
   const slot = standbySlot(process.pid);
   let diskCaptureTarget: DiskCaptureTarget | undefined;
+  let vm: RunningVm | undefined;
   try {
     // Not recursive: a state directory removed meanwhile (a test's, a host's being torn down) is not made again.
     await mkdir(dirname(slot.directory), { mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
@@ -196,9 +201,12 @@ export async function startStandbyQemu(request: StandbyRequest): Promise<Standby
         TORPOR_STANDBY_LAYER: slot.layerDisk,
       },
     };
-    const vm = await qemuDriver.launch(spec, { logPath: slot.qemuLog });
+    const launched = (vm = await qemuDriver.launch(spec, { logPath: slot.qemuLog }));
+    // The QMP half of the device-state load (two round trips) now, not on the wake's path: QEMU
+    // listens in the slot's root-only directory; nothing reaches it before the adoption's uid switch.
+    const deviceStateLoad = await prepareDeviceStateLoad(launched.qmp, slot.migrationSocket);
     let running = true;
-    void vm.exited.then(() => (running = false));
+    void launched.exited.then(() => (running = false));
     let discarded: Promise<void> | undefined;
     return {
       vm,
@@ -206,17 +214,23 @@ export async function startStandbyQemu(request: StandbyRequest): Promise<Standby
       name: `torpor-${spec.id}`,
       slot,
       diskCaptureTarget,
+      deviceStateLoad,
       alive: () => running,
       discard: () =>
         (discarded ??= (async () => {
-          vm.kill('SIGKILL');
-          await vm.exited;
-          vm.qmp.close();
+          launched.kill('SIGKILL');
+          await launched.exited;
+          launched.qmp.close();
           await diskCaptureTarget?.handle.close().catch(() => {});
           await removeStandbySlot(process.pid);
         })()),
     };
   } catch (error) {
+    if (vm) {
+      vm.kill('SIGKILL');
+      await vm.exited;
+      vm.qmp.close();
+    }
     await diskCaptureTarget?.handle.close().catch(() => {});
     await removeStandbySlot(process.pid);
     process.stderr.write(`torpor: note: no standby QEMU (${(error as Error).message.split('\n')[0]})\n`);
@@ -254,9 +268,15 @@ export async function standbyMismatch(standby: StandbyQemu, machine: AdoptingMac
  * Gives the standby's QEMU this machine's RAM, page map, layer disk, uid and names. From here it is
  * the machine's QEMU: a failure ends it (the caller fails the start). The layer file must be the
  * machine's final one, at its full size (its contents may still be being written: the guest does
- * not run before `go`), as for any QEMU started at `launch`.
+ * not run before `go`), as for any QEMU started at `launch`. What it returns settles once QEMU's
+ * layer disk descriptors are seen (in the kernel) to name the machine's layer: the caller waits for
+ * it before the guest runs, not before the device state loads (which reads no disk).
  */
-export async function adoptStandby(standby: StandbyQemu, machine: AdoptingMachine, mark: (step: string) => void = () => {}): Promise<void> {
+export async function adoptStandby(
+  standby: StandbyQemu,
+  machine: AdoptingMachine,
+  mark: (step: string) => void = () => {},
+): Promise<{ layerConfirmed: Promise<void> }> {
   const { spec } = machine;
   const files = lazyMemoryFiles(spec.memoryFile);
   const layer = spec.layerDisk ?? '';
@@ -270,16 +290,21 @@ export async function adoptStandby(standby: StandbyQemu, machine: AdoptingMachin
     throw new TorporError('standby-failed', `the standby QEMU's pager refused the page map (${reply || 'no answer'})`, {
       hint: 'wake again; TORPOR_STANDBY_QEMU=0 turns standby QEMUs off',
     });
-  if (spec.runAs) await confirmUid(standby.vm.pid, spec.runAs.uid);
-  if (spec.layerDisk) await confirmLayerMoved(standby.vm.pid, standby.slot.layerDisk, spec.layerDisk);
-  mark('standbyConfirmed');
+  // Read through the kernel's /proc (readdir + a readlink per descriptor, the slow half): it runs
+  // beside the device state's load, and the guest runs only once it passed.
+  const layerConfirmed = spec.layerDisk ? confirmLayerMoved(standby.vm.pid, standby.slot.layerDisk, spec.layerDisk) : Promise.resolve();
+  layerConfirmed.catch(() => {});
   await Promise.all([
+    // The uid before anything of the snapshot reaches QEMU (its device state is the guest's data).
+    spec.runAs ? confirmUid(standby.vm.pid, spec.runAs.uid) : undefined,
     rename(standby.slot.agentSocket, spec.agentSocket),
     rename(standby.slot.qmpSocket, spec.qmpSocket),
     rename(standby.slot.consoleLog, spec.consoleLog),
     // QEMU's own messages: the machine's supervisor log names them too (the slot's name goes with the slot).
     link(standby.slot.qemuLog, machine.supervisorLog).catch(() => {}),
   ]);
+  mark('standbyConfirmed');
+  return { layerConfirmed };
 }
 
 /** One request on the pager's socket, its one-line answer ('' when it closed without one). */

@@ -220,10 +220,11 @@ export class Supervisor {
       // A QEMU that drops root (-runas) loses its parent-death signal; the preloaded library re-arms it.
       const parentDeath = this.confinement.runAs && !adopted ? await parentDeathEnvironment() : {};
       mark('qemuLaunching');
+      let layerConfirmed: Promise<void> | undefined;
       if (adopted) {
         // Started before this machine was asked for: its RAM, page map, uid and names become this machine's.
         this.vm = adopted.vm;
-        await adoptStandby(adopted, this.adoptingMachine(adopted), mark);
+        ({ layerConfirmed } = await adoptStandby(adopted, this.adoptingMachine(adopted), mark));
         mark('standbyAdopted');
       } else {
         this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager?.environment }), { logPath: this.files.supervisorLog });
@@ -247,7 +248,7 @@ export class Supervisor {
         // writes the device state first and says so (`deviceState`): QEMU loads it while the disk
         // layer's contents are still being written. Loading it runs no guest code and reads no
         // disk; the guest runs only at `cont`, after `go` (disk complete) and the network rules.
-        const deviceStateLoad = prepareDeviceStateLoad(this.vm.qmp, this.migrationSocket());
+        const deviceStateLoad = adopted ? Promise.resolve(adopted.deviceStateLoad) : prepareDeviceStateLoad(this.vm.qmp, this.migrationSocket());
         deviceStateLoad.catch(() => {});
         if (signals) {
           await Promise.race([signals.deviceState, vmGone]);
@@ -255,14 +256,16 @@ export class Supervisor {
         }
         const deviceState = await readFile(this.files.deviceState);
         const vm = this.vm;
-        await Promise.race([deviceStateLoad.then((prepared) => (mark('deviceStatePrepared'), prepared.load(deviceState))), vmGone]).catch(async (error: unknown) => {
-          // A QEMU that cannot load a device state exits; its own words say why (QMP says only that it closed).
-          const exit = await Promise.race([vm.exited, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 2000).unref())]);
-          if (!exit) throw error;
-          throw new Error(
-            `QEMU could not load the snapshot's device state and exited (${exit.signal ?? `code ${exit.code}`}): ${exit.message.trim() || (error as Error).message}`,
-          );
-        });
+        await Promise.race([deviceStateLoad.then((prepared) => (mark('deviceStatePrepared'), prepared.load(deviceState))), vmGone]).catch(
+          async (error: unknown) => {
+            // A QEMU that cannot load a device state exits; its own words say why (QMP says only that it closed).
+            const exit = await Promise.race([vm.exited, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 2000).unref())]);
+            if (!exit) throw error;
+            throw new Error(
+              `QEMU could not load the snapshot's device state and exited (${exit.signal ?? `code ${exit.code}`}): ${exit.message.trim() || (error as Error).message}`,
+            );
+          },
+        );
         mark('deviceStateIn');
         await Promise.race([this.confinement.rulesReady, vmGone]);
         mark('rulesReady');
@@ -271,6 +274,7 @@ export class Supervisor {
           mark('goSaid');
         }
         if (pager) await confirmPagerServing(this.memoryFile());
+        await Promise.race([layerConfirmed, vmGone]);
         await qemuRecorded;
         mark('pagerConfirmed');
         await this.vm.qmp.execute('cont');

@@ -104,7 +104,11 @@ export async function loadDeviceState(qmp: QmpClient, socketPath: string, device
  * QEMU listening for the stream. A start whose QEMU is up before the device state is written (an
  * adopted standby QEMU) does this first, so only the stream and its completion wait for the state.
  */
-export async function prepareDeviceStateLoad(qmp: QmpClient, socketPath: string): Promise<{ load: (deviceState: Buffer) => Promise<void> }> {
+export interface DeviceStateLoad {
+  load: (deviceState: Buffer) => Promise<void>;
+}
+
+export async function prepareDeviceStateLoad(qmp: QmpClient, socketPath: string): Promise<DeviceStateLoad> {
   await rm(socketPath, { force: true });
   await ignoreSharedMemory(qmp);
   await qmp.execute('migrate-incoming', { uri: `unix:${socketPath}` });
@@ -115,7 +119,8 @@ export async function prepareDeviceStateLoad(qmp: QmpClient, socketPath: string)
         socket.once('error', reject);
       });
       await waitForMigration(qmp, 30_000);
-      await rm(socketPath, { force: true });
+      // (not waited for: the guest need not wait for a file to go; a later save removes it first anyway)
+      void rm(socketPath, { force: true }).catch(() => {});
     },
   };
 }
