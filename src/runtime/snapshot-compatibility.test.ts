@@ -8,7 +8,7 @@ import { machineConfigSchema, type MachineConfig } from './machine-record.ts';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseQemuVersion, probeQemuVersion } from '../vm/qemu-version.ts';
+import { parseQemuVersion, probeQemuVersion, qemuVersionCacheFile } from '../vm/qemu-version.ts';
 import { qemuBinary } from '../vm/qemu-command.ts';
 import { useTemporaryHome } from './testing/temporary-home.ts';
 import { shellIn } from './testing/guest-shell.ts';
@@ -109,6 +109,7 @@ test('end to end: a machine records its QEMU, and its snapshot is refused under 
   const home = await useTemporaryHome();
   const scratch = await mkdtemp(join(tmpdir(), 'tp-qemu-'));
   const savedQemu = process.env.TORPOR_QEMU;
+  let cacheFile: string | undefined;
   try {
     const here = realQemu();
     const config = await createMachine({ image: 'base', name: 'release', command: ['sleep', '100000'], memoryMiB: 256 });
@@ -124,6 +125,7 @@ test('end to end: a machine records its QEMU, and its snapshot is refused under 
       `#!/bin/sh\nif [ "$1" = --version ]; then echo "QEMU emulator version ${here.major + 1}.0.0"; exit 0; fi\nexec ${qemuBinary()} "$@"\n`,
     );
     await chmod(other, 0o755);
+    cacheFile = qemuVersionCacheFile(other);
     process.env.TORPOR_QEMU = other;
     await assert.rejects(restoreMachine('release@1', { name: 'elsewhere' }), (error: unknown) => {
       assert.ok(error instanceof TorporError);
@@ -143,6 +145,7 @@ test('end to end: a machine records its QEMU, and its snapshot is refused under 
     if (savedQemu === undefined) delete process.env.TORPOR_QEMU;
     else process.env.TORPOR_QEMU = savedQemu;
     await rm(scratch, { recursive: true, force: true });
+    if (cacheFile) await rm(cacheFile, { force: true });
     await home.cleanup();
   }
 });
