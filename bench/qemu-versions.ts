@@ -3,7 +3,9 @@
 // cold boot to agent answering, restore to agent answering (wall time, QEMU start, QEMU CPU seconds),
 // the first shell turn after a restore and a warm one, and whether a snapshot of one version
 // restores under the other. Run by hand:
-//   node --import tsx bench/qemu-versions.ts [restores per version] [cold boots per version] [10.0 binary]
+//   node --import tsx bench/qemu-versions.ts [restores per version] [cold boots per version] [label=binary,...]
+// The versions after 7.2 (Debian's, always first) default to 10.0=/opt/qemu-10/bin/qemu-system-x86_64;
+// snapshots across releases are tried between the first two.
 // Commit the output under bench/results/qemu-versions-2026-11-29-<tcg|kvm>.txt.
 import { mkdtemp, rm, readFile } from 'node:fs/promises';
 import { tmpdir, cpus, loadavg } from 'node:os';
@@ -15,7 +17,11 @@ const restores = Math.max(1, Number(process.argv[2] ?? 5));
 const coldBoots = Math.max(0, Number(process.argv[3] ?? 3));
 const versions = [
   { label: '7.2', binary: 'qemu-system-x86_64' },
-  { label: '10.0', binary: process.argv[4] ?? '/opt/qemu-10/bin/qemu-system-x86_64' },
+  ...(process.argv[4] ?? '10.0=/opt/qemu-10/bin/qemu-system-x86_64').split(',').map((entry) => {
+    const [label, binary] = entry.split('=');
+    if (!label || !binary) throw new Error(`expected label=binary, got ${entry}`);
+    return { label, binary };
+  }),
 ];
 type Version = (typeof versions)[number];
 
@@ -221,7 +227,7 @@ try {
   console.log('median (every value in run order)');
   for (const [title, value] of rows) {
     console.log(title);
-    for (const version of versions) console.log(`  ${version.label.padEnd(5)} ${value(numbers.get(version.label)!)}`);
+    for (const version of versions) console.log(`  ${version.label.padEnd(12)} ${value(numbers.get(version.label)!)}`);
   }
   console.log('');
   for (const version of versions) console.log(`load average (1 min) after each step, ${version.label}: ${numbers.get(version.label)!.loads.join(', ')}`);
