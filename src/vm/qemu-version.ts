@@ -80,6 +80,12 @@ export function qemuVersionCacheFile(binary: string): string | undefined {
 
 const cacheFileFor = (identity: string) => join(paths.artifacts(), `qemu-version-${createHash('sha256').update(identity).digest('hex').slice(0, 16)}.json`);
 
+/** The release (`major.minor`) of the QEMU at `binary`, which a snapshot's device state is bound to; undefined when it cannot tell. */
+export function qemuReleaseOf(binary: string): string | undefined {
+  const version = probeQemuVersion(binary);
+  return version && `${version.major}.${version.minor}`;
+}
+
 /** `probeQemuVersion`, or the baseline when the binary cannot tell: starting it then fails with the driver's own error. */
 export function qemuVersionOf(binary: string): QemuVersion {
   return probeQemuVersion(binary) ?? baselineQemuVersion;
