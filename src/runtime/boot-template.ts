@@ -23,6 +23,8 @@ export function bootTemplateName(config: MachineConfig): string {
         ...(config.imageMemoryBytes !== undefined ? [config.imageMemoryBytes] : []),
         // The same rule: a template of `max` made before the field existed keeps its name.
         ...(config.cpuModel !== undefined ? [`cpu:${config.cpuModel}`] : []),
+        // And again: a template restores only under the QEMU release (major.minor) that made it.
+        ...(config.qemuVersion !== undefined ? [`qemu:${config.qemuVersion.split('.').slice(0, 2).join('.')}`] : []),
       ]),
     )
     .digest('hex')

@@ -26,6 +26,8 @@ import { pathExists } from '../util/path-exists.ts';
 import { mainProcessOf } from './machine-process.ts';
 import { spareName, type SpareRequest } from './spare-pool.ts';
 import { checkImageMemory } from '../vm/image-memory.ts';
+import { qemuBinary } from '../vm/qemu-command.ts';
+import { probeQemuVersion, qemuVersionText } from '../vm/qemu-version.ts';
 
 /** What a machine is made of: the same fields a `run` asks a spare for (spare-pool.ts), and more. */
 export interface CreateMachineOptions extends SpareRequest {
@@ -55,6 +57,12 @@ async function imageMemoryFor(diskPath: string, kernelTakesIt: boolean): Promise
   if (!environment().TORPOR_IMAGE_DAX || !kernelTakesIt) return {};
   const check = await checkImageMemory(diskPath);
   return check.usable ? { imageMemoryBytes: check.sizeBytes } : {};
+}
+
+/** The QEMU release that will run a new machine; left out when the binary cannot tell (its start then fails with why). */
+function qemuVersionField(): { qemuVersion?: string } {
+  const version = probeQemuVersion(qemuBinary());
+  return version ? { qemuVersion: qemuVersionText(version) } : {};
 }
 
 /** Writes a new machine's directory: its config, a fresh sparse writable layer, state "created". */
@@ -108,6 +116,8 @@ export async function createMachine(options: CreateMachineOptions, progress: Pro
     // Under TCG the CPU model is the guest's, kept by its snapshots. `max` is left out: machines made
     // before the field existed have none, and their boot templates keep their names.
     ...(host.accelerator.accelerator === 'tcg' && environment().TORPOR_TCG_CPU !== 'max' ? { cpuModel: environment().TORPOR_TCG_CPU } : {}),
+    // Its snapshots are bound to this QEMU release (snapshot-compatibility.ts).
+    ...qemuVersionField(),
     // A snapshot of it is bound to this CPU's features (snapshot-compatibility.ts).
     ...(host.accelerator.accelerator === 'kvm' ? { hostCpu: await hostCpu() } : {}),
     kernelPath: host.kernelPath,

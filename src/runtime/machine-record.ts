@@ -52,6 +52,15 @@ export const machineConfigSchema = z.object({
    * refused); absent: `max` (every machine and snapshot made before it existed). Ignored under kvm.
    */
   cpuModel: z.enum(tcgCpuModels).optional(),
+  /**
+   * The release of the QEMU that made the machine (`major.minor.micro`, from its `--version`): its
+   * snapshots restore only under the same major.minor (snapshot-compatibility.ts). Absent in
+   * machines and snapshots made before it existed: those are not checked.
+   */
+  qemuVersion: z
+    .string()
+    .regex(/^\d{1,4}\.\d{1,4}\.\d{1,4}$/)
+    .optional(),
   /** Under kvm, the host CPU the guest ran on (`-cpu host`): a restore checks its features are all here. Absent under tcg and in older snapshots. */
   hostCpu: z.object({ model: z.string(), flags: z.array(z.string()) }).optional(),
   kernelPath: z.string(),

@@ -12,6 +12,8 @@ import { currentImageDigest } from '../image/image-refs.ts';
 import type { AgentClient } from '../guest/agent-client.ts';
 import type { NetworkPolicy } from '../network/policy.ts';
 import type { PortMapping } from '../vm/machine-spec.ts';
+import { qemuBinary } from '../vm/qemu-command.ts';
+import { qemuReleaseOf } from '../vm/qemu-version.ts';
 import type { MachineConfig } from './machine-record.ts';
 import { machineFiles, readMachineConfig } from './machine-files.ts';
 import { claimName, releaseName } from './machine-names.ts';
@@ -89,7 +91,18 @@ export function spareSettingsOf(request: SpareRequest): SpareSettings | undefine
 }
 
 export function spareKey(settings: SpareSettings): string {
-  const identity = [settings.image, settings.cpus, settings.memoryMiB, settings.network, settings.networkPolicy ?? null];
+  // The QEMU release too (TORPOR_QEMU's): a spare is a restored guest in a running QEMU, and a run
+  // under one release must not be handed a machine of another. Left out for 7.2, the release every
+  // pool was made with before, so those pools keep their keys (and their spares stay claimable).
+  const release = qemuReleaseOf(qemuBinary());
+  const identity = [
+    settings.image,
+    settings.cpus,
+    settings.memoryMiB,
+    settings.network,
+    settings.networkPolicy ?? null,
+    ...(release !== undefined && release !== '7.2' ? [`qemu:${release}`] : []),
+  ];
   return createHash('sha256').update(JSON.stringify(identity)).digest('hex').slice(0, 16);
 }
 

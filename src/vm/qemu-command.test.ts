@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { qemuArguments } from './qemu-command.ts';
+import { confinementArguments, qemuArguments } from './qemu-command.ts';
 import type { MachineSpec } from './machine-spec.ts';
 
 // The device set is part of the snapshot format: a machine without image memory must keep the
@@ -66,4 +66,31 @@ test('the target of the disk copy job goes in as an fd set, not a device: the de
   assert.deepEqual(devices(args), devices(plain));
   assert.equal(args[args.indexOf('fd=5,set=2') - 1], '-add-fd');
   assert.ok(!plain.includes('fd=5,set=2'));
+});
+
+test('the uid switch is spelled for the QEMU release at hand: -runas before 9.1, -run-with user= from 9.1 (10.0 has no -runas)', () => {
+  const confined = { ...spec, runAs: { uid: 1234, gid: 1235 } };
+  const after = (args: string[], option: string) => args[args.indexOf(option) + 1];
+  const old = qemuArguments(confined, { major: 7, minor: 2, micro: 22 });
+  assert.equal(after(old, '-runas'), '1234:1235');
+  assert.ok(!old.includes('-run-with'));
+  for (const version of [
+    { major: 9, minor: 1, micro: 0 },
+    { major: 10, minor: 0, micro: 2 },
+  ]) {
+    const args = qemuArguments(confined, version);
+    assert.equal(after(args, '-run-with'), 'user=1234:1235');
+    assert.ok(!args.includes('-runas'));
+    // Everything else is the same command line: the device set does not depend on the release.
+    assert.deepEqual(
+      args.filter((value) => value !== '-run-with' && value !== 'user=1234:1235'),
+      old.filter((value) => value !== '-runas' && value !== '1234:1235'),
+    );
+  }
+  // Without a uid switch, QEMU may not change its privileges at all, in every release.
+  for (const version of [
+    { major: 7, minor: 2, micro: 0 },
+    { major: 10, minor: 0, micro: 0 },
+  ])
+    assert.deepEqual(confinementArguments({}, version), ['-sandbox', 'on,obsolete=deny,spawn=deny,resourcecontrol=deny,elevateprivileges=deny']);
 });

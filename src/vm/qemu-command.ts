@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { tcgCpuArgument, type MachineSpec } from './machine-spec.ts';
 import { environment } from '../config/environment.ts';
+import { qemuAtLeast, qemuVersionOf, qemuVersionText, type QemuVersion } from './qemu-version.ts';
 
 /** Descriptor numbers of the layer disk in QEMU's process (read-write, then read-only: QEMU dups whichever access mode it opens with). */
 export const layerDescriptors = [3, 4] as const;
@@ -19,8 +20,9 @@ export const qemuBinary = (): string => environment().TORPOR_QEMU;
 /**
  * The QEMU command line for a microvm. Device order and ids are part of the snapshot format:
  * a restore must build the same devices, so change them only with a new snapshot version.
+ * `qemu`: the version of the binary that will run it (options QEMU renamed between releases).
  */
-export function qemuArguments(spec: MachineSpec): string[] {
+export function qemuArguments(spec: MachineSpec, qemu: QemuVersion = qemuVersionOf(qemuBinary())): string[] {
   const memory = `${spec.memoryMiB}M`;
   // Two device sets. The image as shared memory (virtio-pmem) needs a machine with room for memory
   // devices: q35, whose devices sit on PCI. Without it, microvm with virtio-mmio devices (faster to
@@ -107,7 +109,7 @@ export function qemuArguments(spec: MachineSpec): string[] {
     args.push('-netdev', `user,id=net0${forwards}`, '-device', `virtio-net-${transport},netdev=net0${transport === 'pci' ? ',romfile=' : ''}`);
   }
   args.push('-qmp', `unix:${spec.qmpSocket},server=on,wait=off`);
-  args.push(...confinementArguments(spec));
+  args.push(...confinementArguments(spec, qemu));
   if (spec.incoming) args.push('-incoming', 'defer');
   return args;
 }
@@ -122,11 +124,14 @@ function imageMemoryWindowMiB(imageBytes: number): number {
  * QEMU: no obsolete system calls, no new processes, no scheduler or resource changes. With `-runas`
  * QEMU calls setuid itself after it opened its files, which `elevateprivileges=deny` would kill it
  * for (seen with QEMU 7.2: SIGSYS); once it runs as an unprivileged uid it cannot regain root anyway.
+ * QEMU 9.1 added `-run-with user=` for the uid switch and 10.0 removed `-runas`: the same switch,
+ * spelled for the binary at hand.
  */
-export function confinementArguments(spec: Pick<MachineSpec, 'runAs'>): string[] {
+export function confinementArguments(spec: Pick<MachineSpec, 'runAs'>, qemu: QemuVersion = qemuVersionOf(qemuBinary())): string[] {
   const sandbox = 'on,obsolete=deny,spawn=deny,resourcecontrol=deny';
   if (!spec.runAs) return ['-sandbox', `${sandbox},elevateprivileges=deny`];
-  return ['-sandbox', sandbox, '-runas', `${spec.runAs.uid}:${spec.runAs.gid}`];
+  const user = `${spec.runAs.uid}:${spec.runAs.gid}`;
+  return ['-sandbox', sandbox, ...(qemuAtLeast(qemu, 9, 1) ? ['-run-with', `user=${user}`] : ['-runas', user])];
 }
 
 /** Stand-ins for what a standby QEMU (runtime/standby-qemu.ts) is started with before it has a machine. */
@@ -147,6 +152,8 @@ const shapePlaceholders = {
  * from `qemuArguments` itself, so a device added there changes every shape at once.
  */
 export function machineShape(spec: MachineSpec, layerBytes: number): string {
+  // The binary's version too: a standby QEMU of one release must not take a machine meant for another.
+  const qemu = qemuVersionOf(qemuBinary());
   const args = qemuArguments({
     ...spec,
     ...shapePlaceholders,
@@ -154,8 +161,8 @@ export function machineShape(spec: MachineSpec, layerBytes: number): string {
     runAs: spec.runAs ? { uid: 1, gid: 1 } : undefined,
     diskCaptureDescriptor: spec.diskCaptureDescriptor === undefined ? undefined : diskCaptureDescriptor,
     environment: undefined,
-  });
+  }, qemu);
   return createHash('sha256')
-    .update(JSON.stringify({ args, layerBytes: spec.layerDisk === undefined ? 0 : layerBytes }))
+    .update(JSON.stringify({ args, layerBytes: spec.layerDisk === undefined ? 0 : layerBytes, qemu: qemuVersionText(qemu) }))
     .digest('hex');
 }
