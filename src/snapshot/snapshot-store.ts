@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { paths } from '../state/paths.ts';
 import { TorporError, isNodeError } from '../util/errors.ts';
+import { pathIsPresent } from '../util/path-exists.ts';
 import { syncDirectory } from '../util/atomic-file.ts';
 import { chunksWithData, dataExtents } from './extents.ts';
 import {
@@ -189,16 +190,6 @@ function noSpaceError(name: string, root: string, cause: unknown): TorporError {
     hint: 'free disk space: remove snapshots you no longer need (`torpor snapshots rm NAME`), then `torpor snapshots gc`; earlier snapshots are intact',
     cause,
   });
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch (error) {
-    if (isNodeError(error, 'ENOENT')) return false;
-    throw error;
-  }
 }
 
 interface ChunkCaptureOutcome {
@@ -394,7 +385,7 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
   const chunkSize = input.chunkSize ?? defaultChunkSize;
   const compressionLevel = input.compressionLevel ?? defaultCompressionLevel;
   if (chunkSize % 4096 !== 0 || chunkSize <= 0) throw new TorporError('snapshot-invalid', `chunk size ${chunkSize} is not a multiple of 4096`);
-  if (!input.replace && (await exists(finalPath))) throw existsError(input.name);
+  if (!input.replace && (await pathIsPresent(finalPath))) throw existsError(input.name);
 
   try {
     await mkdir(chunks, { recursive: true });
@@ -423,7 +414,7 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
     // The device state is ~50 KB: not worth a thread round trip.
     const deviceStateId = chunkIdOf(input.deviceState);
     let deviceStateBytes = 0;
-    if (!(await exists(chunkPath(chunks, deviceStateId)))) {
+    if (!(await pathIsPresent(chunkPath(chunks, deviceStateId)))) {
       const encoded = new SeekableEncoder(defaultFrameSize, compressionLevel).encode(input.deviceState);
       written.push({ id: deviceStateId, temporaryPath: writeTemporaryChunk(chunks, deviceStateId, encoded) });
       deviceStateBytes = encoded.length;
