@@ -1,15 +1,36 @@
 import { z } from 'zod';
 
-// The AI SDK v5 prompt shapes that both the context log's entries (context/entry.ts) and the agent
-// protocol's messages (session/agent-protocol.ts) carry. The two differ only in what an unknown field
-// means (an error in the log, a newer writer's addition in the protocol), so each builds the same
-// shapes with its own kind of object. Pure zod: the SDK bundles it into agents through both files.
+// The AI SDK v5 prompt shapes, and the usage and error fields, that both the context log's entries
+// (context/entry.ts) and the agent protocol's messages (session/agent-protocol.ts) carry. The two
+// differ only in what an unknown field means (an error in the log, a newer writer's addition in the
+// protocol), so each builds the same shapes with its own kind of object. Pure zod: the SDK bundles
+// it into agents through both files.
 
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
 
 export const jsonValue: z.ZodType<JsonValue> = z.json() as z.ZodType<JsonValue>;
 export const jsonObject = z.record(z.string(), jsonValue);
 export const providerOptions = z.record(z.string(), jsonObject);
+
+const tokenCount = z.number().int().nonnegative();
+
+/** What a model call used: a usage entry in the log, a usage event from an agent. */
+export const usageFields = {
+  inputTokens: tokenCount.optional(),
+  outputTokens: tokenCount.optional(),
+  totalTokens: tokenCount.optional(),
+  reasoningTokens: tokenCount.optional(),
+  cachedInputTokens: tokenCount.optional(),
+  model: z.string().optional(),
+  provider: z.string().optional(),
+};
+
+/** What went wrong: an error entry in the log, an error event from an agent. */
+export const errorFields = {
+  message: z.string(),
+  code: z.string().optional(),
+  details: jsonValue.optional(),
+};
 
 /** Builds a zod object: `z.strictObject` for the log's entries, `z.object` for the agent protocol (whose readers drop unknown fields). */
 export type ObjectBuilder<Config extends z.core.$ZodObjectConfig> = <Shape extends z.core.$ZodLooseShape>(shape: Shape) => z.ZodObject<Shape, Config>;

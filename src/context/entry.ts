@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { contentPartSchemas, jsonObject, jsonValue, providerOptions, type JsonValue } from './content-parts.ts';
+import { contentPartSchemas, errorFields, jsonObject, jsonValue, providerOptions, usageFields, type JsonValue } from './content-parts.ts';
 import { InvalidEntryError, type EntryIssue } from './errors.ts';
 
 /**
@@ -51,22 +51,13 @@ const reasoning = z.strictObject({ kind: z.literal('reasoning'), text: z.string(
 
 const errorEntry = z.strictObject({
   kind: z.literal('error'),
-  message: z.string(),
-  code: z.string().optional(),
-  details: jsonValue.optional(),
+  ...errorFields,
   ...common,
 });
 
-const tokenCount = z.number().int().nonnegative();
 const usage = z.strictObject({
   kind: z.literal('usage'),
-  inputTokens: tokenCount.optional(),
-  outputTokens: tokenCount.optional(),
-  totalTokens: tokenCount.optional(),
-  reasoningTokens: tokenCount.optional(),
-  cachedInputTokens: tokenCount.optional(),
-  model: z.string().optional(),
-  provider: z.string().optional(),
+  ...usageFields,
   ...common,
 });
 

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { contentPartSchemas, jsonValue, providerOptions } from '../context/content-parts.ts';
+import { contentPartSchemas, errorFields, jsonValue, providerOptions, usageFields } from '../context/content-parts.ts';
 import { entrySchema, parseEntries, parseEntry, type Entry, type JsonValue } from '../context/entry.ts';
 import { InvalidEntryError } from '../context/errors.ts';
 import { modelMessagesToEntries, type ModelMessage } from '../context/model-messages.ts';
@@ -185,25 +185,16 @@ export const messageFinishSchema = z.object({
   message: assistantMessageSchema,
 });
 
-const tokenCount = z.number().int().nonnegative();
 export const usageEventSchema = z.object({
   type: z.literal('usage'),
   turnId: turnId.optional(),
-  inputTokens: tokenCount.optional(),
-  outputTokens: tokenCount.optional(),
-  totalTokens: tokenCount.optional(),
-  reasoningTokens: tokenCount.optional(),
-  cachedInputTokens: tokenCount.optional(),
-  model: z.string().optional(),
-  provider: z.string().optional(),
+  ...usageFields,
 });
 
 export const errorEventSchema = z.object({
   type: z.literal('error'),
   turnId: turnId.optional(),
-  message: z.string(),
-  code: z.string().optional(),
-  details: jsonValue.optional(),
+  ...errorFields,
 });
 
 /** The turn is over: the host may hibernate the machine after the session's idle timeout. */
