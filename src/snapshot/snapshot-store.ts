@@ -20,6 +20,7 @@ import { sharedPool } from './worker-pool.ts';
 import { discardChunks, publishChunks, type WrittenChunk } from './chunk-publication.ts';
 import { beginActivity, withExclusiveStore } from './store-activity.ts';
 import { pinnedChunks } from './chunk-pins.ts';
+import { chunkDirectoryFiles } from './chunk-files.ts';
 import { SeekableDecoder, SeekableEncoder, SeekableFormatError, framesCovering, parseSeekTable, type SeekTable } from './seekable-zstd.ts';
 import { isDelta, maximumDeltaDepth } from './chunk-delta.ts';
 
@@ -833,26 +834,9 @@ interface StoredChunk {
 async function storedChunks(chunks: string): Promise<{ files: StoredChunk[]; temporaries: string[] }> {
   const files: StoredChunk[] = [];
   const temporaries: string[] = [];
-  let directories: string[];
-  try {
-    directories = await readdir(chunks);
-  } catch (error) {
-    if (isNodeError(error, 'ENOENT')) return { files, temporaries };
-    throw error;
-  }
-  for (const directory of directories) {
-    let names: string[];
-    try {
-      names = await readdir(join(chunks, directory));
-    } catch (error) {
-      if (isNodeError(error, 'ENOTDIR')) continue;
-      throw error;
-    }
-    for (const name of names) {
-      const path = join(chunks, directory, name);
-      if (name.startsWith('.')) temporaries.push(path);
-      else if (name.endsWith('.zst')) files.push({ id: name.slice(0, -4), path, bytes: (await stat(path)).size });
-    }
+  for (const { name, path } of await chunkDirectoryFiles(chunks)) {
+    if (name.startsWith('.')) temporaries.push(path);
+    else if (name.endsWith('.zst')) files.push({ id: name.slice(0, -4), path, bytes: (await stat(path)).size });
   }
   return { files, temporaries };
 }
