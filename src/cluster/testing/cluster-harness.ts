@@ -87,15 +87,27 @@ export async function startTestCluster(options: {
   const postgres = await startPostgresServer({ durable: false, settings: { max_connections: '200' } });
   const databaseUrl = await postgres.createDatabase('cluster');
   // A PostgreSQL left running keeps the test process alive forever (the whole suite then hangs).
-  const s3 = options.store === false ? undefined : await startS3Server({ bucket: 'torpor-cluster' }).catch(async (error: unknown) => {
-    await postgres.stop();
-    throw error;
-  });
+  const s3 =
+    options.store === false
+      ? undefined
+      : await startS3Server({ bucket: 'torpor-cluster' }).catch(async (error: unknown) => {
+          await postgres.stop();
+          throw error;
+        });
   const storeUrl = s3 ? `s3://${s3.bucket}/nodes` : undefined;
   const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
   pool.on('error', () => {});
   const tag = randomBytes(3).toString('hex');
   const nodes: TestNode[] = [];
+  const removeFiles = (node: TestNode) => {
+    rmSync(node.home, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    rmSync(node.memoryDirectory, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+  };
+  const stopServices = async () => {
+    await pool.end().catch(() => {});
+    await s3?.stop();
+    await postgres.stop();
+  };
 
   const startNode = async (name: string): Promise<TestNode> => {
     const home = mkdtempSync(join(tmpdir(), `tp-${name}-`));
@@ -190,24 +202,16 @@ export async function startTestCluster(options: {
           }
           // Machines outlive a stopped server (a restarted one reattaches): end them too.
           node.crash();
-          rmSync(node.home, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
-          rmSync(node.memoryDirectory, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+          removeFiles(node);
         }
-        await pool.end().catch(() => {});
-        await s3?.stop();
-        await postgres.stop();
+        await stopServices();
       },
     };
     return cluster;
   } catch (error) {
     for (const node of nodes) node.crash();
-    for (const node of nodes) {
-      rmSync(node.home, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
-      rmSync(node.memoryDirectory, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
-    }
-    await pool.end().catch(() => {});
-    await s3?.stop();
-    await postgres.stop();
+    for (const node of nodes) removeFiles(node);
+    await stopServices();
     throw error;
   }
 }
