@@ -1,12 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { cliPath } from '../../runtime/testing/cli-process.ts';
+import { endChildProcess } from '../../util/end-child-process.ts';
 
 export interface JsonServer {
   child: ChildProcess;
   /** What `torpor serve --json` printed first: where it listens and where its token is. */
   url: string;
   tokenFile: string;
-  /** SIGTERM, then waits for the exit. */
+  /** SIGTERM (SIGKILL after 20 s), then waits for the exit. */
   stop(): Promise<void>;
 }
 
@@ -32,9 +33,6 @@ export async function startJsonServer(serveArguments: string[], environment: Nod
     child,
     url: info.url,
     tokenFile: info.tokenFile,
-    async stop() {
-      child.kill('SIGTERM');
-      await new Promise((resolve) => child.once('exit', resolve));
-    },
+    stop: () => endChildProcess(child, { graceMs: 20_000 }),
   };
 }

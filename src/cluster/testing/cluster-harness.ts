@@ -9,6 +9,7 @@ import pg from 'pg';
 import { environment as torporEnvironment } from '../../config/environment.ts';
 import { startPostgresServer, type PostgresServer } from '../../context/testing/postgres-server.ts';
 import { startS3Server, type S3Server } from '../../object-store/testing/s3-server.ts';
+import { endChildProcess } from '../../util/end-child-process.ts';
 
 /**
  * Several `torpor serve --cluster` nodes on one machine, as separate processes with their own state
@@ -194,12 +195,7 @@ export async function startTestCluster(options: {
       },
       async stop() {
         for (const node of nodes) {
-          if (node.process.exitCode === null && node.process.signalCode === null) {
-            node.process.kill('SIGTERM');
-            const timer = setTimeout(() => node.process.kill('SIGKILL'), 10_000);
-            await new Promise((resolve) => node.process.once('exit', resolve));
-            clearTimeout(timer);
-          }
+          await endChildProcess(node.process, { graceMs: 10_000 });
           // Machines outlive a stopped server (a restarted one reattaches): end them too.
           node.crash();
           removeFiles(node);
