@@ -1,11 +1,23 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { runCli } from '../runtime/testing/cli-process.ts';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
 
+const cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
 
-const torpor = (args: string[], input?: string) => runCli(args, { ...process.env, TORPOR_HOME: home.home }, input);
+function torpor(args: string[], input?: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [cli, ...args], { env: { ...process.env, TORPOR_HOME: home.home } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+    child.stdin.end(input ?? '');
+  });
+}
 
 before(async () => {
   home = await useTemporaryHome();

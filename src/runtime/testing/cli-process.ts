@@ -10,12 +10,8 @@ export interface CliResult {
   stderr: string;
 }
 
-/**
- * Runs one torpor command with exactly this environment (the caller merges process.env) and `input`
- * on its stdin, then closes it. Asynchronous on purpose: a blocked event loop would let the test's
- * kept-alive sockets to a server go stale under fetch.
- */
-export function runCli(args: string[], environment: NodeJS.ProcessEnv, input = ''): Promise<CliResult> {
+/** Runs one torpor command with exactly this environment (the caller merges process.env), stdin closed. */
+export function runCli(args: string[], environment: NodeJS.ProcessEnv): Promise<CliResult> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [cliPath, ...args], { env: environment });
     let stdout = '';
@@ -23,6 +19,6 @@ export function runCli(args: string[], environment: NodeJS.ProcessEnv, input = '
     child.stdout.on('data', (chunk) => (stdout += chunk));
     child.stderr.on('data', (chunk) => (stderr += chunk));
     child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-    child.stdin.end(input);
+    child.stdin.end();
   });
 }
