@@ -140,7 +140,12 @@ describe('HTTP API', () => {
     const fenced = await post('/v1/logs/api-p/entries', [user('c')], stamp(0, 1));
     assert.equal(fenced.status, 403);
     assert.equal(fenced.headers.get('Producer-Epoch'), '1');
-    assert.equal((await post('/v1/logs/api-p/entries', [user('c')], { 'Producer-Id': 'w' })).status, 400);
+    const partial = await post('/v1/logs/api-p/entries', [user('c')], { 'Producer-Id': 'w' });
+    assert.equal(partial.status, 400);
+    assert.match(JSON.stringify(await partial.json()), /send all three of Producer-Id, Producer-Epoch and Producer-Seq, or none/);
+    const nameless = await post('/v1/logs/api-p/entries', [user('c')], { 'Producer-Id': '', 'Producer-Epoch': '0', 'Producer-Seq': '0' });
+    assert.equal(nameless.status, 400);
+    assert.match(JSON.stringify(await nameless.json()), /Producer-Id must not be empty/);
     const conflict = await post('/v1/logs/api-p/entries', [user('c')], { 'Expected-Offset': '0' });
     assert.equal(conflict.status, 412);
     assert.equal(conflict.headers.get('Log-Next-Offset'), '2');

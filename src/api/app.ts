@@ -14,6 +14,7 @@ import { TorporError } from '../util/errors.ts';
 import type { SessionManager } from '../session/session-manager.ts';
 import { answerError, answerNotFound } from './errors.ts';
 import { headers } from './headers.ts';
+import { producerHeaderValues } from './producer-headers.ts';
 import { createMachineRoutes } from './machine-routes.ts';
 import { createSessionTurnRoutes } from './session-turn-routes.ts';
 import { createSessionRoutes } from './session-routes.ts';
@@ -42,16 +43,8 @@ function parseCount(name: string, value: string | undefined): number | undefined
 }
 
 function producerFrom(context: Context): ProducerStamp | undefined {
-  const id = context.req.header(headers.producerId);
-  const epoch = context.req.header(headers.producerEpoch);
-  const sequence = context.req.header(headers.producerSequence);
-  const given = [id, epoch, sequence].filter((value) => value !== undefined).length;
-  if (given === 0) return undefined;
-  if (given !== 3) {
-    throw new InvalidArgumentError(`send all three of ${headers.producerId}, ${headers.producerEpoch} and ${headers.producerSequence}, or none`);
-  }
-  if (!id) throw new InvalidArgumentError(`${headers.producerId} must not be empty`);
-  return { id, epoch: parseCount(headers.producerEpoch, epoch)!, sequence: parseCount(headers.producerSequence, sequence)! };
+  const values = producerHeaderValues(context, (message) => new InvalidArgumentError(message));
+  return values && { id: values.id, epoch: parseCount(headers.producerEpoch, values.epoch)!, sequence: parseCount(headers.producerSequence, values.sequence)! };
 }
 
 /** Reads the entries of an append: a JSON array, `{ "entries": [...] }`, one object, or NDJSON. */

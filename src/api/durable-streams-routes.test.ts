@@ -195,6 +195,11 @@ describe('hostile requests', () => {
       [url('attack-1'), { method: 'POST', headers: { 'content-type': 'application/json', 'Producer-Id': 'p' }, body: '[1]' }, 400],
       [
         url('attack-1'),
+        { method: 'POST', headers: { 'content-type': 'application/json', 'Producer-Id': '', 'Producer-Epoch': '0', 'Producer-Seq': '0' }, body: '[1]' },
+        400,
+      ],
+      [
+        url('attack-1'),
         { method: 'POST', headers: { 'content-type': 'application/json', 'Producer-Id': 'p', 'Producer-Epoch': '-1', 'Producer-Seq': '0' }, body: '[1]' },
         400,
       ],

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { ContextLogError, ProducerFencedError, ProducerSequenceGapError, type ContextLog } from '../context/index.ts';
 import { stateDirectory } from '../context/state-directory.ts';
 import { DurableStreamStore, type AppendDecision, type ProducerStamp, type StreamConfig, type StreamMetadata } from './durable-stream-store.ts';
+import { producerHeaderValues } from './producer-headers.ts';
 
 /**
  * The Durable Streams HTTP protocol under /v1/stream/…, beside torpor's own routes, so that
@@ -109,15 +110,8 @@ function parseInteger(name: string, value: string): number {
 }
 
 function producerFrom(context: Context): ProducerStamp | undefined {
-  const id = context.req.header(header.producerId);
-  const epoch = context.req.header(header.producerEpoch);
-  const sequence = context.req.header(header.producerSequence);
-  const given = [id, epoch, sequence].filter((value) => value !== undefined).length;
-  if (given === 0) return undefined;
-  if (given !== 3)
-    throw new ProtocolError(400, 'invalid-producer', `send all three of ${header.producerId}, ${header.producerEpoch} and ${header.producerSequence}, or none`);
-  if (!id) throw new ProtocolError(400, 'invalid-producer', `${header.producerId} must not be empty`);
-  return { id, epoch: parseInteger(header.producerEpoch, epoch!), sequence: parseInteger(header.producerSequence, sequence!) };
+  const values = producerHeaderValues(context, (message) => new ProtocolError(400, 'invalid-producer', message));
+  return values && { id: values.id, epoch: parseInteger(header.producerEpoch, values.epoch), sequence: parseInteger(header.producerSequence, values.sequence) };
 }
 
 /** Splits a body into records: one per message for JSON (one array level flattened), one per append otherwise. */

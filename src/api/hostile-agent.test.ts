@@ -3,21 +3,20 @@
 // past the server's limits. The server must stay up, keep its logs capped and refuse cleanly.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { runCli } from '../runtime/testing/cli-process.ts';
+import { startJsonServer, type JsonServer } from './testing/json-server.ts';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
 import { memoryDirectory } from '../state/paths.ts';
 
-const cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
 const logMax = 256 * 1024;
 const maxLine = 64 * 1024;
 const maxHistory = 64 * 1024;
 
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
-let server: ChildProcess;
+let server: JsonServer;
 let url = '';
 let token = '';
 let sessionId = '';
@@ -78,17 +77,7 @@ async function send(content: string): Promise<{ reply: string; events: Array<Rec
   };
 }
 
-/** The CLI, asynchronously: a blocked event loop would let kept-alive sockets to the server go stale under fetch. */
-function torpor(args: string[]): Promise<{ status: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cli, ...args], { env: { ...process.env, TORPOR_HOME: home.home } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => (stdout += chunk));
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    child.on('close', (code) => resolve({ status: code ?? -1, stdout, stderr }));
-  });
-}
+const torpor = (args: string[]) => runCli(args, { ...process.env, TORPOR_HOME: home.home });
 
 function sizeOf(path: string): number {
   try {
@@ -99,31 +88,20 @@ function sizeOf(path: string): number {
 }
 
 function serverPeakMemoryMiB(): number {
-  const status = readFileSync(`/proc/${server.pid}/status`, 'utf8');
+  const status = readFileSync(`/proc/${server.child.pid}/status`, 'utf8');
   return Number(/VmHWM:\s+(\d+) kB/.exec(status)![1]) / 1024;
 }
 
 before(async () => {
   home = await useTemporaryHome();
-  server = spawn(process.execPath, [cli, 'serve', '--port', '0', '--json', '--max-machines', '1', '--max-sessions', '2'], {
-    env: {
-      ...process.env,
-      TORPOR_HOME: home.home,
-      TORPOR_LOG_MAX: String(logMax),
-      TORPOR_AGENT_MAX_LINE: String(maxLine),
-      TORPOR_AGENT_MAX_HISTORY: String(maxHistory),
-    },
-    stdio: ['ignore', 'pipe', 'inherit'],
+  server = await startJsonServer(['--max-machines', '1', '--max-sessions', '2'], {
+    ...process.env,
+    TORPOR_HOME: home.home,
+    TORPOR_LOG_MAX: String(logMax),
+    TORPOR_AGENT_MAX_LINE: String(maxLine),
+    TORPOR_AGENT_MAX_HISTORY: String(maxHistory),
   });
-  const first = await new Promise<string>((resolve, reject) => {
-    let text = '';
-    server.stdout!.on('data', (chunk) => {
-      text += chunk;
-      if (text.includes('\n')) resolve(text.slice(0, text.indexOf('\n')));
-    });
-    server.once('exit', (code) => reject(new Error(`torpor serve exited (${code})`)));
-  });
-  url = (JSON.parse(first) as { url: string }).url;
+  url = server.url;
   token = readFileSync(join(home.home, 'api', 'token'), 'utf8').trim();
   const created = await api('POST', '/v1/sessions', {
     image: 'base',
@@ -137,8 +115,7 @@ before(async () => {
 });
 
 after(async () => {
-  server.kill('SIGTERM');
-  await new Promise((resolve) => server.once('exit', resolve));
+  await server.stop();
   await home.cleanup();
 });
 
@@ -177,10 +154,10 @@ test('an agent flooding stdout and the serial console: the turn ends, both logs 
   // `torpor logs` reads what the capped log kept, rotated file first, as whole records.
   const { json: record } = await api('GET', `/v1/sessions/${sessionId}`);
   const logs = await torpor(['logs', record.machineId as string, '--tail', '3']);
-  assert.equal(logs.status, 0, logs.stderr);
+  assert.equal(logs.code, 0, logs.stderr);
   assert.match(logs.stdout, /"delta":"flooded"/);
   const logsAll = await torpor(['logs', record.machineId as string]);
-  assert.equal(logsAll.status, 0, logsAll.stderr);
+  assert.equal(logsAll.code, 0, logsAll.stderr);
   assert.match(logsAll.stdout, /noise on stdout, not an agent event/);
   const currentOnly = readFileSync(join(directory, 'process.log'), 'utf8')
     .split('\n')

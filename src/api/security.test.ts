@@ -3,20 +3,18 @@
 // None of these needs a machine: every request here must be refused before one would start.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { request as httpRequest } from 'node:http';
 import { statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
 import { runCli } from '../runtime/testing/cli-process.ts';
+import { startJsonServer, type JsonServer } from './testing/json-server.ts';
 
-const cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
 let home = '';
 let temporaryHome: Awaited<ReturnType<typeof useTemporaryHome>>;
-let server: ChildProcess;
+let server: JsonServer;
 let port = 0;
 let url = '';
 let token = '';
@@ -75,32 +73,19 @@ before(async () => {
   temporaryHome = await useTemporaryHome();
   home = temporaryHome.home;
   // Small, fixed limits so the limit tests do not depend on this host's size.
-  server = spawn(
-    process.execPath,
-    [cli, 'serve', '--port', '0', '--json', '--max-cpus', '2', '--max-memory', '1g', '--max-disk', '8g', '--max-sessions', '1', '--max-body', '1m'],
-    {
-      env: { ...process.env, TORPOR_HOME: home, TORPOR_MAX_BODY: '' },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
-  );
-  const first = await new Promise<string>((resolve, reject) => {
-    let text = '';
-    server.stdout!.on('data', (chunk) => {
-      text += chunk;
-      if (text.includes('\n')) resolve(text.slice(0, text.indexOf('\n')));
-    });
-    server.once('exit', (code) => reject(new Error(`torpor serve exited (${code}) before listening`)));
+  server = await startJsonServer(['--max-cpus', '2', '--max-memory', '1g', '--max-disk', '8g', '--max-sessions', '1', '--max-body', '1m'], {
+    ...process.env,
+    TORPOR_HOME: home,
+    TORPOR_MAX_BODY: '',
   });
-  const info = JSON.parse(first) as { url: string; tokenFile: string };
-  url = info.url;
+  url = server.url;
   port = Number(new URL(url).port);
-  tokenFile = info.tokenFile;
+  tokenFile = server.tokenFile;
   token = (await torpor(['token', 'show'])).stdout.trim();
 });
 
 after(async () => {
-  server.kill('SIGTERM');
-  await new Promise((resolve) => server.once('exit', resolve));
+  await server.stop();
   await temporaryHome.cleanup();
 });
 

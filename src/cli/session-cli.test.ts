@@ -3,15 +3,13 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type AddressInfo } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
 import { shellAgent } from '../session/testing/shell-agent.ts';
-import { runCli } from '../runtime/testing/cli-process.ts';
+import { cliPath, runCli } from '../runtime/testing/cli-process.ts';
 
-const cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
 let server: ChildProcess;
 let url = '';
@@ -22,7 +20,7 @@ before(async () => {
   home = await useTemporaryHome();
   const port = 19000 + Math.floor(Math.random() * 1000);
   url = `http://127.0.0.1:${port}`;
-  server = spawn(process.execPath, [cli, 'serve', '--port', String(port)], { env: { ...process.env, TORPOR_HOME: home.home }, stdio: 'ignore' });
+  server = spawn(process.execPath, [cliPath, 'serve', '--port', String(port)], { env: { ...process.env, TORPOR_HOME: home.home }, stdio: 'ignore' });
   for (let attempt = 0; attempt < 200; attempt++) {
     // Up means answering, even if only to say a token is needed (the CLI finds the token itself).
     if (
@@ -107,12 +105,7 @@ test('without a server the session commands say how to start one', async () => {
   const empty = await mkdtemp(join(tmpdir(), 'tp-'));
   const environment: NodeJS.ProcessEnv = { ...process.env, TORPOR_HOME: empty };
   delete environment.TORPOR_URL;
-  const result = await new Promise<{ code: number; stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, [cli, 'session', 'ls'], { env: environment });
-    let stderr = '';
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    child.on('close', (code) => resolve({ code: code ?? -1, stderr }));
-  });
+  const result = await runCli(['session', 'ls'], environment);
   await rm(empty, { recursive: true, force: true });
   assert.notEqual(result.code, 0);
   assert.match(result.stderr, /no torpor server is running\n\s+hint: start one with `torpor serve`/);
@@ -121,12 +114,7 @@ test('without a server the session commands say how to start one', async () => {
   await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
   const port = (listener.address() as AddressInfo).port;
   await new Promise((resolve) => listener.close(resolve));
-  const refused = await new Promise<{ code: number; stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, [cli, 'session', 'send', 'x', 'hi'], { env: { ...environment, TORPOR_URL: `http://127.0.0.1:${port}` } });
-    let stderr = '';
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    child.on('close', (code) => resolve({ code: code ?? -1, stderr }));
-  });
+  const refused = await runCli(['session', 'send', 'x', 'hi'], { ...environment, TORPOR_URL: `http://127.0.0.1:${port}` });
   assert.notEqual(refused.code, 0);
   assert.match(refused.stderr, new RegExp(`cannot reach the torpor server at http://127.0.0.1:${port}: ECONNREFUSED`));
   assert.match(refused.stderr, /hint: is `torpor serve` running\?/);

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { contentPartSchemas, errorFields, jsonObject, jsonValue, providerOptions, usageFields, type JsonValue } from './content-parts.ts';
 import { InvalidEntryError, type EntryIssue } from './errors.ts';
 
 /**
@@ -10,11 +11,7 @@ import { InvalidEntryError, type EntryIssue } from './errors.ts';
  * lose data in a log whose point is to lose nothing.
  */
 
-export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
-
-const jsonValue: z.ZodType<JsonValue> = z.json() as z.ZodType<JsonValue>;
-const jsonObject = z.record(z.string(), jsonValue);
-const providerOptions = z.record(z.string(), jsonObject);
+export type { JsonValue };
 
 const common = {
   /** Entries with the same messageId came from one provider message (e.g. text + tool calls). */
@@ -23,21 +20,7 @@ const common = {
   metadata: jsonObject.optional(),
 };
 
-const textPart = z.strictObject({ type: z.literal('text'), text: z.string(), providerOptions: providerOptions.optional() });
-/** Image and file data is a base64 string, a data: URL or an http(s) URL. */
-const imagePart = z.strictObject({
-  type: z.literal('image'),
-  image: z.string().min(1),
-  mediaType: z.string().optional(),
-  providerOptions: providerOptions.optional(),
-});
-const filePart = z.strictObject({
-  type: z.literal('file'),
-  data: z.string().min(1),
-  mediaType: z.string().min(1),
-  filename: z.string().optional(),
-  providerOptions: providerOptions.optional(),
-});
+const { textPart, imagePart, filePart, toolResultOutput } = contentPartSchemas(z.strictObject);
 
 const userContent = z.union([z.string(), z.array(z.discriminatedUnion('type', [textPart, imagePart, filePart]))]);
 const assistantContent = z.union([z.string(), z.array(z.discriminatedUnion('type', [textPart, filePart]))]);
@@ -55,22 +38,6 @@ const toolCall = z.strictObject({
   ...common,
 });
 
-const toolResultOutput = z.discriminatedUnion('type', [
-  z.strictObject({ type: z.literal('text'), value: z.string() }),
-  z.strictObject({ type: z.literal('json'), value: jsonValue }),
-  z.strictObject({ type: z.literal('error-text'), value: z.string() }),
-  z.strictObject({ type: z.literal('error-json'), value: jsonValue }),
-  z.strictObject({
-    type: z.literal('content'),
-    value: z.array(
-      z.discriminatedUnion('type', [
-        z.strictObject({ type: z.literal('text'), text: z.string() }),
-        z.strictObject({ type: z.literal('media'), data: z.string(), mediaType: z.string() }),
-      ]),
-    ),
-  }),
-]);
-
 const toolResult = z.strictObject({
   kind: z.literal('tool-result'),
   toolCallId: z.string().min(1),
@@ -84,22 +51,13 @@ const reasoning = z.strictObject({ kind: z.literal('reasoning'), text: z.string(
 
 const errorEntry = z.strictObject({
   kind: z.literal('error'),
-  message: z.string(),
-  code: z.string().optional(),
-  details: jsonValue.optional(),
+  ...errorFields,
   ...common,
 });
 
-const tokenCount = z.number().int().nonnegative();
 const usage = z.strictObject({
   kind: z.literal('usage'),
-  inputTokens: tokenCount.optional(),
-  outputTokens: tokenCount.optional(),
-  totalTokens: tokenCount.optional(),
-  reasoningTokens: tokenCount.optional(),
-  cachedInputTokens: tokenCount.optional(),
-  model: z.string().optional(),
-  provider: z.string().optional(),
+  ...usageFields,
   ...common,
 });
 

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import pg from 'pg';
+import { waitForSessionAppend } from './append-wait.ts';
 import { blobDigest, MissingBlobError, type BlobReference, type BlobStore } from './blob-store.ts';
 import {
   ContextLogError,
@@ -449,28 +450,13 @@ export class PostgresStorage implements LogStorage {
   async waitForAppend(sessionId: string, knownNextOffset: number, signal?: AbortSignal): Promise<void> {
     if (signal?.aborted) return;
     await this.ensureListening().catch(() => {});
-    return new Promise((resolve) => {
-      let timer: NodeJS.Timeout | undefined;
-      const finish = () => {
-        this.events.off(sessionId, finish);
-        signal?.removeEventListener('abort', finish);
-        if (timer) clearInterval(timer);
-        resolve();
-      };
-      this.events.on(sessionId, finish);
-      signal?.addEventListener('abort', finish, { once: true });
-      const check = () => {
-        if (this.closed) return finish();
-        this.describe(sessionId).then(
-          (record) => {
-            if (!record || record.nextOffset > knownNextOffset) finish();
-          },
-          () => finish(),
-        );
-      };
-      // Check once after subscribing so an append that committed before LISTEN is not missed.
-      check();
-      timer = setInterval(check, this.pollIntervalMs);
+    // The first check, made once subscribed, catches an append that committed before LISTEN.
+    return waitForSessionAppend({
+      appends: this.events,
+      sessionId,
+      signal,
+      pollIntervalMs: this.pollIntervalMs,
+      appended: () => this.closed || this.describe(sessionId).then((record) => !record || record.nextOffset > knownNextOffset),
     });
   }
 

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
+import { waitForSessionAppend } from './append-wait.ts';
 import { FileBlobStore, type BlobStore } from './blob-store.ts';
 import {
   ContextLogError,
@@ -358,29 +359,17 @@ export class SqliteStorage implements LogStorage {
   }
 
   waitForAppend(sessionId: string, knownNextOffset: number, signal?: AbortSignal): Promise<void> {
-    return new Promise((resolve) => {
-      let timer: NodeJS.Timeout | undefined;
-      const finish = () => {
-        this.events.off(sessionId, finish);
-        signal?.removeEventListener('abort', finish);
-        if (timer) clearInterval(timer);
-        resolve();
-      };
-      if (signal?.aborted) return resolve();
-      this.events.on(sessionId, finish);
-      signal?.addEventListener('abort', finish, { once: true });
+    return waitForSessionAppend({
+      appends: this.events,
+      sessionId,
+      signal,
+      pollIntervalMs: this.pollIntervalMs,
       // Other processes cannot signal us, so poll the one-row session record; cheap on an index.
-      const check = () => {
-        if (this.closed) return finish();
-        try {
-          const row = this.statements.sessionById.get(sessionId);
-          if (row && row.next_offset > knownNextOffset) finish();
-        } catch {
-          finish();
-        }
-      };
-      timer = setInterval(check, this.pollIntervalMs);
-      check();
+      appended: () => {
+        if (this.closed) return true;
+        const row = this.statements.sessionById.get(sessionId);
+        return row !== undefined && row.next_offset > knownNextOffset;
+      },
     });
   }
 

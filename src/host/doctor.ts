@@ -14,6 +14,24 @@ export interface DoctorCheck {
 
 const mebibytes = (info: { bavail: number; bsize: number }) => Math.floor((info.bavail * info.bsize) / 1024 ** 2);
 
+/** Whether a directory torpor writes to can be created and has at least `minimumMiB` free. */
+async function freeSpaceCheck(options: {
+  name: string;
+  directory: string;
+  minimumMiB: number;
+  fixWhenLow: string;
+  fixWhenUnusable: string;
+}): Promise<DoctorCheck> {
+  const { name, directory, minimumMiB } = options;
+  try {
+    await mkdir(directory, { recursive: true });
+    const free = mebibytes(await statfs(directory));
+    return { name, ok: free >= minimumMiB, detail: `${directory}: ${free} MiB free`, ...(free >= minimumMiB ? {} : { fix: options.fixWhenLow }) };
+  } catch (error) {
+    return { name, ok: false, detail: (error as Error).message, fix: options.fixWhenUnusable };
+  }
+}
+
 /** What the host has and lacks for torpor, each with the command that fixes it. */
 export async function runDoctorChecks(options: { accelerator?: () => Promise<{ accelerator: string; reason: string }> } = {}): Promise<DoctorCheck[]> {
   const checks: DoctorCheck[] = [];
@@ -72,29 +90,23 @@ export async function runDoctorChecks(options: { accelerator?: () => Promise<{ a
     ok: true,
     detail: vsock ? 'available (not needed: the agent channel is virtio-serial)' : 'not available; the agent channel uses virtio-serial, which needs nothing',
   });
-  try {
-    await mkdir(memoryDirectory(), { recursive: true });
-    const free = mebibytes(await statfs(memoryDirectory()));
-    checks.push({
+  checks.push(
+    await freeSpaceCheck({
       name: 'tmpfs for guest RAM',
-      ok: free >= 1024,
-      detail: `${memoryDirectory()}: ${free} MiB free`,
-      ...(free >= 1024 ? {} : { fix: 'mount -o remount,size=8G /dev/shm, or set TORPOR_MEMORY_DIR to a larger tmpfs' }),
-    });
-  } catch (error) {
-    checks.push({ name: 'tmpfs for guest RAM', ok: false, detail: (error as Error).message, fix: 'set TORPOR_MEMORY_DIR to a writable tmpfs directory' });
-  }
-  try {
-    await mkdir(stateHome(), { recursive: true });
-    const free = mebibytes(await statfs(stateHome()));
-    checks.push({
+      directory: memoryDirectory(),
+      minimumMiB: 1024,
+      fixWhenLow: 'mount -o remount,size=8G /dev/shm, or set TORPOR_MEMORY_DIR to a larger tmpfs',
+      fixWhenUnusable: 'set TORPOR_MEMORY_DIR to a writable tmpfs directory',
+    }),
+  );
+  checks.push(
+    await freeSpaceCheck({
       name: 'state directory',
-      ok: free >= 2048,
-      detail: `${stateHome()}: ${free} MiB free`,
-      ...(free >= 2048 ? {} : { fix: 'free disk space or set TORPOR_HOME elsewhere' }),
-    });
-  } catch (error) {
-    checks.push({ name: 'state directory', ok: false, detail: (error as Error).message, fix: 'set TORPOR_HOME to a writable directory' });
-  }
+      directory: stateHome(),
+      minimumMiB: 2048,
+      fixWhenLow: 'free disk space or set TORPOR_HOME elsewhere',
+      fixWhenUnusable: 'set TORPOR_HOME to a writable directory',
+    }),
+  );
   return checks;
 }

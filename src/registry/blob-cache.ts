@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { paths } from '../state/paths.ts';
 import { TorporError, isNodeError } from '../util/errors.ts';
+import { pathIsPresent } from '../util/path-exists.ts';
 import { syncDirectory } from '../util/atomic-file.ts';
 import type { Descriptor } from '../image/import/oci-image.ts';
 import { digestHex } from '../image/digest.ts';
@@ -23,13 +24,7 @@ const hexOf = (digest: string) => digestHex(digest, 'blob digest');
 
 export async function cachedBlob(digest: string): Promise<string | undefined> {
   const path = join(layerCacheDirectory(), hexOf(digest));
-  try {
-    await stat(path);
-    return path;
-  } catch (error) {
-    if (isNodeError(error, 'ENOENT')) return undefined;
-    throw error;
-  }
+  return (await pathIsPresent(path)) ? path : undefined;
 }
 
 /** One downloader per blob across processes: a lock file holding the owner's PID, taken over when that process is gone. */

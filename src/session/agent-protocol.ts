@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { contentPartSchemas, errorFields, jsonValue, providerOptions, usageFields } from '../context/content-parts.ts';
 import { entrySchema, parseEntries, parseEntry, type Entry, type JsonValue } from '../context/entry.ts';
 import { InvalidEntryError } from '../context/errors.ts';
 import { modelMessagesToEntries, type ModelMessage } from '../context/model-messages.ts';
@@ -17,9 +18,6 @@ import { modelMessagesToEntries, type ModelMessage } from '../context/model-mess
  */
 export const protocolVersion = 1;
 
-const jsonValue: z.ZodType<JsonValue> = z.json() as z.ZodType<JsonValue>;
-const jsonObject = z.record(z.string(), jsonValue);
-const providerOptions = z.record(z.string(), jsonObject);
 const identifier = z.string().min(1).max(256);
 const turnId = identifier;
 const entries = z.array(entrySchema);
@@ -41,21 +39,8 @@ function asEntries(value: unknown, context: z.core.$RefinementCtx, toEntries: ()
 // Messages: AI SDK v5 model message shapes with JSON-only data (base64 strings or URLs for files).
 // ---------------------------------------------------------------------------------------------
 
-const textPart = z.object({ type: z.literal('text'), text: z.string(), providerOptions: providerOptions.optional() });
+const { textPart, imagePart, filePart, toolResultOutput } = contentPartSchemas(z.object);
 const reasoningPart = z.object({ type: z.literal('reasoning'), text: z.string(), providerOptions: providerOptions.optional() });
-const filePart = z.object({
-  type: z.literal('file'),
-  data: z.string().min(1),
-  mediaType: z.string().min(1),
-  filename: z.string().optional(),
-  providerOptions: providerOptions.optional(),
-});
-const imagePart = z.object({
-  type: z.literal('image'),
-  image: z.string().min(1),
-  mediaType: z.string().optional(),
-  providerOptions: providerOptions.optional(),
-});
 const toolCallPart = z.object({
   type: z.literal('tool-call'),
   toolCallId: identifier,
@@ -66,21 +51,7 @@ const toolCallPart = z.object({
 });
 
 /** What a tool produced, as the model will see it (the AI SDK's `ToolResultOutput`). */
-export const toolResultOutputSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('text'), value: z.string() }),
-  z.object({ type: z.literal('json'), value: jsonValue }),
-  z.object({ type: z.literal('error-text'), value: z.string() }),
-  z.object({ type: z.literal('error-json'), value: jsonValue }),
-  z.object({
-    type: z.literal('content'),
-    value: z.array(
-      z.discriminatedUnion('type', [
-        z.object({ type: z.literal('text'), text: z.string() }),
-        z.object({ type: z.literal('media'), data: z.string(), mediaType: z.string() }),
-      ]),
-    ),
-  }),
-]);
+export const toolResultOutputSchema = toolResultOutput;
 export type ToolResultOutput = z.infer<typeof toolResultOutputSchema>;
 
 /** Provider-executed tools (web search and the like) put their results inside the assistant message. */
@@ -214,25 +185,16 @@ export const messageFinishSchema = z.object({
   message: assistantMessageSchema,
 });
 
-const tokenCount = z.number().int().nonnegative();
 export const usageEventSchema = z.object({
   type: z.literal('usage'),
   turnId: turnId.optional(),
-  inputTokens: tokenCount.optional(),
-  outputTokens: tokenCount.optional(),
-  totalTokens: tokenCount.optional(),
-  reasoningTokens: tokenCount.optional(),
-  cachedInputTokens: tokenCount.optional(),
-  model: z.string().optional(),
-  provider: z.string().optional(),
+  ...usageFields,
 });
 
 export const errorEventSchema = z.object({
   type: z.literal('error'),
   turnId: turnId.optional(),
-  message: z.string(),
-  code: z.string().optional(),
-  details: jsonValue.optional(),
+  ...errorFields,
 });
 
 /** The turn is over: the host may hibernate the machine after the session's idle timeout. */

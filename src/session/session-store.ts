@@ -1,7 +1,7 @@
-import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import type Database from 'better-sqlite3';
+import { join } from 'node:path';
 import { stateHome } from '../state/paths.ts';
+import { openDurableDatabase } from './durable-database.ts';
 
 export const sessionStates = ['creating', 'running', 'idle', 'hibernating', 'hibernated', 'waking', 'failed', 'deleted'] as const;
 export type SessionState = (typeof sessionStates)[number];
@@ -105,10 +105,7 @@ export class SessionStore {
   private readonly database: Database.Database;
 
   constructor(path = join(stateHome(), 'sessions.db')) {
-    mkdirSync(dirname(path), { recursive: true });
-    this.database = new Database(path);
-    this.database.pragma('journal_mode = WAL');
-    this.database.pragma('synchronous = FULL');
+    this.database = openDurableDatabase(path);
     this.database.exec(`CREATE TABLE IF NOT EXISTS sessions (
       id TEXT PRIMARY KEY,
       name TEXT NOT NULL UNIQUE,

@@ -1,7 +1,7 @@
-import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import type Database from 'better-sqlite3';
+import { join } from 'node:path';
 import { stateHome } from '../state/paths.ts';
+import { openDurableDatabase } from './durable-database.ts';
 
 /** A machine snapshot taken right after a turn ended, and where the context log stood then. */
 export interface TurnSnapshot {
@@ -29,10 +29,7 @@ export class TurnHistory {
   private readonly database: Database.Database;
 
   constructor(path = join(stateHome(), 'turn-snapshots.db')) {
-    mkdirSync(dirname(path), { recursive: true });
-    this.database = new Database(path);
-    this.database.pragma('journal_mode = WAL');
-    this.database.pragma('synchronous = FULL');
+    this.database = openDurableDatabase(path);
     this.database.exec(`CREATE TABLE IF NOT EXISTS turn_snapshots (
       session_id TEXT NOT NULL,
       turn INTEGER NOT NULL,

@@ -1,8 +1,9 @@
-import { readdir, stat, utimes } from 'node:fs/promises';
+import { stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { paths } from '../state/paths.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { isNodeError } from '../util/errors.ts';
+import { chunkDirectoryFiles } from './chunk-files.ts';
 import { ChunkCorruptError, chunkIdOf, chunkPath, loadChunk, writeTemporaryChunk } from './chunk-operations.ts';
 import { applyDelta, decodeDeltaHeader, isDelta } from './chunk-delta.ts';
 import { discardChunks, publishChunks, type WrittenChunk } from './chunk-publication.ts';
@@ -100,32 +101,14 @@ export interface LocalChunk {
 
 /** Every chunk file in the local store (temporaries excluded). */
 export async function localChunks(): Promise<LocalChunk[]> {
-  const root = localChunksDirectory();
   const found: LocalChunk[] = [];
-  let directories: string[];
-  try {
-    directories = await readdir(root);
-  } catch (error) {
-    if (isNodeError(error, 'ENOENT')) return found;
-    throw error;
-  }
-  for (const directory of directories) {
-    let names: string[];
+  for (const { name, path } of await chunkDirectoryFiles(localChunksDirectory())) {
+    if (name.startsWith('.') || !name.endsWith('.zst')) continue;
     try {
-      names = await readdir(join(root, directory));
+      const status = await stat(path);
+      found.push({ id: name.slice(0, -4), path, bytes: status.size, usedAt: Math.max(status.atimeMs, status.mtimeMs) });
     } catch (error) {
-      if (isNodeError(error, 'ENOTDIR') || isNodeError(error, 'ENOENT')) continue;
-      throw error;
-    }
-    for (const name of names) {
-      if (name.startsWith('.') || !name.endsWith('.zst')) continue;
-      const path = join(root, directory, name);
-      try {
-        const status = await stat(path);
-        found.push({ id: name.slice(0, -4), path, bytes: status.size, usedAt: Math.max(status.atimeMs, status.mtimeMs) });
-      } catch (error) {
-        if (!isNodeError(error, 'ENOENT')) throw error;
-      }
+      if (!isNodeError(error, 'ENOENT')) throw error;
     }
   }
   return found;

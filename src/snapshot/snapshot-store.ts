@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { paths } from '../state/paths.ts';
 import { TorporError, isNodeError } from '../util/errors.ts';
+import { pathIsPresent } from '../util/path-exists.ts';
 import { syncDirectory } from '../util/atomic-file.ts';
 import { chunksWithData, dataExtents } from './extents.ts';
 import {
@@ -19,6 +20,7 @@ import { sharedPool } from './worker-pool.ts';
 import { discardChunks, publishChunks, type WrittenChunk } from './chunk-publication.ts';
 import { beginActivity, withExclusiveStore } from './store-activity.ts';
 import { pinnedChunks } from './chunk-pins.ts';
+import { chunkDirectoryFiles } from './chunk-files.ts';
 import { SeekableDecoder, SeekableEncoder, SeekableFormatError, framesCovering, parseSeekTable, type SeekTable } from './seekable-zstd.ts';
 import { isDelta, maximumDeltaDepth } from './chunk-delta.ts';
 
@@ -189,16 +191,6 @@ function noSpaceError(name: string, root: string, cause: unknown): TorporError {
     hint: 'free disk space: remove snapshots you no longer need (`torpor snapshots rm NAME`), then `torpor snapshots gc`; earlier snapshots are intact',
     cause,
   });
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch (error) {
-    if (isNodeError(error, 'ENOENT')) return false;
-    throw error;
-  }
 }
 
 interface ChunkCaptureOutcome {
@@ -394,7 +386,7 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
   const chunkSize = input.chunkSize ?? defaultChunkSize;
   const compressionLevel = input.compressionLevel ?? defaultCompressionLevel;
   if (chunkSize % 4096 !== 0 || chunkSize <= 0) throw new TorporError('snapshot-invalid', `chunk size ${chunkSize} is not a multiple of 4096`);
-  if (!input.replace && (await exists(finalPath))) throw existsError(input.name);
+  if (!input.replace && (await pathIsPresent(finalPath))) throw existsError(input.name);
 
   try {
     await mkdir(chunks, { recursive: true });
@@ -423,7 +415,7 @@ export async function captureSnapshot(input: CaptureInput): Promise<SnapshotMani
     // The device state is ~50 KB: not worth a thread round trip.
     const deviceStateId = chunkIdOf(input.deviceState);
     let deviceStateBytes = 0;
-    if (!(await exists(chunkPath(chunks, deviceStateId)))) {
+    if (!(await pathIsPresent(chunkPath(chunks, deviceStateId)))) {
       const encoded = new SeekableEncoder(defaultFrameSize, compressionLevel).encode(input.deviceState);
       written.push({ id: deviceStateId, temporaryPath: writeTemporaryChunk(chunks, deviceStateId, encoded) });
       deviceStateBytes = encoded.length;
@@ -842,26 +834,9 @@ interface StoredChunk {
 async function storedChunks(chunks: string): Promise<{ files: StoredChunk[]; temporaries: string[] }> {
   const files: StoredChunk[] = [];
   const temporaries: string[] = [];
-  let directories: string[];
-  try {
-    directories = await readdir(chunks);
-  } catch (error) {
-    if (isNodeError(error, 'ENOENT')) return { files, temporaries };
-    throw error;
-  }
-  for (const directory of directories) {
-    let names: string[];
-    try {
-      names = await readdir(join(chunks, directory));
-    } catch (error) {
-      if (isNodeError(error, 'ENOTDIR')) continue;
-      throw error;
-    }
-    for (const name of names) {
-      const path = join(chunks, directory, name);
-      if (name.startsWith('.')) temporaries.push(path);
-      else if (name.endsWith('.zst')) files.push({ id: name.slice(0, -4), path, bytes: (await stat(path)).size });
-    }
+  for (const { name, path } of await chunkDirectoryFiles(chunks)) {
+    if (name.startsWith('.')) temporaries.push(path);
+    else if (name.endsWith('.zst')) files.push({ id: name.slice(0, -4), path, bytes: (await stat(path)).size });
   }
   return { files, temporaries };
 }

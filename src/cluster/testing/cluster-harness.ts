@@ -9,6 +9,7 @@ import pg from 'pg';
 import { environment as torporEnvironment } from '../../config/environment.ts';
 import { startPostgresServer, type PostgresServer } from '../../context/testing/postgres-server.ts';
 import { startS3Server, type S3Server } from '../../object-store/testing/s3-server.ts';
+import { endChildProcess } from '../../util/end-child-process.ts';
 
 /**
  * Several `torpor serve --cluster` nodes on one machine, as separate processes with their own state
@@ -87,15 +88,27 @@ export async function startTestCluster(options: {
   const postgres = await startPostgresServer({ durable: false, settings: { max_connections: '200' } });
   const databaseUrl = await postgres.createDatabase('cluster');
   // A PostgreSQL left running keeps the test process alive forever (the whole suite then hangs).
-  const s3 = options.store === false ? undefined : await startS3Server({ bucket: 'torpor-cluster' }).catch(async (error: unknown) => {
-    await postgres.stop();
-    throw error;
-  });
+  const s3 =
+    options.store === false
+      ? undefined
+      : await startS3Server({ bucket: 'torpor-cluster' }).catch(async (error: unknown) => {
+          await postgres.stop();
+          throw error;
+        });
   const storeUrl = s3 ? `s3://${s3.bucket}/nodes` : undefined;
   const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
   pool.on('error', () => {});
   const tag = randomBytes(3).toString('hex');
   const nodes: TestNode[] = [];
+  const removeFiles = (node: TestNode) => {
+    rmSync(node.home, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+    rmSync(node.memoryDirectory, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+  };
+  const stopServices = async () => {
+    await pool.end().catch(() => {});
+    await s3?.stop();
+    await postgres.stop();
+  };
 
   const startNode = async (name: string): Promise<TestNode> => {
     const home = mkdtempSync(join(tmpdir(), `tp-${name}-`));
@@ -182,32 +195,19 @@ export async function startTestCluster(options: {
       },
       async stop() {
         for (const node of nodes) {
-          if (node.process.exitCode === null && node.process.signalCode === null) {
-            node.process.kill('SIGTERM');
-            const timer = setTimeout(() => node.process.kill('SIGKILL'), 10_000);
-            await new Promise((resolve) => node.process.once('exit', resolve));
-            clearTimeout(timer);
-          }
+          await endChildProcess(node.process, { graceMs: 10_000 });
           // Machines outlive a stopped server (a restarted one reattaches): end them too.
           node.crash();
-          rmSync(node.home, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
-          rmSync(node.memoryDirectory, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
+          removeFiles(node);
         }
-        await pool.end().catch(() => {});
-        await s3?.stop();
-        await postgres.stop();
+        await stopServices();
       },
     };
     return cluster;
   } catch (error) {
     for (const node of nodes) node.crash();
-    for (const node of nodes) {
-      rmSync(node.home, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
-      rmSync(node.memoryDirectory, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
-    }
-    await pool.end().catch(() => {});
-    await s3?.stop();
-    await postgres.stop();
+    for (const node of nodes) removeFiles(node);
+    await stopServices();
     throw error;
   }
 }

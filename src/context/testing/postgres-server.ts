@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
+import { endChildProcess } from '../../util/end-child-process.ts';
 
 /**
  * A throwaway PostgreSQL server for tests and benchmarks: installs the Debian package when no
@@ -76,13 +77,6 @@ async function postgresUser(): Promise<{ uid: number; gid: number } | undefined>
   return { uid: Number(uid.trim()), gid: Number(gid.trim()) };
 }
 
-function exited(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once('exit', () => resolve());
-  });
-}
-
 export async function startPostgresServer(options: StartPostgresOptions = {}): Promise<PostgresServer> {
   const log = options.log ?? (() => {});
   let binaries = findBinaryDirectory();
@@ -135,13 +129,8 @@ export async function startPostgresServer(options: StartPostgresOptions = {}): P
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
   const stop = async () => {
     process.off('exit', killOnExit);
-    if (child.exitCode === null && child.signalCode === null) {
-      // SIGINT is PostgreSQL's "fast shutdown": roll back clients, checkpoint, exit.
-      child.kill('SIGINT');
-      const timeout = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await exited(child);
-      clearTimeout(timeout);
-    }
+    // SIGINT is PostgreSQL's "fast shutdown": roll back clients, checkpoint, exit.
+    await endChildProcess(child, { signal: 'SIGINT', graceMs: 10_000 });
     rmSync(dataDirectory, { recursive: true, force: true });
   };
 

@@ -1,6 +1,7 @@
 import { useEffect, useState } from 'preact/hooks';
 import { getJson, RequestError } from './api.ts';
 import { ErrorNote } from './components.tsx';
+import { DataTable, type Column } from './data-table.tsx';
 import { formatBytes } from './format.ts';
 import type { HostView } from './shapes.ts';
 
@@ -15,6 +16,24 @@ function Usage({ label, total, free }: { label: string; total: number; free: num
     </div>
   );
 }
+
+const doctorColumns: Column<HostView['doctor'][number]>[] = [
+  { label: 'Check', rowHeader: true, cell: (check) => check.name },
+  { label: 'OK', cell: (check) => (check.ok ? 'yes' : 'NO') },
+  {
+    label: 'Detail',
+    cell: (check) => (
+      <>
+        {check.detail}
+        {check.fix && (
+          <div class="fix">
+            fix: <code>{check.fix}</code>
+          </div>
+        )}
+      </>
+    ),
+  },
+];
 
 /** The host: CPU and load, RAM, the tmpfs guest RAM lives in, the snapshot store, the accelerator and `torpor doctor`. */
 export function HostPage() {
@@ -64,35 +83,13 @@ export function HostPage() {
       </div>
       <h2>Doctor</h2>
       <ErrorNote error={error} />
-      <div class="table-wrap">
-        <table class="doctor">
-          <thead>
-            <tr>
-              <th scope="col">Check</th>
-              <th scope="col">OK</th>
-              <th scope="col">Detail</th>
-            </tr>
-          </thead>
-          <tbody>
-            {view.doctor.map((check) => (
-              <tr key={check.name} class={check.ok ? 'ok' : 'not-ok'}>
-                <th scope="row" data-label="Check">
-                  {check.name}
-                </th>
-                <td data-label="OK">{check.ok ? 'yes' : 'NO'}</td>
-                <td data-label="Detail">
-                  {check.detail}
-                  {check.fix && (
-                    <div class="fix">
-                      fix: <code>{check.fix}</code>
-                    </div>
-                  )}
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <DataTable
+        class="doctor"
+        columns={doctorColumns}
+        items={view.doctor}
+        rowKey={(check) => check.name}
+        rowAttributes={(check) => ({ class: check.ok ? 'ok' : 'not-ok' })}
+      />
     </section>
   );
 }

@@ -2,6 +2,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { getJson, RequestError } from './api.ts';
 import { ErrorNote, StateBadge } from './components.tsx';
 import { Conversation, useLogEntries } from './conversation.tsx';
+import { TableHead } from './data-table.tsx';
 import { formatBytes, formatDateTime, formatDuration } from './format.ts';
 import { useLiveConnection, useNow, useSessionEvents } from './live.ts';
 import { SessionActionDialog, idleFor } from './sessions-page.tsx';
@@ -105,17 +106,7 @@ export function SessionPage({ sessionId }: { sessionId: string }) {
           ) : (
             <div class="table-wrap">
               <table>
-                <thead>
-                  <tr>
-                    <th scope="col">Taken</th>
-                    <th scope="col" class="number">
-                      New bytes
-                    </th>
-                    <th scope="col" class="number">
-                      Took
-                    </th>
-                  </tr>
-                </thead>
+                <TableHead columns={['Taken', { label: 'New bytes', number: true }, { label: 'Took', number: true }]} />
                 <tbody>
                   {timeline.snapshots.map((snapshot) => (
                     <tr key={snapshot.snapshot}>

@@ -1,6 +1,7 @@
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { deleteResource, getJson, postJson, RequestError } from './api.ts';
 import { Dialog, ErrorNote, StateBadge } from './components.tsx';
+import { DataTable, type Column } from './data-table.tsx';
 import { formatBytes, since } from './format.ts';
 import { useLiveConnection, useNow, useSessionEvents } from './live.ts';
 import { navigate } from './router.ts';
@@ -22,6 +23,56 @@ function merge(list: SessionView[], changed: SessionView): SessionView[] {
   // The stream leaves out stored bytes unless a snapshot changed: keep the ones we know.
   const merged = { ...changed, storedBytes: changed.storedBytes ?? (changed.snapshot === list[index]!.snapshot ? list[index]!.storedBytes : undefined) };
   return list.map((each, position) => (position === index ? merged : each));
+}
+
+function sessionColumns(now: number, setAction: (action: Action) => void): Column<SessionView>[] {
+  return [
+    {
+      label: 'Session',
+      rowHeader: true,
+      cell: (session) => (
+        <>
+          <a href={`/session/${encodeURIComponent(session.id)}`}>{session.name}</a>
+          {session.name !== session.id && <div class="muted mono">{session.id}</div>}
+          {session.parentId && <div class="muted">fork of {session.parentId}</div>}
+        </>
+      ),
+    },
+    {
+      label: 'State',
+      cell: (session) => (
+        <>
+          <StateBadge state={session.state} />
+          {session.wakeAt && <div class="muted">wakes {new Date(session.wakeAt).toLocaleTimeString()}</div>}
+        </>
+      ),
+    },
+    { label: 'Turns', number: true, cell: (session) => session.turns },
+    { label: 'Idle', number: true, cell: (session) => idleFor(session, now) },
+    {
+      label: 'Stored',
+      number: true,
+      title: (session) => (session.storedBytes ? `${formatBytes(session.storedBytes.exclusive)} exclusive` : undefined),
+      cell: (session) => formatBytes(session.storedBytes?.referenced),
+    },
+    { label: 'Image', class: 'mono', cell: (session) => session.image },
+    {
+      label: 'Actions',
+      cell: (session) => (
+        <div class="actions">
+          <button type="button" onClick={() => setAction({ kind: 'send', session })} aria-label={`Send a message to ${session.name}`}>
+            Send
+          </button>
+          <button type="button" onClick={() => setAction({ kind: 'fork', session })} aria-label={`Fork ${session.name}`}>
+            Fork
+          </button>
+          <button type="button" class="danger" onClick={() => setAction({ kind: 'delete', session })} aria-label={`Delete ${session.name}`}>
+            Delete
+          </button>
+        </div>
+      ),
+    },
+  ];
 }
 
 export function SessionsPage() {
@@ -91,67 +142,13 @@ export function SessionsPage() {
           No sessions yet. Create one with <code>torpor session create IMAGE -- COMMAND</code> or <code>POST /v1/sessions</code>.
         </p>
       ) : (
-        <div class="table-wrap">
-          <table class="sessions">
-            <thead>
-              <tr>
-                <th scope="col">Session</th>
-                <th scope="col">State</th>
-                <th scope="col" class="number">
-                  Turns
-                </th>
-                <th scope="col" class="number">
-                  Idle
-                </th>
-                <th scope="col" class="number">
-                  Stored
-                </th>
-                <th scope="col">Image</th>
-                <th scope="col">Actions</th>
-              </tr>
-            </thead>
-            <tbody>
-              {visible.map((session) => (
-                <tr key={session.id} data-session={session.id} data-state={session.state}>
-                  <th scope="row" data-label="Session">
-                    <a href={`/session/${encodeURIComponent(session.id)}`}>{session.name}</a>
-                    {session.name !== session.id && <div class="muted mono">{session.id}</div>}
-                    {session.parentId && <div class="muted">fork of {session.parentId}</div>}
-                  </th>
-                  <td data-label="State">
-                    <StateBadge state={session.state} />
-                    {session.wakeAt && <div class="muted">wakes {new Date(session.wakeAt).toLocaleTimeString()}</div>}
-                  </td>
-                  <td data-label="Turns" class="number">
-                    {session.turns}
-                  </td>
-                  <td data-label="Idle" class="number">
-                    {idleFor(session, now)}
-                  </td>
-                  <td data-label="Stored" class="number" title={session.storedBytes ? `${formatBytes(session.storedBytes.exclusive)} exclusive` : undefined}>
-                    {formatBytes(session.storedBytes?.referenced)}
-                  </td>
-                  <td data-label="Image" class="mono">
-                    {session.image}
-                  </td>
-                  <td data-label="Actions">
-                    <div class="actions">
-                      <button type="button" onClick={() => setAction({ kind: 'send', session })} aria-label={`Send a message to ${session.name}`}>
-                        Send
-                      </button>
-                      <button type="button" onClick={() => setAction({ kind: 'fork', session })} aria-label={`Fork ${session.name}`}>
-                        Fork
-                      </button>
-                      <button type="button" class="danger" onClick={() => setAction({ kind: 'delete', session })} aria-label={`Delete ${session.name}`}>
-                        Delete
-                      </button>
-                    </div>
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <DataTable
+          class="sessions"
+          columns={sessionColumns(now, setAction)}
+          items={visible}
+          rowKey={(session) => session.id}
+          rowAttributes={(session) => ({ 'data-session': session.id, 'data-state': session.state })}
+        />
       )}
       <SessionActionDialog action={action} onClose={() => setAction(undefined)} onChanged={() => void load()} />
     </section>

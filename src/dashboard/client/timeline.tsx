@@ -1,4 +1,5 @@
 import { useEffect, useRef } from 'preact/hooks';
+import { TableHead } from './data-table.tsx';
 import { formatBytes, formatDuration, formatTime } from './format.ts';
 import type { SessionTimeline, StateSpan } from './shapes.ts';
 
@@ -130,13 +131,7 @@ export function TurnChart({ timeline }: { timeline: SessionTimeline }) {
       <details>
         <summary>Chart data</summary>
         <table>
-          <thead>
-            <tr>
-              <th scope="col">Turn</th>
-              <th scope="col">Stored</th>
-              <th scope="col">Wake</th>
-            </tr>
-          </thead>
+          <TableHead columns={['Turn', 'Stored', 'Wake']} />
           <tbody>
             {turns.map((turn) => (
               <tr>

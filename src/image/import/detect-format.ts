@@ -1,6 +1,7 @@
 import { lstat, readFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { TorporError, isNodeError } from '../../util/errors.ts';
+import { pathIsPresent } from '../../util/path-exists.ts';
 import { openDecompressed } from './compression.ts';
 import { readTarEntries } from './tar-reader.ts';
 import { importLimits, limitExceeded, type ImportLimits } from './import-limits.ts';
@@ -14,16 +15,6 @@ export interface DetectedFormat {
 }
 
 const rootfsTopLevel = new Set(['bin', 'boot', 'dev', 'etc', 'home', 'lib', 'lib64', 'opt', 'proc', 'root', 'run', 'sbin', 'srv', 'sys', 'tmp', 'usr', 'var']);
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch (error) {
-    if (isNodeError(error, 'ENOENT')) return false;
-    throw error;
-  }
-}
 
 async function isDockerManifest(path: string): Promise<boolean> {
   try {
@@ -51,7 +42,7 @@ export async function detectImportFormat(path: string, limits: ImportLimits = im
     throw error;
   }
   if (info.isDirectory()) {
-    if (await exists(join(path, 'oci-layout'))) return { format: 'oci-layout', archived: false };
+    if (await pathIsPresent(join(path, 'oci-layout'), lstat)) return { format: 'oci-layout', archived: false };
     if (await isDockerManifest(join(path, 'manifest.json'))) return { format: 'docker-archive', archived: false };
     return { format: 'rootfs-directory', archived: false };
   }

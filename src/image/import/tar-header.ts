@@ -7,11 +7,8 @@ import { TorporError } from '../../util/errors.ts';
 
 export const BLOCK_SIZE = 512;
 
-export interface TarHeader {
-  /** The name field (joined with the ustar prefix), as stored. */
-  name: string;
-  linkName: string;
-  typeFlag: string;
+/** The numeric fields of a member, from its header to the reader's entry (where PAX records may override some). */
+export interface TarMemberNumbers {
   mode: number;
   uid: number;
   gid: number;
@@ -19,6 +16,13 @@ export interface TarHeader {
   mtime: number;
   deviceMajor: number;
   deviceMinor: number;
+}
+
+export interface TarHeader extends TarMemberNumbers {
+  /** The name field (joined with the ustar prefix), as stored. */
+  name: string;
+  linkName: string;
+  typeFlag: string;
 }
 
 export function tarFormatError(offset: number, message: string): TorporError {

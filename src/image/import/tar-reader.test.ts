@@ -18,6 +18,18 @@ async function list(bytes: Buffer): Promise<TarEntry[]> {
   return entries;
 }
 
+/** Lists `archive` with our reader, checking that it names the members GNU tar names, in its order. */
+async function listLikeGnuTar(archive: string, label: string): Promise<TarEntry[]> {
+  const entries = await list(await readFile(archive));
+  const expected = (await runCommand('tar', ['--list', `--file=${archive}`])).stdout.trim().split('\n');
+  assert.deepEqual(
+    entries.map((entry) => entry.name.replace(/\/$/, '')),
+    expected.map((name) => name.replace(/\/$/, '')),
+    label,
+  );
+  return entries;
+}
+
 before(async () => {
   work = await mkdtemp(join(tmpdir(), 'torpor-tar-reader-'));
   await mkdir(join(work, 'tree', longDirectory), { recursive: true });
@@ -38,13 +50,7 @@ test('GNU, PAX and ustar archives list the same names, types and link targets as
       // ustar cannot store a 150-character symlink target: GNU tar refuses that member, we list the rest.
       assert.notEqual(result.code, 0);
     }
-    const entries = await list(await readFile(archive));
-    const expected = (await runCommand('tar', ['--list', `--file=${archive}`])).stdout.trim().split('\n');
-    assert.deepEqual(
-      entries.map((entry) => entry.name.replace(/\/$/, '')),
-      expected.map((name) => name.replace(/\/$/, '')),
-      format,
-    );
+    const entries = await listLikeGnuTar(archive, format);
     const byName = new Map(entries.map((entry) => [entry.name.replace(/\/$/, ''), entry]));
     assert.equal(byName.get(`./${longDirectory}/file-with-a-long-path.txt`)?.size, 1500);
     assert.equal(byName.get('./hard')?.type, 'hardlink');
@@ -76,13 +82,7 @@ test('archives written by GNU tar (oldgnu, gnu, posix), Python tarfile (GNU, PAX
     await runCommand('sh', ['-c', `cd ${tree} && busybox tar -cf ${archives.busybox} empty long-link`]);
   }
   for (const [writer, archive] of Object.entries(archives)) {
-    const entries = await list(await readFile(archive));
-    const expected = (await runCommand('tar', ['--list', `--file=${archive}`])).stdout.trim().split('\n');
-    assert.deepEqual(
-      entries.map((entry) => entry.name.replace(/\/$/, '')),
-      expected.map((name) => name.replace(/\/$/, '')),
-      writer,
-    );
+    const entries = await listLikeGnuTar(archive, writer);
     const byName = new Map(entries.map((entry) => [entry.name.replace(/^\.\//, '').replace(/\/$/, ''), entry]));
     assert.equal(byName.get('long-link')?.linkTarget, longTarget, writer);
     assert.equal(byName.get('empty')?.size, 0, writer);

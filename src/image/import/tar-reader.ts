@@ -1,6 +1,6 @@
 import type { Readable } from 'node:stream';
 import { TorporError } from '../../util/errors.ts';
-import { BLOCK_SIZE, decodeName, isZeroBlock, notATar, parseHeader, tarFormatError, type TarHeader } from './tar-header.ts';
+import { BLOCK_SIZE, decodeName, isZeroBlock, notATar, parseHeader, tarFormatError, type TarHeader, type TarMemberNumbers } from './tar-header.ts';
 import { parsePaxData, type PaxOverrides } from './pax-records.ts';
 import { limitExceeded } from './import-limits.ts';
 
@@ -10,19 +10,15 @@ import { limitExceeded } from './import-limits.ts';
 
 export type TarEntryType = 'file' | 'directory' | 'symlink' | 'hardlink' | 'character-device' | 'block-device' | 'fifo';
 
-export interface TarEntry {
+export interface TarEntry extends TarMemberNumbers {
   /** The member name with its one PAX or GNU long-name override applied, not normalized. */
   name: string;
   type: TarEntryType;
   linkTarget: string;
+  /** Permission bits only (the header's mode masked to 0o7777). */
   mode: number;
-  uid: number;
-  gid: number;
   /** Bytes of data (regular files only; every other type must say 0). */
   size: number;
-  mtime: number;
-  deviceMajor: number;
-  deviceMinor: number;
   xattrs: Map<string, Buffer>;
   /** Where its header starts in the uncompressed archive, for error messages. */
   offset: number;

@@ -5,6 +5,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureDebianPackages } from '../../registry/testing/ensure-debian-packages.ts';
+import { endChildProcess } from '../../util/end-child-process.ts';
 
 // Ceph's RADOS Gateway (Debian 12: Ceph 16.2 Pacific) as the tests' S3 server: a production S3
 // implementation. Pacific's radosgw has no dbstore backend, so this brings up the smallest real
@@ -91,14 +92,7 @@ export async function startRadosGateway(options: { timeoutMs?: number } = {}): P
   );
   const daemons: ChildProcess[] = [];
   const stop = async () => {
-    for (const daemon of daemons.reverse()) {
-      if (daemon.exitCode !== null || daemon.signalCode !== null) continue;
-      const exited = new Promise((resolve) => daemon.once('exit', resolve));
-      daemon.kill('SIGTERM');
-      const timer = setTimeout(() => daemon.kill('SIGKILL'), 3000);
-      await exited;
-      clearTimeout(timer);
-    }
+    for (const daemon of daemons.reverse()) await endChildProcess(daemon, { graceMs: 3000 });
     await rm(directory, { recursive: true, force: true });
   };
   const run = (command: string, args: string[], timeoutSeconds = 30) => {
@@ -120,7 +114,15 @@ export async function startRadosGateway(options: { timeoutMs?: number } = {}): P
     return parts.join('\n');
   };
   try {
-    run('monmaptool', ['--create', '--addv', 'a', `[v1:127.0.0.1:${monitorPort}]`, '--fsid', /fsid = (.*)/.exec(await readFile(config, 'utf8'))![1]!, join(directory, 'monmap')]);
+    run('monmaptool', [
+      '--create',
+      '--addv',
+      'a',
+      `[v1:127.0.0.1:${monitorPort}]`,
+      '--fsid',
+      /fsid = (.*)/.exec(await readFile(config, 'utf8'))![1]!,
+      join(directory, 'monmap'),
+    ]);
     run('ceph-mon', ['--mkfs', '-i', 'a', '--monmap', join(directory, 'monmap'), '-c', config]);
     daemon('ceph-mon', ['-i', 'a']);
     const osd = run('ceph', ['-c', config, 'osd', 'create'], 60).trim();
@@ -139,7 +141,26 @@ export async function startRadosGateway(options: { timeoutMs?: number } = {}): P
     }
     const accessKeyId = `TORPOR${randomBytes(7).toString('hex').toUpperCase()}`;
     const secretAccessKey = randomBytes(24).toString('base64url');
-    run('radosgw-admin', ['-c', config, '-n', 'client.rgw', 'user', 'create', '--uid', 'torpor', '--display-name', 'torpor', '--access-key', accessKeyId, '--secret-key', secretAccessKey], 60);
+    run(
+      'radosgw-admin',
+      [
+        '-c',
+        config,
+        '-n',
+        'client.rgw',
+        'user',
+        'create',
+        '--uid',
+        'torpor',
+        '--display-name',
+        'torpor',
+        '--access-key',
+        accessKeyId,
+        '--secret-key',
+        secretAccessKey,
+      ],
+      60,
+    );
     return { endpoint, region: 'us-east-1', accessKeyId, secretAccessKey, directory, stop };
   } catch (error) {
     const detail = await logs();
