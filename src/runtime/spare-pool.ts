@@ -102,6 +102,9 @@ export function spareKey(settings: SpareSettings): string {
     settings.network,
     settings.networkPolicy ?? null,
     ...(release !== undefined && release !== '7.2' ? [`qemu:${release}`] : []),
+    // The TCG CPU model (TORPOR_TCG_CPU) likewise: a spare's guest booted on one model keeps it.
+    // Left out for the default, so existing pools keep their keys.
+    ...(environment().TORPOR_TCG_CPU !== 'max-without-erms' ? [`cpu:${environment().TORPOR_TCG_CPU}`] : []),
   ];
   return createHash('sha256').update(JSON.stringify(identity)).digest('hex').slice(0, 16);
 }

@@ -58,3 +58,20 @@ test('spares are pooled per QEMU release: another release never claims them; mic
   });
   assert.equal(missing, seven);
 });
+
+test('spares are pooled per TCG CPU model: a run under TORPOR_TCG_CPU=max never claims a spare booted on the default model', () => {
+  const saved = process.env.TORPOR_TCG_CPU;
+  const keyUnder = (model: string | undefined) => {
+    if (model === undefined) delete process.env.TORPOR_TCG_CPU;
+    else process.env.TORPOR_TCG_CPU = model;
+    return withQemu('7.2.22', () => spareKey(settings));
+  };
+  try {
+    const unset = keyUnder(undefined);
+    assert.equal(keyUnder('max-without-erms'), unset, 'the default named or not is one pool, the one of before');
+    assert.notEqual(keyUnder('max'), unset);
+  } finally {
+    if (saved === undefined) delete process.env.TORPOR_TCG_CPU;
+    else process.env.TORPOR_TCG_CPU = saved;
+  }
+});
