@@ -193,7 +193,9 @@ try {
   print(
     `# shell agent (busybox sh), 128 MiB / 1 vCPU machines, idle hibernation after 0.5 s, ${concurrency} at a time; load average ${activity.loadStart.toFixed(1)} at start, max ${activity.loadMax.toFixed(1)}, other QEMUs up to ${activity.foreignQemuMax}`,
   );
-  print(`created ${hibernatedIds.length} sessions (start, one turn, hibernate) in ${(createHibernatedMs / 1000).toFixed(0)} s; states then: ${[...states].map(([state, count]) => `${count} ${state}`).join(', ')}`);
+  print(
+    `created ${hibernatedIds.length} sessions (start, one turn, hibernate) in ${(createHibernatedMs / 1000).toFixed(0)} s; states then: ${[...states].map(([state, count]) => `${count} ${state}`).join(', ')}`,
+  );
   print('');
   print(`while ${held.machines} machines ran and ${hibernatedCount} sessions were hibernated:`);
   const per = (bytes: number) => (held.machines > 0 ? ` (${mib(bytes / held.machines)} per machine)` : '');
@@ -203,15 +205,24 @@ try {
   print(`  QEMU own RSS (not guest RAM)      ${mib(held.qemuOwn)}${per(held.qemuOwn)}`);
   print(`  QEMU guest RAM resident (tmpfs)   ${mib(held.qemuGuest)}${per(held.qemuGuest)}`);
   print(`  tmpfs of the memory directory     ${mib(held.tmpfs)} (of which the boot template ${mib(held.templateTmpfs)})`);
-  print(`  snapshot store                    ${mib(usage.bytes)} (${mib(usage.bytes / Math.max(1, hibernatedCount))} per hibernated session, template included)`);
+  print(
+    `  snapshot store                    ${mib(usage.bytes)} (${mib(usage.bytes / Math.max(1, hibernatedCount))} per hibernated session, template included)`,
+  );
   print('');
   print(`every session answers: ${answered} of ${everyone.length} in ${(checkMs / 1000).toFixed(0)} s`);
-  print(`  running sessions, turn            p50 ${percentile(awakeTurns, 50).toFixed(0)} ms, p99 ${percentile(awakeTurns, 99).toFixed(0)} ms (n=${awakeTurns.length})`);
-  print(`  hibernated sessions, wake + turn  p50 ${percentile(wakeTurns, 50).toFixed(0)} ms, p99 ${percentile(wakeTurns, 99).toFixed(0)} ms (n=${wakeTurns.length})`);
+  print(
+    `  running sessions, turn            p50 ${percentile(awakeTurns, 50).toFixed(0)} ms, p99 ${percentile(awakeTurns, 99).toFixed(0)} ms (n=${awakeTurns.length})`,
+  );
+  print(
+    `  hibernated sessions, wake + turn  p50 ${percentile(wakeTurns, 50).toFixed(0)} ms, p99 ${percentile(wakeTurns, 99).toFixed(0)} ms (n=${wakeTurns.length})`,
+  );
   print(`failures: ${failures.length}${failures.length ? `\n  ${failures.slice(0, 10).join('\n  ')}` : ''}`);
   print(`total run ${(elapsed() / 60_000).toFixed(1)} min`);
   const root = fileURLToPath(new URL('..', import.meta.url));
-  await writeFile(join(root, 'bench', 'results', `density-${new Date().toISOString().slice(0, 10)}-${host.accelerator.accelerator}.txt`), output.join('\n') + '\n');
+  await writeFile(
+    join(root, 'bench', 'results', `density-${new Date().toISOString().slice(0, 10)}-${host.accelerator.accelerator}.txt`),
+    output.join('\n') + '\n',
+  );
 } catch (error) {
   process.stderr.write(`bench failed: ${(error as Error).stack ?? String(error)}\nfailures so far: ${failures.join('\n')}\n`);
   process.exitCode = 1;

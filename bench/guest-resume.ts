@@ -7,34 +7,27 @@
 // variants: lazy (default restore), eager (TORPOR_LAZY_MEMORY=0), no-prefetch (TORPOR_LAZY_PREFETCH=0),
 //   settled (lazy, then 2 s idle before the workload)
 // Commit the output under bench/results/guest-resume-2026-11-29-<tcg|kvm>.txt.
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir, cpus, loadavg } from 'node:os';
+import { rm } from 'node:fs/promises';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
-import { percentile, sleep, startHostSampler } from './support.ts';
-import { shellAgent } from '../src/session/testing/shell-agent.ts';
+import { percentile, sleep, startHostSampler, timedGuestCommand, useBenchmarkHome, progress } from './support.ts';
 
 const restores = Math.max(1, Number(process.argv[2] ?? 3));
 const models = (process.argv[3] ?? 'max,max-without-erms').split(',');
 const variants = (process.argv[4] ?? 'lazy,eager,settled').split(',') as Variant[];
 type Variant = 'lazy' | 'eager' | 'no-prefetch' | 'settled';
 
-const home = await mkdtemp(join(tmpdir(), 'tp-bgr-'));
-const memoryDirectory = await mkdtemp('/dev/shm/tp-bgr-');
-process.env.TORPOR_HOME = home;
-process.env.TORPOR_MEMORY_DIR = memoryDirectory;
-process.env.TORPOR_BOOT_TEMPLATES = '1';
+const { home, memoryDirectory } = await useBenchmarkHome('bgr', { bootTemplates: true });
 
-const { createMachine, startMachine, connectToMachine, removeMachine, prepareHost, findMachine } = await import('../src/runtime/machines.ts');
+const { createMachine, startMachine, removeMachine, prepareHost, findMachine } = await import('../src/runtime/machines.ts');
 const { snapshotMachine, restoreMachine } = await import('../src/runtime/snapshots.ts');
 const { readMachineState } = await import('../src/runtime/machine-files.ts');
 type MachineConfig = import('../src/runtime/machine-record.ts').MachineConfig;
 
-const progress = (text: string) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${text}\n`);
 const median = (values: number[]) => percentile(values, 50);
 
 // One message through the benchmark's shell agent (src/session/testing/shell-agent.ts, unchanged),
 // then its background child is ended (it would otherwise keep forking every second).
-const message = '{"type":"message","turnId":"t1","content":"please look at the retry loop"}';
 const workloads: Record<string, string[]> = {
   'shell agent turn': ['sh', '-c', 'printf "%s\\n" "$MESSAGE" | sh -c "$AGENT" > /tmp/reply 2>&1; pkill -f sleeper; grep -q text-delta /tmp/reply'],
   'fork+exec x20': ['sh', '-c', 'i=0; while [ $i -lt 20 ]; do /bin/true; i=$((i+1)); done'],
@@ -42,26 +35,6 @@ const workloads: Record<string, string[]> = {
   'dd zero 64 MiB': ['sh', '-c', 'dd if=/dev/zero of=/dev/null bs=64k count=1024 2>/dev/null'],
 };
 const nodeWorkload = ['node', '-e', 'process.stdout.write(String(1+1))'];
-
-async function run(config: MachineConfig, argv: string[]): Promise<number> {
-  const client = await connectToMachine(config);
-  try {
-    const began = performance.now();
-    const status = await client.exec({
-      argv,
-      env: [`AGENT=${shellAgent}`, `MESSAGE=${message}`, 'PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin'],
-      workingDirectory: '/',
-      user: '',
-      tty: false,
-      stdin: false,
-    }).exited;
-    const elapsed = performance.now() - began;
-    if ((status as { code?: number }).code !== 0) throw new Error(`${argv.join(' ').slice(0, 60)}: ${JSON.stringify(status)}`);
-    return elapsed;
-  } finally {
-    client.close();
-  }
-}
 
 const setVariant = (variant: Variant) => {
   delete process.env.TORPOR_LAZY_MEMORY;
@@ -96,8 +69,8 @@ try {
       for (const [name, argv] of Object.entries(chosen)) {
         const cell: Cell = { warm: [], restored: new Map() };
         perWorkload.set(name, cell);
-        await run(config, argv);
-        for (let index = 0; index < 3; index++) cell.warm.push(await run(config, argv));
+        await timedGuestCommand(config, argv);
+        for (let index = 0; index < 3; index++) cell.warm.push(await timedGuestCommand(config, argv));
       }
       const snapshotName = `${config.name}@bench`;
       await snapshotMachine(config, { name: snapshotName, stop: true });
@@ -117,7 +90,7 @@ try {
             for (const step of ['agentConnected', 'agentAnswered', 'running'])
               if (from !== undefined && timings[step] !== undefined) perStep.set(step, [...(perStep.get(step) ?? []), timings[step]! - from]);
             if (variant === 'settled') await sleep(2000);
-            perWorkload.get(name)!.restored.set(variant, [...(perWorkload.get(name)!.restored.get(variant) ?? []), await run(restored, argv)]);
+            perWorkload.get(name)!.restored.set(variant, [...(perWorkload.get(name)!.restored.get(variant) ?? []), await timedGuestCommand(restored, argv)]);
             await removeMachine(await findMachine(restored.id), { force: true });
           }
         }

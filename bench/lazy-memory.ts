@@ -6,7 +6,7 @@
 //   node --import tsx bench/lazy-memory.ts [restores per mode] [coding|-] [blocks]
 // blocks: a comma list of restores,forks,checkpoints,wakes (default all; a host too busy for a full
 // run can still measure some side by side: rows of skipped blocks print NaN).
-import { MiB, percentile, ms, sleep, startHostSampler, codingAgentSpec } from './support.ts';
+import { MiB, percentile, ms, sleep, startHostSampler, codingAgentSpec, cpuSecondsOf, pingMachine } from './support.ts';
 import { shellAgent } from '../src/session/testing/shell-agent.ts';
 import { mkdtemp, rm, readFile, stat } from 'node:fs/promises';
 import { tmpdir, cpus, totalmem } from 'node:os';
@@ -69,23 +69,6 @@ async function waitForOutput(id: string, pattern: RegExp, timeoutMs: number): Pr
     if (Date.now() > deadline) throw new Error(`machine ${id} did not print ${pattern}`);
     await sleep(200);
   }
-}
-
-async function ping(config: MachineConfig): Promise<void> {
-  const client = await connectToMachine(config);
-  try {
-    await client.ping(30_000);
-  } finally {
-    client.close();
-  }
-}
-
-/** CPU seconds a process used so far (user + system), from /proc. */
-async function cpuSecondsOf(pid: number | undefined): Promise<number> {
-  if (!pid) return NaN;
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 async function residentOf(config: MachineConfig): Promise<{ rss: number; shmem: number; anon: number; ramFile: number }> {
@@ -155,7 +138,7 @@ try {
   setMode('lazy');
   const warm = await createMachine({ image: 'node', memoryMiB: 512, command: ['sleep', '100000'] });
   await startMachine(warm.id);
-  await ping(warm);
+  await pingMachine(warm);
   await removeMachine(warm, { force: true });
   const origin = await createMachine({ image: 'node', memoryMiB: 512, command: ['node', '-e', SCRIPT], name: 'origin' });
   await startMachine(origin.id);
@@ -187,7 +170,7 @@ try {
   const poolRestore = async (name: string, timeline?: InstanceType<typeof StartTimeline>) => {
     setMode('lazy');
     const restored = await restoreMachine('origin@1', { name, pool, timeline });
-    await ping(restored);
+    await pingMachine(restored);
     return restored;
   };
   if (pool) {
@@ -220,7 +203,7 @@ try {
       const cpuBefore = process.cpuUsage();
       const timeline = new StartTimeline();
       const restored = await restoreMachine('origin@1', { name: `r-${mode}-${run}`, timeline });
-      await ping(restored);
+      await pingMachine(restored);
       restores[mode].push(performance.now() - began);
       if (mode === 'lazy') lazyTimelines.push(timelineOf(timeline, performance.timeOrigin + began, performance.timeOrigin + performance.now()));
       const cpuSelf = process.cpuUsage(cpuBefore);
@@ -259,7 +242,7 @@ try {
       else delete process.env.TORPOR_LAZY_PREFETCH;
       const began = performance.now();
       const restored = await restoreMachine('again-lazy', { name: `p-${variant}-${run}` });
-      await ping(restored);
+      await pingMachine(restored);
       prefetchRestores[variant].push(performance.now() - began);
       if (run === 0 && variant === 'with') prefetchCounters = (await readLazyMemoryStatus(join(memoryDirectory, `${restored.id}.ram`)))?.counters;
       await removeMachine(restored, { force: true });
@@ -291,7 +274,7 @@ try {
     setMode('lazy');
     forkPool = createSupervisorPool({ spares: 4, standbys: 4 });
     const { forks: learned } = await forkMachine(origin, { count: 4, namePrefix: 'f-learn', pool: forkPool });
-    await Promise.all(learned.map((fork) => ping(fork)));
+    await Promise.all(learned.map((fork) => pingMachine(fork)));
     for (const fork of learned) await removeMachine(fork, { force: true });
     if (!(await forkPool.settled(120_000))) throw new Error('the fork pool did not settle');
     standbyMemory = await standbyMemoryText();
@@ -327,7 +310,7 @@ try {
         timeline,
         childTimelines,
       });
-      await Promise.all(made.map((fork, index) => ping(fork).then(() => childTimelines[index]!.mark('bench: agent answered a ping'))));
+      await Promise.all(made.map((fork, index) => pingMachine(fork).then(() => childTimelines[index]!.mark('bench: agent answered a ping'))));
       const ended = epochNow();
       forks[mode].push(ended - began);
       const cpuAfter = await cpuOfAll();
@@ -395,7 +378,7 @@ try {
     delete process.env.TORPOR_TRACK_WRITES;
     delete process.env.TORPOR_PAGE_DELTAS;
     delete process.env.TORPOR_DISK_COPY_JOB;
-    await ping(machine);
+    await pingMachine(machine);
     await snapshotMachine(machine, { name: `c-${variant}-0` });
     for (let turn = 1; turn <= runs; turn++) {
       const client = await connectToMachine(machine);

@@ -62,7 +62,13 @@ async function guest(config: MachineConfig, script: string): Promise<string> {
 }
 
 const server = await startS3Server();
-const options = { endpoint: server.endpoint, region: server.region, accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey, forcePathStyle: true };
+const options = {
+  endpoint: server.endpoint,
+  region: server.region,
+  accessKeyId: server.accessKeyId,
+  secretAccessKey: server.secretAccessKey,
+  forcePathStyle: true,
+};
 const client = new S3Client({
   endpoint: server.endpoint,
   region: server.region,
@@ -171,7 +177,12 @@ try {
       const chunk = livePages[(page * 7919) % livePages.length]!;
       await reader.readMemoryRange(manifest, chunk * 256 * 1024 + ((page * 37) % 64) * 4096, 4096);
     }
-    ranged = { bytes: store.counters.bytesRead - counters.bytes, requests: store.counters.requests - counters.requests, pages: 64, milliseconds: performance.now() - started };
+    ranged = {
+      bytes: store.counters.bytesRead - counters.bytes,
+      requests: store.counters.requests - counters.requests,
+      pages: 64,
+      milliseconds: performance.now() - started,
+    };
     add('ranged read of one 4 KiB page (seek table + frame)', ranged.milliseconds / 64);
 
     // The peer: the whole RAM file up and down, as one object (read densely: zeros too).
@@ -199,10 +210,14 @@ try {
   report(`| peer: whole RAM file, each way | ${mib(peerBytes)} |`);
   report(`| wake on the same node | 0 (no request) |`);
   report(`| wake on another node (pull first) | ${mib(pulledBytes)} |`);
-  report(`| ranged read of one 4 KiB page, cold chunk | ${(ranged.bytes / ranged.pages / 1024).toFixed(1)} KiB in ${(ranged.requests / ranged.pages).toFixed(1)} requests |`);
+  report(
+    `| ranged read of one 4 KiB page, cold chunk | ${(ranged.bytes / ranged.pages / 1024).toFixed(1)} KiB in ${(ranged.requests / ranged.pages).toFixed(1)} requests |`,
+  );
   const host = stopSampler();
   report();
-  report(`host during the run: load ${host.loadStart.toFixed(1)} at start, ${host.loadMax.toFixed(1)} max; other QEMUs up to ${host.foreignQemuMax} (mean ${host.foreignQemuMean.toFixed(1)})`);
+  report(
+    `host during the run: load ${host.loadStart.toFixed(1)} at start, ${host.loadMax.toFixed(1)} max; other QEMUs up to ${host.foreignQemuMax} (mean ${host.foreignQemuMean.toFixed(1)})`,
+  );
 } finally {
   client.destroy();
   for (const machine of await listMachines()) await killMachine(machine.config);

@@ -7,11 +7,10 @@
 // The versions after 7.2 (Debian's, always first) default to 10.0=/opt/qemu-10/bin/qemu-system-x86_64;
 // snapshots across releases are tried between the first two.
 // Commit the output under bench/results/qemu-versions-2026-11-29-<tcg|kvm>.txt.
-import { mkdtemp, rm, readFile } from 'node:fs/promises';
-import { tmpdir, cpus, loadavg } from 'node:os';
+import { rm } from 'node:fs/promises';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
-import { percentile, startHostSampler } from './support.ts';
-import { shellAgent } from '../src/session/testing/shell-agent.ts';
+import { percentile, startHostSampler, timedGuestCommand, cpuSecondsOf, pingMachine, useBenchmarkHome, progress } from './support.ts';
 
 const restores = Math.max(1, Number(process.argv[2] ?? 5));
 const coldBoots = Math.max(0, Number(process.argv[3] ?? 3));
@@ -25,66 +24,23 @@ const versions = [
 ];
 type Version = (typeof versions)[number];
 
-const home = await mkdtemp(join(tmpdir(), 'tp-bqv-'));
-const memoryDirectory = await mkdtemp('/dev/shm/tp-bqv-');
-process.env.TORPOR_HOME = home;
-process.env.TORPOR_MEMORY_DIR = memoryDirectory;
 // Every machine boots cold: a boot template made by one version must not serve the other.
-process.env.TORPOR_BOOT_TEMPLATES = '0';
+const { home, memoryDirectory } = await useBenchmarkHome('bqv', { bootTemplates: false });
 
-const { createMachine, startMachine, connectToMachine, removeMachine, prepareHost, findMachine } = await import('../src/runtime/machines.ts');
+const { createMachine, startMachine, removeMachine, prepareHost, findMachine } = await import('../src/runtime/machines.ts');
 const { snapshotMachine, restoreMachine } = await import('../src/runtime/snapshots.ts');
 const { readMachineState } = await import('../src/runtime/machine-files.ts');
 type MachineConfig = import('../src/runtime/machine-record.ts').MachineConfig;
 
-const progress = (text: string) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${text}\n`);
 const median = (values: number[]) => percentile(values, 50);
 const load = () => loadavg()[0]!.toFixed(2);
 const use = (version: Version) => (process.env.TORPOR_QEMU = version.binary);
 
-/** CPU seconds a process used so far (user + system), from /proc. */
-async function cpuSecondsOf(pid: number | undefined): Promise<number> {
-  if (!pid) return NaN;
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-async function ping(config: MachineConfig): Promise<void> {
-  const client = await connectToMachine(config);
-  try {
-    await client.ping(30_000);
-  } finally {
-    client.close();
-  }
-}
-
 // One message through the benchmark's shell agent (as bench/guest-resume.ts), then its background child is ended.
-const message = '{"type":"message","turnId":"t1","content":"please look at the retry loop"}';
 const workloads: Record<string, string[]> = {
   'shell agent turn': ['sh', '-c', 'printf "%s\\n" "$MESSAGE" | sh -c "$AGENT" > /tmp/reply 2>&1; pkill -f sleeper; grep -q text-delta /tmp/reply'],
   'fork+exec x20': ['sh', '-c', 'i=0; while [ $i -lt 20 ]; do /bin/true; i=$((i+1)); done'],
 };
-
-async function run(config: MachineConfig, argv: string[]): Promise<number> {
-  const client = await connectToMachine(config);
-  try {
-    const began = performance.now();
-    const status = await client.exec({
-      argv,
-      env: [`AGENT=${shellAgent}`, `MESSAGE=${message}`, 'PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin'],
-      workingDirectory: '/',
-      user: '',
-      tty: false,
-      stdin: false,
-    }).exited;
-    const elapsed = performance.now() - began;
-    if ((status as { code?: number }).code !== 0) throw new Error(`${argv.join(' ').slice(0, 60)}: ${JSON.stringify(status)}`);
-    return elapsed;
-  } finally {
-    client.close();
-  }
-}
 
 interface Numbers {
   cold: number[];
@@ -127,7 +83,7 @@ try {
       machineKind = config.imageMemoryBytes === undefined ? 'microvm' : 'q35 (image as virtio-pmem)';
       const start = performance.now();
       await startMachine(config.id);
-      await ping(config);
+      await pingMachine(config);
       const cell = numbers.get(version.label)!;
       cell.cold.push(performance.now() - start);
       cell.coldCpu.push(await cpuSecondsOf((await readMachineState(config.id)).qemuPid));
@@ -145,8 +101,8 @@ try {
     cleanup.add(config.id);
     await startMachine(config.id);
     for (const [name, argv] of Object.entries(workloads)) {
-      await run(config, argv);
-      for (let index = 0; index < 3; index++) push(numbers.get(version.label)!.warmTurn, name, await run(config, argv));
+      await timedGuestCommand(config, argv);
+      for (let index = 0; index < 3; index++) push(numbers.get(version.label)!.warmTurn, name, await timedGuestCommand(config, argv));
     }
     const snapshotName = `${config.name}@v${version.label}`;
     await snapshotMachine(config, { name: snapshotName, stop: true });
@@ -161,7 +117,7 @@ try {
     const start = performance.now();
     const restored = await restoreMachine(snapshotName, {});
     cleanup.add(restored.id);
-    await ping(restored);
+    await pingMachine(restored);
     return { restored, elapsed: performance.now() - start };
   };
   for (let round = 0; round < restores; round++) {
@@ -174,9 +130,10 @@ try {
       cell.restoreCpu.push(cpuAtAnswer);
       const timings = state.startTimings ?? {};
       if (timings.qemuLaunching !== undefined && timings.qmpReady !== undefined) cell.qemuToQmp.push(timings.qmpReady - timings.qemuLaunching);
-      if (timings.deviceStateLoaded !== undefined && timings.agentAnswered !== undefined) cell.contToAnswer.push(timings.agentAnswered - timings.deviceStateLoaded);
+      if (timings.deviceStateLoaded !== undefined && timings.agentAnswered !== undefined)
+        cell.contToAnswer.push(timings.agentAnswered - timings.deviceStateLoaded);
       // Turn by turn, each the first of its kind after this restore.
-      for (const [name, argv] of Object.entries(workloads)) push(cell.firstTurn, name, await run(restored, argv));
+      for (const [name, argv] of Object.entries(workloads)) push(cell.firstTurn, name, await timedGuestCommand(restored, argv));
       cell.firstTurnCpu.push((await cpuSecondsOf(state.qemuPid)) - cpuAtAnswer);
       cell.loads.push(`restore ${load()}`);
       await remove(restored.id);
@@ -191,8 +148,10 @@ try {
   ] as const) {
     try {
       const { restored, elapsed } = await restoreOnce(to, snapshots.get(from.label)!);
-      const turn = await run(restored, workloads['shell agent turn']!);
-      compatibility.push(`${from.label} snapshot under ${to.label}: restored, agent answered after ${elapsed.toFixed(0)} ms, a shell turn ran (${turn.toFixed(0)} ms)`);
+      const turn = await timedGuestCommand(restored, workloads['shell agent turn']!);
+      compatibility.push(
+        `${from.label} snapshot under ${to.label}: restored, agent answered after ${elapsed.toFixed(0)} ms, a shell turn ran (${turn.toFixed(0)} ms)`,
+      );
       await remove(restored.id);
     } catch (error) {
       compatibility.push(`${from.label} snapshot under ${to.label}: FAILED: ${(error as Error).message.replace(/\s+/g, ' ').slice(0, 400)}`);
@@ -210,7 +169,8 @@ try {
     `load average at start ${loadAtStart.map((value) => value.toFixed(2)).join(' ')}, max ${hostSamples.loadMax.toFixed(2)}; QEMU processes not of this bench: max ${hostSamples.foreignQemuMax}, mean ${hostSamples.foreignQemuMean.toFixed(1)}`,
   );
   console.log('');
-  const fmt = (values: number[], scale = 1) => (values.length === 0 ? '-' : `${(median(values) * scale).toFixed(0)} (${values.map((value) => (value * scale).toFixed(0)).join(' ')})`);
+  const fmt = (values: number[], scale = 1) =>
+    values.length === 0 ? '-' : `${(median(values) * scale).toFixed(0)} (${values.map((value) => (value * scale).toFixed(0)).join(' ')})`;
   const rows: Array<[string, (cell: Numbers) => string]> = [
     [`cold boot to agent answering, ms (n=${coldBoots})`, (cell) => fmt(cell.cold)],
     ['  QEMU CPU at agent answering, ms', (cell) => fmt(cell.coldCpu, 1000)],

@@ -3,7 +3,7 @@
 // stream + zstd -3 as the naive baseline, all in one run. Prints one table; commit the output
 // under bench/results/.
 //   node --import tsx bench/snapshot.ts [runs]
-import { MiB, percentile, ms, sleep, startHostSampler } from './support.ts';
+import { MiB, percentile, ms, sleep, startHostSampler, pingMachine } from './support.ts';
 import { mkdtemp, mkdir, rm, readFile, stat, open } from 'node:fs/promises';
 import { tmpdir, cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -90,15 +90,6 @@ async function waitForOutput(id: string, pattern: RegExp, timeoutMs: number): Pr
     if (Date.now() > deadline)
       throw new Error(`machine ${id} did not print ${pattern} within ${timeoutMs} ms; output: ${(await processOutput(id)).slice(-500)}`);
     await sleep(200);
-  }
-}
-
-async function pingMachine(config: MachineConfig): Promise<void> {
-  const client = await connectToMachine(config);
-  try {
-    await client.ping(30_000);
-  } finally {
-    client.close();
   }
 }
 
