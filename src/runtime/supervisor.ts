@@ -220,11 +220,10 @@ export class Supervisor {
       // A QEMU that drops root (-runas) loses its parent-death signal; the preloaded library re-arms it.
       const parentDeath = this.confinement.runAs && !adopted ? await parentDeathEnvironment() : {};
       mark('qemuLaunching');
-      let layerConfirmed: Promise<void> | undefined;
       if (adopted) {
         // Started before this machine was asked for: its RAM, page map, uid and names become this machine's.
         this.vm = adopted.vm;
-        ({ layerConfirmed } = await adoptStandby(adopted, this.adoptingMachine(adopted), mark));
+        await adoptStandby(adopted, this.adoptingMachine(adopted), mark);
         mark('standbyAdopted');
       } else {
         this.vm = await qemuDriver.launch(this.vmSpec(Boolean(restore), { ...parentDeath, ...pager?.environment }), { logPath: this.files.supervisorLog });
@@ -274,7 +273,6 @@ export class Supervisor {
           mark('goSaid');
         }
         if (pager) await confirmPagerServing(this.memoryFile());
-        await Promise.race([layerConfirmed, vmGone]);
         await qemuRecorded;
         mark('pagerConfirmed');
         await this.vm.qmp.execute('cont');
