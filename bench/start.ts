@@ -15,7 +15,7 @@ import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFi
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { percentile, sleep, startHostSampler } from './support.ts';
+import { percentile, runJsonChild, sleep, startHostSampler } from './support.ts';
 
 const runs = Number(process.argv[2] ?? 5);
 const OLD_COMMIT = 'fe41baf';
@@ -257,14 +257,7 @@ async function startCpuByProcess(system: System, count: number): Promise<{ cli: 
 
 /** One `run --rm base true` of this tree, through the library, with the supervisor's milestones (or a claim of a spare). */
 async function breakdown(system: System, script = 'start-breakdown.ts'): Promise<Record<string, number>> {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'bench', script)], {
-    env: system.environment,
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  let output = '';
-  child.stdout.on('data', (chunk) => (output += chunk));
-  await new Promise((resolve) => child.on('close', resolve));
-  return JSON.parse(output) as Record<string, number>;
+  return runJsonChild<Record<string, number>>(join(root, 'bench', script), [], { env: system.environment });
 }
 
 const median = (values: number[]) => percentile(values, 50);

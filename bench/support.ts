@@ -1,4 +1,5 @@
 // Helpers shared by the benchmarks (run by hand; see bench/*.ts).
+import { spawn } from 'node:child_process';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -30,6 +31,24 @@ export async function useBenchmarkHome(prefix: string, options: { bootTemplates:
   process.env.TORPOR_MEMORY_DIR = memoryDirectory;
   process.env.TORPOR_BOOT_TEMPLATES = options.bootTemplates ? '1' : '0';
   return { home, memoryDirectory };
+}
+
+/**
+ * Runs a benchmark's child (`node --import tsx <script> ...args`: one tree's or one system's
+ * measurement) and returns the JSON of the last line it printed; its stderr (progress) passes
+ * through. Read at `close`, not `exit`: stdout may still hold the line when the process has exited.
+ */
+export async function runJsonChild<T>(script: string, args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<T> {
+  const { code, stdout } = await new Promise<{ code: number | null; stdout: string }>((resolveChild, rejectChild) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', script, ...args], { cwd: options.cwd, env: options.env, stdio: ['ignore', 'pipe', 'inherit'] });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.on('error', rejectChild);
+    child.on('close', (exitCode) => resolveChild({ code: exitCode, stdout: output }));
+  });
+  const line = stdout.trim().split('\n').at(-1) ?? '';
+  if (code !== 0 || !line.startsWith('{')) throw new Error(`${script} ${args.join(' ')} failed (code ${code}): ${stdout.slice(-2000)}`);
+  return JSON.parse(line) as T;
 }
 
 /** CPU seconds a process used so far (user + system), from /proc; NaN without a pid. */

@@ -10,12 +10,11 @@
 // something, not the times. Commit the output under bench/results/translated-blocks-<date>-tcg.txt.
 //   node --import tsx bench/translated-blocks.ts [rounds] [old tree|-] [restores per round]
 // BLOCKS_DETAIL=<subsystem, as printed> writes the function each of that subsystem's blocks starts in to stderr.
-import { spawn } from 'node:child_process';
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { percentile, progress, sleep } from './support.ts';
+import { percentile, progress, runJsonChild, sleep } from './support.ts';
 
 /** Kernel subsystems, by the name of the function a block starts in (first match wins). */
 const subsystems: Array<[string, RegExp]> = [
@@ -100,19 +99,7 @@ for (const [label, pick] of [
   console.log(`${label.padEnd(34)} ${trees.map((tree) => column(tree.name, pick).padStart(18)).join(' ')}`);
 
 async function runChild(tree: string): Promise<ChildResult> {
-  const script = join(thisTree, 'bench', 'translated-blocks.ts');
-  const outcome = await new Promise<{ code: number | null; stdout: string }>((resolveChild) => {
-    const runner = spawn(process.execPath, ['--import', 'tsx', script, '--child', tree, String(restoresPerRound)], {
-      cwd: tree,
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let stdout = '';
-    runner.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    runner.on('exit', (code) => resolveChild({ code, stdout }));
-  });
-  const line = outcome.stdout.trim().split('\n').at(-1) ?? '';
-  if (outcome.code !== 0 || !line.startsWith('{')) throw new Error(`the ${tree} child failed (code ${outcome.code}): ${outcome.stdout.slice(-2000)}`);
-  return JSON.parse(line) as ChildResult;
+  return runJsonChild<ChildResult>(join(thisTree, 'bench', 'translated-blocks.ts'), ['--child', tree, String(restoresPerRound)], { cwd: tree });
 }
 
 /** One tree: its own home, a QEMU wrapper that traces, a snapshot of an idle machine, `count` pool restores. */

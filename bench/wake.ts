@@ -10,12 +10,11 @@
 // `paused` compares the paused tier (TORPOR_WARM_MEMORY=2048: a hibernated session's QEMU kept stopped, its
 // wake a `cont`) with the warm tier alone (TORPOR_PAUSED_MACHINES=0) and the ordinary wake (TORPOR_WARM_MEMORY unset), all this tree.
 // Commit the output under bench/results/wake-2026-11-29-<tcg|kvm>.txt.
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir, loadavg, cpus } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { percentile, ms, sleep, startHostSampler, codingAgentSpec } from './support.ts';
+import { percentile, ms, sleep, startHostSampler, codingAgentSpec, runJsonChild } from './support.ts';
 
 interface ChildResult {
   firstByteMs: number[];
@@ -164,20 +163,7 @@ async function runChild(tree: string, count: number, extra: Record<string, strin
     WAKE_BENCH_LLM_PORT: String(llm?.port ?? ''),
     ...extra,
   };
-  const processResult = await new Promise<{ code: number | null; stdout: string }>((resolveChild) => {
-    const runner = spawn(process.execPath, ['--import', 'tsx', script, '--child', tree, String(count), kind], {
-      cwd: tree,
-      env: environment,
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    let stdout = '';
-    runner.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    runner.on('exit', (code) => resolveChild({ code, stdout }));
-  });
-  const line = processResult.stdout.trim().split('\n').at(-1) ?? '';
-  if (processResult.code !== 0 || !line.startsWith('{'))
-    throw new Error(`the ${tree} child failed (code ${processResult.code}): ${processResult.stdout.slice(-2000)}`);
-  return JSON.parse(line) as ChildResult;
+  return runJsonChild<ChildResult>(script, ['--child', tree, String(count), kind], { cwd: tree, env: environment });
 }
 
 /** One tree's measurement: a session that hibernates after each turn, woken `count` times by a message. */
