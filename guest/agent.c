@@ -325,7 +325,8 @@ static int interface_up(int fd, const char *name, const char *address, const cha
 // tmpfs bind-mounted over their paths, as container runtimes do. A restore under a new name (a
 // fork's child, a restore of a snapshot under another name) rewrites them while the host waits for
 // the answer; on the overlay's ext4 that write (truncate, block allocation, journal, writeback) was
-// ~1,500 blocks of kernel code for TCG to translate anew after every restore (architecture/runtime.md).
+// ~2,700 blocks of kernel code for TCG to translate anew after every such restore
+// (bench/translated-blocks.ts, architecture/runtime.md).
 // Each starts as the image's own file. A path that cannot be bound (a read-only root without the
 // file) keeps the old way: the write goes to the path itself.
 static void bind_runtime_files(void) {

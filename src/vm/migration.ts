@@ -99,15 +99,17 @@ export async function loadDeviceState(qmp: QmpClient, socketPath: string, device
   await (await prepareDeviceStateLoad(qmp, socketPath)).load(deviceState);
 }
 
-/**
- * The QMP half of a device-state load, which needs no device state yet: the capability set and
- * QEMU listening for the stream. A start whose QEMU is up before the device state is written (an
- * adopted standby QEMU) does this first, so only the stream and its completion wait for the state.
- */
+/** A QEMU listening for a device state: `load` streams one to it and waits until QEMU has it. */
 export interface DeviceStateLoad {
   load: (deviceState: Buffer) => Promise<void>;
 }
 
+/**
+ * The QMP half of a device-state load, which needs no device state yet: the capability set and
+ * QEMU listening for the stream. A start whose QEMU is up before the device state is written (an
+ * adopted standby QEMU, which does this when it starts) does this first, so only the stream and its
+ * completion wait for the state.
+ */
 export async function prepareDeviceStateLoad(qmp: QmpClient, socketPath: string): Promise<DeviceStateLoad> {
   await rm(socketPath, { force: true });
   await ignoreSharedMemory(qmp);

@@ -55,8 +55,8 @@ export function qemuArguments(spec: MachineSpec, qemu: QemuVersion = qemuVersion
     '-no-user-config',
     // No self-announce after a restore. Its rounds (5 by default) each had the guest's virtio-net
     // send gratuitous ARP and IPv6 neighbour adverts, for switches to learn where the machine went:
-    // with user-mode networking there is no switch, and under TCG each round was ~900 blocks of
-    // kernel code to translate while the restored agent answers (measured, architecture/runtime.md).
+    // with user-mode networking there is no switch, and under TCG they were ~940 blocks of kernel
+    // code to translate before the restored agent answered its first ping (bench/translated-blocks.ts).
     // A destination-side migration parameter: snapshots are unaffected.
     '-global',
     'migration.announce-rounds=0',
@@ -154,14 +154,17 @@ const shapePlaceholders = {
 export function machineShape(spec: MachineSpec, layerBytes: number): string {
   // The binary's version too: a standby QEMU of one release must not take a machine meant for another.
   const qemu = qemuVersionOf(qemuBinary());
-  const args = qemuArguments({
-    ...spec,
-    ...shapePlaceholders,
-    layerDisk: spec.layerDisk === undefined ? undefined : shapePlaceholders.layerDisk,
-    runAs: spec.runAs ? { uid: 1, gid: 1 } : undefined,
-    diskCaptureDescriptor: spec.diskCaptureDescriptor === undefined ? undefined : diskCaptureDescriptor,
-    environment: undefined,
-  }, qemu);
+  const args = qemuArguments(
+    {
+      ...spec,
+      ...shapePlaceholders,
+      layerDisk: spec.layerDisk === undefined ? undefined : shapePlaceholders.layerDisk,
+      runAs: spec.runAs ? { uid: 1, gid: 1 } : undefined,
+      diskCaptureDescriptor: spec.diskCaptureDescriptor === undefined ? undefined : diskCaptureDescriptor,
+      environment: undefined,
+    },
+    qemu,
+  );
   return createHash('sha256')
     .update(JSON.stringify({ args, layerBytes: spec.layerDisk === undefined ? 0 : layerBytes, qemu: qemuVersionText(qemu) }))
     .digest('hex');
