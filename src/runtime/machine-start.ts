@@ -160,7 +160,7 @@ export async function startMachine(
   }
 }
 
-/** Resolves when `child` has exited, or after `timeoutMs`. */
+/** The supervisor's verdict on the start (`running` or `exited`; `failed` throws with its reason), or its death noticed by its pid. */
 async function waitForStart(id: string, name: string, supervisorPid: number | undefined, changes: MachineDirectoryWatch): Promise<MachineState> {
   const files = machineFiles(id);
   for (;;) {
