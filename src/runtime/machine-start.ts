@@ -18,7 +18,7 @@ import { defaultNetworkPolicy } from '../network/policy.ts';
 import type { StartTimeline } from './start-timeline.ts';
 import { standbyRequestOf } from './standby-qemu.ts';
 import { environment } from '../config/environment.ts';
-import { exitOf } from './child-exit.ts';
+import { exitOf } from '../util/child-exit.ts';
 
 /**
  * Starts a created or exited machine: hands it to a supervisor (a pool's spare or a new detached

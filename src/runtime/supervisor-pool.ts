@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 import { removeStandbySlot, standbySlot, type StandbyRequest } from './standby-qemu.ts';
-import { exitOf } from './child-exit.ts';
+import { exitOf, hasExited } from '../util/child-exit.ts';
 
 /** How many spares a pool keeps and how many of them may hold a standby QEMU. */
 export interface SupervisorPoolLimits {
@@ -83,9 +83,7 @@ export class SupervisorPool {
 
   /** The spares alive now, with the shape of the standby each was told to start ('' for none). */
   private live(): Array<{ child: ChildProcess; line: string }> {
-    return this.spares
-      .filter((child) => child.exitCode === null && child.signalCode === null)
-      .map((child) => ({ child, line: this.standbySent.get(child) ?? '' }));
+    return this.spares.filter((child) => !hasExited(child)).map((child) => ({ child, line: this.standbySent.get(child) ?? '' }));
   }
 
   /**

@@ -6,6 +6,7 @@ import { QmpClient } from './qmp.ts';
 import type { MachineSpec } from './machine-spec.ts';
 import type { RunningVm, VmDriver, VmExit } from './driver.ts';
 import { TorporError } from '../util/errors.ts';
+import { hasExited } from '../util/child-exit.ts';
 
 function lastLines(path: string, count: number): string {
   try {
@@ -84,7 +85,7 @@ export const qemuDriver: VmDriver = {
       qmp,
       exited,
       kill: (signal = 'SIGKILL') => {
-        if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+        if (!hasExited(child)) child.kill(signal);
       },
     };
   },

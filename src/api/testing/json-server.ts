@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { cliPath } from '../../runtime/testing/cli-process.ts';
-import { endChildProcess } from '../../util/end-child-process.ts';
+import { endChildProcess } from '../../util/child-exit.ts';
 
 export interface JsonServer {
   child: ChildProcess;

@@ -9,7 +9,7 @@ import pg from 'pg';
 import { environment as torporEnvironment } from '../../config/environment.ts';
 import { startPostgresServer, type PostgresServer } from '../../context/testing/postgres-server.ts';
 import { startS3Server, type S3Server } from '../../object-store/testing/s3-server.ts';
-import { endChildProcess } from '../../util/end-child-process.ts';
+import { endChildProcess } from '../../util/child-exit.ts';
 
 /**
  * Several `torpor serve --cluster` nodes on one machine, as separate processes with their own state

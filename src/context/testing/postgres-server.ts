@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
-import { endChildProcess } from '../../util/end-child-process.ts';
+import { endChildProcess } from '../../util/child-exit.ts';
 
 /**
  * A throwaway PostgreSQL server for tests and benchmarks: installs the Debian package when no

@@ -5,7 +5,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureDebianPackages } from '../../registry/testing/ensure-debian-packages.ts';
-import { endChildProcess } from '../../util/end-child-process.ts';
+import { endChildProcess } from '../../util/child-exit.ts';
 
 // Ceph's RADOS Gateway (Debian 12: Ceph 16.2 Pacific) as the tests' S3 server: a production S3
 // implementation. Pacific's radosgw has no dbstore backend, so this brings up the smallest real

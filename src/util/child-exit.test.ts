@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { endChildProcess } from './end-child-process.ts';
+import { endChildProcess } from './child-exit.ts';
 
 test('endChildProcess: the signal first, SIGKILL after the grace period for a child that ignores it', async () => {
   const polite = spawn('sleep', ['30']);
