@@ -7,7 +7,7 @@
 // child process per tree, which creates a session and wakes it `wakes per round` times.
 //   node --import tsx bench/wake.ts [rounds] [wakes per round] [old tree|-|standby-off] [shell|coding]
 // `standby-off` compares this tree with itself under TORPOR_STANDBY_QEMU=0 (no pre-started QEMU) instead.
-// `paused` compares the paused tier (TORPOR_WARM_MEMORY=2048: a hibernated session's QEMU kept stopped, its
+// `paused` compares the paused tier (TORPOR_WARM_MEMORY=auto, serve's default: a hibernated session's QEMU kept stopped, its
 // wake a `cont`) with the warm tier alone (TORPOR_PAUSED_MACHINES=0) and the ordinary wake (TORPOR_WARM_MEMORY unset), all this tree.
 // Commit the output under bench/results/wake-2026-11-29-<tcg|kvm>.txt.
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -43,10 +43,10 @@ const progress = (text: string) => process.stderr.write(`[${new Date().toISOStri
 const home = await mkdtemp(join(tmpdir(), 'tp-bwake-'));
 const memoryDirectory = await mkdtemp('/dev/shm/tp-bwake-');
 const trees: Array<{ name: string; path: string; environment?: Record<string, string> }> = [
-  { name: 'new', path: thisTree, ...(pausedTier ? { environment: { TORPOR_WARM_MEMORY: '2048' } } : {}) },
+  { name: 'new', path: thisTree, ...(pausedTier ? { environment: { TORPOR_WARM_MEMORY: 'auto' } } : {}) },
   ...(pausedTier
     ? [
-        { name: 'wrm', path: thisTree, environment: { TORPOR_WARM_MEMORY: '2048', TORPOR_PAUSED_MACHINES: '0' } },
+        { name: 'wrm', path: thisTree, environment: { TORPOR_WARM_MEMORY: 'auto', TORPOR_PAUSED_MACHINES: '0' } },
         { name: 'off', path: thisTree, environment: { TORPOR_WARM_MEMORY: '' } },
       ]
     : []),

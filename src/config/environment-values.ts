@@ -59,3 +59,15 @@ export const wholeNumberOr = (minimum: number, fallback: number): EnvironmentVal
 /** A count in decimal digits, at least `minimum`; undefined when unset. */
 export const optionalWholeNumber = (minimum: number): EnvironmentValue<number | undefined> =>
   value((raw) => (raw === undefined ? undefined : readWholeNumber(raw, minimum)));
+
+/** A whole number (at least `minimum`) or the word `auto`, which its reader works out from the host; undefined when unset. */
+export const optionalWholeNumberOrAuto = (minimum: number): EnvironmentValue<number | 'auto' | undefined> =>
+  value((raw) => {
+    if (raw === undefined) return undefined;
+    if (raw === 'auto') return 'auto';
+    try {
+      return readWholeNumber(raw, minimum);
+    } catch (error) {
+      throw new Error(`${(error as Error).message}, or auto`);
+    }
+  });

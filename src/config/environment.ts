@@ -1,7 +1,17 @@
 import { availableParallelism, homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { TorporError } from '../util/errors.ts';
-import { choice, flag, optionalText, optionalUrl, optionalWholeNumber, textOr, wholeNumberOr, type EnvironmentValue } from './environment-values.ts';
+import {
+  choice,
+  flag,
+  optionalText,
+  optionalUrl,
+  optionalWholeNumber,
+  optionalWholeNumberOrAuto,
+  textOr,
+  wholeNumberOr,
+  type EnvironmentValue,
+} from './environment-values.ts';
 
 /**
  * Every environment variable torpor reads, in one place: its value's kind, its default and what it
@@ -141,9 +151,14 @@ export const variables = {
   TORPOR_PAGE_DELTAS: variable(flag('1', true), '`1`', '`0` stores every changed 256 KiB chunk whole instead of as its changed 4 KiB pages'),
   TORPOR_VERIFY_WRITE_TRACKING: variable(flag('1', false), '`0`', '`1` checks every chunk write tracking calls unchanged (tests)'),
   TORPOR_WARM_MEMORY: variable(
+    optionalWholeNumberOrAuto(0),
+    '`0`; `torpor serve`: `auto`',
+    "MiB of host memory hibernated machines may keep: sessions' QEMUs paused (their wake is a resume), else RAM files in tmpfs, so a wake skips the store (`serve --warm-memory`); `auto` is 1/8 of the host's RAM",
+  ),
+  TORPOR_WARM_RESERVE: variable(
     optionalWholeNumber(0),
-    '`0`',
-    "MiB of host memory hibernated machines may keep: sessions' QEMUs paused (their wake is a resume), else RAM files in tmpfs, so a wake skips the store (`serve --warm-memory`)",
+    "1/16 of the host's RAM, at least 512",
+    'MiB of available host memory (`MemAvailable`) the warm and paused tiers leave to everything else: below it they keep no new machine and give back their oldest until it is free again',
   ),
   TORPOR_PAUSED_MACHINES: variable(
     flag('1', true),

@@ -4,20 +4,23 @@ import { memoryDirectory, stateHome } from '../state/paths.ts';
 import { isNodeError } from '../util/errors.ts';
 import { environment } from '../config/environment.ts';
 import { homePrefix } from './template-memory.ts';
+import { automaticWarmMemoryMiB, hostMemoryShortfallBytes } from '../host/host-memory.ts';
 
 // The warm tier: a machine stopped right after its snapshot (a hibernation) leaves its RAM file in
 // tmpfs and its disk layer on disk, named by the snapshot's manifest id, while a budget allows
-// (TORPOR_WARM_MEMORY=<MiB>, `torpor serve --warm-memory`). A restore of that very snapshot takes
-// them over instead of reading the store: its wake is QEMU plus the device state. The oldest
-// entries go first when the budget or the tmpfs runs short; the snapshot itself is durable anyway.
+// (TORPOR_WARM_MEMORY=<MiB>|auto, `torpor serve --warm-memory`, on by default under serve). A restore of
+// that very snapshot takes them over instead of reading the store: its wake is QEMU plus the device
+// state. The oldest entries go first when the budget or the tmpfs runs short, or when the host's
+// available memory falls below TORPOR_WARM_RESERVE; the snapshot itself is durable anyway.
 //
 // A warm RAM file is exactly the snapshot's RAM: it was captured with the guest paused and QEMU
 // was killed without resuming. A lazily restored machine's file holds only the chunks it loaded;
 // its `.loaded` flags say which, and the next restore serves the others from its page map.
 
-/** Bytes of tmpfs the warm tier may hold; 0 turns it off (the default). */
+/** Bytes of tmpfs the warm tier may hold; 0 turns it off (the default, except under `torpor serve`: `auto`). */
 export function warmBudgetBytes(): number {
-  const mebibytes = environment().TORPOR_WARM_MEMORY ?? 0;
+  const setting = environment().TORPOR_WARM_MEMORY ?? 0;
+  const mebibytes = setting === 'auto' ? automaticWarmMemoryMiB() : setting;
   return Number.isFinite(mebibytes) && mebibytes > 0 ? mebibytes * 1024 ** 2 : 0;
 }
 
@@ -95,6 +98,12 @@ export async function releaseWarmMemory(bytes: number): Promise<number> {
 export async function keepWarm(manifestId: string, memoryFile: string, layerDisk: string, loaded?: Uint8Array): Promise<boolean> {
   const budget = warmBudgetBytes();
   if (budget === 0) return false;
+  // A host short of memory gets this machine's RAM back now (the snapshot is durable), and the oldest entries too.
+  const shortfall = hostMemoryShortfallBytes();
+  if (shortfall > 0) {
+    await releaseWarmMemory(shortfall);
+    return false;
+  }
   const bytes = (await stat(memoryFile)).blocks * 512;
   if (bytes > budget) return false;
   await trimWarmMemory(budget - bytes);

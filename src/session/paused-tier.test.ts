@@ -1,4 +1,7 @@
 import { test, before, after } from 'node:test';
+import { readdir } from 'node:fs/promises';
+import { totalmem } from 'node:os';
+import { memoryDirectory } from '../state/paths.ts';
 import assert from 'node:assert/strict';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
 import { openContextLog, type ContextLog } from '../context/index.ts';
@@ -260,4 +263,33 @@ test('a rate-limit sleep keeps the machine paused, and the durable timer resumes
     'the suspended turn finished after the timer',
   );
   assert.equal(replyText((await manager.send(first, 'after the timer')).events), 'turn 13: after the timer; notes 13; child yes');
+});
+
+test('a host short of memory gets the paused machines back, and its hibernations keep none until it has room again', async () => {
+  await hibernateNow(first);
+  const machineId = manager.get(first).machineId!;
+  assert.deepEqual([...(await liveMachines())], [[machineId, 'paused']]);
+  // A reserve larger than this host's RAM: its available memory (/proc/meminfo) is short of it now.
+  process.env.TORPOR_WARM_RESERVE = String(Math.ceil((totalmem() / 1024 ** 2) * 2));
+  try {
+    // The manager's tick (100 ms here; memory is checked at most once a second) ends it.
+    for (let attempt = 0; attempt < 100 && manager.get(first).machineId !== undefined; attempt++) await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(manager.get(first).machineId, undefined, 'the paused machine was given back');
+    assert.equal((await liveMachines()).size, 0);
+    const { reply, steps } = await sendTimed(first, 'short');
+    assert.equal(reply, 'turn 14: short; notes 14; child yes');
+    assert.ok(steps.includes('start: supervisor told to launch'), `the wake restored the snapshot: ${steps.join(', ')}`);
+    await hibernateNow(first);
+    assert.equal(manager.get(first).machineId, undefined, 'a hibernation keeps nothing while the host is short');
+    assert.equal((await liveMachines()).size, 0);
+    // Nor does the warm tier keep the RAM file (its supervisor may not know the reserve: the manager drops it).
+    const warmFiles = async () => (await readdir(memoryDirectory()).catch(() => [] as string[])).filter((name) => name.includes('warm-'));
+    for (let attempt = 0; attempt < 60 && (await warmFiles()).length > 0; attempt++) await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(await warmFiles(), []);
+  } finally {
+    delete process.env.TORPOR_WARM_RESERVE;
+  }
+  assert.equal(replyText((await manager.send(first, 'room again')).events), 'turn 15: room again; notes 15; child yes');
+  await hibernateNow(first);
+  assert.ok(manager.get(first).machineId, 'with room again, the machine is kept paused');
 });

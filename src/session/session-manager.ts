@@ -6,7 +6,8 @@ import { createMachine, startMachine, findMachine, effectiveState, removeMachine
 import type { SupervisorPool } from '../runtime/supervisor-pool.ts';
 import { snapshotMachine, restoreMachine, resumeMachine } from '../runtime/snapshots.ts';
 import { machineMemoryBytes, pausedBudgetBytes } from '../runtime/paused-machines.ts';
-import { trimWarmMemory } from '../runtime/warm-memory.ts';
+import { releaseWarmMemory, trimWarmMemory, warmBudgetBytes } from '../runtime/warm-memory.ts';
+import { hostMemoryShortfallBytes } from '../host/host-memory.ts';
 import { readMachineConfig } from '../runtime/machine-files.ts';
 import type { MachineConfig } from '../runtime/machine-record.ts';
 import { sessionNetworkOptions } from './session-network.ts';
@@ -573,7 +574,30 @@ export class SessionManager extends EventEmitter<{
   private async mayKeepPaused(machineId: string): Promise<boolean> {
     const budget = pausedBudgetBytes();
     if (budget === 0) return false;
+    // A host below the reserve gets this machine's memory back at once (its snapshot is durable).
+    if (hostMemoryShortfallBytes() > 0) return false;
     return (await machineMemoryBytes(machineId)) <= budget;
+  }
+
+  /**
+   * The tiers are a cache of durable snapshots, so they yield first when the host runs short: while
+   * its available memory is below TORPOR_WARM_RESERVE, the oldest paused machines end (each on its
+   * session's queue; the session then wakes from its snapshot) until what they held covers the
+   * shortfall, then warm RAM files go. Checked at most once a second, and only with a tier on.
+   */
+  private async relieveMemoryPressure(): Promise<void> {
+    if (this.paused.size === 0 && warmBudgetBytes() === 0) return;
+    const now = Date.now();
+    if (now - this.pressureCheckedAt < 1000) return;
+    this.pressureCheckedAt = now;
+    let shortfall = hostMemoryShortfallBytes();
+    if (shortfall === 0) return;
+    for (const [sessionId, machineId] of [...this.paused]) {
+      if (shortfall <= 0) break;
+      shortfall -= await machineMemoryBytes(machineId);
+      await this.serialize(sessionId, () => this.dropPaused(sessionId, machineId)).catch(() => {});
+    }
+    if (shortfall > 0) await releaseWarmMemory(shortfall).catch(() => 0);
   }
 
   /**
@@ -873,6 +897,7 @@ export class SessionManager extends EventEmitter<{
   }
 
   private ticking = false;
+  private pressureCheckedAt = 0;
 
   private async tick(): Promise<void> {
     if (this.ticking || this.closed) return;
@@ -883,6 +908,7 @@ export class SessionManager extends EventEmitter<{
       for (const [sessionId, machineId] of this.paused) {
         if (!this.store.holds(sessionId)) await this.serialize(sessionId, () => this.dropPaused(sessionId, machineId)).catch(() => {});
       }
+      await this.relieveMemoryPressure();
       for (const record of this.store.list()) {
         if (!this.store.holds(record.id)) continue;
         if (record.state === 'idle' && record.machineId && now - Date.parse(record.lastActivityAt) >= record.spec.idleSeconds * 1000) {

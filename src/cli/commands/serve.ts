@@ -8,6 +8,7 @@ import { apiTokenPaths, ensureAdminToken, readAdminToken } from '../../state/api
 import { isLoopbackAddress } from '../../api/request-guards.ts';
 import { installProcessGuards } from '../../api/process-guards.ts';
 import { parseByteSize, resolveLimits, type ResourceLimits } from '../../runtime/limits.ts';
+import { warmBudgetBytes } from '../../runtime/warm-memory.ts';
 import { collect } from '../output.ts';
 import { startClusterFromFlags, type ClusterFlags } from './cluster-serve.ts';
 import type { ClusterNode } from '../../cluster/cluster-node.ts';
@@ -71,8 +72,8 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
     .option('--max-sessions <n>', 'most sessions that may exist (default 1000; TORPOR_MAX_SESSIONS)')
     .option('--max-body <size>', 'largest request body except log appends (default 1m; TORPOR_MAX_BODY)')
     .option(
-      '--warm-memory <MiB>',
-      'keep recently hibernated sessions in host memory up to this many MiB: their QEMU paused (wake = resume; TORPOR_PAUSED_MACHINES=0: not), else their RAM in tmpfs, so their wake skips the store (default: TORPOR_WARM_MEMORY or 0)',
+      '--warm-memory <MiB|auto>',
+      "keep recently hibernated sessions in host memory up to this many MiB: their QEMU paused (wake = resume; TORPOR_PAUSED_MACHINES=0: not), else their RAM in tmpfs, so their wake skips the store; given back, oldest first, when the host's available memory falls below TORPOR_WARM_RESERVE; 0 turns it off (default: TORPOR_WARM_MEMORY, else auto = 1/8 of the host's RAM)",
     )
     .option('--cluster <postgres-url>', 'run as a node of the cluster whose control plane is this PostgreSQL database (TORPOR_CLUSTER)')
     .option('--store <s3-url>', 'with --cluster: share snapshots through this object store, s3://BUCKET/PREFIX (TORPOR_STORE, TORPOR_S3_*)')
@@ -86,15 +87,15 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
         io.setExitCode(1);
         return;
       }
-      if (options.warmMemory !== undefined) {
-        if (!/^\d+$/.test(options.warmMemory)) {
-          io.stderr.write(`torpor: --warm-memory must be a number of MiB (0 turns it off), got ${JSON.stringify(options.warmMemory)}\n`);
-          io.setExitCode(1);
-          return;
-        }
-        // Machine supervisors inherit it: they keep a hibernated machine's RAM when it stops.
-        process.env.TORPOR_WARM_MEMORY = options.warmMemory;
+      if (options.warmMemory !== undefined && !/^(\d+|auto)$/.test(options.warmMemory)) {
+        io.stderr.write(`torpor: --warm-memory must be a number of MiB or auto (0 turns it off), got ${JSON.stringify(options.warmMemory)}\n`);
+        io.setExitCode(1);
+        return;
       }
+      // A server keeps recently hibernated sessions in memory by default (their wake is a resume):
+      // the flag, else the variable, else auto. Machine supervisors inherit it: they keep a
+      // hibernated machine's RAM when it stops.
+      process.env.TORPOR_WARM_MEMORY = options.warmMemory ?? (io.environment.TORPOR_WARM_MEMORY || 'auto');
       const directory = stateDirectory(io.environment);
       const paths = contextLogPaths(directory);
       let server;
@@ -152,14 +153,15 @@ export function registerServeCommand(program: Command, io: CommandInputOutput = 
       const temporary = `${paths.serverInfo}.${process.pid}.tmp`;
       writeFileSync(temporary, `${JSON.stringify(info)}\n`, { mode: 0o600 });
       renameSync(temporary, paths.serverInfo);
+      const warmMemoryMiB = Math.floor(warmBudgetBytes() / 1024 ** 2);
       const storage = cluster ? `the cluster's PostgreSQL, as node ${cluster.name}` : options.postgres ? 'PostgreSQL' : `SQLite ${paths.database}`;
       if (options.json)
         io.stdout.write(
-          `${JSON.stringify({ url: server.url, tokenFile: apiTokenPaths(directory).adminToken, storage: info.storage, limits, ...(cluster ? { node: cluster.name } : {}) })}\n`,
+          `${JSON.stringify({ url: server.url, tokenFile: apiTokenPaths(directory).adminToken, storage: info.storage, limits, warmMemoryMiB, ...(cluster ? { node: cluster.name } : {}) })}\n`,
         );
       else
         io.stdout.write(
-          `torpor API listening on ${server.url} (context log in ${storage}; requests need the token in ${apiTokenPaths(directory).adminToken})\n`,
+          `torpor API listening on ${server.url} (context log in ${storage}; requests need the token in ${apiTokenPaths(directory).adminToken}; hibernated sessions kept in memory: ${warmMemoryMiB > 0 ? `up to ${warmMemoryMiB} MiB, --warm-memory` : 'none'})\n`,
         );
       // Sessions whose machines survived keep running; the others come back from snapshot or log.
       void server.sessions?.recoverAll().catch((error: Error) => io.stderr.write(`torpor: session recovery: ${error.message}\n`));
