@@ -92,7 +92,7 @@ console.log(
   `load average at start ${loadAtStart.map((value) => value.toFixed(2)).join(' ')}, max ${host.loadMax.toFixed(2)}; QEMU processes not of this bench: max ${host.foreignQemuMax}, mean ${host.foreignQemuMean.toFixed(1)}`,
 );
 console.log(
-  `trees: new = ${thisTree}${oldTree ? `, old = ${oldTree}` : ''}${standbyOff ? ', off = the same tree with TORPOR_STANDBY_QEMU=0' : ''}${pausedTier ? ' with TORPOR_WARM_MEMORY=auto (paused tier; torpor serve's default), wrm = the same with TORPOR_PAUSED_MACHINES=0 (warm tier only), off = TORPOR_WARM_MEMORY unset (ordinary wake)' : ''}; ${rounds} rounds x ${wakesPerRound} wakes per tree, interleaved`,
+  `trees: new = ${thisTree}${oldTree ? `, old = ${oldTree}` : ''}${standbyOff ? ', off = the same tree with TORPOR_STANDBY_QEMU=0' : ''}${pausedTier ? ' with TORPOR_WARM_MEMORY=auto (paused tier, the default of torpor serve), wrm = the same with TORPOR_PAUSED_MACHINES=0 (warm tier only), off = TORPOR_WARM_MEMORY unset (ordinary wake)' : ''}; ${rounds} rounds x ${wakesPerRound} wakes per tree, interleaved`,
 );
 console.log('');
 const target = kind === 'shell' ? '<= 250 ms' : '<= 500 ms';
