@@ -41,6 +41,18 @@ function serveOnce(arguments_: string[], environment: NodeJS.ProcessEnv): Promis
   });
 }
 
+/** `torpor ARGS` against the server; its stdout (it must exit 0). */
+function runCli(arguments_: string[], environment: NodeJS.ProcessEnv): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [cli, ...arguments_], { env: environment, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.once('close', (code) => (code === 0 ? resolve(stdout) : reject(new Error(`torpor ${arguments_.join(' ')} exited ${code}: ${stderr}`))));
+  });
+}
+
 before(async () => {
   home = await useTemporaryHome();
 });
@@ -90,6 +102,8 @@ test('with nothing configured, a hibernated session keeps its machine paused and
   const machineId = info.machineId;
   assert.ok(machineId, 'the hibernated session keeps its machine');
   assert.equal((await torpor.machines.get(machineId)).info.state.status, 'paused');
+  const listed = await runCli(['session', 'ls'], { ...unconfigured(), TORPOR_URL: server.url, TORPOR_TOKEN: server.token });
+  assert.match(listed, /kept\s+hibernated \(paused in memory\)/, listed);
 
   assert.equal(await torpor.sessions.send(session.id, 'again').text(), 'turn 2: again; notes 2; child yes');
   info = await session.refresh();

@@ -52,6 +52,8 @@ interface SessionView {
   id: string;
   name: string;
   state: string;
+  /** set on a hibernated session whose machine the server keeps paused (its next message resumes it) */
+  machineId?: string;
   turns: number;
   note?: string;
   lastSnapshot?: string;
@@ -193,7 +195,7 @@ export function registerSessionCommands(program: Command): void {
         sessions.map((view) => [
           view.id,
           view.name,
-          view.state + (view.wakeAt ? ` (wakes ${view.wakeAt})` : ''),
+          view.state + (view.state === 'hibernated' && view.machineId ? ' (paused in memory)' : '') + (view.wakeAt ? ` (wakes ${view.wakeAt})` : ''),
           String(view.turns),
           formatDuration(Date.now() - Date.parse(view.lastActivityAt)),
           view.storedBytes ? formatBytes(view.storedBytes.exclusive) : '-',
