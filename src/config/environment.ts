@@ -223,14 +223,25 @@ export const variables = {
 
 export type Environment = { [Name in keyof typeof variables]: ReturnType<(typeof variables)[Name]['schema']['read']> };
 
+const variableNames = new Set(Object.keys(variables));
+
 /** The variables as they were last parsed: parsing happens again only when one of them changed (tests change them). */
 let parsed: { key: string; value: Environment } | undefined;
 
 /** The parsed environment; throws `invalid-environment` naming the variable and the values it takes. */
 export function environment(source: NodeJS.ProcessEnv = process.env): Environment {
-  // Empty means unset, as in most shells' habits (`TORPOR_HOME= torpor ...`).
-  const relevant = Object.fromEntries(Object.keys(variables).flatMap((name) => (source[name] ? [[name, source[name]]] : []))) as Record<string, string>;
-  const key = JSON.stringify(relevant);
+  // Called on every path lookup, so the check for a change must be cheap: each read of
+  // process.env is a getenv (~0.5 us), so only the names the process has are read, not all of
+  // ours (47 -> ~20 us a call). Empty means unset, as in most shells' habits (`TORPOR_HOME= torpor ...`).
+  const relevant: Record<string, string> = {};
+  let key = '';
+  for (const name of Object.keys(source)) {
+    if (!variableNames.has(name)) continue;
+    const raw = source[name];
+    if (!raw) continue;
+    relevant[name] = raw;
+    key += `${name}=${raw}\0`;
+  }
   if (parsed?.key === key) return parsed.value;
   const result: Record<string, unknown> = {};
   for (const [name, { schema, shownDefault, description }] of Object.entries(variables)) {
