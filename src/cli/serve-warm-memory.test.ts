@@ -104,6 +104,9 @@ test('with nothing configured, a hibernated session keeps its machine paused and
   assert.equal((await torpor.machines.get(machineId)).info.state.status, 'paused');
   const listed = await runCli(['session', 'ls'], { ...unconfigured(), TORPOR_URL: server.url, TORPOR_TOKEN: server.token });
   assert.match(listed, /kept\s+hibernated \(paused in memory\)/, listed);
+  const usage = JSON.parse(await runCli(['system', 'df', '--json'], unconfigured())) as { paused: { count: number; memoryBytes: number } };
+  assert.equal(usage.paused.count, 1, 'system df counts the paused machine');
+  assert.ok(usage.paused.memoryBytes > 8 * 1024 ** 2, `and what it holds: ${usage.paused.memoryBytes} bytes`);
 
   assert.equal(await torpor.sessions.send(session.id, 'again').text(), 'turn 2: again; notes 2; child yes');
   info = await session.refresh();

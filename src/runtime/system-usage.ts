@@ -10,6 +10,8 @@ import { machineFiles } from './machine-files.ts';
 import { clearSpares, spareMemory } from './spare-fill.ts';
 import { pruneStaleClaims } from '../network/uid-claims.ts';
 import { networkFilterAvailability, removeMachineRules } from '../network/firewall.ts';
+import { machineMemoryBytes } from './paused-machines.ts';
+import { warmMemoryUsage } from './warm-memory.ts';
 import { allocatedBytes, dropTemplateMemory, freeOrphanedTemplateMemory, templateMemoryFiles, type TemplateMemoryFile } from './template-memory.ts';
 
 /** Bytes a directory tree really takes on disk (blocks, not sizes: disks and RAM files are sparse). */
@@ -35,10 +37,14 @@ export interface SystemUsage {
   snapshots: { count: number; chunks: number; chunkBytes: number; bytes: number };
   /** Spare machines (spare-pool.ts): started, waiting for a `run`; what they hold in host memory (QEMU and supervisor RSS) */
   spares: { count: number; live: number; memoryBytes: number };
+  /** Machines kept paused (hibernated sessions under `torpor serve`'s warm budget): their RAM file and QEMU's anonymous memory */
+  paused: { count: number; memoryBytes: number };
   /** RAM in tmpfs: live machines' guest memory, stopped machines' leftovers, boot template caches */
   memory: {
     machines: { count: number; bytes: number; reclaimableBytes: number };
     templates: { count: number; bytes: number; files: TemplateMemoryFile[] };
+    /** the warm tier: hibernated machines' RAM files kept for their next restore */
+    warm: { count: number; bytes: number };
   };
 }
 
@@ -68,6 +74,9 @@ export async function systemUsage(): Promise<SystemUsage> {
   const spares = machines.filter(({ config }) => config.spare);
   let spareMemoryBytes = 0;
   for (const spare of spares) spareMemoryBytes += (await spareMemory(spare)).totalBytes;
+  const paused = machines.filter(({ state }) => state.status === 'paused');
+  let pausedBytes = 0;
+  for (const { config } of paused) pausedBytes += await machineMemoryBytes(config.id);
   return {
     stateDirectory: stateHome(),
     memoryDirectory: memoryDirectory(),
@@ -79,11 +88,13 @@ export async function systemUsage(): Promise<SystemUsage> {
       reclaimableBytes: reclaimableMachineBytes,
     },
     spares: { count: spares.length, live: spares.filter(({ state }) => isLive(state.status)).length, memoryBytes: spareMemoryBytes },
+    paused: { count: paused.length, memoryBytes: pausedBytes },
     images: { count: (await listImages()).length, bytes: await allocatedSize(paths.images()) },
     snapshots: { count: store.snapshots.length, chunks: store.chunks, chunkBytes: store.bytes, bytes: await allocatedSize(paths.snapshots()) },
     memory: {
       machines: { count: ramCount, bytes: ramBytes, reclaimableBytes: reclaimableRam },
       templates: { count: templates.length, bytes: templates.reduce((sum, file) => sum + file.allocatedBytes, 0), files: templates },
+      warm: await warmMemoryUsage(),
     },
   };
 }

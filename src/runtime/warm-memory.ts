@@ -67,6 +67,12 @@ async function dropOrphanLayers(kept: WarmEntry[]): Promise<void> {
   }
 }
 
+/** What the warm tier holds now (`torpor system df`): its RAM files and their allocated bytes. */
+export async function warmMemoryUsage(): Promise<{ count: number; bytes: number }> {
+  const all = await entries();
+  return { count: all.length, bytes: all.reduce((sum, entry) => sum + entry.bytes, 0) };
+}
+
 /** Drops the oldest entries until the tier holds at most `limitBytes`. */
 export async function trimWarmMemory(limitBytes = warmBudgetBytes()): Promise<void> {
   const all = await entries();

@@ -58,6 +58,9 @@ export function registerSystemCommands(program: Command): void {
             formatBytes(usage.spares.memoryBytes),
             formatBytes(usage.spares.memoryBytes),
           ],
+          // Both yield on their own when their budget or the host's memory runs short (serve --warm-memory).
+          ['paused machines', 'memory', String(usage.paused.count), formatBytes(usage.paused.memoryBytes), 'cache'],
+          ['warm RAM', 'tmpfs', String(usage.memory.warm.count), formatBytes(usage.memory.warm.bytes), 'cache'],
         ],
       );
       process.stderr.write(`state directory ${usage.stateDirectory}, RAM files in ${usage.memoryDirectory}\n`);
