@@ -19,7 +19,8 @@ const sleep = (milliseconds: number) => new Promise((resolve) => setTimeout(reso
 const hostsFor = (name: string) => `127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t${name}\n`;
 // Everything the checks need, in one exec: name, both files verbatim (base64: tabs and the final
 // newline matter), the wall clock in ms, 16 random bytes.
-const probe = 'hostname; base64 -w0 /etc/hostname; echo; base64 -w0 /etc/hosts; echo; echo $(($(date +%s) * 1000)); head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo';
+const probe =
+  'hostname; base64 -w0 /etc/hostname; echo; base64 -w0 /etc/hosts; echo; echo $(($(date +%s) * 1000)); head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo';
 
 interface Seen {
   name: string;
