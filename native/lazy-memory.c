@@ -1033,6 +1033,8 @@ static void reserve_descriptor_table(void) {
   struct rlimit limit;
   if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur < 64) return;
   int highest = limit.rlim_cur > 8192 ? 8191 : (int)limit.rlim_cur - 1;
+  /* Open already (passed by a wrapper): the table is that large, and that descriptor is not ours to replace. */
+  if (fcntl(highest, F_GETFD) >= 0) return;
   int probe = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (probe < 0) return;
   if (dup3(probe, highest, O_CLOEXEC) == highest) close(highest);
