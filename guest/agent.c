@@ -329,18 +329,25 @@ static int interface_up(int fd, const char *name, const char *address, const cha
 // (bench/translated-blocks.ts, architecture/runtime.md).
 // Each starts as the image's own file. A path that cannot be bound (a read-only root without the
 // file) keeps the old way: the write goes to the path itself.
+// The agent keeps a descriptor of each bound file (a restored agent still holds them): a rename
+// rewrites the file in place (pwrite, then a truncate only when the new text is shorter), with no
+// path walk, open, O_TRUNC page removal and re-allocation, close or RCU-freed file on the way:
+// ~1,000 fewer blocks for TCG to translate between a restore's hello and a client's first frame.
+enum { RUNTIME_HOSTNAME, RUNTIME_HOSTS, RUNTIME_RESOLV, RUNTIME_FILES };
+static const char *const runtime_names[RUNTIME_FILES] = {"hostname", "hosts", "resolv.conf"};
+static int runtime_fds[RUNTIME_FILES] = {-1, -1, -1};
+
 static void bind_runtime_files(void) {
-  static const char *const names[] = {"hostname", "hosts", "resolv.conf"};
   mkdir_p("/run/torpor", 0755);
   if (mount("torpor-runtime", "/run/torpor", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=256k,mode=0755") != 0) {
     log_line("runtime files: %s", strerror(errno));
     return;
   }
-  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+  for (size_t i = 0; i < RUNTIME_FILES; i++) {
     char image_path[64], runtime_path[64];
-    snprintf(image_path, sizeof image_path, "/etc/%s", names[i]);
-    snprintf(runtime_path, sizeof runtime_path, "/run/torpor/%s", names[i]);
-    int target = open(runtime_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    snprintf(image_path, sizeof image_path, "/etc/%s", runtime_names[i]);
+    snprintf(runtime_path, sizeof runtime_path, "/run/torpor/%s", runtime_names[i]);
+    int target = open(runtime_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (target < 0) continue;
     int source = open(image_path, O_RDONLY | O_CLOEXEC);
     if (source >= 0) {
@@ -353,9 +360,37 @@ static void bind_runtime_files(void) {
       int made = open(image_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
       if (made >= 0) close(made);
     }
-    close(target);
-    if (mount(runtime_path, image_path, NULL, MS_BIND, NULL) != 0) log_line("bind %s: %s", image_path, strerror(errno));
+    if (mount(runtime_path, image_path, NULL, MS_BIND, NULL) != 0) {
+      log_line("bind %s: %s", image_path, strerror(errno));
+      close(target);
+      continue;
+    }
+    runtime_fds[i] = target;
   }
+}
+
+// Replaces a settings file's text: in place through the kept descriptor of its bound runtime file,
+// else through its path (the file could not be bound).
+static void rewrite_settings_file(int which, const char *text, size_t length) {
+  char path[64];
+  int fd = runtime_fds[which];
+  if (fd < 0) {
+    snprintf(path, sizeof path, "/etc/%s", runtime_names[which]);
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return;
+    write_all(fd, text, length);
+    close(fd);
+    return;
+  }
+  for (size_t done = 0; done < length;) {
+    ssize_t written = pwrite(fd, text + done, length - done, (off_t)done);
+    if (written < 0 && errno == EINTR) continue;
+    if (written <= 0) return;
+    done += (size_t)written;
+  }
+  // The size, not what the agent last wrote: something in the guest may have written the file since.
+  struct stat info;
+  if (fstat(fd, &info) == 0 && info.st_size > (off_t)length) ftruncate(fd, (off_t)length);
 }
 
 // QEMU user-mode networking answers on fixed addresses: guest 10.0.2.15, gateway .2, DNS .3.
@@ -373,7 +408,8 @@ static void configure_network(void) {
     ((struct sockaddr_in *)&route.rt_genmask)->sin_family = AF_INET;
     route.rt_flags = RTF_UP | RTF_GATEWAY;
     if (ioctl(fd, SIOCADDRT, &route) != 0 && errno != EEXIST) log_line("default route: %s", strerror(errno));
-    write_text("/etc/resolv.conf", "nameserver 10.0.2.3\n");
+    static const char resolver[] = "nameserver 10.0.2.3\n";
+    rewrite_settings_file(RUNTIME_RESOLV, resolver, sizeof resolver - 1);
   }
   close(fd);
 }
@@ -860,12 +896,36 @@ static void list_directory(uint32_t stream, const unsigned char *payload, uint32
 
 // ---------- settings ----------
 
+// Two hex digits, or -1. (sscanf per byte was ~150 blocks of glibc's scanf for TCG to translate
+// after every restore, for the 64 bytes of a fresh RNG seed.)
+static int hex_byte(const char *text) {
+  int value = 0;
+  for (int i = 0; i < 2; i++) {
+    char digit = text[i];
+    value <<= 4;
+    if (digit >= '0' && digit <= '9') value |= digit - '0';
+    else if (digit >= 'a' && digit <= 'f') value |= digit - 'a' + 10;
+    else if (digit >= 'A' && digit <= 'F') value |= digit - 'A' + 10;
+    else return -1;
+  }
+  return value;
+}
+
+// Appends `text` at `*used` in `buffer` (of `size`), truncating at its end.
+static void append_text(char *buffer, size_t size, size_t *used, const char *text, size_t length) {
+  if (*used + length > size) length = size - *used;
+  memcpy(buffer + *used, text, length);
+  *used += length;
+}
+
 static void apply_settings(uint8_t type, uint32_t stream, const unsigned char *payload, uint32_t length) {
   const char *cursor = (const char *)payload, *end = (const char *)payload + length;
   while (cursor < end) {
     size_t item_length = strnlen(cursor, (size_t)(end - cursor));
     char item[4096];
-    snprintf(item, sizeof item, "%.*s", (int)item_length, cursor);
+    size_t kept = item_length < sizeof item - 1 ? item_length : sizeof item - 1;
+    memcpy(item, cursor, kept);
+    item[kept] = 0;
     cursor += item_length + 1;
     char *value = strchr(item, '=');
     if (!value) continue;
@@ -877,13 +937,19 @@ static void apply_settings(uint8_t type, uint32_t stream, const unsigned char *p
       // TCG translates afresh after every restore (measured, architecture/runtime.md).
       char current[256] = {0};
       if (gethostname(current, sizeof current - 1) == 0 && !strcmp(current, value) && (type == T_RESUMED || access("/etc/hostname", F_OK) == 0)) continue;
-      sethostname(value, strlen(value));
-      char hosts[512];
-      snprintf(hosts, sizeof hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n", value);
-      write_text("/etc/hosts", hosts);
-      char line[300];
-      snprintf(line, sizeof line, "%s\n", value);
-      write_text("/etc/hostname", line);
+      size_t name_length = strnlen(value, 255);
+      sethostname(value, name_length);
+      static const char hosts_head[] = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t";
+      char text[512];
+      size_t used = 0;
+      append_text(text, sizeof text, &used, hosts_head, sizeof hosts_head - 1);
+      append_text(text, sizeof text, &used, value, name_length);
+      append_text(text, sizeof text, &used, "\n", 1);
+      rewrite_settings_file(RUNTIME_HOSTS, text, used);
+      used = 0;
+      append_text(text, sizeof text, &used, value, name_length);
+      append_text(text, sizeof text, &used, "\n", 1);
+      rewrite_settings_file(RUNTIME_HOSTNAME, text, used);
     } else if (!strcmp(item, "time")) {
       // Nanoseconds since the epoch: the guest has no RTC and a restored guest's clock is stale.
       unsigned long long nanoseconds = strtoull(value, NULL, 10);
@@ -894,7 +960,11 @@ static void apply_settings(uint8_t type, uint32_t stream, const unsigned char *p
       struct { int entropy_count; int buffer_size; unsigned char buffer[256]; } seed;
       size_t bytes = strlen(value) / 2;
       if (bytes > sizeof seed.buffer) bytes = sizeof seed.buffer;
-      for (size_t i = 0; i < bytes; i++) { unsigned int byte; sscanf(value + 2 * i, "%2x", &byte); seed.buffer[i] = (unsigned char)byte; }
+      for (size_t i = 0; i < bytes; i++) {
+        int byte = hex_byte(value + 2 * i);
+        if (byte < 0) { bytes = i; break; }
+        seed.buffer[i] = (unsigned char)byte;
+      }
       seed.entropy_count = (int)bytes * 8;
       seed.buffer_size = (int)bytes;
       // Opened once and kept (a restored agent still holds it): no path lookup on every wake.

@@ -59,6 +59,7 @@
  * lets the current user register a shared tmpfs mapping and serve a fault (userfaultfd may be off).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -74,6 +75,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -907,8 +909,23 @@ int setgroups(size_t size, const gid_t *list) {
 static void move_layer(const char *layer) {
   struct stat machine_layer;
   if (stat(layer, &machine_layer) != 0 || !S_ISREG(machine_layer.st_mode)) fail("cannot use the machine's layer disk %s: %s", layer, strerror(errno ? errno : EINVAL));
+  /* The open descriptors, from /proc (a few dozen; the table itself is reserved 8192 wide, above):
+   * not an fstat of every possible number. Listed first, then changed. */
+  static int open_fds[8192];
+  int listed = 0;
+  DIR *directory = opendir("/proc/self/fd");
+  if (directory) {
+    struct dirent *entry;
+    while ((entry = readdir(directory)) && listed < (int)(sizeof open_fds / sizeof open_fds[0])) {
+      if (entry->d_name[0] >= '0' && entry->d_name[0] <= '9') open_fds[listed++] = atoi(entry->d_name);
+    }
+    closedir(directory);
+  } else {
+    for (int fd = 0; fd < 4096; fd++) open_fds[listed++] = fd;
+  }
   int moved = 0;
-  for (int fd = 0; fd < 4096; fd++) {
+  for (int position = 0; position < listed; position++) {
+    int fd = open_fds[position];
     struct stat held;
     if (fd == lazy.memory_fd || fstat(fd, &held) != 0) continue;
     if (held.st_dev != lazy.standby_layer_device || held.st_ino != lazy.standby_layer_inode) continue;
@@ -1004,6 +1021,26 @@ static void receive_map(void) {
   close(client);
 }
 
+/*
+ * Map later: the map's chunk files are opened (hundreds of descriptors) when it arrives, in a QEMU
+ * that runs several threads by then. Growing the descriptor table of a process whose threads share
+ * it waits for an RCU grace period (the kernel's expand_fdtable): 10-30 ms on this busy 2-core host,
+ * on the restore's critical path (measured: the chunk opens took 10-30 ms for 1.5 ms of CPU and one
+ * blocking wait). Grown here instead, in the constructor, while QEMU is one thread (no wait), to
+ * what the process may open (at most 8192); the table never shrinks. 64 KiB of pointers.
+ */
+static void reserve_descriptor_table(void) {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur < 64) return;
+  int highest = limit.rlim_cur > 8192 ? 8191 : (int)limit.rlim_cur - 1;
+  /* Open already (passed by a wrapper): the table is that large, and that descriptor is not ours to replace. */
+  if (fcntl(highest, F_GETFD) >= 0) return;
+  int probe = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (probe < 0) return;
+  if (dup3(probe, highest, O_CLOEXEC) == highest) close(highest);
+  close(probe);
+}
+
 __attribute__((constructor)) static void initialize(void) {
   const char *map = getenv("TORPOR_LAZY_MEMORY_MAP");
   const char *later = getenv("TORPOR_LAZY_MEMORY_LATER");
@@ -1043,6 +1080,7 @@ __attribute__((constructor)) static void initialize(void) {
       lazy.standby_layer_known = 1;
     }
     unsetenv("TORPOR_STANDBY_LAYER");
+    reserve_descriptor_table();
     lazy.later = 1;
     lazy.active = 1;
     return;

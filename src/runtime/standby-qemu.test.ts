@@ -144,6 +144,12 @@ test('a wake adopts the standby QEMU and the session continues exactly, in its o
       const status = await readFile(`/proc/${state.qemuPid}/status`, 'utf8');
       assert.equal(/^Uid:\s+(\d+)/m.exec(status)?.[1], String(state.networkUid));
     }
+    // Its descriptor table was grown while QEMU was one thread (the pager's constructor): the map's
+    // hundreds of chunk opens did not grow it with threads running (an RCU grace period each time).
+    const limits = await readFile(`/proc/${state.qemuPid}/limits`, 'utf8');
+    const openFiles = Number(/^Max open files\s+(\d+)/m.exec(limits)?.[1]);
+    const tableSize = Number(/^FDSize:\s+(\d+)/m.exec(await readFile(`/proc/${state.qemuPid}/status`, 'utf8'))?.[1]);
+    assert.ok(tableSize >= Math.min(8192, openFiles), `QEMU's descriptor table holds ${tableSize} (open files limit ${openFiles})`);
     // Adopted, the slot's files are the machine's: none is left under the slot's names.
     assert.equal(
       await stat(standbySlot(standby.supervisor).memoryFile).then(

@@ -279,6 +279,17 @@ export async function adoptStandby(standby: StandbyQemu, machine: AdoptingMachin
   // Same inode, new name: QEMU's mapping is the file the machine's lazy-memory files describe.
   await rename(standby.slot.memoryFile, spec.memoryFile);
   mark('standbyRenamed');
+  // The slot's other names become the machine's while the pager loads the map (they hand QEMU
+  // nothing; after the map they were 2-8 ms more on the way to the device state). If the map is
+  // refused, QEMU ends and the machine's start fails: its files are cleaned up as the machine's.
+  const renamed = Promise.all([
+    rename(standby.slot.agentSocket, spec.agentSocket),
+    rename(standby.slot.qmpSocket, spec.qmpSocket),
+    rename(standby.slot.consoleLog, spec.consoleLog),
+    // QEMU's own messages: the machine's supervisor log names them too (the slot's name goes with the slot).
+    link(standby.slot.qemuLog, machine.supervisorLog).catch(() => {}),
+  ]);
+  renamed.catch(() => {});
   const reply = await askPager(standby.slot.pagerSocket, `map ${spec.runAs ? spec.runAs.uid : '-'}\t${files.mapFile}\t${layer}\n`, standby.vm);
   mark('standbyMapped');
   if (reply !== 'ok')
@@ -288,13 +299,7 @@ export async function adoptStandby(standby: StandbyQemu, machine: AdoptingMachin
   // Both read from the kernel before anything of the snapshot reaches QEMU (its device state is the guest's data).
   if (spec.runAs) confirmUid(standby.vm.pid, spec.runAs.uid);
   if (spec.layerDisk) confirmLayerMoved(standby.vm.pid, standby.slot.layerDisk, spec.layerDisk);
-  await Promise.all([
-    rename(standby.slot.agentSocket, spec.agentSocket),
-    rename(standby.slot.qmpSocket, spec.qmpSocket),
-    rename(standby.slot.consoleLog, spec.consoleLog),
-    // QEMU's own messages: the machine's supervisor log names them too (the slot's name goes with the slot).
-    link(standby.slot.qemuLog, machine.supervisorLog).catch(() => {}),
-  ]);
+  await renamed;
   mark('standbyConfirmed');
 }
 

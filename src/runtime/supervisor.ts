@@ -199,6 +199,13 @@ export class Supervisor {
       if (signals) mark('launchSaid');
       // bootMs counts from here: the supervisor's own work, not its wait for the machine's files.
       bootFrom = performance.now();
+      // The pager's environment (a look for the page map, the library, the pin taken over) needs
+      // nothing of the confinement: found beside it, not after it.
+      const pagerFound = restore ? restoreEnvironment(this.config.id, this.memoryFile()) : Promise.resolve(undefined);
+      pagerFound.catch(() => {});
+      // A paused copy (lazy-restore.ts) of a supervisor killed mid-checkpoint: nothing reads it any more.
+      const pausedCopyRemoved = rm(pausedDiskCopyOf(this.files.layerDisk), { force: true });
+      pausedCopyRemoved.catch(() => {});
       this.confinement = await confineMachine(this.config.id, {
         network: this.config.network,
         policy: this.config.networkPolicy ?? defaultNetworkPolicy(),
@@ -209,14 +216,13 @@ export class Supervisor {
       // A restored guest stays paused until its device state is loaded, so its rules may still be on
       // their way while QEMU starts; a cold-booting guest runs at once, so they must be in place.
       if (!restore) await Promise.all([this.confinement.rulesReady, signals?.go]);
-      const pager = restore ? await restoreEnvironment(this.config.id, this.memoryFile()) : undefined;
+      const pager = await pagerFound;
       mark('pagerEnvironment');
       const adopted = await this.standbyFor(restore !== undefined && pager !== undefined, standby);
       mark('standbyChecked');
       // The target of QEMU's disk copy for checkpoints that continue; without it they copy the disk paused.
       this.diskCaptureTarget = adopted ? adopted.diskCaptureTarget : await openDiskCaptureTarget(this.files.layerDisk).catch(() => undefined);
-      // A paused copy (lazy-restore.ts) of a supervisor killed mid-checkpoint: nothing reads it any more.
-      await rm(pausedDiskCopyOf(this.files.layerDisk), { force: true });
+      await pausedCopyRemoved;
       // A QEMU that drops root (-runas) loses its parent-death signal; the preloaded library re-arms it.
       const parentDeath = this.confinement.runAs && !adopted ? await parentDeathEnvironment() : {};
       mark('qemuLaunching');

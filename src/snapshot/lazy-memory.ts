@@ -169,50 +169,59 @@ export async function prepareLazyMemory(manifest: SnapshotManifest, options: Pre
   const files = lazyMemoryFiles(options.memoryFile);
   const root = paths.snapshots();
   const map = encodePageMap(manifest, files, join(root, 'chunks'), options);
-  await mkdir(dirname(files.memoryFile), { recursive: true });
-  const endActivity = await beginActivity(root, 'lazy-restore');
-  try {
-    const count = manifest.memory.chunks.length;
-    if (options.present && options.present.length !== count)
-      throw new TorporError('lazy-memory-failed', 'the warm RAM file does not match the snapshot layout');
-    const status = Buffer.alloc(statusSize(count));
-    if (options.present) status.set(options.present, statusHeaderSize);
-    // The pin and the files at once (all inside the store activity; a restore waits for each).
-    const written = await Promise.allSettled([
-      pinChunks(
+  const count = manifest.memory.chunks.length;
+  if (options.present && options.present.length !== count) throw new TorporError('lazy-memory-failed', 'the warm RAM file does not match the snapshot layout');
+  const status = Buffer.alloc(statusSize(count));
+  if (options.present) status.set(options.present, statusHeaderSize);
+  // The pin needs the store's activity marker (gc must not run between reading the manifest and
+  // pinning its chunks); the machine's own files are outside the store and need nothing of it, so
+  // they are written beside it, not after it (the marker and gc check cost 1-9 ms under load, on
+  // the way to QEMU's launch). Nothing reads them before this returns.
+  const pinned = (async () => {
+    const endActivity = await beginActivity(root, 'lazy-restore');
+    try {
+      await pinChunks(
         root,
         options.pinKey,
         // The bases of its deltas too: the pager reads them to rebuild a delta chunk.
         [...manifest.memory.chunks.filter((id): id is string => id !== null), ...Object.values(manifest.memory.deltaBases ?? {})],
+      );
+    } finally {
+      await endActivity();
+    }
+  })();
+  const written = await Promise.allSettled([
+    pinned,
+    mkdir(dirname(files.memoryFile), { recursive: true }).then(() =>
+      Promise.all(
+        (
+          [
+            [files.memoryFile, manifest.memory.size, undefined],
+            [files.statusFile, status.length, status],
+            [files.mapFile, map.length, map],
+            [files.deltasFile, 0, Buffer.from(JSON.stringify(manifest.memory.deltaBases ?? {}))],
+            [files.copyFile, manifest.memory.size, undefined],
+          ] as const
+        ).map(async ([path, size, content]) => {
+          if (path === files.memoryFile && options.present) return;
+          // (the copy file is sparse: it takes memory only while a capture runs beside the guest)
+          const handle = await open(path, 'w', 0o600);
+          try {
+            if (content) await handle.writeFile(content);
+            else await handle.truncate(size);
+          } finally {
+            await handle.close();
+          }
+        }),
       ),
-      ...(
-        [
-          [files.memoryFile, manifest.memory.size, undefined],
-          [files.statusFile, status.length, status],
-          [files.mapFile, map.length, map],
-          [files.deltasFile, 0, Buffer.from(JSON.stringify(manifest.memory.deltaBases ?? {}))],
-          [files.copyFile, manifest.memory.size, undefined],
-        ] as const
-      ).map(async ([path, size, content]) => {
-        if (path === files.memoryFile && options.present) return;
-        // (the copy file is sparse: it takes memory only while a capture runs beside the guest)
-        const handle = await open(path, 'w', 0o600);
-        try {
-          if (content) await handle.writeFile(content);
-          else await handle.truncate(size);
-        } finally {
-          await handle.close();
-        }
-      }),
-    ]);
-    const failure = written.find((outcome) => outcome.status === 'rejected');
-    if (failure) throw (failure as PromiseRejectedResult).reason;
-  } catch (error) {
+    ),
+  ]);
+  const failure = written.find((outcome) => outcome.status === 'rejected');
+  if (failure) {
     await removeLazyMemoryFiles(options.memoryFile);
+    // (a pin written before another step failed; none if the pin itself failed)
     await unpinChunks(root, options.pinKey);
-    throw error;
-  } finally {
-    await endActivity();
+    throw (failure as PromiseRejectedResult).reason;
   }
   return files;
 }
