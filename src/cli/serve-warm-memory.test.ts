@@ -4,14 +4,13 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { totalmem } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import { useTemporaryHome } from '../runtime/testing/temporary-home.ts';
+import { cliPath, runCli } from '../runtime/testing/cli-process.ts';
 import { shellAgent } from '../session/testing/shell-agent.ts';
 import { startTorporServer, type TorporServerProcess } from '../client/testing/torpor-server.ts';
 import { Torpor } from '../client/index.ts';
 
-const cli = fileURLToPath(new URL('../../bin/torpor.js', import.meta.url));
 let home: Awaited<ReturnType<typeof useTemporaryHome>>;
 let server: TorporServerProcess | undefined;
 
@@ -26,7 +25,7 @@ function unconfigured(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
 /** Runs `torpor serve --json ...` until its first line (then ends it), or until it exits. */
 function serveOnce(arguments_: string[], environment: NodeJS.ProcessEnv): Promise<{ line?: Record<string, unknown>; code: number | null; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cli, 'serve', '--json', '--port', '0', ...arguments_], { env: environment, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [cliPath, 'serve', '--json', '--port', '0', ...arguments_], { env: environment, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
@@ -41,16 +40,11 @@ function serveOnce(arguments_: string[], environment: NodeJS.ProcessEnv): Promis
   });
 }
 
-/** `torpor ARGS` against the server; its stdout (it must exit 0). */
-function runCli(arguments_: string[], environment: NodeJS.ProcessEnv): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [cli, ...arguments_], { env: environment, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.once('close', (code) => (code === 0 ? resolve(stdout) : reject(new Error(`torpor ${arguments_.join(' ')} exited ${code}: ${stderr}`))));
-  });
+/** `torpor ARGS` (the project's test runner of the CLI); its stdout, which it must print with exit 0. */
+async function commandOutput(arguments_: string[], environment: NodeJS.ProcessEnv): Promise<string> {
+  const result = await runCli(arguments_, environment);
+  assert.equal(result.code, 0, `torpor ${arguments_.join(' ')}: ${result.stderr}`);
+  return result.stdout;
 }
 
 before(async () => {
@@ -102,9 +96,9 @@ test('with nothing configured, a hibernated session keeps its machine paused and
   const machineId = info.machineId;
   assert.ok(machineId, 'the hibernated session keeps its machine');
   assert.equal((await torpor.machines.get(machineId)).info.state.status, 'paused');
-  const listed = await runCli(['session', 'ls'], { ...unconfigured(), TORPOR_URL: server.url, TORPOR_TOKEN: server.token });
+  const listed = await commandOutput(['session', 'ls'], { ...unconfigured(), TORPOR_URL: server.url, TORPOR_TOKEN: server.token });
   assert.match(listed, /kept\s+hibernated \(paused in memory\)/, listed);
-  const usage = JSON.parse(await runCli(['system', 'df', '--json'], unconfigured())) as { paused: { count: number; memoryBytes: number } };
+  const usage = JSON.parse(await commandOutput(['system', 'df', '--json'], unconfigured())) as { paused: { count: number; memoryBytes: number } };
   assert.equal(usage.paused.count, 1, 'system df counts the paused machine');
   assert.ok(usage.paused.memoryBytes > 8 * 1024 ** 2, `and what it holds: ${usage.paused.memoryBytes} bytes`);
 
